@@ -1,0 +1,31 @@
+/*
+ * keel_buf: a receive buffer from the loop's pool.
+ *
+ * On io_uring the pool is a provided-buffer ring: the kernel picks a buffer
+ * only when data arrives, so an idle connection holds none. The epoll backend
+ * takes from the same pool at the same moment. A keel_recv_stream callback
+ * borrows the buffer for the duration of the call; keel_buf_hold keeps it
+ * (for instance to send it back without a copy) until keel_buf_release.
+ */
+#ifndef KEEL_BUF_H
+#define KEEL_BUF_H
+
+#include <stdint.h>
+
+typedef struct keel_buf {
+	char *data;    /* received bytes */
+	uint32_t len;  /* how many */
+	uint32_t cap;  /* buffer size */
+	uint16_t id;   /* index in the pool */
+	uint16_t refs; /* internal */
+	struct keel__bufpool *pool; /* internal */
+	struct keel_buf *next; /* free for the holder's use (e.g. a queue) while it holds the buffer */
+} keel_buf;
+
+/* Take a reference: the buffer stays out of the pool until released. */
+void keel_buf_hold(keel_buf *buf);
+
+/* Drop a reference; the last one returns the buffer to the kernel's ring. */
+void keel_buf_release(keel_buf *buf);
+
+#endif

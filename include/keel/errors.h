@@ -1,0 +1,21 @@
+/*
+ * keel error codes.
+ *
+ * Every keel call that can fail returns 0 (or a count) on success and a
+ * negative errno on failure; promises reject with the same negative int.
+ * Codes that have no errno equivalent live below -4095 so they can never
+ * collide with a kernel error.
+ */
+#ifndef KEEL_ERRORS_H
+#define KEEL_ERRORS_H
+
+enum {
+	KEEL_ELIMIT = -5001,   /* a configured limit was reached */
+	KEEL_EBACKEND = -5002, /* the requested backend cannot run here */
+	KEEL_ESTOPPED = -5003, /* the loop is stopping; no new work accepted */
+};
+
+/* Text for a keel error or a negative errno. Never NULL; static storage. */
+const char *keel_strerror(int err);
+
+#endif

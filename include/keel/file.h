@@ -1,0 +1,55 @@
+/*
+ * File and descriptor operations through the loop.
+ *
+ * On io_uring they are ring operations like any other. On epoll, which cannot
+ * wait for regular files, they run on a small bounded thread pool and their
+ * results re-enter the loop through an eventfd, as completions.
+ * Paths and buffers are borrowed until the promise settles.
+ */
+#ifndef KEEL_FILE_H
+#define KEEL_FILE_H
+
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "promise.h"
+
+/*
+ * openat2(2). resolve takes RESOLVE_* flags (RESOLVE_BENEATH keeps the lookup
+ * below dirfd). O_CLOEXEC is always added. Resolves with n = fd.
+ */
+keel_promise *keel_file_open(keel_loop *loop, int dirfd, const char *path, int flags, mode_t mode,
+                             uint64_t resolve);
+
+/* pread/pwrite at off. n = bytes transferred (a short count is possible, as with pread). */
+keel_promise *keel_file_read(keel_loop *loop, int fd, void *buf, size_t len, uint64_t off);
+keel_promise *keel_file_write(keel_loop *loop, int fd, const void *buf, size_t len, uint64_t off);
+
+/* statx(2) into *out (borrowed). */
+keel_promise *keel_file_statx(keel_loop *loop, int dirfd, const char *path, int flags, unsigned mask,
+                              struct statx *out);
+
+keel_promise *keel_file_fsync(keel_loop *loop, int fd, int datasync);
+
+/*
+ * read(2) on a pollable descriptor (pipe, eventfd, signalfd, socket) into
+ * buf; waits for readiness. n = bytes.
+ */
+keel_promise *keel_read(keel_loop *loop, int fd, void *buf, size_t len);
+
+/*
+ * Send len bytes of file in_fd from offset off to socket out_fd without
+ * copying through user space (splice through a pipe on io_uring, sendfile(2)
+ * on epoll). Short transfers are continued; n == len unless the file ended
+ * early, in which case n is what was sent.
+ */
+keel_promise *keel_sendfile(keel_loop *loop, int out_fd, int in_fd, uint64_t off, size_t len);
+
+/*
+ * Close fd. In-flight operations on fd are cancelled first (they settle
+ * with -ECANCELED), so nothing is left waiting on a closed descriptor.
+ */
+keel_promise *keel_close(keel_loop *loop, int fd);
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * keel_loop: one proactor per thread.
+ *
+ * A loop owns a kernel completion queue (io_uring, or epoll emulating the
+ * same interface), a timer heap, a ready queue of promise continuations and
+ * a pool of receive buffers. It is single-threaded: every call on a loop and
+ * on the promises it made must come from the thread that runs it, except
+ * keel_loop_post() and keel_loop_stop_async().
+ *
+ * One tick: run ready continuations (bounded), hand every queued submission
+ * to the kernel in one call that also waits for the nearest timer deadline,
+ * dispatch completions (bounded), expire timers.
+ */
+#ifndef KEEL_LOOP_H
+#define KEEL_LOOP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct keel_loop keel_loop;
+
+typedef enum keel_backend_kind {
+	KEEL_BACKEND_AUTO = 0, /* io_uring if usable, else epoll; honours $KEEL_BACKEND */
+	KEEL_BACKEND_URING,
+	KEEL_BACKEND_EPOLL,
+} keel_backend_kind;
+
+typedef struct keel_loop_opts {
+	keel_backend_kind backend;
+	unsigned sq_entries;        /* io_uring SQ size; default 1024 */
+	unsigned recv_buf_count;    /* buffers in the receive pool (power of two); default 1024 */
+	unsigned recv_buf_size;     /* bytes per receive buffer; default 16 KiB */
+	unsigned ops_max;           /* operations in flight at once; default 65536 */
+	unsigned cqe_batch_max;     /* completions dispatched per tick; default 1024 */
+	unsigned ready_batch_max;   /* continuations run per tick; default 4096 */
+	int sqpoll;                 /* 1 on, 0 off, -1 from $KEEL_SQPOLL (default) */
+	unsigned sqpoll_idle_ms;    /* SQPOLL thread idle time before it sleeps; default 50 */
+	long send_zc_min_bytes;     /* zero-copy send at/above this size; 0 off, -1 from $KEEL_SEND_ZC (default) */
+	unsigned file_threads;      /* epoll backend: threads for regular-file ops; default 4 */
+	bool quiet;                 /* suppress the backend-choice log line */
+} keel_loop_opts;
+
+typedef struct keel_loop_stats {
+	uint64_t ticks;
+	uint64_t submits;          /* kernel entries made to submit/wait */
+	uint64_t ops_submitted;
+	uint64_t completions;
+	uint64_t late_completions; /* dropped: generation tag did not match */
+	uint32_t ops_inflight;
+	uint32_t promises_live;
+	uint32_t ctx_live;
+	uint32_t timers_live;
+	uint32_t bufs_total;
+	uint32_t bufs_in_use;
+	uint64_t enobufs;          /* receive streams parked for want of a buffer */
+} keel_loop_stats;
+
+/* Fill opts with the defaults above. */
+void keel_loop_opts_default(keel_loop_opts *opts);
+
+/*
+ * Create a loop on the calling thread. opts may be NULL for defaults.
+ * Returns 0 and sets *out, or a negative errno / KEEL_EBACKEND when the
+ * backend forced by opts or $KEEL_BACKEND cannot run. The backend choice is
+ * logged once per process to stderr unless opts->quiet.
+ */
+int keel_loop_new(keel_loop **out, const keel_loop_opts *opts);
+
+/*
+ * Free a loop. Outstanding operations are cancelled and waited for (buffers
+ * handed to the kernel stay valid until then); promises still pending are
+ * abandoned without running their continuations.
+ */
+void keel_loop_free(keel_loop *loop);
+
+/*
+ * Run until keel_loop_stop() is called or no work remains (no operation in
+ * flight, no timer, nothing ready). Returns 0, or a negative errno if the
+ * kernel interface failed.
+ */
+int keel_loop_run(keel_loop *loop);
+
+/* Run one tick, waiting at most timeout_ms (-1: until something happens). */
+int keel_loop_run_once(keel_loop *loop, int timeout_ms);
+
+/* Make keel_loop_run() return after the current tick. Loop thread only. */
+void keel_loop_stop(keel_loop *loop);
+
+/*
+ * Thread-safe: run fn(ud) on the loop's thread during a later tick. Returns 0
+ * or -ENOMEM. Used for cross-thread signals such as graceful stop.
+ */
+int keel_loop_post(keel_loop *loop, void (*fn)(keel_loop *loop, void *ud), void *ud);
+
+/* "io_uring" or "epoll". */
+const char *keel_loop_backend(const keel_loop *loop);
+
+/* Monotonic time in ms / ns, cached once per tick. */
+uint64_t keel_loop_now_ms(const keel_loop *loop);
+uint64_t keel_loop_now_ns(const keel_loop *loop);
+
+/* Whether an opt-in feature is active on this loop: "sqpoll", "send_zc". */
+bool keel_loop_feature(const keel_loop *loop, const char *name);
+
+void keel_loop_get_stats(const keel_loop *loop, keel_loop_stats *out);
+
+/* Per-thread user pointer, for callbacks that only get the loop. */
+void keel_loop_set_data(keel_loop *loop, void *data);
+void *keel_loop_data(const keel_loop *loop);
+
+#endif

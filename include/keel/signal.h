@@ -1,0 +1,17 @@
+/*
+ * Signals through the loop (signalfd).
+ */
+#ifndef KEEL_SIGNAL_H
+#define KEEL_SIGNAL_H
+
+#include "promise.h"
+
+/*
+ * Resolve with n = the signal number when one of signos[0..n) is delivered.
+ * The signals are blocked in the calling thread (block them in every thread,
+ * e.g. before starting workers, for process-directed signals to reach the
+ * loop). Cancel to stop waiting.
+ */
+keel_promise *keel_signal_wait(keel_loop *loop, const int *signos, int n);
+
+#endif

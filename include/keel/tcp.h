@@ -1,0 +1,92 @@
+/*
+ * TCP (and any stream socket) operations through the loop.
+ *
+ * Accept and receive are streams: one submission delivers many items
+ * (multishot accept; multishot receive from the buffer pool). The promise a
+ * stream returns settles once, when the stream ends: 0 at end of file, or a
+ * negative errno, -ECANCELED after a cancel or a callback's KEEL_STOP.
+ * A stream never ends for want of buffers: when the pool runs dry it is
+ * parked and re-armed as buffers come back, without losing data.
+ */
+#ifndef KEEL_TCP_H
+#define KEEL_TCP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "buf.h"
+#include "promise.h"
+
+/* A stream callback returns KEEL_CONTINUE to keep going or KEEL_STOP to end the stream. */
+enum { KEEL_CONTINUE = 0, KEEL_STOP = 1 };
+
+enum { KEEL_TCP_REUSEPORT = 1 << 0, KEEL_TCP_NODELAY = 1 << 1 };
+
+/*
+ * Parse "127.0.0.1:7000", "[::1]:7000", "localhost:7000" is not resolved:
+ * numeric addresses only. Returns 0 or -EINVAL.
+ */
+int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Format an address as "ip:port" / "[ip]:port" into buf. Returns buf. */
+char *keel_addr_format(const struct sockaddr *sa, char *buf, size_t size);
+
+/*
+ * Create a listening socket bound to addr (keel_addr_parse syntax). flags:
+ * KEEL_TCP_REUSEPORT. Returns the fd (non-blocking, close-on-exec) or a
+ * negative errno. Synchronous: this is setup, not a per-request path.
+ */
+int keel_tcp_listen(const char *addr, int backlog, unsigned flags);
+
+/* The port a socket is bound to, or a negative errno. */
+int keel_tcp_port(int fd);
+
+/*
+ * Multishot accept on lfd. fn(ud, fd) runs for each new connection and owns
+ * fd; it returns KEEL_CONTINUE or KEEL_STOP. The promise settles when the
+ * stream ends: with a negative errno (EMFILE/ENFILE included: the caller
+ * decides on backoff) or -ECANCELED.
+ *
+ * Stopping (KEEL_STOP, keel_promise_cancel, keel_close of the socket) takes
+ * effect in the kernel asynchronously: items the kernel produced before that
+ * are still passed to fn, whatever it returns, until the promise settles.
+ * Nothing the kernel accepted or received is dropped.
+ */
+typedef int (*keel_accept_fn)(void *ud, int fd);
+keel_promise *keel_accept(keel_loop *loop, int lfd, keel_accept_fn fn, void *ud);
+
+/*
+ * Connect a new non-blocking TCP socket to addr. Resolves with n = the
+ * connected fd (the consumer owns it); rejects with a negative errno, or
+ * -ETIMEDOUT after timeout_ms (0: no timeout), in which case the socket is
+ * closed by keel.
+ */
+keel_promise *keel_connect(keel_loop *loop, const struct sockaddr *addr, socklen_t addrlen,
+                           uint64_t timeout_ms);
+
+/*
+ * Multishot receive on fd. fn(ud, buf) runs for each chunk; buf is borrowed
+ * for the call (keel_buf_hold to keep it). Settles with 0 at end of file.
+ * As with accept, chunks received before a stop took effect still reach fn.
+ */
+typedef int (*keel_recv_fn)(void *ud, keel_buf *buf);
+keel_promise *keel_recv_stream(keel_loop *loop, int fd, keel_recv_fn fn, void *ud);
+
+/* One receive into caller memory (borrowed until the promise settles). n = bytes, 0 at EOF. */
+keel_promise *keel_recv(keel_loop *loop, int fd, void *buf, size_t len);
+
+/*
+ * Send all of buf / of the iovecs: short sends are continued internally, so
+ * n == total on success. The bytes are borrowed until the promise settles;
+ * the iovec array itself is copied (at most KEEL_IOV_MAX entries). Sends at or
+ * above the loop's zero-copy threshold use IORING_OP_SEND_ZC where active.
+ */
+#define KEEL_IOV_MAX 64
+keel_promise *keel_send(keel_loop *loop, int fd, const void *buf, size_t len);
+keel_promise *keel_sendv(keel_loop *loop, int fd, const struct iovec *iov, int iovcnt);
+
+keel_promise *keel_shutdown(keel_loop *loop, int fd, int how);
+
+#endif

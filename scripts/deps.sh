@@ -1,0 +1,18 @@
+#!/bin/sh
+# Install the Debian packages keel builds and tests with, when missing.
+# As root it runs apt-get; otherwise it prints the exact command and fails.
+set -e
+need=""
+[ -f /usr/include/liburing.h ] || need="$need liburing-dev"
+command -v curl >/dev/null 2>&1 || need="$need curl"
+command -v python3 >/dev/null 2>&1 || need="$need python3"
+[ -n "$need" ] || exit 0
+if [ "$(id -u)" = 0 ]; then
+	echo "keel: installing$need" >&2
+	apt-get update -qq >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+else
+	echo "keel: missing Debian packages:$need" >&2
+	echo "keel: run: sudo apt-get install -y$need" >&2
+	exit 1
+fi

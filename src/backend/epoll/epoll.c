@@ -1,0 +1,426 @@
+/*
+ * The epoll backend: io_uring's completion interface, emulated.
+ *
+ * Submissions are queued and attempted at the next poll, optimistically,
+ * before waiting (a socket usually has data or room already). An attempt that
+ * would block parks the op on its descriptor's read or write list; the
+ * descriptor is registered once, edge-triggered, and each edge re-attempts
+ * the ops waiting there. Multishot accept and receive are loops bounded per
+ * edge, requeued when the bound is hit so one busy socket cannot starve the
+ * rest. Regular files, which epoll cannot wait for, go to filepool.c.
+ * Results reach the core exactly as io_uring's CQEs would.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "epoll.h"
+
+#define POOL_TAG UINT64_MAX
+
+void keel__ep_push(keel__op **head, keel__op **tail, keel__op *op)
+{
+	op->next = NULL;
+	if (*tail)
+		(*tail)->next = op;
+	else
+		*head = op;
+	*tail = op;
+}
+
+keel__op *keel__ep_pop(keel__op **head, keel__op **tail)
+{
+	keel__op *op = *head;
+	if (op) {
+		*head = op->next;
+		if (!*head)
+			*tail = NULL;
+		op->next = NULL;
+	}
+	return op;
+}
+
+bool keel__ep_unlink(keel__op **head, keel__op **tail, keel__op *op)
+{
+	keel__op *prev = NULL;
+	for (keel__op *it = *head; it; prev = it, it = it->next) {
+		if (it != op)
+			continue;
+		if (prev)
+			prev->next = it->next;
+		else
+			*head = it->next;
+		if (*tail == it)
+			*tail = prev;
+		it->next = NULL;
+		return true;
+	}
+	return false;
+}
+
+void keel__ep_defer(keel__epoll *ep, keel__op *op, int res)
+{
+	op->be_state = EP_DONE;
+	op->be_scratch = res;
+	keel__ep_push(&ep->done, &ep->done_tail, op);
+}
+
+static struct keel__epfd *fd_entry(keel__epoll *ep, int fd)
+{
+	if (fd < 0)
+		return NULL;
+	if (fd >= ep->nfds) {
+		int n = ep->nfds ? ep->nfds : 1024;
+		while (n <= fd)
+			n *= 2;
+		struct keel__epfd *f = realloc(ep->fds, (size_t)n * sizeof(*f));
+		if (!f)
+			return NULL;
+		memset(f + ep->nfds, 0, (size_t)(n - ep->nfds) * sizeof(*f));
+		ep->fds = f;
+		ep->nfds = n;
+	}
+	return &ep->fds[fd];
+}
+
+void keel__ep_fd_reset(keel__epoll *ep, int fd)
+{
+	if (fd >= 0 && fd < ep->nfds) {
+		ep->fds[fd].registered = 0;
+		ep->fds[fd].nonblock_set = 0;
+		ep->fds[fd].hup = 0;
+	}
+}
+
+void keel__ep_fd_nonblock(keel__epoll *ep, int fd)
+{
+	struct keel__epfd *e = fd_entry(ep, fd);
+	if (!e || e->nonblock_set)
+		return;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0 && !(fl & O_NONBLOCK))
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	e->nonblock_set = 1;
+}
+
+static int fd_wait(keel__epoll *ep, keel__op *op, bool write)
+{
+	struct keel__epfd *e = fd_entry(ep, op->fd);
+	if (!e)
+		return -ENOMEM;
+	if (!e->registered) {
+		struct epoll_event ev = {
+			.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+			.data.u64 = (uint64_t)op->fd,
+		};
+		if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, op->fd, &ev) < 0) {
+			if (errno != EEXIST || epoll_ctl(ep->epfd, EPOLL_CTL_MOD, op->fd, &ev) < 0)
+				return -errno;
+		}
+		e->registered = 1;
+	}
+	op->be_state = write ? EP_WAIT_WR : EP_WAIT_RD;
+	if (write) {
+		keel__op *tail = e->wr;
+		while (tail && tail->next)
+			tail = tail->next;
+		op->next = NULL;
+		if (tail)
+			tail->next = op;
+		else
+			e->wr = op;
+	} else {
+		keel__op *tail = e->rd;
+		while (tail && tail->next)
+			tail = tail->next;
+		op->next = NULL;
+		if (tail)
+			tail->next = op;
+		else
+			e->rd = op;
+	}
+	return 0;
+}
+
+static bool fd_unwait(keel__epoll *ep, keel__op *op)
+{
+	if (op->fd < 0 || op->fd >= ep->nfds)
+		return false;
+	struct keel__epfd *e = &ep->fds[op->fd];
+	keel__op **head = op->be_state == EP_WAIT_WR ? &e->wr : &e->rd;
+	keel__op *prev = NULL;
+	for (keel__op *it = *head; it; prev = it, it = it->next) {
+		if (it == op) {
+			if (prev)
+				prev->next = it->next;
+			else
+				*head = it->next;
+			op->next = NULL;
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool is_file_kind(int kind)
+{
+	return kind == KEEL__OP_OPEN || kind == KEEL__OP_READ || kind == KEEL__OP_WRITE ||
+	       kind == KEEL__OP_STATX || kind == KEEL__OP_FSYNC;
+}
+
+static void attempt(keel_loop *loop, keel__epoll *ep, keel__op *op)
+{
+	if (is_file_kind(op->kind)) {
+		int err = keel__ep_pool_queue(ep, op, ep->threads_max);
+		if (err < 0)
+			keel__op_complete(loop, op, err, 0, 0);
+		return;
+	}
+	if (op->kind == KEEL__OP_CLOSE) {
+		/* Nothing may stay waiting on a closed descriptor. */
+		if (op->fd >= 0 && op->fd < ep->nfds) {
+			struct keel__epfd *e = &ep->fds[op->fd];
+			keel__op *lists[2] = {e->rd, e->wr};
+			e->rd = e->wr = NULL;
+			for (int i = 0; i < 2; i++) {
+				while (lists[i]) {
+					keel__op *w = lists[i];
+					lists[i] = w->next;
+					w->flags |= KEEL__OPF_CANCELED;
+					keel__ep_defer(ep, w, -ECANCELED);
+				}
+			}
+			if (e->registered)
+				epoll_ctl(ep->epfd, EPOLL_CTL_DEL, op->fd, NULL);
+			keel__ep_fd_reset(ep, op->fd);
+		}
+		int res = close(op->fd) < 0 ? -errno : 0;
+		keel__op_complete(loop, op, res, 0, 0);
+		return;
+	}
+	op->be_state = EP_RUNNING;
+	int r = keel__ep_attempt_net(loop, ep, op);
+	if (r == ATT_WAIT_RD || r == ATT_WAIT_WR) {
+		int err = fd_wait(ep, op, r == ATT_WAIT_WR);
+		if (err < 0)
+			keel__op_complete(loop, op, err, 0, 0);
+	} else if (r == ATT_REQUEUE) {
+		op->be_state = EP_PENDING;
+		keel__ep_push(&ep->pending, &ep->pending_tail, op);
+	}
+}
+
+static void ep_submit(keel_loop *loop, keel__op *op)
+{
+	keel__epoll *ep = keel__loop_be(loop);
+	if (op->kind == KEEL__OP_CONNECT)
+		keel__ep_fd_reset(ep, op->fd); /* a new socket may carry an old number */
+	op->be_state = EP_PENDING;
+	op->be_scratch = 0;
+	keel__ep_push(&ep->pending, &ep->pending_tail, op);
+}
+
+static void ep_cancel(keel_loop *loop, keel__op *op)
+{
+	keel__epoll *ep = keel__loop_be(loop);
+	switch (op->be_state) {
+	case EP_PENDING:
+		keel__ep_unlink(&ep->pending, &ep->pending_tail, op);
+		keel__ep_defer(ep, op, -ECANCELED);
+		break;
+	case EP_WAIT_RD:
+	case EP_WAIT_WR:
+		fd_unwait(ep, op);
+		keel__ep_defer(ep, op, -ECANCELED);
+		break;
+	case EP_JOB:
+		if (keel__ep_pool_cancel(ep, op))
+			keel__ep_defer(ep, op, -ECANCELED);
+		break;
+	default:
+		/* Running or already done: its result is on its way; attempts check the flags. */
+		break;
+	}
+}
+
+static void run_list(keel_loop *loop, keel__epoll *ep, keel__op *list)
+{
+	while (list) {
+		keel__op *op = list;
+		list = op->next;
+		op->next = NULL;
+		attempt(loop, ep, op);
+	}
+}
+
+static unsigned drain_done(keel_loop *loop, keel__epoll *ep)
+{
+	unsigned n = 0;
+	keel__op *op;
+	while ((op = keel__ep_pop(&ep->done, &ep->done_tail))) {
+		op->be_state = EP_IDLE;
+		keel__op_complete(loop, op, (int)op->be_scratch, 0, 0);
+		n++;
+	}
+	return n;
+}
+
+static int ep_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
+{
+	keel__epoll *ep = keel__loop_be(loop);
+	unsigned before = (unsigned)keel__loop_completions(loop);
+
+	/* Attempt what was submitted since the last poll (resubmissions included, bounded). */
+	for (unsigned round = 0; ep->pending && round < 4; round++) {
+		keel__op *list = ep->pending;
+		ep->pending = ep->pending_tail = NULL;
+		for (keel__op *op = list; op; op = op->next)
+			op->be_state = EP_IDLE;
+		run_list(loop, ep, list);
+	}
+	drain_done(loop, ep);
+
+	if (ep->pending || ep->done || (unsigned)keel__loop_completions(loop) != before)
+		timeout_ns = 0;
+
+	struct epoll_event evs[256];
+	int maxev = max < 256 ? (int)max : 256;
+	struct timespec ts, *tsp = NULL;
+	if (timeout_ns >= 0) {
+		ts.tv_sec = timeout_ns / 1000000000ll;
+		ts.tv_nsec = timeout_ns % 1000000000ll;
+		tsp = &ts;
+	}
+	keel__loop_count_submit(loop, 0);
+	int n = epoll_pwait2(ep->epfd, evs, maxev, tsp, NULL);
+	if (n < 0 && errno == ENOSYS) {
+		int ms = timeout_ns < 0 ? -1 : (int)((timeout_ns + 999999) / 1000000);
+		n = epoll_wait(ep->epfd, evs, maxev, ms);
+	}
+	if (n < 0)
+		return errno == EINTR ? 0 : -errno;
+
+	for (int i = 0; i < n; i++) {
+		uint64_t tag = evs[i].data.u64;
+		if (tag == POOL_TAG) {
+			keel__ep_pool_reap(ep);
+			continue;
+		}
+		int fd = (int)tag;
+		if (fd >= ep->nfds)
+			continue;
+		struct keel__epfd *e = &ep->fds[fd];
+		uint32_t what = evs[i].events;
+		if (what & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+			e->hup = 1;
+		if (what & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+			keel__op *list = e->rd;
+			e->rd = NULL;
+			run_list(loop, ep, list);
+		}
+		if (fd < ep->nfds && (what & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+			e = &ep->fds[fd];
+			keel__op *list = e->wr;
+			e->wr = NULL;
+			run_list(loop, ep, list);
+		}
+	}
+	drain_done(loop, ep);
+	return (int)((unsigned)keel__loop_completions(loop) - before);
+}
+
+static int ep_init(keel_loop *loop, keel_loop_opts *opts)
+{
+	keel__epoll *ep = calloc(1, sizeof(*ep));
+	if (!ep)
+		return -ENOMEM;
+	ep->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (ep->epfd < 0)
+		goto out_errno;
+	ep->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (ep->efd < 0)
+		goto out_errno;
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = POOL_TAG};
+	if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, ep->efd, &ev) < 0)
+		goto out_errno;
+	pthread_mutex_init(&ep->mu, NULL);
+	pthread_cond_init(&ep->cv, NULL);
+	ep->threads_max = opts->file_threads ? opts->file_threads : 1;
+	opts->send_zc_min_bytes = 0; /* no zero-copy send here */
+	keel__loop_set_be(loop, ep);
+	return 0;
+
+out_errno:;
+	int err = -errno;
+	if (ep->epfd >= 0)
+		close(ep->epfd);
+	if (ep->efd > 0)
+		close(ep->efd);
+	free(ep);
+	return err;
+}
+
+static void ep_fini(keel_loop *loop)
+{
+	keel__epoll *ep = keel__loop_be(loop);
+	if (!ep)
+		return;
+	keel__ep_pool_fini(ep);
+	pthread_mutex_destroy(&ep->mu);
+	pthread_cond_destroy(&ep->cv);
+	close(ep->efd);
+	close(ep->epfd);
+	free(ep->fds);
+	free(ep);
+	keel__loop_set_be(loop, NULL);
+}
+
+static int ep_bufpool_init(keel_loop *loop, keel__bufpool *pool)
+{
+	(void)loop;
+	(void)pool;
+	return 0; /* the core's free stack is the pool */
+}
+
+static void ep_bufpool_fini(keel_loop *loop, keel__bufpool *pool)
+{
+	(void)loop;
+	(void)pool;
+}
+
+static void ep_buf_recycle(keel_loop *loop, keel__bufpool *pool, uint16_t bid)
+{
+	(void)loop;
+	pool->free_ids[pool->nfree++] = bid;
+}
+
+static void ep_wake(keel_loop *loop)
+{
+	(void)loop;
+}
+
+static bool ep_feature(keel_loop *loop, const char *name)
+{
+	(void)loop;
+	(void)name;
+	return false;
+}
+
+const keel__backend keel__backend_epoll = {
+	.name = "epoll",
+	.init = ep_init,
+	.fini = ep_fini,
+	.submit = ep_submit,
+	.cancel = ep_cancel,
+	.poll = ep_poll,
+	.bufpool_init = ep_bufpool_init,
+	.bufpool_fini = ep_bufpool_fini,
+	.buf_recycle = ep_buf_recycle,
+	.wake = ep_wake,
+	.feature = ep_feature,
+};

@@ -1,0 +1,30 @@
+/*
+ * The keel command line: one function per subcommand.
+ */
+#ifndef KEEL_CLI_H
+#define KEEL_CLI_H
+
+#include "keel/keel.h"
+
+/* Exit statuses: 0 ok, 1 runtime failure, 2 usage error. */
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
+
+int cli_echo(int argc, char **argv);
+
+/* Shared worker plumbing (workers.c). */
+typedef struct cli_workers cli_workers;
+typedef int (*cli_worker_main)(keel_loop *loop, int index, int listen_fd, void *arg);
+typedef void (*cli_worker_stop)(keel_loop *loop, void *ud);
+
+/*
+ * Start n worker threads, each with its own loop and its own SO_REUSEPORT
+ * listener on addr; run until SIGINT/SIGTERM, then ask every worker to stop
+ * gracefully (stop) and wait for them. Returns a CLI exit status.
+ */
+int cli_run_workers(const char *what, const char *addr, int n, cli_worker_main main_fn,
+                    cli_worker_stop stop_fn, void *arg);
+
+/* Parse a positive integer option; exits with usage status on junk. */
+long cli_parse_long(const char *opt, const char *s, long min, long max);
+
+#endif

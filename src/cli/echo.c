@@ -1,0 +1,385 @@
+/*
+ * keel echo: a TCP echo server, the runtime's first real program.
+ *
+ * Each connection runs a multishot receive from the loop's buffer pool and
+ * sends the very buffers it received back (no copy), in order, batching all
+ * that queued up into one sendmsg. A connection that queues more than
+ * ECHO_QUEUE_MAX unsent buffers (a peer that writes but does not read) stops
+ * receiving until its queue drains: its memory stays bounded and the shared
+ * pool cannot be drained by one peer. Per-worker limits: connections; when
+ * full, accepting pauses and the kernel backlog holds the rest.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+#define ECHO_QUEUE_MAX 16 /* unsent buffers before a connection stops receiving */
+#define ECHO_BATCH 8      /* buffers per sendmsg */
+
+struct echo_cfg {
+	const char *listen;
+	int workers;
+	long conns_max;
+	long grace_ms;
+};
+
+struct echo_worker;
+
+struct conn {
+	struct echo_worker *w;
+	int fd;
+	keel_buf *qhead, *qtail; /* received, not yet sent (chained through buf->next) */
+	unsigned nqueue;
+	keel_buf *sending[ECHO_BATCH];
+	unsigned nsending;
+	keel_promise *recv; /* the receive stream, while it runs */
+	bool eof, closing, paused;
+	struct conn *prev, *next;
+};
+
+struct echo_worker {
+	keel_loop *loop;
+	const struct echo_cfg *cfg;
+	int lfd;
+	keel_promise *accept;
+	bool accept_paused, stopping;
+	long nconns;
+	struct conn *conns;
+	struct conn *free_conns;
+	uint64_t backoff_ms;
+};
+
+static void conn_flush(struct conn *c);
+static void conn_read(struct conn *c);
+static void accept_start(struct echo_worker *w);
+
+static struct conn *conn_new(struct echo_worker *w, int fd)
+{
+	struct conn *c = w->free_conns;
+	if (c)
+		w->free_conns = c->next;
+	else if (!(c = malloc(sizeof(*c))))
+		return NULL;
+	memset(c, 0, sizeof(*c));
+	c->w = w;
+	c->fd = fd;
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+	w->nconns++;
+	return c;
+}
+
+static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	struct conn *c = ud;
+	struct echo_worker *w = c->w;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		w->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->next = w->free_conns;
+	w->free_conns = c;
+	w->nconns--;
+	if (w->accept_paused && !w->stopping && w->nconns < w->cfg->conns_max) {
+		w->accept_paused = false;
+		accept_start(w);
+	}
+	if (w->stopping && w->nconns == 0)
+		keel_loop_stop(w->loop);
+}
+
+static void conn_close(struct conn *c)
+{
+	if (c->closing)
+		return;
+	c->closing = true;
+	while (c->qhead) {
+		keel_buf *b = c->qhead;
+		c->qhead = b->next;
+		keel_buf_release(b);
+	}
+	c->qtail = NULL;
+	c->nqueue = 0;
+	/* keel_close cancels the receive stream and any send still in flight. */
+	keel_promise_done(keel_close(c->w->loop, c->fd), conn_closed, c);
+}
+
+/* Close once the peer has finished sending and everything was echoed. */
+static void conn_maybe_done(struct conn *c)
+{
+	if (c->eof && !c->recv && c->nqueue == 0 && c->nsending == 0)
+		conn_close(c);
+}
+
+static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct conn *c = ud;
+	for (unsigned i = 0; i < c->nsending; i++)
+		keel_buf_release(c->sending[i]);
+	c->nsending = 0;
+	if (c->closing)
+		return;
+	if (o.err) {
+		conn_close(c);
+		return;
+	}
+	if (c->nqueue)
+		conn_flush(c);
+	else if (c->paused && !c->recv && !c->eof)
+		conn_read(c);
+	conn_maybe_done(c);
+}
+
+static void conn_flush(struct conn *c)
+{
+	struct iovec iov[ECHO_BATCH];
+	unsigned n = 0;
+	while (c->qhead && n < ECHO_BATCH) {
+		keel_buf *b = c->qhead;
+		c->qhead = b->next;
+		iov[n].iov_base = b->data;
+		iov[n].iov_len = b->len;
+		c->sending[n++] = b;
+	}
+	if (!c->qhead)
+		c->qtail = NULL;
+	c->nqueue -= n;
+	c->nsending = n;
+	keel_promise_done(keel_sendv(c->w->loop, c->fd, iov, (int)c->nsending), send_done, c);
+}
+
+static int on_data(void *ud, keel_buf *buf)
+{
+	struct conn *c = ud;
+	if (c->closing)
+		return KEEL_STOP;
+	keel_buf_hold(buf);
+	buf->next = NULL;
+	if (c->qtail)
+		c->qtail->next = buf;
+	else
+		c->qhead = buf;
+	c->qtail = buf;
+	c->nqueue++;
+	if (c->nsending == 0)
+		conn_flush(c);
+	if (c->nqueue >= ECHO_QUEUE_MAX) {
+		c->paused = true; /* resumes when the queue drains */
+		return KEEL_STOP;
+	}
+	return KEEL_CONTINUE;
+}
+
+static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct conn *c = ud;
+	c->recv = NULL;
+	if (c->closing)
+		return;
+	if (o.err == -ECANCELED && c->paused) {
+		if (c->nqueue == 0 && c->nsending == 0)
+			conn_read(c);
+		return;
+	}
+	if (o.err && o.err != -ECANCELED) {
+		conn_close(c); /* reset or other error: nothing more to echo */
+		return;
+	}
+	c->eof = true;
+	if (c->nqueue == 0 && c->nsending == 0)
+		keel_promise_release(keel_shutdown(c->w->loop, c->fd, SHUT_WR));
+	conn_maybe_done(c);
+}
+
+static void conn_read(struct conn *c)
+{
+	c->paused = false;
+	keel_promise *p = keel_recv_stream(c->w->loop, c->fd, on_data, c);
+	c->recv = p;
+	keel_promise_done(p, recv_ended, c);
+}
+
+static int on_accept(void *ud, int fd)
+{
+	struct echo_worker *w = ud;
+	struct conn *c = conn_new(w, fd);
+	if (!c) {
+		close(fd);
+		return KEEL_CONTINUE;
+	}
+	w->backoff_ms = 0;
+	conn_read(c);
+	if (w->nconns >= w->cfg->conns_max) {
+		w->accept_paused = true; /* the kernel's backlog holds the rest */
+		return KEEL_STOP;
+	}
+	return KEEL_CONTINUE;
+}
+
+static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	struct echo_worker *w = ud;
+	if (!w->stopping)
+		accept_start(w);
+}
+
+static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct echo_worker *w = ud;
+	w->accept = NULL;
+	if (w->stopping || w->accept_paused)
+		return;
+	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM) {
+		/* Out of descriptors or memory: pause with backoff, never spin. */
+		w->backoff_ms = w->backoff_ms ? w->backoff_ms * 2 : 10;
+		if (w->backoff_ms > 1000)
+			w->backoff_ms = 1000;
+		keel_log(KEEL_LOG_WARN, "accept: %s; retrying in %llu ms", keel_strerror(o.err),
+		         (unsigned long long)w->backoff_ms);
+		keel_promise_done(keel_sleep(w->loop, w->backoff_ms), backoff_done, w);
+		return;
+	}
+	if (o.err)
+		keel_log(KEEL_LOG_ERROR, "accept stopped: %s", keel_strerror(o.err));
+	if (o.err && o.err != -ECANCELED)
+		accept_start(w);
+}
+
+static void accept_start(struct echo_worker *w)
+{
+	w->accept = keel_accept(w->loop, w->lfd, on_accept, w);
+	keel_promise_done(w->accept, accept_ended, w);
+}
+
+static void grace_over(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	struct echo_worker *w = ud;
+	for (struct conn *c = w->conns; c; c = c->next)
+		conn_close(c);
+	if (w->nconns == 0)
+		keel_loop_stop(w->loop);
+}
+
+static void echo_stop(keel_loop *loop, void *arg)
+{
+	(void)arg;
+	struct echo_worker *w = keel_loop_data(loop);
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	/* Stop accepting, give open connections the grace period, then close them. */
+	if (w->accept)
+		keel_promise_cancel(w->accept);
+	keel_promise_release(keel_close(loop, w->lfd));
+	w->lfd = -1;
+	if (w->nconns == 0)
+		keel_loop_stop(loop);
+	else
+		keel_promise_done(keel_sleep(loop, (uint64_t)w->cfg->grace_ms), grace_over, w);
+}
+
+static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
+{
+	(void)index;
+	struct echo_worker w;
+	memset(&w, 0, sizeof(w));
+	w.loop = loop;
+	w.cfg = arg;
+	w.lfd = lfd;
+	keel_loop_set_data(loop, &w);
+	accept_start(&w);
+	/* keel_loop_run returns when stop is called; the wake-up read keeps it alive until then. */
+	while (!w.stopping || w.nconns > 0) {
+		int err = keel_loop_run_once(loop, -1);
+		if (err < 0) {
+			keel_log(KEEL_LOG_ERROR, "loop: %s", keel_strerror(err));
+			return CLI_FAIL;
+		}
+	}
+	/* Let the last closes complete. */
+	keel_loop_run(loop);
+	while (w.free_conns) {
+		struct conn *next = w.free_conns->next;
+		free(w.free_conns);
+		w.free_conns = next;
+	}
+	keel_loop_set_data(loop, NULL);
+	return CLI_OK;
+}
+
+static void echo_usage(FILE *f)
+{
+	fputs("usage: keel echo [--listen ADDR:PORT] [--workers N] [--max-conns N] [--grace-ms MS]\n"
+	      "  --listen     address to listen on (default 127.0.0.1:7000; port 0 picks one)\n"
+	      "  --workers    worker threads, each with its own loop (default: online CPUs)\n"
+	      "  --max-conns  connections per worker before accepting pauses (default 10000)\n"
+	      "  --grace-ms   on SIGINT/SIGTERM, time open connections get to finish (default 5000)\n",
+	      f);
+}
+
+int cli_echo(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"listen", required_argument, NULL, 'l'},   {"workers", required_argument, NULL, 'w'},
+		{"max-conns", required_argument, NULL, 'm'}, {"grace-ms", required_argument, NULL, 'g'},
+		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+	};
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	struct echo_cfg cfg = {"127.0.0.1:7000", ncpu > 0 ? (int)ncpu : 1, 10000, 5000};
+	int c;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "l:w:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l':
+			cfg.listen = optarg;
+			break;
+		case 'w':
+			cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024);
+			break;
+		case 'm':
+			cfg.conns_max = cli_parse_long("--max-conns", optarg, 1, 1000000);
+			break;
+		case 'g':
+			cfg.grace_ms = cli_parse_long("--grace-ms", optarg, 0, 3600000);
+			break;
+		case 'h':
+			echo_usage(stdout);
+			return CLI_OK;
+		default:
+			echo_usage(stderr);
+			return CLI_USAGE;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "keel echo: unexpected argument '%s'\n", argv[optind]);
+		echo_usage(stderr);
+		return CLI_USAGE;
+	}
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (keel_addr_parse(cfg.listen, &ss, &len) < 0) {
+		fprintf(stderr, "keel echo: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n",
+		        cfg.listen);
+		return CLI_USAGE;
+	}
+	return cli_run_workers("echo", cfg.listen, cfg.workers, echo_worker_main, echo_stop, &cfg);
+}

@@ -1,0 +1,45 @@
+/*
+ * keel: the command-line entry point. Dispatches to a subcommand.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define KEEL_VERSION "0.1.0"
+
+static void usage(FILE *f)
+{
+	fputs("usage: keel <command> [options]\n"
+	      "\n"
+	      "commands:\n"
+	      "  echo [--listen ADDR:PORT] [--workers N]   TCP echo server (default 127.0.0.1:7000)\n"
+	      "\n"
+	      "  keel <command> --help   options of a command\n"
+	      "  keel --version\n"
+	      "\n"
+	      "environment: KEEL_BACKEND=io_uring|epoll, KEEL_SQPOLL=1, KEEL_SEND_ZC=BYTES, KEEL_LOG=0..3\n",
+	      f);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return CLI_USAGE;
+	}
+	const char *cmd = argv[1];
+	if (strcmp(cmd, "echo") == 0)
+		return cli_echo(argc - 1, argv + 1);
+	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+		usage(stdout);
+		return CLI_OK;
+	}
+	if (strcmp(cmd, "--version") == 0) {
+		printf("keel %s\n", KEEL_VERSION);
+		return CLI_OK;
+	}
+	fprintf(stderr, "keel: unknown command '%s'\n", cmd);
+	usage(stderr);
+	return CLI_USAGE;
+}

@@ -1,0 +1,54 @@
+/*
+ * keel_strerror and the log sink.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keel/errors.h"
+#include "keel/log.h"
+
+const char *keel_strerror(int err)
+{
+	switch (err) {
+	case 0:
+		return "success";
+	case KEEL_ELIMIT:
+		return "a configured limit was reached";
+	case KEEL_EBACKEND:
+		return "the requested backend cannot run here";
+	case KEEL_ESTOPPED:
+		return "the loop is stopping";
+	default:
+		break;
+	}
+	if (err < 0 && err > -4096)
+		return strerror(-err); /* glibc: thread-safe for known codes, static strings */
+	return "unknown error";
+}
+
+static int log_level = -1;
+
+void keel_log_set_level(int level)
+{
+	log_level = level;
+}
+
+void keel_log(int level, const char *fmt, ...)
+{
+	if (log_level < 0) {
+		const char *env = getenv("KEEL_LOG");
+		log_level = env && *env >= '0' && *env <= '3' ? *env - '0' : KEEL_LOG_INFO;
+	}
+	if (level > log_level)
+		return;
+	char line[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	fprintf(stderr, "keel: %s\n", line);
+}

@@ -1,0 +1,179 @@
+/*
+ * Internals shared by the files of src/core: the loop and promise records,
+ * the op table, the timer heap and the ready queue.
+ */
+#ifndef KEEL_CORE_INTERNAL_H
+#define KEEL_CORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "keel/loop.h"
+#include "keel/promise.h"
+
+#define KEEL__ASSERT(cond)                                                                         \
+	do {                                                                                       \
+		if (__builtin_expect(!(cond), 0))                                                  \
+			keel__assert_fail(#cond, __FILE__, __LINE__);                              \
+	} while (0)
+
+_Noreturn void keel__assert_fail(const char *what, const char *file, int line);
+_Noreturn void keel__oom(void);
+
+/* malloc that aborts on failure: out of memory is not a recoverable input here. */
+void *keel__xmalloc(size_t n);
+void *keel__xcalloc(size_t n, size_t size);
+
+enum keel__pstate { KEEL__PENDING = 0, KEEL__SETTLED = 1 };
+
+/* How a promise's own continuation (the fn it was derived with) runs. */
+enum keel__pmode {
+	KEEL__M_NONE = 0,
+	KEEL__M_THEN,
+	KEEL__M_MAP,
+	KEEL__M_FLAT,
+	KEEL__M_CATCH,
+	KEEL__M_FINALLY,
+	KEEL__M_FORWARD, /* flat_map: waiting on the inner promise */
+};
+
+struct keel_promise {
+	keel_loop *loop;
+	keel_ctx *ctx;
+	keel_promise *next; /* ready queue / free list */
+	keel_outcome out;
+	uint8_t state;
+	uint8_t queued;   /* on the ready queue */
+	uint8_t refs;     /* producer + consumer */
+	uint8_t mode;     /* enum keel__pmode */
+	uint8_t consumed; /* a consumer is attached */
+	/* Consumer: runs from the ready queue after this promise settles. */
+	void (*notify)(keel_promise *self, void *arg);
+	void *notify_arg;
+	/* Producer: what keel_promise_cancel reaches. */
+	void (*cancel)(keel_promise *self, void *arg);
+	void *cancel_arg;
+	/* Derived promises: the user function and its argument. */
+	void *fn;
+	void *ud;
+	keel_promise *upstream; /* the promise this one waits on, for cancel */
+};
+
+struct keel_ctx {
+	keel_loop *loop;
+	uint32_t refs;
+	struct keel__chunk *chunks;
+	char *cur, *end;
+	void (*on_free)(void *ud);
+	void *on_free_ud;
+	keel_ctx *next_free;
+};
+
+#define KEEL__MEM_CLASSES 5 /* 64, 128, 256, 512, 1024 bytes */
+struct keel__memfree {
+	struct keel__memfree *next;
+};
+
+struct keel__post {
+	void (*fn)(keel_loop *loop, void *ud);
+	void *ud;
+	struct keel__post *next;
+};
+
+struct keel_loop {
+	const keel__backend *be;
+	void *be_data;
+	keel_loop_opts opts;
+	uint64_t now_ns;
+	bool stopping;
+	void *user_data;
+
+	/* Ready queue: settled promises whose consumer must run. */
+	keel_promise *ready_head, *ready_tail;
+
+	/* Pools. */
+	keel_promise *promise_free;
+	void **slabs;
+	uint32_t nslabs, slabs_cap;
+	struct keel__memfree *mem_free[KEEL__MEM_CLASSES];
+	keel_ctx *ctx_free;
+	struct keel__chunk *chunk_free;
+	uint32_t chunk_free_count;
+
+	/* Op table: slot -> op; free ops are chained through op->next. */
+	keel__op **ops;
+	uint32_t ops_cap;
+	keel__op *op_free;
+	uint32_t ops_live, ops_daemon;
+
+	/* Timer heap (binary, by deadline). */
+	keel__timer **heap;
+	uint32_t heap_len, heap_cap;
+
+	keel__bufpool bufpool;
+
+	/* Cross-thread posts, through an eventfd read op. */
+	pthread_mutex_t post_mu;
+	struct keel__post *post_head, *post_tail;
+	int post_efd;
+	uint64_t post_val;
+
+	keel_loop_stats stats;
+};
+
+/* pool.c: small-object allocator with per-size free lists (no malloc in steady state). */
+void *keel__mem_alloc(keel_loop *loop, size_t size);
+void keel__mem_free(keel_loop *loop, void *ptr, size_t size);
+
+keel_promise *keel__promise_alloc(keel_loop *loop);
+void keel__promise_free(keel_loop *loop, keel_promise *p);
+keel__op *keel__op_new(keel_loop *loop, int kind, int fd);
+void keel__op_free(keel_loop *loop, keel__op *op);
+void keel__pools_fini(keel_loop *loop);
+
+/* promise.c */
+void keel__promise_unref(keel_promise *p);
+void keel__ready_run(keel_loop *loop, unsigned max);
+/* Attach an internal consumer to p (takes the consumer handle). */
+void keel__promise_listen(keel_promise *p, void (*notify)(keel_promise *, void *), void *arg);
+/* Set the producer's cancel hook. */
+void keel__promise_set_cancel(keel_promise *p, void (*fn)(keel_promise *, void *), void *arg);
+/* A pending promise of the loop, with producer and consumer references. */
+keel_promise *keel__promise_make(keel_loop *loop, keel_ctx *ctx);
+
+/* timer.c */
+void keel__timer_init(keel__timer *t, void (*fn)(keel_loop *, keel__timer *));
+void keel__timer_start(keel_loop *loop, keel__timer *t, uint64_t delay_ms);
+void keel__timer_stop(keel_loop *loop, keel__timer *t);
+static inline bool keel__timer_armed(const keel__timer *t)
+{
+	return t->heap_idx != UINT32_MAX;
+}
+/* Nanoseconds until the nearest deadline, -1 if none. */
+int64_t keel__timer_next(keel_loop *loop);
+void keel__timer_expire(keel_loop *loop);
+
+/* op.c */
+keel_promise *keel__op_start(keel_loop *loop, keel__op *op);
+void keel__op_cancel(keel_loop *loop, keel__op *op);
+
+/* arena.c */
+void keel__ctx_pool_fini(keel_loop *loop);
+
+/* buf.c */
+int keel__bufpool_init(keel_loop *loop);
+void keel__bufpool_fini(keel_loop *loop);
+void keel__bufpool_park(keel_loop *loop, keel__op *op);
+/* A completion reported buffer buf: count it in use, with one reference. */
+void keel__buf_claim(keel_loop *loop, keel_buf *buf);
+
+static inline keel_promise *keel__rejected(keel_loop *loop, int err)
+{
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise_reject(p, err);
+	return p;
+}
+
+#endif

@@ -1,0 +1,289 @@
+/*
+ * The loop: one tick = run ready continuations, one kernel round trip that
+ * submits everything queued and waits for the nearest deadline, dispatch
+ * completions, expire timers. Every stage is bounded so no single source of
+ * work can starve the others.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "keel/log.h"
+
+void keel_loop_opts_default(keel_loop_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->backend = KEEL_BACKEND_AUTO;
+	o->sq_entries = 1024;
+	o->recv_buf_count = 1024;
+	o->recv_buf_size = 16384;
+	o->ops_max = 65536;
+	o->cqe_batch_max = 1024;
+	o->ready_batch_max = 4096;
+	o->sqpoll = -1;
+	o->sqpoll_idle_ms = 50;
+	o->send_zc_min_bytes = -1;
+	o->file_threads = 4;
+}
+
+static uint64_t clock_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static bool pow2(unsigned v)
+{
+	return v && !(v & (v - 1));
+}
+
+static void post_arm(keel_loop *loop);
+
+static void post_notify(keel_promise *p, void *arg)
+{
+	keel_loop *loop = arg;
+	keel_outcome o = p->out;
+	keel__promise_unref(p);
+
+	pthread_mutex_lock(&loop->post_mu);
+	struct keel__post *list = loop->post_head;
+	loop->post_head = loop->post_tail = NULL;
+	pthread_mutex_unlock(&loop->post_mu);
+
+	while (list) {
+		struct keel__post *next = list->next;
+		list->fn(loop, list->ud);
+		free(list);
+		list = next;
+	}
+	if (o.err != -ECANCELED)
+		post_arm(loop);
+}
+
+static void post_arm(keel_loop *loop)
+{
+	keel__op *op = keel__op_new(loop, KEEL__OP_READ_POLL, loop->post_efd);
+	if (!op)
+		return;
+	op->flags |= KEEL__OPF_DAEMON;
+	loop->ops_daemon++;
+	op->u.rw.buf = &loop->post_val;
+	op->u.rw.len = sizeof(loop->post_val);
+	keel__promise_listen(keel__op_start(loop, op), post_notify, loop);
+}
+
+int keel_loop_post(keel_loop *loop, void (*fn)(keel_loop *, void *), void *ud)
+{
+	struct keel__post *post = malloc(sizeof(*post));
+	if (!post)
+		return -ENOMEM;
+	post->fn = fn;
+	post->ud = ud;
+	post->next = NULL;
+	pthread_mutex_lock(&loop->post_mu);
+	if (loop->post_tail)
+		loop->post_tail->next = post;
+	else
+		loop->post_head = post;
+	loop->post_tail = post;
+	pthread_mutex_unlock(&loop->post_mu);
+	uint64_t one = 1;
+	ssize_t n = write(loop->post_efd, &one, sizeof(one));
+	(void)n; /* EAGAIN means the counter is already non-zero: the loop wakes anyway */
+	return 0;
+}
+
+int keel_loop_new(keel_loop **out, const keel_loop_opts *user_opts)
+{
+	keel_loop_opts opts;
+	if (user_opts)
+		opts = *user_opts;
+	else
+		keel_loop_opts_default(&opts);
+	if (!pow2(opts.recv_buf_count) || opts.recv_buf_count > 32768 || opts.recv_buf_size == 0 ||
+	    opts.ops_max == 0 || opts.cqe_batch_max == 0 || opts.ready_batch_max == 0)
+		return -EINVAL;
+
+	keel_loop *loop = calloc(1, sizeof(*loop));
+	if (!loop)
+		return -ENOMEM;
+	loop->opts = opts;
+	loop->now_ns = clock_ns();
+	loop->post_efd = -1;
+	pthread_mutex_init(&loop->post_mu, NULL);
+
+	int err = keel__backend_open(loop, &loop->opts);
+	if (err < 0)
+		goto out_free;
+	err = keel__bufpool_init(loop);
+	if (err < 0)
+		goto out_backend;
+	loop->post_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (loop->post_efd < 0) {
+		err = -errno;
+		goto out_bufpool;
+	}
+	post_arm(loop);
+	*out = loop;
+	return 0;
+
+out_bufpool:
+	keel__bufpool_fini(loop);
+out_backend:
+	loop->be->fini(loop);
+out_free:
+	pthread_mutex_destroy(&loop->post_mu);
+	free(loop);
+	return err;
+}
+
+void keel_loop_free(keel_loop *loop)
+{
+	if (!loop)
+		return;
+	loop->stopping = true;
+	/* Cancel everything in flight and wait for the kernel to let go of it. */
+	for (uint32_t i = 0; i < loop->ops_cap; i++) {
+		keel__op *op = loop->ops[i];
+		if (op->kind)
+			keel__op_cancel(loop, op);
+	}
+	for (int round = 0; loop->ops_live && round < 1000; round++)
+		if (loop->be->poll(loop, 10 * 1000000ll, loop->opts.cqe_batch_max) < 0)
+			break;
+	if (loop->ops_live)
+		keel_log(KEEL_LOG_WARN, "loop freed with %u operations still in the kernel", loop->ops_live);
+	keel__bufpool_fini(loop);
+	loop->be->fini(loop);
+	if (loop->post_efd >= 0)
+		close(loop->post_efd);
+	struct keel__post *post = loop->post_head;
+	while (post) {
+		struct keel__post *next = post->next;
+		free(post);
+		post = next;
+	}
+	pthread_mutex_destroy(&loop->post_mu);
+	free(loop->heap);
+	keel__ctx_pool_fini(loop);
+	keel__pools_fini(loop);
+	free(loop);
+}
+
+static bool loop_alive(const keel_loop *loop)
+{
+	return loop->ops_live > loop->ops_daemon || loop->heap_len || loop->ready_head;
+}
+
+int keel_loop_run_once(keel_loop *loop, int timeout_ms)
+{
+	loop->now_ns = clock_ns();
+	loop->stats.ticks++;
+
+	/* Leftover continuations (the ready stage is bounded) mean: do not block. */
+	int64_t wait_ns = timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000ll;
+	if (loop->ready_head || loop->stopping)
+		wait_ns = 0;
+	int64_t t = keel__timer_next(loop);
+	if (t >= 0 && (wait_ns < 0 || t < wait_ns))
+		wait_ns = t;
+
+	int n = loop->be->poll(loop, wait_ns, loop->opts.cqe_batch_max);
+	if (n < 0 && n != -EINTR)
+		return n;
+	loop->now_ns = clock_ns();
+	keel__timer_expire(loop);
+	/* Continuations of this tick's completions run before the next wait. */
+	keel__ready_run(loop, loop->opts.ready_batch_max);
+	return 0;
+}
+
+int keel_loop_run(keel_loop *loop)
+{
+	loop->stopping = false;
+	keel__ready_run(loop, loop->opts.ready_batch_max);
+	while (!loop->stopping && loop_alive(loop)) {
+		int err = keel_loop_run_once(loop, -1);
+		if (err < 0)
+			return err;
+	}
+	loop->stopping = false;
+	return 0;
+}
+
+void keel_loop_stop(keel_loop *loop)
+{
+	loop->stopping = true;
+}
+
+const char *keel_loop_backend(const keel_loop *loop)
+{
+	return loop->be->name;
+}
+
+uint64_t keel_loop_now_ms(const keel_loop *loop)
+{
+	return loop->now_ns / 1000000ull;
+}
+
+uint64_t keel_loop_now_ns(const keel_loop *loop)
+{
+	return loop->now_ns;
+}
+
+bool keel_loop_feature(const keel_loop *loop, const char *name)
+{
+	return loop->be->feature((keel_loop *)loop, name);
+}
+
+void keel_loop_get_stats(const keel_loop *loop, keel_loop_stats *out)
+{
+	*out = loop->stats;
+	out->ops_inflight = loop->ops_live - loop->ops_daemon;
+}
+
+void keel_loop_set_data(keel_loop *loop, void *data)
+{
+	loop->user_data = data;
+}
+
+void *keel_loop_data(const keel_loop *loop)
+{
+	return loop->user_data;
+}
+
+void *keel__loop_be(keel_loop *loop)
+{
+	return loop->be_data;
+}
+
+void keel__loop_set_be(keel_loop *loop, void *be)
+{
+	loop->be_data = be;
+}
+
+keel__bufpool *keel__loop_bufpool(keel_loop *loop)
+{
+	return &loop->bufpool;
+}
+
+void keel__loop_count_submit(keel_loop *loop, unsigned ops)
+{
+	(void)ops;
+	loop->stats.submits++;
+}
+
+uint64_t keel__loop_completions(const keel_loop *loop)
+{
+	return loop->stats.completions;
+}
+
+void keel__loop_set_backend(keel_loop *loop, const keel__backend *be)
+{
+	loop->be = be;
+}

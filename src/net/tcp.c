@@ -1,0 +1,235 @@
+/*
+ * TCP: address parsing, listening sockets, and the socket operations as
+ * promises (accept and receive streams, connect with a deadline, sends that
+ * complete in full).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+#include "keel/errors.h"
+#include "keel/tcp.h"
+
+int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+	char host[64];
+	const char *colon, *hs;
+	size_t hl;
+
+	if (!s)
+		return -EINVAL;
+	memset(ss, 0, sizeof(*ss));
+	if (s[0] == '[') {
+		const char *end = strchr(s, ']');
+		if (!end || end[1] != ':')
+			return -EINVAL;
+		hs = s + 1;
+		hl = (size_t)(end - hs);
+		colon = end + 1;
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon)
+			return -EINVAL;
+		hs = s;
+		hl = (size_t)(colon - s);
+	}
+	if (hl >= sizeof(host))
+		return -EINVAL;
+	memcpy(host, hs, hl);
+	host[hl] = '\0';
+
+	char *endp;
+	errno = 0;
+	unsigned long port = strtoul(colon + 1, &endp, 10);
+	if (colon[1] == '\0' || *endp != '\0' || port > 65535 || errno || colon[1] == '-' || colon[1] == '+')
+		return -EINVAL;
+
+	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+	if (hl == 0 || strcmp(host, "*") == 0) {
+		in4->sin_family = AF_INET;
+		in4->sin_addr.s_addr = htonl(INADDR_ANY);
+		in4->sin_port = htons((uint16_t)port);
+		*len = sizeof(*in4);
+	} else if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)port);
+		*len = sizeof(*in4);
+	} else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)port);
+		*len = sizeof(*in6);
+	} else {
+		return -EINVAL;
+	}
+	return 0;
+}
+
+char *keel_addr_format(const struct sockaddr *sa, char *buf, size_t size)
+{
+	char ip[INET6_ADDRSTRLEN];
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in4 = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &in4->sin_addr, ip, sizeof(ip));
+		snprintf(buf, size, "%s:%u", ip, ntohs(in4->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+		snprintf(buf, size, "[%s]:%u", ip, ntohs(in6->sin6_port));
+	} else {
+		snprintf(buf, size, "?");
+	}
+	return buf;
+}
+
+int keel_tcp_listen(const char *addr, int backlog, unsigned flags)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int err = keel_addr_parse(addr, &ss, &len);
+	if (err < 0)
+		return err;
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		goto out_close;
+	if ((flags & KEEL_TCP_REUSEPORT) && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		goto out_close;
+	if (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+		goto out_close;
+	if (bind(fd, (struct sockaddr *)&ss, len) < 0)
+		goto out_close;
+	if (listen(fd, backlog > 0 ? backlog : 4096) < 0)
+		goto out_close;
+	return fd;
+
+out_close:
+	err = -errno;
+	close(fd);
+	return err;
+}
+
+int keel_tcp_port(int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return -errno;
+	if (ss.ss_family == AF_INET)
+		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	if (ss.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	return -EAFNOSUPPORT;
+}
+
+#define START_OR_LIMIT(op) ((op) ? keel__op_start(loop, (op)) : keel__rejected(loop, KEEL_ELIMIT))
+
+keel_promise *keel_accept(keel_loop *loop, int lfd, keel_accept_fn fn, void *ud)
+{
+	keel__op *op = keel__op_new(loop, KEEL__OP_ACCEPT, lfd);
+	if (op) {
+		op->u.accept.fn = fn;
+		op->u.accept.ud = ud;
+	}
+	return START_OR_LIMIT(op);
+}
+
+static void connect_deadline(keel_loop *loop, keel__timer *t)
+{
+	keel__op *op = (keel__op *)((char *)t - offsetof(keel__op, timer));
+	op->flags |= KEEL__OPF_TIMEDOUT;
+	keel__op_cancel(loop, op);
+}
+
+keel_promise *keel_connect(keel_loop *loop, const struct sockaddr *addr, socklen_t addrlen,
+                           uint64_t timeout_ms)
+{
+	if (addrlen > sizeof(struct sockaddr_storage))
+		return keel__rejected(loop, -EINVAL);
+	int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return keel__rejected(loop, -errno);
+	keel__op *op = keel__op_new(loop, KEEL__OP_CONNECT, fd);
+	if (!op) {
+		close(fd);
+		return keel__rejected(loop, KEEL_ELIMIT);
+	}
+	memcpy(&op->u.connect.addr, addr, addrlen);
+	op->u.connect.addrlen = addrlen;
+	if (timeout_ms) {
+		keel__timer_init(&op->timer, connect_deadline);
+		keel__timer_start(loop, &op->timer, timeout_ms);
+	}
+	return keel__op_start(loop, op);
+}
+
+keel_promise *keel_recv_stream(keel_loop *loop, int fd, keel_recv_fn fn, void *ud)
+{
+	keel__op *op = keel__op_new(loop, KEEL__OP_RECV_STREAM, fd);
+	if (op) {
+		op->u.stream.fn = fn;
+		op->u.stream.ud = ud;
+	}
+	return START_OR_LIMIT(op);
+}
+
+keel_promise *keel_recv(keel_loop *loop, int fd, void *buf, size_t len)
+{
+	keel__op *op = keel__op_new(loop, KEEL__OP_RECV, fd);
+	if (op) {
+		op->u.rw.buf = buf;
+		op->u.rw.len = len;
+	}
+	return START_OR_LIMIT(op);
+}
+
+keel_promise *keel_sendv(keel_loop *loop, int fd, const struct iovec *iov, int iovcnt)
+{
+	if (iovcnt < 0 || iovcnt > KEEL_IOV_MAX)
+		return keel__rejected(loop, -EINVAL);
+	size_t total = 0;
+	for (int i = 0; i < iovcnt; i++)
+		total += iov[i].iov_len;
+	if (total == 0) {
+		keel_promise *p = keel_promise_new(loop);
+		keel_promise_resolve(p, 0, NULL);
+		return p;
+	}
+	keel__op *op = keel__op_new(loop, KEEL__OP_SEND, fd);
+	if (!op)
+		return keel__rejected(loop, KEEL_ELIMIT);
+	struct iovec *v = op->u.send.iov_inline;
+	if (iovcnt > KEEL__IOV_INLINE)
+		v = keel__xmalloc((size_t)iovcnt * sizeof(*v)); /* rare: more than 8 pieces */
+	memcpy(v, iov, (size_t)iovcnt * sizeof(*v));
+	op->u.send.iov = v;
+	op->u.send.msg.msg_iov = v;
+	op->u.send.msg.msg_iovlen = (size_t)iovcnt;
+	op->u.send.total = total;
+	long zc = loop->opts.send_zc_min_bytes;
+	if (zc > 0 && total >= (size_t)zc && keel_loop_feature(loop, "send_zc"))
+		op->flags |= KEEL__OPF_ZC;
+	return keel__op_start(loop, op);
+}
+
+keel_promise *keel_send(keel_loop *loop, int fd, const void *buf, size_t len)
+{
+	struct iovec v = {(void *)buf, len};
+	return keel_sendv(loop, fd, &v, 1);
+}
+
+keel_promise *keel_shutdown(keel_loop *loop, int fd, int how)
+{
+	keel__op *op = keel__op_new(loop, KEEL__OP_SHUTDOWN, fd);
+	if (op)
+		op->u.shutdown.how = how;
+	return START_OR_LIMIT(op);
+}
