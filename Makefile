@@ -31,11 +31,12 @@ LIB_SRC := $(wildcard src/core/*.c) $(wildcard src/backend/*.c) \
 	$(wildcard src/backend/uring/*.c) $(wildcard src/backend/epoll/*.c) $(wildcard src/net/*.c)
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(filter-out test/seccomp_exec.c,$(wildcard test/test_*.c))
+TEST_PY := $(wildcard test/test_*.py)
 EXAMPLE_SRC := $(wildcard examples/*.c)
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
-TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%)
+TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
 .PHONY: all deps run test sanitize bench clean format
@@ -63,6 +64,10 @@ $(BUILD)/keel: $(CLI_OBJ) $(BUILD)/libkeel.a
 $(BUILD)/test/%: test/%.c test/test.h $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itest -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
+
+$(BUILD)/test/%.py: test/%.py
+	@mkdir -p $(dir $@)
+	cp $< $@ && chmod +x $@
 
 $(BUILD)/test/seccomp_exec: test/seccomp_exec.c
 	@mkdir -p $(dir $@)

@@ -69,7 +69,8 @@ struct keel__op {
 	uint32_t gen;  /* bumped at every free: late completions don't match */
 	uint8_t kind;
 	uint8_t flags;
-	uint16_t be_state; /* backend's own */
+	uint8_t be_state; /* backend's own */
+	uint8_t be_flags; /* backend's own */
 	int fd;
 	keel_promise *promise; /* settled when the op ends */
 	keel__op *next;        /* free list, backend queues, buffer waiters */

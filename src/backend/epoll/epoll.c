@@ -113,16 +113,31 @@ static int fd_wait(keel__epoll *ep, keel__op *op, bool write)
 	struct keel__epfd *e = fd_entry(ep, op->fd);
 	if (!e)
 		return -ENOMEM;
+	/*
+	 * Registered once per descriptor, edge-triggered. A descriptor closed
+	 * with close(2) instead of keel_close leaves the kernel's epoll set
+	 * without telling us, and its number can come back as a new file; so
+	 * an op checks the registration (MOD, which also re-reports readiness)
+	 * the first time it has to wait. A receive stream does that once per
+	 * connection, not once per message.
+	 */
+	struct epoll_event ev = {
+		.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+		.data.u64 = (uint64_t)op->fd,
+	};
 	if (!e->registered) {
-		struct epoll_event ev = {
-			.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-			.data.u64 = (uint64_t)op->fd,
-		};
 		if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, op->fd, &ev) < 0) {
 			if (errno != EEXIST || epoll_ctl(ep->epfd, EPOLL_CTL_MOD, op->fd, &ev) < 0)
 				return -errno;
 		}
 		e->registered = 1;
+		op->be_flags |= EPF_CHECKED;
+	} else if (!(op->be_flags & EPF_CHECKED)) {
+		if (epoll_ctl(ep->epfd, EPOLL_CTL_MOD, op->fd, &ev) < 0) {
+			if (errno != ENOENT || epoll_ctl(ep->epfd, EPOLL_CTL_ADD, op->fd, &ev) < 0)
+				return -errno;
+		}
+		op->be_flags |= EPF_CHECKED;
 	}
 	op->be_state = write ? EP_WAIT_WR : EP_WAIT_RD;
 	if (write) {

@@ -20,6 +20,9 @@ enum {
 	EP_DONE,     /* result ready, to be reported at the next poll */
 };
 
+/* op->be_flags */
+#define EPF_CHECKED 0x01 /* this op has confirmed its fd's registration */
+
 /* What an attempt did. */
 enum { ATT_DONE = 0, ATT_WAIT_RD, ATT_WAIT_WR, ATT_REQUEUE };
 

@@ -1,0 +1,163 @@
+/*
+ * Receive-buffer exhaustion: far more busy connections than buffers in the
+ * pool, with the server holding on to buffers. Streams must be parked and
+ * re-armed (ENOBUFS is never an error to the user): every byte arrives, in
+ * order, and no connection is dropped.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "test.h"
+
+#define CONNS 64
+#define BYTES (256 * 1024)
+#define BUFS 8
+
+static keel_loop *loop;
+static struct sockaddr_in addr;
+
+struct sconn {
+	int id;
+	int fd;
+	size_t got;
+	int ended, err;
+};
+static struct sconn conns[CONNS];
+static int naccepted;
+
+static keel_buf *held[4096];
+static int nheld;
+
+static unsigned char expect(int id, size_t pos)
+{
+	return (unsigned char)((pos * 31 + (size_t)id * 7) & 0xff);
+}
+
+static int on_data(void *ud, keel_buf *buf)
+{
+	struct sconn *c = ud;
+	for (uint32_t i = 0; i < buf->len; i++)
+		if ((unsigned char)buf->data[i] != expect(c->id, c->got + i))
+			FAIL("conn %d: byte %zu wrong", c->id, c->got + i);
+	c->got += buf->len;
+	/* Keep the buffer for a while so the pool runs dry. */
+	ASSERT(nheld < 4096);
+	keel_buf_hold(buf);
+	held[nheld++] = buf;
+	return KEEL_CONTINUE;
+}
+
+static void on_end(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct sconn *c = ud;
+	c->ended = 1;
+	c->err = o.err;
+}
+
+static int on_accept(void *ud, int fd)
+{
+	(void)ud;
+	/* The client writes its id first, as one byte, then the stream. */
+	unsigned char id;
+	ASSERT_EQ(recv(fd, &id, 1, MSG_WAITALL), 1);
+	ASSERT(id < CONNS);
+	struct sconn *c = &conns[id];
+	c->id = id;
+	c->fd = fd;
+	naccepted++;
+	keel_promise_done(keel_recv_stream(loop, fd, on_data, c), on_end, c);
+	return KEEL_CONTINUE;
+}
+
+static void *writer(void *arg)
+{
+	int id = (int)(intptr_t)arg;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+		return (void *)1;
+	unsigned char b = (unsigned char)id;
+	if (write(fd, &b, 1) != 1)
+		return (void *)1;
+	static __thread unsigned char chunk[3000];
+	size_t pos = 0;
+	while (pos < BYTES) {
+		size_t n = BYTES - pos < sizeof(chunk) ? BYTES - pos : sizeof(chunk);
+		for (size_t i = 0; i < n; i++)
+			chunk[i] = expect(id, pos + i);
+		ssize_t w = write(fd, chunk, n);
+		if (w <= 0)
+			return (void *)1;
+		pos += (size_t)w;
+	}
+	shutdown(fd, SHUT_WR);
+	char x;
+	ssize_t r = read(fd, &x, 1); /* wait for the server's close */
+	(void)r;
+	close(fd);
+	return NULL;
+}
+
+int main(void)
+{
+	keel_loop_opts o;
+	keel_loop_opts_default(&o);
+	o.recv_buf_count = BUFS;
+	o.recv_buf_size = 4096;
+	o.quiet = true;
+	ASSERT_OK(keel_loop_new(&loop, &o));
+
+	int lfd = keel_tcp_listen("127.0.0.1:0", 256, 0);
+	ASSERT_OK(lfd);
+	socklen_t len = sizeof(addr);
+	getsockname(lfd, (struct sockaddr *)&addr, &len);
+	keel_promise *acc = keel_accept(loop, lfd, on_accept, NULL);
+
+	pthread_t th[CONNS];
+	for (int i = 0; i < CONNS; i++)
+		ASSERT_EQ(pthread_create(&th[i], NULL, writer, (void *)(intptr_t)i), 0);
+
+	uint64_t deadline = keel_loop_now_ms(loop) + 60000;
+	for (;;) {
+		int ended = 0;
+		for (int i = 0; i < CONNS; i++)
+			ended += conns[i].ended;
+		if (ended == CONNS && naccepted == CONNS)
+			break;
+		ASSERT(keel_loop_now_ms(loop) < deadline);
+		keel_loop_run_once(loop, 1);
+		/* Give the held buffers back, a tick late. */
+		for (int i = 0; i < nheld; i++)
+			keel_buf_release(held[i]);
+		nheld = 0;
+	}
+	for (int i = 0; i < CONNS; i++) {
+		if (conns[i].err)
+			FAIL("conn %d ended with %s", i, keel_strerror(conns[i].err));
+		ASSERT_EQ(conns[i].got, BYTES);
+	}
+	keel_loop_stats st;
+	keel_loop_get_stats(loop, &st);
+	printf("%d connections x %d KiB through %d buffers: %llu times parked for want of a buffer\n",
+	       CONNS, BYTES / 1024, BUFS, (unsigned long long)st.enobufs);
+	ASSERT(st.enobufs > 0); /* the pool really ran dry */
+	ASSERT_EQ(st.bufs_in_use, 0);
+
+	keel_promise_cancel(acc);
+	test_await(loop, acc);
+	close(lfd);
+	/* Close the server sides so the writers' final reads return. */
+	for (int i = 0; i < CONNS; i++)
+		test_await(loop, keel_close(loop, conns[i].fd));
+	for (int i = 0; i < CONNS; i++) {
+		void *ret;
+		pthread_join(th[i], &ret);
+		ASSERT(ret == NULL);
+	}
+	keel_loop_free(loop);
+	printf("bufring: ok\n");
+	return 0;
+}
