@@ -458,6 +458,8 @@ int main(void)
 	keel_promise *acc = keel_accept(loop, lfd, srv_on_accept, NULL);
 
 	test_payloads();
+	for (int i = 0; i < nsconns; i++)
+		free(sconns[i].data);
 	nsconns = 0;
 	test_many();
 	test_reset();
@@ -474,7 +476,7 @@ int main(void)
 	keel_loop_get_stats(loop, &st);
 	ASSERT_EQ(st.ops_inflight, 0);
 	ASSERT_EQ(st.bufs_in_use, 0);
-	for (int i = 0; i < MAX_CONNS; i++)
+	for (int i = 0; i < nsconns; i++)
 		free(sconns[i].data);
 	keel_loop_free(loop);
 	printf("tcp: ok (%s)\n", getenv("KEEL_BACKEND") ? getenv("KEEL_BACKEND") : "auto");
