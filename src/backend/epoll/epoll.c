@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "epoll.h"
+#include "keel/log.h"
 
 #define POOL_TAG UINT64_MAX
 
@@ -366,7 +367,12 @@ static int ep_init(keel_loop *loop, keel_loop_opts *opts)
 	pthread_mutex_init(&ep->mu, NULL);
 	pthread_cond_init(&ep->cv, NULL);
 	ep->threads_max = opts->file_threads ? opts->file_threads : 1;
-	opts->send_zc_min_bytes = 0; /* no zero-copy send here */
+	const char *sq_env = getenv("KEEL_SQPOLL"), *zc_env = getenv("KEEL_SEND_ZC");
+	if (opts->sqpoll > 0 || (opts->sqpoll < 0 && sq_env && *sq_env && strcmp(sq_env, "0") != 0))
+		keel_log(KEEL_LOG_INFO, "SQPOLL needs io_uring; the epoll backend runs without it");
+	if (opts->send_zc_min_bytes > 0 || (opts->send_zc_min_bytes < 0 && zc_env && *zc_env && strcmp(zc_env, "0") != 0))
+		keel_log(KEEL_LOG_INFO, "zero-copy send needs io_uring; the epoll backend uses plain send");
+	opts->send_zc_min_bytes = 0;
 	keel__loop_set_be(loop, ep);
 	return 0;
 

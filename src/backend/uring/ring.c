@@ -216,13 +216,19 @@ static void dispatch(keel_loop *loop, keel__uring *u, struct io_uring_cqe *cqe)
 	int res = cqe->res;
 	if (op->flags & KEEL__OPF_ZC) {
 		/* Zero-copy: the buffer is the kernel's until the notification. */
-		if (f & IORING_CQE_F_NOTIF) {
-			keel__op_complete(loop, op, op->u.send.zc_res, 0, 0);
-		} else if (f & IORING_CQE_F_MORE) {
+		if (!(f & IORING_CQE_F_NOTIF) && (f & IORING_CQE_F_MORE)) {
 			op->u.send.zc_res = res;
-		} else {
-			keel__op_complete(loop, op, res, 0, 0);
+			return;
 		}
+		if (f & IORING_CQE_F_NOTIF)
+			res = op->u.send.zc_res;
+		if (res == -EOPNOTSUPP && op->u.send.done == 0) {
+			/* This socket type cannot send zero-copy (AF_UNIX, say): plain send. */
+			op->flags &= (uint8_t)~KEEL__OPF_ZC;
+			uring_submit(loop, op);
+			return;
+		}
+		keel__op_complete(loop, op, res, 0, 0);
 		return;
 	}
 	if (op->kind == KEEL__OP_SENDFILE || op->kind == KEEL__OP_READ_POLL) {
