@@ -384,6 +384,32 @@ static void test_stop_keeps_data(void)
 	printf("KEEL_STOP: stream ends, no data lost: ok\n");
 }
 
+static void test_close_order(void)
+{
+	/*
+	 * A shutdown and a close of the same fd queued in one tick: the close
+	 * must not overtake the shutdown (io_uring runs a shutdown in a worker
+	 * thread, after a close submitted with it), or the shutdown would hit
+	 * EBADF, or worse, a new socket that got the same number.
+	 */
+	for (int i = 0; i < 50; i++) {
+		int sv[2];
+		socketpair_nb(sv);
+		keel_promise *sh = keel_shutdown(loop, sv[0], SHUT_WR);
+		keel_promise *cl = keel_close(loop, sv[0]);
+		keel_outcome o = test_await(loop, sh);
+		/* Done before the close, or cancelled by it; never EBADF. */
+		if (o.err != 0 && o.err != -ECANCELED)
+			FAIL("shutdown before close: %s", keel_strerror(o.err));
+		o = test_await(loop, cl);
+		ASSERT_EQ(o.err, 0);
+		char c;
+		ASSERT_EQ(read(sv[1], &c, 1), 0); /* EOF from the shutdown/close */
+		close(sv[1]);
+	}
+	printf("close waits for the ops in flight on its fd: ok\n");
+}
+
 static void test_connect_errors(void)
 {
 	/* Nobody listening: refused. */
@@ -465,6 +491,7 @@ int main(void)
 	test_reset();
 	test_cancel();
 	test_stop_keeps_data();
+	test_close_order();
 	test_connect_errors();
 
 	keel_promise_cancel(acc);

@@ -55,6 +55,7 @@ enum keel__op_kind {
 #define KEEL__OPF_TIMEDOUT (1u << 3) /* its deadline fired */
 #define KEEL__OPF_PARKED (1u << 4)   /* waiting for a pool buffer */
 #define KEEL__OPF_ZC (1u << 5)       /* send with IORING_OP_SEND_ZC */
+#define KEEL__OPF_FDREF (1u << 6)    /* counted in the loop's per-fd references */
 
 #define KEEL__IOV_INLINE 8
 
@@ -156,6 +157,8 @@ typedef struct keel__backend {
 	void (*submit)(keel_loop *loop, keel__op *op);
 	/* Ask the kernel to cancel op; it still completes, normally with -ECANCELED. */
 	void (*cancel)(keel_loop *loop, keel__op *op);
+	/* Cancel every op in flight on fd (each still completes). */
+	void (*cancel_fd)(keel_loop *loop, int fd);
 	/*
 	 * Submit everything queued, wait up to timeout_ns (-1: forever, 0: don't
 	 * block) for completions, dispatch at most max of them. Returns the

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -53,11 +55,15 @@ struct echo_worker {
 	struct conn *conns;
 	struct conn *free_conns;
 	uint64_t backoff_ms;
+	keel_promise *grace;   /* the stop deadline, while it runs */
+	int *held;             /* accepted past the limit (the kernel had them queued): not served yet */
+	unsigned nheld, held_cap;
 };
 
 static void conn_flush(struct conn *c);
 static void conn_read(struct conn *c);
 static void accept_start(struct echo_worker *w);
+static void conn_open(struct echo_worker *w, int fd);
 
 static struct conn *conn_new(struct echo_worker *w, int fd)
 {
@@ -92,12 +98,24 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 	c->next = w->free_conns;
 	w->free_conns = c;
 	w->nconns--;
-	if (w->accept_paused && !w->stopping && w->nconns < w->cfg->conns_max) {
+	if (w->stopping) {
+		if (w->nconns == 0) {
+			if (w->grace)
+				keel_promise_cancel(w->grace); /* nothing left to wait for */
+			keel_loop_stop(w->loop);
+		}
+		return;
+	}
+	/* Serve connections held past the limit first, in arrival order. */
+	if (w->nheld && w->nconns < w->cfg->conns_max) {
+		int fd = w->held[0];
+		memmove(w->held, w->held + 1, --w->nheld * sizeof(*w->held));
+		conn_open(w, fd);
+	}
+	if (w->accept_paused && !w->nheld && w->nconns < w->cfg->conns_max) {
 		w->accept_paused = false;
 		accept_start(w);
 	}
-	if (w->stopping && w->nconns == 0)
-		keel_loop_stop(w->loop);
 }
 
 static void conn_close(struct conn *c)
@@ -199,9 +217,7 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		conn_close(c); /* reset or other error: nothing more to echo */
 		return;
 	}
-	c->eof = true;
-	if (c->nqueue == 0 && c->nsending == 0)
-		keel_promise_release(keel_shutdown(c->w->loop, c->fd, SHUT_WR));
+	c->eof = true; /* the peer finished: close (FIN) once everything is echoed */
 	conn_maybe_done(c);
 }
 
@@ -213,16 +229,42 @@ static void conn_read(struct conn *c)
 	keel_promise_done(p, recv_ended, c);
 }
 
-static int on_accept(void *ud, int fd)
+static void conn_open(struct echo_worker *w, int fd)
 {
-	struct echo_worker *w = ud;
 	struct conn *c = conn_new(w, fd);
 	if (!c) {
 		close(fd);
-		return KEEL_CONTINUE;
+		return;
 	}
-	w->backoff_ms = 0;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	conn_read(c);
+}
+
+static int on_accept(void *ud, int fd)
+{
+	struct echo_worker *w = ud;
+	w->backoff_ms = 0;
+	if (w->nconns >= w->cfg->conns_max || w->stopping) {
+		/*
+		 * The kernel accepted this one before our stop took effect. Hold it
+		 * unserved, as the backlog would have, until a slot frees up.
+		 */
+		if (w->nheld == w->held_cap) {
+			unsigned cap = w->held_cap ? w->held_cap * 2 : 16;
+			int *h = realloc(w->held, cap * sizeof(*h));
+			if (!h) {
+				close(fd);
+				return KEEL_STOP;
+			}
+			w->held = h;
+			w->held_cap = cap;
+		}
+		w->held[w->nheld++] = fd;
+		w->accept_paused = true;
+		return KEEL_STOP;
+	}
+	conn_open(w, fd);
 	if (w->nconns >= w->cfg->conns_max) {
 		w->accept_paused = true; /* the kernel's backlog holds the rest */
 		return KEEL_STOP;
@@ -271,8 +313,10 @@ static void accept_start(struct echo_worker *w)
 static void grace_over(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
-	(void)o;
 	struct echo_worker *w = ud;
+	w->grace = NULL;
+	if (o.err == -ECANCELED)
+		return; /* every connection finished in time */
 	for (struct conn *c = w->conns; c; c = c->next)
 		conn_close(c);
 	if (w->nconns == 0)
@@ -291,10 +335,15 @@ static void echo_stop(keel_loop *loop, void *arg)
 		keel_promise_cancel(w->accept);
 	keel_promise_release(keel_close(loop, w->lfd));
 	w->lfd = -1;
-	if (w->nconns == 0)
+	for (unsigned i = 0; i < w->nheld; i++) /* never served: close them now */
+		keel_promise_release(keel_close(loop, w->held[i]));
+	w->nheld = 0;
+	if (w->nconns == 0) {
 		keel_loop_stop(loop);
-	else
-		keel_promise_done(keel_sleep(loop, (uint64_t)w->cfg->grace_ms), grace_over, w);
+	} else {
+		w->grace = keel_sleep(loop, (uint64_t)w->cfg->grace_ms);
+		keel_promise_done(w->grace, grace_over, w);
+	}
 }
 
 static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
@@ -317,6 +366,7 @@ static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	}
 	/* Let the last closes complete. */
 	keel_loop_run(loop);
+	free(w.held);
 	while (w.free_conns) {
 		struct conn *next = w.free_conns->next;
 		free(w.free_conns);
@@ -347,7 +397,8 @@ int cli_echo(int argc, char **argv)
 	struct echo_cfg cfg = {"127.0.0.1:7000", ncpu > 0 ? (int)ncpu : 1, 10000, 5000};
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "l:w:h", opts, NULL)) != -1) {
+	opterr = 0; /* our own message: getopt would name the program "echo" */
+	while ((c = getopt_long(argc, argv, ":l:w:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l':
 			cfg.listen = optarg;
@@ -364,7 +415,12 @@ int cli_echo(int argc, char **argv)
 		case 'h':
 			echo_usage(stdout);
 			return CLI_OK;
+		case ':':
+			fprintf(stderr, "keel echo: %s needs a value\n", argv[optind - 1]);
+			echo_usage(stderr);
+			return CLI_USAGE;
 		default:
+			fprintf(stderr, "keel echo: unknown option '%s'\n", argv[optind - 1]);
 			echo_usage(stderr);
 			return CLI_USAGE;
 		}

@@ -108,6 +108,15 @@ struct keel_loop {
 	keel__op *op_free;
 	uint32_t ops_live, ops_daemon;
 
+	/*
+	 * Operations in flight per descriptor, and closes waiting for them to
+	 * reach zero: a close never overtakes an operation on the same fd, so
+	 * a late operation cannot land on a new file that reuses the number.
+	 */
+	uint32_t *fdrefs;
+	int nfdrefs;
+	keel__op *closes; /* chained through op->next */
+
 	/* Timer heap (binary, by deadline). */
 	keel__timer **heap;
 	uint32_t heap_len, heap_cap;
@@ -156,6 +165,8 @@ int64_t keel__timer_next(keel_loop *loop);
 void keel__timer_expire(keel_loop *loop);
 
 /* op.c */
+void keel__fd_ref(keel_loop *loop, int fd);
+void keel__fd_unref(keel_loop *loop, int fd);
 keel_promise *keel__op_start(keel_loop *loop, keel__op *op);
 void keel__op_cancel(keel_loop *loop, keel__op *op);
 

@@ -10,6 +10,8 @@
  * never released early, cancelled or not.
  */
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -19,12 +21,63 @@ static void op_cancel_hook(keel_promise *p, void *arg)
 	keel__op_cancel(p->loop, arg);
 }
 
+void keel__fd_ref(keel_loop *loop, int fd)
+{
+	if (fd >= loop->nfdrefs) {
+		int n = loop->nfdrefs ? loop->nfdrefs : 1024;
+		while (n <= fd)
+			n *= 2;
+		uint32_t *t = realloc(loop->fdrefs, (size_t)n * sizeof(*t));
+		if (!t)
+			keel__oom();
+		memset(t + loop->nfdrefs, 0, (size_t)(n - loop->nfdrefs) * sizeof(*t));
+		loop->fdrefs = t;
+		loop->nfdrefs = n;
+	}
+	loop->fdrefs[fd]++;
+}
+
+void keel__fd_unref(keel_loop *loop, int fd)
+{
+	KEEL__ASSERT(fd < loop->nfdrefs && loop->fdrefs[fd] > 0);
+	if (--loop->fdrefs[fd] > 0 || !loop->closes)
+		return;
+	/* The last operation on fd is done: a close that waited for it goes now. */
+	keel__op **pp = &loop->closes;
+	while (*pp) {
+		keel__op *c = *pp;
+		if (c->fd == fd) {
+			*pp = c->next;
+			c->next = NULL;
+			loop->be->submit(loop, c);
+			return;
+		}
+		pp = &c->next;
+	}
+}
+
+static bool op_holds_fd(const keel__op *op)
+{
+	return op->fd >= 0 && op->kind != KEEL__OP_CLOSE;
+}
+
 keel_promise *keel__op_start(keel_loop *loop, keel__op *op)
 {
 	keel_promise *p = keel__promise_make(loop, NULL);
 	op->promise = p;
 	keel__promise_set_cancel(p, op_cancel_hook, op);
 	loop->stats.ops_submitted++;
+	if (op_holds_fd(op)) {
+		keel__fd_ref(loop, op->fd);
+		op->flags |= KEEL__OPF_FDREF;
+	}
+	if (op->kind == KEEL__OP_CLOSE && op->fd >= 0 && op->fd < loop->nfdrefs && loop->fdrefs[op->fd]) {
+		/* Cancel what is in flight on fd; close once all of it has completed. */
+		op->next = loop->closes;
+		loop->closes = op;
+		loop->be->cancel_fd(loop, op->fd);
+		return p;
+	}
 	loop->be->submit(loop, op);
 	return p;
 }

@@ -173,6 +173,8 @@ void keel__op_free(keel_loop *loop, keel__op *op)
 		free(op->u.send.iov);
 	if (op->flags & KEEL__OPF_DAEMON)
 		loop->ops_daemon--;
+	int fd = op->fd;
+	bool fdref = op->flags & KEEL__OPF_FDREF;
 	op->kind = 0;
 	op->gen++;
 	if (op->gen == 0)
@@ -181,6 +183,8 @@ void keel__op_free(keel_loop *loop, keel__op *op)
 	loop->op_free = op;
 	loop->ops_live--;
 	loop->stats.ops_inflight = loop->ops_live;
+	if (fdref)
+		keel__fd_unref(loop, fd); /* may start a close that waited for this op */
 }
 
 keel__op *keel__op_lookup(keel_loop *loop, uint64_t user_data)
@@ -200,6 +204,8 @@ void keel__pools_fini(keel_loop *loop)
 		free(loop->slabs[i]);
 	free(loop->slabs);
 	free(loop->ops);
+	free(loop->fdrefs);
+	loop->fdrefs = NULL;
 	loop->slabs = NULL;
 	loop->ops = NULL;
 	loop->nslabs = loop->slabs_cap = 0;

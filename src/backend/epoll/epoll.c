@@ -264,6 +264,58 @@ static void ep_cancel(keel_loop *loop, keel__op *op)
 	}
 }
 
+static void ep_cancel_fd(keel_loop *loop, int fd)
+{
+	keel__epoll *ep = keel__loop_be(loop);
+	if (fd >= 0 && fd < ep->nfds) {
+		struct keel__epfd *e = &ep->fds[fd];
+		keel__op *lists[2] = {e->rd, e->wr};
+		e->rd = e->wr = NULL;
+		for (int i = 0; i < 2; i++) {
+			while (lists[i]) {
+				keel__op *w = lists[i];
+				lists[i] = w->next;
+				w->flags |= KEEL__OPF_CANCELED;
+				keel__ep_defer(ep, w, -ECANCELED);
+			}
+		}
+	}
+	keel__op **pp = &ep->pending;
+	keel__op *prev = NULL;
+	while (*pp) {
+		keel__op *op = *pp;
+		if (op->fd == fd && op->kind != KEEL__OP_CLOSE && op->kind != KEEL__OP_OPEN &&
+		    op->kind != KEEL__OP_STATX) {
+			*pp = op->next;
+			if (ep->pending_tail == op)
+				ep->pending_tail = prev;
+			op->flags |= KEEL__OPF_CANCELED;
+			keel__ep_defer(ep, op, -ECANCELED);
+			continue;
+		}
+		prev = op;
+		pp = &op->next;
+	}
+	/* File-pool jobs on fd: those not started yet are cancelled; running ones finish. */
+	pthread_mutex_lock(&ep->mu);
+	pp = &ep->jobs;
+	prev = NULL;
+	while (*pp) {
+		keel__op *op = *pp;
+		if (op->fd == fd && op->kind != KEEL__OP_OPEN && op->kind != KEEL__OP_STATX) {
+			*pp = op->next;
+			if (ep->jobs_tail == op)
+				ep->jobs_tail = prev;
+			op->flags |= KEEL__OPF_CANCELED;
+			keel__ep_defer(ep, op, -ECANCELED);
+			continue;
+		}
+		prev = op;
+		pp = &op->next;
+	}
+	pthread_mutex_unlock(&ep->mu);
+}
+
 static void run_list(keel_loop *loop, keel__epoll *ep, keel__op *list)
 {
 	while (list) {
@@ -438,6 +490,7 @@ const keel__backend keel__backend_epoll = {
 	.fini = ep_fini,
 	.submit = ep_submit,
 	.cancel = ep_cancel,
+	.cancel_fd = ep_cancel_fd,
 	.poll = ep_poll,
 	.bufpool_init = ep_bufpool_init,
 	.bufpool_fini = ep_bufpool_fini,

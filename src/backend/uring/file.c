@@ -79,10 +79,6 @@ static void prep_sendfile_step(keel__uring *u, keel__op *op, struct io_uring_sqe
 
 int keel__uring_prep_file(keel_loop *loop, keel__uring *u, keel__op *op)
 {
-	if (op->kind == KEEL__OP_CLOSE && io_uring_sq_space_left(&u->ring) < 2) {
-		keel__loop_count_submit(loop, 0);
-		io_uring_submit(&u->ring);
-	}
 	struct io_uring_sqe *sqe = keel__uring_sqe(loop, u);
 	if (!sqe)
 		return -EBUSY;
@@ -103,20 +99,10 @@ int keel__uring_prep_file(keel_loop *loop, keel__uring *u, keel__op *op)
 	case KEEL__OP_FSYNC:
 		io_uring_prep_fsync(sqe, op->fd, op->u.fsync.datasync ? IORING_FSYNC_DATASYNC : 0);
 		break;
-	case KEEL__OP_CLOSE: {
-		/*
-		 * Cancel whatever is still in flight on fd, then close it. A hard
-		 * link so the close runs even when there was nothing to cancel.
-		 */
-		io_uring_prep_cancel_fd(sqe, op->fd, IORING_ASYNC_CANCEL_ALL);
-		sqe->flags |= IOSQE_IO_HARDLINK | IOSQE_CQE_SKIP_SUCCESS;
-		io_uring_sqe_set_data64(sqe, KEEL__URING_IGNORE);
-		sqe = keel__uring_sqe(loop, u);
-		if (!sqe)
-			return -EBUSY;
+	case KEEL__OP_CLOSE:
+		/* The core submits a close only once no other op is in flight on fd. */
 		io_uring_prep_close(sqe, op->fd);
 		break;
-	}
 	case KEEL__OP_READ_POLL:
 		op->be_state = RP_POLL;
 		io_uring_prep_poll_add(sqe, op->fd, POLLIN);

@@ -199,6 +199,16 @@ static void uring_cancel(keel_loop *loop, keel__op *op)
 	io_uring_sqe_set_data64(sqe, KEEL__URING_IGNORE);
 }
 
+static void uring_cancel_fd(keel_loop *loop, int fd)
+{
+	keel__uring *u = keel__loop_be(loop);
+	struct io_uring_sqe *sqe = keel__uring_sqe(loop, u);
+	if (!sqe)
+		return;
+	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+	io_uring_sqe_set_data64(sqe, KEEL__URING_IGNORE);
+}
+
 static void dispatch(keel_loop *loop, keel__uring *u, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = io_uring_cqe_get_data64(cqe);
@@ -350,6 +360,7 @@ const keel__backend keel__backend_uring = {
 	.fini = uring_fini,
 	.submit = uring_submit,
 	.cancel = uring_cancel,
+	.cancel_fd = uring_cancel_fd,
 	.poll = uring_poll,
 	.bufpool_init = uring_bufpool_init,
 	.bufpool_fini = uring_bufpool_fini,

@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""Black-box tests of `keel echo`, run under the backend named by $KEEL_BACKEND.
+
+Each sub-test starts its own server on 127.0.0.1 port 0 (the port is read
+from the server's stderr), talks to it over real sockets, and kills only the
+server it started, by PID, in a `finally`. Every wait has a deadline, so a hung
+server is reported as a failure instead of hanging the run.
+
+Sub-tests: (a) 1,000 concurrent connections with varied payloads, each
+half-closed and expected to get its exact bytes back then EOF; (b) large
+payloads on single connections, compared by SHA-256; (c) peers that reset
+mid-stream do not disturb other connections; (d) bad command lines exit 2;
+(e) SIGTERM stops gracefully; (f) --max-conns holds the excess in the backlog.
+
+Exit status: 0 pass, 1 fail, 77 skip (reason on the last line).
+Environment: KEEL_BIN (default build/keel), KEEL_BACKEND (passed through).
+"""
+import errno
+import hashlib
+import os
+import random
+import re
+import resource
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+KEEL_BIN = os.environ.get("KEEL_BIN", "build/keel")
+BACKEND = os.environ.get("KEEL_BACKEND", "")
+STARTUP_S = 10.0  # for the server to print its listening line
+LISTEN_RE = re.compile(r"listening on (\S+):(\d+) \((\d+) workers?, backend (\S+)\)")
+SEED = int(os.environ.get("TEST_SEED", str(int(time.time()))))
+
+
+class TestFailure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+class Server:
+    """One `keel echo` process; stderr is drained by a thread and kept."""
+
+    def __init__(self, *args, workers=2, env=None):
+        self.argv = [KEEL_BIN, "echo", "--listen", "127.0.0.1:0", "--workers", str(workers), *args]
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=env)
+        self.lines = []
+        self.listening = threading.Event()
+        self.port = None
+        self.backend = None
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+        if not self.listening.wait(STARTUP_S):
+            self.kill()
+            raise TestFailure("server did not print its listening line within %.0f s; argv=%s; stderr:\n%s"
+                              % (STARTUP_S, self.argv, self.stderr()))
+        if BACKEND and self.port is not None and self.backend != BACKEND:
+            self.kill()
+            raise TestFailure("KEEL_BACKEND=%s but the server runs backend %s; stderr:\n%s"
+                              % (BACKEND, self.backend, self.stderr()))
+
+    def _drain(self):
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            m = LISTEN_RE.search(line)
+            if m and not self.listening.is_set():
+                self.port = int(m.group(2))
+                self.backend = m.group(4)
+                self.listening.set()
+        self.listening.set()  # EOF: the process is gone; the waiter checks self.port
+
+    def stderr(self):
+        return "\n".join("    " + l for l in self.lines) or "    (empty)"
+
+    @property
+    def addr(self):
+        if self.port is None:
+            raise TestFailure("server exited before listening (status %s); stderr:\n%s"
+                              % (self.proc.poll(), self.stderr()))
+        return ("127.0.0.1", self.port)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def terminate(self):
+        os.kill(self.proc.pid, signal.SIGTERM)
+
+    def wait(self, timeout):
+        """Exit status, or None if still running after timeout seconds."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.reader.join(5)
+
+
+def connect(addr, timeout=30.0):
+    s = socket.create_connection(addr, timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def recv_exact(s, n, what):
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = s.recv(n - len(buf))
+        except socket.timeout:
+            raise TestFailure("%s: timed out after %d of %d bytes" % (what, len(buf), n))
+        if not chunk:
+            raise TestFailure("%s: EOF after %d of %d bytes" % (what, len(buf), n))
+        buf += chunk
+    return bytes(buf)
+
+
+def expect_eof(s, what):
+    try:
+        extra = s.recv(65536)
+    except socket.timeout:
+        raise TestFailure("%s: no EOF (timed out)" % what)
+    check(extra == b"", "%s: expected EOF, got %d more bytes %r" % (what, len(extra), extra[:32]))
+
+
+def first_diff(a, b):
+    for i in range(min(len(a), len(b))):
+        if a[i] != b[i]:
+            return i
+    return min(len(a), len(b))
+
+
+def echo_roundtrip(addr, payload, what, timeout=60.0):
+    """Send payload while a reader thread drains the echo; half-close; compare by SHA-256."""
+    s = connect(addr, timeout)
+    got = {"n": 0, "sha": hashlib.sha256(), "eof": False, "err": None}
+
+    def reader():
+        try:
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    got["eof"] = True
+                    return
+                got["n"] += len(chunk)
+                got["sha"].update(chunk)
+        except Exception as e:  # reported by the main thread
+            got["err"] = e
+
+    t = threading.Thread(target=reader, daemon=True)
+    try:
+        t.start()
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        t.join(timeout)
+        check(not t.is_alive(), "%s: reader still waiting after %.0f s (%d of %d bytes back)"
+              % (what, timeout, got["n"], len(payload)))
+        check(got["err"] is None, "%s: receive failed after %d of %d bytes: %r"
+              % (what, got["n"], len(payload), got["err"]))
+        check(got["eof"], "%s: no EOF" % what)
+        check(got["n"] == len(payload), "%s: got %d bytes back, sent %d" % (what, got["n"], len(payload)))
+        want = hashlib.sha256(payload).hexdigest()
+        check(got["sha"].hexdigest() == want, "%s: SHA-256 of echo %s != sent %s"
+              % (what, got["sha"].hexdigest(), want))
+    finally:
+        s.close()
+
+
+def raise_nofile(want):
+    """Raise RLIMIT_NOFILE's soft limit toward want (capped by the hard limit); return the result."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    return soft
+
+
+# --- (a) ------------------------------------------------------------------------------------------
+
+class Conn:
+    __slots__ = ("i", "sock", "payload", "cuts", "sent", "nwrites", "got", "state")
+
+    def __init__(self, i, sock, payload, cuts):
+        self.i, self.sock, self.payload, self.cuts = i, sock, payload, cuts
+        self.sent = 0
+        self.nwrites = 0
+        self.got = bytearray()
+        self.state = "connecting"  # -> sending -> draining -> done
+
+    def describe(self):
+        return "conn %d: %s, sent %d/%d in %d writes, got %d" % (
+            self.i, self.state, self.sent, len(self.payload), self.nwrites, len(self.got))
+
+
+def payload_sizes(rng, n):
+    sizes = [1, 2, 65535, 65536]
+    while len(sizes) < n:
+        if rng.random() < 0.4:
+            sizes.append(int(2 ** rng.uniform(0, 16)))  # log-uniform: plenty of small ones
+        else:
+            sizes.append(rng.randint(1, 65536))
+    rng.shuffle(sizes)
+    return sizes[:n]
+
+
+def test_concurrent(nconns=1000, deadline_s=60.0):
+    limit = raise_nofile(nconns * 2 + 256)  # our sockets, and the server's, which inherits it
+    if limit < nconns + 64:
+        print("  note: RLIMIT_NOFILE hard limit %d, using %d connections" % (limit, limit - 64))
+        nconns = limit - 64
+    rng = random.Random(SEED)
+    srv = Server("--max-conns", str(nconns * 2))
+    sel = selectors.DefaultSelector()
+    conns = []
+    try:
+        for i, size in enumerate(payload_sizes(rng, nconns)):
+            # A distinct payload: a 4-byte index prefix (where it fits), then random bytes.
+            payload = (struct.pack(">I", i) + rng.randbytes(size))[:size] if size >= 4 else rng.randbytes(size)
+            nwrites = min(size, rng.randint(2, 6))
+            cuts = sorted(set(rng.sample(range(1, size), nwrites - 1))) + [size] if size > 1 else [size]
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            err = s.connect_ex(srv.addr)
+            check(err in (0, errno.EINPROGRESS), "conn %d: connect: %s" % (i, os.strerror(err)))
+            c = Conn(i, s, payload, cuts)
+            conns.append(c)
+            sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+        total = sum(len(c.payload) for c in conns)
+        print("  %d connections, %d bytes, seed %d" % (len(conns), total, SEED))
+
+        end = time.monotonic() + deadline_s
+        pending = len(conns)
+        while pending:
+            left = end - time.monotonic()
+            if left <= 0:
+                stuck = [c for c in conns if c.state != "done"]
+                raise TestFailure("%d of %d connections unfinished after %.0f s (server alive: %s); first few:\n%s"
+                                  % (len(stuck), len(conns), deadline_s, srv.alive(),
+                                     "\n".join("    " + c.describe() for c in stuck[:10])))
+            for key, ev in sel.select(min(left, 1.0)):
+                c = key.data
+                s = c.sock
+                if c.state == "connecting":
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    check(err == 0, "conn %d: connect failed: %s" % (c.i, os.strerror(err)))
+                    c.state = "sending"
+                if ev & selectors.EVENT_WRITE and c.state == "sending":
+                    # One write per chunk, so every payload goes out in several writes.
+                    stop = next(x for x in c.cuts if x > c.sent)
+                    try:
+                        n = s.send(memoryview(c.payload)[c.sent:stop])
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as e:
+                        raise TestFailure("%s: send failed: %s" % (c.describe(), e))
+                    c.sent += n
+                    c.nwrites += 1 if n else 0
+                    if c.sent == len(c.payload):
+                        s.shutdown(socket.SHUT_WR)
+                        c.state = "draining"
+                        sel.modify(s, selectors.EVENT_READ, c)
+                if ev & selectors.EVENT_READ:
+                    try:
+                        chunk = s.recv(1 << 17)
+                    except BlockingIOError:
+                        continue
+                    except OSError as e:
+                        raise TestFailure("%s: recv failed: %s" % (c.describe(), e))
+                    if chunk:
+                        at = len(c.got)
+                        c.got += chunk
+                        check(len(c.got) <= len(c.payload), "%s: more bytes back than sent" % c.describe())
+                        if c.got[at:] != c.payload[at:len(c.got)]:
+                            off = at + first_diff(c.got[at:], c.payload[at:len(c.got)])
+                            raise TestFailure("%s: wrong byte at offset %d: got %#04x, sent %#04x"
+                                              % (c.describe(), off, c.got[off], c.payload[off]))
+                        continue
+                    check(c.state == "draining", "%s: EOF before the client finished sending" % c.describe())
+                    check(len(c.got) == len(c.payload), "%s: EOF after %d of %d bytes"
+                          % (c.describe(), len(c.got), len(c.payload)))
+                    c.state = "done"
+                    sel.unregister(s)
+                    s.close()
+                    pending -= 1
+        check(srv.alive(), "server exited during the test; stderr:\n" + srv.stderr())
+        print("  all %d echoed exactly, then EOF" % len(conns))
+    finally:
+        sel.close()
+        for c in conns:
+            c.sock.close()
+        srv.kill()
+
+
+# --- (b) ------------------------------------------------------------------------------------------
+
+def test_large_payloads():
+    srv = Server()
+    try:
+        for size in (1, 1024, 64 << 10, 1 << 20, 4 << 20):
+            echo_roundtrip(srv.addr, os.urandom(size), "%d-byte payload" % size)
+            print("  %d bytes: ok" % size)
+        check(srv.alive(), "server exited; stderr:\n" + srv.stderr())
+    finally:
+        srv.kill()
+
+
+# --- (c) ------------------------------------------------------------------------------------------
+
+def reset(s):
+    """Close with SO_LINGER {on, 0}: the kernel sends RST instead of FIN."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def test_reset_peers():
+    srv = Server()
+    good = []
+    try:
+        good = [connect(srv.addr, 10) for _ in range(4)]
+
+        def round_on_good(tag):
+            for j, s in enumerate(good):
+                msg = ("%s/%d:" % (tag, j)).encode() + os.urandom(4096)
+                s.sendall(msg)
+                back = recv_exact(s, len(msg), "good conn %d, %s" % (j, tag))
+                check(back == msg, "good conn %d, %s: echo differs at offset %d"
+                      % (j, tag, first_diff(back, msg)))
+
+        round_on_good("before")
+        for k in range(24):
+            bad = connect(srv.addr, 10)
+            mode = k % 3
+            if mode == 1:
+                # Mid-stream: part of the echo read, more sent, then reset.
+                bad.sendall(os.urandom(32 << 10))
+                recv_exact(bad, 1000, "resetting conn %d" % k)
+                bad.sendall(os.urandom(8 << 10))
+            elif mode == 2:
+                # Reset while the server has a backlog to send us: we stop reading.
+                bad.setblocking(False)
+                blob = os.urandom(64 << 10)
+                sent = 0
+                for _ in range(64):
+                    try:
+                        sent += bad.send(blob)
+                    except BlockingIOError:
+                        break
+            # mode 0: reset right after connecting.
+            reset(bad)
+            if k % 8 == 7:
+                round_on_good("after %d resets" % (k + 1))
+        time.sleep(0.2)  # let the server see the last resets
+        check(srv.alive(), "server exited after peer resets; stderr:\n" + srv.stderr())
+        round_on_good("end")
+        for j, s in enumerate(good):
+            s.shutdown(socket.SHUT_WR)
+            expect_eof(s, "good conn %d" % j)
+        print("  4 connections unaffected by 24 resets")
+        echo_roundtrip(srv.addr, os.urandom(256 << 10), "new connection after resets")
+        print("  new connections still served")
+    finally:
+        for s in good:
+            s.close()
+        srv.kill()
+
+
+# --- (d) ------------------------------------------------------------------------------------------
+
+def run_cli(args, timeout=10.0):
+    try:
+        r = subprocess.run([KEEL_BIN, *args], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise TestFailure("`keel %s` did not exit within %.0f s (did it start serving?)" % (" ".join(args), timeout))
+    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+
+
+def test_bad_flags():
+    # Where the flag under test is not --listen, port 0 keeps a regression from taking a real port.
+    cases = [
+        (["echo", "--bogus"], "usage"),
+        (["echo", "--listen", "127.0.0.1:0", "--workers", "0"], "--workers"),
+        (["echo", "--listen", "127.0.0.1:0", "--workers", "two"], "--workers"),
+        (["echo", "--listen", "127.0.0.1:0", "--max-conns", "0"], "--max-conns"),
+        (["echo", "--listen", "127.0.0.1:0", "--grace-ms", "-1"], "--grace-ms"),
+        (["echo", "--listen", "nonsense"], "nonsense"),
+        (["echo", "--listen", "127.0.0.1:99999"], "--listen"),
+        (["echo", "--listen", "127.0.0.1:0", "stray"], "stray"),
+        (["nosuchcmd"], "nosuchcmd"),
+        ([], "usage"),
+    ]
+    for args, needle in cases:
+        rc, out, err = run_cli(args)
+        shown = " ".join(["keel", *args])
+        check(rc == 2, "`%s`: exit status %d, expected 2; stderr: %r" % (shown, rc, err))
+        check(needle in err, "`%s`: stderr does not mention %r: %r" % (shown, needle, err))
+        print("  `%s` -> 2: %s" % (shown, err.strip().splitlines()[0]))
+    rc, out, err = run_cli(["echo", "--help"])
+    check(rc == 0, "`keel echo --help`: exit status %d, expected 0; stderr: %r" % (rc, err))
+    check("--listen" in out, "`keel echo --help`: usage not on stdout: %r" % out)
+    print("  `keel echo --help` -> 0")
+
+
+# --- (e) ------------------------------------------------------------------------------------------
+
+def test_graceful_stop():
+    # An idle connection is closed when the grace period ends, and the server exits 0.
+    srv = Server("--grace-ms", "500")
+    s = None
+    try:
+        s = connect(srv.addr, 10)
+        s.sendall(b"ping")
+        check(recv_exact(s, 4, "idle conn") == b"ping", "idle conn: bad echo")
+        t0 = time.monotonic()
+        srv.terminate()
+        rc = srv.wait(10)
+        check(rc is not None, "server still running 10 s after SIGTERM with --grace-ms 500; stderr:\n" + srv.stderr())
+        check(rc == 0, "server exit status %d after SIGTERM, expected 0; stderr:\n%s" % (rc, srv.stderr()))
+        try:
+            tail = s.recv(100)
+            check(tail == b"", "idle conn: expected EOF after stop, got %r" % tail)
+        except ConnectionResetError:
+            pass  # a reset is also a close
+        except socket.timeout:
+            raise TestFailure("idle conn: neither EOF nor reset after the server exited")
+        print("  idle connection closed, exit 0 after %.2f s (grace 500 ms)" % (time.monotonic() - t0))
+    finally:
+        if s:
+            s.close()
+        srv.kill()
+
+    # A connection active at SIGTERM may finish within the grace period; new ones are refused;
+    # the server exits as soon as the last one closes, without waiting out the grace.
+    srv = Server("--grace-ms", "30000")
+    s = None
+    try:
+        s = connect(srv.addr, 10)
+        s.sendall(b"before")
+        check(recv_exact(s, 6, "active conn") == b"before", "active conn: bad echo")
+        srv.terminate()
+        end = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(srv.addr, timeout=2).close()
+            except (ConnectionRefusedError, ConnectionResetError):
+                break  # refused, or reset as the listener closed with it in the backlog
+            check(time.monotonic() < end, "new connections still accepted 10 s after SIGTERM")
+            time.sleep(0.05)
+        payload = os.urandom(200 << 10)
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        back = recv_exact(s, len(payload), "active conn after SIGTERM")
+        check(back == payload, "active conn after SIGTERM: echo differs at offset %d" % first_diff(back, payload))
+        expect_eof(s, "active conn after SIGTERM")
+        s.close()
+        s = None
+        rc = srv.wait(10)
+        check(rc is not None, "server still running 10 s after its last connection closed (--grace-ms 30000): "
+              "it should exit once no connections are left, not wait out the grace period; stderr:\n" + srv.stderr())
+        check(rc == 0, "server exit status %d, expected 0; stderr:\n%s" % (rc, srv.stderr()))
+        print("  connection finished within grace, new ones refused, exit 0 once it closed")
+    finally:
+        if s:
+            s.close()
+        srv.kill()
+
+    srv = Server("--grace-ms", "500")
+    try:
+        srv.terminate()
+        rc = srv.wait(5)
+        check(rc is not None, "server with no connections still running 5 s after SIGTERM; stderr:\n" + srv.stderr())
+        check(rc == 0, "server exit status %d after SIGTERM, expected 0; stderr:\n%s" % (rc, srv.stderr()))
+        print("  no connections: exit 0 promptly")
+    finally:
+        srv.kill()
+
+    srv = Server("--grace-ms", "500")
+    try:
+        os.kill(srv.proc.pid, signal.SIGINT)
+        rc = srv.wait(5)
+        check(rc == 0, "server exit status %s after SIGINT, expected 0; stderr:\n%s" % (rc, srv.stderr()))
+        print("  SIGINT: exit 0")
+    finally:
+        srv.kill()
+
+
+# --- (f) ------------------------------------------------------------------------------------------
+
+def test_max_conns():
+    # --max-conns is per worker: one worker makes the limit the server's.
+    srv = Server("--max-conns", "5", workers=1)
+    socks = []
+    try:
+        socks = [connect(srv.addr, 10) for _ in range(10)]  # connect() completes in the backlog
+        msgs = [("conn %d:" % i).encode() + os.urandom(1000) for i in range(10)]
+        for i in range(5):
+            socks[i].sendall(msgs[i])
+            check(recv_exact(socks[i], len(msgs[i]), "conn %d of the first 5" % i) == msgs[i],
+                  "conn %d: bad echo" % i)
+        # The other 5 must wait in the backlog: data sent now is not echoed yet.
+        for i in range(5, 10):
+            socks[i].sendall(msgs[i])
+        for i in range(5, 10):
+            socks[i].settimeout(0.3)
+            try:
+                early = socks[i].recv(100)
+                raise TestFailure("conn %d was served while 5 others were open (--max-conns 5): got %r"
+                                  % (i, early[:20]))
+            except socket.timeout:
+                pass
+            socks[i].settimeout(10)
+        print("  first 5 echoed, last 5 held back")
+        for i in range(5):
+            socks[i].shutdown(socket.SHUT_WR)
+            expect_eof(socks[i], "conn %d" % i)
+            socks[i].close()
+        for i in range(5, 10):
+            back = recv_exact(socks[i], len(msgs[i]), "conn %d after the first 5 closed" % i)
+            check(back == msgs[i], "conn %d: bad echo" % i)
+            more = os.urandom(5000)
+            socks[i].sendall(more)
+            check(recv_exact(socks[i], len(more), "conn %d" % i) == more, "conn %d: bad second echo" % i)
+            socks[i].shutdown(socket.SHUT_WR)
+            expect_eof(socks[i], "conn %d" % i)
+        print("  last 5 served once the first 5 closed")
+    finally:
+        for s in socks:
+            s.close()
+        srv.kill()
+
+
+TESTS = [
+    ("a: 1000 concurrent connections", test_concurrent),
+    ("b: large payloads", test_large_payloads),
+    ("c: peers resetting mid-stream", test_reset_peers),
+    ("d: bad flags", test_bad_flags),
+    ("e: graceful stop", test_graceful_stop),
+    ("f: --max-conns", test_max_conns),
+]
+
+
+def main():
+    if not os.access(KEEL_BIN, os.X_OK):
+        print("FAIL: KEEL_BIN=%s is not an executable (run make first)" % KEEL_BIN)
+        return 1
+    only = sys.argv[1:]
+    failed = []
+    print("backend: %s" % (BACKEND or "(auto)"))
+    for name, fn in TESTS:
+        if only and not any(name.startswith(o + ":") for o in only):
+            continue
+        print("%s" % name, flush=True)
+        t0 = time.monotonic()
+        try:
+            fn()
+            print("ok   %s (%.1f s)" % (name, time.monotonic() - t0), flush=True)
+        except TestFailure as e:
+            print("FAIL %s: %s" % (name, e), flush=True)
+            failed.append(name)
+        except Exception:  # an unexpected error (say ECONNRESET) is a failure too, with its traceback
+            print("FAIL %s: unexpected exception:\n%s" % (name, traceback.format_exc()), flush=True)
+            failed.append(name)
+    if failed:
+        print("failed: %s" % ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
