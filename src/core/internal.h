@@ -59,6 +59,9 @@ struct keel_promise {
 	void *fn;
 	void *ud;
 	keel_promise *upstream; /* the promise this one waits on, for cancel */
+	/* keel_promise_done: the terminal observer, run without a derived promise. */
+	keel_done_fn done_fn;
+	void *done_ud;
 };
 
 struct keel_ctx {

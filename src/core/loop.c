@@ -182,7 +182,7 @@ static bool loop_alive(const keel_loop *loop)
 
 int keel_loop_run_once(keel_loop *loop, int timeout_ms)
 {
-	loop->now_ns = clock_ns();
+	/* now_ns is from the end of the last tick's wait: one clock read per tick. */
 	loop->stats.ticks++;
 
 	/* Leftover continuations (the ready stage is bounded) mean: do not block. */

@@ -398,6 +398,17 @@ static int ep_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 			run_list(loop, ep, list);
 		}
 	}
+	/*
+	 * Work the completions just submitted (a reply sent from a receive
+	 * callback, say) goes out in this tick, not after another wait.
+	 */
+	for (unsigned round = 0; ep->pending && round < 2; round++) {
+		keel__op *list = ep->pending;
+		ep->pending = ep->pending_tail = NULL;
+		for (keel__op *op = list; op; op = op->next)
+			op->be_state = EP_IDLE;
+		run_list(loop, ep, list);
+	}
 	drain_done(loop, ep);
 	return (int)((unsigned)keel__loop_completions(loop) - before);
 }

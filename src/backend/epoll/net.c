@@ -5,9 +5,24 @@
 #include <errno.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "epoll.h"
+
+/*
+ * Raw syscalls: glibc's recv/sendmsg wrappers are thread-cancellation points
+ * and toggle the cancel state around every call, which showed in profiles.
+ */
+static inline ssize_t sys_recv(int fd, void *buf, size_t len)
+{
+	return syscall(SYS_recvfrom, fd, buf, len, MSG_DONTWAIT, NULL, NULL);
+}
+
+static inline ssize_t sys_sendmsg(int fd, const struct msghdr *msg)
+{
+	return syscall(SYS_sendmsg, fd, msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
 
 #define ACCEPT_BURST 64 /* accepts per edge before yielding to other work */
 #define RECV_BURST 16   /* receives per edge per stream */
@@ -52,7 +67,7 @@ static int attempt_recv_stream(keel_loop *loop, keel__epoll *ep, keel__op *op)
 			keel__op_complete(loop, op, -ENOBUFS, 0, 0);
 			return ATT_DONE;
 		}
-		ssize_t n = recv(op->fd, buf->data, buf->cap, MSG_DONTWAIT);
+		ssize_t n = sys_recv(op->fd, buf->data, buf->cap);
 		if (n > 0) {
 			keel__op_complete(loop, op, (int)n, KEEL__F_MORE | KEEL__F_BUFFER, buf->id);
 			if (user_ended(op)) {
@@ -89,7 +104,7 @@ int keel__ep_attempt_net(keel_loop *loop, keel__epoll *ep, keel__op *op)
 	case KEEL__OP_RECV_STREAM:
 		return attempt_recv_stream(loop, ep, op);
 	case KEEL__OP_RECV:
-		n = recv(op->fd, op->u.rw.buf, op->u.rw.len, MSG_DONTWAIT);
+		n = sys_recv(op->fd, op->u.rw.buf, op->u.rw.len);
 		if (n < 0 && errno == EAGAIN)
 			return ATT_WAIT_RD;
 		break;
@@ -100,7 +115,7 @@ int keel__ep_attempt_net(keel_loop *loop, keel__epoll *ep, keel__op *op)
 			return ATT_WAIT_RD;
 		break;
 	case KEEL__OP_SEND:
-		n = sendmsg(op->fd, &op->u.send.msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+		n = sys_sendmsg(op->fd, &op->u.send.msg);
 		if (n < 0 && errno == EAGAIN)
 			return ATT_WAIT_WR;
 		break;
