@@ -101,8 +101,61 @@ static void *writer(void *arg)
 	return NULL;
 }
 
+static keel_buf *kept;
+static int keep_first(void *ud, keel_buf *buf)
+{
+	(void)ud;
+	if (!kept) {
+		keel_buf_hold(buf);
+		kept = buf;
+	}
+	return KEEL_CONTINUE;
+}
+
+/* A stream parked for want of a buffer is not in the kernel; closing its fd must still end it. */
+static void test_close_parked(void)
+{
+	keel_loop_opts o;
+	keel_loop_opts_default(&o);
+	o.recv_buf_count = 1;
+	o.recv_buf_size = 1024;
+	o.quiet = true;
+	keel_loop *l;
+	ASSERT_OK(keel_loop_new(&l, &o));
+	int a[2], b[2];
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, a), 0);
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, b), 0);
+	keel_promise *sa = keel_recv_stream(l, a[0], keep_first, NULL);
+	ASSERT_EQ(write(a[1], "x", 1), 1);
+	while (!kept)
+		keel_loop_run_once(l, 10);
+	keel_promise *sb = keel_recv_stream(l, b[0], keep_first, NULL);
+	ASSERT_EQ(write(b[1], "y", 1), 1);
+	keel_loop_stats st;
+	for (int i = 0; i < 200; i++) {
+		keel_loop_get_stats(l, &st);
+		if (st.enobufs)
+			break;
+		keel_loop_run_once(l, 10);
+	}
+	ASSERT(st.enobufs > 0); /* b's stream is parked */
+	keel_outcome r = test_await(l, keel_close(l, b[0]));
+	ASSERT_EQ(r.err, 0);
+	r = test_await(l, sb);
+	ASSERT_EQ(r.err, -ECANCELED);
+	keel_buf_release(kept);
+	test_await(l, keel_close(l, a[0]));
+	test_await(l, sa);
+	close(a[1]);
+	close(b[1]);
+	keel_loop_free(l);
+	printf("closing the fd of a parked stream ends it: ok\n");
+}
+
 int main(void)
 {
+	test_close_parked();
+
 	keel_loop_opts o;
 	keel_loop_opts_default(&o);
 	o.recv_buf_count = BUFS;

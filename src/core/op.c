@@ -75,6 +75,12 @@ keel_promise *keel__op_start(keel_loop *loop, keel__op *op)
 		/* Cancel what is in flight on fd; close once all of it has completed. */
 		op->next = loop->closes;
 		loop->closes = op;
+		/* Streams parked for a buffer are not in the kernel: end them here. */
+		for (keel__op *w = loop->bufpool.waiters, *next; w; w = next) {
+			next = w->next;
+			if (w->fd == op->fd)
+				keel__op_cancel(loop, w);
+		}
 		loop->be->cancel_fd(loop, op->fd);
 		return p;
 	}
