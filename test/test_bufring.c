@@ -6,6 +6,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -63,7 +64,9 @@ static int on_accept(void *ud, int fd)
 	(void)ud;
 	/* The client writes its id first, as one byte, then the stream. */
 	unsigned char id;
-	ASSERT_EQ(recv(fd, &id, 1, MSG_WAITALL), 1);
+	struct pollfd pfd = {fd, POLLIN, 0}; /* the socket may be non-blocking (epoll backend) */
+	ASSERT_EQ(poll(&pfd, 1, 5000), 1);
+	ASSERT_EQ(recv(fd, &id, 1, 0), 1);
 	ASSERT(id < CONNS);
 	struct sconn *c = &conns[id];
 	c->id = id;
