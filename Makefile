@@ -28,7 +28,8 @@ ALL_CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
 LDLIBS  := -luring -pthread $(LDFLAGS_SAN)
 
 LIB_SRC := $(wildcard src/core/*.c) $(wildcard src/backend/*.c) \
-	$(wildcard src/backend/uring/*.c) $(wildcard src/backend/epoll/*.c) $(wildcard src/net/*.c)
+	$(wildcard src/backend/uring/*.c) $(wildcard src/backend/epoll/*.c) $(wildcard src/net/*.c) \
+	$(wildcard src/http/*.c)
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(filter-out test/seccomp_exec.c,$(wildcard test/test_*.c))
 TEST_PY := $(wildcard test/test_*.py)
@@ -39,7 +40,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
-.PHONY: all deps run test sanitize bench clean format
+.PHONY: all deps run test sanitize bench fuzz clean format
 all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/seccomp_exec $(EXAMPLES)
 
 # Debian packages the build needs; installed when run as root, otherwise named.
@@ -89,6 +90,10 @@ sanitize:
 bench: all
 	bench/echo/run.sh
 	bench/pollscale/run.sh
+
+# libFuzzer drivers for the HTTP parser and chunked decoder, each for a bounded time.
+fuzz:
+	sh fuzz/run.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

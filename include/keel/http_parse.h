@@ -1,0 +1,140 @@
+/*
+ * keel's HTTP/1.1 message parser: strict (RFC 9110/9112), zero-copy,
+ * incremental.
+ *
+ * The head parser reports spans (keel_str) that point into the caller's
+ * buffer; nothing is copied, so the spans are valid as long as the buffer
+ * is. It is incremental in the way picohttpparser is: call it again with
+ * the same buffer, grown, and the previous length; until the head is
+ * complete only the new bytes are scanned (for the end of the head and for
+ * the size limits), so a head arriving a byte at a time costs O(n), and the
+ * full parse runs once. Pipelined messages: the return value is where the
+ * body (or the next message) starts.
+ *
+ * The body is framed by the parser's verdict: none, Content-Length, or
+ * chunked (decoded by keel_http_chunked, also zero-copy and incremental).
+ */
+#ifndef KEEL_HTTP_PARSE_H
+#define KEEL_HTTP_PARSE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct keel_str {
+	const char *ptr;
+	size_t len;
+} keel_str;
+
+typedef struct keel_http_header {
+	keel_str name;
+	keel_str value; /* leading and trailing whitespace removed */
+} keel_http_header;
+
+enum keel_http_body {
+	KEEL_HTTP_BODY_NONE = 0,   /* no body */
+	KEEL_HTTP_BODY_LENGTH,     /* content_length bytes */
+	KEEL_HTTP_BODY_CHUNKED,    /* Transfer-Encoding: chunked */
+	KEEL_HTTP_BODY_UNTIL_CLOSE /* responses only: read until the connection closes */
+};
+
+typedef struct keel_http_limits {
+	size_t request_line_max; /* default 8192; longer: 414 */
+	size_t head_max;         /* request line + headers; default 16384; larger: 431 */
+	unsigned headers_max;    /* default 100; more: 431 */
+} keel_http_limits;
+
+/* A parsed request head (or response head: status/reason instead of method/target). */
+typedef struct keel_http_msg {
+	keel_str method; /* requests */
+	keel_str target;
+	int status;      /* responses */
+	keel_str reason;
+	int version_minor; /* HTTP/1.x */
+	keel_http_header *headers; /* the caller's array */
+	unsigned nheaders;
+	enum keel_http_body body;
+	uint64_t content_length;
+	keel_str host;          /* requests: the Host header value */
+	bool keep_alive;        /* per version and Connection */
+	bool expect_continue;   /* Expect: 100-continue */
+	bool upgrade;           /* Connection: upgrade with an Upgrade header */
+	size_t head_len;        /* bytes of the head, including the final CRLF CRLF */
+} keel_http_msg;
+
+/* Results below zero: what to answer. */
+enum {
+	KEEL_HTTP_INCOMPLETE = -1, /* need more bytes */
+	KEEL_HTTP_E400 = -400,     /* malformed: answer 400 and close */
+	KEEL_HTTP_E414 = -414,     /* request line too long */
+	KEEL_HTTP_E431 = -431,     /* head too large or too many headers */
+	KEEL_HTTP_E501 = -501,     /* a transfer coding keel does not implement */
+	KEEL_HTTP_E505 = -505,     /* HTTP version not supported */
+};
+
+void keel_http_limits_default(keel_http_limits *l);
+
+/*
+ * Parse a request head in buf[0..len). prev_len is how many bytes of buf a
+ * previous call already saw without finding the end of the head (0 the first
+ * time). headers/headers_cap is the caller's array for the header spans.
+ * Returns the head length (> 0) with *msg filled in, KEEL_HTTP_INCOMPLETE,
+ * or a negative status (KEEL_HTTP_E4xx/E5xx): reject with that status and
+ * close the connection.
+ *
+ * Strict: CL with TE, differing or malformed Content-Length, a
+ * Transfer-Encoding other than a final chunked (501 for an unknown coding),
+ * TE in HTTP/1.0, whitespace before ':', obs-fold, CTLs and NUL in names,
+ * values and target, missing or repeated Host in HTTP/1.1, bare CR, and any
+ * version other than HTTP/1.0 and HTTP/1.1 (505 for HTTP/2+, 400 for junk)
+ * are all rejected.
+ */
+int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
+                            keel_http_header *headers, unsigned headers_cap,
+                            const keel_http_limits *limits);
+
+/*
+ * Parse a response head. method is the request's method (HEAD and CONNECT
+ * change the framing of a response); may be NULL. Same returns.
+ */
+int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
+                             keel_http_header *headers, unsigned headers_cap,
+                             const keel_http_limits *limits, keel_str method);
+
+/* Case-insensitive header lookup: the first header named name, or NULL. */
+const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const char *name);
+
+bool keel_str_eq(keel_str a, const char *lit);
+bool keel_str_ieq(keel_str a, const char *lit);
+
+/* ---- Chunked transfer coding ------------------------------------------- */
+
+typedef struct keel_http_chunked {
+	int state;
+	uint64_t remaining; /* bytes left in the current chunk */
+	uint64_t total;     /* data bytes decoded so far */
+	uint64_t body_max;  /* 0: no limit; more: KEEL_HTTP_E413 */
+	unsigned trailer_bytes;
+	int ext_len;
+} keel_http_chunked;
+
+enum {
+	KEEL_HTTP_CHUNK_DATA = 1, /* *data is a span of body bytes */
+	KEEL_HTTP_CHUNK_DONE = 2, /* last chunk and trailers consumed: the message ends */
+	KEEL_HTTP_E413 = -413,    /* body larger than body_max */
+};
+
+void keel_http_chunked_init(keel_http_chunked *d, uint64_t body_max);
+
+/*
+ * Decode from buf[0..len). *used is set to the bytes consumed. Returns
+ * KEEL_HTTP_CHUNK_DATA with *data pointing into buf (one call returns one
+ * span; call again with the rest), KEEL_HTTP_INCOMPLETE when all of buf was
+ * consumed without finishing (keep feeding), KEEL_HTTP_CHUNK_DONE (the
+ * bytes after *used belong to the next message), or KEEL_HTTP_E400 /
+ * KEEL_HTTP_E413.
+ */
+int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, size_t *used,
+                             keel_str *data);
+
+#endif

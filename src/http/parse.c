@@ -1,0 +1,477 @@
+/*
+ * The HTTP/1.1 head parser (requests and responses).
+ *
+ * Two passes over a head, never more: while the head is incomplete, only the
+ * bytes added since the last call are scanned, for the blank line that ends
+ * the head, for bare CR/LF (rejected at once) and for the size limits. Once
+ * the end is known, one strict pass over the head fills in the spans and
+ * decides the body's framing. Everything the RFC lets a strict recipient
+ * reject is rejected: a parser in front of other software must never
+ * disagree with it about where a message ends (request smuggling).
+ */
+#include <string.h>
+
+#include "keel/http_parse.h"
+
+/* tchar (RFC 9110 5.6.2): the characters of a token. */
+static const unsigned char tchar[256] = {
+	['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
+	['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+	['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+	['8'] = 1, ['9'] = 1,
+	['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+	['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+	['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+	['Y'] = 1, ['Z'] = 1,
+	['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+	['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+	['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+	['y'] = 1, ['z'] = 1,
+};
+
+static inline bool is_tchar(unsigned char c)
+{
+	return tchar[c];
+}
+
+/* field-vchar / obs-text: any byte but CTLs (HTAB is whitespace) and DEL. */
+static inline bool is_field_byte(unsigned char c)
+{
+	return c >= 0x20 ? c != 0x7f : c == '\t';
+}
+
+/* request-target bytes: visible ASCII only (no space, no CTL, no obs-text). */
+static inline bool is_target_byte(unsigned char c)
+{
+	return c > 0x20 && c < 0x7f;
+}
+
+void keel_http_limits_default(keel_http_limits *l)
+{
+	l->request_line_max = 8192;
+	l->head_max = 16384;
+	l->headers_max = 100;
+}
+
+bool keel_str_eq(keel_str a, const char *lit)
+{
+	size_t n = strlen(lit);
+	return a.len == n && memcmp(a.ptr, lit, n) == 0;
+}
+
+bool keel_str_ieq(keel_str a, const char *lit)
+{
+	size_t n = strlen(lit);
+	if (a.len != n)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char x = (unsigned char)a.ptr[i], y = (unsigned char)lit[i];
+		if (x >= 'A' && x <= 'Z')
+			x = (unsigned char)(x + 32);
+		if (y >= 'A' && y <= 'Z')
+			y = (unsigned char)(y + 32);
+		if (x != y)
+			return false;
+	}
+	return true;
+}
+
+const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const char *name)
+{
+	for (unsigned i = 0; i < msg->nheaders; i++)
+		if (keel_str_ieq(msg->headers[i].name, name))
+			return &msg->headers[i];
+	return NULL;
+}
+
+/*
+ * Find the end of the head, scanning from where the last call stopped.
+ * Returns the head length, 0 if not there yet, or KEEL_HTTP_E400 for a bare
+ * CR or LF, which no valid head contains.
+ */
+static long find_head_end(const char *buf, size_t len, size_t from)
+{
+	/* Back up so a terminator split across calls is seen; CRs are re-checked. */
+	size_t i = from >= 3 ? from - 3 : 0;
+	for (; i < len; i++) {
+		char c = buf[i];
+		if (c == '\r') {
+			if (i + 1 == len)
+				return 0;
+			if (buf[i + 1] != '\n')
+				return KEEL_HTTP_E400;
+		} else if (c == '\n') {
+			if (i == 0 || buf[i - 1] != '\r')
+				return KEEL_HTTP_E400;
+			if (i >= 3 && buf[i - 2] == '\n' && buf[i - 3] == '\r')
+				return (long)(i + 1);
+		}
+	}
+	return 0;
+}
+
+/* Parse "HTTP/1.x"; returns the minor version, or a negative status. */
+static int parse_version(const char *p, size_t n)
+{
+	if (n != 8 || memcmp(p, "HTTP/", 5) != 0 || p[6] != '.')
+		return KEEL_HTTP_E400;
+	if (p[5] < '0' || p[5] > '9' || p[7] < '0' || p[7] > '9')
+		return KEEL_HTTP_E400;
+	if (p[5] == '1' && (p[7] == '0' || p[7] == '1'))
+		return p[7] - '0';
+	return KEEL_HTTP_E505;
+}
+
+/* Content-Length: 1*DIGIT, no sign, no spaces inside, no overflow. */
+static int parse_length(keel_str v, uint64_t *out)
+{
+	if (v.len == 0 || v.len > 19)
+		return KEEL_HTTP_E400;
+	uint64_t n = 0;
+	for (size_t i = 0; i < v.len; i++) {
+		unsigned char c = (unsigned char)v.ptr[i];
+		if (c < '0' || c > '9')
+			return KEEL_HTTP_E400;
+		n = n * 10 + (uint64_t)(c - '0');
+	}
+	*out = n;
+	return 0;
+}
+
+/* Iterate the comma-separated elements of a list header, trimming OWS. */
+static bool next_elem(keel_str *list, keel_str *elem)
+{
+	while (list->len && (*list->ptr == ',' || *list->ptr == ' ' || *list->ptr == '\t')) {
+		list->ptr++;
+		list->len--;
+	}
+	if (!list->len)
+		return false;
+	const char *s = list->ptr, *e = memchr(s, ',', list->len);
+	size_t n = e ? (size_t)(e - s) : list->len;
+	list->ptr += n;
+	list->len -= n;
+	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+		n--;
+	elem->ptr = s;
+	elem->len = n;
+	return true;
+}
+
+/* Does a list header contain an empty element ("a,,b" is allowed; ", ," too)? Only flag a fully empty value. */
+static bool list_is_empty(keel_str v)
+{
+	keel_str e;
+	return !next_elem(&v, &e);
+}
+
+struct framing {
+	int ncl, nte, nhost;
+	uint64_t cl;
+	bool te_chunked_last;
+	int te_status; /* 0, or the error the codings deserve */
+	bool conn_close, conn_keep_alive, conn_upgrade, has_upgrade, expect_continue, expect_other;
+	keel_str host;
+};
+
+static int note_header(struct framing *f, const keel_http_header *h)
+{
+	keel_str n = h->name, v = h->value;
+	switch (n.len) {
+	case 4:
+		if (keel_str_ieq(n, "host")) {
+			f->nhost++;
+			f->host = v;
+		}
+		break;
+	case 6:
+		if (keel_str_ieq(n, "expect")) {
+			if (keel_str_ieq(v, "100-continue"))
+				f->expect_continue = true;
+			else
+				f->expect_other = true;
+		}
+		break;
+	case 7:
+		if (keel_str_ieq(n, "upgrade"))
+			f->has_upgrade = true;
+		break;
+	case 10:
+		if (keel_str_ieq(n, "connection")) {
+			keel_str list = v, e;
+			while (next_elem(&list, &e)) {
+				if (keel_str_ieq(e, "close"))
+					f->conn_close = true;
+				else if (keel_str_ieq(e, "keep-alive"))
+					f->conn_keep_alive = true;
+				else if (keel_str_ieq(e, "upgrade"))
+					f->conn_upgrade = true;
+			}
+		}
+		break;
+	case 14:
+		if (keel_str_ieq(n, "content-length")) {
+			uint64_t cl;
+			int err = parse_length(v, &cl);
+			if (err)
+				return err;
+			if (f->ncl && cl != f->cl)
+				return KEEL_HTTP_E400; /* differing lengths: which one is the message? */
+			f->ncl++;
+			f->cl = cl;
+		}
+		break;
+	case 17:
+		if (keel_str_ieq(n, "transfer-encoding")) {
+			f->nte++;
+			if (list_is_empty(v))
+				return KEEL_HTTP_E400;
+			keel_str list = v, e;
+			while (next_elem(&list, &e)) {
+				if (e.len == 0)
+					continue;
+				if (f->te_chunked_last) /* chunked must be the final coding, applied once */
+					f->te_status = KEEL_HTTP_E400;
+				if (keel_str_ieq(e, "chunked")) {
+					f->te_chunked_last = true;
+				} else {
+					for (size_t i = 0; i < e.len; i++)
+						if (!is_tchar((unsigned char)e.ptr[i]) && e.ptr[i] != ';' &&
+						    e.ptr[i] != '=' && e.ptr[i] != ' ' && e.ptr[i] != '"')
+							return KEEL_HTTP_E400;
+					if (!f->te_status)
+						f->te_status = KEEL_HTTP_E501; /* gzip, deflate, ...: not decoded here */
+				}
+			}
+		}
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+/*
+ * Parse the header lines from p up to the blank line at end. Fills msg's
+ * headers and the framing facts.
+ */
+static int parse_fields(const char *p, const char *end, keel_http_msg *msg, keel_http_header *headers,
+                        unsigned cap, const keel_http_limits *lim, struct framing *f)
+{
+	unsigned n = 0;
+	for (;;) {
+		if (p + 2 > end)
+			return KEEL_HTTP_E400;
+		if (p[0] == '\r')
+			break; /* the blank line (find_head_end guaranteed the LF) */
+		if (p[0] == ' ' || p[0] == '\t')
+			return KEEL_HTTP_E400; /* obs-fold, or whitespace before the first name */
+		const char *name = p;
+		while (p < end && is_tchar((unsigned char)*p))
+			p++;
+		if (p == name || p >= end || *p != ':')
+			return KEEL_HTTP_E400; /* empty name, bad byte, or whitespace before ':' */
+		size_t name_len = (size_t)(p - name);
+		p++;
+		while (p < end && (*p == ' ' || *p == '\t'))
+			p++;
+		const char *val = p;
+		while (p < end && is_field_byte((unsigned char)*p))
+			p++;
+		if (p + 1 >= end || p[0] != '\r' || p[1] != '\n')
+			return KEEL_HTTP_E400; /* a CTL, NUL or bare CR inside the value */
+		const char *val_end = p;
+		while (val_end > val && (val_end[-1] == ' ' || val_end[-1] == '\t'))
+			val_end--;
+		p += 2;
+		if (n == cap || n == lim->headers_max)
+			return KEEL_HTTP_E431;
+		headers[n].name.ptr = name;
+		headers[n].name.len = name_len;
+		headers[n].value.ptr = val;
+		headers[n].value.len = (size_t)(val_end - val);
+		int err = note_header(f, &headers[n]);
+		if (err)
+			return err;
+		n++;
+	}
+	msg->headers = headers;
+	msg->nheaders = n;
+	return 0;
+}
+
+static int head_prelude(const char *buf, size_t len, size_t prev_len, const keel_http_limits *lim,
+                        bool request, long *head_len)
+{
+	long end = find_head_end(buf, len, prev_len);
+	if (end < 0)
+		return (int)end;
+	if (request && prev_len <= lim->request_line_max + 1) {
+		/*
+		 * The request line's own limit, whether or not the head is
+		 * complete. Once a call has seen more than the limit and found the
+		 * line's end, later calls need not look again.
+		 */
+		size_t scan = end ? (size_t)end : len;
+		const char *nl = memchr(buf, '\n', scan < lim->request_line_max + 2 ? scan : lim->request_line_max + 2);
+		if (!nl && scan > lim->request_line_max + 1)
+			return KEEL_HTTP_E414;
+	}
+	if (end == 0)
+		return len > lim->head_max ? KEEL_HTTP_E431 : KEEL_HTTP_INCOMPLETE;
+	if ((size_t)end > lim->head_max)
+		return KEEL_HTTP_E431;
+	*head_len = end;
+	return 0;
+}
+
+int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
+                            keel_http_header *headers, unsigned headers_cap,
+                            const keel_http_limits *limits)
+{
+	keel_http_limits deflim;
+	if (!limits) {
+		keel_http_limits_default(&deflim);
+		limits = &deflim;
+	}
+	long head_len = 0;
+	int err = head_prelude(buf, len, prev_len, limits, true, &head_len);
+	if (err)
+		return err;
+	const char *p = buf, *end = buf + head_len;
+	memset(msg, 0, sizeof(*msg));
+
+	/* method SP request-target SP HTTP-version CRLF */
+	const char *m = p;
+	while (p < end && is_tchar((unsigned char)*p))
+		p++;
+	if (p == m || *p != ' ')
+		return KEEL_HTTP_E400;
+	msg->method.ptr = m;
+	msg->method.len = (size_t)(p - m);
+	const char *t = ++p;
+	while (p < end && is_target_byte((unsigned char)*p))
+		p++;
+	if (p == t || *p != ' ')
+		return KEEL_HTTP_E400;
+	msg->target.ptr = t;
+	msg->target.len = (size_t)(p - t);
+	const char *v = ++p;
+	while (p < end && *p != '\r')
+		p++;
+	int minor = parse_version(v, (size_t)(p - v));
+	if (minor < 0)
+		return minor;
+	msg->version_minor = minor;
+	p += 2;
+
+	struct framing f;
+	memset(&f, 0, sizeof(f));
+	err = parse_fields(p, end, msg, headers, headers_cap, limits, &f);
+	if (err)
+		return err;
+
+	if (f.nte) {
+		if (minor == 0)
+			return KEEL_HTTP_E400; /* Transfer-Encoding is not HTTP/1.0 */
+		if (f.ncl)
+			return KEEL_HTTP_E400; /* both: the classic smuggling vector */
+		if (f.te_status)
+			return f.te_status;
+		if (!f.te_chunked_last)
+			return KEEL_HTTP_E400; /* a request body must be chunked last */
+		msg->body = KEEL_HTTP_BODY_CHUNKED;
+	} else if (f.ncl) {
+		msg->content_length = f.cl;
+		msg->body = f.cl ? KEEL_HTTP_BODY_LENGTH : KEEL_HTTP_BODY_NONE;
+	}
+	if (minor == 1 && f.nhost != 1)
+		return KEEL_HTTP_E400; /* exactly one Host in HTTP/1.1 */
+	if (f.nhost > 1)
+		return KEEL_HTTP_E400;
+	msg->host = f.host;
+	msg->keep_alive = minor == 1 ? !f.conn_close : (f.conn_keep_alive && !f.conn_close);
+	msg->expect_continue = f.expect_continue && minor == 1;
+	msg->upgrade = f.conn_upgrade && f.has_upgrade;
+	msg->head_len = (size_t)head_len;
+	return (int)head_len;
+}
+
+int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
+                             keel_http_header *headers, unsigned headers_cap,
+                             const keel_http_limits *limits, keel_str method)
+{
+	keel_http_limits deflim;
+	if (!limits) {
+		keel_http_limits_default(&deflim);
+		limits = &deflim;
+	}
+	long head_len = 0;
+	int err = head_prelude(buf, len, prev_len, limits, false, &head_len);
+	if (err)
+		return err;
+	const char *p = buf, *end = buf + head_len;
+	memset(msg, 0, sizeof(*msg));
+
+	/* HTTP-version SP 3DIGIT SP [ reason-phrase ] CRLF */
+	if (head_len < 12 || p[8] != ' ')
+		return KEEL_HTTP_E400;
+	int minor = parse_version(p, 8);
+	if (minor < 0)
+		return KEEL_HTTP_E400; /* a client cannot answer 505 to a server */
+	msg->version_minor = minor;
+	p += 9;
+	int status = 0;
+	for (int i = 0; i < 3; i++, p++) {
+		if (*p < '0' || *p > '9')
+			return KEEL_HTTP_E400;
+		status = status * 10 + (*p - '0');
+	}
+	if (status < 100)
+		return KEEL_HTTP_E400;
+	msg->status = status;
+	if (*p == ' ') {
+		p++;
+	} else if (*p != '\r') {
+		return KEEL_HTTP_E400;
+	}
+	const char *r = p;
+	while (p < end && is_field_byte((unsigned char)*p))
+		p++;
+	if (p[0] != '\r')
+		return KEEL_HTTP_E400;
+	msg->reason.ptr = r;
+	msg->reason.len = (size_t)(p - r);
+	p += 2;
+
+	struct framing f;
+	memset(&f, 0, sizeof(f));
+	err = parse_fields(p, end, msg, headers, headers_cap, limits, &f);
+	if (err)
+		return err;
+
+	bool head = method.len && keel_str_eq(method, "HEAD");
+	bool connect = method.len && keel_str_eq(method, "CONNECT");
+	if (status < 200 || status == 204 || status == 304 || head || (connect && status < 300)) {
+		msg->body = KEEL_HTTP_BODY_NONE; /* framing headers do not apply */
+		if (f.ncl)
+			msg->content_length = f.cl;
+	} else if (f.nte) {
+		if (f.ncl)
+			return KEEL_HTTP_E400;
+		if (f.te_status == KEEL_HTTP_E400)
+			return KEEL_HTTP_E400;
+		/* Not chunked last: the body runs until close (RFC 9112 6.3). */
+		msg->body = f.te_chunked_last && !f.te_status ? KEEL_HTTP_BODY_CHUNKED : KEEL_HTTP_BODY_UNTIL_CLOSE;
+	} else if (f.ncl) {
+		msg->content_length = f.cl;
+		msg->body = f.cl ? KEEL_HTTP_BODY_LENGTH : KEEL_HTTP_BODY_NONE;
+	} else {
+		msg->body = KEEL_HTTP_BODY_UNTIL_CLOSE;
+	}
+	msg->keep_alive = msg->body != KEEL_HTTP_BODY_UNTIL_CLOSE &&
+	                  (minor == 1 ? !f.conn_close : (f.conn_keep_alive && !f.conn_close));
+	msg->upgrade = f.conn_upgrade && f.has_upgrade;
+	msg->head_len = (size_t)head_len;
+	return (int)head_len;
+}
