@@ -41,7 +41,7 @@ TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
 .PHONY: all deps run test sanitize bench fuzz clean format
-all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/seccomp_exec $(EXAMPLES)
+all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/seccomp_exec $(BUILD)/test/http_testsrv $(EXAMPLES)
 
 # Debian packages the build needs; installed when run as root, otherwise named.
 DEPS_HDR := /usr/include/liburing.h
@@ -69,6 +69,10 @@ $(BUILD)/test/%: test/%.c test/test.h $(BUILD)/libkeel.a
 $(BUILD)/test/%.py: test/%.py
 	@mkdir -p $(dir $@)
 	cp $< $@ && chmod +x $@
+
+$(BUILD)/test/http_testsrv: test/http_testsrv.c $(BUILD)/libkeel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
 
 $(BUILD)/test/seccomp_exec: test/seccomp_exec.c
 	@mkdir -p $(dir $@)

@@ -1,0 +1,117 @@
+/*
+ * keel's HTTP/1.1 server.
+ *
+ * A handler receives a request and returns a promise of a response; the
+ * server keeps connections alive, answers pipelined requests in order
+ * (writing all the responses that are ready in one send), enforces limits
+ * and timeouts, and stops gracefully. Request heads are parsed in place in
+ * the receive buffers: the spans in a request stay valid until its response
+ * has been sent.
+ */
+#ifndef KEEL_HTTP_H
+#define KEEL_HTTP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "http_parse.h"
+#include "loop.h"
+#include "promise.h"
+
+typedef struct keel_http_server keel_http_server;
+typedef struct keel_http_conn keel_http_conn;
+
+typedef struct keel_http_config {
+	keel_http_limits limits;   /* request line, head and header count (414/431) */
+	uint64_t body_max;         /* request body bytes; more: 413 before reading. Default 1 MiB */
+	unsigned conns_max;        /* per server (one per loop); when full accepting pauses. 10000 */
+	unsigned pipeline_max;     /* requests in flight per connection; 32 */
+	unsigned requests_per_conn_max; /* then Connection: close; 0 = no limit (default 0) */
+	uint64_t header_timeout_ms; /* one deadline for the whole head (slowloris); 10000 */
+	uint64_t body_timeout_ms;   /* between body reads; 30000 */
+	uint64_t idle_timeout_ms;   /* keep-alive idle; 60000 */
+	uint64_t send_timeout_ms;   /* a response send that makes no progress; 30000 */
+	const char *server_name;    /* Server header; "keel"; NULL: none */
+} keel_http_config;
+
+typedef struct keel_http_response {
+	int status;
+	const char *content_type; /* NULL: no Content-Type */
+	keel_str body;            /* borrowed until the response is sent */
+	const keel_http_header *headers; /* extra headers, borrowed */
+	unsigned nheaders;
+	/* A body from a file instead (sent with sendfile/splice): fd >= 0. */
+	int file_fd;
+	uint64_t file_off, file_len;
+	bool file_close; /* close file_fd after sending */
+} keel_http_response;
+
+typedef struct keel_http_request {
+	keel_loop *loop;
+	keel_http_msg msg; /* method, target, version, headers */
+	keel_str path;     /* target up to '?' */
+	keel_str query;    /* after '?', without it */
+	keel_str body;     /* the whole request body (Content-Length or de-chunked) */
+	keel_http_response resp; /* storage a handler may fill and return */
+	void *user;        /* free for the handler */
+	/* internal */
+	keel_http_conn *conn;
+	struct keel_http_request *next;
+	keel_promise *pending;
+	keel_http_response *answer;
+	keel_ctx *ctx;
+	void *hold[2];  /* receive buffers the spans point into */
+	char *own;      /* heap copy of a head that arrived in pieces */
+	char *body_own; /* heap copy of a body that arrived in pieces */
+	size_t body_cap;
+	uint8_t done, keep_alive, head_only, is_error;
+	keel_http_header headers[]; /* config limits.headers_max */
+} keel_http_request;
+
+/*
+ * A handler returns a promise that resolves with ptr = a keel_http_response
+ * (often &req->resp), or rejects: -ENOENT -> 404, -EACCES/-EPERM -> 403,
+ * -ETIMEDOUT -> 504, anything else -> 500. A promise already settled when
+ * the handler returns is answered at once.
+ */
+typedef keel_promise *(*keel_http_handler)(keel_http_request *req, void *ud);
+
+void keel_http_config_default(keel_http_config *cfg);
+
+/* A server on loop; cfg may be NULL. NULL on ENOMEM or bad config. */
+keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg);
+
+/*
+ * Route method (NULL: any) and path to handler. prefix: match paths that
+ * start with path. Exact routes win over prefixes; longer prefixes win.
+ * Returns 0 or -ENOMEM / -EINVAL.
+ */
+int keel_http_route(keel_http_server *s, const char *method, const char *path, bool prefix,
+                    keel_http_handler handler, void *ud);
+
+/* Accept connections on listening socket lfd (the server does not own it). */
+int keel_http_server_start(keel_http_server *s, int lfd);
+
+/*
+ * Stop: no new connections; idle ones close now, busy ones after their
+ * responses, all remaining ones after grace_ms. The promise resolves when
+ * every connection is closed.
+ */
+keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms);
+
+void keel_http_server_free(keel_http_server *s);
+
+/* Handler helpers. */
+keel_promise *keel_http_respond(keel_http_request *req, int status, const char *content_type,
+                                const char *body, size_t len);
+/* The request's context (arena), created on first use; freed after the response is sent. */
+keel_ctx *keel_http_request_ctx(keel_http_request *req);
+const char *keel_http_status_text(int status);
+
+typedef struct keel_http_stats {
+	uint64_t connections, requests, responses_4xx, responses_5xx, bytes_out;
+	uint32_t conns_open;
+} keel_http_stats;
+void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
+
+#endif

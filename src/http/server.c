@@ -1,0 +1,1160 @@
+/*
+ * The HTTP/1.1 server: one connection state machine per socket, driven by
+ * the runtime's multishot receive.
+ *
+ * Heads are parsed in place in the receive buffer (a head split across
+ * buffers is first gathered into one heap copy); every request keeps the
+ * buffers its spans point into until its response is sent. Requests go on
+ * a per-connection queue in arrival order; handlers may finish in any
+ * order, and whenever the oldest ones are answered they are written in one
+ * send, so pipelined requests cost one syscall per batch. Small bodies are
+ * copied next to their heads; large ones are sent from where they are.
+ * Every resource is bounded: connections (accepting pauses when full),
+ * requests in flight per connection (receiving pauses), head and body sizes
+ * (414/431/413 before reading further), and time (header, body, idle and
+ * send deadlines on the loop's user-space timer heap).
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+#include "keel/errors.h"
+#include "keel/file.h"
+#include "keel/http.h"
+#include "keel/log.h"
+#include "keel/tcp.h"
+
+#define OUT_INLINE_BODY 1024 /* bodies up to this size are copied next to their head */
+#define IOV_BATCH 32
+#define HEAD_RESERVE 512     /* bytes of output reserved per response head */
+
+enum { T_NONE = 0, T_IDLE, T_HEADER, T_BODY, T_SEND };
+
+struct route {
+	char *method; /* NULL: any */
+	char *path;
+	size_t plen;
+	bool prefix;
+	keel_http_handler fn;
+	void *ud;
+};
+
+struct keel_http_conn {
+	keel_http_server *s;
+	int fd;
+	keel_http_conn *prev, *next;
+	keel_promise *recv; /* the receive stream while it runs */
+	/* A head that arrived in pieces, gathered here. */
+	char *part;
+	size_t part_len, part_cap;
+	/* The request whose body is being read. */
+	keel_http_request *cur;
+	keel_http_chunked chunk;
+	uint64_t body_need;
+	size_t body_len;
+	/* Requests in arrival order; the first nsending are in the current send. */
+	keel_http_request *qhead, *qtail;
+	unsigned nreqs, nsending, served;
+	char *out;
+	size_t out_cap;
+	keel__timer timer;
+	uint8_t timer_kind;
+	bool sending, closing, no_more, eof, paused, draining;
+};
+
+struct keel_http_server {
+	keel_loop *loop;
+	keel_http_config cfg;
+	struct route *routes;
+	unsigned nroutes;
+	int lfd;
+	keel_promise *accept;
+	bool accept_paused, stopping;
+	keel_http_conn *conns;
+	unsigned nconns;
+	keel_http_conn *free_conns;
+	keel_http_request *free_reqs;
+	size_t req_size;
+	int *held;
+	unsigned nheld, held_cap;
+	keel_promise *stopped;
+	keel__timer grace;
+	char date[32];
+	size_t date_len;
+	time_t date_sec;
+	keel_http_stats stats;
+};
+
+static void conn_close(keel_http_conn *c);
+static void conn_flush(keel_http_conn *c);
+static void conn_read(keel_http_conn *c);
+static void accept_start(keel_http_server *s);
+static void conn_timer_update(keel_http_conn *c);
+static void conn_open(keel_http_server *s, int fd);
+
+/* ---- Configuration, routes ---------------------------------------------- */
+
+void keel_http_config_default(keel_http_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	keel_http_limits_default(&cfg->limits);
+	cfg->body_max = 1 << 20;
+	cfg->conns_max = 10000;
+	cfg->pipeline_max = 32;
+	cfg->header_timeout_ms = 10000;
+	cfg->body_timeout_ms = 30000;
+	cfg->idle_timeout_ms = 60000;
+	cfg->send_timeout_ms = 30000;
+	cfg->server_name = "keel";
+}
+
+keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg)
+{
+	keel_http_server *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->loop = loop;
+	if (cfg)
+		s->cfg = *cfg;
+	else
+		keel_http_config_default(&s->cfg);
+	if (!s->cfg.limits.headers_max || !s->cfg.pipeline_max || !s->cfg.conns_max) {
+		free(s);
+		return NULL;
+	}
+	s->lfd = -1;
+	s->req_size = sizeof(keel_http_request) + s->cfg.limits.headers_max * sizeof(keel_http_header);
+	keel__timer_init(&s->grace, NULL);
+	return s;
+}
+
+int keel_http_route(keel_http_server *s, const char *method, const char *path, bool prefix,
+                    keel_http_handler handler, void *ud)
+{
+	if (!path || path[0] != '/' || !handler)
+		return -EINVAL;
+	struct route *r = realloc(s->routes, (s->nroutes + 1) * sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	s->routes = r;
+	r = &s->routes[s->nroutes];
+	r->method = method ? strdup(method) : NULL;
+	r->path = strdup(path);
+	if ((method && !r->method) || !r->path)
+		return -ENOMEM;
+	r->plen = strlen(path);
+	r->prefix = prefix;
+	r->fn = handler;
+	r->ud = ud;
+	s->nroutes++;
+	return 0;
+}
+
+static const struct route *route_find(keel_http_server *s, const keel_http_request *req, bool *method_ok)
+{
+	const struct route *best = NULL;
+	*method_ok = true;
+	bool path_matched = false;
+	for (unsigned i = 0; i < s->nroutes; i++) {
+		const struct route *r = &s->routes[i];
+		bool match = r->prefix ? req->path.len >= r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0
+		                       : keel_str_eq(req->path, r->path);
+		if (!match)
+			continue;
+		path_matched = true;
+		if (r->method && !keel_str_eq(req->msg.method, r->method) &&
+		    !(strcmp(r->method, "GET") == 0 && keel_str_eq(req->msg.method, "HEAD")))
+			continue;
+		if (!best || (!r->prefix && best->prefix) || (r->prefix && best->prefix && r->plen > best->plen))
+			best = r;
+	}
+	if (!best && path_matched)
+		*method_ok = false;
+	return best;
+}
+
+/* ---- Status lines, Date ------------------------------------------------- */
+
+const char *keel_http_status_text(int status)
+{
+	switch (status) {
+	case 100: return "Continue";
+	case 101: return "Switching Protocols";
+	case 200: return "OK";
+	case 201: return "Created";
+	case 204: return "No Content";
+	case 206: return "Partial Content";
+	case 301: return "Moved Permanently";
+	case 302: return "Found";
+	case 304: return "Not Modified";
+	case 400: return "Bad Request";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 411: return "Length Required";
+	case 413: return "Content Too Large";
+	case 414: return "URI Too Long";
+	case 416: return "Range Not Satisfiable";
+	case 417: return "Expectation Failed";
+	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	case 505: return "HTTP Version Not Supported";
+	default: return status < 200 ? "Informational" : status < 300 ? "OK" : status < 400 ? "Redirect"
+	               : status < 500 ? "Client Error" : "Server Error";
+	}
+}
+
+/* The Date header, formatted at most once per second. */
+static void date_update(keel_http_server *s)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	if (ts.tv_sec == s->date_sec && s->date_len)
+		return;
+	s->date_sec = ts.tv_sec;
+	struct tm tm;
+	gmtime_r(&ts.tv_sec, &tm);
+	s->date_len = strftime(s->date, sizeof(s->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+}
+
+/* ---- Requests ------------------------------------------------------------ */
+
+static keel_http_request *req_new(keel_http_conn *c)
+{
+	keel_http_server *s = c->s;
+	keel_http_request *r = s->free_reqs;
+	if (r)
+		s->free_reqs = r->next;
+	else
+		r = keel__xmalloc(s->req_size);
+	memset(r, 0, sizeof(*r));
+	r->loop = s->loop;
+	r->conn = c;
+	r->resp.file_fd = -1;
+	r->keep_alive = 1;
+	/* Queue it now: responses leave in arrival order whatever order handlers finish in. */
+	if (c->qtail)
+		c->qtail->next = r;
+	else
+		c->qhead = r;
+	c->qtail = r;
+	c->nreqs++;
+	return r;
+}
+
+static void req_free(keel_http_conn *c, keel_http_request *r)
+{
+	for (int i = 0; i < 2; i++)
+		if (r->hold[i])
+			keel_buf_release(r->hold[i]);
+	free(r->own);
+	free(r->body_own);
+	if (r->answer && r->answer->file_fd >= 0 && r->answer->file_close)
+		close(r->answer->file_fd);
+	if (r->ctx)
+		keel_ctx_release(r->ctx);
+	r->next = c->s->free_reqs;
+	c->s->free_reqs = r;
+}
+
+keel_ctx *keel_http_request_ctx(keel_http_request *req)
+{
+	if (!req->ctx)
+		req->ctx = keel_ctx_new(req->loop);
+	return req->ctx;
+}
+
+keel_promise *keel_http_respond(keel_http_request *req, int status, const char *content_type,
+                                const char *body, size_t len)
+{
+	req->resp.status = status;
+	req->resp.content_type = content_type;
+	req->resp.body.ptr = body;
+	req->resp.body.len = len;
+	keel_promise *p = keel_promise_new(req->loop);
+	keel_promise_resolve(p, 0, &req->resp);
+	return p;
+}
+
+static void req_hold(keel_http_request *r, keel_buf *buf)
+{
+	if (!buf)
+		return;
+	int i = r->hold[0] ? 1 : 0;
+	if (r->hold[0] == buf || r->hold[1] == buf)
+		return;
+	keel_buf_hold(buf);
+	r->hold[i] = buf;
+}
+
+static int err_status(int err)
+{
+	switch (err) {
+	case -ENOENT: return 404;
+	case -EACCES:
+	case -EPERM: return 403;
+	case -ETIMEDOUT: return 504;
+	default: return 500;
+	}
+}
+
+static void req_answer(keel_http_request *r, keel_outcome o)
+{
+	r->pending = NULL;
+	if (o.err || !o.ptr) {
+		int st = err_status(o.err);
+		r->resp.status = st;
+		r->resp.content_type = "text/plain";
+		r->resp.body.ptr = keel_http_status_text(st);
+		r->resp.body.len = strlen(r->resp.body.ptr);
+		r->resp.headers = NULL;
+		r->resp.nheaders = 0;
+		r->resp.file_fd = -1;
+		r->answer = &r->resp;
+	} else {
+		r->answer = o.ptr;
+	}
+	r->done = 1;
+}
+
+static void handler_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	keel_http_request *r = ud;
+	keel_http_conn *c = r->conn;
+	req_answer(r, o);
+	if (c->closing) {
+		conn_close(c); /* re-check: it may now be free of pending handlers */
+		return;
+	}
+	conn_flush(c);
+}
+
+/* An error answered by the server itself; the connection closes after it. */
+static void req_error(keel_http_conn *c, keel_http_request *r, int status)
+{
+	if (!r)
+		r = req_new(c);
+	r->is_error = 1;
+	r->keep_alive = 0;
+	r->resp.status = status;
+	r->resp.content_type = "text/plain";
+	r->resp.body.ptr = keel_http_status_text(status);
+	r->resp.body.len = strlen(r->resp.body.ptr);
+	r->answer = &r->resp;
+	r->done = 1;
+	if (c->cur == r)
+		c->cur = NULL;
+	c->no_more = true; /* whatever follows cannot be framed: read no further */
+	if (status >= 500)
+		c->s->stats.responses_5xx++;
+	else
+		c->s->stats.responses_4xx++;
+}
+
+static void req_dispatch(keel_http_conn *c, keel_http_request *r)
+{
+	keel_http_server *s = c->s;
+	s->stats.requests++;
+	const char *q = memchr(r->msg.target.ptr, '?', r->msg.target.len);
+	r->path.ptr = r->msg.target.ptr;
+	r->path.len = q ? (size_t)(q - r->msg.target.ptr) : r->msg.target.len;
+	if (q) {
+		r->query.ptr = q + 1;
+		r->query.len = r->msg.target.len - r->path.len - 1;
+	}
+	r->head_only = keel_str_eq(r->msg.method, "HEAD");
+	bool method_ok;
+	const struct route *rt = route_find(s, r, &method_ok);
+	if (!rt) {
+		int st = method_ok ? 404 : 405;
+		r->resp.status = st;
+		r->resp.content_type = "text/plain";
+		r->resp.body.ptr = keel_http_status_text(st);
+		r->resp.body.len = strlen(r->resp.body.ptr);
+		r->answer = &r->resp;
+		r->done = 1;
+		return;
+	}
+	keel_promise *p = rt->fn(r, rt->ud);
+	if (!p) {
+		req_answer(r, keel_fail(-ENOMEM));
+	} else if (keel_promise_is_settled(p)) {
+		/* Already answered: no need to wait for the ready queue. */
+		req_answer(r, keel_promise_outcome(p));
+		keel_promise_release(p);
+	} else {
+		r->pending = p;
+		keel_promise_done(p, handler_done, r);
+	}
+}
+
+/* ---- Input --------------------------------------------------------------- */
+
+static bool want_close_after(keel_http_conn *c, keel_http_request *r)
+{
+	unsigned max = c->s->cfg.requests_per_conn_max;
+	return !r->keep_alive || (max && c->served >= max) || c->draining;
+}
+
+static void send_continue(keel_http_conn *c)
+{
+	static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+	keel_promise_release(keel_send(c->s->loop, c->fd, cont, sizeof(cont) - 1));
+}
+
+/* A head was parsed: set up its body or dispatch it. */
+static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
+{
+	c->served++;
+	r->keep_alive = r->msg.keep_alive;
+	if (want_close_after(c, r)) {
+		r->keep_alive = 0;
+		c->no_more = true;
+	}
+	if (r->msg.upgrade || keel_str_eq(r->msg.method, "CONNECT")) {
+		req_error(c, r, 501); /* no upgrades or tunnels here: what follows is not HTTP */
+		return;
+	}
+	switch (r->msg.body) {
+	case KEEL_HTTP_BODY_LENGTH:
+		if (r->msg.content_length > c->s->cfg.body_max) {
+			req_error(c, r, 413); /* answered before reading the body */
+			return;
+		}
+		c->cur = r;
+		c->body_need = r->msg.content_length;
+		c->body_len = 0;
+		if (r->msg.expect_continue && avail < c->body_need && c->nreqs == 1)
+			send_continue(c);
+		break;
+	case KEEL_HTTP_BODY_CHUNKED:
+		c->cur = r;
+		c->body_len = 0;
+		keel_http_chunked_init(&c->chunk, c->s->cfg.body_max);
+		if (r->msg.expect_continue && c->nreqs == 1)
+			send_continue(c);
+		break;
+	default:
+		req_dispatch(c, r);
+		break;
+	}
+}
+
+static bool body_append(keel_http_conn *c, keel_http_request *r, const char *p, size_t n)
+{
+	if (c->body_len + n > r->body_cap) {
+		size_t cap = r->body_cap ? r->body_cap * 2 : 4096;
+		while (cap < c->body_len + n)
+			cap *= 2;
+		if (cap > c->s->cfg.body_max && c->s->cfg.body_max >= c->body_len + n)
+			cap = c->s->cfg.body_max;
+		char *nb = realloc(r->body_own, cap);
+		if (!nb)
+			return false;
+		r->body_own = nb;
+		r->body_cap = cap;
+	}
+	memcpy(r->body_own + c->body_len, p, n);
+	c->body_len += n;
+	return true;
+}
+
+/* Feed body bytes of c->cur; returns bytes consumed. */
+static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size_t len)
+{
+	keel_http_request *r = c->cur;
+	if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
+		size_t n = len < c->body_need ? len : (size_t)c->body_need;
+		if (c->body_len == 0 && n == c->body_need && buf) {
+			/* The whole body is here: point at it. */
+			req_hold(r, buf);
+			r->body.ptr = data;
+			r->body.len = n;
+		} else if (!body_append(c, r, data, n)) {
+			req_error(c, r, 500);
+			return len;
+		}
+		c->body_need -= n;
+		if (c->body_need == 0) {
+			if (!r->body.ptr) {
+				r->body.ptr = r->body_own;
+				r->body.len = c->body_len;
+			}
+			c->cur = NULL;
+			req_dispatch(c, r);
+		}
+		return n;
+	}
+	size_t off = 0;
+	while (off < len) {
+		size_t used = 0;
+		keel_str span;
+		int rc = keel_http_chunked_decode(&c->chunk, data + off, len - off, &used, &span);
+		off += used;
+		if (rc == KEEL_HTTP_CHUNK_DATA) {
+			if (!body_append(c, r, span.ptr, span.len)) {
+				req_error(c, r, 500);
+				return len;
+			}
+		} else if (rc == KEEL_HTTP_CHUNK_DONE) {
+			r->body.ptr = r->body_own;
+			r->body.len = c->body_len;
+			c->cur = NULL;
+			req_dispatch(c, r);
+			return off;
+		} else if (rc == KEEL_HTTP_INCOMPLETE) {
+			return len;
+		} else {
+			req_error(c, r, rc == KEEL_HTTP_E413 ? 413 : 400);
+			return len;
+		}
+	}
+	return off;
+}
+
+static bool part_reserve(keel_http_conn *c, size_t need)
+{
+	if (need <= c->part_cap)
+		return true;
+	size_t cap = c->part_cap ? c->part_cap * 2 : 2048;
+	while (cap < need)
+		cap *= 2;
+	char *p = realloc(c->part, cap);
+	if (!p)
+		return false;
+	c->part = p;
+	c->part_cap = cap;
+	return true;
+}
+
+static void conn_input(keel_http_conn *c, keel_buf *buf)
+{
+	keel_http_server *s = c->s;
+	const keel_http_limits *lim = &s->cfg.limits;
+	const char *data = buf->data;
+	size_t len = buf->len;
+
+	while (len && !c->no_more && !c->closing) {
+		if (c->cur) {
+			size_t n = body_feed(c, buf, data, len);
+			data += n;
+			len -= n;
+			continue;
+		}
+		keel_http_request *r;
+		int rc;
+		if (c->part_len) {
+			/* A head in pieces: gather, bounded by the head limit (+1 to detect excess). */
+			size_t take = len, cap = lim->head_max + 1 - c->part_len;
+			if (take > cap)
+				take = cap;
+			if (!part_reserve(c, c->part_len + take)) {
+				req_error(c, NULL, 500);
+				break;
+			}
+			memcpy(c->part + c->part_len, data, take);
+			size_t prev = c->part_len;
+			c->part_len += take;
+			r = req_new(c);
+			rc = keel_http_parse_request(c->part, c->part_len, prev, &r->msg, r->headers,
+			                             lim->headers_max, lim);
+			if (rc == KEEL_HTTP_INCOMPLETE) {
+				c->qtail = NULL; /* undo the queueing: not a request yet */
+				keel_http_request **pp = &c->qhead;
+				while (*pp != r)
+					pp = &(*pp)->next;
+				*pp = NULL;
+				for (keel_http_request *q = c->qhead; q; q = q->next)
+					c->qtail = q;
+				c->nreqs--;
+				r->next = s->free_reqs;
+				s->free_reqs = r;
+				data += take;
+				len -= take;
+				continue;
+			}
+			if (rc < 0) {
+				req_error(c, r, -rc);
+				break;
+			}
+			/* The head ended inside what we just took: give the rest back. */
+			size_t extra = c->part_len - (size_t)rc;
+			data += take - extra;
+			len -= take - extra;
+			r->own = c->part; /* the request's spans point here now */
+			c->part = NULL;
+			c->part_len = c->part_cap = 0;
+			req_begin(c, r, len);
+			continue;
+		}
+		r = req_new(c);
+		rc = keel_http_parse_request(data, len, 0, &r->msg, r->headers, lim->headers_max, lim);
+		if (rc == KEEL_HTTP_INCOMPLETE) {
+			/* Keep the start of the head; it is gathered with what follows. */
+			c->nreqs--;
+			keel_http_request **pp = &c->qhead;
+			while (*pp != r)
+				pp = &(*pp)->next;
+			*pp = NULL;
+			c->qtail = NULL;
+			for (keel_http_request *q = c->qhead; q; q = q->next)
+				c->qtail = q;
+			r->next = s->free_reqs;
+			s->free_reqs = r;
+			if (!part_reserve(c, len)) {
+				req_error(c, NULL, 500);
+				break;
+			}
+			memcpy(c->part, data, len);
+			c->part_len = len;
+			break;
+		}
+		if (rc < 0) {
+			req_error(c, r, -rc);
+			break;
+		}
+		req_hold(r, buf);
+		data += rc;
+		len -= (size_t)rc;
+		req_begin(c, r, len);
+	}
+	conn_timer_update(c);
+	conn_flush(c);
+}
+
+static int on_data(void *ud, keel_buf *buf)
+{
+	keel_http_conn *c = ud;
+	if (c->closing || c->no_more)
+		return KEEL_CONTINUE; /* past the last request we will answer: discard */
+	conn_input(c, buf);
+	if (c->nreqs >= c->s->cfg.pipeline_max && !c->paused && !c->closing) {
+		c->paused = true; /* resumes as responses drain */
+		return KEEL_STOP;
+	}
+	return KEEL_CONTINUE;
+}
+
+static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	keel_http_conn *c = ud;
+	c->recv = NULL;
+	if (c->closing) {
+		conn_close(c);
+		return;
+	}
+	if (o.err == -ECANCELED && c->paused) {
+		if (c->nreqs < c->s->cfg.pipeline_max)
+			conn_read(c);
+		return;
+	}
+	/* End of input (or an error): answer what was asked, then close. */
+	c->eof = true;
+	if (o.err && o.err != -ECANCELED) {
+		conn_close(c);
+		return;
+	}
+	if (c->nreqs == 0)
+		conn_close(c);
+}
+
+static void conn_read(keel_http_conn *c)
+{
+	c->paused = false;
+	c->recv = keel_recv_stream(c->s->loop, c->fd, on_data, c);
+	keel_promise_done(c->recv, recv_ended, c);
+}
+
+/* ---- Output -------------------------------------------------------------- */
+
+static char *put(char *p, const char *s, size_t n)
+{
+	memcpy(p, s, n);
+	return p + n;
+}
+
+static char *put_u64(char *p, uint64_t v)
+{
+	char tmp[24];
+	int n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*p++ = tmp[--n];
+	return p;
+}
+
+static size_t head_size(const keel_http_server *s, const keel_http_response *a)
+{
+	size_t n = HEAD_RESERVE;
+	if (a->content_type)
+		n += strlen(a->content_type);
+	for (unsigned i = 0; i < a->nheaders; i++)
+		n += a->headers[i].name.len + a->headers[i].value.len + 4;
+	if (s->cfg.server_name)
+		n += strlen(s->cfg.server_name);
+	return n;
+}
+
+static char *write_head(keel_http_conn *c, keel_http_request *r, char *p, bool closing)
+{
+	keel_http_server *s = c->s;
+	const keel_http_response *a = r->answer;
+	int st = a->status ? a->status : 200;
+	const char *text = keel_http_status_text(st);
+	p = put(p, "HTTP/1.1 ", 9);
+	p = put_u64(p, (uint64_t)st);
+	*p++ = ' ';
+	p = put(p, text, strlen(text));
+	p = put(p, "\r\n", 2);
+	if (s->cfg.server_name) {
+		p = put(p, "Server: ", 8);
+		p = put(p, s->cfg.server_name, strlen(s->cfg.server_name));
+		p = put(p, "\r\n", 2);
+	}
+	p = put(p, "Date: ", 6);
+	p = put(p, s->date, s->date_len);
+	p = put(p, "\r\n", 2);
+	if (a->content_type) {
+		p = put(p, "Content-Type: ", 14);
+		p = put(p, a->content_type, strlen(a->content_type));
+		p = put(p, "\r\n", 2);
+	}
+	if (st >= 200 && st != 204 && st != 304) {
+		uint64_t len = a->file_fd >= 0 ? a->file_len : a->body.len;
+		p = put(p, "Content-Length: ", 16);
+		p = put_u64(p, len);
+		p = put(p, "\r\n", 2);
+	}
+	for (unsigned i = 0; i < a->nheaders; i++) {
+		p = put(p, a->headers[i].name.ptr, a->headers[i].name.len);
+		p = put(p, ": ", 2);
+		p = put(p, a->headers[i].value.ptr, a->headers[i].value.len);
+		p = put(p, "\r\n", 2);
+	}
+	if (closing)
+		p = put(p, "Connection: close\r\n", 19);
+	else if (r->msg.version_minor == 0)
+		p = put(p, "Connection: keep-alive\r\n", 24);
+	return put(p, "\r\n", 2);
+}
+
+static bool has_body(const keel_http_request *r)
+{
+	int st = r->answer->status ? r->answer->status : 200;
+	return !r->head_only && st >= 200 && st != 204 && st != 304;
+}
+
+static void send_done(keel_ctx *ctx, keel_outcome o, void *ud);
+
+static void sendfile_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	send_done(ctx, o, ud);
+}
+
+static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	keel_http_conn *c = ud;
+	keel_http_server *s = c->s;
+	c->sending = false;
+	if (!o.err && !c->closing) {
+		/* A file body goes after its head, without a copy. */
+		keel_http_request *last = c->qhead;
+		for (unsigned i = 1; i < c->nsending && last; i++)
+			last = last->next;
+		if (last && last->answer->file_fd >= 0 && has_body(last) && last->answer->file_len &&
+		    !last->user /* not sent yet */) {
+			last->user = last; /* mark: file part in flight */
+			c->sending = true;
+			keel_promise_done(keel_sendfile(s->loop, c->fd, last->answer->file_fd, last->answer->file_off,
+			                                last->answer->file_len),
+			                  sendfile_done, c);
+			conn_timer_update(c);
+			return;
+		}
+	}
+	bool close_after = false;
+	for (unsigned i = 0; i < c->nsending; i++) {
+		keel_http_request *r = c->qhead;
+		c->qhead = r->next;
+		if (!c->qhead)
+			c->qtail = NULL;
+		c->nreqs--;
+		if (!r->keep_alive)
+			close_after = true;
+		req_free(c, r);
+	}
+	c->nsending = 0;
+	if (o.err || close_after || c->closing) {
+		conn_close(c);
+		return;
+	}
+	if (c->paused && !c->recv && c->nreqs < s->cfg.pipeline_max)
+		conn_read(c);
+	if (c->eof && c->nreqs == 0) {
+		conn_close(c);
+		return;
+	}
+	if (c->draining && c->nreqs == 0 && !c->part_len && !c->cur) {
+		conn_close(c);
+		return;
+	}
+	conn_timer_update(c);
+	conn_flush(c);
+}
+
+static void conn_flush(keel_http_conn *c)
+{
+	keel_http_server *s = c->s;
+	if (c->sending || c->closing || !c->qhead || !c->qhead->done)
+		return;
+	date_update(s);
+	/* Size the output for every answered request at the front of the queue. */
+	size_t need = 0;
+	unsigned n = 0;
+	for (keel_http_request *r = c->qhead; r && r->done && n < IOV_BATCH / 2; r = r->next, n++) {
+		need += head_size(s, r->answer);
+		if (has_body(r) && r->answer->file_fd < 0 && r->answer->body.len <= OUT_INLINE_BODY)
+			need += r->answer->body.len;
+		if (r->answer->file_fd >= 0 || !r->keep_alive) {
+			n++;
+			break; /* a file body or a close ends the batch */
+		}
+	}
+	if (need > c->out_cap) {
+		free(c->out);
+		c->out = malloc(need);
+		c->out_cap = c->out ? need : 0;
+		if (!c->out) {
+			conn_close(c);
+			return;
+		}
+	}
+	struct iovec iov[IOV_BATCH];
+	int niov = 0;
+	char *p = c->out, *seg = p;
+	keel_http_request *r = c->qhead;
+	for (unsigned i = 0; i < n; i++, r = r->next) {
+		bool closing = !r->keep_alive;
+		p = write_head(c, r, p, closing);
+		const keel_http_response *a = r->answer;
+		if (has_body(r) && a->file_fd < 0 && a->body.len) {
+			if (a->body.len <= OUT_INLINE_BODY) {
+				p = put(p, a->body.ptr, a->body.len);
+			} else {
+				iov[niov].iov_base = seg;
+				iov[niov++].iov_len = (size_t)(p - seg);
+				iov[niov].iov_base = (void *)a->body.ptr;
+				iov[niov++].iov_len = a->body.len;
+				seg = p;
+			}
+		}
+		int st = a->status ? a->status : 200;
+		if (st >= 500)
+			s->stats.responses_5xx++;
+		else if (st >= 400 && !r->is_error)
+			s->stats.responses_4xx++;
+	}
+	if (p > seg) {
+		iov[niov].iov_base = seg;
+		iov[niov++].iov_len = (size_t)(p - seg);
+	}
+	c->nsending = n;
+	c->sending = true;
+	for (int i = 0; i < niov; i++)
+		s->stats.bytes_out += iov[i].iov_len;
+	keel_promise_done(keel_sendv(s->loop, c->fd, iov, niov), send_done, c);
+	conn_timer_update(c);
+}
+
+/* ---- Timers -------------------------------------------------------------- */
+
+static void conn_timeout(keel_loop *loop, keel__timer *t)
+{
+	(void)loop;
+	keel_http_conn *c = (keel_http_conn *)((char *)t - offsetof(keel_http_conn, timer));
+	c->timer_kind = T_NONE;
+	conn_close(c); /* slowloris, stalled body, idle keep-alive, or a reader that stopped reading */
+}
+
+static void conn_timer_update(keel_http_conn *c)
+{
+	if (c->closing)
+		return;
+	const keel_http_config *cfg = &c->s->cfg;
+	int kind;
+	uint64_t ms;
+	if (c->sending) {
+		kind = T_SEND;
+		ms = cfg->send_timeout_ms;
+	} else if (c->cur) {
+		kind = T_BODY; /* re-armed on every call: a deadline between reads */
+		ms = cfg->body_timeout_ms;
+	} else if (c->part_len) {
+		kind = T_HEADER;
+		ms = cfg->header_timeout_ms;
+	} else if (c->nreqs == 0) {
+		kind = T_IDLE;
+		ms = cfg->idle_timeout_ms;
+	} else {
+		kind = T_NONE; /* a handler is working: its own deadlines apply */
+		ms = 0;
+	}
+	if (kind == c->timer_kind && (kind == T_HEADER || kind == T_IDLE || kind == T_SEND))
+		return; /* one deadline for the whole head; idle and send run from their start */
+	keel__timer_stop(c->s->loop, &c->timer);
+	c->timer_kind = (uint8_t)kind;
+	if (kind != T_NONE && ms)
+		keel__timer_start(c->s->loop, &c->timer, ms);
+}
+
+/* ---- Connections --------------------------------------------------------- */
+
+static void server_maybe_stopped(keel_http_server *s)
+{
+	if (s->stopping && s->nconns == 0 && s->stopped) {
+		keel__timer_stop(s->loop, &s->grace);
+		keel_promise *p = s->stopped;
+		s->stopped = NULL;
+		keel_promise_resolve(p, 0, NULL);
+	}
+}
+
+static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	keel_http_conn *c = ud;
+	keel_http_server *s = c->s;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	free(c->part);
+	free(c->out);
+	c->next = s->free_conns;
+	s->free_conns = c;
+	s->nconns--;
+	s->stats.conns_open = s->nconns;
+	if (s->nheld && !s->stopping) {
+		int fd = s->held[0];
+		memmove(s->held, s->held + 1, --s->nheld * sizeof(*s->held));
+		conn_open(s, fd);
+	}
+	if (s->accept_paused && !s->stopping && !s->nheld && s->nconns < s->cfg.conns_max) {
+		s->accept_paused = false;
+		accept_start(s);
+	}
+	server_maybe_stopped(s);
+}
+
+static void conn_close(keel_http_conn *c)
+{
+	if (!c->closing) {
+		c->closing = true;
+		keel__timer_stop(c->s->loop, &c->timer);
+		/* Handlers still working are asked to stop; their answers are discarded. */
+		for (keel_http_request *r = c->qhead; r; r = r->next)
+			if (r->pending)
+				keel_promise_cancel(r->pending);
+		if (c->recv)
+			keel_promise_cancel(c->recv);
+	}
+	/* Free only when nothing refers to the connection any more. */
+	for (keel_http_request *r = c->qhead; r; r = r->next)
+		if (r->pending)
+			return;
+	if (c->recv || c->sending || c->fd < 0)
+		return;
+	while (c->qhead) {
+		keel_http_request *r = c->qhead;
+		c->qhead = r->next;
+		req_free(c, r);
+	}
+	c->qtail = NULL;
+	c->nreqs = 0;
+	int fd = c->fd;
+	c->fd = -1;
+	keel_promise_done(keel_close(c->s->loop, fd), conn_closed, c);
+}
+
+static void conn_open(keel_http_server *s, int fd)
+{
+	keel_http_conn *c = s->free_conns;
+	if (c)
+		s->free_conns = c->next;
+	else if (!(c = malloc(sizeof(*c)))) {
+		close(fd);
+		return;
+	}
+	memset(c, 0, sizeof(*c));
+	c->s = s;
+	c->fd = fd;
+	keel__timer_init(&c->timer, conn_timeout);
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	s->nconns++;
+	s->stats.connections++;
+	s->stats.conns_open = s->nconns;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	conn_read(c);
+	conn_timer_update(c);
+}
+
+static int on_accept(void *ud, int fd)
+{
+	keel_http_server *s = ud;
+	if (s->nconns >= s->cfg.conns_max || s->stopping) {
+		if (s->stopping) {
+			close(fd);
+			return KEEL_STOP;
+		}
+		/* Accepted by the kernel before our pause took effect: hold it unserved. */
+		if (s->nheld == s->held_cap) {
+			unsigned cap = s->held_cap ? s->held_cap * 2 : 16;
+			int *h = realloc(s->held, cap * sizeof(*h));
+			if (!h) {
+				close(fd);
+				return KEEL_STOP;
+			}
+			s->held = h;
+			s->held_cap = cap;
+		}
+		s->held[s->nheld++] = fd;
+		s->accept_paused = true;
+		return KEEL_STOP;
+	}
+	conn_open(s, fd);
+	if (s->nconns >= s->cfg.conns_max) {
+		s->accept_paused = true; /* the kernel's backlog holds the rest */
+		return KEEL_STOP;
+	}
+	return KEEL_CONTINUE;
+}
+
+static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	keel_http_server *s = ud;
+	if (!s->stopping && !s->accept)
+		accept_start(s);
+}
+
+static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	keel_http_server *s = ud;
+	s->accept = NULL;
+	if (s->stopping || s->accept_paused)
+		return;
+	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM) {
+		keel_log(KEEL_LOG_WARN, "accept: %s; pausing 100 ms", keel_strerror(o.err));
+		keel_promise_done(keel_sleep(s->loop, 100), backoff_done, s);
+		return;
+	}
+	if (o.err && o.err != -ECANCELED)
+		accept_start(s);
+}
+
+static void accept_start(keel_http_server *s)
+{
+	s->accept = keel_accept(s->loop, s->lfd, on_accept, s);
+	keel_promise_done(s->accept, accept_ended, s);
+}
+
+int keel_http_server_start(keel_http_server *s, int lfd)
+{
+	if (s->lfd >= 0 || lfd < 0)
+		return -EINVAL;
+	s->lfd = lfd;
+	accept_start(s);
+	return 0;
+}
+
+static void grace_over(keel_loop *loop, keel__timer *t)
+{
+	(void)loop;
+	keel_http_server *s = (keel_http_server *)((char *)t - offsetof(keel_http_server, grace));
+	for (keel_http_conn *c = s->conns, *next; c; c = next) {
+		next = c->next;
+		conn_close(c);
+	}
+}
+
+keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
+{
+	keel_promise *p = keel_promise_new(s->loop);
+	if (s->stopping) {
+		keel_promise_resolve(p, 0, NULL);
+		return p;
+	}
+	s->stopping = true;
+	s->stopped = p;
+	if (s->accept)
+		keel_promise_cancel(s->accept);
+	for (unsigned i = 0; i < s->nheld; i++)
+		close(s->held[i]);
+	s->nheld = 0;
+	for (keel_http_conn *c = s->conns, *next; c; c = next) {
+		next = c->next;
+		c->draining = true;
+		if (c->nreqs == 0 && !c->part_len && !c->cur)
+			conn_close(c); /* idle: nothing to finish */
+	}
+	s->grace.fn = grace_over;
+	keel__timer_start(s->loop, &s->grace, grace_ms);
+	server_maybe_stopped(s);
+	return p;
+}
+
+void keel_http_server_free(keel_http_server *s)
+{
+	if (!s)
+		return;
+	keel__timer_stop(s->loop, &s->grace);
+	while (s->free_conns) {
+		keel_http_conn *c = s->free_conns;
+		s->free_conns = c->next;
+		free(c);
+	}
+	while (s->free_reqs) {
+		keel_http_request *r = s->free_reqs;
+		s->free_reqs = r->next;
+		free(r);
+	}
+	for (unsigned i = 0; i < s->nroutes; i++) {
+		free(s->routes[i].method);
+		free(s->routes[i].path);
+	}
+	free(s->routes);
+	free(s->held);
+	free(s);
+}
+
+void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out)
+{
+	*out = s->stats;
+}

@@ -1,0 +1,226 @@
+/*
+ * A test server for the HTTP tests: one loop, routes that exercise the
+ * server's paths. Prints "listening on ADDR:PORT" to stderr.
+ *
+ *   http_testsrv [--listen ADDR:PORT] [--body-max N] [--conns-max N] [--pipeline-max N]
+ *                [--header-timeout-ms N] [--idle-timeout-ms N] [--body-timeout-ms N]
+ *                [--send-timeout-ms N] [--requests-per-conn N] [--headers-max N]
+ *                [--head-max N] [--line-max N]
+ *
+ *   GET  /hello            13-byte text/plain
+ *   POST /echo             the request body back (Content-Length or chunked in)
+ *   GET  /slow?ms=N        answers after N ms (keel_sleep), body "slow N"
+ *   GET  /big?n=N          N bytes of a repeating pattern (arena memory)
+ *   GET  /status?code=N    an empty response with that status
+ *   GET  /fail?err=N       the handler rejects with -N (e.g. 2 -> 404)
+ *   GET  /headers          the request's headers as "name: value" lines
+ *   GET  /prefix/...       prefix route: echoes the path
+ *   GET  /stats            the server's counters
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "keel/http.h"
+#include "keel/keel.h"
+
+static keel_loop *loop;
+static keel_http_server *srv;
+
+static long qnum(const keel_http_request *r, const char *key, long dflt)
+{
+	size_t kl = strlen(key);
+	const char *q = r->query.ptr, *end = q + r->query.len;
+	while (q && q < end) {
+		if ((size_t)(end - q) > kl && memcmp(q, key, kl) == 0 && q[kl] == '=')
+			return strtol(q + kl + 1, NULL, 10);
+		q = memchr(q, '&', (size_t)(end - q));
+		if (q)
+			q++;
+	}
+	return dflt;
+}
+
+static keel_promise *h_hello(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "text/plain", "Hello, World!", 13);
+}
+
+static keel_promise *h_echo(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "application/octet-stream", r->body.ptr, r->body.len);
+}
+
+static keel_outcome slow_done(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)in;
+	keel_http_request *r = ud;
+	char *b = keel_ctx_alloc(ctx, 32);
+	int n = snprintf(b, 32, "slow %ld", (long)(intptr_t)r->user);
+	r->resp.status = 200;
+	r->resp.content_type = "text/plain";
+	r->resp.body.ptr = b;
+	r->resp.body.len = (size_t)n;
+	return keel_ok(0, &r->resp);
+}
+
+static keel_promise *h_slow(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	long ms = qnum(r, "ms", 100);
+	r->user = (void *)(intptr_t)ms;
+	keel_promise *p = keel_promise_bind_ctx(keel_sleep(loop, (uint64_t)ms), keel_http_request_ctx(r));
+	return keel_map(p, slow_done, r);
+}
+
+static keel_promise *h_big(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	long n = qnum(r, "n", 100000);
+	if (n < 0 || n > (64L << 20))
+		return keel_http_respond(r, 400, "text/plain", "bad n", 5);
+	char *b = keel_ctx_alloc(keel_http_request_ctx(r), (size_t)n + 1);
+	for (long i = 0; i < n; i++)
+		b[i] = (char)('a' + i % 26);
+	return keel_http_respond(r, 200, "application/octet-stream", b, (size_t)n);
+}
+
+static keel_promise *h_status(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, (int)qnum(r, "code", 200), NULL, NULL, 0);
+}
+
+static keel_promise *h_fail(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise_reject(p, -(int)qnum(r, "err", 5));
+	return p;
+}
+
+static keel_promise *h_headers(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	keel_ctx *ctx = keel_http_request_ctx(r);
+	size_t cap = 64;
+	for (unsigned i = 0; i < r->msg.nheaders; i++)
+		cap += r->msg.headers[i].name.len + r->msg.headers[i].value.len + 4;
+	char *b = keel_ctx_alloc(ctx, cap), *p = b;
+	for (unsigned i = 0; i < r->msg.nheaders; i++)
+		p += sprintf(p, "%.*s: %.*s\n", (int)r->msg.headers[i].name.len, r->msg.headers[i].name.ptr,
+		             (int)r->msg.headers[i].value.len, r->msg.headers[i].value.ptr);
+	return keel_http_respond(r, 200, "text/plain", b, (size_t)(p - b));
+}
+
+static keel_promise *h_prefix(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "text/plain", r->path.ptr, r->path.len);
+}
+
+static keel_promise *h_stats(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	keel_http_stats st;
+	keel_http_server_stats(srv, &st);
+	keel_loop_stats ls;
+	keel_loop_get_stats(loop, &ls);
+	char *b = keel_ctx_alloc(keel_http_request_ctx(r), 512);
+	int n = snprintf(b, 512,
+	                 "connections %llu\nrequests %llu\nconns_open %u\nresponses_4xx %llu\n"
+	                 "responses_5xx %llu\nbufs_in_use %u\nops_inflight %u\npromises_live %u\n",
+	                 (unsigned long long)st.connections, (unsigned long long)st.requests, st.conns_open,
+	                 (unsigned long long)st.responses_4xx, (unsigned long long)st.responses_5xx,
+	                 ls.bufs_in_use, ls.ops_inflight, ls.promises_live);
+	return keel_http_respond(r, 200, "text/plain", b, (size_t)n);
+}
+
+static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	(void)ud;
+	keel_loop_stop(loop);
+}
+
+static void on_signal(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	(void)ud;
+	keel_promise_done(keel_http_server_stop(srv, 2000), stopped, NULL);
+}
+
+int main(int argc, char **argv)
+{
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	const char *addr = "127.0.0.1:0";
+	static const struct option opts[] = {
+		{"listen", 1, NULL, 'l'},           {"body-max", 1, NULL, 'b'},
+		{"conns-max", 1, NULL, 'c'},        {"pipeline-max", 1, NULL, 'p'},
+		{"header-timeout-ms", 1, NULL, 'H'}, {"idle-timeout-ms", 1, NULL, 'I'},
+		{"body-timeout-ms", 1, NULL, 'B'},  {"send-timeout-ms", 1, NULL, 'S'},
+		{"requests-per-conn", 1, NULL, 'r'}, {"headers-max", 1, NULL, 'n'},
+		{"head-max", 1, NULL, 'm'},         {"line-max", 1, NULL, 'L'},
+		{NULL, 0, NULL, 0},
+	};
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		long v = optarg ? strtol(optarg, NULL, 10) : 0;
+		switch (c) {
+		case 'l': addr = optarg; break;
+		case 'b': cfg.body_max = (uint64_t)v; break;
+		case 'c': cfg.conns_max = (unsigned)v; break;
+		case 'p': cfg.pipeline_max = (unsigned)v; break;
+		case 'H': cfg.header_timeout_ms = (uint64_t)v; break;
+		case 'I': cfg.idle_timeout_ms = (uint64_t)v; break;
+		case 'B': cfg.body_timeout_ms = (uint64_t)v; break;
+		case 'S': cfg.send_timeout_ms = (uint64_t)v; break;
+		case 'r': cfg.requests_per_conn_max = (unsigned)v; break;
+		case 'n': cfg.limits.headers_max = (unsigned)v; break;
+		case 'm': cfg.limits.head_max = (size_t)v; break;
+		case 'L': cfg.limits.request_line_max = (size_t)v; break;
+		default: return 2;
+		}
+	}
+	signal(SIGPIPE, SIG_IGN);
+	if (keel_loop_new(&loop, NULL) < 0)
+		return 1;
+	srv = keel_http_server_new(loop, &cfg);
+	if (!srv)
+		return 1;
+	keel_http_route(srv, "GET", "/hello", false, h_hello, NULL);
+	keel_http_route(srv, "POST", "/echo", false, h_echo, NULL);
+	keel_http_route(srv, "GET", "/slow", false, h_slow, NULL);
+	keel_http_route(srv, "GET", "/big", false, h_big, NULL);
+	keel_http_route(srv, "GET", "/status", false, h_status, NULL);
+	keel_http_route(srv, "GET", "/fail", false, h_fail, NULL);
+	keel_http_route(srv, "GET", "/headers", false, h_headers, NULL);
+	keel_http_route(srv, "GET", "/prefix/", true, h_prefix, NULL);
+	keel_http_route(srv, "GET", "/stats", false, h_stats, NULL);
+	int lfd = keel_tcp_listen(addr, 128, 0);
+	if (lfd < 0) {
+		fprintf(stderr, "listen %s: %s\n", addr, keel_strerror(lfd));
+		return 1;
+	}
+	char a[64];
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	getsockname(lfd, (struct sockaddr *)&ss, &len);
+	fprintf(stderr, "listening on %s\n", keel_addr_format((struct sockaddr *)&ss, a, sizeof(a)));
+	keel_http_server_start(srv, lfd);
+	static const int sigs[] = {SIGINT, SIGTERM};
+	keel_promise_done(keel_signal_wait(loop, sigs, 2), on_signal, NULL);
+	keel_loop_run(loop);
+	keel_http_server_free(srv);
+	close(lfd);
+	keel_loop_free(loop);
+	return 0;
+}
