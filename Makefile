@@ -83,7 +83,7 @@ $(BUILD)/examples/%: examples/%.c $(BUILD)/libkeel.a
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
 
 run: all
-	$(BUILD)/keel echo
+	$(BUILD)/keel serve www
 
 test: all
 	@BUILD=$(BUILD) sh test/run.sh

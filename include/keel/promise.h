@@ -89,6 +89,9 @@ keel_promise *keel_map(keel_promise *p, keel_then_fn fn, void *ud);
 /* fn runs on success and returns a promise whose outcome becomes the result. fn may return NULL to fail with -ENOMEM. */
 keel_promise *keel_flat_map(keel_promise *p, keel_flat_fn fn, void *ud);
 
+/* fn runs on success or failure and returns a promise whose outcome becomes the result. */
+keel_promise *keel_then_flat(keel_promise *p, keel_flat_fn fn, void *ud);
+
 /* fn runs on failure only and may recover; successes pass through. */
 keel_promise *keel_catch(keel_promise *p, keel_then_fn fn, void *ud);
 

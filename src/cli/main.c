@@ -13,7 +13,9 @@ static void usage(FILE *f)
 	fputs("usage: keel <command> [options]\n"
 	      "\n"
 	      "commands:\n"
-	      "  echo [--listen ADDR:PORT] [--workers N]   TCP echo server (default 127.0.0.1:7000)\n"
+	      "  serve [--listen ADDR:PORT] [--workers N] [DIR]  static files over HTTP/1.1\n"
+	      "                                                 (default 127.0.0.1:8080, DIR .)\n"
+	      "  echo [--listen ADDR:PORT] [--workers N]         TCP echo server (default 127.0.0.1:7000)\n"
 	      "\n"
 	      "  keel <command> --help   options of a command\n"
 	      "  keel --version\n"
@@ -31,6 +33,8 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	if (strcmp(cmd, "echo") == 0)
 		return cli_echo(argc - 1, argv + 1);
+	if (strcmp(cmd, "serve") == 0)
+		return cli_serve(argc - 1, argv + 1);
 	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
 		usage(stdout);
 		return CLI_OK;

@@ -37,6 +37,7 @@ enum keel__pmode {
 	KEEL__M_CATCH,
 	KEEL__M_FINALLY,
 	KEEL__M_FORWARD, /* flat_map: waiting on the inner promise */
+	KEEL__M_FLAT_ANY, /* then_flat: fn on either outcome, returns a promise */
 };
 
 struct keel_promise {

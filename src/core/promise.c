@@ -188,7 +188,8 @@ static void derived_notify(keel_promise *in, void *arg)
 		keel_promise_settle(q, o);
 		break;
 	case KEEL__M_FLAT:
-		if (o.err) {
+	case KEEL__M_FLAT_ANY:
+		if (o.err && q->mode == KEEL__M_FLAT) {
 			keel_promise_settle(q, o);
 		} else {
 			keel_promise *r = ((keel_flat_fn)q->fn)(q->ctx, o, q->ud);
@@ -236,6 +237,11 @@ keel_promise *keel_map(keel_promise *p, keel_then_fn fn, void *ud)
 keel_promise *keel_flat_map(keel_promise *p, keel_flat_fn fn, void *ud)
 {
 	return derive(p, KEEL__M_FLAT, (void *)fn, ud);
+}
+
+keel_promise *keel_then_flat(keel_promise *p, keel_flat_fn fn, void *ud)
+{
+	return derive(p, KEEL__M_FLAT_ANY, (void *)fn, ud);
 }
 
 keel_promise *keel_catch(keel_promise *p, keel_then_fn fn, void *ud)

@@ -1,0 +1,28 @@
+/*
+ * Static files for keel's HTTP server.
+ *
+ *   keel_static *st = keel_static_new("/srv/www");
+ *   keel_http_route(srv, NULL, "/", true, keel_static_handler, st);
+ *
+ * Paths are percent-decoded and normalized, then opened beneath the root
+ * (openat2 RESOLVE_BENEATH): nothing outside it can be served. GET and HEAD;
+ * index.html for directories (301 to add the trailing slash); ETag and
+ * Last-Modified with If-None-Match / If-Modified-Since (304); one byte range
+ * (206, or 416); a precompressed "name.gz" when the client accepts gzip.
+ * Bodies go file -> socket without a copy.
+ */
+#ifndef KEEL_STATIC_H
+#define KEEL_STATIC_H
+
+#include "http.h"
+
+typedef struct keel_static keel_static;
+
+/* Serve the tree under dir. NULL (errno set) if dir cannot be opened. */
+keel_static *keel_static_new(const char *dir);
+void keel_static_free(keel_static *st);
+
+/* The handler; ud is the keel_static. */
+keel_promise *keel_static_handler(keel_http_request *req, void *ud);
+
+#endif

@@ -1,0 +1,161 @@
+/*
+ * keel serve: static files over HTTP/1.1.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "keel/http.h"
+#include "keel/static.h"
+
+struct serve_cfg {
+	const char *listen;
+	const char *dir;
+	int workers;
+	long grace_ms;
+	keel_http_config http;
+};
+
+struct serve_worker {
+	keel_http_server *srv;
+	keel_static *st;
+	bool stopping;
+};
+
+static void serve_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	keel_loop_stop(ud);
+}
+
+static void serve_stop(keel_loop *loop, void *arg)
+{
+	struct serve_cfg *cfg = arg;
+	struct serve_worker *w = keel_loop_data(loop);
+	if (!w || w->stopping)
+		return;
+	w->stopping = true;
+	keel_promise_done(keel_http_server_stop(w->srv, (uint64_t)cfg->grace_ms), serve_stopped, loop);
+}
+
+static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
+{
+	(void)index;
+	struct serve_cfg *cfg = arg;
+	struct serve_worker w = {0};
+	w.st = keel_static_new(cfg->dir);
+	w.srv = keel_http_server_new(loop, &cfg->http);
+	if (!w.st || !w.srv) {
+		keel_log(KEEL_LOG_ERROR, "serve: cannot set up the server");
+		return CLI_FAIL;
+	}
+	keel_http_route(w.srv, NULL, "/", true, keel_static_handler, w.st);
+	keel_loop_set_data(loop, &w);
+	keel_http_server_start(w.srv, lfd);
+	while (!w.stopping)
+		keel_loop_run_once(loop, -1);
+	keel_loop_run(loop); /* until the graceful stop has closed every connection */
+	keel_loop_set_data(loop, NULL);
+	keel_http_server_free(w.srv);
+	keel_static_free(w.st);
+	close(lfd);
+	return CLI_OK;
+}
+
+static void serve_usage(FILE *f)
+{
+	fputs("usage: keel serve [--listen ADDR:PORT] [--workers N] [options] [DIR]\n"
+	      "  DIR                   directory to serve (default: the current directory)\n"
+	      "  --listen ADDR:PORT    default 127.0.0.1:8080\n"
+	      "  --workers N           worker threads (default: online CPUs)\n"
+	      "  --max-conns N         connections per worker (default 10000)\n"
+	      "  --header-timeout-ms N whole-head deadline (default 10000)\n"
+	      "  --idle-timeout-ms N   keep-alive idle deadline (default 60000)\n"
+	      "  --grace-ms N          on SIGINT/SIGTERM, time to finish (default 5000)\n",
+	      f);
+}
+
+int cli_serve(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"listen", required_argument, NULL, 'l'},        {"workers", required_argument, NULL, 'w'},
+		{"max-conns", required_argument, NULL, 'm'},     {"header-timeout-ms", required_argument, NULL, 'H'},
+		{"idle-timeout-ms", required_argument, NULL, 'I'}, {"grace-ms", required_argument, NULL, 'g'},
+		{"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0},
+	};
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	struct serve_cfg cfg;
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.listen = "127.0.0.1:8080";
+	cfg.dir = ".";
+	cfg.workers = ncpu > 0 ? (int)ncpu : 1;
+	cfg.grace_ms = 5000;
+	keel_http_config_default(&cfg.http);
+	int c;
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":l:w:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l':
+			cfg.listen = optarg;
+			break;
+		case 'w':
+			cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024);
+			break;
+		case 'm':
+			cfg.http.conns_max = (unsigned)cli_parse_long("--max-conns", optarg, 1, 1000000);
+			break;
+		case 'H':
+			cfg.http.header_timeout_ms = (uint64_t)cli_parse_long("--header-timeout-ms", optarg, 1, 3600000);
+			break;
+		case 'I':
+			cfg.http.idle_timeout_ms = (uint64_t)cli_parse_long("--idle-timeout-ms", optarg, 1, 86400000);
+			break;
+		case 'g':
+			cfg.grace_ms = cli_parse_long("--grace-ms", optarg, 0, 3600000);
+			break;
+		case 'h':
+			serve_usage(stdout);
+			return CLI_OK;
+		case ':':
+			fprintf(stderr, "keel serve: %s needs a value\n", argv[optind - 1]);
+			serve_usage(stderr);
+			return CLI_USAGE;
+		default:
+			fprintf(stderr, "keel serve: unknown option '%s'\n", argv[optind - 1]);
+			serve_usage(stderr);
+			return CLI_USAGE;
+		}
+	}
+	if (argc - optind > 1) {
+		fprintf(stderr, "keel serve: one DIR at most\n");
+		serve_usage(stderr);
+		return CLI_USAGE;
+	}
+	if (optind < argc)
+		cfg.dir = argv[optind];
+	struct stat sb;
+	if (stat(cfg.dir, &sb) < 0) {
+		fprintf(stderr, "keel serve: %s: %s\n", cfg.dir, strerror(errno));
+		return CLI_FAIL;
+	}
+	if (!S_ISDIR(sb.st_mode)) {
+		fprintf(stderr, "keel serve: %s: not a directory\n", cfg.dir);
+		return CLI_FAIL;
+	}
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (keel_addr_parse(cfg.listen, &ss, &len) < 0) {
+		fprintf(stderr, "keel serve: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n", cfg.listen);
+		return CLI_USAGE;
+	}
+	char what[300];
+	snprintf(what, sizeof(what), "serve %s", cfg.dir);
+	return cli_run_workers(what, cfg.listen, cfg.workers, serve_worker_main, serve_stop, &cfg);
+}

@@ -1,0 +1,468 @@
+/*
+ * Static files: a handler that serves a directory tree.
+ *
+ * The request path is percent-decoded and its dot segments removed, then
+ * opened with openat2(RESOLVE_BENEATH) relative to the root's descriptor, so
+ * no path, however encoded, and no symlink can reach outside the root. The
+ * open and the statx go through the loop; the body goes file -> socket with
+ * splice/sendfile, never through user space. ETag and Last-Modified drive
+ * 304s; a single byte range gets 206 (or 416); a precompressed .gz sibling
+ * is preferred when the client accepts gzip.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http_internal.h"
+#include "keel/file.h"
+#include "keel/http.h"
+#include "keel/static.h"
+
+struct keel_static {
+	int rootfd;
+	char *index; /* "index.html" */
+};
+
+size_t keel__http_date(time_t t, char *out, size_t size)
+{
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	return strftime(out, size, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+}
+
+time_t keel__http_date_parse(const char *s, size_t len)
+{
+	char buf[64];
+	if (len >= sizeof(buf))
+		return -1;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	struct tm tm;
+	memset(&tm, 0, sizeof(tm));
+	const char *end = strptime(buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	if (!end || *end)
+		return -1;
+	return timegm(&tm);
+}
+
+static int hexv(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+long keel__path_normalize(const char *path, size_t len, char *out)
+{
+	size_t o = 0;
+	size_t i = 0;
+	if (len == 0 || path[0] != '/')
+		return -1;
+	while (i < len) {
+		/* One segment: from after '/' to the next '/'. */
+		while (i < len && path[i] == '/')
+			i++;
+		size_t seg = o;
+		while (i < len && path[i] != '/') {
+			char c = path[i++];
+			if (c == '%') {
+				if (i + 2 > len)
+					return -1;
+				int h = hexv(path[i]), l = hexv(path[i + 1]);
+				if (h < 0 || l < 0)
+					return -1;
+				c = (char)(h * 16 + l);
+				i += 2;
+				if (c == '/' || c == '\\')
+					return -1; /* an encoded separator is never a legitimate file name here */
+			}
+			if ((unsigned char)c < 0x20 || c == 0x7f)
+				return -1;
+			out[o++] = c;
+		}
+		size_t sl = o - seg;
+		if (sl == 1 && out[seg] == '.') {
+			o = seg;
+		} else if (sl == 2 && out[seg] == '.' && out[seg + 1] == '.') {
+			if (seg == 0)
+				return -1; /* above the root */
+			o = seg - 1;
+			while (o > 0 && out[o - 1] != '/')
+				o--;
+		} else if (sl > 0) {
+			out[o++] = '/';
+		}
+	}
+	if (o > 0 && out[o - 1] == '/')
+		o--;
+	out[o] = '\0';
+	return (long)o;
+}
+
+keel_static *keel_static_new(const char *dir)
+{
+	int fd = open(dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	keel_static *st = calloc(1, sizeof(*st));
+	if (!st) {
+		close(fd);
+		return NULL;
+	}
+	st->rootfd = fd;
+	return st;
+}
+
+void keel_static_free(keel_static *st)
+{
+	if (!st)
+		return;
+	close(st->rootfd);
+	free(st);
+}
+
+/* One request's journey through open -> statx -> answer. */
+struct job {
+	keel_http_request *r;
+	keel_static *st;
+	char *rel;      /* normalized, relative to the root ("" is the root) */
+	size_t rel_len;
+	char *open_path; /* what is being opened now */
+	int fd;
+	bool gz, tried_index;
+	struct statx stx;
+	keel_http_header hdrs[8];
+	unsigned nh;
+};
+
+static keel_promise *answer_status(keel_http_request *r, int status)
+{
+	const char *t = keel_http_status_text(status);
+	return keel_http_respond(r, status, "text/plain; charset=utf-8", t, strlen(t));
+}
+
+static void add_header(struct job *j, const char *name, const char *value)
+{
+	keel_http_header *h = &j->hdrs[j->nh++];
+	h->name.ptr = name;
+	h->name.len = strlen(name);
+	h->value.ptr = value;
+	h->value.len = strlen(value);
+}
+
+static const keel_http_header *req_header(const keel_http_request *r, const char *name)
+{
+	return keel_http_header_find(&r->msg, name);
+}
+
+static bool accepts_gzip(const keel_http_request *r)
+{
+	const keel_http_header *h = req_header(r, "accept-encoding");
+	if (!h)
+		return false;
+	/* gzip listed, and not with q=0 */
+	for (size_t i = 0; i + 4 <= h->value.len; i++) {
+		if (strncasecmp(h->value.ptr + i, "gzip", 4) != 0)
+			continue;
+		const char *p = h->value.ptr + i + 4, *end = h->value.ptr + h->value.len;
+		while (p < end && *p == ' ')
+			p++;
+		if (p < end && *p == ';') {
+			const char *q = memmem(p, (size_t)(end - p), "q=0", 3);
+			const char *comma = memchr(p, ',', (size_t)(end - p));
+			if (q && (!comma || q < comma) && (q + 3 == end || q[3] == ',' || q[3] == ' ' ||
+			                                   (q[3] == '.' && strspn(q + 4, "0") >= 1 &&
+			                                    (q + 4 + strspn(q + 4, "0") == end ||
+			                                     q[4 + strspn(q + 4, "0")] == ','))))
+				return false;
+		}
+		return true;
+	}
+	return false;
+}
+
+static bool etag_matches(const keel_http_header *h, const char *etag)
+{
+	keel_str list = h->value;
+	size_t el = strlen(etag);
+	const char *p = list.ptr, *end = list.ptr + list.len;
+	while (p < end) {
+		while (p < end && (*p == ' ' || *p == ','))
+			p++;
+		const char *s = p;
+		while (p < end && *p != ',')
+			p++;
+		const char *e = p;
+		while (e > s && e[-1] == ' ')
+			e--;
+		if (e - s == 1 && *s == '*')
+			return true;
+		if (e - s > 2 && s[0] == 'W' && s[1] == '/')
+			s += 2; /* weak comparison for If-None-Match */
+		if ((size_t)(e - s) == el && memcmp(s, etag, el) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Parse a single "bytes=" range against size. 1: range set; 0: ignore (serve whole); -1: 416. */
+static int parse_range(keel_str v, uint64_t size, uint64_t *off, uint64_t *len)
+{
+	if (v.len < 7 || strncasecmp(v.ptr, "bytes=", 6) != 0)
+		return 0;
+	const char *p = v.ptr + 6, *end = v.ptr + v.len;
+	if (memchr(p, ',', (size_t)(end - p)))
+		return 0; /* several ranges: keel serves the whole representation instead */
+	uint64_t a = 0, b = 0;
+	bool has_a = false, has_b = false;
+	while (p < end && *p >= '0' && *p <= '9') {
+		if (a > UINT64_MAX / 10 - 10)
+			return 0;
+		a = a * 10 + (uint64_t)(*p++ - '0');
+		has_a = true;
+	}
+	if (p >= end || *p++ != '-')
+		return 0;
+	while (p < end && *p >= '0' && *p <= '9') {
+		if (b > UINT64_MAX / 10 - 10)
+			return 0;
+		b = b * 10 + (uint64_t)(*p++ - '0');
+		has_b = true;
+	}
+	if (p != end || (!has_a && !has_b))
+		return 0;
+	if (!has_a) { /* suffix: the last b bytes */
+		if (b == 0)
+			return -1;
+		if (b > size)
+			b = size;
+		*off = size - b;
+		*len = b;
+		return size ? 1 : -1;
+	}
+	if (has_b && b < a)
+		return 0; /* invalid: ignore it */
+	if (a >= size)
+		return -1;
+	if (!has_b || b >= size)
+		b = size - 1;
+	*off = a;
+	*len = b - a + 1;
+	return 1;
+}
+
+static keel_promise *open_path(struct job *j, int dirfd, const char *path);
+static keel_promise *on_open(keel_ctx *ctx, keel_outcome in, void *ud);
+
+static keel_promise *finish(struct job *j)
+{
+	keel_http_request *r = j->r;
+	keel_ctx *ctx = keel_http_request_ctx(r);
+	uint64_t size = j->stx.stx_size;
+	uint64_t mtime_ns = (uint64_t)j->stx.stx_mtime.tv_sec * 1000000000ull + j->stx.stx_mtime.tv_nsec;
+	char *etag = keel_ctx_alloc(ctx, 48);
+	snprintf(etag, 48, "\"%llx-%llx%s\"", (unsigned long long)mtime_ns, (unsigned long long)size,
+	         j->gz ? "-gz" : "");
+	char *lm = keel_ctx_alloc(ctx, 40);
+	keel__http_date((time_t)j->stx.stx_mtime.tv_sec, lm, 40);
+	add_header(j, "ETag", etag);
+	add_header(j, "Last-Modified", lm);
+	add_header(j, "Accept-Ranges", "bytes");
+	if (j->gz) {
+		add_header(j, "Content-Encoding", "gzip");
+		add_header(j, "Vary", "Accept-Encoding");
+	}
+	r->resp.headers = j->hdrs;
+	r->resp.nheaders = j->nh;
+	r->resp.content_type = keel__mime_type(j->rel, j->rel_len);
+
+	/* Conditional requests: If-None-Match wins over If-Modified-Since. */
+	const keel_http_header *inm = req_header(r, "if-none-match");
+	bool not_modified = false;
+	if (inm) {
+		not_modified = etag_matches(inm, etag);
+	} else {
+		const keel_http_header *ims = req_header(r, "if-modified-since");
+		if (ims) {
+			time_t t = keel__http_date_parse(ims->value.ptr, ims->value.len);
+			not_modified = t >= 0 && (time_t)j->stx.stx_mtime.tv_sec <= t;
+		}
+	}
+	if (not_modified) {
+		close(j->fd);
+		r->resp.status = 304;
+		r->resp.content_type = NULL;
+		keel_promise *p = keel_promise_new(r->loop);
+		keel_promise_resolve(p, 0, &r->resp);
+		return p;
+	}
+
+	r->resp.status = 200;
+	r->resp.file_fd = j->fd;
+	r->resp.file_close = true;
+	r->resp.file_off = 0;
+	r->resp.file_len = size;
+	const keel_http_header *range = req_header(r, "range");
+	const keel_http_header *ifr = req_header(r, "if-range");
+	if (range && (!ifr || keel_str_eq(ifr->value, etag) || keel_str_eq(ifr->value, lm))) {
+		uint64_t off, len;
+		int rc = parse_range(range->value, size, &off, &len);
+		char *cr = keel_ctx_alloc(ctx, 80);
+		if (rc > 0) {
+			snprintf(cr, 80, "bytes %llu-%llu/%llu", (unsigned long long)off,
+			         (unsigned long long)(off + len - 1), (unsigned long long)size);
+			add_header(j, "Content-Range", cr);
+			r->resp.nheaders = j->nh;
+			r->resp.status = 206;
+			r->resp.file_off = off;
+			r->resp.file_len = len;
+		} else if (rc < 0) {
+			snprintf(cr, 80, "bytes */%llu", (unsigned long long)size);
+			close(j->fd);
+			r->resp.file_fd = -1;
+			j->nh = 0;
+			add_header(j, "Content-Range", cr);
+			r->resp.headers = j->hdrs;
+			r->resp.nheaders = j->nh;
+			const char *t = keel_http_status_text(416);
+			r->resp.status = 416;
+			r->resp.content_type = "text/plain; charset=utf-8";
+			r->resp.body.ptr = t;
+			r->resp.body.len = strlen(t);
+		}
+	}
+	keel_promise *p = keel_promise_new(r->loop);
+	keel_promise_resolve(p, 0, &r->resp);
+	return p;
+}
+
+static void close_fd_done(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	(void)in;
+	close((int)(intptr_t)ud);
+}
+
+static keel_promise *on_stat(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	struct job *j = ud;
+	keel_http_request *r = j->r;
+	if (in.err) {
+		close(j->fd);
+		return answer_status(r, 500);
+	}
+	if (S_ISDIR(j->stx.stx_mode)) {
+		if (j->tried_index) {
+			close(j->fd);
+			return answer_status(r, 403);
+		}
+		if (r->path.len == 0 || r->path.ptr[r->path.len - 1] != '/') {
+			/* A directory without its slash: relative links would break. */
+			close(j->fd);
+			char *loc = keel_ctx_alloc(keel_http_request_ctx(r), r->path.len + r->query.len + 3);
+			size_t n = 0;
+			memcpy(loc, r->path.ptr, r->path.len);
+			n = r->path.len;
+			loc[n++] = '/';
+			if (r->query.len) {
+				loc[n++] = '?';
+				memcpy(loc + n, r->query.ptr, r->query.len);
+				n += r->query.len;
+			}
+			loc[n] = '\0';
+			add_header(j, "Location", loc);
+			r->resp.headers = j->hdrs;
+			r->resp.nheaders = j->nh;
+			const char *t = keel_http_status_text(301);
+			return keel_http_respond(r, 301, "text/plain; charset=utf-8", t, strlen(t));
+		}
+		j->tried_index = true;
+		int dirfd = j->fd;
+		j->fd = -1;
+		/* index.html inside it (opened beneath the directory, which is beneath the root) */
+		char *rel = keel_ctx_alloc(keel_http_request_ctx(r), j->rel_len + 12);
+		memcpy(rel, j->rel, j->rel_len);
+		memcpy(rel + j->rel_len, j->rel_len ? "/index.html" : "index.html", j->rel_len ? 12 : 11);
+		j->rel = rel;
+		j->rel_len = strlen(rel);
+		keel_promise *p = open_path(j, dirfd, "index.html");
+		/* The directory fd closes once everything opened beneath it is settled. */
+		return keel_finally(p, close_fd_done, (void *)(intptr_t)dirfd);
+	}
+	if (!S_ISREG(j->stx.stx_mode)) {
+		close(j->fd);
+		return answer_status(r, 403);
+	}
+	return finish(j);
+}
+
+static keel_promise *on_open(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	struct job *j = ud;
+	keel_http_request *r = j->r;
+	if (in.err) {
+		if (j->gz) {
+			/* No precompressed sibling: the plain file. */
+			j->gz = false;
+			return open_path(j, j->st->rootfd, j->rel_len ? j->rel : ".");
+		}
+		if (in.err == -ENOENT || in.err == -ENOTDIR || in.err == -EXDEV || in.err == -ELOOP ||
+		    in.err == -ENAMETOOLONG)
+			return answer_status(r, j->tried_index ? 403 : 404);
+		if (in.err == -EACCES || in.err == -EPERM)
+			return answer_status(r, 403);
+		return answer_status(r, 500);
+	}
+	j->fd = (int)in.n;
+	return keel_flat_map(keel_file_statx(r->loop, j->fd, "", AT_EMPTY_PATH,
+	                                     STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_MTIME, &j->stx),
+	                     on_stat, j);
+}
+
+static keel_promise *open_path(struct job *j, int dirfd, const char *path)
+{
+	keel_http_request *r = j->r;
+	j->open_path = (char *)path;
+	keel_promise *p = keel_file_open(r->loop, dirfd, path, O_RDONLY | O_NOCTTY | O_NONBLOCK, 0,
+	                                 RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS);
+	keel_promise_bind_ctx(p, keel_http_request_ctx(r));
+	return keel_then_flat(p, on_open, j);
+}
+
+keel_promise *keel_static_handler(keel_http_request *r, void *ud)
+{
+	keel_static *st = ud;
+	if (!keel_str_eq(r->msg.method, "GET") && !keel_str_eq(r->msg.method, "HEAD"))
+		return answer_status(r, 405);
+	keel_ctx *ctx = keel_http_request_ctx(r);
+	struct job *j = keel_ctx_alloc(ctx, sizeof(*j));
+	memset(j, 0, sizeof(*j));
+	j->r = r;
+	j->st = st;
+	j->fd = -1;
+	j->rel = keel_ctx_alloc(ctx, r->path.len + 4);
+	long n = keel__path_normalize(r->path.ptr, r->path.len, j->rel);
+	if (n < 0)
+		return answer_status(r, 400);
+	j->rel_len = (size_t)n;
+	if (j->rel_len && accepts_gzip(r)) {
+		char *gz = keel_ctx_alloc(ctx, j->rel_len + 4);
+		memcpy(gz, j->rel, j->rel_len);
+		memcpy(gz + j->rel_len, ".gz", 4);
+		j->gz = true;
+		return open_path(j, st->rootfd, gz);
+	}
+	return open_path(j, st->rootfd, j->rel_len ? j->rel : ".");
+}
