@@ -22,7 +22,12 @@
 keel_promise *keel_file_open(keel_loop *loop, int dirfd, const char *path, int flags, mode_t mode,
                              uint64_t resolve);
 
-/* pread/pwrite at off. n = bytes transferred (a short count is possible, as with pread). */
+/*
+ * pread/pwrite at off; off == KEEL_FILE_POS (UINT64_MAX) uses and advances
+ * the file position (and appends on O_APPEND files). n = bytes transferred
+ * (a short count is possible, as with pread).
+ */
+#define KEEL_FILE_POS UINT64_MAX
 keel_promise *keel_file_read(keel_loop *loop, int fd, void *buf, size_t len, uint64_t off);
 keel_promise *keel_file_write(keel_loop *loop, int fd, const void *buf, size_t len, uint64_t off);
 

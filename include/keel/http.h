@@ -32,6 +32,8 @@ typedef struct keel_http_config {
 	uint64_t idle_timeout_ms;   /* keep-alive idle; 60000 */
 	uint64_t send_timeout_ms;   /* a response send that makes no progress; 30000 */
 	const char *server_name;    /* Server header; "keel"; NULL: none */
+	int access_log_fd;          /* combined-format access log, written through the loop in
+	                               batches; -1 (default): off. The server does not close it. */
 } keel_http_config;
 
 typedef struct keel_http_response {
@@ -64,7 +66,7 @@ typedef struct keel_http_request {
 	char *own;      /* heap copy of a head that arrived in pieces */
 	char *body_own; /* heap copy of a body that arrived in pieces */
 	size_t body_cap;
-	uint8_t done, keep_alive, head_only, is_error;
+	uint8_t done, keep_alive, head_only, is_error, is_error_logged;
 	keel_http_header headers[]; /* config limits.headers_max */
 } keel_http_request;
 
@@ -110,6 +112,7 @@ const char *keel_http_status_text(int status);
 
 typedef struct keel_http_stats {
 	uint64_t connections, requests, responses_4xx, responses_5xx, bytes_out;
+	uint64_t log_lines_dropped; /* access log lines lost because the disk fell behind */
 	uint32_t conns_open;
 } keel_http_stats;
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);

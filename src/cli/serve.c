@@ -2,6 +2,7 @@
  * keel serve: static files over HTTP/1.1.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,7 +78,8 @@ static void serve_usage(FILE *f)
 	      "  --max-conns N         connections per worker (default 10000)\n"
 	      "  --header-timeout-ms N whole-head deadline (default 10000)\n"
 	      "  --idle-timeout-ms N   keep-alive idle deadline (default 60000)\n"
-	      "  --grace-ms N          on SIGINT/SIGTERM, time to finish (default 5000)\n",
+	      "  --grace-ms N          on SIGINT/SIGTERM, time to finish (default 5000)\n"
+	      "  --access-log FILE     combined-format access log (default: off)\n",
 	      f);
 }
 
@@ -87,6 +89,7 @@ int cli_serve(int argc, char **argv)
 		{"listen", required_argument, NULL, 'l'},        {"workers", required_argument, NULL, 'w'},
 		{"max-conns", required_argument, NULL, 'm'},     {"header-timeout-ms", required_argument, NULL, 'H'},
 		{"idle-timeout-ms", required_argument, NULL, 'I'}, {"grace-ms", required_argument, NULL, 'g'},
+		{"access-log", required_argument, NULL, 'a'},
 		{"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -97,6 +100,7 @@ int cli_serve(int argc, char **argv)
 	cfg.workers = ncpu > 0 ? (int)ncpu : 1;
 	cfg.grace_ms = 5000;
 	keel_http_config_default(&cfg.http);
+	const char *access_log = NULL;
 	int c;
 	optind = 1;
 	opterr = 0;
@@ -119,6 +123,9 @@ int cli_serve(int argc, char **argv)
 			break;
 		case 'g':
 			cfg.grace_ms = cli_parse_long("--grace-ms", optarg, 0, 3600000);
+			break;
+		case 'a':
+			access_log = optarg;
 			break;
 		case 'h':
 			serve_usage(stdout);
@@ -155,7 +162,17 @@ int cli_serve(int argc, char **argv)
 		fprintf(stderr, "keel serve: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n", cfg.listen);
 		return CLI_USAGE;
 	}
+	if (access_log) {
+		cfg.http.access_log_fd = open(access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (cfg.http.access_log_fd < 0) {
+			fprintf(stderr, "keel serve: --access-log %s: %s\n", access_log, strerror(errno));
+			return CLI_FAIL;
+		}
+	}
 	char what[300];
 	snprintf(what, sizeof(what), "serve %s", cfg.dir);
-	return cli_run_workers(what, cfg.listen, cfg.workers, serve_worker_main, serve_stop, &cfg);
+	int rc = cli_run_workers(what, cfg.listen, cfg.workers, serve_worker_main, serve_stop, &cfg);
+	if (cfg.http.access_log_fd >= 0)
+		close(cfg.http.access_log_fd);
+	return rc;
 }

@@ -4,16 +4,25 @@
  * A state machine that can stop at any byte and resume with the next
  * buffer. Data spans point into the caller's buffer: chunk framing is
  * skipped, body bytes are never copied. Sizes are hex without sign or
- * spaces, bounded so they cannot overflow; extensions are accepted with a
- * bounded length and ignored; trailers are validated and discarded.
+ * spaces, bounded so they cannot overflow; extensions are checked against
+ * their grammar, bounded in length and ignored; trailers are validated and
+ * discarded.
  */
 #include "keel/http_parse.h"
 
 enum {
 	S_SIZE_START = 0, /* first hex digit */
 	S_SIZE,           /* more hex digits, or the end of the size */
-	S_EXT,            /* in a chunk extension */
-	S_SIZE_LF,        /* CR seen after the size line */
+	S_EXT_BWS,        /* whitespace after the size or a value: only ";" may follow */
+	S_EXT_NAME_START, /* after ";" */
+	S_EXT_NAME,
+	S_EXT_NAME_BWS, /* whitespace after a name: "=" or ";" */
+	S_EXT_VAL_START, /* after "=" */
+	S_EXT_TOKEN,
+	S_EXT_QUOTED,
+	S_EXT_QUOTED_PAIR, /* after a backslash in a quoted value */
+	S_EXT_QUOTED_END,  /* after the closing quote */
+	S_SIZE_LF,         /* CR seen after the size line */
 	S_DATA,
 	S_DATA_CR,
 	S_DATA_LF,
@@ -61,6 +70,109 @@ static bool is_tchar_c(unsigned char c)
 	return false;
 }
 
+/* qdtext and the second byte of a quoted-pair (RFC 9110 5.6.4), less the quote/backslash for qdtext. */
+static bool is_qdtext(unsigned char c)
+{
+	return c == '\t' || c == ' ' || c == 0x21 || (c >= 0x23 && c <= 0x5b) || (c >= 0x5d && c <= 0x7e) ||
+	       c >= 0x80;
+}
+
+static bool is_ws(unsigned char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+/*
+ * One byte of the chunk extensions, checked against RFC 9112 7.1.1:
+ *   chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+ *   chunk-ext-val = token / quoted-string
+ * Whitespace may only come before ";" or "=", or after them: "a \r\n" and
+ * "a;\r\n" are malformed. The values are not kept; only their length is
+ * bounded.
+ */
+static int ext_byte(keel_http_chunked *d, unsigned char c)
+{
+	if (++d->ext_len > EXT_MAX)
+		return KEEL_HTTP_E400;
+	switch (d->state) {
+	case S_EXT_BWS: /* after the size, or after a value and whitespace */
+		if (c == ';')
+			d->state = S_EXT_NAME_START;
+		else if (!is_ws(c))
+			return KEEL_HTTP_E400;
+		return 0;
+	case S_EXT_NAME_START:
+		if (is_tchar_c(c))
+			d->state = S_EXT_NAME;
+		else if (!is_ws(c))
+			return KEEL_HTTP_E400;
+		return 0;
+	case S_EXT_NAME:
+		if (c == '\r')
+			d->state = S_SIZE_LF;
+		else if (c == ';')
+			d->state = S_EXT_NAME_START;
+		else if (c == '=')
+			d->state = S_EXT_VAL_START;
+		else if (is_ws(c))
+			d->state = S_EXT_NAME_BWS;
+		else if (!is_tchar_c(c))
+			return KEEL_HTTP_E400;
+		return 0;
+	case S_EXT_NAME_BWS:
+		if (c == ';')
+			d->state = S_EXT_NAME_START;
+		else if (c == '=')
+			d->state = S_EXT_VAL_START;
+		else if (!is_ws(c))
+			return KEEL_HTTP_E400;
+		return 0;
+	case S_EXT_VAL_START:
+		if (c == '"')
+			d->state = S_EXT_QUOTED;
+		else if (is_tchar_c(c))
+			d->state = S_EXT_TOKEN;
+		else if (!is_ws(c))
+			return KEEL_HTTP_E400;
+		return 0;
+	case S_EXT_TOKEN:
+		if (c == '\r')
+			d->state = S_SIZE_LF;
+		else if (c == ';')
+			d->state = S_EXT_NAME_START;
+		else if (is_ws(c))
+			d->state = S_EXT_BWS;
+		else if (!is_tchar_c(c))
+			return KEEL_HTTP_E400;
+		return 0;
+	case S_EXT_QUOTED:
+		if (c == '"')
+			d->state = S_EXT_QUOTED_END;
+		else if (c == '\\')
+			d->state = S_EXT_QUOTED_PAIR;
+		else if (!is_qdtext(c))
+			return KEEL_HTTP_E400;
+		return 0;
+	case S_EXT_QUOTED_PAIR:
+		if (!is_qdtext(c) && c != '"' && c != '\\')
+			return KEEL_HTTP_E400;
+		d->state = S_EXT_QUOTED;
+		return 0;
+	case S_EXT_QUOTED_END:
+		if (c == '\r')
+			d->state = S_SIZE_LF;
+		else if (c == ';')
+			d->state = S_EXT_NAME_START;
+		else if (is_ws(c))
+			d->state = S_EXT_BWS;
+		else
+			return KEEL_HTTP_E400;
+		return 0;
+	default:
+		return KEEL_HTTP_E400;
+	}
+}
+
 int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, size_t *used,
                              keel_str *data)
 {
@@ -85,28 +197,34 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
 					return KEEL_HTTP_E400;
 				d->remaining = d->remaining * 16 + (uint64_t)h;
 				i++;
-			} else if (c == ';' || c == ' ' || c == '\t') {
-				d->state = S_EXT;
-				d->ext_len = 0;
-			} else if (c == '\r') {
+				break;
+			}
+			d->ext_len = 0;
+			if (c == '\r') {
 				d->state = S_SIZE_LF;
 				i++;
+			} else if (c == ';' || c == ' ' || c == '\t') {
+				d->state = S_EXT_BWS; /* reads the ";" or the whitespace */
 			} else {
 				return KEEL_HTTP_E400;
 			}
 			break;
 		}
-		case S_EXT:
-			/* BWS ";" name [ "=" value ] ...: any field byte, bounded; no bare CR/LF. */
-			if (c == '\r') {
-				d->state = S_SIZE_LF;
-			} else if (c == '\n' || (c < 0x20 && c != '\t') || c == 0x7f) {
-				return KEEL_HTTP_E400;
-			} else if (++d->ext_len > EXT_MAX) {
-				return KEEL_HTTP_E400;
-			}
+		case S_EXT_BWS:
+		case S_EXT_NAME_START:
+		case S_EXT_NAME:
+		case S_EXT_NAME_BWS:
+		case S_EXT_VAL_START:
+		case S_EXT_TOKEN:
+		case S_EXT_QUOTED:
+		case S_EXT_QUOTED_PAIR:
+		case S_EXT_QUOTED_END: {
+			int err = ext_byte(d, c);
+			if (err)
+				return err;
 			i++;
 			break;
+		}
 		case S_SIZE_LF:
 			if (c != '\n')
 				return KEEL_HTTP_E400;

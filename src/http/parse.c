@@ -9,6 +9,7 @@
  * reject is rejected: a parser in front of other software must never
  * disagree with it about where a message ends (request smuggling).
  */
+#include <ctype.h>
 #include <string.h>
 
 #include "keel/http_parse.h"
@@ -165,11 +166,55 @@ static bool list_is_empty(keel_str v)
 	return !next_elem(&v, &e);
 }
 
+/*
+ * Host = uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2): an IP-literal
+ * in brackets, or a reg-name of unreserved, sub-delims and %XX; empty is
+ * allowed. Checked by character class and shape, not as a full IP grammar:
+ * enough that a Host can never smuggle "/", "@", "?", "#", space or a CTL
+ * into whatever builds a URL from it.
+ */
+static bool is_regname_byte(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       (c && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+static bool host_valid(keel_str v)
+{
+	const char *p = v.ptr, *end = v.ptr + v.len;
+	if (p < end && *p == '[') {
+		for (p++; p < end && *p != ']'; p++)
+			if (!is_regname_byte((unsigned char)*p) && *p != ':')
+				return false;
+		if (p == end)
+			return false;
+		p++;
+	} else {
+		while (p < end) {
+			if (*p == '%') {
+				if (end - p < 3 || !isxdigit((unsigned char)p[1]) || !isxdigit((unsigned char)p[2]))
+					return false;
+				p += 3;
+			} else if (is_regname_byte((unsigned char)*p)) {
+				p++;
+			} else {
+				break;
+			}
+		}
+	}
+	if (p < end && *p == ':')
+		for (p++; p < end && *p >= '0' && *p <= '9'; p++)
+			;
+	return p == end;
+}
+
 struct framing {
 	int ncl, nte, nhost;
 	uint64_t cl;
-	bool te_chunked_last;
-	int te_status; /* 0, or the error the codings deserve */
+	/* Transfer-Encoding, across all its lines: is chunked the final coding,
+	 * how often does it appear, is there any other coding? */
+	bool te_chunked_last, te_other;
+	int te_nchunked;
 	bool conn_close, conn_keep_alive, conn_upgrade, has_upgrade, expect_continue, expect_other;
 	keel_str host;
 };
@@ -230,18 +275,17 @@ static int note_header(struct framing *f, const keel_http_header *h)
 			while (next_elem(&list, &e)) {
 				if (e.len == 0)
 					continue;
-				if (f->te_chunked_last) /* chunked must be the final coding, applied once */
-					f->te_status = KEEL_HTTP_E400;
 				if (keel_str_ieq(e, "chunked")) {
+					f->te_nchunked++;
 					f->te_chunked_last = true;
-				} else {
-					for (size_t i = 0; i < e.len; i++)
-						if (!is_tchar((unsigned char)e.ptr[i]) && e.ptr[i] != ';' &&
-						    e.ptr[i] != '=' && e.ptr[i] != ' ' && e.ptr[i] != '"')
-							return KEEL_HTTP_E400;
-					if (!f->te_status)
-						f->te_status = KEEL_HTTP_E501; /* gzip, deflate, ...: not decoded here */
+					continue;
 				}
+				f->te_chunked_last = false;
+				for (size_t i = 0; i < e.len; i++)
+					if (!is_tchar((unsigned char)e.ptr[i]) && e.ptr[i] != ';' &&
+					    e.ptr[i] != '=' && e.ptr[i] != ' ' && e.ptr[i] != '"')
+						return KEEL_HTTP_E400;
+				f->te_other = true; /* gzip, deflate, ...: not decoded here */
 			}
 		}
 		break;
@@ -300,26 +344,52 @@ static int parse_fields(const char *p, const char *end, keel_http_msg *msg, keel
 	return 0;
 }
 
-static int head_prelude(const char *buf, size_t len, size_t prev_len, const keel_http_limits *lim,
-                        bool request, long *head_len)
+/*
+ * RFC 9112 2.2: a recipient SHOULD ignore at least one empty line before the
+ * start line (clients send a stray CRLF after a body). Bounded, so a stream
+ * of CRLFs costs O(1) per call and is soon rejected rather than rescanned.
+ * Returns how many bytes to skip, or a negative status.
+ */
+#define EMPTY_LINES_MAX 8
+
+static long skip_empty_lines(const char *buf, size_t len)
 {
-	long end = find_head_end(buf, len, prev_len);
+	size_t i = 0;
+	while (i + 1 < len && buf[i] == '\r' && buf[i + 1] == '\n') {
+		i += 2;
+		if (i > 2 * EMPTY_LINES_MAX)
+			return KEEL_HTTP_E400;
+	}
+	return (long)i;
+}
+
+static int head_prelude(const char *buf, size_t len, size_t prev_len, const keel_http_limits *lim,
+                        bool request, long *head_len, size_t *skipped)
+{
+	long skip = skip_empty_lines(buf, len);
+	if (skip < 0)
+		return (int)skip;
+	*skipped = (size_t)skip;
+	size_t s = (size_t)skip;
+	/* The empty lines are part of the head for the limits, not for the scan. */
+	long end = find_head_end(buf + s, len - s, prev_len > s ? prev_len - s : 0);
 	if (end < 0)
 		return (int)end;
-	if (request && prev_len <= lim->request_line_max + 1) {
+	if (request && prev_len <= s + lim->request_line_max + 1) {
 		/*
 		 * The request line's own limit, whether or not the head is
 		 * complete. Once a call has seen more than the limit and found the
 		 * line's end, later calls need not look again.
 		 */
-		size_t scan = end ? (size_t)end : len;
-		const char *nl = memchr(buf, '\n', scan < lim->request_line_max + 2 ? scan : lim->request_line_max + 2);
+		size_t scan = end ? (size_t)end : len - s;
+		size_t cap = lim->request_line_max + 2;
+		const char *nl = memchr(buf + s, '\n', scan < cap ? scan : cap);
 		if (!nl && scan > lim->request_line_max + 1)
 			return KEEL_HTTP_E414;
 	}
 	if (end == 0)
 		return len > lim->head_max ? KEEL_HTTP_E431 : KEEL_HTTP_INCOMPLETE;
-	if ((size_t)end > lim->head_max)
+	if ((size_t)end + s > lim->head_max)
 		return KEEL_HTTP_E431;
 	*head_len = end;
 	return 0;
@@ -335,10 +405,11 @@ int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_h
 		limits = &deflim;
 	}
 	long head_len = 0;
-	int err = head_prelude(buf, len, prev_len, limits, true, &head_len);
+	size_t skip = 0;
+	int err = head_prelude(buf, len, prev_len, limits, true, &head_len, &skip);
 	if (err)
 		return err;
-	const char *p = buf, *end = buf + head_len;
+	const char *p = buf + skip, *end = buf + skip + head_len;
 	memset(msg, 0, sizeof(*msg));
 
 	/* method SP request-target SP HTTP-version CRLF */
@@ -376,10 +447,10 @@ int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_h
 			return KEEL_HTTP_E400; /* Transfer-Encoding is not HTTP/1.0 */
 		if (f.ncl)
 			return KEEL_HTTP_E400; /* both: the classic smuggling vector */
-		if (f.te_status)
-			return f.te_status;
-		if (!f.te_chunked_last)
-			return KEEL_HTTP_E400; /* a request body must be chunked last */
+		if (!f.te_chunked_last || f.te_nchunked != 1)
+			return KEEL_HTTP_E400; /* RFC 9112 6.3: no reliable length without a final chunked */
+		if (f.te_other)
+			return KEEL_HTTP_E501; /* RFC 9112 6.1: a coding keel does not decode */
 		msg->body = KEEL_HTTP_BODY_CHUNKED;
 	} else if (f.ncl) {
 		msg->content_length = f.cl;
@@ -389,12 +460,14 @@ int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_h
 		return KEEL_HTTP_E400; /* exactly one Host in HTTP/1.1 */
 	if (f.nhost > 1)
 		return KEEL_HTTP_E400;
+	if (f.nhost && !host_valid(f.host))
+		return KEEL_HTTP_E400; /* RFC 9112 3.2: MUST answer 400 to an invalid Host */
 	msg->host = f.host;
 	msg->keep_alive = minor == 1 ? !f.conn_close : (f.conn_keep_alive && !f.conn_close);
 	msg->expect_continue = f.expect_continue && minor == 1;
 	msg->upgrade = f.conn_upgrade && f.has_upgrade;
-	msg->head_len = (size_t)head_len;
-	return (int)head_len;
+	msg->head_len = skip + (size_t)head_len;
+	return (int)msg->head_len;
 }
 
 int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
@@ -407,10 +480,11 @@ int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_
 		limits = &deflim;
 	}
 	long head_len = 0;
-	int err = head_prelude(buf, len, prev_len, limits, false, &head_len);
+	size_t skip = 0;
+	int err = head_prelude(buf, len, prev_len, limits, false, &head_len, &skip);
 	if (err)
 		return err;
-	const char *p = buf, *end = buf + head_len;
+	const char *p = buf + skip, *end = buf + skip + head_len;
 	memset(msg, 0, sizeof(*msg));
 
 	/* HTTP-version SP 3DIGIT SP [ reason-phrase ] CRLF */
@@ -459,19 +533,25 @@ int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_
 	} else if (f.nte) {
 		if (f.ncl)
 			return KEEL_HTTP_E400;
-		if (f.te_status == KEEL_HTTP_E400)
-			return KEEL_HTTP_E400;
-		/* Not chunked last: the body runs until close (RFC 9112 6.3). */
-		msg->body = f.te_chunked_last && !f.te_status ? KEEL_HTTP_BODY_CHUNKED : KEEL_HTTP_BODY_UNTIL_CLOSE;
+		if (f.te_nchunked > 1)
+			return KEEL_HTTP_E400; /* chunked applied twice (RFC 9112 7): no sane reading */
+		/*
+		 * RFC 9112 6.3: chunked as the final coding frames the body; any
+		 * other final coding means the body runs until close. Codings
+		 * before chunked (gzip, chunked) are left in the body: the caller
+		 * sees them in the Transfer-Encoding header.
+		 */
+		msg->body = f.te_chunked_last ? KEEL_HTTP_BODY_CHUNKED : KEEL_HTTP_BODY_UNTIL_CLOSE;
 	} else if (f.ncl) {
 		msg->content_length = f.cl;
 		msg->body = f.cl ? KEEL_HTTP_BODY_LENGTH : KEEL_HTTP_BODY_NONE;
 	} else {
 		msg->body = KEEL_HTTP_BODY_UNTIL_CLOSE;
 	}
-	msg->keep_alive = msg->body != KEEL_HTTP_BODY_UNTIL_CLOSE &&
+	/* RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing: close after this message. */
+	msg->keep_alive = msg->body != KEEL_HTTP_BODY_UNTIL_CLOSE && !(minor == 0 && f.nte) &&
 	                  (minor == 1 ? !f.conn_close : (f.conn_keep_alive && !f.conn_close));
 	msg->upgrade = f.conn_upgrade && f.has_upgrade;
-	msg->head_len = (size_t)head_len;
-	return (int)head_len;
+	msg->head_len = skip + (size_t)head_len;
+	return (int)msg->head_len;
 }

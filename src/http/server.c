@@ -67,6 +67,7 @@ struct keel_http_conn {
 	keel__timer timer;
 	uint8_t timer_kind;
 	bool sending, closing, no_more, eof, paused, draining;
+	char peer[48]; /* for the access log */
 };
 
 struct keel_http_server {
@@ -90,7 +91,18 @@ struct keel_http_server {
 	size_t date_len;
 	time_t date_sec;
 	keel_http_stats stats;
+	/* Access log: two buffers; one fills while the other is being written. */
+	char *log_buf[2];
+	size_t log_len[2];
+	int log_cur;
+	bool log_writing;
+	keel__timer log_timer;
+	char log_date[40];
+	time_t log_date_sec;
 };
+
+#define LOG_BUF 65536
+#define LOG_FLUSH_AT 32768
 
 static void conn_close(keel_http_conn *c);
 static void conn_flush(keel_http_conn *c);
@@ -98,6 +110,7 @@ static void conn_read(keel_http_conn *c);
 static void accept_start(keel_http_server *s);
 static void conn_timer_update(keel_http_conn *c);
 static void conn_open(keel_http_server *s, int fd);
+static void log_flush(keel_http_server *s);
 
 /* ---- Configuration, routes ---------------------------------------------- */
 
@@ -113,6 +126,7 @@ void keel_http_config_default(keel_http_config *cfg)
 	cfg->idle_timeout_ms = 60000;
 	cfg->send_timeout_ms = 30000;
 	cfg->server_name = "keel";
+	cfg->access_log_fd = -1;
 }
 
 keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg)
@@ -679,6 +693,105 @@ static void conn_read(keel_http_conn *c)
 	keel_promise_done(c->recv, recv_ended, c);
 }
 
+/* ---- Access log ---------------------------------------------------------- */
+
+static void log_flush(keel_http_server *s);
+
+static void log_written(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	keel_http_server *s = ud;
+	if (o.err)
+		keel_log(KEEL_LOG_WARN, "access log: %s", keel_strerror(o.err));
+	s->log_writing = false;
+	s->log_len[1 - s->log_cur] = 0;
+	if (s->log_len[s->log_cur] >= LOG_FLUSH_AT)
+		log_flush(s);
+}
+
+static void log_flush(keel_http_server *s)
+{
+	if (s->log_writing || !s->log_len[s->log_cur])
+		return;
+	int b = s->log_cur;
+	s->log_cur = 1 - b;
+	s->log_writing = true;
+	keel_promise_done(keel_file_write(s->loop, s->cfg.access_log_fd, s->log_buf[b], s->log_len[b], KEEL_FILE_POS),
+	                  log_written, s);
+}
+
+static void log_tick(keel_loop *loop, keel__timer *t)
+{
+	keel_http_server *s = (keel_http_server *)((char *)t - offsetof(keel_http_server, log_timer));
+	log_flush(s);
+	if (!s->stopping || s->nconns)
+		keel__timer_start(loop, t, 1000);
+}
+
+static size_t log_esc(char *out, keel_str v, size_t max)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < v.len && o + 4 < max; i++) {
+		unsigned char ch = (unsigned char)v.ptr[i];
+		if (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f)
+			o += (size_t)snprintf(out + o, max - o, "\\x%02x", ch);
+		else
+			out[o++] = (char)ch;
+	}
+	return o;
+}
+
+/* One combined-format line, appended to the current buffer; dropped (counted) if both are full. */
+static void log_request(keel_http_conn *c, keel_http_request *r, int status, uint64_t bytes)
+{
+	keel_http_server *s = c->s;
+	if (!s->log_buf[0]) {
+		s->log_buf[0] = malloc(LOG_BUF);
+		s->log_buf[1] = malloc(LOG_BUF);
+		if (!s->log_buf[0] || !s->log_buf[1])
+			return;
+		keel__timer_init(&s->log_timer, log_tick);
+		keel__timer_start(s->loop, &s->log_timer, 1000);
+	}
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	if (ts.tv_sec != s->log_date_sec) {
+		struct tm tm;
+		localtime_r(&ts.tv_sec, &tm);
+		strftime(s->log_date, sizeof(s->log_date), "%d/%b/%Y:%H:%M:%S %z", &tm);
+		s->log_date_sec = ts.tv_sec;
+	}
+	char line[2048];
+	size_t n = (size_t)snprintf(line, sizeof(line), "%s - - [%s] \"", c->peer, s->log_date);
+	n += log_esc(line + n, r->msg.method, 64);
+	line[n++] = ' ';
+	n += log_esc(line + n, r->msg.target, 1024);
+	n += (size_t)snprintf(line + n, sizeof(line) - n, " HTTP/1.%d\" %d %llu \"", r->msg.version_minor, status,
+	                      (unsigned long long)bytes);
+	const keel_http_header *ref = keel_http_header_find(&r->msg, "referer");
+	const keel_http_header *ua = keel_http_header_find(&r->msg, "user-agent");
+	if (ref)
+		n += log_esc(line + n, ref->value, 300);
+	else
+		line[n++] = '-';
+	n += (size_t)snprintf(line + n, sizeof(line) - n, "\" \"");
+	if (ua)
+		n += log_esc(line + n, ua->value, 300);
+	else
+		line[n++] = '-';
+	line[n++] = '"';
+	line[n++] = '\n';
+	int b = s->log_cur;
+	if (s->log_len[b] + n > LOG_BUF) {
+		s->stats.log_lines_dropped++; /* the disk is behind: bounded memory wins */
+		return;
+	}
+	memcpy(s->log_buf[b] + s->log_len[b], line, n);
+	s->log_len[b] += n;
+	if (s->log_len[b] >= LOG_FLUSH_AT)
+		log_flush(s);
+}
+
 /* ---- Output -------------------------------------------------------------- */
 
 static char *put(char *p, const char *s, size_t n)
@@ -867,6 +980,10 @@ static void conn_flush(keel_http_conn *c)
 			}
 		}
 		int st = a->status ? a->status : 200;
+		if (s->cfg.access_log_fd >= 0 && !r->is_error_logged) {
+			r->is_error_logged = 1;
+			log_request(c, r, st, has_body(r) ? (a->file_fd >= 0 ? a->file_len : a->body.len) : 0);
+		}
 		if (st >= 500)
 			s->stats.responses_5xx++;
 		else if (st >= 400 && !r->is_error)
@@ -931,6 +1048,10 @@ static void server_maybe_stopped(keel_http_server *s)
 {
 	if (s->stopping && s->nconns == 0 && s->stopped) {
 		keel__timer_stop(s->loop, &s->grace);
+		if (s->log_buf[0]) {
+			keel__timer_stop(s->loop, &s->log_timer);
+			log_flush(s);
+		}
 		keel_promise *p = s->stopped;
 		s->stopped = NULL;
 		keel_promise_resolve(p, 0, NULL);
@@ -1019,6 +1140,22 @@ static void conn_open(keel_http_server *s, int fd)
 	s->stats.conns_open = s->nconns;
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (s->cfg.access_log_fd >= 0) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+			keel_addr_format((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
+			char *colon = strrchr(c->peer, ':'); /* the log wants the host alone */
+			if (colon)
+				*colon = '\0';
+			if (c->peer[0] == '[') {
+				memmove(c->peer, c->peer + 1, strlen(c->peer));
+				c->peer[strlen(c->peer) - 1] = '\0';
+			}
+		} else {
+			strcpy(c->peer, "-");
+		}
+	}
 	conn_read(c);
 	conn_timer_update(c);
 }
@@ -1126,6 +1263,8 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 	}
 	s->grace.fn = grace_over;
 	keel__timer_start(s->loop, &s->grace, grace_ms);
+	if (s->log_buf[0])
+		log_flush(s);
 	server_maybe_stopped(s);
 	return p;
 }
@@ -1135,6 +1274,19 @@ void keel_http_server_free(keel_http_server *s)
 	if (!s)
 		return;
 	keel__timer_stop(s->loop, &s->grace);
+	if (s->log_buf[0]) {
+		keel__timer_stop(s->loop, &s->log_timer);
+		/* Whatever is still buffered: written synchronously, the loop is going away. */
+		for (int i = 0; i < 2; i++) {
+			int b = (s->log_cur + 1 + i) % 2;
+			if (s->log_len[b] && !(s->log_writing && b != s->log_cur)) {
+				ssize_t w = write(s->cfg.access_log_fd, s->log_buf[b], s->log_len[b]);
+				(void)w;
+			}
+		}
+		free(s->log_buf[0]);
+		free(s->log_buf[1]);
+	}
 	while (s->free_conns) {
 		keel_http_conn *c = s->free_conns;
 		s->free_conns = c->next;
