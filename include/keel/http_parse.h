@@ -59,7 +59,8 @@ typedef struct keel_http_msg {
 	bool keep_alive;        /* per version and Connection */
 	bool expect_continue;   /* Expect: 100-continue */
 	bool upgrade;           /* Connection: upgrade with an Upgrade header */
-	size_t head_len;        /* bytes of the head, including the final CRLF CRLF */
+	size_t head_len;        /* bytes of the head, including the final CRLF CRLF (and the empty
+	                           lines, up to 8, skipped before the start line: RFC 9112 2.2) */
 } keel_http_msg;
 
 /* Results below zero: what to answer. */
@@ -85,7 +86,8 @@ void keel_http_limits_default(keel_http_limits *l);
  * Strict: CL with TE, differing or malformed Content-Length, a
  * Transfer-Encoding other than a final chunked (501 for an unknown coding),
  * TE in HTTP/1.0, whitespace before ':', obs-fold, CTLs and NUL in names,
- * values and target, missing or repeated Host in HTTP/1.1, bare CR, and any
+ * values and target, missing or repeated Host in HTTP/1.1, a Host that is not
+ * uri-host [":" port], bare CR, and any
  * version other than HTTP/1.0 and HTTP/1.1 (505 for HTTP/2+, 400 for junk)
  * are all rejected.
  */
@@ -95,7 +97,10 @@ int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_h
 
 /*
  * Parse a response head. method is the request's method (HEAD and CONNECT
- * change the framing of a response); may be NULL. Same returns.
+ * change the framing of a response); may be NULL. Same returns. Framing per
+ * RFC 9112 6.3: Transfer-Encoding with chunked last is CHUNKED (codings
+ * before it, e.g. "gzip, chunked", stay in the body: check the header), with
+ * another coding last it is UNTIL_CLOSE.
  */
 int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
                              keel_http_header *headers, unsigned headers_cap,

@@ -363,33 +363,53 @@ static long skip_empty_lines(const char *buf, size_t len)
 	return (long)i;
 }
 
+/*
+ * Find the head and apply the size limits, the same way however the bytes
+ * were split across calls: every check is decided at the first byte where it
+ * can fail, and a call that is handed many new bytes looks at them in that
+ * order. So the whole buffer and the same bytes a piece at a time give the
+ * same status: a bare CR past the 414 or 431 point is never reached, as it
+ * would not have been had the bytes come one by one.
+ */
 static int head_prelude(const char *buf, size_t len, size_t prev_len, const keel_http_limits *lim,
                         bool request, long *head_len, size_t *skipped)
 {
-	long skip = skip_empty_lines(buf, len);
+	/* Past head_max + 1 bytes the answer is 431 whatever follows: look no further. */
+	size_t total_cap = lim->head_max + 1;
+	long skip = skip_empty_lines(buf, len < total_cap ? len : total_cap);
 	if (skip < 0)
 		return (int)skip;
 	*skipped = (size_t)skip;
 	size_t s = (size_t)skip;
-	/* The empty lines are part of the head for the limits, not for the scan. */
-	long end = find_head_end(buf + s, len - s, prev_len > s ? prev_len - s : 0);
-	if (end < 0)
-		return (int)end;
-	if (request && prev_len <= s + lim->request_line_max + 1) {
+	/* The empty lines count towards head_max; the scan starts after them. */
+	const char *b = buf + s;
+	size_t n = len - s, from = prev_len > s ? prev_len - s : 0;
+	size_t cap431 = total_cap - s; /* s <= total_cap */
+	long end = 0;
+	if (request && from <= lim->request_line_max + 1) {
 		/*
-		 * The request line's own limit, whether or not the head is
-		 * complete. Once a call has seen more than the limit and found the
-		 * line's end, later calls need not look again.
+		 * The request line's own limit, up to the byte where it fails (the
+		 * one after max + CR). A call that already saw that many bytes
+		 * without failing found the line's end; later calls need not look.
 		 */
-		size_t scan = end ? (size_t)end : len - s;
-		size_t cap = lim->request_line_max + 2;
-		const char *nl = memchr(buf + s, '\n', scan < cap ? scan : cap);
-		if (!nl && scan > lim->request_line_max + 1)
+		size_t cap414 = lim->request_line_max + 2;
+		size_t n1 = n < cap414 ? n : cap414;
+		if (n1 > cap431)
+			n1 = cap431;
+		end = find_head_end(b, n1, from);
+		if (end < 0)
+			return (int)end;
+		if (!end && n1 == cap414 && !memchr(b, '\n', n1))
 			return KEEL_HTTP_E414;
 	}
+	if (!end) {
+		end = find_head_end(b, n < cap431 ? n : cap431, from);
+		if (end < 0)
+			return (int)end;
+	}
 	if (end == 0)
-		return len > lim->head_max ? KEEL_HTTP_E431 : KEEL_HTTP_INCOMPLETE;
-	if ((size_t)end + s > lim->head_max)
+		return n >= cap431 ? KEEL_HTTP_E431 : KEEL_HTTP_INCOMPLETE;
+	if ((size_t)end > lim->head_max - s)
 		return KEEL_HTTP_E431;
 	*head_len = end;
 	return 0;
