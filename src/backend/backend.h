@@ -209,5 +209,7 @@ void keel__loop_set_backend(keel_loop *loop, const keel__backend *be);
 keel__bufpool *keel__loop_bufpool(keel_loop *loop);
 void keel__loop_count_submit(keel_loop *loop, unsigned ops);
 uint64_t keel__loop_completions(const keel_loop *loop);
+/* Read the clock into the loop's cached time: call after every kernel wait, before dispatch. */
+void keel__loop_update_time(keel_loop *loop);
 
 #endif

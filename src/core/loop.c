@@ -287,3 +287,8 @@ void keel__loop_set_backend(keel_loop *loop, const keel__backend *be)
 {
 	loop->be = be;
 }
+
+void keel__loop_update_time(keel_loop *loop)
+{
+	loop->now_ns = clock_ns();
+}

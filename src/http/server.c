@@ -34,6 +34,7 @@
 #define OUT_INLINE_BODY 1024 /* bodies up to this size are copied next to their head */
 #define IOV_BATCH 32
 #define HEAD_RESERVE 512     /* bytes of output reserved per response head */
+#define SEND_SLICE (256u << 10) /* bytes per send; the send deadline restarts after each */
 
 enum { T_NONE = 0, T_IDLE, T_HEADER, T_BODY, T_SEND };
 
@@ -66,6 +67,11 @@ struct keel_http_conn {
 	size_t out_cap;
 	keel__timer timer;
 	uint8_t timer_kind;
+	keel_promise *send_p; /* the send in flight, to cancel on close */
+	/* The batch being sent, in slices so a slow reader shows progress to the send deadline. */
+	struct iovec iov[IOV_BATCH];
+	int niov, iov_pos;
+	uint64_t file_off, file_left;
 	bool sending, closing, no_more, eof, paused, draining;
 	char peer[48]; /* for the access log */
 };
@@ -378,22 +384,74 @@ static void req_error(keel_http_conn *c, keel_http_request *r, int status)
 		c->s->stats.responses_4xx++;
 }
 
+/* 405 must say which methods the path does allow (RFC 9110 15.5.6). */
+static void allow_header(keel_http_server *s, keel_http_request *r)
+{
+	keel_ctx *ctx = keel_http_request_ctx(r);
+	char *list = keel_ctx_alloc(ctx, 256);
+	size_t n = 0;
+	bool get = false;
+	list[0] = '\0';
+	for (unsigned i = 0; i < s->nroutes; i++) {
+		const struct route *rt = &s->routes[i];
+		bool match = rt->prefix ? r->path.len >= rt->plen && memcmp(r->path.ptr, rt->path, rt->plen) == 0
+		                        : keel_str_eq(r->path, rt->path);
+		if (!match || !rt->method || strstr(list, rt->method))
+			continue;
+		n += (size_t)snprintf(list + n, 256 - n, "%s%s", n ? ", " : "", rt->method);
+		get = get || strcmp(rt->method, "GET") == 0;
+		if (n >= 200)
+			break;
+	}
+	if (get && !strstr(list, "HEAD"))
+		n += (size_t)snprintf(list + n, 256 - n, ", HEAD");
+	keel_http_header *h = keel_ctx_alloc(ctx, sizeof(*h));
+	h->name.ptr = "Allow";
+	h->name.len = 5;
+	h->value.ptr = list;
+	h->value.len = n;
+	r->resp.headers = h;
+	r->resp.nheaders = 1;
+}
+
 static void req_dispatch(keel_http_conn *c, keel_http_request *r)
 {
 	keel_http_server *s = c->s;
 	s->stats.requests++;
-	const char *q = memchr(r->msg.target.ptr, '?', r->msg.target.len);
-	r->path.ptr = r->msg.target.ptr;
-	r->path.len = q ? (size_t)(q - r->msg.target.ptr) : r->msg.target.len;
+	keel_str t = r->msg.target;
+	if (t.len > 7 && t.ptr[0] != '/' && (memcmp(t.ptr, "http://", 7) == 0 || (t.len > 8 && memcmp(t.ptr, "https://", 8) == 0))) {
+		/* absolute-form (RFC 9112 3.2.2): the path starts after the authority */
+		const char *a = (const char *)memchr(t.ptr, ':', t.len) + 3;
+		const char *slash = memchr(a, '/', (size_t)(t.ptr + t.len - a));
+		const char *qm = memchr(a, '?', (size_t)(t.ptr + t.len - a));
+		const char *start = slash && (!qm || slash < qm) ? slash : NULL;
+		if (start) {
+			t.len -= (size_t)(start - t.ptr);
+			t.ptr = start;
+		} else {
+			t.ptr = "/";
+			t.len = 1;
+		}
+	}
+	const char *q = memchr(t.ptr, '?', t.len);
+	r->path.ptr = t.ptr;
+	r->path.len = q ? (size_t)(q - t.ptr) : t.len;
 	if (q) {
 		r->query.ptr = q + 1;
-		r->query.len = r->msg.target.len - r->path.len - 1;
+		r->query.len = t.len - r->path.len - 1;
 	}
 	r->head_only = keel_str_eq(r->msg.method, "HEAD");
 	bool method_ok;
 	const struct route *rt = route_find(s, r, &method_ok);
 	if (!rt) {
-		int st = method_ok ? 404 : 405;
+		static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT",
+		                                    "OPTIONS", "TRACE", "PATCH", NULL};
+		bool is_known = false;
+		for (int i = 0; known[i]; i++)
+			is_known = is_known || keel_str_eq(r->msg.method, known[i]);
+		int st = !is_known ? 501 : method_ok ? 404 : 405;
+		if (st == 405)
+			allow_header(s, r);
 		r->resp.status = st;
 		r->resp.content_type = "text/plain";
 		r->resp.body.ptr = keel_http_status_text(st);
@@ -561,7 +619,8 @@ static void conn_input(keel_http_conn *c, keel_buf *buf)
 	const char *data = buf->data;
 	size_t len = buf->len;
 
-	while (len && !c->no_more && !c->closing) {
+	/* no_more stops new requests, not the body of the one being read. */
+	while (len && !c->closing && (c->cur || !c->no_more)) {
 		if (c->cur) {
 			size_t n = body_feed(c, buf, data, len);
 			data += n;
@@ -652,7 +711,7 @@ static void conn_input(keel_http_conn *c, keel_buf *buf)
 static int on_data(void *ud, keel_buf *buf)
 {
 	keel_http_conn *c = ud;
-	if (c->closing || c->no_more)
+	if (c->closing || (c->no_more && !c->cur))
 		return KEEL_CONTINUE; /* past the last request we will answer: discard */
 	conn_input(c, buf);
 	if (c->nreqs >= c->s->cfg.pipeline_max && !c->paused && !c->closing) {
@@ -678,8 +737,8 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	/* End of input (or an error): answer what was asked, then close. */
 	c->eof = true;
-	if (o.err && o.err != -ECANCELED) {
-		conn_close(c);
+	if ((o.err && o.err != -ECANCELED) || c->cur || c->part_len) {
+		conn_close(c); /* a request cut off mid-head or mid-body can never be answered */
 		return;
 	}
 	if (c->nreqs == 0)
@@ -876,9 +935,44 @@ static bool has_body(const keel_http_request *r)
 
 static void send_done(keel_ctx *ctx, keel_outcome o, void *ud);
 
-static void sendfile_done(keel_ctx *ctx, keel_outcome o, void *ud)
+/* Start the next slice of the current batch: head/body iovecs first, then a file body. */
+static bool send_next_slice(keel_http_conn *c)
 {
-	send_done(ctx, o, ud);
+	keel_http_server *s = c->s;
+	if (c->iov_pos < c->niov) {
+		struct iovec v[IOV_BATCH];
+		int n = 0;
+		size_t bytes = 0;
+		while (c->iov_pos < c->niov && bytes < SEND_SLICE) {
+			struct iovec *src = &c->iov[c->iov_pos];
+			size_t take = src->iov_len;
+			if (bytes + take > SEND_SLICE)
+				take = SEND_SLICE - bytes;
+			v[n].iov_base = src->iov_base;
+			v[n++].iov_len = take;
+			bytes += take;
+			src->iov_base = (char *)src->iov_base + take;
+			src->iov_len -= take;
+			if (src->iov_len == 0)
+				c->iov_pos++;
+		}
+		c->send_p = keel_sendv(s->loop, c->fd, v, n);
+	} else if (c->file_left) {
+		keel_http_request *last = c->qhead;
+		for (unsigned i = 1; i < c->nsending && last; i++)
+			last = last->next;
+		uint64_t n = c->file_left < 4 * SEND_SLICE ? c->file_left : 4 * SEND_SLICE;
+		c->send_p = keel_sendfile(s->loop, c->fd, last->answer->file_fd, c->file_off, n);
+		c->file_off += n;
+		c->file_left -= n;
+	} else {
+		return false;
+	}
+	c->sending = true;
+	keel_promise_done(c->send_p, send_done, c);
+	c->timer_kind = T_NONE; /* progress: the send deadline starts again */
+	conn_timer_update(c);
+	return true;
 }
 
 static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -887,22 +981,9 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	keel_http_conn *c = ud;
 	keel_http_server *s = c->s;
 	c->sending = false;
-	if (!o.err && !c->closing) {
-		/* A file body goes after its head, without a copy. */
-		keel_http_request *last = c->qhead;
-		for (unsigned i = 1; i < c->nsending && last; i++)
-			last = last->next;
-		if (last && last->answer->file_fd >= 0 && has_body(last) && last->answer->file_len &&
-		    !last->user /* not sent yet */) {
-			last->user = last; /* mark: file part in flight */
-			c->sending = true;
-			keel_promise_done(keel_sendfile(s->loop, c->fd, last->answer->file_fd, last->answer->file_off,
-			                                last->answer->file_len),
-			                  sendfile_done, c);
-			conn_timer_update(c);
-			return;
-		}
-	}
+	c->send_p = NULL;
+	if (!o.err && !c->closing && send_next_slice(c))
+		return;
 	bool close_after = false;
 	for (unsigned i = 0; i < c->nsending; i++) {
 		keel_http_request *r = c->qhead;
@@ -965,6 +1046,8 @@ static void conn_flush(keel_http_conn *c)
 	char *p = c->out, *seg = p;
 	keel_http_request *r = c->qhead;
 	for (unsigned i = 0; i < n; i++, r = r->next) {
+		if (c->draining && !r->next && !c->cur && !c->part_len)
+			r->keep_alive = 0; /* stopping: the last answer says so */
 		bool closing = !r->keep_alive;
 		p = write_head(c, r, p, closing);
 		const keel_http_response *a = r->answer;
@@ -994,11 +1077,22 @@ static void conn_flush(keel_http_conn *c)
 		iov[niov++].iov_len = (size_t)(p - seg);
 	}
 	c->nsending = n;
-	c->sending = true;
 	for (int i = 0; i < niov; i++)
 		s->stats.bytes_out += iov[i].iov_len;
-	keel_promise_done(keel_sendv(s->loop, c->fd, iov, niov), send_done, c);
-	conn_timer_update(c);
+	memcpy(c->iov, iov, (size_t)niov * sizeof(iov[0]));
+	c->niov = niov;
+	c->iov_pos = 0;
+	/* A file body (only the batch's last response can have one) follows its head. */
+	keel_http_request *last = c->qhead;
+	for (unsigned i = 1; i < n; i++)
+		last = last->next;
+	c->file_left = 0;
+	if (last->answer->file_fd >= 0 && has_body(last)) {
+		c->file_off = last->answer->file_off;
+		c->file_left = last->answer->file_len;
+		s->stats.bytes_out += c->file_left;
+	}
+	send_next_slice(c);
 }
 
 /* ---- Timers -------------------------------------------------------------- */
@@ -1099,6 +1193,8 @@ static void conn_close(keel_http_conn *c)
 				keel_promise_cancel(r->pending);
 		if (c->recv)
 			keel_promise_cancel(c->recv);
+		if (c->send_p)
+			keel_promise_cancel(c->send_p); /* a peer that stopped reading must not hold us */
 	}
 	/* Free only when nothing refers to the connection any more. */
 	for (keel_http_request *r = c->qhead; r; r = r->next)

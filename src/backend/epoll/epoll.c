@@ -372,6 +372,7 @@ static int ep_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 	}
 	if (n < 0)
 		return errno == EINTR ? 0 : -errno;
+	keel__loop_update_time(loop); /* events are handled at the time they arrived */
 
 	for (int i = 0; i < n; i++) {
 		uint64_t tag = evs[i].data.u64;

@@ -273,6 +273,7 @@ static int uring_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 	}
 	if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
 		return ret;
+	keel__loop_update_time(loop); /* completions are handled at the time they arrived */
 
 	unsigned handled = 0;
 	struct io_uring_cqe *batch[64];
