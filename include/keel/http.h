@@ -66,7 +66,7 @@ typedef struct keel_http_request {
 	char *own;      /* heap copy of a head that arrived in pieces */
 	char *body_own; /* heap copy of a body that arrived in pieces */
 	size_t body_cap;
-	uint8_t done, keep_alive, head_only, is_error, is_error_logged;
+	uint8_t done, keep_alive, head_only, is_error, is_error_logged, want_continue;
 	keel_http_header headers[]; /* config limits.headers_max */
 } keel_http_request;
 

@@ -481,10 +481,36 @@ static bool want_close_after(keel_http_conn *c, keel_http_request *r)
 	return !r->keep_alive || (max && c->served >= max) || c->draining;
 }
 
-static void send_continue(keel_http_conn *c)
+static void cont_sent(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	keel_http_conn *c = ud;
+	c->sending = false;
+	c->send_p = NULL;
+	if (o.err || c->closing) {
+		conn_close(c);
+		return;
+	}
+	conn_timer_update(c);
+	conn_flush(c);
+}
+
+/*
+ * 100 Continue for the request whose body is being read, once it is the
+ * oldest one (earlier responses go first), through the same one-send-at-a-
+ * time path as responses so nothing can overtake it.
+ */
+static bool send_continue_if_due(keel_http_conn *c)
 {
 	static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-	keel_promise_release(keel_send(c->s->loop, c->fd, cont, sizeof(cont) - 1));
+	keel_http_request *r = c->cur;
+	if (!r || !r->want_continue || c->qhead != r || c->sending || c->closing)
+		return false;
+	r->want_continue = 0;
+	c->sending = true;
+	c->send_p = keel_send(c->s->loop, c->fd, cont, sizeof(cont) - 1);
+	keel_promise_done(c->send_p, cont_sent, c);
+	return true;
 }
 
 /* A head was parsed: set up its body or dispatch it. */
@@ -509,15 +535,15 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 		c->cur = r;
 		c->body_need = r->msg.content_length;
 		c->body_len = 0;
-		if (r->msg.expect_continue && avail < c->body_need && c->nreqs == 1)
-			send_continue(c);
+		if (r->msg.expect_continue && avail < c->body_need)
+			r->want_continue = 1;
 		break;
 	case KEEL_HTTP_BODY_CHUNKED:
 		c->cur = r;
 		c->body_len = 0;
 		keel_http_chunked_init(&c->chunk, c->s->cfg.body_max);
-		if (r->msg.expect_continue && c->nreqs == 1)
-			send_continue(c);
+		if (r->msg.expect_continue)
+			r->want_continue = 1;
 		break;
 	default:
 		req_dispatch(c, r);
@@ -1017,6 +1043,8 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 static void conn_flush(keel_http_conn *c)
 {
 	keel_http_server *s = c->s;
+	if (send_continue_if_due(c))
+		return;
 	if (c->sending || c->closing || !c->qhead || !c->qhead->done)
 		return;
 	date_update(s);
