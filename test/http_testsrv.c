@@ -191,6 +191,12 @@ int main(int argc, char **argv)
 		}
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* Blocked before anything is printed: a stop sent right after "listening" must not kill us. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigprocmask(SIG_BLOCK, &set, NULL);
 	if (keel_loop_new(&loop, NULL) < 0)
 		return 1;
 	srv = keel_http_server_new(loop, &cfg);
