@@ -96,6 +96,7 @@ struct keel_http_server {
 	char date[32];
 	size_t date_len;
 	time_t date_sec;
+	size_t server_name_len;
 	keel_http_stats stats;
 	/* Access log: two buffers; one fills while the other is being written. */
 	char *log_buf[2];
@@ -150,6 +151,7 @@ keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *
 		return NULL;
 	}
 	s->lfd = -1;
+	s->server_name_len = s->cfg.server_name ? strlen(s->cfg.server_name) : 0;
 	s->req_size = sizeof(keel_http_request) + s->cfg.limits.headers_max * sizeof(keel_http_header);
 	keel__timer_init(&s->grace, NULL);
 	return s;
@@ -905,9 +907,7 @@ static size_t head_size(const keel_http_server *s, const keel_http_response *a)
 		n += strlen(a->content_type);
 	for (unsigned i = 0; i < a->nheaders; i++)
 		n += a->headers[i].name.len + a->headers[i].value.len + 4;
-	if (s->cfg.server_name)
-		n += strlen(s->cfg.server_name);
-	return n;
+	return n + s->server_name_len;
 }
 
 static char *write_head(keel_http_conn *c, keel_http_request *r, char *p, bool closing)
@@ -923,7 +923,7 @@ static char *write_head(keel_http_conn *c, keel_http_request *r, char *p, bool c
 	p = put(p, "\r\n", 2);
 	if (s->cfg.server_name) {
 		p = put(p, "Server: ", 8);
-		p = put(p, s->cfg.server_name, strlen(s->cfg.server_name));
+		p = put(p, s->cfg.server_name, s->server_name_len);
 		p = put(p, "\r\n", 2);
 	}
 	p = put(p, "Date: ", 6);
