@@ -109,8 +109,30 @@ int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_
 /* Case-insensitive header lookup: the first header named name, or NULL. */
 const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const char *name);
 
-bool keel_str_eq(keel_str a, const char *lit);
-bool keel_str_ieq(keel_str a, const char *lit);
+/* Exact and ASCII-case-insensitive comparison of a span with a C string. Inline so the
+ * length of a literal is known at compile time. */
+static inline bool keel_str_eq(keel_str a, const char *lit)
+{
+	size_t n = __builtin_strlen(lit);
+	return a.len == n && __builtin_memcmp(a.ptr, lit, n) == 0;
+}
+
+static inline bool keel_str_ieq(keel_str a, const char *lit)
+{
+	size_t n = __builtin_strlen(lit);
+	if (a.len != n)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char x = (unsigned char)a.ptr[i], y = (unsigned char)lit[i];
+		if ((unsigned char)(x - 'A') < 26)
+			x = (unsigned char)(x + 32);
+		if ((unsigned char)(y - 'A') < 26)
+			y = (unsigned char)(y + 32);
+		if (x != y)
+			return false;
+	}
+	return true;
+}
 
 /* ---- Chunked transfer coding ------------------------------------------- */
 

@@ -54,29 +54,6 @@ void keel_http_limits_default(keel_http_limits *l)
 	l->headers_max = 100;
 }
 
-bool keel_str_eq(keel_str a, const char *lit)
-{
-	size_t n = strlen(lit);
-	return a.len == n && memcmp(a.ptr, lit, n) == 0;
-}
-
-bool keel_str_ieq(keel_str a, const char *lit)
-{
-	size_t n = strlen(lit);
-	if (a.len != n)
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char x = (unsigned char)a.ptr[i], y = (unsigned char)lit[i];
-		if (x >= 'A' && x <= 'Z')
-			x = (unsigned char)(x + 32);
-		if (y >= 'A' && y <= 'Z')
-			y = (unsigned char)(y + 32);
-		if (x != y)
-			return false;
-	}
-	return true;
-}
-
 const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const char *name)
 {
 	for (unsigned i = 0; i < msg->nheaders; i++)
@@ -94,7 +71,13 @@ static long find_head_end(const char *buf, size_t len, size_t from)
 {
 	/* Back up so a terminator split across calls is seen; CRs are re-checked. */
 	size_t i = from >= 3 ? from - 3 : 0;
+	const unsigned char *u = (const unsigned char *)buf;
 	for (; i < len; i++) {
+		/* Most bytes are printable: skip them in a tight loop (CR and LF are both <= 0x0d). */
+		while (i < len && u[i] > '\r')
+			i++;
+		if (i == len)
+			break;
 		char c = buf[i];
 		if (c == '\r') {
 			if (i + 1 == len)

@@ -40,6 +40,7 @@ enum { T_NONE = 0, T_IDLE, T_HEADER, T_BODY, T_SEND };
 
 struct route {
 	char *method; /* NULL: any */
+	size_t mlen;
 	char *path;
 	size_t plen;
 	bool prefix;
@@ -172,6 +173,7 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, b
 	if ((method && !r->method) || !r->path)
 		return -ENOMEM;
 	r->plen = strlen(path);
+	r->mlen = method ? strlen(method) : 0;
 	r->prefix = prefix;
 	r->fn = handler;
 	r->ud = ud;
@@ -187,12 +189,13 @@ static const struct route *route_find(keel_http_server *s, const keel_http_reque
 	for (unsigned i = 0; i < s->nroutes; i++) {
 		const struct route *r = &s->routes[i];
 		bool match = r->prefix ? req->path.len >= r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0
-		                       : keel_str_eq(req->path, r->path);
+		                       : req->path.len == r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0;
 		if (!match)
 			continue;
 		path_matched = true;
-		if (r->method && !keel_str_eq(req->msg.method, r->method) &&
-		    !(strcmp(r->method, "GET") == 0 && keel_str_eq(req->msg.method, "HEAD")))
+		keel_str m = req->msg.method;
+		if (r->method && !(m.len == r->mlen && memcmp(m.ptr, r->method, m.len) == 0) &&
+		    !(r->mlen == 3 && memcmp(r->method, "GET", 3) == 0 && m.len == 4 && memcmp(m.ptr, "HEAD", 4) == 0))
 			continue;
 		if (!best || (!r->prefix && best->prefix) || (r->prefix && best->prefix && r->plen > best->plen))
 			best = r;
@@ -915,12 +918,16 @@ static char *write_head(keel_http_conn *c, keel_http_request *r, char *p, bool c
 	keel_http_server *s = c->s;
 	const keel_http_response *a = r->answer;
 	int st = a->status ? a->status : 200;
-	const char *text = keel_http_status_text(st);
-	p = put(p, "HTTP/1.1 ", 9);
-	p = put_u64(p, (uint64_t)st);
-	*p++ = ' ';
-	p = put(p, text, strlen(text));
-	p = put(p, "\r\n", 2);
+	if (st == 200) {
+		p = put(p, "HTTP/1.1 200 OK\r\n", 17);
+	} else {
+		const char *text = keel_http_status_text(st);
+		p = put(p, "HTTP/1.1 ", 9);
+		p = put_u64(p, (uint64_t)st);
+		*p++ = ' ';
+		p = put(p, text, strlen(text));
+		p = put(p, "\r\n", 2);
+	}
 	if (s->cfg.server_name) {
 		p = put(p, "Server: ", 8);
 		p = put(p, s->cfg.server_name, s->server_name_len);

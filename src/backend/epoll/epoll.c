@@ -398,6 +398,18 @@ static int ep_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 			e->wr = NULL;
 			run_list(loop, ep, list);
 		}
+		/*
+		 * What this descriptor's completions just submitted (a reply, say)
+		 * goes out now, while its data is still hot in cache, as a classic
+		 * read-then-write server would do.
+		 */
+		if (ep->pending) {
+			keel__op *list = ep->pending;
+			ep->pending = ep->pending_tail = NULL;
+			for (keel__op *op = list; op; op = op->next)
+				op->be_state = EP_IDLE;
+			run_list(loop, ep, list);
+		}
 	}
 	/*
 	 * Work the completions just submitted (a reply sent from a receive
