@@ -8,6 +8,7 @@
  * their grammar, bounded in length and ignored; trailers are validated and
  * discarded.
  */
+#include "http_internal.h"
 #include "keel/http_parse.h"
 
 enum {
@@ -48,16 +49,6 @@ void keel_http_chunked_init(keel_http_chunked *d, uint64_t body_max)
 	d->ext_len = 0;
 }
 
-static int hexval(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 static bool is_tchar_c(unsigned char c)
 {
@@ -181,7 +172,7 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
 		unsigned char c = (unsigned char)buf[i];
 		switch (d->state) {
 		case S_SIZE_START: {
-			int h = hexval(c);
+			int h = keel__hexval((unsigned char)c);
 			if (h < 0)
 				return KEEL_HTTP_E400;
 			d->remaining = (uint64_t)h;
@@ -191,7 +182,7 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
 			break;
 		}
 		case S_SIZE: {
-			int h = hexval(c);
+			int h = keel__hexval((unsigned char)c);
 			if (h >= 0) {
 				if (++d->ext_len > SIZE_DIGITS_MAX)
 					return KEEL_HTTP_E400;

@@ -10,6 +10,16 @@
 
 const char *keel__mime_type(const char *path, size_t len);
 
+/* The value of a hex digit, or -1. */
+static inline int keel__hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if ((unsigned char)((c | 0x20) - 'a') < 6)
+		return (c | 0x20) - 'a' + 10;
+	return -1;
+}
+
 /* Format t as an IMF-fixdate (RFC 9110 5.6.7) into out (at least 30 bytes). */
 size_t keel__http_date(time_t t, char *out, size_t size);
 

@@ -51,16 +51,6 @@ time_t keel__http_date_parse(const char *s, size_t len)
 	return timegm(&tm);
 }
 
-static int hexv(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 long keel__path_normalize(const char *path, size_t len, char *out)
 {
@@ -78,7 +68,7 @@ long keel__path_normalize(const char *path, size_t len, char *out)
 			if (c == '%') {
 				if (i + 2 > len)
 					return -1;
-				int h = hexv(path[i]), l = hexv(path[i + 1]);
+				int h = keel__hexval((unsigned char)path[i]), l = keel__hexval((unsigned char)path[i + 1]);
 				if (h < 0 || l < 0)
 					return -1;
 				c = (char)(h * 16 + l);

@@ -326,6 +326,21 @@ static void run_list(keel_loop *loop, keel__epoll *ep, keel__op *list)
 	}
 }
 
+/*
+ * Attempt the submitted ops, for at most rounds passes (what the attempts
+ * themselves submit is picked up by the next pass, or the next tick).
+ */
+static void run_pending(keel_loop *loop, keel__epoll *ep, unsigned rounds)
+{
+	for (unsigned round = 0; ep->pending && round < rounds; round++) {
+		keel__op *list = ep->pending;
+		ep->pending = ep->pending_tail = NULL;
+		for (keel__op *op = list; op; op = op->next)
+			op->be_state = EP_IDLE;
+		run_list(loop, ep, list);
+	}
+}
+
 static unsigned drain_done(keel_loop *loop, keel__epoll *ep)
 {
 	unsigned n = 0;
@@ -344,13 +359,7 @@ static int ep_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 	unsigned before = (unsigned)keel__loop_completions(loop);
 
 	/* Attempt what was submitted since the last poll (resubmissions included, bounded). */
-	for (unsigned round = 0; ep->pending && round < 4; round++) {
-		keel__op *list = ep->pending;
-		ep->pending = ep->pending_tail = NULL;
-		for (keel__op *op = list; op; op = op->next)
-			op->be_state = EP_IDLE;
-		run_list(loop, ep, list);
-	}
+	run_pending(loop, ep, 4);
 	drain_done(loop, ep);
 
 	if (ep->pending || ep->done || (unsigned)keel__loop_completions(loop) != before)
@@ -403,25 +412,13 @@ static int ep_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 		 * goes out now, while its data is still hot in cache, as a classic
 		 * read-then-write server would do.
 		 */
-		if (ep->pending) {
-			keel__op *list = ep->pending;
-			ep->pending = ep->pending_tail = NULL;
-			for (keel__op *op = list; op; op = op->next)
-				op->be_state = EP_IDLE;
-			run_list(loop, ep, list);
-		}
+		run_pending(loop, ep, 1);
 	}
 	/*
 	 * Work the completions just submitted (a reply sent from a receive
 	 * callback, say) goes out in this tick, not after another wait.
 	 */
-	for (unsigned round = 0; ep->pending && round < 2; round++) {
-		keel__op *list = ep->pending;
-		ep->pending = ep->pending_tail = NULL;
-		for (keel__op *op = list; op; op = op->next)
-			op->be_state = EP_IDLE;
-		run_list(loop, ep, list);
-	}
+	run_pending(loop, ep, 2);
 	drain_done(loop, ep);
 	return (int)((unsigned)keel__loop_completions(loop) - before);
 }
