@@ -16,6 +16,7 @@
  *   GET  /headers          the request's headers as "name: value" lines
  *   GET  /prefix/...       prefix route: echoes the path
  *   GET  /stats            the server's counters
+ *   GET  /stream?n=N&ms=M  N pieces "piece i\n", M ms apart, streamed (chunked)
  */
 #include <getopt.h>
 #include <signal.h>
@@ -141,6 +142,47 @@ static keel_promise *h_stats(keel_http_request *r, void *ud)
 	return keel_http_respond(r, 200, "text/plain", b, (size_t)n);
 }
 
+struct streamer {
+	long n, i, ms;
+	char buf[32];
+	keel_str piece;
+};
+
+static keel_outcome stream_fill(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	(void)in;
+	struct streamer *st = ud;
+	if (st->i >= st->n)
+		return keel_ok(0, NULL);
+	st->piece.ptr = st->buf;
+	st->piece.len = (size_t)snprintf(st->buf, sizeof(st->buf), "piece %ld\n", st->i++);
+	return keel_ok(0, &st->piece);
+}
+
+static keel_promise *stream_next(keel_http_request *r, void *ud)
+{
+	struct streamer *st = ud;
+	keel_promise *p = keel_promise_bind_ctx(keel_sleep(loop, (uint64_t)st->ms), keel_http_request_ctx(r));
+	return keel_map(p, stream_fill, st);
+}
+
+static keel_promise *h_stream(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	struct streamer *st = keel_ctx_alloc(keel_http_request_ctx(r), sizeof(*st));
+	st->n = qnum(r, "n", 5);
+	st->ms = qnum(r, "ms", 10);
+	st->i = 0;
+	r->resp.status = 200;
+	r->resp.content_type = "text/plain";
+	r->resp.stream = stream_next;
+	r->resp.stream_ud = st;
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise_resolve(p, 0, &r->resp);
+	return p;
+}
+
 static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -211,6 +253,7 @@ int main(int argc, char **argv)
 	keel_http_route(srv, "GET", "/headers", false, h_headers, NULL);
 	keel_http_route(srv, "GET", "/prefix/", true, h_prefix, NULL);
 	keel_http_route(srv, "GET", "/stats", false, h_stats, NULL);
+	keel_http_route(srv, "GET", "/stream", false, h_stream, NULL);
 	int lfd = keel_tcp_listen(addr, 128, 0);
 	if (lfd < 0) {
 		fprintf(stderr, "listen %s: %s\n", addr, keel_strerror(lfd));

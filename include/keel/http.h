@@ -20,6 +20,7 @@
 
 typedef struct keel_http_server keel_http_server;
 typedef struct keel_http_conn keel_http_conn;
+typedef struct keel_http_request keel_http_request;
 
 typedef struct keel_http_config {
 	keel_http_limits limits;   /* request line, head and header count (414/431) */
@@ -46,9 +47,21 @@ typedef struct keel_http_response {
 	int file_fd;
 	uint64_t file_off, file_len;
 	bool file_close; /* close file_fd after sending */
+	/*
+	 * A streamed body of unknown length instead: stream(req, stream_ud) is
+	 * called for each piece and returns a promise that resolves with ptr =
+	 * a keel_str * (the piece, borrowed until the next call) or with ptr =
+	 * NULL / an empty piece at the end. Sent chunked to HTTP/1.1 clients and
+	 * delimited by closing the connection for HTTP/1.0 ones. The next piece
+	 * is asked for only once the previous one is in the kernel: a slow
+	 * reader slows the producer (bounded memory). A rejection ends the
+	 * response by closing the connection (the only honest signal mid-body).
+	 */
+	keel_promise *(*stream)(keel_http_request *req, void *ud);
+	void *stream_ud;
 } keel_http_response;
 
-typedef struct keel_http_request {
+struct keel_http_request {
 	keel_loop *loop;
 	keel_http_msg msg; /* method, target, version, headers */
 	keel_str path;     /* target up to '?' */
@@ -68,7 +81,7 @@ typedef struct keel_http_request {
 	size_t body_cap;
 	uint8_t done, keep_alive, head_only, is_error, is_error_logged, want_continue;
 	keel_http_header headers[]; /* config limits.headers_max */
-} keel_http_request;
+};
 
 /*
  * A handler returns a promise that resolves with ptr = a keel_http_response

@@ -73,6 +73,10 @@ struct keel_http_conn {
 	struct iovec iov[IOV_BATCH];
 	int niov, iov_pos;
 	uint64_t file_off, file_left;
+	/* A streamed body: 1 while pieces remain, 2 while waiting for the producer. */
+	uint8_t stream_state;
+	bool stream_chunked;
+	char chunk_head[24];
 	bool sending, closing, no_more, eof, paused, draining;
 	char peer[48]; /* for the access log */
 };
@@ -942,10 +946,15 @@ static char *write_head(keel_http_conn *c, keel_http_request *r, char *p, bool c
 		p = put(p, "\r\n", 2);
 	}
 	if (st >= 200 && st != 204 && st != 304) {
-		uint64_t len = a->file_fd >= 0 ? a->file_len : a->body.len;
-		p = put(p, "Content-Length: ", 16);
-		p = put_u64(p, len);
-		p = put(p, "\r\n", 2);
+		if (a->stream) {
+			if (r->msg.version_minor >= 1)
+				p = put(p, "Transfer-Encoding: chunked\r\n", 28);
+		} else {
+			uint64_t len = a->file_fd >= 0 ? a->file_len : a->body.len;
+			p = put(p, "Content-Length: ", 16);
+			p = put_u64(p, len);
+			p = put(p, "\r\n", 2);
+		}
 	}
 	for (unsigned i = 0; i < a->nheaders; i++) {
 		p = put(p, a->headers[i].name.ptr, a->headers[i].name.len);
@@ -967,6 +976,50 @@ static bool has_body(const keel_http_request *r)
 }
 
 static void send_done(keel_ctx *ctx, keel_outcome o, void *ud);
+
+/* The producer of a streamed body delivered a piece (or the end): frame and send it. */
+static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	keel_http_conn *c = ud;
+	c->send_p = NULL;
+	c->sending = false;
+	if (o.err || c->closing) {
+		conn_close(c); /* cannot signal an error mid-body but by closing */
+		return;
+	}
+	keel_str *piece = o.ptr;
+	struct iovec v[3];
+	int n = 0;
+	if (piece && piece->len) {
+		c->stream_state = 1;
+		if (c->stream_chunked) {
+			int hl = snprintf(c->chunk_head, sizeof(c->chunk_head), "%zx\r\n", piece->len);
+			v[n].iov_base = c->chunk_head;
+			v[n++].iov_len = (size_t)hl;
+		}
+		v[n].iov_base = (void *)piece->ptr;
+		v[n++].iov_len = piece->len;
+		if (c->stream_chunked) {
+			v[n].iov_base = (void *)"\r\n";
+			v[n++].iov_len = 2;
+		}
+		c->s->stats.bytes_out += piece->len;
+	} else {
+		c->stream_state = 0;
+		if (!c->stream_chunked) {
+			send_done(NULL, keel_ok(0, NULL), c); /* the close delimits the body */
+			return;
+		}
+		v[n].iov_base = (void *)"0\r\n\r\n";
+		v[n++].iov_len = 5;
+	}
+	c->sending = true;
+	c->send_p = keel_sendv(c->s->loop, c->fd, v, n);
+	keel_promise_done(c->send_p, send_done, c);
+	c->timer_kind = T_NONE;
+	conn_timer_update(c);
+}
 
 /* Start the next slice of the current batch: head/body iovecs first, then a file body. */
 static bool send_next_slice(keel_http_conn *c)
@@ -998,6 +1051,17 @@ static bool send_next_slice(keel_http_conn *c)
 		c->send_p = keel_sendfile(s->loop, c->fd, last->answer->file_fd, c->file_off, n);
 		c->file_off += n;
 		c->file_left -= n;
+	} else if (c->stream_state == 1) {
+		keel_http_request *last = c->qhead;
+		for (unsigned i = 1; i < c->nsending && last; i++)
+			last = last->next;
+		keel_promise *p = last->answer->stream(last, last->answer->stream_ud);
+		c->stream_state = 2;
+		c->sending = true; /* nothing else may be sent on this connection meanwhile */
+		c->send_p = p;
+		keel_promise_done(p, stream_piece, c);
+		conn_timer_update(c);
+		return true;
 	} else {
 		return false;
 	}
@@ -1062,9 +1126,11 @@ static void conn_flush(keel_http_conn *c)
 		need += head_size(s, r->answer);
 		if (has_body(r) && r->answer->file_fd < 0 && r->answer->body.len <= OUT_INLINE_BODY)
 			need += r->answer->body.len;
-		if (r->answer->file_fd >= 0 || !r->keep_alive) {
+		if (r->answer->stream && has_body(r) && r->msg.version_minor == 0)
+			r->keep_alive = 0; /* HTTP/1.0: the end of a streamed body is the close */
+		if (r->answer->file_fd >= 0 || r->answer->stream || !r->keep_alive) {
 			n++;
-			break; /* a file body or a close ends the batch */
+			break; /* a file or streamed body, or a close, ends the batch */
 		}
 	}
 	if (need > c->out_cap) {
@@ -1122,6 +1188,8 @@ static void conn_flush(keel_http_conn *c)
 	for (unsigned i = 1; i < n; i++)
 		last = last->next;
 	c->file_left = 0;
+	c->stream_state = last->answer->stream && has_body(last) ? 1 : 0;
+	c->stream_chunked = last->msg.version_minor >= 1;
 	if (last->answer->file_fd >= 0 && has_body(last)) {
 		c->file_off = last->answer->file_off;
 		c->file_left = last->answer->file_len;
@@ -1147,7 +1215,10 @@ static void conn_timer_update(keel_http_conn *c)
 	const keel_http_config *cfg = &c->s->cfg;
 	int kind;
 	uint64_t ms;
-	if (c->sending) {
+	if (c->sending && c->stream_state == 2) {
+		kind = T_NONE; /* the producer is working: its own deadlines apply */
+		ms = 0;
+	} else if (c->sending) {
 		kind = T_SEND;
 		ms = cfg->send_timeout_ms;
 	} else if (c->cur) {
