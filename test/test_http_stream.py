@@ -22,7 +22,13 @@ def read_all(s):
 def main():
     p = subprocess.Popen([os.path.join(BUILD, "test", "http_testsrv")], stderr=subprocess.PIPE, text=True)
     try:
-        port = int(re.search(r":(\d+)$", p.stderr.readline().strip()).group(1))
+        port = None
+        for _ in range(5):  # the backend's log line may come first
+            m = re.search(r"listening on .*:(\d+)$", p.stderr.readline().strip())
+            if m:
+                port = int(m.group(1))
+                break
+        check(port, "test server did not start")
         base = f"http://127.0.0.1:{port}"
         want = b"".join(b"piece %d\n" % i for i in range(50))
         r = subprocess.run(["curl", "-s", "--max-time", "20", base + "/stream?n=50&ms=1"], capture_output=True)
