@@ -280,6 +280,27 @@ static void test_ctx(keel_loop *loop)
 	ASSERT_EQ(st.ctx_live, before);
 }
 
+static void test_cancel_without_hook(keel_loop *loop)
+{
+	/*
+	 * The consumer sees -ECANCELED at once; the producer, which knows
+	 * nothing of it, settles later: that must be ignored, and must not
+	 * touch a promise that reused the memory.
+	 */
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise *producer = p;
+	keel_promise_cancel(p);
+	keel_outcome o = test_await(loop, p); /* the consumer's handle is gone now */
+	ASSERT_EQ(o.err, -ECANCELED);
+	keel_promise *q = keel_promise_new(loop);
+	ASSERT(q != producer); /* still the producer's: not reused yet */
+	ASSERT(!keel_promise_resolve(producer, 42, NULL));
+	ASSERT(!keel_promise_is_settled(q));
+	keel_promise_resolve(q, 7, NULL);
+	o = test_await(loop, q);
+	ASSERT_EQ(o.n, 7);
+}
+
 static void test_no_leak(keel_loop *loop)
 {
 	keel_loop_stats st;
@@ -300,6 +321,7 @@ int main(void)
 	test_timeout(loop);
 	test_timer_order(loop);
 	test_ctx(loop);
+	test_cancel_without_hook(loop);
 	test_no_leak(loop);
 	keel_loop_free(loop);
 	printf("promise: ok (%s)\n", "all cases");

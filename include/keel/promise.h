@@ -74,7 +74,9 @@ bool keel_promise_settle(keel_promise *p, keel_outcome out);
 /*
  * Called from keel_promise_cancel when a consumer asks to cancel a pending
  * promise made with keel_promise_new; the hook should stop the work and
- * settle p. Without a hook, cancel rejects it with -ECANCELED.
+ * settle p. Without a hook, the consumer sees -ECANCELED at once, and the
+ * producer still settles p later as it would have (that settle is ignored
+ * and returns false): p stays valid for the producer until then.
  */
 void keel_promise_on_cancel(keel_promise *p, keel_cancel_fn fn, void *ud);
 

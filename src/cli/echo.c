@@ -112,8 +112,8 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 		memmove(w->held, w->held + 1, --w->nheld * sizeof(*w->held));
 		conn_open(w, fd);
 	}
-	if (w->accept_paused && !w->nheld && w->nconns < w->cfg->conns_max) {
-		w->accept_paused = false;
+	if (w->accept_paused && !w->accept && !w->nheld && w->nconns < w->cfg->conns_max) {
+		w->accept_paused = false; /* (if the paused stream has not ended yet, accept_ended resumes) */
 		accept_start(w);
 	}
 }
@@ -286,8 +286,15 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	struct echo_worker *w = ud;
 	w->accept = NULL;
-	if (w->stopping || w->accept_paused)
+	if (w->stopping)
 		return;
+	if (w->accept_paused) {
+		if (!w->nheld && w->nconns < w->cfg->conns_max) {
+			w->accept_paused = false;
+			accept_start(w);
+		}
+		return;
+	}
 	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM) {
 		/* Out of descriptors or memory: pause with backoff, never spin. */
 		w->backoff_ms = w->backoff_ms ? w->backoff_ms * 2 : 10;

@@ -50,6 +50,7 @@ struct keel_promise {
 	uint8_t refs;     /* producer + consumer */
 	uint8_t mode;     /* enum keel__pmode */
 	uint8_t consumed; /* a consumer is attached */
+	uint8_t producer_owed; /* settled by a cancel while the producer still holds its reference */
 	/* Consumer: runs from the ready queue after this promise settles. */
 	void (*notify)(keel_promise *self, void *arg);
 	void *notify_arg;

@@ -75,8 +75,14 @@ void keel__ready_run(keel_loop *loop, unsigned max)
 
 bool keel_promise_settle(keel_promise *p, keel_outcome out)
 {
-	if (p->state == KEEL__SETTLED)
+	if (p->state == KEEL__SETTLED) {
+		if (p->producer_owed) {
+			/* Cancelled without a hook: the producer's settle is ignored but ends its hold. */
+			p->producer_owed = 0;
+			keel__promise_unref(p);
+		}
 		return false;
+	}
 	KEEL__ASSERT(out.err <= 0);
 	p->state = KEEL__SETTLED;
 	p->out = out;
@@ -118,7 +124,16 @@ void keel_promise_cancel(keel_promise *p)
 		void (*fn)(keel_promise *, void *) = p->cancel;
 		fn(p, p->cancel_arg);
 	} else if (p->mode == KEEL__M_NONE) {
-		keel_promise_reject(p, -ECANCELED);
+		/*
+		 * No hook: settle it for the consumer now, but the producer still
+		 * holds its reference and will settle later (ignored, returns
+		 * false); the promise cannot be reused before that.
+		 */
+		p->state = KEEL__SETTLED;
+		p->out = keel_fail(-ECANCELED);
+		p->producer_owed = 1;
+		if (p->notify)
+			ready_push(p);
 	}
 }
 

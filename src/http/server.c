@@ -76,6 +76,7 @@ struct keel_http_conn {
 	/* A streamed body: 1 while pieces remain, 2 while waiting for the producer. */
 	uint8_t stream_state;
 	bool stream_chunked;
+	uint64_t file_slice; /* bytes asked of the sendfile in flight; 0 when none */
 	char chunk_head[24];
 	bool sending, closing, no_more, eof, paused, draining;
 	char peer[48]; /* for the access log */
@@ -87,7 +88,8 @@ struct keel_http_server {
 	struct route *routes;
 	unsigned nroutes;
 	int lfd;
-	keel_promise *accept;
+	keel_promise *accept;  /* the accept stream while it runs (at most one) */
+	keel_promise *backoff; /* the pause after EMFILE and the like */
 	bool accept_paused, stopping;
 	keel_http_conn *conns;
 	unsigned nconns;
@@ -343,6 +345,8 @@ static void req_answer(keel_http_request *r, keel_outcome o)
 {
 	r->pending = NULL;
 	if (o.err || !o.ptr) {
+		if (r->resp.file_fd >= 0 && r->resp.file_close)
+			close(r->resp.file_fd); /* a handler that failed after opening its file */
 		int st = err_status(o.err);
 		r->resp.status = st;
 		r->resp.content_type = "text/plain";
@@ -407,12 +411,14 @@ static void allow_header(keel_http_server *s, keel_http_request *r)
 		                        : keel_str_eq(r->path, rt->path);
 		if (!match || !rt->method || strstr(list, rt->method))
 			continue;
+		if (n + rt->mlen + 8 > 256)
+			break; /* the list is bounded; 405 with a partial Allow is still a 405 */
 		n += (size_t)snprintf(list + n, 256 - n, "%s%s", n ? ", " : "", rt->method);
 		get = get || strcmp(rt->method, "GET") == 0;
 		if (n >= 200)
 			break;
 	}
-	if (get && !strstr(list, "HEAD"))
+	if (get && !strstr(list, "HEAD") && n + 6 < 256)
 		n += (size_t)snprintf(list + n, 256 - n, ", HEAD");
 	keel_http_header *h = keel_ctx_alloc(ctx, sizeof(*h));
 	h->name.ptr = "Allow";
@@ -731,6 +737,7 @@ static void conn_input(keel_http_conn *c, keel_buf *buf)
 			break;
 		}
 		if (rc < 0) {
+			req_hold(r, buf); /* the access log reads its spans later */
 			req_error(c, r, -rc);
 			break;
 		}
@@ -790,6 +797,7 @@ static void conn_read(keel_http_conn *c)
 /* ---- Access log ---------------------------------------------------------- */
 
 static void log_flush(keel_http_server *s);
+static void server_maybe_stopped(keel_http_server *s);
 
 static void log_written(keel_ctx *ctx, keel_outcome o, void *ud)
 {
@@ -799,8 +807,9 @@ static void log_written(keel_ctx *ctx, keel_outcome o, void *ud)
 		keel_log(KEEL_LOG_WARN, "access log: %s", keel_strerror(o.err));
 	s->log_writing = false;
 	s->log_len[1 - s->log_cur] = 0;
-	if (s->log_len[s->log_cur] >= LOG_FLUSH_AT)
+	if (s->log_len[s->log_cur] >= LOG_FLUSH_AT || (s->stopping && s->log_len[s->log_cur]))
 		log_flush(s);
+	server_maybe_stopped(s);
 }
 
 static void log_flush(keel_http_server *s)
@@ -1051,11 +1060,16 @@ static bool send_next_slice(keel_http_conn *c)
 		c->send_p = keel_sendfile(s->loop, c->fd, last->answer->file_fd, c->file_off, n);
 		c->file_off += n;
 		c->file_left -= n;
+		c->file_slice = n;
 	} else if (c->stream_state == 1) {
 		keel_http_request *last = c->qhead;
 		for (unsigned i = 1; i < c->nsending && last; i++)
 			last = last->next;
 		keel_promise *p = last->answer->stream(last, last->answer->stream_ud);
+		if (!p) {
+			conn_close(c);
+			return true;
+		}
 		c->stream_state = 2;
 		c->sending = true; /* nothing else may be sent on this connection meanwhile */
 		c->send_p = p;
@@ -1079,6 +1093,15 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	keel_http_server *s = c->s;
 	c->sending = false;
 	c->send_p = NULL;
+	if (c->file_slice) {
+		/*
+		 * The file ended early (truncated while served): the promised
+		 * Content-Length cannot be kept, so the only honest end is a close.
+		 */
+		if (!o.err && (uint64_t)o.n < c->file_slice)
+			o = keel_fail(-EPIPE);
+		c->file_slice = 0;
+	}
 	if (!o.err && !c->closing && send_next_slice(c))
 		return;
 	bool close_after = false;
@@ -1246,7 +1269,8 @@ static void conn_timer_update(keel_http_conn *c)
 
 static void server_maybe_stopped(keel_http_server *s)
 {
-	if (s->stopping && s->nconns == 0 && s->stopped) {
+	/* Stopped only when nothing refers to the server: no connection, accept, backoff or log write. */
+	if (s->stopping && s->nconns == 0 && s->stopped && !s->accept && !s->backoff && !s->log_writing) {
 		keel__timer_stop(s->loop, &s->grace);
 		if (s->log_buf[0]) {
 			keel__timer_stop(s->loop, &s->log_timer);
@@ -1281,8 +1305,8 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 		memmove(s->held, s->held + 1, --s->nheld * sizeof(*s->held));
 		conn_open(s, fd);
 	}
-	if (s->accept_paused && !s->stopping && !s->nheld && s->nconns < s->cfg.conns_max) {
-		s->accept_paused = false;
+	if (s->accept_paused && !s->accept && !s->stopping && !s->nheld && s->nconns < s->cfg.conns_max) {
+		s->accept_paused = false; /* (if the paused stream has not ended yet, accept_ended resumes) */
 		accept_start(s);
 	}
 	server_maybe_stopped(s);
@@ -1398,8 +1422,10 @@ static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	(void)o;
 	keel_http_server *s = ud;
+	s->backoff = NULL;
 	if (!s->stopping && !s->accept)
 		accept_start(s);
+	server_maybe_stopped(s);
 }
 
 static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -1407,11 +1433,22 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	keel_http_server *s = ud;
 	s->accept = NULL;
-	if (s->stopping || s->accept_paused)
+	if (s->stopping) {
+		server_maybe_stopped(s);
 		return;
+	}
+	if (s->accept_paused) {
+		/* Room may have come back while the stopped stream was still ending. */
+		if (!s->nheld && s->nconns < s->cfg.conns_max) {
+			s->accept_paused = false;
+			accept_start(s);
+		}
+		return;
+	}
 	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM) {
 		keel_log(KEEL_LOG_WARN, "accept: %s; pausing 100 ms", keel_strerror(o.err));
-		keel_promise_done(keel_sleep(s->loop, 100), backoff_done, s);
+		s->backoff = keel_sleep(s->loop, 100);
+		keel_promise_done(s->backoff, backoff_done, s);
 		return;
 	}
 	if (o.err && o.err != -ECANCELED)
@@ -1454,6 +1491,8 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 	s->stopped = p;
 	if (s->accept)
 		keel_promise_cancel(s->accept);
+	if (s->backoff)
+		keel_promise_cancel(s->backoff);
 	for (unsigned i = 0; i < s->nheld; i++)
 		close(s->held[i]);
 	s->nheld = 0;
