@@ -36,7 +36,9 @@
 #define HEAD_RESERVE 512     /* bytes of output reserved per response head */
 #define SEND_SLICE (256u << 10) /* bytes per send; the send deadline restarts after each */
 
-enum { T_NONE = 0, T_IDLE, T_HEADER, T_BODY, T_SEND };
+enum { T_NONE = 0, T_IDLE, T_HEADER, T_BODY, T_SEND, T_LINGER };
+
+#define LINGER_MS 2000 /* after an error response: how long unread input is drained */
 
 struct route {
 	char *method; /* NULL: any */
@@ -78,7 +80,7 @@ struct keel_http_conn {
 	bool stream_chunked;
 	uint64_t file_slice; /* bytes asked of the sendfile in flight; 0 when none */
 	char chunk_head[24];
-	bool sending, closing, no_more, eof, paused, draining;
+	bool sending, closing, no_more, eof, paused, draining, lingering;
 	char peer[48]; /* for the access log */
 };
 
@@ -753,7 +755,7 @@ static void conn_input(keel_http_conn *c, keel_buf *buf)
 static int on_data(void *ud, keel_buf *buf)
 {
 	keel_http_conn *c = ud;
-	if (c->closing || (c->no_more && !c->cur))
+	if (c->closing || c->lingering || (c->no_more && !c->cur))
 		return KEEL_CONTINUE; /* past the last request we will answer: discard */
 	conn_input(c, buf);
 	if (c->nreqs >= c->s->cfg.pipeline_max && !c->paused && !c->closing) {
@@ -768,8 +770,8 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	keel_http_conn *c = ud;
 	c->recv = NULL;
-	if (c->closing) {
-		conn_close(c);
+	if (c->closing || c->lingering) {
+		conn_close(c); /* a lingering connection ends at the client's EOF */
 		return;
 	}
 	if (o.err == -ECANCELED && c->paused) {
@@ -1104,7 +1106,7 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	if (!o.err && !c->closing && send_next_slice(c))
 		return;
-	bool close_after = false;
+	bool close_after = false, after_error = false;
 	for (unsigned i = 0; i < c->nsending; i++) {
 		keel_http_request *r = c->qhead;
 		c->qhead = r->next;
@@ -1113,9 +1115,25 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		c->nreqs--;
 		if (!r->keep_alive)
 			close_after = true;
+		if (r->is_error)
+			after_error = true;
 		req_free(c, r);
 	}
 	c->nsending = 0;
+	if (!o.err && after_error && !c->closing && c->recv && !c->eof) {
+		/*
+		 * Lingering close: the client may still be sending what we refused
+		 * (a body over the limit, say). Closing with unread input would
+		 * reset the connection and could destroy the error response before
+		 * the client reads it; so send FIN, drain for a while, then close.
+		 */
+		c->lingering = true;
+		keel_promise_release(keel_shutdown(s->loop, c->fd, SHUT_WR));
+		keel__timer_stop(s->loop, &c->timer);
+		c->timer_kind = T_LINGER;
+		keel__timer_start(s->loop, &c->timer, LINGER_MS);
+		return;
+	}
 	if (o.err || close_after || c->closing) {
 		conn_close(c);
 		return;
@@ -1233,7 +1251,7 @@ static void conn_timeout(keel_loop *loop, keel__timer *t)
 
 static void conn_timer_update(keel_http_conn *c)
 {
-	if (c->closing)
+	if (c->closing || c->lingering)
 		return;
 	const keel_http_config *cfg = &c->s->cfg;
 	int kind;
