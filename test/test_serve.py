@@ -178,6 +178,33 @@ def main():
             check(b"Content-Encoding" not in r.stdout, "gzip;q=0 refused")
             print("precompressed .gz when accepted (and not when q=0): ok")
 
+            # The small-file cache never serves stale or escaped content.
+            small = os.path.join(root, "small.txt")
+            with open(small, "w") as f:
+                f.write("version one\n")
+            for _ in range(3):
+                r = curl(base + "/small.txt")
+                check(r.stdout == b"version one\n", f"cached small file: {r.stdout!r}")
+            with open(small, "w") as f:
+                f.write("version two, longer\n")
+            r = curl(base + "/small.txt")
+            check(r.stdout == b"version two, longer\n", f"changed file served stale: {r.stdout!r}")
+            with open(small + ".tmp", "w") as f:
+                f.write("version three\n")
+            os.replace(small + ".tmp", small)  # same size class, new inode
+            r = curl(base + "/small.txt")
+            check(r.stdout == b"version three\n", f"replaced file served stale: {r.stdout!r}")
+            r = curl("-r", "8-12", base + "/small.txt")
+            check(r.stdout == b"three", f"range from the cache: {r.stdout!r}")
+            os.remove(small)
+            os.symlink(os.path.join(outside, "secret.txt"), small)  # swapped for a link out of the root
+            r = curl("-o", "/dev/null", "-w", "%{http_code}", base + "/small.txt")
+            check(r.stdout == b"404", f"cached file swapped for an escaping symlink: {r.stdout}")
+            os.remove(small)
+            r = curl("-o", "/dev/null", "-w", "%{http_code}", base + "/small.txt")
+            check(r.stdout == b"404", f"deleted cached file: {r.stdout}")
+            print("small-file cache: changes, replacement, range, escaping symlink, deletion: ok")
+
             # Pipelined burst on a raw socket.
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
             names = ["f1.bin", "f2.bin", "f1024.bin", "dir/", "nope", "f16.bin"] * 5

@@ -24,10 +24,105 @@
 #include "keel/http.h"
 #include "keel/static.h"
 
+/*
+ * The small-file cache: files up to CACHE_FILE_MAX bytes, CACHE_BYTES per
+ * root (per worker), least recently used out first. An entry is checked
+ * against the file with one statx per request (size, mtime, inode), so it is
+ * never stale; its bytes were read through an openat2(RESOLVE_BENEATH), so
+ * what a hit serves never came from outside the root. An entry in use by a
+ * response in flight is not freed until that response has been sent.
+ */
+#define CACHE_FILE_MAX (64u << 10)
+#define CACHE_BYTES (8u << 20)
+#define CACHE_BUCKETS 1024
+
+struct centry {
+	struct centry *hnext, *prev, *next; /* hash chain, LRU list */
+	char *key;
+	uint32_t hash;
+	uint32_t refs;
+	bool dead; /* out of the table; freed when refs drop to 0 */
+	char *data;
+	uint64_t size, ino;
+	struct statx_timestamp mtime;
+};
+
 struct keel_static {
 	int rootfd;
-	char *index; /* "index.html" */
+	struct centry *buckets[CACHE_BUCKETS];
+	struct centry *lru_head, *lru_tail; /* head: most recent */
+	size_t bytes;
 };
+
+static uint32_t key_hash(const char *k)
+{
+	uint32_t h = 2166136261u;
+	for (; *k; k++)
+		h = (h ^ (unsigned char)*k) * 16777619u;
+	return h;
+}
+
+static void lru_unlink(keel_static *st, struct centry *e)
+{
+	if (e->prev)
+		e->prev->next = e->next;
+	else
+		st->lru_head = e->next;
+	if (e->next)
+		e->next->prev = e->prev;
+	else
+		st->lru_tail = e->prev;
+	e->prev = e->next = NULL;
+}
+
+static void lru_push(keel_static *st, struct centry *e)
+{
+	e->prev = NULL;
+	e->next = st->lru_head;
+	if (st->lru_head)
+		st->lru_head->prev = e;
+	else
+		st->lru_tail = e;
+	st->lru_head = e;
+}
+
+static void centry_free(struct centry *e)
+{
+	free(e->key);
+	free(e->data);
+	free(e);
+}
+
+/* Take e out of the table; it is freed now or when its last response is sent. */
+static void cache_remove(keel_static *st, struct centry *e)
+{
+	struct centry **pp = &st->buckets[e->hash % CACHE_BUCKETS];
+	while (*pp && *pp != e)
+		pp = &(*pp)->hnext;
+	if (*pp)
+		*pp = e->hnext;
+	lru_unlink(st, e);
+	st->bytes -= e->size;
+	e->dead = true;
+	if (!e->refs)
+		centry_free(e);
+}
+
+static struct centry *cache_find(keel_static *st, const char *key)
+{
+	uint32_t h = key_hash(key);
+	for (struct centry *e = st->buckets[h % CACHE_BUCKETS]; e; e = e->hnext)
+		if (e->hash == h && strcmp(e->key, key) == 0)
+			return e;
+	return NULL;
+}
+
+static void centry_unref(void *ud)
+{
+	struct centry *e = ud;
+	if (--e->refs == 0 && e->dead)
+		centry_free(e);
+}
 
 size_t keel__http_date(time_t t, char *out, size_t size)
 {
@@ -117,6 +212,8 @@ void keel_static_free(keel_static *st)
 {
 	if (!st)
 		return;
+	while (st->lru_head)
+		cache_remove(st, st->lru_head); /* responses are all sent by now: refs are 0 */
 	close(st->rootfd);
 	free(st);
 }
@@ -130,6 +227,7 @@ struct job {
 	char *open_path; /* what is being opened now */
 	int fd;
 	bool gz, tried_index;
+	struct centry *mem; /* serving from the cache */
 	struct statx stx;
 	keel_http_header hdrs[8];
 	unsigned nh;
@@ -289,7 +387,8 @@ static keel_promise *finish(struct job *j)
 		}
 	}
 	if (not_modified) {
-		close(j->fd);
+		if (j->fd >= 0)
+			close(j->fd);
 		r->resp.status = 304;
 		r->resp.content_type = NULL;
 		keel_promise *p = keel_promise_new(r->loop);
@@ -298,10 +397,16 @@ static keel_promise *finish(struct job *j)
 	}
 
 	r->resp.status = 200;
-	r->resp.file_fd = j->fd;
-	r->resp.file_close = true;
-	r->resp.file_off = 0;
-	r->resp.file_len = size;
+	if (j->mem) {
+		r->resp.file_fd = -1; /* from the cache: one send with the head */
+		r->resp.body.ptr = j->mem->data;
+		r->resp.body.len = size;
+	} else {
+		r->resp.file_fd = j->fd;
+		r->resp.file_close = true;
+		r->resp.file_off = 0;
+		r->resp.file_len = size;
+	}
 	const keel_http_header *range = req_header(r, "range");
 	const keel_http_header *ifr = req_header(r, "if-range");
 	if (range && (!ifr || keel_str_eq(ifr->value, etag) || keel_str_eq(ifr->value, lm))) {
@@ -316,9 +421,14 @@ static keel_promise *finish(struct job *j)
 			r->resp.status = 206;
 			r->resp.file_off = off;
 			r->resp.file_len = len;
+			if (j->mem) {
+				r->resp.body.ptr = j->mem->data + off;
+				r->resp.body.len = len;
+			}
 		} else if (rc < 0) {
 			snprintf(cr, 80, "bytes */%llu", (unsigned long long)size);
-			close(j->fd);
+			if (j->fd >= 0)
+				close(j->fd);
 			r->resp.file_fd = -1;
 			j->nh = 0;
 			add_header(j, "Content-Range", cr);
@@ -334,6 +444,66 @@ static keel_promise *finish(struct job *j)
 	keel_promise *p = keel_promise_new(r->loop);
 	keel_promise_resolve(p, 0, &r->resp);
 	return p;
+}
+
+/* The cache key: the path beneath the root that was (or will be) opened. */
+static char *job_key(struct job *j)
+{
+	keel_ctx *ctx = keel_http_request_ctx(j->r);
+	char *k = keel_ctx_alloc(ctx, j->rel_len + 4);
+	memcpy(k, j->rel, j->rel_len);
+	memcpy(k + j->rel_len, j->gz ? ".gz" : "", j->gz ? 4 : 1);
+	return k;
+}
+
+static void use_entry(struct job *j, struct centry *e)
+{
+	e->refs++;
+	j->mem = e;
+	keel_ctx_on_free(keel_http_request_ctx(j->r), centry_unref, e);
+	lru_unlink(j->st, e);
+	lru_push(j->st, e);
+}
+
+/* A small file was read whole: keep it, then answer from memory. */
+static keel_promise *on_fill(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	struct job *j = ud;
+	keel_static *st = j->st;
+	char *data = j->r->user;
+	j->r->user = NULL;
+	if (in.err || (uint64_t)in.n != j->stx.stx_size) {
+		free(data); /* changed under us, or failed: serve from the file as usual */
+		return finish(j);
+	}
+	char *key = job_key(j);
+	struct centry *e = calloc(1, sizeof(*e));
+	if (e)
+		e->key = strdup(key);
+	if (!e || !e->key) {
+		free(e);
+		free(data);
+		return finish(j); /* no memory for the cache: serve from the file */
+	}
+	close(j->fd);
+	j->fd = -1;
+	struct centry *old = cache_find(st, key);
+	if (old)
+		cache_remove(st, old);
+	while (st->bytes + j->stx.stx_size > CACHE_BYTES && st->lru_tail)
+		cache_remove(st, st->lru_tail);
+	e->hash = key_hash(key);
+	e->data = data;
+	e->size = j->stx.stx_size;
+	e->ino = j->stx.stx_ino;
+	e->mtime = j->stx.stx_mtime;
+	e->hnext = st->buckets[e->hash % CACHE_BUCKETS];
+	st->buckets[e->hash % CACHE_BUCKETS] = e;
+	lru_push(st, e);
+	st->bytes += e->size;
+	use_entry(j, e);
+	return finish(j);
 }
 
 static void close_fd_done(keel_ctx *ctx, keel_outcome in, void *ud)
@@ -394,6 +564,13 @@ static keel_promise *on_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 		close(j->fd);
 		return answer_status(r, 403);
 	}
+	if (j->stx.stx_size > 0 && j->stx.stx_size <= CACHE_FILE_MAX && !j->tried_index) {
+		char *data = malloc(j->stx.stx_size);
+		if (data) {
+			r->user = data;
+			return keel_then_flat(keel_file_read(r->loop, j->fd, data, j->stx.stx_size, 0), on_fill, j);
+		}
+	}
 	return finish(j);
 }
 
@@ -417,7 +594,7 @@ static keel_promise *on_open(keel_ctx *ctx, keel_outcome in, void *ud)
 	}
 	j->fd = (int)in.n;
 	return keel_flat_map(keel_file_statx(r->loop, j->fd, "", AT_EMPTY_PATH,
-	                                     STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_MTIME, &j->stx),
+	                                     STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_MTIME | STATX_INO, &j->stx),
 	                     on_stat, j);
 }
 
@@ -429,6 +606,31 @@ static keel_promise *open_path(struct job *j, int dirfd, const char *path)
 	                                 RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS);
 	keel_promise_bind_ctx(p, keel_http_request_ctx(r));
 	return keel_then_flat(p, on_open, j);
+}
+
+/* A cache hit is used only if the file is still the one that was read. */
+static keel_promise *on_cache_stat(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	struct job *j = ud;
+	struct centry *e = j->mem;
+	j->mem = NULL;
+	if (!e->dead && !in.err && S_ISREG(j->stx.stx_mode) && j->stx.stx_size == e->size &&
+	    j->stx.stx_ino == e->ino && j->stx.stx_mtime.tv_sec == e->mtime.tv_sec &&
+	    j->stx.stx_mtime.tv_nsec == e->mtime.tv_nsec) {
+		/* The statx hold becomes the response's, dropped when the response is sent. */
+		j->mem = e;
+		keel_ctx_on_free(keel_http_request_ctx(j->r), centry_unref, e);
+		lru_unlink(j->st, e);
+		lru_push(j->st, e);
+		return finish(j);
+	}
+	if (!e->dead)
+		cache_remove(j->st, e); /* changed or gone: forget it, look the file up properly */
+	centry_unref(e);
+	if (j->gz)
+		return open_path(j, j->st->rootfd, job_key(j));
+	return open_path(j, j->st->rootfd, j->rel);
 }
 
 keel_promise *keel_static_handler(keel_http_request *r, void *ud)
@@ -447,6 +649,22 @@ keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 	if (n < 0)
 		return answer_status(r, 400);
 	j->rel_len = (size_t)n;
+	if (j->rel_len) {
+		/* The cache first: a .gz variant when the client takes gzip, else the plain file. */
+		j->gz = accepts_gzip(r);
+		struct centry *e = cache_find(st, job_key(j));
+		/* (a client taking gzip with no .gz cached takes the full path, which tries .gz first) */
+		if (e) {
+			e->refs++; /* held while statx checks it: it may be evicted meanwhile */
+			j->mem = e;
+			return keel_then_flat(keel_promise_bind_ctx(keel_file_statx(r->loop, st->rootfd, e->key, 0,
+			                                                            STATX_TYPE | STATX_SIZE | STATX_MTIME | STATX_INO,
+			                                                            &j->stx),
+			                                            ctx),
+			                      on_cache_stat, j);
+		}
+		j->gz = false;
+	}
 	if (j->rel_len && accepts_gzip(r)) {
 		char *gz = keel_ctx_alloc(ctx, j->rel_len + 4);
 		memcpy(gz, j->rel, j->rel_len);
