@@ -169,8 +169,6 @@ typedef struct keel__backend {
 	void (*bufpool_fini)(keel_loop *loop, keel__bufpool *pool);
 	/* Give buffer bid back to the kernel (io_uring) or to the free stack (epoll). */
 	void (*buf_recycle)(keel_loop *loop, keel__bufpool *pool, uint16_t bid);
-	/* Wake a loop blocked in poll from another thread. */
-	void (*wake)(keel_loop *loop);
 	bool (*feature)(keel_loop *loop, const char *name);
 } keel__backend;
 

@@ -196,7 +196,7 @@ int keel_loop_run_once(keel_loop *loop, int timeout_ms)
 	int n = loop->be->poll(loop, wait_ns, loop->opts.cqe_batch_max);
 	if (n < 0 && n != -EINTR)
 		return n;
-	loop->now_ns = clock_ns();
+	/* now_ns was read by the backend right after the kernel wait (keel__loop_update_time). */
 	keel__timer_expire(loop);
 	/* Continuations of this tick's completions run before the next wait. */
 	keel__ready_run(loop, loop->opts.ready_batch_max);

@@ -189,6 +189,8 @@ static bool is_file_kind(int kind)
 	       kind == KEEL__OP_STATX || kind == KEEL__OP_FSYNC;
 }
 
+static void cancel_waiters(keel__epoll *ep, int fd);
+
 static void attempt(keel_loop *loop, keel__epoll *ep, keel__op *op)
 {
 	if (is_file_kind(op->kind)) {
@@ -199,19 +201,9 @@ static void attempt(keel_loop *loop, keel__epoll *ep, keel__op *op)
 	}
 	if (op->kind == KEEL__OP_CLOSE) {
 		/* Nothing may stay waiting on a closed descriptor. */
+		cancel_waiters(ep, op->fd);
 		if (op->fd >= 0 && op->fd < ep->nfds) {
-			struct keel__epfd *e = &ep->fds[op->fd];
-			keel__op *lists[2] = {e->rd, e->wr};
-			e->rd = e->wr = NULL;
-			for (int i = 0; i < 2; i++) {
-				while (lists[i]) {
-					keel__op *w = lists[i];
-					lists[i] = w->next;
-					w->flags |= KEEL__OPF_CANCELED;
-					keel__ep_defer(ep, w, -ECANCELED);
-				}
-			}
-			if (e->registered)
+			if (ep->fds[op->fd].registered)
 				epoll_ctl(ep->epfd, EPOLL_CTL_DEL, op->fd, NULL);
 			keel__ep_fd_reset(ep, op->fd);
 		}
@@ -264,31 +256,35 @@ static void ep_cancel(keel_loop *loop, keel__op *op)
 	}
 }
 
-static void ep_cancel_fd(keel_loop *loop, int fd)
+/* Cancel every op waiting for readiness on fd (results reported at the next poll). */
+static void cancel_waiters(keel__epoll *ep, int fd)
 {
-	keel__epoll *ep = keel__loop_be(loop);
-	if (fd >= 0 && fd < ep->nfds) {
-		struct keel__epfd *e = &ep->fds[fd];
-		keel__op *lists[2] = {e->rd, e->wr};
-		e->rd = e->wr = NULL;
-		for (int i = 0; i < 2; i++) {
-			while (lists[i]) {
-				keel__op *w = lists[i];
-				lists[i] = w->next;
-				w->flags |= KEEL__OPF_CANCELED;
-				keel__ep_defer(ep, w, -ECANCELED);
-			}
+	if (fd < 0 || fd >= ep->nfds)
+		return;
+	struct keel__epfd *e = &ep->fds[fd];
+	keel__op *lists[2] = {e->rd, e->wr};
+	e->rd = e->wr = NULL;
+	for (int i = 0; i < 2; i++) {
+		while (lists[i]) {
+			keel__op *w = lists[i];
+			lists[i] = w->next;
+			w->flags |= KEEL__OPF_CANCELED;
+			keel__ep_defer(ep, w, -ECANCELED);
 		}
 	}
-	keel__op **pp = &ep->pending;
+}
+
+/* Cancel the ops on fd in a queue (the pending list, or the file pool's jobs). */
+static void cancel_queued(keel__epoll *ep, keel__op **head, keel__op **tail, int fd)
+{
+	keel__op **pp = head;
 	keel__op *prev = NULL;
 	while (*pp) {
 		keel__op *op = *pp;
-		if (op->fd == fd && op->kind != KEEL__OP_CLOSE && op->kind != KEEL__OP_OPEN &&
-		    op->kind != KEEL__OP_STATX) {
+		if (op->fd == fd && op->kind != KEEL__OP_CLOSE) {
 			*pp = op->next;
-			if (ep->pending_tail == op)
-				ep->pending_tail = prev;
+			if (*tail == op)
+				*tail = prev;
 			op->flags |= KEEL__OPF_CANCELED;
 			keel__ep_defer(ep, op, -ECANCELED);
 			continue;
@@ -296,23 +292,16 @@ static void ep_cancel_fd(keel_loop *loop, int fd)
 		prev = op;
 		pp = &op->next;
 	}
+}
+
+static void ep_cancel_fd(keel_loop *loop, int fd)
+{
+	keel__epoll *ep = keel__loop_be(loop);
+	cancel_waiters(ep, fd);
+	cancel_queued(ep, &ep->pending, &ep->pending_tail, fd);
 	/* File-pool jobs on fd: those not started yet are cancelled; running ones finish. */
 	pthread_mutex_lock(&ep->mu);
-	pp = &ep->jobs;
-	prev = NULL;
-	while (*pp) {
-		keel__op *op = *pp;
-		if (op->fd == fd && op->kind != KEEL__OP_OPEN && op->kind != KEEL__OP_STATX) {
-			*pp = op->next;
-			if (ep->jobs_tail == op)
-				ep->jobs_tail = prev;
-			op->flags |= KEEL__OPF_CANCELED;
-			keel__ep_defer(ep, op, -ECANCELED);
-			continue;
-		}
-		prev = op;
-		pp = &op->next;
-	}
+	cancel_queued(ep, &ep->jobs, &ep->jobs_tail, fd);
 	pthread_mutex_unlock(&ep->mu);
 }
 
@@ -493,11 +482,6 @@ static void ep_buf_recycle(keel_loop *loop, keel__bufpool *pool, uint16_t bid)
 	pool->free_ids[pool->nfree++] = bid;
 }
 
-static void ep_wake(keel_loop *loop)
-{
-	(void)loop;
-}
-
 static bool ep_feature(keel_loop *loop, const char *name)
 {
 	(void)loop;
@@ -516,6 +500,5 @@ const keel__backend keel__backend_epoll = {
 	.bufpool_init = ep_bufpool_init,
 	.bufpool_fini = ep_bufpool_fini,
 	.buf_recycle = ep_buf_recycle,
-	.wake = ep_wake,
 	.feature = ep_feature,
 };

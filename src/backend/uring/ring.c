@@ -338,11 +338,6 @@ static void uring_buf_recycle(keel_loop *loop, keel__bufpool *pool, uint16_t bid
 	io_uring_buf_ring_advance(u->br, 1);
 }
 
-static void uring_wake(keel_loop *loop)
-{
-	(void)loop; /* keel_loop_post writes the loop's eventfd, which a read op watches */
-}
-
 static bool uring_feature(keel_loop *loop, const char *name)
 {
 	keel__uring *u = keel__loop_be(loop);
@@ -366,6 +361,5 @@ const keel__backend keel__backend_uring = {
 	.bufpool_init = uring_bufpool_init,
 	.bufpool_fini = uring_bufpool_fini,
 	.buf_recycle = uring_buf_recycle,
-	.wake = uring_wake,
 	.feature = uring_feature,
 };
