@@ -17,6 +17,15 @@
  *   GET  /prefix/...       prefix route: echoes the path
  *   GET  /stats            the server's counters
  *   GET  /stream?n=N&ms=M  N pieces "piece i\n", M ms apart, streamed (chunked)
+ *
+ * Routes that stream their request body (KEEL_HTTP_STREAM_BODY):
+ *   POST /upload?ms=M      reads the body piece by piece (M ms pause after each),
+ *                          answers "bytes B pieces P maxpiece X adler32 H" (Adler-32 of the body);
+ *                          a read error becomes the handler's error (400/413/...)
+ *   POST /duplex           echoes the body back as it arrives, streamed (chunked)
+ *   POST /early            answers "early" at once, without reading the body
+ *
+ *   --body-stream-max N    limit on streamed bodies
  */
 #include <getopt.h>
 #include <signal.h>
@@ -183,6 +192,102 @@ static keel_promise *h_stream(keel_http_request *r, void *ud)
 	return p;
 }
 
+/* ---- Streamed request bodies ---- */
+
+struct upload {
+	keel_http_request *r;
+	long ms;
+	uint64_t bytes, pieces, maxpiece;
+	uint32_t a, b; /* Adler-32 */
+	keel_promise *done;
+	char out[160];
+};
+
+static void upload_read(struct upload *u);
+
+static void upload_resume(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	upload_read(ud);
+}
+
+static void upload_piece(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct upload *u = ud;
+	if (o.err) {
+		keel_promise_reject(u->done, o.err); /* -EBADMSG -> 400, -EMSGSIZE -> 413 */
+		return;
+	}
+	keel_str *piece = o.ptr;
+	if (!piece->len) {
+		int n = snprintf(u->out, sizeof(u->out), "bytes %llu pieces %llu maxpiece %llu adler32 %08x\n",
+		                 (unsigned long long)u->bytes, (unsigned long long)u->pieces,
+		                 (unsigned long long)u->maxpiece, (unsigned)(u->b << 16 | u->a));
+		u->r->resp.status = 200;
+		u->r->resp.content_type = "text/plain";
+		u->r->resp.body.ptr = u->out;
+		u->r->resp.body.len = (size_t)n;
+		keel_promise_resolve(u->done, 0, &u->r->resp);
+		return;
+	}
+	u->bytes += piece->len;
+	u->pieces++;
+	if (piece->len > u->maxpiece)
+		u->maxpiece = piece->len;
+	for (size_t i = 0; i < piece->len; i++) {
+		u->a = (u->a + (unsigned char)piece->ptr[i]) % 65521;
+		u->b = (u->b + u->a) % 65521;
+	}
+	if (u->ms)
+		keel_promise_done(keel_sleep(loop, (uint64_t)u->ms), upload_resume, u);
+	else
+		upload_read(u);
+}
+
+static void upload_read(struct upload *u)
+{
+	keel_promise_done(keel_http_body_read(u->r), upload_piece, u);
+}
+
+static keel_promise *h_upload(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	struct upload *u = keel_ctx_alloc(keel_http_request_ctx(r), sizeof(*u));
+	memset(u, 0, sizeof(*u));
+	u->r = r;
+	u->ms = qnum(r, "ms", 0);
+	u->a = 1;
+	u->done = keel_promise_new(loop);
+	upload_read(u);
+	return u->done;
+}
+
+/* The request body's pieces are the response's pieces: the producer reads, the server sends. */
+static keel_promise *duplex_next(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_body_read(r);
+}
+
+static keel_promise *h_duplex(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	r->resp.status = 200;
+	r->resp.content_type = "application/octet-stream";
+	r->resp.stream = duplex_next;
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise_resolve(p, 0, &r->resp);
+	return p;
+}
+
+static keel_promise *h_early(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "text/plain", "early", 5);
+}
+
 static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -211,7 +316,7 @@ int main(int argc, char **argv)
 		{"body-timeout-ms", 1, NULL, 'B'},  {"send-timeout-ms", 1, NULL, 'S'},
 		{"requests-per-conn", 1, NULL, 'r'}, {"headers-max", 1, NULL, 'n'},
 		{"head-max", 1, NULL, 'm'},         {"line-max", 1, NULL, 'L'},
-		{NULL, 0, NULL, 0},
+		{"body-stream-max", 1, NULL, 'M'},  {NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -229,6 +334,7 @@ int main(int argc, char **argv)
 		case 'n': cfg.limits.headers_max = (unsigned)v; break;
 		case 'm': cfg.limits.head_max = (size_t)v; break;
 		case 'L': cfg.limits.request_line_max = (size_t)v; break;
+		case 'M': cfg.body_stream_max = (uint64_t)v; break;
 		default: return 2;
 		}
 	}
@@ -254,6 +360,9 @@ int main(int argc, char **argv)
 	keel_http_route(srv, "GET", "/prefix/", true, h_prefix, NULL);
 	keel_http_route(srv, "GET", "/stats", false, h_stats, NULL);
 	keel_http_route(srv, "GET", "/stream", false, h_stream, NULL);
+	keel_http_route(srv, "POST", "/upload", KEEL_HTTP_STREAM_BODY, h_upload, NULL);
+	keel_http_route(srv, "POST", "/duplex", KEEL_HTTP_STREAM_BODY, h_duplex, NULL);
+	keel_http_route(srv, "POST", "/early", KEEL_HTTP_STREAM_BODY, h_early, NULL);
 	int lfd = keel_tcp_listen(addr, 128, 0);
 	if (lfd < 0) {
 		fprintf(stderr, "listen %s: %s\n", addr, keel_strerror(lfd));

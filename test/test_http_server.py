@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 import traceback
+import zlib
 
 BUILD = os.environ.get("KEEL_BUILD", "build")
 SRV_BIN = os.path.join(BUILD, "test", "http_testsrv")
@@ -1378,6 +1379,210 @@ def t_example_hello(_):
 
 # ---- Driver -------------------------------------------------------------------------------------
 
+# ---- Streamed request bodies (KEEL_HTTP_STREAM_BODY routes) -----------------------------------
+
+def upload_want(body):
+    """What /upload answers for body, but for pieces and maxpiece."""
+    return (len(body), zlib.adler32(body))
+
+
+def upload_parse(r, what):
+    eq(r.status, 200, what + ": status")
+    m = re.match(rb"^bytes (\d+) pieces (\d+) maxpiece (\d+) adler32 ([0-9a-f]{8})\n$", r.body)
+    check(m, "%s: body %r" % (what, r.body))
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4), 16)
+
+
+def read_chunked(c, what, deadline_s=10):
+    """Read a chunked body from a Conn whose head has been consumed; returns the bytes."""
+    deadline = time.monotonic() + deadline_s
+    out = bytearray()
+    while True:
+        while b"\r\n" not in c.buf:
+            check(c._recv(deadline, what), "%s: closed inside the chunked body" % what)
+        line, _, rest = bytes(c.buf).partition(b"\r\n")
+        n = int(line.split(b";")[0], 16)
+        while len(c.buf) < len(line) + 2 + n + 2:
+            check(c._recv(deadline, what), "%s: closed inside a chunk" % what)
+        out += c.buf[len(line) + 2:len(line) + 2 + n]
+        eq(bytes(c.buf[len(line) + 2 + n:len(line) + 4 + n]), b"\r\n", what + ": chunk end")
+        del c.buf[:len(line) + 4 + n]
+        if n == 0:
+            return bytes(out)
+
+
+def read_head(c, what):
+    """Read one response head from a Conn (any framing); returns (status, headers dict)."""
+    deadline = time.monotonic() + c.timeout
+    while b"\r\n\r\n" not in c.buf:
+        check(c._recv(deadline, what), "%s: closed before a head; have %r" % (what, bytes(c.buf[:200])))
+    i = c.buf.find(b"\r\n\r\n")
+    lines = bytes(c.buf[:i]).split(b"\r\n")
+    del c.buf[:i + 4]
+    hs = {}
+    for ln in lines[1:]:
+        n, v = ln.split(b":", 1)
+        hs[n.decode().lower()] = v.strip().decode()
+    return int(lines[0].split()[1]), hs
+
+
+def t_sbody_sizes(U):
+    c = http.client.HTTPConnection("127.0.0.1", U.port, timeout=30)
+    try:
+        for n in (0, 1, 1000, 16384, 16385, 1 << 20, 8 << 20):
+            body = os.urandom(n)
+            c.request("POST", "/upload", body=body)
+            r = c.getresponse()
+            got = Resp("HTTP/1.1", r.status, r.reason, r.getheaders(), r.read())
+            nb, pieces, maxpiece, ad = upload_parse(got, "upload %d bytes" % n)
+            eq((nb, ad), upload_want(body), "upload %d bytes: length and Adler-32 seen by the handler" % n)
+            check(maxpiece <= 16384, "upload %d: a piece of %d bytes is larger than a receive buffer" % (n, maxpiece))
+            check(n == 0 or pieces >= n // 16384, "upload %d: only %d pieces" % (n, pieces))
+        # Chunked, with chunk sizes that straddle the receive buffers.
+        data = os.urandom(3 << 20)
+        sizes = [1, 7, 4096, 65536, 100000, 16384]
+        chunks, i, k = [], 0, 0
+        while i < len(data):
+            chunks.append(data[i:i + sizes[k % len(sizes)]])
+            i += len(chunks[-1])
+            k += 1
+        c.request("POST", "/upload", body=iter(chunks))
+        r = c.getresponse()
+        got = Resp("HTTP/1.1", r.status, r.reason, r.getheaders(), r.read())
+        nb, pieces, _, ad = upload_parse(got, "chunked upload")
+        eq((nb, ad), upload_want(data), "chunked upload: length and Adler-32")
+        check(pieces >= len(chunks) // 2, "chunked upload: %d pieces for %d chunks" % (pieces, len(chunks)))
+    finally:
+        c.close()
+
+
+def t_sbody_backpressure(U):
+    """A slow reader slows the client: the server holds a bounded number of receive buffers and the
+    client cannot push the whole body into it; the upload still completes exactly."""
+    total = 32 << 20
+    body = os.urandom(1 << 20) * 32
+    sent = [0]
+    err = []
+    with Conn(U.port, timeout=60) as c:
+        c.send(b"POST /upload?ms=1 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % total)
+
+        def pump():
+            try:
+                mv = memoryview(body)
+                while sent[0] < total:
+                    sent[0] += c.sock.send(mv[sent[0]:sent[0] + 65536])
+            except Exception as e:  # noqa: BLE001 - reported below
+                err.append(e)
+        th = threading.Thread(target=pump, daemon=True)
+        th.start()
+        time.sleep(1.0)
+        mid = stats(U)
+        early = sent[0]
+        th.join(60)
+        check(not th.is_alive() and not err, "upload thread: %r" % (err,))
+        r = c.read_response(timeout=60, what="slow upload")
+        nb, pieces, _, ad = upload_parse(r, "slow upload")
+        eq((nb, ad), (total, zlib.adler32(body)), "slow upload: length and Adler-32")
+    check(early < total, "backpressure: the client pushed all %d bytes within 1 s into a 1 ms/piece reader" % total)
+    check(mid["bufs_in_use"] <= 4, "backpressure: %d receive buffers held mid-upload (stats %r)" % (mid["bufs_in_use"], mid))
+    print("      mid-upload after 1 s: client had sent %.1f of %d MiB; server held %d receive buffers"
+          % (early / 1048576, total >> 20, mid["bufs_in_use"]))
+
+
+def t_sbody_errors(U):
+    # Over --body-stream-max (40 MB): 413 before reading, then close.
+    with Conn(U.port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 40000001\r\n\r\n")
+        eq(c.read_response(what="over body-stream-max").status, 413, "Content-Length over --body-stream-max")
+        c.expect_closed(what="after 413")
+    # Chunked past the limit: the read fails with -EMSGSIZE and the handler's rejection is a 413.
+    with Conn(U.port, timeout=20) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"%x\r\n" % (1 << 20) + b"z" * (1 << 20) + b"\r\n"
+        try:
+            for _ in range(40):
+                c.send(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        eq(c.read_response(what="chunked over body-stream-max").status, 413, "chunked over --body-stream-max")
+    # Bad chunk framing mid-body: 400 from the handler's rejection, then close.
+    with Conn(U.port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")
+        eq(c.read_response(what="bad chunk").status, 400, "bad chunk size mid-body")
+        c.expect_closed(what="after a bad chunk")
+    # Expect: 100-continue: the interim response comes with the handler's first read.
+    with Conn(U.port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        eq(c.read_response(timeout=2, what="100 on a streamed route").status, 100, "interim response")
+        c.send(b"abc")
+        nb, _, _, ad = upload_parse(c.read_response(what="after 100"), "after 100")
+        eq((nb, ad), upload_want(b"abc"), "body after 100 Continue")
+        c.send(get("/hello"))
+        expect_hello(c.read_response(), "keep-alive after a streamed body")
+    # A client that vanishes mid-upload: the handler's read fails, the server goes on.
+    with Conn(U.port) as c:
+        c.send(b"POST /upload?ms=5 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"q" * 300000)
+        time.sleep(0.1)
+    serves(U, "after a client vanished mid-upload")
+
+
+def t_sbody_duplex(U):
+    """The response streams the request body back while it is still arriving."""
+    with Conn(U.port, timeout=10) as c:
+        c.send(b"POST /duplex HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        c.send(b"5\r\nfirst\r\n")
+        st, hs = read_head(c, "duplex head")
+        eq((st, hs.get("transfer-encoding")), (200, "chunked"), "duplex: head")
+        # The first piece comes back before the client has sent the rest: no store-and-forward.
+        deadline = time.monotonic() + 5
+        while b"first" not in c.buf:
+            check(c._recv(deadline, "duplex first echo"), "duplex: closed")
+        c.send(b"6\r\nsecond\r\n0\r\n\r\n")
+        eq(read_chunked(c, "duplex body"), b"firstsecond", "duplex: echoed body")
+        # Then a big one, Content-Length, compared by SHA-256, on the same connection.
+        data = os.urandom(5 << 20)
+        c.send(b"POST /duplex HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(data))
+        out = []
+        th = threading.Thread(target=lambda: out.append(read_head(c, "duplex 2") and read_chunked(c, "duplex 2", 30)),
+                              daemon=True)
+        th.start()
+        c.sock.sendall(data)
+        th.join(30)
+        check(out and out[0] is not None, "duplex 5 MiB: no response")
+        eq(sha(out[0]), sha(data), "duplex 5 MiB: SHA-256 of the echo")
+        c.send(get("/hello"))
+        expect_hello(c.read_response(), "keep-alive after duplex")
+
+
+def t_sbody_early(U):
+    # The whole (small) body is there: discarded, and the connection stays usable.
+    with Conn(U.port) as c:
+        c.send(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello" + get("/hello"))
+        r = c.read_response(what="early answer")
+        eq((r.status, r.body), (200, b"early"), "early answer")
+        expect_hello(c.read_response(what="pipelined after a discarded body"), "after a discarded body")
+        c.send(b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + get("/hello"))
+        eq(c.read_response(what="early, chunked").body, b"early", "early answer, chunked body")
+        expect_hello(c.read_response(what="after a discarded chunked body"), "after a discarded chunked body")
+    # Most of the body still to come: answered, then the connection ends (never read as a request).
+    with Conn(U.port) as c:
+        c.send(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n" + b"GET /hello HTTP/1.1\r\n\r\n")
+        eq(c.read_response(what="early with a body to come").body, b"early", "early answer, body unsent")
+        t0 = time.monotonic()
+        c.closed_at(6, "early: close after the answer")
+        check(b"Hello" not in c.buf, "early: body bytes were parsed as a request: %r" % bytes(c.buf[:100]))
+        check(time.monotonic() - t0 < 5, "early: the close took %.1f s" % (time.monotonic() - t0))
+    # Pipelined uploads back to back in one send, then a GET: answered in order.
+    bodies = [os.urandom(n) for n in (10, 70000, 0)]
+    req = b"".join(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(b) + b for b in bodies)
+    with Conn(U.port, timeout=10) as c:
+        c.send(req + get("/hello"))
+        for b in bodies:
+            nb, _, _, ad = upload_parse(c.read_response(what="pipelined upload"), "pipelined upload")
+            eq((nb, ad), upload_want(b), "pipelined upload of %d bytes" % len(b))
+        expect_hello(c.read_response(), "GET behind pipelined uploads")
+
+
 def main():
     only = sys.argv[1:]
     if not os.access(SRV_BIN, os.X_OK):
@@ -1418,6 +1623,11 @@ def main():
         ("bodies: the last request of a connection has a body", None, t_post_last_request),
         ("bodies: Expect with HTTP/1.0 and behind another request", "S", t_expect_more),
         ("big responses", "S", t_big),
+        ("streamed bodies: sizes 0 B..8 MiB, chunked, pieces", "U", t_sbody_sizes),
+        ("streamed bodies: a slow reader slows the client", "U", t_sbody_backpressure),
+        ("streamed bodies: limits, bad framing, 100-continue, client gone", "U", t_sbody_errors),
+        ("streamed bodies: full duplex echo", "U", t_sbody_duplex),
+        ("streamed bodies: answered before the body is read", "U", t_sbody_early),
     ]
     plan += [("malformed: " + case[0], "L", lambda L, case=case: t_malformed(L, case)) for case in MALFORMED]
     plan += [
@@ -1452,6 +1662,7 @@ def main():
         "R": ("--requests-per-conn", 3),
         "P": ("--pipeline-max", 4),
         "C": ("--conns-max", 2),
+        "U": ("--body-stream-max", 40000000),
     }
 
     def run(name, fn):

@@ -25,6 +25,9 @@ typedef struct keel_http_request keel_http_request;
 typedef struct keel_http_config {
 	keel_http_limits limits;   /* request line, head and header count (414/431) */
 	uint64_t body_max;         /* request body bytes; more: 413 before reading. Default 1 MiB */
+	uint64_t body_stream_max;  /* the same for routes that stream their body (KEEL_HTTP_STREAM_BODY),
+	                              which never hold more than one receive buffer of it; 0 (default):
+	                              no limit on the length */
 	unsigned conns_max;        /* per server (one per loop); when full accepting pauses. 10000 */
 	unsigned pipeline_max;     /* requests in flight per connection; 32 */
 	unsigned requests_per_conn_max; /* then Connection: close; 0 = no limit (default 0) */
@@ -66,7 +69,8 @@ struct keel_http_request {
 	keel_http_msg msg; /* method, target, version, headers */
 	keel_str path;     /* target up to '?' */
 	keel_str query;    /* after '?', without it */
-	keel_str body;     /* the whole request body (Content-Length or de-chunked) */
+	keel_str body;     /* the whole request body (Content-Length or de-chunked); empty on
+	                      KEEL_HTTP_STREAM_BODY routes: read it with keel_http_body_read */
 	keel_http_response resp; /* storage a handler may fill and return */
 	void *user;        /* free for the handler */
 	/* internal */
@@ -79,7 +83,12 @@ struct keel_http_request {
 	char *own;      /* heap copy of a head that arrived in pieces */
 	char *body_own; /* heap copy of a body that arrived in pieces */
 	size_t body_cap;
+	keel_promise *body_wait; /* a keel_http_body_read waiting for the next piece */
+	void *body_buf;          /* the receive buffer the last piece points into */
+	keel_str piece;          /* the last piece handed out */
+	int body_err;
 	uint8_t done, keep_alive, head_only, is_error, is_error_logged, want_continue;
+	uint8_t stream_body, body_done, body_given, body_discard;
 	keel_http_header headers[]; /* config limits.headers_max */
 };
 
@@ -96,13 +105,42 @@ void keel_http_config_default(keel_http_config *cfg);
 /* A server on loop; cfg may be NULL. NULL on ENOMEM or bad config. */
 keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg);
 
+/* Route flags. */
+enum {
+	KEEL_HTTP_PREFIX = 1,      /* match paths that start with path (true works too) */
+	KEEL_HTTP_STREAM_BODY = 2, /* call the handler once the head is in; it reads the body in
+	                              pieces with keel_http_body_read (uploads, proxies) */
+};
+
 /*
- * Route method (NULL: any) and path to handler. prefix: match paths that
- * start with path. Exact routes win over prefixes; longer prefixes win.
+ * Route method (NULL: any) and path to handler. Exact routes win over
+ * prefixes; longer prefixes win. flags: KEEL_HTTP_PREFIX, KEEL_HTTP_STREAM_BODY.
  * Returns 0 or -ENOMEM / -EINVAL.
  */
-int keel_http_route(keel_http_server *s, const char *method, const char *path, bool prefix,
+int keel_http_route(keel_http_server *s, const char *method, const char *path, unsigned flags,
                     keel_http_handler handler, void *ud);
+
+/*
+ * The next piece of the request body: resolves with ptr = a keel_str * (the
+ * piece, borrowed until the next call or until the response is sent), an
+ * empty piece at the end of the body. One read at a time. The server reads
+ * from the client only while a read is waiting (backpressure: a slow
+ * consumer slows the client, one receive buffer at a time), and sends
+ * "100 Continue" on the first read of a request that expects it.
+ *
+ * Rejects with -EBADMSG for bad chunked framing, -EMSGSIZE past
+ * body_stream_max (the connection closes after the response; answering 400
+ * or 413 is up to the handler: these errors map to them when the handler's
+ * promise rejects with them), -ECONNRESET when the client went away. On a
+ * route without KEEL_HTTP_STREAM_BODY the whole body comes as one piece.
+ *
+ * A handler may answer before it has read the whole body. An answer that
+ * is not streamed gives up the rest: the server discards it, and closes the
+ * connection after the response (a lingering close) if the rest has not
+ * arrived by the time the response is sent. A streamed answer may go on
+ * reading the body while it sends (full duplex).
+ */
+keel_promise *keel_http_body_read(keel_http_request *req);
 
 /* Accept connections on listening socket lfd (the server does not own it). */
 int keel_http_server_start(keel_http_server *s, int lfd);

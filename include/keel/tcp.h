@@ -74,6 +74,16 @@ keel_promise *keel_connect(keel_loop *loop, const struct sockaddr *addr, socklen
 typedef int (*keel_recv_fn)(void *ud, keel_buf *buf);
 keel_promise *keel_recv_stream(keel_loop *loop, int fd, keel_recv_fn fn, void *ud);
 
+/*
+ * The same stream, but the kernel is asked for one buffer at a time (a
+ * plain receive, re-armed after each) instead of multishot: once fn says
+ * KEEL_STOP, no further buffer arrives. For consumers that pace their input
+ * to a slower reader (a streamed request body), where a multishot receive
+ * could fill many pool buffers before the stop takes effect. One submission
+ * per buffer.
+ */
+keel_promise *keel_recv_stream_paced(keel_loop *loop, int fd, keel_recv_fn fn, void *ud);
+
 /* One receive into caller memory (borrowed until the promise settles). n = bytes, 0 at EOF. */
 keel_promise *keel_recv(keel_loop *loop, int fd, void *buf, size_t len);
 

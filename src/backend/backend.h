@@ -56,6 +56,7 @@ enum keel__op_kind {
 #define KEEL__OPF_PARKED (1u << 4)   /* waiting for a pool buffer */
 #define KEEL__OPF_ZC (1u << 5)       /* send with IORING_OP_SEND_ZC */
 #define KEEL__OPF_FDREF (1u << 6)    /* counted in the loop's per-fd references */
+#define KEEL__OPF_PACED (1u << 7)    /* RECV_STREAM: one buffer per submission, not multishot */
 
 #define KEEL__IOV_INLINE 8
 

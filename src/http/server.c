@@ -45,7 +45,7 @@ struct route {
 	size_t mlen;
 	char *path;
 	size_t plen;
-	bool prefix;
+	bool prefix, stream;
 	keel_http_handler fn;
 	void *ud;
 };
@@ -60,6 +60,14 @@ struct keel_http_conn {
 	size_t part_len, part_cap;
 	/* The request whose body is being read. */
 	keel_http_request *cur;
+	/*
+	 * Input held back while a streamed body waits for its reader (in
+	 * arrival order; the first from inq_off on), and the deferred pump
+	 * that feeds it on once the reader asks.
+	 */
+	keel_buf *inq_head, *inq_tail;
+	uint32_t inq_off;
+	keel_promise *pump_p;
 	keel_http_chunked chunk;
 	uint64_t body_need;
 	size_t body_len;
@@ -81,6 +89,7 @@ struct keel_http_conn {
 	uint64_t file_slice; /* bytes asked of the sendfile in flight; 0 when none */
 	char chunk_head[24];
 	bool sending, closing, no_more, eof, paused, draining, lingering;
+	bool paced; /* the receive runs one buffer at a time (a streamed body is being read) */
 	char peer[48]; /* for the access log */
 };
 
@@ -123,6 +132,7 @@ struct keel_http_server {
 static void conn_close(keel_http_conn *c);
 static void conn_flush(keel_http_conn *c);
 static void conn_read(keel_http_conn *c);
+static void pump_later(keel_http_conn *c);
 static void accept_start(keel_http_server *s);
 static void conn_timer_update(keel_http_conn *c);
 static void conn_open(keel_http_server *s, int fd);
@@ -166,10 +176,10 @@ keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *
 	return s;
 }
 
-int keel_http_route(keel_http_server *s, const char *method, const char *path, bool prefix,
+int keel_http_route(keel_http_server *s, const char *method, const char *path, unsigned flags,
                     keel_http_handler handler, void *ud)
 {
-	if (!path || path[0] != '/' || !handler)
+	if (!path || path[0] != '/' || !handler || (flags & ~(unsigned)(KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY)))
 		return -EINVAL;
 	struct route *r = realloc(s->routes, (s->nroutes + 1) * sizeof(*r));
 	if (!r)
@@ -182,7 +192,8 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, b
 		return -ENOMEM;
 	r->plen = strlen(path);
 	r->mlen = method ? strlen(method) : 0;
-	r->prefix = prefix;
+	r->prefix = flags & KEEL_HTTP_PREFIX;
+	r->stream = flags & KEEL_HTTP_STREAM_BODY;
 	r->fn = handler;
 	r->ud = ud;
 	s->nroutes++;
@@ -292,6 +303,15 @@ static void req_free(keel_http_conn *c, keel_http_request *r)
 	for (int i = 0; i < 2; i++)
 		if (r->hold[i])
 			keel_buf_release(r->hold[i]);
+	if (r->body_buf)
+		keel_buf_release(r->body_buf);
+	if (r->body_wait) {
+		keel_promise *w = r->body_wait;
+		r->body_wait = NULL;
+		keel_promise_reject(w, -ECANCELED); /* the response is out: the request ends here */
+	}
+	if (c->cur == r)
+		c->cur = NULL;
 	free(r->own);
 	free(r->body_own);
 	if (r->answer && r->answer->file_fd >= 0 && r->answer->file_close)
@@ -339,6 +359,8 @@ static int err_status(int err)
 	case -EACCES:
 	case -EPERM: return 403;
 	case -ETIMEDOUT: return 504;
+	case -EBADMSG: return 400;
+	case -EMSGSIZE: return 413;
 	default: return 500;
 	}
 }
@@ -362,6 +384,16 @@ static void req_answer(keel_http_request *r, keel_outcome o)
 		r->answer = o.ptr;
 	}
 	r->done = 1;
+	if (r->stream_body && !r->body_done && !r->answer->stream) {
+		/* Answered without a streamed response: the rest of the body is not wanted. */
+		r->body_discard = 1;
+		if (r->body_wait) {
+			keel_promise *w = r->body_wait;
+			r->body_wait = NULL;
+			keel_promise_reject(w, -ECANCELED);
+		}
+		pump_later(r->conn);
+	}
 }
 
 static void handler_done(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -431,10 +463,9 @@ static void allow_header(keel_http_server *s, keel_http_request *r)
 	r->resp.nheaders = 1;
 }
 
-static void req_dispatch(keel_http_conn *c, keel_http_request *r)
+/* Split the target into path and query. */
+static void req_target(keel_http_request *r)
 {
-	keel_http_server *s = c->s;
-	s->stats.requests++;
 	keel_str t = r->msg.target;
 	if (t.len > 7 && t.ptr[0] != '/' && (memcmp(t.ptr, "http://", 7) == 0 || (t.len > 8 && memcmp(t.ptr, "https://", 8) == 0))) {
 		/* absolute-form (RFC 9112 3.2.2): the path starts after the authority */
@@ -457,6 +488,29 @@ static void req_dispatch(keel_http_conn *c, keel_http_request *r)
 		r->query.ptr = q + 1;
 		r->query.len = t.len - r->path.len - 1;
 	}
+}
+
+static void handler_call(keel_http_request *r, const struct route *rt)
+{
+	keel_promise *p = rt->fn(r, rt->ud);
+	if (!p) {
+		req_answer(r, keel_fail(-ENOMEM));
+	} else if (keel_promise_is_settled(p)) {
+		/* Already answered: no need to wait for the ready queue. */
+		req_answer(r, keel_promise_outcome(p));
+		keel_promise_release(p);
+	} else {
+		r->pending = p;
+		keel_promise_done(p, handler_done, r);
+	}
+}
+
+static void req_dispatch(keel_http_conn *c, keel_http_request *r)
+{
+	keel_http_server *s = c->s;
+	s->stats.requests++;
+	if (!r->path.ptr)
+		req_target(r);
 	r->head_only = keel_str_eq(r->msg.method, "HEAD");
 	bool method_ok;
 	const struct route *rt = route_find(s, r, &method_ok);
@@ -477,17 +531,7 @@ static void req_dispatch(keel_http_conn *c, keel_http_request *r)
 		r->done = 1;
 		return;
 	}
-	keel_promise *p = rt->fn(r, rt->ud);
-	if (!p) {
-		req_answer(r, keel_fail(-ENOMEM));
-	} else if (keel_promise_is_settled(p)) {
-		/* Already answered: no need to wait for the ready queue. */
-		req_answer(r, keel_promise_outcome(p));
-		keel_promise_release(p);
-	} else {
-		r->pending = p;
-		keel_promise_done(p, handler_done, r);
-	}
+	handler_call(r, rt);
 }
 
 /* ---- Input --------------------------------------------------------------- */
@@ -530,6 +574,28 @@ static bool send_continue_if_due(keel_http_conn *c)
 	return true;
 }
 
+/* A route that streams its body: the handler runs now and reads the body as it comes. */
+static void req_stream_begin(keel_http_conn *c, keel_http_request *r, const struct route *rt)
+{
+	uint64_t max = c->s->cfg.body_stream_max;
+	if (r->msg.body == KEEL_HTTP_BODY_LENGTH && max && r->msg.content_length > max) {
+		req_error(c, r, 413); /* answered before reading the body */
+		return;
+	}
+	r->stream_body = 1;
+	if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
+		c->body_need = r->msg.content_length;
+		r->body_done = c->body_need == 0;
+	} else {
+		keel_http_chunked_init(&c->chunk, max);
+	}
+	if (!r->body_done)
+		c->cur = r;
+	c->s->stats.requests++;
+	r->head_only = keel_str_eq(r->msg.method, "HEAD");
+	handler_call(r, rt);
+}
+
 /* A head was parsed: set up its body or dispatch it. */
 static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 {
@@ -542,6 +608,15 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 	if (r->msg.upgrade || keel_str_eq(r->msg.method, "CONNECT")) {
 		req_error(c, r, 501); /* no upgrades or tunnels here: what follows is not HTTP */
 		return;
+	}
+	if (r->msg.body != KEEL_HTTP_BODY_NONE) {
+		req_target(r);
+		bool method_ok;
+		const struct route *rt = route_find(c->s, r, &method_ok);
+		if (rt && rt->stream) {
+			req_stream_begin(c, r, rt);
+			return;
+		}
 	}
 	switch (r->msg.body) {
 	case KEEL_HTTP_BODY_LENGTH:
@@ -587,10 +662,76 @@ static bool body_append(keel_http_conn *c, keel_http_request *r, const char *p, 
 	return true;
 }
 
+/* Hand a piece of a streamed body to the reader waiting for it. */
+static void body_give(keel_http_request *r, keel_buf *buf, const char *p, size_t n)
+{
+	keel_promise *w = r->body_wait;
+	r->body_wait = NULL;
+	if (n) {
+		keel_buf_hold(buf);
+		r->body_buf = buf;
+	}
+	r->piece.ptr = p;
+	r->piece.len = n;
+	keel_promise_resolve(w, 0, &r->piece);
+}
+
+/* The body of a streamed request cannot be framed any further. */
+static void body_fail(keel_http_conn *c, keel_http_request *r, int err)
+{
+	r->body_err = err;
+	r->keep_alive = 0;
+	c->cur = NULL;
+	c->no_more = true;
+	if (r->body_wait) {
+		keel_promise *w = r->body_wait;
+		r->body_wait = NULL;
+		keel_promise_reject(w, err);
+	}
+}
+
+/*
+ * Feed a streamed body: one piece per waiting read (the caller checked
+ * there is one, or that the rest is being discarded). Returns bytes consumed.
+ */
+static size_t body_stream(keel_http_conn *c, keel_buf *buf, const char *data, size_t len)
+{
+	keel_http_request *r = c->cur;
+	keel_str piece = {NULL, 0};
+	size_t used;
+	bool end = false;
+	if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
+		used = len < c->body_need ? len : (size_t)c->body_need;
+		piece.ptr = data;
+		piece.len = used;
+		c->body_need -= used;
+		end = c->body_need == 0;
+	} else {
+		int rc = keel_http_chunked_decode(&c->chunk, data, len, &used, &piece);
+		if (rc == KEEL_HTTP_CHUNK_DONE) {
+			end = true;
+		} else if (rc != KEEL_HTTP_CHUNK_DATA && rc != KEEL_HTTP_INCOMPLETE) {
+			body_fail(c, r, rc == KEEL_HTTP_E413 ? -EMSGSIZE : -EBADMSG);
+			return len;
+		}
+	}
+	if (piece.len && r->body_wait)
+		body_give(r, buf, piece.ptr, piece.len);
+	if (end) {
+		r->body_done = 1;
+		c->cur = NULL;
+		if (r->body_wait)
+			body_give(r, buf, NULL, 0);
+	}
+	return used;
+}
+
 /* Feed body bytes of c->cur; returns bytes consumed. */
 static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size_t len)
 {
 	keel_http_request *r = c->cur;
+	if (r->stream_body)
+		return body_stream(c, buf, data, len);
 	if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
 		size_t n = len < c->body_need ? len : (size_t)c->body_need;
 		if (c->body_len == 0 && n == c->body_need && buf) {
@@ -655,16 +796,27 @@ static bool part_reserve(keel_http_conn *c, size_t need)
 	return true;
 }
 
-static void conn_input(keel_http_conn *c, keel_buf *buf)
+/*
+ * Parse and dispatch what buf holds from off on. Returns how far it got:
+ * buf->len, or less when a streamed body's reader is not waiting (the rest
+ * is then held back until it asks).
+ */
+static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 {
 	keel_http_server *s = c->s;
 	const keel_http_limits *lim = &s->cfg.limits;
-	const char *data = buf->data;
-	size_t len = buf->len;
+	const char *data = buf->data + off;
+	size_t len = buf->len - off;
+	bool blocked = false;
 
 	/* no_more stops new requests, not the body of the one being read. */
 	while (len && !c->closing && (c->cur || !c->no_more)) {
 		if (c->cur) {
+			keel_http_request *cr = c->cur;
+			if (cr->stream_body && !cr->body_wait && !cr->body_discard) {
+				blocked = true;
+				break;
+			}
 			size_t n = body_feed(c, buf, data, len);
 			data += n;
 			len -= n;
@@ -750,14 +902,150 @@ static void conn_input(keel_http_conn *c, keel_buf *buf)
 	}
 	conn_timer_update(c);
 	conn_flush(c);
+	return blocked ? (size_t)(data - buf->data) : buf->len;
+}
+
+static bool conn_may_read(const keel_http_conn *c)
+{
+	return !c->inq_head && !c->recv && !c->closing && !c->eof && !c->lingering &&
+	       c->nreqs < c->s->cfg.pipeline_max;
+}
+
+/* Feed held-back input on, as far as readers allow; then read again if nothing is held. */
+static void conn_pump(keel_http_conn *c)
+{
+	while (c->inq_head && !c->closing) {
+		keel_buf *b = c->inq_head;
+		size_t off = conn_input(c, b, c->inq_off);
+		if (off < b->len) {
+			c->inq_off = (uint32_t)off;
+			return;
+		}
+		c->inq_head = b->next;
+		if (!c->inq_head)
+			c->inq_tail = NULL;
+		c->inq_off = 0;
+		keel_buf_release(b);
+	}
+	if (c->eof && !c->closing && (c->cur || c->part_len)) {
+		conn_close(c); /* the input ended inside a body: it can never be completed */
+		return;
+	}
+	if (conn_may_read(c))
+		conn_read(c);
+	conn_timer_update(c);
+	conn_flush(c);
+}
+
+static void inq_push(keel_http_conn *c, keel_buf *buf, size_t off)
+{
+	keel_buf_hold(buf);
+	buf->next = NULL;
+	if (c->inq_tail)
+		c->inq_tail->next = buf;
+	else {
+		c->inq_head = buf;
+		c->inq_off = (uint32_t)off;
+	}
+	c->inq_tail = buf;
+}
+
+static void inq_clear(keel_http_conn *c)
+{
+	while (c->inq_head) {
+		keel_buf *b = c->inq_head;
+		c->inq_head = b->next;
+		keel_buf_release(b);
+	}
+	c->inq_tail = NULL;
+	c->inq_off = 0;
+}
+
+static void pump_due(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	keel_http_conn *c = ud;
+	c->pump_p = NULL;
+	if (c->closing) {
+		conn_close(c);
+		return;
+	}
+	conn_pump(c);
+}
+
+/*
+ * Feed held-back input (or read again, or send 100 Continue) from the
+ * ready queue: the reader's call may come from inside the input path.
+ */
+static void pump_later(keel_http_conn *c)
+{
+	if (c->pump_p || c->closing)
+		return;
+	c->pump_p = keel_promise_new(c->s->loop);
+	keel_promise_resolve(c->pump_p, 0, NULL);
+	keel_promise_done(c->pump_p, pump_due, c);
+}
+
+keel_promise *keel_http_body_read(keel_http_request *r)
+{
+	keel_promise *p = keel_promise_new(r->loop);
+	if (!r->stream_body) {
+		/* A body read whole: one piece, then the end. */
+		r->piece = r->body_given ? (keel_str){NULL, 0} : r->body;
+		r->body_given = 1;
+		keel_promise_resolve(p, 0, &r->piece);
+		return p;
+	}
+	keel_http_conn *c = r->conn;
+	if (r->body_buf) {
+		keel_buf_release(r->body_buf); /* the previous piece is done with */
+		r->body_buf = NULL;
+	}
+	if (r->body_err || c->closing) {
+		keel_promise_reject(p, r->body_err ? r->body_err : -ECONNRESET);
+		return p;
+	}
+	if (r->body_done) {
+		r->piece.ptr = NULL;
+		r->piece.len = 0;
+		keel_promise_resolve(p, 0, &r->piece);
+		return p;
+	}
+	if (r->body_wait || r->body_discard) {
+		keel_promise_reject(p, r->body_wait ? -EBUSY : -ECANCELED);
+		return p;
+	}
+	r->body_wait = p;
+	if (!r->body_given && r->msg.expect_continue)
+		r->want_continue = 1; /* the first read is the handler's interest in the body */
+	r->body_given = 1;
+	if (c->inq_head || r->want_continue || !c->recv)
+		pump_later(c);
+	return p;
 }
 
 static int on_data(void *ud, keel_buf *buf)
 {
 	keel_http_conn *c = ud;
-	if (c->closing || c->lingering || (c->no_more && !c->cur))
+	if (c->closing || c->lingering || (c->no_more && !c->cur && !c->inq_head))
 		return KEEL_CONTINUE; /* past the last request we will answer: discard */
-	conn_input(c, buf);
+	if (c->inq_head) {
+		inq_push(c, buf, 0); /* behind what is held back already (a stop is under way) */
+		return KEEL_CONTINUE;
+	}
+	size_t off = conn_input(c, buf, 0);
+	if (off < buf->len && !c->closing) {
+		/* A streamed body's reader is busy: hold the rest, read no more until it asks. */
+		inq_push(c, buf, off);
+		c->paused = true;
+		conn_timer_update(c);
+		return KEEL_STOP;
+	}
+	if (c->paced && !c->cur && !c->paused && !c->closing) {
+		c->paused = true; /* the body is in: back to a multishot receive */
+		return KEEL_STOP;
+	}
 	if (c->nreqs >= c->s->cfg.pipeline_max && !c->paused && !c->closing) {
 		c->paused = true; /* resumes as responses drain */
 		return KEEL_STOP;
@@ -775,12 +1063,14 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	if (o.err == -ECANCELED && c->paused) {
-		if (c->nreqs < c->s->cfg.pipeline_max)
+		if (conn_may_read(c))
 			conn_read(c);
 		return;
 	}
 	/* End of input (or an error): answer what was asked, then close. */
 	c->eof = true;
+	if (c->cur && c->cur->stream_body && c->inq_head)
+		return; /* the reader has yet to take what is held back; its end is the EOF */
 	if ((o.err && o.err != -ECANCELED) || c->cur || c->part_len) {
 		conn_close(c); /* a request cut off mid-head or mid-body can never be answered */
 		return;
@@ -792,7 +1082,14 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 static void conn_read(keel_http_conn *c)
 {
 	c->paused = false;
-	c->recv = keel_recv_stream(c->s->loop, c->fd, on_data, c);
+	/*
+	 * While a streamed body is read, ask for one buffer at a time: a
+	 * multishot receive would fill pool buffers as fast as the client
+	 * sends, ahead of the reader, before a stop could take effect.
+	 */
+	c->paced = c->cur && c->cur->stream_body;
+	c->recv = c->paced ? keel_recv_stream_paced(c->s->loop, c->fd, on_data, c)
+	                   : keel_recv_stream(c->s->loop, c->fd, on_data, c);
 	keel_promise_done(c->recv, recv_ended, c);
 }
 
@@ -1117,10 +1414,15 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 			close_after = true;
 		if (r->is_error)
 			after_error = true;
+		if (r->stream_body && !r->body_done) {
+			/* The rest of its body is still coming: it cannot be told from a next request. */
+			c->no_more = true;
+			close_after = after_error = true;
+		}
 		req_free(c, r);
 	}
 	c->nsending = 0;
-	if (!o.err && after_error && !c->closing && c->recv && !c->eof) {
+	if (!o.err && after_error && !c->closing && !c->eof && (c->recv || c->inq_head)) {
 		/*
 		 * Lingering close: the client may still be sending what we refused
 		 * (a body over the limit, say). Closing with unread input would
@@ -1128,6 +1430,9 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		 * the client reads it; so send FIN, drain for a while, then close.
 		 */
 		c->lingering = true;
+		inq_clear(c);
+		if (!c->recv)
+			conn_read(c); /* it was paused for a streamed body's reader */
 		keel_promise_release(keel_shutdown(s->loop, c->fd, SHUT_WR));
 		keel__timer_stop(s->loop, &c->timer);
 		c->timer_kind = T_LINGER;
@@ -1138,7 +1443,7 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		conn_close(c);
 		return;
 	}
-	if (c->paused && !c->recv && c->nreqs < s->cfg.pipeline_max)
+	if (c->paused && conn_may_read(c))
 		conn_read(c);
 	if (c->eof && c->nreqs == 0) {
 		conn_close(c);
@@ -1262,6 +1567,9 @@ static void conn_timer_update(keel_http_conn *c)
 	} else if (c->sending) {
 		kind = T_SEND;
 		ms = cfg->send_timeout_ms;
+	} else if (c->cur && c->cur->stream_body && (!c->cur->body_wait || c->inq_head)) {
+		kind = T_NONE; /* the handler is not reading: not the client's delay */
+		ms = 0;
 	} else if (c->cur) {
 		kind = T_BODY; /* re-armed on every call: a deadline between reads */
 		ms = cfg->body_timeout_ms;
@@ -1336,9 +1644,16 @@ static void conn_close(keel_http_conn *c)
 		c->closing = true;
 		keel__timer_stop(c->s->loop, &c->timer);
 		/* Handlers still working are asked to stop; their answers are discarded. */
-		for (keel_http_request *r = c->qhead; r; r = r->next)
+		for (keel_http_request *r = c->qhead; r; r = r->next) {
+			if (r->body_wait) {
+				keel_promise *w = r->body_wait;
+				r->body_wait = NULL;
+				keel_promise_reject(w, -ECONNRESET);
+			}
 			if (r->pending)
 				keel_promise_cancel(r->pending);
+		}
+		inq_clear(c);
 		if (c->recv)
 			keel_promise_cancel(c->recv);
 		if (c->send_p)
@@ -1348,7 +1663,7 @@ static void conn_close(keel_http_conn *c)
 	for (keel_http_request *r = c->qhead; r; r = r->next)
 		if (r->pending)
 			return;
-	if (c->recv || c->sending || c->fd < 0)
+	if (c->recv || c->sending || c->pump_p || c->fd < 0)
 		return;
 	while (c->qhead) {
 		keel_http_request *r = c->qhead;

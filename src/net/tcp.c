@@ -181,6 +181,17 @@ keel_promise *keel_recv_stream(keel_loop *loop, int fd, keel_recv_fn fn, void *u
 	return START_OR_LIMIT(op);
 }
 
+keel_promise *keel_recv_stream_paced(keel_loop *loop, int fd, keel_recv_fn fn, void *ud)
+{
+	keel__op *op = keel__op_new(loop, KEEL__OP_RECV_STREAM, fd);
+	if (op) {
+		op->u.stream.fn = fn;
+		op->u.stream.ud = ud;
+		op->flags |= KEEL__OPF_PACED;
+	}
+	return START_OR_LIMIT(op);
+}
+
 keel_promise *keel_recv(keel_loop *loop, int fd, void *buf, size_t len)
 {
 	keel__op *op = keel__op_new(loop, KEEL__OP_RECV, fd);

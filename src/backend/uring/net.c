@@ -22,7 +22,10 @@ int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op)
 		                      op->u.connect.addrlen);
 		break;
 	case KEEL__OP_RECV_STREAM:
-		io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
+		if (op->flags & KEEL__OPF_PACED)
+			io_uring_prep_recv(sqe, op->fd, NULL, 0, 0); /* re-armed after each buffer */
+		else
+			io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
 		sqe->flags |= IOSQE_BUFFER_SELECT;
 		sqe->buf_group = keel__loop_bufpool(loop)->bgid;
 		break;
