@@ -12,6 +12,7 @@
 #define KEEL_BACKEND_H
 
 #include <linux/openat2.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -76,6 +77,12 @@ struct keel__op {
 	int fd;
 	keel_promise *promise; /* settled when the op ends */
 	keel__op *next;        /* free list, backend queues, buffer waiters */
+	int64_t be_scratch;
+	/*
+	 * Kinds whose part of the union fits KEEL__OP_SMALL_U bytes (receive
+	 * streams, accept, plain reads and writes, close, shutdown, fsync) are
+	 * allocated without the rest: one per idle connection, so it counts.
+	 */
 	union {
 		struct {
 			keel_accept_fn fn;
@@ -88,6 +95,7 @@ struct keel__op {
 		struct {
 			struct sockaddr_storage addr;
 			socklen_t addrlen;
+			keel__timer timer; /* the deadline */
 		} connect;
 		struct {
 			struct msghdr msg;
@@ -127,9 +135,17 @@ struct keel__op {
 			int pipe[2];
 		} sendfile;
 	} u;
-	keel__timer timer; /* connect deadline */
-	int64_t be_scratch;
 };
+
+#define KEEL__OP_SMALL_U 24
+#define KEEL__OP_SMALL_SIZE (offsetof(keel__op, u) + KEEL__OP_SMALL_U)
+
+/* Whether ops of this kind are allocated small (their union part fits KEEL__OP_SMALL_U). */
+static inline bool keel__op_kind_small(int kind)
+{
+	return kind != KEEL__OP_CONNECT && kind != KEEL__OP_SEND && kind != KEEL__OP_OPEN &&
+	       kind != KEEL__OP_STATX && kind != KEEL__OP_SENDFILE;
+}
 
 /* The receive buffer pool shared by every receive stream of a loop. */
 struct keel__bufpool {

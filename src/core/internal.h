@@ -110,7 +110,8 @@ struct keel_loop {
 	/* Op table: slot -> op; free ops are chained through op->next. */
 	keel__op **ops;
 	uint32_t ops_cap;
-	keel__op *op_free;
+	keel__op *op_free;       /* full-size ops */
+	keel__op *op_free_small; /* ops of keel__op_kind_small kinds */
 	uint32_t ops_live, ops_daemon;
 
 	/*

@@ -91,7 +91,8 @@ keel_promise *keel__op_start(keel_loop *loop, keel__op *op)
 static void op_finish(keel_loop *loop, keel__op *op, int64_t res)
 {
 	keel_promise *p = op->promise;
-	keel__timer_stop(loop, &op->timer);
+	if (op->kind == KEEL__OP_CONNECT)
+		keel__timer_stop(loop, &op->u.connect.timer);
 	keel__op_free(loop, op);
 	if (res < 0)
 		keel_promise_reject(p, (int)res);

@@ -131,7 +131,11 @@ void keel__mem_free(keel_loop *loop, void *ptr, size_t size)
 
 keel__op *keel__op_new(keel_loop *loop, int kind, int fd)
 {
-	if (!loop->op_free) {
+	bool small = keel__op_kind_small(kind);
+	size_t size = small ? (KEEL__OP_SMALL_SIZE + 7) & ~(size_t)7 : sizeof(keel__op);
+	keel__op **free_list = small ? &loop->op_free_small : &loop->op_free;
+	if (!*free_list) {
+		/* A slab of ops of this size; their slots continue the one table. */
 		if (loop->ops_cap >= loop->opts.ops_max)
 			return NULL;
 		uint32_t n = OP_SLAB;
@@ -141,26 +145,28 @@ keel__op *keel__op_new(keel_loop *loop, int kind, int fd)
 		if (!table)
 			keel__oom();
 		loop->ops = table;
-		keel__op *slab = slab_new(loop, n * sizeof(keel__op));
+		char *slab = slab_new(loop, n * size);
 		for (int i = (int)n - 1; i >= 0; i--) {
-			keel__op *op = &slab[i];
+			keel__op *op = (keel__op *)(slab + (size_t)i * size);
 			op->slot = loop->ops_cap + (uint32_t)i;
 			op->gen = 1;
+			op->kind = 0;
 			loop->ops[op->slot] = op;
-			op->next = loop->op_free;
-			loop->op_free = op;
+			op->next = *free_list;
+			*free_list = op;
 		}
 		loop->ops_cap += n;
 	}
-	keel__op *op = loop->op_free;
-	loop->op_free = op->next;
+	keel__op *op = *free_list;
+	*free_list = op->next;
 	uint32_t slot = op->slot, gen = op->gen;
-	memset(op, 0, sizeof(*op));
+	memset(op, 0, size);
 	op->slot = slot;
 	op->gen = gen;
 	op->kind = (uint8_t)kind;
 	op->fd = fd;
-	op->timer.heap_idx = UINT32_MAX;
+	if (kind == KEEL__OP_CONNECT)
+		op->u.connect.timer.heap_idx = UINT32_MAX;
 	loop->ops_live++;
 	loop->stats.ops_inflight = loop->ops_live;
 	return op;
@@ -175,12 +181,13 @@ void keel__op_free(keel_loop *loop, keel__op *op)
 		loop->ops_daemon--;
 	int fd = op->fd;
 	bool fdref = op->flags & KEEL__OPF_FDREF;
+	keel__op **free_list = keel__op_kind_small(op->kind) ? &loop->op_free_small : &loop->op_free;
 	op->kind = 0;
 	op->gen++;
 	if (op->gen == 0)
 		op->gen = 1;
-	op->next = loop->op_free;
-	loop->op_free = op;
+	op->next = *free_list;
+	*free_list = op;
 	loop->ops_live--;
 	loop->stats.ops_inflight = loop->ops_live;
 	if (fdref)

@@ -144,7 +144,7 @@ keel_promise *keel_accept(keel_loop *loop, int lfd, keel_accept_fn fn, void *ud)
 
 static void connect_deadline(keel_loop *loop, keel__timer *t)
 {
-	keel__op *op = (keel__op *)((char *)t - offsetof(keel__op, timer));
+	keel__op *op = (keel__op *)((char *)t - offsetof(keel__op, u.connect.timer));
 	op->flags |= KEEL__OPF_TIMEDOUT;
 	keel__op_cancel(loop, op);
 }
@@ -165,8 +165,8 @@ keel_promise *keel_connect(keel_loop *loop, const struct sockaddr *addr, socklen
 	memcpy(&op->u.connect.addr, addr, addrlen);
 	op->u.connect.addrlen = addrlen;
 	if (timeout_ms) {
-		keel__timer_init(&op->timer, connect_deadline);
-		keel__timer_start(loop, &op->timer, timeout_ms);
+		keel__timer_init(&op->u.connect.timer, connect_deadline);
+		keel__timer_start(loop, &op->u.connect.timer, timeout_ms);
 	}
 	return keel__op_start(loop, op);
 }
