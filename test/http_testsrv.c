@@ -26,12 +26,18 @@
  *   POST /early            answers "early" at once, without reading the body
  *
  *   --body-stream-max N    limit on streamed bodies
+ *
+ * Admission and bounds:
+ *   GET  /burn?us=N        burns N microseconds of CPU in the handler, then "burnt"
+ *   GET  /_keel/status     keel_http_status (never shed)
+ *   --queue-delay-max-us N, --inflight-max N, --conn-out-max N  (0 turns the first off)
  */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "keel/http.h"
@@ -288,6 +294,18 @@ static keel_promise *h_early(keel_http_request *r, void *ud)
 	return keel_http_respond(r, 200, "text/plain", "early", 5);
 }
 
+static keel_promise *h_burn(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	long us = qnum(r, "us", 1000);
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	while ((t.tv_sec - t0.tv_sec) * 1000000L + (t.tv_nsec - t0.tv_nsec) / 1000 < us);
+	return keel_http_respond(r, 200, "text/plain", "burnt", 5);
+}
+
 static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -316,7 +334,9 @@ int main(int argc, char **argv)
 		{"body-timeout-ms", 1, NULL, 'B'},  {"send-timeout-ms", 1, NULL, 'S'},
 		{"requests-per-conn", 1, NULL, 'r'}, {"headers-max", 1, NULL, 'n'},
 		{"head-max", 1, NULL, 'm'},         {"line-max", 1, NULL, 'L'},
-		{"body-stream-max", 1, NULL, 'M'},  {NULL, 0, NULL, 0},
+		{"body-stream-max", 1, NULL, 'M'},  {"queue-delay-max-us", 1, NULL, 'Q'},
+		{"inflight-max", 1, NULL, 'F'},     {"conn-out-max", 1, NULL, 'O'},
+		{NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -335,6 +355,9 @@ int main(int argc, char **argv)
 		case 'm': cfg.limits.head_max = (size_t)v; break;
 		case 'L': cfg.limits.request_line_max = (size_t)v; break;
 		case 'M': cfg.body_stream_max = (uint64_t)v; break;
+		case 'Q': cfg.queue_delay_max_us = (uint32_t)v; break;
+		case 'F': cfg.inflight_max = (unsigned)v; break;
+		case 'O': cfg.conn_out_max = (size_t)v; break;
 		default: return 2;
 		}
 	}
@@ -363,6 +386,8 @@ int main(int argc, char **argv)
 	keel_http_route(srv, "POST", "/upload", KEEL_HTTP_STREAM_BODY, h_upload, NULL);
 	keel_http_route(srv, "POST", "/duplex", KEEL_HTTP_STREAM_BODY, h_duplex, NULL);
 	keel_http_route(srv, "POST", "/early", KEEL_HTTP_STREAM_BODY, h_early, NULL);
+	keel_http_route(srv, "GET", "/burn", false, h_burn, NULL);
+	keel_http_route(srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
 	int lfd = keel_tcp_listen(addr, 128, 0);
 	if (lfd < 0) {
 		fprintf(stderr, "listen %s: %s\n", addr, keel_strerror(lfd));

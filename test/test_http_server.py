@@ -28,6 +28,7 @@ import hashlib
 import http.client
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -96,14 +97,15 @@ def sha(b):
 class Server:
     """One http_testsrv process; its stderr is drained by a thread and kept."""
 
-    def __init__(self, *args, binary=None):
+    def __init__(self, *args, binary=None, nofile=None):
         self.argv = [binary or SRV_BIN, *[str(a) for a in args]]
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
         self.lines = []
         self.port = None
         self.backend = None
         self.listening = threading.Event()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, preexec_fn=limit)
         self.reader = threading.Thread(target=self._drain, daemon=True)
         self.reader.start()
         if not self.listening.wait(STARTUP_S) or self.port is None:
@@ -937,6 +939,13 @@ def t_requests_per_conn(R):
 
 
 def t_pipeline_max(P):
+    # Exactly at the limit: of 6 slow requests in one send, 4 are taken, the rest wait unread.
+    with Conn(P.port, timeout=10) as c:
+        c.send(b"".join(get("/slow?ms=400") for _ in range(6)))
+        time.sleep(0.2)
+        eq(status_text(P)["requests_inflight"], 4, "handlers running with --pipeline-max 4 and 6 pipelined")
+        for i in range(6):
+            eq(c.read_response(what="slow %d of 6" % i).body, b"slow 400", "slow %d of 6" % i)
     with Conn(P.port) as c:
         c.send(b"".join(get("/prefix/%d" % i) for i in range(50)))
         for i in range(50):
@@ -1583,6 +1592,153 @@ def t_sbody_early(U):
         expect_hello(c.read_response(), "GET behind pipelined uploads")
 
 
+# ---- Admission and bounds --------------------------------------------------------------------
+
+def status_text(srv):
+    r, body = hc(srv.port, "GET", "/_keel/status")
+    eq(r.status, 200, "/_keel/status")
+    out = {}
+    for ln in body.decode().splitlines():
+        k, v = ln.split()
+        out[k] = int(v)
+    return out
+
+
+def t_shed_queue_delay(A):
+    """--queue-delay-max-us 1000: requests reached after 1 ms of the tick's work are shed with a fast
+    503 + Retry-After; the connection stays usable; exempt routes are still answered."""
+    before = status_text(A)
+    with Conn(A.port) as c:
+        c.send(get("/burn?us=3000") + get("/hello") + get("/_keel/status") + get("/hello"))
+        r = c.read_response(what="burn")
+        eq((r.status, r.body), (200, b"burnt"), "the request that did the work")
+        r = c.read_response(what="shed 1")
+        eq((r.status, r.h("Retry-After"), r.body), (503, "1", b"Service Unavailable\n"), "shed after 3 ms of work")
+        r = c.read_response(what="status behind the burn")
+        eq(r.status, 200, "KEEL_HTTP_NO_SHED route behind the burn")
+        eq(c.read_response(what="shed 2").status, 503, "second request behind the burn")
+        # Within the budget: admitted.
+        c.send(get("/burn?us=300") + get("/hello"))
+        eq(c.read_response(what="short burn").status, 200, "short burn")
+        expect_hello(c.read_response(what="after 0.3 ms of work"), "0.3 ms of work ahead: admitted")
+        time.sleep(0.05)
+        c.send(get("/hello"))
+        expect_hello(c.read_response(what="next tick"), "the next tick admits again")
+    after = status_text(A)
+    eq(after["requests_shed_total"] - before["requests_shed_total"], 2, "requests_shed_total")
+    check(after["responses_5xx_total"] - before["responses_5xx_total"] >= 2, "5xx counted")
+
+
+def t_inflight_max(A):
+    """--inflight-max 2: two slow handlers run; a third request is shed at once; then admitted again."""
+    with Conn(A.port) as a, Conn(A.port) as b, Conn(A.port) as c:
+        a.send(get("/slow?ms=600"))
+        b.send(get("/slow?ms=600"))
+        time.sleep(0.15)
+        st = status_text(A)
+        eq(st["requests_inflight"], 2, "requests_inflight with two slow handlers")
+        t0 = time.monotonic()
+        c.send(get("/slow?ms=10"))
+        r = c.read_response(what="third slow request")
+        eq(r.status, 503, "third request past --inflight-max 2")
+        check(time.monotonic() - t0 < 0.4, "the 503 waited for the others (%.2f s)" % (time.monotonic() - t0))
+        eq(a.read_response(what="slow a").body, b"slow 600", "first slow request")
+        eq(b.read_response(what="slow b").body, b"slow 600", "second slow request")
+        c.send(get("/slow?ms=10"))
+        eq(c.read_response(what="after the slow ones").status, 200, "admitted once room is back")
+
+
+def t_conn_out_max(A):
+    """--conn-out-max 32 MiB: with an answer of exactly 32 MiB unsent (more than the socket buffers
+    hold) the next request is still read; with 32 MiB + 1 reading pauses until the client drains it."""
+    lim = 32 << 20
+    for size, paused in ((lim, False), (lim + 1, True)):
+        with Conn(A.port, timeout=20) as c:
+            base = status_text(A)["requests_total"]
+            c.send(get("/big?n=%d" % size))
+            time.sleep(0.2)
+            c.send(get("/hello"))
+            time.sleep(0.3)
+            got = status_text(A)["requests_total"] - base - 1  # minus the status request itself
+            eq(got, 1 if paused else 2, "requests read with %d unsent bytes (limit %d)" % (size, lim))
+            r = c.read_response(what="big")
+            eq(len(r.body), size, "big body")
+            expect_hello(c.read_response(what="hello after big"), "hello after the big answer")
+
+
+def t_status_formats(A):
+    st = status_text(A)
+    for k in ("connections_open", "requests_total", "requests_shed_total", "recv_buffers_in_use", "rss_bytes",
+              "bytes_out_total", "accept_pauses_total"):
+        check(k in st, "status lacks %s: %r" % (k, st))
+    check(st["connections_open"] >= 1 and st["rss_bytes"] > 1 << 20, "status values %r" % st)
+    r, body = hc(A.port, "GET", "/_keel/status?format=prometheus")
+    eq(r.status, 200, "prometheus status")
+    text = body.decode()
+    check("# TYPE keel_requests_total counter" in text and "# TYPE keel_connections_open gauge" in text,
+          "prometheus TYPE lines: %r" % text[:300])
+    check(re.search(r"^keel_rss_bytes \d+$", text, re.M), "prometheus sample line: %r" % text[:300])
+
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def t_emfile(_):
+    """RLIMIT_NOFILE 64 in the server: with 100 clients it accepts until EMFILE, serves the ones it
+    holds, pauses accepting without spinning, and serves the rest as the first ones close."""
+    srv = Server(nofile=64)
+    conns = []
+    try:
+        for _ in range(100):
+            conns.append(Conn(srv.port, timeout=10))
+        time.sleep(0.5)
+        served = []
+        for i, c in enumerate(conns):
+            c.send(get("/hello"))
+        for i, c in enumerate(conns):
+            if c.readable_within(0.3 if not served else 0.02):
+                expect_hello(c.read_response(what="held connection %d" % i), "held connection %d" % i)
+                served.append(i)
+        check(20 <= len(served) < 64, "served %d connections under RLIMIT_NOFILE 64" % len(served))
+        t0, cpu0 = time.monotonic(), cpu_seconds(srv.proc.pid)
+        time.sleep(1.0)
+        cpu = (cpu_seconds(srv.proc.pid) - cpu0) / (time.monotonic() - t0)
+        check(cpu < 0.5, "the server used %.0f%% of a CPU while out of descriptors: spinning" % (cpu * 100))
+        st = status_text_conn(conns[served[0]])
+        check(st["accept_pauses_total"] >= 1, "accept_pauses_total %r" % st)
+        # The held ones keep working.
+        for i in served[:5]:
+            conns[i].send(get("/hello"))
+            expect_hello(conns[i].read_response(), "held connection %d again" % i)
+        # Free descriptors: the waiting clients are accepted and answered.
+        for i in served:
+            conns[i].close()
+        waiting = [c for i, c in enumerate(conns) if i not in served]
+        late = 0
+        for c in waiting[:len(served) - 10]:
+            expect_hello(c.read_response(timeout=5, what="a client accepted after EMFILE"), "after EMFILE")
+            late += 1
+        print("      served %d at first, %d more after closing them (%.0f%% CPU while paused)"
+              % (len(served), late, cpu * 100))
+        check(any("Too many open files" in l or "EMFILE" in l for l in srv.lines),
+              "no log line about the descriptor limit:\n%s" % srv.stderr())
+    finally:
+        for c in conns:
+            c.close()
+        srv.kill()
+
+
+def status_text_conn(c):
+    c.send(get("/_keel/status"))
+    r = c.read_response(what="status")
+    eq(r.status, 200, "/_keel/status")
+    return {k: int(v) for k, v in (ln.split() for ln in r.body.decode().splitlines())}
+
+
 def main():
     only = sys.argv[1:]
     if not os.access(SRV_BIN, os.X_OK):
@@ -1628,6 +1784,11 @@ def main():
         ("streamed bodies: limits, bad framing, 100-continue, client gone", "U", t_sbody_errors),
         ("streamed bodies: full duplex echo", "U", t_sbody_duplex),
         ("streamed bodies: answered before the body is read", "U", t_sbody_early),
+        ("admission: shed past --queue-delay-max-us", "A", t_shed_queue_delay),
+        ("admission: --inflight-max 2", "A", t_inflight_max),
+        ("bounds: --conn-out-max at the limit and one past it", "O", t_conn_out_max),
+        ("status: /_keel/status text and Prometheus", "A", t_status_formats),
+        ("bounds: EMFILE pauses accepting and recovers", None, t_emfile),
     ]
     plan += [("malformed: " + case[0], "L", lambda L, case=case: t_malformed(L, case)) for case in MALFORMED]
     plan += [
@@ -1663,6 +1824,8 @@ def main():
         "P": ("--pipeline-max", 4),
         "C": ("--conns-max", 2),
         "U": ("--body-stream-max", 40000000),
+        "A": ("--queue-delay-max-us", 1000, "--inflight-max", 2),
+        "O": ("--conn-out-max", 32 << 20, "--queue-delay-max-us", 0),
     }
 
     def run(name, fn):

@@ -31,6 +31,19 @@ typedef struct keel_http_config {
 	unsigned conns_max;        /* per server (one per loop); when full accepting pauses. 10000 */
 	unsigned pipeline_max;     /* requests in flight per connection; 32 */
 	unsigned requests_per_conn_max; /* then Connection: close; 0 = no limit (default 0) */
+	/*
+	 * Admission. A request is shed -- answered at once with 503 and
+	 * Retry-After, its handler not called -- when the loop has already
+	 * spent queue_delay_max_us of the current tick before reaching it (the
+	 * work ahead of it would make it late: better a fast no than a slow
+	 * yes), or when inflight_max requests already wait for their handlers.
+	 * Routes flagged KEEL_HTTP_NO_SHED are exempt (status, health checks).
+	 */
+	uint32_t queue_delay_max_us; /* 0: off. Default 20000 (20 ms) */
+	unsigned inflight_max;       /* per server; default 10000 */
+	size_t conn_out_max;         /* answered, unsent response bytes per connection; past
+	                                it receiving pauses (bodies from files and streams are
+	                                not counted: they are pulled). Default 1 MiB */
 	uint64_t header_timeout_ms; /* one deadline for the whole head (slowloris); 10000 */
 	uint64_t body_timeout_ms;   /* between body reads; 30000 */
 	uint64_t idle_timeout_ms;   /* keep-alive idle; 60000 */
@@ -86,9 +99,13 @@ struct keel_http_request {
 	keel_promise *body_wait; /* a keel_http_body_read waiting for the next piece */
 	void *body_buf;          /* the receive buffer the last piece points into */
 	keel_str piece;          /* the last piece handed out */
+	keel_http_chunked chunk; /* the body's framing while it is read */
+	uint64_t body_need;
+	size_t body_len;
 	int body_err;
 	uint8_t done, keep_alive, head_only, is_error, is_error_logged, want_continue;
 	uint8_t stream_body, body_done, body_given, body_discard;
+	size_t out_bytes; /* counted in the connection's unsent output */
 	keel_http_header headers[]; /* config limits.headers_max */
 };
 
@@ -110,6 +127,7 @@ enum {
 	KEEL_HTTP_PREFIX = 1,      /* match paths that start with path (true works too) */
 	KEEL_HTTP_STREAM_BODY = 2, /* call the handler once the head is in; it reads the body in
 	                              pieces with keel_http_body_read (uploads, proxies) */
+	KEEL_HTTP_NO_SHED = 4,     /* never shed by admission control */
 };
 
 /*
@@ -163,9 +181,21 @@ const char *keel_http_status_text(int status);
 
 typedef struct keel_http_stats {
 	uint64_t connections, requests, responses_4xx, responses_5xx, bytes_out;
+	uint64_t shed;              /* requests answered 503 by admission control */
+	uint64_t accept_pauses;     /* accepting paused: connection limit or EMFILE/ENFILE */
 	uint64_t log_lines_dropped; /* access log lines lost because the disk fell behind */
 	uint32_t conns_open;
+	uint32_t inflight;          /* requests waiting for their handlers */
 } keel_http_stats;
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
+
+/*
+ * A handler with the server's live counters (connections, requests, shed
+ * requests, bytes, receive buffers in use, RSS): plain text, or the
+ * Prometheus text format with ?format=prometheus. ud: a label for this
+ * server (e.g. the worker number as a string) or NULL. Opt-in, e.g.
+ *   keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
+ */
+keel_promise *keel_http_status(keel_http_request *req, void *ud);
 
 #endif

@@ -45,53 +45,68 @@ struct route {
 	size_t mlen;
 	char *path;
 	size_t plen;
-	bool prefix, stream;
+	bool prefix, stream, no_shed;
 	keel_http_handler fn;
 	void *ud;
 };
 
+/*
+ * A connection. Every idle keep-alive connection costs this struct, its
+ * receive operation and promise, and no buffer: keep it small (fields
+ * ordered to leave no holes; send state lives in conn_tx).
+ */
 struct keel_http_conn {
 	keel_http_server *s;
-	int fd;
 	keel_http_conn *prev, *next;
 	keel_promise *recv; /* the receive stream while it runs */
-	/* A head that arrived in pieces, gathered here. */
-	char *part;
-	size_t part_len, part_cap;
+	char *part;         /* a head that arrived in pieces, gathered here */
 	/* The request whose body is being read. */
 	keel_http_request *cur;
 	/*
-	 * Input held back while a streamed body waits for its reader (in
-	 * arrival order; the first from inq_off on), and the deferred pump
-	 * that feeds it on once the reader asks.
+	 * Input held back while a streamed body waits for its reader, in
+	 * arrival order (linked through buf->next), the first from inq_off on.
 	 */
-	keel_buf *inq_head, *inq_tail;
-	uint32_t inq_off;
-	keel_promise *pump_p;
-	keel_http_chunked chunk;
-	uint64_t body_need;
-	size_t body_len;
+	keel_buf *inq_head;
 	/* Requests in arrival order; the first nsending are in the current send. */
 	keel_http_request *qhead, *qtail;
-	unsigned nreqs, nsending, served;
-	char *out;
-	size_t out_cap;
-	keel__timer timer;
-	uint8_t timer_kind;
+	size_t out_pending;   /* answered, unsent response bytes (conn_out_max) */
+	struct conn_tx *tx;   /* the send state, only while sending */
 	keel_promise *send_p; /* the send in flight, to cancel on close */
+	char *peer;           /* for the access log (only when it is on) */
+	keel__timer timer;
+	int fd;
+	uint32_t inq_off;
+	uint32_t part_len, part_cap;
+	unsigned nreqs, nsending, served;
+	uint8_t timer_kind;
+	bool sending, closing, no_more, eof, paused, draining, lingering;
+	bool paced;   /* the receive runs one buffer at a time (a streamed body is being read) */
+	bool pumping; /* a deferred pump (pump_later) is due */
+};
+
+/*
+ * What a connection needs while it sends, taken from a per-server free
+ * list for the batch and given back after it: an idle keep-alive
+ * connection holds none of it (the output buffer and the iovecs are most
+ * of a connection's memory).
+ */
+struct conn_tx {
+	struct conn_tx *next; /* free list */
+	char *out;            /* heads and small bodies of the batch */
+	size_t out_cap;
 	/* The batch being sent, in slices so a slow reader shows progress to the send deadline. */
 	struct iovec iov[IOV_BATCH];
 	int niov, iov_pos;
 	uint64_t file_off, file_left;
+	uint64_t file_slice; /* bytes asked of the sendfile in flight; 0 when none */
 	/* A streamed body: 1 while pieces remain, 2 while waiting for the producer. */
 	uint8_t stream_state;
 	bool stream_chunked;
-	uint64_t file_slice; /* bytes asked of the sendfile in flight; 0 when none */
 	char chunk_head[24];
-	bool sending, closing, no_more, eof, paused, draining, lingering;
-	bool paced; /* the receive runs one buffer at a time (a streamed body is being read) */
-	char peer[48]; /* for the access log */
 };
+
+#define TX_FREE_MAX 256    /* send states kept for reuse per server */
+#define TX_OUT_KEEP 16384  /* larger output buffers are not kept */
 
 struct keel_http_server {
 	keel_loop *loop;
@@ -101,10 +116,14 @@ struct keel_http_server {
 	int lfd;
 	keel_promise *accept;  /* the accept stream while it runs (at most one) */
 	keel_promise *backoff; /* the pause after EMFILE and the like */
+	unsigned backoff_ms;   /* grows while accepting keeps failing; 0 after a success */
+	uint64_t backoff_logged_ms;
 	bool accept_paused, stopping;
 	keel_http_conn *conns;
 	unsigned nconns;
 	keel_http_conn *free_conns;
+	struct conn_tx *free_tx;
+	unsigned nfree_tx;
 	keel_http_request *free_reqs;
 	size_t req_size;
 	int *held;
@@ -153,6 +172,9 @@ void keel_http_config_default(keel_http_config *cfg)
 	cfg->send_timeout_ms = 30000;
 	cfg->server_name = "keel";
 	cfg->access_log_fd = -1;
+	cfg->queue_delay_max_us = 20000;
+	cfg->inflight_max = 10000;
+	cfg->conn_out_max = 1 << 20;
 }
 
 keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg)
@@ -179,7 +201,8 @@ keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *
 int keel_http_route(keel_http_server *s, const char *method, const char *path, unsigned flags,
                     keel_http_handler handler, void *ud)
 {
-	if (!path || path[0] != '/' || !handler || (flags & ~(unsigned)(KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY)))
+	if (!path || path[0] != '/' || !handler ||
+	    (flags & ~(unsigned)(KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY | KEEL_HTTP_NO_SHED)))
 		return -EINVAL;
 	struct route *r = realloc(s->routes, (s->nroutes + 1) * sizeof(*r));
 	if (!r)
@@ -194,6 +217,7 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, u
 	r->mlen = method ? strlen(method) : 0;
 	r->prefix = flags & KEEL_HTTP_PREFIX;
 	r->stream = flags & KEEL_HTTP_STREAM_BODY;
+	r->no_shed = flags & KEEL_HTTP_NO_SHED;
 	r->fn = handler;
 	r->ud = ud;
 	s->nroutes++;
@@ -312,6 +336,7 @@ static void req_free(keel_http_conn *c, keel_http_request *r)
 	}
 	if (c->cur == r)
 		c->cur = NULL;
+	c->out_pending -= r->out_bytes;
 	free(r->own);
 	free(r->body_own);
 	if (r->answer && r->answer->file_fd >= 0 && r->answer->file_close)
@@ -384,6 +409,10 @@ static void req_answer(keel_http_request *r, keel_outcome o)
 		r->answer = o.ptr;
 	}
 	r->done = 1;
+	if (r->answer->file_fd < 0 && !r->answer->stream) {
+		r->out_bytes = r->answer->body.len; /* files and streams are pulled as they go */
+		r->conn->out_pending += r->out_bytes;
+	}
 	if (r->stream_body && !r->body_done && !r->answer->stream) {
 		/* Answered without a streamed response: the rest of the body is not wanted. */
 		r->body_discard = 1;
@@ -401,6 +430,7 @@ static void handler_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	keel_http_request *r = ud;
 	keel_http_conn *c = r->conn;
+	c->s->stats.inflight--;
 	req_answer(r, o);
 	if (c->closing) {
 		conn_close(c); /* re-check: it may now be free of pending handlers */
@@ -490,8 +520,48 @@ static void req_target(keel_http_request *r)
 	}
 }
 
+/*
+ * Admission: shed when the work ahead of this request in the current tick
+ * already exceeds the queueing budget, or too many handlers are pending.
+ * A 503 costs a parse and a few bytes in a send the connection makes
+ * anyway; the work it declines would have made every later answer late.
+ */
+static bool should_shed(keel_http_server *s, const struct route *rt)
+{
+	if (rt->no_shed)
+		return false;
+	if (s->cfg.inflight_max && s->stats.inflight >= s->cfg.inflight_max)
+		return true;
+	if (s->cfg.queue_delay_max_us) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+		uint64_t tick = keel_loop_now_ns(s->loop);
+		if (now > tick && now - tick > (uint64_t)s->cfg.queue_delay_max_us * 1000)
+			return true;
+	}
+	return false;
+}
+
+static void req_shed(keel_http_request *r)
+{
+	static const keel_http_header retry = {{"Retry-After", 11}, {"1", 1}};
+	r->conn->s->stats.shed++;
+	r->resp.status = 503;
+	r->resp.content_type = "text/plain";
+	r->resp.body.ptr = "Service Unavailable\n";
+	r->resp.body.len = 20;
+	r->resp.headers = &retry;
+	r->resp.nheaders = 1;
+	req_answer(r, keel_ok(0, &r->resp));
+}
+
 static void handler_call(keel_http_request *r, const struct route *rt)
 {
+	if (should_shed(r->conn->s, rt)) {
+		req_shed(r);
+		return;
+	}
 	keel_promise *p = rt->fn(r, rt->ud);
 	if (!p) {
 		req_answer(r, keel_fail(-ENOMEM));
@@ -501,6 +571,7 @@ static void handler_call(keel_http_request *r, const struct route *rt)
 		keel_promise_release(p);
 	} else {
 		r->pending = p;
+		r->conn->s->stats.inflight++;
 		keel_promise_done(p, handler_done, r);
 	}
 }
@@ -584,10 +655,10 @@ static void req_stream_begin(keel_http_conn *c, keel_http_request *r, const stru
 	}
 	r->stream_body = 1;
 	if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
-		c->body_need = r->msg.content_length;
-		r->body_done = c->body_need == 0;
+		r->body_need = r->msg.content_length;
+		r->body_done = r->body_need == 0;
 	} else {
-		keel_http_chunked_init(&c->chunk, max);
+		keel_http_chunked_init(&r->chunk, max);
 	}
 	if (!r->body_done)
 		c->cur = r;
@@ -625,15 +696,15 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 			return;
 		}
 		c->cur = r;
-		c->body_need = r->msg.content_length;
-		c->body_len = 0;
-		if (r->msg.expect_continue && avail < c->body_need)
+		r->body_need = r->msg.content_length;
+		r->body_len = 0;
+		if (r->msg.expect_continue && avail < r->body_need)
 			r->want_continue = 1;
 		break;
 	case KEEL_HTTP_BODY_CHUNKED:
 		c->cur = r;
-		c->body_len = 0;
-		keel_http_chunked_init(&c->chunk, c->s->cfg.body_max);
+		r->body_len = 0;
+		keel_http_chunked_init(&r->chunk, c->s->cfg.body_max);
 		if (r->msg.expect_continue)
 			r->want_continue = 1;
 		break;
@@ -645,11 +716,11 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 
 static bool body_append(keel_http_conn *c, keel_http_request *r, const char *p, size_t n)
 {
-	if (c->body_len + n > r->body_cap) {
+	if (r->body_len + n > r->body_cap) {
 		size_t cap = r->body_cap ? r->body_cap * 2 : 4096;
-		while (cap < c->body_len + n)
+		while (cap < r->body_len + n)
 			cap *= 2;
-		if (cap > c->s->cfg.body_max && c->s->cfg.body_max >= c->body_len + n)
+		if (cap > c->s->cfg.body_max && c->s->cfg.body_max >= r->body_len + n)
 			cap = c->s->cfg.body_max;
 		char *nb = realloc(r->body_own, cap);
 		if (!nb)
@@ -657,8 +728,8 @@ static bool body_append(keel_http_conn *c, keel_http_request *r, const char *p, 
 		r->body_own = nb;
 		r->body_cap = cap;
 	}
-	memcpy(r->body_own + c->body_len, p, n);
-	c->body_len += n;
+	memcpy(r->body_own + r->body_len, p, n);
+	r->body_len += n;
 	return true;
 }
 
@@ -701,13 +772,13 @@ static size_t body_stream(keel_http_conn *c, keel_buf *buf, const char *data, si
 	size_t used;
 	bool end = false;
 	if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
-		used = len < c->body_need ? len : (size_t)c->body_need;
+		used = len < r->body_need ? len : (size_t)r->body_need;
 		piece.ptr = data;
 		piece.len = used;
-		c->body_need -= used;
-		end = c->body_need == 0;
+		r->body_need -= used;
+		end = r->body_need == 0;
 	} else {
-		int rc = keel_http_chunked_decode(&c->chunk, data, len, &used, &piece);
+		int rc = keel_http_chunked_decode(&r->chunk, data, len, &used, &piece);
 		if (rc == KEEL_HTTP_CHUNK_DONE) {
 			end = true;
 		} else if (rc != KEEL_HTTP_CHUNK_DATA && rc != KEEL_HTTP_INCOMPLETE) {
@@ -733,8 +804,8 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 	if (r->stream_body)
 		return body_stream(c, buf, data, len);
 	if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
-		size_t n = len < c->body_need ? len : (size_t)c->body_need;
-		if (c->body_len == 0 && n == c->body_need && buf) {
+		size_t n = len < r->body_need ? len : (size_t)r->body_need;
+		if (r->body_len == 0 && n == r->body_need && buf) {
 			/* The whole body is here: point at it. */
 			req_hold(r, buf);
 			r->body.ptr = data;
@@ -743,11 +814,11 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 			req_error(c, r, 500);
 			return len;
 		}
-		c->body_need -= n;
-		if (c->body_need == 0) {
+		r->body_need -= n;
+		if (r->body_need == 0) {
 			if (!r->body.ptr) {
 				r->body.ptr = r->body_own;
-				r->body.len = c->body_len;
+				r->body.len = r->body_len;
 			}
 			c->cur = NULL;
 			req_dispatch(c, r);
@@ -758,7 +829,7 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 	while (off < len) {
 		size_t used = 0;
 		keel_str span;
-		int rc = keel_http_chunked_decode(&c->chunk, data + off, len - off, &used, &span);
+		int rc = keel_http_chunked_decode(&r->chunk, data + off, len - off, &used, &span);
 		off += used;
 		if (rc == KEEL_HTTP_CHUNK_DATA) {
 			if (!body_append(c, r, span.ptr, span.len)) {
@@ -767,7 +838,7 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 			}
 		} else if (rc == KEEL_HTTP_CHUNK_DONE) {
 			r->body.ptr = r->body_own;
-			r->body.len = c->body_len;
+			r->body.len = r->body_len;
 			c->cur = NULL;
 			req_dispatch(c, r);
 			return off;
@@ -785,14 +856,14 @@ static bool part_reserve(keel_http_conn *c, size_t need)
 {
 	if (need <= c->part_cap)
 		return true;
-	size_t cap = c->part_cap ? c->part_cap * 2 : 2048;
+	size_t cap = c->part_cap ? (size_t)c->part_cap * 2 : 2048;
 	while (cap < need)
 		cap *= 2;
 	char *p = realloc(c->part, cap);
 	if (!p)
 		return false;
 	c->part = p;
-	c->part_cap = cap;
+	c->part_cap = (uint32_t)cap;
 	return true;
 }
 
@@ -822,6 +893,15 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 			len -= n;
 			continue;
 		}
+		if (c->nreqs >= s->cfg.pipeline_max) {
+			/*
+			 * The pipelining limit holds exactly, whatever one buffer
+			 * carries: the rest waits until responses drain. This also
+			 * bounds the work one connection gets per tick.
+			 */
+			blocked = true;
+			break;
+		}
 		keel_http_request *r;
 		int rc;
 		if (c->part_len) {
@@ -835,7 +915,7 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 			}
 			memcpy(c->part + c->part_len, data, take);
 			size_t prev = c->part_len;
-			c->part_len += take;
+			c->part_len += (uint32_t)take;
 			r = req_new(c);
 			rc = keel_http_parse_request(c->part, c->part_len, prev, &r->msg, r->headers,
 			                             lim->headers_max, lim);
@@ -887,7 +967,7 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 				break;
 			}
 			memcpy(c->part, data, len);
-			c->part_len = len;
+			c->part_len = (uint32_t)len;
 			break;
 		}
 		if (rc < 0) {
@@ -905,10 +985,15 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 	return blocked ? (size_t)(data - buf->data) : buf->len;
 }
 
+/* Requests in flight and unsent answers are bounded per connection: past either, receiving pauses. */
+static bool conn_full(const keel_http_conn *c)
+{
+	return c->nreqs >= c->s->cfg.pipeline_max || c->out_pending > c->s->cfg.conn_out_max;
+}
+
 static bool conn_may_read(const keel_http_conn *c)
 {
-	return !c->inq_head && !c->recv && !c->closing && !c->eof && !c->lingering &&
-	       c->nreqs < c->s->cfg.pipeline_max;
+	return !c->inq_head && !c->recv && !c->closing && !c->eof && !c->lingering && !conn_full(c);
 }
 
 /* Feed held-back input on, as far as readers allow; then read again if nothing is held. */
@@ -922,13 +1007,11 @@ static void conn_pump(keel_http_conn *c)
 			return;
 		}
 		c->inq_head = b->next;
-		if (!c->inq_head)
-			c->inq_tail = NULL;
 		c->inq_off = 0;
 		keel_buf_release(b);
 	}
-	if (c->eof && !c->closing && (c->cur || c->part_len)) {
-		conn_close(c); /* the input ended inside a body: it can never be completed */
+	if (c->eof && !c->closing && (c->cur || c->part_len || c->nreqs == 0)) {
+		conn_close(c); /* the input ended inside a request (it can never be answered), or all is answered */
 		return;
 	}
 	if (conn_may_read(c))
@@ -941,13 +1024,12 @@ static void inq_push(keel_http_conn *c, keel_buf *buf, size_t off)
 {
 	keel_buf_hold(buf);
 	buf->next = NULL;
-	if (c->inq_tail)
-		c->inq_tail->next = buf;
-	else {
-		c->inq_head = buf;
+	keel_buf **pp = &c->inq_head; /* a short list: the reader stops the receive at once */
+	if (!*pp)
 		c->inq_off = (uint32_t)off;
-	}
-	c->inq_tail = buf;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = buf;
 }
 
 static void inq_clear(keel_http_conn *c)
@@ -957,7 +1039,6 @@ static void inq_clear(keel_http_conn *c)
 		c->inq_head = b->next;
 		keel_buf_release(b);
 	}
-	c->inq_tail = NULL;
 	c->inq_off = 0;
 }
 
@@ -966,7 +1047,7 @@ static void pump_due(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	(void)o;
 	keel_http_conn *c = ud;
-	c->pump_p = NULL;
+	c->pumping = false;
 	if (c->closing) {
 		conn_close(c);
 		return;
@@ -980,11 +1061,12 @@ static void pump_due(keel_ctx *ctx, keel_outcome o, void *ud)
  */
 static void pump_later(keel_http_conn *c)
 {
-	if (c->pump_p || c->closing)
+	if (c->pumping || c->closing)
 		return;
-	c->pump_p = keel_promise_new(c->s->loop);
-	keel_promise_resolve(c->pump_p, 0, NULL);
-	keel_promise_done(c->pump_p, pump_due, c);
+	c->pumping = true;
+	keel_promise *p = keel_promise_new(c->s->loop);
+	keel_promise_resolve(p, 0, NULL);
+	keel_promise_done(p, pump_due, c);
 }
 
 keel_promise *keel_http_body_read(keel_http_request *r)
@@ -1036,7 +1118,7 @@ static int on_data(void *ud, keel_buf *buf)
 	}
 	size_t off = conn_input(c, buf, 0);
 	if (off < buf->len && !c->closing) {
-		/* A streamed body's reader is busy: hold the rest, read no more until it asks. */
+		/* A streamed body's reader is busy, or the pipelining limit is reached: hold the rest. */
 		inq_push(c, buf, off);
 		c->paused = true;
 		conn_timer_update(c);
@@ -1046,7 +1128,7 @@ static int on_data(void *ud, keel_buf *buf)
 		c->paused = true; /* the body is in: back to a multishot receive */
 		return KEEL_STOP;
 	}
-	if (c->nreqs >= c->s->cfg.pipeline_max && !c->paused && !c->closing) {
+	if (conn_full(c) && !c->paused && !c->closing) {
 		c->paused = true; /* resumes as responses drain */
 		return KEEL_STOP;
 	}
@@ -1069,8 +1151,8 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	/* End of input (or an error): answer what was asked, then close. */
 	c->eof = true;
-	if (c->cur && c->cur->stream_body && c->inq_head)
-		return; /* the reader has yet to take what is held back; its end is the EOF */
+	if (c->inq_head && !o.err)
+		return; /* input is held back (a busy reader, the pipelining limit); its end is the EOF */
 	if ((o.err && o.err != -ECANCELED) || c->cur || c->part_len) {
 		conn_close(c); /* a request cut off mid-head or mid-body can never be answered */
 		return;
@@ -1164,7 +1246,7 @@ static void log_request(keel_http_conn *c, keel_http_request *r, int status, uin
 		s->log_date_sec = ts.tv_sec;
 	}
 	char line[2048];
-	size_t n = (size_t)snprintf(line, sizeof(line), "%s - - [%s] \"", c->peer, s->log_date);
+	size_t n = (size_t)snprintf(line, sizeof(line), "%s - - [%s] \"", c->peer ? c->peer : "-", s->log_date);
 	n += log_esc(line + n, r->msg.method, 64);
 	line[n++] = ' ';
 	n += log_esc(line + n, r->msg.target, 1024);
@@ -1300,22 +1382,22 @@ static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 	struct iovec v[3];
 	int n = 0;
 	if (piece && piece->len) {
-		c->stream_state = 1;
-		if (c->stream_chunked) {
-			int hl = snprintf(c->chunk_head, sizeof(c->chunk_head), "%zx\r\n", piece->len);
-			v[n].iov_base = c->chunk_head;
+		c->tx->stream_state = 1;
+		if (c->tx->stream_chunked) {
+			int hl = snprintf(c->tx->chunk_head, sizeof(c->tx->chunk_head), "%zx\r\n", piece->len);
+			v[n].iov_base = c->tx->chunk_head;
 			v[n++].iov_len = (size_t)hl;
 		}
 		v[n].iov_base = (void *)piece->ptr;
 		v[n++].iov_len = piece->len;
-		if (c->stream_chunked) {
+		if (c->tx->stream_chunked) {
 			v[n].iov_base = (void *)"\r\n";
 			v[n++].iov_len = 2;
 		}
 		c->s->stats.bytes_out += piece->len;
 	} else {
-		c->stream_state = 0;
-		if (!c->stream_chunked) {
+		c->tx->stream_state = 0;
+		if (!c->tx->stream_chunked) {
 			send_done(NULL, keel_ok(0, NULL), c); /* the close delimits the body */
 			return;
 		}
@@ -1333,12 +1415,12 @@ static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 static bool send_next_slice(keel_http_conn *c)
 {
 	keel_http_server *s = c->s;
-	if (c->iov_pos < c->niov) {
+	if (c->tx->iov_pos < c->tx->niov) {
 		struct iovec v[IOV_BATCH];
 		int n = 0;
 		size_t bytes = 0;
-		while (c->iov_pos < c->niov && bytes < SEND_SLICE) {
-			struct iovec *src = &c->iov[c->iov_pos];
+		while (c->tx->iov_pos < c->tx->niov && bytes < SEND_SLICE) {
+			struct iovec *src = &c->tx->iov[c->tx->iov_pos];
 			size_t take = src->iov_len;
 			if (bytes + take > SEND_SLICE)
 				take = SEND_SLICE - bytes;
@@ -1348,19 +1430,19 @@ static bool send_next_slice(keel_http_conn *c)
 			src->iov_base = (char *)src->iov_base + take;
 			src->iov_len -= take;
 			if (src->iov_len == 0)
-				c->iov_pos++;
+				c->tx->iov_pos++;
 		}
 		c->send_p = keel_sendv(s->loop, c->fd, v, n);
-	} else if (c->file_left) {
+	} else if (c->tx->file_left) {
 		keel_http_request *last = c->qhead;
 		for (unsigned i = 1; i < c->nsending && last; i++)
 			last = last->next;
-		uint64_t n = c->file_left < 4 * SEND_SLICE ? c->file_left : 4 * SEND_SLICE;
-		c->send_p = keel_sendfile(s->loop, c->fd, last->answer->file_fd, c->file_off, n);
-		c->file_off += n;
-		c->file_left -= n;
-		c->file_slice = n;
-	} else if (c->stream_state == 1) {
+		uint64_t n = c->tx->file_left < 4 * SEND_SLICE ? c->tx->file_left : 4 * SEND_SLICE;
+		c->send_p = keel_sendfile(s->loop, c->fd, last->answer->file_fd, c->tx->file_off, n);
+		c->tx->file_off += n;
+		c->tx->file_left -= n;
+		c->tx->file_slice = n;
+	} else if (c->tx->stream_state == 1) {
 		keel_http_request *last = c->qhead;
 		for (unsigned i = 1; i < c->nsending && last; i++)
 			last = last->next;
@@ -1369,7 +1451,7 @@ static bool send_next_slice(keel_http_conn *c)
 			conn_close(c);
 			return true;
 		}
-		c->stream_state = 2;
+		c->tx->stream_state = 2;
 		c->sending = true; /* nothing else may be sent on this connection meanwhile */
 		c->send_p = p;
 		keel_promise_done(p, stream_piece, c);
@@ -1385,6 +1467,34 @@ static bool send_next_slice(keel_http_conn *c)
 	return true;
 }
 
+static struct conn_tx *tx_get(keel_http_server *s)
+{
+	struct conn_tx *tx = s->free_tx;
+	if (tx) {
+		s->free_tx = tx->next;
+		s->nfree_tx--;
+		return tx;
+	}
+	return calloc(1, sizeof(*tx));
+}
+
+static void tx_put(keel_http_server *s, struct conn_tx *tx)
+{
+	if (s->nfree_tx >= TX_FREE_MAX) {
+		free(tx->out);
+		free(tx);
+		return;
+	}
+	if (tx->out_cap > TX_OUT_KEEP) {
+		free(tx->out);
+		tx->out = NULL;
+		tx->out_cap = 0;
+	}
+	tx->next = s->free_tx;
+	s->free_tx = tx;
+	s->nfree_tx++;
+}
+
 static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -1392,14 +1502,14 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	keel_http_server *s = c->s;
 	c->sending = false;
 	c->send_p = NULL;
-	if (c->file_slice) {
+	if (c->tx->file_slice) {
 		/*
 		 * The file ended early (truncated while served): the promised
 		 * Content-Length cannot be kept, so the only honest end is a close.
 		 */
-		if (!o.err && (uint64_t)o.n < c->file_slice)
+		if (!o.err && (uint64_t)o.n < c->tx->file_slice)
 			o = keel_fail(-EPIPE);
-		c->file_slice = 0;
+		c->tx->file_slice = 0;
 	}
 	if (!o.err && !c->closing && send_next_slice(c))
 		return;
@@ -1422,6 +1532,8 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		req_free(c, r);
 	}
 	c->nsending = 0;
+	tx_put(s, c->tx); /* the batch is out: an idle connection holds no send state */
+	c->tx = NULL;
 	if (!o.err && after_error && !c->closing && !c->eof && (c->recv || c->inq_head)) {
 		/*
 		 * Lingering close: the client may still be sending what we refused
@@ -1443,8 +1555,13 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		conn_close(c);
 		return;
 	}
-	if (c->paused && conn_may_read(c))
+	if (c->inq_head) {
+		conn_pump(c); /* requests held back by the pipelining limit */
+		if (c->closing)
+			return;
+	} else if (c->paused && conn_may_read(c)) {
 		conn_read(c);
+	}
 	if (c->eof && c->nreqs == 0) {
 		conn_close(c);
 		return;
@@ -1464,6 +1581,10 @@ static void conn_flush(keel_http_conn *c)
 		return;
 	if (c->sending || c->closing || !c->qhead || !c->qhead->done)
 		return;
+	if (!c->tx && !(c->tx = tx_get(s))) {
+		conn_close(c);
+		return;
+	}
 	date_update(s);
 	/* Size the output for every answered request at the front of the queue. */
 	size_t need = 0;
@@ -1479,18 +1600,18 @@ static void conn_flush(keel_http_conn *c)
 			break; /* a file or streamed body, or a close, ends the batch */
 		}
 	}
-	if (need > c->out_cap) {
-		free(c->out);
-		c->out = malloc(need);
-		c->out_cap = c->out ? need : 0;
-		if (!c->out) {
+	if (need > c->tx->out_cap) {
+		free(c->tx->out);
+		c->tx->out = malloc(need);
+		c->tx->out_cap = c->tx->out ? need : 0;
+		if (!c->tx->out) {
 			conn_close(c);
 			return;
 		}
 	}
 	struct iovec iov[IOV_BATCH];
 	int niov = 0;
-	char *p = c->out, *seg = p;
+	char *p = c->tx->out, *seg = p;
 	keel_http_request *r = c->qhead;
 	for (unsigned i = 0; i < n; i++, r = r->next) {
 		if (c->draining && !r->next && !c->cur && !c->part_len)
@@ -1526,20 +1647,20 @@ static void conn_flush(keel_http_conn *c)
 	c->nsending = n;
 	for (int i = 0; i < niov; i++)
 		s->stats.bytes_out += iov[i].iov_len;
-	memcpy(c->iov, iov, (size_t)niov * sizeof(iov[0]));
-	c->niov = niov;
-	c->iov_pos = 0;
+	memcpy(c->tx->iov, iov, (size_t)niov * sizeof(iov[0]));
+	c->tx->niov = niov;
+	c->tx->iov_pos = 0;
 	/* A file body (only the batch's last response can have one) follows its head. */
 	keel_http_request *last = c->qhead;
 	for (unsigned i = 1; i < n; i++)
 		last = last->next;
-	c->file_left = 0;
-	c->stream_state = last->answer->stream && has_body(last) ? 1 : 0;
-	c->stream_chunked = last->msg.version_minor >= 1;
+	c->tx->file_left = 0;
+	c->tx->stream_state = last->answer->stream && has_body(last) ? 1 : 0;
+	c->tx->stream_chunked = last->msg.version_minor >= 1;
 	if (last->answer->file_fd >= 0 && has_body(last)) {
-		c->file_off = last->answer->file_off;
-		c->file_left = last->answer->file_len;
-		s->stats.bytes_out += c->file_left;
+		c->tx->file_off = last->answer->file_off;
+		c->tx->file_left = last->answer->file_len;
+		s->stats.bytes_out += c->tx->file_left;
 	}
 	send_next_slice(c);
 }
@@ -1561,7 +1682,7 @@ static void conn_timer_update(keel_http_conn *c)
 	const keel_http_config *cfg = &c->s->cfg;
 	int kind;
 	uint64_t ms;
-	if (c->sending && c->stream_state == 2) {
+	if (c->sending && c->tx && c->tx->stream_state == 2) {
 		kind = T_NONE; /* the producer is working: its own deadlines apply */
 		ms = 0;
 	} else if (c->sending) {
@@ -1621,7 +1742,9 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 	if (c->next)
 		c->next->prev = c->prev;
 	free(c->part);
-	free(c->out);
+	free(c->peer);
+	if (c->tx)
+		tx_put(s, c->tx);
 	c->next = s->free_conns;
 	s->free_conns = c;
 	s->nconns--;
@@ -1663,7 +1786,7 @@ static void conn_close(keel_http_conn *c)
 	for (keel_http_request *r = c->qhead; r; r = r->next)
 		if (r->pending)
 			return;
-	if (c->recv || c->sending || c->pump_p || c->fd < 0)
+	if (c->recv || c->sending || c->pumping || c->fd < 0)
 		return;
 	while (c->qhead) {
 		keel_http_request *r = c->qhead;
@@ -1702,8 +1825,9 @@ static void conn_open(keel_http_server *s, int fd)
 	if (s->cfg.access_log_fd >= 0) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
-		if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
-			keel_addr_format((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
+		c->peer = malloc(48);
+		if (c->peer && getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+			keel_addr_format((struct sockaddr *)&ss, c->peer, 48);
 			char *colon = strrchr(c->peer, ':'); /* the log wants the host alone */
 			if (colon)
 				*colon = '\0';
@@ -1711,7 +1835,7 @@ static void conn_open(keel_http_server *s, int fd)
 				memmove(c->peer, c->peer + 1, strlen(c->peer));
 				c->peer[strlen(c->peer) - 1] = '\0';
 			}
-		} else {
+		} else if (c->peer) {
 			strcpy(c->peer, "-");
 		}
 	}
@@ -1739,12 +1863,16 @@ static int on_accept(void *ud, int fd)
 			s->held_cap = cap;
 		}
 		s->held[s->nheld++] = fd;
+		if (!s->accept_paused)
+			s->stats.accept_pauses++;
 		s->accept_paused = true;
 		return KEEL_STOP;
 	}
+	s->backoff_ms = 0;
 	conn_open(s, fd);
 	if (s->nconns >= s->cfg.conns_max) {
 		s->accept_paused = true; /* the kernel's backlog holds the rest */
+		s->stats.accept_pauses++;
 		return KEEL_STOP;
 	}
 	return KEEL_CONTINUE;
@@ -1779,8 +1907,18 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM) {
-		keel_log(KEEL_LOG_WARN, "accept: %s; pausing 100 ms", keel_strerror(o.err));
-		s->backoff = keel_sleep(s->loop, 100);
+		/* Out of descriptors or memory: pause, 10 ms doubling up to 1 s, and say so once. */
+		uint64_t now = keel_loop_now_ms(s->loop);
+		if (!s->backoff_ms && (!s->backoff_logged_ms || now - s->backoff_logged_ms > 10000)) {
+			s->backoff_logged_ms = now;
+			keel_log(KEEL_LOG_WARN, "accept: %s; pausing (%u connections open)", keel_strerror(o.err),
+			         s->nconns);
+		}
+		s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 10;
+		if (s->backoff_ms > 1000)
+			s->backoff_ms = 1000;
+		s->stats.accept_pauses++;
+		s->backoff = keel_sleep(s->loop, s->backoff_ms);
 		keel_promise_done(s->backoff, backoff_done, s);
 		return;
 	}
@@ -1866,6 +2004,12 @@ void keel_http_server_free(keel_http_server *s)
 		s->free_conns = c->next;
 		free(c);
 	}
+	while (s->free_tx) {
+		struct conn_tx *tx = s->free_tx;
+		s->free_tx = tx->next;
+		free(tx->out);
+		free(tx);
+	}
 	while (s->free_reqs) {
 		keel_http_request *r = s->free_reqs;
 		s->free_reqs = r->next;
@@ -1883,4 +2027,68 @@ void keel_http_server_free(keel_http_server *s)
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out)
 {
 	*out = s->stats;
+}
+
+/* ---- Status ---------------------------------------------------------------- */
+
+/* Resident set size in bytes, from /proc/self/statm (a procfs read: no disk). */
+static uint64_t rss_bytes(void)
+{
+	static int fd = -2;
+	if (fd == -2)
+		fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	char b[128];
+	ssize_t n = fd >= 0 ? pread(fd, b, sizeof(b) - 1, 0) : -1;
+	if (n <= 0)
+		return 0;
+	b[n] = '\0';
+	unsigned long long size, resident;
+	if (sscanf(b, "%llu %llu", &size, &resident) != 2)
+		return 0;
+	return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+keel_promise *keel_http_status(keel_http_request *req, void *ud)
+{
+	const char *label = ud;
+	keel_http_server *s = req->conn->s;
+	keel_loop_stats ls;
+	keel_loop_get_stats(req->loop, &ls);
+	const keel_http_stats *st = &s->stats;
+	bool prom = req->query.len >= 17 && memmem(req->query.ptr, req->query.len, "format=prometheus", 17);
+	struct {
+		const char *name, *type, *help;
+		uint64_t v;
+	} m[] = {
+		{"connections_open", "gauge", "connections open", st->conns_open},
+		{"connections_total", "counter", "connections accepted", st->connections},
+		{"requests_total", "counter", "requests received", st->requests},
+		{"requests_inflight", "gauge", "requests waiting for their handlers", st->inflight},
+		{"requests_shed_total", "counter", "requests answered 503 by admission control", st->shed},
+		{"responses_4xx_total", "counter", "4xx responses", st->responses_4xx},
+		{"responses_5xx_total", "counter", "5xx responses", st->responses_5xx},
+		{"bytes_out_total", "counter", "response bytes sent", st->bytes_out},
+		{"accept_pauses_total", "counter", "times accepting paused (limit, EMFILE)", st->accept_pauses},
+		{"recv_buffers_in_use", "gauge", "receive buffers out of the pool", ls.bufs_in_use},
+		{"recv_buffers_total", "gauge", "receive buffers in the pool", ls.bufs_total},
+		{"recv_buffer_waits_total", "counter", "receives parked for want of a buffer", ls.enobufs},
+		{"ops_inflight", "gauge", "kernel operations in flight", ls.ops_inflight},
+		{"log_lines_dropped_total", "counter", "access log lines dropped", st->log_lines_dropped},
+		{"rss_bytes", "gauge", "resident memory of the process", rss_bytes()},
+	};
+	size_t nm = sizeof(m) / sizeof(m[0]), cap = nm * 200 + 64, n = 0;
+	char *out = keel_ctx_alloc(keel_http_request_ctx(req), cap);
+	if (!out)
+		return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
+	for (size_t i = 0; i < nm; i++) {
+		if (prom)
+			n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\nkeel_%s%s%s%s %llu\n",
+			                      m[i].name, m[i].help, m[i].name, m[i].type, m[i].name,
+			                      label ? "{worker=\"" : "", label ? label : "", label ? "\"}" : "",
+			                      (unsigned long long)m[i].v);
+		else
+			n += (size_t)snprintf(out + n, cap - n, "%s%s%s %llu\n", label ? label : "", label ? "." : "",
+			                      m[i].name, (unsigned long long)m[i].v);
+	}
+	return keel_http_respond(req, 200, prom ? "text/plain; version=0.0.4" : "text/plain", out, n);
 }
