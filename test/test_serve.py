@@ -228,10 +228,34 @@ def main():
         finally:
             srv.stop()
 
+        # --status: live counters at /_keel/status; without it the path is just a (missing) file.
+        srv = Server(root, "--status", "--queue-delay-us", "0")
+        try:
+            b = f"http://127.0.0.1:{srv.port}"
+            curl(b + "/f1.bin")
+            r = subprocess.run(["curl", "-s", b + "/_keel/status"], capture_output=True, text=True, timeout=10)
+            lines = dict(l.split(" ", 1) for l in r.stdout.splitlines())
+            check(lines.get("worker") == "0", f"status worker line: {r.stdout[:200]!r}")
+            check(int(lines.get("requests_total", "0")) >= 2, f"status requests: {r.stdout[:300]!r}")
+            check(int(lines.get("rss_bytes", "0")) > 0, f"status rss: {r.stdout[:300]!r}")
+            r = subprocess.run(["curl", "-s", b + "/_keel/status?format=prometheus"], capture_output=True,
+                               text=True, timeout=10)
+            check('keel_requests_total{worker="0"}' in r.stdout, f"prometheus: {r.stdout[:300]!r}")
+        finally:
+            srv.stop()
+        srv = Server(root)
+        try:
+            r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                f"http://127.0.0.1:{srv.port}/_keel/status"], capture_output=True, text=True, timeout=10)
+            check(r.stdout == "404", f"/_keel/status without --status: {r.stdout}")
+        finally:
+            srv.stop()
+        print("--status: text and Prometheus counters; off by default: ok")
+
         # Bad flags and a missing DIR.
         for args, want in [(["serve", "--bogus"], 2), (["serve", "--workers", "0"], 2),
                            (["serve", "--listen", "nope"], 2), (["serve", "a", "b"], 2),
-                           (["serve", "/nonexistent/dir"], 1)]:
+                           (["serve", "--queue-delay-us", "-1"], 2), (["serve", "/nonexistent/dir"], 1)]:
             r = subprocess.run([KEEL, *args], capture_output=True, text=True, timeout=10)
             check(r.returncode == want, f"keel {' '.join(args)}: exit {r.returncode}, want {want}")
             check(r.stderr.strip(), f"keel {' '.join(args)}: no message")

@@ -191,7 +191,8 @@ void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
 
 /*
  * A handler with the server's live counters (connections, requests, shed
- * requests, bytes, receive buffers in use, RSS): plain text, or the
+ * requests, bytes, receive buffers in use, RSS): plain text ("name value"
+ * lines, after "worker LABEL" when ud is set), or the
  * Prometheus text format with ?format=prometheus. ud: a label for this
  * server (e.g. the worker number as a string) or NULL. Opt-in, e.g.
  *   keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);

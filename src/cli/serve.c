@@ -19,6 +19,7 @@ struct serve_cfg {
 	const char *dir;
 	int workers;
 	long grace_ms;
+	bool status;
 	keel_http_config http;
 };
 
@@ -26,6 +27,7 @@ struct serve_worker {
 	keel_http_server *srv;
 	keel_static *st;
 	bool stopping;
+	char label[16];
 };
 
 static void serve_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -47,7 +49,6 @@ static void serve_stop(keel_loop *loop, void *arg)
 
 static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 {
-	(void)index;
 	struct serve_cfg *cfg = arg;
 	struct serve_worker w = {0};
 	w.st = keel_static_new(cfg->dir);
@@ -56,7 +57,11 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		keel_log(KEEL_LOG_ERROR, "serve: cannot set up the server");
 		return CLI_FAIL;
 	}
-	keel_http_route(w.srv, NULL, "/", true, keel_static_handler, w.st);
+	keel_http_route(w.srv, NULL, "/", KEEL_HTTP_PREFIX, keel_static_handler, w.st);
+	if (cfg->status) {
+		snprintf(w.label, sizeof(w.label), "%d", index);
+		keel_http_route(w.srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, w.label);
+	}
 	keel_loop_set_data(loop, &w);
 	keel_http_server_start(w.srv, lfd);
 	while (!w.stopping)
@@ -79,7 +84,11 @@ static void serve_usage(FILE *f)
 	      "  --header-timeout-ms N whole-head deadline (default 10000)\n"
 	      "  --idle-timeout-ms N   keep-alive idle deadline (default 60000)\n"
 	      "  --grace-ms N          on SIGINT/SIGTERM, time to finish (default 5000)\n"
-	      "  --access-log FILE     combined-format access log (default: off)\n",
+	      "  --access-log FILE     combined-format access log (default: off)\n"
+	      "  --queue-delay-us N    shed (503) requests reached after N us of a loop tick's\n"
+	      "                        work (default 20000; 0: off)\n"
+	      "  --status              serve live counters at /_keel/status (each worker its own;\n"
+	      "                        ?format=prometheus)\n",
 	      f);
 }
 
@@ -89,7 +98,8 @@ int cli_serve(int argc, char **argv)
 		{"listen", required_argument, NULL, 'l'},        {"workers", required_argument, NULL, 'w'},
 		{"max-conns", required_argument, NULL, 'm'},     {"header-timeout-ms", required_argument, NULL, 'H'},
 		{"idle-timeout-ms", required_argument, NULL, 'I'}, {"grace-ms", required_argument, NULL, 'g'},
-		{"access-log", required_argument, NULL, 'a'},
+		{"access-log", required_argument, NULL, 'a'},    {"queue-delay-us", required_argument, NULL, 'q'},
+		{"status", no_argument, NULL, 's'},
 		{"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -126,6 +136,12 @@ int cli_serve(int argc, char **argv)
 			break;
 		case 'a':
 			access_log = optarg;
+			break;
+		case 'q':
+			cfg.http.queue_delay_max_us = (uint32_t)cli_parse_long("--queue-delay-us", optarg, 0, 10000000);
+			break;
+		case 's':
+			cfg.status = true;
 			break;
 		case 'h':
 			serve_usage(stdout);

@@ -2080,6 +2080,8 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 	char *out = keel_ctx_alloc(keel_http_request_ctx(req), cap);
 	if (!out)
 		return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
+	if (label && !prom)
+		n += (size_t)snprintf(out, cap, "worker %s\n", label);
 	for (size_t i = 0; i < nm; i++) {
 		if (prom)
 			n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\nkeel_%s%s%s%s %llu\n",
@@ -2087,8 +2089,7 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 			                      label ? "{worker=\"" : "", label ? label : "", label ? "\"}" : "",
 			                      (unsigned long long)m[i].v);
 		else
-			n += (size_t)snprintf(out + n, cap - n, "%s%s%s %llu\n", label ? label : "", label ? "." : "",
-			                      m[i].name, (unsigned long long)m[i].v);
+			n += (size_t)snprintf(out + n, cap - n, "%s %llu\n", m[i].name, (unsigned long long)m[i].v);
 	}
 	return keel_http_respond(req, 200, prom ? "text/plain; version=0.0.4" : "text/plain", out, n);
 }
