@@ -67,6 +67,9 @@ $(BUILD)/test/%: test/%.c test/test.h $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itest -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
 
+# test_hist compiles the CLI's histogram in.
+$(BUILD)/test/test_hist: src/cli/hist.c src/cli/hist.h
+
 $(BUILD)/test/%.py: test/%.py
 	@mkdir -p $(dir $@)
 	cp $< $@ && chmod +x $@

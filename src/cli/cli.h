@@ -11,6 +11,7 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 
 int cli_echo(int argc, char **argv);
 int cli_serve(int argc, char **argv);
+int cli_load(int argc, char **argv);
 
 /* Shared worker plumbing (workers.c). */
 typedef struct cli_workers cli_workers;

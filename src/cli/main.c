@@ -16,6 +16,7 @@ static void usage(FILE *f)
 	      "  serve [--listen ADDR:PORT] [--workers N] [DIR]  static files over HTTP/1.1\n"
 	      "                                                 (default 127.0.0.1:8080, DIR .)\n"
 	      "  echo [--listen ADDR:PORT] [--workers N]         TCP echo server (default 127.0.0.1:7000)\n"
+	      "  load [-c N] [-d SECONDS] [--rate R] URL         HTTP/1.1 load generator (closed or open loop)\n"
 	      "\n"
 	      "  keel <command> --help   options of a command\n"
 	      "  keel --version\n"
@@ -35,6 +36,8 @@ int main(int argc, char **argv)
 		return cli_echo(argc - 1, argv + 1);
 	if (strcmp(cmd, "serve") == 0)
 		return cli_serve(argc - 1, argv + 1);
+	if (strcmp(cmd, "load") == 0)
+		return cli_load(argc - 1, argv + 1);
 	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
 		usage(stdout);
 		return CLI_OK;

@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""keel load end to end: the open loop keeps its rate against hello's /sleep
+route; coordinated omission is corrected (a server that stalls one response
+for 1 s is charged for every request queued behind it, which a closed loop
+does not see); status classes (404, 503, 500) are counted by kind; chunked,
+close-delimited and HTTP/1.0 responses are parsed, also when split across
+reads; a silent server times out; bad flags exit 2; an unreachable port
+counts connect errors and the run still ends on time; SIGINT ends a run
+early with results. Runs under the backend in KEEL_BACKEND. The assertions
+are about counts and about latencies with wide margins, not about this
+machine's speed."""
+import json, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+
+BUILD = os.environ.get("KEEL_BUILD", "build")
+KEEL = os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel"))
+HELLO = os.path.join(BUILD, "examples", "hello")
+TMP = tempfile.mkdtemp(prefix="keel-load-")
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+def load(*args, timeout=30):
+    """Run keel load with --json; return (exit status, results or None, stdout, stderr, seconds)."""
+    path = os.path.join(TMP, "out.json")
+    if os.path.exists(path):
+        os.remove(path)
+    t = time.monotonic()
+    r = subprocess.run([KEEL, "load", "--quiet", "--json", path, *args], capture_output=True, text=True,
+                       timeout=timeout)
+    secs = time.monotonic() - t
+    res = None
+    if os.path.exists(path):
+        with open(path) as f:
+            res = json.load(f)
+    return r.returncode, res, r.stdout, r.stderr, secs
+
+def load_ok(*args, timeout=30):
+    rc, res, out, err, secs = load(*args, timeout=timeout)
+    check(rc == 0 and res is not None, f"keel load {' '.join(args)}: exit {rc}\n{out}{err}")
+    return res, out, secs
+
+class Hello:
+    """build/examples/hello with one worker on a port of its choosing."""
+    def __init__(self, host="127.0.0.1"):
+        self.p = subprocess.Popen([HELLO, "--workers", "1", "--listen", f"{host}:0"], stderr=subprocess.PIPE,
+                                  text=True)
+        self.port = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            line = self.p.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"listening on .*:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        check(self.port, "hello did not start")
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+# ---- A raw-socket HTTP/1.1 server in this process, with shapes hello does not make. ----
+
+def read_request(conn, buf):
+    """One request head from conn (bodies are not used here). Returns (target, rest) or (None, b"")."""
+    while b"\r\n\r\n" not in buf:
+        try:
+            b = conn.recv(65536)
+        except OSError:
+            return None, b""
+        if not b:
+            return None, b""
+        buf += b
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    parts = head.split(b"\r\n")[0].split(b" ")
+    return (parts[1].decode() if len(parts) > 1 else "/"), rest
+
+def respond(conn, target):
+    """Answer one request; returns False when the connection is to be closed."""
+    if target == "/ok":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    elif target == "/busy":
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+    elif target == "/err":
+        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+    elif target == "/chunked":
+        # Head and body in separate writes, a chunk split mid-way, an extension and a trailer.
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n")
+        conn.sendall(b"Content-Type: text/plain\r\n\r\n5\r\nhel")
+        conn.sendall(b"lo\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    elif target == "/trickle":
+        # The head (and body) a few bytes per write: heads split across many receive buffers.
+        msg = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello there"
+        for i in range(0, len(msg), 7):
+            conn.sendall(msg[i:i + 7])
+            time.sleep(0.0002)
+    elif target == "/interim":
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+    elif target == "/close":
+        # No length: the body runs until the server closes.
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until close")
+        return False
+    elif target == "/http10":
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold style")
+        return False
+    elif target == "/junk":
+        conn.sendall(b"HTTP/1.1 2x0 What\r\n\r\n")
+        return False
+    elif target == "/hang":
+        time.sleep(3600)
+    else:
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    return True
+
+class PyServer:
+    """Threaded server; stall_at=N makes the Nth request (counted over the server's life) wait stall_s
+    before its answer, and then every later one is answered at once."""
+    def __init__(self, stall_at=0, stall_s=0.0, one_conn=False):
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(1 if one_conn else 128)
+        self.port = self.ls.getsockname()[1]
+        self.stall_at, self.stall_s, self.one_conn = stall_at, stall_s, one_conn
+        self.count = 0
+        self.lock = threading.Lock()
+        self.closing = False
+        threading.Thread(target=self.accept_loop, daemon=True).start()
+
+    def accept_loop(self):
+        while not self.closing:
+            try:
+                conn, _ = self.ls.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.one_conn:
+                self.serve(conn)  # one connection at a time: the next waits in the backlog
+            else:
+                threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        buf = b""
+        try:
+            while True:
+                target, buf = read_request(conn, buf)
+                if target is None:
+                    break
+                with self.lock:
+                    self.count += 1
+                    n = self.count
+                if n == self.stall_at:
+                    time.sleep(self.stall_s)
+                if not respond(conn, target):
+                    break
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.closing = True
+        self.ls.close()
+
+def errors_except(res, *kinds):
+    return {k: v for k, v in res["errors"].items() if k not in kinds and v}
+
+# ---- The checks. ----
+
+def check_open_loop(hello):
+    res, out, secs = load_ok("--rate", "200", "-c", "8", "-d", "3", f"http://127.0.0.1:{hello.port}/sleep?ms=20")
+    check(res["mode"] == "open" and res["rate"] == 200 and res["pipeline"] == 16, f"settings: {res}")
+    check(180 <= res["offered_per_sec"] <= 220, f"offered {res['offered_per_sec']}/s, want 200 +- 10%")
+    check(540 <= res["requests"] <= 660, f"{res['requests']} requests in 3 s at 200/s, want 600 +- 10%")
+    check(abs(res["requests_per_sec"] - 200) <= 20, f"goodput {res['requests_per_sec']}")
+    lat = res["latency_us"]
+    check(20000 <= lat["p50"] < 60000, f"p50 {lat['p50']} us for a 20 ms sleep")
+    check(lat["p99"] >= lat["p50"] and lat["max"] >= lat["p99"], f"percentiles out of order: {lat}")
+    check(res["errors_total"] == 0, f"errors: {res['errors']}")
+    check(2.9 <= res["duration_s"] <= 3.2 and secs < 8, f"duration {res['duration_s']} s, ran {secs:.1f} s")
+    check("goodput" in out and "p99.9" in out and "shed 503" in out, f"table:\n{out}")
+    iv = res["intervals"]
+    check(len(iv) == 3 and [x["t"] for x in iv] == [1, 2, 3], f"intervals: {iv}")
+    check(all(160 <= x["ok"] <= 240 and 20000 <= x["p99_us"] < 200000 and x["shed_503"] == 0 for x in iv)
+          and sum(x["ok"] for x in iv) <= res["ok"], f"per-second intervals: {iv}")
+    print(f"open loop 200/s on /sleep?ms=20: offered {res['offered_per_sec']}/s, {res['requests']} requests, "
+          f"p50 {lat['p50']} us, p99 {lat['p99']} us, no errors: ok")
+
+def check_coordinated_omission():
+    # One connection; the 50th request (0.5 s in at 100/s) is answered after 1 s.
+    srv = PyServer(stall_at=50, stall_s=1.0, one_conn=True)
+    try:
+        res, _, _ = load_ok("--rate", "100", "-c", "1", "-d", "3", f"http://127.0.0.1:{srv.port}/ok")
+    finally:
+        srv.close()
+    lat = res["latency_us"]
+    check(res["errors_total"] == 0, f"errors: {res['errors']}")
+    check(250 <= res["requests"] <= 330, f"{res['requests']} requests at 100/s for 3 s")
+    # ~100 requests came due during the stall; each waited for what was left of it (0 .. 1 s).
+    check(lat["max"] >= 900000, f"max {lat['max']} us: the 1 s stall is missing")
+    check(lat["p90"] >= 400000, f"p90 {lat['p90']} us: requests queued behind the stall were not charged")
+    check(lat["p99"] >= 800000, f"p99 {lat['p99']} us")
+    check(lat["p50"] < 100000, f"p50 {lat['p50']} us: most requests were not behind the stall")
+    print(f"coordinated omission: 1 s stall at 100/s -> p50 {lat['p50']} us, p90 {lat['p90']} us, "
+          f"p99 {lat['p99']} us, max {lat['max']} us: ok")
+
+    # The same stall measured closed loop: only the one request sees it.
+    srv = PyServer(stall_at=50, stall_s=1.0, one_conn=True)
+    try:
+        res, _, _ = load_ok("-c", "1", "-d", "2", f"http://127.0.0.1:{srv.port}/ok")
+    finally:
+        srv.close()
+    lat = res["latency_us"]
+    check(res["errors_total"] == 0 and res["requests"] > 100, f"closed loop: {res['requests']}, {res['errors']}")
+    check(lat["max"] >= 900000 and lat["p99"] < 100000,
+          f"closed loop: p99 {lat['p99']} us, max {lat['max']} us (want one slow request only)")
+    print(f"closed loop on the same stall: p99 {lat['p99']} us, max {lat['max']} us (the omission): ok")
+
+def check_statuses(hello):
+    res, _, _ = load_ok("-c", "4", "-d", "1", f"http://127.0.0.1:{hello.port}/plaintext")
+    check(res["requests"] > 100 and res["ok"] == res["requests"], f"hello /plaintext: {res}")
+    check(res["errors_total"] == 0 and res["mode"] == "closed" and res["rate"] is None, f"{res}")
+    check(res["bytes_in_per_sec"] > 0 and res["latency_us"]["p50"] > 0, f"{res}")
+    print(f"closed loop on hello /plaintext: {res['requests']} requests, no errors: ok")
+
+    res, _, _ = load_ok("-c", "4", "-d", "1", "-p", "8", "-t", "2", f"http://localhost:{hello.port}/plaintext")
+    check(res["requests"] > 100 and res["errors_total"] == 0 and res["threads"] == 2, f"pipelined: {res}")
+    print(f"pipeline 8, 2 threads, localhost: {res['requests']} requests, no errors: ok")
+
+    res, _, _ = load_ok("-c", "2", "-d", "1", f"http://127.0.0.1:{hello.port}/nope")
+    e = res["errors"]
+    check(res["requests"] > 0 and e["status_4xx"] == res["requests"] and res["ok"] == 0, f"404: {res}")
+    check(res["latency_us"]["count"] == 0 and res["latency_all_us"]["count"] == res["requests"], f"{res}")
+    check(not errors_except(res, "status_4xx"), f"404: other errors {res['errors']}")
+    print(f"404 -> status_4xx ({e['status_4xx']}), no 2xx latency recorded: ok")
+
+    srv = PyServer()
+    try:
+        res, _, _ = load_ok("-c", "2", "-d", "1", f"http://127.0.0.1:{srv.port}/busy")
+        e = res["errors"]
+        check(res["requests"] > 0 and e["shed_503"] == res["requests"] and e["status_5xx"] == 0, f"503: {res}")
+        check(not errors_except(res, "shed_503") and res["requests_per_sec"] == 0, f"503: {res}")
+        print(f"503 -> shed_503 ({e['shed_503']}), not status_5xx: ok")
+        res, _, _ = load_ok("-c", "2", "-d", "1", f"http://127.0.0.1:{srv.port}/err")
+        e = res["errors"]
+        check(res["requests"] > 0 and e["status_5xx"] == res["requests"] and e["shed_503"] == 0, f"500: {res}")
+        print(f"500 -> status_5xx ({e['status_5xx']}): ok")
+    finally:
+        srv.close()
+
+def check_framing():
+    srv = PyServer()
+    try:
+        for path, what in [("/chunked", "chunked, split across writes, with a trailer"),
+                           ("/close", "close-delimited, Connection: close"),
+                           ("/http10", "HTTP/1.0, close-delimited"),
+                           ("/interim", "100 Continue before a 204"),
+                           ("/trickle", "a response arriving 7 bytes per write")]:
+            res, _, _ = load_ok("-c", "2", "-d", "1", f"http://127.0.0.1:{srv.port}{path}")
+            check(res["requests"] > 10 and res["ok"] == res["requests"], f"{path}: {res}")
+            check(res["errors_total"] == 0, f"{path}: errors {res['errors']}")
+            print(f"{what}: {res['requests']} responses, no errors: ok")
+        # Open loop over connections the server closes after each response: requests keep their due times.
+        res, _, secs = load_ok("--rate", "100", "-c", "2", "-d", "1", f"http://127.0.0.1:{srv.port}/close")
+        check(85 <= res["requests"] <= 115 and res["errors_total"] == 0, f"open loop /close: {res}")
+        check(res["latency_us"]["p50"] < 100000 and secs < 5, f"open loop /close: {res['latency_us']}")
+        print(f"open loop 100/s, a new connection per response: {res['requests']} responses, no errors: ok")
+        res, _, _ = load_ok("-c", "1", "-d", "1", f"http://127.0.0.1:{srv.port}/junk")
+        check(res["errors"]["parse"] > 0 and res["requests"] == 0, f"/junk: {res}")
+        print(f"malformed status line -> parse errors ({res['errors']['parse']}): ok")
+        # POST with a body and extra headers still gets answers (the server ignores bodies it does not read:
+        # a 404 route that answers at once; the body bytes only have to not break the framing of replies).
+        res, _, _ = load_ok("-c", "1", "-d", "1", "-m", "POST", "-b", "", "-H", "X-Test: 1",
+                            f"http://127.0.0.1:{srv.port}/ok")
+        check(res["ok"] > 0 and res["errors_total"] == 0, f"POST: {res}")
+        print("POST with an empty body and an extra header: ok")
+        # A silent server: each connection times out, is counted and replaced.
+        res, _, secs = load_ok("-c", "2", "-d", "1", "--timeout", "200", f"http://127.0.0.1:{srv.port}/hang")
+        check(res["errors"]["timeout"] >= 2 and res["requests"] == 0, f"/hang: {res}")
+        check(secs < 1 + 4, f"/hang: the run took {secs:.1f} s")
+        print(f"a server that never answers -> {res['errors']['timeout']} timeouts, run ends on time: ok")
+    finally:
+        srv.close()
+
+def check_bad_flags_and_unreachable(hello):
+    for args in [["--bogus", "http://127.0.0.1:1/"], ["-c", "0", "http://127.0.0.1:1/"],
+                 ["--rate", "abc", "http://127.0.0.1:1/"], ["--pipeline", "0", "http://127.0.0.1:1/"],
+                 [], ["http://127.0.0.1:1/", "extra"], ["ftp://127.0.0.1/"], ["http://example.com/"],
+                 ["http://127.0.0.1:99999/"], ["-H", "no colon", "http://127.0.0.1:1/"],
+                 ["-m", "GE T", "http://127.0.0.1:1/"], ["-d", "0", "http://127.0.0.1:1/"],
+                 ["--duration"]]:
+        r = subprocess.run([KEEL, "load", *args], capture_output=True, text=True, timeout=10)
+        check(r.returncode == 2, f"keel load {args}: exit {r.returncode}, want 2\n{r.stderr}")
+        check("usage" in r.stderr or "expected" in r.stderr, f"keel load {args}: no usage on stderr")
+    r = subprocess.run([KEEL, "load", "--help"], capture_output=True, text=True, timeout=10)
+    check(r.returncode == 0 and "--rate" in r.stdout, "keel load --help")
+    print("bad flags -> exit 2 with usage: ok")
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    res, _, secs = load_ok("-c", "4", "-d", "1", f"http://127.0.0.1:{port}/")
+    check(res["errors"]["connect"] >= 4 and res["requests"] == 0, f"unreachable: {res}")
+    check(0.95 <= res["duration_s"] <= 1.5 and secs < 5, f"unreachable: duration {res['duration_s']}, {secs:.1f} s")
+    res, _, secs = load_ok("--rate", "50", "-c", "2", "-d", "1", f"http://127.0.0.1:{port}/")
+    check(res["errors"]["connect"] >= 2 and res["requests"] == 0 and res["offered_per_sec"] > 40, f"{res}")
+    print(f"unreachable port -> connect errors, run ends on time ({secs:.1f} s): ok")
+
+    # IPv6, when this machine has it.
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s6:
+            s6.bind(("::1", 0))
+    except OSError:
+        print("IPv6: skipped (no ::1)")
+        return
+    h6 = Hello("[::1]")
+    try:
+        res, _, _ = load_ok("-c", "2", "-d", "1", f"http://[::1]:{h6.port}/plaintext")
+        check(res["requests"] > 0 and res["errors_total"] == 0, f"[::1]: {res}")
+        print(f"[::1]: {res['requests']} requests: ok")
+    finally:
+        h6.stop()
+
+def check_sigint(hello):
+    path = os.path.join(TMP, "int.json")
+    t = time.monotonic()
+    p = subprocess.Popen([KEEL, "load", "--quiet", "--json", path, "-c", "2", "-d", "60",
+                          f"http://127.0.0.1:{hello.port}/plaintext"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    try:
+        out, _ = p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        fail("SIGINT did not end the run")
+    secs = time.monotonic() - t
+    check(p.returncode == 0 and "goodput" in out, f"SIGINT: exit {p.returncode}")
+    with open(path) as f:
+        res = json.load(f)
+    check(res["duration_s"] < 5 and res["requests"] > 0 and secs < 8, f"SIGINT: {res['duration_s']} s")
+    print(f"SIGINT after 1 s of a 60 s run: results after {res['duration_s']} s: ok")
+
+def main():
+    for exe in (KEEL, HELLO):
+        if not os.access(exe, os.X_OK):
+            shutil.rmtree(TMP, ignore_errors=True)
+            print(f"skip: {exe} not built")
+            sys.exit(77)
+    hello = Hello()
+    try:
+        check_open_loop(hello)
+        check_coordinated_omission()
+        check_statuses(hello)
+        check_framing()
+        check_bad_flags_and_unreachable(hello)
+        check_sigint(hello)
+    finally:
+        hello.stop()
+        shutil.rmtree(TMP, ignore_errors=True)
+    print("load: ok")
+
+if __name__ == "__main__":
+    main()
