@@ -67,6 +67,7 @@ struct keel_http_conn {
 	 * arrival order (linked through buf->next), the first from inq_off on.
 	 */
 	keel_buf *inq_head;
+	uint64_t held_ns; /* loop time the held-back input was held (its age counts for admission) */
 	/* Requests in arrival order; the first nsending are in the current send. */
 	keel_http_request *qhead, *qtail;
 	size_t out_pending;   /* answered, unsent response bytes (conn_out_max) */
@@ -130,6 +131,7 @@ struct keel_http_server {
 	unsigned nheld, held_cap;
 	keel_promise *stopped;
 	keel__timer grace;
+	uint64_t input_ns; /* when the input being parsed arrived, if not this tick (held back) */
 	char date[32];
 	size_t date_len;
 	time_t date_sec;
@@ -536,8 +538,9 @@ static bool should_shed(keel_http_server *s, const struct route *rt)
 		struct timespec ts;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-		uint64_t tick = keel_loop_now_ns(s->loop);
-		if (now > tick && now - tick > (uint64_t)s->cfg.queue_delay_max_us * 1000)
+		/* Input arrives with the tick; input held back (pipelining limit) arrived earlier. */
+		uint64_t since = s->input_ns ? s->input_ns : keel_loop_now_ns(s->loop);
+		if (now > since && now - since > (uint64_t)s->cfg.queue_delay_max_us * 1000)
 			return true;
 	}
 	return false;
@@ -1001,7 +1004,9 @@ static void conn_pump(keel_http_conn *c)
 {
 	while (c->inq_head && !c->closing) {
 		keel_buf *b = c->inq_head;
+		c->s->input_ns = c->held_ns;
 		size_t off = conn_input(c, b, c->inq_off);
+		c->s->input_ns = 0;
 		if (off < b->len) {
 			c->inq_off = (uint32_t)off;
 			return;
@@ -1025,8 +1030,10 @@ static void inq_push(keel_http_conn *c, keel_buf *buf, size_t off)
 	keel_buf_hold(buf);
 	buf->next = NULL;
 	keel_buf **pp = &c->inq_head; /* a short list: the reader stops the receive at once */
-	if (!*pp)
+	if (!*pp) {
 		c->inq_off = (uint32_t)off;
+		c->held_ns = keel_loop_now_ns(c->s->loop);
+	}
 	while (*pp)
 		pp = &(*pp)->next;
 	*pp = buf;
