@@ -30,7 +30,8 @@
  * Admission and bounds:
  *   GET  /burn?us=N        burns N microseconds of CPU in the handler, then "burnt"
  *   GET  /_keel/status     keel_http_status (never shed)
- *   --queue-delay-max-us N, --inflight-max N, --conn-out-max N  (0 turns the first off)
+ *   --queue-delay-max-us N, --inflight-max N, --conn-out-max N  (0 turns the first off),
+ *   --body-mem-max N
  */
 #include <getopt.h>
 #include <signal.h>
@@ -336,6 +337,7 @@ int main(int argc, char **argv)
 		{"head-max", 1, NULL, 'm'},         {"line-max", 1, NULL, 'L'},
 		{"body-stream-max", 1, NULL, 'M'},  {"queue-delay-max-us", 1, NULL, 'Q'},
 		{"inflight-max", 1, NULL, 'F'},     {"conn-out-max", 1, NULL, 'O'},
+		{"body-mem-max", 1, NULL, 'X'},
 		{NULL, 0, NULL, 0},
 	};
 	int c;
@@ -358,6 +360,7 @@ int main(int argc, char **argv)
 		case 'Q': cfg.queue_delay_max_us = (uint32_t)v; break;
 		case 'F': cfg.inflight_max = (unsigned)v; break;
 		case 'O': cfg.conn_out_max = (size_t)v; break;
+		case 'X': cfg.body_mem_max = (size_t)v; break;
 		default: return 2;
 		}
 	}

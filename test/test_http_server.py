@@ -1739,6 +1739,36 @@ def status_text_conn(c):
     return {k: int(v) for k, v in (ln.split() for ln in r.body.decode().splitlines())}
 
 
+
+def t_body_mem_max(M):
+    """--body-mem-max 100000: copies of bodies that arrive in pieces are bounded across the server:
+    60000 + 40000 held is at the limit and fine; 2 more bytes get a fast 503 and a close."""
+    a, b, c = Conn(M.port, timeout=10), Conn(M.port, timeout=10), Conn(M.port, timeout=10)
+    try:
+        a.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n" + b"a" * 1000)
+        time.sleep(0.1)
+        b.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n" + b"b" * 1000)
+        time.sleep(0.1)
+        eq(status_text(M)["request_body_bytes"], 100000, "request_body_bytes with two bodies in progress")
+        c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nc")
+        r = c.read_response(what="one body past --body-mem-max")
+        eq((r.status, r.h("Retry-After")), (503, "1"), "a body past --body-mem-max")
+        c.expect_closed(what="after the 503")
+        a.send(b"a" * 59000)
+        b.send(b"b" * 39000)
+        eq(a.read_response(what="60000").body, b"a" * 60000, "the body at the limit")
+        eq(b.read_response(what="40000").body, b"b" * 40000, "the other body at the limit")
+    finally:
+        for x in (a, b, c):
+            x.close()
+    eq(status_text(M)["request_body_bytes"], 0, "request_body_bytes once answered")
+    with Conn(M.port) as d:
+        d.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nd")
+        time.sleep(0.05)
+        d.send(b"d")
+        eq(d.read_response(what="after the others").body, b"dd", "room again once they are answered")
+
+
 def main():
     only = sys.argv[1:]
     if not os.access(SRV_BIN, os.X_OK):
@@ -1789,6 +1819,7 @@ def main():
         ("bounds: --conn-out-max at the limit and one past it", "O", t_conn_out_max),
         ("status: /_keel/status text and Prometheus", "A", t_status_formats),
         ("bounds: EMFILE pauses accepting and recovers", None, t_emfile),
+        ("bounds: --body-mem-max at the limit and one past it", "M", t_body_mem_max),
     ]
     plan += [("malformed: " + case[0], "L", lambda L, case=case: t_malformed(L, case)) for case in MALFORMED]
     plan += [
@@ -1826,6 +1857,7 @@ def main():
         "U": ("--body-stream-max", 40000000),
         "A": ("--queue-delay-max-us", 1000, "--inflight-max", 2),
         "O": ("--conn-out-max", 32 << 20, "--queue-delay-max-us", 0),
+        "M": ("--body-mem-max", 100000),
     }
 
     def run(name, fn):

@@ -41,6 +41,9 @@ typedef struct keel_http_config {
 	 */
 	uint32_t queue_delay_max_us; /* 0: off. Default 20000 (20 ms) */
 	unsigned inflight_max;       /* per server; default 10000 */
+	size_t body_mem_max;         /* request body bytes held in copies (bodies that arrive in
+	                                pieces), across the server; a body that would take more
+	                                gets 503 + Retry-After and the connection closes. 64 MiB */
 	size_t conn_out_max;         /* answered, unsent response bytes per connection; past
 	                                it receiving pauses (bodies from files and streams are
 	                                not counted: they are pulled). Default 1 MiB */

@@ -132,6 +132,7 @@ struct keel_http_server {
 	keel_promise *stopped;
 	keel__timer grace;
 	uint64_t input_ns; /* when the input being parsed arrived, if not this tick (held back) */
+	size_t body_mem;   /* request body bytes copied and held (body_mem_max) */
 	/* Admission's view of the loop's CPU use: a window's start (wall and thread CPU time). */
 	uint64_t adm_wall_ns, adm_cpu_ns;
 	bool adm_saturated;
@@ -180,6 +181,7 @@ void keel_http_config_default(keel_http_config *cfg)
 	cfg->queue_delay_max_us = 20000;
 	cfg->inflight_max = 10000;
 	cfg->conn_out_max = 1 << 20;
+	cfg->body_mem_max = 64 << 20;
 }
 
 keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg)
@@ -342,6 +344,7 @@ static void req_free(keel_http_conn *c, keel_http_request *r)
 	if (c->cur == r)
 		c->cur = NULL;
 	c->out_pending -= r->out_bytes;
+	c->s->body_mem -= r->body_cap;
 	free(r->own);
 	free(r->body_own);
 	if (r->answer && r->answer->file_fd >= 0 && r->answer->file_close)
@@ -381,6 +384,8 @@ static void req_hold(keel_http_request *r, keel_buf *buf)
 	keel_buf_hold(buf);
 	r->hold[i] = buf;
 }
+
+static const keel_http_header retry_after = {{"Retry-After", 11}, {"1", 1}};
 
 static int err_status(int err)
 {
@@ -455,6 +460,10 @@ static void req_error(keel_http_conn *c, keel_http_request *r, int status)
 	r->resp.content_type = "text/plain";
 	r->resp.body.ptr = keel_http_status_text(status);
 	r->resp.body.len = strlen(r->resp.body.ptr);
+	if (status == 503) {
+		r->resp.headers = &retry_after;
+		r->resp.nheaders = 1;
+	}
 	r->answer = &r->resp;
 	r->done = 1;
 	if (c->cur == r)
@@ -574,13 +583,12 @@ static bool should_shed(keel_http_server *s, const struct route *rt)
 
 static void req_shed(keel_http_request *r)
 {
-	static const keel_http_header retry = {{"Retry-After", 11}, {"1", 1}};
 	r->conn->s->stats.shed++;
 	r->resp.status = 503;
 	r->resp.content_type = "text/plain";
 	r->resp.body.ptr = "Service Unavailable\n";
 	r->resp.body.len = 20;
-	r->resp.headers = &retry;
+	r->resp.headers = &retry_after;
 	r->resp.nheaders = 1;
 	req_answer(r, keel_ok(0, &r->resp));
 }
@@ -743,23 +751,38 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 	}
 }
 
-static bool body_append(keel_http_conn *c, keel_http_request *r, const char *p, size_t n)
+/*
+ * Copy body bytes that arrived in pieces. A Content-Length body gets its
+ * exact size at once; a chunked one grows by doubling. Copies across the
+ * server are bounded by body_mem_max. Returns 0, or the status to answer:
+ * 503 (over the server's body memory) or 500 (out of memory).
+ */
+static int body_append(keel_http_conn *c, keel_http_request *r, const char *p, size_t n)
 {
+	keel_http_server *s = c->s;
 	if (r->body_len + n > r->body_cap) {
-		size_t cap = r->body_cap ? r->body_cap * 2 : 4096;
-		while (cap < r->body_len + n)
-			cap *= 2;
-		if (cap > c->s->cfg.body_max && c->s->cfg.body_max >= r->body_len + n)
-			cap = c->s->cfg.body_max;
+		size_t cap;
+		if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
+			cap = (size_t)r->msg.content_length;
+		} else {
+			cap = r->body_cap ? r->body_cap * 2 : 4096;
+			while (cap < r->body_len + n)
+				cap *= 2;
+			if (cap > s->cfg.body_max && s->cfg.body_max >= r->body_len + n)
+				cap = s->cfg.body_max;
+		}
+		if (s->cfg.body_mem_max && s->body_mem - r->body_cap + cap > s->cfg.body_mem_max)
+			return 503;
 		char *nb = realloc(r->body_own, cap);
 		if (!nb)
-			return false;
+			return 500;
+		s->body_mem += cap - r->body_cap;
 		r->body_own = nb;
 		r->body_cap = cap;
 	}
 	memcpy(r->body_own + r->body_len, p, n);
 	r->body_len += n;
-	return true;
+	return 0;
 }
 
 /* Hand a piece of a streamed body to the reader waiting for it. */
@@ -832,6 +855,7 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 	keel_http_request *r = c->cur;
 	if (r->stream_body)
 		return body_stream(c, buf, data, len);
+	int st;
 	if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
 		size_t n = len < r->body_need ? len : (size_t)r->body_need;
 		if (r->body_len == 0 && n == r->body_need && buf) {
@@ -839,8 +863,8 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 			req_hold(r, buf);
 			r->body.ptr = data;
 			r->body.len = n;
-		} else if (!body_append(c, r, data, n)) {
-			req_error(c, r, 500);
+		} else if ((st = body_append(c, r, data, n))) {
+			req_error(c, r, st);
 			return len;
 		}
 		r->body_need -= n;
@@ -861,8 +885,8 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 		int rc = keel_http_chunked_decode(&r->chunk, data + off, len - off, &used, &span);
 		off += used;
 		if (rc == KEEL_HTTP_CHUNK_DATA) {
-			if (!body_append(c, r, span.ptr, span.len)) {
-				req_error(c, r, 500);
+			if ((st = body_append(c, r, span.ptr, span.len))) {
+				req_error(c, r, st);
 				return len;
 			}
 		} else if (rc == KEEL_HTTP_CHUNK_DONE) {
@@ -2107,6 +2131,7 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 		{"recv_buffer_waits_total", "counter", "receives parked for want of a buffer", ls.enobufs},
 		{"ops_inflight", "gauge", "kernel operations in flight", ls.ops_inflight},
 		{"log_lines_dropped_total", "counter", "access log lines dropped", st->log_lines_dropped},
+		{"request_body_bytes", "gauge", "request body bytes held in copies", s->body_mem},
 		{"rss_bytes", "gauge", "resident memory of the process", rss_bytes()},
 	};
 	size_t nm = sizeof(m) / sizeof(m[0]), cap = nm * 200 + 64, n = 0;
