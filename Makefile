@@ -4,7 +4,7 @@
 #   make run        start keel's main job on built-in defaults
 #   make test       run every test program under every backend
 #   make sanitize   the same tests built with ASan+UBSan (build-san/)
-#   make bench      the echo, pollscale and http benchmarks (bench/)
+#   make bench      every benchmark in bench/ (echo, pollscale, http, load, idle, overload)
 #   make fuzz       the HTTP parser fuzzers, FUZZ_SECONDS each
 #
 # SAN=1 builds with sanitizers into build-san/. WERROR=1 turns warnings into errors.
@@ -99,6 +99,9 @@ bench: all
 	bench/echo/run.sh
 	bench/pollscale/run.sh
 	bench/http/run.sh
+	bench/load/run.sh
+	bench/idle/run.sh
+	bench/overload/run.sh
 
 # libFuzzer drivers for the HTTP parser and chunked decoder, each for a bounded time.
 fuzz:
