@@ -75,6 +75,7 @@ struct keel_http_conn {
 	keel_promise *send_p; /* the send in flight, to cancel on close */
 	char *peer;           /* for the access log (only when it is on) */
 	keel__timer timer;
+	uint64_t deadline_ns; /* what the timer is for (0: nothing); the heap entry may be earlier */
 	int fd;
 	uint32_t inq_off;
 	uint32_t part_len, part_cap;
@@ -1603,8 +1604,8 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		if (!c->recv)
 			conn_read(c); /* it was paused for a streamed body's reader */
 		keel_promise_release(keel_shutdown(s->loop, c->fd, SHUT_WR));
-		keel__timer_stop(s->loop, &c->timer);
 		c->timer_kind = T_LINGER;
+		c->deadline_ns = keel_loop_now_ns(s->loop) + LINGER_MS * 1000000ull;
 		keel__timer_start(s->loop, &c->timer, LINGER_MS);
 		return;
 	}
@@ -1728,7 +1729,16 @@ static void conn_timeout(keel_loop *loop, keel__timer *t)
 {
 	(void)loop;
 	keel_http_conn *c = (keel_http_conn *)((char *)t - offsetof(keel_http_conn, timer));
+	uint64_t now = keel_loop_now_ns(loop);
+	if (!c->deadline_ns)
+		return; /* the deadline went away since the timer was armed */
+	if (now < c->deadline_ns) {
+		/* It moved later since the timer was armed: arm for it now. */
+		keel__timer_start(loop, t, (c->deadline_ns - now + 999999) / 1000000);
+		return;
+	}
 	c->timer_kind = T_NONE;
+	c->deadline_ns = 0;
 	conn_close(c); /* slowloris, stalled body, idle keep-alive, or a reader that stopped reading */
 }
 
@@ -1763,10 +1773,21 @@ static void conn_timer_update(keel_http_conn *c)
 	}
 	if (kind == c->timer_kind && (kind == T_HEADER || kind == T_IDLE || kind == T_SEND))
 		return; /* one deadline for the whole head; idle and send run from their start */
-	keel__timer_stop(c->s->loop, &c->timer);
 	c->timer_kind = (uint8_t)kind;
-	if (kind != T_NONE && ms)
-		keel__timer_start(c->s->loop, &c->timer, ms);
+	if (kind == T_NONE || !ms) {
+		c->deadline_ns = 0; /* an armed timer will fire, find nothing due and stay off */
+		return;
+	}
+	/*
+	 * Lazy re-arming: a keep-alive request moves the deadline later at
+	 * every state change, so the heap is touched only when the new
+	 * deadline comes before the armed one; a timer that fires early
+	 * re-arms itself for the real deadline (conn_timeout).
+	 */
+	keel_loop *loop = c->s->loop;
+	c->deadline_ns = keel_loop_now_ns(loop) + ms * 1000000ull;
+	if (!keel__timer_armed(&c->timer) || c->timer.deadline_ns > c->deadline_ns)
+		keel__timer_start(loop, &c->timer, ms);
 }
 
 /* ---- Connections --------------------------------------------------------- */
