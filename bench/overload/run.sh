@@ -153,8 +153,7 @@ EOF
 	esac
 	srv_pid=$!
 	pids+=("$srv_pid")
-	local i
-	for i in $(seq 50); do
+	for _ in $(seq 50); do
 		if curl -sf -o /dev/null "http://127.0.0.1:$port/work?us=1"; then break; fi
 		sleep 0.1
 	done
@@ -283,31 +282,27 @@ echo "wrote $tsv and $slow_tsv"
 
 if command -v gnuplot >/dev/null; then
 	gp=$work/overload.gp
+	# One gnuplot "plot" line over every server in the TSV, for column expression $1.
+	plot_servers() {
+		local first=1 name
+		echo -n "plot "
+		for name in "${servers[@]}"; do
+			grep -q "^$name	" "$tsv" || continue
+			[[ $first == 1 ]] || echo -n ", "
+			first=0
+			echo -n "'< grep \"^$name	\" $tsv' using 2:$1 with linespoints title '$name'"
+		done
+		echo
+	}
 	{
 		echo "set terminal pngcairo size 1200,480 font 'sans,10'"
 		echo "set output '$out/overload.png'"
 		echo "set multiplot layout 1,2 title 'Overload: open loop at 0.25..4 x S, /work?us=$work_us, one worker on one core'"
 		echo "set xlabel 'offered load (x saturation rate S)'; set logscale x 2; set key top left"
 		echo "set ylabel 'goodput (% of S)'; set yrange [0:130]; set grid"
-		echo -n "plot "
-		first=1
-		for name in "${servers[@]}"; do
-			grep -q "^$name	" "$tsv" || continue
-			[[ $first == 1 ]] || echo -n ", "
-			first=0
-			echo -n "'< grep \"^$name	\" $tsv' using 2:6 with linespoints title '$name'"
-		done
-		echo
+		plot_servers 6
 		echo "set ylabel 'p99 of admitted requests (ms)'; set logscale y; set yrange [*:*]; set key top left"
-		echo -n "plot "
-		first=1
-		for name in "${servers[@]}"; do
-			grep -q "^$name	" "$tsv" || continue
-			[[ $first == 1 ]] || echo -n ", "
-			first=0
-			echo -n "'< grep \"^$name	\" $tsv' using 2:(\$11/1000) with linespoints title '$name'"
-		done
-		echo
+		plot_servers '($11/1000)' # (a gnuplot expression, not shell)
 		echo "unset multiplot"
 	} >"$gp"
 	if gnuplot "$gp"; then echo "wrote $out/overload.png"; else echo "run.sh: gnuplot failed on $gp" >&2; fi
