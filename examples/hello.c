@@ -84,7 +84,7 @@ struct worker {
 	keel_http_server *srv;
 	const keel_http_config *cfg;
 	bool status;
-	char label[16];
+	char label[24];
 	int ready;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;

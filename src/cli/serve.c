@@ -27,7 +27,7 @@ struct serve_worker {
 	keel_http_server *srv;
 	keel_static *st;
 	bool stopping;
-	char label[16];
+	char label[24];
 };
 
 static void serve_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
