@@ -1,0 +1,89 @@
+/*
+ * keel's HTTP/1.1 client: requests as promises, over per-upstream pools of
+ * keep-alive connections on the same loop as everything else.
+ *
+ * An upstream is a numeric "HOST:PORT" ("127.0.0.1:8080", "[::1]:8080").
+ * Each has a bounded pool of connections and a bounded queue of requests
+ * waiting for one: a request that finds both full is rejected at once with
+ * KEEL_ELIMIT instead of growing a queue. One request at a time per
+ * connection (no pipelining). Responses are parsed by keel's strict parser
+ * (response mode): Content-Length, chunked and close-delimited bodies, 1xx
+ * interim responses skipped.
+ *
+ * A request that fails on a reused keep-alive connection before any byte of
+ * its response arrived (the server closed the idle connection as we sent)
+ * is retried once on a new connection if its method is idempotent.
+ */
+#ifndef KEEL_HTTP_CLIENT_H
+#define KEEL_HTTP_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "http_parse.h"
+#include "loop.h"
+#include "promise.h"
+
+typedef struct keel_http_client keel_http_client;
+
+typedef struct keel_http_client_config {
+	unsigned pool_max;            /* connections per upstream (open or opening); default 64 */
+	unsigned pending_max;         /* requests waiting for a connection, per upstream; past it
+	                                 KEEL_ELIMIT at once. Default 1024 */
+	uint64_t connect_timeout_ms;  /* default 5000 */
+	uint64_t response_timeout_ms; /* from the send to the end of the response; default 30000 */
+	uint64_t idle_timeout_ms;     /* a pooled connection unused this long is closed; 60000 */
+	size_t body_max;              /* response body bytes; more: -EMSGSIZE. Default 8 MiB */
+	keel_http_limits limits;      /* response head limits (the server defaults) */
+} keel_http_client_config;
+
+void keel_http_client_config_default(keel_http_client_config *cfg);
+
+/* A client on loop; cfg may be NULL for the defaults. NULL on ENOMEM or a bad config. */
+keel_http_client *keel_http_client_new(keel_loop *loop, const keel_http_client_config *cfg);
+
+/*
+ * Close every connection; requests still waiting or in flight reject with
+ * -ECANCELED. The memory goes once the last connection has closed.
+ */
+void keel_http_client_free(keel_http_client *c);
+
+typedef struct keel_http_client_request {
+	const char *upstream; /* "HOST:PORT", numeric */
+	const char *method;   /* NULL: GET */
+	const char *target;   /* origin-form: "/path?query"; NULL: "/" */
+	const char *host;     /* the Host header; NULL: the upstream */
+	const keel_http_header *headers; /* extra headers (not Host, Content-Length,
+	                                    Transfer-Encoding or Connection) */
+	unsigned nheaders;
+	keel_str body;        /* sent with Content-Length (always, for POST/PUT/PATCH) */
+} keel_http_client_request;
+
+typedef struct keel_http_client_response {
+	int status;
+	keel_http_msg msg;  /* version, headers (keel_http_header_find), reason */
+	keel_str body;      /* de-chunked */
+	char *mem_;         /* internal: the bytes msg and body point into */
+} keel_http_client_response;
+
+/*
+ * Send req (its strings and body are copied or sent before this returns or
+ * are borrowed until the promise settles: keep them alive until then).
+ * Resolves with ptr = a keel_http_client_response, which the caller frees
+ * with keel_http_client_response_free. Rejects with KEEL_ELIMIT (pool and
+ * queue full), -EINVAL (bad upstream), -ECONNREFUSED and other connect
+ * errors, -ETIMEDOUT (connect or response timeout), -EBADMSG (a response
+ * keel's parser rejects), -EMSGSIZE (body over body_max), -ECONNRESET (the
+ * connection ended before the response did), -ECANCELED.
+ */
+keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http_client_request *req);
+
+void keel_http_client_response_free(keel_http_client_response *r);
+
+typedef struct keel_http_client_stats {
+	uint64_t requests, responses, retries, rejected_full, connects;
+	uint32_t conns_open, conns_idle, pending;
+} keel_http_client_stats;
+void keel_http_client_get_stats(const keel_http_client *c, keel_http_client_stats *out);
+
+#endif

@@ -1,0 +1,459 @@
+/*
+ * The HTTP client against real servers: keel's own server on the same loop
+ * (keep-alive reuse, pool and queue limits, bodies both ways, chunked, HEAD,
+ * timeouts, an idle connection the server closes), a forked raw-socket server
+ * for what a well-behaved server never does (closing a kept-alive connection
+ * as the next request arrives, a malformed response, close-delimited
+ * bodies), and nginx from Debian when it is installed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "keel/http.h"
+#include "keel/http_client.h"
+#include "keel/keel.h"
+#include "test.h"
+
+static keel_loop *loop;
+static char up[64]; /* the in-process server's "127.0.0.1:PORT" */
+
+/* ---- The in-process server ------------------------------------------------- */
+
+static char *big;
+
+static keel_promise *h_hello(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "text/plain", "Hello, World!", 13);
+}
+
+static keel_promise *h_echo(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "application/octet-stream", r->body.ptr, r->body.len);
+}
+
+static keel_promise *h_big(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "application/octet-stream", big, 2 << 20);
+}
+
+static keel_outcome slow_answer(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	(void)in;
+	keel_http_request *r = ud;
+	r->resp.status = 200;
+	r->resp.body.ptr = "slow";
+	r->resp.body.len = 4;
+	return keel_ok(0, &r->resp);
+}
+
+static keel_promise *h_slow(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_map(keel_sleep(loop, 200), slow_answer, r);
+}
+
+struct pieces {
+	int i;
+	char b[16];
+	keel_str s;
+};
+
+static keel_promise *stream_next(keel_http_request *r, void *ud)
+{
+	(void)r;
+	struct pieces *p = ud;
+	keel_promise *out = keel_promise_new(loop);
+	if (p->i == 3) {
+		keel_promise_resolve(out, 0, NULL);
+		return out;
+	}
+	p->s.len = (size_t)snprintf(p->b, sizeof(p->b), "piece %d;", p->i++);
+	p->s.ptr = p->b;
+	keel_promise_resolve(out, 0, &p->s);
+	return out;
+}
+
+static keel_promise *h_chunked(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	struct pieces *p = keel_ctx_alloc(keel_http_request_ctx(r), sizeof(*p));
+	memset(p, 0, sizeof(*p));
+	r->resp.status = 200;
+	r->resp.stream = stream_next;
+	r->resp.stream_ud = p;
+	keel_promise *out = keel_promise_new(loop);
+	keel_promise_resolve(out, 0, &r->resp);
+	return out;
+}
+
+/* ---- Helpers ------------------------------------------------------------- */
+
+static keel_http_client_response *get_ok(keel_http_client *c, const char *upstream, const char *method,
+                                         const char *target, keel_str body)
+{
+	keel_http_client_request q = {.upstream = upstream, .method = method, .target = target, .body = body};
+	keel_outcome o = test_await(loop, keel_http_client_request_send(c, &q));
+	if (o.err)
+		FAIL("%s %s on %s: %s", method ? method : "GET", target, upstream, keel_strerror(o.err));
+	return o.ptr;
+}
+
+static int get_err(keel_http_client *c, const char *upstream, const char *target)
+{
+	keel_http_client_request q = {.upstream = upstream, .target = target};
+	keel_outcome o = test_await(loop, keel_http_client_request_send(c, &q));
+	if (!o.err)
+		keel_http_client_response_free(o.ptr);
+	return o.err;
+}
+
+static void expect_body(keel_http_client_response *r, int status, const char *body)
+{
+	ASSERT_EQ(r->status, status);
+	ASSERT_EQ(r->body.len, strlen(body));
+	ASSERT(memcmp(r->body.ptr, body, r->body.len) == 0);
+	keel_http_client_response_free(r);
+}
+
+static keel_str nobody = {NULL, 0};
+
+/* ---- Against keel's server ---------------------------------------------- */
+
+static void test_keepalive(void)
+{
+	keel_http_client *c = keel_http_client_new(loop, NULL);
+	for (int i = 0; i < 100; i++) {
+		keel_http_client_response *r = get_ok(c, up, NULL, "/hello", nobody);
+		const keel_http_header *ct = keel_http_header_find(&r->msg, "content-type");
+		ASSERT(ct && keel_str_eq(ct->value, "text/plain"));
+		expect_body(r, 200, "Hello, World!");
+	}
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, 1); /* one connection, kept alive for all 100 */
+	ASSERT_EQ(st.responses, 100);
+	ASSERT_EQ(st.conns_idle, 1);
+	/* HEAD: no body, whatever Content-Length says. */
+	keel_http_client_response *r = get_ok(c, up, "HEAD", "/hello", nobody);
+	ASSERT_EQ(r->status, 200);
+	ASSERT_EQ(r->body.len, 0);
+	keel_http_client_response_free(r);
+	/* 404 is a response, not an error. */
+	expect_body(get_ok(c, up, NULL, "/nope", nobody), 404, "Not Found");
+	/* Bodies both ways, and a chunked response. */
+	for (size_t n = 0; n <= (1u << 20); n = n ? n * 16 : 1) {
+		keel_str b = {big, n};
+		r = get_ok(c, up, "POST", "/echo", b);
+		ASSERT_EQ(r->status, 200);
+		ASSERT_EQ(r->body.len, n);
+		ASSERT(n == 0 || memcmp(r->body.ptr, big, n) == 0);
+		keel_http_client_response_free(r);
+	}
+	expect_body(get_ok(c, up, NULL, "/chunked", nobody), 200, "piece 0;piece 1;piece 2;");
+	keel_http_client_free(c);
+	printf("keep-alive: 100 GETs on 1 connection, HEAD, 404, POST 0 B..1 MiB, chunked: ok\n");
+}
+
+struct many {
+	int ok, limit, other;
+	keel_http_client_response *last;
+};
+
+static void many_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct many *m = ud;
+	if (o.err == KEEL_ELIMIT)
+		m->limit++;
+	else if (o.err)
+		m->other++;
+	else {
+		m->ok++;
+		keel_http_client_response_free(o.ptr);
+	}
+}
+
+static void test_pool_limits(void)
+{
+	keel_http_client_config cfg;
+	keel_http_client_config_default(&cfg);
+	cfg.pool_max = 4;
+	cfg.pending_max = 10;
+	keel_http_client *c = keel_http_client_new(loop, &cfg);
+	struct many m = {0};
+	keel_http_client_request q = {.upstream = up, .target = "/slow"};
+	/* 4 connections + 10 waiting = 14 taken; the 15th and 16th are refused at once. */
+	for (int i = 0; i < 16; i++)
+		keel_promise_done(keel_http_client_request_send(c, &q), many_done, &m);
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.conns_open, 4);
+	ASSERT_EQ(st.pending, 10);
+	ASSERT_EQ(st.rejected_full, 2);
+	for (int i = 0; i < 2000 && m.ok + m.limit + m.other < 16; i++)
+		keel_loop_run_once(loop, 100);
+	ASSERT_EQ(m.limit, 2);
+	ASSERT_EQ(m.ok, 14);
+	ASSERT_EQ(m.other, 0);
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, 4);
+	keel_http_client_free(c);
+	printf("pool 4 + queue 10: 14 answered over 4 connections, 2 refused at once (KEEL_ELIMIT): ok\n");
+}
+
+static void test_errors(void)
+{
+	keel_http_client_config cfg;
+	keel_http_client_config_default(&cfg);
+	cfg.response_timeout_ms = 100;
+	cfg.body_max = 1 << 20;
+	keel_http_client *c = keel_http_client_new(loop, &cfg);
+	ASSERT_EQ(get_err(c, up, "/slow"), -ETIMEDOUT); /* 200 ms answer, 100 ms allowed */
+	ASSERT_EQ(get_err(c, up, "/big"), -EMSGSIZE);   /* 2 MiB, 1 MiB allowed */
+	expect_body(get_ok(c, up, NULL, "/hello", nobody), 200, "Hello, World!");
+	/* Nothing listening. */
+	int lfd = keel_tcp_listen("127.0.0.1:0", 1, 0);
+	char dead[64];
+	snprintf(dead, sizeof(dead), "127.0.0.1:%d", keel_tcp_port(lfd));
+	close(lfd);
+	ASSERT_EQ(get_err(c, dead, "/"), -ECONNREFUSED);
+	ASSERT_EQ(get_err(c, "nowhere:80", "/"), -EINVAL);
+	keel_http_client_request bad = {.upstream = up, .target = "/a b"};
+	ASSERT_EQ(test_await(loop, keel_http_client_request_send(c, &bad)).err, -EINVAL);
+	keel_http_client_free(c);
+	printf("errors: response timeout, body over the limit, refused, bad upstream and target: ok\n");
+}
+
+static void test_server_closes_idle(keel_http_server *srv)
+{
+	(void)srv;
+	keel_http_client *c = keel_http_client_new(loop, NULL);
+	expect_body(get_ok(c, up, NULL, "/hello", nobody), 200, "Hello, World!");
+	/* The server's idle timeout is 300 ms: it closes; the client sees it and drops the connection. */
+	keel_http_client_stats st;
+	for (int i = 0; i < 200; i++) { /* up to 2 s */
+		keel_loop_run_once(loop, 10);
+		keel_http_client_get_stats(c, &st);
+		if (st.conns_idle == 0)
+			break;
+		usleep(10000);
+	}
+	ASSERT_EQ(st.conns_idle, 0);
+	expect_body(get_ok(c, up, NULL, "/hello", nobody), 200, "Hello, World!");
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, 2);
+	ASSERT_EQ(st.retries, 0);
+	keel_http_client_free(c);
+	printf("an idle connection the server closed is dropped, not reused: ok\n");
+}
+
+/* ---- A raw server in a child process --------------------------------------- */
+
+static ssize_t read_request(int fd)
+{
+	char b[4096];
+	size_t n = 0;
+	while (n < sizeof(b)) {
+		ssize_t r = read(fd, b + n, sizeof(b) - n);
+		if (r <= 0)
+			return -1;
+		n += (size_t)r;
+		if (memmem(b, n, "\r\n\r\n", 4))
+			return (ssize_t)n;
+	}
+	return -1;
+}
+
+static void say(int fd, const char *s)
+{
+	if (write(fd, s, strlen(s)) < 0)
+		_exit(3);
+}
+
+/* Script: answer one request keep-alive, then close on the next; a fresh connection gets
+ * a close-delimited body; another one gets garbage. */
+static void raw_child(int lfd)
+{
+	int a = accept(lfd, NULL, NULL);
+	if (a < 0 || read_request(a) < 0)
+		_exit(1);
+	say(a, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none");
+	if (read_request(a) < 0)
+		_exit(1);
+	close(a); /* the request arrived; we pretend we had closed first */
+	int b = accept(lfd, NULL, NULL);
+	if (b < 0 || read_request(b) < 0)
+		_exit(1);
+	say(b, "HTTP/1.1 200 OK\r\n\r\nuntil close");
+	close(b);
+	int d = accept(lfd, NULL, NULL);
+	if (d < 0 || read_request(d) < 0)
+		_exit(1);
+	say(d, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx");
+	close(d);
+	_exit(0);
+}
+
+static void test_raw_server(void)
+{
+	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
+	ASSERT_OK(lfd);
+	char raw[64];
+	snprintf(raw, sizeof(raw), "127.0.0.1:%d", keel_tcp_port(lfd));
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) & ~O_NONBLOCK); /* the child blocks */
+		raw_child(lfd);
+	}
+	close(lfd);
+	keel_http_client *c = keel_http_client_new(loop, NULL);
+	expect_body(get_ok(c, raw, NULL, "/1", nobody), 200, "one");
+	/* Sent on the kept-alive connection, which the server closes unanswered: retried once, new connection. */
+	expect_body(get_ok(c, raw, NULL, "/2", nobody), 200, "until close");
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.retries, 1);
+	ASSERT_EQ(get_err(c, raw, "/3"), -EBADMSG); /* two Content-Lengths */
+	keel_http_client_free(c);
+	int status = 0;
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	printf("raw server: stale keep-alive retried once, close-delimited body, ambiguous framing rejected: ok\n");
+}
+
+/* ---- nginx --------------------------------------------------------------- */
+
+static pid_t nginx_pid;
+
+static void nginx_kill(void)
+{
+	if (nginx_pid > 0) {
+		kill(nginx_pid, SIGTERM);
+		waitpid(nginx_pid, NULL, 0);
+		nginx_pid = 0;
+	}
+}
+
+static void test_nginx(void)
+{
+	if (access("/usr/sbin/nginx", X_OK) != 0) {
+		printf("NOTE: nginx not installed; the nginx part is skipped\n");
+		return;
+	}
+	char dir[] = "/tmp/keel-client-nginx-XXXXXX";
+	ASSERT(mkdtemp(dir));
+	int lfd = keel_tcp_listen("127.0.0.1:0", 1, 0);
+	int port = keel_tcp_port(lfd);
+	close(lfd);
+	char conf[256], path[300];
+	snprintf(conf, sizeof(conf), "%s/nginx.conf", dir);
+	FILE *f = fopen(conf, "w");
+	ASSERT(f);
+	fprintf(f,
+	        "worker_processes 1; daemon off; pid %s/nginx.pid; error_log %s/error.log;\n"
+	        "events { worker_connections 256; }\n"
+	        "http { access_log off; client_body_temp_path %s;\n"
+	        "  server { listen 127.0.0.1:%d; keepalive_requests 1000;\n"
+	        "    location /hello { return 200 \"Hello, World!\"; }\n"
+	        "    location /gone { return 404; }\n"
+	        "    location /close { keepalive_timeout 0; return 200 \"bye\"; } } }\n",
+	        dir, dir, dir, port);
+	fclose(f);
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		/* nginx dies with this test, and does not hold its stdout (a pipe to a runner). */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		int devnull = open("/dev/null", O_WRONLY);
+		dup2(devnull, 1);
+		dup2(devnull, 2);
+		execl("/usr/sbin/nginx", "nginx", "-c", conf, "-p", dir, (char *)NULL);
+		_exit(127);
+	}
+	nginx_pid = pid;
+	atexit(nginx_kill); /* a failed check exits: nginx goes too */
+	char ng[64];
+	snprintf(ng, sizeof(ng), "127.0.0.1:%d", port);
+	keel_http_client *c = keel_http_client_new(loop, NULL);
+	int err = -1;
+	for (int i = 0; i < 50 && err; i++) { /* until nginx listens */
+		err = get_err(c, ng, "/hello");
+		if (err)
+			usleep(100000);
+	}
+	ASSERT_EQ(err, 0);
+	keel_http_client_stats st0, st;
+	keel_http_client_get_stats(c, &st0); /* (the attempts before nginx listened connected too) */
+	for (int i = 0; i < 50; i++)
+		expect_body(get_ok(c, ng, NULL, "/hello", nobody), 200, "Hello, World!");
+	keel_http_client_response *r = get_ok(c, ng, NULL, "/gone", nobody);
+	ASSERT_EQ(r->status, 404);
+	keel_http_client_response_free(r);
+	expect_body(get_ok(c, ng, NULL, "/close", nobody), 200, "bye");
+	expect_body(get_ok(c, ng, NULL, "/hello", nobody), 200, "Hello, World!");
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects - st0.connects, 1); /* everything up to /close on one, then a new one */
+	keel_http_client_free(c);
+	nginx_kill();
+	snprintf(path, sizeof(path), "rm -rf %s", dir);
+	if (system(path) != 0)
+		fprintf(stderr, "could not remove %s\n", dir);
+	printf("nginx: 50 keep-alive GETs on one connection, 404, Connection: close honoured: ok\n");
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	big = malloc(2 << 20);
+	for (size_t i = 0; i < (2u << 20); i++)
+		big[i] = (char)('a' + (i * 7) % 26);
+	loop = test_loop();
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	cfg.idle_timeout_ms = 300;
+	cfg.body_max = 2 << 20;
+	keel_http_server *srv = keel_http_server_new(loop, &cfg);
+	keel_http_route(srv, "GET", "/hello", 0, h_hello, NULL);
+	keel_http_route(srv, "POST", "/echo", 0, h_echo, NULL);
+	keel_http_route(srv, "GET", "/big", 0, h_big, NULL);
+	keel_http_route(srv, "GET", "/slow", 0, h_slow, NULL);
+	keel_http_route(srv, "GET", "/chunked", 0, h_chunked, NULL);
+	int lfd = keel_tcp_listen("127.0.0.1:0", 128, 0);
+	ASSERT_OK(lfd);
+	snprintf(up, sizeof(up), "127.0.0.1:%d", keel_tcp_port(lfd));
+	ASSERT_OK(keel_http_server_start(srv, lfd));
+
+	test_keepalive();
+	test_pool_limits();
+	test_errors();
+	test_server_closes_idle(srv);
+	test_raw_server();
+	test_nginx();
+
+	ASSERT_EQ(test_await(loop, keel_http_server_stop(srv, 1000)).err, 0);
+	keel_http_server_free(srv);
+	close(lfd);
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 0);
+	keel_loop_stats st;
+	keel_loop_get_stats(loop, &st);
+	ASSERT_EQ(st.ops_inflight, 0);
+	ASSERT_EQ(st.bufs_in_use, 0);
+	keel_loop_free(loop);
+	free(big);
+	printf("http client: all ok\n");
+	return 0;
+}
