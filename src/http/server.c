@@ -67,7 +67,12 @@ struct keel_http_conn {
 	 * arrival order (linked through buf->next), the first from inq_off on.
 	 */
 	keel_buf *inq_head;
-	uint64_t held_ns; /* loop time the held-back input was held (its age counts for admission) */
+	/*
+	 * Since when input has been held back -- in inq, or in the kernel while
+	 * receiving was paused; 0 when not. Its age counts for admission, until
+	 * a short read shows the kernel's backlog drained.
+	 */
+	uint64_t held_ns;
 	/* Requests in arrival order; the first nsending are in the current send. */
 	keel_http_request *qhead, *qtail;
 	size_t out_pending;   /* answered, unsent response bytes (conn_out_max) */
@@ -1083,7 +1088,8 @@ static void inq_push(keel_http_conn *c, keel_buf *buf, size_t off)
 	keel_buf **pp = &c->inq_head; /* a short list: the reader stops the receive at once */
 	if (!*pp) {
 		c->inq_off = (uint32_t)off;
-		c->held_ns = keel_loop_now_ns(c->s->loop);
+		if (!c->held_ns)
+			c->held_ns = keel_loop_now_ns(c->s->loop);
 	}
 	while (*pp)
 		pp = &(*pp)->next;
@@ -1174,7 +1180,11 @@ static int on_data(void *ud, keel_buf *buf)
 		inq_push(c, buf, 0); /* behind what is held back already (a stop is under way) */
 		return KEEL_CONTINUE;
 	}
+	c->s->input_ns = c->held_ns; /* (a backlog that waited in the kernel while paused) */
 	size_t off = conn_input(c, buf, 0);
+	c->s->input_ns = 0;
+	if (buf->len < buf->cap && off == buf->len)
+		c->held_ns = 0; /* a short read: nothing older is waiting */
 	if (off < buf->len && !c->closing) {
 		/* A streamed body's reader is busy, or the pipelining limit is reached: hold the rest. */
 		inq_push(c, buf, off);
@@ -1188,6 +1198,8 @@ static int on_data(void *ud, keel_buf *buf)
 	}
 	if (conn_full(c) && !c->paused && !c->closing) {
 		c->paused = true; /* resumes as responses drain */
+		if (!c->held_ns)
+			c->held_ns = keel_loop_now_ns(c->s->loop);
 		return KEEL_STOP;
 	}
 	return KEEL_CONTINUE;
