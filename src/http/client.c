@@ -247,6 +247,33 @@ keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http
 
 /* ---- Connections ---------------------------------------------------------- */
 
+/* The oldest request waiting for a connection, or NULL. */
+static struct creq *pending_pop(struct upstream *up)
+{
+	struct creq *r = up->pend_head;
+	if (r) {
+		up->pend_head = r->next;
+		if (!up->pend_head)
+			up->pend_tail = NULL;
+		up->npending--;
+	}
+	return r;
+}
+
+/* A client being freed goes once its last connection has closed. */
+static void client_release(keel_http_client *c)
+{
+	if (c->stats.conns_open)
+		return;
+	while (c->ups) {
+		struct upstream *u = c->ups;
+		c->ups = u->next;
+		free(u->name);
+		free(u);
+	}
+	free(c);
+}
+
 static void idle_push(struct cconn *k)
 {
 	struct upstream *up = k->up;
@@ -302,12 +329,8 @@ static void conn_release(struct cconn *k)
 		conn_close(k);
 		return;
 	}
-	struct creq *r = up->pend_head;
+	struct creq *r = pending_pop(up);
 	if (r) {
-		up->pend_head = r->next;
-		if (!up->pend_head)
-			up->pend_tail = NULL;
-		up->npending--;
 		k->reused = true;
 		conn_send(k, r);
 		return;
@@ -617,23 +640,10 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 	free(k->body);
 	free(k);
 	/* Room for a waiting request. */
-	if (up->pend_head && !c->freeing && up->nconns < c->cfg.pool_max) {
-		struct creq *r = up->pend_head;
-		up->pend_head = r->next;
-		if (!up->pend_head)
-			up->pend_tail = NULL;
-		up->npending--;
-		req_start(up, r);
-	}
-	if (c->freeing && !c->in_free && c->stats.conns_open == 0) {
-		while (c->ups) {
-			struct upstream *u = c->ups;
-			c->ups = u->next;
-			free(u->name);
-			free(u);
-		}
-		free(c);
-	}
+	if (up->pend_head && !c->freeing && up->nconns < c->cfg.pool_max)
+		req_start(up, pending_pop(up));
+	if (c->freeing && !c->in_free)
+		client_release(c);
 }
 
 static void conn_close(struct cconn *k)
@@ -767,13 +777,5 @@ void keel_http_client_free(keel_http_client *c)
 		}
 	}
 	c->in_free = false;
-	if (c->stats.conns_open == 0) {
-		while (c->ups) {
-			struct upstream *u = c->ups;
-			c->ups = u->next;
-			free(u->name);
-			free(u);
-		}
-		free(c);
-	}
+	client_release(c);
 }
