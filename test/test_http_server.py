@@ -1770,6 +1770,36 @@ def t_body_mem_max(M):
         eq(d.read_response(what="after the others").body, b"dd", "room again once they are answered")
 
 
+
+def t_sbody_stall(T):
+    """A client that stalls mid-upload on a streamed-body route is cut off by the body timeout
+    (300 ms here), as on a buffered route."""
+    with Conn(T.port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"s" * 1000)
+        t0 = time.monotonic()
+        c.closed_at(5, "stalled streamed upload")
+        check(time.monotonic() - t0 < 3, "closed only after %.1f s" % (time.monotonic() - t0))
+    serves(T, "after a stalled streamed upload")
+
+
+def t_pipeline_one_bodies(P1):
+    """--pipeline-max 1: a body that arrives in several reads is still read to the end (the request
+    it belongs to is not a new one)."""
+    body = os.urandom(200000)
+    for path in ("/echo", "/upload"):
+        with Conn(P1.port, timeout=10) as c:
+            c.send(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (path.encode(), len(body)) + body[:1000])
+            time.sleep(0.1)
+            c.send(body[1000:])
+            r = c.read_response(what="body in pieces with --pipeline-max 1 on " + path)
+            if path == "/echo":
+                eq(sha(r.body), sha(body), "echo with --pipeline-max 1")
+            else:
+                eq(upload_parse(r, "upload with --pipeline-max 1")[0], len(body), "upload with --pipeline-max 1")
+            c.send(get("/hello"))
+            expect_hello(c.read_response(), "next request with --pipeline-max 1")
+
+
 def main():
     only = sys.argv[1:]
     if not os.access(SRV_BIN, os.X_OK):
@@ -1815,6 +1845,8 @@ def main():
         ("streamed bodies: limits, bad framing, 100-continue, client gone", "U", t_sbody_errors),
         ("streamed bodies: full duplex echo", "U", t_sbody_duplex),
         ("streamed bodies: answered before the body is read", "U", t_sbody_early),
+        ("streamed bodies: a stalled upload meets the body timeout", "T", t_sbody_stall),
+        ("limits: --pipeline-max 1 with bodies in pieces", "P1", t_pipeline_one_bodies),
         ("admission: shed past --queue-delay-max-us", "A", t_shed_queue_delay),
         ("admission: --inflight-max 2", "A", t_inflight_max),
         ("bounds: --conn-out-max at the limit and one past it", "O", t_conn_out_max),
@@ -1859,6 +1891,7 @@ def main():
         "A": ("--queue-delay-max-us", 5000, "--inflight-max", 2),
         "O": ("--conn-out-max", 32 << 20, "--queue-delay-max-us", 0),
         "M": ("--body-mem-max", 100000),
+        "P1": ("--pipeline-max", 1, "--body-timeout-ms", 3000),
     }
 
     def run(name, fn):

@@ -53,6 +53,7 @@ struct cconn {
 	keel__timer timer;
 	uint8_t timer_kind;
 	bool idle, reused, got_bytes, closing, keep;
+	bool release_due; /* the response is done, the request's send is not: release after it */
 };
 
 struct upstream {
@@ -416,6 +417,10 @@ static void response_done(struct cconn *k)
 	c->stats.responses++;
 	k->keep = k->keep && k->msg.keep_alive && k->msg.body != KEEL_HTTP_BODY_UNTIL_CLOSE;
 	req_settle(r, resp ? 0 : -ENOMEM, resp);
+	if (k->send_p) {
+		k->release_due = true; /* answered early: the next request waits for this send */
+		return;
+	}
 	conn_release(k);
 }
 
@@ -496,6 +501,8 @@ static bool conn_feed(struct cconn *k, const char *data, size_t len)
 			k->head_done = true;
 			switch (k->msg.body) {
 			case KEEL_HTTP_BODY_NONE:
+				if (len)
+					k->keep = false; /* bytes nobody asked for: do not reuse */
 				response_done(k);
 				return true;
 			case KEEL_HTTP_BODY_LENGTH:
@@ -505,6 +512,8 @@ static bool conn_feed(struct cconn *k, const char *data, size_t len)
 				}
 				k->body_need = k->msg.content_length;
 				if (!k->body_need) {
+					if (len)
+						k->keep = false;
 					response_done(k);
 					return true;
 				}
@@ -601,10 +610,18 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	struct cconn *k = ud;
 	k->send_p = NULL;
-	if (o.err && k->req && !k->closing)
-		conn_fail(k, o.err == -EPIPE ? -EPIPE : o.err);
-	else if (k->closing)
+	if (k->closing) {
 		conn_close(k);
+	} else if (o.err && k->req) {
+		conn_fail(k, o.err);
+	} else if (o.err) {
+		k->release_due = false; /* answered, but the connection broke under the send */
+		k->keep = false;
+		conn_close(k);
+	} else if (k->release_due) {
+		k->release_due = false;
+		conn_release(k);
+	}
 }
 
 static void conn_send(struct cconn *k, struct creq *r)

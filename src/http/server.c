@@ -1047,7 +1047,8 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 /* Requests in flight and unsent answers are bounded per connection: past either, receiving pauses. */
 static bool conn_full(const keel_http_conn *c)
 {
-	return c->nreqs >= c->s->cfg.pipeline_max || c->out_pending > c->s->cfg.conn_out_max;
+	/* (A body being read must be read to the end, whatever the limit: it is not a new request.) */
+	return (!c->cur && c->nreqs >= c->s->cfg.pipeline_max) || c->out_pending > c->s->cfg.conn_out_max;
 }
 
 static bool conn_may_read(const keel_http_conn *c)
@@ -1063,6 +1064,8 @@ static void conn_pump(keel_http_conn *c)
 		c->s->input_ns = c->held_ns;
 		size_t off = conn_input(c, b, c->inq_off);
 		c->s->input_ns = 0;
+		if (c->closing)
+			return; /* conn_close released the held input */
 		if (off < b->len) {
 			c->inq_off = (uint32_t)off;
 			return;
@@ -1168,6 +1171,7 @@ keel_promise *keel_http_body_read(keel_http_request *r)
 	r->body_given = 1;
 	if (c->inq_head || r->want_continue || !c->recv)
 		pump_later(c);
+	conn_timer_update(c); /* a reader is waiting now: the client's body deadline runs */
 	return p;
 }
 
@@ -2167,17 +2171,19 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 		{"request_body_bytes", "gauge", "request body bytes held in copies", s->body_mem},
 		{"rss_bytes", "gauge", "resident memory of the process", rss_bytes()},
 	};
-	size_t nm = sizeof(m) / sizeof(m[0]), cap = nm * 200 + 64, n = 0;
+	size_t llen = label ? strnlen(label, 256) : 0;
+	size_t nm = sizeof(m) / sizeof(m[0]), cap = nm * (200 + llen) + llen + 64, n = 0;
 	char *out = keel_ctx_alloc(keel_http_request_ctx(req), cap);
 	if (!out)
 		return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
 	if (label && !prom)
-		n += (size_t)snprintf(out, cap, "worker %s\n", label);
+		n += (size_t)snprintf(out, cap, "worker %.*s\n", (int)llen, label);
 	for (size_t i = 0; i < nm; i++) {
 		if (prom)
-			n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\nkeel_%s%s%s%s %llu\n",
+			n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\nkeel_%s%s%.*s%s %llu\n",
 			                      m[i].name, m[i].help, m[i].name, m[i].type, m[i].name,
-			                      label ? "{worker=\"" : "", label ? label : "", label ? "\"}" : "",
+			                      label ? "{worker=\"" : "", label ? (int)llen : 0, label ? label : "",
+			                      label ? "\"}" : "",
 			                      (unsigned long long)m[i].v);
 		else
 			n += (size_t)snprintf(out + n, cap - n, "%s %llu\n", m[i].name, (unsigned long long)m[i].v);
