@@ -73,6 +73,7 @@ struct keel_http_conn {
 	 * a short read shows the kernel's backlog drained.
 	 */
 	uint64_t held_ns;
+	uint64_t resumed_ns; /* when receiving resumed with held_ns set: its backlog comes at once */
 	/* Requests in arrival order; the first nsending are in the current send. */
 	keel_http_request *qhead, *qtail;
 	size_t out_pending;   /* answered, unsent response bytes (conn_out_max) */
@@ -86,9 +87,9 @@ struct keel_http_conn {
 	uint32_t part_len, part_cap;
 	unsigned nreqs, nsending, served;
 	uint8_t timer_kind;
-	bool sending, closing, no_more, eof, paused, draining, lingering;
-	bool paced;   /* the receive runs one buffer at a time (a streamed body is being read) */
-	bool pumping; /* a deferred pump (pump_later) is due */
+	bool sending : 1, closing : 1, no_more : 1, eof : 1, paused : 1, draining : 1, lingering : 1;
+	bool paced : 1;   /* the receive runs one buffer at a time (a streamed body is being read) */
+	bool pumping : 1; /* a deferred pump (pump_later) is due */
 };
 
 /*
@@ -1184,6 +1185,8 @@ static int on_data(void *ud, keel_buf *buf)
 		inq_push(c, buf, 0); /* behind what is held back already (a stop is under way) */
 		return KEEL_CONTINUE;
 	}
+	if (c->held_ns && !c->inq_head && keel_loop_now_ns(c->s->loop) - c->resumed_ns > 1000000)
+		c->held_ns = 0; /* not the backlog of the pause: that arrives right after the resume */
 	c->s->input_ns = c->held_ns; /* (a backlog that waited in the kernel while paused) */
 	size_t off = conn_input(c, buf, 0);
 	c->s->input_ns = 0;
@@ -1238,6 +1241,7 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 static void conn_read(keel_http_conn *c)
 {
 	c->paused = false;
+	c->resumed_ns = keel_loop_now_ns(c->s->loop);
 	/*
 	 * While a streamed body is read, ask for one buffer at a time: a
 	 * multishot receive would fill pool buffers as fast as the client
