@@ -1594,14 +1594,15 @@ def t_sbody_early(U):
 
 # ---- Admission and bounds --------------------------------------------------------------------
 
+def parse_status(body):
+    """/_keel/status's "name value" lines as a dict."""
+    return {k: int(v) for k, v in (ln.split() for ln in body.decode().splitlines())}
+
+
 def status_text(srv):
     r, body = hc(srv.port, "GET", "/_keel/status")
     eq(r.status, 200, "/_keel/status")
-    out = {}
-    for ln in body.decode().splitlines():
-        k, v = ln.split()
-        out[k] = int(v)
-    return out
+    return parse_status(body)
 
 
 def t_shed_queue_delay(A):
@@ -1737,7 +1738,7 @@ def status_text_conn(c):
     c.send(get("/_keel/status"))
     r = c.read_response(what="status")
     eq(r.status, 200, "/_keel/status")
-    return {k: int(v) for k, v in (ln.split() for ln in r.body.decode().splitlines())}
+    return parse_status(r.body)
 
 
 

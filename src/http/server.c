@@ -336,6 +336,16 @@ static keel_http_request *req_new(keel_http_conn *c)
 	return r;
 }
 
+/* A streamed-body read still waiting ends with err. */
+static void body_wait_reject(keel_http_request *r, int err)
+{
+	keel_promise *w = r->body_wait;
+	if (w) {
+		r->body_wait = NULL;
+		keel_promise_reject(w, err);
+	}
+}
+
 static void req_free(keel_http_conn *c, keel_http_request *r)
 {
 	for (int i = 0; i < 2; i++)
@@ -343,11 +353,7 @@ static void req_free(keel_http_conn *c, keel_http_request *r)
 			keel_buf_release(r->hold[i]);
 	if (r->body_buf)
 		keel_buf_release(r->body_buf);
-	if (r->body_wait) {
-		keel_promise *w = r->body_wait;
-		r->body_wait = NULL;
-		keel_promise_reject(w, -ECANCELED); /* the response is out: the request ends here */
-	}
+	body_wait_reject(r, -ECANCELED); /* the response is out: the request ends here */
 	if (c->cur == r)
 		c->cur = NULL;
 	c->out_pending -= r->out_bytes;
@@ -433,11 +439,7 @@ static void req_answer(keel_http_request *r, keel_outcome o)
 	if (r->stream_body && !r->body_done && !r->answer->stream) {
 		/* Answered without a streamed response: the rest of the body is not wanted. */
 		r->body_discard = 1;
-		if (r->body_wait) {
-			keel_promise *w = r->body_wait;
-			r->body_wait = NULL;
-			keel_promise_reject(w, -ECANCELED);
-		}
+		body_wait_reject(r, -ECANCELED);
 		pump_later(r->conn);
 	}
 }
@@ -813,11 +815,7 @@ static void body_fail(keel_http_conn *c, keel_http_request *r, int err)
 	r->keep_alive = 0;
 	c->cur = NULL;
 	c->no_more = true;
-	if (r->body_wait) {
-		keel_promise *w = r->body_wait;
-		r->body_wait = NULL;
-		keel_promise_reject(w, err);
-	}
+	body_wait_reject(r, err);
 }
 
 /*
@@ -1185,7 +1183,7 @@ static int on_data(void *ud, keel_buf *buf)
 		inq_push(c, buf, 0); /* behind what is held back already (a stop is under way) */
 		return KEEL_CONTINUE;
 	}
-	if (c->held_ns && !c->inq_head && keel_loop_now_ns(c->s->loop) - c->resumed_ns > 1000000)
+	if (c->held_ns && keel_loop_now_ns(c->s->loop) - c->resumed_ns > 1000000)
 		c->held_ns = 0; /* not the backlog of the pause: that arrives right after the resume */
 	c->s->input_ns = c->held_ns; /* (a backlog that waited in the kernel while paused) */
 	size_t off = conn_input(c, buf, 0);
@@ -1866,11 +1864,7 @@ static void conn_close(keel_http_conn *c)
 		keel__timer_stop(c->s->loop, &c->timer);
 		/* Handlers still working are asked to stop; their answers are discarded. */
 		for (keel_http_request *r = c->qhead; r; r = r->next) {
-			if (r->body_wait) {
-				keel_promise *w = r->body_wait;
-				r->body_wait = NULL;
-				keel_promise_reject(w, -ECONNRESET);
-			}
+			body_wait_reject(r, -ECONNRESET);
 			if (r->pending)
 				keel_promise_cancel(r->pending);
 		}
