@@ -13,6 +13,7 @@ enum {
 	KEEL_ELIMIT = -5001,   /* a configured limit was reached */
 	KEEL_EBACKEND = -5002, /* the requested backend cannot run here */
 	KEEL_ESTOPPED = -5003, /* the loop is stopping; no new work accepted */
+	KEEL_ECONNTIMEDOUT = -5004, /* connecting timed out (the HTTP client; -ETIMEDOUT is the response) */
 };
 
 /* Text for a keel error or a negative errno. Never NULL; static storage. */

@@ -10,13 +10,23 @@
  * (response mode): Content-Length, chunked and close-delimited bodies, 1xx
  * interim responses skipped.
  *
+ * Bodies stream both ways if asked: a request body can come from a
+ * producer one piece at a time (body_read), and a response can be handed
+ * over once its head is in, its body then read piece by piece
+ * (stream_response, keel_http_client_body_read) straight from the receive
+ * buffers, with backpressure: the connection reads from the server only
+ * while the caller asks for more.
+ *
  * A request that fails on a reused keep-alive connection before any byte of
  * its response arrived (the server closed the idle connection as we sent)
- * is retried once on a new connection if its method is idempotent.
+ * is retried once on a new connection if its method is idempotent and its
+ * body is not streamed. Cancelling a request's promise aborts it: a queued
+ * request leaves the queue, one in flight closes its connection.
  */
 #ifndef KEEL_HTTP_CLIENT_H
 #define KEEL_HTTP_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,7 +41,8 @@ typedef struct keel_http_client_config {
 	unsigned pending_max;         /* requests waiting for a connection, per upstream; past it
 	                                 KEEL_ELIMIT at once. Default 1024 */
 	uint64_t connect_timeout_ms;  /* default 5000 */
-	uint64_t response_timeout_ms; /* from the send to the end of the response; default 30000 */
+	uint64_t response_timeout_ms; /* the longest wait for the server: for the response after the
+	                                 send, and between its pieces; default 30000 */
 	uint64_t idle_timeout_ms;     /* a pooled connection unused this long is closed; 60000 */
 	size_t body_max;              /* response body bytes; more: -EMSGSIZE. Default 8 MiB */
 	keel_http_limits limits;      /* response head limits (the server defaults) */
@@ -57,13 +68,36 @@ typedef struct keel_http_client_request {
 	                                    Transfer-Encoding or Connection) */
 	unsigned nheaders;
 	keel_str body;        /* sent with Content-Length (always, for POST/PUT/PATCH) */
+	/*
+	 * A streamed body instead: body_read(body_ud) returns a promise that
+	 * resolves with ptr = a keel_str * (the next piece, borrowed until the
+	 * next call) or with an empty piece / NULL at the end. body_length is
+	 * its length when known (sent with Content-Length; a producer that
+	 * gives more or fewer bytes fails the request), or -1 (sent chunked).
+	 * The next piece is asked for once the previous one is in the kernel.
+	 */
+	keel_promise *(*body_read)(void *body_ud);
+	void *body_ud;
+	int64_t body_length;
+	/*
+	 * Resolve once the response head is in: body holds the part of the
+	 * body that came with the head (zero-copy, maybe all of it), and
+	 * keel_http_client_body_read gives the rest. The connection stays the
+	 * response's until keel_http_client_response_free: freeing it before
+	 * the body's end closes the connection.
+	 */
+	bool stream_response;
 } keel_http_client_request;
 
 typedef struct keel_http_client_response {
 	int status;
 	keel_http_msg msg;  /* version, headers (keel_http_header_find), reason */
-	keel_str body;      /* de-chunked */
-	char *mem_;         /* internal: the bytes msg and body point into */
+	keel_str body;      /* de-chunked; with stream_response, the first piece */
+	/* internal */
+	char *mem_;         /* the bytes msg and body point into */
+	void *conn_;        /* a streamed response's connection */
+	keel_loop *loop_;
+	bool given_;
 } keel_http_client_response;
 
 /*
@@ -72,12 +106,24 @@ typedef struct keel_http_client_response {
  * Resolves with ptr = a keel_http_client_response, which the caller frees
  * with keel_http_client_response_free. Rejects with KEEL_ELIMIT (pool and
  * queue full), -EINVAL (bad upstream), -ECONNREFUSED and other connect
- * errors, -ETIMEDOUT (connect or response timeout), -EBADMSG (a response
+ * errors, KEEL_ECONNTIMEDOUT (connect timeout), -ETIMEDOUT (response
+ * timeout), -EBADMSG (a response
  * keel's parser rejects), -EMSGSIZE (body over body_max), -ECONNRESET (the
  * connection ended before the response did), -ECANCELED.
  */
 keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http_client_request *req);
 
+/*
+ * The next piece of a streamed response's body (after resp->body): resolves
+ * with ptr = a keel_str * borrowed until the next call or the free, an
+ * empty piece at the end. Rejects with -ECONNRESET (the body broke off),
+ * -EBADMSG (bad chunked framing), -ETIMEDOUT, -EBUSY (a read is already
+ * waiting). On a response that is not streamed, the whole body comes as one
+ * piece, then the end.
+ */
+keel_promise *keel_http_client_body_read(keel_http_client_response *resp);
+
+/* Free a response (a streamed one gives its connection back, or closes it mid-body). */
 void keel_http_client_response_free(keel_http_client_response *r);
 
 typedef struct keel_http_client_stats {

@@ -20,6 +20,8 @@ const char *keel_strerror(int err)
 		return "the requested backend cannot run here";
 	case KEEL_ESTOPPED:
 		return "the loop is stopping";
+	case KEEL_ECONNTIMEDOUT:
+		return "connecting timed out";
 	default:
 		break;
 	}

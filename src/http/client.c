@@ -22,13 +22,17 @@
 
 enum { T_OFF = 0, T_RESPONSE, T_IDLE };
 
+/* A streamed request body: more pieces to read, or the last send in flight. */
+enum { B_NONE = 0, B_MORE, B_LAST };
+
+#define REQ_FREE_MAX 256 /* request records kept for reuse per client */
+
 struct creq {
-	struct creq *next;
+	struct creq *next;  /* the upstream's queue, or the client's free list */
 	struct upstream *up;
+	struct cconn *conn; /* the connection carrying it; NULL while queued */
 	keel_promise *p;
-	char *head; /* the formatted request head */
-	size_t head_len;
-	keel_str body; /* borrowed until settled */
+	keel_http_client_request q; /* the caller's (its strings borrowed until settled) */
 	keel_str method;
 	bool idempotent, retried;
 };
@@ -39,7 +43,16 @@ struct cconn {
 	struct upstream *up;
 	int fd;
 	keel_promise *recv, *send_p, *connect_p;
-	struct creq *req;
+	struct creq *req; /* the request whose response is awaited */
+	char *out;        /* the request head being sent */
+	size_t out_cap;
+	/* A streamed request body. */
+	keel_promise *(*body_read)(void *);
+	void *body_ud;
+	keel_promise *body_rp; /* the producer's piece being waited for */
+	int64_t body_left;     /* bytes still owed under Content-Length; -1: chunked */
+	uint8_t body_out;      /* B_NONE, B_MORE, B_LAST */
+	char chunk_head[24];
 	/* The response being read: its head bytes, then its body. */
 	char *head;
 	size_t head_len, head_cap;
@@ -50,10 +63,24 @@ struct cconn {
 	uint64_t body_need;
 	char *body;
 	size_t body_len, body_cap;
+	/* A streamed response: handed to the caller, its body read from held input. */
+	keel_http_client_response sresp;
+	keel_buf *inq_head; /* received, not yet handed out */
+	uint32_t inq_off;
+	keel_buf *piece_buf; /* the buffer the last piece points into */
+	keel_str piece;
+	keel_promise *body_wait; /* a keel_http_client_body_read waiting for input */
+	int body_err;
+	bool attached;  /* the caller holds sresp */
+	bool resp_done; /* its body is complete */
+	bool paused;    /* the receive was stopped for a reader that is not reading */
+	bool eof;
+	int eof_err;    /* how the input ended, if not cleanly */
+	bool paced;     /* the receive runs one buffer at a time (after a streamed response) */
+	bool dead;      /* closed while attached: freed with the response */
 	keel__timer timer;
 	uint8_t timer_kind;
 	bool idle, reused, got_bytes, closing, keep;
-	bool release_due; /* the response is done, the request's send is not: release after it */
 };
 
 struct upstream {
@@ -73,12 +100,16 @@ struct keel_http_client {
 	keel_loop *loop;
 	keel_http_client_config cfg;
 	struct upstream *ups;
+	struct creq *free_reqs;
+	unsigned nfree_reqs;
 	keel_http_client_stats stats;
 	bool freeing, in_free;
 };
 
 static void conn_close(struct cconn *k);
 static void conn_send(struct cconn *k, struct creq *r);
+static void conn_read(struct cconn *k);
+static void maybe_release(struct cconn *k);
 static void req_start(struct upstream *up, struct creq *r);
 
 void keel_http_client_config_default(keel_http_client_config *cfg)
@@ -112,11 +143,21 @@ keel_http_client *keel_http_client_new(keel_loop *loop, const keel_http_client_c
 
 /* ---- Requests ------------------------------------------------------------- */
 
+static void req_put(keel_http_client *c, struct creq *r)
+{
+	if (c->nfree_reqs >= REQ_FREE_MAX || c->freeing) {
+		free(r);
+		return;
+	}
+	r->next = c->free_reqs;
+	c->free_reqs = r;
+	c->nfree_reqs++;
+}
+
 static void req_settle(struct creq *r, int err, keel_http_client_response *resp)
 {
 	keel_promise *p = r->p;
-	free(r->head);
-	free(r);
+	req_put(r->up->cl, r);
 	if (err)
 		keel_promise_reject(p, err);
 	else
@@ -172,37 +213,81 @@ static bool value_ok(keel_str v)
 	return true;
 }
 
-/* Format the head once; the body goes beside it in the send. */
-static char *format_head(const keel_http_client_request *q, const char *method, size_t *out_len)
+static char *put(char *p, const char *s, size_t n)
 {
+	memcpy(p, s, n);
+	return p + n;
+}
+
+/* Format r's head into k->out (kept for the connection's next requests). Returns its length or 0. */
+static size_t format_head(struct cconn *k, const struct creq *r)
+{
+	const keel_http_client_request *q = &r->q;
 	const char *target = q->target ? q->target : "/";
 	const char *host = q->host ? q->host : q->upstream;
-	bool with_len = q->body.len || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-	                strcmp(method, "PATCH") == 0;
-	size_t cap = strlen(method) + strlen(target) + strlen(host) + 96;
+	size_t tl = strlen(target), hl = strlen(host);
+	size_t cap = r->method.len + tl + hl + 96;
 	for (unsigned i = 0; i < q->nheaders; i++)
 		cap += q->headers[i].name.len + q->headers[i].value.len + 4;
-	char *h = malloc(cap);
-	if (!h)
-		return NULL;
-	size_t n = (size_t)snprintf(h, cap, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, target, host);
+	if (cap > k->out_cap) {
+		char *o = realloc(k->out, cap);
+		if (!o)
+			return 0;
+		k->out = o;
+		k->out_cap = cap;
+	}
+	char *h = k->out;
+	h = put(h, r->method.ptr, r->method.len);
+	*h++ = ' ';
+	h = put(h, target, tl);
+	h = put(h, " HTTP/1.1\r\nHost: ", 17);
+	h = put(h, host, hl);
+	h = put(h, "\r\n", 2);
 	for (unsigned i = 0; i < q->nheaders; i++) {
 		const keel_http_header *x = &q->headers[i];
-		memcpy(h + n, x->name.ptr, x->name.len);
-		n += x->name.len;
-		h[n++] = ':';
-		h[n++] = ' ';
-		memcpy(h + n, x->value.ptr, x->value.len);
-		n += x->value.len;
-		h[n++] = '\r';
-		h[n++] = '\n';
+		h = put(h, x->name.ptr, x->name.len);
+		h = put(h, ": ", 2);
+		h = put(h, x->value.ptr, x->value.len);
+		h = put(h, "\r\n", 2);
 	}
-	if (with_len)
-		n += (size_t)snprintf(h + n, cap - n, "Content-Length: %zu\r\n", q->body.len);
-	h[n++] = '\r';
-	h[n++] = '\n';
-	*out_len = n;
-	return h;
+	if (q->body_read && q->body_length < 0) {
+		h = put(h, "Transfer-Encoding: chunked\r\n", 28);
+	} else {
+		uint64_t len = q->body_read ? (uint64_t)q->body_length : q->body.len;
+		if (len || keel_str_eq(r->method, "POST") || keel_str_eq(r->method, "PUT") ||
+		    keel_str_eq(r->method, "PATCH"))
+			h += snprintf(h, 40, "Content-Length: %llu\r\n", (unsigned long long)len);
+	}
+	h = put(h, "\r\n", 2);
+	return (size_t)(h - k->out);
+}
+
+/* A queued request leaves the queue; one in flight takes its connection down with it. */
+static void req_cancel(keel_promise *p, void *ud)
+{
+	(void)p;
+	struct creq *r = ud;
+	struct upstream *up = r->up;
+	if (r->conn) {
+		struct cconn *k = r->conn;
+		k->req = NULL;
+		k->keep = false;
+		req_settle(r, -ECANCELED, NULL);
+		conn_close(k);
+		return;
+	}
+	struct creq **pp = &up->pend_head, *prev = NULL;
+	while (*pp && *pp != r) {
+		prev = *pp;
+		pp = &(*pp)->next;
+	}
+	if (*pp) {
+		*pp = r->next;
+		if (up->pend_tail == r)
+			up->pend_tail = prev;
+		up->npending--;
+	}
+	req_settle(r, -ECANCELED, NULL);
 }
 
 keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http_client_request *q)
@@ -228,20 +313,24 @@ keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http
 		keel_promise_reject(p, KEEL_ELIMIT); /* a full queue says so at once */
 		return p;
 	}
-	struct creq *r = calloc(1, sizeof(*r));
-	if (r)
-		r->head = format_head(q, method, &r->head_len);
-	if (!r || !r->head) {
-		free(r);
+	struct creq *r = c->free_reqs;
+	if (r) {
+		c->free_reqs = r->next;
+		c->nfree_reqs--;
+	} else if (!(r = malloc(sizeof(*r)))) {
 		keel_promise_reject(p, -ENOMEM);
 		return p;
 	}
+	memset(r, 0, sizeof(*r));
 	r->p = p;
 	r->up = up;
-	r->body = q->body;
-	r->method.ptr = r->head; /* the head starts with the method */
+	r->q = *q;
+	r->q.method = method;
+	r->method.ptr = method;
 	r->method.len = strlen(method);
-	r->idempotent = method_idempotent(r->method);
+	/* A streamed body cannot be sent twice. */
+	r->idempotent = method_idempotent(r->method) && (!q->body_read || q->body_length == 0);
+	keel_promise_on_cancel(p, req_cancel, r);
 	req_start(up, r);
 	return p;
 }
@@ -271,6 +360,11 @@ static void client_release(keel_http_client *c)
 		c->ups = u->next;
 		free(u->name);
 		free(u);
+	}
+	while (c->free_reqs) {
+		struct creq *r = c->free_reqs;
+		c->free_reqs = r->next;
+		free(r);
 	}
 	free(c);
 }
@@ -311,6 +405,16 @@ static void timer_set(struct cconn *k, int kind, uint64_t ms)
 		keel__timer_start(loop, &k->timer, ms);
 }
 
+static void inq_clear(struct cconn *k)
+{
+	while (k->inq_head) {
+		keel_buf *b = k->inq_head;
+		k->inq_head = b->next;
+		keel_buf_release(b);
+	}
+	k->inq_off = 0;
+}
+
 static void response_reset(struct cconn *k)
 {
 	k->head_len = 0;
@@ -318,6 +422,8 @@ static void response_reset(struct cconn *k)
 	k->body_len = 0;
 	k->body_need = 0;
 	k->got_bytes = false;
+	k->resp_done = false;
+	k->body_err = 0;
 }
 
 /* The connection is free: the next waiting request, or the idle list. */
@@ -326,10 +432,12 @@ static void conn_release(struct cconn *k)
 	struct upstream *up = k->up;
 	keel_http_client *c = up->cl;
 	response_reset(k);
-	if (!k->keep || k->closing || c->freeing) {
+	if (!k->keep || k->closing || c->freeing || k->eof) {
 		conn_close(k);
 		return;
 	}
+	if (k->paused && !k->recv)
+		conn_read(k); /* watch the idle connection for the server's close again */
 	struct creq *r = pending_pop(up);
 	if (r) {
 		k->reused = true;
@@ -340,7 +448,15 @@ static void conn_release(struct cconn *k)
 	timer_set(k, T_IDLE, c->cfg.idle_timeout_ms);
 }
 
-/* The request on k failed before its response completed. */
+/* Free once nothing is in flight and the caller is done with the response. */
+static void maybe_release(struct cconn *k)
+{
+	if (k->req || k->attached || k->send_p || k->body_rp || k->closing || k->idle)
+		return;
+	conn_release(k);
+}
+
+/* The request on k failed before its response came. */
 static void conn_fail(struct cconn *k, int err)
 {
 	struct creq *r = k->req;
@@ -356,12 +472,28 @@ static void conn_fail(struct cconn *k, int err)
 		if (k->reused && !k->got_bytes && r->idempotent && !r->retried && !up->cl->freeing &&
 		    (err == -ECONNRESET || err == -EPIPE)) {
 			r->retried = true;
+			r->conn = NULL;
 			up->cl->stats.retries++;
+			k->body_out = B_NONE;
 			conn_close(k);
 			req_start(up, r);
 			return;
 		}
 		req_settle(r, err, NULL);
+	}
+	conn_close(k);
+}
+
+/* A streamed response's body failed: the reader hears it, the connection goes. */
+static void body_fail(struct cconn *k, int err)
+{
+	if (!k->body_err)
+		k->body_err = err;
+	k->keep = false;
+	if (k->body_wait) {
+		keel_promise *p = k->body_wait;
+		k->body_wait = NULL;
+		keel_promise_reject(p, k->body_err);
 	}
 	conn_close(k);
 }
@@ -372,8 +504,10 @@ static void conn_timeout(keel_loop *loop, keel__timer *t)
 	struct cconn *k = (struct cconn *)((char *)t - offsetof(struct cconn, timer));
 	int kind = k->timer_kind;
 	k->timer_kind = T_OFF;
-	if (kind == T_RESPONSE)
+	if (kind == T_RESPONSE && k->req)
 		conn_fail(k, -ETIMEDOUT);
+	else if (kind == T_RESPONSE && k->attached)
+		body_fail(k, -ETIMEDOUT);
 	else
 		conn_close(k); /* idle too long */
 }
@@ -404,7 +538,17 @@ static keel_http_client_response *response_build(struct cconn *k, struct creq *r
 	resp->body.ptr = head + k->msg.head_len;
 	resp->body.len = k->body_len;
 	resp->mem_ = mem;
+	resp->loop_ = c->loop;
 	return resp;
+}
+
+/* A streamed request body still going when its response is complete: stop, and do not reuse. */
+static void body_out_abort(struct cconn *k)
+{
+	if (k->body_out == B_MORE) {
+		k->body_out = B_NONE;
+		k->keep = false;
+	}
 }
 
 static void response_done(struct cconn *k)
@@ -416,12 +560,9 @@ static void response_done(struct cconn *k)
 	keel_http_client_response *resp = response_build(k, r);
 	c->stats.responses++;
 	k->keep = k->keep && k->msg.keep_alive && k->msg.body != KEEL_HTTP_BODY_UNTIL_CLOSE;
+	body_out_abort(k);
 	req_settle(r, resp ? 0 : -ENOMEM, resp);
-	if (k->send_p) {
-		k->release_due = true; /* answered early: the next request waits for this send */
-		return;
-	}
-	conn_release(k);
+	maybe_release(k);
 }
 
 static bool body_add(struct cconn *k, const char *p, size_t n)
@@ -444,10 +585,206 @@ static bool body_add(struct cconn *k, const char *p, size_t n)
 	return true;
 }
 
-/* Feed response bytes; returns false once k has been failed or released. */
-static bool conn_feed(struct cconn *k, const char *data, size_t len)
+/* ---- Streamed responses ---------------------------------------------------- */
+
+/* The streamed body is complete: what follows it must not be there. */
+static void stream_complete(struct cconn *k)
 {
 	keel_http_client *c = k->up->cl;
+	k->resp_done = true;
+	c->stats.responses++;
+	if (k->inq_head && (k->inq_off < k->inq_head->len || k->inq_head->next))
+		k->keep = false; /* bytes nobody asked for: do not reuse */
+	inq_clear(k);
+	timer_set(k, T_OFF, 0);
+	k->keep = k->keep && k->msg.keep_alive && k->msg.body != KEEL_HTTP_BODY_UNTIL_CLOSE;
+	body_out_abort(k);
+}
+
+/*
+ * The next piece of a streamed body from the held input: 1 (*piece set,
+ * its buffer held in k->piece_buf), 0 at the end, -1 when more input is
+ * needed, or a negative errno.
+ */
+static int body_pump(struct cconn *k, keel_str *piece)
+{
+	if (k->resp_done)
+		return 0;
+	for (;;) {
+		if (k->msg.body == KEEL_HTTP_BODY_LENGTH && !k->body_need) {
+			stream_complete(k);
+			return 0;
+		}
+		keel_buf *b = k->inq_head;
+		if (!b)
+			break;
+		const char *data = b->data + k->inq_off;
+		size_t avail = b->len - k->inq_off;
+		if (!avail) {
+			k->inq_head = b->next;
+			k->inq_off = 0;
+			keel_buf_release(b);
+			continue;
+		}
+		if (k->msg.body == KEEL_HTTP_BODY_LENGTH) {
+			size_t n = avail < k->body_need ? avail : (size_t)k->body_need;
+			piece->ptr = data;
+			piece->len = n;
+			k->inq_off += (uint32_t)n;
+			k->body_need -= n;
+		} else if (k->msg.body == KEEL_HTTP_BODY_CHUNKED) {
+			size_t used = 0;
+			int rc = keel_http_chunked_decode(&k->chunk, data, avail, &used, piece);
+			k->inq_off += (uint32_t)used;
+			if (rc == KEEL_HTTP_CHUNK_DONE) {
+				stream_complete(k);
+				return 0;
+			}
+			if (rc == KEEL_HTTP_INCOMPLETE)
+				continue;
+			if (rc != KEEL_HTTP_CHUNK_DATA)
+				return -EBADMSG;
+		} else {
+			piece->ptr = data;
+			piece->len = avail;
+			k->inq_off += (uint32_t)avail;
+		}
+		if (k->inq_off == b->len) {
+			k->inq_head = b->next; /* all taken: the piece keeps the queue's reference */
+			k->inq_off = 0;
+		} else {
+			keel_buf_hold(b);
+		}
+		k->piece_buf = b;
+		return 1;
+	}
+	if (k->eof && k->msg.body == KEEL_HTTP_BODY_UNTIL_CLOSE && !k->eof_err) {
+		stream_complete(k);
+		return 0;
+	}
+	if (k->eof)
+		return k->eof_err && k->eof_err != -ECANCELED ? k->eof_err : -ECONNRESET; /* cut off */
+	return -1;
+}
+
+/* Give a waiting reader what the held input has; returns false if k failed. */
+static bool body_deliver(struct cconn *k)
+{
+	if (!k->body_wait)
+		return true;
+	if (k->piece_buf) {
+		keel_buf_release(k->piece_buf);
+		k->piece_buf = NULL;
+	}
+	int rc = body_pump(k, &k->piece);
+	if (rc == -1)
+		return true;
+	if (rc < 0) {
+		body_fail(k, rc);
+		return false;
+	}
+	keel_promise *p = k->body_wait;
+	k->body_wait = NULL;
+	if (rc == 0)
+		k->piece = (keel_str){NULL, 0};
+	keel_promise_resolve(p, 0, &k->piece);
+	return true;
+}
+
+/* The head of a streamed response is in: hand it over with what came of the body. */
+static void stream_start(struct cconn *k, keel_buf *buf, size_t off)
+{
+	struct creq *r = k->req;
+	keel_http_client *c = k->up->cl;
+	k->req = NULL;
+	r->conn = NULL;
+	k->attached = true;
+	k->sresp = (keel_http_client_response){0};
+	k->sresp.status = k->msg.status;
+	k->sresp.msg = k->msg; /* its spans point into k->head, which stays until the free */
+	k->sresp.conn_ = k;
+	k->sresp.loop_ = c->loop;
+	if (k->msg.body == KEEL_HTTP_BODY_NONE) {
+		k->resp_done = true;
+		c->stats.responses++;
+		k->keep = k->keep && k->msg.keep_alive;
+		if (off < buf->len)
+			k->keep = false;
+		timer_set(k, T_OFF, 0);
+		body_out_abort(k);
+	} else {
+		if (k->msg.body == KEEL_HTTP_BODY_LENGTH)
+			k->body_need = k->msg.content_length;
+		else if (k->msg.body == KEEL_HTTP_BODY_CHUNKED)
+			keel_http_chunked_init(&k->chunk, UINT64_MAX);
+		if (off < buf->len) {
+			keel_buf_hold(buf);
+			buf->next = NULL;
+			k->inq_head = buf;
+			k->inq_off = (uint32_t)off;
+		}
+		int rc = body_pump(k, &k->sresp.body);
+		if (rc < 0 && rc != -1) {
+			k->body_err = rc; /* the head is good; the reader hears of the body's fault */
+			k->keep = false;
+		}
+		if (!k->resp_done)
+			timer_set(k, T_RESPONSE, c->cfg.response_timeout_ms);
+	}
+	req_settle(r, 0, &k->sresp);
+}
+
+keel_promise *keel_http_client_body_read(keel_http_client_response *resp)
+{
+	struct cconn *k = resp->conn_;
+	if (!k) {
+		/* A response read whole: one piece, then the end. */
+		keel_promise *p = keel_promise_new(resp->loop_);
+		static const keel_str end = {NULL, 0};
+		keel_promise_resolve(p, 0, resp->given_ ? (void *)&end : &resp->body);
+		resp->given_ = true;
+		return p;
+	}
+	keel_promise *p = keel_promise_new(resp->loop_);
+	if (k->piece_buf) {
+		keel_buf_release(k->piece_buf); /* the previous piece is done with */
+		k->piece_buf = NULL;
+	}
+	if (k->dead || k->body_err || (k->closing && !k->resp_done)) {
+		keel_promise_reject(p, k->body_err ? k->body_err : -ECONNRESET);
+		return p;
+	}
+	if (k->body_wait) {
+		keel_promise_reject(p, -EBUSY);
+		return p;
+	}
+	int rc = body_pump(k, &k->piece);
+	if (rc >= 0) {
+		if (rc == 0)
+			k->piece = (keel_str){NULL, 0};
+		keel_promise_resolve(p, 0, &k->piece);
+		return p;
+	}
+	if (rc != -1) {
+		keel_promise_reject(p, rc);
+		body_fail(k, rc);
+		return p;
+	}
+	k->body_wait = p;
+	if (!k->recv)
+		conn_read(k);
+	timer_set(k, T_RESPONSE, k->up->cl->cfg.response_timeout_ms);
+	return p;
+}
+
+/* ---- Input ----------------------------------------------------------------- */
+
+/* Feed response bytes from buf; returns false once k has been failed or released. */
+static bool conn_feed(struct cconn *k, keel_buf *buf)
+{
+	keel_http_client *c = k->up->cl;
+	const char *data = buf->data;
+	size_t len = buf->len;
 	while (len && k->req) {
 		if (!k->head_done) {
 			size_t take = len, room = c->cfg.limits.head_max + 1 - k->head_len;
@@ -499,6 +836,10 @@ static bool conn_feed(struct cconn *k, const char *data, size_t len)
 				continue;
 			}
 			k->head_done = true;
+			if (k->req->q.stream_response) {
+				stream_start(k, buf, (size_t)(data - buf->data));
+				return true;
+			}
 			switch (k->msg.body) {
 			case KEEL_HTTP_BODY_NONE:
 				if (len)
@@ -577,14 +918,44 @@ static int on_data(void *ud, keel_buf *buf)
 	struct cconn *k = ud;
 	if (k->closing)
 		return KEEL_STOP;
+	if (k->attached && !k->resp_done) {
+		/* A streamed body: queue it for the reader. */
+		keel_buf_hold(buf);
+		buf->next = NULL;
+		keel_buf **pp = &k->inq_head; /* a short list: the receive pauses at two */
+		unsigned queued = 1;
+		for (; *pp; pp = &(*pp)->next)
+			queued++;
+		*pp = buf;
+		if (!body_deliver(k))
+			return KEEL_STOP;
+		/*
+		 * One buffer may wait for a reader that is busy with the last
+		 * piece (a paced receive brings at most one more); two mean it
+		 * is slower than the server: stop reading until it asks.
+		 */
+		if (queued >= 2 && k->inq_head && !k->body_wait && !k->resp_done) {
+			k->paused = true; /* the reader is busy: read on when it asks */
+			timer_set(k, T_OFF, 0);
+			return KEEL_STOP;
+		}
+		return KEEL_CONTINUE;
+	}
 	if (!k->req) {
 		k->keep = false; /* the server spoke unasked: nothing it sends now can be trusted */
 		idle_remove(k);
-		conn_close(k);
+		if (!k->attached)
+			conn_close(k);
 		return KEEL_STOP;
 	}
 	k->got_bytes = true;
-	return conn_feed(k, buf->data, buf->len) ? KEEL_CONTINUE : KEEL_STOP;
+	if (!conn_feed(k, buf))
+		return KEEL_STOP;
+	if (k->attached && !k->resp_done && !k->body_wait) {
+		k->paused = true; /* the body goes on past this buffer; its reader has not asked yet */
+		return KEEL_STOP;
+	}
+	return KEEL_CONTINUE;
 }
 
 static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -592,7 +963,16 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	struct cconn *k = ud;
 	k->recv = NULL;
-	if (k->req && !k->closing) {
+	if (k->closing) {
+		conn_close(k);
+		return;
+	}
+	if (o.err == -ECANCELED && k->paused) {
+		if (k->body_wait || (!k->req && !k->attached))
+			conn_read(k); /* asked for more (or released) while the stop was settling */
+		return;
+	}
+	if (k->req) {
 		if (o.err == 0 && k->head_done && k->msg.body == KEEL_HTTP_BODY_UNTIL_CLOSE) {
 			k->keep = false;
 			response_done(k); /* the close ends this body */
@@ -601,8 +981,49 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		conn_fail(k, o.err && o.err != -ECANCELED ? o.err : -ECONNRESET);
 		return;
 	}
+	if (k->attached && !k->resp_done) {
+		/* The input ended under a streamed body: the reader drains what is held first. */
+		k->eof = true;
+		k->eof_err = o.err;
+		k->keep = false;
+		body_deliver(k);
+		return;
+	}
+	k->eof = true;
+	k->keep = false;
 	idle_remove(k); /* the server closed an idle connection */
-	conn_close(k);
+	if (!k->attached)
+		conn_close(k);
+}
+
+static void conn_read(struct cconn *k)
+{
+	keel_loop *loop = k->up->cl->loop;
+	k->paused = false;
+	/*
+	 * Once a response has been streamed, read one buffer at a time: a
+	 * multishot receive would fill pool buffers ahead of a slow reader.
+	 */
+	k->paced = k->paced || k->attached;
+	k->recv = k->paced ? keel_recv_stream_paced(loop, k->fd, on_data, k) : keel_recv_stream(loop, k->fd, on_data, k);
+	keel_promise_done(k->recv, recv_ended, k);
+}
+
+/* ---- Output ---------------------------------------------------------------- */
+
+static void body_next(struct cconn *k);
+
+/* The request body's producer failed (its client went away): the request cannot complete. */
+static void body_src_fail(struct cconn *k, int err)
+{
+	k->body_out = B_NONE;
+	k->keep = false;
+	if (k->req)
+		conn_fail(k, err);
+	else if (k->attached && !k->resp_done)
+		body_fail(k, err);
+	else
+		conn_close(k);
 }
 
 static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -612,29 +1033,129 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	k->send_p = NULL;
 	if (k->closing) {
 		conn_close(k);
-	} else if (o.err && k->req) {
-		conn_fail(k, o.err);
-	} else if (o.err) {
-		k->release_due = false; /* answered, but the connection broke under the send */
-		k->keep = false;
-		conn_close(k);
-	} else if (k->release_due) {
-		k->release_due = false;
-		conn_release(k);
+		return;
 	}
+	if (o.err) {
+		k->keep = false;
+		k->body_out = B_NONE;
+		if (k->req)
+			conn_fail(k, o.err);
+		else if (!k->attached)
+			conn_close(k); /* answered, but the connection broke under the send */
+		return;            /* (a streamed response may still arrive whole) */
+	}
+	if (k->body_out == B_LAST)
+		k->body_out = B_NONE;
+	if (k->body_out == B_MORE) {
+		body_next(k);
+		return;
+	}
+	maybe_release(k);
+}
+
+static void body_piece(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct cconn *k = ud;
+	keel_http_client *c = k->up->cl;
+	k->body_rp = NULL;
+	if (k->closing) {
+		conn_close(k);
+		return;
+	}
+	if (k->body_out != B_MORE) {
+		maybe_release(k); /* the response came whole first: the rest is not wanted */
+		return;
+	}
+	if (o.err) {
+		body_src_fail(k, o.err);
+		return;
+	}
+	keel_str *piece = o.ptr;
+	struct iovec v[3];
+	int n = 0;
+	bool chunked = k->body_left < 0;
+	if (piece && piece->len) {
+		if (!chunked && (uint64_t)piece->len > (uint64_t)k->body_left) {
+			body_src_fail(k, -EMSGSIZE); /* more than the Content-Length said */
+			return;
+		}
+		if (chunked) {
+			v[n].iov_base = k->chunk_head;
+			v[n++].iov_len = (size_t)snprintf(k->chunk_head, sizeof(k->chunk_head), "%zx\r\n", piece->len);
+		}
+		v[n].iov_base = (void *)piece->ptr;
+		v[n++].iov_len = piece->len;
+		if (chunked) {
+			v[n].iov_base = (void *)"\r\n";
+			v[n++].iov_len = 2;
+		} else if (!(k->body_left -= (int64_t)piece->len)) {
+			k->body_out = B_LAST;
+		}
+	} else if (chunked) {
+		v[n].iov_base = (void *)"0\r\n\r\n";
+		v[n++].iov_len = 5;
+		k->body_out = B_LAST;
+	} else {
+		body_src_fail(k, -EPIPE); /* fewer bytes than the Content-Length said */
+		return;
+	}
+	k->send_p = keel_sendv(c->loop, k->fd, v, n);
+	keel_promise_done(k->send_p, send_done, k);
+	if (k->req)
+		timer_set(k, T_RESPONSE, c->cfg.response_timeout_ms); /* progress */
+}
+
+static void body_next(struct cconn *k)
+{
+	keel_promise *p = k->body_read(k->body_ud);
+	if (!p) {
+		body_src_fail(k, -ENOMEM);
+		return;
+	}
+	k->body_rp = p;
+	keel_promise_done(p, body_piece, k);
 }
 
 static void conn_send(struct cconn *k, struct creq *r)
 {
 	keel_http_client *c = k->up->cl;
+	const keel_http_client_request *q = &r->q;
 	idle_remove(k);
 	k->req = r;
+	r->conn = k;
 	k->keep = true;
 	response_reset(k);
-	struct iovec v[2] = {{r->head, r->head_len}, {(void *)r->body.ptr, r->body.len}};
-	k->send_p = keel_sendv(c->loop, k->fd, v, r->body.len ? 2 : 1);
+	size_t hl = format_head(k, r);
+	if (!hl) {
+		conn_fail(k, -ENOMEM);
+		return;
+	}
+	if (q->body_read && q->body_length) {
+		k->body_read = q->body_read;
+		k->body_ud = q->body_ud;
+		k->body_left = q->body_length;
+		k->body_out = B_MORE; /* the head first, then piece by piece */
+		k->send_p = keel_send(c->loop, k->fd, k->out, hl);
+	} else {
+		k->body_out = B_NONE;
+		struct iovec v[2] = {{k->out, hl}, {(void *)q->body.ptr, q->body.len}};
+		k->send_p = keel_sendv(c->loop, k->fd, v, !q->body_read && q->body.len ? 2 : 1);
+	}
 	keel_promise_done(k->send_p, send_done, k);
 	timer_set(k, T_RESPONSE, c->cfg.response_timeout_ms);
+}
+
+static void conn_free(struct cconn *k)
+{
+	if (k->piece_buf)
+		keel_buf_release(k->piece_buf);
+	inq_clear(k);
+	free(k->out);
+	free(k->head);
+	free(k->hdrs);
+	free(k->body);
+	free(k);
 }
 
 static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -652,10 +1173,10 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 		k->next->prev = k->prev;
 	up->nconns--;
 	c->stats.conns_open--;
-	free(k->head);
-	free(k->hdrs);
-	free(k->body);
-	free(k);
+	if (k->attached)
+		k->dead = true; /* the caller still holds its response: freed with it */
+	else
+		conn_free(k);
 	/* Room for a waiting request. */
 	if (up->pend_head && !c->freeing && up->nconns < c->cfg.pool_max)
 		req_start(up, pending_pop(up));
@@ -669,10 +1190,20 @@ static void conn_close(struct cconn *k)
 		k->closing = true;
 		idle_remove(k);
 		timer_set(k, T_OFF, 0);
+		int err = k->up->cl->freeing ? -ECANCELED : -ECONNRESET;
 		if (k->req) {
 			struct creq *r = k->req;
 			k->req = NULL;
-			req_settle(r, k->up->cl->freeing ? -ECANCELED : -ECONNRESET, NULL);
+			req_settle(r, err, NULL);
+		}
+		if (k->attached && !k->resp_done) {
+			if (!k->body_err)
+				k->body_err = err;
+			if (k->body_wait) {
+				keel_promise *p = k->body_wait;
+				k->body_wait = NULL;
+				keel_promise_reject(p, k->body_err);
+			}
 		}
 		if (k->connect_p)
 			keel_promise_cancel(k->connect_p);
@@ -680,8 +1211,10 @@ static void conn_close(struct cconn *k)
 			keel_promise_cancel(k->recv);
 		if (k->send_p)
 			keel_promise_cancel(k->send_p);
+		if (k->body_rp)
+			keel_promise_cancel(k->body_rp);
 	}
-	if (k->connect_p || k->recv || k->send_p || k->fd == -2)
+	if (k->connect_p || k->recv || k->send_p || k->body_rp || k->fd == -2)
 		return;
 	if (k->fd < 0) {
 		k->fd = -2;
@@ -701,12 +1234,11 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	if (o.err || k->closing) {
 		if (!o.err)
 			close((int)o.n); /* connected after all, but no longer wanted */
-		conn_fail(k, o.err ? o.err : -ECANCELED);
+		conn_fail(k, o.err == -ETIMEDOUT ? KEEL_ECONNTIMEDOUT : o.err ? o.err : -ECANCELED);
 		return;
 	}
 	k->fd = (int)o.n;
-	k->recv = keel_recv_stream(k->up->cl->loop, k->fd, on_data, k);
-	keel_promise_done(k->recv, recv_ended, k);
+	conn_read(k);
 	struct creq *r = k->req;
 	k->req = NULL;
 	conn_send(k, r);
@@ -728,6 +1260,7 @@ static void req_start(struct upstream *up, struct creq *r)
 			req_settle(r, KEEL_ELIMIT, NULL);
 			return;
 		}
+		r->conn = NULL;
 		r->next = NULL;
 		if (up->pend_tail)
 			up->pend_tail->next = r;
@@ -745,6 +1278,7 @@ static void req_start(struct upstream *up, struct creq *r)
 	k->up = up;
 	k->fd = -1;
 	k->req = r; /* (sent once connected) */
+	r->conn = k;
 	keel__timer_init(&k->timer, conn_timeout);
 	k->next = up->conns;
 	if (up->conns)
@@ -761,8 +1295,35 @@ void keel_http_client_response_free(keel_http_client_response *r)
 {
 	if (!r)
 		return;
-	free(r->mem_);
-	free(r);
+	struct cconn *k = r->conn_;
+	if (!k) {
+		free(r->mem_);
+		free(r);
+		return;
+	}
+	/* A streamed response is part of its connection. */
+	k->attached = false;
+	r->conn_ = NULL;
+	if (k->piece_buf) {
+		keel_buf_release(k->piece_buf);
+		k->piece_buf = NULL;
+	}
+	if (k->dead) {
+		conn_free(k);
+		return;
+	}
+	if (k->body_wait) {
+		keel_promise *p = k->body_wait;
+		k->body_wait = NULL;
+		keel_promise_reject(p, -ECANCELED);
+	}
+	if (!k->resp_done || !k->keep) {
+		k->keep = false;
+		conn_close(k); /* given up mid-body: the rest would be mistaken for the next response */
+		return;
+	}
+	inq_clear(k);
+	maybe_release(k);
 }
 
 void keel_http_client_get_stats(const keel_http_client *c, keel_http_client_stats *out)
