@@ -78,6 +78,14 @@ typedef struct keel_http_response {
 	 */
 	keel_promise *(*stream)(keel_http_request *req, void *ud);
 	void *stream_ud;
+	/*
+	 * With stream: body, if set, is the first piece, sent with the head;
+	 * stream_length > 0 is the whole body's length when known: sent with
+	 * Content-Length instead of chunked (keep-alive works for HTTP/1.0
+	 * too), stream is called only while bytes are owed, and a producer
+	 * that gives more or ends short closes the connection.
+	 */
+	int64_t stream_length;
 } keel_http_response;
 
 struct keel_http_request {
@@ -178,6 +186,8 @@ void keel_http_server_free(keel_http_server *s);
 /* Handler helpers. */
 keel_promise *keel_http_respond(keel_http_request *req, int status, const char *content_type,
                                 const char *body, size_t len);
+/* The client's address, the host alone ("127.0.0.1", "::1"); looked up once per connection. */
+const char *keel_http_request_peer(keel_http_request *req);
 /* The request's context (arena), created on first use; freed after the response is sent. */
 keel_ctx *keel_http_request_ctx(keel_http_request *req);
 const char *keel_http_status_text(int status);

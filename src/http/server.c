@@ -110,6 +110,8 @@ struct conn_tx {
 	/* A streamed body: 1 while pieces remain, 2 while waiting for the producer. */
 	uint8_t stream_state;
 	bool stream_chunked;
+	bool stream_sized;    /* sent with Content-Length: stream_left bytes still owed */
+	uint64_t stream_left;
 	char chunk_head[24];
 };
 
@@ -427,6 +429,8 @@ static void req_answer(keel_http_request *r, keel_outcome o)
 		r->resp.headers = NULL;
 		r->resp.nheaders = 0;
 		r->resp.file_fd = -1;
+		r->resp.stream = NULL; /* whatever the handler had begun to fill */
+		r->resp.stream_length = 0;
 		r->answer = &r->resp;
 	} else {
 		r->answer = o.ptr;
@@ -1412,7 +1416,11 @@ static char *write_head(keel_http_conn *c, keel_http_request *r, char *p, bool c
 		p = put(p, "\r\n", 2);
 	}
 	if (st >= 200 && st != 204 && st != 304) {
-		if (a->stream) {
+		if (a->stream && a->stream_length > 0) {
+			p = put(p, "Content-Length: ", 16);
+			p = put_u64(p, (uint64_t)a->stream_length);
+			p = put(p, "\r\n", 2);
+		} else if (a->stream) {
 			if (r->msg.version_minor >= 1)
 				p = put(p, "Transfer-Encoding: chunked\r\n", 28);
 		} else {
@@ -1457,7 +1465,20 @@ static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 	keel_str *piece = o.ptr;
 	struct iovec v[3];
 	int n = 0;
-	if (piece && piece->len) {
+	if (piece && piece->len && c->tx->stream_sized) {
+		if (piece->len > c->tx->stream_left) {
+			conn_close(c); /* more than its Content-Length: cannot be sent */
+			return;
+		}
+		c->tx->stream_left -= piece->len;
+		c->tx->stream_state = c->tx->stream_left ? 1 : 0; /* all of it: done, no need to ask again */
+		v[n].iov_base = (void *)piece->ptr;
+		v[n++].iov_len = piece->len;
+		c->s->stats.bytes_out += piece->len;
+	} else if (c->tx->stream_sized) {
+		conn_close(c); /* the body ended short of its Content-Length */
+		return;
+	} else if (piece && piece->len) {
 		c->tx->stream_state = 1;
 		if (c->tx->stream_chunked) {
 			int hl = snprintf(c->tx->chunk_head, sizeof(c->tx->chunk_head), "%zx\r\n", piece->len);
@@ -1669,8 +1690,10 @@ static void conn_flush(keel_http_conn *c)
 		need += head_size(s, r->answer);
 		if (has_body(r) && r->answer->file_fd < 0 && r->answer->body.len <= OUT_INLINE_BODY)
 			need += r->answer->body.len;
-		if (r->answer->stream && has_body(r) && r->msg.version_minor == 0)
-			r->keep_alive = 0; /* HTTP/1.0: the end of a streamed body is the close */
+		if (r->answer->stream && r->answer->stream_length <= 0 && has_body(r) && r->msg.version_minor == 0)
+			r->keep_alive = 0; /* HTTP/1.0: the end of a streamed body of unknown length is the close */
+		if (r->answer->stream && has_body(r) && r->answer->body.len)
+			need += 24; /* its first piece's chunk framing */
 		if (r->answer->file_fd >= 0 || r->answer->stream || !r->keep_alive) {
 			n++;
 			break; /* a file or streamed body, or a close, ends the batch */
@@ -1695,7 +1718,11 @@ static void conn_flush(keel_http_conn *c)
 		bool closing = !r->keep_alive;
 		p = write_head(c, r, p, closing);
 		const keel_http_response *a = r->answer;
+		bool framed = a->stream && a->stream_length <= 0 && r->msg.version_minor >= 1;
 		if (has_body(r) && a->file_fd < 0 && a->body.len) {
+			if (framed) {
+				p += snprintf(p, 24, "%zx\r\n", a->body.len); /* a stream's first piece */
+			}
 			if (a->body.len <= OUT_INLINE_BODY) {
 				p = put(p, a->body.ptr, a->body.len);
 			} else {
@@ -1705,11 +1732,14 @@ static void conn_flush(keel_http_conn *c)
 				iov[niov++].iov_len = a->body.len;
 				seg = p;
 			}
+			if (framed)
+				p = put(p, "\r\n", 2);
 		}
 		int st = a->status ? a->status : 200;
 		if (s->cfg.access_log_fd >= 0 && !r->is_error_logged) {
 			r->is_error_logged = 1;
-			log_request(c, r, st, has_body(r) ? (a->file_fd >= 0 ? a->file_len : a->body.len) : 0);
+			uint64_t blen = a->file_fd >= 0 ? a->file_len : a->stream_length > 0 ? (uint64_t)a->stream_length : a->body.len;
+			log_request(c, r, st, has_body(r) ? blen : 0);
 		}
 		if (st >= 500)
 			s->stats.responses_5xx++;
@@ -1731,8 +1761,19 @@ static void conn_flush(keel_http_conn *c)
 	for (unsigned i = 1; i < n; i++)
 		last = last->next;
 	c->tx->file_left = 0;
-	c->tx->stream_state = last->answer->stream && has_body(last) ? 1 : 0;
-	c->tx->stream_chunked = last->msg.version_minor >= 1;
+	const keel_http_response *la = last->answer;
+	c->tx->stream_state = la->stream && has_body(last) ? 1 : 0;
+	c->tx->stream_sized = la->stream && la->stream_length > 0;
+	c->tx->stream_chunked = last->msg.version_minor >= 1 && !c->tx->stream_sized;
+	if (c->tx->stream_state && c->tx->stream_sized) {
+		if (la->body.len > (uint64_t)la->stream_length) {
+			conn_close(c); /* a first piece longer than the whole: nothing honest to send */
+			return;
+		}
+		c->tx->stream_left = (uint64_t)la->stream_length - la->body.len;
+		if (!c->tx->stream_left)
+			c->tx->stream_state = 0; /* it all came with the head */
+	}
 	if (last->answer->file_fd >= 0 && has_body(last)) {
 		c->tx->file_off = last->answer->file_off;
 		c->tx->file_left = last->answer->file_len;
@@ -1892,6 +1933,35 @@ static void conn_close(keel_http_conn *c)
 	keel_promise_done(keel_close(c->s->loop, fd), conn_closed, c);
 }
 
+/* The client's address, host alone ("127.0.0.1", "::1"), looked up once per connection. */
+static const char *conn_peer(keel_http_conn *c)
+{
+	if (c->peer)
+		return c->peer;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	if (!(c->peer = malloc(48)))
+		return "-";
+	if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
+		keel_addr_format((struct sockaddr *)&ss, c->peer, 48);
+		char *colon = strrchr(c->peer, ':'); /* the host alone */
+		if (colon)
+			*colon = '\0';
+		if (c->peer[0] == '[') {
+			memmove(c->peer, c->peer + 1, strlen(c->peer));
+			c->peer[strlen(c->peer) - 1] = '\0';
+		}
+	} else {
+		strcpy(c->peer, "-");
+	}
+	return c->peer;
+}
+
+const char *keel_http_request_peer(keel_http_request *req)
+{
+	return conn_peer(req->conn);
+}
+
 static void conn_open(keel_http_server *s, int fd)
 {
 	keel_http_conn *c = s->free_conns;
@@ -1914,23 +1984,8 @@ static void conn_open(keel_http_server *s, int fd)
 	s->stats.conns_open = s->nconns;
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (s->cfg.access_log_fd >= 0) {
-		struct sockaddr_storage ss;
-		socklen_t sl = sizeof(ss);
-		c->peer = malloc(48);
-		if (c->peer && getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
-			keel_addr_format((struct sockaddr *)&ss, c->peer, 48);
-			char *colon = strrchr(c->peer, ':'); /* the log wants the host alone */
-			if (colon)
-				*colon = '\0';
-			if (c->peer[0] == '[') {
-				memmove(c->peer, c->peer + 1, strlen(c->peer));
-				c->peer[strlen(c->peer) - 1] = '\0';
-			}
-		} else if (c->peer) {
-			strcpy(c->peer, "-");
-		}
-	}
+	if (s->cfg.access_log_fd >= 0)
+		conn_peer(c);
 	conn_read(c);
 	conn_timer_update(c);
 }
