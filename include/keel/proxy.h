@@ -1,0 +1,76 @@
+/*
+ * keel's reverse proxy: a request handler that forwards to a group of
+ * upstream servers through keel's HTTP client.
+ *
+ * Bodies stream both ways with backpressure: the request body is read from
+ * the client one receive buffer at a time as the upstream takes it, and the
+ * response body is passed on one piece at a time as the client takes it, so
+ * memory per proxied request is bounded whatever the body's size.
+ *
+ * Proxy semantics (RFC 9110 7.6, RFC 9112): hop-by-hop headers are removed
+ * both ways (Connection and the headers it names, Keep-Alive, TE, Trailer,
+ * Transfer-Encoding, Upgrade, Proxy-*); X-Forwarded-For (appended to),
+ * X-Forwarded-Proto and Via are added; Host is passed on as the client sent
+ * it. keel's strict parser refuses ambiguous framing on either side, so such
+ * a message is never forwarded.
+ *
+ * Errors: 502 when the upstream fails before a response (refused, reset, a
+ * response keel's parser refuses), 504 when it does not answer in time, 503
+ * when every upstream is down or the upstream queue is full. A response
+ * whose body breaks off mid-way closes the client's connection (the only
+ * honest signal once the head has gone out).
+ *
+ * Balancing: round-robin or least-connections over the upstreams that are
+ * up. Passive health: an upstream that fails to connect (or resets) is
+ * marked down for fail_timeout_ms; a request that failed that way before
+ * any of its body was sent (no body, or an idempotent method) is retried
+ * once on another upstream. Optional active health checks GET health_path
+ * on every upstream each health_interval_ms.
+ *
+ * Usage:
+ *   keel_proxy *px = keel_proxy_new(loop, &cfg);
+ *   keel_http_route(srv, NULL, "/", KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY,
+ *                   keel_proxy_handler, px);
+ */
+#ifndef KEEL_PROXY_H
+#define KEEL_PROXY_H
+
+#include <stdint.h>
+
+#include "http.h"
+#include "http_client.h"
+
+typedef struct keel_proxy keel_proxy;
+
+enum keel_proxy_balance { KEEL_PROXY_ROUND_ROBIN = 0, KEEL_PROXY_LEAST_CONN = 1 };
+
+typedef struct keel_proxy_config {
+	const char *const *upstreams; /* "HOST:PORT" each (numeric; copied) */
+	unsigned nupstreams;
+	enum keel_proxy_balance balance;
+	uint64_t fail_timeout_ms;     /* an upstream that failed is skipped this long; 10000 */
+	uint64_t health_interval_ms;  /* active checks; 0 (default): off */
+	const char *health_path;      /* what they GET (any 2xx/3xx is healthy); "/" */
+	const char *via;              /* the Via pseudonym: "1.1 <via>"; "keel"; NULL: no Via */
+	keel_http_client_config client; /* pools, queue, timeouts (response_timeout_ms -> 504) */
+} keel_proxy_config;
+
+void keel_proxy_config_default(keel_proxy_config *cfg);
+
+/* A proxy on loop (one per loop). NULL on ENOMEM or a bad config (no upstreams, a bad address). */
+keel_proxy *keel_proxy_new(keel_loop *loop, const keel_proxy_config *cfg);
+
+/* Requests still being proxied are cut off (their clients' connections close). */
+void keel_proxy_free(keel_proxy *px);
+
+/* The handler; ud is the keel_proxy. Route it with KEEL_HTTP_STREAM_BODY. */
+keel_promise *keel_proxy_handler(keel_http_request *req, void *ud);
+
+typedef struct keel_proxy_stats {
+	uint64_t requests, responses, errors_502, errors_503, errors_504, retries;
+	uint32_t inflight;  /* requests being proxied */
+	uint32_t ups_down;  /* upstreams currently marked down */
+} keel_proxy_stats;
+void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out);
+
+#endif

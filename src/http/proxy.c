@@ -1,0 +1,671 @@
+/*
+ * The reverse proxy: a handler that passes a request on to one of a group
+ * of upstreams through keel's HTTP client and streams the answer back.
+ *
+ * Per request: the forwarded headers, the strings the client borrows and
+ * this file's own record live in the request's context (arena), freed in
+ * one step after the response is sent; the upstream response stays
+ * attached to its connection until then, its body passed through piece by
+ * piece from the receive buffers (the client reads from the upstream only
+ * as fast as the server sends to the client).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/internal.h"
+#include "keel/errors.h"
+#include "keel/proxy.h"
+
+#define CONN_TOKENS_MAX 16 /* header names a Connection header may list for removal */
+#define VIA_MAX 64
+
+struct pup {
+	char *name;             /* "HOST:PORT" */
+	uint64_t down_until_ns; /* skipped until then (passive or active health) */
+	unsigned active;        /* requests in flight (least-connections) */
+};
+
+struct keel_proxy {
+	keel_loop *loop;
+	keel_proxy_config cfg;
+	keel_http_client *client;
+	struct pup *ups;
+	unsigned nups, rr;
+	char via[VIA_MAX];   /* "1.1 keel" */
+	size_t via_len;
+	unsigned live;       /* requests and health checks still referring to this proxy */
+	keel_promise *health_sleep;
+	keel_proxy_stats stats;
+	bool freeing;
+};
+
+struct preq {
+	keel_proxy *px;
+	keel_http_request *req;
+	keel_ctx *ctx;          /* the request's; held while a call is in flight (pr lives in it) */
+	keel_promise *out;      /* the handler's answer */
+	keel_promise *call;     /* the upstream request in flight */
+	keel_http_client_response *ur;
+	struct pup *up;         /* where it went (counted in up->active) */
+	keel_http_client_request q;
+	keel_http_header *rh;   /* the response headers passed on */
+	unsigned tried;         /* attempts so far */
+	bool body_started;      /* the request body's reading began: it cannot be sent again */
+	bool settled;
+};
+
+static const keel_http_header retry_after = {{"Retry-After", 11}, {"1", 1}};
+
+void keel_proxy_config_default(keel_proxy_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->balance = KEEL_PROXY_ROUND_ROBIN;
+	cfg->fail_timeout_ms = 10000;
+	cfg->health_path = "/";
+	cfg->via = "keel";
+	keel_http_client_config_default(&cfg->client);
+	cfg->client.pool_max = 256; /* a proxy's upstream connection is busy until its client has the answer */
+}
+
+static void health_round(keel_proxy *px);
+
+keel_proxy *keel_proxy_new(keel_loop *loop, const keel_proxy_config *cfg)
+{
+	if (!cfg || !cfg->nupstreams || !cfg->upstreams)
+		return NULL;
+	for (unsigned i = 0; i < cfg->nupstreams; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		if (!cfg->upstreams[i] || keel_addr_parse(cfg->upstreams[i], &ss, &sl) < 0)
+			return NULL;
+	}
+	if (cfg->health_path && cfg->health_path[0] != '/')
+		return NULL;
+	keel_proxy *px = calloc(1, sizeof(*px));
+	if (!px)
+		return NULL;
+	px->loop = loop;
+	px->cfg = *cfg;
+	px->cfg.upstreams = NULL; /* copied below */
+	px->ups = calloc(cfg->nupstreams, sizeof(*px->ups));
+	px->client = keel_http_client_new(loop, &cfg->client);
+	if (!px->ups || !px->client)
+		goto fail;
+	px->nups = cfg->nupstreams;
+	for (unsigned i = 0; i < px->nups; i++)
+		if (!(px->ups[i].name = strdup(cfg->upstreams[i])))
+			goto fail;
+	if (cfg->via && *cfg->via) {
+		int n = snprintf(px->via, sizeof(px->via), "1.1 %s", cfg->via);
+		if (n < 0 || (size_t)n >= sizeof(px->via))
+			goto fail;
+		px->via_len = (size_t)n;
+	}
+	if (!px->cfg.health_path)
+		px->cfg.health_path = "/";
+	px->cfg.health_path = strdup(px->cfg.health_path);
+	if (!px->cfg.health_path)
+		goto fail;
+	px->cfg.via = NULL;
+	if (px->cfg.health_interval_ms)
+		health_round(px);
+	return px;
+fail:
+	if (px->client)
+		keel_http_client_free(px->client);
+	for (unsigned i = 0; px->ups && i < px->nups; i++)
+		free(px->ups[i].name);
+	free(px->ups);
+	free(px);
+	return NULL;
+}
+
+static void proxy_release(keel_proxy *px)
+{
+	if (!px->freeing || px->live)
+		return;
+	for (unsigned i = 0; i < px->nups; i++)
+		free(px->ups[i].name);
+	free(px->ups);
+	free((char *)px->cfg.health_path);
+	free(px);
+}
+
+void keel_proxy_free(keel_proxy *px)
+{
+	if (!px)
+		return;
+	px->freeing = true;
+	if (px->health_sleep)
+		keel_promise_cancel(px->health_sleep);
+	keel_http_client_free(px->client); /* what is in flight ends with -ECANCELED */
+	px->client = NULL;
+	proxy_release(px);
+}
+
+/* ---- Balancing and health -------------------------------------------------- */
+
+static bool up_ok(const keel_proxy *px, const struct pup *u, uint64_t now)
+{
+	return px->nups == 1 || u->down_until_ns <= now; /* a lone upstream is never skipped */
+}
+
+/* The next upstream to try, not `avoid`; NULL when every candidate is down. */
+static struct pup *pick(keel_proxy *px, const struct pup *avoid)
+{
+	uint64_t now = keel_loop_now_ns(px->loop);
+	struct pup *best = NULL;
+	for (unsigned i = 0; i < px->nups; i++) {
+		struct pup *u = &px->ups[(px->rr + i) % px->nups];
+		if (u == avoid || !up_ok(px, u, now))
+			continue;
+		if (px->cfg.balance == KEEL_PROXY_ROUND_ROBIN) {
+			best = u;
+			break;
+		}
+		if (!best || u->active < best->active)
+			best = u;
+	}
+	if (best)
+		px->rr = (unsigned)(best - px->ups) + 1; /* ties go round */
+	return best;
+}
+
+static void mark_down(keel_proxy *px, struct pup *u)
+{
+	if (px->nups > 1)
+		u->down_until_ns = keel_loop_now_ns(px->loop) + px->cfg.fail_timeout_ms * 1000000ull;
+}
+
+/* Connecting failed: the request never left, whatever its method. */
+static bool connect_error(int err)
+{
+	return err == -ECONNREFUSED || err == KEEL_ECONNTIMEDOUT || err == -EHOSTUNREACH ||
+	       err == -ENETUNREACH || err == -EADDRNOTAVAIL;
+}
+
+struct hcheck {
+	keel_proxy *px;
+	struct pup *up;
+};
+
+static void health_answer(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct hcheck *h = ud;
+	keel_proxy *px = h->px;
+	px->live--;
+	if (!px->freeing) {
+		keel_http_client_response *r = o.err ? NULL : o.ptr;
+		if (r && r->status >= 200 && r->status < 400)
+			h->up->down_until_ns = 0;
+		else
+			mark_down(px, h->up);
+	}
+	if (!o.err)
+		keel_http_client_response_free(o.ptr);
+	free(h);
+	proxy_release(px);
+}
+
+static void health_due(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	keel_proxy *px = ud;
+	px->health_sleep = NULL;
+	px->live--;
+	if (px->freeing || o.err) {
+		proxy_release(px);
+		return;
+	}
+	health_round(px);
+}
+
+/* One GET of health_path on every upstream, then sleep for the interval. */
+static void health_round(keel_proxy *px)
+{
+	for (unsigned i = 0; i < px->nups; i++) {
+		struct hcheck *h = malloc(sizeof(*h));
+		if (!h)
+			break;
+		h->px = px;
+		h->up = &px->ups[i];
+		keel_http_client_request q = {0};
+		q.upstream = px->ups[i].name;
+		q.target = px->cfg.health_path;
+		px->live++;
+		keel_promise_done(keel_http_client_request_send(px->client, &q), health_answer, h);
+	}
+	px->live++;
+	px->health_sleep = keel_sleep(px->loop, px->cfg.health_interval_ms);
+	keel_promise_done(px->health_sleep, health_due, px);
+}
+
+/* ---- Headers ----------------------------------------------------------------- */
+
+struct conn_tokens {
+	keel_str name[CONN_TOKENS_MAX];
+	unsigned n;
+};
+
+/* The header names a Connection header lists (to be removed with it). */
+static void conn_tokens_add(struct conn_tokens *t, keel_str v)
+{
+	size_t i = 0;
+	while (i < v.len && t->n < CONN_TOKENS_MAX) {
+		while (i < v.len && (v.ptr[i] == ',' || v.ptr[i] == ' ' || v.ptr[i] == '\t'))
+			i++;
+		size_t b = i;
+		while (i < v.len && v.ptr[i] != ',' && v.ptr[i] != ' ' && v.ptr[i] != '\t')
+			i++;
+		if (i > b)
+			t->name[t->n++] = (keel_str){v.ptr + b, i - b};
+	}
+}
+
+static bool str_ieq_span(keel_str a, keel_str b)
+{
+	if (a.len != b.len)
+		return false;
+	for (size_t i = 0; i < a.len; i++) {
+		char x = a.ptr[i], y = b.ptr[i];
+		if (x >= 'A' && x <= 'Z')
+			x = (char)(x + 32);
+		if (y >= 'A' && y <= 'Z')
+			y = (char)(y + 32);
+		if (x != y)
+			return false;
+	}
+	return true;
+}
+
+/* Hop-by-hop (RFC 9110 7.6.1): meaningful for one connection only, never passed on. */
+static bool hop_by_hop(keel_str n, const struct conn_tokens *t)
+{
+	switch (n.len ? n.ptr[0] | 0x20 : 0) {
+	case 'c':
+		if (keel_str_ieq(n, "connection") || keel_str_ieq(n, "content-length"))
+			return true;
+		break;
+	case 'k':
+		if (keel_str_ieq(n, "keep-alive"))
+			return true;
+		break;
+	case 'p':
+		if (n.len > 6 && str_ieq_span((keel_str){n.ptr, 6}, (keel_str){"proxy-", 6}))
+			return true;
+		break;
+	case 't':
+		if (keel_str_ieq(n, "te") || keel_str_ieq(n, "trailer") || keel_str_ieq(n, "transfer-encoding"))
+			return true;
+		break;
+	case 'u':
+		if (keel_str_ieq(n, "upgrade"))
+			return true;
+		break;
+	default:
+		break;
+	}
+	for (unsigned i = 0; i < t->n; i++)
+		if (str_ieq_span(n, t->name[i]))
+			return true;
+	return false;
+}
+
+/* "a, b" + ", " + c into the arena; with no a, c alone. */
+static keel_str join(keel_ctx *ctx, keel_str a, const char *c, size_t cl)
+{
+	if (!a.len)
+		return (keel_str){c, cl};
+	char *p = keel_ctx_alloc(ctx, a.len + 2 + cl);
+	if (!p)
+		return (keel_str){NULL, 0};
+	memcpy(p, a.ptr, a.len);
+	memcpy(p + a.len, ", ", 2);
+	memcpy(p + a.len + 2, c, cl);
+	return (keel_str){p, a.len + 2 + cl};
+}
+
+static char *span_dup(keel_ctx *ctx, keel_str s)
+{
+	char *p = keel_ctx_alloc(ctx, s.len + 1);
+	if (p) {
+		memcpy(p, s.ptr, s.len);
+		p[s.len] = '\0';
+	}
+	return p;
+}
+
+/*
+ * The request as it goes upstream: hop-by-hop headers out; Host kept;
+ * X-Forwarded-For appended to, X-Forwarded-Proto set, Via appended to.
+ * Returns 0 or a status to answer with.
+ */
+static int build_request(struct preq *pr, keel_ctx *ctx)
+{
+	keel_http_request *req = pr->req;
+	const keel_http_msg *m = &req->msg;
+	keel_proxy *px = pr->px;
+	struct conn_tokens t = {.n = 0};
+	for (unsigned i = 0; i < m->nheaders; i++)
+		if (keel_str_ieq(m->headers[i].name, "connection"))
+			conn_tokens_add(&t, m->headers[i].value);
+	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 3) * sizeof(*h));
+	if (!h)
+		return 500;
+	unsigned n = 0;
+	keel_str xff = {NULL, 0}, via = {NULL, 0};
+	for (unsigned i = 0; i < m->nheaders; i++) {
+		keel_str name = m->headers[i].name, value = m->headers[i].value;
+		if (hop_by_hop(name, &t) || keel_str_ieq(name, "host") || keel_str_ieq(name, "expect") ||
+		    keel_str_ieq(name, "x-forwarded-proto"))
+			continue; /* (100-continue is answered here; the scheme is ours to say) */
+		if (keel_str_ieq(name, "x-forwarded-for")) {
+			xff = xff.len ? join(ctx, xff, value.ptr, value.len) : value;
+			continue;
+		}
+		if (keel_str_ieq(name, "via")) {
+			via = via.len ? join(ctx, via, value.ptr, value.len) : value;
+			continue;
+		}
+		h[n++] = m->headers[i];
+	}
+	const char *peer = keel_http_request_peer(req);
+	h[n].name = (keel_str){"X-Forwarded-For", 15};
+	h[n++].value = join(ctx, xff, peer, strlen(peer));
+	h[n].name = (keel_str){"X-Forwarded-Proto", 17};
+	h[n++].value = (keel_str){"http", 4};
+	if (px->via_len) {
+		h[n].name = (keel_str){"Via", 3};
+		h[n++].value = join(ctx, via, px->via, px->via_len);
+	}
+	for (unsigned i = 0; i < n; i++)
+		if (!h[i].value.ptr)
+			return 500; /* (a join that found no memory) */
+	/* origin-form; an absolute-form target is reduced to its path */
+	keel_str target = m->target;
+	if (target.len && target.ptr[0] != '/') {
+		const char *s = target.len > 7 ? memchr(target.ptr, '/', target.len) : NULL;
+		if (!s || s + 1 >= target.ptr + target.len || s[1] != '/')
+			return 400; /* asterisk-form and the like: nothing to pass on */
+		const char *path = memchr(s + 2, '/', (size_t)(target.ptr + target.len - (s + 2)));
+		target = path ? (keel_str){path, (size_t)(target.ptr + target.len - path)} : (keel_str){"/", 1};
+	}
+	keel_http_client_request *q = &pr->q;
+	q->method = span_dup(ctx, m->method);
+	q->target = span_dup(ctx, target);
+	q->host = m->host.len ? span_dup(ctx, m->host) : NULL;
+	if (!q->method || !q->target || (m->host.len && !q->host))
+		return 500;
+	q->headers = h;
+	q->nheaders = n;
+	q->stream_response = true;
+	if (m->body == KEEL_HTTP_BODY_CHUNKED || (m->body == KEEL_HTTP_BODY_LENGTH && m->content_length)) {
+		q->body_read = NULL; /* set below: it needs pr */
+		q->body_length = m->body == KEEL_HTTP_BODY_CHUNKED ? -1 : (int64_t)m->content_length;
+	}
+	return 0;
+}
+
+static keel_promise *body_sink(keel_http_request *req, void *ud)
+{
+	(void)req;
+	struct preq *pr = ud;
+	return keel_http_client_body_read(pr->ur);
+}
+
+/* The response as it goes back: hop-by-hop headers out, Date and Server are ours, Via appended. */
+static int build_response(struct preq *pr, keel_ctx *ctx)
+{
+	keel_http_client_response *ur = pr->ur;
+	keel_http_response *a = &pr->req->resp;
+	keel_proxy *px = pr->px;
+	const keel_http_msg *m = &ur->msg;
+	struct conn_tokens t = {.n = 0};
+	for (unsigned i = 0; i < m->nheaders; i++)
+		if (keel_str_ieq(m->headers[i].name, "connection"))
+			conn_tokens_add(&t, m->headers[i].value);
+	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 1) * sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	unsigned n = 0;
+	keel_str via = {NULL, 0};
+	for (unsigned i = 0; i < m->nheaders; i++) {
+		keel_str name = m->headers[i].name;
+		if (hop_by_hop(name, &t) || keel_str_ieq(name, "date") || keel_str_ieq(name, "server"))
+			continue;
+		if (keel_str_ieq(name, "via")) {
+			via = via.len ? join(ctx, via, m->headers[i].value.ptr, m->headers[i].value.len) : m->headers[i].value;
+			continue;
+		}
+		h[n++] = m->headers[i];
+	}
+	if (px->via_len) {
+		h[n].name = (keel_str){"Via", 3};
+		h[n].value = join(ctx, via, px->via, px->via_len);
+		if (!h[n++].value.ptr)
+			return -ENOMEM;
+	}
+	a->status = ur->status;
+	a->content_type = NULL; /* passed on among the headers */
+	a->headers = h;
+	a->nheaders = n;
+	a->body = ur->body;
+	if (m->body == KEEL_HTTP_BODY_NONE) {
+		/* A HEAD answer keeps the length the upstream announced. */
+		if (pr->req->head_only && m->content_length) {
+			a->stream_length = (int64_t)m->content_length;
+			a->stream = body_sink; /* (never called: a HEAD answer has no body) */
+			a->stream_ud = pr;
+		}
+		return 0;
+	}
+	if (m->body == KEEL_HTTP_BODY_LENGTH) {
+		if (!m->content_length)
+			return 0;
+		a->stream_length = (int64_t)m->content_length;
+	}
+	return 1; /* streamed */
+}
+
+/* ---- The request ------------------------------------------------------------- */
+
+static keel_promise *body_source(void *ud)
+{
+	struct preq *pr = ud;
+	pr->body_started = true;
+	return keel_http_body_read(pr->req);
+}
+
+/* The request is over (its response sent, or its connection gone): let go of the upstream. */
+static void preq_free(void *ud)
+{
+	struct preq *pr = ud;
+	keel_proxy *px = pr->px;
+	if (pr->ur)
+		keel_http_client_response_free(pr->ur);
+	pr->ur = NULL;
+	if (pr->up) {
+		pr->up->active--;
+		pr->up = NULL;
+	}
+	px->stats.inflight--;
+	px->live--;
+	proxy_release(px);
+}
+
+static void answer(struct preq *pr, int status)
+{
+	keel_proxy *px = pr->px;
+	keel_http_response *a = &pr->req->resp;
+	if (pr->settled)
+		return;
+	pr->settled = true;
+	if (status == 502)
+		px->stats.errors_502++;
+	else if (status == 503)
+		px->stats.errors_503++;
+	else if (status == 504)
+		px->stats.errors_504++;
+	memset(a, 0, sizeof(*a));
+	a->file_fd = -1;
+	a->status = status;
+	a->content_type = "text/plain";
+	a->body.ptr = keel_http_status_text(status);
+	a->body.len = strlen(a->body.ptr);
+	if (status == 503) {
+		a->headers = &retry_after;
+		a->nheaders = 1;
+	}
+	keel_promise_resolve(pr->out, 0, a);
+}
+
+static void send_upstream(struct preq *pr);
+static void upstream_result(struct preq *pr, keel_outcome o);
+
+static bool idempotent(keel_str m)
+{
+	return keel_str_eq(m, "GET") || keel_str_eq(m, "HEAD") || keel_str_eq(m, "PUT") || keel_str_eq(m, "DELETE") ||
+	       keel_str_eq(m, "OPTIONS") || keel_str_eq(m, "TRACE");
+}
+
+static void upstream_answered(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct preq *pr = ud;
+	pr->call = NULL;
+	if (pr->settled) {
+		/* Cancelled: the client went away. Just let go. */
+		if (!o.err)
+			keel_http_client_response_free(o.ptr);
+		if (pr->up) {
+			pr->up->active--;
+			pr->up = NULL;
+		}
+		keel_ctx_release(pr->ctx); /* last: pr may go with it */
+		return;
+	}
+	upstream_result(pr, o);
+	keel_ctx_release(pr->ctx); /* the call's hold; the server still holds its own */
+}
+
+static void upstream_result(struct preq *pr, keel_outcome o)
+{
+	keel_proxy *px = pr->px;
+	if (o.err) {
+		struct pup *failed = pr->up;
+		if (connect_error(o.err))
+			mark_down(px, failed);
+		/* Never sent (or an idempotent request reset before any answer): once more, elsewhere. */
+		bool again = !pr->body_started && pr->tried < 2 && !px->freeing &&
+		             (connect_error(o.err) || ((o.err == -ECONNRESET || o.err == -EPIPE) && !pr->q.body_read &&
+		                                       idempotent(pr->req->msg.method)));
+		struct pup *next = again ? pick(px, failed) : NULL;
+		failed->active--;
+		pr->up = NULL;
+		if (next) {
+			px->stats.retries++;
+			pr->up = next;
+			send_upstream(pr);
+			return;
+		}
+		answer(pr, o.err == -ETIMEDOUT ? 504 : o.err == KEEL_ELIMIT ? 503 : 502);
+		return;
+	}
+	pr->ur = o.ptr;
+	keel_ctx *rctx = keel_http_request_ctx(pr->req);
+	int rc = rctx ? build_response(pr, rctx) : -ENOMEM;
+	if (rc < 0) {
+		answer(pr, 502);
+		return;
+	}
+	if (rc == 1) {
+		pr->req->resp.stream = body_sink;
+		pr->req->resp.stream_ud = pr;
+	}
+	pr->settled = true;
+	px->stats.responses++;
+	keel_promise_resolve(pr->out, 0, &pr->req->resp);
+}
+
+static void send_upstream(struct preq *pr)
+{
+	pr->tried++;
+	pr->up->active++;
+	pr->q.upstream = pr->up->name;
+	keel_ctx_retain(pr->ctx); /* pr lives in the context: keep it until the call has ended */
+	pr->call = keel_http_client_request_send(pr->px->client, &pr->q);
+	keel_promise_done(pr->call, upstream_answered, pr);
+}
+
+/* The server gave up on the request (its client went away): abort the upstream call. */
+static void out_cancelled(keel_promise *p, void *ud)
+{
+	(void)p;
+	struct preq *pr = ud;
+	if (pr->settled)
+		return;
+	pr->settled = true;
+	if (pr->call)
+		keel_promise_cancel(pr->call);
+	keel_promise_reject(pr->out, -ECANCELED);
+}
+
+keel_promise *keel_proxy_handler(keel_http_request *req, void *ud)
+{
+	keel_proxy *px = ud;
+	keel_promise *out = keel_promise_new(req->loop);
+	keel_ctx *ctx = keel_http_request_ctx(req);
+	struct preq *pr = ctx ? keel_ctx_alloc(ctx, sizeof(*pr)) : NULL;
+	px->stats.requests++;
+	if (!pr) {
+		keel_promise_reject(out, -ENOMEM);
+		return out;
+	}
+	memset(pr, 0, sizeof(*pr));
+	pr->px = px;
+	pr->req = req;
+	pr->ctx = ctx;
+	pr->out = out;
+	int st = build_request(pr, ctx);
+	if (!st && !(pr->up = pick(px, NULL)))
+		st = 503; /* every upstream is down: say so at once */
+	if (st) {
+		pr->settled = true;
+		if (st == 503)
+			px->stats.errors_503++;
+		keel_http_response *a = &req->resp;
+		a->status = st;
+		a->content_type = "text/plain";
+		a->body.ptr = keel_http_status_text(st);
+		a->body.len = strlen(a->body.ptr);
+		if (st == 503) {
+			a->headers = &retry_after;
+			a->nheaders = 1;
+		}
+		keel_promise_resolve(out, 0, a);
+		return out;
+	}
+	if (pr->q.body_length) {
+		pr->q.body_read = body_source;
+		pr->q.body_ud = pr;
+	}
+	px->stats.inflight++;
+	px->live++;
+	keel_ctx_on_free(ctx, preq_free, pr);
+	keel_promise_on_cancel(out, out_cancelled, pr);
+	send_upstream(pr);
+	return out;
+}
+
+void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out)
+{
+	*out = px->stats;
+	out->ups_down = 0;
+	uint64_t now = keel_loop_now_ns(px->loop);
+	for (unsigned i = 0; i < px->nups; i++)
+		if (!up_ok(px, &px->ups[i], now))
+			out->ups_down++;
+}

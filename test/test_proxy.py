@@ -1,0 +1,485 @@
+#!/usr/bin/env python3
+"""keel's reverse proxy end to end: `keel -c FILE` with upstream groups in
+front of real upstreams -- keel's own test server (streamed bodies both
+ways), `keel serve` (files up to 64 MiB) and a small raw upstream written
+here that misbehaves on request (cut-off bodies, stalls, hop-by-hop
+headers, ambiguous framing). Bodies are compared by SHA-256; failures must
+show as 502/503/504 or a closed connection within the timeouts, never a
+hang; the proxy's fds and memory must stay bounded. Runs under the backend
+in KEEL_BACKEND."""
+import hashlib, http.client, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+
+BUILD = os.environ.get("KEEL_BUILD", "build")
+KEEL = os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel"))
+TESTSRV = os.path.join(BUILD, "test", "http_testsrv")
+
+passed = 0
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+def check(cond, msg):
+    global passed
+    if not cond:
+        fail(msg)
+    passed += 1
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+class Proc:
+    """A keel process that prints 'listening on 127.0.0.1:PORT' once it serves."""
+    def __init__(self, argv, env=None):
+        self.p = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+        self.port, self.log = None, []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            line = self.p.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            m = re.search(r"listening on (?:127\.0\.0\.1|\[::1\]):(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        if not self.port:
+            self.stop()
+            fail(f"{argv[0]} did not start: " + "".join(self.log))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.p.stderr:
+            self.log.append(line)
+
+    def fds(self):
+        return len(os.listdir(f"/proc/{self.p.pid}/fd"))
+
+    def rss_kib(self):
+        with open(f"/proc/{self.p.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        return self.p.returncode
+
+def proxy(tmp, groups, route_prefix="/", extra_server=""):
+    """keel -c with one [upstream u] group (dict of keys; 'server' a list) routed at route_prefix."""
+    lines = ["[server]", "listen = 127.0.0.1:0", "workers = 1", extra_server, "", "[upstream u]"]
+    for k, v in groups.items():
+        for x in (v if isinstance(v, list) else [v]):
+            lines.append(f"{k} = {x}")
+    lines += ["", f"[route {route_prefix}]", "upstream = u", "", "[route /_keel/status]", "match = exact",
+              "handler = status"]
+    path = os.path.join(tmp, f"proxy{time.monotonic_ns()}.conf")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return Proc([KEEL, "-c", path])
+
+# ---- A raw upstream that does what each test asks -----------------------------
+
+class RawUpstream:
+    """Reads one request head (and a Content-Length body), then acts by path:
+      /echo-headers   200 with the request head as the body (JSON list of [name, value])
+      /cut            head with Content-Length 1000000, 1000 bytes, then close
+      /stall          reads the request and never answers
+      /hop            a response with hop-by-hop headers to be removed
+      /ambiguous      a response with both Content-Length and Transfer-Encoding
+      /chunked        a chunked response (3 chunks) with a trailer
+      anything else   200 "raw:<path>"
+    Keeps connections alive (one request at a time)."""
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.requests = []
+        self.conns = []
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                hdrs = [l.split(":", 1) for l in lines[1:]]
+                hdrs = [[n, v.strip()] for n, v in hdrs]
+                cl = next((int(v) for n, v in hdrs if n.lower() == "content-length"), 0)
+                while len(buf) < cl:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                buf = buf[cl:]
+                self.requests.append((method, target, hdrs))
+                if not self._answer(c, method, target, hdrs):
+                    return
+        except OSError:
+            return
+        finally:
+            c.close()
+
+    def _answer(self, c, method, target, hdrs):
+        if target == "/echo-headers":
+            body = json.dumps(hdrs).encode()
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        elif target == "/cut":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+            time.sleep(0.05)
+            return False
+        elif target == "/stall":
+            time.sleep(3)
+            return False
+        elif target == "/hop":
+            c.sendall(b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\n"
+                      b"Proxy-Authenticate: Basic\r\nX-Kept: k\r\nServer: raw\r\nContent-Length: 2\r\n\r\nok")
+        elif target == "/ambiguous":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            return False
+        elif target == "/chunked":
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n")
+        else:
+            body = b"raw:" + target.encode()
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return True
+
+    def stop(self):
+        self.stopping = True
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+def get(port, path, method="GET", body=None, headers=None, timeout=10):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c.request(method, path, body=body, headers=headers or {})
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+
+def read_chunked(f):
+    out = []
+    while True:
+        line = f.readline()
+        size = int(line.split(b";")[0], 16)
+        if size == 0:
+            while f.readline() not in (b"\r\n", b""):
+                pass
+            return b"".join(out)
+        out.append(f.read(size))
+        f.read(2)
+
+def duplex_roundtrip(s, f, data, chunked):
+    """POST data to /duplex on a kept-alive socket, sending from a thread while this one reads the echo."""
+    if chunked:
+        head = b"POST /duplex HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        step = 300000
+        parts = [b"%x\r\n" % len(data[i:i + step]) + data[i:i + step] + b"\r\n" for i in range(0, len(data), step)]
+        payload = head + b"".join(parts) + b"0\r\n\r\n"
+    else:
+        payload = b"POST /duplex HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(data) + data
+    err = []
+    def send():
+        try:
+            s.sendall(payload)
+        except OSError as e:
+            err.append(e)
+    t = threading.Thread(target=send)
+    t.start()
+    status = f.readline()
+    hdrs = {}
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        n, v = line.decode().split(":", 1)
+        hdrs[n.strip().lower()] = v.strip()
+    check(status.startswith(b"HTTP/1.1 200") and hdrs.get("transfer-encoding") == "chunked",
+          f"duplex answer of {len(data)} B: {status!r} {hdrs}")
+    body = read_chunked(f)
+    t.join(60)
+    check(not err and not t.is_alive(), f"the upload of {len(data)} B went through: {err}")
+    return body
+
+# ---- The tests ----------------------------------------------------------------
+
+def test_bodies(tmp):
+    """Bodies of 0 B to 64 MiB both ways: downloads from keel serve (Content-Length kept), uploads
+    echoed by the test server (streamed: request with Content-Length or chunked, response chunked)."""
+    root = os.path.join(tmp, "www")
+    os.makedirs(root)
+    sizes = [0, 1, 1000, 16384, 16385, 100000, 1 << 20, 8 << 20, 64 << 20]
+    files = {}
+    for n in sizes:
+        data = os.urandom(n) if n <= (1 << 20) else os.urandom(1 << 20) * (n >> 20)
+        with open(os.path.join(root, f"f{n}"), "wb") as f:
+            f.write(data)
+        files[n] = data
+    up = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", root])
+    echo = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
+    try:
+        px = proxy(tmp, {"server": f"127.0.0.1:{up.port}"})
+        pe = proxy(tmp, {"server": f"127.0.0.1:{echo.port}"})
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", px.port, timeout=60)
+            for n in sizes:
+                c.request("GET", f"/f{n}")
+                r = c.getresponse()
+                data = r.read()
+                check(r.status == 200 and sha(data) == sha(files[n]), f"download of {n} B through the proxy")
+                check(r.getheader("Content-Length") == str(n), f"Content-Length {n} passed on")
+                check(r.getheader("Via") == "1.1 keel", "Via added to the response")
+            c.request("HEAD", "/f100000")
+            r = c.getresponse()
+            r.read()
+            check(r.status == 200 and r.getheader("Content-Length") == "100000", "HEAD keeps the upstream's length")
+            c.close()
+            print("ok   downloads 0 B..64 MiB by SHA-256 on one keep-alive connection, HEAD")
+
+            # Echoed as it arrives: the client must read while it sends (full duplex).
+            s = socket.create_connection(("127.0.0.1", pe.port), timeout=30)
+            f = s.makefile("rb")
+            for n in sizes:
+                d = duplex_roundtrip(s, f, files[n], chunked=False)
+                check(sha(d) == sha(files[n]), f"upload of {n} B (Content-Length) echoed through the proxy")
+            d = duplex_roundtrip(s, f, files[8 << 20], chunked=True)
+            check(sha(d) == sha(files[8 << 20]), "chunked upload of 8 MiB echoed")
+            s.close()
+            print("ok   uploads 0 B..64 MiB (Content-Length and chunked) echoed by SHA-256")
+
+            # pipelined requests on one raw connection
+            s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+            s.sendall(b"".join(b"GET /f%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in (1, 1000, 16385, 0, 100000)))
+            want = sum(len(files[n]) for n in (1, 1000, 16385, 0, 100000))
+            got, deadline = b"", time.monotonic() + 10
+            while got.count(b"HTTP/1.1 200") < 5 or len(got) < want + 5 * 100:
+                d = s.recv(1 << 20)
+                if not d or time.monotonic() > deadline:
+                    break
+                got += d
+            s.close()
+            check(got.count(b"HTTP/1.1 200 OK") == 5, "five pipelined requests answered")
+            pos = 0
+            for n in (1, 1000, 16385, 0, 100000):
+                i = got.index(b"\r\n\r\n", pos) + 4
+                check(got[i:i + n] == files[n], f"pipelined answer of {n} B in order")
+                pos = i + n
+            print("ok   five pipelined requests through the proxy, in order")
+
+            # a slow client reading a 64 MiB body: the proxy must not buffer it
+            base = px.rss_kib()
+            s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(b"GET /f%d HTTP/1.1\r\nHost: x\r\n\r\n" % (64 << 20))
+            got, peak = 0, base
+            t_end = time.monotonic() + 1.5
+            while time.monotonic() < t_end:
+                got += len(s.recv(65536))
+                time.sleep(0.01)
+                peak = max(peak, px.rss_kib())
+            check(got < (48 << 20), f"the client was slow ({got} B read)")
+            check(peak - base < 16 * 1024, f"proxy RSS grew {peak - base} KiB for a slow reader of 64 MiB (bounded)")
+            s.close()
+            print(f"ok   slow reader of 64 MiB: proxy RSS grew {peak - base} KiB while it read {got >> 20} MiB")
+        finally:
+            check(px.stop() == 0 and pe.stop() == 0, "the proxies exit 0 on SIGTERM (no leak under ASan)")
+    finally:
+        up.stop()
+        echo.stop()
+
+def test_semantics(tmp):
+    raw = RawUpstream()
+    px = proxy(tmp, {"server": f"127.0.0.1:{raw.port}", "response_timeout_ms": 500})
+    try:
+        st, h, body = get(px.port, "/echo-headers", headers={
+            "Host": "example.test", "Connection": "X-Drop, keep-alive", "X-Drop": "1", "Keep-Alive": "300",
+            "TE": "trailers", "Proxy-Authorization": "Basic x", "X-Forwarded-For": "10.1.2.3",
+            "X-Forwarded-Proto": "https", "Via": "1.0 edge", "X-Keep": "yes"})
+        check(st == 200, "echo-headers answered")
+        seen = {n.lower(): v for n, v in json.loads(body)}
+        for hop in ("connection", "x-drop", "keep-alive", "te", "proxy-authorization", "upgrade"):
+            check(hop not in seen, f"hop-by-hop request header {hop} removed")
+        check(seen.get("host") == "example.test", "Host passed on as sent")
+        check(seen.get("x-keep") == "yes", "an end-to-end header kept")
+        check(seen.get("x-forwarded-for") == "10.1.2.3, 127.0.0.1", "X-Forwarded-For appended to")
+        check(seen.get("x-forwarded-proto") == "http", "X-Forwarded-Proto set by the proxy")
+        check(seen.get("via") == "1.0 edge, 1.1 keel", "Via appended to")
+        print("ok   request: hop-by-hop removed (and what Connection names), Host kept, XFF/XFP/Via")
+
+        st, h, body = get(px.port, "/hop")
+        check(st == 200 and body == b"ok", "hop response answered")
+        for hop in ("x-secret", "keep-alive", "proxy-authenticate"):
+            check(hop not in h, f"hop-by-hop response header {hop} removed")
+        check(h.get("x-kept") == "k" and h.get("server") == "keel", "end-to-end response header kept; Server ours")
+        st, h, body = get(px.port, "/chunked")
+        check(st == 200 and body == b"abcdefghi", "a chunked upstream response passed on")
+        print("ok   response: hop-by-hop removed, chunked passed on")
+
+        st, _, _ = get(px.port, "/ambiguous")
+        check(st == 502, f"an upstream response with Content-Length and Transfer-Encoding: 502 (got {st})")
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+        n0 = len(raw.requests)
+        s.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\n\r\n")
+        d = s.recv(4096)
+        s.close()
+        check(d.startswith(b"HTTP/1.1 400"), "a request with ambiguous framing: 400")
+        check(len(raw.requests) == n0, "and it was never forwarded")
+        print("ok   ambiguous framing: 502 from the upstream side, 400 (not forwarded) from the client side")
+
+        fds = px.fds()
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+            s.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
+            got, t0 = b"", time.monotonic()
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+            s.close()
+            check(time.monotonic() - t0 < 3, "a cut-off upstream body ends the client's connection promptly")
+            body = got.split(b"\r\n\r\n", 1)[1]
+            check(b"Content-Length: 1000000" in got and len(body) < 1000000,
+                  "the client saw a short body and a close, not a hang")
+        time.sleep(0.3)
+        check(px.fds() <= fds + 2, f"no fd leak after cut-off bodies ({fds} -> {px.fds()})")
+        print("ok   upstream killed mid-response: the client connection closes, no fd leak")
+
+        t0 = time.monotonic()
+        st, _, _ = get(px.port, "/stall")
+        check(st == 504, f"a stalled upstream: 504 (got {st})")
+        check(time.monotonic() - t0 < 2.5, "504 within the response timeout")
+        print(f"ok   stalled upstream: 504 after {time.monotonic() - t0:.2f} s (response_timeout_ms 500)")
+    finally:
+        px.stop()
+        raw.stop()
+
+def test_failures(tmp):
+    dead = free_port()
+    px = proxy(tmp, {"server": f"127.0.0.1:{dead}"})
+    try:
+        t0 = time.monotonic()
+        st, _, _ = get(px.port, "/")
+        check(st == 502, f"upstream not listening: 502 (got {st})")
+        check(time.monotonic() - t0 < 2, "502 fast")
+    finally:
+        px.stop()
+    print("ok   upstream not listening: 502")
+
+    dead2 = free_port()
+    px = proxy(tmp, {"server": [f"127.0.0.1:{dead}", f"127.0.0.1:{dead2}"], "fail_timeout_ms": 10000})
+    try:
+        codes = [get(px.port, "/")[0] for _ in range(6)]
+        check(all(c in (502, 503) for c in codes), f"every upstream down: 502/503 ({codes})")
+        t0 = time.monotonic()
+        st, h, _ = get(px.port, "/")
+        check(st == 503 and "retry-after" in h, f"both marked down: 503 with Retry-After at once (got {st})")
+        check(time.monotonic() - t0 < 0.5, "503 fast")
+    finally:
+        px.stop()
+    print("ok   every upstream down: 502, then 503 at once while they are marked down")
+
+    raw = RawUpstream()
+    px = proxy(tmp, {"server": [f"127.0.0.1:{dead}", f"127.0.0.1:{raw.port}"], "balance": "round_robin"})
+    try:
+        codes = [get(px.port, f"/r{i}")[0] for i in range(10)]
+        check(codes == [200] * 10, f"GETs retried on the live upstream: {codes}")
+        st, _, body = get(px.port, "/post", method="POST", body=b"abc")
+        check(st == 200 and body == b"raw:/post", "a POST reaches the live upstream (the dead one is marked down)")
+    finally:
+        px.stop()
+        raw.stop()
+    print("ok   one of two upstreams down: GETs retried on the other, then it is skipped")
+
+    a, b = RawUpstream(), RawUpstream()
+    for mode in ("round_robin", "least_conn"):
+        px = proxy(tmp, {"server": [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], "balance": mode})
+        try:
+            na, nb = len(a.requests), len(b.requests)
+            for i in range(20):
+                check(get(px.port, f"/lb{i}")[0] == 200, "balanced request answered")
+            da, db = len(a.requests) - na, len(b.requests) - nb
+            check(da + db == 20 and da >= 5 and db >= 5, f"{mode}: both upstreams used ({da}/{db})")
+        finally:
+            px.stop()
+        print(f"ok   {mode}: 20 requests split {da}/{db}")
+    a.stop()
+    b.stop()
+
+def test_client_gone(tmp):
+    """A client that resets its connection while its request waits on a stalled upstream: the upstream
+    call is cut. (A client that only half-closes still gets its answer: HTTP allows a FIN after the
+    request, and the upstream call stays bounded by response_timeout_ms.)"""
+    raw = RawUpstream()
+    px = proxy(tmp, {"server": f"127.0.0.1:{raw.port}", "response_timeout_ms": 20000})
+    try:
+        fds = px.fds()
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+            s.sendall(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.05)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()  # a reset
+        time.sleep(0.5)
+        check(px.fds() <= fds + 2, f"clients gone: their upstream connections closed ({fds} -> {px.fds()})")
+        st, _, body = get(px.port, "/after")
+        check(st == 200 and body == b"raw:/after", "the proxy still serves")
+    finally:
+        check(px.stop() == 0, "the proxy exits 0 on SIGTERM")
+        raw.stop()
+    print("ok   clients that go away cancel their upstream requests (no fd left behind)")
+
+def main():
+    for exe in (KEEL, TESTSRV):
+        if not os.access(exe, os.X_OK):
+            fail(f"{exe} not built")
+    tmp = tempfile.mkdtemp(prefix="keel-proxy-")
+    try:
+        test_semantics(tmp)
+        test_failures(tmp)
+        test_client_gone(tmp)
+        test_bodies(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"proxy: {passed} checks passed")
+
+if __name__ == "__main__":
+    main()
