@@ -41,7 +41,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
-.PHONY: all deps run test sanitize bench fuzz clean format
+.PHONY: all deps run test sanitize bench fuzz clean format fanout
 all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/seccomp_exec $(BUILD)/test/http_testsrv $(EXAMPLES)
 
 # Debian packages the build needs; installed when run as root, otherwise named.
@@ -60,8 +60,9 @@ $(BUILD)/libkeel.a: $(LIB_OBJ)
 $(BUILD)/libkeel.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS)
 
+# The CLI reads config files with Debian's libinih.
 $(BUILD)/keel: $(CLI_OBJ) $(BUILD)/libkeel.a
-	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libkeel.a $(LDLIBS)
+	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libkeel.a -linih $(LDLIBS)
 
 $(BUILD)/test/%: test/%.c test/test.h $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)
@@ -85,6 +86,11 @@ $(BUILD)/test/seccomp_exec: test/seccomp_exec.c
 $(BUILD)/examples/%: examples/%.c $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
+
+# The fan-out example combines JSON with Debian's cJSON.
+$(BUILD)/examples/fanout: examples/fanout.c $(BUILD)/libkeel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -I/usr/include/cjson -o $@ $< $(BUILD)/libkeel.a -lcjson $(LDLIBS)
 
 run: all
 	$(BUILD)/keel serve www
@@ -112,5 +118,9 @@ format:
 
 clean:
 	rm -rf build build-san
+
+# The fan-out example as a self-contained demo: 127.0.0.1:8090, its upstreams on 8091..8093.
+fanout: $(BUILD)/examples/fanout
+	$(BUILD)/examples/fanout
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

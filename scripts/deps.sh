@@ -4,6 +4,8 @@
 set -e
 need=""
 [ -f /usr/include/liburing.h ] || need="$need liburing-dev"
+[ -f /usr/include/ini.h ] || need="$need libinih-dev"
+[ -f /usr/include/cjson/cJSON.h ] || need="$need libcjson-dev"
 command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 [ -n "$need" ] || exit 0

@@ -12,6 +12,9 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
 int cli_echo(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_load(int argc, char **argv);
+int cli_proxy(int argc, char **argv);
+/* keel -c FILE [-t]: argv[0] is "keel", the options follow (site.c). */
+int cli_site(int argc, char **argv);
 
 /* Shared worker plumbing (workers.c). */
 typedef struct cli_workers cli_workers;

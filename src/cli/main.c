@@ -11,10 +11,15 @@
 static void usage(FILE *f)
 {
 	fputs("usage: keel <command> [options]\n"
+	      "       keel -c FILE      run the site a configuration file describes (docs/config.md)\n"
+	      "       keel -t -c FILE   check that file and exit: \"keel: FILE: ok\" or FILE:LINE: ...\n"
 	      "\n"
 	      "commands:\n"
 	      "  serve [--listen ADDR:PORT] [--workers N] [DIR]  static files over HTTP/1.1\n"
 	      "                                                 (default 127.0.0.1:8080, DIR .)\n"
+	      "  proxy [--listen ADDR:PORT] --upstream HOST:PORT [--upstream ...] [--workers N]\n"
+	      "        [--balance round_robin|least_conn] [--status]\n"
+	      "                                                 reverse proxy to upstreams\n"
 	      "  echo [--listen ADDR:PORT] [--workers N]         TCP echo server (default 127.0.0.1:7000)\n"
 	      "  load [-c N] [-d SECONDS] [--rate R] URL         HTTP/1.1 load generator (closed or open loop)\n"
 	      "\n"
@@ -38,6 +43,8 @@ int main(int argc, char **argv)
 		return cli_serve(argc - 1, argv + 1);
 	if (strcmp(cmd, "load") == 0)
 		return cli_load(argc - 1, argv + 1);
+	if (strcmp(cmd, "proxy") == 0)
+		return cli_proxy(argc - 1, argv + 1);
 	if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
 		usage(stdout);
 		return CLI_OK;
@@ -46,6 +53,8 @@ int main(int argc, char **argv)
 		printf("keel %s\n", KEEL_VERSION);
 		return CLI_OK;
 	}
+	if (cmd[0] == '-') /* -c FILE, -t, --config, --test */
+		return cli_site(argc, argv);
 	fprintf(stderr, "keel: unknown command '%s'\n", cmd);
 	usage(stderr);
 	return CLI_USAGE;

@@ -1,0 +1,151 @@
+/*
+ * keel proxy: a reverse proxy from the command line. The flags build the
+ * configuration a file would -- one [upstream default] group and one
+ * [route /] to it, plus /_keel/status with --status -- and the same runner
+ * (site.c) runs it.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "config.h"
+
+static void proxy_usage(FILE *f)
+{
+	fputs("usage: keel proxy [--listen ADDR:PORT] --upstream HOST:PORT [--upstream ...]\n"
+	      "                  [options]\n"
+	      "  --listen ADDR:PORT    default 127.0.0.1:8080\n"
+	      "  --upstream HOST:PORT  a server to forward to (numeric; repeat for more)\n"
+	      "  --workers N           worker threads (default: online CPUs)\n"
+	      "  --balance MODE        round_robin (default) or least_conn\n"
+	      "  --status              serve live counters at /_keel/status (each worker its own)\n"
+	      "Every other setting: a configuration file (keel -c FILE, docs/config.md).\n",
+	      f);
+}
+
+int cli_proxy(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"listen", required_argument, NULL, 'l'},
+		{"upstream", required_argument, NULL, 'u'},
+		{"workers", required_argument, NULL, 'w'},
+		{"balance", required_argument, NULL, 'b'},
+		{"status", no_argument, NULL, 's'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	cli_config cfg;
+	cli_config_init(&cfg);
+	int rc = CLI_USAGE;
+	const char *listen = "127.0.0.1:8080";
+	bool status = false;
+	struct cli_upstream *up = cli_config_add_upstream(&cfg, "default", 0);
+	if (!up) {
+		fprintf(stderr, "keel proxy: out of memory\n");
+		rc = CLI_FAIL;
+		goto out;
+	}
+	int c;
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":l:u:w:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l':
+			listen = optarg;
+			break;
+		case 'u':
+			if (!cli_upstream_addr_ok(optarg)) {
+				fprintf(stderr,
+				        "keel proxy: --upstream: bad address '%s' (expected "
+				        "IP:PORT or [IPv6]:PORT, numeric, port not 0)\n",
+				        optarg);
+				goto out;
+			}
+			if (cli_upstream_add_server(up, optarg) < 0) {
+				fprintf(stderr, "keel proxy: --upstream: at most %d\n",
+				        CLI_SERVERS_MAX);
+				goto out;
+			}
+			break;
+		case 'w':
+			cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024);
+			break;
+		case 'b':
+			if (strcmp(optarg, "round_robin") == 0)
+				up->proxy.balance = KEEL_PROXY_ROUND_ROBIN;
+			else if (strcmp(optarg, "least_conn") == 0)
+				up->proxy.balance = KEEL_PROXY_LEAST_CONN;
+			else {
+				fprintf(stderr,
+				        "keel proxy: --balance: '%s' is not round_robin or "
+				        "least_conn\n",
+				        optarg);
+				goto out;
+			}
+			break;
+		case 's':
+			status = true;
+			break;
+		case 'h':
+			proxy_usage(stdout);
+			rc = CLI_OK;
+			goto out;
+		case ':':
+			fprintf(stderr, "keel proxy: %s needs a value\n", argv[optind - 1]);
+			proxy_usage(stderr);
+			goto out;
+		default:
+			fprintf(stderr, "keel proxy: unknown option '%s'\n", argv[optind - 1]);
+			proxy_usage(stderr);
+			goto out;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "keel proxy: unexpected argument '%s'\n", argv[optind]);
+		proxy_usage(stderr);
+		goto out;
+	}
+	if (!up->nservers) {
+		fprintf(stderr, "keel proxy: at least one --upstream HOST:PORT is needed\n");
+		proxy_usage(stderr);
+		goto out;
+	}
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (keel_addr_parse(listen, &ss, &len) < 0) {
+		fprintf(
+		    stderr,
+		    "keel proxy: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n",
+		    listen);
+		goto out;
+	}
+	rc = CLI_FAIL;
+	cfg.listen = strdup(listen);
+	struct cli_route *r = cli_config_add_route(&cfg, "/", 0);
+	if (!cfg.listen || !r || !(r->group = strdup("default"))) {
+		fprintf(stderr, "keel proxy: out of memory\n");
+		goto out;
+	}
+	r->kind = CLI_ROUTE_UPSTREAM;
+	if (status) {
+		r = cli_config_add_route(&cfg, "/_keel/status", 0);
+		if (!r) {
+			fprintf(stderr, "keel proxy: out of memory\n");
+			goto out;
+		}
+		r->exact = true;
+		r->kind = CLI_ROUTE_HANDLER;
+		r->handler = CLI_HANDLER_STATUS;
+	}
+	if (cli_config_check(&cfg) != 0)
+		goto out;
+	char what[128];
+	snprintf(what, sizeof(what), "proxy to %u upstream%s", up->nservers,
+	         up->nservers == 1 ? "" : "s");
+	rc = cli_config_run(&cfg, what);
+out:
+	cli_config_fini(&cfg);
+	return rc;
+}

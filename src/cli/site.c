@@ -1,0 +1,248 @@
+/*
+ * Running a cli_config (config.h): `keel -c FILE`, `keel -t -c FILE`, and
+ * the runner `keel proxy` shares.
+ *
+ * Each worker thread builds the whole site on its own loop -- one HTTP
+ * server, one proxy per upstream group, one static tree per static route --
+ * so nothing is shared between threads. Stopping is serve.c's: stop
+ * accepting, let connections finish within grace_ms, then free the server
+ * and only after it the proxies, whose upstream connections close through
+ * the loop.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "config.h"
+#include "keel/proxy.h"
+#include "keel/static.h"
+
+struct site_worker {
+	keel_http_server *srv;
+	keel_proxy **proxies;  /* one per upstream group */
+	keel_static **statics; /* one per route; NULL for routes that are not static */
+	bool stopping;
+	char label[24]; /* the worker's number, for /_keel/status */
+};
+
+static void site_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	keel_loop_stop(ud);
+}
+
+static void site_stop(keel_loop *loop, void *arg)
+{
+	const cli_config *cfg = arg;
+	struct site_worker *w = keel_loop_data(loop);
+	if (!w || w->stopping)
+		return;
+	w->stopping = true;
+	keel_promise_done(keel_http_server_stop(w->srv, cfg->grace_ms), site_stopped, loop);
+}
+
+/* Build the routes of cfg on w->srv. 0 or a negative errno (logged). */
+static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *cfg)
+{
+	for (unsigned i = 0; i < cfg->nups; i++) {
+		const struct cli_upstream *up = &cfg->ups[i];
+		keel_proxy_config pcfg = up->proxy;
+		pcfg.upstreams = (const char *const *)up->servers;
+		pcfg.nupstreams = up->nservers;
+		w->proxies[i] = keel_proxy_new(loop, &pcfg);
+		if (!w->proxies[i]) {
+			keel_log(KEEL_LOG_ERROR, "upstream %s: cannot set up its proxy", up->name);
+			return -ENOMEM;
+		}
+	}
+	for (unsigned i = 0; i < cfg->nroutes; i++) {
+		const struct cli_route *r = &cfg->routes[i];
+		unsigned flags = r->exact ? 0 : KEEL_HTTP_PREFIX;
+		int err = 0;
+		switch (r->kind) {
+		case CLI_ROUTE_STATIC:
+			w->statics[i] = keel_static_new(r->dir);
+			if (!w->statics[i]) {
+				err = -errno;
+				keel_log(KEEL_LOG_ERROR, "route %s: static %s: %s", r->path, r->dir,
+				         strerror(errno));
+				return err;
+			}
+			err = keel_http_route(w->srv, NULL, r->path, flags, keel_static_handler,
+			                      w->statics[i]);
+			break;
+		case CLI_ROUTE_UPSTREAM:
+			err = keel_http_route(w->srv, NULL, r->path, flags | KEEL_HTTP_STREAM_BODY,
+			                      keel_proxy_handler, w->proxies[r->upstream]);
+			break;
+		case CLI_ROUTE_HANDLER:
+			/* The only built-in handler for now: status. */
+			err = keel_http_route(w->srv, "GET", r->path, flags | KEEL_HTTP_NO_SHED,
+			                      keel_http_status, w->label);
+			break;
+		case CLI_ROUTE_NONE: err = -EINVAL; break; /* cli_config_check refuses these */
+		}
+		if (err < 0) {
+			keel_log(KEEL_LOG_ERROR, "route %s: %s", r->path, keel_strerror(err));
+			return err;
+		}
+	}
+	return 0;
+}
+
+static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
+{
+	const cli_config *cfg = arg;
+	struct site_worker w = {0};
+	int status = CLI_FAIL;
+	snprintf(w.label, sizeof(w.label), "%d", index);
+	/*
+	 * Set before anything can run on this loop: a stop posted while we set
+	 * up runs at the first tick below, when w.srv exists.
+	 */
+	keel_loop_set_data(loop, &w);
+	w.proxies = calloc(cfg->nups ? cfg->nups : 1, sizeof(*w.proxies));
+	w.statics = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(*w.statics));
+	w.srv = keel_http_server_new(loop, &cfg->http);
+	if (!w.proxies || !w.statics || !w.srv) {
+		keel_log(KEEL_LOG_ERROR, "worker %d: cannot set up the server", index);
+		goto out_free;
+	}
+	if (site_build(loop, &w, cfg) < 0)
+		goto out_free;
+	int err = keel_http_server_start(w.srv, lfd);
+	if (err < 0) {
+		keel_log(KEEL_LOG_ERROR, "worker %d: cannot start the server: %s", index,
+		         keel_strerror(err));
+		goto out_free;
+	}
+	while (!w.stopping)
+		keel_loop_run_once(loop, -1);
+	keel_loop_run(loop); /* until the graceful stop has closed every connection */
+	status = CLI_OK;
+out_free:
+	keel_loop_set_data(loop, NULL);
+	if (w.srv)
+		keel_http_server_free(w.srv);
+	bool had_proxy = false;
+	for (unsigned i = 0; w.proxies && i < cfg->nups; i++)
+		if (w.proxies[i]) {
+			keel_proxy_free(w.proxies[i]);
+			had_proxy = true;
+		}
+	if (had_proxy)
+		keel_loop_run(loop); /* the upstream connections close and their memory goes */
+	for (unsigned i = 0; w.statics && i < cfg->nroutes; i++)
+		if (w.statics[i])
+			keel_static_free(w.statics[i]);
+	free(w.proxies);
+	free(w.statics);
+	close(lfd);
+	if (status != CLI_OK) {
+		/*
+		 * The main thread only wakes for SIGINT/SIGTERM (workers.c): a worker
+		 * that cannot run takes the process down through the same door rather
+		 * than leave a server that answers on fewer threads than it was told.
+		 */
+		kill(getpid(), SIGTERM);
+	}
+	return status;
+}
+
+int cli_config_run(cli_config *cfg, const char *what)
+{
+	cfg->http.server_name = cfg->server_name;
+	cfg->http.access_log_fd = -1;
+	if (cfg->access_log) {
+		cfg->http.access_log_fd =
+		    open(cfg->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (cfg->http.access_log_fd < 0) {
+			fprintf(stderr, "keel: access_log %s: %s\n", cfg->access_log,
+			        strerror(errno));
+			return CLI_FAIL;
+		}
+	}
+	int rc = cli_run_workers(what, cfg->listen, cfg->workers, site_worker_main, site_stop, cfg);
+	if (cfg->http.access_log_fd >= 0) {
+		close(cfg->http.access_log_fd);
+		cfg->http.access_log_fd = -1;
+	}
+	return rc;
+}
+
+/* ---- keel -c FILE [-t] ----------------------------------------------------- */
+
+static void site_usage(FILE *f)
+{
+	fputs("usage: keel -c FILE        run the site FILE describes\n"
+	      "       keel -t -c FILE     check FILE and exit: 0 and \"keel: FILE: ok\", or\n"
+	      "                           1 and \"FILE:LINE: problem\" on stderr\n"
+	      "  -c, --config FILE   the configuration (INI: keel.conf.example, docs/config.md)\n"
+	      "  -t, --test          check only: syntax, values, static roots, addresses\n",
+	      f);
+}
+
+int cli_site(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"test", no_argument, NULL, 't'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *file = NULL;
+	bool test = false;
+	int c;
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":c:th", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			file = optarg;
+			break;
+		case 't':
+			test = true;
+			break;
+		case 'h':
+			site_usage(stdout);
+			return CLI_OK;
+		case ':':
+			fprintf(stderr, "keel: %s needs a value\n", argv[optind - 1]);
+			site_usage(stderr);
+			return CLI_USAGE;
+		default:
+			fprintf(stderr, "keel: unknown option '%s'\n", argv[optind - 1]);
+			site_usage(stderr);
+			return CLI_USAGE;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "keel: unexpected argument '%s'\n", argv[optind]);
+		site_usage(stderr);
+		return CLI_USAGE;
+	}
+	if (!file) {
+		fprintf(stderr, "keel: -t needs -c FILE\n");
+		site_usage(stderr);
+		return CLI_USAGE;
+	}
+	cli_config cfg;
+	cli_config_init(&cfg);
+	int rc = cli_config_load(&cfg, file);
+	if (rc == 0 && test)
+		printf("keel: %s: ok\n", file);
+	else if (rc == 0) {
+		char what[300];
+		snprintf(what, sizeof(what), "config %s", file);
+		rc = cli_config_run(&cfg, what);
+	}
+	cli_config_fini(&cfg);
+	return rc;
+}

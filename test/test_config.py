@@ -1,0 +1,481 @@
+#!/usr/bin/env python3
+"""keel -c FILE, keel -t -c FILE and keel proxy, end to end.
+
+Good files: static routes with the longest prefix winning, the status
+handler (exact match), upstream routes, limits that reach the server,
+server_name, an access log and static roots relative to the file. Bad
+files: every kind of mistake must exit 1 with "FILE:LINE: message" naming
+the right line. keel proxy's flag errors exit 2.
+
+Assertions marked PROXY go through keel's reverse proxy to a real upstream
+(build/test/http_testsrv or keel serve); a failing one is recorded and
+listed at the end so the rest still runs. Runs under the backend in
+KEEL_BACKEND."""
+import http.client, os, re, shutil, signal, subprocess, sys, tempfile, time
+
+BUILD = os.environ.get("KEEL_BUILD", "build")
+KEEL = os.path.abspath(os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel")))
+TESTSRV = os.path.abspath(os.path.join(BUILD, "test", "http_testsrv"))
+
+procs = []          # every process started, killed by PID in main's finally
+proxy_passed = []   # PROXY assertions that held against the real proxy,
+proxy_failed = []   # ... and the ones that did not (reported at the end: the rest still runs)
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+class Proc:
+    """A server process whose stderr goes to a file; waits (bounded) for its
+    "listening on 127.0.0.1:PORT" line."""
+
+    def __init__(self, args, logdir, cwd=None):
+        fd, self.logpath = tempfile.mkstemp(prefix="proc-", suffix=".log", dir=logdir)
+        self.log = os.fdopen(fd, "w")
+        self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, cwd=cwd)
+        procs.append(self.p)
+        self.port = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.text())
+            if m:
+                self.port = int(m.group(1))
+                break
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.02)
+        check(self.port, f"{' '.join(args)} did not start: {self.text()}")
+
+    def text(self):
+        with open(self.logpath) as f:
+            return f.read()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(10)
+        self.log.close()
+        return self.p.returncode
+
+
+def request(port, path, method="GET", body=None, headers=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
+    finally:
+        c.close()
+
+
+def proxy_request(port, path, method="GET", body=None):
+    """A request through keel's proxy: a broken answer is a result, not an exception."""
+    try:
+        return request(port, path, method, body)
+    except Exception as e:  # any failure (reset, short body, timeout) is the assertion's to report
+        return (None, {}, f"{type(e).__name__}: {e}".encode())
+
+
+def proxy_check(label, gots, cond, msg):
+    """A PROXY assertion over responses gots = [(status, headers, body)] that
+    went through keel's proxy: a failure is recorded and reported at the end."""
+    if cond():
+        proxy_passed.append(label)
+    else:
+        print(f"FAIL PROXY {label}: {msg}")
+        proxy_failed.append(f"{label}: {msg}")
+
+
+def show(body):
+    return repr(body) if body is None or len(body) <= 80 else f"{len(body)} bytes {body[:40]!r}..."
+
+
+def proxy_expect(label, got, want_status, want_body):
+    status, _, body = got
+    proxy_check(label, [got], lambda: status == want_status and (want_body is None or body == want_body),
+                f"got {status} {show(body)}, want {want_status} {show(want_body)}")
+
+
+def stopped(label, proc):
+    """Stop proc; exit status 0 wanted (a crash after a PROXY failure counts as one more)."""
+    rc = proc.stop()
+    if rc == 0:
+        check("stopping" in proc.text(), f"{label}: no graceful stop message")
+    else:
+        msg = f"{label}: exit {rc} after SIGTERM: {proc.text()[-500:]}"
+        if proxy_failed:
+            print("FAIL PROXY", msg)
+            proxy_failed.append(msg)
+        else:
+            fail(msg)
+
+
+def keel_run(*args):
+    return subprocess.run([KEEL, *args], capture_output=True, text=True, timeout=20)
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+# ---- Bad files -------------------------------------------------------------------------------
+
+def bad_files(tmp):
+    www = os.path.join(tmp, "www")
+    afile = os.path.join(www, "a.txt")
+    S = "[server]\nlisten = 127.0.0.1:8080\n"  # lines 1-2
+    R = "[route /]\nstatic = " + www + "\n"
+    # (name, text, line or None for "no line applies", a piece of the message)
+    cases = [
+        ("unknown section", S + R + "[bogus]\nx = 1\n", 5, "unknown section [bogus]"),
+        ("unknown section with a name", S + R + "[servers main]\n", 5, "unknown section"),
+        ("unknown key", S + "lisen = 1\n" + R, 3, "unknown key 'lisen'"),
+        ("unknown key in a route", S + R + "statc = x\n", 5, "unknown key 'statc'"),
+        ("unknown key in an upstream", S + R + "[upstream u]\nserver = 127.0.0.1:1\nbalanse = x\n", 7,
+         "unknown key 'balanse'"),
+        ("bad integer", S + "conns_max = 12x\n" + R, 3, "conns_max"),
+        ("negative integer", S + "workers = -1\n" + R, 3, "workers"),
+        ("bad size suffix", S + "body_max = 10q\n" + R, 3, "body_max"),
+        ("out of range", S + "conns_max = 0\n" + R, 3, "out of range"),
+        ("out of range, huge", S + "pipeline_max = 99999999999999999999999\n" + R, 3, "out of range"),
+        ("out of range, size", S + "conn_out_max = 2g\n" + R, 3, "out of range"),
+        ("out of range, upstream", S + R + "[upstream u]\nserver = 127.0.0.1:1\npool_max = 0\n", 7,
+         "pool_max"),
+        ("bad listen address", "[server]\nlisten = localhost:8080\n" + R, 2, "listen"),
+        ("listen without a port", "[server]\nlisten = 127.0.0.1\n" + R, 2, "listen"),
+        ("bad upstream address", S + R + "[upstream u]\nserver = 127.0.0.1:1\nserver = example.com:80\n", 7,
+         "bad address 'example.com:80'"),
+        ("upstream port 0", S + R + "[upstream u]\nserver = 127.0.0.1:0\n", 6, "server"),
+        ("route with no target", S + "[route /x/]\nmatch = prefix\n" + R, 3, "no target"),
+        ("empty route section", S + R + "[route /empty]\n", 5, "no target"),
+        ("route with two targets", S + "[route /x/]\nstatic = " + www + "\nhandler = status\n", 5,
+         "already has a target"),
+        ("unknown upstream group", S + R + "[upstream api]\nserver = 127.0.0.1:1\n[route /api/]\nupstream = apx\n",
+         8, "no [upstream apx]"),
+        ("upstream group with no server", S + R + "[upstream api]\nbalance = least_conn\n[route /api/]\nupstream = api\n",
+         5, "no server"),
+        ("missing static root", S + "[route /]\nstatic = " + os.path.join(tmp, "nonexistent") + "\n", 4,
+         "No such file or directory"),
+        ("static root is a file", S + "[route /]\nstatic = " + afile + "\n", 4, "Not a directory"),
+        ("relative static root that does not exist", S + "[route /]\nstatic = nope\n", 4,
+         os.path.join(tmp, "nope")),
+        ("duplicate key", S + "listen = 127.0.0.1:8081\n" + R, 3, "given twice"),
+        ("duplicate section", S + R + "[server]\n", 5, "second [server]"),
+        ("duplicate route", S + R + "[route /]\nhandler = status\n", 5, "second [route /]"),
+        ("duplicate upstream", S + R + "[upstream a]\nserver = 127.0.0.1:1\n[upstream a]\nserver = 127.0.0.1:2\n", 7,
+         "second [upstream a]"),
+        ("duplicate server", S + R + "[upstream a]\nserver = 127.0.0.1:1\nserver = 127.0.0.1:1\n", 7,
+         "already in"),
+        ("bad balance", S + R + "[upstream a]\nserver = 127.0.0.1:1\nbalance = random\n", 7, "balance"),
+        ("unknown handler", S + "[route /s]\nhandler = stats\n", 4, "unknown handler"),
+        ("bad match", S + R + "match = regex\n", 5, "match"),
+        ("route path without /", S + "[route api]\nstatic = " + www + "\n", 3, "not a path"),
+        ("upstream name with a space", S + R + "[upstream a b]\n", 5, "not a name"),
+        ("key outside any section", "listen = 127.0.0.1:1\n" + S + R, 1, "outside any section"),
+        ("syntax error", S + "this is not a key\n" + R, 3, "expected"),
+        ("syntax error before a bad value", S + "junk\nconns_max = 0\n" + R, 3, "expected"),
+        ("header without ]", S + "[route /x\n" + R, 3, "closing ']'"),
+        ("text after ]", S + "[route /x] static\n" + R, 3, "after ']'"),
+        ("empty key", S + "= 1\n" + R, 3, "key is missing"),
+        ("line too long", S + "server_name = " + "x" * 300 + "\n" + R, 3, "line too long"),
+        ("indented continuation is not a value", S + "server_name = a\n   b\n" + R, 4, "expected"),
+        ("no listen", "[server]\nworkers = 1\n" + R, 1, "no listen"),
+        ("no [server]", R, None, "no [server]"),
+        ("no route", S, None, "no [route"),
+        ("access log in a missing directory", S + "access_log = /nonexistent/dir/log\n" + R, 3, "access_log"),
+    ]
+    for name, text, line, piece in cases:
+        path = write(os.path.join(tmp, "bad.conf"), text)
+        r = keel_run("-t", "-c", path)
+        check(r.returncode == 1, f"{name}: exit {r.returncode}, want 1 (stderr {r.stderr!r})")
+        want = f"{path}:{line}: " if line else f"keel: {path}: "
+        check(r.stderr.startswith(want), f"{name}: stderr {r.stderr!r} does not start with {want!r}")
+        check(piece in r.stderr, f"{name}: stderr {r.stderr!r} lacks {piece!r}")
+        check(r.stderr.count("\n") == 1, f"{name}: one line of error wanted, got {r.stderr!r}")
+        check("ok" not in r.stdout, f"{name}: stdout says ok")
+    print(f"bad files: {len(cases)} kinds, each exit 1 with FILE:LINE: message: ok")
+
+    # Running (not just checking) a bad file fails the same way, without starting.
+    path = write(os.path.join(tmp, "bad.conf"), "[server]\nlisten = 127.0.0.1:0\nconns_max = x\n" + R)
+    r = keel_run("-c", path)
+    check(r.returncode == 1 and r.stderr.startswith(f"{path}:3: "), f"keel -c bad file: {r.returncode} {r.stderr!r}")
+    check("listening" not in r.stderr, "keel -c bad file started anyway")
+
+    # A missing file, a directory.
+    missing = os.path.join(tmp, "missing.conf")
+    r = keel_run("-t", "-c", missing)
+    check(r.returncode == 1 and f"{missing}: No such file or directory" in r.stderr, f"missing file: {r.stderr!r}")
+    r = keel_run("-t", "-c", tmp)
+    check(r.returncode == 1 and tmp in r.stderr, f"a directory as the file: {r.returncode} {r.stderr!r}")
+    print("missing file, a directory: exit 1 naming the file: ok")
+
+    # Usage errors: exit 2.
+    for args in [["-t"], ["-c"], ["-c", path, "extra"], ["--bogus"], ["-x", "-c", path]]:
+        r = keel_run(*args)
+        check(r.returncode == 2 and r.stderr.strip(), f"keel {' '.join(args)}: exit {r.returncode} {r.stderr!r}")
+    print("-c/-t usage errors exit 2: ok")
+
+
+# ---- Good files ------------------------------------------------------------------------------
+
+def good_check(tmp):
+    www = os.path.join(tmp, "www")
+    path = write(os.path.join(tmp, "good.conf"), f"""
+; every kind of section, comments, indentation and size suffixes
+# a hash comment too
+[server]
+    listen = [::1]:8080          ; an IPv6 address parses (not bound by -t)
+    workers = 2
+    body_max = 1m
+    body_stream_max = 0
+    conn_out_max = 64K
+    head_max = 16k
+    header_timeout_ms = 5000
+    queue_delay_max_us = 0
+    inflight_max = 0
+    server_name =
+    access_log =
+
+[upstream api]
+server = 127.0.0.1:9001
+server = [::1]:9002
+balance = least_conn
+fail_timeout_ms = 0
+health_path = /health
+health_interval_ms = 1000
+via =
+
+[upstream unused]
+server = 127.0.0.1:9003
+
+[route /]
+static = {www}
+[route /api/]
+upstream = api
+[route /_keel/status]
+match = exact
+handler = status
+""")
+    r = keel_run("-t", "-c", path)
+    check(r.returncode == 0, f"-t on a good file: exit {r.returncode}: {r.stderr!r}")
+    check(r.stdout == f"keel: {path}: ok\n", f"-t stdout: {r.stdout!r}")
+    # keel.conf.example itself checks (it serves the repository's www/). Found
+    # from the cwd (test/run.sh runs in the repository) or from build/test/.
+    for example in ["keel.conf.example",
+                    os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "..", "..", "keel.conf.example")]:
+        if os.path.exists(example):
+            r = keel_run("-t", "-c", example)
+            check(r.returncode == 0, f"keel.conf.example: exit {r.returncode}: {r.stderr!r}")
+            break
+    print("-t on good files (and keel.conf.example): ok")
+
+
+def good_run(tmp):
+    # Three static roots: the longest prefix must win.
+    roots = {}
+    for name, files in [("root1", {"a.txt": "root1 a", "deep/x.txt": "root1 x", "prefix/p.txt": "static p"}),
+                        ("root2", {"deep/x.txt": "root2 x", "deep/more/y.txt": "root2 y"}),
+                        ("root3", {"deep/more/y.txt": "root3 y"})]:
+        roots[name] = os.path.join(tmp, "site", name)
+        for rel, text in files.items():
+            os.makedirs(os.path.dirname(os.path.join(roots[name], rel)), exist_ok=True)
+            write(os.path.join(roots[name], rel), text)
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    down = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    down_port = down.port
+    down.stop()  # a port nothing listens on any more
+    conf = write(os.path.join(tmp, "site", "site.conf"), f"""[server]
+listen = 127.0.0.1:0
+workers = 1
+body_max = 1k
+server_name = keel-test
+access_log = access.log     ; relative: next to this file
+
+[upstream api]
+server = 127.0.0.1:{up.port}
+
+[upstream dead]
+server = 127.0.0.1:{down_port}
+connect_timeout_ms = 2000
+
+[route /]
+static = root1              ; relative: next to this file
+[route /deep/]
+static = root2
+[route /deep/more/]
+static = root3
+[route /_keel/status]
+match = exact
+handler = status
+[route /prefix/]
+upstream = api
+[route /hello]
+match = exact
+upstream = api
+[route /echo]
+match = exact
+upstream = api
+[route /dead/]
+upstream = dead
+""")
+    # Run from / so that relative paths can only work relative to the file.
+    srv = Proc([KEEL, "-c", conf], tmp, cwd="/")
+    try:
+        p = srv.port
+        check("1 worker" in srv.text(), "the listening line")
+        for path, want in [("/a.txt", b"root1 a"), ("/deep/x.txt", b"root2 x"), ("/deep/more/y.txt", b"root3 y")]:
+            st, h, body = request(p, path)
+            check(st == 200 and body == want, f"GET {path}: {st} {body!r}, want {want!r}")
+            check(h.get("server") == "keel-test", f"server_name: {h.get('server')!r}")
+        st, _, _ = request(p, "/deep/a.txt")
+        check(st == 404, f"/deep/a.txt must come from root2 (404), got {st}")
+        print("static routes, longest prefix wins, roots relative to the file, server_name: ok")
+
+        st, h, body = request(p, "/_keel/status")
+        check(st == 200 and b"requests_total" in body and body.startswith(b"worker 0"), f"status: {st} {body!r}")
+        st, _, body = request(p, "/_keel/status/x")
+        check(st == 404, f"an exact route must not match /_keel/status/x: {st}")
+        print("handler = status with match = exact: ok")
+
+        st, _, body = request(p, "/a.txt", method="POST", body=b"x" * 2000)
+        check(st == 413, f"body_max = 1k: a 2000-byte body got {st}")
+        print("limits reach the server (body_max = 1k -> 413): ok")
+
+        deadline = time.monotonic() + 5
+        log = os.path.join(tmp, "site", "access.log")
+        while time.monotonic() < deadline and not (os.path.exists(log) and "GET /a.txt" in open(log).read()):
+            time.sleep(0.05)
+        check(os.path.exists(log) and "GET /a.txt" in open(log).read(), "access.log (relative to the file) has no line")
+        print("access_log relative to the file: ok")
+
+        # Upstream routes. /prefix/p.txt exists under root1: the longer upstream
+        # prefix must take it (strict, placeholder or not).
+        got = proxy_request(p, "/prefix/p.txt?q=1")
+        check(got[2] != b"static p", "GET /prefix/p.txt was served by the static route, not the upstream one")
+        st, _, body = proxy_request(p, "/dead/x")
+        check(st in (502, 503), f"an upstream that is down: {st} {body!r}")
+        print("upstream routes reach the proxy, not the static route below them; a dead upstream -> 502/503: ok")
+        proxy_expect("config: GET /prefix/p.txt?q=1 -> the upstream's echo of the path", got, 200, b"/prefix/p.txt")
+        proxy_expect("config: GET /hello", proxy_request(p, "/hello"), 200, b"Hello, World!")
+        data = bytes(range(256)) * 3
+        proxy_expect("config: POST /echo 768 bytes, echoed", proxy_request(p, "/echo", "POST", data), 200, data)
+        big = os.urandom(300000)  # over body_max = 1k: a streamed route is bounded by body_stream_max only
+        proxy_expect("config: POST /echo 300 kB (streamed past body_max), echoed",
+                     proxy_request(p, "/echo", "POST", big), 200, big)
+    finally:
+        stopped("keel -c", srv)
+        up.stop()
+    print("keel -c: SIGTERM -> graceful stop: done")
+
+
+def proxy_cmd(tmp):
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    px = Proc([KEEL, "proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{up.port}", "--workers", "1",
+               "--status"], tmp)
+    try:
+        st, _, body = request(px.port, "/_keel/status")
+        check(st == 200 and b"requests_total" in body, f"keel proxy --status: {st} {body!r}")
+        got = proxy_request(px.port, "/hello")
+        check(got[0] is not None and got[0] != 404, f"keel proxy GET /hello did not reach the proxy: {got}")
+        print("keel proxy --status; / reaches the proxy: ok")
+        proxy_expect("keel proxy: GET /hello", got, 200, b"Hello, World!")
+        proxy_expect("keel proxy: GET /prefix/a/b", proxy_request(px.port, "/prefix/a/b"), 200, b"/prefix/a/b")
+    finally:
+        stopped("keel proxy", px)
+        up.stop()
+
+    # Two upstreams (keel serve, each its own file), both balancing modes.
+    ups = []
+    for who in "AB":
+        d = os.path.join(tmp, "up" + who)
+        os.makedirs(d)
+        write(os.path.join(d, "who.txt"), who)
+        ups.append(Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", d], tmp))
+    try:
+        for balance in ["round_robin", "least_conn"]:
+            px = Proc([KEEL, "proxy", "--listen", "127.0.0.1:0", "--workers", "2", "--balance", balance,
+                       *sum([["--upstream", f"127.0.0.1:{u.port}"] for u in ups], [])], tmp)
+            try:
+                check("2 workers" in px.text(), "keel proxy --workers 2")
+                gots = [proxy_request(px.port, "/who.txt") for _ in range(8)]
+                bodies = set(g[2] for g in gots)
+                proxy_check(f"keel proxy --balance {balance}: 8 GETs answered by the upstreams", gots,
+                            lambda: all(g[0] == 200 for g in gots) and bodies <= {b"A", b"B"},
+                            f"{[(g[0], g[2]) for g in gots]}")
+                if balance == "round_robin":
+                    proxy_check("keel proxy --balance round_robin: both upstreams used", gots,
+                                lambda: bodies == {b"A", b"B"}, f"only {bodies}")
+            finally:
+                stopped(f"keel proxy --balance {balance}", px)
+    finally:
+        for u in ups:
+            u.stop()
+    print("keel proxy: two upstreams, round_robin and least_conn: done")
+
+
+def proxy_flags():
+    for args in [[], ["--upstream", "x"], ["--upstream", "127.0.0.1:0"], ["--upstream", "localhost:80"],
+                 ["--upstream", "127.0.0.1:1", "--balance", "random"], ["--upstream", "127.0.0.1:1", "--workers", "0"],
+                 ["--upstream", "127.0.0.1:1", "--listen", "nope"], ["--upstream", "127.0.0.1:1", "extra"],
+                 ["--bogus"], ["--upstream"]]:
+        r = keel_run("proxy", *args)
+        check(r.returncode == 2, f"keel proxy {' '.join(args)}: exit {r.returncode}, want 2")
+        check(r.stderr.strip(), f"keel proxy {' '.join(args)}: no message")
+    r = keel_run("proxy", "--help")
+    check(r.returncode == 0 and "--upstream" in r.stdout, "keel proxy --help")
+    r = keel_run("--help")
+    check(r.returncode == 0 and "proxy" in r.stdout and "-c FILE" in r.stdout and "-t -c FILE" in r.stdout,
+          "keel --help lists proxy and -c/-t")
+    print("keel proxy flag errors -> 2, --help: ok")
+
+
+def main():
+    for b in (KEEL, TESTSRV):
+        if not os.access(b, os.X_OK):
+            print(f"SKIP: {b} not built")
+            sys.exit(77)
+    tmp = tempfile.mkdtemp(prefix="keel-config-")
+    try:
+        os.makedirs(os.path.join(tmp, "www"))
+        write(os.path.join(tmp, "www", "a.txt"), "a")
+        bad_files(tmp)
+        good_check(tmp)
+        proxy_flags()
+        good_run(tmp)
+        proxy_cmd(tmp)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+        shutil.rmtree(tmp, ignore_errors=True)
+    if proxy_passed:
+        print(f"PROXY assertions passed ({len(proxy_passed)}):")
+        for label in proxy_passed:
+            print("  -", label)
+    if proxy_failed:
+        print(f"PROXY assertions FAILED ({len(proxy_failed)}):")
+        for msg in proxy_failed:
+            print("  -", msg)
+        sys.exit(1)
+    print("config: ok")
+
+
+if __name__ == "__main__":
+    main()
