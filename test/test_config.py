@@ -156,8 +156,8 @@ def bad_files(tmp):
          "pool_max"),
         ("bad listen address", "[server]\nlisten = localhost:8080\n" + R, 2, "listen"),
         ("listen without a port", "[server]\nlisten = 127.0.0.1\n" + R, 2, "listen"),
-        ("bad upstream address", S + R + "[upstream u]\nserver = 127.0.0.1:1\nserver = example.com:80\n", 7,
-         "bad address 'example.com:80'"),
+        ("bad upstream address", S + R + "[upstream u]\nserver = 127.0.0.1:1\nserver = example.com\n", 7,
+         "bad address 'example.com'"),
         ("upstream port 0", S + R + "[upstream u]\nserver = 127.0.0.1:0\n", 6, "server"),
         ("route with no target", S + "[route /x/]\nmatch = prefix\n" + R, 3, "no target"),
         ("empty route section", S + R + "[route /empty]\n", 5, "no target"),
@@ -427,7 +427,7 @@ def proxy_cmd(tmp):
 
 
 def proxy_flags():
-    for args in [[], ["--upstream", "x"], ["--upstream", "127.0.0.1:0"], ["--upstream", "localhost:80"],
+    for args in [[], ["--upstream", "x"], ["--upstream", "127.0.0.1:0"], ["--upstream", "local host:80"],
                  ["--upstream", "127.0.0.1:1", "--balance", "random"], ["--upstream", "127.0.0.1:1", "--workers", "0"],
                  ["--upstream", "127.0.0.1:1", "--listen", "nope"], ["--upstream", "127.0.0.1:1", "extra"],
                  ["--bogus"], ["--upstream"]]:

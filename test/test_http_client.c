@@ -129,6 +129,212 @@ static void expect_body(keel_http_client_response *r, int status, const char *bo
 
 static keel_str nobody = {NULL, 0};
 
+/* ---- Streamed bodies, cancellation, names ----------------------------------- */
+
+/* A request body from a producer: the big buffer in pieces of uneven sizes. */
+struct producer {
+	size_t off, len;
+	unsigned calls;
+	keel_str piece;
+};
+
+static keel_promise *produce(void *ud)
+{
+	struct producer *pr = ud;
+	keel_promise *p = keel_promise_new(loop);
+	size_t n = pr->len - pr->off;
+	size_t step = 1000 + (pr->calls++ * 7919) % 70000;
+	if (n > step)
+		n = step;
+	pr->piece.ptr = big + pr->off;
+	pr->piece.len = n;
+	pr->off += n;
+	keel_promise_resolve(p, 0, n ? &pr->piece : NULL);
+	return p;
+}
+
+/* Read a streamed response to its end into out (at most cap bytes); returns the length. */
+static size_t read_all(keel_http_client_response *r, char *out, size_t cap, unsigned *pieces)
+{
+	size_t n = r->body.len;
+	ASSERT(n <= cap);
+	if (n)
+		memcpy(out, r->body.ptr, n);
+	*pieces = 0;
+	for (;;) {
+		keel_outcome o = test_await(loop, keel_http_client_body_read(r));
+		ASSERT_EQ(o.err, 0);
+		keel_str *piece = o.ptr;
+		if (!piece || !piece->len)
+			return n;
+		ASSERT(n + piece->len <= cap);
+		memcpy(out + n, piece->ptr, piece->len);
+		n += piece->len;
+		(*pieces)++;
+	}
+}
+
+static void test_streaming(void)
+{
+	keel_http_client *c = keel_http_client_new(loop, NULL);
+	char *got = malloc(2 << 20);
+	/* A 2 MiB response read piece by piece from the receive buffers. */
+	keel_http_client_request q = {.upstream = up, .target = "/big", .stream_response = true};
+	for (int round = 0; round < 3; round++) {
+		keel_outcome o = test_await(loop, keel_http_client_request_send(c, &q));
+		ASSERT_EQ(o.err, 0);
+		keel_http_client_response *r = o.ptr;
+		ASSERT_EQ(r->status, 200);
+		ASSERT(r->body.len < (2u << 20)); /* only what came with the head */
+		unsigned pieces;
+		ASSERT_EQ(read_all(r, got, 2 << 20, &pieces), 2 << 20);
+		ASSERT(memcmp(got, big, 2 << 20) == 0);
+		ASSERT(pieces > 8);
+		keel_http_client_response_free(r);
+	}
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, 1); /* read to the end: the connection went back to the pool each time */
+
+	/* A small response whose body came with its head, freed unread: the connection is reused. */
+	keel_http_client_request qh = {.upstream = up, .target = "/hello", .stream_response = true};
+	keel_outcome o;
+	for (int i = 0; i < 5; i++) {
+		o = test_await(loop, keel_http_client_request_send(c, &qh));
+		ASSERT_EQ(o.err, 0);
+		keel_http_client_response *r = o.ptr;
+		ASSERT_EQ(r->body.len, 13);
+		keel_http_client_response_free(r);
+	}
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, 1);
+
+	/* A chunked response, streamed; then one given up half-way closes its connection. */
+	keel_http_client_request qc = {.upstream = up, .target = "/chunked", .stream_response = true};
+	o = test_await(loop, keel_http_client_request_send(c, &qc));
+	ASSERT_EQ(o.err, 0);
+	unsigned pieces;
+	size_t n = read_all(o.ptr, got, 2 << 20, &pieces);
+	ASSERT_EQ(n, 24);
+	ASSERT(memcmp(got, "piece 0;piece 1;piece 2;", 24) == 0);
+	keel_http_client_response_free(o.ptr);
+	o = test_await(loop, keel_http_client_request_send(c, &q));
+	ASSERT_EQ(o.err, 0);
+	keel_http_client_response_free(o.ptr); /* the rest of 2 MiB unread */
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 0);
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.conns_open, 0);
+
+	/* Request bodies from a producer: Content-Length, then chunked, echoed whole. */
+	for (int chunked = 0; chunked < 2; chunked++) {
+		struct producer pr = {.len = 2 << 20};
+		keel_http_client_request qb = {.upstream = up, .method = "POST", .target = "/echo",
+		                               .body_read = produce, .body_ud = &pr,
+		                               .body_length = chunked ? -1 : (int64_t)(2 << 20)};
+		keel_http_client_response *r = get_ok(c, up, "POST", "/echo", nobody); /* warm the pool */
+		keel_http_client_response_free(r);
+		o = test_await(loop, keel_http_client_request_send(c, &qb));
+		ASSERT_EQ(o.err, 0);
+		r = o.ptr;
+		ASSERT_EQ(r->status, 200);
+		ASSERT_EQ(r->body.len, 2 << 20);
+		ASSERT(memcmp(r->body.ptr, big, 2 << 20) == 0);
+		ASSERT(pr.calls > 20);
+		keel_http_client_response_free(r);
+	}
+	/* A producer that ends short of its Content-Length fails the request. */
+	struct producer pr = {.len = 1000};
+	keel_http_client_request qs = {.upstream = up, .method = "POST", .target = "/echo", .body_read = produce,
+	                               .body_ud = &pr, .body_length = 5000};
+	o = test_await(loop, keel_http_client_request_send(c, &qs));
+	ASSERT_EQ(o.err, -EPIPE);
+	free(got);
+	keel_http_client_free(c);
+	printf("streaming: 2 MiB responses piece by piece, given up mid-body, bodies from a producer: ok\n");
+}
+
+static void test_cancel(void)
+{
+	keel_http_client_config cfg;
+	keel_http_client_config_default(&cfg);
+	cfg.pool_max = 1;
+	keel_http_client *c = keel_http_client_new(loop, &cfg);
+	keel_http_client_request q = {.upstream = up, .target = "/slow"};
+	keel_promise *a = keel_http_client_request_send(c, &q); /* in flight */
+	keel_promise *b = keel_http_client_request_send(c, &q); /* queued behind it */
+	for (int i = 0; i < 5; i++)
+		keel_loop_run_once(loop, 10);
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.conns_open, 1);
+	ASSERT_EQ(st.pending, 1);
+	keel_promise_cancel(b);
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.pending, 0); /* out of the queue at once */
+	keel_promise_cancel(a);
+	ASSERT_EQ(test_await(loop, a).err, -ECANCELED);
+	ASSERT_EQ(test_await(loop, b).err, -ECANCELED);
+	for (int i = 0; i < 20 && st.conns_open; i++) {
+		keel_loop_run_once(loop, 10);
+		keel_http_client_get_stats(c, &st);
+	}
+	ASSERT_EQ(st.conns_open, 0); /* the in-flight one took its connection down */
+	keel_http_client_free(c);
+	/* keel_any: the slow loser is cancelled down to its connection, the winner answers. */
+	c = keel_http_client_new(loop, NULL);
+	keel_http_client_request fast = {.upstream = up, .target = "/hello"};
+	keel_promise *ps[2] = {keel_http_client_request_send(c, &q), keel_http_client_request_send(c, &fast)};
+	int winner = -1;
+	keel_outcome o = test_await(loop, keel_any(loop, ps, 2, &winner));
+	ASSERT_EQ(o.err, 0);
+	ASSERT_EQ(winner, 1);
+	expect_body(o.ptr, 200, "Hello, World!");
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 5);
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.conns_open, 1); /* the winner's, idle; the loser's closed long before /slow answers */
+	ASSERT_EQ(st.conns_idle, 1);
+	keel_http_client_free(c);
+	printf("cancel: queued and in-flight requests, keel_any's loser: ok\n");
+}
+
+static void test_names(void)
+{
+	struct sockaddr_storage ss;
+	keel_outcome o = test_await(loop, keel_resolve(loop, "127.0.0.1:8080", &ss));
+	ASSERT_EQ(o.err, 0);
+	ASSERT_EQ(ss.ss_family, AF_INET);
+	o = test_await(loop, keel_resolve(loop, "localhost:8081", &ss));
+	ASSERT_EQ(o.err, 0);
+	char a[64];
+	ASSERT(strcmp(keel_addr_format((struct sockaddr *)&ss, a, sizeof(a)), "127.0.0.1:8081") == 0);
+	const char *bad[] = {"localhost", "localhost:0", "localhost:70000", "bad host:80", ":80", "x:8a", NULL};
+	for (int i = 0; bad[i]; i++) {
+		ASSERT(!keel_hostport_valid(bad[i]));
+		ASSERT_EQ(test_await(loop, keel_resolve(loop, bad[i], &ss)).err, -EINVAL);
+	}
+	ASSERT(keel_hostport_valid("localhost:1") && keel_hostport_valid("[::1]:80") && keel_hostport_valid("a.b-c:65535"));
+	o = test_await(loop, keel_resolve(loop, "no-such-host.invalid:80", &ss));
+	ASSERT(o.err == KEEL_ENAME || o.err == -EAGAIN);
+	/* Through the client: a name on first use, and a name that does not resolve. */
+	keel_http_client *c = keel_http_client_new(loop, NULL);
+	char named[64];
+	snprintf(named, sizeof(named), "localhost:%s", strrchr(up, ':') + 1);
+	for (int i = 0; i < 3; i++)
+		expect_body(get_ok(c, named, NULL, "/hello", nobody), 200, "Hello, World!");
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, 1);
+	ASSERT_EQ(get_err(c, "no-such-host.invalid:80", "/"), KEEL_ENAME);
+	/* Freed with a lookup outstanding: it is cancelled, nothing leaks. */
+	keel_http_client_request q = {.upstream = "localhost:1", .target = "/"};
+	keel_promise *p = keel_http_client_request_send(c, &q);
+	keel_http_client_free(c);
+	ASSERT_EQ(test_await(loop, p).err, -ECANCELED);
+	printf("names: keel_resolve, the client on localhost, a name that does not resolve: ok\n");
+}
+
 /* ---- Against keel's server ---------------------------------------------- */
 
 static void test_keepalive(void)
@@ -229,7 +435,7 @@ static void test_errors(void)
 	snprintf(dead, sizeof(dead), "127.0.0.1:%d", keel_tcp_port(lfd));
 	close(lfd);
 	ASSERT_EQ(get_err(c, dead, "/"), -ECONNREFUSED);
-	ASSERT_EQ(get_err(c, "nowhere:80", "/"), -EINVAL);
+	ASSERT_EQ(get_err(c, "nowhere", "/"), -EINVAL); /* no port */
 	keel_http_client_request bad = {.upstream = up, .target = "/a b"};
 	ASSERT_EQ(test_await(loop, keel_http_client_request_send(c, &bad)).err, -EINVAL);
 	keel_http_client_free(c);
@@ -440,6 +646,9 @@ int main(void)
 	test_pool_limits();
 	test_errors();
 	test_server_closes_idle(srv);
+	test_streaming();
+	test_cancel();
+	test_names();
 	test_raw_server();
 	test_nginx();
 

@@ -343,6 +343,11 @@ def test_semantics(tmp):
         check(seen.get("via") == "1.0 edge, 1.1 keel", "Via appended to")
         print("ok   request: hop-by-hop removed (and what Connection names), Host kept, XFF/XFP/Via")
 
+        n0 = len(raw.conns)
+        for i in range(20):
+            check(get(px.port, f"/reuse{i}")[0] == 200, "answered")
+        check(len(raw.conns) - n0 <= 1, f"20 requests from 20 client connections took {len(raw.conns) - n0} "
+              "new upstream connections (kept alive and reused)")
         st, h, body = get(px.port, "/hop")
         check(st == 200 and body == b"ok", "hop response answered")
         for hop in ("x-secret", "keep-alive", "proxy-authenticate"):
@@ -428,6 +433,22 @@ def test_failures(tmp):
         px.stop()
         raw.stop()
     print("ok   one of two upstreams down: GETs retried on the other, then it is skipped")
+
+    raw = RawUpstream()
+    px = proxy(tmp, {"server": f"localhost:{raw.port}"})
+    try:
+        codes = [get(px.port, "/named")[0] for _ in range(3)]
+        check(codes == [200] * 3, f"an upstream by name (localhost), looked up off the loop: {codes}")
+    finally:
+        check(px.stop() == 0, "the proxy exits 0 on SIGTERM")
+        raw.stop()
+    px = proxy(tmp, {"server": "no-such-host.invalid:80"})
+    try:
+        st = get(px.port, "/")[0]
+        check(st == 502, f"an upstream name that does not resolve: 502 (got {st})")
+    finally:
+        check(px.stop() == 0, "the proxy exits 0 on SIGTERM")
+    print("ok   upstreams by name: localhost works, a name that does not resolve gives 502")
 
     a, b = RawUpstream(), RawUpstream()
     for mode in ("round_robin", "least_conn"):

@@ -14,6 +14,7 @@ enum {
 	KEEL_EBACKEND = -5002, /* the requested backend cannot run here */
 	KEEL_ESTOPPED = -5003, /* the loop is stopping; no new work accepted */
 	KEEL_ECONNTIMEDOUT = -5004, /* connecting timed out (the HTTP client; -ETIMEDOUT is the response) */
+	KEEL_ENAME = -5005,         /* a name that does not resolve (no such host, or no address) */
 };
 
 /* Text for a keel error or a negative errno. Never NULL; static storage. */

@@ -2,7 +2,9 @@
  * keel's HTTP/1.1 client: requests as promises, over per-upstream pools of
  * keep-alive connections on the same loop as everything else.
  *
- * An upstream is a numeric "HOST:PORT" ("127.0.0.1:8080", "[::1]:8080").
+ * An upstream is "HOST:PORT": numeric ("127.0.0.1:8080", "[::1]:8080") or
+ * a name, looked up off the loop on first use (keel_resolve) and again
+ * after a connect to it fails.
  * Each has a bounded pool of connections and a bounded queue of requests
  * waiting for one: a request that finds both full is rejected at once with
  * KEEL_ELIMIT instead of growing a queue. One request at a time per
@@ -60,7 +62,7 @@ keel_http_client *keel_http_client_new(keel_loop *loop, const keel_http_client_c
 void keel_http_client_free(keel_http_client *c);
 
 typedef struct keel_http_client_request {
-	const char *upstream; /* "HOST:PORT", numeric */
+	const char *upstream; /* "HOST:PORT" */
 	const char *method;   /* NULL: GET */
 	const char *target;   /* origin-form: "/path?query"; NULL: "/" */
 	const char *host;     /* the Host header; NULL: the upstream */
@@ -106,8 +108,8 @@ typedef struct keel_http_client_response {
  * Resolves with ptr = a keel_http_client_response, which the caller frees
  * with keel_http_client_response_free. Rejects with KEEL_ELIMIT (pool and
  * queue full), -EINVAL (bad upstream), -ECONNREFUSED and other connect
- * errors, KEEL_ECONNTIMEDOUT (connect timeout), -ETIMEDOUT (response
- * timeout), -EBADMSG (a response
+ * errors, KEEL_ENAME (a name that does not resolve), KEEL_ECONNTIMEDOUT
+ * (connect timeout), -ETIMEDOUT (response timeout), -EBADMSG (a response
  * keel's parser rejects), -EMSGSIZE (body over body_max), -ECONNRESET (the
  * connection ended before the response did), -ECANCELED.
  */

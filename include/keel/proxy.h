@@ -45,7 +45,7 @@ typedef struct keel_proxy keel_proxy;
 enum keel_proxy_balance { KEEL_PROXY_ROUND_ROBIN = 0, KEEL_PROXY_LEAST_CONN = 1 };
 
 typedef struct keel_proxy_config {
-	const char *const *upstreams; /* "HOST:PORT" each (numeric; copied) */
+	const char *const *upstreams; /* "HOST:PORT" each (a name is resolved off the loop; copied) */
 	unsigned nupstreams;
 	enum keel_proxy_balance balance;
 	uint64_t fail_timeout_ms;     /* an upstream that failed is skipped this long; 10000 */

@@ -11,6 +11,7 @@
 #ifndef KEEL_TCP_H
 #define KEEL_TCP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -30,6 +31,19 @@ enum { KEEL_TCP_REUSEPORT = 1 << 0, KEEL_TCP_NODELAY = 1 << 1 };
  */
 int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
+/*
+ * Resolve "HOST:PORT" without blocking the loop: a numeric address at once,
+ * a name by getaddrinfo on keel's resolver threads (two per process, at
+ * most 256 lookups waiting: past that KEEL_ELIMIT at once). Resolves with
+ * n = the address length and the address in *out (caller storage, written
+ * on success only; keep it until the promise settles); an IPv4 address when
+ * the name has one. Rejects -EINVAL (not HOST:PORT), KEEL_ENAME (no such
+ * name), -ECANCELED. A loop with a lookup outstanding does not run out of
+ * work.
+ */
+keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockaddr_storage *out);
+/* Whether s is HOST:PORT: a numeric address or a DNS name, and a port 1..65535. */
+bool keel_hostport_valid(const char *s);
 /* Format an address as "ip:port" / "[ip]:port" into buf. Returns buf. */
 char *keel_addr_format(const struct sockaddr *sa, char *buf, size_t size);
 

@@ -148,12 +148,7 @@ int cli_upstream_add_server(struct cli_upstream *up, const char *addr)
 
 bool cli_upstream_addr_ok(const char *addr)
 {
-	struct sockaddr_storage ss;
-	socklen_t len;
-	if (keel_addr_parse(addr, &ss, &len) < 0)
-		return false;
-	const char *colon = strrchr(addr, ':');
-	return strtoul(colon + 1, NULL, 10) != 0; /* a port to connect to */
+	return keel_hostport_valid(addr); /* numeric, or a name resolved off the loop; port 1..65535 */
 }
 
 static bool listen_addr_ok(const char *addr)
@@ -548,8 +543,8 @@ static void upstream_key(struct parser *p, const char *name, const char *value)
 	if (strcmp(name, "server") == 0) {
 		if (!cli_upstream_addr_ok(value)) {
 			perr(p, p->lineno,
-			     "server: bad address '%s' (expected IP:PORT or [IPv6]:PORT, numeric, "
-			     "port not 0)",
+			     "server: bad address '%s' (expected HOST:PORT: an IP, [IPv6] or a DNS "
+			     "name, port 1..65535)",
 			     value);
 			return;
 		}

@@ -17,7 +17,7 @@ static void proxy_usage(FILE *f)
 	fputs("usage: keel proxy [--listen ADDR:PORT] --upstream HOST:PORT [--upstream ...]\n"
 	      "                  [options]\n"
 	      "  --listen ADDR:PORT    default 127.0.0.1:8080\n"
-	      "  --upstream HOST:PORT  a server to forward to (numeric; repeat for more)\n"
+	      "  --upstream HOST:PORT  a server to forward to (an IP or a name; repeat)\n"
 	      "  --workers N           worker threads (default: online CPUs)\n"
 	      "  --balance MODE        round_robin (default) or least_conn\n"
 	      "  --status              serve live counters at /_keel/status (each worker its own)\n"
@@ -59,7 +59,7 @@ int cli_proxy(int argc, char **argv)
 			if (!cli_upstream_addr_ok(optarg)) {
 				fprintf(stderr,
 				        "keel proxy: --upstream: bad address '%s' (expected "
-				        "IP:PORT or [IPv6]:PORT, numeric, port not 0)\n",
+				        "HOST:PORT: an IP, [IPv6] or a DNS name, port 1..65535)\n",
 				        optarg);
 				goto out;
 			}

@@ -22,6 +22,8 @@ const char *keel_strerror(int err)
 		return "the loop is stopping";
 	case KEEL_ECONNTIMEDOUT:
 		return "connecting timed out";
+	case KEEL_ENAME:
+		return "name does not resolve";
 	default:
 		break;
 	}

@@ -87,6 +87,10 @@ struct keel__post {
 	struct keel__post *next;
 };
 
+/* The resolver (src/net/resolve.c): forget a loop being freed; free a post it will never run. */
+void keel__resolve_forget(keel_loop *loop);
+void keel__resolve_drop(void (*fn)(keel_loop *, void *), void *ud);
+
 struct keel_loop {
 	const keel__backend *be;
 	void *be_data;
@@ -113,6 +117,7 @@ struct keel_loop {
 	keel__op *op_free;       /* full-size ops */
 	keel__op *op_free_small; /* ops of keel__op_kind_small kinds */
 	uint32_t ops_live, ops_daemon;
+	uint32_t holds; /* work outside the loop that will post back (name lookups): keeps it alive */
 
 	/*
 	 * Operations in flight per descriptor, and closes waiting for them to

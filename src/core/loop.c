@@ -160,11 +160,13 @@ void keel_loop_free(keel_loop *loop)
 		keel_log(KEEL_LOG_WARN, "loop freed with %u operations still in the kernel", loop->ops_live);
 	keel__bufpool_fini(loop);
 	loop->be->fini(loop);
+	keel__resolve_forget(loop); /* lookups still running will not post here */
 	if (loop->post_efd >= 0)
 		close(loop->post_efd);
 	struct keel__post *post = loop->post_head;
 	while (post) {
 		struct keel__post *next = post->next;
+		keel__resolve_drop(post->fn, post->ud);
 		free(post);
 		post = next;
 	}
@@ -177,7 +179,7 @@ void keel_loop_free(keel_loop *loop)
 
 static bool loop_alive(const keel_loop *loop)
 {
-	return loop->ops_live > loop->ops_daemon || loop->heap_len || loop->ready_head;
+	return loop->ops_live > loop->ops_daemon || loop->heap_len || loop->ready_head || loop->holds;
 }
 
 int keel_loop_run_once(keel_loop *loop, int timeout_ms)

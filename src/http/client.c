@@ -94,6 +94,10 @@ struct upstream {
 	unsigned nconns, nidle;
 	struct creq *pend_head, *pend_tail;
 	unsigned npending;
+	/* A name is looked up off the loop (keel_resolve), and again after a connect fails. */
+	bool addr_ok, named;
+	keel_promise *resolving;
+	struct sockaddr_storage rs;
 };
 
 struct keel_http_client {
@@ -102,6 +106,7 @@ struct keel_http_client {
 	struct upstream *ups;
 	struct creq *free_reqs;
 	unsigned nfree_reqs;
+	unsigned resolving; /* lookups in flight (the client is freed after them) */
 	keel_http_client_stats stats;
 	bool freeing, in_free;
 };
@@ -183,11 +188,13 @@ static struct upstream *upstream_get(keel_http_client *c, const char *name)
 		return NULL;
 	u->cl = c;
 	u->name = strdup(name);
-	if (!u->name || keel_addr_parse(name, &u->addr, &u->addrlen) < 0) {
+	if (!u->name || !keel_hostport_valid(name)) {
 		free(u->name);
 		free(u);
 		return NULL;
 	}
+	u->addr_ok = keel_addr_parse(name, &u->addr, &u->addrlen) == 0; /* else: looked up on first use */
+	u->named = !u->addr_ok;
 	u->next = c->ups;
 	c->ups = u;
 	return u;
@@ -353,7 +360,7 @@ static struct creq *pending_pop(struct upstream *up)
 /* A client being freed goes once its last connection has closed. */
 static void client_release(keel_http_client *c)
 {
-	if (c->stats.conns_open)
+	if (c->stats.conns_open || c->resolving)
 		return;
 	while (c->ups) {
 		struct upstream *u = c->ups;
@@ -526,7 +533,8 @@ static keel_http_client_response *response_build(struct cconn *k, struct creq *r
 	keel_http_header *hdrs = (keel_http_header *)mem;
 	char *head = mem + nh * sizeof(keel_http_header);
 	memcpy(head, k->head, k->msg.head_len);
-	memcpy(head + k->msg.head_len, k->body, k->body_len);
+	if (k->body_len)
+		memcpy(head + k->msg.head_len, k->body, k->body_len);
 	int rc = keel_http_parse_response(head, k->msg.head_len, 0, &resp->msg, hdrs, (unsigned)nh,
 	                                  &c->cfg.limits, r->method);
 	if (rc <= 0) {
@@ -632,6 +640,12 @@ static int body_pump(struct cconn *k, keel_str *piece)
 			piece->len = n;
 			k->inq_off += (uint32_t)n;
 			k->body_need -= n;
+			if (!k->body_need) {
+				keel_buf_hold(b); /* (the piece's, over stream_complete's release of the queue) */
+				k->piece_buf = b;
+				stream_complete(k); /* known now: the caller may free without asking again */
+				return 1;
+			}
 		} else if (k->msg.body == KEEL_HTTP_BODY_CHUNKED) {
 			size_t used = 0;
 			int rc = keel_http_chunked_decode(&k->chunk, data, avail, &used, piece);
@@ -1234,6 +1248,8 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	if (o.err || k->closing) {
 		if (!o.err)
 			close((int)o.n); /* connected after all, but no longer wanted */
+		if (o.err && o.err != -ECANCELED && k->up->named)
+			k->up->addr_ok = false; /* look the name up again: it may have moved */
 		conn_fail(k, o.err == -ETIMEDOUT ? KEEL_ECONNTIMEDOUT : o.err ? o.err : -ECANCELED);
 		return;
 	}
@@ -1243,6 +1259,8 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	k->req = NULL;
 	conn_send(k, r);
 }
+
+static void upstream_resolve(struct upstream *up);
 
 /* A request wants a connection: an idle one, a new one, or a place in the queue. */
 static void req_start(struct upstream *up, struct creq *r)
@@ -1254,7 +1272,9 @@ static void req_start(struct upstream *up, struct creq *r)
 		conn_send(k, r);
 		return;
 	}
-	if (up->nconns >= c->cfg.pool_max) {
+	if (up->nconns >= c->cfg.pool_max || !up->addr_ok) {
+		if (!up->addr_ok)
+			upstream_resolve(up); /* the request waits in the queue for the address */
 		if (up->npending >= c->cfg.pending_max && !r->retried) {
 			c->stats.rejected_full++;
 			req_settle(r, KEEL_ELIMIT, NULL);
@@ -1291,6 +1311,41 @@ static void req_start(struct upstream *up, struct creq *r)
 	keel_promise_done(k->connect_p, connect_done, k);
 }
 
+static void resolved(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct upstream *up = ud;
+	keel_http_client *c = up->cl;
+	up->resolving = NULL;
+	c->resolving--;
+	if (c->freeing) {
+		if (!c->in_free)
+			client_release(c);
+		return;
+	}
+	if (o.err) {
+		/* Nothing to connect to: the requests waiting for it fail alike. */
+		struct creq *r;
+		while ((r = pending_pop(up)))
+			req_settle(r, o.err, NULL);
+		return;
+	}
+	memcpy(&up->addr, &up->rs, (size_t)o.n);
+	up->addrlen = (socklen_t)o.n;
+	up->addr_ok = true;
+	while (up->pend_head && up->nconns < c->cfg.pool_max)
+		req_start(up, pending_pop(up));
+}
+
+static void upstream_resolve(struct upstream *up)
+{
+	if (up->resolving)
+		return;
+	up->cl->resolving++;
+	up->resolving = keel_resolve(up->cl->loop, up->name, &up->rs);
+	keel_promise_done(up->resolving, resolved, up);
+}
+
 void keel_http_client_response_free(keel_http_client_response *r)
 {
 	if (!r)
@@ -1316,6 +1371,12 @@ void keel_http_client_response_free(keel_http_client_response *r)
 		keel_promise *p = k->body_wait;
 		k->body_wait = NULL;
 		keel_promise_reject(p, -ECANCELED);
+	}
+	/* What is already here may finish the body (a chunked body's last chunk, say). */
+	keel_str rest;
+	while (!k->resp_done && !k->body_err && body_pump(k, &rest) == 1) {
+		keel_buf_release(k->piece_buf);
+		k->piece_buf = NULL;
 	}
 	if (!k->resp_done || !k->keep) {
 		k->keep = false;
@@ -1349,6 +1410,8 @@ void keel_http_client_free(keel_http_client *c)
 		}
 		u->pend_tail = NULL;
 		u->npending = 0;
+		if (u->resolving)
+			keel_promise_cancel(u->resolving);
 		for (struct cconn *k = u->conns, *next; k; k = next) {
 			next = k->next;
 			conn_close(k);

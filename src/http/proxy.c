@@ -75,12 +75,9 @@ keel_proxy *keel_proxy_new(keel_loop *loop, const keel_proxy_config *cfg)
 {
 	if (!cfg || !cfg->nupstreams || !cfg->upstreams)
 		return NULL;
-	for (unsigned i = 0; i < cfg->nupstreams; i++) {
-		struct sockaddr_storage ss;
-		socklen_t sl;
-		if (!cfg->upstreams[i] || keel_addr_parse(cfg->upstreams[i], &ss, &sl) < 0)
+	for (unsigned i = 0; i < cfg->nupstreams; i++)
+		if (!keel_hostport_valid(cfg->upstreams[i]))
 			return NULL;
-	}
 	if (cfg->health_path && cfg->health_path[0] != '/')
 		return NULL;
 	keel_proxy *px = calloc(1, sizeof(*px));
@@ -183,7 +180,7 @@ static void mark_down(keel_proxy *px, struct pup *u)
 static bool connect_error(int err)
 {
 	return err == -ECONNREFUSED || err == KEEL_ECONNTIMEDOUT || err == -EHOSTUNREACH ||
-	       err == -ENETUNREACH || err == -EADDRNOTAVAIL;
+	       err == -ENETUNREACH || err == -EADDRNOTAVAIL || err == KEEL_ENAME;
 }
 
 struct hcheck {
