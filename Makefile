@@ -88,7 +88,7 @@ $(BUILD)/examples/%: examples/%.c $(BUILD)/libkeel.a
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
 
 # The fan-out example combines JSON with Debian's cJSON.
-$(BUILD)/examples/fanout: examples/fanout.c $(BUILD)/libkeel.a
+$(BUILD)/examples/fanout: examples/fanout.c examples/fanout_svc.c $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -I/usr/include/cjson -o $@ $< $(BUILD)/libkeel.a -lcjson $(LDLIBS)
 

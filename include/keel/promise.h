@@ -134,6 +134,11 @@ keel_promise *keel_all(keel_loop *loop, keel_promise *const *ps, size_t n, keel_
  * Any: settles with the first success (its outcome), and cancels the rest;
  * if every input fails, rejects with the last error. *winner (if not NULL)
  * is set to the index that decided. n == 0 rejects with -EINVAL.
+ *
+ * (All, Any, Race and keel_timeout drop the outcome of an input that
+ * settles after they have decided -- a loser that succeeded in the same
+ * tick, say. When a value owns memory (a client response), free it in a
+ * stage on the input itself, before the combinator, or do the work there.)
  */
 keel_promise *keel_any(keel_loop *loop, keel_promise *const *ps, size_t n, int *winner);
 

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""examples/fanout end to end, against fanout_svc upstreams started here:
+/quote combines price and info (All) exactly as the services answer them;
+/fast answers from the fast replica whichever slot it is in, and still
+answers when one replica fails (Any); the losing request is really
+cancelled (its connection to the slow replica closes long before that
+replica would answer); an upstream that fails, is slow beyond --timeout-ms,
+or is not listening maps to a 502/504 JSON error naming it; both replicas
+failing is 502; bad symbols are 400; 200 requests over 20 keep-alive
+connections all come back right; every process stops cleanly on SIGTERM
+(under ASan that includes the leak check). Run by test/run.sh under each
+backend."""
+import http.client, json, os, re, select, signal, socket, subprocess, sys, threading, time, traceback
+
+build = os.environ.get("KEEL_BUILD", "build")
+FANOUT = os.path.join(build, "examples", "fanout")
+SVC = os.path.join(build, "examples", "fanout_svc")
+procs = []
+
+
+class Proc:
+    """A child started here, its stderr collected; addr is what it says it listens on."""
+
+    def __init__(self, name, args):
+        self.name, self.args, self.err = name, args, []
+        self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+        procs.append(self)
+        self.addr = self._wait_listening(10.0)
+        self.port = int(self.addr.rsplit(":", 1)[1])
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _wait_listening(self, timeout):
+        fd, buf, deadline = self.p.stderr.fileno(), b"", time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+            m = re.search(rb"listening on (\S+)", buf)
+            if m:
+                self.err.append(buf.decode(errors="replace"))
+                return m.group(1).decode()
+        raise AssertionError(f"{self.name} did not start: {' '.join(self.args)}\n{buf.decode(errors='replace')}")
+
+    def _drain(self):
+        for line in self.p.stderr:
+            self.err.append(line.decode(errors="replace"))
+
+    def stderr(self):
+        return "".join(self.err)
+
+
+def svc(name, kind, *extra):
+    return Proc(name, [SVC, "--listen", "127.0.0.1:0", "--kind", kind, *extra])
+
+
+def fanout(name, price, info, r0, r1, *extra):
+    return Proc(name, [FANOUT, "--listen", "127.0.0.1:0", "--price", price, "--info", info,
+                       "--replica", r0, "--replica", r1, *extra])
+
+
+def get(addr, path, conn=None, timeout=10.0):
+    host, port = addr.rsplit(":", 1)
+    c = conn or http.client.HTTPConnection(host, int(port), timeout=timeout)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    if conn is None:
+        c.close()
+    return r.status, r.getheader("Content-Type"), body
+
+
+def get_json(addr, path, conn=None):
+    st, ctype, body = get(addr, path, conn)
+    assert ctype == "application/json", f"GET {path}: Content-Type {ctype!r}, body {body!r}"
+    try:
+        return st, json.loads(body)
+    except ValueError:
+        raise AssertionError(f"GET {path}: not JSON: {body!r}")
+
+
+def expect(addr, path, status, conn=None):
+    st, doc = get_json(addr, path, conn)
+    assert st == status, f"GET http://{addr}{path}: {st} {doc}, want {status}"
+    return doc
+
+
+def status_counters(addr):
+    st, _, body = get(addr, "/_keel/status")
+    assert st == 200, f"/_keel/status on {addr}: {st}"
+    return {k: int(v) for k, v in (l.split() for l in body.decode().splitlines() if len(l.split()) == 2)
+            if v.isdigit()}
+
+
+def established_to(port):
+    """Client-side sockets in ESTABLISHED to 127.0.0.1:port, or None if /proc/net/tcp is unreadable."""
+    try:
+        lines = open("/proc/net/tcp").read().splitlines()[1:]
+    except OSError:
+        return None
+    n = 0
+    for l in lines:
+        f = l.split()
+        if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port:
+            n += 1
+    return n
+
+
+def wait_closed(port, deadline, what):
+    """The connections to port close before deadline (monotonic); False if that cannot be observed."""
+    while True:
+        n = established_to(port)
+        if n is None:
+            print(f"SKIP part: /proc/net/tcp unreadable, cannot check that {what}")
+            return False
+        if n == 0:
+            return True
+        assert time.monotonic() < deadline, \
+            f"{what}: a connection to 127.0.0.1:{port} is still open (was the request cancelled?)"
+        time.sleep(0.02)
+
+
+def main():
+    for exe in (FANOUT, SVC):
+        assert os.access(exe, os.X_OK), f"{exe} is not built"
+
+    # ---- the upstream services on their own
+    P = svc("price", "price")
+    I = svc("info", "info")
+    price = expect(P.addr, "/price?sym=ACME", 200)
+    assert set(price) == {"sym", "price"} and price["sym"] == "ACME", price
+    assert isinstance(price["price"], (int, float)) and price["price"] > 0, price
+    assert expect(P.addr, "/price?sym=ACME", 200) == price, "the price is not deterministic"
+    info = expect(I.addr, "/info?sym=ACME", 200)
+    assert info == {"sym": "ACME", "name": "ACME Corporation", "currency": "USD"}, info
+    assert "error" in expect(P.addr, "/info?sym=ACME", 404)
+    assert "error" in expect(I.addr, "/price?sym=ACME", 404)
+    assert "error" in expect(P.addr, "/price", 400)
+    assert "error" in expect(P.addr, "/price?sym=A%2FB", 400)
+    assert status_counters(P.addr)["requests_total"] >= 1
+    print(f"fanout_svc: price {price}, info {info}")
+
+    P_fail = svc("price --fail", "price", "--fail")
+    err = expect(P_fail.addr, "/price?sym=ACME", 500)
+    assert "error" in err, err
+    R_slow = svc("price --delay-ms 500", "price", "--delay-ms", "500")
+    R_cancel = svc("price --delay-ms 2000", "price", "--delay-ms", "2000")
+    I_slow = svc("info --delay-ms 3000", "info", "--delay-ms", "3000")
+    # Bound but not listening: connecting to it is refused.
+    dead_sock = socket.socket()
+    dead_sock.bind(("127.0.0.1", 0))
+    dead = "127.0.0.1:%d" % dead_sock.getsockname()[1]
+
+    # ---- All: the combination is exactly what the services said
+    F = fanout("fanout", P.addr, I.addr, P.addr, R_slow.addr)
+    q = expect(F.addr, "/quote?sym=ACME", 200)
+    assert q == {"sym": "ACME", "price": price["price"], "name": info["name"], "currency": "USD"}, q
+    assert list(q) == ["sym", "price", "name", "currency"], q
+    q = expect(F.addr, "/quote?x=1&sym=BRK%2EA&y=2", 200)
+    assert q["sym"] == "BRK.A" and q["price"] == expect(P.addr, "/price?sym=BRK.A", 200)["price"], q
+    print(f"/quote (All): {q}")
+
+    # ---- Any: the fast replica answers, in either slot
+    fast = expect(F.addr, "/fast?sym=ACME", 200)
+    assert fast == {"sym": "ACME", "price": price["price"], "replica": 0}, fast
+    F_rev = fanout("fanout, replicas reversed", P.addr, I.addr, R_slow.addr, P.addr)
+    fast = expect(F_rev.addr, "/fast?sym=ACME", 200)
+    assert fast == {"sym": "ACME", "price": price["price"], "replica": 1}, fast
+    print(f"/fast (Any, the other replica 500 ms slow): {fast}")
+
+    # ---- bad requests
+    for path in ["/quote", "/quote?sym=", "/quote?x=ACME", "/fast?sym=a/b", "/quote?sym=AB%20C",
+                 "/quote?sym=ABCDEFGHIJKLMNOPQ", "/fast?sym=%zz", "/quote?sym=%C3%A9"]:
+        doc = expect(F.addr, path, 400)
+        assert set(doc) == {"error"}, f"{path}: {doc}"
+    assert expect(F.addr, "/quote?sym=ABCDEFGHIJKLMNOP", 200)["sym"] == "ABCDEFGHIJKLMNOP"  # 16: the maximum
+    assert "error" in expect(F.addr, "/nope", 404)
+
+    # ---- a failing upstream, a failing replica
+    F_fail = fanout("fanout, price failing", P_fail.addr, I.addr, P_fail.addr, P.addr)
+    doc = expect(F_fail.addr, "/quote?sym=ACME", 502)
+    assert doc["upstream"] == "price" and "500" in doc["error"], doc
+    fast = expect(F_fail.addr, "/fast?sym=ACME", 200)
+    assert fast == {"sym": "ACME", "price": price["price"], "replica": 1}, fast
+    print(f"price failing: /quote -> 502 {doc}; /fast -> {fast}")
+
+    # ---- a slow upstream past the deadline; and the timed-out request is cancelled too
+    F_slow = fanout("fanout, info slow", P.addr, I_slow.addr, P.addr, P.addr, "--timeout-ms", "300")
+    t0 = time.monotonic()
+    doc = expect(F_slow.addr, "/quote?sym=ACME", 504)
+    assert doc == {"error": "upstream timed out", "upstream": "info"}, doc
+    wait_closed(I_slow.port, t0 + 2.5, "the timed-out call to info was cancelled")
+    print(f"info slow (3000 ms, timeout 300 ms): /quote -> 504 {doc}")
+
+    # ---- an upstream not listening; both replicas failing
+    F_dead = fanout("fanout, price down", dead, I.addr, dead, P_fail.addr)
+    doc = expect(F_dead.addr, "/quote?sym=ACME", 502)
+    assert doc["upstream"] == "price" and "refused" in doc["error"].lower(), doc
+    doc = expect(F_dead.addr, "/fast?sym=ACME", 502)
+    assert doc["upstream"] == "replicas" and len(doc["errors"]) == 2, doc
+    assert [e["upstream"] for e in doc["errors"]] == ["replica 0", "replica 1"], doc
+    assert "refused" in doc["errors"][0]["error"].lower() and "500" in doc["errors"][1]["error"], doc
+    print(f"price down: /quote -> 502; both replicas failing: /fast -> 502 {doc}")
+
+    # ---- the loser of Any is cancelled: its connection closes long before its 2000 ms answer.
+    # (The timeout is set far away so that only keel_any's cancel can close it.)
+    F_c = fanout("fanout, cancel check", P.addr, I.addr, P.addr, R_cancel.addr, "--timeout-ms", "10000")
+    for attempt in range(5):
+        before = status_counters(R_cancel.addr)["requests_total"]
+        t0 = time.monotonic()
+        fast = expect(F_c.addr, "/fast?sym=ACME", 200)
+        assert fast["replica"] == 0, fast
+        # Did the losing request reach the slow replica? (It may have been cancelled before its send.)
+        reached = False
+        while time.monotonic() < t0 + 0.5 and not reached:
+            reached = status_counters(R_cancel.addr)["requests_total"] - before >= 2  # it, and this status
+            time.sleep(0.02)
+        if reached:
+            if wait_closed(R_cancel.port, t0 + 1.5, "the losing /fast request was cancelled"):
+                print(f"cancel: the slow replica's connection closed "
+                      f"{(time.monotonic() - t0) * 1000:.0f} ms after /fast (its answer was due at 2000 ms)")
+            break
+    else:
+        print("SKIP part: the losing request never reached the slow replica in 5 tries")
+
+    # ---- many at once: 200 requests over 20 keep-alive connections
+    failures = []
+    prices = {s: expect(P.addr, f"/price?sym={s}", 200)["price"]
+              for s in (f"S{i}.{j}" for i in range(20) for j in range(10))}
+
+    def client(i):
+        try:
+            host, port = F.addr.rsplit(":", 1)
+            c = http.client.HTTPConnection(host, int(port), timeout=20)
+            for j in range(10):
+                s = f"S{i}.{j}"
+                if j % 2 == 0:
+                    want = {"sym": s, "price": prices[s], "name": f"{s} Corporation", "currency": "USD"}
+                    got = expect(F.addr, f"/quote?sym={s}", 200, conn=c)
+                else:
+                    want = {"sym": s, "price": prices[s], "replica": 0}
+                    got = expect(F.addr, f"/fast?sym={s}", 200, conn=c)
+                if got != want:
+                    failures.append(f"{s}: {got} != {want}")
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            failures.append(f"client {i}: {e!r}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "concurrent clients did not finish in 60 s"
+    assert not failures, f"{len(failures)} wrong answers, e.g. {failures[:3]}"
+    print(f"200 requests over 20 connections: all correct in {(time.monotonic() - t0) * 1000:.0f} ms")
+
+    # ---- every process still up, and each stops cleanly (exit 0; under ASan: no leaks)
+    for pr in procs:
+        assert pr.p.poll() is None, f"{pr.name} exited early ({pr.p.returncode}):\n{pr.stderr()[-3000:]}"
+    for pr in procs:
+        pr.p.send_signal(signal.SIGTERM)
+    for pr in procs:
+        try:
+            rc = pr.p.wait(15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{pr.name} did not stop within 15 s of SIGTERM")
+        time.sleep(0.05)  # let the drain thread take the last lines
+        assert rc == 0, f"{pr.name} exited {rc} after SIGTERM:\n{pr.stderr()[-4000:]}"
+    dead_sock.close()
+    print("fanout example: ok")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError:
+        traceback.print_exc()
+        sys.exit(1)
+    finally:
+        for pr in procs:
+            if pr.p.poll() is None:
+                pr.p.kill()
+                pr.p.wait()
