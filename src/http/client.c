@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1254,6 +1256,8 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	k->fd = (int)o.n;
+	int one = 1; /* a request body's last piece must not wait for an ACK (Nagle) */
+	setsockopt(k->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	conn_read(k);
 	struct creq *r = k->req;
 	k->req = NULL;
