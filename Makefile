@@ -4,7 +4,7 @@
 #   make run        start keel's main job on built-in defaults
 #   make test       run every test program under every backend
 #   make sanitize   the same tests built with ASan+UBSan (build-san/)
-#   make bench      every benchmark in bench/ (echo, pollscale, http, load, idle, overload)
+#   make bench      every benchmark in bench/ (echo, pollscale, http, load, idle, overload, proxy)
 #   make fuzz       the HTTP parser fuzzers, FUZZ_SECONDS each
 #
 # SAN=1 builds with sanitizers into build-san/. WERROR=1 turns warnings into errors.
@@ -108,6 +108,7 @@ bench: all
 	bench/load/run.sh
 	bench/idle/run.sh
 	bench/overload/run.sh
+	bench/proxy/run.sh
 
 # libFuzzer drivers for the HTTP parser and chunked decoder, each for a bounded time.
 fuzz:

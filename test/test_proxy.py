@@ -77,6 +77,9 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
+        if self.p.returncode:
+            time.sleep(0.2)  # (the drain thread catches up)
+            print("".join(self.log[-60:]), file=sys.stderr)
         return self.p.returncode
 
 def proxy(tmp, groups, route_prefix="/", extra_server=""):
@@ -171,7 +174,8 @@ class RawUpstream:
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
             return False
         elif target == "/chunked":
-            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n")
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + (b"" if method == "HEAD" else
+                      b"3\r\nabc\r\n4\r\ndefg\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n"))
         else:
             body = b"raw:" + target.encode()
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -355,6 +359,9 @@ def test_semantics(tmp):
         check(h.get("x-kept") == "k" and h.get("server") == "keel", "end-to-end response header kept; Server ours")
         st, h, body = get(px.port, "/chunked")
         check(st == 200 and body == b"abcdefghi", "a chunked upstream response passed on")
+        st, h, body = get(px.port, "/chunked", method="HEAD")
+        check(st == 200 and h.get("transfer-encoding") == "chunked" and "content-length" not in h,
+              f"HEAD of a chunked resource keeps its framing, not Content-Length: 0 ({h})")
         print("ok   response: hop-by-hop removed, chunked passed on")
 
         st, _, _ = get(px.port, "/ambiguous")
@@ -488,6 +495,36 @@ def test_client_gone(tmp):
         raw.stop()
     print("ok   clients that go away cancel their upstream requests (no fd left behind)")
 
+def test_slow_client_timeouts(tmp):
+    """response_timeout_ms bounds the upstream, not the client: a client that uploads or reads slowly
+    (pauses longer than the timeout) still gets its whole answer."""
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
+    px = proxy(tmp, {"server": f"127.0.0.1:{up.port}", "response_timeout_ms": 300})
+    try:
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        body = os.urandom(200000)
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:100000])
+        time.sleep(1.0)
+        s.sendall(body[100000:])
+        d = s.recv(65536)
+        check(d.startswith(b"HTTP/1.1 200") and b"bytes 200000 " in d,
+              f"an upload paused 1 s under a 300 ms response timeout completes: {d[:80]!r}")
+        s.sendall(b"POST /duplex HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        f = s.makefile("rb")
+        check(f.readline().startswith(b"HTTP/1.1 200"), "duplex answered")
+        while f.readline() not in (b"\r\n", b""):
+            pass
+        first = f.readline()
+        time.sleep(1.0)  # the reader stalls: the upstream has long sent everything
+        f.read(int(first, 16) + 2)
+        rest = read_chunked(f)
+        check(int(first, 16) + len(rest) == len(body), "a reader paused 1 s still gets the whole body")
+        s.close()
+    finally:
+        check(px.stop() == 0, "the proxy exits 0 on SIGTERM")
+        up.stop()
+    print("ok   a client slower than response_timeout_ms (uploading or reading) is not cut off")
+
 def main():
     for exe in (KEEL, TESTSRV):
         if not os.access(exe, os.X_OK):
@@ -497,6 +534,7 @@ def main():
         test_semantics(tmp)
         test_failures(tmp)
         test_client_gone(tmp)
+        test_slow_client_timeouts(tmp)
         test_bodies(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -414,6 +414,22 @@ static void timer_set(struct cconn *k, int kind, uint64_t ms)
 		keel__timer_start(loop, &k->timer, ms);
 }
 
+/*
+ * The response timer runs only while we wait for the server: for the head
+ * (unless the request body's producer is the one keeping us), and for the
+ * next piece of a streamed body a reader is waiting for. A slow client on
+ * the other side of a proxy is not the upstream's fault. Called at each
+ * step, it also re-arms: the limit is on the wait between pieces.
+ */
+static void response_timer(struct cconn *k)
+{
+	bool waiting = k->req ? !k->body_rp : (k->attached && !k->resp_done && k->body_wait);
+	if (waiting && !k->closing)
+		timer_set(k, T_RESPONSE, k->up->cl->cfg.response_timeout_ms);
+	else if (k->timer_kind == T_RESPONSE)
+		timer_set(k, T_OFF, 0);
+}
+
 static void inq_clear(struct cconn *k)
 {
 	while (k->inq_head) {
@@ -555,9 +571,15 @@ static keel_http_client_response *response_build(struct cconn *k, struct creq *r
 /* A streamed request body still going when its response is complete: stop, and do not reuse. */
 static void body_out_abort(struct cconn *k)
 {
-	if (k->body_out == B_MORE) {
+	if (k->body_out != B_NONE) {
 		k->body_out = B_NONE;
 		k->keep = false;
+		/*
+		 * A piece still being sent points into the producer's memory, which
+		 * may go once the answer has been passed on: stop it now.
+		 */
+		if (k->send_p)
+			keel_promise_cancel(k->send_p);
 	}
 }
 
@@ -704,6 +726,7 @@ static bool body_deliver(struct cconn *k)
 	if (rc == 0)
 		k->piece = (keel_str){NULL, 0};
 	keel_promise_resolve(p, 0, &k->piece);
+	response_timer(k); /* the reader has it: its pace is not the server's */
 	return true;
 }
 
@@ -744,9 +767,8 @@ static void stream_start(struct cconn *k, keel_buf *buf, size_t off)
 			k->body_err = rc; /* the head is good; the reader hears of the body's fault */
 			k->keep = false;
 		}
-		if (!k->resp_done)
-			timer_set(k, T_RESPONSE, c->cfg.response_timeout_ms);
 	}
+	response_timer(k); /* (off until a reader asks for more) */
 	req_settle(r, 0, &k->sresp);
 }
 
@@ -789,7 +811,7 @@ keel_promise *keel_http_client_body_read(keel_http_client_response *resp)
 	k->body_wait = p;
 	if (!k->recv)
 		conn_read(k);
-	timer_set(k, T_RESPONSE, k->up->cl->cfg.response_timeout_ms);
+	response_timer(k);
 	return p;
 }
 
@@ -952,7 +974,6 @@ static int on_data(void *ud, keel_buf *buf)
 		 */
 		if (queued >= 2 && k->inq_head && !k->body_wait && !k->resp_done) {
 			k->paused = true; /* the reader is busy: read on when it asks */
-			timer_set(k, T_OFF, 0);
 			return KEEL_STOP;
 		}
 		return KEEL_CONTINUE;
@@ -967,6 +988,8 @@ static int on_data(void *ud, keel_buf *buf)
 	k->got_bytes = true;
 	if (!conn_feed(k, buf))
 		return KEEL_STOP;
+	if (k->req)
+		response_timer(k); /* progress on the head or a whole body: the wait starts again */
 	if (k->attached && !k->resp_done && !k->body_wait) {
 		k->paused = true; /* the body goes on past this buffer; its reader has not asked yet */
 		return KEEL_STOP;
@@ -984,8 +1007,8 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	if (o.err == -ECANCELED && k->paused) {
-		if (k->body_wait || (!k->req && !k->attached))
-			conn_read(k); /* asked for more (or released) while the stop was settling */
+		if (k->body_wait || !k->attached)
+			conn_read(k); /* asked for more, released or reused while the stop was settling */
 		return;
 	}
 	if (k->req) {
@@ -1118,8 +1141,7 @@ static void body_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	k->send_p = keel_sendv(c->loop, k->fd, v, n);
 	keel_promise_done(k->send_p, send_done, k);
-	if (k->req)
-		timer_set(k, T_RESPONSE, c->cfg.response_timeout_ms); /* progress */
+	response_timer(k); /* progress */
 }
 
 static void body_next(struct cconn *k)
@@ -1131,6 +1153,7 @@ static void body_next(struct cconn *k)
 	}
 	k->body_rp = p;
 	keel_promise_done(p, body_piece, k);
+	response_timer(k); /* the producer's turn (a client uploading through a proxy, say) */
 }
 
 static void conn_send(struct cconn *k, struct creq *r)
@@ -1159,7 +1182,9 @@ static void conn_send(struct cconn *k, struct creq *r)
 		k->send_p = keel_sendv(c->loop, k->fd, v, !q->body_read && q->body.len ? 2 : 1);
 	}
 	keel_promise_done(k->send_p, send_done, k);
-	timer_set(k, T_RESPONSE, c->cfg.response_timeout_ms);
+	if (k->paused && !k->recv)
+		conn_read(k);
+	response_timer(k);
 }
 
 static void conn_free(struct cconn *k)

@@ -451,8 +451,11 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 	a->nheaders = n;
 	a->body = ur->body;
 	if (m->body == KEEL_HTTP_BODY_NONE) {
-		/* A HEAD answer keeps the length the upstream announced. */
-		if (pr->req->head_only && m->content_length) {
+		/*
+		 * A HEAD answer keeps the framing the upstream announced: its
+		 * Content-Length, or none (chunked) -- not the "0" of an empty body.
+		 */
+		if (pr->req->head_only && ur->status >= 200 && ur->status != 204 && ur->status != 304) {
 			a->stream_length = (int64_t)m->content_length;
 			a->stream = body_sink; /* (never called: a HEAD answer has no body) */
 			a->stream_ud = pr;
@@ -626,7 +629,7 @@ keel_promise *keel_proxy_handler(keel_http_request *req, void *ud)
 	pr->req = req;
 	pr->ctx = ctx;
 	pr->out = out;
-	int st = build_request(pr, ctx);
+	int st = px->freeing ? 503 : build_request(pr, ctx); /* (a proxy being freed takes nothing new) */
 	if (!st && !(pr->up = pick(px, NULL)))
 		st = 503; /* every upstream is down: say so at once */
 	if (st) {

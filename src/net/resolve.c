@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/internal.h"
 #include "keel/errors.h"
@@ -106,8 +107,8 @@ bool keel_hostport_valid(const char *s)
 static void job_done(keel_loop *loop, void *ud)
 {
 	struct job *j = ud;
-	loop->holds--;
 	if (!j->cancelled) {
+		loop->holds--;
 		if (j->err) {
 			keel_promise_reject(j->p, j->err);
 		} else {
@@ -157,8 +158,18 @@ static void *resolver_thread(void *arg)
 
 		pthread_mutex_lock(&R.mu);
 		unlink_job(j);
-		if (j->loop_gone || keel_loop_post(j->loop, job_done, j) < 0)
-			free(j); /* (a loop that cannot be told: it is being freed, or out of memory) */
+		bool posted = false;
+		for (int tries = 0; !j->loop_gone && tries < 100; tries++) {
+			if (keel_loop_post(j->loop, job_done, j) == 0) {
+				posted = true; /* j is the loop's now: not to be touched here again */
+				break;
+			}
+			pthread_mutex_unlock(&R.mu); /* out of memory: wait for some to come back */
+			usleep(10000);
+			pthread_mutex_lock(&R.mu);
+		}
+		if (!posted)
+			free(j); /* (a loop that is being freed; or memory never came back) */
 	}
 	return NULL;
 }
@@ -166,7 +177,17 @@ static void *resolver_thread(void *arg)
 static void job_cancel(keel_promise *p, void *ud)
 {
 	struct job *j = ud;
-	j->cancelled = true; /* the thread's answer, when it comes, is dropped */
+	keel_loop *loop = j->loop;
+	pthread_mutex_lock(&R.mu);
+	if (j->state == J_QUEUED) {
+		unlink_job(j); /* not started: its place in the queue goes back */
+		R.queued--;
+		free(j);
+	} else {
+		j->cancelled = true; /* the thread's answer, when it comes, is dropped */
+	}
+	pthread_mutex_unlock(&R.mu);
+	loop->holds--; /* the loop need not wait for a lookup nobody wants */
 	keel_promise_reject(p, -ECANCELED);
 }
 
