@@ -107,7 +107,8 @@ class RawUpstream:
       /chunked        a chunked response (3 chunks) with a trailer
       anything else   200 "raw:<path>"
     Keeps connections alive (one request at a time)."""
-    def __init__(self):
+    def __init__(self, health=200):
+        self.health = health  # what GET /health answers
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -157,7 +158,9 @@ class RawUpstream:
             c.close()
 
     def _answer(self, c, method, target, hdrs):
-        if target == "/echo-headers":
+        if target == "/health":
+            c.sendall(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % self.health)
+        elif target == "/echo-headers":
             body = json.dumps(hdrs).encode()
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         elif target == "/cut":
@@ -472,6 +475,34 @@ def test_failures(tmp):
     a.stop()
     b.stop()
 
+def test_active_health(tmp):
+    """Active checks GET health_path on every upstream: one answering 503 there gets no traffic."""
+    good, sick = RawUpstream(), RawUpstream(health=503)
+    px = proxy(tmp, {"server": [f"127.0.0.1:{good.port}", f"127.0.0.1:{sick.port}"], "health_path": "/health",
+                     "health_interval_ms": 100})
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(t == "/health" for _, t, _ in sick.requests):
+            time.sleep(0.05)
+        time.sleep(0.1)
+        n_sick = len([1 for _, t, _ in sick.requests if t != "/health"])
+        codes = [get(px.port, f"/h{i}")[0] for i in range(20)]
+        check(codes == [200] * 20, f"requests answered while one upstream is unhealthy: {codes}")
+        got_sick = len([1 for _, t, _ in sick.requests if t != "/health"]) - n_sick
+        got_good = len([1 for _, t, _ in good.requests if t.startswith("/h") and t != "/health"])
+        check(got_sick == 0 and got_good == 20, f"the unhealthy upstream got none of 20 requests ({got_sick}/{got_good})")
+        check(len([1 for _, t, _ in good.requests if t == "/health"]) >= 2, "checks repeat every interval")
+        sick.health = 200  # it recovers: the next check brings it back
+        time.sleep(0.4)
+        for i in range(20):
+            get(px.port, f"/back{i}")
+        check(any(t.startswith("/back") for _, t, _ in sick.requests), "a recovered upstream gets traffic again")
+    finally:
+        check(px.stop() == 0, "the proxy exits 0 on SIGTERM")
+        good.stop()
+        sick.stop()
+    print("ok   active health checks: an upstream answering 503 on /health is skipped, and back once it recovers")
+
 def test_client_gone(tmp):
     """A client that resets its connection while its request waits on a stalled upstream: the upstream
     call is cut. (A client that only half-closes still gets its answer: HTTP allows a FIN after the
@@ -534,6 +565,7 @@ def main():
         test_semantics(tmp)
         test_failures(tmp)
         test_client_gone(tmp)
+        test_active_health(tmp)
         test_slow_client_timeouts(tmp)
         test_bodies(tmp)
     finally:
