@@ -11,72 +11,12 @@ Assertions marked PROXY go through keel's reverse proxy to a real upstream
 (build/test/http_testsrv or keel serve); a failing one is recorded and
 listed at the end so the rest still runs. Runs under the backend in
 KEEL_BACKEND."""
-import http.client, os, re, shutil, signal, subprocess, sys, tempfile, time
+import os, re, shutil, signal, subprocess, sys, tempfile, time
 
-BUILD = os.environ.get("KEEL_BUILD", "build")
-KEEL = os.path.abspath(os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel")))
-TESTSRV = os.path.abspath(os.path.join(BUILD, "test", "http_testsrv"))
+from keeltest import KEEL, TESTSRV, Proc, check, fail, kill_all, request
 
-procs = []          # every process started, killed by PID in main's finally
 proxy_passed = []   # PROXY assertions that held against the real proxy,
 proxy_failed = []   # ... and the ones that did not (reported at the end: the rest still runs)
-
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-
-class Proc:
-    """A server process whose stderr goes to a file; waits (bounded) for its
-    "listening on 127.0.0.1:PORT" line."""
-
-    def __init__(self, args, logdir, cwd=None):
-        fd, self.logpath = tempfile.mkstemp(prefix="proc-", suffix=".log", dir=logdir)
-        self.log = os.fdopen(fd, "w")
-        self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, cwd=cwd)
-        procs.append(self.p)
-        self.port = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.text())
-            if m:
-                self.port = int(m.group(1))
-                break
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.02)
-        check(self.port, f"{' '.join(args)} did not start: {self.text()}")
-
-    def text(self):
-        with open(self.logpath) as f:
-            return f.read()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(10)
-        self.log.close()
-        return self.p.returncode
-
-
-def request(port, path, method="GET", body=None, headers=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
-    finally:
-        c.close()
 
 
 def proxy_request(port, path, method="GET", body=None):
@@ -457,13 +397,7 @@ def main():
         good_run(tmp)
         proxy_cmd(tmp)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
+        kill_all()
         shutil.rmtree(tmp, ignore_errors=True)
     if proxy_passed:
         print(f"PROXY assertions passed ({len(proxy_passed)}):")

@@ -7,80 +7,11 @@ headers, ambiguous framing). Bodies are compared by SHA-256; failures must
 show as 502/503/504 or a closed connection within the timeouts, never a
 hang; the proxy's fds and memory must stay bounded. Runs under the backend
 in KEEL_BACKEND."""
-import hashlib, http.client, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+import http.client, json, os, shutil, socket, sys, tempfile, threading, time
 
-BUILD = os.environ.get("KEEL_BUILD", "build")
-KEEL = os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel"))
-TESTSRV = os.path.join(BUILD, "test", "http_testsrv")
-
-passed = 0
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-def check(cond, msg):
-    global passed
-    if not cond:
-        fail(msg)
-    passed += 1
-
-def sha(b):
-    return hashlib.sha256(b).hexdigest()
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-class Proc:
-    """A keel process that prints 'listening on 127.0.0.1:PORT' once it serves."""
-    def __init__(self, argv, env=None):
-        self.p = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
-        self.port, self.log = None, []
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            line = self.p.stderr.readline()
-            if not line:
-                break
-            self.log.append(line)
-            m = re.search(r"listening on (?:127\.0\.0\.1|\[::1\]):(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        if not self.port:
-            self.stop()
-            fail(f"{argv[0]} did not start: " + "".join(self.log))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.p.stderr:
-            self.log.append(line)
-
-    def fds(self):
-        return len(os.listdir(f"/proc/{self.p.pid}/fd"))
-
-    def rss_kib(self):
-        with open(f"/proc/{self.p.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        if self.p.returncode:
-            time.sleep(0.2)  # (the drain thread catches up)
-            print("".join(self.log[-60:]), file=sys.stderr)
-        return self.p.returncode
+from keeltest import KEEL, TESTSRV, Proc, check, fail, free_port, kill_all, sha
+from keeltest import request as get
+import keeltest
 
 def proxy(tmp, groups, route_prefix="/", extra_server=""):
     """keel -c with one [upstream u] group (dict of keys; 'server' a list) routed at route_prefix."""
@@ -93,7 +24,7 @@ def proxy(tmp, groups, route_prefix="/", extra_server=""):
     path = os.path.join(tmp, f"proxy{time.monotonic_ns()}.conf")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-    return Proc([KEEL, "-c", path])
+    return Proc([KEEL, "-c", path], tmp)
 
 # ---- A raw upstream that does what each test asks -----------------------------
 
@@ -193,14 +124,6 @@ class RawUpstream:
             except OSError:
                 pass
 
-def get(port, path, method="GET", body=None, headers=None, timeout=10):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    c.request(method, path, body=body, headers=headers or {})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
-
 def read_chunked(f):
     out = []
     while True:
@@ -259,8 +182,8 @@ def test_bodies(tmp):
         with open(os.path.join(root, f"f{n}"), "wb") as f:
             f.write(data)
         files[n] = data
-    up = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", root])
-    echo = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
+    up = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", root], tmp)
+    echo = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
     try:
         px = proxy(tmp, {"server": f"127.0.0.1:{up.port}"})
         pe = proxy(tmp, {"server": f"127.0.0.1:{echo.port}"})
@@ -529,7 +452,7 @@ def test_client_gone(tmp):
 def test_slow_client_timeouts(tmp):
     """response_timeout_ms bounds the upstream, not the client: a client that uploads or reads slowly
     (pauses longer than the timeout) still gets its whole answer."""
-    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
     px = proxy(tmp, {"server": f"127.0.0.1:{up.port}", "response_timeout_ms": 300})
     try:
         s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
@@ -569,8 +492,9 @@ def main():
         test_slow_client_timeouts(tmp)
         test_bodies(tmp)
     finally:
+        kill_all()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"proxy: {passed} checks passed")
+    print(f"proxy: {keeltest.passed} checks passed")
 
 if __name__ == "__main__":
     main()
