@@ -338,6 +338,14 @@ def test_failures(tmp):
         st, _, _ = get(px.port, "/")
         check(st == 502, f"upstream not listening: 502 (got {st})")
         check(time.monotonic() - t0 < 2, "502 fast")
+        get(px.port, "/")
+        _, _, body = get(px.port, "/_keel/status")
+        text = body.decode()
+        check('proxy_errors_502_total{upstream="u"} 2' in text and 'proxy_requests_total{upstream="u"} 2' in text,
+              f"the proxy's counters on the status page: {text[-400:]}")
+        _, _, body = get(px.port, "/_keel/status?format=prometheus")
+        check('keel_proxy_errors_502_total{worker="0",upstream="u"} 2' in body.decode(),
+              "and in the Prometheus format")
     finally:
         px.stop()
     print("ok   upstream not listening: 502")

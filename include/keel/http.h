@@ -212,4 +212,21 @@ void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
  */
 keel_promise *keel_http_status(keel_http_request *req, void *ud);
 
+/* A counter or gauge another component adds to keel_http_status's output. */
+typedef struct keel_http_metric {
+	const char *name; /* "proxy_requests_total" (prefixed "keel_" for Prometheus) */
+	const char *type; /* "counter" or "gauge" */
+	const char *help;
+	uint64_t value;
+} keel_http_metric;
+typedef unsigned (*keel_http_metrics_fn)(void *ud, keel_http_metric *out, unsigned max);
+
+/*
+ * Add fn's metrics to the status page, each labelled label="value" (e.g.
+ * upstream="api"; NULL: no label). fn fills at most max and returns how
+ * many. At most 16 sources per server; -ENOSPC past that.
+ */
+int keel_http_status_add(keel_http_server *s, const char *label, const char *value, keel_http_metrics_fn fn,
+                         void *ud);
+
 #endif

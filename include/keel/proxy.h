@@ -73,4 +73,10 @@ typedef struct keel_proxy_stats {
 } keel_proxy_stats;
 void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out);
 
+/*
+ * The proxy's counters (and its client's connections) for the status page:
+ *   keel_http_status_add(srv, "upstream", "api", keel_proxy_metrics, px);
+ */
+unsigned keel_proxy_metrics(void *px, keel_http_metric *out, unsigned max);
+
 #endif

@@ -61,6 +61,10 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 			keel_log(KEEL_LOG_ERROR, "upstream %s: cannot set up its proxy", up->name);
 			return -ENOMEM;
 		}
+		/* Its counters on the status page, if there is one. */
+		int err = keel_http_status_add(w->srv, "upstream", up->name, keel_proxy_metrics, w->proxies[i]);
+		if (err < 0)
+			keel_log(KEEL_LOG_WARN, "upstream %s: not on the status page: %s", up->name, keel_strerror(err));
 	}
 	for (unsigned i = 0; i < cfg->nroutes; i++) {
 		const struct cli_route *r = &cfg->routes[i];

@@ -669,3 +669,32 @@ void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out)
 		if (!up_ok(px, &px->ups[i], now))
 			out->ups_down++;
 }
+
+unsigned keel_proxy_metrics(void *ud, keel_http_metric *out, unsigned max)
+{
+	keel_proxy *px = ud;
+	keel_proxy_stats st;
+	keel_proxy_get_stats(px, &st);
+	keel_http_client_stats cs = {0};
+	if (px->client)
+		keel_http_client_get_stats(px->client, &cs);
+	const keel_http_metric m[] = {
+		{"proxy_requests_total", "counter", "requests proxied", st.requests},
+		{"proxy_responses_total", "counter", "upstream responses passed on", st.responses},
+		{"proxy_errors_502_total", "counter", "502: the upstream failed before a response", st.errors_502},
+		{"proxy_errors_503_total", "counter", "503: every upstream down, or the queue full", st.errors_503},
+		{"proxy_errors_504_total", "counter", "504: the upstream did not answer in time", st.errors_504},
+		{"proxy_retries_total", "counter", "requests tried again on another upstream", st.retries},
+		{"proxy_inflight", "gauge", "requests being proxied", st.inflight},
+		{"proxy_upstreams_down", "gauge", "upstreams marked down", st.ups_down},
+		{"proxy_upstream_connections_open", "gauge", "upstream connections open", cs.conns_open},
+		{"proxy_upstream_connections_idle", "gauge", "upstream connections idle in the pool", cs.conns_idle},
+		{"proxy_upstream_connects_total", "counter", "upstream connections opened", cs.connects},
+		{"proxy_upstream_pending", "gauge", "requests waiting for an upstream connection", cs.pending},
+	};
+	unsigned n = sizeof(m) / sizeof(m[0]);
+	if (n > max)
+		n = max;
+	memcpy(out, m, n * sizeof(m[0]));
+	return n;
+}

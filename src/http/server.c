@@ -118,9 +118,20 @@ struct conn_tx {
 #define TX_FREE_MAX 256    /* send states kept for reuse per server */
 #define TX_OUT_KEEP 16384  /* larger output buffers are not kept */
 
+#define STATUS_SOURCES_MAX 16
+#define STATUS_SOURCE_METRICS 16
+
+struct status_source {
+	char *label, *value;
+	keel_http_metrics_fn fn;
+	void *ud;
+};
+
 struct keel_http_server {
 	keel_loop *loop;
 	keel_http_config cfg;
+	struct status_source status_src[STATUS_SOURCES_MAX];
+	unsigned nstatus_src;
 	struct route *routes;
 	unsigned nroutes;
 	int lfd;
@@ -2132,6 +2143,10 @@ void keel_http_server_free(keel_http_server *s)
 {
 	if (!s)
 		return;
+	for (unsigned i = 0; i < s->nstatus_src; i++) {
+		free(s->status_src[i].label);
+		free(s->status_src[i].value);
+	}
 	keel__timer_stop(s->loop, &s->grace);
 	if (s->log_buf[0]) {
 		keel__timer_stop(s->loop, &s->log_timer);
@@ -2195,6 +2210,27 @@ static uint64_t rss_bytes(void)
 	return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
+int keel_http_status_add(keel_http_server *s, const char *label, const char *value, keel_http_metrics_fn fn,
+                         void *ud)
+{
+	if (!fn || (label && (!value || strlen(label) > 200 || strlen(value) > 200 || strpbrk(value, "\"\\\n"))))
+		return -EINVAL;
+	if (s->nstatus_src >= STATUS_SOURCES_MAX)
+		return -ENOSPC;
+	struct status_source *src = &s->status_src[s->nstatus_src];
+	src->label = label ? strdup(label) : NULL;
+	src->value = label ? strdup(value) : NULL;
+	if (label && (!src->label || !src->value)) {
+		free(src->label);
+		free(src->value);
+		return -ENOMEM;
+	}
+	src->fn = fn;
+	src->ud = ud;
+	s->nstatus_src++;
+	return 0;
+}
+
 keel_promise *keel_http_status(keel_http_request *req, void *ud)
 {
 	const char *label = ud;
@@ -2226,6 +2262,8 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 	};
 	size_t llen = label ? strnlen(label, 256) : 0;
 	size_t nm = sizeof(m) / sizeof(m[0]), cap = nm * (200 + llen) + llen + 64, n = 0;
+	for (unsigned i = 0; i < s->nstatus_src; i++)
+		cap += STATUS_SOURCE_METRICS * (400 + llen + 2 * (s->status_src[i].label ? 256 : 0));
 	char *out = keel_ctx_alloc(keel_http_request_ctx(req), cap);
 	if (!out)
 		return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
@@ -2240,6 +2278,26 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 			                      (unsigned long long)m[i].v);
 		else
 			n += (size_t)snprintf(out + n, cap - n, "%s %llu\n", m[i].name, (unsigned long long)m[i].v);
+	}
+	for (unsigned i = 0; i < s->nstatus_src; i++) {
+		const struct status_source *src = &s->status_src[i];
+		keel_http_metric x[STATUS_SOURCE_METRICS];
+		unsigned k = src->fn(src->ud, x, STATUS_SOURCE_METRICS);
+		for (unsigned j = 0; j < k && j < STATUS_SOURCE_METRICS; j++) {
+			/* name{worker="0",upstream="api"} value; the text form keeps the source's label too */
+			char lab[600] = "";
+			size_t ln = 0;
+			if (prom && label)
+				ln += (size_t)snprintf(lab, sizeof(lab), "worker=\"%.*s\"", (int)llen, label);
+			if (src->label)
+				ln += (size_t)snprintf(lab + ln, sizeof(lab) - ln, "%s%s=\"%s\"", ln ? "," : "", src->label,
+				                       src->value);
+			if (prom)
+				n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\n", x[j].name,
+				                      x[j].help, x[j].name, x[j].type);
+			n += (size_t)snprintf(out + n, cap - n, "%s%s%s%s%s %llu\n", prom ? "keel_" : "", x[j].name,
+			                      ln ? "{" : "", lab, ln ? "}" : "", (unsigned long long)x[j].value);
+		}
 	}
 	return keel_http_respond(req, 200, prom ? "text/plain; version=0.0.4" : "text/plain", out, n);
 }
