@@ -633,19 +633,7 @@ keel_promise *keel_proxy_handler(keel_http_request *req, void *ud)
 	if (!st && !(pr->up = pick(px, NULL)))
 		st = 503; /* every upstream is down: say so at once */
 	if (st) {
-		pr->settled = true;
-		if (st == 503)
-			px->stats.errors_503++;
-		keel_http_response *a = &req->resp;
-		a->status = st;
-		a->content_type = "text/plain";
-		a->body.ptr = keel_http_status_text(st);
-		a->body.len = strlen(a->body.ptr);
-		if (st == 503) {
-			a->headers = &retry_after;
-			a->nheaders = 1;
-		}
-		keel_promise_resolve(out, 0, a);
+		answer(pr, st);
 		return out;
 	}
 	if (pr->q.body_length) {
