@@ -350,6 +350,27 @@ def test_failures(tmp):
         px.stop()
     print("ok   upstream not listening: 502")
 
+    # Two groups on one status page: each family once, a sample per group (Prometheus text format).
+    conf = os.path.join(tmp, "two.conf")
+    with open(conf, "w") as f:
+        f.write(f"[server]\nlisten = 127.0.0.1:0\nworkers = 1\n\n[upstream a]\nserver = 127.0.0.1:{dead}\n\n"
+                f"[upstream b]\nserver = 127.0.0.1:{dead}\n\n[route /a/]\nupstream = a\n\n[route /b/]\nupstream = b\n\n"
+                "[route /_keel/status]\nmatch = exact\nhandler = status\n")
+    px = Proc([KEEL, "-c", conf], tmp)
+    try:
+        get(px.port, "/a/x"), get(px.port, "/b/x"), get(px.port, "/b/y")
+        text = get(px.port, "/_keel/status?format=prometheus")[2].decode()
+        check(text.count("# HELP keel_proxy_errors_502_total") == 1 and text.count("# TYPE keel_proxy_errors_502_total") == 1,
+              "one HELP/TYPE per metric family across upstream groups")
+        i = text.index("# TYPE keel_proxy_errors_502_total")
+        block = text[i:].split("\n")[1:3]
+        check(block == ['keel_proxy_errors_502_total{worker="0",upstream="a"} 1',
+                        'keel_proxy_errors_502_total{worker="0",upstream="b"} 2'],
+              f"the family's samples together, one per group: {block}")
+    finally:
+        check(px.stop() == 0, "the proxy exits 0 on SIGTERM")
+    print("ok   status page with two upstream groups: one family, a sample per group")
+
     dead2 = free_port()
     px = proxy(tmp, {"server": [f"127.0.0.1:{dead}", f"127.0.0.1:{dead2}"], "fail_timeout_ms": 10000})
     try:

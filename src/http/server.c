@@ -2279,24 +2279,43 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 		else
 			n += (size_t)snprintf(out + n, cap - n, "%s %llu\n", m[i].name, (unsigned long long)m[i].v);
 	}
-	for (unsigned i = 0; i < s->nstatus_src; i++) {
-		const struct status_source *src = &s->status_src[i];
+	/*
+	 * The sources' metrics, name{worker="0",upstream="api"} value. The
+	 * Prometheus format wants each family's HELP/TYPE once and its samples
+	 * together: the samples of one name (from every source) follow it.
+	 */
+	struct sample {
+		keel_http_metric m;
+		const struct status_source *src;
+		bool done;
+	} *xs = keel_ctx_alloc(keel_http_request_ctx(req),
+	                       (s->nstatus_src ? s->nstatus_src : 1) * STATUS_SOURCE_METRICS * sizeof(*xs));
+	unsigned nx = 0;
+	for (unsigned i = 0; xs && i < s->nstatus_src; i++) {
 		keel_http_metric x[STATUS_SOURCE_METRICS];
-		unsigned k = src->fn(src->ud, x, STATUS_SOURCE_METRICS);
-		for (unsigned j = 0; j < k && j < STATUS_SOURCE_METRICS; j++) {
-			/* name{worker="0",upstream="api"} value; the text form keeps the source's label too */
-			char lab[600] = "";
+		unsigned k = s->status_src[i].fn(s->status_src[i].ud, x, STATUS_SOURCE_METRICS);
+		for (unsigned j = 0; j < k && j < STATUS_SOURCE_METRICS; j++)
+			xs[nx++] = (struct sample){x[j], &s->status_src[i], false};
+	}
+	for (unsigned i = 0; i < nx; i++) {
+		if (xs[i].done)
+			continue;
+		if (prom)
+			n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\n", xs[i].m.name,
+			                      xs[i].m.help, xs[i].m.name, xs[i].m.type);
+		for (unsigned j = i; j < nx; j++) {
+			if (xs[j].done || strcmp(xs[j].m.name, xs[i].m.name) != 0)
+				continue;
+			xs[j].done = true;
+			const struct status_source *src = xs[j].src;
+			char lab[1024] = "";
 			size_t ln = 0;
 			if (prom && label)
 				ln += (size_t)snprintf(lab, sizeof(lab), "worker=\"%.*s\"", (int)llen, label);
 			if (src->label)
-				ln += (size_t)snprintf(lab + ln, sizeof(lab) - ln, "%s%s=\"%s\"", ln ? "," : "", src->label,
-				                       src->value);
-			if (prom)
-				n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\n", x[j].name,
-				                      x[j].help, x[j].name, x[j].type);
-			n += (size_t)snprintf(out + n, cap - n, "%s%s%s%s%s %llu\n", prom ? "keel_" : "", x[j].name,
-			                      ln ? "{" : "", lab, ln ? "}" : "", (unsigned long long)x[j].value);
+				snprintf(lab + ln, sizeof(lab) - ln, "%s%s=\"%s\"", ln ? "," : "", src->label, src->value);
+			n += (size_t)snprintf(out + n, cap - n, "%s%s%s%s%s %llu\n", prom ? "keel_" : "", xs[j].m.name,
+			                      lab[0] ? "{" : "", lab, lab[0] ? "}" : "", (unsigned long long)xs[j].m.value);
 		}
 	}
 	return keel_http_respond(req, 200, prom ? "text/plain; version=0.0.4" : "text/plain", out, n);
