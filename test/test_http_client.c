@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,6 +293,119 @@ static void test_streaming(void)
 	free(got);
 	keel_http_client_free(c);
 	printf("streaming: 2 MiB responses piece by piece, given up mid-body, bodies from a producer: ok\n");
+}
+
+/* A server on a loop of its own thread: its answers race the client's send completions. */
+static keel_loop *tloop;
+static keel_http_server *tsrv;
+static int tport;
+
+static void *thread_server(void *arg)
+{
+	(void)arg;
+	ASSERT_OK(keel_loop_new(&tloop, NULL));
+	tsrv = keel_http_server_new(tloop, NULL);
+	keel_http_route(tsrv, "POST", "/echo", 0, h_echo, NULL);
+	int lfd = keel_tcp_listen("127.0.0.1:0", 1024, 0);
+	ASSERT_OK(lfd);
+	__atomic_store_n(&tport, keel_tcp_port(lfd), __ATOMIC_RELEASE);
+	keel_http_server_start(tsrv, lfd);
+	keel_loop_run(tloop);
+	keel_http_server_free(tsrv);
+	close(lfd);
+	keel_loop_free(tloop);
+	return NULL;
+}
+
+static void thread_server_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	(void)ud;
+	keel_loop_stop(tloop);
+}
+
+static void stop_thread_server(keel_loop *l, void *ud)
+{
+	(void)l;
+	(void)ud;
+	keel_promise_done(keel_http_server_stop(tsrv, 1000), thread_server_stopped, NULL);
+}
+
+/*
+ * Small streamed request bodies answered as their last piece goes out: the
+ * answer and the send's completion often land in the same batch, and the
+ * connection must still go back to the pool.
+ */
+static void test_streamed_body_reuse(void)
+{
+	pthread_t t;
+	pthread_create(&t, NULL, thread_server, NULL);
+	while (!__atomic_load_n(&tport, __ATOMIC_ACQUIRE))
+		usleep(1000);
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", tport);
+	keel_http_client_config pc;
+	keel_http_client_config_default(&pc);
+	pc.pool_max = 64;
+	keel_http_client *c = keel_http_client_new(loop, &pc);
+	static struct producer prs[64];
+	for (int round = 0; round < 100; round++) {
+		keel_promise *ps[64];
+		for (int i = 0; i < 64; i++) {
+			prs[i] = (struct producer){.len = 200};
+			keel_http_client_request q = {.upstream = addr, .method = "POST", .target = "/echo",
+			                              .body_read = produce, .body_ud = &prs[i], .body_length = 200};
+			ps[i] = keel_http_client_request_send(c, &q);
+		}
+		for (int i = 0; i < 64; i++) {
+			keel_outcome o = test_await(loop, ps[i]);
+			ASSERT_EQ(o.err, 0);
+			keel_http_client_response *r = o.ptr;
+			ASSERT_EQ(r->body.len, 200);
+			ASSERT(memcmp(r->body.ptr, big, 200) == 0);
+			keel_http_client_response_free(r);
+		}
+	}
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT(st.connects <= 64); /* 6,400 requests: every connection reused */
+	keel_http_client_free(c);
+	keel_loop_post(tloop, stop_thread_server, NULL);
+	pthread_join(t, NULL);
+	printf("streamed bodies answered as they end: %llu connects for 6400 requests: ok\n",
+	       (unsigned long long)st.connects);
+}
+
+/* A status source with oversized help text: the page leaves those lines out, never overruns. */
+static char long_help[3000];
+
+static unsigned long_metrics(void *ud, keel_http_metric *out, unsigned max)
+{
+	(void)ud;
+	static const char *names[16] = {"m00", "m01", "m02", "m03", "m04", "m05", "m06", "m07",
+	                                "m08", "m09", "m10", "m11", "m12", "m13", "m14", "m15"};
+	for (unsigned i = 0; i < max && i < 16; i++)
+		out[i] = (keel_http_metric){names[i], "gauge", i == 3 ? "short help" : long_help, i};
+	return max < 16 ? max : 16;
+}
+
+static void test_status_sources(keel_http_server *srv)
+{
+	memset(long_help, 'h', sizeof(long_help) - 1);
+	ASSERT_EQ(keel_http_status_add(srv, "src", "bad\"value", long_metrics, NULL), -EINVAL);
+	ASSERT_OK(keel_http_status_add(srv, "src", "x", long_metrics, NULL));
+	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client_response *r = get_ok(c, up, NULL, "/_keel/status?format=prometheus", nobody);
+	ASSERT_EQ(r->status, 200);
+	ASSERT(memmem(r->body.ptr, r->body.len, "keel_m03{src=\"x\"} 3\n", 20) != NULL);
+	ASSERT(memmem(r->body.ptr, r->body.len, "# TYPE keel_requests_total counter", 34) != NULL);
+	keel_http_client_response_free(r);
+	r = get_ok(c, up, NULL, "/_keel/status", nobody);
+	ASSERT(memmem(r->body.ptr, r->body.len, "\nm07{src=\"x\"} 7\n", 16) != NULL);
+	keel_http_client_response_free(r);
+	keel_http_client_free(c);
+	printf("status sources: labelled lines, oversized ones left out: ok\n");
 }
 
 static void test_cancel(void)
@@ -678,6 +792,7 @@ int main(void)
 	keel_http_route(srv, "GET", "/mid", 0, h_mid, NULL);
 	keel_http_route(srv, "GET", "/slow", 0, h_slow, NULL);
 	keel_http_route(srv, "GET", "/chunked", 0, h_chunked, NULL);
+	keel_http_route(srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
 	int lfd = keel_tcp_listen("127.0.0.1:0", 128, 0);
 	ASSERT_OK(lfd);
 	snprintf(up, sizeof(up), "127.0.0.1:%d", keel_tcp_port(lfd));
@@ -688,6 +803,8 @@ int main(void)
 	test_errors();
 	test_server_closes_idle(srv);
 	test_streaming();
+	test_streamed_body_reuse();
+	test_status_sources(srv);
 	test_cancel();
 	test_names();
 	test_raw_server();

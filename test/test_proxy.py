@@ -107,6 +107,8 @@ class RawUpstream:
         elif target == "/ambiguous":
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
             return False
+        elif target == "/empty":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         elif target == "/chunked":
             c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + (b"" if method == "HEAD" else
                       b"3\r\nabc\r\n4\r\ndefg\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n"))
@@ -288,6 +290,9 @@ def test_semantics(tmp):
         st, h, body = get(px.port, "/chunked", method="HEAD")
         check(st == 200 and h.get("transfer-encoding") == "chunked" and "content-length" not in h,
               f"HEAD of a chunked resource keeps its framing, not Content-Length: 0 ({h})")
+        st, h, body = get(px.port, "/empty", method="HEAD")
+        check(st == 200 and h.get("content-length") == "0" and "transfer-encoding" not in h,
+              f"HEAD of an empty resource keeps Content-Length: 0 ({h})")
         print("ok   response: hop-by-hop removed, chunked passed on")
 
         st, _, _ = get(px.port, "/ambiguous")

@@ -223,8 +223,10 @@ typedef unsigned (*keel_http_metrics_fn)(void *ud, keel_http_metric *out, unsign
 
 /*
  * Add fn's metrics to the status page, each labelled label="value" (e.g.
- * upstream="api"; NULL: no label). fn fills at most max and returns how
- * many. At most 16 sources per server; -ENOSPC past that.
+ * upstream="api"; NULL: no label). fn fills at most max (16) and returns how
+ * many; names and help are short literals (a line over ~400 bytes is left
+ * out). ud must outlive the server: sources cannot be removed. At most 16
+ * sources per server; -ENOSPC past that.
  */
 int keel_http_status_add(keel_http_server *s, const char *label, const char *value, keel_http_metrics_fn fn,
                          void *ud);

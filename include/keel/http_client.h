@@ -77,6 +77,11 @@ typedef struct keel_http_client_request {
 	 * its length when known (sent with Content-Length; a producer that
 	 * gives more or fewer bytes fails the request), or -1 (sent chunked).
 	 * The next piece is asked for once the previous one is in the kernel.
+	 * A response that completes first stops the body (the connection is
+	 * then not reused); a piece keel was still sending is let go before
+	 * the promise settles. With stream_response, keep the producer's
+	 * memory until the response is freed and its connection closed: use
+	 * memory that lives as long as its source (a server request's body).
 	 */
 	keel_promise *(*body_read)(void *body_ud);
 	void *body_ud;

@@ -85,7 +85,11 @@ struct keel__post {
 	void (*fn)(keel_loop *loop, void *ud);
 	void *ud;
 	struct keel__post *next;
+	bool embedded; /* part of ud's memory (keel__loop_post_node): never freed by the loop */
 };
+
+/* keel_loop_post with caller storage: cannot fail. node lives until fn has run (or been dropped). */
+void keel__loop_post_node(keel_loop *loop, struct keel__post *node, void (*fn)(keel_loop *, void *), void *ud);
 
 /* The resolver (src/net/resolve.c): forget a loop being freed; free a post it will never run. */
 void keel__resolve_forget(keel_loop *loop);

@@ -57,8 +57,10 @@ static void post_notify(keel_promise *p, void *arg)
 
 	while (list) {
 		struct keel__post *next = list->next;
+		bool embedded = list->embedded; /* (fn may free an embedded node) */
 		list->fn(loop, list->ud);
-		free(list);
+		if (!embedded)
+			free(list);
 		list = next;
 	}
 	if (o.err != -ECANCELED)
@@ -77,6 +79,8 @@ static void post_arm(keel_loop *loop)
 	keel__promise_listen(keel__op_start(loop, op), post_notify, loop);
 }
 
+static void post_push(keel_loop *loop, struct keel__post *post);
+
 int keel_loop_post(keel_loop *loop, void (*fn)(keel_loop *, void *), void *ud)
 {
 	struct keel__post *post = malloc(sizeof(*post));
@@ -84,6 +88,21 @@ int keel_loop_post(keel_loop *loop, void (*fn)(keel_loop *, void *), void *ud)
 		return -ENOMEM;
 	post->fn = fn;
 	post->ud = ud;
+	post->embedded = false;
+	post_push(loop, post);
+	return 0;
+}
+
+void keel__loop_post_node(keel_loop *loop, struct keel__post *node, void (*fn)(keel_loop *, void *), void *ud)
+{
+	node->fn = fn;
+	node->ud = ud;
+	node->embedded = true;
+	post_push(loop, node);
+}
+
+static void post_push(keel_loop *loop, struct keel__post *post)
+{
 	post->next = NULL;
 	pthread_mutex_lock(&loop->post_mu);
 	if (loop->post_tail)
@@ -95,7 +114,6 @@ int keel_loop_post(keel_loop *loop, void (*fn)(keel_loop *, void *), void *ud)
 	uint64_t one = 1;
 	ssize_t n = write(loop->post_efd, &one, sizeof(one));
 	(void)n; /* EAGAIN means the counter is already non-zero: the loop wakes anyway */
-	return 0;
 }
 
 int keel_loop_new(keel_loop **out, const keel_loop_opts *user_opts)
@@ -166,8 +184,10 @@ void keel_loop_free(keel_loop *loop)
 	struct keel__post *post = loop->post_head;
 	while (post) {
 		struct keel__post *next = post->next;
-		keel__resolve_drop(post->fn, post->ud);
-		free(post);
+		bool embedded = post->embedded;
+		keel__resolve_drop(post->fn, post->ud); /* (may free an embedded node) */
+		if (!embedded)
+			free(post);
 		post = next;
 	}
 	pthread_mutex_destroy(&loop->post_mu);

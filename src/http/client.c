@@ -46,6 +46,8 @@ struct cconn {
 	int fd;
 	keel_promise *recv, *send_p, *connect_p;
 	struct creq *req; /* the request whose response is awaited */
+	struct creq *due_req; /* answered, settled when the send in flight ends */
+	keel_http_client_response *due_resp;
 	char *out;        /* the request head being sent */
 	size_t out_cap;
 	/* A streamed request body. */
@@ -568,19 +570,24 @@ static keel_http_client_response *response_build(struct cconn *k, struct creq *r
 	return resp;
 }
 
-/* A streamed request body still going when its response is complete: stop, and do not reuse. */
-static void body_out_abort(struct cconn *k)
+/*
+ * A streamed request body still going when its response is complete: stop,
+ * and do not reuse the connection. Returns true if a send of the
+ * producer's bytes is still in the kernel (being cancelled): the request
+ * must not be reported done before it lets go of them.
+ */
+static bool body_out_abort(struct cconn *k)
 {
-	if (k->body_out != B_NONE) {
-		k->body_out = B_NONE;
-		k->keep = false;
-		/*
-		 * A piece still being sent points into the producer's memory, which
-		 * may go once the answer has been passed on: stop it now.
-		 */
-		if (k->send_p)
-			keel_promise_cancel(k->send_p);
-	}
+	if (k->body_out == B_NONE)
+		return false;
+	bool in_flight = k->send_p && !keel_promise_is_settled(k->send_p);
+	if (k->body_out == B_LAST && !in_flight)
+		return false; /* all of it is out (its completion not yet seen): reusable */
+	k->body_out = B_NONE;
+	k->keep = false;
+	if (in_flight)
+		keel_promise_cancel(k->send_p);
+	return in_flight;
 }
 
 static void response_done(struct cconn *k)
@@ -592,7 +599,11 @@ static void response_done(struct cconn *k)
 	keel_http_client_response *resp = response_build(k, r);
 	c->stats.responses++;
 	k->keep = k->keep && k->msg.keep_alive && k->msg.body != KEEL_HTTP_BODY_UNTIL_CLOSE;
-	body_out_abort(k);
+	if (body_out_abort(k)) {
+		k->due_req = r; /* settled once the send has let go of the producer's piece */
+		k->due_resp = resp;
+		return;
+	}
 	req_settle(r, resp ? 0 : -ENOMEM, resp);
 	maybe_release(k);
 }
@@ -1070,6 +1081,12 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	struct cconn *k = ud;
 	k->send_p = NULL;
+	if (k->due_req) {
+		struct creq *r = k->due_req; /* answered while its body was still going out */
+		k->due_req = NULL;
+		req_settle(r, k->due_resp ? 0 : -ENOMEM, k->due_resp);
+		k->due_resp = NULL;
+	}
 	if (k->closing) {
 		conn_close(k);
 		return;

@@ -455,12 +455,13 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 		 * A HEAD answer keeps the framing the upstream announced: its
 		 * Content-Length, or none (chunked) -- not the "0" of an empty body.
 		 */
-		if (pr->req->head_only && ur->status >= 200 && ur->status != 204 && ur->status != 304) {
-			a->stream_length = (int64_t)m->content_length;
+		if (pr->req->head_only && ur->status >= 200 && ur->status != 204 && ur->status != 304 &&
+		    (m->content_length || !keel_http_header_find(m, "content-length"))) {
+			a->stream_length = (int64_t)m->content_length; /* (0: none announced; chunked) */
 			a->stream = body_sink; /* (never called: a HEAD answer has no body) */
 			a->stream_ud = pr;
 		}
-		return 0;
+		return 0; /* (an announced length of 0 is what an empty body says anyway) */
 	}
 	if (m->body == KEEL_HTTP_BODY_LENGTH) {
 		if (!m->content_length)

@@ -15,6 +15,7 @@
  * send deadlines on the loop's user-space timer heap).
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -2210,6 +2211,21 @@ static uint64_t rss_bytes(void)
 	return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
+/* snprintf at out[*n], clamped: a line that does not fit is dropped, never written past cap. */
+__attribute__((format(printf, 4, 5))) static void appendf(char *out, size_t cap, size_t *n, const char *fmt, ...)
+{
+	if (*n >= cap)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	int w = vsnprintf(out + *n, cap - *n, fmt, ap);
+	va_end(ap);
+	if (w > 0 && (size_t)w < cap - *n)
+		*n += (size_t)w;
+	else
+		out[*n] = '\0'; /* (too long: left out) */
+}
+
 int keel_http_status_add(keel_http_server *s, const char *label, const char *value, keel_http_metrics_fn fn,
                          void *ud)
 {
@@ -2268,16 +2284,16 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 	if (!out)
 		return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
 	if (label && !prom)
-		n += (size_t)snprintf(out, cap, "worker %.*s\n", (int)llen, label);
+		appendf(out, cap, &n, "worker %.*s\n", (int)llen, label);
 	for (size_t i = 0; i < nm; i++) {
 		if (prom)
-			n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\nkeel_%s%s%.*s%s %llu\n",
+			appendf(out, cap, &n, "# HELP keel_%s %s\n# TYPE keel_%s %s\nkeel_%s%s%.*s%s %llu\n",
 			                      m[i].name, m[i].help, m[i].name, m[i].type, m[i].name,
 			                      label ? "{worker=\"" : "", label ? (int)llen : 0, label ? label : "",
 			                      label ? "\"}" : "",
 			                      (unsigned long long)m[i].v);
 		else
-			n += (size_t)snprintf(out + n, cap - n, "%s %llu\n", m[i].name, (unsigned long long)m[i].v);
+			appendf(out, cap, &n, "%s %llu\n", m[i].name, (unsigned long long)m[i].v);
 	}
 	/*
 	 * The sources' metrics, name{worker="0",upstream="api"} value. The
@@ -2301,7 +2317,7 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 		if (xs[i].done)
 			continue;
 		if (prom)
-			n += (size_t)snprintf(out + n, cap - n, "# HELP keel_%s %s\n# TYPE keel_%s %s\n", xs[i].m.name,
+			appendf(out, cap, &n, "# HELP keel_%s %s\n# TYPE keel_%s %s\n", xs[i].m.name,
 			                      xs[i].m.help, xs[i].m.name, xs[i].m.type);
 		for (unsigned j = i; j < nx; j++) {
 			if (xs[j].done || strcmp(xs[j].m.name, xs[i].m.name) != 0)
@@ -2314,7 +2330,7 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 				ln += (size_t)snprintf(lab, sizeof(lab), "worker=\"%.*s\"", (int)llen, label);
 			if (src->label)
 				snprintf(lab + ln, sizeof(lab) - ln, "%s%s=\"%s\"", ln ? "," : "", src->label, src->value);
-			n += (size_t)snprintf(out + n, cap - n, "%s%s%s%s%s %llu\n", prom ? "keel_" : "", xs[j].m.name,
+			appendf(out, cap, &n, "%s%s%s%s%s %llu\n", prom ? "keel_" : "", xs[j].m.name,
 			                      lab[0] ? "{" : "", lab, lab[0] ? "}" : "", (unsigned long long)xs[j].m.value);
 		}
 	}

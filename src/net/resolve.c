@@ -14,7 +14,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "core/internal.h"
 #include "keel/errors.h"
@@ -35,6 +34,7 @@ struct job {
 	socklen_t len;
 	int err;
 	int state;
+	struct keel__post post; /* how the answer goes back: posting cannot fail */
 	bool cancelled; /* the consumer let go: the answer is dropped */
 	bool loop_gone; /* the loop was freed: do not post */
 	char host[HOST_MAX + 1];
@@ -158,18 +158,10 @@ static void *resolver_thread(void *arg)
 
 		pthread_mutex_lock(&R.mu);
 		unlink_job(j);
-		bool posted = false;
-		for (int tries = 0; !j->loop_gone && tries < 100; tries++) {
-			if (keel_loop_post(j->loop, job_done, j) == 0) {
-				posted = true; /* j is the loop's now: not to be touched here again */
-				break;
-			}
-			pthread_mutex_unlock(&R.mu); /* out of memory: wait for some to come back */
-			usleep(10000);
-			pthread_mutex_lock(&R.mu);
-		}
-		if (!posted)
-			free(j); /* (a loop that is being freed; or memory never came back) */
+		if (j->loop_gone)
+			free(j); /* its loop is being freed */
+		else
+			keel__loop_post_node(j->loop, &j->post, job_done, j); /* j is the loop's now */
 	}
 	return NULL;
 }
