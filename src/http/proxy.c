@@ -262,6 +262,15 @@ static void conn_tokens_add(struct conn_tokens *t, keel_str v)
 	}
 }
 
+/* Every name the message's Connection headers list. */
+static void conn_tokens_of(const keel_http_msg *m, struct conn_tokens *t)
+{
+	t->n = 0;
+	for (unsigned i = 0; i < m->nheaders; i++)
+		if (keel_str_ieq(m->headers[i].name, "connection"))
+			conn_tokens_add(t, m->headers[i].value);
+}
+
 static bool str_ieq_span(keel_str a, keel_str b)
 {
 	if (a.len != b.len)
@@ -345,10 +354,8 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	keel_http_request *req = pr->req;
 	const keel_http_msg *m = &req->msg;
 	keel_proxy *px = pr->px;
-	struct conn_tokens t = {.n = 0};
-	for (unsigned i = 0; i < m->nheaders; i++)
-		if (keel_str_ieq(m->headers[i].name, "connection"))
-			conn_tokens_add(&t, m->headers[i].value);
+	struct conn_tokens t;
+	conn_tokens_of(m, &t);
 	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 3) * sizeof(*h));
 	if (!h)
 		return 500;
@@ -420,10 +427,8 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 	keel_http_response *a = &pr->req->resp;
 	keel_proxy *px = pr->px;
 	const keel_http_msg *m = &ur->msg;
-	struct conn_tokens t = {.n = 0};
-	for (unsigned i = 0; i < m->nheaders; i++)
-		if (keel_str_ieq(m->headers[i].name, "connection"))
-			conn_tokens_add(&t, m->headers[i].value);
+	struct conn_tokens t;
+	conn_tokens_of(m, &t);
 	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 1) * sizeof(*h));
 	if (!h)
 		return -ENOMEM;
