@@ -302,7 +302,7 @@ upstream = dead
         print("access_log relative to the file: ok")
 
         # Upstream routes. /prefix/p.txt exists under root1: the longer upstream
-        # prefix must take it (strict, placeholder or not).
+        # prefix must take it.
         got = proxy_request(p, "/prefix/p.txt?q=1")
         check(got[2] != b"static p", "GET /prefix/p.txt was served by the static route, not the upstream one")
         st, _, body = proxy_request(p, "/dead/x")
