@@ -337,6 +337,17 @@ static struct fan *fan_new(keel_http_request *req, keel_promise **p)
 	return f;
 }
 
+/* One of two calls could not start: cancel the other and say so. */
+static keel_promise *calls_abandon(keel_http_request *req, keel_promise *calls[2])
+{
+	for (int i = 0; i < 2; i++)
+		if (calls[i]) {
+			keel_promise_cancel(calls[i]);
+			keel_promise_release(calls[i]);
+		}
+	return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
+}
+
 static keel_promise *route_quote(keel_http_request *req, void *ud)
 {
 	struct worker *w = ud;
@@ -351,14 +362,8 @@ static keel_promise *route_quote(keel_http_request *req, void *ud)
 	f->calls[1].want = WANT_INFO;
 	keel_promise *calls[2] = {call_start(w, ctx, &f->calls[0], opt.price, "/price"),
 	                          call_start(w, ctx, &f->calls[1], opt.info, "/info")};
-	if (!calls[0] || !calls[1]) {
-		for (int i = 0; i < 2; i++)
-			if (calls[i]) {
-				keel_promise_cancel(calls[i]);
-				keel_promise_release(calls[i]);
-			}
-		return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
-	}
+	if (!calls[0] || !calls[1])
+		return calls_abandon(req, calls);
 	/* All: both calls run at once; the first failure decides and cancels the other. */
 	return keel_then(keel_all(req->loop, calls, 2, NULL), quote_done, f);
 }
@@ -377,14 +382,8 @@ static keel_promise *route_fast(keel_http_request *req, void *ud)
 		f->calls[i].want = WANT_PRICE;
 		calls[i] = call_start(w, ctx, &f->calls[i], opt.replica[i], "/price");
 	}
-	if (!calls[0] || !calls[1]) {
-		for (int i = 0; i < 2; i++)
-			if (calls[i]) {
-				keel_promise_cancel(calls[i]);
-				keel_promise_release(calls[i]);
-			}
-		return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
-	}
+	if (!calls[0] || !calls[1])
+		return calls_abandon(req, calls);
 	/* Any: the first success answers; the other request is cancelled, down to its socket. */
 	return keel_then(keel_any(req->loop, calls, 2, &f->winner), fast_done, f);
 }

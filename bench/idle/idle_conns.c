@@ -97,6 +97,15 @@ static void close_reset(int fd)
 	close(fd);
 }
 
+/* Take k out of the epoll set and reset it. */
+static void conn_drop(int ep, struct conn *k)
+{
+	epoll_ctl(ep, EPOLL_CTL_DEL, k->fd, NULL);
+	close_reset(k->fd);
+	k->fd = -1;
+	k->state = C_CLOSED;
+}
+
 /*
  * 1: a complete 200 response is in buf[0..len); 0: need more; -1: bad
  * (not 200, unframed, or bytes beyond the response).
@@ -338,18 +347,12 @@ int main(int argc, char **argv)
 				inflight--;
 				ok++;
 				if (warm_mode) {
-					epoll_ctl(ep, EPOLL_CTL_DEL, k->fd, NULL);
-					close_reset(k->fd);
-					k->fd = -1;
-					k->state = C_CLOSED;
+					conn_drop(ep, k);
 					open--;
 				}
 			} else if (k->state == C_HELD) {
 				/* Input or EOF on an idle connection: the server gave up on it. */
-				epoll_ctl(ep, EPOLL_CTL_DEL, k->fd, NULL);
-				close_reset(k->fd);
-				k->fd = -1;
-				k->state = C_CLOSED;
+				conn_drop(ep, k);
 				open--;
 				closed_by_server++;
 			}
@@ -383,10 +386,7 @@ int main(int argc, char **argv)
 			struct conn *k = &conns[evs[e].data.u64];
 			if (k->state != C_HELD)
 				continue;
-			epoll_ctl(ep, EPOLL_CTL_DEL, k->fd, NULL);
-			close_reset(k->fd);
-			k->fd = -1;
-			k->state = C_CLOSED;
+			conn_drop(ep, k);
 			open--;
 			closed_by_server++;
 		}

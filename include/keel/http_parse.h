@@ -106,6 +106,13 @@ int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_
                              keel_http_header *headers, unsigned headers_cap,
                              const keel_http_limits *limits, keel_str method);
 
+/*
+ * Iterate the comma-separated elements of a list header value (Connection,
+ * Transfer-Encoding, ...), empty ones skipped and OWS trimmed: true and
+ * *elem set while there is one; list is advanced past it.
+ */
+bool keel_http_list_next(keel_str *list, keel_str *elem);
+
 /* Case-insensitive header lookup: the first header named name, or NULL. */
 const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const char *name);
 
@@ -115,6 +122,23 @@ static inline bool keel_str_eq(keel_str a, const char *lit)
 {
 	size_t n = __builtin_strlen(lit);
 	return a.len == n && __builtin_memcmp(a.ptr, lit, n) == 0;
+}
+
+/* ASCII-case-insensitive comparison of two spans. */
+static inline bool keel_str_ieq_str(keel_str a, keel_str b)
+{
+	if (a.len != b.len)
+		return false;
+	for (size_t i = 0; i < a.len; i++) {
+		unsigned char x = (unsigned char)a.ptr[i], y = (unsigned char)b.ptr[i];
+		if ((unsigned char)(x - 'A') < 26)
+			x = (unsigned char)(x + 32);
+		if ((unsigned char)(y - 'A') < 26)
+			y = (unsigned char)(y + 32);
+		if (x != y)
+			return false;
+	}
+	return true;
 }
 
 static inline bool keel_str_ieq(keel_str a, const char *lit)

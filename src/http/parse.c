@@ -122,8 +122,7 @@ static int parse_length(keel_str v, uint64_t *out)
 	return 0;
 }
 
-/* Iterate the comma-separated elements of a list header, trimming OWS. */
-static bool next_elem(keel_str *list, keel_str *elem)
+bool keel_http_list_next(keel_str *list, keel_str *elem)
 {
 	while (list->len && (*list->ptr == ',' || *list->ptr == ' ' || *list->ptr == '\t')) {
 		list->ptr++;
@@ -146,7 +145,7 @@ static bool next_elem(keel_str *list, keel_str *elem)
 static bool list_is_empty(keel_str v)
 {
 	keel_str e;
-	return !next_elem(&v, &e);
+	return !keel_http_list_next(&v, &e);
 }
 
 /*
@@ -242,7 +241,7 @@ static int note_header(struct framing *f, const keel_http_header *h)
 	case 10:
 		if (keel_str_ieq(n, "connection")) {
 			keel_str list = v, e;
-			while (next_elem(&list, &e)) {
+			while (keel_http_list_next(&list, &e)) {
 				if (keel_str_ieq(e, "close"))
 					f->conn_close = true;
 				else if (keel_str_ieq(e, "keep-alive"))
@@ -270,7 +269,7 @@ static int note_header(struct framing *f, const keel_http_header *h)
 			if (list_is_empty(v))
 				return KEEL_HTTP_E400;
 			keel_str list = v, e;
-			while (next_elem(&list, &e)) {
+			while (keel_http_list_next(&list, &e)) {
 				if (e.len == 0)
 					continue;
 				if (keel_str_ieq(e, "chunked")) {

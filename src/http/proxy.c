@@ -247,44 +247,16 @@ struct conn_tokens {
 	unsigned n;
 };
 
-/* The header names a Connection header lists (to be removed with it). */
-static void conn_tokens_add(struct conn_tokens *t, keel_str v)
-{
-	size_t i = 0;
-	while (i < v.len && t->n < CONN_TOKENS_MAX) {
-		while (i < v.len && (v.ptr[i] == ',' || v.ptr[i] == ' ' || v.ptr[i] == '\t'))
-			i++;
-		size_t b = i;
-		while (i < v.len && v.ptr[i] != ',' && v.ptr[i] != ' ' && v.ptr[i] != '\t')
-			i++;
-		if (i > b)
-			t->name[t->n++] = (keel_str){v.ptr + b, i - b};
-	}
-}
-
-/* Every name the message's Connection headers list. */
+/* Every header name the message's Connection headers list (removed with them). */
 static void conn_tokens_of(const keel_http_msg *m, struct conn_tokens *t)
 {
 	t->n = 0;
 	for (unsigned i = 0; i < m->nheaders; i++)
-		if (keel_str_ieq(m->headers[i].name, "connection"))
-			conn_tokens_add(t, m->headers[i].value);
-}
-
-static bool str_ieq_span(keel_str a, keel_str b)
-{
-	if (a.len != b.len)
-		return false;
-	for (size_t i = 0; i < a.len; i++) {
-		char x = a.ptr[i], y = b.ptr[i];
-		if (x >= 'A' && x <= 'Z')
-			x = (char)(x + 32);
-		if (y >= 'A' && y <= 'Z')
-			y = (char)(y + 32);
-		if (x != y)
-			return false;
-	}
-	return true;
+		if (keel_str_ieq(m->headers[i].name, "connection")) {
+			keel_str list = m->headers[i].value, e;
+			while (t->n < CONN_TOKENS_MAX && keel_http_list_next(&list, &e))
+				t->name[t->n++] = e;
+		}
 }
 
 /* Hop-by-hop (RFC 9110 7.6.1): meaningful for one connection only, never passed on. */
@@ -300,7 +272,7 @@ static bool hop_by_hop(keel_str n, const struct conn_tokens *t)
 			return true;
 		break;
 	case 'p':
-		if (n.len > 6 && str_ieq_span((keel_str){n.ptr, 6}, (keel_str){"proxy-", 6}))
+		if (n.len > 6 && keel_str_ieq_str((keel_str){n.ptr, 6}, (keel_str){"proxy-", 6}))
 			return true;
 		break;
 	case 't':
@@ -315,7 +287,7 @@ static bool hop_by_hop(keel_str n, const struct conn_tokens *t)
 		break;
 	}
 	for (unsigned i = 0; i < t->n; i++)
-		if (str_ieq_span(n, t->name[i]))
+		if (keel_str_ieq_str(n, t->name[i]))
 			return true;
 	return false;
 }
