@@ -6,19 +6,26 @@
 #   make sanitize   the same tests built with ASan+UBSan (build-san/)
 #   make bench      every benchmark in bench/ (echo, pollscale, http, load, idle, overload, proxy)
 #   make fuzz       the HTTP parser fuzzers, FUZZ_SECONDS each
+#   make faults     the fault-injection runs (build-fault/: ASan+UBSan and KEEL_FAULT)
 #
-# SAN=1 builds with sanitizers into build-san/. WERROR=1 turns warnings into errors.
+# SAN=1 builds with sanitizers into build-san/. FAULT=1 adds fault injection
+# (src/core/fault.h) to a sanitizer build, into build-fault/. WERROR=1 turns
+# warnings into errors.
 
 CC      ?= cc
-SAN     ?= 0
+FAULT   ?= 0
+SAN     ?= $(FAULT)
 WERROR  ?= 0
-BUILD   ?= $(if $(filter 1,$(SAN)),build-san,build)
+BUILD   ?= $(if $(filter 1,$(FAULT)),build-fault,$(if $(filter 1,$(SAN)),build-san,build))
 
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -g -O2 -fPIC -pthread \
 	-Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
 	-Wformat=2 -Wvla -Iinclude -Isrc
 ifeq ($(WERROR),1)
 CFLAGS_BASE += -Werror
+endif
+ifeq ($(FAULT),1)
+CFLAGS_BASE += -DKEEL_FAULT
 endif
 ifeq ($(SAN),1)
 CFLAGS_BASE += -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined

@@ -54,6 +54,8 @@ keel_promise *keel_sendfile(keel_loop *loop, int out_fd, int in_fd, uint64_t off
 /*
  * Close fd. In-flight operations on fd are cancelled first (they settle
  * with -ECANCELED), so nothing is left waiting on a closed descriptor.
+ * Never refused: with the operation table full (ops_max), the close is
+ * made with close(2) once the operations on fd have ended.
  */
 keel_promise *keel_close(keel_loop *loop, int fd);
 

@@ -116,8 +116,8 @@ bool keel_http_list_next(keel_str *list, keel_str *elem);
 /* Case-insensitive header lookup: the first header named name, or NULL. */
 const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const char *name);
 
-/* Exact and ASCII-case-insensitive comparison of a span with a C string. Inline so the
- * length of a literal is known at compile time. */
+/* Exact (case-sensitive) comparison of a span with a C string. Inline so the length of a
+ * literal is known at compile time. */
 static inline bool keel_str_eq(keel_str a, const char *lit)
 {
 	size_t n = __builtin_strlen(lit);
@@ -141,6 +141,7 @@ static inline bool keel_str_ieq_str(keel_str a, keel_str b)
 	return true;
 }
 
+/* ASCII-case-insensitive comparison of a span with a C string. */
 static inline bool keel_str_ieq(keel_str a, const char *lit)
 {
 	size_t n = __builtin_strlen(lit);

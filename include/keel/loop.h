@@ -84,7 +84,11 @@ int keel_loop_run(keel_loop *loop);
 /* Run one tick, waiting at most timeout_ms (-1: until something happens). */
 int keel_loop_run_once(keel_loop *loop, int timeout_ms);
 
-/* Make keel_loop_run() return after the current tick. Loop thread only. */
+/*
+ * Make keel_loop_run() return after the current tick; called while the loop
+ * is not running, the next keel_loop_run() returns after one tick. Loop
+ * thread only.
+ */
 void keel_loop_stop(keel_loop *loop);
 
 /*

@@ -12,6 +12,7 @@
 #define KEEL_BACKEND_H
 
 #include <linux/openat2.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -91,6 +92,7 @@ struct keel__op {
 		struct {
 			keel_recv_fn fn;
 			void *ud;
+			uint32_t cap; /* fault builds: receive at most this much once (0: a buffer) */
 		} stream;
 		struct {
 			struct sockaddr_storage addr;
@@ -102,6 +104,11 @@ struct keel__op {
 			struct iovec *iov; /* points at iov_inline or heap */
 			size_t total, done;
 			int zc_res; /* io_uring: result held until the ZC notification */
+#ifdef KEEL_FAULT
+			/* An injected short send: iov[fault_iov] was cut, msg_iovlen was fault_iovlen. */
+			uint32_t fault_iov, fault_iovlen;
+			size_t fault_len;
+#endif
 			struct iovec iov_inline[KEEL__IOV_INLINE];
 		} send;
 		struct {
@@ -172,6 +179,11 @@ typedef struct keel__backend {
 	void (*fini)(keel_loop *loop);
 	/* Queue op for the next kernel entry. Never completes it synchronously. */
 	void (*submit)(keel_loop *loop, keel__op *op);
+	/*
+	 * Complete op with res at the next poll, as if the kernel had (fault
+	 * injection: op never reaches the kernel). Never synchronously.
+	 */
+	void (*inject)(keel_loop *loop, keel__op *op, int res);
 	/* Ask the kernel to cancel op; it still completes, normally with -ECANCELED. */
 	void (*cancel)(keel_loop *loop, keel__op *op);
 	/* Cancel every op in flight on fd (each still completes). */
@@ -213,6 +225,9 @@ void keel__buf_return(keel_loop *loop, uint16_t bid);
 
 /* epoll backend: take a free pool buffer (counted in use), or NULL when the pool is dry. */
 keel_buf *keel__buf_take(keel__bufpool *pool);
+
+/* Start a thread with every signal blocked: keel's helper threads take none of the host's. */
+int keel__thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* Count a late completion that was dropped. */
 void keel__count_late(keel_loop *loop);

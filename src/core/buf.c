@@ -85,7 +85,7 @@ static void buf_recycle(keel_loop *loop, keel__bufpool *pool, keel_buf *buf)
 			pool->waiters_tail = NULL;
 		op->next = NULL;
 		op->flags &= (uint8_t)~KEEL__OPF_PARKED;
-		loop->be->submit(loop, op);
+		keel__op_submit(loop, op);
 	}
 }
 
@@ -130,6 +130,6 @@ void keel__bufpool_park(keel_loop *loop, keel__op *op)
 	if (pool->in_use < pool->count && pool->waiters == op) {
 		pool->waiters = pool->waiters_tail = NULL;
 		op->flags &= (uint8_t)~KEEL__OPF_PARKED;
-		loop->be->submit(loop, op);
+		keel__op_submit(loop, op);
 	}
 }

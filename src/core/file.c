@@ -98,5 +98,5 @@ keel_promise *keel_sendfile(keel_loop *loop, int out_fd, int in_fd, uint64_t off
 keel_promise *keel_close(keel_loop *loop, int fd)
 {
 	keel__op *op = op_or_null(loop, KEEL__OP_CLOSE, fd);
-	return START_OR_LIMIT(op);
+	return op ? keel__op_start(loop, op) : keel__close_without_op(loop, fd);
 }

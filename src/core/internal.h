@@ -83,24 +83,45 @@ struct keel__memfree {
 
 struct keel__post {
 	void (*fn)(keel_loop *loop, void *ud);
+	/* A post the loop is freed before it runs: drop(ud) instead (NULL: nothing to do). */
+	void (*drop)(void *ud);
 	void *ud;
 	struct keel__post *next;
 	bool embedded; /* part of ud's memory (keel__loop_post_node): never freed by the loop */
 };
 
-/* keel_loop_post with caller storage: cannot fail. node lives until fn has run (or been dropped). */
-void keel__loop_post_node(keel_loop *loop, struct keel__post *node, void (*fn)(keel_loop *, void *), void *ud);
+/*
+ * keel_loop_post with caller storage: cannot fail. node lives until fn has
+ * run, or drop(ud) has been called because the loop went first.
+ */
+void keel__loop_post_node(keel_loop *loop, struct keel__post *node, void (*fn)(keel_loop *, void *),
+                          void (*drop)(void *), void *ud);
 
-/* The resolver (src/net/resolve.c): forget a loop being freed; free a post it will never run. */
-void keel__resolve_forget(keel_loop *loop);
-void keel__resolve_drop(void (*fn)(keel_loop *, void *), void *ud);
+/* Something outside the loop that posts back to it (the resolver) forgets a loop being freed. */
+struct keel__loop_watcher {
+	void (*forget)(keel_loop *loop);
+	struct keel__loop_watcher *next;
+};
+/* Register w (static storage) once per process; its forget runs for every loop freed after. */
+void keel__loop_watch(struct keel__loop_watcher *w);
+
+/* A close waiting, without an op slot, for the operations on its fd to end (op.c). */
+struct keel__close_wait {
+	int fd;
+	keel_promise *p;
+	struct keel__close_wait *next;
+};
 
 struct keel_loop {
 	const keel__backend *be;
 	void *be_data;
 	keel_loop_opts opts;
 	uint64_t now_ns;
-	bool stopping;
+	bool stopping; /* keel_loop_stop: run returns after this tick */
+	bool freeing;  /* keel_loop_free is draining the kernel */
+	bool in_run;          /* inside keel_loop_run */
+	bool sigpipe_blocked; /* SIGPIPE is blocked on this thread by keel (run, run_once, free) */
+	bool sigpipe_was_pending;
 	void *user_data;
 
 	/* Ready queue: settled promises whose consumer must run. */
@@ -131,6 +152,8 @@ struct keel_loop {
 	uint32_t *fdrefs;
 	int nfdrefs;
 	keel__op *closes; /* chained through op->next */
+	struct keel__close_wait *close_waits; /* closes that found no op slot */
+	uint32_t nclose_waits;
 
 	/* Timer heap (binary, by deadline). */
 	keel__timer **heap;
@@ -138,11 +161,16 @@ struct keel_loop {
 
 	keel__bufpool bufpool;
 
-	/* Cross-thread posts, through an eventfd read op. */
+	/*
+	 * Cross-thread posts, through an eventfd read op that is allocated with
+	 * the loop and re-armed for its whole life: waking the loop never
+	 * depends on finding a free op slot.
+	 */
 	pthread_mutex_t post_mu;
 	struct keel__post *post_head, *post_tail;
 	int post_efd;
 	uint64_t post_val;
+	keel__op *post_op;
 
 	keel_loop_stats stats;
 };
@@ -184,6 +212,14 @@ void keel__fd_ref(keel_loop *loop, int fd);
 void keel__fd_unref(keel_loop *loop, int fd);
 keel_promise *keel__op_start(keel_loop *loop, keel__op *op);
 void keel__op_cancel(keel_loop *loop, keel__op *op);
+/* Hand op to the backend (or, in fault builds, to an injected completion). */
+void keel__op_submit(keel_loop *loop, keel__op *op);
+/* keel_close when the op table is full: close(2) once nothing is in flight on fd. Never fails. */
+keel_promise *keel__close_without_op(keel_loop *loop, int fd);
+void keel__close_now(keel_loop *loop, keel_promise *p, int fd);
+
+/* loop.c: the wake-up op completed (op.c hands it over; it is never freed but by keel_loop_free). */
+void keel__loop_post_complete(keel_loop *loop, int res);
 
 /* arena.c */
 void keel__ctx_pool_fini(keel_loop *loop);

@@ -5,12 +5,14 @@
  * work can starve the others.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "internal.h"
 #include "keel/log.h"
 
@@ -42,19 +44,31 @@ static bool pow2(unsigned v)
 	return v && !(v & (v - 1));
 }
 
-static void post_arm(keel_loop *loop);
+/* ---- Cross-thread posts ------------------------------------------------- */
 
-static void post_notify(keel_promise *p, void *arg)
+static void post_arm(keel_loop *loop)
 {
-	keel_loop *loop = arg;
-	keel_outcome o = p->out;
-	keel__promise_unref(p);
+	keel__op *op = loop->post_op;
+	op->u.rw.buf = &loop->post_val;
+	op->u.rw.len = sizeof(loop->post_val);
+	keel__op_submit(loop, op);
+}
 
+void keel__loop_post_complete(keel_loop *loop, int res)
+{
+	(void)res; /* whatever the read said, the list is the truth; an error only re-arms */
+	if (loop->freeing) {
+		/* keel_loop_free cancelled it: what is still posted is dropped there. */
+		keel__op *op = loop->post_op;
+		loop->post_op = NULL;
+		keel__op_free(loop, op);
+		return;
+	}
 	pthread_mutex_lock(&loop->post_mu);
 	struct keel__post *list = loop->post_head;
 	loop->post_head = loop->post_tail = NULL;
 	pthread_mutex_unlock(&loop->post_mu);
-
+	post_arm(loop); /* before running them: a post made by one of them wakes the next tick */
 	while (list) {
 		struct keel__post *next = list->next;
 		bool embedded = list->embedded; /* (fn may free an embedded node) */
@@ -63,39 +77,28 @@ static void post_notify(keel_promise *p, void *arg)
 			free(list);
 		list = next;
 	}
-	if (o.err != -ECANCELED)
-		post_arm(loop);
-}
-
-static void post_arm(keel_loop *loop)
-{
-	keel__op *op = keel__op_new(loop, KEEL__OP_READ_POLL, loop->post_efd);
-	if (!op)
-		return;
-	op->flags |= KEEL__OPF_DAEMON;
-	loop->ops_daemon++;
-	op->u.rw.buf = &loop->post_val;
-	op->u.rw.len = sizeof(loop->post_val);
-	keel__promise_listen(keel__op_start(loop, op), post_notify, loop);
 }
 
 static void post_push(keel_loop *loop, struct keel__post *post);
 
 int keel_loop_post(keel_loop *loop, void (*fn)(keel_loop *, void *), void *ud)
 {
-	struct keel__post *post = malloc(sizeof(*post));
+	struct keel__post *post = keel__malloc(sizeof(*post));
 	if (!post)
 		return -ENOMEM;
 	post->fn = fn;
+	post->drop = NULL;
 	post->ud = ud;
 	post->embedded = false;
 	post_push(loop, post);
 	return 0;
 }
 
-void keel__loop_post_node(keel_loop *loop, struct keel__post *node, void (*fn)(keel_loop *, void *), void *ud)
+void keel__loop_post_node(keel_loop *loop, struct keel__post *node, void (*fn)(keel_loop *, void *),
+                          void (*drop)(void *), void *ud)
 {
 	node->fn = fn;
+	node->drop = drop;
 	node->ud = ud;
 	node->embedded = true;
 	post_push(loop, node);
@@ -114,6 +117,70 @@ static void post_push(keel_loop *loop, struct keel__post *post)
 	uint64_t one = 1;
 	ssize_t n = write(loop->post_efd, &one, sizeof(one));
 	(void)n; /* EAGAIN means the counter is already non-zero: the loop wakes anyway */
+}
+
+/* ---- Watchers of freed loops ---------------------------------------------- */
+
+static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct keel__loop_watcher *watchers;
+
+void keel__loop_watch(struct keel__loop_watcher *w)
+{
+	pthread_mutex_lock(&watch_mu);
+	w->next = watchers;
+	watchers = w;
+	pthread_mutex_unlock(&watch_mu);
+}
+
+/* ---- SIGPIPE -------------------------------------------------------------- */
+
+/*
+ * A send or splice to a socket whose peer has gone raises SIGPIPE in the
+ * thread that made it, unless MSG_NOSIGNAL was passed -- and sendfile(2) and
+ * splice(2) have no such flag. keel must never kill its host that way,
+ * whatever the host's dispositions: while the loop runs, SIGPIPE is blocked
+ * on its thread, and one raised meanwhile is consumed before the mask is put
+ * back. (A host that blocks SIGPIPE itself keeps its own pending ones.)
+ */
+static void sigpipe_block(keel_loop *loop)
+{
+	sigset_t set, old;
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	if (pthread_sigmask(SIG_BLOCK, &set, &old) != 0 || sigismember(&old, SIGPIPE))
+		return; /* already blocked by the host: nothing of ours to undo */
+	sigset_t pending;
+	sigpending(&pending);
+	loop->sigpipe_was_pending = sigismember(&pending, SIGPIPE);
+	loop->sigpipe_blocked = true;
+}
+
+static void sigpipe_restore(keel_loop *loop)
+{
+	if (!loop->sigpipe_blocked)
+		return;
+	loop->sigpipe_blocked = false;
+	sigset_t set, pending;
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	sigpending(&pending);
+	if (sigismember(&pending, SIGPIPE) && !loop->sigpipe_was_pending) {
+		static const struct timespec zero = {0, 0};
+		while (sigtimedwait(&set, NULL, &zero) == SIGPIPE)
+			;
+	}
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
+int keel__thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	/* Threads keel starts take no signals: the host's go to its own threads. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int err = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return err;
 }
 
 int keel_loop_new(keel_loop **out, const keel_loop_opts *user_opts)
@@ -146,10 +213,20 @@ int keel_loop_new(keel_loop **out, const keel_loop_opts *user_opts)
 		err = -errno;
 		goto out_bufpool;
 	}
+	/* The wake-up op, for the loop's whole life (the table is empty: this cannot fail). */
+	loop->post_op = keel__op_new(loop, KEEL__OP_READ_POLL, loop->post_efd);
+	if (!loop->post_op) {
+		err = -ENOMEM;
+		goto out_efd;
+	}
+	loop->post_op->flags |= KEEL__OPF_DAEMON;
+	loop->ops_daemon++;
 	post_arm(loop);
 	*out = loop;
 	return 0;
 
+out_efd:
+	close(loop->post_efd);
 out_bufpool:
 	keel__bufpool_fini(loop);
 out_backend:
@@ -165,27 +242,34 @@ void keel_loop_free(keel_loop *loop)
 	if (!loop)
 		return;
 	loop->stopping = true;
+	loop->freeing = true;
+	sigpipe_block(loop);
 	/* Cancel everything in flight and wait for the kernel to let go of it. */
 	for (uint32_t i = 0; i < loop->ops_cap; i++) {
 		keel__op *op = loop->ops[i];
 		if (op->kind)
 			keel__op_cancel(loop, op);
 	}
-	for (int round = 0; loop->ops_live && round < 1000; round++)
+	for (int round = 0; (loop->ops_live || loop->nclose_waits) && round < 1000; round++)
 		if (loop->be->poll(loop, 10 * 1000000ll, loop->opts.cqe_batch_max) < 0)
 			break;
 	if (loop->ops_live)
 		keel_log(KEEL_LOG_WARN, "loop freed with %u operations still in the kernel", loop->ops_live);
+	sigpipe_restore(loop);
 	keel__bufpool_fini(loop);
 	loop->be->fini(loop);
-	keel__resolve_forget(loop); /* lookups still running will not post here */
+	pthread_mutex_lock(&watch_mu);
+	for (struct keel__loop_watcher *w = watchers; w; w = w->next)
+		w->forget(loop); /* work still running elsewhere will not post here */
+	pthread_mutex_unlock(&watch_mu);
 	if (loop->post_efd >= 0)
 		close(loop->post_efd);
 	struct keel__post *post = loop->post_head;
 	while (post) {
 		struct keel__post *next = post->next;
 		bool embedded = post->embedded;
-		keel__resolve_drop(post->fn, post->ud); /* (may free an embedded node) */
+		if (post->drop)
+			post->drop(post->ud); /* (may free an embedded node) */
 		if (!embedded)
 			free(post);
 		post = next;
@@ -199,10 +283,11 @@ void keel_loop_free(keel_loop *loop)
 
 static bool loop_alive(const keel_loop *loop)
 {
-	return loop->ops_live > loop->ops_daemon || loop->heap_len || loop->ready_head || loop->holds;
+	return loop->ops_live > loop->ops_daemon || loop->heap_len || loop->ready_head || loop->holds ||
+	       loop->nclose_waits;
 }
 
-int keel_loop_run_once(keel_loop *loop, int timeout_ms)
+static int tick(keel_loop *loop, int timeout_ms)
 {
 	/* now_ns is from the end of the last tick's wait: one clock read per tick. */
 	loop->stats.ticks++;
@@ -225,17 +310,32 @@ int keel_loop_run_once(keel_loop *loop, int timeout_ms)
 	return 0;
 }
 
+int keel_loop_run_once(keel_loop *loop, int timeout_ms)
+{
+	if (loop->in_run)
+		return tick(loop, timeout_ms); /* (a continuation driving the loop from inside keel_loop_run) */
+	sigpipe_block(loop);
+	int err = tick(loop, timeout_ms);
+	sigpipe_restore(loop);
+	return err;
+}
+
 int keel_loop_run(keel_loop *loop)
 {
-	loop->stopping = false;
+	int err = 0;
+	sigpipe_block(loop);
+	loop->in_run = true;
 	keel__ready_run(loop, loop->opts.ready_batch_max);
-	while (!loop->stopping && loop_alive(loop)) {
-		int err = keel_loop_run_once(loop, -1);
-		if (err < 0)
-			return err;
+	/* A stop asked for before the run (or by a continuation just run) ends it after one tick. */
+	while (loop_alive(loop)) {
+		err = tick(loop, -1);
+		if (err < 0 || loop->stopping)
+			break;
 	}
 	loop->stopping = false;
-	return 0;
+	loop->in_run = false;
+	sigpipe_restore(loop);
+	return err < 0 ? err : 0;
 }
 
 void keel_loop_stop(keel_loop *loop)

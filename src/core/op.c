@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "internal.h"
 
 static void op_cancel_hook(keel_promise *p, void *arg)
@@ -40,20 +41,76 @@ void keel__fd_ref(keel_loop *loop, int fd)
 void keel__fd_unref(keel_loop *loop, int fd)
 {
 	KEEL__ASSERT(fd < loop->nfdrefs && loop->fdrefs[fd] > 0);
-	if (--loop->fdrefs[fd] > 0 || !loop->closes)
+	if (--loop->fdrefs[fd] > 0)
 		return;
 	/* The last operation on fd is done: a close that waited for it goes now. */
-	keel__op **pp = &loop->closes;
-	while (*pp) {
+	for (keel__op **pp = &loop->closes; *pp; pp = &(*pp)->next) {
 		keel__op *c = *pp;
 		if (c->fd == fd) {
 			*pp = c->next;
 			c->next = NULL;
-			loop->be->submit(loop, c);
+			keel__op_submit(loop, c);
 			return;
 		}
-		pp = &c->next;
 	}
+	for (struct keel__close_wait **pp = &loop->close_waits; *pp; pp = &(*pp)->next) {
+		struct keel__close_wait *w = *pp;
+		if (w->fd == fd) {
+			*pp = w->next;
+			loop->nclose_waits--;
+			keel__close_now(loop, w->p, fd);
+			keel__mem_free(loop, w, sizeof(*w));
+			return;
+		}
+	}
+}
+
+void keel__close_now(keel_loop *loop, keel_promise *p, int fd)
+{
+	(void)loop;
+	if (close(fd) < 0 && errno != EINTR)
+		keel_promise_reject(p, -errno);
+	else
+		keel_promise_resolve(p, 0, NULL); /* (EINTR: Linux has released the descriptor anyway) */
+}
+
+/*
+ * A close with no operation slot to spare: done here, with close(2), once
+ * nothing is in flight on fd. Cleanup must never fail for want of a slot
+ * (a refused close would leak the descriptor).
+ */
+keel_promise *keel__close_without_op(keel_loop *loop, int fd)
+{
+	keel_promise *p = keel__promise_make(loop, NULL);
+	if (fd < 0 || fd >= loop->nfdrefs || !loop->fdrefs[fd]) {
+		keel__close_now(loop, p, fd);
+		return p;
+	}
+	struct keel__close_wait *w = keel__mem_alloc(loop, sizeof(*w));
+	w->fd = fd;
+	w->p = p;
+	w->next = loop->close_waits;
+	loop->close_waits = w;
+	loop->nclose_waits++;
+	for (keel__op *o = loop->bufpool.waiters, *next; o; o = next) {
+		next = o->next;
+		if (o->fd == fd)
+			keel__op_cancel(loop, o);
+	}
+	loop->be->cancel_fd(loop, fd);
+	return p;
+}
+
+void keel__op_submit(keel_loop *loop, keel__op *op)
+{
+#ifdef KEEL_FAULT
+	int err = keel__fault_op(op);
+	if (err < 0) {
+		loop->be->inject(loop, op, err);
+		return;
+	}
+#endif
+	loop->be->submit(loop, op);
 }
 
 static bool op_holds_fd(const keel__op *op)
@@ -84,7 +141,7 @@ keel_promise *keel__op_start(keel_loop *loop, keel__op *op)
 		loop->be->cancel_fd(loop, op->fd);
 		return p;
 	}
-	loop->be->submit(loop, op);
+	keel__op_submit(loop, op);
 	return p;
 }
 
@@ -128,7 +185,7 @@ void keel__op_cancel(keel_loop *loop, keel__op *op)
 
 static void resubmit(keel_loop *loop, keel__op *op)
 {
-	loop->be->submit(loop, op);
+	keel__op_submit(loop, op);
 }
 
 static bool op_ended_by_user(const keel__op *op)
@@ -202,6 +259,15 @@ static void stream_complete(keel_loop *loop, keel__op *op, int res, unsigned fla
 
 static void send_complete(keel_loop *loop, keel__op *op, int res)
 {
+#ifdef KEEL_FAULT
+	if (op->u.send.fault_iovlen) {
+		/* An injected short send: the rest of the cut piece, and the pieces after it, are owed. */
+		struct msghdr *m = &op->u.send.msg;
+		m->msg_iov[op->u.send.fault_iov].iov_len = op->u.send.fault_len;
+		m->msg_iovlen = op->u.send.fault_iovlen;
+		op->u.send.fault_iovlen = 0;
+	}
+#endif
 	if (res < 0) {
 		op_finish(loop, op, res);
 		return;
@@ -249,7 +315,7 @@ static void connect_complete(keel_loop *loop, keel__op *op, int res)
 static void sendfile_complete(keel_loop *loop, keel__op *op, int res)
 {
 	if (res < 0) {
-		op_finish(loop, op, op->u.sendfile.done ? (int64_t)op->u.sendfile.done : res);
+		op_finish(loop, op, res); /* what went before is lost with the connection: an error, not a count */
 		return;
 	}
 	op->u.sendfile.done += (size_t)res;
@@ -263,6 +329,10 @@ static void sendfile_complete(keel_loop *loop, keel__op *op, int res)
 void keel__op_complete(keel_loop *loop, keel__op *op, int res, unsigned flags, uint16_t bid)
 {
 	loop->stats.completions++;
+	if (op == loop->post_op) {
+		keel__loop_post_complete(loop, res);
+		return;
+	}
 	switch (op->kind) {
 	case KEEL__OP_ACCEPT:
 		accept_complete(loop, op, res, flags);

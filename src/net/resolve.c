@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/fault.h"
 #include "core/internal.h"
 #include "keel/errors.h"
 #include "keel/tcp.h"
@@ -119,6 +120,12 @@ static void job_done(keel_loop *loop, void *ud)
 	free(j);
 }
 
+/* An answer posted to a loop that was freed before it ran. */
+static void job_drop(void *ud)
+{
+	free(ud);
+}
+
 static void *resolver_thread(void *arg)
 {
 	(void)arg;
@@ -161,7 +168,7 @@ static void *resolver_thread(void *arg)
 		if (j->loop_gone)
 			free(j); /* its loop is being freed */
 		else
-			keel__loop_post_node(j->loop, &j->post, job_done, j); /* j is the loop's now */
+			keel__loop_post_node(j->loop, &j->post, job_done, job_drop, j); /* j is the loop's now */
 	}
 	return NULL;
 }
@@ -183,6 +190,15 @@ static void job_cancel(keel_promise *p, void *ud)
 	keel_promise_reject(p, -ECANCELED);
 }
 
+static void resolve_forget(keel_loop *loop);
+static struct keel__loop_watcher watcher = {resolve_forget, NULL};
+static pthread_once_t watch_once = PTHREAD_ONCE_INIT;
+
+static void watch(void)
+{
+	keel__loop_watch(&watcher);
+}
+
 keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockaddr_storage *out)
 {
 	keel_promise *p = keel_promise_new(loop);
@@ -195,11 +211,12 @@ keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockadd
 		keel_promise_resolve(p, len, out); /* numeric: no lookup */
 		return p;
 	}
-	struct job *j = calloc(1, sizeof(*j));
+	struct job *j = keel__calloc(1, sizeof(*j));
 	if (!j) {
 		keel_promise_reject(p, -ENOMEM);
 		return p;
 	}
+	pthread_once(&watch_once, watch);
 	split(hostport, j->host, j->port);
 	j->loop = loop;
 	j->p = p;
@@ -213,7 +230,7 @@ keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockadd
 	}
 	while (R.threads < RESOLVE_THREADS) {
 		pthread_t t;
-		if (pthread_create(&t, NULL, resolver_thread, NULL) != 0)
+		if (keel__thread_start(&t, resolver_thread, NULL) != 0)
 			break;
 		pthread_detach(t);
 		R.threads++;
@@ -238,7 +255,8 @@ keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockadd
 	return p;
 }
 
-void keel__resolve_forget(keel_loop *loop)
+/* A loop is being freed: lookups for it are dropped, answers in flight are not posted. */
+static void resolve_forget(keel_loop *loop)
 {
 	pthread_mutex_lock(&R.mu);
 	for (struct job *j = R.head, *next; j; j = next) {
@@ -256,8 +274,4 @@ void keel__resolve_forget(keel_loop *loop)
 	pthread_mutex_unlock(&R.mu);
 }
 
-void keel__resolve_drop(void (*fn)(keel_loop *, void *), void *ud)
-{
-	if (fn == job_done)
-		free(ud); /* an answer posted to a loop that is being freed */
-}
+

@@ -233,6 +233,11 @@ static void ep_submit(keel_loop *loop, keel__op *op)
 	keel__ep_push(&ep->pending, &ep->pending_tail, op);
 }
 
+static void ep_inject(keel_loop *loop, keel__op *op, int res)
+{
+	keel__ep_defer(keel__loop_be(loop), op, res);
+}
+
 static void ep_cancel(keel_loop *loop, keel__op *op)
 {
 	keel__epoll *ep = keel__loop_be(loop);
@@ -494,6 +499,7 @@ const keel__backend keel__backend_epoll = {
 	.init = ep_init,
 	.fini = ep_fini,
 	.submit = ep_submit,
+	.inject = ep_inject,
 	.cancel = ep_cancel,
 	.cancel_fd = ep_cancel_fd,
 	.poll = ep_poll,

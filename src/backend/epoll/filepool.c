@@ -76,9 +76,9 @@ int keel__ep_pool_queue(keel__epoll *ep, keel__op *op, unsigned threads_max)
 {
 	pthread_mutex_lock(&ep->mu);
 	if (!ep->threads)
-		ep->threads = calloc(threads_max, sizeof(pthread_t));
+		ep->threads = calloc(threads_max, sizeof(pthread_t)); /* (NULL: no thread, -EAGAIN below) */
 	if (ep->threads && ep->nthreads < threads_max && (ep->jobs || ep->nthreads == 0)) {
-		if (pthread_create(&ep->threads[ep->nthreads], NULL, worker, ep) == 0)
+		if (keel__thread_start(&ep->threads[ep->nthreads], worker, ep) == 0)
 			ep->nthreads++;
 	}
 	if (ep->nthreads == 0) {

@@ -71,12 +71,17 @@ static int attempt_recv_stream(keel_loop *loop, keel__epoll *ep, keel__op *op)
 			keel__op_complete(loop, op, -ENOBUFS, 0, 0);
 			return ATT_DONE;
 		}
-		ssize_t n = sys_recv(op->fd, buf->data, buf->cap);
+		uint32_t cap = op->u.stream.cap ? op->u.stream.cap : buf->cap; /* (a short read injected) */
+		ssize_t n = sys_recv(op->fd, buf->data, cap < buf->cap ? cap : buf->cap);
 		if (n > 0) {
 			keel__op_complete(loop, op, (int)n, KEEL__F_MORE | KEEL__F_BUFFER, buf->id);
 			if (user_ended(op)) {
 				keel__op_complete(loop, op, -ECANCELED, 0, 0);
 				return ATT_DONE;
+			}
+			if (op->u.stream.cap) {
+				op->u.stream.cap = 0;
+				return ATT_REQUEUE; /* the socket may hold more: no edge will say so */
 			}
 			/*
 			 * A short read drained the socket; data arriving later raises a

@@ -22,7 +22,9 @@ int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op)
 		                      op->u.connect.addrlen);
 		break;
 	case KEEL__OP_RECV_STREAM:
-		if (op->flags & KEEL__OPF_PACED)
+		if (op->u.stream.cap) /* an injected short read: one receive of at most cap bytes */
+			io_uring_prep_recv(sqe, op->fd, NULL, op->u.stream.cap, 0);
+		else if (op->flags & KEEL__OPF_PACED)
 			io_uring_prep_recv(sqe, op->fd, NULL, 0, 0); /* re-armed after each buffer */
 		else
 			io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);

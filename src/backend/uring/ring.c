@@ -59,6 +59,28 @@ static int setup(keel__uring *u, const keel_loop_opts *opts, bool sqpoll)
 	return err;
 }
 
+#define NOP_INJECT_RESULT (1u << 0) /* IORING_NOP_INJECT_RESULT, newer than this liburing */
+
+#ifdef KEEL_FAULT
+/* Whether this kernel's NOP injects a result (fault builds, at setup: the ring is empty). */
+static int nop_inject_probe(keel__uring *u)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+	if (!sqe)
+		return -1;
+	io_uring_prep_nop(sqe);
+	sqe->rw_flags = NOP_INJECT_RESULT;
+	sqe->len = (unsigned)-EIO;
+	io_uring_sqe_set_data64(sqe, KEEL__URING_IGNORE - 1);
+	struct io_uring_cqe *cqe;
+	if (io_uring_submit_and_wait(&u->ring, 1) < 0 || io_uring_peek_cqe(&u->ring, &cqe) < 0)
+		return -1;
+	int ok = cqe->res == -EIO ? 1 : -1;
+	io_uring_cqe_seen(&u->ring, cqe);
+	return ok;
+}
+#endif
+
 static int env_flag(const char *name)
 {
 	const char *v = getenv(name);
@@ -124,6 +146,9 @@ static int uring_init(keel_loop *loop, keel_loop_opts *opts)
 	opts->send_zc_min_bytes = u->send_zc ? zc : 0;
 
 	u->ring_fd_registered = io_uring_register_ring_fd(&u->ring) == 1;
+#ifdef KEEL_FAULT
+	u->nop_inject = nop_inject_probe(u); /* (the ring is empty yet) */
+#endif
 	u->pipe_size = 1 << 20;
 	keel__loop_set_be(loop, u);
 	return 0;
@@ -253,6 +278,46 @@ static void dispatch(keel_loop *loop, keel__uring *u, struct io_uring_cqe *cqe)
 	keel__op_complete(loop, op, res, kf, bid);
 }
 
+/*
+ * Fault injection: op completes with res without reaching the kernel --
+ * through the ring itself where IORING_OP_NOP can inject a result (Linux
+ * 6.10+), otherwise from a list drained at the next poll.
+ */
+static void uring_inject(keel_loop *loop, keel__op *op, int res)
+{
+	keel__uring *u = keel__loop_be(loop);
+	if (u->nop_inject > 0) {
+		struct io_uring_sqe *sqe = keel__uring_sqe(loop, u);
+		if (sqe) {
+			io_uring_prep_nop(sqe);
+			sqe->rw_flags = NOP_INJECT_RESULT;
+			sqe->len = (unsigned)res;
+			io_uring_sqe_set_data64(sqe, keel__op_user_data(op));
+			return;
+		}
+	}
+	op->be_scratch = res;
+	op->next = NULL;
+	if (u->inj_tail)
+		u->inj_tail->next = op;
+	else
+		u->inj_head = op;
+	u->inj_tail = op;
+}
+
+static void inject_drain(keel_loop *loop, keel__uring *u)
+{
+	keel__op *list = u->inj_head;
+	u->inj_head = u->inj_tail = NULL;
+	while (list) {
+		keel__op *op = list;
+		list = op->next;
+		op->next = NULL;
+		struct io_uring_cqe cqe = {.user_data = keel__op_user_data(op), .res = (int32_t)op->be_scratch};
+		dispatch(loop, u, &cqe);
+	}
+}
+
 static int uring_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 {
 	keel__uring *u = keel__loop_be(loop);
@@ -260,6 +325,8 @@ static int uring_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 	int ret;
 
 	keel__loop_count_submit(loop, 0);
+	if (u->inj_head)
+		timeout_ns = 0; /* injected results are due now */
 	if (timeout_ns == 0) {
 		ret = io_uring_submit_and_get_events(&u->ring);
 	} else if (timeout_ns < 0) {
@@ -276,6 +343,8 @@ static int uring_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 	keel__loop_update_time(loop); /* completions are handled at the time they arrived */
 
 	unsigned handled = 0;
+	if (u->inj_head)
+		inject_drain(loop, u);
 	struct io_uring_cqe *batch[64];
 	while (handled < max) {
 		unsigned want = max - handled < 64 ? max - handled : 64;
@@ -355,6 +424,7 @@ const keel__backend keel__backend_uring = {
 	.init = uring_init,
 	.fini = uring_fini,
 	.submit = uring_submit,
+	.inject = uring_inject,
 	.cancel = uring_cancel,
 	.cancel_fd = uring_cancel_fd,
 	.poll = uring_poll,

@@ -23,6 +23,8 @@ typedef struct keel__uring {
 	struct io_uring_buf_ring *br;
 	size_t br_bytes;
 	int br_mask;
+	int nop_inject; /* fault builds: NOP can inject a result (1), or not (-1: a deferred list) */
+	keel__op *inj_head, *inj_tail; /* injected results waiting for the next poll (be_scratch) */
 	int pipes[KEEL__URING_PIPE_CACHE][2];
 	int npipes;
 	int pipe_size;
