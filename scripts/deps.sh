@@ -8,6 +8,8 @@ need=""
 [ -f /usr/include/cjson/cJSON.h ] || need="$need libcjson-dev"
 command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
+# test_date builds a German locale with localedef to show HTTP dates ignore the locale.
+[ -f /usr/share/i18n/locales/de_DE ] || need="$need locales"
 [ -n "$need" ] || exit 0
 if [ "$(id -u)" = 0 ]; then
 	echo "keel: installing$need" >&2

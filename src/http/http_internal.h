@@ -20,11 +20,7 @@ static inline int keel__hexval(unsigned char c)
 	return -1;
 }
 
-/* Format t as an IMF-fixdate (RFC 9110 5.6.7) into out (at least 30 bytes). */
-size_t keel__http_date(time_t t, char *out, size_t size);
-
-/* Parse an IMF-fixdate; -1 if it is not one. */
-time_t keel__http_date_parse(const char *s, size_t len);
+#include "date.h" /* keel__http_date, keel__http_date_parse, keel__log_date */
 
 /*
  * Percent-decode path and remove dot segments into out (size >= len + 1),

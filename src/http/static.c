@@ -124,29 +124,6 @@ static void centry_unref(void *ud)
 		centry_free(e);
 }
 
-size_t keel__http_date(time_t t, char *out, size_t size)
-{
-	struct tm tm;
-	gmtime_r(&t, &tm);
-	return strftime(out, size, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-}
-
-time_t keel__http_date_parse(const char *s, size_t len)
-{
-	char buf[64];
-	if (len >= sizeof(buf))
-		return -1;
-	memcpy(buf, s, len);
-	buf[len] = '\0';
-	struct tm tm;
-	memset(&tm, 0, sizeof(tm));
-	const char *end = strptime(buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-	if (!end || *end)
-		return -1;
-	return timegm(&tm);
-}
-
-
 long keel__path_normalize(const char *path, size_t len, char *out)
 {
 	size_t o = 0;
