@@ -1145,9 +1145,17 @@ static void unit_limits(void)
 	ASSERT_EQ(bytewise_same("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", NULL, true),
 	          KEEL_HTTP_E400);
 
-	/* Versions: HTTP/2+ is 505, junk is 400. */
+	/* Versions: HTTP/2+ and HTTP/0.x are 505, junk is 400; HTTP/1.2+ is read as HTTP/1.1 (RFC 9110 2.5). */
 	ASSERT_EQ(bytewise_same("GET / HTTP/2.0\r\nHost: a\r\n\r\n", NULL, true), KEEL_HTTP_E505);
 	ASSERT_EQ(parse_req("GET / HTTP/3.0\r\nHost: a\r\n\r\n", NULL, &m), KEEL_HTTP_E505);
+	ASSERT_EQ(parse_req("GET / HTTP/0.9\r\nHost: a\r\n\r\n", NULL, &m), KEEL_HTTP_E505);
+	ASSERT(parse_req("GET / HTTP/1.2\r\nHost: a\r\n\r\n", NULL, &m) > 0);
+	ASSERT_EQ(m.version_minor, 1);
+	ASSERT(m.keep_alive);
+	ASSERT_EQ(parse_req("GET / HTTP/1.9\r\n\r\n", NULL, &m), KEEL_HTTP_E400); /* as 1.1: Host is required */
+	ASSERT(parse_resp("HTTP/1.7 200 OK\r\nContent-Length: 0\r\n\r\n", NULL, &m) > 0);
+	ASSERT_EQ(m.version_minor, 1);
+	ASSERT_EQ(parse_resp("HTTP/2.0 200 OK\r\n\r\n", NULL, &m), KEEL_HTTP_E400);
 	ASSERT_EQ(parse_req("GET / HTTP/1.1x\r\nHost: a\r\n\r\n", NULL, &m), KEEL_HTTP_E400);
 	ASSERT_EQ(parse_req("GET / http/1.1\r\nHost: a\r\n\r\n", NULL, &m), KEEL_HTTP_E400);
 
@@ -1160,6 +1168,85 @@ static void unit_limits(void)
 	check_chunked("a\r\n0123456789\r\n0\r\n\r\n", 10, KEEL_HTTP_CHUNK_DONE, "0123456789");
 	check_chunked("b\r\n0123456789a\r\n0\r\n\r\n", 10, KEEL_HTTP_E413, NULL);
 	check_chunked("5\r\n01234\r\n6\r\n567890\r\n0\r\n\r\n", 10, KEEL_HTTP_E413, NULL);
+}
+
+/* A target's path, normalized: want NULL means refused with 400. */
+static void check_target(const char *target, const char *path, const char *query, const char *authority)
+{
+	keel_http_target t;
+	char scratch[256];
+	keel_str in = {target, strlen(target)};
+	int rc = keel_http_target_parse(in, &t, NULL);
+	if (rc == KEEL_HTTP_INCOMPLETE)
+		rc = keel_http_target_parse(in, &t, scratch);
+	if (!path) {
+		if (rc != KEEL_HTTP_E400)
+			FAIL("target %s: %d, expected 400 (path %.*s)", target, rc, (int)t.path.len, t.path.ptr);
+		return;
+	}
+	if (rc != 0)
+		FAIL("target %s: refused (%d), expected path %s", target, rc, path);
+	if (!keel_str_eq(t.path, path))
+		FAIL("target %s: path %.*s, expected %s", target, (int)t.path.len, t.path.ptr, path);
+	if (!keel_str_eq(t.query, query ? query : ""))
+		FAIL("target %s: query %.*s, expected %s", target, (int)t.query.len, t.query.ptr, query);
+	if (!keel_str_eq(t.authority, authority ? authority : ""))
+		FAIL("target %s: authority %.*s, expected %s", target, (int)t.authority.len, t.authority.ptr,
+		     authority ? authority : "");
+	/* Normalizing is idempotent: the result is already normal. */
+	char again[256];
+	long n = keel_http_path_normalize(t.path.ptr, t.path.len, again);
+	if (t.form != KEEL_HTTP_TARGET_ASTERISK && (n != (long)t.path.len || memcmp(again, t.path.ptr, t.path.len)))
+		FAIL("target %s: normalizing %.*s again changes it", target, (int)t.path.len, t.path.ptr);
+}
+
+static void unit_targets(void)
+{
+	check_target("/", "/", NULL, NULL);
+	check_target("/a/b?x=1", "/a/b", "x=1", NULL);
+	check_target("/a/b/", "/a/b/", NULL, NULL);
+	/* dot segments (RFC 3986 5.2.4), plain or encoded */
+	check_target("/api/../admin", "/admin", NULL, NULL);
+	check_target("/api/%2e%2e/admin", "/admin", NULL, NULL);
+	check_target("/api/%2E./admin?q=/..", "/admin", "q=/..", NULL);
+	check_target("/a/./b/.", "/a/b/", NULL, NULL);
+	check_target("/a/b/..", "/a/", NULL, NULL);
+	check_target("/..", NULL, NULL, NULL);
+	check_target("/a/../..", NULL, NULL, NULL);
+	/* slashes merged */
+	check_target("//docs", "/docs", NULL, NULL);
+	check_target("/a//b///c", "/a/b/c", NULL, NULL);
+	/* unreserved escapes decoded, the rest upper-cased and kept */
+	check_target("/%7Euser/%41%2d", "/~user/A-", NULL, NULL);
+	check_target("/a%2fb", "/a%2Fb", NULL, NULL);
+	check_target("/sp%20ace", "/sp%20ace", NULL, NULL);
+	check_target("/%zz", NULL, NULL, NULL);
+	check_target("/%4", NULL, NULL, NULL);
+	check_target("/a%00b", NULL, NULL, NULL);
+	check_target("/a%0d%0ab", NULL, NULL, NULL);
+	/* what another server could turn into a dot segment */
+	check_target("/api/..%2Fadmin", NULL, NULL, NULL);
+	check_target("/api/%2F..", NULL, NULL, NULL);
+	check_target("/api/..%5cadmin", NULL, NULL, NULL);
+	check_target("/api/..\\admin", NULL, NULL, NULL);
+	check_target("/api/..;/admin", NULL, NULL, NULL);
+	check_target("/api/.;x/admin", NULL, NULL, NULL);
+	check_target("/a..b/c%2Fd/x;y", "/a..b/c%2Fd/x;y", NULL, NULL);
+	/* absolute-form: the authority replaces Host, the path is what routes see */
+	check_target("http://h/a/../b?x", "/b", "x", "h");
+	check_target("HTTP://h:8080", "/", NULL, "h:8080");
+	check_target("http://h?/internal/secret", "/", "/internal/secret", "h");
+	check_target("http://h?x=1&next=/internal/secret", "/", "x=1&next=/internal/secret", "h");
+	check_target("https://h?/internal/secret", "/", "/internal/secret", "h");
+	check_target("http://[::1]:80/x", "/x", NULL, "[::1]:80");
+	check_target("http://u@h/x", NULL, NULL, NULL);
+	check_target("http:///x", NULL, NULL, NULL);
+	check_target("ftp://h/x", NULL, NULL, NULL);
+	check_target("http:/h/x", NULL, NULL, NULL);
+	check_target("h/x", NULL, NULL, NULL);
+	check_target("/a#frag", NULL, NULL, NULL);
+	check_target("*", "*", NULL, NULL);
+	printf("unit checks: request targets and path normalization: ok\n");
 }
 
 static void unit_grammar(void)
@@ -1465,6 +1552,7 @@ int main(int argc, char **argv)
 	if (!filter && !list_md) {
 		unit_limits();
 		unit_grammar();
+		unit_targets();
 		printf("unit checks: limits, versions, transfer codings, chunk sizes and extensions, Host, "
 		       "empty lines, response framing: ok\n");
 	}

@@ -87,9 +87,10 @@ void keel_http_limits_default(keel_http_limits *l);
  * Transfer-Encoding other than a final chunked (501 for an unknown coding),
  * TE in HTTP/1.0, whitespace before ':', obs-fold, CTLs and NUL in names,
  * values and target, missing or repeated Host in HTTP/1.1, a Host that is not
- * uri-host [":" port], bare CR, and any
- * version other than HTTP/1.0 and HTTP/1.1 (505 for HTTP/2+, 400 for junk)
- * are all rejected.
+ * uri-host [":" port], bare CR, and a version
+ * other than HTTP/1.x (505 for HTTP/2+ and HTTP/0.x, 400 for junk) are all
+ * rejected. HTTP/1.2 .. HTTP/1.9 are read as HTTP/1.1 (RFC 9110 2.5):
+ * version_minor is 1.
  */
 int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
                             keel_http_header *headers, unsigned headers_cap,
@@ -112,6 +113,48 @@ int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_
  * *elem set while there is one; list is advanced past it.
  */
 bool keel_http_list_next(keel_str *list, keel_str *elem);
+
+/* ---- Request targets ----------------------------------------------------- */
+
+enum keel_http_target_form {
+	KEEL_HTTP_TARGET_ORIGIN = 0, /* "/path?query" */
+	KEEL_HTTP_TARGET_ABSOLUTE,   /* "http://authority/path?query" (to a proxy, or any server) */
+	KEEL_HTTP_TARGET_ASTERISK,   /* "*" (OPTIONS) */
+};
+
+/* A request target, parsed once: what routing matches and what a proxy forwards are the same. */
+typedef struct keel_http_target {
+	enum keel_http_target_form form;
+	keel_str scheme;    /* absolute-form: "http" or "https" (any case); else empty */
+	keel_str authority; /* absolute-form: host [":" port], which replaces Host (RFC 9112 3.2.2) */
+	keel_str path;      /* normalized (keel_http_path_normalize); "/" when empty; "*" for asterisk-form */
+	keel_str query;     /* after '?', without it, as sent */
+} keel_http_target;
+
+/*
+ * Parse a request target (RFC 9112 3.2): origin-form, absolute-form with an
+ * http or https scheme and a valid host (no userinfo), or "*". The path is
+ * normalized into scratch (at least target.len bytes) when it is not already
+ * normal, else it points into the target. scratch may be NULL: a path that
+ * needs normalizing then returns KEEL_HTTP_INCOMPLETE, to be asked again with
+ * room (so the common case allocates nothing). Returns 0 or KEEL_HTTP_E400
+ * (a fragment, an unknown scheme, a bad authority, a path that cannot be
+ * normalized safely).
+ */
+int keel_http_target_parse(keel_str target, keel_http_target *out, char *scratch);
+
+/*
+ * Normalize an absolute path (RFC 3986 6.2.2) into out (len bytes suffice):
+ * escapes of unreserved characters decoded (%7E -> ~, %2E -> .), other
+ * escapes' hex upper-cased (%2f -> %2F), "." and ".." segments removed, a
+ * run of '/' merged into one (as nginx's merge_slashes). Encoded '/' and
+ * '\' (%2F, %5C) stay encoded: data, not separators. Returns the length
+ * (never more than len), or KEEL_HTTP_E400 for: no leading '/', a bad
+ * escape, an encoded control byte (%00..%1F, %7F), a ".." above the root,
+ * or a segment another server could read as a dot segment -- "." or ".."
+ * next to %2F, %5C or '\', or before ";" ("..;/", "..%2F").
+ */
+long keel_http_path_normalize(const char *path, size_t len, char *out);
 
 /* Case-insensitive header lookup: the first header named name, or NULL. */
 const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const char *name);

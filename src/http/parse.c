@@ -94,15 +94,20 @@ static long find_head_end(const char *buf, size_t len, size_t from)
 	return 0;
 }
 
-/* Parse "HTTP/1.x"; returns the minor version, or a negative status. */
+/*
+ * Parse "HTTP/1.x"; returns the minor version keel speaks for it, or a
+ * negative status. RFC 9110 2.5: a higher minor version of a major version
+ * keel implements is processed as the highest one it implements (HTTP/1.2
+ * as HTTP/1.1); only another major version is not supported.
+ */
 static int parse_version(const char *p, size_t n)
 {
 	if (n != 8 || memcmp(p, "HTTP/", 5) != 0 || p[6] != '.')
 		return KEEL_HTTP_E400;
 	if (p[5] < '0' || p[5] > '9' || p[7] < '0' || p[7] > '9')
 		return KEEL_HTTP_E400;
-	if (p[5] == '1' && (p[7] == '0' || p[7] == '1'))
-		return p[7] - '0';
+	if (p[5] == '1')
+		return p[7] == '0' ? 0 : 1;
 	return KEEL_HTTP_E505;
 }
 
@@ -571,4 +576,185 @@ int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_
 	msg->upgrade = f.conn_upgrade && f.has_upgrade;
 	msg->head_len = skip + (size_t)head_len;
 	return (int)msg->head_len;
+}
+
+/* ---- Request targets --------------------------------------------------------- */
+
+static int hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if ((unsigned char)((c | 0x20) - 'a') < 6)
+		return (c | 0x20) - 'a' + 10;
+	return -1;
+}
+
+/* unreserved (RFC 3986 2.3): the characters whose escapes are decoded. */
+static bool is_unreserved(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+	       c == '_' || c == '~';
+}
+
+/*
+ * Whether a normalized segment could become a dot segment on a server that
+ * reads it differently: one that decodes %2F or %5C as separators, takes
+ * '\' for '/', or drops ";params" (Tomcat's "..;"). Such a segment is
+ * refused rather than passed on.
+ */
+static bool segment_hides_dots(const char *s, size_t n)
+{
+	size_t i = 0;
+	while (i <= n) {
+		size_t start = i;
+		while (i < n && s[i] != '\\' &&
+		       !(s[i] == '%' && i + 2 < n && s[i + 1] == '2' && (s[i + 2] == 'F')) &&
+		       !(s[i] == '%' && i + 2 < n && s[i + 1] == '5' && (s[i + 2] == 'C')))
+			i++;
+		size_t end = i;
+		for (size_t j = start; j < end; j++)
+			if (s[j] == ';') {
+				end = j;
+				break;
+			}
+		size_t len = end - start;
+		if ((len == 1 && s[start] == '.') || (len == 2 && s[start] == '.' && s[start + 1] == '.'))
+			return true;
+		if (i >= n)
+			break;
+		i += s[i] == '\\' ? 1 : 3;
+		if (i > n)
+			break;
+	}
+	return false;
+}
+
+long keel_http_path_normalize(const char *path, size_t len, char *out)
+{
+	if (len == 0 || path[0] != '/')
+		return KEEL_HTTP_E400;
+	size_t o = 0, i = 0;
+	while (i < len) {
+		/* One segment, after its '/' (a run of '/' is one). */
+		while (i < len && path[i] == '/')
+			i++;
+		out[o++] = '/';
+		size_t seg = o;
+		bool dots_only = true; /* ('.' is unreserved: %2E counts as a dot) */
+		while (i < len && path[i] != '/') {
+			unsigned char c = (unsigned char)path[i++];
+			if (c == '%') {
+				int h = i < len ? hexval((unsigned char)path[i]) : -1;
+				int l = i + 1 < len ? hexval((unsigned char)path[i + 1]) : -1;
+				if (h < 0 || l < 0)
+					return KEEL_HTTP_E400; /* a bad escape */
+				unsigned char d = (unsigned char)(h * 16 + l);
+				i += 2;
+				if (d < 0x20 || d == 0x7f)
+					return KEEL_HTTP_E400; /* NUL, CR, LF and the like: never a path */
+				if (is_unreserved(d)) {
+					out[o++] = (char)d;
+				} else {
+					static const char hex[] = "0123456789ABCDEF";
+					out[o++] = '%';
+					out[o++] = hex[d >> 4];
+					out[o++] = hex[d & 15];
+				}
+				dots_only = dots_only && d == '.';
+				continue;
+			}
+			out[o++] = (char)c;
+			dots_only = dots_only && c == '.';
+		}
+		/* (a segment's '/' is out[seg - 1]; one that ends the path is kept: "/a/." is "/a/") */
+		size_t sl = o - seg;
+		if (dots_only && sl == 1) {
+			o = i == len ? seg : seg - 1; /* "." goes */
+		} else if (dots_only && sl == 2) {
+			if (seg == 1)
+				return KEEL_HTTP_E400; /* ".." above the root */
+			o = seg - 1; /* ".." goes, and the segment before it with its '/' */
+			while (out[o - 1] != '/')
+				o--;
+			o--;
+			if (i == len)
+				out[o++] = '/';
+		} else if (sl && segment_hides_dots(out + seg, sl)) {
+			return KEEL_HTTP_E400;
+		}
+	}
+	if (o == 0)
+		out[o++] = '/';
+	return (long)o;
+}
+
+/* Whether a path needs no normalizing: no escape, no '\\', no "//", no segment that starts with '.'. */
+static bool path_is_normal(const char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char c = p[i];
+		if (c == '%' || c == '\\')
+			return false;
+		if (c == '/' && i + 1 < n && (p[i + 1] == '/' || p[i + 1] == '.'))
+			return false;
+	}
+	return true;
+}
+
+int keel_http_target_parse(keel_str target, keel_http_target *out, char *scratch)
+{
+	memset(out, 0, sizeof(*out));
+	const char *t = target.ptr, *end = target.ptr + target.len;
+	if (target.len == 0 || memchr(t, '#', target.len))
+		return KEEL_HTTP_E400; /* a fragment is never part of a request target */
+	if (target.len == 1 && t[0] == '*') {
+		out->form = KEEL_HTTP_TARGET_ASTERISK;
+		out->path = target;
+		return 0;
+	}
+	if (t[0] != '/') {
+		/* absolute-form: scheme "://" authority [path-abempty] ["?" query] */
+		const char *colon = memchr(t, ':', target.len);
+		if (!colon || end - colon < 3 || colon[1] != '/' || colon[2] != '/')
+			return KEEL_HTTP_E400;
+		keel_str scheme = {t, (size_t)(colon - t)};
+		if (!keel_str_ieq(scheme, "http") && !keel_str_ieq(scheme, "https"))
+			return KEEL_HTTP_E400;
+		const char *a = colon + 3, *ae = a;
+		while (ae < end && *ae != '/' && *ae != '?')
+			ae++;
+		keel_str auth = {a, (size_t)(ae - a)};
+		if (!auth.len || memchr(a, '@', auth.len) || !host_valid(auth))
+			return KEEL_HTTP_E400; /* no host, userinfo (RFC 9110 4.2.4), or not a host */
+		out->form = KEEL_HTTP_TARGET_ABSOLUTE;
+		out->scheme = scheme;
+		out->authority = auth;
+		t = ae;
+	} else {
+		out->form = KEEL_HTTP_TARGET_ORIGIN;
+	}
+	const char *q = memchr(t, '?', (size_t)(end - t));
+	const char *pe = q ? q : end;
+	if (q) {
+		out->query.ptr = q + 1;
+		out->query.len = (size_t)(end - q - 1);
+	}
+	if (pe == t) {
+		out->path.ptr = "/"; /* "http://h" and "http://h?q": the path is "/" */
+		out->path.len = 1;
+		return 0;
+	}
+	if (path_is_normal(t, (size_t)(pe - t))) {
+		out->path.ptr = t;
+		out->path.len = (size_t)(pe - t);
+		return 0;
+	}
+	if (!scratch)
+		return KEEL_HTTP_INCOMPLETE; /* the caller provides room and asks again */
+	long n = keel_http_path_normalize(t, (size_t)(pe - t), scratch);
+	if (n < 0)
+		return (int)n;
+	out->path.ptr = scratch;
+	out->path.len = (size_t)n;
+	return 0;
 }
