@@ -194,6 +194,14 @@ static keel_promise *h_stream(keel_http_request *r, void *ud)
 	r->resp.content_type = "text/plain";
 	r->resp.stream = stream_next;
 	r->resp.stream_ud = st;
+	long first = qnum(r, "first", 0); /* a first piece of that many bytes, sent with the head */
+	if (first > 0 && first <= (1L << 20)) {
+		char *b = keel_ctx_alloc(keel_http_request_ctx(r), (size_t)first);
+		for (long i = 0; i < first; i++)
+			b[i] = (char)('a' + i % 26);
+		r->resp.body.ptr = b;
+		r->resp.body.len = (size_t)first;
+	}
 	keel_promise *p = keel_promise_new(loop);
 	keel_promise_resolve(p, 0, &r->resp);
 	return p;
@@ -307,6 +315,63 @@ static keel_promise *h_burn(keel_http_request *r, void *ud)
 	return keel_http_respond(r, 200, "text/plain", "burnt", 5);
 }
 
+/*
+ * A handler whose promise has no cancel hook: nothing can stop it, and it
+ * writes into its request when it answers, ms later -- whether or not its
+ * client is still there (keel_http_handler's lifetime rule).
+ */
+struct late {
+	keel_http_request *r;
+	keel_promise *p;
+};
+
+static void late_fire(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	struct late *l = ud;
+	l->r->resp.status = 200;
+	l->r->resp.content_type = "text/plain";
+	l->r->resp.body.ptr = "late";
+	l->r->resp.body.len = 4;
+	l->r->resp.headers = NULL;
+	l->r->resp.nheaders = 0;
+	keel_promise_resolve(l->p, 0, &l->r->resp);
+	free(l);
+}
+
+static keel_promise *h_hookless(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	struct late *l = malloc(sizeof(*l));
+	if (!l)
+		return NULL;
+	l->r = r;
+	l->p = keel_promise_new(loop);
+	keel_promise_done(keel_sleep(loop, (uint64_t)qnum(r, "ms", 100)), late_fire, l); /* (not the request's) */
+	return l->p;
+}
+
+/* Fills its response at once and answers it ms later, untouched: "pin". */
+static keel_outcome pin_done(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	(void)in;
+	keel_http_request *r = ud;
+	return keel_ok(0, &r->resp);
+}
+
+static keel_promise *h_pin(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	r->resp.status = 200;
+	r->resp.content_type = "text/plain";
+	r->resp.body.ptr = "pin";
+	r->resp.body.len = 3;
+	keel_promise *p = keel_promise_bind_ctx(keel_sleep(loop, (uint64_t)qnum(r, "ms", 100)), keel_http_request_ctx(r));
+	return keel_map(p, pin_done, r);
+}
+
 static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -390,8 +455,10 @@ int main(int argc, char **argv)
 	keel_http_route(srv, "POST", "/duplex", KEEL_HTTP_STREAM_BODY, h_duplex, NULL);
 	keel_http_route(srv, "POST", "/early", KEEL_HTTP_STREAM_BODY, h_early, NULL);
 	keel_http_route(srv, "GET", "/burn", false, h_burn, NULL);
+	keel_http_route(srv, "GET", "/hookless", false, h_hookless, NULL);
+	keel_http_route(srv, "GET", "/pin", false, h_pin, NULL);
 	keel_http_route(srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
-	int lfd = keel_tcp_listen(addr, 128, 0);
+	int lfd = keel_tcp_listen(addr, 1024, 0);
 	if (lfd < 0) {
 		fprintf(stderr, "listen %s: %s\n", addr, keel_strerror(lfd));
 		return 1;

@@ -28,7 +28,9 @@ typedef struct keel_http_config {
 	uint64_t body_stream_max;  /* the same for routes that stream their body (KEEL_HTTP_STREAM_BODY),
 	                              which never hold more than one receive buffer of it; 0 (default):
 	                              no limit on the length */
-	unsigned conns_max;        /* per server (one per loop); when full accepting pauses. 10000 */
+	unsigned conns_max;        /* per server (one per loop); when full, the longest-idle
+	                              connection is closed to make room, and with none idle
+	                              accepting pauses. 10000 */
 	unsigned pipeline_max;     /* requests in flight per connection; 32 */
 	unsigned requests_per_conn_max; /* then Connection: close; 0 = no limit (default 0) */
 	/*
@@ -47,13 +49,16 @@ typedef struct keel_http_config {
 	size_t conn_out_max;         /* answered, unsent response bytes per connection; past
 	                                it receiving pauses (bodies from files and streams are
 	                                not counted: they are pulled). Default 1 MiB */
-	uint64_t header_timeout_ms; /* one deadline for the whole head (slowloris); 10000 */
+	uint64_t header_timeout_ms; /* one deadline for the whole head, the first one from accept
+	                               (slowloris, silent connections); 10000 */
 	uint64_t body_timeout_ms;   /* between body reads; 30000 */
-	uint64_t idle_timeout_ms;   /* keep-alive idle; 60000 */
+	uint64_t idle_timeout_ms;   /* keep-alive idle, between requests; 60000 */
 	uint64_t send_timeout_ms;   /* a response send that makes no progress; 30000 */
 	const char *server_name;    /* Server header; "keel"; NULL: none */
 	int access_log_fd;          /* combined-format access log, written through the loop in
 	                               batches; -1 (default): off. The server does not close it. */
+	bool listener_keep;         /* stop leaves the listening socket listening (another server
+	                               takes it over); default false: stop shuts it down at once */
 } keel_http_config;
 
 typedef struct keel_http_response {
@@ -91,16 +96,18 @@ typedef struct keel_http_response {
 struct keel_http_request {
 	keel_loop *loop;
 	keel_http_msg msg; /* method, target, version, headers */
-	keel_str path;     /* target up to '?' */
-	keel_str query;    /* after '?', without it */
+	keel_str path;     /* the target's path, normalized (keel_http_target_parse): what routes match */
+	keel_str query;    /* after '?', without it, as sent */
 	keel_str body;     /* the whole request body (Content-Length or de-chunked); empty on
 	                      KEEL_HTTP_STREAM_BODY routes: read it with keel_http_body_read */
 	keel_http_response resp; /* storage a handler may fill and return */
 	void *user;        /* free for the handler */
 	/* internal */
-	keel_http_conn *conn;
+	keel_http_conn *conn;       /* NULL once a zombie */
+	keel_http_server *server;
 	struct keel_http_request *next;
 	keel_promise *pending;
+	keel_promise *holder;       /* a zombie's: the promise whose producer still holds it */
 	keel_http_response *answer;
 	keel_ctx *ctx;
 	void *hold[2];  /* receive buffers the spans point into */
@@ -116,6 +123,7 @@ struct keel_http_request {
 	int body_err;
 	uint8_t done, keep_alive, head_only, is_error, is_error_logged, want_continue;
 	uint8_t stream_body, body_done, body_given, body_discard;
+	uint8_t zombie; /* its client went, its handler's producer still holds it (see keel_http_handler) */
 	size_t out_bytes; /* counted in the connection's unsent output */
 	keel_http_header headers[]; /* config limits.headers_max */
 };
@@ -125,6 +133,18 @@ struct keel_http_request {
  * (often &req->resp), or rejects: -ENOENT -> 404, -EACCES/-EPERM -> 403,
  * -ETIMEDOUT -> 504, anything else -> 500. A promise already settled when
  * the handler returns is answered at once.
+ *
+ * Lifetime. req (its spans, resp, user, context) is the handler's until its
+ * response has been sent. If the client goes away first, the server cancels
+ * the handler's promise (keel_promise_cancel) and discards the answer.
+ * Promises derived from keel operations (keel_then, keel_map, keel_all, ...)
+ * and those with a keel_promise_on_cancel hook stop there. A promise made
+ * with keel_promise_new and no hook cannot be stopped: its producer may go
+ * on writing to req, so the server keeps req -- not its connection, which
+ * closes at once -- until that producer settles the promise; only then is
+ * req reused. The same holds for a streamed body's piece promises. On such
+ * a req, keel_http_body_read rejects with -ECONNRESET. (A producer that
+ * never settles keeps its req until keel_http_server_free.)
  */
 typedef keel_promise *(*keel_http_handler)(keel_http_request *req, void *ud);
 
@@ -144,7 +164,10 @@ enum {
 /*
  * Route method (NULL: any) and path to handler. Exact routes win over
  * prefixes; longer prefixes win. flags: KEEL_HTTP_PREFIX, KEEL_HTTP_STREAM_BODY.
- * Returns 0 or -ENOMEM / -EINVAL.
+ * Requests are matched by their normalized path (keel_http_target_parse:
+ * "/api/../admin" is "/admin", "//docs" is "/docs", "%7E" is "~"), which is
+ * also what req->path holds and what the proxy forwards; path must itself
+ * be normalized. Returns 0 or -ENOMEM / -EINVAL.
  */
 int keel_http_route(keel_http_server *s, const char *method, const char *path, unsigned flags,
                     keel_http_handler handler, void *ud);
@@ -171,13 +194,23 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, u
  */
 keel_promise *keel_http_body_read(keel_http_request *req);
 
-/* Accept connections on listening socket lfd (the server does not own it). */
+/* Accept connections on listening socket lfd (the server does not own it: it never closes it). */
 int keel_http_server_start(keel_http_server *s, int lfd);
 
 /*
- * Stop: no new connections; idle ones close now, busy ones after their
- * responses, all remaining ones after grace_ms. The promise resolves when
- * every connection is closed.
+ * Serve one connected stream socket fd, as if it had been accepted (the
+ * server takes it: closed on every path). 0, or -EINVAL / KEEL_ESTOPPED
+ * (fd is closed then too).
+ */
+int keel_http_server_adopt(keel_http_server *s, int fd);
+
+/*
+ * Stop: no new connections -- the listening socket is shut down at once
+ * (shutdown(2); closing it stays the caller's), so new clients are refused
+ * rather than left in a backlog nobody accepts, unless cfg.listener_keep;
+ * idle connections close now, busy ones after their responses, all
+ * remaining ones after grace_ms. The promise resolves when every connection
+ * is closed.
  */
 keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms);
 
@@ -196,6 +229,7 @@ typedef struct keel_http_stats {
 	uint64_t connections, requests, responses_4xx, responses_5xx, bytes_out;
 	uint64_t shed;              /* requests answered 503 by admission control */
 	uint64_t accept_pauses;     /* accepting paused: connection limit or EMFILE/ENFILE */
+	uint64_t idle_closed;       /* idle connections closed to make room (limit reached, EMFILE) */
 	uint64_t log_lines_dropped; /* access log lines lost because the disk fell behind */
 	uint32_t conns_open;
 	uint32_t inflight;          /* requests waiting for their handlers */

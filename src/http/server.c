@@ -25,7 +25,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/fault.h"
 #include "core/internal.h"
+#include "http_internal.h"
 #include "keel/errors.h"
 #include "keel/file.h"
 #include "keel/http.h"
@@ -81,6 +83,8 @@ struct keel_http_conn {
 	struct conn_tx *tx;   /* the send state, only while sending */
 	keel_promise *send_p; /* the send in flight, to cancel on close */
 	char *peer;           /* for the access log (only when it is on) */
+	/* The server's idle connections, oldest first: closed first when room is needed. */
+	keel_http_conn *idle_prev, *idle_next;
 	keel__timer timer;
 	uint64_t deadline_ns; /* what the timer is for (0: nothing); the heap entry may be earlier */
 	int fd;
@@ -91,6 +95,7 @@ struct keel_http_conn {
 	bool sending : 1, closing : 1, no_more : 1, eof : 1, paused : 1, draining : 1, lingering : 1;
 	bool paced : 1;   /* the receive runs one buffer at a time (a streamed body is being read) */
 	bool pumping : 1; /* a deferred pump (pump_later) is due */
+	bool idle : 1;    /* on the server's idle list */
 };
 
 /*
@@ -117,6 +122,14 @@ struct conn_tx {
 };
 
 #define TX_FREE_MAX 256    /* send states kept for reuse per server */
+/*
+ * Connection and request records kept for reuse per server; past these a
+ * burst's records are freed as they come back, so memory returns towards
+ * its baseline when the burst is over.
+ */
+#define CONN_FREE_MAX 256
+#define REQ_FREE_MAX 256
+#define RECLAIM_BATCH 16   /* idle connections closed at once when descriptors run out */
 #define TX_OUT_KEEP 16384  /* larger output buffers are not kept */
 
 #define STATUS_SOURCES_MAX 16
@@ -143,10 +156,17 @@ struct keel_http_server {
 	bool accept_paused, stopping;
 	keel_http_conn *conns;
 	unsigned nconns;
+	unsigned nclosing;  /* of nconns, being closed (their descriptors not yet released) */
+	keel_http_conn *idle_head, *idle_tail; /* idle connections, oldest first */
+	unsigned nidle;
+	bool reclaiming;    /* out of descriptors: idle connections are closing to make room */
 	keel_http_conn *free_conns;
+	unsigned nfree_conns;
 	struct conn_tx *free_tx;
 	unsigned nfree_tx;
 	keel_http_request *free_reqs;
+	unsigned nfree_reqs;
+	keel_http_request *zombies; /* requests whose handlers' producers still hold them */
 	size_t req_size;
 	int *held;
 	unsigned nheld, held_cap;
@@ -177,9 +197,18 @@ struct keel_http_server {
 
 static void conn_close(keel_http_conn *c);
 static void conn_flush(keel_http_conn *c);
+
+/* Connections open and not being closed: what conns_max bounds. */
+static unsigned conns_live(const keel_http_server *s)
+{
+	return s->nconns - s->nclosing;
+}
+
 static void conn_read(keel_http_conn *c);
 static void pump_later(keel_http_conn *c);
 static void accept_start(keel_http_server *s);
+static void accept_resume(keel_http_server *s);
+static unsigned idle_reclaim(keel_http_server *s, unsigned n);
 static void conn_timer_update(keel_http_conn *c);
 static void conn_open(keel_http_server *s, int fd);
 static void log_flush(keel_http_server *s);
@@ -207,7 +236,7 @@ void keel_http_config_default(keel_http_config *cfg)
 
 keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg)
 {
-	keel_http_server *s = calloc(1, sizeof(*s));
+	keel_http_server *s = keel__calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
 	s->loop = loop;
@@ -232,7 +261,17 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, u
 	if (!path || path[0] != '/' || !handler ||
 	    (flags & ~(unsigned)(KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY | KEEL_HTTP_NO_SHED)))
 		return -EINVAL;
-	struct route *r = realloc(s->routes, (s->nroutes + 1) * sizeof(*r));
+	/* Requests are matched by their normalized path: a route that is not one could never match. */
+	size_t plen = strlen(path);
+	char *norm = keel__malloc(plen + 1);
+	if (!norm)
+		return -ENOMEM;
+	long nl = keel_http_path_normalize(path, plen, norm);
+	bool normal = nl == (long)plen && memcmp(norm, path, plen) == 0;
+	free(norm);
+	if (!normal)
+		return -EINVAL;
+	struct route *r = keel__realloc(s->routes, (s->nroutes + 1) * sizeof(*r));
 	if (!r)
 		return -ENOMEM;
 	s->routes = r;
@@ -320,34 +359,51 @@ static void date_update(keel_http_server *s)
 	if (ts.tv_sec == s->date_sec && s->date_len)
 		return;
 	s->date_sec = ts.tv_sec;
-	struct tm tm;
-	gmtime_r(&ts.tv_sec, &tm);
-	s->date_len = strftime(s->date, sizeof(s->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	s->date_len = keel__http_date(ts.tv_sec, s->date, sizeof(s->date));
 }
 
 /* ---- Requests ------------------------------------------------------------ */
 
+/* A request record, not yet queued (queued once its head has parsed). NULL on ENOMEM. */
 static keel_http_request *req_new(keel_http_conn *c)
 {
 	keel_http_server *s = c->s;
 	keel_http_request *r = s->free_reqs;
-	if (r)
+	if (r) {
 		s->free_reqs = r->next;
-	else
-		r = keel__xmalloc(s->req_size);
+		s->nfree_reqs--;
+	} else if (!(r = keel__malloc(s->req_size))) {
+		return NULL;
+	}
 	memset(r, 0, sizeof(*r));
 	r->loop = s->loop;
 	r->conn = c;
+	r->server = s;
 	r->resp.file_fd = -1;
 	r->keep_alive = 1;
-	/* Queue it now: responses leave in arrival order whatever order handlers finish in. */
+	return r;
+}
+
+/* Queue r: responses leave in arrival order whatever order handlers finish in. */
+static void req_queue(keel_http_conn *c, keel_http_request *r)
+{
 	if (c->qtail)
 		c->qtail->next = r;
 	else
 		c->qhead = r;
 	c->qtail = r;
 	c->nreqs++;
-	return r;
+}
+
+static void req_put(keel_http_server *s, keel_http_request *r)
+{
+	if (s->nfree_reqs >= REQ_FREE_MAX) {
+		free(r);
+		return;
+	}
+	r->next = s->free_reqs;
+	s->free_reqs = r;
+	s->nfree_reqs++;
 }
 
 /* A streamed-body read still waiting ends with err. */
@@ -360,26 +416,65 @@ static void body_wait_reject(keel_http_request *r, int err)
 	}
 }
 
-static void req_free(keel_http_conn *c, keel_http_request *r)
+/* Everything r holds goes back: its buffers, copies, file, context; then the record. */
+static void req_release(keel_http_server *s, keel_http_request *r)
 {
 	for (int i = 0; i < 2; i++)
 		if (r->hold[i])
 			keel_buf_release(r->hold[i]);
 	if (r->body_buf)
 		keel_buf_release(r->body_buf);
-	body_wait_reject(r, -ECANCELED); /* the response is out: the request ends here */
-	if (c->cur == r)
-		c->cur = NULL;
-	c->out_pending -= r->out_bytes;
-	c->s->body_mem -= r->body_cap;
+	s->body_mem -= r->body_cap;
 	free(r->own);
 	free(r->body_own);
 	if (r->answer && r->answer->file_fd >= 0 && r->answer->file_close)
 		close(r->answer->file_fd);
 	if (r->ctx)
 		keel_ctx_release(r->ctx);
-	r->next = c->s->free_reqs;
-	c->s->free_reqs = r;
+	req_put(s, r);
+}
+
+/* A zombie's producer let go: now it can be reused. */
+static void zombie_released(keel_promise *p, void *arg)
+{
+	(void)p;
+	keel_http_request *r = arg;
+	keel_http_server *s = r->server;
+	keel_http_request **pp = &s->zombies;
+	while (*pp != r)
+		pp = &(*pp)->next;
+	*pp = r->next;
+	r->zombie = 0;
+	req_release(s, r);
+}
+
+/*
+ * The client went while a producer the server could not stop (a handler's
+ * promise, or a streamed body's piece, without a cancel hook) still holds
+ * r: keep it until that producer settles (keel_http_handler's contract).
+ */
+static void req_zombie(keel_http_request *r, keel_promise *p)
+{
+	if (r->zombie || !p || !keel__promise_producer_holds(p))
+		return;
+	r->zombie = 1;
+	r->holder = p;
+	keel__promise_on_release(p, zombie_released, r);
+}
+
+static void req_free(keel_http_conn *c, keel_http_request *r)
+{
+	body_wait_reject(r, -ECANCELED); /* the response is out: the request ends here */
+	if (c->cur == r)
+		c->cur = NULL;
+	c->out_pending -= r->out_bytes;
+	if (r->zombie) {
+		r->conn = NULL; /* the connection goes; the request stays for its producer */
+		r->next = c->s->zombies;
+		c->s->zombies = r;
+		return;
+	}
+	req_release(c->s, r);
 }
 
 keel_ctx *keel_http_request_ctx(keel_http_request *req)
@@ -466,6 +561,8 @@ static void handler_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	keel_http_request *r = ud;
 	keel_http_conn *c = r->conn;
 	c->s->stats.inflight--;
+	if (o.err == -ECANCELED && c->closing)
+		req_zombie(r, r->pending); /* cancelled, but its producer may still write to it */
 	req_answer(r, o);
 	if (c->closing) {
 		conn_close(c); /* re-check: it may now be free of pending handlers */
@@ -477,8 +574,13 @@ static void handler_done(keel_ctx *ctx, keel_outcome o, void *ud)
 /* An error answered by the server itself; the connection closes after it. */
 static void req_error(keel_http_conn *c, keel_http_request *r, int status)
 {
-	if (!r)
-		r = req_new(c);
+	if (!r) {
+		if (!(r = req_new(c))) {
+			conn_close(c); /* not even room to say so */
+			return;
+		}
+		req_queue(c, r);
+	}
 	r->is_error = 1;
 	r->keep_alive = 0;
 	r->resp.status = status;
@@ -532,31 +634,31 @@ static void allow_header(keel_http_server *s, keel_http_request *r)
 	r->resp.nheaders = 1;
 }
 
-/* Split the target into path and query. */
-static void req_target(keel_http_request *r)
+/*
+ * Parse the target once (keel_http_target_parse): routes match, handlers
+ * see and the proxy forwards the same normalized path. In absolute-form the
+ * target's authority replaces Host (RFC 9112 3.2.2). Returns 0 or a status.
+ */
+static int req_target(keel_http_request *r)
 {
-	keel_str t = r->msg.target;
-	if (t.len > 7 && t.ptr[0] != '/' && (memcmp(t.ptr, "http://", 7) == 0 || (t.len > 8 && memcmp(t.ptr, "https://", 8) == 0))) {
-		/* absolute-form (RFC 9112 3.2.2): the path starts after the authority */
-		const char *a = (const char *)memchr(t.ptr, ':', t.len) + 3;
-		const char *slash = memchr(a, '/', (size_t)(t.ptr + t.len - a));
-		const char *qm = memchr(a, '?', (size_t)(t.ptr + t.len - a));
-		const char *start = slash && (!qm || slash < qm) ? slash : NULL;
-		if (start) {
-			t.len -= (size_t)(start - t.ptr);
-			t.ptr = start;
-		} else {
-			t.ptr = "/";
-			t.len = 1;
-		}
+	keel_http_target t;
+	int rc = keel_http_target_parse(r->msg.target, &t, NULL);
+	if (rc == KEEL_HTTP_INCOMPLETE) {
+		keel_ctx *ctx = keel_http_request_ctx(r);
+		char *scratch = ctx ? keel_ctx_alloc(ctx, r->msg.target.len) : NULL;
+		if (!scratch)
+			return 503;
+		rc = keel_http_target_parse(r->msg.target, &t, scratch);
 	}
-	const char *q = memchr(t.ptr, '?', t.len);
-	r->path.ptr = t.ptr;
-	r->path.len = q ? (size_t)(q - t.ptr) : t.len;
-	if (q) {
-		r->query.ptr = q + 1;
-		r->query.len = t.len - r->path.len - 1;
-	}
+	if (rc < 0)
+		return 400;
+	if (t.form == KEEL_HTTP_TARGET_ASTERISK && !keel_str_eq(r->msg.method, "OPTIONS"))
+		return 400;
+	if (t.form == KEEL_HTTP_TARGET_ABSOLUTE)
+		r->msg.host = t.authority;
+	r->path = t.path;
+	r->query = t.query;
+	return 0;
 }
 
 /*
@@ -642,9 +744,13 @@ static void req_dispatch(keel_http_conn *c, keel_http_request *r)
 {
 	keel_http_server *s = c->s;
 	s->stats.requests++;
-	if (!r->path.ptr)
-		req_target(r);
 	r->head_only = keel_str_eq(r->msg.method, "HEAD");
+	if (r->path.len == 1 && r->path.ptr[0] == '*') {
+		r->resp.status = 200; /* OPTIONS * (RFC 9110 9.3.7): the server is here; no route is asked */
+		r->answer = &r->resp;
+		r->done = 1;
+		return;
+	}
 	bool method_ok;
 	const struct route *rt = route_find(s, r, &method_ok);
 	if (!rt) {
@@ -742,8 +848,12 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 		req_error(c, r, 501); /* no upgrades or tunnels here: what follows is not HTTP */
 		return;
 	}
+	int st = req_target(r);
+	if (st) {
+		req_error(c, r, st); /* a target that cannot be read one way only */
+		return;
+	}
 	if (r->msg.body != KEEL_HTTP_BODY_NONE) {
-		req_target(r);
 		bool method_ok;
 		const struct route *rt = route_find(c->s, r, &method_ok);
 		if (rt && rt->stream) {
@@ -798,7 +908,7 @@ static int body_append(keel_http_conn *c, keel_http_request *r, const char *p, s
 		}
 		if (s->cfg.body_mem_max && s->body_mem - r->body_cap + cap > s->cfg.body_mem_max)
 			return 503;
-		char *nb = realloc(r->body_own, cap);
+		char *nb = keel__realloc(r->body_own, cap);
 		if (!nb)
 			return 500;
 		s->body_mem += cap - r->body_cap;
@@ -906,6 +1016,10 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 		int rc = keel_http_chunked_decode(&r->chunk, data + off, len - off, &used, &span);
 		off += used;
 		if (rc == KEEL_HTTP_CHUNK_DATA) {
+			if (!c->s->cfg.body_max) {
+				req_error(c, r, 413); /* body_max 0: no body, whatever its framing (the decoder's 0 is "no limit") */
+				return len;
+			}
 			if ((st = body_append(c, r, span.ptr, span.len))) {
 				req_error(c, r, st);
 				return len;
@@ -933,7 +1047,7 @@ static bool part_reserve(keel_http_conn *c, size_t need)
 	size_t cap = c->part_cap ? (size_t)c->part_cap * 2 : 2048;
 	while (cap < need)
 		cap *= 2;
-	char *p = realloc(c->part, cap);
+	char *p = keel__realloc(c->part, cap);
 	if (!p)
 		return false;
 	c->part = p;
@@ -990,24 +1104,19 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 			memcpy(c->part + c->part_len, data, take);
 			size_t prev = c->part_len;
 			c->part_len += (uint32_t)take;
-			r = req_new(c);
+			if (!(r = req_new(c))) {
+				conn_close(c);
+				break;
+			}
 			rc = keel_http_parse_request(c->part, c->part_len, prev, &r->msg, r->headers,
 			                             lim->headers_max, lim);
 			if (rc == KEEL_HTTP_INCOMPLETE) {
-				c->qtail = NULL; /* undo the queueing: not a request yet */
-				keel_http_request **pp = &c->qhead;
-				while (*pp != r)
-					pp = &(*pp)->next;
-				*pp = NULL;
-				for (keel_http_request *q = c->qhead; q; q = q->next)
-					c->qtail = q;
-				c->nreqs--;
-				r->next = s->free_reqs;
-				s->free_reqs = r;
+				req_put(s, r); /* not a request yet */
 				data += take;
 				len -= take;
 				continue;
 			}
+			req_queue(c, r);
 			if (rc < 0) {
 				req_error(c, r, -rc);
 				break;
@@ -1022,20 +1131,14 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 			req_begin(c, r, len);
 			continue;
 		}
-		r = req_new(c);
+		if (!(r = req_new(c))) {
+			conn_close(c);
+			break;
+		}
 		rc = keel_http_parse_request(data, len, 0, &r->msg, r->headers, lim->headers_max, lim);
 		if (rc == KEEL_HTTP_INCOMPLETE) {
 			/* Keep the start of the head; it is gathered with what follows. */
-			c->nreqs--;
-			keel_http_request **pp = &c->qhead;
-			while (*pp != r)
-				pp = &(*pp)->next;
-			*pp = NULL;
-			c->qtail = NULL;
-			for (keel_http_request *q = c->qhead; q; q = q->next)
-				c->qtail = q;
-			r->next = s->free_reqs;
-			s->free_reqs = r;
+			req_put(s, r);
 			if (!part_reserve(c, len)) {
 				req_error(c, NULL, 500);
 				break;
@@ -1044,6 +1147,7 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 			c->part_len = (uint32_t)len;
 			break;
 		}
+		req_queue(c, r);
 		if (rc < 0) {
 			req_hold(r, buf); /* the access log reads its spans later */
 			req_error(c, r, -rc);
@@ -1151,6 +1255,18 @@ static void pump_later(keel_http_conn *c)
 	keel_promise_done(p, pump_due, c);
 }
 
+/* A waiting body read given up by its consumer (a keel_timeout around it, say). */
+static void body_read_cancel(keel_promise *p, void *ud)
+{
+	keel_http_request *r = ud;
+	if (r->body_wait == p) {
+		r->body_wait = NULL;
+		keel_promise_reject(p, -ECANCELED);
+		if (r->conn)
+			conn_timer_update(r->conn); /* nobody waits: not the client's delay */
+	}
+}
+
 keel_promise *keel_http_body_read(keel_http_request *r)
 {
 	keel_promise *p = keel_promise_new(r->loop);
@@ -1165,6 +1281,10 @@ keel_promise *keel_http_body_read(keel_http_request *r)
 	if (r->body_buf) {
 		keel_buf_release(r->body_buf); /* the previous piece is done with */
 		r->body_buf = NULL;
+	}
+	if (!c) {
+		keel_promise_reject(p, -ECONNRESET); /* a zombie: its client is gone */
+		return p;
 	}
 	if (r->body_err || c->closing) {
 		keel_promise_reject(p, r->body_err ? r->body_err : -ECONNRESET);
@@ -1181,6 +1301,7 @@ keel_promise *keel_http_body_read(keel_http_request *r)
 		return p;
 	}
 	r->body_wait = p;
+	keel_promise_on_cancel(p, body_read_cancel, r);
 	if (!r->body_given && r->msg.expect_continue)
 		r->want_continue = 1; /* the first read is the handler's interest in the body */
 	r->body_given = 1;
@@ -1332,9 +1453,7 @@ static void log_request(keel_http_conn *c, keel_http_request *r, int status, uin
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
 	if (ts.tv_sec != s->log_date_sec) {
-		struct tm tm;
-		localtime_r(&ts.tv_sec, &tm);
-		strftime(s->log_date, sizeof(s->log_date), "%d/%b/%Y:%H:%M:%S %z", &tm);
+		keel__log_date(ts.tv_sec, s->log_date, sizeof(s->log_date));
 		s->log_date_sec = ts.tv_sec;
 	}
 	char line[2048];
@@ -1461,16 +1580,35 @@ static bool has_body(const keel_http_request *r)
 	return !r->head_only && st >= 200 && st != 204 && st != 304;
 }
 
+/* The iovecs r's body adds to a batch: 2 when it is sent from where it is, 0 when copied. */
+static int body_iovs(const keel_http_request *r)
+{
+	const keel_http_response *a = r->answer;
+	return has_body(r) && a->file_fd < 0 && a->body.len > OUT_INLINE_BODY ? 2 : 0;
+}
+
 static void send_done(keel_ctx *ctx, keel_outcome o, void *ud);
+
+/* The batch's last request: the one whose file or streamed body is being sent. */
+static keel_http_request *batch_last(keel_http_conn *c)
+{
+	keel_http_request *last = c->qhead;
+	for (unsigned i = 1; i < c->nsending && last; i++)
+		last = last->next;
+	return last;
+}
 
 /* The producer of a streamed body delivered a piece (or the end): frame and send it. */
 static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	keel_http_conn *c = ud;
+	keel_promise *sp = c->send_p;
 	c->send_p = NULL;
 	c->sending = false;
 	if (o.err || c->closing) {
+		if (o.err == -ECANCELED && c->closing)
+			req_zombie(batch_last(c), sp); /* a producer that could not be stopped still holds it */
 		conn_close(c); /* cannot signal an error mid-body but by closing */
 		return;
 	}
@@ -1543,18 +1681,14 @@ static bool send_next_slice(keel_http_conn *c)
 		}
 		c->send_p = keel_sendv(s->loop, c->fd, v, n);
 	} else if (c->tx->file_left) {
-		keel_http_request *last = c->qhead;
-		for (unsigned i = 1; i < c->nsending && last; i++)
-			last = last->next;
+		keel_http_request *last = batch_last(c);
 		uint64_t n = c->tx->file_left < 4 * SEND_SLICE ? c->tx->file_left : 4 * SEND_SLICE;
 		c->send_p = keel_sendfile(s->loop, c->fd, last->answer->file_fd, c->tx->file_off, n);
 		c->tx->file_off += n;
 		c->tx->file_left -= n;
 		c->tx->file_slice = n;
 	} else if (c->tx->stream_state == 1) {
-		keel_http_request *last = c->qhead;
-		for (unsigned i = 1; i < c->nsending && last; i++)
-			last = last->next;
+		keel_http_request *last = batch_last(c);
 		keel_promise *p = last->answer->stream(last, last->answer->stream_ud);
 		if (!p) {
 			conn_close(c);
@@ -1695,10 +1829,19 @@ static void conn_flush(keel_http_conn *c)
 		return;
 	}
 	date_update(s);
-	/* Size the output for every answered request at the front of the queue. */
+	/*
+	 * Size the output for the answered requests at the front of the queue,
+	 * as many as the batch's iovecs hold: the output is one entry, and a
+	 * body too large to copy adds two (the output before it, and itself).
+	 */
 	size_t need = 0;
 	unsigned n = 0;
+	int iovs = 1;
 	for (keel_http_request *r = c->qhead; r && r->done && n < IOV_BATCH / 2; r = r->next, n++) {
+		int cost = body_iovs(r);
+		if (iovs + cost > IOV_BATCH)
+			break;
+		iovs += cost;
 		need += head_size(s, r->answer);
 		if (has_body(r) && r->answer->file_fd < 0 && r->answer->body.len <= OUT_INLINE_BODY)
 			need += r->answer->body.len;
@@ -1732,6 +1875,7 @@ static void conn_flush(keel_http_conn *c)
 		const keel_http_response *a = r->answer;
 		bool framed = a->stream && a->stream_length <= 0 && r->msg.version_minor >= 1;
 		if (has_body(r) && a->file_fd < 0 && a->body.len) {
+			KEEL__ASSERT(niov + body_iovs(r) + 1 <= IOV_BATCH);
 			if (framed) {
 				p += snprintf(p, 24, "%zx\r\n", a->body.len); /* a stream's first piece */
 			}
@@ -1813,8 +1957,79 @@ static void conn_timeout(keel_loop *loop, keel__timer *t)
 	conn_close(c); /* slowloris, stalled body, idle keep-alive, or a reader that stopped reading */
 }
 
+/*
+ * Idle connections -- waiting for a first request, or kept alive between
+ * requests -- sit on the server's list in the order they went idle. When
+ * the connection limit is reached, or descriptors run out, the oldest are
+ * closed to make room, instead of new clients waiting for their timeouts.
+ */
+static bool conn_is_idle(const keel_http_conn *c)
+{
+	return !c->closing && !c->lingering && !c->nreqs && !c->part_len && !c->cur && !c->inq_head && !c->sending;
+}
+
+static void idle_update(keel_http_conn *c)
+{
+	keel_http_server *s = c->s;
+	bool idle = conn_is_idle(c);
+	if (idle == c->idle)
+		return;
+	c->idle = idle;
+	if (idle) {
+		c->idle_next = NULL;
+		c->idle_prev = s->idle_tail;
+		if (s->idle_tail)
+			s->idle_tail->idle_next = c;
+		else
+			s->idle_head = c;
+		s->idle_tail = c;
+		s->nidle++;
+		/*
+		 * Accepting paused at the limit: clients wait. One accepted already
+		 * (held) takes the oldest idle connection's place now; otherwise
+		 * accepting resumes, and the next client makes room as it comes.
+		 */
+		if (s->accept_paused && !s->stopping) {
+			if (s->nheld)
+				idle_reclaim(s, 1);
+			else if (!s->accept)
+				accept_resume(s);
+		}
+		return;
+	}
+	if (c->idle_prev)
+		c->idle_prev->idle_next = c->idle_next;
+	else
+		s->idle_head = c->idle_next;
+	if (c->idle_next)
+		c->idle_next->idle_prev = c->idle_prev;
+	else
+		s->idle_tail = c->idle_prev;
+	c->idle_prev = c->idle_next = NULL;
+	s->nidle--;
+}
+
+static void accept_resume(keel_http_server *s)
+{
+	s->accept_paused = false;
+	accept_start(s);
+}
+
+/* Close up to n of the longest-idle connections; returns how many. */
+static unsigned idle_reclaim(keel_http_server *s, unsigned n)
+{
+	unsigned done = 0;
+	while (done < n && s->idle_head) {
+		s->stats.idle_closed++;
+		conn_close(s->idle_head); /* (leaves the list) */
+		done++;
+	}
+	return done;
+}
+
 static void conn_timer_update(keel_http_conn *c)
 {
+	idle_update(c);
 	if (c->closing || c->lingering)
 		return;
 	const keel_http_config *cfg = &c->s->cfg;
@@ -1832,7 +2047,12 @@ static void conn_timer_update(keel_http_conn *c)
 	} else if (c->cur) {
 		kind = T_BODY; /* re-armed on every call: a deadline between reads */
 		ms = cfg->body_timeout_ms;
-	} else if (c->part_len) {
+	} else if (c->part_len || (!c->nreqs && !c->served)) {
+		/*
+		 * One deadline for the whole head, the first one from accept (as
+		 * nginx): a connection that never sends a byte must not be six
+		 * times cheaper to hold than one that sends a byte.
+		 */
 		kind = T_HEADER;
 		ms = cfg->header_timeout_ms;
 	} else if (c->nreqs == 0) {
@@ -1894,16 +2114,26 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 	free(c->peer);
 	if (c->tx)
 		tx_put(s, c->tx);
-	c->next = s->free_conns;
-	s->free_conns = c;
+	if (s->nfree_conns < CONN_FREE_MAX) {
+		c->next = s->free_conns;
+		s->free_conns = c;
+		s->nfree_conns++;
+	} else {
+		free(c);
+	}
 	s->nconns--;
+	s->nclosing--;
 	s->stats.conns_open = s->nconns;
 	if (s->nheld && !s->stopping) {
 		int fd = s->held[0];
 		memmove(s->held, s->held + 1, --s->nheld * sizeof(*s->held));
 		conn_open(s, fd);
 	}
-	if (s->accept_paused && !s->accept && !s->stopping && !s->nheld && s->nconns < s->cfg.conns_max) {
+	if (s->reclaiming && !s->accept && !s->backoff && !s->stopping) {
+		s->reclaiming = false; /* a descriptor came back: accept again */
+		accept_start(s);
+	}
+	if (s->accept_paused && !s->accept && !s->stopping && !s->nheld && conns_live(s) < s->cfg.conns_max) {
 		s->accept_paused = false; /* (if the paused stream has not ended yet, accept_ended resumes) */
 		accept_start(s);
 	}
@@ -1914,6 +2144,8 @@ static void conn_close(keel_http_conn *c)
 {
 	if (!c->closing) {
 		c->closing = true;
+		c->s->nclosing++;
+		idle_update(c);
 		keel__timer_stop(c->s->loop, &c->timer);
 		/* Handlers still working are asked to stop; their answers are discarded. */
 		for (keel_http_request *r = c->qhead; r; r = r->next) {
@@ -1952,7 +2184,7 @@ static const char *conn_peer(keel_http_conn *c)
 		return c->peer;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
-	if (!(c->peer = malloc(48)))
+	if (!(c->peer = keel__malloc(48)))
 		return "-";
 	if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
 		keel_addr_format((struct sockaddr *)&ss, c->peer, 48);
@@ -1971,15 +2203,16 @@ static const char *conn_peer(keel_http_conn *c)
 
 const char *keel_http_request_peer(keel_http_request *req)
 {
-	return conn_peer(req->conn);
+	return req->conn ? conn_peer(req->conn) : "-";
 }
 
 static void conn_open(keel_http_server *s, int fd)
 {
 	keel_http_conn *c = s->free_conns;
-	if (c)
+	if (c) {
 		s->free_conns = c->next;
-	else if (!(c = malloc(sizeof(*c)))) {
+		s->nfree_conns--;
+	} else if (!(c = keel__malloc(sizeof(*c)))) {
 		close(fd);
 		return;
 	}
@@ -2005,7 +2238,9 @@ static void conn_open(keel_http_server *s, int fd)
 static int on_accept(void *ud, int fd)
 {
 	keel_http_server *s = ud;
-	if (s->nconns >= s->cfg.conns_max || s->stopping) {
+	if (!s->stopping && conns_live(s) >= s->cfg.conns_max)
+		idle_reclaim(s, 1); /* the longest-idle connection makes room for this one */
+	if (conns_live(s) >= s->cfg.conns_max || s->stopping) {
 		if (s->stopping) {
 			close(fd);
 			return KEEL_STOP;
@@ -2029,7 +2264,7 @@ static int on_accept(void *ud, int fd)
 	}
 	s->backoff_ms = 0;
 	conn_open(s, fd);
-	if (s->nconns >= s->cfg.conns_max) {
+	if (conns_live(s) >= s->cfg.conns_max && !s->idle_head) {
 		s->accept_paused = true; /* the kernel's backlog holds the rest */
 		s->stats.accept_pauses++;
 		return KEEL_STOP;
@@ -2059,14 +2294,25 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	if (s->accept_paused) {
 		/* Room may have come back while the stopped stream was still ending. */
-		if (!s->nheld && s->nconns < s->cfg.conns_max) {
+		if (!s->nheld && conns_live(s) < s->cfg.conns_max) {
 			s->accept_paused = false;
 			accept_start(s);
 		}
 		return;
 	}
-	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM) {
-		/* Out of descriptors or memory: pause, 10 ms doubling up to 1 s, and say so once. */
+	if ((o.err == -EMFILE || o.err == -ENFILE) && s->nidle) {
+		/*
+		 * Out of descriptors with idle connections open: close the oldest
+		 * and accept again as soon as their descriptors come back, rather
+		 * than leave new clients waiting for idle ones to time out.
+		 */
+		s->stats.accept_pauses++;
+		s->reclaiming = true;
+		idle_reclaim(s, RECLAIM_BATCH);
+		return;
+	}
+	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM || o.err == KEEL_ELIMIT) {
+		/* Out of descriptors, memory or op slots: pause, 10 ms doubling up to 1 s, and say so once. */
 		uint64_t now = keel_loop_now_ms(s->loop);
 		if (!s->backoff_ms && (!s->backoff_logged_ms || now - s->backoff_logged_ms > 10000)) {
 			s->backoff_logged_ms = now;
@@ -2100,6 +2346,18 @@ int keel_http_server_start(keel_http_server *s, int lfd)
 	return 0;
 }
 
+int keel_http_server_adopt(keel_http_server *s, int fd)
+{
+	if (fd < 0)
+		return -EINVAL;
+	if (s->stopping) {
+		close(fd);
+		return KEEL_ESTOPPED;
+	}
+	conn_open(s, fd);
+	return 0;
+}
+
 static void grace_over(keel_loop *loop, keel__timer *t)
 {
 	(void)loop;
@@ -2119,6 +2377,8 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 	}
 	s->stopping = true;
 	s->stopped = p;
+	if (s->lfd >= 0 && !s->cfg.listener_keep)
+		shutdown(s->lfd, SHUT_RD); /* refuse new clients now, and reset those in its backlog */
 	if (s->accept)
 		keel_promise_cancel(s->accept);
 	if (s->backoff)
@@ -2172,6 +2432,14 @@ void keel_http_server_free(keel_http_server *s)
 		s->free_tx = tx->next;
 		free(tx->out);
 		free(tx);
+	}
+	while (s->zombies) {
+		/* Handlers that never let go of their requests: theirs was the last word. */
+		keel_http_request *r = s->zombies;
+		s->zombies = r->next;
+		keel__promise_on_release(r->holder, NULL, NULL);
+		r->zombie = 0;
+		req_release(s, r);
 	}
 	while (s->free_reqs) {
 		keel_http_request *r = s->free_reqs;
@@ -2268,6 +2536,7 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 		{"responses_5xx_total", "counter", "5xx responses", st->responses_5xx},
 		{"bytes_out_total", "counter", "response bytes sent", st->bytes_out},
 		{"accept_pauses_total", "counter", "times accepting paused (limit, EMFILE)", st->accept_pauses},
+		{"idle_closed_total", "counter", "idle connections closed to make room", st->idle_closed},
 		{"recv_buffers_in_use", "gauge", "receive buffers out of the pool", ls.bufs_in_use},
 		{"recv_buffers_total", "gauge", "receive buffers in the pool", ls.bufs_total},
 		{"recv_buffer_waits_total", "counter", "receives parked for want of a buffer", ls.enobufs},
