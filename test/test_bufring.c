@@ -155,9 +155,81 @@ static void test_close_parked(void)
 	printf("closing the fd of a parked stream ends it: ok\n");
 }
 
+/*
+ * A stream woken by a returned buffer may have nothing to read, leaving the
+ * buffer free; one parked behind it with data waiting must still be served
+ * (a connection storm once left hundreds of requests unread this way).
+ * Pool of 2: A and B hold one each; I (no data) parks, then D (data) parks;
+ * A's buffer comes back.
+ */
+static keel_buf *held2[2];
+static int nheld2, got_d;
+
+static int hold2(void *ud, keel_buf *buf)
+{
+	(void)ud;
+	keel_buf_hold(buf);
+	held2[nheld2++] = buf;
+	return KEEL_CONTINUE;
+}
+
+static int count_d(void *ud, keel_buf *buf)
+{
+	(void)ud;
+	got_d += (int)buf->len;
+	return KEEL_CONTINUE;
+}
+
+static void test_lost_wakeup(void)
+{
+	keel_loop_opts o;
+	keel_loop_opts_default(&o);
+	o.recv_buf_count = 2;
+	o.recv_buf_size = 1024;
+	o.quiet = true;
+	keel_loop *l;
+	ASSERT_OK(keel_loop_new(&l, &o));
+	int a[2], b[2], idle[2], d[2];
+	int *pairs[4] = {a, b, idle, d};
+	for (int i = 0; i < 4; i++)
+		ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pairs[i]), 0);
+	keel_promise *s[4];
+	s[0] = keel_recv_stream(l, a[0], hold2, NULL);
+	s[1] = keel_recv_stream(l, b[0], hold2, NULL);
+	ASSERT_EQ(write(a[1], "a", 1), 1);
+	ASSERT_EQ(write(b[1], "b", 1), 1);
+	for (int i = 0; i < 500 && nheld2 < 2; i++)
+		keel_loop_run_once(l, 1);
+	ASSERT_EQ(nheld2, 2);
+	keel_loop_stats st;
+	s[2] = keel_recv_stream(l, idle[0], count_d, NULL); /* no data: the first parked */
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(l, 1);
+	s[3] = keel_recv_stream(l, d[0], count_d, NULL);
+	ASSERT_EQ(write(d[1], "GET / HTTP/1.1\r\n\r\n", 18), 18);
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(l, 1);
+	ASSERT_EQ(got_d, 0); /* parked: no buffer */
+	keel_buf_release(held2[0]); /* one comes back; B keeps the other */
+	for (int i = 0; i < 1000 && !got_d; i++)
+		keel_loop_run_once(l, 1);
+	ASSERT_EQ(got_d, 18);
+	keel_loop_get_stats(l, &st);
+	ASSERT(st.enobufs >= 2);
+	keel_buf_release(held2[1]);
+	for (int i = 0; i < 4; i++) {
+		test_await(l, keel_close(l, pairs[i][0]));
+		test_await(l, s[i]);
+		close(pairs[i][1]);
+	}
+	keel_loop_free(l);
+	printf("a wake-up spent on a stream with nothing to read is not lost: ok\n");
+}
+
 int main(void)
 {
 	test_close_parked();
+	test_lost_wakeup();
 
 	keel_loop_opts o;
 	keel_loop_opts_default(&o);

@@ -6,6 +6,13 @@
  * io_uring; the epoll backend takes it right before recv), so an idle
  * connection holds none. When the pool is dry, a stream is parked instead of
  * failing, and each buffer that comes back re-arms one parked stream.
+ *
+ * A re-armed stream may have nothing to read: on io_uring it then waits in
+ * the kernel without taking the buffer, on epoll it gives the buffer straight
+ * back. That wake-up is spent, and a stream parked behind it with data
+ * waiting would stay parked with buffers free (a connection storm left
+ * hundreds of requests unread that way). So once per tick, as many parked
+ * streams as there are free buffers are re-armed (keel__bufpool_rewake).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -129,6 +136,21 @@ void keel__bufpool_park(keel_loop *loop, keel__op *op)
 	/* A buffer may have come back between the kernel's ENOBUFS and now. */
 	if (pool->in_use < pool->count && pool->waiters == op) {
 		pool->waiters = pool->waiters_tail = NULL;
+		op->flags &= (uint8_t)~KEEL__OPF_PARKED;
+		keel__op_submit(loop, op);
+	}
+}
+
+void keel__bufpool_rewake(keel_loop *loop)
+{
+	keel__bufpool *pool = &loop->bufpool;
+	uint32_t free_bufs = pool->count - pool->in_use;
+	while (pool->waiters && free_bufs--) {
+		keel__op *op = pool->waiters;
+		pool->waiters = op->next;
+		if (!pool->waiters)
+			pool->waiters_tail = NULL;
+		op->next = NULL;
 		op->flags &= (uint8_t)~KEEL__OPF_PARKED;
 		keel__op_submit(loop, op);
 	}

@@ -66,13 +66,18 @@ struct keel_promise {
 	void *done_ud;
 };
 
+struct keel__ctx_hook {
+	void (*fn)(void *ud);
+	void *ud;
+	struct keel__ctx_hook *next;
+};
+
 struct keel_ctx {
 	keel_loop *loop;
 	uint32_t refs;
 	struct keel__chunk *chunks;
 	char *cur, *end;
-	void (*on_free)(void *ud);
-	void *on_free_ud;
+	struct keel__ctx_hook *hooks; /* keel_ctx_on_free, newest first; in the arena */
 	keel_ctx *next_free;
 };
 
@@ -133,6 +138,7 @@ struct keel_loop {
 	uint32_t nslabs, slabs_cap;
 	struct keel__memfree *mem_free[KEEL__MEM_CLASSES];
 	keel_ctx *ctx_free;
+	uint32_t ctx_free_count;
 	struct keel__chunk *chunk_free;
 	uint32_t chunk_free_count;
 
@@ -236,6 +242,8 @@ void keel__ctx_pool_fini(keel_loop *loop);
 int keel__bufpool_init(keel_loop *loop);
 void keel__bufpool_fini(keel_loop *loop);
 void keel__bufpool_park(keel_loop *loop, keel__op *op);
+/* Once per tick: re-arm as many parked streams as there are free buffers (buf.c explains why). */
+void keel__bufpool_rewake(keel_loop *loop);
 /* A completion reported buffer buf: count it in use, with one reference. */
 void keel__buf_claim(keel_loop *loop, keel_buf *buf);
 

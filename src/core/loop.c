@@ -307,6 +307,8 @@ static int tick(keel_loop *loop, int timeout_ms)
 	keel__timer_expire(loop);
 	/* Continuations of this tick's completions run before the next wait. */
 	keel__ready_run(loop, loop->opts.ready_batch_max);
+	if (loop->bufpool.waiters && loop->bufpool.in_use < loop->bufpool.count)
+		keel__bufpool_rewake(loop);
 	return 0;
 }
 
