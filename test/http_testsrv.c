@@ -43,6 +43,9 @@
 
 #include "keel/http.h"
 #include "keel/keel.h"
+#include "keel/static.h"
+
+static unsigned long wrapped_frees; /* context hooks of the wrapper around the static handler that ran */
 
 static keel_loop *loop;
 static keel_http_server *srv;
@@ -151,10 +154,11 @@ static keel_promise *h_stats(keel_http_request *r, void *ud)
 	char *b = keel_ctx_alloc(keel_http_request_ctx(r), 512);
 	int n = snprintf(b, 512,
 	                 "connections %llu\nrequests %llu\nconns_open %u\nresponses_4xx %llu\n"
-	                 "responses_5xx %llu\nbufs_in_use %u\nops_inflight %u\npromises_live %u\n",
+	                 "responses_5xx %llu\nbufs_in_use %u\nops_inflight %u\npromises_live %u\n"
+	                 "wrapped_frees %lu\n",
 	                 (unsigned long long)st.connections, (unsigned long long)st.requests, st.conns_open,
 	                 (unsigned long long)st.responses_4xx, (unsigned long long)st.responses_5xx,
-	                 ls.bufs_in_use, ls.ops_inflight, ls.promises_live);
+	                 ls.bufs_in_use, ls.ops_inflight, ls.promises_live, wrapped_frees);
 	return keel_http_respond(r, 200, "text/plain", b, (size_t)n);
 }
 
@@ -372,6 +376,25 @@ static keel_promise *h_pin(keel_http_request *r, void *ud)
 	return keel_map(p, pin_done, r);
 }
 
+/* The static handler wrapped by another that adds its own context hook first (--static DIR). */
+static keel_static *statics;
+
+static void wrapped_free(void *ud)
+{
+	(void)ud;
+	wrapped_frees++;
+}
+
+static keel_promise *h_wrapped_static(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	keel_ctx *ctx = keel_http_request_ctx(r);
+	if (!ctx || keel_ctx_on_free(ctx, wrapped_free, NULL) < 0)
+		return keel_http_respond(r, 503, "text/plain", "no memory", 9);
+	r->user = "wrapper's"; /* the wrapped handler must not need it */
+	return keel_static_handler(r, statics);
+}
+
 static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -393,6 +416,9 @@ int main(int argc, char **argv)
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	const char *addr = "127.0.0.1:0";
+	const char *static_dir = NULL;
+	unsigned recv_bufs = 0; /* the receive pool's size (a power of two); 0: the default */
+	unsigned sq_entries = 0; /* io_uring submission queue (completion queue: 4x); 0: the default */
 	static const struct option opts[] = {
 		{"listen", 1, NULL, 'l'},           {"body-max", 1, NULL, 'b'},
 		{"conns-max", 1, NULL, 'c'},        {"pipeline-max", 1, NULL, 'p'},
@@ -402,7 +428,8 @@ int main(int argc, char **argv)
 		{"head-max", 1, NULL, 'm'},         {"line-max", 1, NULL, 'L'},
 		{"body-stream-max", 1, NULL, 'M'},  {"queue-delay-max-us", 1, NULL, 'Q'},
 		{"inflight-max", 1, NULL, 'F'},     {"conn-out-max", 1, NULL, 'O'},
-		{"body-mem-max", 1, NULL, 'X'},
+		{"body-mem-max", 1, NULL, 'X'},     {"static", 1, NULL, 'D'},
+		{"recv-bufs", 1, NULL, 'R'},        {"sq-entries", 1, NULL, 'q'},
 		{NULL, 0, NULL, 0},
 	};
 	int c;
@@ -426,6 +453,9 @@ int main(int argc, char **argv)
 		case 'F': cfg.inflight_max = (unsigned)v; break;
 		case 'O': cfg.conn_out_max = (size_t)v; break;
 		case 'X': cfg.body_mem_max = (size_t)v; break;
+		case 'D': static_dir = optarg; break;
+		case 'R': recv_bufs = (unsigned)v; break;
+		case 'q': sq_entries = (unsigned)v; break;
 		default: return 2;
 		}
 	}
@@ -436,7 +466,13 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	sigprocmask(SIG_BLOCK, &set, NULL);
-	if (keel_loop_new(&loop, NULL) < 0)
+	keel_loop_opts lo;
+	keel_loop_opts_default(&lo);
+	if (recv_bufs)
+		lo.recv_buf_count = recv_bufs;
+	if (sq_entries)
+		lo.sq_entries = sq_entries;
+	if (keel_loop_new(&loop, &lo) < 0)
 		return 1;
 	srv = keel_http_server_new(loop, &cfg);
 	if (!srv)
@@ -457,6 +493,11 @@ int main(int argc, char **argv)
 	keel_http_route(srv, "GET", "/burn", false, h_burn, NULL);
 	keel_http_route(srv, "GET", "/hookless", false, h_hookless, NULL);
 	keel_http_route(srv, "GET", "/pin", false, h_pin, NULL);
+	if (static_dir) {
+		if (!(statics = keel_static_new(static_dir)))
+			return 1;
+		keel_http_route(srv, "GET", "/static/", KEEL_HTTP_PREFIX, h_wrapped_static, NULL);
+	}
 	keel_http_route(srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
 	int lfd = keel_tcp_listen(addr, 1024, 0);
 	if (lfd < 0) {
@@ -473,6 +514,7 @@ int main(int argc, char **argv)
 	keel_promise_done(keel_signal_wait(loop, sigs, 2), on_signal, NULL);
 	keel_loop_run(loop);
 	keel_http_server_free(srv);
+	keel_static_free(statics);
 	close(lfd);
 	keel_loop_free(loop);
 	return 0;

@@ -36,6 +36,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -1873,6 +1874,80 @@ def t_body_max_zero(_):
         srv.kill()
 
 
+def t_storm(_):
+    """1000 clients connected, then all sending at once, to a server with 64 receive buffers and
+    a small ring (32 submissions, 128 completions): every client gets an answer (200, or 503 with
+    Retry-After) -- none is left waiting. (Under such a burst the kernel ends multishot receives;
+    re-armed while the pool is dry they park with nothing to read, and a wake-up spent on one was
+    lost: streams parked behind it with a request waiting stayed parked, hundreds in a storm.)"""
+    import selectors
+    srv = own_server("--recv-bufs", 64, "--sq-entries", 32, "--queue-delay-max-us", 0)
+    n = 1000
+    sel = selectors.DefaultSelector()
+    socks = []
+    got = {}
+    try:
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.setblocking(False)
+            socks.append(s)
+            got[s] = b""
+        time.sleep(0.3)  # all accepted, their receives armed
+        req = get("/slow?ms=20", extra=b"Connection: close\r\n")  # each holds its buffer a while
+        for s in socks:
+            s.send(req)
+            sel.register(s, selectors.EVENT_READ)
+        deadline = time.monotonic() + 20
+        pending = n
+        outcome = {"answered": 0, "503": 0}
+        while pending and time.monotonic() < deadline:
+            for key, ev in sel.select(timeout=0.5):
+                s = key.fileobj
+                try:
+                    d = s.recv(65536)
+                except (ConnectionResetError, BrokenPipeError):
+                    d = None
+                if d:
+                    got[s] += d
+                    continue
+                sel.unregister(s)
+                pending -= 1
+                b = got[s]
+                if b.startswith(b"HTTP/1.1 200") and b.endswith(b"slow 20"):
+                    outcome["answered"] += 1
+                elif b.startswith(b"HTTP/1.1 503") and b"Retry-After:" in b:
+                    outcome["503"] += 1
+                else:
+                    raise TestFailure("a client got %r" % b[:300])
+        print("      %s; %d waiting after 20 s" % (outcome, pending))
+        eq(pending, 0, "clients left without an answer after 20 s")
+    finally:
+        for s in socks:
+            s.close()
+        srv.kill()
+
+
+def t_wrapped_static(_):
+    """A handler that wraps the static one and registers its own context hook first: both hooks
+    run (the static handler's used to replace it), whether the file comes from disk or the cache."""
+    root = tempfile.mkdtemp(prefix="keel-wrap-")
+    os.makedirs(os.path.join(root, "static"))
+    with open(os.path.join(root, "static", "a.txt"), "wb") as f:
+        f.write(b"wrapped\n")
+    srv = own_server("--static", root)
+    try:
+        with Conn(srv.port) as c:
+            for i in range(5):
+                c.send(get("/static/a.txt"))
+                r = c.read_response(what="wrapped static #%d" % i)
+                eq((r.status, r.body), (200, b"wrapped\n"), "wrapped static #%d" % i)
+        time.sleep(0.05)
+        eq(stats(srv)["wrapped_frees"], 5, "the wrapper's context hooks run")
+    finally:
+        srv.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def t_handler_outlives_client(_):
     """A handler whose promise cannot be cancelled (no hook) answers, writing into its request,
     after its client has reset: the request must not have been reused meanwhile -- by the next
@@ -2027,6 +2102,8 @@ def main():
         ("versions: HTTP/1.2 as 1.1, other majors 505", "S", t_versions),
         ("bodies: --body-max 0 refuses chunked bodies too", None, t_body_max_zero),
         ("lifetime: a handler that outlives its client keeps its request", None, t_handler_outlives_client),
+        ("context hooks: a wrapper around the static handler keeps its own", None, t_wrapped_static),
+        ("storm: 1000 clients at once, 64 receive buffers", None, t_storm),
         ("bounds: --body-mem-max at the limit and one past it", "M", t_body_mem_max),
     ]
     plan += [("malformed: " + case[0], "L", lambda L, case=case: t_malformed(L, case)) for case in MALFORMED]

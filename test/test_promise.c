@@ -280,6 +280,27 @@ static void test_ctx(keel_loop *loop)
 	ASSERT_EQ(st.ctx_live, before);
 }
 
+/* Several hooks on one context, as when a handler wraps another that sets its own: all run, last first. */
+static char hook_order[8];
+static int nhooks;
+
+static void on_hook(void *ud)
+{
+	hook_order[nhooks++] = *(const char *)ud;
+}
+
+static void test_ctx_hooks(keel_loop *loop)
+{
+	nhooks = 0;
+	keel_ctx *ctx = keel_ctx_new(loop);
+	ASSERT_EQ(keel_ctx_on_free(ctx, on_hook, "a"), 0);
+	ASSERT_EQ(keel_ctx_on_free(ctx, on_hook, "b"), 0);
+	ASSERT_EQ(keel_ctx_on_free(ctx, on_hook, "c"), 0);
+	keel_ctx_release(ctx);
+	ASSERT_EQ(nhooks, 3);
+	ASSERT(memcmp(hook_order, "cba", 3) == 0);
+}
+
 static void test_cancel_without_hook(keel_loop *loop)
 {
 	/*
@@ -321,6 +342,7 @@ int main(void)
 	test_timeout(loop);
 	test_timer_order(loop);
 	test_ctx(loop);
+	test_ctx_hooks(loop);
 	test_cancel_without_hook(loop);
 	test_no_leak(loop);
 	keel_loop_free(loop);

@@ -144,6 +144,24 @@ def main():
             # Directories, errors.
             r = curl("-D", "-", "-o", "/dev/null", base + "/dir?x=1")
             check(b"301" in r.stdout and b"Location: /dir/?x=1" in r.stdout, "301 with trailing slash")
+            # The Location comes from the normalized path: "//dir" must not send the client to
+            # "//dir/", a scheme-relative URL naming another host.
+            for target in ("//dir", "/./dir", "/x/../dir", "/%64ir"):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+                s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                resp = b""
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    resp += b
+                s.close()
+                check(resp.startswith(b"HTTP/1.1 301") and b"\r\nLocation: /dir/\r\n" in resp,
+                      f"GET {target}: {resp[:200]!r}")
+            # A method the files do not take: 405 that says which ones they do.
+            for method in ("POST", "PUT", "DELETE"):
+                r = curl("-D", "-", "-o", "/dev/null", "-X", method, base + "/f1.bin")
+                check(b" 405 " in r.stdout and b"Allow: GET, HEAD" in r.stdout, f"{method}: {r.stdout[:200]!r}")
             for path, want in [("/nope", b"404"), ("/noindex/", b"403"), ("/escape-link", b"404")]:
                 r = curl("-o", "/dev/null", "-w", "%{http_code}", base + path)
                 check(r.stdout == want, f"{path}: {r.stdout} (want {want})")
@@ -174,6 +192,7 @@ def main():
             check(b"text/css" in r.stdout, "gz content type is the original's")
             r = curl("-D", "-", "-o", "/tmp/keel-plain", base + "/page.css")
             check(b"Content-Encoding" not in r.stdout, "plain without Accept-Encoding")
+            check(b"Vary: Accept-Encoding" in r.stdout, "the plain variant says it varies too")
             r = curl("-D", "-", "-H", "Accept-Encoding: gzip;q=0", "-o", "/dev/null", base + "/page.css")
             check(b"Content-Encoding" not in r.stdout, "gzip;q=0 refused")
             print("precompressed .gz when accepted (and not when q=0): ok")
@@ -232,6 +251,15 @@ def main():
         srv = Server(root, "--status", "--queue-delay-us", "0")
         try:
             b = f"http://127.0.0.1:{srv.port}"
+            # A gzip-accepting client of a small file with no .gz sibling is served from the cache
+            # (the sibling's absence is remembered for a moment), not read from disk every time.
+            for _ in range(6):
+                r = curl("-D", "-", "-H", "Accept-Encoding: gzip", b + "/f1024.bin")
+                check(b" 200 " in r.stdout and b"Content-Encoding" not in r.stdout, "f1024.bin for a gzip client")
+            r = subprocess.run(["curl", "-s", b + "/_keel/status"], capture_output=True, text=True, timeout=10)
+            lines = dict(l.split(" ", 1) for l in r.stdout.splitlines())
+            hits, misses = int(lines.get("static_cache_hits_total", "-1")), int(lines.get("static_cache_misses_total", "-1"))
+            check(hits >= 4 and misses <= 2, f"cache for gzip clients, no .gz: {hits} hits, {misses} misses")
             curl(b + "/f1.bin")
             r = subprocess.run(["curl", "-s", b + "/_keel/status"], capture_output=True, text=True, timeout=10)
             lines = dict(l.split(" ", 1) for l in r.stdout.splitlines())

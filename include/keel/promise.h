@@ -164,12 +164,17 @@ keel_ctx *keel_ctx_new(keel_loop *loop);
 void keel_ctx_release(keel_ctx *ctx);
 void keel_ctx_retain(keel_ctx *ctx);
 
-/* Arena allocation, 16-byte aligned, valid until the context is freed. NULL only on ENOMEM. */
+/* Arena allocation, 16-byte aligned, valid until the context is freed. NULL on ENOMEM. */
 void *keel_ctx_alloc(keel_ctx *ctx, size_t size);
 char *keel_ctx_strdup(keel_ctx *ctx, const char *s);
 
-/* Called when the context is freed (before the arena goes). One hook per context. */
-void keel_ctx_on_free(keel_ctx *ctx, void (*fn)(void *ud), void *ud);
+/*
+ * Call fn(ud) when the context is freed, before its arena goes. Any number
+ * of hooks: each module (a handler, the static files, the proxy, a wrapper
+ * around them) adds its own; they run last added first. Returns 0, or
+ * -ENOMEM (the hook is not registered: undo whatever it was to undo).
+ */
+int keel_ctx_on_free(keel_ctx *ctx, void (*fn)(void *ud), void *ud);
 
 /* Attach ctx to p (p takes a reference). Returns p for chaining. */
 keel_promise *keel_promise_bind_ctx(keel_promise *p, keel_ctx *ctx);

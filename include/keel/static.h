@@ -25,4 +25,14 @@ void keel_static_free(keel_static *st);
 /* The handler; ud is the keel_static. */
 keel_promise *keel_static_handler(keel_http_request *req, void *ud);
 
+typedef struct keel_static_stats {
+	uint64_t cache_hits, cache_misses; /* small-file cache lookups (files over 64 KiB are not cached) */
+	uint32_t cache_entries;
+	uint64_t cache_bytes;
+} keel_static_stats;
+void keel_static_get_stats(const keel_static *st, keel_static_stats *out);
+
+/* The counters for the status page: keel_http_status_add(srv, "root", "www", keel_static_metrics, st). */
+unsigned keel_static_metrics(void *st, keel_http_metric *out, unsigned max);
+
 #endif

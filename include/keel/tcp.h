@@ -48,7 +48,8 @@ bool keel_hostport_valid(const char *s);
 char *keel_addr_format(const struct sockaddr *sa, char *buf, size_t size);
 
 /*
- * Create a listening socket bound to addr (keel_addr_parse syntax). flags:
+ * Create a listening socket bound to addr (keel_addr_parse syntax). backlog
+ * <= 0: the largest the host allows (net.core.somaxconn). flags:
  * KEEL_TCP_REUSEPORT. Returns the fd (non-blocking, close-on-exec) or a
  * negative errno. Synchronous: this is setup, not a per-request path.
  */

@@ -61,6 +61,7 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	if (cfg->status) {
 		snprintf(w.label, sizeof(w.label), "%d", index);
 		keel_http_route(w.srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, w.label);
+		keel_http_status_add(w.srv, NULL, NULL, keel_static_metrics, w.st);
 	}
 	keel_loop_set_data(loop, &w);
 	keel_http_server_start(w.srv, lfd);

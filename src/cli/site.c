@@ -81,6 +81,8 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 			}
 			err = keel_http_route(w->srv, NULL, r->path, flags, keel_static_handler,
 			                      w->statics[i]);
+			if (!err && keel_http_status_add(w->srv, "route", r->path, keel_static_metrics, w->statics[i]) < 0)
+				keel_log(KEEL_LOG_WARN, "route %s: its cache is not on the status page", r->path);
 			break;
 		case CLI_ROUTE_UPSTREAM:
 			err = keel_http_route(w->srv, NULL, r->path, flags | KEEL_HTTP_STREAM_BODY,

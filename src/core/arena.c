@@ -4,13 +4,16 @@
  * free list; freeing the context hands every chunk back in one step.
  * Allocations larger than a chunk get a chunk of their own.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault.h"
 #include "internal.h"
 
 #define CHUNK_BYTES 4096
 #define CHUNK_FREE_MAX 256 /* chunks kept for reuse per loop */
+#define CTX_FREE_MAX 256   /* contexts kept for reuse per loop */
 
 struct keel__chunk {
 	struct keel__chunk *next;
@@ -30,8 +33,9 @@ static struct keel__chunk *chunk_get(keel_loop *loop, size_t need)
 	size_t usable = CHUNK_BYTES - sizeof(struct keel__chunk);
 	if (need > usable)
 		usable = need;
-	c = keel__xmalloc(sizeof(struct keel__chunk) + usable);
-	c->size = usable;
+	c = keel__malloc(sizeof(struct keel__chunk) + usable);
+	if (c)
+		c->size = usable;
 	return c;
 }
 
@@ -49,10 +53,12 @@ static void chunk_put(keel_loop *loop, struct keel__chunk *c)
 keel_ctx *keel_ctx_new(keel_loop *loop)
 {
 	keel_ctx *ctx = loop->ctx_free;
-	if (ctx)
+	if (ctx) {
 		loop->ctx_free = ctx->next_free;
-	else
+		loop->ctx_free_count--;
+	} else {
 		ctx = keel__xmalloc(sizeof(*ctx));
+	}
 	memset(ctx, 0, sizeof(*ctx));
 	ctx->loop = loop;
 	ctx->refs = 1;
@@ -71,17 +77,23 @@ void keel_ctx_release(keel_ctx *ctx)
 	if (--ctx->refs > 0)
 		return;
 	keel_loop *loop = ctx->loop;
-	if (ctx->on_free)
-		ctx->on_free(ctx->on_free_ud);
+	/* The hooks, last registered first (they live in the arena: it goes after them). */
+	for (struct keel__ctx_hook *h = ctx->hooks; h; h = h->next)
+		h->fn(h->ud);
 	struct keel__chunk *c = ctx->chunks;
 	while (c) {
 		struct keel__chunk *next = c->next;
 		chunk_put(loop, c);
 		c = next;
 	}
+	loop->stats.ctx_live--;
+	if (loop->ctx_free_count >= CTX_FREE_MAX) {
+		free(ctx);
+		return;
+	}
 	ctx->next_free = loop->ctx_free;
 	loop->ctx_free = ctx;
-	loop->stats.ctx_live--;
+	loop->ctx_free_count++;
 }
 
 void *keel_ctx_alloc(keel_ctx *ctx, size_t size)
@@ -91,6 +103,8 @@ void *keel_ctx_alloc(keel_ctx *ctx, size_t size)
 		size = 16;
 	if ((size_t)(ctx->end - ctx->cur) < size) {
 		struct keel__chunk *c = chunk_get(ctx->loop, size);
+		if (!c)
+			return NULL;
 		c->next = ctx->chunks;
 		ctx->chunks = c;
 		ctx->cur = c->data;
@@ -110,10 +124,16 @@ char *keel_ctx_strdup(keel_ctx *ctx, const char *s)
 	return d;
 }
 
-void keel_ctx_on_free(keel_ctx *ctx, void (*fn)(void *ud), void *ud)
+int keel_ctx_on_free(keel_ctx *ctx, void (*fn)(void *ud), void *ud)
 {
-	ctx->on_free = fn;
-	ctx->on_free_ud = ud;
+	struct keel__ctx_hook *h = keel_ctx_alloc(ctx, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->fn = fn;
+	h->ud = ud;
+	h->next = ctx->hooks;
+	ctx->hooks = h;
+	return 0;
 }
 
 void keel__ctx_pool_fini(keel_loop *loop)
@@ -123,6 +143,7 @@ void keel__ctx_pool_fini(keel_loop *loop)
 		free(loop->ctx_free);
 		loop->ctx_free = next;
 	}
+	loop->ctx_free_count = 0;
 	while (loop->chunk_free) {
 		struct keel__chunk *next = loop->chunk_free->next;
 		free(loop->chunk_free);

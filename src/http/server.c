@@ -518,6 +518,8 @@ static int err_status(int err)
 	case -ETIMEDOUT: return 504;
 	case -EBADMSG: return 400;
 	case -EMSGSIZE: return 413;
+	case -ENOMEM:
+	case KEEL_ELIMIT: return 503; /* out of a resource for now: worth retrying */
 	default: return 500;
 	}
 }
@@ -533,8 +535,8 @@ static void req_answer(keel_http_request *r, keel_outcome o)
 		r->resp.content_type = "text/plain";
 		r->resp.body.ptr = keel_http_status_text(st);
 		r->resp.body.len = strlen(r->resp.body.ptr);
-		r->resp.headers = NULL;
-		r->resp.nheaders = 0;
+		r->resp.headers = st == 503 ? &retry_after : NULL;
+		r->resp.nheaders = st == 503;
 		r->resp.file_fd = -1;
 		r->resp.stream = NULL; /* whatever the handler had begun to fill */
 		r->resp.stream_length = 0;

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/fault.h"
 #include "http_internal.h"
 #include "keel/file.h"
 #include "keel/http.h"
@@ -31,10 +32,14 @@
  * never stale; its bytes were read through an openat2(RESOLVE_BENEATH), so
  * what a hit serves never came from outside the root. An entry in use by a
  * response in flight is not freed until that response has been sent.
+ * A plain file whose ".gz" sibling was looked for and not found serves
+ * gzip-accepting clients from the cache too, for GZ_ABSENT_MS, after which
+ * the sibling is looked for again.
  */
 #define CACHE_FILE_MAX (64u << 10)
 #define CACHE_BYTES (8u << 20)
 #define CACHE_BUCKETS 1024
+#define GZ_ABSENT_MS 1000
 
 struct centry {
 	struct centry *hnext, *prev, *next; /* hash chain, LRU list */
@@ -45,6 +50,7 @@ struct centry {
 	char *data;
 	uint64_t size, ino;
 	struct statx_timestamp mtime;
+	uint64_t gz_absent_ns; /* when a ".gz" sibling was last looked for and not found (0: not) */
 };
 
 struct keel_static {
@@ -52,6 +58,8 @@ struct keel_static {
 	struct centry *buckets[CACHE_BUCKETS];
 	struct centry *lru_head, *lru_tail; /* head: most recent */
 	size_t bytes;
+	uint32_t entries;
+	uint64_t hits, misses;
 };
 
 static uint32_t key_hash(const char *k)
@@ -103,6 +111,7 @@ static void cache_remove(keel_static *st, struct centry *e)
 		*pp = e->hnext;
 	lru_unlink(st, e);
 	st->bytes -= e->size;
+	st->entries--;
 	e->dead = true;
 	if (!e->refs)
 		centry_free(e);
@@ -204,11 +213,20 @@ struct job {
 	char *open_path; /* what is being opened now */
 	int fd;
 	bool gz, tried_index;
+	bool gz_absent;     /* the ".gz" sibling was tried and is not there */
+	char *fill;         /* a small file's bytes while they are read for the cache */
 	struct centry *mem; /* serving from the cache */
 	struct statx stx;
 	keel_http_header hdrs[8];
 	unsigned nh;
 };
+
+static keel_promise *out_of_memory(keel_http_request *r)
+{
+	keel_promise *p = keel_promise_new(r->loop);
+	keel_promise_reject(p, -ENOMEM); /* the server answers 503 */
+	return p;
+}
 
 static keel_promise *answer_status(keel_http_request *r, int status)
 {
@@ -335,18 +353,23 @@ static keel_promise *finish(struct job *j)
 	keel_ctx *ctx = keel_http_request_ctx(r);
 	uint64_t size = j->stx.stx_size;
 	uint64_t mtime_ns = (uint64_t)j->stx.stx_mtime.tv_sec * 1000000000ull + j->stx.stx_mtime.tv_nsec;
-	char *etag = keel_ctx_alloc(ctx, 48);
+	char *etag = ctx ? keel_ctx_alloc(ctx, 48 + 40 + 80) : NULL;
+	if (!etag) {
+		if (j->fd >= 0)
+			close(j->fd);
+		return out_of_memory(r);
+	}
+	char *lm = etag + 48, *cr = lm + 40;
 	snprintf(etag, 48, "\"%llx-%llx%s\"", (unsigned long long)mtime_ns, (unsigned long long)size,
 	         j->gz ? "-gz" : "");
-	char *lm = keel_ctx_alloc(ctx, 40);
 	keel__http_date((time_t)j->stx.stx_mtime.tv_sec, lm, 40);
 	add_header(j, "ETag", etag);
 	add_header(j, "Last-Modified", lm);
 	add_header(j, "Accept-Ranges", "bytes");
-	if (j->gz) {
+	if (j->gz)
 		add_header(j, "Content-Encoding", "gzip");
-		add_header(j, "Vary", "Accept-Encoding");
-	}
+	/* Which variant is served depends on Accept-Encoding, the plain one included: caches must know. */
+	add_header(j, "Vary", "Accept-Encoding");
 	r->resp.headers = j->hdrs;
 	r->resp.nheaders = j->nh;
 	r->resp.content_type = keel__mime_type(j->rel, j->rel_len);
@@ -389,7 +412,6 @@ static keel_promise *finish(struct job *j)
 	if (range && (!ifr || keel_str_eq(ifr->value, etag) || keel_str_eq(ifr->value, lm))) {
 		uint64_t off, len;
 		int rc = parse_range(range->value, size, &off, &len);
-		char *cr = keel_ctx_alloc(ctx, 80);
 		if (rc > 0) {
 			snprintf(cr, 80, "bytes %llu-%llu/%llu", (unsigned long long)off,
 			         (unsigned long long)(off + len - 1), (unsigned long long)size);
@@ -427,19 +449,24 @@ static keel_promise *finish(struct job *j)
 static char *job_key(struct job *j)
 {
 	keel_ctx *ctx = keel_http_request_ctx(j->r);
-	char *k = keel_ctx_alloc(ctx, j->rel_len + 4);
+	char *k = ctx ? keel_ctx_alloc(ctx, j->rel_len + 4) : NULL;
+	if (!k)
+		return NULL;
 	memcpy(k, j->rel, j->rel_len);
 	memcpy(k + j->rel_len, j->gz ? ".gz" : "", j->gz ? 4 : 1);
 	return k;
 }
 
-static void use_entry(struct job *j, struct centry *e)
+/* Serve e: held until the response is sent (a hook on the request's context). false on ENOMEM. */
+static bool use_entry(struct job *j, struct centry *e)
 {
+	if (keel_ctx_on_free(keel_http_request_ctx(j->r), centry_unref, e) < 0)
+		return false;
 	e->refs++;
 	j->mem = e;
-	keel_ctx_on_free(keel_http_request_ctx(j->r), centry_unref, e);
 	lru_unlink(j->st, e);
 	lru_push(j->st, e);
+	return true;
 }
 
 /* A small file was read whole: keep it, then answer from memory. */
@@ -448,17 +475,21 @@ static keel_promise *on_fill(keel_ctx *ctx, keel_outcome in, void *ud)
 	(void)ctx;
 	struct job *j = ud;
 	keel_static *st = j->st;
-	char *data = j->r->user;
-	j->r->user = NULL;
+	char *data = j->fill;
+	j->fill = NULL;
 	if (in.err || (uint64_t)in.n != j->stx.stx_size) {
 		free(data); /* changed under us, or failed: serve from the file as usual */
 		return finish(j);
 	}
 	char *key = job_key(j);
-	struct centry *e = calloc(1, sizeof(*e));
+	struct centry *e = key ? keel__calloc(1, sizeof(*e)) : NULL;
 	if (e)
-		e->key = strdup(key);
+		e->key = keel__malloc(strlen(key) + 1);
+	if (e && e->key)
+		strcpy(e->key, key);
 	if (!e || !e->key) {
+		if (e)
+			free(e->key);
 		free(e);
 		free(data);
 		return finish(j); /* no memory for the cache: serve from the file */
@@ -475,11 +506,14 @@ static keel_promise *on_fill(keel_ctx *ctx, keel_outcome in, void *ud)
 	e->size = j->stx.stx_size;
 	e->ino = j->stx.stx_ino;
 	e->mtime = j->stx.stx_mtime;
+	e->gz_absent_ns = j->gz_absent ? keel_loop_now_ns(j->r->loop) : 0;
 	e->hnext = st->buckets[e->hash % CACHE_BUCKETS];
 	st->buckets[e->hash % CACHE_BUCKETS] = e;
 	lru_push(st, e);
 	st->bytes += e->size;
-	use_entry(j, e);
+	st->entries++;
+	if (!use_entry(j, e))
+		return out_of_memory(j->r);
 	return finish(j);
 }
 
@@ -507,7 +541,11 @@ static keel_promise *on_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 		if (r->path.len == 0 || r->path.ptr[r->path.len - 1] != '/') {
 			/* A directory without its slash: relative links would break. */
 			close(j->fd);
-			char *loc = keel_ctx_alloc(keel_http_request_ctx(r), r->path.len + r->query.len + 3);
+			keel_ctx *rctx = keel_http_request_ctx(r);
+			char *loc = rctx ? keel_ctx_alloc(rctx, r->path.len + r->query.len + 3) : NULL;
+			if (!loc)
+				return out_of_memory(r);
+			/* (r->path is normalized: "//docs" came as "/docs", never a scheme-relative URL) */
 			size_t n = 0;
 			memcpy(loc, r->path.ptr, r->path.len);
 			n = r->path.len;
@@ -528,7 +566,12 @@ static keel_promise *on_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 		int dirfd = j->fd;
 		j->fd = -1;
 		/* index.html inside it (opened beneath the directory, which is beneath the root) */
-		char *rel = keel_ctx_alloc(keel_http_request_ctx(r), j->rel_len + 12);
+		keel_ctx *rctx = keel_http_request_ctx(r);
+		char *rel = rctx ? keel_ctx_alloc(rctx, j->rel_len + 12) : NULL;
+		if (!rel) {
+			close(dirfd);
+			return out_of_memory(r);
+		}
 		memcpy(rel, j->rel, j->rel_len);
 		memcpy(rel + j->rel_len, j->rel_len ? "/index.html" : "index.html", j->rel_len ? 12 : 11);
 		j->rel = rel;
@@ -542,9 +585,9 @@ static keel_promise *on_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 		return answer_status(r, 403);
 	}
 	if (j->stx.stx_size > 0 && j->stx.stx_size <= CACHE_FILE_MAX && !j->tried_index) {
-		char *data = malloc(j->stx.stx_size);
+		char *data = keel__malloc(j->stx.stx_size);
 		if (data) {
-			r->user = data;
+			j->fill = data;
 			return keel_then_flat(keel_file_read(r->loop, j->fd, data, j->stx.stx_size, 0), on_fill, j);
 		}
 	}
@@ -558,8 +601,9 @@ static keel_promise *on_open(keel_ctx *ctx, keel_outcome in, void *ud)
 	keel_http_request *r = j->r;
 	if (in.err) {
 		if (j->gz) {
-			/* No precompressed sibling: the plain file. */
+			/* No precompressed sibling: the plain file (and the cache remembers it a while). */
 			j->gz = false;
+			j->gz_absent = in.err == -ENOENT;
 			return open_path(j, j->st->rootfd, j->rel_len ? j->rel : ".");
 		}
 		if (in.err == -ENOENT || in.err == -ENOTDIR || in.err == -EXDEV || in.err == -ELOOP ||
@@ -596,8 +640,11 @@ static keel_promise *on_cache_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 	    j->stx.stx_ino == e->ino && j->stx.stx_mtime.tv_sec == e->mtime.tv_sec &&
 	    j->stx.stx_mtime.tv_nsec == e->mtime.tv_nsec) {
 		/* The statx hold becomes the response's, dropped when the response is sent. */
+		if (keel_ctx_on_free(keel_http_request_ctx(j->r), centry_unref, e) < 0) {
+			centry_unref(e);
+			return out_of_memory(j->r);
+		}
 		j->mem = e;
-		keel_ctx_on_free(keel_http_request_ctx(j->r), centry_unref, e);
 		lru_unlink(j->st, e);
 		lru_push(j->st, e);
 		return finish(j);
@@ -605,33 +652,56 @@ static keel_promise *on_cache_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 	if (!e->dead)
 		cache_remove(j->st, e); /* changed or gone: forget it, look the file up properly */
 	centry_unref(e);
-	if (j->gz)
-		return open_path(j, j->st->rootfd, job_key(j));
+	if (j->gz) {
+		char *key = job_key(j);
+		return key ? open_path(j, j->st->rootfd, key) : out_of_memory(j->r);
+	}
 	return open_path(j, j->st->rootfd, j->rel);
 }
 
 keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 {
+	static const keel_http_header allow = {{"Allow", 5}, {"GET, HEAD", 9}};
 	keel_static *st = ud;
-	if (!keel_str_eq(r->msg.method, "GET") && !keel_str_eq(r->msg.method, "HEAD"))
+	if (!keel_str_eq(r->msg.method, "GET") && !keel_str_eq(r->msg.method, "HEAD")) {
+		r->resp.headers = &allow; /* RFC 9110 15.5.6: a 405 says what is allowed */
+		r->resp.nheaders = 1;
 		return answer_status(r, 405);
+	}
 	keel_ctx *ctx = keel_http_request_ctx(r);
-	struct job *j = keel_ctx_alloc(ctx, sizeof(*j));
+	struct job *j = ctx ? keel_ctx_alloc(ctx, sizeof(*j)) : NULL;
+	char *rel = j ? keel_ctx_alloc(ctx, r->path.len + 4) : NULL;
+	if (!rel)
+		return out_of_memory(r);
 	memset(j, 0, sizeof(*j));
 	j->r = r;
 	j->st = st;
 	j->fd = -1;
-	j->rel = keel_ctx_alloc(ctx, r->path.len + 4);
+	j->rel = rel;
 	long n = keel__path_normalize(r->path.ptr, r->path.len, j->rel);
 	if (n < 0)
 		return answer_status(r, 400);
 	j->rel_len = (size_t)n;
+	bool gz = j->rel_len && accepts_gzip(r);
 	if (j->rel_len) {
 		/* The cache first: a .gz variant when the client takes gzip, else the plain file. */
-		j->gz = accepts_gzip(r);
-		struct centry *e = cache_find(st, job_key(j));
-		/* (a client taking gzip with no .gz cached takes the full path, which tries .gz first) */
+		j->gz = gz;
+		char *key = job_key(j);
+		if (!key)
+			return out_of_memory(r);
+		struct centry *e = cache_find(st, key);
+		if (!e && gz) {
+			/* No .gz cached: the plain file, if its sibling was missing a moment ago. */
+			j->gz = false;
+			struct centry *plain = cache_find(st, j->rel);
+			uint64_t now = keel_loop_now_ns(r->loop);
+			if (plain && plain->gz_absent_ns && now - plain->gz_absent_ns < GZ_ABSENT_MS * 1000000ull) {
+				e = plain;
+				j->gz_absent = true;
+			}
+		}
 		if (e) {
+			st->hits++;
 			e->refs++; /* held while statx checks it: it may be evicted meanwhile */
 			j->mem = e;
 			return keel_then_flat(keel_promise_bind_ctx(keel_file_statx(r->loop, st->rootfd, e->key, 0,
@@ -640,14 +710,42 @@ keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 			                                            ctx),
 			                      on_cache_stat, j);
 		}
+		st->misses++;
 		j->gz = false;
 	}
-	if (j->rel_len && accepts_gzip(r)) {
-		char *gz = keel_ctx_alloc(ctx, j->rel_len + 4);
-		memcpy(gz, j->rel, j->rel_len);
-		memcpy(gz + j->rel_len, ".gz", 4);
+	if (gz) {
+		char *gzpath = keel_ctx_alloc(ctx, j->rel_len + 4);
+		if (!gzpath)
+			return out_of_memory(r);
+		memcpy(gzpath, j->rel, j->rel_len);
+		memcpy(gzpath + j->rel_len, ".gz", 4);
 		j->gz = true;
-		return open_path(j, st->rootfd, gz);
+		return open_path(j, st->rootfd, gzpath);
 	}
 	return open_path(j, st->rootfd, j->rel_len ? j->rel : ".");
+}
+
+void keel_static_get_stats(const keel_static *st, keel_static_stats *out)
+{
+	out->cache_hits = st->hits;
+	out->cache_misses = st->misses;
+	out->cache_entries = st->entries;
+	out->cache_bytes = st->bytes;
+}
+
+unsigned keel_static_metrics(void *ud, keel_http_metric *out, unsigned max)
+{
+	keel_static_stats s;
+	keel_static_get_stats(ud, &s);
+	const keel_http_metric m[] = {
+		{"static_cache_hits_total", "counter", "small-file cache hits", s.cache_hits},
+		{"static_cache_misses_total", "counter", "small-file cache misses", s.cache_misses},
+		{"static_cache_entries", "gauge", "files in the small-file cache", s.cache_entries},
+		{"static_cache_bytes", "gauge", "bytes in the small-file cache", s.cache_bytes},
+	};
+	unsigned n = sizeof(m) / sizeof(m[0]);
+	if (n > max)
+		n = max;
+	memcpy(out, m, n * sizeof(m[0]));
+	return n;
 }

@@ -107,7 +107,7 @@ int keel_tcp_listen(const char *addr, int backlog, unsigned flags)
 		goto out_close;
 	if (bind(fd, (struct sockaddr *)&ss, len) < 0)
 		goto out_close;
-	if (listen(fd, backlog > 0 ? backlog : 4096) < 0)
+	if (listen(fd, backlog > 0 ? backlog : 65535) < 0) /* (the kernel caps it at net.core.somaxconn) */
 		goto out_close;
 	return fd;
 
