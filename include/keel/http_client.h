@@ -22,7 +22,10 @@
  * A request that fails on a reused keep-alive connection before any byte of
  * its response arrived (the server closed the idle connection as we sent)
  * is retried once on a new connection if its method is idempotent and its
- * body is not streamed. Cancelling a request's promise aborts it: a queued
+ * body is not streamed. Bytes a server sends that no request asked for --
+ * while its connection is idle, after a complete response, or before the
+ * next request has gone out -- are never taken as an answer: the
+ * connection is closed (and the request retried as above). Cancelling a request's promise aborts it: a queued
  * request leaves the queue, one in flight closes its connection.
  */
 #ifndef KEEL_HTTP_CLIENT_H
@@ -135,6 +138,7 @@ void keel_http_client_response_free(keel_http_client_response *r);
 
 typedef struct keel_http_client_stats {
 	uint64_t requests, responses, retries, rejected_full, connects;
+	uint64_t unsolicited; /* connections closed for bytes no request asked for (never taken as an answer) */
 	uint32_t conns_open, conns_idle, pending;
 } keel_http_client_stats;
 void keel_http_client_get_stats(const keel_http_client *c, keel_http_client_stats *out);

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "core/fault.h"
 #include "core/internal.h"
 #include "keel/errors.h"
 #include "keel/file.h"
@@ -37,6 +38,7 @@ struct creq {
 	keel_http_client_request q; /* the caller's (its strings borrowed until settled) */
 	keel_str method;
 	bool idempotent, retried;
+	bool cancelled; /* cancelled while its answer waited for its body's send to let go */
 };
 
 struct cconn {
@@ -85,6 +87,13 @@ struct cconn {
 	keel__timer timer;
 	uint8_t timer_kind;
 	bool idle, reused, got_bytes, closing, keep;
+	/*
+	 * The tick the request was given to this connection: its send reaches
+	 * the kernel at the next one. Bytes received in the same tick cannot be
+	 * its answer -- they were sent before it, after the last response, and
+	 * would be taken for this one (response desync).
+	 */
+	uint64_t send_tick;
 };
 
 struct upstream {
@@ -117,6 +126,7 @@ struct keel_http_client {
 
 static void conn_close(struct cconn *k);
 static void conn_send(struct cconn *k, struct creq *r);
+static void client_release(keel_http_client *c);
 static void conn_read(struct cconn *k);
 static void maybe_release(struct cconn *k);
 static void req_start(struct upstream *up, struct creq *r);
@@ -135,7 +145,7 @@ void keel_http_client_config_default(keel_http_client_config *cfg)
 
 keel_http_client *keel_http_client_new(keel_loop *loop, const keel_http_client_config *cfg)
 {
-	keel_http_client *c = calloc(1, sizeof(*c));
+	keel_http_client *c = keel__calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
 	c->loop = loop;
@@ -187,11 +197,13 @@ static struct upstream *upstream_get(keel_http_client *c, const char *name)
 	for (struct upstream *u = c->ups; u; u = u->next)
 		if (strcmp(u->name, name) == 0)
 			return u;
-	struct upstream *u = calloc(1, sizeof(*u));
+	struct upstream *u = keel__calloc(1, sizeof(*u));
 	if (!u)
 		return NULL;
 	u->cl = c;
-	u->name = strdup(name);
+	u->name = keel__malloc(strlen(name) + 1);
+	if (u->name)
+		strcpy(u->name, name);
 	if (!u->name || !keel_hostport_valid(name)) {
 		free(u->name);
 		free(u);
@@ -241,7 +253,7 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 	for (unsigned i = 0; i < q->nheaders; i++)
 		cap += q->headers[i].name.len + q->headers[i].value.len + 4;
 	if (cap > k->out_cap) {
-		char *o = realloc(k->out, cap);
+		char *o = keel__realloc(k->out, cap);
 		if (!o)
 			return 0;
 		k->out = o;
@@ -281,6 +293,11 @@ static void req_cancel(keel_promise *p, void *ud)
 	struct upstream *up = r->up;
 	if (r->conn) {
 		struct cconn *k = r->conn;
+		if (k->due_req == r) {
+			/* Answered; its body's send is letting go of the producer's piece: settled then. */
+			r->cancelled = true;
+			return;
+		}
 		k->req = NULL;
 		k->keep = false;
 		req_settle(r, -ECANCELED, NULL);
@@ -328,7 +345,7 @@ keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http
 	if (r) {
 		c->free_reqs = r->next;
 		c->nfree_reqs--;
-	} else if (!(r = malloc(sizeof(*r)))) {
+	} else if (!(r = keel__malloc(sizeof(*r)))) {
 		keel_promise_reject(p, -ENOMEM);
 		return p;
 	}
@@ -453,6 +470,26 @@ static void response_reset(struct cconn *k)
 	k->body_err = 0;
 }
 
+/*
+ * Whether a kept-alive connection may carry another request: nothing the
+ * server sent since its last response is waiting unread (the kernel still
+ * holds it while the receive was paused, or had no tick to report it) --
+ * that would be read as the next request's answer -- and it has not closed.
+ * One MSG_PEEK per reuse; what was already reported is the tick rule's
+ * (send_tick) and on_data's.
+ */
+static bool conn_clean(struct cconn *k)
+{
+	char b;
+	ssize_t n = recv(k->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		return true;
+	if (n > 0)
+		k->up->cl->stats.unsolicited++;
+	k->keep = false;
+	return false;
+}
+
 /* The connection is free: the next waiting request, or the idle list. */
 static void conn_release(struct cconn *k)
 {
@@ -460,6 +497,10 @@ static void conn_release(struct cconn *k)
 	keel_http_client *c = up->cl;
 	response_reset(k);
 	if (!k->keep || k->closing || c->freeing || k->eof) {
+		conn_close(k);
+		return;
+	}
+	if (!conn_clean(k)) {
 		conn_close(k);
 		return;
 	}
@@ -543,9 +584,9 @@ static void conn_timeout(keel_loop *loop, keel__timer *t)
 static keel_http_client_response *response_build(struct cconn *k, struct creq *r)
 {
 	keel_http_client *c = k->up->cl;
-	keel_http_client_response *resp = calloc(1, sizeof(*resp));
+	keel_http_client_response *resp = keel__calloc(1, sizeof(*resp));
 	size_t nh = k->msg.nheaders ? k->msg.nheaders : 1;
-	char *mem = resp ? malloc(k->msg.head_len + k->body_len + nh * sizeof(keel_http_header)) : NULL;
+	char *mem = resp ? keel__malloc(k->msg.head_len + k->body_len + nh * sizeof(keel_http_header)) : NULL;
 	if (!mem) {
 		free(resp);
 		return NULL;
@@ -617,7 +658,7 @@ static bool body_add(struct cconn *k, const char *p, size_t n)
 		size_t cap = k->body_cap ? k->body_cap * 2 : 4096;
 		while (cap < k->body_len + n)
 			cap *= 2;
-		char *b = realloc(k->body, cap);
+		char *b = keel__realloc(k->body, cap);
 		if (!b)
 			return false;
 		k->body = b;
@@ -783,6 +824,17 @@ static void stream_start(struct cconn *k, keel_buf *buf, size_t off)
 	req_settle(r, 0, &k->sresp);
 }
 
+/* A waiting body read given up by its consumer: it stops waiting (the response stays usable). */
+static void body_read_cancel(keel_promise *p, void *ud)
+{
+	struct cconn *k = ud;
+	if (k->body_wait == p) {
+		k->body_wait = NULL;
+		keel_promise_reject(p, -ECANCELED);
+		response_timer(k);
+	}
+}
+
 keel_promise *keel_http_client_body_read(keel_http_client_response *resp)
 {
 	struct cconn *k = resp->conn_;
@@ -820,6 +872,7 @@ keel_promise *keel_http_client_body_read(keel_http_client_response *resp)
 		return p;
 	}
 	k->body_wait = p;
+	keel_promise_on_cancel(p, body_read_cancel, k);
 	if (!k->recv)
 		conn_read(k);
 	response_timer(k);
@@ -843,7 +896,7 @@ static bool conn_feed(struct cconn *k, keel_buf *buf)
 				size_t cap = k->head_cap ? k->head_cap * 2 : 1024;
 				while (cap < k->head_len + take)
 					cap *= 2;
-				char *h = realloc(k->head, cap);
+				char *h = keel__realloc(k->head, cap);
 				if (!h) {
 					conn_fail(k, -ENOMEM);
 					return false;
@@ -854,7 +907,7 @@ static bool conn_feed(struct cconn *k, keel_buf *buf)
 			memcpy(k->head + k->head_len, data, take);
 			size_t prev = k->head_len;
 			k->head_len += take;
-			if (!k->hdrs && !(k->hdrs = malloc(c->cfg.limits.headers_max * sizeof(*k->hdrs)))) {
+			if (!k->hdrs && !(k->hdrs = keel__malloc(c->cfg.limits.headers_max * sizeof(*k->hdrs)))) {
 				conn_fail(k, -ENOMEM);
 				return false;
 			}
@@ -991,9 +1044,20 @@ static int on_data(void *ud, keel_buf *buf)
 	}
 	if (!k->req) {
 		k->keep = false; /* the server spoke unasked: nothing it sends now can be trusted */
+		k->up->cl->stats.unsolicited++;
 		idle_remove(k);
 		if (!k->attached)
 			conn_close(k);
+		return KEEL_STOP;
+	}
+	if (k->up->cl->loop->stats.ticks == k->send_tick) {
+		/*
+		 * Bytes before our request went out: not its answer but what the
+		 * server sent after the last one. The connection cannot be trusted;
+		 * the request is tried again elsewhere if that is safe.
+		 */
+		k->up->cl->stats.unsolicited++;
+		conn_fail(k, -ECONNRESET);
 		return KEEL_STOP;
 	}
 	k->got_bytes = true;
@@ -1083,10 +1147,17 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	k->send_p = NULL;
 	if (k->due_req) {
 		struct creq *r = k->due_req; /* answered while its body was still going out */
+		keel_http_client_response *resp = k->due_resp;
 		k->due_req = NULL;
-		req_settle(r, k->due_resp ? 0 : -ENOMEM, k->due_resp);
 		k->due_resp = NULL;
+		if (r->cancelled) {
+			keel_http_client_response_free(resp);
+			req_settle(r, -ECANCELED, NULL);
+		} else {
+			req_settle(r, resp ? 0 : -ENOMEM, resp);
+		}
 	}
+
 	if (k->closing) {
 		conn_close(k);
 		return;
@@ -1181,6 +1252,7 @@ static void conn_send(struct cconn *k, struct creq *r)
 	k->req = r;
 	r->conn = k;
 	k->keep = true;
+	k->send_tick = c->loop->stats.ticks;
 	response_reset(k);
 	size_t hl = format_head(k, r);
 	if (!hl) {
@@ -1308,12 +1380,17 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 
 static void upstream_resolve(struct upstream *up);
 
+
 /* A request wants a connection: an idle one, a new one, or a place in the queue. */
 static void req_start(struct upstream *up, struct creq *r)
 {
 	keel_http_client *c = up->cl;
-	if (up->idle) {
+	while (up->idle) {
 		struct cconn *k = up->idle;
+		if (!conn_clean(k)) {
+			conn_close(k); /* (leaves the idle list) */
+			continue;
+		}
 		k->reused = true;
 		conn_send(k, r);
 		return;
@@ -1336,7 +1413,7 @@ static void req_start(struct upstream *up, struct creq *r)
 		up->npending++;
 		return;
 	}
-	struct cconn *k = calloc(1, sizeof(*k));
+	struct cconn *k = keel__calloc(1, sizeof(*k));
 	if (!k) {
 		req_settle(r, -ENOMEM, NULL);
 		return;
