@@ -88,7 +88,8 @@ class RawUpstream:
         finally:
             c.close()
 
-    def _answer(self, c, method, target, hdrs):
+    def _answer(self, c, method, full_target, hdrs):
+        target = full_target[4:] if full_target.startswith("/api/") else full_target  # (routes under /api/)
         if target == "/health":
             c.sendall(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % self.health)
         elif target == "/echo-headers":
@@ -107,13 +108,23 @@ class RawUpstream:
         elif target == "/ambiguous":
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
             return False
+        elif target == "/late-big":
+            # A complete response, then -- late, unasked -- bytes that look like another one.
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"b" * 100000)
+            time.sleep(0.05)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
+        elif target == "/wait":
+            time.sleep(0.5)  # (the request's body, if any, is what the proxy deals with meanwhile)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nwait")
+        elif target == "/gzip-chunked":
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
         elif target == "/empty":
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         elif target == "/chunked":
             c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + (b"" if method == "HEAD" else
                       b"3\r\nabc\r\n4\r\ndefg\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n"))
         else:
-            body = b"raw:" + target.encode()
+            body = b"raw:" + full_target.encode()
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         return True
 
@@ -335,6 +346,128 @@ def test_semantics(tmp):
         px.stop()
         raw.stop()
 
+def raw_request(port, data, timeout=5):
+    """Send raw bytes on a new connection; everything until the server closes (or 1 s quiet)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    got = b""
+    try:
+        s.settimeout(1.0)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    except socket.timeout:
+        pass
+    s.close()
+    return got
+
+def test_hardening(tmp):
+    raw = RawUpstream()
+    px = proxy(tmp, {"server": f"127.0.0.1:{raw.port}", "pool_max": 1}, route_prefix="/api/")
+    try:
+        # Routed and forwarded by the same, normalized path.
+        n0 = len(raw.requests)
+        for target in ("/api/../admin", "/api/%2e%2e/admin", "/api/%2E%2e/admin?x", "//admin"):
+            got = raw_request(px.port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            check(got.startswith(b"HTTP/1.1 404"), f"GET {target} reached the /api/ upstream: {got[:60]!r}")
+        for target in ("/api/..%2Fadmin", "/api/..;/admin", "/api/..%5Cadmin"):
+            got = raw_request(px.port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            check(got.startswith(b"HTTP/1.1 400"), f"GET {target}: {got[:60]!r}")
+        check(len(raw.requests) == n0, f"forwarded: {raw.requests[n0:]}")
+        for target, fwd in (("/api/x/../y", "/api/y"), ("/api//a/./b?q=/../z", "/api/a/b?q=/../z"),
+                            ("/api/%7Euser", "/api/~user"), ("http://h/api/p?/internal/secret", "/api/p?/internal/secret")):
+            got = raw_request(px.port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            check(got.endswith(b"raw:" + fwd.encode()), f"GET {target} forwarded as {got[-60:]!r}, want {fwd}")
+        # Absolute-form: the target's authority replaces Host (RFC 9112 3.2.2).
+        got = raw_request(px.port, b"GET http://example.test/api/echo-headers HTTP/1.1\r\nHost: other\r\n"
+                                   b"Connection: close\r\n\r\n")
+        seen = {n.lower(): v for n, v in json.loads(got.split(b"\r\n\r\n", 1)[1])}
+        check(seen.get("host") == "example.test", f"absolute-form Host forwarded: {seen.get('host')}")
+        print("ok   routes and forwarding by the normalized path; absolute-form's authority as Host")
+
+        # Every token of Connection is removed, however many; headers named with '_' are not passed on.
+        names = [f"X-Hop{i}" for i in range(20)]
+        headers = "".join(f"{n}: 1\r\n" for n in names)
+        got = raw_request(px.port, ("GET /api/echo-headers HTTP/1.1\r\nHost: x\r\nConnection: close, " +
+                                    ", ".join(names) + "\r\n" + headers +
+                                    "Transfer_Encoding: chunked\r\nContent_Length: 5\r\nX_Custom: 1\r\n"
+                                    "X-Kept: 1\r\n\r\n").encode())
+        seen = {n.lower(): v for n, v in json.loads(got.split(b"\r\n\r\n", 1)[1])}
+        for n in names:
+            check(n.lower() not in seen, f"{n}, named by Connection, was forwarded")
+        for n in ("transfer_encoding", "content_length", "x_custom"):
+            check(n not in seen, f"{n} (named with '_') was forwarded")
+        check(seen.get("x-kept") == "1", "an ordinary header kept")
+        print("ok   all 20 Connection tokens removed; headers named with '_' dropped")
+
+        # A transfer coding the proxy cannot pass on: 502, not a gzip body announced as nothing.
+        got = raw_request(px.port, b"GET /api/gzip-chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        check(got.startswith(b"HTTP/1.1 502"), f"Transfer-Encoding: gzip, chunked upstream: {got[:80]!r}")
+
+        # A malformed chunked request body is the client's fault: 400, the upstream not blamed.
+        st0 = status_of(px.port)
+        got = raw_request(px.port, b"POST /api/wait HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   b"5\r\nhello\r\nzz\r\n")
+        check(got.startswith(b"HTTP/1.1 400"), f"a malformed chunked body through the proxy: {got[:80]!r}")
+        st1 = status_of(px.port)
+        check(st1["proxy_errors_502_total"] == st0["proxy_errors_502_total"],
+              "a client's bad body counted as an upstream error")
+        check(get(px.port, "/api/after-bad-body")[2] == b"raw:/api/after-bad-body", "the upstream still serves")
+        print("ok   gzip-coded upstream: 502; malformed chunked request body: 400, not an upstream error")
+
+        # An upstream that sends bytes after a complete response: never the next request's answer.
+        evil = 0
+        for _ in range(3):
+            a = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            a.sendall(b"GET /api/late-big HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.1)  # the response waits in the proxy: its upstream receive pauses
+            result = {}
+            def b_req():
+                result["b"] = get(px.port, "/api/after", timeout=10)
+            t = threading.Thread(target=b_req)
+            t.start()  # queued behind the busy connection (pool_max 1)
+            time.sleep(0.2)
+            got = b""
+            while len(got) < 100000 or b"\r\n\r\n" not in got:
+                d = a.recv(65536)
+                if not d:
+                    break
+                got += d
+            a.close()
+            t.join(15)
+            st, _, body = result.get("b", (0, {}, b""))
+            if body == b"EVIL":
+                evil += 1
+            check(st == 200 and body == b"raw:/api/after", f"the next request after late bytes got {st} {body[:40]!r}")
+        check(evil == 0, f"{evil} answers were an upstream's late bytes")
+        print("ok   bytes an upstream sends after a complete response never answer the next request")
+    finally:
+        px.stop()
+        raw.stop()
+    # underscore_headers = reject
+    raw = RawUpstream()
+    px = proxy(tmp, {"server": f"127.0.0.1:{raw.port}", "underscore_headers": "reject"})
+    try:
+        got = raw_request(px.port, b"GET /x HTTP/1.1\r\nHost: x\r\nX_Y: 1\r\nConnection: close\r\n\r\n")
+        check(got.startswith(b"HTTP/1.1 400"), f"underscore_headers = reject: {got[:60]!r}")
+        print("ok   underscore_headers = reject: 400")
+    finally:
+        px.stop()
+        raw.stop()
+
+def status_of(port):
+    st, _, body = get(port, "/_keel/status")
+    check(st == 200, "status page")
+    out = {}
+    for line in body.decode().splitlines():
+        k, _, v = line.partition(" ")
+        if v.isdigit():
+            out[k.split("{")[0]] = out.get(k.split("{")[0], 0) + int(v)
+    return out
+
 def test_failures(tmp):
     dead = free_port()
     px = proxy(tmp, {"server": f"127.0.0.1:{dead}"})
@@ -520,6 +653,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="keel-proxy-")
     try:
         test_semantics(tmp)
+        test_hardening(tmp)
         test_failures(tmp)
         test_client_gone(tmp)
         test_active_health(tmp)

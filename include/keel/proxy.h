@@ -8,15 +8,23 @@
  * memory per proxied request is bounded whatever the body's size.
  *
  * Proxy semantics (RFC 9110 7.6, RFC 9112): hop-by-hop headers are removed
- * both ways (Connection and the headers it names, Keep-Alive, TE, Trailer,
+ * both ways (Connection and every header it names, Keep-Alive, TE, Trailer,
  * Transfer-Encoding, Upgrade, Proxy-*); X-Forwarded-For (appended to),
- * X-Forwarded-Proto and Via are added; Host is passed on as the client sent
- * it. keel's strict parser refuses ambiguous framing on either side, so such
- * a message is never forwarded.
+ * X-Forwarded-Proto and Via are added; Host is passed on as the server saw
+ * it (an absolute-form target's authority replaces it, RFC 9112 3.2.2).
+ * The target forwarded is the one the route matched: the normalized path
+ * (keel_http_target_parse) and the query as sent. Request headers named
+ * with '_' are dropped by default (cfg.underscores). keel's strict parser
+ * refuses ambiguous framing on either side, so such a message is never
+ * forwarded; an upstream response with a transfer coding other than
+ * chunked ("gzip, chunked") is answered 502, as its coding could not be
+ * passed on.
  *
  * Errors: 502 when the upstream fails before a response (refused, reset, a
  * response keel's parser refuses), 504 when it does not answer in time, 503
- * when every upstream is down or the upstream queue is full. A response
+ * when every upstream is down or the upstream queue is full; 400 or 413 when
+ * the client's own body breaks (bad chunked framing, over the limit) -- its
+ * fault, not the upstream's, whose connection is closed. A response
  * whose body breaks off mid-way closes the client's connection (the only
  * honest signal once the head has gone out).
  *
@@ -44,6 +52,13 @@ typedef struct keel_proxy keel_proxy;
 
 enum keel_proxy_balance { KEEL_PROXY_ROUND_ROBIN = 0, KEEL_PROXY_LEAST_CONN = 1 };
 
+/* Request headers whose names hold '_' (Transfer_Encoding): what the proxy does with them. */
+enum keel_proxy_underscores {
+	KEEL_PROXY_UNDERSCORES_DROP = 0, /* not passed on (default, as nginx) */
+	KEEL_PROXY_UNDERSCORES_PASS,     /* passed on as they are */
+	KEEL_PROXY_UNDERSCORES_REJECT,   /* the request is answered 400 */
+};
+
 typedef struct keel_proxy_config {
 	const char *const *upstreams; /* "HOST:PORT" each (a name is resolved off the loop; copied) */
 	unsigned nupstreams;
@@ -52,6 +67,7 @@ typedef struct keel_proxy_config {
 	uint64_t health_interval_ms;  /* active checks; 0 (default): off */
 	const char *health_path;      /* what they GET (any 2xx/3xx is healthy); "/" */
 	const char *via;              /* the Via pseudonym: "1.1 <via>"; "keel"; NULL: no Via */
+	enum keel_proxy_underscores underscores; /* headers named with '_'; default: dropped */
 	keel_http_client_config client; /* pools, queue, timeouts (response_timeout_ms -> 504) */
 } keel_proxy_config;
 

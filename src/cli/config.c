@@ -567,6 +567,15 @@ static void upstream_key(struct parser *p, const char *name, const char *value)
 			up->proxy.balance = KEEL_PROXY_LEAST_CONN;
 		else
 			perr(p, p->lineno, "balance: '%s' is not round_robin or least_conn", value);
+	} else if (strcmp(name, "underscore_headers") == 0) {
+		if (strcmp(value, "drop") == 0)
+			up->proxy.underscores = KEEL_PROXY_UNDERSCORES_DROP;
+		else if (strcmp(value, "pass") == 0)
+			up->proxy.underscores = KEEL_PROXY_UNDERSCORES_PASS;
+		else if (strcmp(value, "reject") == 0)
+			up->proxy.underscores = KEEL_PROXY_UNDERSCORES_REJECT;
+		else
+			perr(p, p->lineno, "underscore_headers: '%s' is not drop, pass or reject", value);
 	} else if (strcmp(name, "health_path") == 0) {
 		if (!route_path_ok(value)) {
 			perr(p, p->lineno,

@@ -14,11 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/fault.h"
 #include "core/internal.h"
 #include "keel/errors.h"
 #include "keel/proxy.h"
 
-#define CONN_TOKENS_MAX 16 /* header names a Connection header may list for removal */
 #define VIA_MAX 64
 
 struct pup {
@@ -54,6 +54,7 @@ struct preq {
 	unsigned tried;         /* attempts so far */
 	bool body_started;      /* the request body's reading began: it cannot be sent again */
 	bool settled;
+	int body_err;           /* the client's body failed (bad framing, too long, gone): its fault */
 };
 
 static const keel_http_header retry_after = {{"Retry-After", 11}, {"1", 1}};
@@ -80,13 +81,13 @@ keel_proxy *keel_proxy_new(keel_loop *loop, const keel_proxy_config *cfg)
 			return NULL;
 	if (cfg->health_path && cfg->health_path[0] != '/')
 		return NULL;
-	keel_proxy *px = calloc(1, sizeof(*px));
+	keel_proxy *px = keel__calloc(1, sizeof(*px));
 	if (!px)
 		return NULL;
 	px->loop = loop;
 	px->cfg = *cfg;
 	px->cfg.upstreams = NULL; /* copied below */
-	px->ups = calloc(cfg->nupstreams, sizeof(*px->ups));
+	px->ups = keel__calloc(cfg->nupstreams, sizeof(*px->ups));
 	px->client = keel_http_client_new(loop, &cfg->client);
 	if (!px->ups || !px->client)
 		goto fail;
@@ -224,7 +225,7 @@ static void health_due(keel_ctx *ctx, keel_outcome o, void *ud)
 static void health_round(keel_proxy *px)
 {
 	for (unsigned i = 0; i < px->nups; i++) {
-		struct hcheck *h = malloc(sizeof(*h));
+		struct hcheck *h = keel__malloc(sizeof(*h));
 		if (!h)
 			break;
 		h->px = px;
@@ -242,25 +243,22 @@ static void health_round(keel_proxy *px)
 
 /* ---- Headers ----------------------------------------------------------------- */
 
-struct conn_tokens {
-	keel_str name[CONN_TOKENS_MAX];
-	unsigned n;
-};
-
-/* Every header name the message's Connection headers list (removed with them). */
-static void conn_tokens_of(const keel_http_msg *m, struct conn_tokens *t)
+/* Whether a Connection header of m names n (every token, however many: RFC 9110 7.6.1). */
+static bool conn_names(const keel_http_msg *m, keel_str n)
 {
-	t->n = 0;
-	for (unsigned i = 0; i < m->nheaders; i++)
-		if (keel_str_ieq(m->headers[i].name, "connection")) {
-			keel_str list = m->headers[i].value, e;
-			while (t->n < CONN_TOKENS_MAX && keel_http_list_next(&list, &e))
-				t->name[t->n++] = e;
-		}
+	for (unsigned i = 0; i < m->nheaders; i++) {
+		if (!keel_str_ieq(m->headers[i].name, "connection"))
+			continue;
+		keel_str list = m->headers[i].value, e;
+		while (keel_http_list_next(&list, &e))
+			if (keel_str_ieq_str(n, e))
+				return true;
+	}
+	return false;
 }
 
 /* Hop-by-hop (RFC 9110 7.6.1): meaningful for one connection only, never passed on. */
-static bool hop_by_hop(keel_str n, const struct conn_tokens *t)
+static bool hop_by_hop(keel_str n, const keel_http_msg *m, bool has_conn)
 {
 	switch (n.len ? n.ptr[0] | 0x20 : 0) {
 	case 'c':
@@ -286,10 +284,7 @@ static bool hop_by_hop(keel_str n, const struct conn_tokens *t)
 	default:
 		break;
 	}
-	for (unsigned i = 0; i < t->n; i++)
-		if (keel_str_ieq_str(n, t->name[i]))
-			return true;
-	return false;
+	return has_conn && conn_names(m, n);
 }
 
 /* "a, b" + ", " + c into the arena; with no a, c alone. */
@@ -326,18 +321,28 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	keel_http_request *req = pr->req;
 	const keel_http_msg *m = &req->msg;
 	keel_proxy *px = pr->px;
-	struct conn_tokens t;
-	conn_tokens_of(m, &t);
+	bool has_conn = keel_http_header_find(m, "connection") != NULL;
 	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 3) * sizeof(*h));
 	if (!h)
-		return 500;
+		return 503;
 	unsigned n = 0;
 	keel_str xff = {NULL, 0}, via = {NULL, 0};
 	for (unsigned i = 0; i < m->nheaders; i++) {
 		keel_str name = m->headers[i].name, value = m->headers[i].value;
-		if (hop_by_hop(name, &t) || keel_str_ieq(name, "host") || keel_str_ieq(name, "expect") ||
+		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "host") || keel_str_ieq(name, "expect") ||
 		    keel_str_ieq(name, "x-forwarded-proto"))
 			continue; /* (100-continue is answered here; the scheme is ours to say) */
+		if (memchr(name.ptr, '_', name.len)) {
+			/*
+			 * Transfer_Encoding, Content_Length: an upstream that maps '_'
+			 * to '-' (CGI and its heirs do) would see a second framing
+			 * header. Dropped by default, as nginx does.
+			 */
+			if (px->cfg.underscores == KEEL_PROXY_UNDERSCORES_REJECT)
+				return 400;
+			if (px->cfg.underscores == KEEL_PROXY_UNDERSCORES_DROP)
+				continue;
+		}
 		if (keel_str_ieq(name, "x-forwarded-for")) {
 			xff = xff.len ? join(ctx, xff, value.ptr, value.len) : value;
 			continue;
@@ -359,22 +364,31 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	}
 	for (unsigned i = 0; i < n; i++)
 		if (!h[i].value.ptr)
-			return 500; /* (a join that found no memory) */
-	/* origin-form; an absolute-form target is reduced to its path */
-	keel_str target = m->target;
-	if (target.len && target.ptr[0] != '/') {
-		const char *s = target.len > 7 ? memchr(target.ptr, '/', target.len) : NULL;
-		if (!s || s + 1 >= target.ptr + target.len || s[1] != '/')
-			return 400; /* asterisk-form and the like: nothing to pass on */
-		const char *path = memchr(s + 2, '/', (size_t)(target.ptr + target.len - (s + 2)));
-		target = path ? (keel_str){path, (size_t)(target.ptr + target.len - path)} : (keel_str){"/", 1};
-	}
+			return 503; /* (a join that found no memory) */
+	/*
+	 * origin-form, from the target the server parsed once: the normalized
+	 * path the route matched, and the query as sent. Host is the server's
+	 * view of it too (an absolute-form target's authority replaced it).
+	 */
+	if (req->path.len == 1 && req->path.ptr[0] == '*')
+		return 400; /* OPTIONS *: nothing to pass on */
 	keel_http_client_request *q = &pr->q;
 	q->method = span_dup(ctx, m->method);
-	q->target = span_dup(ctx, target);
+	char *target = keel_ctx_alloc(ctx, req->path.len + 1 + req->query.len + 1);
+	if (target) {
+		memcpy(target, req->path.ptr, req->path.len);
+		size_t tl = req->path.len;
+		if (req->query.ptr) {
+			target[tl++] = '?';
+			memcpy(target + tl, req->query.ptr, req->query.len);
+			tl += req->query.len;
+		}
+		target[tl] = '\0';
+	}
+	q->target = target;
 	q->host = m->host.len ? span_dup(ctx, m->host) : NULL;
 	if (!q->method || !q->target || (m->host.len && !q->host))
-		return 500;
+		return 503;
 	q->headers = h;
 	q->nheaders = n;
 	q->stream_response = true;
@@ -399,8 +413,20 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 	keel_http_response *a = &pr->req->resp;
 	keel_proxy *px = pr->px;
 	const keel_http_msg *m = &ur->msg;
-	struct conn_tokens t;
-	conn_tokens_of(m, &t);
+	bool has_conn = keel_http_header_find(m, "connection") != NULL;
+	for (unsigned i = 0; i < m->nheaders; i++) {
+		if (!keel_str_ieq(m->headers[i].name, "transfer-encoding"))
+			continue;
+		/*
+		 * A coding before (or instead of) chunked -- "gzip, chunked" --
+		 * stays in the body the client reads; passed on without its
+		 * Transfer-Encoding the client would take gzip for the content.
+		 */
+		keel_str list = m->headers[i].value, e;
+		while (keel_http_list_next(&list, &e))
+			if (!keel_str_ieq(e, "chunked"))
+				return -EPROTO;
+	}
 	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 1) * sizeof(*h));
 	if (!h)
 		return -ENOMEM;
@@ -408,7 +434,7 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 	keel_str via = {NULL, 0};
 	for (unsigned i = 0; i < m->nheaders; i++) {
 		keel_str name = m->headers[i].name;
-		if (hop_by_hop(name, &t) || keel_str_ieq(name, "date") || keel_str_ieq(name, "server"))
+		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "date") || keel_str_ieq(name, "server"))
 			continue;
 		if (keel_str_ieq(name, "via")) {
 			via = via.len ? join(ctx, via, m->headers[i].value.ptr, m->headers[i].value.len) : m->headers[i].value;
@@ -450,11 +476,21 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 
 /* ---- The request ------------------------------------------------------------- */
 
+/* The client's body failed: remembered, so the answer blames the client, not the upstream. */
+static keel_outcome body_noted(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct preq *pr = ud;
+	if (o.err && o.err != -ECANCELED)
+		pr->body_err = o.err;
+	return o;
+}
+
 static keel_promise *body_source(void *ud)
 {
 	struct preq *pr = ud;
 	pr->body_started = true;
-	return keel_http_body_read(pr->req);
+	return keel_then(keel_http_body_read(pr->req), body_noted, pr);
 }
 
 /* The request is over (its response sent, or its connection gone): let go of the upstream. */
@@ -532,6 +568,17 @@ static void upstream_answered(keel_ctx *ctx, keel_outcome o, void *ud)
 static void upstream_result(struct preq *pr, keel_outcome o)
 {
 	keel_proxy *px = pr->px;
+	if (o.err && pr->body_err) {
+		/*
+		 * The client's body broke (bad chunked framing, past the limit,
+		 * the client gone): the client's fault, answered as such; the
+		 * upstream connection was closed under it, and is not blamed.
+		 */
+		pr->up->active--;
+		pr->up = NULL;
+		answer(pr, pr->body_err == -EMSGSIZE ? 413 : pr->body_err == -EBADMSG ? 400 : 502);
+		return;
+	}
 	if (o.err) {
 		struct pup *failed = pr->up;
 		if (connect_error(o.err))
@@ -556,7 +603,7 @@ static void upstream_result(struct preq *pr, keel_outcome o)
 	keel_ctx *rctx = keel_http_request_ctx(pr->req);
 	int rc = rctx ? build_response(pr, rctx) : -ENOMEM;
 	if (rc < 0) {
-		answer(pr, 502);
+		answer(pr, rc == -ENOMEM ? 503 : 502);
 		return;
 	}
 	if (rc == 1) {
