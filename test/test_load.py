@@ -6,10 +6,16 @@ does not see); status classes (404, 503, 500) are counted by kind; chunked,
 close-delimited and HTTP/1.0 responses are parsed, also when split across
 reads; a silent server times out; bad flags exit 2; an unreachable port
 counts connect errors and the run still ends on time; SIGINT ends a run
-early with results. Runs under the backend in KEEL_BACKEND. The assertions
-are about counts and about latencies with wide margins, not about this
-machine's speed."""
-import json, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+early with results. Runs under the backend in KEEL_BACKEND.
+
+The assertions are about counts, orderings and bounds derived from the run's
+own numbers (its schedule, its exact mean and maximum, the length of a stall
+the test server makes), not about this machine's speed. The few bounds that
+do depend on how promptly the machine runs the processes (a loaded CI runner
+can hold one off the CPU for tens of milliseconds) are marked noisy: a run
+that misses one is taken once more, and the second run decides. The bugs
+those bounds catch are systematic and miss on both runs."""
+import json, math, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
 BUILD = os.environ.get("KEEL_BUILD", "build")
 KEEL = os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel"))
@@ -43,6 +49,29 @@ def load_ok(*args, timeout=30):
     rc, res, out, err, secs = load(*args, timeout=timeout)
     check(rc == 0 and res is not None, f"keel load {' '.join(args)}: exit {rc}\n{out}{err}")
     return res, out, secs
+
+GRACE_S = 2  # keel load's LOAD_STOP_GRACE_MS: at the end, time for closes and cancels to settle
+
+def ends_on_time(res, secs):
+    """The run ended by itself after its duration: the process, start to exit, took at most the duration,
+    the grace period and 3 s for starting and stopping on a busy machine."""
+    return secs < res["duration_s"] + GRACE_S + 3
+
+def retry_once(measure, noisy):
+    """measure() runs keel load and its strict checks (a miss there fails at once) and returns the results;
+    noisy(res) lists the noisy bounds they miss. A miss is measured once more; the second run decides."""
+    res = measure()
+    missed = noisy(res)
+    if missed:
+        print(f"  noisy bound missed, measuring once more: {'; '.join(missed)}")
+        res = measure()
+        missed = noisy(res)
+        check(not missed, "; ".join(missed) + f" (twice)\n{res}")
+    return res
+
+def percentiles_ordered(lat):
+    return (lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+            and lat["mean"] <= lat["max"])
 
 class Hello:
     """build/examples/hello with one worker on a port of its choosing."""
@@ -163,6 +192,13 @@ class PyServer:
                 if n == self.stall_at:
                     time.sleep(self.stall_s)
                 if not respond(conn, target):
+                    # A lingering close, as real servers do: closing with a request the client pipelined
+                    # behind this response still unread would reset the connection, and the client could
+                    # lose the response it has not read yet. Send the FIN, then read until the client closes.
+                    conn.shutdown(socket.SHUT_WR)
+                    conn.settimeout(5)
+                    while conn.recv(65536):
+                        pass
                     break
         except OSError:
             pass
@@ -179,53 +215,109 @@ def errors_except(res, *kinds):
 # ---- The checks. ----
 
 def check_open_loop(hello):
-    res, out, secs = load_ok("--rate", "200", "-c", "8", "-d", "3", f"http://127.0.0.1:{hello.port}/sleep?ms=20")
-    check(res["mode"] == "open" and res["rate"] == 200 and res["pipeline"] == 16, f"settings: {res}")
-    check(180 <= res["offered_per_sec"] <= 220, f"offered {res['offered_per_sec']}/s, want 200 +- 10%")
-    check(540 <= res["requests"] <= 660, f"{res['requests']} requests in 3 s at 200/s, want 600 +- 10%")
-    check(abs(res["requests_per_sec"] - 200) <= 20, f"goodput {res['requests_per_sec']}")
+    rate, conns, dur, sleep_us = 200, 8, 3, 20000
+    # Every response waited for the server's 20 ms timer; 5% below it allows for the timer's clock being read
+    # a little before the request arrived.
+    floor_us = sleep_us * 0.95
+
+    def measure():
+        res, out, secs = load_ok("--rate", str(rate), "-c", str(conns), "-d", str(dur),
+                                 f"http://127.0.0.1:{hello.port}/sleep?ms={sleep_us // 1000}")
+        check(res["mode"] == "open" and res["rate"] == rate and res["pipeline"] == 16, f"settings: {res}")
+        check(res["errors_total"] == 0 and res["ok"] == res["requests"], f"errors: {res['errors']}")
+        check(dur - 0.1 <= res["duration_s"] <= dur + 0.2 and ends_on_time(res, secs),
+              f"duration {res['duration_s']} s, ran {secs:.1f} s")
+        # The schedule: request k is due at k/rate, so what came due follows from the duration alone.
+        check(abs(res["scheduled"] - rate * res["duration_s"]) <= 2
+              and abs(res["offered_per_sec"] - rate) <= rate / 10,
+              f"scheduled {res['scheduled']}, offered {res['offered_per_sec']}/s in {res['duration_s']} s")
+        # Rate control: every response is to a request that came due in the run (without it, 8 connections
+        # x 16 pipelined against a 20 ms sleep would get about 6400/s), and every request sent was answered
+        # but those still in flight at the end. (sent alone may pass scheduled by a few: the run's last tick
+        # can hand out requests that came due after its end, which scheduled does not count.)
+        check(res["requests"] <= res["scheduled"] and res["requests"] <= res["sent"],
+              f"responses {res['requests']}, sent {res['sent']}, scheduled {res['scheduled']}")
+        check(res["sent"] - res["requests"] <= conns * res["pipeline"],
+              f"{res['sent'] - res['requests']} requests sent and never answered")
+        lat = res["latency_us"]
+        check(lat["count"] == res["ok"] and percentiles_ordered(lat), f"latency: {lat}")
+        # The histogram against the exact mean: no value is below the floor, so by Markov's inequality at most
+        # half of them exceed it by twice the mean's excess (+0.2%: a percentile reports the top of its bucket).
+        check(floor_us <= lat["p50"] <= (2 * lat["mean"] - floor_us) * 1.002,
+              f"p50 {lat['p50']} us, mean {lat['mean']} us: not a median of values >= {floor_us:.0f} us")
+        check("goodput" in out and "p99.9" in out and "shed 503" in out, f"table:\n{out}")
+        iv = res["intervals"]
+        check([x["t"] for x in iv] == list(range(1, dur + 1)) and sum(x["ok"] for x in iv) == res["ok"]
+              and all(x["shed_503"] == 0 and floor_us <= x["p99_us"] <= lat["max"] for x in iv),
+              f"per-second intervals (want {dur}, their successes adding up to {res['ok']}): {iv}")
+        return res
+
+    def noisy(res):
+        lat, iv, missed = res["latency_us"], res["intervals"], []
+        # Answers keep up with the schedule (about 4 are in flight at any time); a stalled process leaves more.
+        if res["requests"] < 0.8 * res["scheduled"]:
+            missed.append(f"{res['requests']} responses for {res['scheduled']} requests due")
+        # Requests go out when due: one held back for room, or sent late, is charged the wait from its due time.
+        if lat["p50"] >= 3 * sleep_us:
+            missed.append(f"p50 {lat['p50']} us for a {sleep_us} us sleep")
+        # The rate holds through the run: each second's successes near the run's own average per second.
+        per_s = res["ok"] / len(iv)
+        if not all(0.7 * per_s <= x["ok"] <= 1.3 * per_s and x["p99_us"] < 10 * sleep_us for x in iv):
+            missed.append(f"per-second intervals uneven around {per_s:.0f}/s: {iv}")
+        return missed
+
+    res = retry_once(measure, noisy)
     lat = res["latency_us"]
-    check(20000 <= lat["p50"] < 60000, f"p50 {lat['p50']} us for a 20 ms sleep")
-    check(lat["p99"] >= lat["p50"] and lat["max"] >= lat["p99"], f"percentiles out of order: {lat}")
-    check(res["errors_total"] == 0, f"errors: {res['errors']}")
-    check(2.9 <= res["duration_s"] <= 3.2 and secs < 8, f"duration {res['duration_s']} s, ran {secs:.1f} s")
-    check("goodput" in out and "p99.9" in out and "shed 503" in out, f"table:\n{out}")
-    iv = res["intervals"]
-    check(len(iv) == 3 and [x["t"] for x in iv] == [1, 2, 3], f"intervals: {iv}")
-    check(all(160 <= x["ok"] <= 240 and 20000 <= x["p99_us"] < 200000 and x["shed_503"] == 0 for x in iv)
-          and sum(x["ok"] for x in iv) <= res["ok"], f"per-second intervals: {iv}")
-    print(f"open loop 200/s on /sleep?ms=20: offered {res['offered_per_sec']}/s, {res['requests']} requests, "
-          f"p50 {lat['p50']} us, p99 {lat['p99']} us, no errors: ok")
+    print(f"open loop {rate}/s on /sleep?ms={sleep_us // 1000}: {res['scheduled']} due, {res['sent']} sent, "
+          f"{res['requests']} answered, p50 {lat['p50']} us, mean {lat['mean']} us, p99 {lat['p99']} us, "
+          f"no errors: ok")
 
 def check_coordinated_omission():
-    # One connection; the 50th request (0.5 s in at 100/s) is answered after 1 s.
-    srv = PyServer(stall_at=50, stall_s=1.0, one_conn=True)
+    # One connection; the 50th request (0.5 s in at 100/s) is answered after the stall.
+    rate, stall_s = 100, 1.0
+    stall_us = stall_s * 1e6
+    srv = PyServer(stall_at=50, stall_s=stall_s, one_conn=True)
     try:
-        res, _, _ = load_ok("--rate", "100", "-c", "1", "-d", "3", f"http://127.0.0.1:{srv.port}/ok")
+        res, _, _ = load_ok("--rate", str(rate), "-c", "1", "-d", "3", f"http://127.0.0.1:{srv.port}/ok")
     finally:
         srv.close()
-    lat = res["latency_us"]
-    check(res["errors_total"] == 0, f"errors: {res['errors']}")
-    check(250 <= res["requests"] <= 330, f"{res['requests']} requests at 100/s for 3 s")
-    # ~100 requests came due during the stall; each waited for what was left of it (0 .. 1 s).
-    check(lat["max"] >= 900000, f"max {lat['max']} us: the 1 s stall is missing")
-    check(lat["p90"] >= 400000, f"p90 {lat['p90']} us: requests queued behind the stall were not charged")
-    check(lat["p99"] >= 800000, f"p99 {lat['p99']} us")
-    check(lat["p50"] < 100000, f"p50 {lat['p50']} us: most requests were not behind the stall")
-    print(f"coordinated omission: 1 s stall at 100/s -> p50 {lat['p50']} us, p90 {lat['p90']} us, "
-          f"p99 {lat['p99']} us, max {lat['max']} us: ok")
+    lat, n = res["latency_us"], res["requests"]
+    check(res["errors_total"] == 0 and res["ok"] == n, f"errors: {res['errors']}")
+    check(percentiles_ordered(lat) and lat["count"] == n, f"latency: {lat}")
+    # Every response is to a request that came due (no more), and the ones due during the stall were answered
+    # in the run (the stall ends 1.5 s before it does).
+    check(rate * stall_s <= n <= res["scheduled"] and n <= res["sent"] <= n + res["pipeline"],
+          f"{n} responses, {res['sent']} sent, {res['scheduled']} due at {rate}/s")
+    # rate x stall requests came due during the stall and each waited for its end: the k-th slowest of them
+    # waited at least stall - k/rate. Percentile p is the r-th slowest value, r = n - ceil(p% of n) + 1, so
+    # it is at least stall x (1 - r / (rate x stall)); 10% off for the stall's start not being exactly on a
+    # due time. A closed loop, or an open loop timing requests from when they were sent, gets ~16 of them.
+    def floor_at(p):
+        r = n - math.ceil(p / 100 * n) + 1
+        return 0.9 * stall_us * (1 - r / (rate * stall_s))
+    check(lat["max"] >= 0.99 * stall_us, f"max {lat['max']} us: the {stall_s} s stall is missing")
+    check(lat["p90"] >= floor_at(90), f"p90 {lat['p90']} us < {floor_at(90):.0f}: requests queued behind the "
+                                      f"stall were not charged from their due time")
+    check(lat["p99"] >= floor_at(99), f"p99 {lat['p99']} us < {floor_at(99):.0f}")
+    # Two thirds of the requests came due outside the stall: the median is not charged for it.
+    check(lat["p50"] < stall_us / 4, f"p50 {lat['p50']} us: requests not behind the stall were charged for it")
+    print(f"coordinated omission: {stall_s} s stall at {rate}/s, {n} responses -> p50 {lat['p50']} us, "
+          f"p90 {lat['p90']} us (>= {floor_at(90):.0f}), p99 {lat['p99']} us (>= {floor_at(99):.0f}), "
+          f"max {lat['max']} us: ok")
 
     # The same stall measured closed loop: only the one request sees it.
-    srv = PyServer(stall_at=50, stall_s=1.0, one_conn=True)
+    srv = PyServer(stall_at=50, stall_s=stall_s, one_conn=True)
     try:
         res, _, _ = load_ok("-c", "1", "-d", "2", f"http://127.0.0.1:{srv.port}/ok")
     finally:
         srv.close()
     lat = res["latency_us"]
     check(res["errors_total"] == 0 and res["requests"] > 100, f"closed loop: {res['requests']}, {res['errors']}")
-    check(lat["max"] >= 900000 and lat["p99"] < 100000,
+    # Fewer than 1% of the requests waited even half the stall: the one that met it, and nobody behind it.
+    check(lat["max"] >= 0.99 * stall_us and lat["p99"] < stall_us / 2,
           f"closed loop: p99 {lat['p99']} us, max {lat['max']} us (want one slow request only)")
-    print(f"closed loop on the same stall: p99 {lat['p99']} us, max {lat['max']} us (the omission): ok")
+    print(f"closed loop on the same stall: {res['requests']} responses, p99 {lat['p99']} us, "
+          f"max {lat['max']} us (the omission): ok")
 
 def check_statuses(hello):
     res, _, _ = load_ok("-c", "4", "-d", "1", f"http://127.0.0.1:{hello.port}/plaintext")
@@ -272,10 +364,27 @@ def check_framing():
             check(res["errors_total"] == 0, f"{path}: errors {res['errors']}")
             print(f"{what}: {res['requests']} responses, no errors: ok")
         # Open loop over connections the server closes after each response: requests keep their due times.
-        res, _, secs = load_ok("--rate", "100", "-c", "2", "-d", "1", f"http://127.0.0.1:{srv.port}/close")
-        check(85 <= res["requests"] <= 115 and res["errors_total"] == 0, f"open loop /close: {res}")
-        check(res["latency_us"]["p50"] < 100000 and secs < 5, f"open loop /close: {res['latency_us']}")
-        print(f"open loop 100/s, a new connection per response: {res['requests']} responses, no errors: ok")
+        def measure_close():
+            res, _, secs = load_ok("--rate", "100", "-c", "2", "-d", "1", f"http://127.0.0.1:{srv.port}/close")
+            # Requests pipelined behind a closing response are sent again, but each due request is answered
+            # at most once.
+            check(res["requests"] <= res["scheduled"] and res["errors_total"] == 0 and ends_on_time(res, secs),
+                  f"open loop /close: {res}")
+            return res
+
+        def noisy_close(res):
+            missed = []
+            # Each response costs a connect and a thread start in this server: the rate still holds...
+            if res["requests"] < 0.75 * res["scheduled"]:
+                missed.append(f"open loop /close: {res['requests']} responses for {res['scheduled']} due")
+            # ...and requests wait for a connection at most a few of the 10 ms between due times.
+            if res["latency_us"]["p50"] >= 100000:
+                missed.append(f"open loop /close: p50 {res['latency_us']['p50']} us")
+            return missed
+
+        res = retry_once(measure_close, noisy_close)
+        print(f"open loop 100/s, a new connection per response: {res['requests']} responses of "
+              f"{res['scheduled']} due, no errors: ok")
         res, _, _ = load_ok("-c", "1", "-d", "1", f"http://127.0.0.1:{srv.port}/junk")
         check(res["errors"]["parse"] > 0 and res["requests"] == 0, f"/junk: {res}")
         print(f"malformed status line -> parse errors ({res['errors']['parse']}): ok")
@@ -288,7 +397,7 @@ def check_framing():
         # A silent server: each connection times out, is counted and replaced.
         res, _, secs = load_ok("-c", "2", "-d", "1", "--timeout", "200", f"http://127.0.0.1:{srv.port}/hang")
         check(res["errors"]["timeout"] >= 2 and res["requests"] == 0, f"/hang: {res}")
-        check(secs < 1 + 4, f"/hang: the run took {secs:.1f} s")
+        check(ends_on_time(res, secs), f"/hang: the run took {secs:.1f} s")
         print(f"a server that never answers -> {res['errors']['timeout']} timeouts, run ends on time: ok")
     finally:
         srv.close()
@@ -313,7 +422,8 @@ def check_bad_flags_and_unreachable(hello):
     s.close()  # nothing listens there now
     res, _, secs = load_ok("-c", "4", "-d", "1", f"http://127.0.0.1:{port}/")
     check(res["errors"]["connect"] >= 4 and res["requests"] == 0, f"unreachable: {res}")
-    check(0.95 <= res["duration_s"] <= 1.5 and secs < 5, f"unreachable: duration {res['duration_s']}, {secs:.1f} s")
+    check(0.95 <= res["duration_s"] <= 1.5 and ends_on_time(res, secs),
+          f"unreachable: duration {res['duration_s']}, {secs:.1f} s")
     res, _, secs = load_ok("--rate", "50", "-c", "2", "-d", "1", f"http://127.0.0.1:{port}/")
     check(res["errors"]["connect"] >= 2 and res["requests"] == 0 and res["offered_per_sec"] > 40, f"{res}")
     print(f"unreachable port -> connect errors, run ends on time ({secs:.1f} s): ok")
@@ -336,23 +446,42 @@ def check_bad_flags_and_unreachable(hello):
 def check_sigint(hello):
     path = os.path.join(TMP, "int.json")
     t = time.monotonic()
-    p = subprocess.Popen([KEEL, "load", "--quiet", "--json", path, "-c", "2", "-d", "60",
+    # Without --quiet, keel load prints a progress line each second of its run (by then it handles SIGINT
+    # itself), with the responses so far. The signal goes after the first line that shows responses, not
+    # after a fixed sleep: the results then have some, however slowly this machine started the process.
+    p = subprocess.Popen([KEEL, "load", "--json", path, "-c", "2", "-d", "60",
                           f"http://127.0.0.1:{hello.port}/plaintext"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    seen = []
+    timer = threading.Timer(20, p.kill)  # a run that never prints progress does not hang the test
+    timer.start()
+    try:
+        for line in p.stderr:
+            seen.append(line)
+            m = re.search(r"\s(\d+) responses", line)
+            if m and int(m.group(1)) > 0:
+                break
+    finally:
+        timer.cancel()
+    check(p.poll() is None, f"SIGINT: keel load ended before any progress: {''.join(seen)}")
+    t_sig = time.monotonic()
     p.send_signal(signal.SIGINT)
     try:
         out, _ = p.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
-        fail("SIGINT did not end the run")
-    secs = time.monotonic() - t
+        fail("SIGINT did not end the run within 10 s")
+    secs, after_sig = time.monotonic() - t, time.monotonic() - t_sig
     check(p.returncode == 0 and "goodput" in out, f"SIGINT: exit {p.returncode}")
     with open(path) as f:
         res = json.load(f)
-    check(res["duration_s"] < 5 and res["requests"] > 0 and secs < 8, f"SIGINT: {res['duration_s']} s")
-    print(f"SIGINT after 1 s of a 60 s run: results after {res['duration_s']} s: ok")
+    # The run ended when asked: its measured duration is within the process's lifetime and well short of
+    # the 60 s asked for.
+    check(res["requests"] > 0 and res["duration_s"] <= secs and res["duration_s"] < 30,
+          f"SIGINT: {res['requests']} requests in {res['duration_s']} s, process lived {secs:.1f} s")
+    print(f"SIGINT after the first progress line of a 60 s run: results after {res['duration_s']} s, "
+          f"exit {after_sig:.1f} s after the signal: ok")
 
 def main():
     for exe in (KEEL, HELLO):
