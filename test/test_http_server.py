@@ -1919,6 +1919,55 @@ def t_storm(_):
         srv.kill()
 
 
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def t_memory_after_burst(_):
+    """3000 connections, a request each, then all closed: a second later the server's RSS has come
+    most of the way back to its baseline (free lists trimmed, the heap and idle receive buffers
+    given back), rather than staying at the burst's peak."""
+    if "san" in BUILD or "fault" in BUILD:
+        raise Skip("the sanitizers' allocator keeps freed memory by design (quarantine)")
+    srv = own_server("--conns-max", 100000)
+    socks = []
+    try:
+        time.sleep(0.2)
+        base = rss_kib(srv.proc.pid)
+        for _ in range(3000):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(get("/big?n=4000"))
+            socks.append(s)
+        for s in socks:
+            d = b""
+            while len(d) < 4000:
+                x = s.recv(65536)
+                check(x, "a burst connection closed early")
+                d += x
+        peak = rss_kib(srv.proc.pid)
+        for s in socks:
+            s.close()
+        socks = []
+        after = peak
+        for _ in range(30):  # the trim waits for a second of quiet
+            time.sleep(0.1)
+            after = rss_kib(srv.proc.pid)
+            if after - base < (peak - base) / 3:
+                break
+        print("      RSS %d KiB at rest, %d KiB with 3000 connections, %d KiB after" % (base, peak, after))
+        check(peak - base > 4096, "the burst grew RSS by only %d KiB: nothing to measure" % (peak - base))
+        check(after - base < (peak - base) / 3,
+              "RSS stayed at %d KiB after the burst (baseline %d, peak %d)" % (after, base, peak))
+    finally:
+        for s in socks:
+            s.close()
+        srv.kill()
+
+
 def t_wrapped_static(_):
     """A handler that wraps the static one and registers its own context hook first: both hooks
     run (the static handler's used to replace it), whether the file comes from disk or the cache."""
@@ -2096,6 +2145,7 @@ def main():
         ("lifetime: a handler that outlives its client keeps its request", None, t_handler_outlives_client),
         ("context hooks: a wrapper around the static handler keeps its own", None, t_wrapped_static),
         ("storm: 1000 clients at once, 64 receive buffers", None, t_storm),
+        ("memory: RSS returns towards its baseline after a burst", None, t_memory_after_burst),
         ("bounds: --body-mem-max at the limit and one past it", "M", t_body_mem_max),
     ]
     plan += [("malformed: " + case[0], "L", lambda L, case=case: t_malformed(L, case)) for case in MALFORMED]

@@ -109,6 +109,15 @@ bool keel_loop_feature(const keel_loop *loop, const char *name);
 
 void keel_loop_get_stats(const keel_loop *loop, keel_loop_stats *out);
 
+/*
+ * Give memory kept for reuse back to the system: free request contexts and
+ * arena chunks beyond a few, the pages of receive buffers nobody holds
+ * (where the backend can tell no kernel write into them is under way), and
+ * the C library's free heap (malloc_trim). For after a burst; the HTTP
+ * server calls it once its connections have gone. Loop thread only.
+ */
+void keel_loop_trim(keel_loop *loop);
+
 /* Per-thread user pointer, for callbacks that only get the loop. */
 void keel_loop_set_data(keel_loop *loop, void *data);
 void *keel_loop_data(const keel_loop *loop);

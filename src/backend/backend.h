@@ -199,6 +199,12 @@ typedef struct keel__backend {
 	/* Give buffer bid back to the kernel (io_uring) or to the free stack (epoll). */
 	void (*buf_recycle)(keel_loop *loop, keel__bufpool *pool, uint16_t bid);
 	bool (*feature)(keel_loop *loop, const char *name);
+	/*
+	 * Whether the pool's free buffers may have their pages given back now
+	 * (madvise): no kernel write into them can be under way or reported
+	 * but not yet seen.
+	 */
+	bool (*bufs_trimmable)(keel_loop *loop);
 } keel__backend;
 
 extern const keel__backend keel__backend_uring;

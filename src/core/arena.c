@@ -151,3 +151,19 @@ void keel__ctx_pool_fini(keel_loop *loop)
 	}
 	loop->chunk_free_count = 0;
 }
+
+void keel__ctx_pool_trim(keel_loop *loop, unsigned keep)
+{
+	while (loop->ctx_free_count > keep) {
+		keel_ctx *ctx = loop->ctx_free;
+		loop->ctx_free = ctx->next_free;
+		loop->ctx_free_count--;
+		free(ctx);
+	}
+	while (loop->chunk_free_count > keep) {
+		struct keel__chunk *c = loop->chunk_free;
+		loop->chunk_free = c->next;
+		loop->chunk_free_count--;
+		free(c);
+	}
+}

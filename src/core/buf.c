@@ -155,3 +155,21 @@ void keel__bufpool_rewake(keel_loop *loop)
 		keel__op_submit(loop, op);
 	}
 }
+
+/* Give back the pages of buffers nobody holds (they fault in again, zeroed, when next used). */
+void keel__bufpool_trim(keel_loop *loop)
+{
+	keel__bufpool *pool = &loop->bufpool;
+	if (!pool->mem || !loop->be->bufs_trimmable(loop))
+		return;
+	uint32_t i = 0;
+	while (i < pool->count) {
+		while (i < pool->count && pool->bufs[i].refs)
+			i++;
+		uint32_t start = i;
+		while (i < pool->count && !pool->bufs[i].refs)
+			i++;
+		if (i > start)
+			madvise(pool->mem + (size_t)start * pool->size, (size_t)(i - start) * pool->size, MADV_DONTNEED);
+	}
+}

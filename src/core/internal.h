@@ -134,6 +134,7 @@ struct keel_loop {
 
 	/* Pools. */
 	keel_promise *promise_free;
+	struct keel__pslab *pslabs; /* promise slabs (pool.c) */
 	void **slabs;
 	uint32_t nslabs, slabs_cap;
 	struct keel__memfree *mem_free[KEEL__MEM_CLASSES];
@@ -186,6 +187,8 @@ void *keel__mem_alloc(keel_loop *loop, size_t size);
 void keel__mem_free(keel_loop *loop, void *ptr, size_t size);
 
 keel_promise *keel__promise_alloc(keel_loop *loop);
+/* Give back promise slabs whose promises are all free (a few are kept). */
+void keel__promise_pool_trim(keel_loop *loop);
 void keel__promise_free(keel_loop *loop, keel_promise *p);
 keel__op *keel__op_new(keel_loop *loop, int kind, int fd);
 void keel__op_free(keel_loop *loop, keel__op *op);
@@ -237,11 +240,15 @@ void keel__loop_post_complete(keel_loop *loop, int res);
 
 /* arena.c */
 void keel__ctx_pool_fini(keel_loop *loop);
+/* Free contexts and chunks kept for reuse, down to keep of each. */
+void keel__ctx_pool_trim(keel_loop *loop, unsigned keep);
 
 /* buf.c */
 int keel__bufpool_init(keel_loop *loop);
 void keel__bufpool_fini(keel_loop *loop);
 void keel__bufpool_park(keel_loop *loop, keel__op *op);
+/* keel_loop_trim: the pages of the buffers nobody holds go back (when the backend says it is safe). */
+void keel__bufpool_trim(keel_loop *loop);
 /* Once per tick: re-arm as many parked streams as there are free buffers (buf.c explains why). */
 void keel__bufpool_rewake(keel_loop *loop);
 /* A completion reported buffer buf: count it in use, with one reference. */

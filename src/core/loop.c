@@ -5,6 +5,7 @@
  * work can starve the others.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -338,6 +339,16 @@ int keel_loop_run(keel_loop *loop)
 	loop->in_run = false;
 	sigpipe_restore(loop);
 	return err < 0 ? err : 0;
+}
+
+void keel_loop_trim(keel_loop *loop)
+{
+	keel__ctx_pool_trim(loop, 16);
+	keel__promise_pool_trim(loop);
+	keel__bufpool_trim(loop);
+#ifdef __GLIBC__
+	malloc_trim(0); /* what the heap keeps in free chunks, including between live ones */
+#endif
 }
 
 void keel_loop_stop(keel_loop *loop)

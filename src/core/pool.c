@@ -14,8 +14,26 @@
 
 #include "internal.h"
 
-#define PROMISE_SLAB 256
+/*
+ * Promise slabs are aligned to their size, the first slot a header, so a
+ * promise finds its slab by masking its address: keel_loop_trim can then
+ * give back every slab whose promises are all free (after a burst).
+ */
+#define PSLAB_BYTES 32768
+#define PSLAB_N (PSLAB_BYTES / sizeof(keel_promise) - 1)
+#define PSLAB_KEEP 2 /* slabs kept for reuse when trimming */
 #define OP_SLAB 64
+
+struct keel__pslab {
+	struct keel__pslab *next;
+	uint32_t nfree; /* counted by a trim */
+};
+_Static_assert(sizeof(struct keel__pslab) <= sizeof(keel_promise), "the header fits the first slot");
+
+static struct keel__pslab *pslab_of(const keel_promise *p)
+{
+	return (struct keel__pslab *)((uintptr_t)p & ~(uintptr_t)(PSLAB_BYTES - 1));
+}
 
 _Noreturn void keel__assert_fail(const char *what, const char *file, int line)
 {
@@ -63,8 +81,13 @@ static void *slab_new(keel_loop *loop, size_t bytes)
 keel_promise *keel__promise_alloc(keel_loop *loop)
 {
 	if (!loop->promise_free) {
-		keel_promise *slab = slab_new(loop, PROMISE_SLAB * sizeof(keel_promise));
-		for (int i = PROMISE_SLAB - 1; i >= 0; i--) {
+		struct keel__pslab *h = aligned_alloc(PSLAB_BYTES, PSLAB_BYTES);
+		if (!h)
+			keel__oom();
+		h->next = loop->pslabs;
+		loop->pslabs = h;
+		keel_promise *slab = (keel_promise *)h + 1;
+		for (int i = (int)PSLAB_N - 1; i >= 0; i--) {
 			slab[i].next = loop->promise_free;
 			loop->promise_free = &slab[i];
 		}
@@ -205,8 +228,42 @@ keel__op *keel__op_lookup(keel_loop *loop, uint64_t user_data)
 	return op;
 }
 
+void keel__promise_pool_trim(keel_loop *loop)
+{
+	for (struct keel__pslab *h = loop->pslabs; h; h = h->next)
+		h->nfree = 0;
+	for (keel_promise *p = loop->promise_free; p; p = p->next)
+		pslab_of(p)->nfree++;
+	/* The slabs wholly free go (but a few); their promises leave the free list first. */
+	unsigned kept = 0;
+	for (struct keel__pslab *h = loop->pslabs; h; h = h->next)
+		if (h->nfree == PSLAB_N && kept++ >= PSLAB_KEEP)
+			h->nfree = UINT32_MAX; /* marked to go */
+	keel_promise **pp = &loop->promise_free;
+	while (*pp) {
+		if (pslab_of(*pp)->nfree == UINT32_MAX)
+			*pp = (*pp)->next;
+		else
+			pp = &(*pp)->next;
+	}
+	for (struct keel__pslab **hp = &loop->pslabs; *hp;) {
+		struct keel__pslab *h = *hp;
+		if (h->nfree == UINT32_MAX) {
+			*hp = h->next;
+			free(h);
+		} else {
+			hp = &h->next;
+		}
+	}
+}
+
 void keel__pools_fini(keel_loop *loop)
 {
+	while (loop->pslabs) {
+		struct keel__pslab *h = loop->pslabs;
+		loop->pslabs = h->next;
+		free(h);
+	}
 	for (uint32_t i = 0; i < loop->nslabs; i++)
 		free(loop->slabs[i]);
 	free(loop->slabs);

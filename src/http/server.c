@@ -85,6 +85,7 @@ struct keel_http_conn {
 	char *peer;           /* for the access log (only when it is on) */
 	/* The server's idle connections, oldest first: closed first when room is needed. */
 	keel_http_conn *idle_prev, *idle_next;
+	uint64_t idle_ns; /* since when it is idle */
 	keel__timer timer;
 	uint64_t deadline_ns; /* what the timer is for (0: nothing); the heap entry may be earlier */
 	int fd;
@@ -130,6 +131,14 @@ struct conn_tx {
 #define CONN_FREE_MAX 256
 #define REQ_FREE_MAX 256
 #define RECLAIM_BATCH 16   /* idle connections closed at once when descriptors run out */
+/*
+ * After a burst -- connections down to a quarter of their peak for
+ * TRIM_AFTER_MS -- the free lists are cut to TRIM_KEEP and the loop gives
+ * back what it keeps for reuse (keel_loop_trim): RSS returns towards its
+ * baseline instead of staying at the burst's peak.
+ */
+#define TRIM_AFTER_MS 1000
+#define TRIM_KEEP 16
 #define TX_OUT_KEEP 16384  /* larger output buffers are not kept */
 
 #define STATUS_SOURCES_MAX 16
@@ -167,6 +176,8 @@ struct keel_http_server {
 	keel_http_request *free_reqs;
 	unsigned nfree_reqs;
 	keel_http_request *zombies; /* requests whose handlers' producers still hold them */
+	unsigned peak_conns;        /* the most connections open since the last trim */
+	keel__timer trim_timer;
 	size_t req_size;
 	int *held;
 	unsigned nheld, held_cap;
@@ -208,10 +219,14 @@ static void conn_read(keel_http_conn *c);
 static void pump_later(keel_http_conn *c);
 static void accept_start(keel_http_server *s);
 static void accept_resume(keel_http_server *s);
+static keel_http_conn *idle_pick(keel_http_server *s);
+static void limit_recheck(keel_http_server *s);
+static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud);
 static unsigned idle_reclaim(keel_http_server *s, unsigned n);
 static void conn_timer_update(keel_http_conn *c);
 static void conn_open(keel_http_server *s, int fd);
 static void log_flush(keel_http_server *s);
+static void trim_due(keel_loop *loop, keel__timer *t);
 
 /* ---- Configuration, routes ---------------------------------------------- */
 
@@ -252,6 +267,7 @@ keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *
 	s->server_name_len = s->cfg.server_name ? strlen(s->cfg.server_name) : 0;
 	s->req_size = sizeof(keel_http_request) + s->cfg.limits.headers_max * sizeof(keel_http_header);
 	keel__timer_init(&s->grace, NULL);
+	keel__timer_init(&s->trim_timer, trim_due);
 	return s;
 }
 
@@ -1978,6 +1994,7 @@ static void idle_update(keel_http_conn *c)
 		return;
 	c->idle = idle;
 	if (idle) {
+		c->idle_ns = keel_loop_now_ns(s->loop);
 		c->idle_next = NULL;
 		c->idle_prev = s->idle_tail;
 		if (s->idle_tail)
@@ -1991,7 +2008,7 @@ static void idle_update(keel_http_conn *c)
 		 * (held) takes the oldest idle connection's place now; otherwise
 		 * accepting resumes, and the next client makes room as it comes.
 		 */
-		if (s->accept_paused && !s->stopping) {
+		if (s->accept_paused && !s->stopping && idle_pick(s)) {
 			if (s->nheld)
 				idle_reclaim(s, 1);
 			else if (!s->accept)
@@ -2017,13 +2034,40 @@ static void accept_resume(keel_http_server *s)
 	accept_start(s);
 }
 
-/* Close up to n of the longest-idle connections; returns how many. */
+/*
+ * The idle connection to close for room: the longest-idle one that has
+ * been served (kept alive between requests) or has stayed silent since
+ * accept for FRESH_GRACE_MS. A connection accepted a moment ago most likely
+ * has its request on the way: closing it would reset that client for
+ * nothing. Looks at the oldest few only (bounded work per accept).
+ */
+#define FRESH_GRACE_MS 200
+#define IDLE_PICK_SCAN 64
+
+static keel_http_conn *idle_pick(keel_http_server *s)
+{
+	uint64_t now = keel_loop_now_ns(s->loop);
+	keel_http_conn *c = s->idle_head;
+	for (int i = 0; c && i < IDLE_PICK_SCAN; i++, c = c->idle_next) {
+		if (!c->served && now - c->idle_ns < FRESH_GRACE_MS * 1000000ull)
+			continue;
+		/* A request already in the kernel, not yet read: not idle, and closing it would reset it. */
+		char b;
+		if (recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0)
+			continue;
+		return c;
+	}
+	return NULL;
+}
+
+/* Close up to n of the longest-idle connections (idle_pick); returns how many. */
 static unsigned idle_reclaim(keel_http_server *s, unsigned n)
 {
 	unsigned done = 0;
-	while (done < n && s->idle_head) {
+	keel_http_conn *c;
+	while (done < n && (c = idle_pick(s))) {
 		s->stats.idle_closed++;
-		conn_close(s->idle_head); /* (leaves the list) */
+		conn_close(c); /* (leaves the list) */
 		done++;
 	}
 	return done;
@@ -2085,11 +2129,46 @@ static void conn_timer_update(keel_http_conn *c)
 
 /* ---- Connections --------------------------------------------------------- */
 
+/* Free lists down to TRIM_KEEP each, then the loop's own (keel_loop_trim). */
+static void server_trim(keel_http_server *s)
+{
+	while (s->nfree_conns > TRIM_KEEP) {
+		keel_http_conn *c = s->free_conns;
+		s->free_conns = c->next;
+		s->nfree_conns--;
+		free(c);
+	}
+	while (s->nfree_reqs > TRIM_KEEP) {
+		keel_http_request *r = s->free_reqs;
+		s->free_reqs = r->next;
+		s->nfree_reqs--;
+		free(r);
+	}
+	while (s->nfree_tx > TRIM_KEEP) {
+		struct conn_tx *tx = s->free_tx;
+		s->free_tx = tx->next;
+		s->nfree_tx--;
+		free(tx->out);
+		free(tx);
+	}
+	keel_loop_trim(s->loop);
+	s->peak_conns = s->nconns;
+}
+
+static void trim_due(keel_loop *loop, keel__timer *t)
+{
+	(void)loop;
+	keel_http_server *s = (keel_http_server *)((char *)t - offsetof(keel_http_server, trim_timer));
+	if (!s->stopping && s->nconns * 4 <= s->peak_conns)
+		server_trim(s); /* (a new burst since: the next close looks again) */
+}
+
 static void server_maybe_stopped(keel_http_server *s)
 {
 	/* Stopped only when nothing refers to the server: no connection, accept, backoff or log write. */
 	if (s->stopping && s->nconns == 0 && s->stopped && !s->accept && !s->backoff && !s->log_writing) {
 		keel__timer_stop(s->loop, &s->grace);
+		keel__timer_stop(s->loop, &s->trim_timer);
 		if (s->log_buf[0]) {
 			keel__timer_stop(s->loop, &s->log_timer);
 			log_flush(s);
@@ -2126,6 +2205,9 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 	s->nconns--;
 	s->nclosing--;
 	s->stats.conns_open = s->nconns;
+	if (s->peak_conns > 2 * TRIM_KEEP && s->nconns * 4 <= s->peak_conns && !s->stopping &&
+	    !keel__timer_armed(&s->trim_timer))
+		keel__timer_start(s->loop, &s->trim_timer, TRIM_AFTER_MS);
 	if (s->nheld && !s->stopping) {
 		int fd = s->held[0];
 		memmove(s->held, s->held + 1, --s->nheld * sizeof(*s->held));
@@ -2227,6 +2309,8 @@ static void conn_open(keel_http_server *s, int fd)
 		s->conns->prev = c;
 	s->conns = c;
 	s->nconns++;
+	if (s->nconns > s->peak_conns)
+		s->peak_conns = s->nconns;
 	s->stats.connections++;
 	s->stats.conns_open = s->nconns;
 	int one = 1;
@@ -2262,16 +2346,31 @@ static int on_accept(void *ud, int fd)
 		if (!s->accept_paused)
 			s->stats.accept_pauses++;
 		s->accept_paused = true;
+		limit_recheck(s);
 		return KEEL_STOP;
 	}
 	s->backoff_ms = 0;
 	conn_open(s, fd);
-	if (conns_live(s) >= s->cfg.conns_max && !s->idle_head) {
+	if (conns_live(s) >= s->cfg.conns_max && !idle_pick(s)) {
 		s->accept_paused = true; /* the kernel's backlog holds the rest */
 		s->stats.accept_pauses++;
+		limit_recheck(s);
 		return KEEL_STOP;
 	}
 	return KEEL_CONTINUE;
+}
+
+/*
+ * At the limit with only connections accepted a moment ago idle: look
+ * again once they have been silent FRESH_GRACE_MS (backoff_done), when
+ * they may be closed to make room.
+ */
+static void limit_recheck(keel_http_server *s)
+{
+	if (!s->nidle || s->backoff || s->stopping)
+		return;
+	s->backoff = keel_sleep(s->loop, FRESH_GRACE_MS);
+	keel_promise_done(s->backoff, backoff_done, s);
 }
 
 static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -2280,8 +2379,14 @@ static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)o;
 	keel_http_server *s = ud;
 	s->backoff = NULL;
-	if (!s->stopping && !s->accept)
+	if (!s->stopping && s->nheld) {
+		/* Clients accepted at the limit go first: an idle connection's close lets one in. */
+		if (!idle_reclaim(s, 1))
+			limit_recheck(s);
+	} else if (!s->stopping && !s->accept) {
+		s->accept_paused = false;
 		accept_start(s);
+	}
 	server_maybe_stopped(s);
 }
 
@@ -2296,21 +2401,20 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	if (s->accept_paused) {
 		/* Room may have come back while the stopped stream was still ending. */
-		if (!s->nheld && conns_live(s) < s->cfg.conns_max) {
+		if (!s->nheld && (conns_live(s) < s->cfg.conns_max || idle_pick(s))) {
 			s->accept_paused = false;
 			accept_start(s);
 		}
 		return;
 	}
-	if ((o.err == -EMFILE || o.err == -ENFILE) && s->nidle) {
+	if ((o.err == -EMFILE || o.err == -ENFILE) && s->nidle && idle_reclaim(s, RECLAIM_BATCH)) {
 		/*
-		 * Out of descriptors with idle connections open: close the oldest
-		 * and accept again as soon as their descriptors come back, rather
-		 * than leave new clients waiting for idle ones to time out.
+		 * Out of descriptors with idle connections open: the oldest close,
+		 * and accepting resumes as soon as their descriptors come back,
+		 * rather than leave new clients waiting for idle ones to time out.
 		 */
 		s->stats.accept_pauses++;
 		s->reclaiming = true;
-		idle_reclaim(s, RECLAIM_BATCH);
 		return;
 	}
 	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM || o.err == KEEL_ELIMIT) {
@@ -2411,6 +2515,7 @@ void keel_http_server_free(keel_http_server *s)
 		free(s->status_src[i].value);
 	}
 	keel__timer_stop(s->loop, &s->grace);
+	keel__timer_stop(s->loop, &s->trim_timer);
 	if (s->log_buf[0]) {
 		keel__timer_stop(s->loop, &s->log_timer);
 		/* Whatever is still buffered: written synchronously, the loop is going away. */

@@ -494,6 +494,12 @@ static bool ep_feature(keel_loop *loop, const char *name)
 	return false;
 }
 
+static bool ep_bufs_trimmable(keel_loop *loop)
+{
+	(void)loop;
+	return true; /* free buffers are on keel's own stack: nothing else writes into them */
+}
+
 const keel__backend keel__backend_epoll = {
 	.name = "epoll",
 	.init = ep_init,
@@ -507,4 +513,5 @@ const keel__backend keel__backend_epoll = {
 	.bufpool_fini = ep_bufpool_fini,
 	.buf_recycle = ep_buf_recycle,
 	.feature = ep_feature,
+	.bufs_trimmable = ep_bufs_trimmable,
 };

@@ -419,6 +419,19 @@ static bool uring_feature(keel_loop *loop, const char *name)
 	return false;
 }
 
+/*
+ * Free buffers sit in the kernel's ring: one may be written into at any
+ * moment -- except with DEFER_TASKRUN and no SQPOLL, where the kernel
+ * fills them only inside io_uring_enter on this thread, and once every
+ * completion already posted has been seen (their buffers are then keel's).
+ */
+static bool uring_bufs_trimmable(keel_loop *loop)
+{
+	keel__uring *u = keel__loop_be(loop);
+	return (u->setup_flags & IORING_SETUP_DEFER_TASKRUN) && !u->sqpoll && !io_uring_cq_ready(&u->ring) &&
+	       !u->inj_head;
+}
+
 const keel__backend keel__backend_uring = {
 	.name = "io_uring",
 	.init = uring_init,
@@ -432,4 +445,5 @@ const keel__backend keel__backend_uring = {
 	.bufpool_fini = uring_bufpool_fini,
 	.buf_recycle = uring_buf_recycle,
 	.feature = uring_feature,
+	.bufs_trimmable = uring_bufs_trimmable,
 };
