@@ -170,6 +170,101 @@ static void test_pipe_read(void)
 	printf("pollable read on a pipe, cancel, EOF: ok\n");
 }
 
+static keel_outcome sf_out;
+static int sf_done;
+
+static void sf_fin(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)ud;
+	sf_out = o;
+	sf_done = 1;
+}
+
+static int file_of(int dfd, const char *name, char ch, size_t n)
+{
+	char *buf = malloc(n);
+	memset(buf, ch, n);
+	int fd = openat(dfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(write(fd, buf, n), (ssize_t)n);
+	free(buf);
+	unlinkat(dfd, name, 0);
+	return fd;
+}
+
+/*
+ * A transfer cancelled right after its first chunk went into the pipe must
+ * not leave that pipe, full, for the next transfer: those bytes would be
+ * sent as another file's body, to another socket (io_uring's pipe cache).
+ */
+static void test_sendfile_cancel_pipe(int dfd)
+{
+	int a = file_of(dfd, "A.bin", 'A', 100000), b = file_of(dfd, "B.bin", 'B', 16);
+	int s1[2], s2[2];
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, s1), 0);
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, s2), 0);
+	for (int round = 0; round < 20; round++) {
+		sf_done = 0;
+		keel_promise *p = keel_sendfile(loop, s1[0], a, 0, 100000);
+		keel_promise_done(p, sf_fin, NULL);
+		keel_loop_run_once(loop, 0); /* the first splice, file -> pipe, is submitted */
+		keel_promise_cancel(p);
+		while (!sf_done)
+			keel_loop_run_once(loop, 1);
+		static char junk[200000];
+		while (recv(s1[1], junk, sizeof junk, MSG_DONTWAIT) > 0)
+			;
+		sf_done = 0;
+		keel_promise_done(keel_sendfile(loop, s2[0], b, 0, 16), sf_fin, NULL);
+		while (!sf_done)
+			keel_loop_run_once(loop, 1);
+		ASSERT_EQ(sf_out.n, 16);
+		char got[64] = "";
+		ASSERT_EQ(recv(s2[1], got, sizeof got, MSG_DONTWAIT), 16);
+		if (memcmp(got, "BBBBBBBBBBBBBBBB", 16) != 0)
+			FAIL("round %d: the next transfer sent \"%.16s\": the cancelled one's bytes", round, got);
+	}
+	close(a);
+	close(b);
+	for (int i = 0; i < 2; i++) {
+		close(s1[i]);
+		close(s2[i]);
+	}
+	printf("sendfile: a cancelled transfer leaves no bytes for the next one: ok\n");
+}
+
+/* A non-blocking socket whose buffer fills: the transfer waits for room, on both backends. */
+static void test_sendfile_nonblocking(int dfd)
+{
+	enum { LEN = 200000 };
+	int f = file_of(dfd, "nb.bin", 'x', LEN);
+	int sv[2];
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+	int sz = 4096;
+	setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+	sf_done = 0;
+	keel_promise_done(keel_sendfile(loop, sv[0], f, 0, LEN), sf_fin, NULL);
+	size_t total = 0;
+	static char buf[LEN];
+	for (int i = 0; i < 5000 && (!sf_done || total < LEN); i++) {
+		keel_loop_run_once(loop, 1);
+		if (i > 20) { /* a reader that starts late */
+			ssize_t n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+			if (n > 0)
+				total += (size_t)n;
+		}
+	}
+	ASSERT(sf_done);
+	ASSERT_EQ(sf_out.err, 0);
+	ASSERT_EQ(sf_out.n, LEN);
+	ASSERT_EQ(total, LEN);
+	close(f);
+	close(sv[0]);
+	close(sv[1]);
+	printf("sendfile: a non-blocking socket that fills is waited for: ok\n");
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -179,6 +274,8 @@ int main(void)
 	loop = test_loop();
 	test_rw(dfd);
 	test_sendfile(dfd);
+	test_sendfile_cancel_pipe(dfd);
+	test_sendfile_nonblocking(dfd);
 	test_pipe_read();
 	keel_loop_stats st;
 	keel_loop_get_stats(loop, &st);

@@ -456,11 +456,14 @@ static void zombie_released(keel_promise *p, void *arg)
 	(void)p;
 	keel_http_request *r = arg;
 	keel_http_server *s = r->server;
+	r->zombie = 0;
+	r->holder = NULL;
+	if (r->conn)
+		return; /* let go before its connection was freed: req_free releases it as usual */
 	keel_http_request **pp = &s->zombies;
 	while (*pp != r)
 		pp = &(*pp)->next;
 	*pp = r->next;
-	r->zombie = 0;
 	req_release(s, r);
 }
 
@@ -857,6 +860,7 @@ static void req_stream_begin(keel_http_conn *c, keel_http_request *r, const stru
 static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 {
 	c->served++;
+	r->head_only = keel_str_eq(r->msg.method, "HEAD"); /* (an error answered before dispatch has no body either) */
 	r->keep_alive = r->msg.keep_alive;
 	if (want_close_after(c, r)) {
 		r->keep_alive = 0;

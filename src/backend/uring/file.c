@@ -13,7 +13,7 @@
 
 #include "uring.h"
 
-enum { SF_TO_PIPE = 0, SF_TO_SOCK = 1 };
+enum { SF_TO_PIPE = 0, SF_TO_SOCK = 1, SF_WAIT_OUT = 2 };
 enum { RP_POLL = 0 };
 
 static int pipe_get(keel__uring *u, int fds[2])
@@ -132,8 +132,35 @@ int keel__uring_prep_file(keel_loop *loop, keel__uring *u, keel__op *op)
 static bool sendfile_step(keel_loop *loop, keel__uring *u, keel__op *op, int *res)
 {
 	int r = *res;
+	if (op->be_state == SF_WAIT_OUT && r >= 0 && !(op->flags & KEEL__OPF_CANCELED)) {
+		op->be_state = SF_TO_SOCK; /* the socket has room again: splice what the pipe holds */
+		goto next;
+	}
+	if (r == -EAGAIN && op->be_state == SF_TO_SOCK && !(op->flags & KEEL__OPF_CANCELED)) {
+		/*
+		 * A non-blocking socket with a full buffer (io_uring does not poll
+		 * before a splice): wait until it can take more, then go on.
+		 */
+		struct io_uring_sqe *sqe = keel__uring_sqe(loop, u);
+		if (sqe) {
+			op->be_state = SF_WAIT_OUT;
+			io_uring_prep_poll_add(sqe, op->fd, POLLOUT);
+			io_uring_sqe_set_data64(sqe, keel__op_user_data(op));
+			return false;
+		}
+	}
 	if (r < 0 || (op->flags & KEEL__OPF_CANCELED)) {
-		pipe_put(u, op->u.sendfile.pipe, op->u.sendfile.in_pipe == 0 && r >= 0);
+		/*
+		 * What the pipe holds after this completion: a pipe that still has
+		 * bytes of this file must never serve another transfer (they would
+		 * be sent as its body), so only an empty one goes back to the cache.
+		 */
+		size_t left = op->u.sendfile.in_pipe;
+		if (r > 0 && op->be_state == SF_TO_PIPE)
+			left += (size_t)r;
+		else if (r > 0 && op->be_state == SF_TO_SOCK)
+			left -= (size_t)r;
+		pipe_put(u, op->u.sendfile.pipe, left == 0);
 		op->u.sendfile.in_pipe = 0;
 		*res = r < 0 ? r : -ECANCELED;
 		return true;
@@ -159,6 +186,7 @@ static bool sendfile_step(keel_loop *loop, keel__uring *u, keel__op *op, int *re
 			return true;
 		}
 	}
+next:;
 	struct io_uring_sqe *sqe = keel__uring_sqe(loop, u);
 	if (!sqe) {
 		pipe_put(u, op->u.sendfile.pipe, false);

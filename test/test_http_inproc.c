@@ -1,0 +1,183 @@
+/*
+ * The HTTP server driven in-process, its clients socketpairs handed over
+ * with keel_http_server_adopt: exact byte sequences and exact tick
+ * boundaries, which a client over TCP cannot pin down.
+ *
+ *  - A handler that cannot be stopped (its promise has no cancel hook)
+ *    reading a streamed body when the server stops without grace, a body
+ *    piece arriving in the same tick: the server must stop cleanly (a
+ *    request that stopped being a zombie before its connection was freed was
+ *    looked for on the wrong list).
+ *  - Error answers the server makes up before dispatching a HEAD request
+ *    (400, 413, 501) carry no body.
+ *  - A connection adopted while stopping is refused and closed.
+ */
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "keel/http.h"
+#include "test.h"
+
+static keel_loop *loop;
+
+struct upload {
+	keel_http_request *r;
+	keel_promise *done;
+};
+
+static void upload_piece(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct upload *u = ud;
+	if (o.err) {
+		keel_promise_reject(u->done, o.err);
+		return;
+	}
+	keel_str *p = o.ptr;
+	if (!p || !p->len) {
+		keel_http_respond(u->r, 200, "text/plain", "done", 4);
+		keel_promise_resolve(u->done, 0, &u->r->resp);
+		return;
+	}
+	keel_promise_done(keel_http_body_read(u->r), upload_piece, u);
+}
+
+static keel_promise *h_upload(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	struct upload *u = keel_ctx_alloc(keel_http_request_ctx(r), sizeof(*u));
+	u->r = r;
+	u->done = keel_promise_new(r->loop); /* no cancel hook: nothing can stop it */
+	keel_promise_done(keel_http_body_read(r), upload_piece, u);
+	return u->done;
+}
+
+static keel_promise *h_hello(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "text/plain", "hello", 5);
+}
+
+static int stopped;
+
+static void on_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	(void)ud;
+	stopped = 1;
+}
+
+static keel_http_server *server(uint64_t body_max)
+{
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	cfg.body_max = body_max;
+	keel_http_server *srv = keel_http_server_new(loop, &cfg);
+	ASSERT(srv != NULL);
+	ASSERT_OK(keel_http_route(srv, "POST", "/upload", KEEL_HTTP_STREAM_BODY, h_upload, NULL));
+	ASSERT_OK(keel_http_route(srv, NULL, "/hello", 0, h_hello, NULL));
+	return srv;
+}
+
+static int adopt(keel_http_server *srv)
+{
+	int sv[2];
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ASSERT_OK(keel_http_server_adopt(srv, sv[1]));
+	return sv[0];
+}
+
+static void test_stop_under_unstoppable_upload(void)
+{
+	keel_http_server *srv = server(1 << 20);
+	int c = adopt(srv);
+	static const char req[] = "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nc\r\na";
+	/* In pieces of 9 bytes, a tick between them; the stop comes in the tick of the last. */
+	for (size_t off = 0; off < sizeof(req) - 1; off += 9) {
+		size_t n = sizeof(req) - 1 - off < 9 ? sizeof(req) - 1 - off : 9;
+		ASSERT_EQ(write(c, req + off, n), (ssize_t)n);
+		if (off + n < sizeof(req) - 1)
+			keel_loop_run_once(loop, 0);
+	}
+	stopped = 0;
+	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
+	for (int i = 0; i < 200 && !stopped; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(stopped);
+	close(c);
+	keel_http_server_free(srv);
+	printf("stop without grace under a handler that cannot be stopped: ok\n");
+}
+
+/* Everything the server sends on c until it closes (bounded). */
+static size_t read_all(int c, char *out, size_t cap)
+{
+	size_t n = 0;
+	fcntl(c, F_SETFL, O_NONBLOCK);
+	for (int i = 0; i < 300; i++) {
+		keel_loop_run_once(loop, 1);
+		ssize_t r = read(c, out + n, cap - 1 - n);
+		if (r == 0)
+			break;
+		if (r > 0)
+			n += (size_t)r;
+	}
+	out[n] = '\0';
+	return n;
+}
+
+static void test_head_errors(void)
+{
+	static const struct {
+		const char *req, *status;
+	} cases[] = {
+		{"HEAD HTTP/1.1/x HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400 "},
+		{"HEAD /hello HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n", "HTTP/1.1 501 "},
+		{"HEAD /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 9000\r\n\r\n", "HTTP/1.1 413 "},
+		{"HEAD /hello HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 400 "},
+		{"HEAD /a/..%2Fb HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400 "},
+	};
+	keel_http_server *srv = server(1000);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int c = adopt(srv);
+		ASSERT_EQ(write(c, cases[i].req, strlen(cases[i].req)), (ssize_t)strlen(cases[i].req));
+		char got[4096];
+		size_t n = read_all(c, got, sizeof(got));
+		if (strncmp(got, cases[i].status, strlen(cases[i].status)) != 0)
+			FAIL("case %zu: %.60s", i, got);
+		char *end = strstr(got, "\r\n\r\n");
+		ASSERT(end != NULL);
+		if ((size_t)(end + 4 - got) != n)
+			FAIL("case %zu: %zu bytes after the head of a HEAD answer: %s", i, n - (size_t)(end + 4 - got), end + 4);
+		close(c);
+	}
+	stopped = 0;
+	keel_promise_done(keel_http_server_stop(srv, 100), on_stopped, NULL);
+	for (int i = 0; i < 300 && !stopped; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(stopped);
+	int sv[2];
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ASSERT_EQ(keel_http_server_adopt(srv, sv[1]), KEEL_ESTOPPED);
+	ASSERT_EQ(fcntl(sv[1], F_GETFD), -1); /* closed by the server */
+	close(sv[0]);
+	keel_http_server_free(srv);
+	printf("errors answered to HEAD before dispatch have no body; adopt while stopping refused: ok\n");
+}
+
+int main(void)
+{
+	loop = test_loop();
+	test_stop_under_unstoppable_upload();
+	test_head_errors();
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 0);
+	keel_loop_stats st;
+	keel_loop_get_stats(loop, &st);
+	ASSERT_EQ(st.bufs_in_use, 0);
+	keel_loop_free(loop);
+	printf("http in-process: ok\n");
+	return 0;
+}
