@@ -48,7 +48,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
-.PHONY: all deps run test sanitize bench fuzz clean format fanout
+.PHONY: all deps run test sanitize faults bench fuzz clean format fanout
 all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/keeltest.py $(BUILD)/test/seccomp_exec $(BUILD)/test/http_testsrv $(EXAMPLES)
 
 # Debian packages the build needs; installed when run as root, otherwise named.
@@ -107,6 +107,12 @@ test: all
 
 sanitize:
 	@$(MAKE) --no-print-directory SAN=1 test
+
+# The server, client, proxy and static files under injected faults (test/test_faults.py),
+# and the C tests of the error paths, in a sanitizer build with KEEL_FAULT.
+faults:
+	@$(MAKE) --no-print-directory FAULT=1 all
+	@BUILD=build-fault sh test/run.sh test_faults
 
 bench: all
 	bench/echo/run.sh

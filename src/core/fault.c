@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "fault.h"
 #include "internal.h"
@@ -53,7 +54,7 @@ static const struct {
 	{"EINVAL", EINVAL},         {"ENOSPC", ENOSPC},   {"EHOSTUNREACH", EHOSTUNREACH},
 };
 
-#define RULES_MAX 16
+#define RULES_MAX 32
 #define ERR_SHORT 1 /* not an errno: a partial transfer */
 
 struct rule {
@@ -67,6 +68,7 @@ struct rule {
 static struct rule rules[RULES_MAX];
 static int nrules;
 static uint64_t seed = 1;
+static uint64_t active_from_ns; /* delay=MS: nothing fires before then (setup runs clean) */
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
 static atomic_uint thread_count;
 static _Thread_local uint64_t rng;
@@ -158,10 +160,18 @@ static int parse_rule(char *s, struct rule *r)
 	return 0;
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 int keel__fault_configure(const char *spec)
 {
 	nrules = 0;
 	seed = 1;
+	active_from_ns = 0;
 	if (!spec || !*spec)
 		return 0;
 	char buf[1024];
@@ -172,6 +182,10 @@ int keel__fault_configure(const char *spec)
 	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		if (strncmp(tok, "seed=", 5) == 0) {
 			seed = strtoull(tok + 5, NULL, 10) | 1;
+			continue;
+		}
+		if (strncmp(tok, "delay=", 6) == 0) {
+			active_from_ns = mono_ns() + strtoull(tok + 6, NULL, 10) * 1000000ull;
 			continue;
 		}
 		if (nrules == RULES_MAX || parse_rule(tok, &rules[nrules]) < 0) {
@@ -201,6 +215,8 @@ static void configure_from_env(void)
 static int decide(int k)
 {
 	pthread_once(&env_once, configure_from_env);
+	if (!nrules || (k == FK_ALLOC && active_from_ns && mono_ns() < active_from_ns))
+		return 0;
 	for (int i = 0; i < nrules; i++) {
 		struct rule *r = &rules[i];
 		if (r->kind != k && !(r->kind == FK_ANY && k != FK_ALLOC))

@@ -18,6 +18,7 @@
  *                      send: a partial transfer); RATE "5%", "0.05" or "@N"
  *                      (the Nth such call only)
  *   seed=N             the PRNG seed (per thread: seed + thread number)
+ *   delay=MS           no allocation fails for the first MS milliseconds (setup runs clean)
  * e.g. KEEL_FAULT="recv:ECONNRESET:2%,send:short:10%,accept:EMFILE:5%,alloc:ENOMEM:1%".
  * At exit a line per rule says how often it fired (stderr), so a test can
  * tell that the plan did something.

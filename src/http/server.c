@@ -2421,13 +2421,19 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		s->reclaiming = true;
 		return;
 	}
-	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM || o.err == KEEL_ELIMIT) {
-		/* Out of descriptors, memory or op slots: pause, 10 ms doubling up to 1 s, and say so once. */
+	{
+		/*
+		 * Out of descriptors, memory or op slots -- or any other end we did
+		 * not ask for (an error of the listener, a cancel not ours): pause,
+		 * 10 ms doubling up to 1 s, and say so once; then accept again. A
+		 * listener that keeps failing is retried at most once a second,
+		 * never in a spin, and never given up on.
+		 */
 		uint64_t now = keel_loop_now_ms(s->loop);
 		if (!s->backoff_ms && (!s->backoff_logged_ms || now - s->backoff_logged_ms > 10000)) {
 			s->backoff_logged_ms = now;
-			keel_log(KEEL_LOG_WARN, "accept: %s; pausing (%u connections open)", keel_strerror(o.err),
-			         s->nconns);
+			keel_log(KEEL_LOG_WARN, "accept: %s; pausing (%u connections open)",
+			         o.err ? keel_strerror(o.err) : "ended", s->nconns);
 		}
 		s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 10;
 		if (s->backoff_ms > 1000)
@@ -2435,10 +2441,7 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		s->stats.accept_pauses++;
 		s->backoff = keel_sleep(s->loop, s->backoff_ms);
 		keel_promise_done(s->backoff, backoff_done, s);
-		return;
 	}
-	if (o.err && o.err != -ECANCELED)
-		accept_start(s);
 }
 
 static void accept_start(keel_http_server *s)

@@ -614,7 +614,7 @@ static keel_promise *on_open(keel_ctx *ctx, keel_outcome in, void *ud)
 		return answer_status(r, 500);
 	}
 	j->fd = (int)in.n;
-	return keel_flat_map(keel_file_statx(r->loop, j->fd, "", AT_EMPTY_PATH,
+	return keel_then_flat(keel_file_statx(r->loop, j->fd, "", AT_EMPTY_PATH,
 	                                     STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_MTIME | STATX_INO, &j->stx),
 	                     on_stat, j);
 }

@@ -35,6 +35,8 @@ static int pipe_get(keel__uring *u, int fds[2])
 
 static void pipe_put(keel__uring *u, int fds[2], bool clean)
 {
+	if (fds[0] < 0)
+		return; /* none was taken (the op ended before its first step) */
 	if (clean && u->npipes < KEEL__URING_PIPE_CACHE) {
 		u->pipes[u->npipes][0] = fds[0];
 		u->pipes[u->npipes][1] = fds[1];
