@@ -722,41 +722,67 @@ static void late_child(int lfd, int ctl)
 	_exit(0);
 }
 
-static void test_late_bytes(void)
+/* A scripted server in a child process, steered by the parent through a pipe (ctl). */
+struct scripted {
+	pid_t pid;
+	int ctl;
+	char addr[64];
+};
+
+static struct scripted scripted_start(void (*child)(int lfd, int ctl))
 {
+	struct scripted sc;
 	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
 	ASSERT_OK(lfd);
-	char raw[64];
-	snprintf(raw, sizeof(raw), "127.0.0.1:%d", keel_tcp_port(lfd));
+	snprintf(sc.addr, sizeof(sc.addr), "127.0.0.1:%d", keel_tcp_port(lfd));
 	int ctl[2];
 	ASSERT_EQ(pipe(ctl), 0);
-	pid_t pid = fork();
-	ASSERT(pid >= 0);
-	if (pid == 0) {
+	sc.pid = fork();
+	ASSERT(sc.pid >= 0);
+	if (sc.pid == 0) {
 		close(ctl[1]);
-		fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) & ~O_NONBLOCK);
-		late_child(lfd, ctl[0]);
+		fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) & ~O_NONBLOCK); /* the child blocks */
+		child(lfd, ctl[0]);
 	}
 	close(ctl[0]);
 	close(lfd);
+	sc.ctl = ctl[1];
+	return sc;
+}
+
+static void scripted_step(struct scripted *sc)
+{
+	ASSERT_EQ(write(sc->ctl, "x", 1), 1);
+}
+
+/* Its last step, and its exit status (0). */
+static void scripted_end(struct scripted *sc)
+{
+	scripted_step(sc);
+	close(sc->ctl);
+	int status = 0;
+	ASSERT_EQ(waitpid(sc->pid, &status, 0), sc->pid);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_late_bytes(void)
+{
+	struct scripted sc = scripted_start(late_child);
+	const char *raw = sc.addr;
 	keel_http_client_config cfg;
 	keel_http_client_config_default(&cfg);
 	cfg.pool_max = 1;
 	keel_http_client *c = keel_http_client_new(loop, &cfg);
 	expect_body(get_ok(c, raw, NULL, "/1", nobody), 200, "ok");
-	ASSERT_EQ(write(ctl[1], "x", 1), 1); /* the late "response" */
-	usleep(100000);                      /* in the socket now; the loop has not run */
+	scripted_step(&sc); /* the late "response" */
+	usleep(100000);     /* in the socket now; the loop has not run */
 	expect_body(get_ok(c, raw, NULL, "/2", nobody), 200, "new");
 	keel_http_client_stats st;
 	keel_http_client_get_stats(c, &st);
 	ASSERT_EQ(st.connects, 2);
 	ASSERT(st.unsolicited >= 1);
 	keel_http_client_free(c);
-	ASSERT_EQ(write(ctl[1], "x", 1), 1);
-	close(ctl[1]);
-	int status = 0;
-	ASSERT_EQ(waitpid(pid, &status, 0), pid);
-	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	scripted_end(&sc);
 	printf("bytes a server sent after a response are never the next request's answer: ok\n");
 }
 
@@ -774,7 +800,8 @@ static void early_child(int lfd, int ctl)
 		_exit(1);
 	say(a, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"); /* and never reads the body */
 	char x;
-	(void)read(ctl, &x, 1);
+	if (read(ctl, &x, 1) != 1)
+		_exit(1);
 	_exit(0);
 }
 
@@ -790,21 +817,8 @@ static keel_promise *early_body(void *ud)
 
 static void test_cancel_answered_early(void)
 {
-	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
-	ASSERT_OK(lfd);
-	char raw[64];
-	snprintf(raw, sizeof(raw), "127.0.0.1:%d", keel_tcp_port(lfd));
-	int ctl[2];
-	ASSERT_EQ(pipe(ctl), 0);
-	pid_t pid = fork();
-	ASSERT(pid >= 0);
-	if (pid == 0) {
-		close(ctl[1]);
-		fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) & ~O_NONBLOCK);
-		early_child(lfd, ctl[0]);
-	}
-	close(ctl[0]);
-	close(lfd);
+	struct scripted sc = scripted_start(early_child);
+	const char *raw = sc.addr;
 	size_t n = 32u << 20; /* more than the socket buffers hold: the send stays in flight */
 	char *body = malloc(n);
 	memset(body, 'u', n);
@@ -844,9 +858,7 @@ static void test_cancel_answered_early(void)
 	expect_body(ox.ptr, 200, "Hello, World!");
 	expect_body(oy.ptr, 200, "Hello, World!");
 	keel_http_client_free(c);
-	ASSERT_EQ(write(ctl[1], "x", 1), 1);
-	close(ctl[1]);
-	ASSERT_EQ(waitpid(pid, NULL, 0), pid);
+	scripted_end(&sc);
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 5);
 	free(body); /* after the connection's send has let go of it */

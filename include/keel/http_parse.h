@@ -164,7 +164,7 @@ const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const ch
 static inline bool keel_str_eq(keel_str a, const char *lit)
 {
 	size_t n = __builtin_strlen(lit);
-	return a.len == n && __builtin_memcmp(a.ptr, lit, n) == 0;
+	return a.len == n && (n == 0 || __builtin_memcmp(a.ptr, lit, n) == 0); /* (an empty span may have no ptr) */
 }
 
 /* ASCII-case-insensitive comparison of two spans. */

@@ -99,11 +99,8 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 	w->free_conns = c;
 	w->nconns--;
 	if (w->stopping) {
-		if (w->nconns == 0) {
-			if (w->grace)
-				keel_promise_cancel(w->grace); /* nothing left to wait for */
-			keel_loop_stop(w->loop);
-		}
+		if (w->nconns == 0 && w->grace)
+			keel_promise_cancel(w->grace); /* nothing left to wait for */
 		return;
 	}
 	/* Serve connections held past the limit first, in arrival order. */
@@ -326,8 +323,6 @@ static void grace_over(keel_ctx *ctx, keel_outcome o, void *ud)
 		return; /* every connection finished in time */
 	for (struct conn *c = w->conns; c; c = c->next)
 		conn_close(c);
-	if (w->nconns == 0)
-		keel_loop_stop(w->loop);
 }
 
 static void echo_stop(keel_loop *loop, void *arg)
@@ -345,12 +340,11 @@ static void echo_stop(keel_loop *loop, void *arg)
 	for (unsigned i = 0; i < w->nheld; i++) /* never served: close them now */
 		keel_promise_release(keel_close(loop, w->held[i]));
 	w->nheld = 0;
-	if (w->nconns == 0) {
-		keel_loop_stop(loop);
-	} else {
+	if (w->nconns) {
 		w->grace = keel_sleep(loop, (uint64_t)w->cfg->grace_ms);
 		keel_promise_done(w->grace, grace_over, w);
 	}
+	/* (echo_worker_main's loop ends once no connection is left) */
 }
 
 static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
@@ -363,7 +357,7 @@ static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	w.lfd = lfd;
 	keel_loop_set_data(loop, &w);
 	accept_start(&w);
-	/* keel_loop_run returns when stop is called; the wake-up read keeps it alive until then. */
+	/* Until stopped and every connection has gone; each tick that changes either returns here. */
 	while (!w.stopping || w.nconns > 0) {
 		int err = keel_loop_run_once(loop, -1);
 		if (err < 0) {
@@ -371,7 +365,7 @@ static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 			return CLI_FAIL;
 		}
 	}
-	/* Let the last closes complete. */
+	/* Let the last closes complete: keel_loop_run returns once no work remains. */
 	keel_loop_run(loop);
 	free(w.held);
 	while (w.free_conns) {

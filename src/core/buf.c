@@ -80,20 +80,27 @@ void keel_buf_hold(keel_buf *buf)
 	buf->refs++;
 }
 
+/* Re-arm the stream parked longest, if any. */
+static bool wake_one(keel_loop *loop, keel__bufpool *pool)
+{
+	keel__op *op = pool->waiters;
+	if (!op)
+		return false;
+	pool->waiters = op->next;
+	if (!pool->waiters)
+		pool->waiters_tail = NULL;
+	op->next = NULL;
+	op->flags &= (uint8_t)~KEEL__OPF_PARKED;
+	keel__op_submit(loop, op);
+	return true;
+}
+
 static void buf_recycle(keel_loop *loop, keel__bufpool *pool, keel_buf *buf)
 {
 	pool->in_use--;
 	loop->stats.bufs_in_use = pool->in_use;
 	loop->be->buf_recycle(loop, pool, buf->id);
-	keel__op *op = pool->waiters;
-	if (op) {
-		pool->waiters = op->next;
-		if (!pool->waiters)
-			pool->waiters_tail = NULL;
-		op->next = NULL;
-		op->flags &= (uint8_t)~KEEL__OPF_PARKED;
-		keel__op_submit(loop, op);
-	}
+	wake_one(loop, pool);
 }
 
 void keel_buf_release(keel_buf *buf)
@@ -144,16 +151,8 @@ void keel__bufpool_park(keel_loop *loop, keel__op *op)
 void keel__bufpool_rewake(keel_loop *loop)
 {
 	keel__bufpool *pool = &loop->bufpool;
-	uint32_t free_bufs = pool->count - pool->in_use;
-	while (pool->waiters && free_bufs--) {
-		keel__op *op = pool->waiters;
-		pool->waiters = op->next;
-		if (!pool->waiters)
-			pool->waiters_tail = NULL;
-		op->next = NULL;
-		op->flags &= (uint8_t)~KEEL__OPF_PARKED;
-		keel__op_submit(loop, op);
-	}
+	for (uint32_t free_bufs = pool->count - pool->in_use; free_bufs && wake_one(loop, pool); free_bufs--)
+		;
 }
 
 /* Give back the pages of buffers nobody holds (they fault in again, zeroed, when next used). */

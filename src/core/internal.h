@@ -178,6 +178,7 @@ struct keel_loop {
 	int post_efd;
 	uint64_t post_val;
 	keel__op *post_op;
+	bool post_running; /* the posts are due on the ready queue */
 
 	keel_loop_stats stats;
 };

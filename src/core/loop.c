@@ -47,6 +47,8 @@ static bool pow2(unsigned v)
 
 /* ---- Cross-thread posts ------------------------------------------------- */
 
+static void post_run(keel_promise *p, void *arg);
+
 static void post_arm(keel_loop *loop)
 {
 	keel__op *op = loop->post_op;
@@ -65,11 +67,30 @@ void keel__loop_post_complete(keel_loop *loop, int res)
 		keel__op_free(loop, op);
 		return;
 	}
+	post_arm(loop);
+	/*
+	 * The posts run from the ready queue, like every continuation: never
+	 * inside a backend's dispatch, where cancelling an operation it is
+	 * about to attempt would go unseen.
+	 */
+	if (!loop->post_running) {
+		loop->post_running = true;
+		keel_promise *p = keel__promise_make(loop, NULL);
+		keel_promise_resolve(p, 0, NULL);
+		keel__promise_listen(p, post_run, NULL);
+	}
+}
+
+static void post_run(keel_promise *p, void *arg)
+{
+	(void)arg;
+	keel_loop *loop = p->loop;
+	keel__promise_unref(p);
+	loop->post_running = false;
 	pthread_mutex_lock(&loop->post_mu);
 	struct keel__post *list = loop->post_head;
 	loop->post_head = loop->post_tail = NULL;
 	pthread_mutex_unlock(&loop->post_mu);
-	post_arm(loop); /* before running them: a post made by one of them wakes the next tick */
 	while (list) {
 		struct keel__post *next = list->next;
 		bool embedded = list->embedded; /* (fn may free an embedded node) */

@@ -193,6 +193,11 @@ static void cancel_waiters(keel__epoll *ep, int fd);
 
 static void attempt(keel_loop *loop, keel__epoll *ep, keel__op *op)
 {
+	if ((op->flags & KEEL__OPF_CANCELED) && op->kind != KEEL__OP_CLOSE) {
+		/* Cancelled while it waited its turn (ep_cancel found it between queues): end it. */
+		keel__op_complete(loop, op, -ECANCELED, 0, 0);
+		return;
+	}
 	if (is_file_kind(op->kind)) {
 		int err = keel__ep_pool_queue(ep, op, ep->threads_max);
 		if (err < 0)
