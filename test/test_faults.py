@@ -19,6 +19,7 @@ were, and on SIGTERM it exits 0 with no AddressSanitizer, UBSan or
 LeakSanitizer report; and the faults really fired (keel prints how often).
 
 In a build without fault injection there is nothing to test: exit 77.
+FAULT_SECONDS (default 8) and FAULT_SEED (the plan's seed) vary the run.
 """
 import os, random, re, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
@@ -31,6 +32,8 @@ PLAN = ("delay=300,recv:ECONNRESET:1%,recv:short:20%,recv:ENOBUFS:2%,send:short:
         "send:EAGAIN:0.5%,accept:EMFILE:@1,accept:ECANCELED:@1,accept:ENOMEM:@1,connect:ECONNREFUSED:3%,"
         "sendfile:EIO:3%,"
         "open:EMFILE:3%,statx:EIO:2%,read:EIO:2%,write:ENOSPC:5%,shutdown:EIO:5%,alloc:ENOMEM:0.5%")
+if os.environ.get("FAULT_SEED"):
+    PLAN += ",seed=" + os.environ["FAULT_SEED"]
 SANITIZER_RE = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:")
 
 
