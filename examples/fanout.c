@@ -323,7 +323,10 @@ static struct fan *fan_new(keel_http_request *req, keel_promise **p)
 	f->req = req;
 	for (int i = 0; i < 2; i++)
 		f->calls[i].f = f;
-	keel_ctx_on_free(ctx, fan_free, f);
+	if (keel_ctx_on_free(ctx, fan_free, f) < 0) {
+		*p = keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
+		return NULL;
+	}
 	int err = query_sym(req->query, f->sym);
 	if (err) {
 		*p = keel_promise_new(req->loop);

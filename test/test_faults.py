@@ -31,7 +31,7 @@ SECONDS = float(os.environ.get("FAULT_SECONDS", "8"))
 PLAN = ("delay=300,recv:ECONNRESET:1%,recv:short:20%,recv:ENOBUFS:2%,send:short:20%,send:EPIPE:1%,"
         "send:EAGAIN:0.5%,accept:EMFILE:@1,accept:ECANCELED:@1,accept:ENOMEM:@1,connect:ECONNREFUSED:3%,"
         "sendfile:EIO:3%,"
-        "open:EMFILE:3%,statx:EIO:2%,read:EIO:2%,write:ENOSPC:5%,shutdown:EIO:5%,alloc:ENOMEM:0.5%")
+        "open:EMFILE:3%,statx:EIO:2%,read:EIO:2%,write:ENOSPC:20%,shutdown:EIO:20%,alloc:ENOMEM:0.5%")
 if os.environ.get("FAULT_SEED"):
     PLAN += ",seed=" + os.environ["FAULT_SEED"]
 SANITIZER_RE = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:")
@@ -334,6 +334,8 @@ def main():
         for rule, n, calls in fired:
             print(f"  fault {rule:22s} fired {n} of {calls}")
         check(sum(int(n) for _, n, _ in fired) > 100, "the faults hardly fired")
+        for rule, n, calls in fired:
+            check(int(n) > 0, f"fault {rule} never fired ({calls} calls): the plan misses a path")
         check(upstream.stop() == 0, "the upstream failed")
     finally:
         kill_all()

@@ -1241,6 +1241,10 @@ static void unit_targets(void)
 	check_target("http://[::1]:80/x", "/x", NULL, "[::1]:80");
 	check_target("http://u@h/x", NULL, NULL, NULL);
 	check_target("http:///x", NULL, NULL, NULL);
+	check_target("http://:80/x", NULL, NULL, NULL);
+	check_target("http://[]/x", NULL, NULL, NULL);
+	check_target("http://h:1234567/x", NULL, NULL, NULL);
+	check_target("http://h:/x", "/x", NULL, "h:");
 	check_target("ftp://h/x", NULL, NULL, NULL);
 	check_target("http:/h/x", NULL, NULL, NULL);
 	check_target("h/x", NULL, NULL, NULL);

@@ -11,8 +11,12 @@
  *  - Error answers the server makes up before dispatching a HEAD request
  *    (400, 413, 501) carry no body.
  *  - A connection adopted while stopping is refused and closed.
+ *  - A handler that cannot be stopped keeps its request untouched until it
+ *    settles, and its settle runs nobody's code.
+ *  - One accept back-off at a time: none fires after the server is freed.
  */
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -167,11 +171,160 @@ static void test_head_errors(void)
 	printf("errors answered to HEAD before dispatch have no body; adopt while stopping refused: ok\n");
 }
 
+/*
+ * A handler that cannot be stopped, its client reset under it: until it
+ * settles, its request is its own -- the file it put in resp stays open, resp
+ * stays as it wrote it -- and its settle runs nobody's code: the request (and
+ * the context hooks that free the handler's state) go later, from the ready
+ * queue, not inside keel_promise_resolve.
+ */
+struct slow {
+	keel_promise *p;
+	keel_http_request *req;
+	int fd;
+};
+
+static struct slow *slow_state;
+static int in_resolve, hook_ran_inside, hook_ran;
+
+static void slow_free(void *ud)
+{
+	hook_ran_inside |= in_resolve;
+	hook_ran++;
+	free(ud);
+}
+
+static keel_promise *h_unstoppable(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	struct slow *s = calloc(1, sizeof(*s));
+	ASSERT_OK(keel_ctx_on_free(keel_http_request_ctx(r), slow_free, s));
+	s->req = r;
+	s->p = keel_promise_new(r->loop); /* no cancel hook */
+	s->fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	r->resp.status = 200;
+	r->resp.file_fd = s->fd; /* a file answer in the making */
+	r->resp.file_close = true;
+	r->resp.file_len = 0;
+	slow_state = s;
+	return s->p;
+}
+
+static void test_unstoppable_handler_keeps_its_request(void)
+{
+	keel_http_server *srv = server(1 << 20);
+	ASSERT_OK(keel_http_route(srv, "GET", "/unstoppable", 0, h_unstoppable, NULL));
+	int lfd = keel_tcp_listen("127.0.0.1:0", 4, 0);
+	ASSERT_OK(lfd);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	getsockname(lfd, (struct sockaddr *)&ss, &sl);
+	int c = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT_EQ(connect(c, (struct sockaddr *)&ss, sl), 0);
+	int a = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	ASSERT(a >= 0);
+	close(lfd);
+	ASSERT_OK(keel_http_server_adopt(srv, a));
+	static const char req[] = "GET /unstoppable HTTP/1.1\r\nHost: a\r\n\r\n";
+	ASSERT_EQ(write(c, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+	for (int i = 0; i < 100 && !slow_state; i++)
+		keel_loop_run_once(loop, 5);
+	ASSERT(slow_state != NULL);
+	struct linger lg = {1, 0};
+	setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(c); /* a reset: the server cancels the handler's promise */
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 5);
+	struct slow *st = slow_state;
+	ASSERT(fcntl(st->fd, F_GETFD) >= 0);    /* its file is still its own */
+	ASSERT_EQ(st->req->resp.status, 200);   /* and its response as it left it */
+	ASSERT_EQ(st->req->resp.file_fd, st->fd);
+	in_resolve = 1;
+	keel_promise_resolve(st->p, 0, &st->req->resp);
+	in_resolve = 0;
+	ASSERT_EQ(hook_ran_inside, 0);
+	int fd = st->fd; /* (st is freed by the hook, from the ready queue) */
+	for (int i = 0; i < 10; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT_EQ(hook_ran, 1);
+	ASSERT_EQ(fcntl(fd, F_GETFD), -1); /* answered with a file to close: closed with the request */
+	stopped = 0;
+	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
+	for (int i = 0; i < 100 && !stopped; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(stopped);
+	keel_http_server_free(srv);
+	printf("an unstoppable handler keeps its request, and its settle runs nobody's code: ok\n");
+}
+
+/*
+ * At the connection limit a re-check of idle connections is pending when the
+ * accept stream ends with an error: one back-off at a time, or stop cancels
+ * only the newer and the older fires into a freed server.
+ */
+static void test_one_backoff_at_a_time(void)
+{
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	cfg.conns_max = 1;
+	keel_http_server *srv = keel_http_server_new(loop, &cfg);
+	ASSERT_OK(keel_http_route(srv, "GET", "/hello", 0, h_hello, NULL));
+	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
+	ASSERT_OK(lfd);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	getsockname(lfd, (struct sockaddr *)&ss, &sl);
+	ASSERT_OK(keel_http_server_start(srv, lfd));
+	keel_http_stats st;
+	int a = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT_EQ(connect(a, (struct sockaddr *)&ss, sl), 0);
+	for (int i = 0; i < 100; i++) { /* the server is full: a 200 ms re-check is pending */
+		keel_loop_run_once(loop, 2);
+		keel_http_server_stats(srv, &st);
+		if (st.conns_open == 1)
+			break;
+	}
+	ASSERT_EQ(st.conns_open, 1);
+	close(a); /* room again: accepting resumes, the re-check still pending */
+	for (int i = 0; i < 100; i++) {
+		keel_loop_run_once(loop, 2);
+		keel_http_server_stats(srv, &st);
+		if (st.conns_open == 0)
+			break;
+	}
+	/* Out of descriptors: the next accept fails; a second pause would start. */
+	int b = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int n = dup(0);
+	close(n);
+	struct rlimit old, lim;
+	getrlimit(RLIMIT_NOFILE, &old);
+	lim = old;
+	lim.rlim_cur = (rlim_t)n;
+	setrlimit(RLIMIT_NOFILE, &lim);
+	connect(b, (struct sockaddr *)&ss, sl);
+	for (int i = 0; i < 5; i++)
+		keel_loop_run_once(loop, 2);
+	stopped = 0;
+	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
+	for (int i = 0; i < 100 && !stopped; i++)
+		keel_loop_run_once(loop, 2);
+	setrlimit(RLIMIT_NOFILE, &old);
+	ASSERT(stopped);
+	keel_http_server_free(srv);
+	for (int i = 0; i < 40; i++)
+		keel_loop_run_once(loop, 10); /* nothing of the server's may fire now */
+	close(b);
+	close(lfd);
+	printf("one accept back-off at a time; none outlives the server: ok\n");
+}
+
 int main(void)
 {
 	loop = test_loop();
 	test_stop_under_unstoppable_upload();
 	test_head_errors();
+	test_unstoppable_handler_keeps_its_request();
+	test_one_backoff_at_a_time();
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 0);
 	keel_loop_stats st;

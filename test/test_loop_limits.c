@@ -249,8 +249,99 @@ static void test_sigpipe(void)
 	ASSERT_EQ(WEXITSTATUS(status), 0);
 }
 
+/*
+ * epoll takes a descriptor's waiting ops off its list and attempts them in
+ * turn; a stream callback of the first cancels the second. It must settle
+ * once, -ECANCELED (it used to be reported twice: an abort).
+ */
+static keel_promise *later_recv;
+static int later_settled, cancels;
+
+static int cancel_later(void *ud, keel_buf *buf)
+{
+	(void)ud;
+	(void)buf;
+	if (!cancels++)
+		keel_promise_cancel(later_recv);
+	return KEEL_CONTINUE;
+}
+
+static keel_outcome later_out;
+
+static void later_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)ud;
+	later_settled++;
+	later_out = o;
+}
+
+static void test_cancel_within_edge(void)
+{
+	keel_loop *loop = test_loop();
+	int sv[2];
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+	keel_promise *stream = keel_recv_stream(loop, sv[0], cancel_later, NULL);
+	static char buf[64];
+	later_recv = keel_recv(loop, sv[0], buf, sizeof(buf));
+	keel_promise_done(later_recv, later_done, NULL);
+	for (int i = 0; i < 5; i++)
+		keel_loop_run_once(loop, 1); /* both wait on the descriptor */
+	ASSERT_EQ(write(sv[1], "x", 1), 1);
+	for (int i = 0; i < 10; i++)
+		keel_loop_run_once(loop, 1);
+	/* Whichever op the kernel gave the byte to (io_uring may give it to the plain receive), once. */
+	ASSERT_EQ(later_settled, 1);
+	if (cancels)
+		ASSERT_EQ(later_out.err, -ECANCELED);
+	else
+		ASSERT_EQ(later_out.n, 1);
+	if (strcmp(keel_loop_backend(loop), "epoll") == 0)
+		ASSERT_EQ(cancels, 1); /* (epoll attempts the waiting ops in order: the stream first) */
+	keel_promise_cancel(stream);
+	test_await(loop, stream);
+	close(sv[0]);
+	close(sv[1]);
+	keel_loop_free(loop);
+}
+
+/* A continuation that drives the loop (keel_loop_run_once inside run_once) keeps SIGPIPE blocked. */
+static keel_loop *nest_loop;
+static int nested_blocked = -1;
+
+static int sigpipe_blocked_now(void)
+{
+	sigset_t set;
+	pthread_sigmask(SIG_BLOCK, NULL, &set);
+	return sigismember(&set, SIGPIPE);
+}
+
+static void nest(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	(void)ud;
+	keel_loop_run_once(nest_loop, 0);
+	nested_blocked = sigpipe_blocked_now();
+}
+
+static void test_nested_run_once(void)
+{
+	nest_loop = test_loop();
+	ASSERT_EQ(sigpipe_blocked_now(), 0);
+	keel_promise *p = keel_promise_new(nest_loop);
+	keel_promise_done(p, nest, NULL);
+	keel_promise_resolve(p, 0, NULL);
+	keel_loop_run_once(nest_loop, 0);
+	ASSERT_EQ(nested_blocked, 1); /* still inside the outer tick */
+	ASSERT_EQ(sigpipe_blocked_now(), 0); /* and the host's mask back afterwards */
+	keel_loop_free(nest_loop);
+}
+
 int main(void)
 {
+	test_cancel_within_edge();
+	test_nested_run_once();
 	test_table_full();
 	test_stop_before_run();
 	test_sigpipe();

@@ -265,6 +265,8 @@ int keel__fault_op(keel__op *op)
 	int k = kind_of_op(op);
 	if (k < 0)
 		return 0;
+	if (op->kind == KEEL__OP_RECV_STREAM)
+		op->u.stream.cap = 0; /* (a short read is decided per submission) */
 	int err = decide(k);
 	if (err != ERR_SHORT)
 		return err;

@@ -125,8 +125,6 @@ struct keel_loop {
 	bool stopping; /* keel_loop_stop: run returns after this tick */
 	bool freeing;  /* keel_loop_free is draining the kernel */
 	bool in_run;          /* inside keel_loop_run */
-	bool sigpipe_blocked; /* SIGPIPE is blocked on this thread by keel (run, run_once, free) */
-	bool sigpipe_was_pending;
 	void *user_data;
 
 	/* Ready queue: settled promises whose consumer must run. */
@@ -179,6 +177,7 @@ struct keel_loop {
 	uint64_t post_val;
 	keel__op *post_op;
 	bool post_running; /* the posts are due on the ready queue */
+	bool post_rearm;   /* the wake-up op ended in an error: re-armed from the ready queue */
 
 	keel_loop_stats stats;
 };

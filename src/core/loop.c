@@ -59,7 +59,7 @@ static void post_arm(keel_loop *loop)
 
 void keel__loop_post_complete(keel_loop *loop, int res)
 {
-	(void)res; /* whatever the read said, the list is the truth; an error only re-arms */
+	/* Whatever the read said, the list is the truth; an error only re-arms. */
 	if (loop->freeing) {
 		/* keel_loop_free cancelled it: what is still posted is dropped there. */
 		keel__op *op = loop->post_op;
@@ -67,7 +67,10 @@ void keel__loop_post_complete(keel_loop *loop, int res)
 		keel__op_free(loop, op);
 		return;
 	}
-	post_arm(loop);
+	if (res < 0)
+		loop->post_rearm = true; /* from the ready queue: a re-arm that fails at once must not recurse */
+	else
+		post_arm(loop);
 	/*
 	 * The posts run from the ready queue, like every continuation: never
 	 * inside a backend's dispatch, where cancelling an operation it is
@@ -87,6 +90,10 @@ static void post_run(keel_promise *p, void *arg)
 	keel_loop *loop = p->loop;
 	keel__promise_unref(p);
 	loop->post_running = false;
+	if (loop->post_rearm && !loop->freeing) {
+		loop->post_rearm = false;
+		post_arm(loop);
+	}
 	pthread_mutex_lock(&loop->post_mu);
 	struct keel__post *list = loop->post_head;
 	loop->post_head = loop->post_tail = NULL;
@@ -164,29 +171,29 @@ void keel__loop_watch(struct keel__loop_watcher *w)
  * on its thread, and one raised meanwhile is consumed before the mask is put
  * back. (A host that blocks SIGPIPE itself keeps its own pending ones.)
  */
-static void sigpipe_block(keel_loop *loop)
+/* Block SIGPIPE on this thread if the host has not; true if this call did (restore it then). */
+static bool sigpipe_block(bool *was_pending)
 {
 	sigset_t set, old;
 	sigemptyset(&set);
 	sigaddset(&set, SIGPIPE);
 	if (pthread_sigmask(SIG_BLOCK, &set, &old) != 0 || sigismember(&old, SIGPIPE))
-		return; /* already blocked by the host: nothing of ours to undo */
+		return false; /* already blocked (by the host, or an outer call): nothing of ours to undo */
 	sigset_t pending;
 	sigpending(&pending);
-	loop->sigpipe_was_pending = sigismember(&pending, SIGPIPE);
-	loop->sigpipe_blocked = true;
+	*was_pending = sigismember(&pending, SIGPIPE);
+	return true;
 }
 
-static void sigpipe_restore(keel_loop *loop)
+static void sigpipe_restore(bool blocked, bool was_pending)
 {
-	if (!loop->sigpipe_blocked)
+	if (!blocked)
 		return;
-	loop->sigpipe_blocked = false;
 	sigset_t set, pending;
 	sigemptyset(&set);
 	sigaddset(&set, SIGPIPE);
 	sigpending(&pending);
-	if (sigismember(&pending, SIGPIPE) && !loop->sigpipe_was_pending) {
+	if (sigismember(&pending, SIGPIPE) && !was_pending) {
 		static const struct timespec zero = {0, 0};
 		while (sigtimedwait(&set, NULL, &zero) == SIGPIPE)
 			;
@@ -265,7 +272,7 @@ void keel_loop_free(keel_loop *loop)
 		return;
 	loop->stopping = true;
 	loop->freeing = true;
-	sigpipe_block(loop);
+	bool was_pending = false, blocked = sigpipe_block(&was_pending);
 	/* Cancel everything in flight and wait for the kernel to let go of it. */
 	for (uint32_t i = 0; i < loop->ops_cap; i++) {
 		keel__op *op = loop->ops[i];
@@ -277,7 +284,7 @@ void keel_loop_free(keel_loop *loop)
 			break;
 	if (loop->ops_live)
 		keel_log(KEEL_LOG_WARN, "loop freed with %u operations still in the kernel", loop->ops_live);
-	sigpipe_restore(loop);
+	sigpipe_restore(blocked, was_pending);
 	keel__bufpool_fini(loop);
 	loop->be->fini(loop);
 	pthread_mutex_lock(&watch_mu);
@@ -338,16 +345,16 @@ int keel_loop_run_once(keel_loop *loop, int timeout_ms)
 {
 	if (loop->in_run)
 		return tick(loop, timeout_ms); /* (a continuation driving the loop from inside keel_loop_run) */
-	sigpipe_block(loop);
+	bool was_pending = false, blocked = sigpipe_block(&was_pending);
 	int err = tick(loop, timeout_ms);
-	sigpipe_restore(loop);
+	sigpipe_restore(blocked, was_pending);
 	return err;
 }
 
 int keel_loop_run(keel_loop *loop)
 {
 	int err = 0;
-	sigpipe_block(loop);
+	bool was_pending = false, blocked = sigpipe_block(&was_pending);
 	loop->in_run = true;
 	keel__ready_run(loop, loop->opts.ready_batch_max);
 	/* A stop asked for before the run (or by a continuation just run) ends it after one tick. */
@@ -358,7 +365,7 @@ int keel_loop_run(keel_loop *loop)
 	}
 	loop->stopping = false;
 	loop->in_run = false;
-	sigpipe_restore(loop);
+	sigpipe_restore(blocked, was_pending);
 	return err < 0 ? err : 0;
 }
 

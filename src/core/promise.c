@@ -119,6 +119,8 @@ void keel__promise_set_cancel(keel_promise *p, void (*fn)(keel_promise *, void *
 
 void keel_promise_on_cancel(keel_promise *p, keel_cancel_fn fn, void *ud)
 {
+	if (p->state == KEEL__SETTLED)
+		return; /* (cancelled already: there is nothing left to stop) */
 	keel__promise_set_cancel(p, fn, ud);
 }
 

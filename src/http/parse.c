@@ -629,6 +629,23 @@ static bool segment_hides_dots(const char *s, size_t n)
 	return false;
 }
 
+/* An authority's host is not empty ("http://:80", "http://[]"), its port at most 5 digits. */
+static bool authority_has_host(keel_str a)
+{
+	const char *colon = NULL;
+	if (a.ptr[0] == '[') {
+		const char *rb = memchr(a.ptr, ']', a.len);
+		if (!rb || rb == a.ptr + 1)
+			return false;
+		colon = rb + 1 < a.ptr + a.len ? rb + 1 : NULL;
+	} else {
+		colon = memchr(a.ptr, ':', a.len);
+		if (colon == a.ptr)
+			return false;
+	}
+	return !colon || (size_t)(a.ptr + a.len - colon - 1) <= 5;
+}
+
 long keel_http_path_normalize(const char *path, size_t len, char *out)
 {
 	if (len == 0 || path[0] != '/')
@@ -724,8 +741,8 @@ int keel_http_target_parse(keel_str target, keel_http_target *out, char *scratch
 		while (ae < end && *ae != '/' && *ae != '?')
 			ae++;
 		keel_str auth = {a, (size_t)(ae - a)};
-		if (!auth.len || memchr(a, '@', auth.len) || !host_valid(auth))
-			return KEEL_HTTP_E400; /* no host, userinfo (RFC 9110 4.2.4), or not a host */
+		if (!auth.len || memchr(a, '@', auth.len) || !host_valid(auth) || !authority_has_host(auth))
+			return KEEL_HTTP_E400; /* no host (RFC 9110 4.2.1), userinfo (4.2.4), or not a host */
 		out->form = KEEL_HTTP_TARGET_ABSOLUTE;
 		out->scheme = scheme;
 		out->authority = auth;

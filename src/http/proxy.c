@@ -665,9 +665,12 @@ keel_promise *keel_proxy_handler(keel_http_request *req, void *ud)
 		pr->q.body_read = body_source;
 		pr->q.body_ud = pr;
 	}
+	if (keel_ctx_on_free(ctx, preq_free, pr) < 0) {
+		answer(pr, 503); /* no room for the hook that lets go of the upstream: nothing started */
+		return out;
+	}
 	px->stats.inflight++;
 	px->live++;
-	keel_ctx_on_free(ctx, preq_free, pr);
 	keel_promise_on_cancel(out, out_cancelled, pr);
 	send_upstream(pr);
 	return out;

@@ -450,21 +450,40 @@ static void req_release(keel_http_server *s, keel_http_request *r)
 	req_put(s, r);
 }
 
-/* A zombie's producer let go: now it can be reused. */
-static void zombie_released(keel_promise *p, void *arg)
+/* A detached zombie released (from the ready queue: its producer's settle runs nobody's code). */
+static void zombie_release_due(keel_ctx *ctx, keel_outcome o, void *ud)
 {
-	(void)p;
-	keel_http_request *r = arg;
+	(void)ctx;
+	(void)o;
+	keel_http_request *r = ud;
 	keel_http_server *s = r->server;
-	r->zombie = 0;
-	r->holder = NULL;
-	if (r->conn)
-		return; /* let go before its connection was freed: req_free releases it as usual */
 	keel_http_request **pp = &s->zombies;
 	while (*pp != r)
 		pp = &(*pp)->next;
 	*pp = r->next;
+	/* What the handler answered with at last is its to give back: a file it opened, say. */
+	if (r->resp.file_fd >= 0 && r->resp.file_close)
+		close(r->resp.file_fd);
 	req_release(s, r);
+}
+
+/* A zombie's producer let go (called inside its settle: only bookkeeping here). */
+static void zombie_released(keel_promise *p, void *arg)
+{
+	(void)p;
+	keel_http_request *r = arg;
+	r->zombie = 0;
+	r->holder = NULL;
+	if (r->conn) {
+		/* Let go before its connection was freed: req_free releases it as usual. */
+		if (r->resp.file_fd >= 0 && r->resp.file_close)
+			r->answer = &r->resp; /* (so req_release closes the handler's file) */
+		return;
+	}
+	r->zombie = 2; /* (on the zombie list until the ready queue releases it) */
+	keel_promise *due = keel_promise_new(r->loop);
+	keel_promise_resolve(due, 0, NULL);
+	keel_promise_done(due, zombie_release_due, r);
 }
 
 /*
@@ -584,6 +603,13 @@ static void handler_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	c->s->stats.inflight--;
 	if (o.err == -ECANCELED && c->closing)
 		req_zombie(r, r->pending); /* cancelled, but its producer may still write to it */
+	if (r->zombie) {
+		/* Its answer is discarded, and its response is still the producer's: untouched. */
+		r->pending = NULL;
+		r->done = 1;
+		conn_close(c);
+		return;
+	}
 	req_answer(r, o);
 	if (c->closing) {
 		conn_close(c); /* re-check: it may now be free of pending handlers */
@@ -627,7 +653,10 @@ static void req_error(keel_http_conn *c, keel_http_request *r, int status)
 static void allow_header(keel_http_server *s, keel_http_request *r)
 {
 	keel_ctx *ctx = keel_http_request_ctx(r);
-	char *list = keel_ctx_alloc(ctx, 256);
+	char *list = ctx ? keel_ctx_alloc(ctx, 256) : NULL;
+	keel_http_header *h = list ? keel_ctx_alloc(ctx, sizeof(*h)) : NULL;
+	if (!h)
+		return; /* no memory for the list: a 405 without Allow beats none */
 	size_t n = 0;
 	bool get = false;
 	list[0] = '\0';
@@ -646,7 +675,6 @@ static void allow_header(keel_http_server *s, keel_http_request *r)
 	}
 	if (get && !strstr(list, "HEAD") && n + 6 < 256)
 		n += (size_t)snprintf(list + n, 256 - n, ", HEAD");
-	keel_http_header *h = keel_ctx_alloc(ctx, sizeof(*h));
 	h->name.ptr = "Allow";
 	h->name.len = 5;
 	h->value.ptr = list;
@@ -2439,8 +2467,10 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		if (s->backoff_ms > 1000)
 			s->backoff_ms = 1000;
 		s->stats.accept_pauses++;
-		s->backoff = keel_sleep(s->loop, s->backoff_ms);
-		keel_promise_done(s->backoff, backoff_done, s);
+		if (!s->backoff) { /* (one pause at a time: a recheck may be pending already) */
+			s->backoff = keel_sleep(s->loop, s->backoff_ms);
+			keel_promise_done(s->backoff, backoff_done, s);
+		}
 	}
 }
 
@@ -2551,7 +2581,8 @@ void keel_http_server_free(keel_http_server *s)
 		/* Handlers that never let go of their requests: theirs was the last word. */
 		keel_http_request *r = s->zombies;
 		s->zombies = r->next;
-		keel__promise_on_release(r->holder, NULL, NULL);
+		if (r->zombie == 1)
+			keel__promise_on_release(r->holder, NULL, NULL);
 		r->zombie = 0;
 		req_release(s, r);
 	}

@@ -649,6 +649,12 @@ static keel_promise *on_cache_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 		lru_push(j->st, e);
 		return finish(j);
 	}
+	if (in.err == -ECANCELED) {
+		centry_unref(e); /* the client went: the entry is as good as it was */
+		keel_promise *p = keel_promise_new(j->r->loop);
+		keel_promise_reject(p, -ECANCELED);
+		return p;
+	}
 	if (!e->dead)
 		cache_remove(j->st, e); /* changed or gone: forget it, look the file up properly */
 	centry_unref(e);

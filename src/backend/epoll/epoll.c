@@ -326,6 +326,19 @@ static void run_list(keel_loop *loop, keel__epoll *ep, keel__op *list)
 }
 
 /*
+ * Attempt a list taken off a queue. Its ops are marked idle first: one
+ * op's completion may cancel a later one, and ep_cancel must then leave it
+ * to its attempt (which sees the cancel and ends it once) rather than look
+ * for it on a queue it has left and report it a second time.
+ */
+static void run_detached(keel_loop *loop, keel__epoll *ep, keel__op *list)
+{
+	for (keel__op *op = list; op; op = op->next)
+		op->be_state = EP_IDLE;
+	run_list(loop, ep, list);
+}
+
+/*
  * Attempt the submitted ops, for at most rounds passes (what the attempts
  * themselves submit is picked up by the next pass, or the next tick).
  */
@@ -334,9 +347,7 @@ static void run_pending(keel_loop *loop, keel__epoll *ep, unsigned rounds)
 	for (unsigned round = 0; ep->pending && round < rounds; round++) {
 		keel__op *list = ep->pending;
 		ep->pending = ep->pending_tail = NULL;
-		for (keel__op *op = list; op; op = op->next)
-			op->be_state = EP_IDLE;
-		run_list(loop, ep, list);
+		run_detached(loop, ep, list);
 	}
 }
 
@@ -398,13 +409,13 @@ static int ep_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 		if (what & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
 			keel__op *list = e->rd;
 			e->rd = NULL;
-			run_list(loop, ep, list);
+			run_detached(loop, ep, list);
 		}
 		if (fd < ep->nfds && (what & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
 			e = &ep->fds[fd];
 			keel__op *list = e->wr;
 			e->wr = NULL;
-			run_list(loop, ep, list);
+			run_detached(loop, ep, list);
 		}
 		/*
 		 * What this descriptor's completions just submitted (a reply, say)
