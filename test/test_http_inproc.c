@@ -14,6 +14,10 @@
  *  - A handler that cannot be stopped keeps its request untouched until it
  *    settles, and its settle runs nobody's code.
  *  - One accept back-off at a time: none fires after the server is freed.
+ *  - Work done on the epoll backend before its wait sees the clock of now:
+ *    a request that arrived while the application was busy for 200 ms is
+ *    neither shed as if it had queued that long nor cut off by a send
+ *    deadline that had passed when it was armed.
  */
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -63,6 +67,15 @@ static keel_promise *h_hello(keel_http_request *r, void *ud)
 	return keel_http_respond(r, 200, "text/plain", "hello", 5);
 }
 
+#define BIG (1 << 20)
+static char big[BIG];
+
+static keel_promise *h_big(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "application/octet-stream", big, BIG);
+}
+
 static int stopped;
 
 static void on_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -82,6 +95,7 @@ static keel_http_server *server(uint64_t body_max)
 	ASSERT(srv != NULL);
 	ASSERT_OK(keel_http_route(srv, "POST", "/upload", KEEL_HTTP_STREAM_BODY, h_upload, NULL));
 	ASSERT_OK(keel_http_route(srv, NULL, "/hello", 0, h_hello, NULL));
+	ASSERT_OK(keel_http_route(srv, "GET", "/big", 0, h_big, NULL));
 	return srv;
 }
 
@@ -318,6 +332,60 @@ static void test_one_backoff_at_a_time(void)
 	printf("one accept back-off at a time; none outlives the server: ok\n");
 }
 
+static void stop_and_free(keel_http_server *srv)
+{
+	stopped = 0;
+	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
+	for (int i = 0; i < 300 && !stopped; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(stopped);
+	keel_http_server_free(srv);
+}
+
+/* The length of the response at p (head and Content-Length body), or 0. */
+static size_t response_len(const char *p, size_t n)
+{
+	const char *end = memmem(p, n, "\r\n\r\n", 4);
+	const char *cl = memmem(p, n, "Content-Length: ", 16);
+	if (!end || !cl || cl > end)
+		return 0;
+	return (size_t)(end + 4 - p) + strtoull(cl + 16, NULL, 10);
+}
+
+static void test_clock_fresh_before_the_wait(void)
+{
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	cfg.send_timeout_ms = 50;
+	keel_http_server *srv = keel_http_server_new(loop, &cfg);
+	ASSERT(srv != NULL);
+	ASSERT_OK(keel_http_route(srv, "GET", "/big", 0, h_big, NULL));
+	int sv[2];
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	keel_loop_run_once(loop, 0); /* the loop reads its clock here... */
+	usleep(200 * 1000);          /* ...and the application is busy elsewhere for 200 ms */
+	static const char req[] = "GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
+	ASSERT_EQ(write(sv[0], req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+	ASSERT_OK(keel_http_server_adopt(srv, sv[1]));
+	static char got[BIG + 4096];
+	size_t n = 0;
+	fcntl(sv[0], F_SETFL, O_NONBLOCK);
+	for (int i = 0; i < 3000 && (!response_len(got, n) || n < response_len(got, n)); i++) {
+		keel_loop_run_once(loop, 1);
+		ssize_t r;
+		while ((r = read(sv[0], got + n, sizeof(got) - n)) > 0)
+			n += (size_t)r;
+		if (r == 0)
+			break;
+	}
+	if (n < 13 || memcmp(got, "HTTP/1.1 200 ", 13) != 0)
+		FAIL("%zu bytes: %.40s", n, got);
+	ASSERT_EQ(n, response_len(got, n));
+	close(sv[0]);
+	stop_and_free(srv);
+	printf("work before the wait sees a fresh clock: ok\n");
+}
+
 int main(void)
 {
 	loop = test_loop();
@@ -325,6 +393,7 @@ int main(void)
 	test_head_errors();
 	test_unstoppable_handler_keeps_its_request();
 	test_one_backoff_at_a_time();
+	test_clock_fresh_before_the_wait();
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 0);
 	keel_loop_stats st;

@@ -368,7 +368,15 @@ static int ep_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 	keel__epoll *ep = keel__loop_be(loop);
 	unsigned before = (unsigned)keel__loop_completions(loop);
 
-	/* Attempt what was submitted since the last poll (resubmissions included, bounded). */
+	/*
+	 * Attempt what was submitted since the last poll (resubmissions
+	 * included, bounded). Their completions run now, so they must see the
+	 * clock of now, not of the end of the last wait: deadlines armed and
+	 * queue delays measured from them would be short by however long the
+	 * loop was away.
+	 */
+	if (ep->pending || ep->done)
+		keel__loop_update_time(loop);
 	run_pending(loop, ep, 4);
 	drain_done(loop, ep);
 
