@@ -14,6 +14,8 @@
  *  - A handler that cannot be stopped keeps its request untouched until it
  *    settles, and its settle runs nobody's code.
  *  - One accept back-off at a time: none fires after the server is freed.
+ *  - A client that half-closes after complete requests and the start of
+ *    another gets every answer it is owed, whole, then the close.
  *  - Work done on the epoll backend before its wait sees the clock of now:
  *    a request that arrived while the application was busy for 200 ms is
  *    neither shed as if it had queued that long nor cut off by a send
@@ -342,6 +344,31 @@ static void stop_and_free(keel_http_server *srv)
 	keel_http_server_free(srv);
 }
 
+/*
+ * Everything the server sends on c until it closes, read promptly (bounded
+ * in ticks); *eof says whether the close came.
+ */
+static size_t read_until_close(int c, char *out, size_t cap, int *eof)
+{
+	size_t n = 0;
+	*eof = 0;
+	fcntl(c, F_SETFL, O_NONBLOCK);
+	for (int i = 0; i < 3000 && !*eof; i++) {
+		keel_loop_run_once(loop, 1);
+		for (;;) {
+			ssize_t r = read(c, out + n, cap - n);
+			if (r == 0)
+				*eof = 1;
+			if (r <= 0)
+				break;
+			n += (size_t)r;
+			if (n == cap)
+				FAIL("more than %zu bytes", cap);
+		}
+	}
+	return n;
+}
+
 /* The length of the response at p (head and Content-Length body), or 0. */
 static size_t response_len(const char *p, size_t n)
 {
@@ -350,6 +377,51 @@ static size_t response_len(const char *p, size_t n)
 	if (!end || !cl || cl > end)
 		return 0;
 	return (size_t)(end + 4 - p) + strtoull(cl + 16, NULL, 10);
+}
+
+static void test_halfclose_gets_what_it_is_owed(void)
+{
+	static const struct {
+		const char *req, *first, *second; /* second: the answer to the cut-off request, if any */
+	} cases[] = {
+		/* A head cut off: dropped; the big answer before it arrives whole. */
+		{"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /hel", "HTTP/1.1 200 ", NULL},
+		/* A body read whole, cut off: answered 400 after what came before. */
+		{"GET /hello HTTP/1.1\r\nHost: a\r\n\r\nPOST /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+		 "HTTP/1.1 200 ", "HTTP/1.1 400 "},
+		/* Nothing complete: closed with nothing sent. */
+		{"GET /hello HTTP/1.1\r\nHo", NULL, NULL},
+	};
+	static char got[BIG + 4096];
+	keel_http_server *srv = server(1000);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int c = adopt(srv);
+		size_t len = strlen(cases[i].req);
+		ASSERT_EQ(write(c, cases[i].req, len), (ssize_t)len);
+		ASSERT_EQ(shutdown(c, SHUT_WR), 0);
+		int eof;
+		size_t n = read_until_close(c, got, sizeof(got), &eof);
+		if (!eof)
+			FAIL("case %zu: no close after %zu bytes", i, n);
+		size_t one = 0, two = 0;
+		if (cases[i].first) {
+			if (n < 13 || memcmp(got, cases[i].first, 13) != 0)
+				FAIL("case %zu: %zu bytes: %.40s", i, n, got);
+			one = response_len(got, n);
+			if (!one || one > n)
+				FAIL("case %zu: the first answer is cut off: %zu of %zu bytes", i, n, one);
+		}
+		if (cases[i].second) {
+			if (n - one < 13 || memcmp(got + one, cases[i].second, 13) != 0)
+				FAIL("case %zu: second answer: %.40s", i, got + one);
+			two = response_len(got + one, n - one);
+		}
+		if (one + two != n)
+			FAIL("case %zu: %zu bytes, answers of %zu + %zu", i, n, one, two);
+		close(c);
+	}
+	stop_and_free(srv);
+	printf("a half-close after complete requests gets every answer owed, whole: ok\n");
 }
 
 static void test_clock_fresh_before_the_wait(void)
@@ -393,6 +465,7 @@ int main(void)
 	test_head_errors();
 	test_unstoppable_handler_keeps_its_request();
 	test_one_backoff_at_a_time();
+	test_halfclose_gets_what_it_is_owed();
 	test_clock_fresh_before_the_wait();
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 0);

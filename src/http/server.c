@@ -1225,6 +1225,30 @@ static bool conn_may_read(const keel_http_conn *c)
 	return !c->inq_head && !c->recv && !c->closing && !c->eof && !c->lingering && !conn_full(c);
 }
 
+/*
+ * The client's input ended (it may still read: a half-close). The requests
+ * it completed are answered, then the connection closes; the one it cut off
+ * cannot be: a head in pieces is dropped, a body read whole is answered 400,
+ * and a streamed body's reader sees -ECONNRESET (its handler may still
+ * answer).
+ */
+static void input_ended(keel_http_conn *c)
+{
+	c->no_more = true;
+	c->part_len = 0; /* (the buffer stays: a request refused from it may still point there) */
+	keel_http_request *r = c->cur;
+	if (r && r->stream_body)
+		body_fail(c, r, -ECONNRESET);
+	else if (r)
+		req_error(c, r, 400);
+	if (c->nreqs == 0) {
+		conn_close(c);
+		return;
+	}
+	conn_timer_update(c);
+	conn_flush(c);
+}
+
 /* Feed held-back input on, as far as readers allow; then read again if nothing is held. */
 static void conn_pump(keel_http_conn *c)
 {
@@ -1243,8 +1267,8 @@ static void conn_pump(keel_http_conn *c)
 		c->inq_off = 0;
 		keel_buf_release(b);
 	}
-	if (c->eof && !c->closing && (c->cur || c->part_len || c->nreqs == 0)) {
-		conn_close(c); /* the input ended inside a request (it can never be answered), or all is answered */
+	if (c->eof && !c->closing) {
+		input_ended(c);
 		return;
 	}
 	if (conn_may_read(c))
@@ -1415,12 +1439,11 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	c->eof = true;
 	if (c->inq_head && !o.err)
 		return; /* input is held back (a busy reader, the pipelining limit); its end is the EOF */
-	if ((o.err && o.err != -ECANCELED) || c->cur || c->part_len) {
-		conn_close(c); /* a request cut off mid-head or mid-body can never be answered */
+	if (o.err && o.err != -ECANCELED) {
+		conn_close(c); /* a reset: nothing sent now would arrive */
 		return;
 	}
-	if (c->nreqs == 0)
-		conn_close(c);
+	input_ended(c);
 }
 
 static void conn_read(keel_http_conn *c)
