@@ -199,8 +199,9 @@ int keel_http_server_start(keel_http_server *s, int lfd);
 
 /*
  * Serve one connected stream socket fd, as if it had been accepted (the
- * server takes it: closed on every path). 0, or -EINVAL / KEEL_ESTOPPED
- * (fd is closed then too).
+ * server takes it: closed on every path). It counts towards conns_max but
+ * is never refused for it (the caller already has the connection). 0, or
+ * -EINVAL / KEEL_ESTOPPED (fd is closed then too).
  */
 int keel_http_server_adopt(keel_http_server *s, int fd);
 
@@ -214,6 +215,12 @@ int keel_http_server_adopt(keel_http_server *s, int fd);
  */
 keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms);
 
+/*
+ * Free a server that is stopped (keel_http_server_stop's promise has
+ * resolved) or was never started. One with connections still open, or
+ * still accepting, is not freed -- its operations would complete into freed
+ * memory -- and an error is logged: a leak, never a use after free.
+ */
 void keel_http_server_free(keel_http_server *s);
 
 /* Handler helpers. */

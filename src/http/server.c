@@ -2570,6 +2570,17 @@ void keel_http_server_free(keel_http_server *s)
 {
 	if (!s)
 		return;
+	if (s->nconns || s->accept || s->backoff || s->log_writing) {
+		/*
+		 * Connections, the accept stream or a write still hold the
+		 * server: freeing it would leave their completions pointing at
+		 * freed memory. A leak is the lesser harm.
+		 */
+		keel_log(KEEL_LOG_ERROR, "keel_http_server_free: %u connections still open, or accepting; "
+		                         "not freed (free it once keel_http_server_stop has resolved)",
+		         s->nconns);
+		return;
+	}
 	for (unsigned i = 0; i < s->nstatus_src; i++) {
 		free(s->status_src[i].label);
 		free(s->status_src[i].value);
