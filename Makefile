@@ -7,16 +7,19 @@
 #   make bench      every benchmark in bench/ (echo, pollscale, http, load, idle, overload, proxy)
 #   make fuzz       the HTTP parser fuzzers, FUZZ_SECONDS each
 #   make faults     the fault-injection runs (build-fault/: ASan+UBSan and KEEL_FAULT)
+#   make tsan       the tests built with ThreadSanitizer (build-tsan/): the CLI's
+#                   workers, the epoll backend's file threads, cross-thread posts
 #
 # SAN=1 builds with sanitizers into build-san/. FAULT=1 adds fault injection
-# (src/core/fault.h) to a sanitizer build, into build-fault/. WERROR=1 turns
-# warnings into errors.
+# (src/core/fault.h) to a sanitizer build, into build-fault/. TSAN=1 builds
+# with ThreadSanitizer into build-tsan/. WERROR=1 turns warnings into errors.
 
 CC      ?= cc
 FAULT   ?= 0
 SAN     ?= $(FAULT)
+TSAN    ?= 0
 WERROR  ?= 0
-BUILD   ?= $(if $(filter 1,$(FAULT)),build-fault,$(if $(filter 1,$(SAN)),build-san,build))
+BUILD   ?= $(if $(filter 1,$(FAULT)),build-fault,$(if $(filter 1,$(SAN)),build-san,$(if $(filter 1,$(TSAN)),build-tsan,build)))
 
 CFLAGS_BASE := -std=c17 -D_GNU_SOURCE -g -O2 -fPIC -pthread \
 	-Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
@@ -30,6 +33,10 @@ endif
 ifeq ($(SAN),1)
 CFLAGS_BASE += -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LDFLAGS_SAN := -fsanitize=address,undefined
+endif
+ifeq ($(TSAN),1)
+CFLAGS_BASE += -O1 -fno-omit-frame-pointer -fsanitize=thread
+LDFLAGS_SAN := -fsanitize=thread
 endif
 CFLAGS  ?=
 ALL_CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
@@ -48,13 +55,13 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
-.PHONY: all deps run test sanitize faults bench fuzz clean format fanout
+.PHONY: all deps run test sanitize faults tsan bench fuzz clean format fanout
 all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/keeltest.py $(BUILD)/test/seccomp_exec $(BUILD)/test/http_testsrv $(EXAMPLES)
 
 # Debian packages the build needs; installed when run as root, otherwise named.
 DEPS_HDR := /usr/include/liburing.h
 deps:
-	@sh scripts/deps.sh
+	@TSAN=$(TSAN) sh scripts/deps.sh
 
 $(BUILD)/obj/%.o: %.c | deps
 	@mkdir -p $(dir $@)
@@ -114,6 +121,11 @@ faults:
 	@$(MAKE) --no-print-directory FAULT=1 all
 	@BUILD=build-fault sh test/run.sh test_faults
 
+# Data races: every test under ThreadSanitizer, which stops a program at its first report.
+tsan:
+	@$(MAKE) --no-print-directory TSAN=1 all
+	@TSAN_OPTIONS="halt_on_error=1 exitcode=66 $${TSAN_OPTIONS:-}" BUILD=build-tsan sh test/run.sh
+
 bench: all
 	bench/echo/run.sh
 	bench/pollscale/run.sh
@@ -131,7 +143,7 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fault build-tsan
 
 # The fan-out example as a self-contained demo: 127.0.0.1:8090, its upstreams on 8091..8093.
 fanout: $(BUILD)/examples/fanout

@@ -10,6 +10,10 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 # test_date builds a German locale with localedef to show HTTP dates ignore the locale.
 [ -f /usr/share/i18n/locales/de_DE ] || need="$need locales"
+# make tsan: gcc's ThreadSanitizer runtime.
+if [ "${TSAN:-0}" = 1 ] && ! dpkg -s libtsan2 >/dev/null 2>&1; then
+	need="$need libtsan2"
+fi
 [ -n "$need" ] || exit 0
 if [ "$(id -u)" = 0 ]; then
 	echo "keel: installing$need" >&2

@@ -5,7 +5,8 @@
  * io_uring where it cannot run is an error, not a silent fallback.
  */
 #include <errno.h>
-#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,13 +15,8 @@
 #include "keel/errors.h"
 #include "keel/log.h"
 
-static pthread_once_t logged_once = PTHREAD_ONCE_INIT;
-static char log_line[256];
-
-static void log_choice(void)
-{
-	keel_log(KEEL_LOG_INFO, "%s", log_line);
-}
+/* The choice is logged once per process, by whichever loop (of any thread) is made first. */
+static atomic_bool logged;
 
 static const char *why(int err)
 {
@@ -54,6 +50,7 @@ int keel__backend_open(keel_loop *loop, keel_loop_opts *opts)
 	}
 
 	const keel__backend *be = NULL;
+	char log_line[256];
 	int err = 0;
 	if (kind != KEEL_BACKEND_EPOLL) {
 		err = keel__backend_uring.init(loop, opts);
@@ -79,7 +76,7 @@ int keel__backend_open(keel_loop *loop, keel_loop_opts *opts)
 			snprintf(log_line, sizeof(log_line), "backend epoll: io_uring unavailable (%s)", why(uerr));
 	}
 	keel__loop_set_backend(loop, be);
-	if (!opts->quiet)
-		pthread_once(&logged_once, log_choice);
+	if (!opts->quiet && !atomic_exchange(&logged, true))
+		keel_log(KEEL_LOG_INFO, "%s", log_line);
 	return 0;
 }

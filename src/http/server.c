@@ -15,9 +15,11 @@
  * send deadlines on the loop's user-space timer heap).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2641,14 +2643,21 @@ void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out)
 
 /* ---- Status ---------------------------------------------------------------- */
 
+/* /proc/self/statm, opened once per process by whichever worker thread asks first. */
+static int statm_fd = -1;
+static pthread_once_t statm_once = PTHREAD_ONCE_INIT;
+
+static void statm_open(void)
+{
+	statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+}
+
 /* Resident set size in bytes, from /proc/self/statm (a procfs read: no disk). */
 static uint64_t rss_bytes(void)
 {
-	static int fd = -2;
-	if (fd == -2)
-		fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	pthread_once(&statm_once, statm_open);
 	char b[128];
-	ssize_t n = fd >= 0 ? pread(fd, b, sizeof(b) - 1, 0) : -1;
+	ssize_t n = statm_fd >= 0 ? pread(statm_fd, b, sizeof(b) - 1, 0) : -1;
 	if (n <= 0)
 		return 0;
 	b[n] = '\0';
