@@ -5,7 +5,7 @@
 #   make test       run every test program under every backend
 #   make sanitize   the same tests built with ASan+UBSan (build-san/)
 #   make bench      every benchmark in bench/ (echo, pollscale, http, load, idle, overload, proxy)
-#   make fuzz       the HTTP parser fuzzers, FUZZ_SECONDS each
+#   make fuzz       the libFuzzer drivers (parser and whole server), FUZZ_SECONDS each
 #   make faults     the fault-injection runs (build-fault/: ASan+UBSan and KEEL_FAULT)
 #   make tsan       the tests built with ThreadSanitizer (build-tsan/): the CLI's
 #                   workers, the epoll backend's file threads, cross-thread posts
@@ -135,7 +135,7 @@ bench: all
 	bench/overload/run.sh
 	bench/proxy/run.sh
 
-# libFuzzer drivers for the HTTP parser and chunked decoder, each for a bounded time.
+# libFuzzer drivers (the HTTP parser, the chunked decoder, the whole server), each for a bounded time.
 fuzz:
 	sh fuzz/run.sh
 
