@@ -21,7 +21,9 @@
  *    neither shed as if it had queued that long nor cut off by a send
  *    deadline that had passed when it was armed.
  *  - keel_http_server_free with a connection open does not free (its
- *    completions would run into freed memory); after the stop it does.
+ *    completions would run into freed memory); after the stop it does, even
+ *    from the stop's own callback with an access log, and even when an
+ *    unstoppable handler's request is still waiting for its release.
  */
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -336,6 +338,28 @@ static void test_one_backoff_at_a_time(void)
 	printf("one accept back-off at a time; none outlives the server: ok\n");
 }
 
+/* keel_http_server_free(srv), returning what it logged (stderr captured meanwhile). */
+static const char *free_logged(keel_http_server *srv)
+{
+	static char said[1024];
+	int p[2];
+	ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	fflush(stderr);
+	int saved = dup(2);
+	ASSERT(saved >= 0);
+	ASSERT_EQ(dup2(p[1], 2), 2);
+	keel_http_server_free(srv);
+	fflush(stderr);
+	ASSERT_EQ(dup2(saved, 2), 2);
+	close(saved);
+	close(p[1]);
+	ssize_t n = read(p[0], said, sizeof(said) - 1);
+	close(p[0]);
+	said[n > 0 ? n : 0] = '\0';
+	return said;
+}
+
+/* Stop without grace, wait for the promise, free: which must not be refused. */
 static void stop_and_free(keel_http_server *srv)
 {
 	stopped = 0;
@@ -343,7 +367,9 @@ static void stop_and_free(keel_http_server *srv)
 	for (int i = 0; i < 300 && !stopped; i++)
 		keel_loop_run_once(loop, 1);
 	ASSERT(stopped);
-	keel_http_server_free(srv);
+	const char *said = free_logged(srv);
+	if (*said)
+		FAIL("keel_http_server_free after the stop said: %s", said);
 }
 
 /*
@@ -391,6 +417,8 @@ static void test_halfclose_gets_what_it_is_owed(void)
 		/* A body read whole, cut off: answered 400 after what came before. */
 		{"GET /hello HTTP/1.1\r\nHost: a\r\n\r\nPOST /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
 		 "HTTP/1.1 200 ", "HTTP/1.1 400 "},
+		/* A streamed body cut off: its handler fails with the read's -ECONNRESET, answered 400. */
+		{"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", "HTTP/1.1 400 ", NULL},
 		/* Nothing complete: closed with nothing sent. */
 		{"GET /hello HTTP/1.1\r\nHo", NULL, NULL},
 	};
@@ -468,7 +496,8 @@ static void test_free_refused_while_open(void)
 	ASSERT_EQ(write(c, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
 	for (int i = 0; i < 5; i++)
 		keel_loop_run_once(loop, 1);
-	keel_http_server_free(srv); /* refused: the connection is open */
+	if (!strstr(free_logged(srv), "not freed")) /* refused: the connection is open */
+		FAIL("keel_http_server_free with a connection open did not say it refused");
 	ASSERT_EQ(write(c, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
 	char got[4096];
 	size_t n = 0;
@@ -489,6 +518,113 @@ static void test_free_refused_while_open(void)
 	printf("keel_http_server_free refused while a connection is open: ok\n");
 }
 
+/* A handler that answers when the test says (its promise has no cancel hook). */
+static keel_promise *held;
+static keel_http_request *held_req;
+
+static keel_promise *h_held(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	held_req = r;
+	held = keel_promise_new(r->loop);
+	return held;
+}
+
+static int log_fd = -1;
+
+/*
+ * The stop's promise resolves only once the access log's last lines are
+ * written: a server freed at once, from the promise's callback, is freed
+ * (before, the last request's line was still being written when the stop
+ * resolved, and the free was refused).
+ */
+static void free_when_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	const char *said = free_logged(ud);
+	if (*said)
+		FAIL("freed from the stop's callback: %s", said);
+	char line[512];
+	ssize_t n = read(log_fd, line, sizeof(line) - 1);
+	if (n <= 0)
+		FAIL("the access log's last line was not written before the stop resolved");
+	line[n] = '\0';
+	if (!strstr(line, "/held"))
+		FAIL("access log: %s", line);
+	stopped = 1;
+}
+
+static void test_free_right_after_stop_with_access_log(void)
+{
+	int lp[2];
+	ASSERT_EQ(pipe2(lp, O_CLOEXEC), 0);
+	log_fd = lp[0];
+	fcntl(log_fd, F_SETFL, O_NONBLOCK);
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	cfg.access_log_fd = lp[1];
+	keel_http_server *srv = keel_http_server_new(loop, &cfg);
+	ASSERT(srv != NULL);
+	ASSERT_OK(keel_http_route(srv, "GET", "/held", 0, h_held, NULL));
+	int c = adopt(srv);
+	static const char req[] = "GET /held HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+	ASSERT_EQ(write(c, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+	held = NULL;
+	for (int i = 0; i < 100 && !held; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(held != NULL);
+	/* Stopping with a request in flight; its answer, the close and the stop follow in a row. */
+	stopped = 0;
+	keel_promise_done(keel_http_server_stop(srv, 1000), free_when_stopped, srv);
+	held_req->resp.status = 200;
+	held_req->resp.content_type = "text/plain";
+	held_req->resp.body = (keel_str){.ptr = "held", .len = 4};
+	keel_promise_resolve(held, 0, &held_req->resp);
+	char got[4096];
+	int eof;
+	read_until_close(c, got, sizeof(got), &eof);
+	ASSERT(eof);
+	close(c);
+	for (int i = 0; i < 300 && !stopped; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(stopped);
+	close(lp[0]);
+	close(lp[1]);
+	printf("the stop resolves after the access log's last write; free at once works: ok\n");
+}
+
+/*
+ * A handler that could not be stopped settles after the stop resolved, and
+ * the server is freed before the ready queue releases its request: the
+ * release runs alone, after the server is gone (before, into freed memory).
+ */
+static void test_zombie_released_after_free(void)
+{
+	keel_http_server *srv = server(1000);
+	ASSERT_OK(keel_http_route(srv, "GET", "/held", 0, h_held, NULL));
+	int c = adopt(srv);
+	static const char req[] = "GET /held HTTP/1.1\r\nHost: a\r\n\r\n";
+	ASSERT_EQ(write(c, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+	held = NULL;
+	for (int i = 0; i < 100 && !held; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(held != NULL);
+	stopped = 0;
+	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
+	for (int i = 0; i < 300 && !stopped; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(stopped);
+	keel_promise_reject(held, -EIO); /* the producer lets go: its request's release is queued */
+	const char *said = free_logged(srv);
+	if (*said)
+		FAIL("free: %s", said);
+	for (int i = 0; i < 5; i++)
+		keel_loop_run_once(loop, 0); /* the release runs now, with the server gone */
+	close(c);
+	printf("a zombie released after its server was freed goes alone: ok\n");
+}
+
 int main(void)
 {
 	loop = test_loop();
@@ -499,6 +635,8 @@ int main(void)
 	test_halfclose_gets_what_it_is_owed();
 	test_clock_fresh_before_the_wait();
 	test_free_refused_while_open();
+	test_free_right_after_stop_with_access_log();
+	test_zombie_released_after_free();
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 0);
 	keel_loop_stats st;

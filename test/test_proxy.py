@@ -346,10 +346,13 @@ def test_semantics(tmp):
         px.stop()
         raw.stop()
 
-def raw_request(port, data, timeout=5):
-    """Send raw bytes on a new connection; everything until the server closes (or 1 s quiet)."""
+def raw_request(port, data, timeout=5, half_close=False):
+    """Send raw bytes on a new connection (then half-close it if asked); everything until the
+    server closes (or 1 s quiet)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(data)
+    if half_close:
+        s.shutdown(socket.SHUT_WR)
     got = b""
     try:
         s.settimeout(1.0)
@@ -415,7 +418,14 @@ def test_hardening(tmp):
         check(st1["proxy_errors_502_total"] == st0["proxy_errors_502_total"],
               "a client's bad body counted as an upstream error")
         check(get(px.port, "/api/after-bad-body")[2] == b"raw:/api/after-bad-body", "the upstream still serves")
-        print("ok   gzip-coded upstream: 502; malformed chunked request body: 400, not an upstream error")
+        # So is a body its client cut off (its input ended, half-closed): 400, not 502.
+        got = raw_request(px.port, b"POST /api/wait HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                                   b"hello", half_close=True)
+        check(got.startswith(b"HTTP/1.1 400"), f"a body cut off by a half-close through the proxy: {got[:80]!r}")
+        st2 = status_of(px.port)
+        check(st2["proxy_errors_502_total"] == st0["proxy_errors_502_total"],
+              "a client's cut-off body counted as an upstream error")
+        print("ok   gzip-coded upstream: 502; malformed or cut-off request body: 400, not an upstream error")
 
         # An upstream that sends bytes after a complete response: never the next request's answer.
         evil = 0

@@ -576,7 +576,7 @@ static void upstream_result(struct preq *pr, keel_outcome o)
 		 */
 		pr->up->active--;
 		pr->up = NULL;
-		answer(pr, pr->body_err == -EMSGSIZE ? 413 : pr->body_err == -EBADMSG ? 400 : 502);
+		answer(pr, pr->body_err == -EMSGSIZE ? 413 : 400);
 		return;
 	}
 	if (o.err) {

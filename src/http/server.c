@@ -434,7 +434,7 @@ static void body_wait_reject(keel_http_request *r, int err)
 	}
 }
 
-/* Everything r holds goes back: its buffers, copies, file, context; then the record. */
+/* Everything r holds goes back: its buffers, copies, file, context; then the record (s may be NULL). */
 static void req_release(keel_http_server *s, keel_http_request *r)
 {
 	for (int i = 0; i < 2; i++)
@@ -442,27 +442,37 @@ static void req_release(keel_http_server *s, keel_http_request *r)
 			keel_buf_release(r->hold[i]);
 	if (r->body_buf)
 		keel_buf_release(r->body_buf);
-	s->body_mem -= r->body_cap;
 	free(r->own);
 	free(r->body_own);
 	if (r->answer && r->answer->file_fd >= 0 && r->answer->file_close)
 		close(r->answer->file_fd);
 	if (r->ctx)
 		keel_ctx_release(r->ctx);
+	if (!s) {
+		free(r); /* (a zombie whose server was freed first) */
+		return;
+	}
+	s->body_mem -= r->body_cap;
 	req_put(s, r);
 }
 
-/* A detached zombie released (from the ready queue: its producer's settle runs nobody's code). */
+/*
+ * A detached zombie released (from the ready queue: its producer's settle
+ * runs nobody's code). The server may have been freed meanwhile: then r is
+ * no longer on its list (r->server is NULL) and goes alone.
+ */
 static void zombie_release_due(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	(void)o;
 	keel_http_request *r = ud;
 	keel_http_server *s = r->server;
-	keel_http_request **pp = &s->zombies;
-	while (*pp != r)
-		pp = &(*pp)->next;
-	*pp = r->next;
+	if (s) {
+		keel_http_request **pp = &s->zombies;
+		while (*pp != r)
+			pp = &(*pp)->next;
+		*pp = r->next;
+	}
 	/* What the handler answered with at last is its to give back: a file it opened, say. */
 	if (r->resp.file_fd >= 0 && r->resp.file_close)
 		close(r->resp.file_fd);
@@ -570,7 +580,8 @@ static void req_answer(keel_http_request *r, keel_outcome o)
 	if (o.err || !o.ptr) {
 		if (r->resp.file_fd >= 0 && r->resp.file_close)
 			close(r->resp.file_fd); /* a handler that failed after opening its file */
-		int st = err_status(o.err);
+		/* The body's own error passed on is the client's doing: a body cut off is a bad request. */
+		int st = o.err && o.err == r->body_err && o.err == -ECONNRESET ? 400 : err_status(o.err);
 		r->resp.status = st;
 		r->resp.content_type = "text/plain";
 		r->resp.body.ptr = keel_http_status_text(st);
@@ -2222,18 +2233,25 @@ static void trim_due(keel_loop *loop, keel__timer *t)
 
 static void server_maybe_stopped(keel_http_server *s)
 {
-	/* Stopped only when nothing refers to the server: no connection, accept, backoff or log write. */
-	if (s->stopping && s->nconns == 0 && s->stopped && !s->accept && !s->backoff && !s->log_writing) {
-		keel__timer_stop(s->loop, &s->grace);
-		keel__timer_stop(s->loop, &s->trim_timer);
-		if (s->log_buf[0]) {
-			keel__timer_stop(s->loop, &s->log_timer);
-			log_flush(s);
-		}
-		keel_promise *p = s->stopped;
-		s->stopped = NULL;
-		keel_promise_resolve(p, 0, NULL);
+	/*
+	 * Stopped only when nothing refers to the server: no connection,
+	 * accept, backoff or log write. The last log lines are written first
+	 * (log_written comes back here), so that once the promise resolves the
+	 * server may be freed.
+	 */
+	if (!s->stopping || s->nconns || !s->stopped || s->accept || s->backoff || s->log_writing)
+		return;
+	keel__timer_stop(s->loop, &s->grace);
+	keel__timer_stop(s->loop, &s->trim_timer);
+	if (s->log_buf[0]) {
+		keel__timer_stop(s->loop, &s->log_timer);
+		log_flush(s);
+		if (s->log_writing)
+			return;
 	}
+	keel_promise *p = s->stopped;
+	s->stopped = NULL;
+	keel_promise_resolve(p, 0, NULL);
 }
 
 static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -2578,9 +2596,10 @@ void keel_http_server_free(keel_http_server *s)
 		 * server: freeing it would leave their completions pointing at
 		 * freed memory. A leak is the lesser harm.
 		 */
-		keel_log(KEEL_LOG_ERROR, "keel_http_server_free: %u connections still open, or accepting; "
-		                         "not freed (free it once keel_http_server_stop has resolved)",
-		         s->nconns);
+		keel_log(KEEL_LOG_ERROR, "keel_http_server_free: %u connections open%s%s; not freed "
+		                         "(free it once keel_http_server_stop has resolved)",
+		         s->nconns, s->accept || s->backoff ? ", still accepting" : "",
+		         s->log_writing ? ", an access-log write under way" : "");
 		return;
 	}
 	for (unsigned i = 0; i < s->nstatus_src; i++) {
@@ -2617,6 +2636,10 @@ void keel_http_server_free(keel_http_server *s)
 		/* Handlers that never let go of their requests: theirs was the last word. */
 		keel_http_request *r = s->zombies;
 		s->zombies = r->next;
+		if (r->zombie == 2) {
+			r->server = NULL; /* its release is already queued: it goes then, alone */
+			continue;
+		}
 		if (r->zombie == 1)
 			keel__promise_on_release(r->holder, NULL, NULL);
 		r->zombie = 0;
