@@ -113,6 +113,46 @@ static int adopt(keel_http_server *srv)
 	return sv[0];
 }
 
+/* keel_http_server_free(srv), returning what it logged (stderr captured meanwhile). */
+static const char *free_logged(keel_http_server *srv)
+{
+	static char said[1024];
+	int p[2];
+	ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+	fflush(stderr);
+	int saved = dup(2);
+	ASSERT(saved >= 0);
+	ASSERT_EQ(dup2(p[1], 2), 2);
+	keel_http_server_free(srv);
+	fflush(stderr);
+	ASSERT_EQ(dup2(saved, 2), 2);
+	close(saved);
+	close(p[1]);
+	ssize_t n = read(p[0], said, sizeof(said) - 1);
+	close(p[0]);
+	said[n > 0 ? n : 0] = '\0';
+	return said;
+}
+
+/* Stop without grace and wait for the promise. */
+static void stop_wait(keel_http_server *srv)
+{
+	stopped = 0;
+	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
+	for (int i = 0; i < 300 && !stopped; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT(stopped);
+}
+
+/* Stop, then free: which must not be refused. */
+static void stop_and_free(keel_http_server *srv)
+{
+	stop_wait(srv);
+	const char *said = free_logged(srv);
+	if (*said)
+		FAIL("keel_http_server_free after the stop said: %s", said);
+}
+
 static void test_stop_under_unstoppable_upload(void)
 {
 	keel_http_server *srv = server(1 << 20);
@@ -125,13 +165,8 @@ static void test_stop_under_unstoppable_upload(void)
 		if (off + n < sizeof(req) - 1)
 			keel_loop_run_once(loop, 0);
 	}
-	stopped = 0;
-	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
-	for (int i = 0; i < 200 && !stopped; i++)
-		keel_loop_run_once(loop, 1);
-	ASSERT(stopped);
+	stop_and_free(srv);
 	close(c);
-	keel_http_server_free(srv);
 	printf("stop without grace under a handler that cannot be stopped: ok\n");
 }
 
@@ -268,12 +303,7 @@ static void test_unstoppable_handler_keeps_its_request(void)
 		keel_loop_run_once(loop, 1);
 	ASSERT_EQ(hook_ran, 1);
 	ASSERT_EQ(fcntl(fd, F_GETFD), -1); /* answered with a file to close: closed with the request */
-	stopped = 0;
-	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
-	for (int i = 0; i < 100 && !stopped; i++)
-		keel_loop_run_once(loop, 1);
-	ASSERT(stopped);
-	keel_http_server_free(srv);
+	stop_and_free(srv);
 	printf("an unstoppable handler keeps its request, and its settle runs nobody's code: ok\n");
 }
 
@@ -336,40 +366,6 @@ static void test_one_backoff_at_a_time(void)
 	close(b);
 	close(lfd);
 	printf("one accept back-off at a time; none outlives the server: ok\n");
-}
-
-/* keel_http_server_free(srv), returning what it logged (stderr captured meanwhile). */
-static const char *free_logged(keel_http_server *srv)
-{
-	static char said[1024];
-	int p[2];
-	ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
-	fflush(stderr);
-	int saved = dup(2);
-	ASSERT(saved >= 0);
-	ASSERT_EQ(dup2(p[1], 2), 2);
-	keel_http_server_free(srv);
-	fflush(stderr);
-	ASSERT_EQ(dup2(saved, 2), 2);
-	close(saved);
-	close(p[1]);
-	ssize_t n = read(p[0], said, sizeof(said) - 1);
-	close(p[0]);
-	said[n > 0 ? n : 0] = '\0';
-	return said;
-}
-
-/* Stop without grace, wait for the promise, free: which must not be refused. */
-static void stop_and_free(keel_http_server *srv)
-{
-	stopped = 0;
-	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
-	for (int i = 0; i < 300 && !stopped; i++)
-		keel_loop_run_once(loop, 1);
-	ASSERT(stopped);
-	const char *said = free_logged(srv);
-	if (*said)
-		FAIL("keel_http_server_free after the stop said: %s", said);
 }
 
 /*
@@ -610,11 +606,7 @@ static void test_zombie_released_after_free(void)
 	for (int i = 0; i < 100 && !held; i++)
 		keel_loop_run_once(loop, 1);
 	ASSERT(held != NULL);
-	stopped = 0;
-	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
-	for (int i = 0; i < 300 && !stopped; i++)
-		keel_loop_run_once(loop, 1);
-	ASSERT(stopped);
+	stop_wait(srv);
 	keel_promise_reject(held, -EIO); /* the producer lets go: its request's release is queued */
 	const char *said = free_logged(srv);
 	if (*said)
