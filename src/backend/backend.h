@@ -210,8 +210,11 @@ typedef struct keel__backend {
 extern const keel__backend keel__backend_uring;
 extern const keel__backend keel__backend_epoll;
 
-/* probe.c: pick and initialise a backend for loop. */
-int keel__backend_open(keel_loop *loop, keel_loop_opts *opts);
+/*
+ * probe.c: pick and initialise a backend for loop; *out is the one chosen
+ * (the loop keeps it: the probe does not reach back into the loop).
+ */
+int keel__backend_open(keel_loop *loop, keel_loop_opts *opts, const keel__backend **out);
 
 /* ---- What the core offers backends ----------------------------------- */
 
@@ -241,7 +244,6 @@ void keel__count_late(keel_loop *loop);
 /* Backend-private state and the loop's pool. */
 void *keel__loop_be(keel_loop *loop);
 void keel__loop_set_be(keel_loop *loop, void *be);
-void keel__loop_set_backend(keel_loop *loop, const keel__backend *be);
 keel__bufpool *keel__loop_bufpool(keel_loop *loop);
 void keel__loop_count_submit(keel_loop *loop, unsigned ops);
 uint64_t keel__loop_completions(const keel_loop *loop);

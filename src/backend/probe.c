@@ -34,7 +34,7 @@ static const char *why(int err)
 	}
 }
 
-int keel__backend_open(keel_loop *loop, keel_loop_opts *opts)
+int keel__backend_open(keel_loop *loop, keel_loop_opts *opts, const keel__backend **out)
 {
 	keel_backend_kind kind = opts->backend;
 	const char *env = getenv("KEEL_BACKEND");
@@ -75,7 +75,7 @@ int keel__backend_open(keel_loop *loop, keel_loop_opts *opts)
 		else
 			snprintf(log_line, sizeof(log_line), "backend epoll: io_uring unavailable (%s)", why(uerr));
 	}
-	keel__loop_set_backend(loop, be);
+	*out = be;
 	if (!opts->quiet && !atomic_exchange(&logged, true))
 		keel_log(KEEL_LOG_INFO, "%s", log_line);
 	return 0;

@@ -231,7 +231,7 @@ int keel_loop_new(keel_loop **out, const keel_loop_opts *user_opts)
 	loop->post_efd = -1;
 	pthread_mutex_init(&loop->post_mu, NULL);
 
-	int err = keel__backend_open(loop, &loop->opts);
+	int err = keel__backend_open(loop, &loop->opts, &loop->be);
 	if (err < 0)
 		goto out_free;
 	err = keel__bufpool_init(loop);
@@ -444,11 +444,6 @@ void keel__loop_count_submit(keel_loop *loop, unsigned ops)
 uint64_t keel__loop_completions(const keel_loop *loop)
 {
 	return loop->stats.completions;
-}
-
-void keel__loop_set_backend(keel_loop *loop, const keel__backend *be)
-{
-	loop->be = be;
 }
 
 void keel__loop_update_time(keel_loop *loop)
