@@ -228,7 +228,7 @@ keel_promise *keel_http_respond(keel_http_request *req, int status, const char *
                                 const char *body, size_t len);
 /* The client's address, the host alone ("127.0.0.1", "::1"); looked up once per connection. */
 const char *keel_http_request_peer(keel_http_request *req);
-/* The request's context (arena), created on first use; freed after the response is sent. */
+/* The request's context (arena), created on first use (never NULL); freed after the response is sent. */
 keel_ctx *keel_http_request_ctx(keel_http_request *req);
 const char *keel_http_status_text(int status);
 

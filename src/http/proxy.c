@@ -600,8 +600,7 @@ static void upstream_result(struct preq *pr, keel_outcome o)
 		return;
 	}
 	pr->ur = o.ptr;
-	keel_ctx *rctx = keel_http_request_ctx(pr->req);
-	int rc = rctx ? build_response(pr, rctx) : -ENOMEM;
+	int rc = build_response(pr, keel_http_request_ctx(pr->req));
 	if (rc < 0) {
 		answer(pr, rc == -ENOMEM ? 503 : 502);
 		return;
@@ -643,7 +642,7 @@ keel_promise *keel_proxy_handler(keel_http_request *req, void *ud)
 	keel_proxy *px = ud;
 	keel_promise *out = keel_promise_new(req->loop);
 	keel_ctx *ctx = keel_http_request_ctx(req);
-	struct preq *pr = ctx ? keel_ctx_alloc(ctx, sizeof(*pr)) : NULL;
+	struct preq *pr = keel_ctx_alloc(ctx, sizeof(*pr));
 	px->stats.requests++;
 	if (!pr) {
 		keel_promise_reject(out, -ENOMEM);

@@ -666,7 +666,7 @@ static void req_error(keel_http_conn *c, keel_http_request *r, int status)
 static void allow_header(keel_http_server *s, keel_http_request *r)
 {
 	keel_ctx *ctx = keel_http_request_ctx(r);
-	char *list = ctx ? keel_ctx_alloc(ctx, 256) : NULL;
+	char *list = keel_ctx_alloc(ctx, 256);
 	keel_http_header *h = list ? keel_ctx_alloc(ctx, sizeof(*h)) : NULL;
 	if (!h)
 		return; /* no memory for the list: a 405 without Allow beats none */
@@ -706,8 +706,7 @@ static int req_target(keel_http_request *r)
 	keel_http_target t;
 	int rc = keel_http_target_parse(r->msg.target, &t, NULL);
 	if (rc == KEEL_HTTP_INCOMPLETE) {
-		keel_ctx *ctx = keel_http_request_ctx(r);
-		char *scratch = ctx ? keel_ctx_alloc(ctx, r->msg.target.len) : NULL;
+		char *scratch = keel_ctx_alloc(keel_http_request_ctx(r), r->msg.target.len);
 		if (!scratch)
 			return 503;
 		rc = keel_http_target_parse(r->msg.target, &t, scratch);

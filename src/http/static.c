@@ -353,7 +353,7 @@ static keel_promise *finish(struct job *j)
 	keel_ctx *ctx = keel_http_request_ctx(r);
 	uint64_t size = j->stx.stx_size;
 	uint64_t mtime_ns = (uint64_t)j->stx.stx_mtime.tv_sec * 1000000000ull + j->stx.stx_mtime.tv_nsec;
-	char *etag = ctx ? keel_ctx_alloc(ctx, 48 + 40 + 80) : NULL;
+	char *etag = keel_ctx_alloc(ctx, 48 + 40 + 80);
 	if (!etag) {
 		if (j->fd >= 0)
 			close(j->fd);
@@ -448,8 +448,7 @@ static keel_promise *finish(struct job *j)
 /* The cache key: the path beneath the root that was (or will be) opened. */
 static char *job_key(struct job *j)
 {
-	keel_ctx *ctx = keel_http_request_ctx(j->r);
-	char *k = ctx ? keel_ctx_alloc(ctx, j->rel_len + 4) : NULL;
+	char *k = keel_ctx_alloc(keel_http_request_ctx(j->r), j->rel_len + 4);
 	if (!k)
 		return NULL;
 	memcpy(k, j->rel, j->rel_len);
@@ -541,8 +540,7 @@ static keel_promise *on_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 		if (r->path.len == 0 || r->path.ptr[r->path.len - 1] != '/') {
 			/* A directory without its slash: relative links would break. */
 			close(j->fd);
-			keel_ctx *rctx = keel_http_request_ctx(r);
-			char *loc = rctx ? keel_ctx_alloc(rctx, r->path.len + r->query.len + 3) : NULL;
+			char *loc = keel_ctx_alloc(keel_http_request_ctx(r), r->path.len + r->query.len + 3);
 			if (!loc)
 				return out_of_memory(r);
 			/* (r->path is normalized: "//docs" came as "/docs", never a scheme-relative URL) */
@@ -566,8 +564,7 @@ static keel_promise *on_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 		int dirfd = j->fd;
 		j->fd = -1;
 		/* index.html inside it (opened beneath the directory, which is beneath the root) */
-		keel_ctx *rctx = keel_http_request_ctx(r);
-		char *rel = rctx ? keel_ctx_alloc(rctx, j->rel_len + 12) : NULL;
+		char *rel = keel_ctx_alloc(keel_http_request_ctx(r), j->rel_len + 12);
 		if (!rel) {
 			close(dirfd);
 			return out_of_memory(r);
@@ -675,7 +672,7 @@ keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 		return answer_status(r, 405);
 	}
 	keel_ctx *ctx = keel_http_request_ctx(r);
-	struct job *j = ctx ? keel_ctx_alloc(ctx, sizeof(*j)) : NULL;
+	struct job *j = keel_ctx_alloc(ctx, sizeof(*j));
 	char *rel = j ? keel_ctx_alloc(ctx, r->path.len + 4) : NULL;
 	if (!rel)
 		return out_of_memory(r);
