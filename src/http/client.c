@@ -475,8 +475,8 @@ static void response_reset(struct cconn *k)
  * server sent since its last response is waiting unread (the kernel still
  * holds it while the receive was paused, or had no tick to report it) --
  * that would be read as the next request's answer -- and it has not closed.
- * One MSG_PEEK per reuse; what was already reported is the tick rule's
- * (send_tick) and on_data's.
+ * One MSG_PEEK per reuse, when the connection is taken for a request;
+ * what was already reported is the tick rule's (send_tick) and on_data's.
  */
 static bool conn_clean(struct cconn *k)
 {
@@ -500,16 +500,16 @@ static void conn_release(struct cconn *k)
 		conn_close(k);
 		return;
 	}
-	if (!conn_clean(k)) {
-		conn_close(k);
+	struct creq *r = up->pend_head;
+	if (r && !conn_clean(k)) {
+		conn_close(k); /* (reused at once, it is checked now; an idle one when it is taken) */
 		return;
 	}
 	if (k->paused && !k->recv)
-		conn_read(k); /* watch the idle connection for the server's close again */
-	struct creq *r = pending_pop(up);
+		conn_read(k); /* watch the connection: what the server sends unasked closes it */
 	if (r) {
 		k->reused = true;
-		conn_send(k, r);
+		conn_send(k, pending_pop(up));
 		return;
 	}
 	idle_push(k);
