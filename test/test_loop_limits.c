@@ -305,9 +305,16 @@ static void test_cancel_within_edge(void)
 	keel_loop_free(loop);
 }
 
-/* A continuation that drives the loop (keel_loop_run_once inside run_once) keeps SIGPIPE blocked. */
+/*
+ * SIGPIPE is blocked in a tick once an op that can raise it is made (a
+ * write, here), and a continuation that drives the loop (keel_loop_run_once
+ * inside run_once) keeps it blocked until the outer tick ends. A tick with
+ * no such op leaves the mask alone.
+ */
 static keel_loop *nest_loop;
-static int nested_blocked = -1;
+static int nested_blocked = -1, blocked_before_write = -1;
+static int devnull = -1;
+static keel_promise *nest_write;
 
 static int sigpipe_blocked_now(void)
 {
@@ -321,6 +328,8 @@ static void nest(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	(void)o;
 	(void)ud;
+	blocked_before_write = sigpipe_blocked_now();
+	nest_write = keel_file_write(nest_loop, devnull, "x", 1, KEEL_FILE_POS);
 	keel_loop_run_once(nest_loop, 0);
 	nested_blocked = sigpipe_blocked_now();
 }
@@ -328,13 +337,18 @@ static void nest(keel_ctx *ctx, keel_outcome o, void *ud)
 static void test_nested_run_once(void)
 {
 	nest_loop = test_loop();
+	devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	ASSERT(devnull >= 0);
 	ASSERT_EQ(sigpipe_blocked_now(), 0);
 	keel_promise *p = keel_promise_new(nest_loop);
 	keel_promise_done(p, nest, NULL);
 	keel_promise_resolve(p, 0, NULL);
 	keel_loop_run_once(nest_loop, 0);
-	ASSERT_EQ(nested_blocked, 1); /* still inside the outer tick */
+	ASSERT_EQ(blocked_before_write, 0); /* nothing that could raise it yet */
+	ASSERT_EQ(nested_blocked, 1);       /* still inside the outer tick */
 	ASSERT_EQ(sigpipe_blocked_now(), 0); /* and the host's mask back afterwards */
+	ASSERT_EQ(test_await(nest_loop, nest_write).n, 1);
+	close(devnull);
 	keel_loop_free(nest_loop);
 }
 

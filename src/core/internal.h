@@ -125,6 +125,15 @@ struct keel_loop {
 	bool stopping; /* keel_loop_stop: run returns after this tick */
 	bool freeing;  /* keel_loop_free is draining the kernel */
 	bool in_run;          /* inside keel_loop_run */
+
+	/*
+	 * SIGPIPE (loop.c): blocked while the loop runs work that can raise it
+	 * -- for all of keel_loop_run, and in a keel_loop_run_once tick from
+	 * when such an op is live (keel__op_may_sigpipe) -- then put back.
+	 */
+	uint32_t sigpipe_ops; /* live ops that can raise it */
+	bool in_tick;         /* inside the outermost keel_loop_run_once */
+	bool sp_held, sp_blocked, sp_was_pending;
 	void *user_data;
 
 	/* Ready queue: settled promises whose consumer must run. */
@@ -237,6 +246,17 @@ void keel__close_now(keel_loop *loop, keel_promise *p, int fd);
 
 /* loop.c: the wake-up op completed (op.c hands it over; it is never freed but by keel_loop_free). */
 void keel__loop_post_complete(keel_loop *loop, int res);
+
+/*
+ * Ops whose system call can raise SIGPIPE: splice and sendfile(2) to a
+ * socket, write(2) to a pipe -- none takes MSG_NOSIGNAL, as sends do.
+ */
+static inline bool keel__op_may_sigpipe(int kind)
+{
+	return kind == KEEL__OP_SENDFILE || kind == KEEL__OP_WRITE;
+}
+/* loop.c: block SIGPIPE until the tick (or run) ends; a no-op when already held. */
+void keel__sigpipe_hold(keel_loop *loop);
 
 /* arena.c */
 void keel__ctx_pool_fini(keel_loop *loop);

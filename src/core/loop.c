@@ -201,6 +201,22 @@ static void sigpipe_restore(bool blocked, bool was_pending)
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
+void keel__sigpipe_hold(keel_loop *loop)
+{
+	if (loop->sp_held)
+		return;
+	loop->sp_held = true;
+	loop->sp_blocked = sigpipe_block(&loop->sp_was_pending);
+}
+
+static void sigpipe_release(keel_loop *loop)
+{
+	if (!loop->sp_held)
+		return;
+	loop->sp_held = false;
+	sigpipe_restore(loop->sp_blocked, loop->sp_was_pending);
+}
+
 int keel__thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 {
 	/* Threads keel starts take no signals: the host's go to its own threads. */
@@ -343,18 +359,27 @@ static int tick(keel_loop *loop, int timeout_ms)
 
 int keel_loop_run_once(keel_loop *loop, int timeout_ms)
 {
-	if (loop->in_run)
-		return tick(loop, timeout_ms); /* (a continuation driving the loop from inside keel_loop_run) */
-	bool was_pending = false, blocked = sigpipe_block(&was_pending);
+	if (loop->in_run || loop->in_tick)
+		return tick(loop, timeout_ms); /* (a continuation driving the loop: the outer call guards) */
+	/*
+	 * SIGPIPE is blocked only when an op that can raise it is live, now or
+	 * from when one is made during the tick (keel__op_new): a tick of sends
+	 * and receives, which carry MSG_NOSIGNAL, costs no signal-mask calls.
+	 */
+	loop->in_tick = true;
+	if (loop->sigpipe_ops)
+		keel__sigpipe_hold(loop);
 	int err = tick(loop, timeout_ms);
-	sigpipe_restore(blocked, was_pending);
+	loop->in_tick = false;
+	sigpipe_release(loop);
 	return err;
 }
 
 int keel_loop_run(keel_loop *loop)
 {
 	int err = 0;
-	bool was_pending = false, blocked = sigpipe_block(&was_pending);
+	bool hold = !loop->sp_held; /* (once for the whole run; a run inside a tick leaves it to the tick) */
+	keel__sigpipe_hold(loop);
 	loop->in_run = true;
 	keel__ready_run(loop, loop->opts.ready_batch_max);
 	/* A stop asked for before the run (or by a continuation just run) ends it after one tick. */
@@ -365,7 +390,8 @@ int keel_loop_run(keel_loop *loop)
 	}
 	loop->stopping = false;
 	loop->in_run = false;
-	sigpipe_restore(blocked, was_pending);
+	if (hold)
+		sigpipe_release(loop);
 	return err < 0 ? err : 0;
 }
 

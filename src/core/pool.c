@@ -192,6 +192,11 @@ keel__op *keel__op_new(keel_loop *loop, int kind, int fd)
 		op->u.connect.timer.heap_idx = UINT32_MAX;
 	loop->ops_live++;
 	loop->stats.ops_inflight = loop->ops_live;
+	if (keel__op_may_sigpipe(kind)) {
+		loop->sigpipe_ops++;
+		if (loop->in_tick)
+			keel__sigpipe_hold(loop); /* (it may reach the kernel before this tick ends) */
+	}
 	return op;
 }
 
@@ -202,6 +207,8 @@ void keel__op_free(keel_loop *loop, keel__op *op)
 		free(op->u.send.iov);
 	if (op->flags & KEEL__OPF_DAEMON)
 		loop->ops_daemon--;
+	if (keel__op_may_sigpipe(op->kind))
+		loop->sigpipe_ops--;
 	int fd = op->fd;
 	bool fdref = op->flags & KEEL__OPF_FDREF;
 	keel__op **free_list = keel__op_kind_small(op->kind) ? &loop->op_free_small : &loop->op_free;
