@@ -105,6 +105,7 @@ struct keel_http_request {
 	/* internal */
 	keel_http_conn *conn;       /* NULL once a zombie */
 	keel_http_server *server;
+	const struct keel__http_proto *proto; /* the protocol that carried it */
 	struct keel_http_request *next;
 	keel_promise *pending;
 	keel_promise *holder;       /* a zombie's: the promise whose producer still holds it */

@@ -1,0 +1,92 @@
+/*
+ * A listening socket's accept loop with the limits a server needs: a cap on
+ * connections, descriptors the kernel accepted past the cap held unserved
+ * (as its backlog would have) until there is room, idle connections closed
+ * to make room when the owner has some, and running out of descriptors or
+ * memory met with a pause -- 10 ms doubling to 1 s, logged at most once
+ * every 10 s -- never with a spin and never by giving up.
+ *
+ * The owner embeds a keel_acceptor, says what a connection is through
+ * keel_acceptor_ops, and tells the acceptor when one of its connections has
+ * gone (keel_acceptor_conn_gone) or gone idle (keel_acceptor_idle).
+ */
+#ifndef KEEL_ACCEPTOR_H
+#define KEEL_ACCEPTOR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loop.h"
+#include "promise.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct keel_acceptor_ops {
+	/* A new connection: the owner takes fd. */
+	void (*open)(void *ud, int fd);
+	/* Connections open and not closing: what conns_max bounds. */
+	unsigned (*live)(void *ud);
+	/*
+	 * Optional (NULL: the owner never closes a connection for room).
+	 * reclaim closes up to n idle connections and returns how many began
+	 * closing; reclaimable says whether reclaim(1) would close one now;
+	 * idle says whether the owner has idle connections at all (some may
+	 * become reclaimable after a while: the acceptor looks again).
+	 */
+	unsigned (*reclaim)(void *ud, unsigned n);
+	bool (*reclaimable)(void *ud);
+	bool (*idle)(void *ud);
+	/* Optional: called when, after keel_acceptor_stop, nothing of the acceptor's is in flight. */
+	void (*quiet)(void *ud);
+} keel_acceptor_ops;
+
+typedef struct keel_acceptor {
+	keel_loop *loop;
+	const keel_acceptor_ops *ops;
+	void *ud;
+	unsigned conns_max;
+	int lfd;
+	keel_promise *accept;  /* the accept stream while it runs (at most one) */
+	keel_promise *backoff; /* a pause (descriptors out, or a look again at the limit) */
+	unsigned backoff_ms;   /* grows while accepting keeps failing; 0 after a success */
+	uint64_t backoff_logged_ms;
+	bool paused, stopping, reclaiming;
+	int *held; /* accepted past the limit, in arrival order: not served yet */
+	unsigned nheld, held_cap;
+	uint64_t pauses; /* times accepting paused (the limit, EMFILE and the like) */
+} keel_acceptor;
+
+/* Set a up; nothing runs until keel_acceptor_start. conns_max > 0. */
+void keel_acceptor_init(keel_acceptor *a, keel_loop *loop, unsigned conns_max, const keel_acceptor_ops *ops,
+                        void *ud);
+
+/* Accept on the listening socket lfd (borrowed: the acceptor never closes it). 0, or -EINVAL. */
+int keel_acceptor_start(keel_acceptor *a, int lfd);
+
+/*
+ * Stop accepting: the accept stream and any pause are cancelled, held
+ * descriptors closed; with shut_listener the listening socket is shut
+ * down as well, so that new clients are refused at once (and those in its
+ * backlog reset) instead of waiting in the backlog.
+ */
+void keel_acceptor_stop(keel_acceptor *a, bool shut_listener);
+
+/* Whether an accept stream or a pause is still in flight (then a's memory must stay). */
+bool keel_acceptor_busy(const keel_acceptor *a);
+
+/* One of the owner's connections has gone (its descriptor is back): held ones and accepting go on. */
+void keel_acceptor_conn_gone(keel_acceptor *a);
+
+/* One of the owner's connections went idle: a held one may take its place. */
+void keel_acceptor_idle(keel_acceptor *a);
+
+/* Free what a holds (held descriptors are closed). Only once keel_acceptor_busy is false. */
+void keel_acceptor_fini(keel_acceptor *a);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,109 @@
+/*
+ * Routes: a method and a path (exact or prefix) to a handler. Requests are
+ * matched on their normalized path; the most specific route wins (exact
+ * over prefix, the longer prefix over the shorter), and a path that some
+ * route knows under another method is a 405 with the methods it allows.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fault.h" /* keel__malloc, keel__realloc */
+#include "keel/http.h"
+#include "keel/http_parse.h"
+#include "server_internal.h"
+
+int keel_http_route(keel_http_server *s, const char *method, const char *path, unsigned flags,
+                    keel_http_handler handler, void *ud)
+{
+	if (!path || path[0] != '/' || !handler ||
+	    (flags & ~(unsigned)(KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY | KEEL_HTTP_NO_SHED)))
+		return -EINVAL;
+	/* Requests are matched by their normalized path: a route that is not one could never match. */
+	size_t plen = strlen(path);
+	char *norm = keel__malloc(plen + 1);
+	if (!norm)
+		return -ENOMEM;
+	long nl = keel_http_path_normalize(path, plen, norm);
+	bool normal = nl == (long)plen && memcmp(norm, path, plen) == 0;
+	free(norm);
+	if (!normal)
+		return -EINVAL;
+	struct route *r = keel__realloc(s->routes, (s->nroutes + 1) * sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	s->routes = r;
+	r = &s->routes[s->nroutes];
+	r->method = method ? strdup(method) : NULL;
+	r->path = strdup(path);
+	if ((method && !r->method) || !r->path)
+		return -ENOMEM;
+	r->plen = strlen(path);
+	r->mlen = method ? strlen(method) : 0;
+	r->prefix = flags & KEEL_HTTP_PREFIX;
+	r->stream = flags & KEEL_HTTP_STREAM_BODY;
+	r->no_shed = flags & KEEL_HTTP_NO_SHED;
+	r->fn = handler;
+	r->ud = ud;
+	s->nroutes++;
+	return 0;
+}
+
+const struct route *keel__route_find(keel_http_server *s, const keel_http_request *req, bool *method_ok)
+{
+	const struct route *best = NULL;
+	*method_ok = true;
+	bool path_matched = false;
+	for (unsigned i = 0; i < s->nroutes; i++) {
+		const struct route *r = &s->routes[i];
+		bool match = r->prefix ? req->path.len >= r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0
+		                       : req->path.len == r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0;
+		if (!match)
+			continue;
+		path_matched = true;
+		keel_str m = req->msg.method;
+		if (r->method && !(m.len == r->mlen && memcmp(m.ptr, r->method, m.len) == 0) &&
+		    !(r->mlen == 3 && memcmp(r->method, "GET", 3) == 0 && m.len == 4 && memcmp(m.ptr, "HEAD", 4) == 0))
+			continue;
+		if (!best || (!r->prefix && best->prefix) || (r->prefix && best->prefix && r->plen > best->plen))
+			best = r;
+	}
+	if (!best && path_matched)
+		*method_ok = false;
+	return best;
+}
+
+/* 405 must say which methods the path does allow (RFC 9110 15.5.6). */
+void keel__allow_header(keel_http_server *s, keel_http_request *r)
+{
+	keel_ctx *ctx = keel_http_request_ctx(r);
+	char *list = keel_ctx_alloc(ctx, 256);
+	keel_http_header *h = list ? keel_ctx_alloc(ctx, sizeof(*h)) : NULL;
+	if (!h)
+		return; /* no memory for the list: a 405 without Allow beats none */
+	size_t n = 0;
+	bool get = false;
+	list[0] = '\0';
+	for (unsigned i = 0; i < s->nroutes; i++) {
+		const struct route *rt = &s->routes[i];
+		bool match = rt->prefix ? r->path.len >= rt->plen && memcmp(r->path.ptr, rt->path, rt->plen) == 0
+		                        : keel_str_eq(r->path, rt->path);
+		if (!match || !rt->method || strstr(list, rt->method))
+			continue;
+		if (n + rt->mlen + 8 > 256)
+			break; /* the list is bounded; 405 with a partial Allow is still a 405 */
+		n += (size_t)snprintf(list + n, 256 - n, "%s%s", n ? ", " : "", rt->method);
+		get = get || strcmp(rt->method, "GET") == 0;
+		if (n >= 200)
+			break;
+	}
+	if (get && !strstr(list, "HEAD") && n + 6 < 256)
+		n += (size_t)snprintf(list + n, 256 - n, ", HEAD");
+	h->name.ptr = "Allow";
+	h->name.len = 5;
+	h->value.ptr = list;
+	h->value.len = n;
+	r->resp.headers = h;
+	r->resp.nheaders = 1;
+}

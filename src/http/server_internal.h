@@ -1,0 +1,159 @@
+/*
+ * The HTTP server's rooms and what they share. The server core -- routes
+ * (route.c), the request's life handed to handlers (request.c), admission
+ * (admission.c), the access log (accesslog.c), the status page (status.c),
+ * the server's own lifecycle and its acceptor (server.c) -- knows nothing of
+ * HTTP/1.1 framing. A protocol (HTTP/1.1: h1_conn.c and h1_send.c) owns its
+ * connections, parses requests into keel_http_request records, and hands
+ * them to the core; the core calls it back through keel__http_proto when a
+ * handler is done, a request's answer is set, a streamed body is read, or
+ * the client's address is wanted.
+ */
+#ifndef KEEL_HTTP_SERVER_INTERNAL_H
+#define KEEL_HTTP_SERVER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "keel/acceptor.h"
+#include "keel/http.h"
+#include "keel/promise.h"
+#include "core/internal.h" /* keel__timer, until it is public */
+
+struct route {
+	char *method; /* NULL: any */
+	size_t mlen;
+	char *path;
+	size_t plen;
+	bool prefix, stream, no_shed;
+	keel_http_handler fn;
+	void *ud;
+};
+
+#define STATUS_SOURCES_MAX 16
+#define STATUS_SOURCE_METRICS 16
+
+struct status_source {
+	char *label, *value;
+	keel_http_metrics_fn fn;
+	void *ud;
+};
+
+/* What a protocol does for the core; one table per protocol, pointed to by each request. */
+struct keel__http_proto {
+	/* r's handler settled with o (already counted out of inflight): answer it, or discard it. */
+	void (*handler_done)(keel_http_request *r, keel_outcome o);
+	/* r's answer was just set (r->answer, r->done): account for it. */
+	void (*answered)(keel_http_request *r);
+	/* A read of r's streamed body (r->conn set, r->stream_body): settle p with the next piece. */
+	void (*body_read)(keel_http_request *r, keel_promise *p);
+	/* The client's address, host alone ("127.0.0.1", "::1"); r->conn set. */
+	const char *(*peer)(keel_http_request *r);
+};
+
+/*
+ * Records kept for reuse per server; past these a burst's records are
+ * freed as they come back, so memory returns towards its baseline when the
+ * burst is over.
+ */
+#define CONN_FREE_MAX 256
+#define REQ_FREE_MAX 256
+/*
+ * After a burst -- connections down to a quarter of their peak for
+ * TRIM_AFTER_MS -- the free lists are cut to TRIM_KEEP and the loop gives
+ * back what it keeps for reuse (keel_loop_trim): RSS returns towards its
+ * baseline instead of staying at the burst's peak.
+ */
+#define TRIM_AFTER_MS 1000
+#define TRIM_KEEP 16
+
+struct keel_http_server {
+	keel_loop *loop;
+	keel_http_config cfg;
+	struct status_source status_src[STATUS_SOURCES_MAX];
+	unsigned nstatus_src;
+	struct route *routes;
+	unsigned nroutes;
+	keel_acceptor acc;
+	bool stopping;
+	keel_http_conn *conns;
+	unsigned nconns;
+	unsigned nclosing; /* of nconns, being closed (their descriptors not yet released) */
+	keel_http_conn *idle_head, *idle_tail; /* idle connections, oldest first */
+	unsigned nidle;
+	keel_http_conn *free_conns;
+	unsigned nfree_conns;
+	struct conn_tx *free_tx;
+	unsigned nfree_tx;
+	keel_http_request *free_reqs;
+	unsigned nfree_reqs;
+	keel_http_request *zombies; /* requests whose handlers' producers still hold them */
+	unsigned peak_conns;        /* the most connections open since the last trim */
+	keel__timer trim_timer;
+	size_t req_size;
+	keel_promise *stopped;
+	keel__timer grace;
+	uint64_t input_ns; /* when the input being parsed arrived, if not this tick (held back) */
+	size_t body_mem;   /* request body bytes copied and held (body_mem_max) */
+	/* Admission's view of the loop's CPU use: a window's start (wall and thread CPU time). */
+	uint64_t adm_wall_ns, adm_cpu_ns;
+	bool adm_saturated;
+	char date[32];
+	size_t date_len;
+	time_t date_sec;
+	size_t server_name_len;
+	keel_http_stats stats;
+	/* Access log: two buffers; one fills while the other is being written. */
+	char *log_buf[2];
+	size_t log_len[2];
+	int log_cur;
+	bool log_writing;
+	keel__timer log_timer;
+	char log_date[40];
+	time_t log_date_sec;
+};
+
+/* server.c */
+void keel__server_date_update(keel_http_server *s);
+void keel__server_conn_opened(keel_http_server *s);
+void keel__server_conn_gone(keel_http_server *s);
+void keel__server_maybe_stopped(keel_http_server *s);
+
+/* route.c */
+const struct route *keel__route_find(keel_http_server *s, const keel_http_request *req, bool *method_ok);
+void keel__allow_header(keel_http_server *s, keel_http_request *r);
+
+/* request.c: records, answers, handlers, whatever the protocol. */
+keel_http_request *keel__req_new(keel_http_server *s, keel_http_conn *c, const struct keel__http_proto *proto);
+void keel__req_put(keel_http_server *s, keel_http_request *r);
+void keel__req_end(keel_http_server *s, keel_http_request *r);
+void keel__req_zombie(keel_http_request *r, keel_promise *p);
+void keel__req_trim(keel_http_server *s, unsigned keep);
+void keel__req_zombies_free(keel_http_server *s);
+void keel__body_wait_reject(keel_http_request *r, int err);
+void keel__req_answer(keel_http_request *r, keel_outcome o);
+int keel__req_target(keel_http_request *r);
+void keel__handler_call(keel_http_request *r, const struct route *rt);
+void keel__req_dispatch(keel_http_request *r);
+extern const keel_http_header keel__retry_after;
+
+/* admission.c */
+bool keel__should_shed(keel_http_server *s, const struct route *rt);
+void keel__req_shed(keel_http_request *r);
+
+/* accesslog.c */
+void keel__log_request(keel_http_server *s, const char *peer, keel_http_request *r, int status, uint64_t bytes);
+void keel__log_flush(keel_http_server *s);
+bool keel__log_stop(keel_http_server *s); /* false while a write is still under way */
+void keel__log_free(keel_http_server *s);
+
+/* h1_conn.c: the HTTP/1.1 protocol's side of the server's lifecycle. */
+void keel__h1_open(keel_http_server *s, int fd);
+void keel__h1_drain_all(keel_http_server *s);
+void keel__h1_close_all(keel_http_server *s);
+keel_http_conn *keel__h1_idle_pick(keel_http_server *s);
+unsigned keel__h1_idle_reclaim(keel_http_server *s, unsigned n);
+void keel__h1_trim(keel_http_server *s, unsigned keep);
+
+#endif
