@@ -6,6 +6,7 @@
 #ifndef KEEL_H
 #define KEEL_H
 
+#include "acceptor.h"
 #include "buf.h"
 #include "errors.h"
 #include "file.h"
@@ -14,5 +15,6 @@
 #include "promise.h"
 #include "signal.h"
 #include "tcp.h"
+#include "transport.h"
 
 #endif

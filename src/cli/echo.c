@@ -49,20 +49,16 @@ struct echo_worker {
 	keel_loop *loop;
 	const struct echo_cfg *cfg;
 	int lfd;
-	keel_promise *accept;
-	bool accept_paused, stopping;
+	keel_acceptor acc;
+	bool stopping;
 	long nconns;
 	struct conn *conns;
 	struct conn *free_conns;
-	uint64_t backoff_ms;
-	keel_promise *grace;   /* the stop deadline, while it runs */
-	int *held;             /* accepted past the limit (the kernel had them queued): not served yet */
-	unsigned nheld, held_cap;
+	keel_promise *grace; /* the stop deadline, while it runs */
 };
 
 static void conn_flush(struct conn *c);
 static void conn_read(struct conn *c);
-static void accept_start(struct echo_worker *w);
 static void conn_open(struct echo_worker *w, int fd);
 
 static struct conn *conn_new(struct echo_worker *w, int fd)
@@ -103,16 +99,7 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 			keel_promise_cancel(w->grace); /* nothing left to wait for */
 		return;
 	}
-	/* Serve connections held past the limit first, in arrival order. */
-	if (w->nheld && w->nconns < w->cfg->conns_max) {
-		int fd = w->held[0];
-		memmove(w->held, w->held + 1, --w->nheld * sizeof(*w->held));
-		conn_open(w, fd);
-	}
-	if (w->accept_paused && !w->accept && !w->nheld && w->nconns < w->cfg->conns_max) {
-		w->accept_paused = false; /* (if the paused stream has not ended yet, accept_ended resumes) */
-		accept_start(w);
-	}
+	keel_acceptor_conn_gone(&w->acc); /* one held past the limit, or accepting, goes on */
 }
 
 static void conn_close(struct conn *c)
@@ -238,81 +225,19 @@ static void conn_open(struct echo_worker *w, int fd)
 	conn_read(c);
 }
 
-static int on_accept(void *ud, int fd)
+static void acc_open(void *ud, int fd)
 {
-	struct echo_worker *w = ud;
-	w->backoff_ms = 0;
-	if (w->nconns >= w->cfg->conns_max || w->stopping) {
-		/*
-		 * The kernel accepted this one before our stop took effect. Hold it
-		 * unserved, as the backlog would have, until a slot frees up.
-		 */
-		if (w->nheld == w->held_cap) {
-			unsigned cap = w->held_cap ? w->held_cap * 2 : 16;
-			int *h = realloc(w->held, cap * sizeof(*h));
-			if (!h) {
-				close(fd);
-				return KEEL_STOP;
-			}
-			w->held = h;
-			w->held_cap = cap;
-		}
-		w->held[w->nheld++] = fd;
-		w->accept_paused = true;
-		return KEEL_STOP;
-	}
-	conn_open(w, fd);
-	if (w->nconns >= w->cfg->conns_max) {
-		w->accept_paused = true; /* the kernel's backlog holds the rest */
-		return KEEL_STOP;
-	}
-	return KEEL_CONTINUE;
+	conn_open(ud, fd);
 }
 
-static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud)
+static unsigned acc_live(void *ud)
 {
-	(void)ctx;
-	(void)o;
 	struct echo_worker *w = ud;
-	if (!w->stopping)
-		accept_start(w);
+	return (unsigned)w->nconns;
 }
 
-static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
-{
-	(void)ctx;
-	struct echo_worker *w = ud;
-	w->accept = NULL;
-	if (w->stopping)
-		return;
-	if (w->accept_paused) {
-		if (!w->nheld && w->nconns < w->cfg->conns_max) {
-			w->accept_paused = false;
-			accept_start(w);
-		}
-		return;
-	}
-	if (o.err == -EMFILE || o.err == -ENFILE || o.err == -ENOBUFS || o.err == -ENOMEM) {
-		/* Out of descriptors or memory: pause with backoff, never spin. */
-		w->backoff_ms = w->backoff_ms ? w->backoff_ms * 2 : 10;
-		if (w->backoff_ms > 1000)
-			w->backoff_ms = 1000;
-		keel_log(KEEL_LOG_WARN, "accept: %s; retrying in %llu ms", keel_strerror(o.err),
-		         (unsigned long long)w->backoff_ms);
-		keel_promise_done(keel_sleep(w->loop, w->backoff_ms), backoff_done, w);
-		return;
-	}
-	if (o.err)
-		keel_log(KEEL_LOG_ERROR, "accept stopped: %s", keel_strerror(o.err));
-	if (o.err && o.err != -ECANCELED)
-		accept_start(w);
-}
-
-static void accept_start(struct echo_worker *w)
-{
-	w->accept = keel_accept(w->loop, w->lfd, on_accept, w);
-	keel_promise_done(w->accept, accept_ended, w);
-}
+/* An echo connection is never idle in the server's sense: none is closed to make room. */
+static const keel_acceptor_ops acceptor_ops = {.open = acc_open, .live = acc_live};
 
 static void grace_over(keel_ctx *ctx, keel_outcome o, void *ud)
 {
@@ -332,14 +257,10 @@ static void echo_stop(keel_loop *loop, void *arg)
 	if (w->stopping)
 		return;
 	w->stopping = true;
-	/* Stop accepting, give open connections the grace period, then close them. */
-	if (w->accept)
-		keel_promise_cancel(w->accept);
+	/* Stop accepting (held connections, never served, close now), give open ones the grace period. */
+	keel_acceptor_stop(&w->acc, false);
 	keel_promise_release(keel_close(loop, w->lfd));
 	w->lfd = -1;
-	for (unsigned i = 0; i < w->nheld; i++) /* never served: close them now */
-		keel_promise_release(keel_close(loop, w->held[i]));
-	w->nheld = 0;
 	if (w->nconns) {
 		w->grace = keel_sleep(loop, (uint64_t)w->cfg->grace_ms);
 		keel_promise_done(w->grace, grace_over, w);
@@ -356,7 +277,8 @@ static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	w.cfg = arg;
 	w.lfd = lfd;
 	keel_loop_set_data(loop, &w);
-	accept_start(&w);
+	keel_acceptor_init(&w.acc, loop, (unsigned)w.cfg->conns_max, &acceptor_ops, &w);
+	keel_acceptor_start(&w.acc, lfd);
 	/* Until stopped and every connection has gone; each tick that changes either returns here. */
 	while (!w.stopping || w.nconns > 0) {
 		int err = keel_loop_run_once(loop, -1);
@@ -367,7 +289,7 @@ static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	}
 	/* Let the last closes complete: keel_loop_run returns once no work remains. */
 	keel_loop_run(loop);
-	free(w.held);
+	keel_acceptor_fini(&w.acc);
 	while (w.free_conns) {
 		struct conn *next = w.free_conns->next;
 		free(w.free_conns);
