@@ -51,15 +51,3 @@ bool keel__should_shed(keel_http_server *s, const struct route *rt)
 	}
 	return false;
 }
-
-void keel__req_shed(keel_http_request *r)
-{
-	r->server->stats.shed++;
-	r->resp.status = 503;
-	r->resp.content_type = "text/plain";
-	r->resp.body.ptr = "Service Unavailable\n";
-	r->resp.body.len = sizeof("Service Unavailable\n") - 1;
-	r->resp.headers = &keel__retry_after;
-	r->resp.nheaders = 1;
-	keel__req_answer(r, keel_ok(0, &r->resp));
-}

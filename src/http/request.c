@@ -317,10 +317,40 @@ int keel__req_target(keel_http_request *r)
 	return 0;
 }
 
+/* Admission said no: 503 with Retry-After, the handler not called. */
+static void req_shed(keel_http_request *r)
+{
+	r->server->stats.shed++;
+	r->resp.status = 503;
+	r->resp.content_type = "text/plain";
+	r->resp.body.ptr = "Service Unavailable\n";
+	r->resp.body.len = sizeof("Service Unavailable\n") - 1;
+	r->resp.headers = &keel__retry_after;
+	r->resp.nheaders = 1;
+	keel__req_answer(r, keel_ok(0, &r->resp));
+}
+
+/* 405 must say which methods the path does allow (RFC 9110 15.5.6). */
+static void allow_header(keel_http_server *s, keel_http_request *r)
+{
+	enum { ALLOW_MAX = 256 };
+	keel_ctx *ctx = keel_http_request_ctx(r);
+	char *list = keel_ctx_alloc(ctx, ALLOW_MAX);
+	keel_http_header *h = list ? keel_ctx_alloc(ctx, sizeof(*h)) : NULL;
+	if (!h)
+		return; /* no memory for the list: a 405 without Allow beats none */
+	h->name.ptr = "Allow";
+	h->name.len = sizeof("Allow") - 1;
+	h->value.ptr = list;
+	h->value.len = keel__route_methods(s, r->path, list, ALLOW_MAX);
+	r->resp.headers = h;
+	r->resp.nheaders = 1;
+}
+
 void keel__handler_call(keel_http_request *r, const struct route *rt)
 {
 	if (keel__should_shed(r->server, rt)) {
-		keel__req_shed(r);
+		req_shed(r);
 		return;
 	}
 	keel_promise *p = rt->fn(r, rt->ud);
@@ -359,7 +389,7 @@ void keel__req_dispatch(keel_http_request *r)
 			is_known = is_known || keel_str_eq(r->msg.method, known[i]);
 		int st = !is_known ? 501 : method_ok ? 404 : 405;
 		if (st == 405)
-			keel__allow_header(s, r);
+			allow_header(s, r);
 		r->resp.status = st;
 		r->resp.content_type = "text/plain";
 		r->resp.body.ptr = keel_http_status_text(st);

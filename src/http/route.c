@@ -74,36 +74,26 @@ const struct route *keel__route_find(keel_http_server *s, const keel_http_reques
 	return best;
 }
 
-/* 405 must say which methods the path does allow (RFC 9110 15.5.6). */
-void keel__allow_header(keel_http_server *s, keel_http_request *r)
+/* The Allow list of a 405 (RFC 9110 15.5.6): every method some route takes for path, and HEAD with GET. */
+size_t keel__route_methods(keel_http_server *s, keel_str path, char *list, size_t cap)
 {
-	keel_ctx *ctx = keel_http_request_ctx(r);
-	char *list = keel_ctx_alloc(ctx, 256);
-	keel_http_header *h = list ? keel_ctx_alloc(ctx, sizeof(*h)) : NULL;
-	if (!h)
-		return; /* no memory for the list: a 405 without Allow beats none */
 	size_t n = 0;
 	bool get = false;
 	list[0] = '\0';
 	for (unsigned i = 0; i < s->nroutes; i++) {
 		const struct route *rt = &s->routes[i];
-		bool match = rt->prefix ? r->path.len >= rt->plen && memcmp(r->path.ptr, rt->path, rt->plen) == 0
-		                        : keel_str_eq(r->path, rt->path);
+		bool match = rt->prefix ? path.len >= rt->plen && memcmp(path.ptr, rt->path, rt->plen) == 0
+		                        : keel_str_eq(path, rt->path);
 		if (!match || !rt->method || strstr(list, rt->method))
 			continue;
-		if (n + rt->mlen + 8 > 256)
+		if (n + rt->mlen + 8 > cap)
 			break; /* the list is bounded; 405 with a partial Allow is still a 405 */
-		n += (size_t)snprintf(list + n, 256 - n, "%s%s", n ? ", " : "", rt->method);
+		n += (size_t)snprintf(list + n, cap - n, "%s%s", n ? ", " : "", rt->method);
 		get = get || strcmp(rt->method, "GET") == 0;
-		if (n >= 200)
+		if (n + 56 >= cap)
 			break;
 	}
-	if (get && !strstr(list, "HEAD") && n + 6 < 256)
-		n += (size_t)snprintf(list + n, 256 - n, ", HEAD");
-	h->name.ptr = "Allow";
-	h->name.len = 5;
-	h->value.ptr = list;
-	h->value.len = n;
-	r->resp.headers = h;
-	r->resp.nheaders = 1;
+	if (get && !strstr(list, "HEAD") && n + 6 < cap)
+		n += (size_t)snprintf(list + n, cap - n, ", HEAD");
+	return n;
 }

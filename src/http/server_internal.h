@@ -122,7 +122,8 @@ void keel__server_maybe_stopped(keel_http_server *s);
 
 /* route.c */
 const struct route *keel__route_find(keel_http_server *s, const keel_http_request *req, bool *method_ok);
-void keel__allow_header(keel_http_server *s, keel_http_request *r);
+/* The methods routes allow for path, ", "-separated, into list (cap bytes, cap >= 64); returns the length. */
+size_t keel__route_methods(keel_http_server *s, keel_str path, char *list, size_t cap);
 
 /* request.c: records, answers, handlers, whatever the protocol. */
 keel_http_request *keel__req_new(keel_http_server *s, keel_http_conn *c, const struct keel__http_proto *proto);
@@ -134,13 +135,12 @@ void keel__req_zombies_free(keel_http_server *s);
 void keel__body_wait_reject(keel_http_request *r, int err);
 void keel__req_answer(keel_http_request *r, keel_outcome o);
 int keel__req_target(keel_http_request *r);
+extern const keel_http_header keel__retry_after; /* Retry-After: 1, for 503s */
 void keel__handler_call(keel_http_request *r, const struct route *rt);
 void keel__req_dispatch(keel_http_request *r);
-extern const keel_http_header keel__retry_after;
 
 /* admission.c */
 bool keel__should_shed(keel_http_server *s, const struct route *rt);
-void keel__req_shed(keel_http_request *r);
 
 /* accesslog.c */
 void keel__log_request(keel_http_server *s, const char *peer, keel_http_request *r, int status, uint64_t bytes);
