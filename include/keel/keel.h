@@ -14,5 +14,6 @@
 #include "promise.h"
 #include "signal.h"
 #include "tcp.h"
+#include "util.h"
 
 #endif
