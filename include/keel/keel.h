@@ -14,6 +14,7 @@
 #include "promise.h"
 #include "signal.h"
 #include "tcp.h"
+#include "timer.h"
 #include "util.h"
 
 #endif
