@@ -1,8 +1,9 @@
 /*
  * The public timer (keel/timer.h) through public calls only: expiry order,
  * re-arming either way, disarming before expiry and from inside another
- * timer's callback, a callback that frees its own object, and a random mix
- * checked against a model. Deadlines are only ever checked from below: a timer never
+ * timer's callback, a callback that re-arms itself for 0 ms, one that frees
+ * its own object, a loop freed with timers armed, and a random mix checked
+ * against a model. Deadlines are only checked from below: a timer never
  * fires early, while how late it fires depends on the machine.
  */
 #include <unistd.h>
@@ -157,6 +158,30 @@ static void test_disarm_from_callback(keel_loop *loop)
 	printf("disarm and re-arm from another timer's callback: ok\n");
 }
 
+/* A callback that re-arms itself for 0 ms runs once per tick, not forever within one. */
+static int spins;
+static void spin_fire(keel_loop *loop, keel_timer *t)
+{
+	if (++spins < 5)
+		keel_timer_arm(loop, t, 0);
+}
+
+static void test_rearm_zero(keel_loop *loop)
+{
+	keel_timer t;
+	keel_timer_init(&t, spin_fire);
+	keel_timer_arm(loop, &t, 0);
+	spins = 0;
+	for (int tick = 1; tick <= 5; tick++) {
+		ASSERT_OK(keel_loop_run_once(loop, 1000));
+		ASSERT(spins <= tick);
+	}
+	ASSERT_OK(keel_loop_run(loop));
+	ASSERT_EQ(spins, 5);
+	ASSERT(!keel_timer_is_armed(&t));
+	printf("re-arm for 0 ms from its own callback: one run per tick: ok\n");
+}
+
 /* The callback may free the object its timer is embedded in (ASan checks the loop lets go). */
 struct owned {
 	int *count;
@@ -184,6 +209,23 @@ static void test_free_in_callback(keel_loop *loop)
 	ASSERT_OK(keel_loop_run(loop));
 	ASSERT_EQ(count, 8);
 	printf("callback frees its own object: ok\n");
+}
+
+/* A loop freed with timers armed runs none of them and leaves them disarmed. */
+static void test_loop_free_armed(void)
+{
+	keel_loop *loop = test_loop();
+	struct rec r[3];
+	recs_init(r, 3);
+	rec_arm(loop, &r[0], 0);
+	rec_arm(loop, &r[1], 10);
+	rec_arm(loop, &r[2], 100000);
+	keel_loop_free(loop);
+	for (int i = 0; i < 3; i++) {
+		ASSERT_EQ(r[i].fired, 0);
+		ASSERT(!keel_timer_is_armed(&r[i].t));
+	}
+	printf("loop freed with timers armed: none runs: ok\n");
 }
 
 /*
@@ -269,8 +311,10 @@ int main(void)
 	test_rearm(loop);
 	test_disarm(loop);
 	test_disarm_from_callback(loop);
+	test_rearm_zero(loop);
 	test_free_in_callback(loop);
 	test_mix(loop);
 	keel_loop_free(loop);
+	test_loop_free_armed();
 	return 0;
 }

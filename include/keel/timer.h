@@ -33,7 +33,10 @@
  * work, not from the call. Timers due in the same tick fire in deadline
  * order; the order of timers with equal deadlines is unspecified. A timer is
  * disarmed before its callback runs, so the callback may re-arm it, disarm
- * or re-arm any other timer, or free the object that holds it.
+ * or re-arm any other timer, or free the object that holds it. A timer armed
+ * from a timer's callback fires no earlier than the next tick, even with a
+ * delay of 0. keel_loop_free() disarms the timers still armed without
+ * running them: their memory must still be valid then.
  */
 #ifndef KEEL_TIMER_H
 #define KEEL_TIMER_H

@@ -172,6 +172,7 @@ struct keel_loop {
 	/* Timer heap (binary, by deadline). */
 	keel_timer **heap;
 	uint32_t heap_len, heap_cap;
+	bool timers_firing; /* inside keel__timer_expire */
 
 	keel__bufpool bufpool;
 
@@ -241,6 +242,8 @@ static inline bool keel__timer_armed(const keel__timer *t)
 /* Nanoseconds until the nearest deadline, -1 if none. */
 int64_t keel__timer_next(keel_loop *loop);
 void keel__timer_expire(keel_loop *loop);
+/* keel_loop_free: every armed timer reads as disarmed, none runs. */
+void keel__timer_forget_all(keel_loop *loop);
 
 /* op.c */
 void keel__fd_ref(keel_loop *loop, int fd);

@@ -68,7 +68,15 @@ static void sift(keel_loop *loop, uint32_t i)
 void keel_timer_arm(keel_loop *loop, keel_timer *t, uint64_t delay_ms)
 {
 	KEEL__ASSERT(t->fn != NULL);
-	t->deadline_ns = loop->now_ns + delay_ms * 1000000ull;
+	uint64_t deadline = loop->now_ns + delay_ms * 1000000ull;
+	/*
+	 * keel__timer_expire runs what is due at now_ns: a callback that
+	 * re-armed itself for now_ns would run again in the same pass, and one
+	 * that always does so would never let the tick end.
+	 */
+	if (loop->timers_firing && deadline == loop->now_ns)
+		deadline++;
+	t->deadline_ns = deadline;
 	if (keel_timer_is_armed(t)) {
 		sift(loop, t->heap_idx);
 		return;
@@ -112,12 +120,23 @@ int64_t keel__timer_next(keel_loop *loop)
 
 void keel__timer_expire(keel_loop *loop)
 {
-	/* Timers started by a callback run no earlier than the next tick: their deadline is > now. */
+	/* Timers armed by a callback run no earlier than the next tick: their deadline is > now. */
+	bool was_firing = loop->timers_firing; /* (a callback may run a nested tick) */
+	loop->timers_firing = true;
 	while (loop->heap_len && loop->heap[0]->deadline_ns <= loop->now_ns) {
 		keel_timer *t = loop->heap[0];
 		keel_timer_disarm(loop, t);
 		t->fn(loop, t);
 	}
+	loop->timers_firing = was_firing;
+}
+
+void keel__timer_forget_all(keel_loop *loop)
+{
+	for (uint32_t i = 0; i < loop->heap_len; i++)
+		loop->heap[i]->heap_idx = UINT32_MAX;
+	loop->heap_len = 0;
+	loop->stats.timers_live = 0;
 }
 
 /* ---- keel_sleep ----------------------------------------------------------- */
