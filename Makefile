@@ -71,8 +71,16 @@ $(BUILD)/libkeel.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/libkeel.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(LDLIBS)
+# The shared library exports keel_* only (src/keel.map) and is named for its
+# ABI: libkeel.so.0.1.0, soname libkeel.so.0, with libkeel.so.0 and
+# libkeel.so as symlinks. Nothing in the tree links it (libkeel.a is for that).
+SO_ABI := 0
+SO_VERSION := $(SO_ABI).1.0
+$(BUILD)/libkeel.so: $(LIB_OBJ) src/keel.map
+	$(CC) -shared -Wl,-soname,libkeel.so.$(SO_ABI) -Wl,--version-script=src/keel.map \
+		-o $@.$(SO_VERSION) $(LIB_OBJ) $(LDLIBS)
+	ln -sf libkeel.so.$(SO_VERSION) $@.$(SO_ABI)
+	ln -sf libkeel.so.$(SO_ABI) $@
 
 # The CLI reads config files with Debian's libinih.
 $(BUILD)/keel: $(CLI_OBJ) $(BUILD)/libkeel.a

@@ -15,6 +15,8 @@
 #include "promise.h"
 #include "signal.h"
 #include "tcp.h"
+#include "timer.h"
 #include "transport.h"
+#include "util.h"
 
 #endif

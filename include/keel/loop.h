@@ -70,7 +70,8 @@ int keel_loop_new(keel_loop **out, const keel_loop_opts *opts);
 /*
  * Free a loop. Outstanding operations are cancelled and waited for (buffers
  * handed to the kernel stay valid until then); promises still pending are
- * abandoned without running their continuations.
+ * abandoned without running their continuations, and armed timers are
+ * disarmed without running (keel/timer.h).
  */
 void keel_loop_free(keel_loop *loop);
 

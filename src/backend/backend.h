@@ -24,6 +24,7 @@
 #include "keel/loop.h"
 #include "keel/promise.h"
 #include "keel/tcp.h"
+#include "keel/timer.h"
 
 typedef struct keel__op keel__op;
 typedef struct keel__bufpool keel__bufpool;
@@ -62,11 +63,8 @@ enum keel__op_kind {
 
 #define KEEL__IOV_INLINE 8
 
-typedef struct keel__timer {
-	uint64_t deadline_ns;
-	uint32_t heap_idx; /* UINT32_MAX when not armed */
-	void (*fn)(keel_loop *loop, struct keel__timer *t);
-} keel__timer;
+/* The internal name of keel_timer, until src/http and src/net use the public one. */
+typedef keel_timer keel__timer;
 
 struct keel__op {
 	uint32_t slot; /* index in the loop's op table */

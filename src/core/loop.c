@@ -320,6 +320,7 @@ void keel_loop_free(keel_loop *loop)
 		post = next;
 	}
 	pthread_mutex_destroy(&loop->post_mu);
+	keel__timer_forget_all(loop); /* before the pools go: sleeps keep their timers there */
 	free(loop->heap);
 	keel__ctx_pool_fini(loop);
 	keel__pools_fini(loop);

@@ -1,23 +1,25 @@
 /*
- * Timers: a binary min-heap of deadlines in user space.
+ * Timers (include/keel/timer.h): a binary min-heap of deadlines in user space.
  *
  * The kernel only ever sees one timeout per loop, the nearest deadline, passed
  * as the wait time of the tick's single submit-and-wait. Connection timers,
- * sleeps and keel_timeout cost a heap insert, not a submission.
+ * sleeps and keel_timeout cost a heap insert, not a submission. Each timer
+ * keeps its own index in the heap, so disarming or moving one is a sift from
+ * where it stands, not a search.
  */
 #include <errno.h>
 #include <stdlib.h>
 
 #include "internal.h"
 
-void keel__timer_init(keel__timer *t, void (*fn)(keel_loop *, keel__timer *))
+void keel_timer_init(keel_timer *t, keel_timer_fn fn)
 {
 	t->deadline_ns = 0;
 	t->heap_idx = UINT32_MAX;
 	t->fn = fn;
 }
 
-static void heap_set(keel_loop *loop, uint32_t i, keel__timer *t)
+static void heap_set(keel_loop *loop, uint32_t i, keel_timer *t)
 {
 	loop->heap[i] = t;
 	t->heap_idx = i;
@@ -25,7 +27,7 @@ static void heap_set(keel_loop *loop, uint32_t i, keel__timer *t)
 
 static void sift_up(keel_loop *loop, uint32_t i)
 {
-	keel__timer *t = loop->heap[i];
+	keel_timer *t = loop->heap[i];
 	while (i > 0) {
 		uint32_t parent = (i - 1) / 2;
 		if (loop->heap[parent]->deadline_ns <= t->deadline_ns)
@@ -38,7 +40,7 @@ static void sift_up(keel_loop *loop, uint32_t i)
 
 static void sift_down(keel_loop *loop, uint32_t i)
 {
-	keel__timer *t = loop->heap[i];
+	keel_timer *t = loop->heap[i];
 	for (;;) {
 		uint32_t l = 2 * i + 1, r = l + 1, m = i;
 		uint64_t md = t->deadline_ns;
@@ -56,14 +58,32 @@ static void sift_down(keel_loop *loop, uint32_t i)
 	heap_set(loop, i, t);
 }
 
-void keel__timer_start(keel_loop *loop, keel__timer *t, uint64_t delay_ms)
+/* Restore the heap order around i after its deadline changed either way. */
+static void sift(keel_loop *loop, uint32_t i)
 {
-	if (keel__timer_armed(t))
-		keel__timer_stop(loop, t);
-	t->deadline_ns = loop->now_ns + delay_ms * 1000000ull;
+	sift_up(loop, i);
+	sift_down(loop, loop->heap[i]->heap_idx);
+}
+
+void keel_timer_arm(keel_loop *loop, keel_timer *t, uint64_t delay_ms)
+{
+	KEEL__ASSERT(t->fn != NULL);
+	uint64_t deadline = loop->now_ns + delay_ms * 1000000ull;
+	/*
+	 * keel__timer_expire runs what is due at now_ns: a callback that
+	 * re-armed itself for now_ns would run again in the same pass, and one
+	 * that always does so would never let the tick end.
+	 */
+	if (loop->timers_firing && deadline == loop->now_ns)
+		deadline++;
+	t->deadline_ns = deadline;
+	if (keel_timer_is_armed(t)) {
+		sift(loop, t->heap_idx);
+		return;
+	}
 	if (loop->heap_len == loop->heap_cap) {
 		uint32_t cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
-		keel__timer **h = realloc(loop->heap, cap * sizeof(*h));
+		keel_timer **h = realloc(loop->heap, cap * sizeof(*h));
 		if (!h)
 			keel__oom();
 		loop->heap = h;
@@ -75,19 +95,19 @@ void keel__timer_start(keel_loop *loop, keel__timer *t, uint64_t delay_ms)
 	loop->stats.timers_live = loop->heap_len;
 }
 
-void keel__timer_stop(keel_loop *loop, keel__timer *t)
+void keel_timer_disarm(keel_loop *loop, keel_timer *t)
 {
-	if (!keel__timer_armed(t))
+	if (!keel_timer_is_armed(t))
 		return;
 	uint32_t i = t->heap_idx;
+	KEEL__ASSERT(i < loop->heap_len && loop->heap[i] == t); /* armed on this loop */
 	t->heap_idx = UINT32_MAX;
 	loop->heap_len--;
 	loop->stats.timers_live = loop->heap_len;
 	if (i == loop->heap_len)
 		return;
 	heap_set(loop, i, loop->heap[loop->heap_len]);
-	sift_up(loop, i);
-	sift_down(loop, loop->heap[i]->heap_idx);
+	sift(loop, i);
 }
 
 int64_t keel__timer_next(keel_loop *loop)
@@ -100,24 +120,35 @@ int64_t keel__timer_next(keel_loop *loop)
 
 void keel__timer_expire(keel_loop *loop)
 {
-	/* Timers started by a callback run no earlier than the next tick: their deadline is > now. */
+	/* Timers armed by a callback run no earlier than the next tick: their deadline is > now. */
+	bool was_firing = loop->timers_firing; /* (a callback may run a nested tick) */
+	loop->timers_firing = true;
 	while (loop->heap_len && loop->heap[0]->deadline_ns <= loop->now_ns) {
-		keel__timer *t = loop->heap[0];
-		keel__timer_stop(loop, t);
+		keel_timer *t = loop->heap[0];
+		keel_timer_disarm(loop, t);
 		t->fn(loop, t);
 	}
+	loop->timers_firing = was_firing;
+}
+
+void keel__timer_forget_all(keel_loop *loop)
+{
+	for (uint32_t i = 0; i < loop->heap_len; i++)
+		loop->heap[i]->heap_idx = UINT32_MAX;
+	loop->heap_len = 0;
+	loop->stats.timers_live = 0;
 }
 
 /* ---- keel_sleep ----------------------------------------------------------- */
 
 struct sleep_node {
-	keel__timer timer;
+	keel_timer timer;
 	keel_promise *out;
 };
 
-static void sleep_fire(keel_loop *loop, keel__timer *t)
+static void sleep_fire(keel_loop *loop, keel_timer *t)
 {
-	struct sleep_node *s = (struct sleep_node *)t;
+	struct sleep_node *s = keel_container_of(t, struct sleep_node, timer);
 	keel_promise_resolve(s->out, 0, NULL);
 	keel__mem_free(loop, s, sizeof(*s));
 }
@@ -125,7 +156,7 @@ static void sleep_fire(keel_loop *loop, keel__timer *t)
 static void sleep_cancel(keel_promise *p, void *arg)
 {
 	struct sleep_node *s = arg;
-	keel__timer_stop(p->loop, &s->timer);
+	keel_timer_disarm(p->loop, &s->timer);
 	keel_promise_reject(s->out, -ECANCELED);
 	keel__mem_free(p->loop, s, sizeof(*s));
 }
@@ -133,9 +164,9 @@ static void sleep_cancel(keel_promise *p, void *arg)
 keel_promise *keel_sleep(keel_loop *loop, uint64_t ms)
 {
 	struct sleep_node *s = keel__mem_alloc(loop, sizeof(*s));
-	keel__timer_init(&s->timer, sleep_fire);
+	keel_timer_init(&s->timer, sleep_fire);
 	s->out = keel__promise_make(loop, NULL);
 	keel__promise_set_cancel(s->out, sleep_cancel, s);
-	keel__timer_start(loop, &s->timer, ms);
+	keel_timer_arm(loop, &s->timer, ms);
 	return s->out;
 }
