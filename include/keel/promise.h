@@ -114,6 +114,19 @@ void keel_promise_release(keel_promise *p);
  */
 void keel_promise_cancel(keel_promise *p);
 
+/*
+ * A promise cancelled that has no cancel hook (made with keel_promise_new,
+ * keel_promise_on_cancel never called) is settled for its consumer at once,
+ * while its producer still holds it -- and whatever it writes to -- until
+ * the producer settles it too. keel_promise_producer_holds says whether
+ * that is so now; keel_promise_on_release sets fn to run, once, when the
+ * producer lets go (fn NULL: forget a hook set before). An HTTP server uses
+ * them to keep a request such a handler may still write to. on_release
+ * only while producer_holds is true.
+ */
+bool keel_promise_producer_holds(const keel_promise *p);
+void keel_promise_on_release(keel_promise *p, void (*fn)(keel_promise *p, void *arg), void *arg);
+
 bool keel_promise_is_settled(const keel_promise *p);
 /* Valid once settled. */
 keel_outcome keel_promise_outcome(const keel_promise *p);

@@ -33,37 +33,17 @@
 #include <stdlib.h>
 
 #include "backend/backend.h"
+#include "core/alloc.h"
 
 #ifdef KEEL_FAULT
 /* Replace the plan (tests; not while loops run on other threads). spec NULL: none. -EINVAL if bad. */
 int keel__fault_configure(const char *spec);
-/* Whether the next fallible allocation fails. */
-bool keel__fault_alloc(void);
 /*
  * Whether op's submission is to fail: a negative errno to complete it with,
  * or 0 (it goes to the kernel; a send or receive may have been shortened:
  * op->u.send.fault_* / op->u.stream.cap set).
  */
 int keel__fault_op(keel__op *op);
-#define KEEL__FAULT_ALLOC() keel__fault_alloc()
-#else
-#define KEEL__FAULT_ALLOC() false
 #endif
-
-/* Allocations keel checks and survives failing (the rest abort: keel__xmalloc). */
-static inline void *keel__malloc(size_t n)
-{
-	return KEEL__FAULT_ALLOC() ? NULL : malloc(n);
-}
-
-static inline void *keel__calloc(size_t n, size_t size)
-{
-	return KEEL__FAULT_ALLOC() ? NULL : calloc(n, size);
-}
-
-static inline void *keel__realloc(void *p, size_t n)
-{
-	return KEEL__FAULT_ALLOC() ? NULL : realloc(p, n);
-}
 
 #endif

@@ -211,14 +211,6 @@ void keel__ready_run(keel_loop *loop, unsigned max);
 void keel__promise_listen(keel_promise *p, void (*notify)(keel_promise *, void *), void *arg);
 /* Set the producer's cancel hook. */
 void keel__promise_set_cancel(keel_promise *p, void (*fn)(keel_promise *, void *), void *arg);
-/*
- * A promise cancelled without a hook is settled for its consumer at once,
- * while its producer still holds it (and whatever it was working on) until
- * it settles too. Whether that is so now, and a hook run when the producer
- * lets go (a server keeps the request such a handler may still write to).
- */
-bool keel__promise_producer_holds(const keel_promise *p);
-void keel__promise_on_release(keel_promise *p, void (*fn)(keel_promise *, void *), void *arg);
 /* A pending promise of the loop, with producer and consumer references. */
 keel_promise *keel__promise_make(keel_loop *loop, keel_ctx *ctx);
 

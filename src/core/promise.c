@@ -80,7 +80,7 @@ bool keel_promise_settle(keel_promise *p, keel_outcome out)
 			/* Cancelled without a hook: the producer's settle is ignored but ends its hold. */
 			p->producer_owed = 0;
 			if (p->cancel) {
-				/* keel__promise_on_release: whoever waited for the producer to let go hears now. */
+				/* keel_promise_on_release: whoever waited for the producer to let go hears now. */
 				void (*fn)(keel_promise *, void *) = p->cancel;
 				p->cancel = NULL;
 				fn(p, p->cancel_arg);
@@ -145,12 +145,12 @@ void keel_promise_cancel(keel_promise *p)
 	}
 }
 
-bool keel__promise_producer_holds(const keel_promise *p)
+bool keel_promise_producer_holds(const keel_promise *p)
 {
 	return p->producer_owed;
 }
 
-void keel__promise_on_release(keel_promise *p, void (*fn)(keel_promise *, void *), void *arg)
+void keel_promise_on_release(keel_promise *p, void (*fn)(keel_promise *, void *), void *arg)
 {
 	KEEL__ASSERT(p->producer_owed && (!p->cancel || !fn));
 	/* (The cancel hook's fields: a settled promise has no more use for them. fn NULL: forget it.) */

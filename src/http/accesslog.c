@@ -44,12 +44,12 @@ void keel__log_flush(keel_http_server *s)
 	                  log_written, s);
 }
 
-static void log_tick(keel_loop *loop, keel__timer *t)
+static void log_tick(keel_loop *loop, keel_timer *t)
 {
-	keel_http_server *s = (keel_http_server *)((char *)t - offsetof(keel_http_server, log_timer));
+	keel_http_server *s = keel_container_of(t, keel_http_server, log_timer);
 	keel__log_flush(s);
 	if (!s->stopping || s->nconns)
-		keel__timer_start(loop, t, 1000);
+		keel_timer_arm(loop, t, 1000);
 }
 
 static size_t log_esc(char *out, keel_str v, size_t max)
@@ -73,8 +73,8 @@ void keel__log_request(keel_http_server *s, const char *peer, keel_http_request 
 		s->log_buf[1] = malloc(LOG_BUF);
 		if (!s->log_buf[0] || !s->log_buf[1])
 			return;
-		keel__timer_init(&s->log_timer, log_tick);
-		keel__timer_start(s->loop, &s->log_timer, 1000);
+		keel_timer_init(&s->log_timer, log_tick);
+		keel_timer_arm(s->loop, &s->log_timer, 1000);
 	}
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
@@ -122,7 +122,7 @@ bool keel__log_stop(keel_http_server *s)
 {
 	if (!s->log_buf[0])
 		return true;
-	keel__timer_stop(s->loop, &s->log_timer);
+	keel_timer_disarm(s->loop, &s->log_timer);
 	keel__log_flush(s);
 	return !s->log_writing;
 }
@@ -132,7 +132,7 @@ void keel__log_free(keel_http_server *s)
 {
 	if (!s->log_buf[0])
 		return;
-	keel__timer_stop(s->loop, &s->log_timer);
+	keel_timer_disarm(s->loop, &s->log_timer);
 	for (int i = 0; i < 2; i++) {
 		int b = (s->log_cur + 1 + i) % 2;
 		if (s->log_len[b] && !(s->log_writing && b != s->log_cur)) {

@@ -17,7 +17,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/internal.h"
+#include "http_internal.h"
 #include "date.h"
 
 _Static_assert(sizeof(time_t) >= 8, "years up to 9999 need a 64-bit time_t");
@@ -127,7 +127,7 @@ static char *put_time(char *p, const struct civil *c)
 
 size_t keel__http_date(time_t t, char *out, size_t size)
 {
-	KEEL__ASSERT(size >= 30);
+	KEEL_HTTP_ASSERT(size >= 30);
 	struct civil c;
 	int wd = split(clamp(t), &c);
 	char *p = put(out, day_names[wd], 3);
@@ -146,7 +146,7 @@ size_t keel__http_date(time_t t, char *out, size_t size)
 
 size_t keel__log_date(time_t t, char *out, size_t size)
 {
-	KEEL__ASSERT(size >= 32);
+	KEEL_HTTP_ASSERT(size >= 32);
 	/*
 	 * Only the offset comes from the C library (localtime_r reads TZ, never
 	 * LC_TIME); the fields come from the same arithmetic as the HTTP date.

@@ -53,7 +53,7 @@ struct keel_http_conn {
 	/* The server's idle connections, oldest first: closed first when room is needed. */
 	keel_http_conn *idle_prev, *idle_next;
 	uint64_t idle_ns; /* since when it is idle */
-	keel__timer timer;
+	keel_timer timer;
 	uint64_t deadline_ns; /* what the timer is for (0: nothing); the heap entry may be earlier */
 	keel_transport tp;    /* the byte stream: plain TCP (tp.fd < 0 once closing) */
 	uint32_t inq_off;

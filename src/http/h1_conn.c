@@ -18,7 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "core/fault.h"
+#include "core/alloc.h"
 #include "h1.h"
 #include "keel/errors.h"
 #include "keel/http.h"
@@ -695,16 +695,16 @@ void keel__h1_conn_read(keel_http_conn *c)
 
 /* ---- Timers -------------------------------------------------------------- */
 
-static void conn_timeout(keel_loop *loop, keel__timer *t)
+static void conn_timeout(keel_loop *loop, keel_timer *t)
 {
 	(void)loop;
-	keel_http_conn *c = (keel_http_conn *)((char *)t - offsetof(keel_http_conn, timer));
+	keel_http_conn *c = keel_container_of(t, keel_http_conn, timer);
 	uint64_t now = keel_loop_now_ns(loop);
 	if (!c->deadline_ns)
 		return; /* the deadline went away since the timer was armed */
 	if (now < c->deadline_ns) {
 		/* It moved later since the timer was armed: arm for it now. */
-		keel__timer_start(loop, t, (c->deadline_ns - now + 999999) / 1000000);
+		keel_timer_arm(loop, t, (c->deadline_ns - now + 999999) / 1000000);
 		return;
 	}
 	c->timer_kind = T_NONE;
@@ -842,8 +842,8 @@ void keel__h1_timer_update(keel_http_conn *c)
 	 */
 	keel_loop *loop = c->s->loop;
 	c->deadline_ns = keel_loop_now_ns(loop) + ms * 1000000ull;
-	if (!keel__timer_armed(&c->timer) || c->timer.deadline_ns > c->deadline_ns)
-		keel__timer_start(loop, &c->timer, ms);
+	if (!keel_timer_is_armed(&c->timer) || keel_timer_deadline_ns(&c->timer) > c->deadline_ns)
+		keel_timer_arm(loop, &c->timer, ms);
 }
 
 static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -878,7 +878,7 @@ void keel__h1_conn_close(keel_http_conn *c)
 		c->closing = true;
 		c->s->nclosing++;
 		idle_update(c);
-		keel__timer_stop(c->s->loop, &c->timer);
+		keel_timer_disarm(c->s->loop, &c->timer);
 		/* Handlers still working are asked to stop; their answers are discarded. */
 		for (keel_http_request *r = c->qhead; r; r = r->next) {
 			keel__body_wait_reject(r, -ECONNRESET);
@@ -943,7 +943,7 @@ void keel__h1_open(keel_http_server *s, int fd)
 	memset(c, 0, sizeof(*c));
 	c->s = s;
 	keel_tcp_transport_init(&c->tp, s->loop, fd);
-	keel__timer_init(&c->timer, conn_timeout);
+	keel_timer_init(&c->timer, conn_timeout);
 	c->next = s->conns;
 	if (s->conns)
 		s->conns->prev = c;

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/internal.h" /* KEEL__ASSERT */
+#include "http_internal.h"
 #include "h1.h"
 #include "keel/errors.h"
 #include "keel/http.h"
@@ -303,7 +303,7 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		keel_promise_release(keel_transport_shutdown(&c->tp));
 		c->timer_kind = T_LINGER;
 		c->deadline_ns = keel_loop_now_ns(s->loop) + LINGER_MS * 1000000ull;
-		keel__timer_start(s->loop, &c->timer, LINGER_MS);
+		keel_timer_arm(s->loop, &c->timer, LINGER_MS);
 		return;
 	}
 	if (o.err || close_after || c->closing) {
@@ -387,7 +387,7 @@ void keel__h1_flush(keel_http_conn *c)
 		const keel_http_response *a = r->answer;
 		bool framed = a->stream && a->stream_length <= 0 && r->msg.version_minor >= 1;
 		if (has_body(r) && a->file_fd < 0 && a->body.len) {
-			KEEL__ASSERT(niov + body_iovs(r) + 1 <= IOV_BATCH);
+			KEEL_HTTP_ASSERT(niov + body_iovs(r) + 1 <= IOV_BATCH);
 			if (framed) {
 				p += snprintf(p, 24, "%zx\r\n", a->body.len); /* a stream's first piece */
 			}

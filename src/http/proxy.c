@@ -14,10 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/fault.h"
-#include "core/internal.h"
+#include "core/alloc.h"
 #include "keel/errors.h"
 #include "keel/proxy.h"
+#include "keel/tcp.h"
 
 #define VIA_MAX 64
 

@@ -14,8 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/fault.h"
-#include "core/internal.h" /* keel__promise_on_release, keel__promise_producer_holds */
+#include "core/alloc.h"
 #include "keel/buf.h"
 #include "keel/errors.h"
 #include "keel/http.h"
@@ -170,11 +169,11 @@ static void zombie_released(keel_promise *p, void *arg)
  */
 void keel__req_zombie(keel_http_request *r, keel_promise *p)
 {
-	if (r->zombie || !p || !keel__promise_producer_holds(p))
+	if (r->zombie || !p || !keel_promise_producer_holds(p))
 		return;
 	r->zombie = 1;
 	r->holder = p;
-	keel__promise_on_release(p, zombie_released, r);
+	keel_promise_on_release(p, zombie_released, r);
 }
 
 /* r is done with (its response is out, or its connection gone): released, or kept as a zombie. */
@@ -211,7 +210,7 @@ void keel__req_zombies_free(keel_http_server *s)
 			continue;
 		}
 		if (r->zombie == 1)
-			keel__promise_on_release(r->holder, NULL, NULL);
+			keel_promise_on_release(r->holder, NULL, NULL);
 		r->zombie = 0;
 		req_release(s, r);
 	}

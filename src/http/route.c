@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/fault.h" /* keel__malloc, keel__realloc */
+#include "core/alloc.h" /* keel__malloc, keel__realloc: fault injection reaches them */
 #include "keel/http.h"
 #include "keel/http_parse.h"
 #include "server_internal.h"

@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/fault.h"
+#include "core/alloc.h"
 #include "http_internal.h"
 #include "keel/acceptor.h"
 #include "keel/errors.h"
@@ -62,7 +62,8 @@ static const keel_acceptor_ops acceptor_ops = {
 	.quiet = acc_quiet,
 };
 
-static void trim_due(keel_loop *loop, keel__timer *t);
+static void trim_due(keel_loop *loop, keel_timer *t);
+static void grace_over(keel_loop *loop, keel_timer *t);
 
 void keel_http_config_default(keel_http_config *cfg)
 {
@@ -100,8 +101,8 @@ keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *
 	keel_acceptor_init(&s->acc, loop, s->cfg.conns_max, &acceptor_ops, s);
 	s->server_name_len = s->cfg.server_name ? strlen(s->cfg.server_name) : 0;
 	s->req_size = sizeof(keel_http_request) + s->cfg.limits.headers_max * sizeof(keel_http_header);
-	keel__timer_init(&s->grace, NULL);
-	keel__timer_init(&s->trim_timer, trim_due);
+	keel_timer_init(&s->grace, grace_over);
+	keel_timer_init(&s->trim_timer, trim_due);
 	return s;
 }
 
@@ -125,10 +126,10 @@ static void server_trim(keel_http_server *s)
 	s->peak_conns = s->nconns;
 }
 
-static void trim_due(keel_loop *loop, keel__timer *t)
+static void trim_due(keel_loop *loop, keel_timer *t)
 {
 	(void)loop;
-	keel_http_server *s = (keel_http_server *)((char *)t - offsetof(keel_http_server, trim_timer));
+	keel_http_server *s = keel_container_of(t, keel_http_server, trim_timer);
 	if (!s->stopping && s->nconns * 4 <= s->peak_conns)
 		server_trim(s); /* (a new burst since: the next close looks again) */
 }
@@ -143,8 +144,8 @@ void keel__server_maybe_stopped(keel_http_server *s)
 	 */
 	if (!s->stopping || s->nconns || !s->stopped || keel_acceptor_busy(&s->acc) || s->log_writing)
 		return;
-	keel__timer_stop(s->loop, &s->grace);
-	keel__timer_stop(s->loop, &s->trim_timer);
+	keel_timer_disarm(s->loop, &s->grace);
+	keel_timer_disarm(s->loop, &s->trim_timer);
 	if (!keel__log_stop(s))
 		return; /* (log_written comes back here) */
 	keel_promise *p = s->stopped;
@@ -169,8 +170,8 @@ void keel__server_conn_gone(keel_http_server *s)
 	s->nclosing--;
 	s->stats.conns_open = s->nconns;
 	if (s->peak_conns > 2 * TRIM_KEEP && s->nconns * 4 <= s->peak_conns && !s->stopping &&
-	    !keel__timer_armed(&s->trim_timer))
-		keel__timer_start(s->loop, &s->trim_timer, TRIM_AFTER_MS);
+	    !keel_timer_is_armed(&s->trim_timer))
+		keel_timer_arm(s->loop, &s->trim_timer, TRIM_AFTER_MS);
 	keel_acceptor_conn_gone(&s->acc);
 	keel__server_maybe_stopped(s);
 }
@@ -192,10 +193,10 @@ int keel_http_server_adopt(keel_http_server *s, int fd)
 	return 0;
 }
 
-static void grace_over(keel_loop *loop, keel__timer *t)
+static void grace_over(keel_loop *loop, keel_timer *t)
 {
 	(void)loop;
-	keel_http_server *s = (keel_http_server *)((char *)t - offsetof(keel_http_server, grace));
+	keel_http_server *s = keel_container_of(t, keel_http_server, grace);
 	keel__h1_close_all(s);
 }
 
@@ -210,8 +211,7 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 	s->stopped = p;
 	keel_acceptor_stop(&s->acc, !s->cfg.listener_keep);
 	keel__h1_drain_all(s);
-	s->grace.fn = grace_over;
-	keel__timer_start(s->loop, &s->grace, grace_ms);
+	keel_timer_arm(s->loop, &s->grace, grace_ms);
 	if (s->log_buf[0])
 		keel__log_flush(s);
 	keel__server_maybe_stopped(s);
@@ -238,8 +238,8 @@ void keel_http_server_free(keel_http_server *s)
 		free(s->status_src[i].label);
 		free(s->status_src[i].value);
 	}
-	keel__timer_stop(s->loop, &s->grace);
-	keel__timer_stop(s->loop, &s->trim_timer);
+	keel_timer_disarm(s->loop, &s->grace);
+	keel_timer_disarm(s->loop, &s->trim_timer);
 	keel__log_free(s);
 	keel__h1_trim(s, 0);
 	keel__req_zombies_free(s);

@@ -19,7 +19,8 @@
 #include "keel/acceptor.h"
 #include "keel/http.h"
 #include "keel/promise.h"
-#include "core/internal.h" /* keel__timer, until it is public */
+#include "keel/timer.h"
+#include "keel/util.h"
 
 struct route {
 	char *method; /* NULL: any */
@@ -90,10 +91,10 @@ struct keel_http_server {
 	unsigned nfree_reqs;
 	keel_http_request *zombies; /* requests whose handlers' producers still hold them */
 	unsigned peak_conns;        /* the most connections open since the last trim */
-	keel__timer trim_timer;
+	keel_timer trim_timer;
 	size_t req_size;
 	keel_promise *stopped;
-	keel__timer grace;
+	keel_timer grace;
 	uint64_t input_ns; /* when the input being parsed arrived, if not this tick (held back) */
 	size_t body_mem;   /* request body bytes copied and held (body_mem_max) */
 	/* Admission's view of the loop's CPU use: a window's start (wall and thread CPU time). */
@@ -109,7 +110,7 @@ struct keel_http_server {
 	size_t log_len[2];
 	int log_cur;
 	bool log_writing;
-	keel__timer log_timer;
+	keel_timer log_timer;
 	char log_date[40];
 	time_t log_date_sec;
 };

@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/fault.h"
+#include "core/alloc.h"
 #include "http_internal.h"
 #include "keel/file.h"
 #include "keel/http.h"
