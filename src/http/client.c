@@ -22,6 +22,7 @@
 #include "keel/file.h"
 #include "keel/http_client.h"
 #include "keel/tcp.h"
+#include "put.h"
 
 enum { T_OFF = 0, T_RESPONSE, T_IDLE };
 
@@ -236,12 +237,6 @@ static bool value_ok(keel_str v)
 	return true;
 }
 
-static char *put(char *p, const char *s, size_t n)
-{
-	memcpy(p, s, n);
-	return p + n;
-}
-
 /* Format r's head into k->out (kept for the connection's next requests). Returns its length or 0. */
 static size_t format_head(struct cconn *k, const struct creq *r)
 {
@@ -249,7 +244,7 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 	const char *target = q->target ? q->target : "/";
 	const char *host = q->host ? q->host : q->upstream;
 	size_t tl = strlen(target), hl = strlen(host);
-	size_t cap = r->method.len + tl + hl + 96;
+	size_t cap = r->method.len + tl + hl + 96; /* (the fixed text below is 60 bytes at most) */
 	for (unsigned i = 0; i < q->nheaders; i++)
 		cap += q->headers[i].name.len + q->headers[i].value.len + 4;
 	if (cap > k->out_cap) {
@@ -260,28 +255,31 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 		k->out_cap = cap;
 	}
 	char *h = k->out;
-	h = put(h, r->method.ptr, r->method.len);
+	h = keel__put(h, r->method.ptr, r->method.len);
 	*h++ = ' ';
-	h = put(h, target, tl);
-	h = put(h, " HTTP/1.1\r\nHost: ", 17);
-	h = put(h, host, hl);
-	h = put(h, "\r\n", 2);
+	h = keel__put(h, target, tl);
+	h = KEEL__PUT_LIT(h, " HTTP/1.1\r\nHost: ");
+	h = keel__put(h, host, hl);
+	h = KEEL__PUT_LIT(h, "\r\n");
 	for (unsigned i = 0; i < q->nheaders; i++) {
 		const keel_http_header *x = &q->headers[i];
-		h = put(h, x->name.ptr, x->name.len);
-		h = put(h, ": ", 2);
-		h = put(h, x->value.ptr, x->value.len);
-		h = put(h, "\r\n", 2);
+		h = keel__put(h, x->name.ptr, x->name.len);
+		h = KEEL__PUT_LIT(h, ": ");
+		h = keel__put(h, x->value.ptr, x->value.len);
+		h = KEEL__PUT_LIT(h, "\r\n");
 	}
 	if (q->body_read && q->body_length < 0) {
-		h = put(h, "Transfer-Encoding: chunked\r\n", 28);
+		h = KEEL__PUT_LIT(h, "Transfer-Encoding: chunked\r\n");
 	} else {
 		uint64_t len = q->body_read ? (uint64_t)q->body_length : q->body.len;
 		if (len || keel_str_eq(r->method, "POST") || keel_str_eq(r->method, "PUT") ||
-		    keel_str_eq(r->method, "PATCH"))
-			h += snprintf(h, 40, "Content-Length: %llu\r\n", (unsigned long long)len);
+		    keel_str_eq(r->method, "PATCH")) {
+			h = KEEL__PUT_LIT(h, "Content-Length: ");
+			h = keel__put_u64(h, len);
+			h = KEEL__PUT_LIT(h, "\r\n");
+		}
 	}
-	h = put(h, "\r\n", 2);
+	h = KEEL__PUT_LIT(h, "\r\n");
 	return (size_t)(h - k->out);
 }
 
@@ -1198,6 +1196,7 @@ static void body_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 		body_src_fail(k, o.err);
 		return;
 	}
+	static const char crlf[] = "\r\n", last_chunk[] = "0\r\n\r\n";
 	keel_str *piece = o.ptr;
 	struct iovec v[3];
 	int n = 0;
@@ -1214,14 +1213,14 @@ static void body_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 		v[n].iov_base = (void *)piece->ptr;
 		v[n++].iov_len = piece->len;
 		if (chunked) {
-			v[n].iov_base = (void *)"\r\n";
-			v[n++].iov_len = 2;
+			v[n].iov_base = (void *)crlf;
+			v[n++].iov_len = sizeof(crlf) - 1;
 		} else if (!(k->body_left -= (int64_t)piece->len)) {
 			k->body_out = B_LAST;
 		}
 	} else if (chunked) {
-		v[n].iov_base = (void *)"0\r\n\r\n";
-		v[n++].iov_len = 5;
+		v[n].iov_base = (void *)last_chunk;
+		v[n++].iov_len = sizeof(last_chunk) - 1;
 		k->body_out = B_LAST;
 	} else {
 		body_src_fail(k, -EPIPE); /* fewer bytes than the Content-Length said */
