@@ -1,0 +1,221 @@
+/*
+ * What the files of the HTTP/1.1 client share: its four records and the
+ * calls between the rooms. client.c is the API and a request's life
+ * (checked, queued, settled, cancelled); client_pool.c the connections to
+ * each upstream (reaching it, idle, reuse, close); client_write.c a
+ * request going out; client_read.c its response coming in; client_stream.c
+ * a response handed over before its body is in.
+ */
+#ifndef KEEL_HTTP_CLIENT_INTERNAL_H
+#define KEEL_HTTP_CLIENT_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/internal.h"
+#include "keel/buf.h"
+#include "keel/http_client.h"
+
+/* What a connection's timer is running for. */
+enum { T_OFF = 0, T_RESPONSE, T_IDLE };
+
+/* A streamed request body: more pieces to read, or the last send in flight. */
+enum { B_NONE = 0, B_MORE, B_LAST };
+
+/* A request, from its send to its settling. */
+struct creq {
+	struct creq *next;  /* the upstream's queue, or the client's free list */
+	struct upstream *up;
+	struct cconn *conn; /* the connection carrying it; NULL while queued */
+	keel_promise *p;
+	keel_http_client_request q; /* the caller's (its strings borrowed until settled) */
+	keel_str method;
+	bool idempotent, retried;
+	bool cancelled; /* cancelled while its answer waited for its body's send to let go */
+};
+
+/* A connection to an upstream: one request at a time, then idle or closed. */
+struct cconn {
+	struct cconn *next, *prev;           /* the upstream's list of connections */
+	struct cconn *idle_next, *idle_prev; /* its idle list, most recently used first */
+	struct upstream *up;
+	int fd;
+	keel_promise *recv, *send_p, *connect_p;
+	struct creq *req; /* the request whose response is awaited */
+	struct creq *due_req; /* answered, settled when the send in flight ends */
+	keel_http_client_response *due_resp;
+	char *out;        /* the request head being sent */
+	size_t out_cap;
+	/* A streamed request body. */
+	keel_promise *(*body_read)(void *);
+	void *body_ud;
+	keel_promise *body_rp; /* the producer's piece being waited for */
+	int64_t body_left;     /* bytes still owed under Content-Length; -1: chunked */
+	uint8_t body_out;      /* B_NONE, B_MORE, B_LAST */
+	char chunk_head[24];
+	/* The response being read: its head bytes, then its body. */
+	char *head;
+	size_t head_len, head_cap;
+	bool head_done;
+	keel_http_msg msg;
+	keel_http_header *hdrs;
+	keel_http_chunked chunk;
+	uint64_t body_need;
+	char *body;
+	size_t body_len, body_cap;
+	/* A streamed response: handed to the caller, its body read from held input. */
+	keel_http_client_response sresp;
+	keel_buf *inq_head; /* received, not yet handed out */
+	uint32_t inq_off;
+	keel_buf *piece_buf; /* the buffer the last piece points into */
+	keel_str piece;
+	keel_promise *body_wait; /* a keel_http_client_body_read waiting for input */
+	int body_err;
+	bool attached;  /* the caller holds sresp */
+	bool resp_done; /* its body is complete */
+	bool paused;    /* the receive was stopped for a reader that is not reading */
+	bool eof;
+	int eof_err;    /* how the input ended, if not cleanly */
+	bool paced;     /* the receive runs one buffer at a time (after a streamed response) */
+	bool dead;      /* closed while attached: freed with the response */
+	keel__timer timer;
+	uint8_t timer_kind;
+	bool idle, reused, got_bytes, closing, keep;
+	/*
+	 * The tick the request was given to this connection: its send reaches
+	 * the kernel at the next one. Bytes received in the same tick cannot be
+	 * its answer -- they were sent before it, after the last response, and
+	 * would be taken for this one (response desync).
+	 */
+	uint64_t send_tick;
+};
+
+/* One "HOST:PORT": its address, its connections, the requests waiting for one. */
+struct upstream {
+	struct upstream *next;
+	keel_http_client *cl;
+	char *name;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	struct cconn *conns; /* all of them */
+	struct cconn *idle;  /* the idle ones, most recently used first */
+	unsigned nconns, nidle;
+	struct creq *pend_head, *pend_tail;
+	unsigned npending;
+	/* A name is looked up off the loop (keel_resolve), and again after a connect fails. */
+	bool addr_ok, named;
+	keel_promise *resolving;
+	struct sockaddr_storage rs;
+};
+
+/* The client: its upstreams and the request records kept for reuse. */
+struct keel_http_client {
+	keel_loop *loop;
+	keel_http_client_config cfg;
+	struct upstream *ups;
+	struct creq *free_reqs;
+	unsigned nfree_reqs;
+	unsigned resolving; /* lookups in flight (the client is freed after them) */
+	keel_http_client_stats stats;
+	bool freeing, in_free;
+};
+
+/* ---- client.c ---- */
+
+/* r's promise settles: rejected with err if not 0, else resolved with resp. r is recycled. */
+void keel__http_client_req_settle(struct creq *r, int err, keel_http_client_response *resp);
+/* A client being freed goes once its last connection has closed and its last lookup ended. */
+void keel__http_client_release(keel_http_client *c);
+
+/* ---- client_pool.c ---- */
+
+/* A request wants a connection: an idle one, a new one, or a place in the queue. */
+void keel__http_client_req_start(struct upstream *up, struct creq *r);
+/*
+ * Close k: the request it carries fails, its ops are cancelled, and it is
+ * unlinked and freed once they have all ended (it is called again as each
+ * ends). A streamed response the caller still holds keeps its memory.
+ */
+void keel__http_client_conn_close(struct cconn *k);
+/* The request on k failed before its response came: tried again elsewhere if safe, or settled. */
+void keel__http_client_conn_fail(struct cconn *k, int err);
+/* k is free once nothing is in flight and the caller is done with the response: reused or idled. */
+void keel__http_client_maybe_release(struct cconn *k);
+void keel__http_client_conn_free(struct cconn *k);
+
+/* ---- client_write.c ---- */
+
+/* r goes out on k, which is connected and carries no other request. */
+void keel__http_client_conn_send(struct cconn *k, struct creq *r);
+/*
+ * A streamed request body still going when its response is complete: stop,
+ * and do not reuse the connection. Returns true if a send of the
+ * producer's bytes is still in the kernel (being cancelled): the request
+ * must not be reported done before it lets go of them.
+ */
+bool keel__http_client_body_out_abort(struct cconn *k);
+
+/* ---- client_read.c ---- */
+
+/* Start k's receive: once connected, and again after a pause. */
+void keel__http_client_conn_read(struct cconn *k);
+/*
+ * The response timer runs only while we wait for the server: for the head
+ * (unless the request body's producer is the one keeping us), and for the
+ * next piece of a streamed body a reader is waiting for. A slow client on
+ * the other side of a proxy is not the upstream's fault. Called at each
+ * step, it also re-arms: the limit is on the wait between pieces.
+ */
+void keel__http_client_response_timer(struct cconn *k);
+
+/* ---- client_stream.c ---- */
+
+/* The head of a streamed response is in: hand it over with what came of the body (buf from off). */
+void keel__http_client_stream_start(struct cconn *k, keel_buf *buf, size_t off);
+/* Give a waiting reader what the held input has; returns false if k failed. */
+bool keel__http_client_body_deliver(struct cconn *k);
+/* A streamed response's body failed: the reader hears it, the connection goes. */
+void keel__http_client_body_fail(struct cconn *k, int err);
+/* Drop the input held for a streamed body's reader. */
+void keel__http_client_inq_clear(struct cconn *k);
+
+/* ---- Small steps on every request's path, inline where they are taken ---- */
+
+static inline void keel__http_client_timer_set(struct cconn *k, int kind, uint64_t ms)
+{
+	keel_loop *loop = k->up->cl->loop;
+	keel__timer_stop(loop, &k->timer);
+	k->timer_kind = (uint8_t)kind;
+	if (kind != T_OFF && ms)
+		keel__timer_start(loop, &k->timer, ms);
+}
+
+static inline void keel__http_client_idle_remove(struct cconn *k)
+{
+	struct upstream *up = k->up;
+	if (!k->idle)
+		return;
+	if (k->idle_prev)
+		k->idle_prev->idle_next = k->idle_next;
+	else
+		up->idle = k->idle_next;
+	if (k->idle_next)
+		k->idle_next->idle_prev = k->idle_prev;
+	k->idle = false;
+	up->nidle--;
+}
+
+static inline void keel__http_client_response_reset(struct cconn *k)
+{
+	k->head_len = 0;
+	k->head_done = false;
+	k->body_len = 0;
+	k->body_need = 0;
+	k->got_bytes = false;
+	k->resp_done = false;
+	k->body_err = 0;
+}
+
+#endif

@@ -1,0 +1,334 @@
+/*
+ * The HTTP/1.1 client's connections to each upstream: reaching it (a name
+ * looked up, a connect), the idle list, reuse, failure and close, and the
+ * queue of requests waiting for a connection.
+ *
+ * A connection keeps its multishot receive running for its whole life, so
+ * a pooled idle connection that the server closes is seen (EOF) and dropped
+ * at once rather than found dead by the next request.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+#include "core/fault.h"
+#include "keel/errors.h"
+#include "keel/file.h"
+#include "keel/tcp.h"
+
+/* The oldest request waiting for a connection, or NULL. */
+static struct creq *pending_pop(struct upstream *up)
+{
+	struct creq *r = up->pend_head;
+	if (r) {
+		up->pend_head = r->next;
+		if (!up->pend_head)
+			up->pend_tail = NULL;
+		up->npending--;
+	}
+	return r;
+}
+
+static void idle_push(struct cconn *k)
+{
+	struct upstream *up = k->up;
+	k->idle = true;
+	k->idle_prev = NULL;
+	k->idle_next = up->idle;
+	if (up->idle)
+		up->idle->idle_prev = k;
+	up->idle = k;
+	up->nidle++;
+}
+
+/*
+ * Whether a kept-alive connection may carry another request: nothing the
+ * server sent since its last response is waiting unread (the kernel still
+ * holds it while the receive was paused, or had no tick to report it) --
+ * that would be read as the next request's answer -- and it has not closed.
+ * One MSG_PEEK per reuse, when the connection is taken for a request;
+ * what was already reported is the tick rule's (send_tick) and on_data's.
+ */
+static bool conn_clean(struct cconn *k)
+{
+	char b;
+	ssize_t n = recv(k->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		return true;
+	if (n > 0)
+		k->up->cl->stats.unsolicited++;
+	k->keep = false;
+	return false;
+}
+
+/* The connection is free: the next waiting request, or the idle list. */
+static void conn_release(struct cconn *k)
+{
+	struct upstream *up = k->up;
+	keel_http_client *c = up->cl;
+	keel__http_client_response_reset(k);
+	if (!k->keep || k->closing || c->freeing || k->eof) {
+		keel__http_client_conn_close(k);
+		return;
+	}
+	struct creq *r = up->pend_head;
+	if (r && !conn_clean(k)) {
+		/* (Reused at once, it is checked now; an idle one when it is taken.) */
+		keel__http_client_conn_close(k);
+		return;
+	}
+	/* Watch the connection: what the server sends unasked closes it. */
+	if (k->paused && !k->recv)
+		keel__http_client_conn_read(k);
+	if (r) {
+		k->reused = true;
+		keel__http_client_conn_send(k, pending_pop(up));
+		return;
+	}
+	idle_push(k);
+	keel__http_client_timer_set(k, T_IDLE, c->cfg.idle_timeout_ms);
+}
+
+void keel__http_client_maybe_release(struct cconn *k)
+{
+	if (k->req || k->attached || k->send_p || k->body_rp || k->closing || k->idle)
+		return;
+	conn_release(k);
+}
+
+void keel__http_client_conn_fail(struct cconn *k, int err)
+{
+	struct creq *r = k->req;
+	k->req = NULL;
+	k->keep = false;
+	if (r) {
+		struct upstream *up = k->up;
+		/*
+		 * A reused connection that ends before any byte of the answer:
+		 * the server closed it while idle as we sent. Safe to send again
+		 * on a fresh connection if the method is idempotent.
+		 */
+		if (k->reused && !k->got_bytes && r->idempotent && !r->retried && !up->cl->freeing &&
+		    (err == -ECONNRESET || err == -EPIPE)) {
+			r->retried = true;
+			r->conn = NULL;
+			up->cl->stats.retries++;
+			k->body_out = B_NONE;
+			keel__http_client_conn_close(k);
+			keel__http_client_req_start(up, r);
+			return;
+		}
+		keel__http_client_req_settle(r, err, NULL);
+	}
+	keel__http_client_conn_close(k);
+}
+
+static void conn_timeout(keel_loop *loop, keel__timer *t)
+{
+	(void)loop;
+	struct cconn *k = (struct cconn *)((char *)t - offsetof(struct cconn, timer));
+	int kind = k->timer_kind;
+	k->timer_kind = T_OFF;
+	if (kind == T_RESPONSE && k->req)
+		keel__http_client_conn_fail(k, -ETIMEDOUT);
+	else if (kind == T_RESPONSE && k->attached)
+		keel__http_client_body_fail(k, -ETIMEDOUT);
+	else
+		keel__http_client_conn_close(k); /* idle too long */
+}
+
+void keel__http_client_conn_free(struct cconn *k)
+{
+	if (k->piece_buf)
+		keel_buf_release(k->piece_buf);
+	keel__http_client_inq_clear(k);
+	free(k->out);
+	free(k->head);
+	free(k->hdrs);
+	free(k->body);
+	free(k);
+}
+
+static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	struct cconn *k = ud;
+	struct upstream *up = k->up;
+	keel_http_client *c = up->cl;
+	if (k->prev)
+		k->prev->next = k->next;
+	else
+		up->conns = k->next;
+	if (k->next)
+		k->next->prev = k->prev;
+	up->nconns--;
+	c->stats.conns_open--;
+	if (k->attached)
+		k->dead = true; /* the caller still holds its response: freed with it */
+	else
+		keel__http_client_conn_free(k);
+	/* Room for a waiting request. */
+	if (up->pend_head && !c->freeing && up->nconns < c->cfg.pool_max)
+		keel__http_client_req_start(up, pending_pop(up));
+	if (c->freeing && !c->in_free)
+		keel__http_client_release(c);
+}
+
+void keel__http_client_conn_close(struct cconn *k)
+{
+	if (!k->closing) {
+		k->closing = true;
+		keel__http_client_idle_remove(k);
+		keel__http_client_timer_set(k, T_OFF, 0);
+		int err = k->up->cl->freeing ? -ECANCELED : -ECONNRESET;
+		if (k->req) {
+			struct creq *r = k->req;
+			k->req = NULL;
+			keel__http_client_req_settle(r, err, NULL);
+		}
+		if (k->attached && !k->resp_done) {
+			if (!k->body_err)
+				k->body_err = err;
+			if (k->body_wait) {
+				keel_promise *p = k->body_wait;
+				k->body_wait = NULL;
+				keel_promise_reject(p, k->body_err);
+			}
+		}
+		if (k->connect_p)
+			keel_promise_cancel(k->connect_p);
+		if (k->recv)
+			keel_promise_cancel(k->recv);
+		if (k->send_p)
+			keel_promise_cancel(k->send_p);
+		if (k->body_rp)
+			keel_promise_cancel(k->body_rp);
+	}
+	if (k->connect_p || k->recv || k->send_p || k->body_rp || k->fd == -2)
+		return;
+	if (k->fd < 0) {
+		k->fd = -2;
+		conn_closed(NULL, keel_ok(0, NULL), k);
+		return;
+	}
+	int fd = k->fd;
+	k->fd = -2;
+	keel_promise_done(keel_close(k->up->cl->loop, fd), conn_closed, k);
+}
+
+static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct cconn *k = ud;
+	k->connect_p = NULL;
+	if (o.err || k->closing) {
+		if (!o.err)
+			close((int)o.n); /* connected after all, but no longer wanted */
+		if (o.err && o.err != -ECANCELED && k->up->named)
+			k->up->addr_ok = false; /* look the name up again: it may have moved */
+		int err = o.err == -ETIMEDOUT ? KEEL_ECONNTIMEDOUT : o.err ? o.err : -ECANCELED;
+		keel__http_client_conn_fail(k, err);
+		return;
+	}
+	k->fd = (int)o.n;
+	int one = 1; /* a request body's last piece must not wait for an ACK (Nagle) */
+	setsockopt(k->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	keel__http_client_conn_read(k);
+	struct creq *r = k->req;
+	k->req = NULL;
+	keel__http_client_conn_send(k, r);
+}
+
+static void resolved(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct upstream *up = ud;
+	keel_http_client *c = up->cl;
+	up->resolving = NULL;
+	c->resolving--;
+	if (c->freeing) {
+		if (!c->in_free)
+			keel__http_client_release(c);
+		return;
+	}
+	if (o.err) {
+		/* Nothing to connect to: the requests waiting for it fail alike. */
+		struct creq *r;
+		while ((r = pending_pop(up)))
+			keel__http_client_req_settle(r, o.err, NULL);
+		return;
+	}
+	memcpy(&up->addr, &up->rs, (size_t)o.n);
+	up->addrlen = (socklen_t)o.n;
+	up->addr_ok = true;
+	while (up->pend_head && up->nconns < c->cfg.pool_max)
+		keel__http_client_req_start(up, pending_pop(up));
+}
+
+static void upstream_resolve(struct upstream *up)
+{
+	if (up->resolving)
+		return;
+	up->cl->resolving++;
+	up->resolving = keel_resolve(up->cl->loop, up->name, &up->rs);
+	keel_promise_done(up->resolving, resolved, up);
+}
+
+void keel__http_client_req_start(struct upstream *up, struct creq *r)
+{
+	keel_http_client *c = up->cl;
+	while (up->idle) {
+		struct cconn *k = up->idle;
+		if (!conn_clean(k)) {
+			keel__http_client_conn_close(k); /* (leaves the idle list) */
+			continue;
+		}
+		k->reused = true;
+		keel__http_client_conn_send(k, r);
+		return;
+	}
+	if (up->nconns >= c->cfg.pool_max || !up->addr_ok) {
+		if (!up->addr_ok)
+			upstream_resolve(up); /* the request waits in the queue for the address */
+		if (up->npending >= c->cfg.pending_max && !r->retried) {
+			c->stats.rejected_full++;
+			keel__http_client_req_settle(r, KEEL_ELIMIT, NULL);
+			return;
+		}
+		r->conn = NULL;
+		r->next = NULL;
+		if (up->pend_tail)
+			up->pend_tail->next = r;
+		else
+			up->pend_head = r;
+		up->pend_tail = r;
+		up->npending++;
+		return;
+	}
+	struct cconn *k = keel__calloc(1, sizeof(*k));
+	if (!k) {
+		keel__http_client_req_settle(r, -ENOMEM, NULL);
+		return;
+	}
+	k->up = up;
+	k->fd = -1;
+	k->req = r; /* (sent once connected) */
+	r->conn = k;
+	keel__timer_init(&k->timer, conn_timeout);
+	k->next = up->conns;
+	if (up->conns)
+		up->conns->prev = k;
+	up->conns = k;
+	up->nconns++;
+	c->stats.conns_open++;
+	c->stats.connects++;
+	k->connect_p = keel_connect(c->loop, (struct sockaddr *)&up->addr, up->addrlen, c->cfg.connect_timeout_ms);
+	keel_promise_done(k->connect_p, connect_done, k);
+}
