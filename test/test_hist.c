@@ -1,13 +1,13 @@
 /*
- * The latency histogram of keel load (src/cli/hist.c, compiled in here: the
- * test programs link libkeel.a only, and the histogram belongs to the CLI).
+ * The latency histogram of keel load (src/load/hist.c, linked from the load
+ * generator's module, libkeel_load.a).
  * Bucket arithmetic checked exhaustively over the exact range and the first
  * buckets after it, then sampled up to the top; percentiles against exact
  * ranks; clamping, merging, reset and the empty case.
  */
 #include "test.h"
 
-#include "cli/hist.c"
+#include "load/hist.h"
 
 #define US_100S 100000000ull /* 100 s in microseconds: keel load's range */
 

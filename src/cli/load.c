@@ -43,8 +43,8 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "hist.h"
 #include "keel/http_parse.h"
+#include "load/hist.h"
 
 #define LOAD_HEAD_MAX 65536          /* a response head larger than this is a parse error */
 #define LOAD_HEADERS_MAX 128         /* response headers */
