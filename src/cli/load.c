@@ -165,12 +165,12 @@ struct worker {
 	bool pace_live;
 	bool stopping, stop_asked;
 	struct counters c;
-	cli_hist lat_ok, lat_all;
+	load_hist lat_ok, lat_all;
 	/*
 	 * Per-second intervals (for the JSON): successes, 503s and the p99 of
 	 * the successes that completed in each second of the run.
 	 */
-	cli_hist lat_iv;
+	load_hist lat_iv;
 	struct interval *iv;
 	uint32_t niv, iv_cap;
 	uint64_t iv_next_ns, iv_ok0, iv_shed0;
@@ -360,11 +360,11 @@ static bool response_done(struct conn *c)
 		uint64_t us = now > t ? (now - t + 500) / 1000 : 0;
 		int st = c->status;
 		w->c.responses++;
-		cli_hist_record(&w->lat_all, us);
+		load_hist_record(&w->lat_all, us);
 		if (st >= 200 && st < 400) {
 			w->c.ok++;
-			cli_hist_record(&w->lat_ok, us);
-			cli_hist_record(&w->lat_iv, us);
+			load_hist_record(&w->lat_ok, us);
+			load_hist_record(&w->lat_iv, us);
 		} else if (st == 503) {
 			w->c.errors[E_SHED]++;
 		} else if (st >= 500) {
@@ -756,7 +756,7 @@ static void check_timeouts(struct worker *w, uint64_t now)
 
 static void publish(struct worker *w, uint64_t now)
 {
-	uint64_t p99 = cli_hist_percentile(&w->lat_ok, 99);
+	uint64_t p99 = load_hist_percentile(&w->lat_ok, 99);
 	pthread_mutex_lock(&w->run->mu);
 	w->snap.c = w->c;
 	w->snap.p99_us = p99;
@@ -778,10 +778,10 @@ static void interval_close(struct worker *w)
 	struct interval *x = &w->iv[w->niv++];
 	x->ok = w->c.ok - w->iv_ok0;
 	x->shed = w->c.errors[E_SHED] - w->iv_shed0;
-	x->p99_us = cli_hist_percentile(&w->lat_iv, 99);
+	x->p99_us = load_hist_percentile(&w->lat_iv, 99);
 	w->iv_ok0 = w->c.ok;
 	w->iv_shed0 = w->c.errors[E_SHED];
-	cli_hist_reset(&w->lat_iv);
+	load_hist_reset(&w->lat_iv);
 }
 
 static void stop_asked(keel_loop *loop, void *ud)
@@ -935,9 +935,9 @@ static int worker_init(struct worker *w, const struct load_cfg *cfg, struct load
 	w->limits.head_max = LOAD_HEAD_MAX;
 	w->limits.request_line_max = LOAD_HEAD_MAX;
 	w->limits.headers_max = LOAD_HEADERS_MAX;
-	if (cli_hist_init(&w->lat_ok, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0 ||
-	    cli_hist_init(&w->lat_all, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0 ||
-	    cli_hist_init(&w->lat_iv, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0)
+	if (load_hist_init(&w->lat_ok, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0 ||
+	    load_hist_init(&w->lat_all, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0 ||
+	    load_hist_init(&w->lat_iv, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0)
 		return -ENOMEM;
 	w->conns = calloc(nconns, sizeof(*w->conns));
 	w->slots = calloc((size_t)nconns * w->depth, sizeof(*w->slots));
@@ -961,9 +961,9 @@ static void worker_fini(struct worker *w)
 	free(w->conns);
 	free(w->slots);
 	free(w->retry);
-	cli_hist_fini(&w->lat_ok);
-	cli_hist_fini(&w->lat_all);
-	cli_hist_fini(&w->lat_iv);
+	load_hist_fini(&w->lat_ok);
+	load_hist_fini(&w->lat_all);
+	load_hist_fini(&w->lat_iv);
 	free(w->iv);
 }
 
@@ -1205,7 +1205,7 @@ static int build_request(struct load_cfg *cfg, const char *host, const char *pat
 
 struct results {
 	struct counters c;
-	cli_hist lat_ok, lat_all;
+	load_hist lat_ok, lat_all;
 	double duration_s;
 	const char *backend;
 	const struct interval *iv; /* the first worker's seconds (all of them with one thread) */
@@ -1232,13 +1232,13 @@ static void fmt_us(char *buf, size_t cap, uint64_t us)
 
 static const double pcts[] = {50, 90, 99, 99.9};
 
-static void print_latency(const char *what, const cli_hist *h)
+static void print_latency(const char *what, const load_hist *h)
 {
 	char v[6][32];
 	for (int i = 0; i < 4; i++)
-		fmt_us(v[i], sizeof(v[i]), cli_hist_percentile(h, pcts[i]));
+		fmt_us(v[i], sizeof(v[i]), load_hist_percentile(h, pcts[i]));
 	fmt_us(v[4], sizeof(v[4]), h->max);
-	fmt_us(v[5], sizeof(v[5]), (uint64_t)cli_hist_mean(h));
+	fmt_us(v[5], sizeof(v[5]), (uint64_t)load_hist_mean(h));
 	printf("  %-13s %10s %10s %10s %10s %10s %10s  (%llu)\n", what, v[0], v[1], v[2], v[3], v[4], v[5],
 	       (unsigned long long)h->total);
 }
@@ -1275,12 +1275,12 @@ static void print_results(const struct load_cfg *cfg, const struct results *r)
 	print_latency("all", &r->lat_all);
 }
 
-static void json_latency(FILE *f, const cli_hist *h)
+static void json_latency(FILE *f, const load_hist *h)
 {
 	fprintf(f, "{\"p50\": %llu, \"p90\": %llu, \"p99\": %llu, \"p999\": %llu, \"max\": %llu, \"mean\": %.1f, \"count\": %llu}",
-	        (unsigned long long)cli_hist_percentile(h, 50), (unsigned long long)cli_hist_percentile(h, 90),
-	        (unsigned long long)cli_hist_percentile(h, 99), (unsigned long long)cli_hist_percentile(h, 99.9),
-	        (unsigned long long)h->max, cli_hist_mean(h), (unsigned long long)h->total);
+	        (unsigned long long)load_hist_percentile(h, 50), (unsigned long long)load_hist_percentile(h, 90),
+	        (unsigned long long)load_hist_percentile(h, 99), (unsigned long long)load_hist_percentile(h, 99.9),
+	        (unsigned long long)h->max, load_hist_mean(h), (unsigned long long)h->total);
 }
 
 static void json_string(FILE *f, const char *s)
@@ -1505,8 +1505,8 @@ out_join:
 		struct results r;
 		memset(&r, 0, sizeof(r));
 		r.backend = "?";
-		if (cli_hist_init(&r.lat_ok, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0 ||
-		    cli_hist_init(&r.lat_all, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0) {
+		if (load_hist_init(&r.lat_ok, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0 ||
+		    load_hist_init(&r.lat_all, LOAD_HIST_MAX_US, LOAD_HIST_DIGITS) < 0) {
 			status = CLI_FAIL;
 		} else {
 			for (long i = 0; i < n; i++) {
@@ -1522,8 +1522,8 @@ out_join:
 				r.c.bytes_out += w->c.bytes_out;
 				for (int k = 0; k < E_KINDS; k++)
 					r.c.errors[k] += w->c.errors[k];
-				cli_hist_merge(&r.lat_ok, &w->lat_ok);
-				cli_hist_merge(&r.lat_all, &w->lat_all);
+				load_hist_merge(&r.lat_ok, &w->lat_ok);
+				load_hist_merge(&r.lat_all, &w->lat_all);
 			}
 			r.backend = run.backend;
 			r.iv = ws[0].iv;
@@ -1538,8 +1538,8 @@ out_join:
 				}
 			}
 		}
-		cli_hist_fini(&r.lat_ok);
-		cli_hist_fini(&r.lat_all);
+		load_hist_fini(&r.lat_ok);
+		load_hist_fini(&r.lat_all);
 	}
 out_free:
 	for (long i = 0; i < n; i++)
