@@ -46,12 +46,14 @@ LIB_SRC := $(wildcard src/core/*.c) $(wildcard src/backend/*.c) \
 	$(wildcard src/backend/uring/*.c) $(wildcard src/backend/epoll/*.c) $(wildcard src/net/*.c) \
 	$(wildcard src/http/*.c)
 CLI_SRC := $(wildcard src/cli/*.c)
+LOAD_SRC := $(wildcard src/load/*.c)
 TEST_SRC := $(filter-out test/seccomp_exec.c,$(wildcard test/test_*.c))
 TEST_PY := $(wildcard test/test_*.py)
 EXAMPLE_SRC := $(wildcard examples/*.c)
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+LOAD_OBJ := $(LOAD_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
@@ -82,16 +84,23 @@ $(BUILD)/libkeel.so: $(LIB_OBJ) src/keel.map
 	ln -sf libkeel.so.$(SO_VERSION) $@.$(SO_ABI)
 	ln -sf libkeel.so.$(SO_ABI) $@
 
+# The load generator (keel load): a module of its own on top of libkeel, not part of its API.
+$(BUILD)/libkeel_load.a: $(LOAD_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
 # The CLI reads config files with Debian's libinih.
-$(BUILD)/keel: $(CLI_OBJ) $(BUILD)/libkeel.a
-	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libkeel.a -linih $(LDLIBS)
+$(BUILD)/keel: $(CLI_OBJ) $(BUILD)/libkeel_load.a $(BUILD)/libkeel.a
+	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libkeel_load.a $(BUILD)/libkeel.a -linih $(LDLIBS)
 
 $(BUILD)/test/%: test/%.c test/test.h $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itest -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
 
-# test_hist compiles the CLI's histogram in.
-$(BUILD)/test/test_hist: src/cli/hist.c src/cli/hist.h
+# test_hist tests the load generator's histogram, linked from its module.
+$(BUILD)/test/test_hist: test/test_hist.c test/test.h $(BUILD)/libkeel_load.a $(BUILD)/libkeel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itest -o $@ $< $(BUILD)/libkeel_load.a $(BUILD)/libkeel.a $(LDLIBS)
 
 $(BUILD)/test/%.py: test/%.py
 	@mkdir -p $(dir $@)
@@ -157,4 +166,4 @@ clean:
 fanout: $(BUILD)/examples/fanout
 	$(BUILD)/examples/fanout
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(LOAD_OBJ:.o=.d)

@@ -18,7 +18,7 @@ static unsigned msb64(uint64_t v)
 	return 63u - (unsigned)__builtin_clzll(v);
 }
 
-uint32_t cli_hist_index(const cli_hist *h, uint64_t v)
+uint32_t load_hist_index(const load_hist *h, uint64_t v)
 {
 	if (v > h->highest)
 		v = h->highest;
@@ -28,7 +28,7 @@ uint32_t cli_hist_index(const cli_hist *h, uint64_t v)
 	return (uint32_t)(((uint64_t)b << (h->sub_bits - 1)) + (v >> b));
 }
 
-uint64_t cli_hist_lowest_equiv(const cli_hist *h, uint32_t idx)
+uint64_t load_hist_lowest_equiv(const load_hist *h, uint32_t idx)
 {
 	if (idx < (1u << h->sub_bits))
 		return idx;
@@ -37,7 +37,7 @@ uint64_t cli_hist_lowest_equiv(const cli_hist *h, uint32_t idx)
 	return m << b;
 }
 
-uint64_t cli_hist_highest_equiv(const cli_hist *h, uint32_t idx)
+uint64_t load_hist_highest_equiv(const load_hist *h, uint32_t idx)
 {
 	if (idx < (1u << h->sub_bits))
 		return idx;
@@ -46,7 +46,7 @@ uint64_t cli_hist_highest_equiv(const cli_hist *h, uint32_t idx)
 	return ((m + 1) << b) - 1;
 }
 
-int cli_hist_init(cli_hist *h, uint64_t highest, unsigned digits)
+int load_hist_init(load_hist *h, uint64_t highest, unsigned digits)
 {
 	memset(h, 0, sizeof(*h));
 	if (digits < 1 || digits > 4 || highest < 1 || highest > (1ull << 62))
@@ -59,7 +59,7 @@ int cli_hist_init(cli_hist *h, uint64_t highest, unsigned digits)
 		s++;
 	h->sub_bits = s;
 	h->highest = highest;
-	h->ncounts = cli_hist_index(h, highest) + 1;
+	h->ncounts = load_hist_index(h, highest) + 1;
 	h->counts = calloc(h->ncounts, sizeof(*h->counts));
 	if (!h->counts)
 		return -ENOMEM;
@@ -67,23 +67,23 @@ int cli_hist_init(cli_hist *h, uint64_t highest, unsigned digits)
 	return 0;
 }
 
-void cli_hist_fini(cli_hist *h)
+void load_hist_fini(load_hist *h)
 {
 	free(h->counts);
 	h->counts = NULL;
 	h->ncounts = 0;
 }
 
-void cli_hist_reset(cli_hist *h)
+void load_hist_reset(load_hist *h)
 {
 	memset(h->counts, 0, h->ncounts * sizeof(*h->counts));
 	h->total = h->sum = h->max = 0;
 	h->min = UINT64_MAX;
 }
 
-void cli_hist_record_n(cli_hist *h, uint64_t v, uint64_t count)
+void load_hist_record_n(load_hist *h, uint64_t v, uint64_t count)
 {
-	h->counts[cli_hist_index(h, v)] += count;
+	h->counts[load_hist_index(h, v)] += count;
 	h->total += count;
 	h->sum += v * count;
 	if (v < h->min)
@@ -92,7 +92,7 @@ void cli_hist_record_n(cli_hist *h, uint64_t v, uint64_t count)
 		h->max = v;
 }
 
-uint64_t cli_hist_percentile(const cli_hist *h, double p)
+uint64_t load_hist_percentile(const load_hist *h, double p)
 {
 	if (h->total == 0)
 		return 0;
@@ -111,7 +111,7 @@ uint64_t cli_hist_percentile(const cli_hist *h, double p)
 	for (uint32_t i = 0; i < h->ncounts; i++) {
 		seen += h->counts[i];
 		if (seen >= rank) {
-			uint64_t v = cli_hist_highest_equiv(h, i);
+			uint64_t v = load_hist_highest_equiv(h, i);
 			if (v > h->max)
 				v = h->max;
 			if (v < h->min)
@@ -122,12 +122,12 @@ uint64_t cli_hist_percentile(const cli_hist *h, double p)
 	return h->max;
 }
 
-double cli_hist_mean(const cli_hist *h)
+double load_hist_mean(const load_hist *h)
 {
 	return h->total ? (double)h->sum / (double)h->total : 0.0;
 }
 
-int cli_hist_merge(cli_hist *dst, const cli_hist *src)
+int load_hist_merge(load_hist *dst, const load_hist *src)
 {
 	if (dst->ncounts != src->ncounts || dst->sub_bits != src->sub_bits)
 		return -EINVAL;

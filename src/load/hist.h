@@ -10,13 +10,13 @@
  * highest trackable value are counted in the top bucket; max still reports
  * the true largest value.
  */
-#ifndef KEEL_CLI_HIST_H
-#define KEEL_CLI_HIST_H
+#ifndef KEEL_LOAD_HIST_H
+#define KEEL_LOAD_HIST_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef struct cli_hist {
+typedef struct load_hist {
 	uint64_t *counts;   /* ncounts buckets, owned */
 	uint32_t ncounts;
 	unsigned sub_bits;  /* S: significant bits kept */
@@ -24,25 +24,25 @@ typedef struct cli_hist {
 	uint64_t total;     /* values recorded */
 	uint64_t min, max;  /* exact; min is UINT64_MAX while empty */
 	uint64_t sum;       /* for the mean */
-} cli_hist;
+} load_hist;
 
 /*
  * Set up h for values 0 .. highest with digits (1..4) significant decimal
  * digits. Returns 0, -EINVAL for a bad shape or -ENOMEM.
  */
-int cli_hist_init(cli_hist *h, uint64_t highest, unsigned digits);
+int load_hist_init(load_hist *h, uint64_t highest, unsigned digits);
 
 /* Free the counts; h may be zeroed or initialised. */
-void cli_hist_fini(cli_hist *h);
+void load_hist_fini(load_hist *h);
 
 /* Forget every value, keep the shape. */
-void cli_hist_reset(cli_hist *h);
+void load_hist_reset(load_hist *h);
 
 /* Record one value (count times). */
-void cli_hist_record_n(cli_hist *h, uint64_t v, uint64_t count);
-static inline void cli_hist_record(cli_hist *h, uint64_t v)
+void load_hist_record_n(load_hist *h, uint64_t v, uint64_t count);
+static inline void load_hist_record(load_hist *h, uint64_t v)
 {
-	cli_hist_record_n(h, v, 1);
+	load_hist_record_n(h, v, 1);
 }
 
 /*
@@ -50,17 +50,17 @@ static inline void cli_hist_record(cli_hist *h, uint64_t v)
  * bucket that holds the ceil(p% of total)-th smallest value, never more
  * than max. 0 when empty.
  */
-uint64_t cli_hist_percentile(const cli_hist *h, double p);
+uint64_t load_hist_percentile(const load_hist *h, double p);
 
 /* The arithmetic mean of the recorded values (exact: from the sum); 0 when empty. */
-double cli_hist_mean(const cli_hist *h);
+double load_hist_mean(const load_hist *h);
 
 /* Add src's values to dst. Returns 0, or -EINVAL if their shapes differ. */
-int cli_hist_merge(cli_hist *dst, const cli_hist *src);
+int load_hist_merge(load_hist *dst, const load_hist *src);
 
 /* The bucket a value falls in, and that bucket's lowest / highest equivalent values (for tests). */
-uint32_t cli_hist_index(const cli_hist *h, uint64_t v);
-uint64_t cli_hist_lowest_equiv(const cli_hist *h, uint32_t idx);
-uint64_t cli_hist_highest_equiv(const cli_hist *h, uint32_t idx);
+uint32_t load_hist_index(const load_hist *h, uint64_t v);
+uint64_t load_hist_lowest_equiv(const load_hist *h, uint32_t idx);
+uint64_t load_hist_highest_equiv(const load_hist *h, uint32_t idx);
 
 #endif
