@@ -281,12 +281,12 @@ bench_measure() { # srv_pids up_pids cmd...
 	return $rc
 }
 
-bench_kv() { # line key [default]: the value of key=value in line, or default (0)
-	local f
+bench_kv() { # line key [default]: the value of the last key=value in line, or default (0)
+	local f v=${3:-0}
 	for f in $1; do
-		[[ $f == "$2="* ]] && echo "${f#*=}" && return
+		[[ $f == "$2="* ]] && v=${f#*=}
 	done
-	echo "${3:-0}"
+	echo "$v"
 }
 
 bench_per_cpu() { # rate cpu_pct: rate per CPU second

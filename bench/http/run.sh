@@ -17,8 +17,8 @@
 # Every server runs one worker pinned to CPU 0 and is started fresh by this
 # script from a config it writes under build/bench/http/; wrk runs one thread
 # pinned to CPU 1. Before measuring, curl must get 200 and exactly the 13-byte
-# body. Server CPU is utime+stime+cutime+cstime from /proc (the server and any
-# descendants: h2o keeps a helper child) read before and after each point.
+# body. Server CPU is that of the server's whole process tree (h2o keeps a
+# helper child; bench/lib.sh says exactly what) over each point.
 # The headline number is requests per server CPU second: with a one-thread
 # client on the other core, req/s often measures wrk rather than the server.
 # The CPU window spans all of wrk's run (connects included), as does wrk's
@@ -39,12 +39,13 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
 out=build/bench
 work=$out/http
 mkdir -p "$work"
 work_abs=$PWD/$work
 
-if [[ ${QUICK:-0} == 1 ]]; then
+if ((bench_quick)); then
 	duration=${DURATION:-2}
 	read -ra shapes <<<"${SHAPES:-c16 c256 c256p16}"
 else
@@ -54,35 +55,19 @@ fi
 warmup=${WARMUP:-1}
 read -ra servers <<<"${SERVERS:-keel nginx h2o node floor}"
 port=${PORT:-7200}
-clk_tck=$(getconf CLK_TCK)
 if ! [[ $duration =~ ^[1-9][0-9]*$ && $warmup =~ ^[0-9]+$ ]]; then
-	echo "run.sh: DURATION and WARMUP are whole seconds" >&2
-	exit 1
+	bench_die "DURATION and WARMUP are whole seconds"
 fi
+max_conns=0
 for s in "${shapes[@]}"; do
-	if ! [[ $s =~ ^c[1-9][0-9]*(p[1-9][0-9]*)?$ ]]; then
-		echo "run.sh: bad shape $s (want cN or cNpD)" >&2
-		exit 1
-	fi
+	[[ $s =~ ^c([1-9][0-9]*)(p[1-9][0-9]*)?$ ]] || bench_die "bad shape $s (want cN or cNpD)"
+	if ((BASH_REMATCH[1] > max_conns)); then max_conns=${BASH_REMATCH[1]}; fi
 done
-if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
-	echo "run.sh: needs wrk and curl (apt-get install -y wrk curl)" >&2
-	exit 1
-fi
+bench_require wrk
+bench_require curl
 
-# Each side needs one fd per connection plus a few; ask for 20000 at most.
-hard=$(ulimit -Hn)
-want=20000
-if [[ $hard != unlimited ]] && ((hard < want)); then want=$hard; fi
-ulimit -n "$want"
-for s in "${shapes[@]}"; do
-	c=${s#c}
-	c=${c%%p*}
-	if ((want < c + 64)); then
-		echo "run.sh: fd limit $want is too low for $c connections" >&2
-		exit 1
-	fi
-done
+# Each side needs one fd per connection plus a few.
+bench_fd_limit 20000 $((max_conns + 64))
 
 # ---- Files the servers and wrk read, all generated here. ----
 
@@ -190,31 +175,6 @@ EOF
 
 # ---- Finding and installing the other servers. ----
 
-find_bin() { # name: prints its path
-	command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/usr/sbin/$1"; }
-}
-
-# Installs the first Debian package that provides command $1. Debian starts a
-# packaged service on install where an init system runs; it listens on port
-# 80 and is never measured here.
-ensure_bin() { # command package...
-	local cmd=$1 pkg
-	shift
-	find_bin "$cmd" >/dev/null && return 0
-	if [[ ${NO_INSTALL:-0} == 1 || $(id -u) != 0 ]]; then return 1; fi
-	for pkg in "$@"; do
-		echo "run.sh: installing $pkg (log $work/apt.log)" >&2
-		if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" \
-			>>"$work/apt.log" 2>&1; then
-			apt-get update -q >>"$work/apt.log" 2>&1 || true
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" \
-				>>"$work/apt.log" 2>&1 || continue
-		fi
-		find_bin "$cmd" >/dev/null && return 0
-	done
-	return 1
-}
-
 declare -A usable
 for name in "${servers[@]}"; do
 	case $name in
@@ -222,247 +182,91 @@ for name in "${servers[@]}"; do
 		if [[ -x build/examples/hello ]]; then
 			usable[$name]=1
 		else
-			echo "run.sh: build/examples/hello not found, skipping keel" >&2
+			bench_warn "build/examples/hello not found, skipping keel"
 		fi
 		;;
 	nginx | h2o)
 		if [[ $name == nginx ]]; then pkgs=(nginx-light nginx); else pkgs=(h2o); fi
-		if ensure_bin "$name" "${pkgs[@]}"; then
+		if bench_ensure_bin "$name" "${pkgs[@]}"; then
 			usable[$name]=1
 		else
-			echo "run.sh: $name missing and not installable, skipping it" >&2
+			bench_warn "$name missing and not installable, skipping it"
 		fi
 		;;
 	node)
 		if command -v node >/dev/null; then
 			usable[$name]=1
 		else
-			echo "run.sh: node not on PATH, skipping it" >&2
+			bench_warn "node not on PATH, skipping it"
 		fi
 		;;
 	floor)
 		if cc -std=c17 -O2 -Wall -Wextra -o "$work/floor" bench/http/floor.c -luring; then
 			usable[$name]=1
 		else
-			echo "run.sh: floor.c did not build (needs liburing-dev), skipping it" >&2
+			bench_warn "floor.c did not build (needs liburing-dev), skipping it"
 		fi
 		;;
-	*) echo "run.sh: unknown server $name" >&2 ;;
+	*) bench_warn "unknown server $name" ;;
 	esac
 done
 
 # ---- Starting and stopping servers. ----
 
 server_pid=
-cleanup() {
-	if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
-		kill -TERM "$server_pid" 2>/dev/null || true
-		wait "$server_pid" 2>/dev/null || true
-	fi
-	server_pid=
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() { # port: does something accept connections there?
-	timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
-}
-
-# Prints two sums in clock ticks: utime+stime+cutime+cstime (stat fields 14
-# to 17) over $1 and its descendants, and the same over every process, for
-# the noise column. Threads are already folded into their process's line; a
-# descendant reaped during a point moves its time into its parent's cutime,
-# so the delta stays right.
-proc_ticks() {
-	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
-		{
-			line = $0
-			pid = substr(line, 1, index(line, " ") - 1)
-			rest = substr(line, match(line, /\) [^)]*$/) + 2)
-			split(rest, f, " ")   # f[1] is field 3
-			parent[pid] = f[2]
-			ticks[pid] = f[12] + f[13] + f[14] + f[15]
-			all += ticks[pid]
-		}
-		END {
-			want[root] = 1
-			do {
-				grew = 0
-				for (p in parent)
-					if (!(p in want) && (parent[p] in want)) {
-						want[p] = 1
-						grew = 1
-					}
-			} while (grew)
-			for (p in want)
-				sum += ticks[p]
-			print sum + 0, all + 0
-		}'
-}
-
 start_server() { # mode name: sets server_pid, or returns 1 to skip
-	local mode=$1 name=$2 log=$work/$2.log tries
+	local mode=$1 name=$2
 	local -a cmd
 
-	# Never measure a stranger: move past ports that already answer.
-	for ((tries = 0; tries < 50; tries++)); do
-		port_open "$port" || break
-		port=$((port + 1))
-	done
+	bench_free_port
 	case $name in
 	keel)
 		if [[ $mode == static ]]; then
-			cmd=(taskset -c 0 build/keel serve --listen "127.0.0.1:$port"
-				--workers 1 "$work/www")
+			cmd=(build/keel serve --listen "127.0.0.1:$port" --workers 1 "$work/www")
 		else
-			cmd=(taskset -c 0 build/examples/hello --listen "127.0.0.1:$port"
-				--workers 1)
+			cmd=(build/examples/hello --listen "127.0.0.1:$port" --workers 1)
 		fi
 		;;
 	nginx)
 		write_nginx_conf "$port"
-		cmd=(taskset -c 0 "$(find_bin nginx)" -p "$work_abs/"
-			-c "$work_abs/nginx.conf" -e "$work_abs/nginx.error.log")
+		cmd=("$(bench_find_bin nginx)" -p "$work_abs/" -c "$work_abs/nginx.conf"
+			-e "$work_abs/nginx.error.log")
 		;;
 	h2o)
 		write_h2o_conf "$port"
-		cmd=(taskset -c 0 "$(find_bin h2o)" -c "$work_abs/h2o.conf")
+		cmd=("$(bench_find_bin h2o)" -c "$work_abs/h2o.conf")
 		;;
-	node)
-		cmd=(taskset -c 0 node "$work/server.js" "127.0.0.1:$port")
-		;;
-	floor)
-		cmd=(taskset -c 0 "$work/floor" "127.0.0.1:$port")
-		;;
+	node) cmd=(node "$work/server.js" "127.0.0.1:$port") ;;
+	floor) cmd=("$work/floor" "127.0.0.1:$port") ;;
 	esac
-	# taskset execs, so $! is the server itself.
-	"${cmd[@]}" >"$log" 2>&1 &
-	server_pid=$!
-	for ((tries = 0; tries < 100; tries++)); do
-		if ! kill -0 "$server_pid" 2>/dev/null; then
-			echo "run.sh: $name exited at startup; log $log:" >&2
-			tail -5 "$log" >&2
-			server_pid=
-			return 1
-		fi
-		port_open "$port" && return 0
-		sleep 0.1
-	done
-	echo "run.sh: $name did not accept on port $port within 10 s" >&2
-	stop_server
-	return 1
+	bench_start "$name" "$port" "$work/$name.log" "$bench_srv_cpu" "${cmd[@]}" || return 1
+	server_pid=$bench_pid
 }
 
 stop_server() {
-	local i
-	kill -TERM "$server_pid" 2>/dev/null || true
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
+	bench_stop "$server_pid"
 	server_pid=
 	port=$((port + 1))
 }
 
 check_get() { # name path file: curl must get 200 and exactly that file
-	local code
-	code=$(curl -s -o "$work/.body" -w '%{http_code}' --max-time 5 \
-		"http://127.0.0.1:$port$2") || code=000
-	if [[ $code != 200 ]] || ! cmp -s "$work/.body" "$3"; then
-		echo "run.sh: $1: GET $2 gave status $code and $(wc -c <"$work/.body") bytes, not 200 and $(wc -c <"$3"); skipping it" >&2
+	bench_check_get "$1" "http://127.0.0.1:$port$2" "$3" || {
+		bench_warn "skipping $1"
 		return 1
-	fi
+	}
 }
 
-warm() { # url [wrk args]: unmeasured load so the first point is not cold
-	local url=$1
-	shift
-	if ((warmup > 0)); then
-		timeout $((warmup + 10)) taskset -c 1 wrk -t1 -c16 -d"${warmup}s" "$@" \
-			"$url" >/dev/null 2>&1 || true
-	fi
-}
-
-# Busy ticks of CPU 0 (user, nice, system, irq and softirq in /proc/stat):
-# everything done on the server's core, charged to a process or not.
-cpu0_ticks() {
-	awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
-}
-
-# Runs wrk once and prints one line of key=value: rps p50_us p99_us cpu_pct
-# (server) core_pct (CPU 0) cli_pct other_pct errors. Extra arguments go to
-# wrk.
+# Runs wrk once and prints one line of key=value: rps p50_us p99_us srv_pct
+# (server) core_pct (its CPU) cli_pct other_pct errors (socket errors and
+# non-2xx answers). Extra arguments go to wrk.
 run_wrk() { # conns url [wrk args]
-	local conns=$1 url=$2 t0 t1 c0 c1 a0 a1 z0 z1 rc=0 usr_sys
-	local res=$work/.wrk.out tim=$work/.wrk.time TIMEFORMAT='%U %S'
-	shift 2
-
-	read -r c0 a0 < <(proc_ticks "$server_pid")
-	z0=$(cpu0_ticks)
-	t0=$(date +%s%N)
-	# timeout bounds a wedged client; wrk itself stops after -d.
-	{ time timeout $((duration + 15)) taskset -c 1 wrk -t1 -c"$conns" \
-		-d"${duration}s" --latency "$url" "$@" >"$res" 2>&1; } 2>"$tim" || rc=$?
-	t1=$(date +%s%N)
-	z1=$(cpu0_ticks)
-	read -r c1 a1 < <(proc_ticks "$server_pid")
-	usr_sys=$(tail -1 "$tim")
-	if ((rc != 0)) || ! grep -q '^Requests/sec:' "$res"; then
-		echo "run.sh: wrk failed (rc $rc):" >&2
-		sed 's/^/    /' "$res" >&2
-	fi
-	awk -v wall_ns=$((t1 - t0)) -v ticks=$((c1 - c0)) -v all=$((a1 - a0)) \
-		-v core=$((z1 - z0)) -v hz="$clk_tck" -v usr_sys="$usr_sys" '
-		function us(v) { # wrk latency text to microseconds
-			if (v ~ /us$/) return v + 0
-			if (v ~ /ms$/) return v * 1000
-			if (v ~ /m$/) return v * 60e6
-			return v * 1e6 # "s"
-		}
-		/^Requests\/sec:/ { rps = $2 }
-		$1 == "50%" { p50 = us($2) }
-		$1 == "99%" { p99 = us($2) }
-		/^  Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-		/^  Non-2xx or 3xx responses:/ { err += $5 }
-		END {
-			wall = wall_ns / 1e9
-			cpu = ticks / hz / wall
-			split(usr_sys, u, " ")
-			cli = (u[1] + u[2]) / wall
-			other = all / hz / wall - cpu - cli
-			if (other < 0)
-				other = 0 # tick granularity
-			printf "rps=%.0f p50_us=%.0f p99_us=%.0f cpu_pct=%.1f core_pct=%.1f cli_pct=%.1f other_pct=%.1f errors=%d\n",
-				rps, p50, p99, 100 * cpu, 100 * core / hz / wall, 100 * cli, 100 * other, err
-		}' "$res"
+	local line conns=$1
+	shift
+	line=$(bench_wrk "$conns" "$duration" "$server_pid" 0 "$@")
+	echo "$line errors=$(($(bench_kv "$line" errors) + $(bench_kv "$line" non2xx)))"
 }
 
-kv() { # line key: prints the value of key in a run_wrk line
-	local f
-	for f in $1; do
-		[[ $f == "$2="* ]] && echo "${f#*=}" && return
-	done
-	echo 0
-}
-
-per_cpu() { # rps cpu_pct
-	awk -v r="$1" -v c="$2" 'BEGIN { printf "%.0f", (c > 0 ? r * 100 / c : 0) }'
-}
-
-other_col() { # other_pct: flags a noisy point
-	awk -v o="$1" 'BEGIN { printf "%s%s", o, (o > 5 ? "!" : "") }'
-}
-
-# On two cores anything else running (a build, a fuzzer) lands in the
-# measurements; say so up front. The other% column shows it point by point.
-read -r _ a0 < <(proc_ticks $$)
-sleep 1
-read -r _ a1 < <(proc_ticks $$)
-if (((a1 - a0) * 100 / clk_tck > 10)); then
-	echo "run.sh: warning: $(((a1 - a0) * 100 / clk_tck))% of a CPU was busy elsewhere before starting; expect noise" >&2
-fi
+bench_busy_before
 
 # ---- The plaintext part. ----
 
@@ -470,7 +274,7 @@ if [[ ${STATIC:-0} != only ]]; then
 	tsv=$out/http.tsv
 	printf 'server\tshape\tconns\tdepth\treq_per_s\tp50_us\tp99_us\tserver_cpu_pct\tcpu0_busy_pct\treq_per_server_cpu_s\tclient_cpu_pct\tother_cpu_pct\terrors\n' >"$tsv"
 	fmt='%-6s %-8s %10s %8s %8s %8s %6s %14s %8s %7s %6s\n'
-	echo "http plaintext: $(uname -r), $(nproc) CPUs, ${duration} s per point, server on CPU 0, wrk -t1 on CPU 1"
+	echo "http plaintext: $(uname -r), $(nproc) CPUs, ${duration} s per point, server on CPU $bench_srv_cpu, wrk -t1 on CPU $bench_cli_cpu"
 	echo "(p50/p99 in microseconds, none when pipelined; other% is CPU used by other processes during a point: noise, want ~0)"
 	# shellcheck disable=SC2059 # one format for the header and the rows
 	printf "$fmt" server shape req/s p50_us p99_us srv_cpu% cpu0% req/srv_cpu_s cli_cpu% other% errors
@@ -483,10 +287,10 @@ if [[ ${STATIC:-0} != only ]]; then
 			stop_server
 			continue
 		fi
-		warm "$url"
+		bench_warm "$warmup" "$url"
 		for shape in "${shapes[@]}"; do
 			if ! kill -0 "$server_pid" 2>/dev/null; then
-				echo "run.sh: $name died; log $work/$name.log" >&2
+				bench_warn "$name died; log $work/$name.log"
 				break
 			fi
 			[[ $shape =~ ^c([0-9]+)(p([0-9]+))?$ ]]
@@ -497,25 +301,24 @@ if [[ ${STATIC:-0} != only ]]; then
 			else
 				line=$(run_wrk "$conns" "$url")
 			fi
-			rps=$(kv "$line" rps)
-			cpu=$(kv "$line" cpu_pct)
-			eff=$(per_cpu "$rps" "$cpu")
-			p50=$(kv "$line" p50_us)
-			p99=$(kv "$line" p99_us)
+			rps=$(bench_kv "$line" rps)
+			cpu=$(bench_kv "$line" srv_pct)
+			p50=$(bench_kv "$line" p50_us)
+			p99=$(bench_kv "$line" p99_us)
 			if ((depth > 1)); then
 				# wrk's percentiles are broken when a script pipelines
 				# (wg/wrk#236: zeros and nonsense); leave them out.
 				p50=-
 				p99=-
 			fi
-			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" \
-				"$shape" "$conns" "$depth" "$rps" "$p50" "$p99" "$cpu" \
-				"$(kv "$line" core_pct)" "$eff" "$(kv "$line" cli_pct)" \
-				"$(kv "$line" other_pct)" "$(kv "$line" errors)" >>"$tsv"
+			row=("$name" "$shape" "$conns" "$depth" "$rps" "$p50" "$p99" "$cpu"
+				"$(bench_kv "$line" core_pct)" "$(bench_per_cpu "$rps" "$cpu")"
+				"$(bench_kv "$line" cli_pct)" "$(bench_kv "$line" other_pct)"
+				"$(bench_kv "$line" errors)")
+			bench_tsv "$tsv" "${row[@]}"
+			row[11]=$(bench_noisy "${row[11]}")
 			# shellcheck disable=SC2059
-			printf "$fmt" "$name" "$shape" "$rps" "$p50" "$p99" "$cpu" \
-				"$(kv "$line" core_pct)" "$eff" "$(kv "$line" cli_pct)" \
-				"$(other_col "$(kv "$line" other_pct)")" "$(kv "$line" errors)"
+			printf "$fmt" "${row[@]:0:2}" "${row[@]:4}"
 		done
 		stop_server
 	done
@@ -554,11 +357,7 @@ if [[ ${STATIC:-0} != only ]]; then
 	# efficiency, right panel throughput.
 	plot() {
 		local gp=$out/http.gp
-		if ! command -v gnuplot >/dev/null; then
-			echo "run.sh: gnuplot missing (apt-get install -y gnuplot-nox); no plot" >&2
-			return
-		fi
-		awk -F'\t' -v png="$out/http.png" -v title="HTTP GET /plaintext: server (1 worker) on CPU 0, wrk -t1 on CPU 1, ${duration} s per point" '
+		awk -F'\t' -v png="$out/http.png" -v title="HTTP GET /plaintext: server (1 worker) on CPU $bench_srv_cpu, wrk -t1 on CPU $bench_cli_cpu, ${duration} s per point" '
 			NR == 1 { next }
 			{
 				if (!($1 in si)) { si[$1] = ++nsrv; srv[nsrv] = $1 }
@@ -607,14 +406,11 @@ if [[ ${STATIC:-0} != only ]]; then
 				}
 				print "unset multiplot"
 			}' "$tsv" >"$gp" || {
-			echo "run.sh: no points measured; no plot" >&2
+			bench_warn "no points measured; no plot"
 			return
 		}
-		if gnuplot "$gp"; then
-			echo "wrote $tsv and $out/http.png"
-		else
-			echo "run.sh: gnuplot failed on $gp" >&2
-		fi
+		echo "wrote $tsv"
+		bench_plot "$gp" "$out/http.png"
 	}
 	plot
 fi
@@ -622,7 +418,6 @@ fi
 # ---- The static-file part. ----
 
 if [[ ${STATIC:-0} != @(1|only) ]]; then
-	rm -f "$work/.wrk.out" "$work/.wrk.time" "$work/.body"
 	exit 0
 fi
 
@@ -640,7 +435,7 @@ for name in "${servers[@]}"; do
 		continue # node and floor serve only /plaintext
 	elif [[ $name == keel ]]; then
 		if [[ ! -x build/keel ]] || ! build/keel serve --help >/dev/null 2>&1; then
-			echo "run.sh: build/keel serve not found, skipping keel" >&2
+			bench_warn "build/keel serve not found, skipping keel"
 			continue
 		fi
 	elif [[ -z ${usable[$name]:-} ]]; then
@@ -655,32 +450,30 @@ for name in "${servers[@]}"; do
 		stop_server
 		continue
 	fi
-	warm "http://127.0.0.1:$port/4k.bin"
+	bench_warm "$warmup" "http://127.0.0.1:$port/4k.bin"
 	for f in 4k.bin 1m.bin; do
 		bytes=$(wc -c <"$work/www/$f")
 		for conns in "${static_conns[@]}"; do
 			if ! kill -0 "$server_pid" 2>/dev/null; then
-				echo "run.sh: $name died; log $work/$name.log" >&2
+				bench_warn "$name died; log $work/$name.log"
 				break 2
 			fi
 			line=$(run_wrk "$conns" "http://127.0.0.1:$port/$f")
-			rps=$(kv "$line" rps)
-			cpu=$(kv "$line" cpu_pct)
-			eff=$(per_cpu "$rps" "$cpu")
+			rps=$(bench_kv "$line" rps)
+			cpu=$(bench_kv "$line" srv_pct)
 			mbs=$(awk -v r="$rps" -v b="$bytes" 'BEGIN { printf "%.1f", r * b / 1e6 }')
-			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" \
-				"$f" "$bytes" "$conns" "$rps" "$mbs" "$(kv "$line" p99_us)" "$cpu" \
-				"$(kv "$line" core_pct)" "$eff" "$(kv "$line" cli_pct)" \
-				"$(kv "$line" other_pct)" "$(kv "$line" errors)" >>"$stsv"
+			row=("$name" "$f" "$bytes" "$conns" "$rps" "$mbs" "$(bench_kv "$line" p99_us)"
+				"$cpu" "$(bench_kv "$line" core_pct)" "$(bench_per_cpu "$rps" "$cpu")"
+				"$(bench_kv "$line" cli_pct)" "$(bench_kv "$line" other_pct)"
+				"$(bench_kv "$line" errors)")
+			bench_tsv "$stsv" "${row[@]}"
+			row[11]=$(bench_noisy "${row[11]}")
 			# shellcheck disable=SC2059
-			printf "$sfmt" "$name" "$f" "$conns" "$rps" "$mbs" "$(kv "$line" p99_us)" \
-				"$cpu" "$(kv "$line" core_pct)" "$eff" "$(kv "$line" cli_pct)" \
-				"$(other_col "$(kv "$line" other_pct)")" "$(kv "$line" errors)"
+			printf "$sfmt" "${row[@]:0:2}" "${row[@]:3}"
 		done
 	done
 	stop_server
 done
-rm -f "$work/.wrk.out" "$work/.wrk.time" "$work/.body"
 
 awk -F'\t' '
 	NR == 1 { next }
