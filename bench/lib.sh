@@ -86,14 +86,14 @@ bench_untrack() { # pid
 	bench_pids=("${keep[@]}")
 }
 
-# TERM, then KILL after 5 s; also KILLs the descendants it had (nginx's
-# worker) if they outlive it. Reaps it when it is this shell's child.
-bench_stop() { # pid
+# TERM, then KILL after grace seconds (5); also KILLs the descendants it had
+# (nginx's worker) if they outlive it. Reaps it when it is this shell's child.
+bench_stop() { # pid [grace_s]
 	local pid=$1 i kids
 	[[ -n $pid && $pid != 0 ]] || return 0
 	kids=$(bench_descendants "$pid")
 	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 50; i++)); do
+	for ((i = 0; i < ${2:-5} * 10; i++)); do
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
@@ -399,6 +399,17 @@ bench_ensure_bin() { # command package...
 bench_ensure_file() { # path package: the file, else installs package for it
 	[[ -e $1 ]] || bench_apt_install "$2" || true
 	[[ -e $1 ]]
+}
+
+bench_rss_kib() { # pid: its VmRSS in KiB, 0 if gone
+	{ cat "/proc/$1/status" 2>/dev/null || true; } |
+		awk '/^VmRSS:/ { print $2; found = 1 } END { if (!found) print 0 }'
+}
+
+bench_fd_count() { # pid: its open fds, 0 if gone
+	local n
+	n=$(find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l) || n=0
+	echo "$n"
 }
 
 # ---- Limits and plots. ----
