@@ -34,7 +34,7 @@
 # "Requests per server-CPU-second" is requests per second divided by the
 # server's CPU seconds per wall-clock second over the same window.
 #
-# What sourcing sets: bench_hz (CLK_TCK), bench_quick (1 when QUICK=1 or
+# What sourcing sets: out (build/bench, created), bench_hz (CLK_TCK), bench_quick (1 when QUICK=1 or
 # BENCH_QUICK=1: each script's short mode), bench_srv_cpu and bench_cli_cpu
 # (SERVER_CPU, default 0, and CLIENT_CPU, default 1; both 0 on one CPU),
 # bench_tmp (a private directory removed at exit), and traps that stop every
@@ -48,6 +48,17 @@ bench_warn() { echo "run.sh: $*" >&2; }
 bench_die() {
 	bench_warn "$@"
 	exit 1
+}
+
+out=build/bench
+mkdir -p "$out"
+
+# Sets work (build/bench/name) and work_abs (its absolute path), and creates
+# it: the configs, logs and files of one benchmark.
+bench_work() { # name
+	work=$out/$1
+	work_abs=$PWD/$work
+	mkdir -p "$work"
 }
 
 # ---- CPU pinning. ----
@@ -157,6 +168,22 @@ bench_start() { # name port log cpu cmd...
 	return 1
 }
 
+# The server under test, one at a time: started on port, pinned to the
+# server's CPU, sets server_pid; stopped, port moves on, away from the
+# sockets the last one left in TIME_WAIT.
+bench_server_start() { # name log cmd...
+	local name=$1 log=$2
+	shift 2
+	bench_start "$name" "$port" "$log" "$bench_srv_cpu" "$@" || return 1
+	server_pid=$bench_pid
+}
+
+bench_server_stop() {
+	bench_stop "$server_pid"
+	server_pid=
+	port=$((port + 1))
+}
+
 # One line per process: pid, parent pid, utime+stime+cutime+cstime.
 bench_proc_table() {
 	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
@@ -199,6 +226,19 @@ bench_proc_trees() { # groups end-code
 
 bench_descendants() { # pid: its live descendants, one a line
 	bench_proc_trees "$1" 'for (p in in_tree) if (p != g[i]) print p'
+}
+
+bench_child() { # pid: prints a descendant of it (nginx's worker), waiting up to 5 s for one
+	local tries p
+	for ((tries = 0; tries < 50; tries++)); do
+		p=$(bench_descendants "$1" | head -1)
+		if [[ -n $p ]]; then
+			echo "$p"
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
 }
 
 # ---- CPU accounting (defined at the top of this file). ----
@@ -399,6 +439,70 @@ bench_ensure_bin() { # command package...
 bench_ensure_file() { # path package: the file, else installs package for it
 	[[ -e $1 ]] || bench_apt_install "$2" || true
 	[[ -e $1 ]]
+}
+
+# Writes conf (an absolute path, NAME.conf) for nginx: one worker in the
+# foreground, the master process on or off, no access log, its pid, error
+# log (NAME.error.log) and temporary files (NAME-tmp/) beside conf. stdin is
+# what goes inside http { }; main holds lines for the main context. Sets
+# bench_nginx to the command that runs it.
+bench_nginx_conf() { # conf master(on|off) worker_connections [main]
+	local conf=$1 base=${1%.conf} t=${1%.conf}-tmp
+	mkdir -p "$t"
+	{
+		echo "# Generated for $0 by bench/lib.sh."
+		if [[ -n ${4:-} ]]; then echo "$4"; fi
+		cat <<EOF
+worker_processes 1;
+daemon off;
+master_process $2;
+pid $base.pid;
+error_log $base.error.log warn;
+worker_rlimit_nofile 20000;
+events {
+	worker_connections $3;
+}
+http {
+	access_log off;
+	client_body_temp_path $t/body;
+	proxy_temp_path $t/proxy;
+	fastcgi_temp_path $t/fastcgi;
+	uwsgi_temp_path $t/uwsgi;
+	scgi_temp_path $t/scgi;
+EOF
+		cat
+		echo "}"
+	} >"$conf"
+	bench_nginx=("$(bench_find_bin nginx || echo nginx)" -p "$(dirname "$conf")/" -c "$conf" -e "$base.error.log")
+}
+
+# Writes conf (NAME.conf) for h2o: one thread, no access log, serving the
+# files of dir (text/plain by default) on 127.0.0.1:port, its error log
+# NAME.error.log; further arguments are more top-level lines. Sets bench_h2o
+# to the command that runs it. Started as root, h2o drops to nobody after
+# binding, and keeps a helper child (a perl backtrace annotator).
+bench_h2o_conf() { # conf port max_connections dir [line...]
+	local conf=$1 port=$2 max=$3 dir=$4
+	shift 4
+	{
+		echo "# Generated for $0 by bench/lib.sh."
+		echo "num-threads: 1"
+		echo "max-connections: $max"
+		if (($#)); then printf '%s\n' "$@"; fi
+		cat <<EOF
+error-log: ${conf%.conf}.error.log
+listen:
+  host: 127.0.0.1
+  port: $port
+hosts:
+  default:
+    paths:
+      /:
+        file.dir: $dir
+        file.mime.setdefaulttype: text/plain
+EOF
+	} >"$conf"
+	bench_h2o=("$(bench_find_bin h2o || echo h2o)" -c "$conf")
 }
 
 bench_rss_kib() { # pid: its VmRSS in KiB, 0 if gone

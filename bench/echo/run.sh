@@ -26,8 +26,6 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
-out=build/bench
-mkdir -p "$out"
 
 warmup=${WARMUP:-1}
 if ((bench_quick)); then
@@ -83,15 +81,7 @@ start_server() { # name: sets server_pid, or returns 1 to skip this server
 		;;
 	esac
 	if [[ $name == keel-* ]]; then cmd+=(--listen "127.0.0.1:$port" --workers 1); fi
-	bench_start "$name" "$port" "$out/$name.log" "$bench_srv_cpu" "${cmd[@]}" || return 1
-	server_pid=$bench_pid
-}
-
-stop_server() {
-	# keel gives open connections a grace period; none are open by now.
-	bench_stop "$server_pid"
-	server_pid=
-	port=$((port + 1))
+	bench_server_start "$name" "$out/$name.log" "${cmd[@]}"
 }
 
 tsv=$out/echo.tsv
@@ -141,7 +131,8 @@ for name in "${servers[@]}"; do
 			run_point "$name" "$conns" "$size"
 		done
 	done
-	stop_server
+	# keel gives open connections a grace period; none are open by now.
+	bench_server_stop
 done
 
 # Ratios against the classic server, point by point.

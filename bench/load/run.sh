@@ -35,9 +35,7 @@ else
 	rounds=${ROUNDS:-3}
 fi
 port=${PORT:-7300}
-out=build/bench
-work=$out/load
-mkdir -p "$work"
+bench_work load
 
 for v in "$conns" "$duration" "$rounds" "$port"; do
 	if ! [[ $v =~ ^[1-9][0-9]*$ ]]; then
@@ -59,9 +57,8 @@ bench_busy_before
 echo "keel load vs wrk: $(uname -r), $(nproc) CPUs, load average $load1, ${bench_busy_pct}% of a CPU busy before starting"
 
 bench_free_port
-bench_start hello "$port" "$work/hello.log" "$bench_srv_cpu" "$build/examples/hello" \
-	--workers 1 --listen "127.0.0.1:$port" || exit 1
-server_pid=$bench_pid
+bench_server_start hello "$work/hello.log" "$build/examples/hello" --workers 1 \
+	--listen "127.0.0.1:$port" || exit 1
 url=http://127.0.0.1:$port/plaintext
 if [[ $(curl -s --max-time 5 "$url" || true) != "Hello, World!" ]]; then
 	bench_die "GET $url did not answer Hello, World!"

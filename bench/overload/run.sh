@@ -49,10 +49,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
-out=build/bench
-work=$out/overload
-mkdir -p "$work"
-work_abs=$PWD/$work
+bench_work overload
 
 work_us=${WORK_US:-50}
 step=${STEP:-$( ((bench_quick)) && echo 5 || echo 10)}
@@ -84,7 +81,7 @@ if ((${#missing[@]})); then
 	bench_warn "missing ${missing[*]} (run as root to install); skipping what needs them"
 fi
 
-# Start server $1 on $port; sets srv_pid (the process to kill) and mem_pid
+# Start server $1 on $port; sets server_pid (the process to stop) and mem_pid
 # (the process whose memory and fds are sampled: nginx's worker).
 start_server() {
 	local name=$1
@@ -96,7 +93,7 @@ start_server() {
 	keel-noshed) cmd+=(--queue-delay-us 0) ;;
 	nginx)
 		[[ -e $perl_mod ]] && bench_find_bin nginx >/dev/null || return 1
-		mkdir -p "$work_abs/nginx/logs"
+		mkdir -p "$work_abs/nginx"
 		cat >"$work_abs/nginx/keelwork.pm" <<'EOF'
 package keelwork;
 use nginx;
@@ -113,33 +110,22 @@ sub handler {
 }
 1;
 EOF
-		cat >"$work_abs/nginx/nginx.conf" <<EOF
-load_module $perl_mod;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-error_log $work_abs/nginx/logs/error.log;
-pid $work_abs/nginx/nginx.pid;
-events { worker_connections 20000; }
-http {
-    access_log off;
-    perl_modules $work_abs/nginx;
-    perl_require keelwork.pm;
-    client_body_temp_path $work_abs/nginx/tmp;
-    server {
-        listen 127.0.0.1:$port;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-        location /work { perl 'sub { return keelwork::handler(@_); }'; }
-        location /plaintext { return 200 "Hello, World!"; }
-    }
-}
+		bench_nginx_conf "$work_abs/nginx/nginx.conf" on 20000 "load_module $perl_mod;" <<EOF
+	perl_modules $work_abs/nginx;
+	perl_require keelwork.pm;
+	server {
+		listen 127.0.0.1:$port;
+		keepalive_requests 10000000;
+		keepalive_timeout 300s;
+		location /work { perl 'sub { return keelwork::handler(@_); }'; }
+		location /plaintext { return 200 "Hello, World!"; }
+	}
 EOF
-		cmd=("$(bench_find_bin nginx)" -c "$work_abs/nginx/nginx.conf" -g 'daemon off;')
+		cmd=("${bench_nginx[@]}")
 		;;
 	*) bench_die "unknown server $name" ;;
 	esac
-	bench_start "$name" "$port" "$work/$name.log" "$bench_srv_cpu" "${cmd[@]}" || return 1
-	srv_pid=$bench_pid
+	bench_server_start "$name" "$work/$name.log" "${cmd[@]}" || return 1
 	# Listening is not answering: nginx's worker may not be up yet.
 	for _ in $(seq 50); do
 		if curl -sf -o /dev/null "http://127.0.0.1:$port/work?us=1"; then break; fi
@@ -147,16 +133,19 @@ EOF
 	done
 	curl -sf -o /dev/null "http://127.0.0.1:$port/work?us=1" || {
 		bench_warn "$name did not answer"
-		stop_server
+		bench_server_stop
 		return 1
 	}
-	mem_pid=$srv_pid
+	mem_pid=$server_pid
 	if [[ $name == nginx ]]; then
-		mem_pid=$(bench_descendants "$srv_pid" | head -n 1)
+		mem_pid=$(bench_child "$server_pid") || {
+			bench_warn "nginx: no worker process appeared"
+			bench_server_stop
+			return 1
+		}
 	fi
 }
 
-stop_server() { bench_stop "$srv_pid"; }
 
 # Sample RSS and fds of $1 once a second into $2 until killed.
 sampler() {
@@ -214,7 +203,7 @@ for name in "${servers[@]}"; do
 	read -r S _ <<<"$(summ "$work/$name-sat.json")"
 	if [[ -z $S || $S == 0 ]]; then
 		bench_warn "$name: no saturation rate measured"
-		stop_server
+		bench_server_stop
 		continue
 	fi
 	echo
@@ -259,7 +248,7 @@ for name in "${servers[@]}"; do
 		echo -e "$name\t$rate\twithout\t$g0\t$q0\t$s0\t$e0\t0" >>"$slow_tsv"
 		echo -e "$name\t$rate\twith\t$g1\t$q1\t$s1\t$e1\t$conns_seen" >>"$slow_tsv"
 	fi
-	stop_server
+	bench_server_stop
 done
 echo
 echo "machine load after: $(cut -d' ' -f1-3 /proc/loadavg)"

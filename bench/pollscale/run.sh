@@ -13,7 +13,6 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
-out=build/bench
 bin=$out/pollscale
 ops=100000
 budget_s=${1:-$( ((bench_quick)) && echo 1 || echo 10)}
@@ -28,7 +27,6 @@ declare -A book=(
 )
 
 [[ -e /usr/include/liburing.h ]] || bench_die "liburing.h missing: apt-get install -y liburing-dev"
-mkdir -p "$out"
 cc -std=c17 -O2 -Wall -Wextra -o "$bin" bench/pollscale/pollscale.c -luring
 
 declare -A secs
