@@ -34,11 +34,12 @@
 # "Requests per server-CPU-second" is requests per second divided by the
 # server's CPU seconds per wall-clock second over the same window.
 #
-# What sourcing sets: out (build/bench, created), bench_hz (CLK_TCK), bench_quick (1 when QUICK=1 or
-# BENCH_QUICK=1: each script's short mode), bench_srv_cpu and bench_cli_cpu
-# (SERVER_CPU, default 0, and CLIENT_CPU, default 1; both 0 on one CPU),
-# bench_tmp (a private directory removed at exit), and traps that stop every
-# process started with bench_start (or handed to bench_track) on exit.
+# What sourcing sets: out (build/bench, created), bench_hz (CLK_TCK),
+# bench_quick (1 when QUICK=1 or BENCH_QUICK=1: each script's short mode),
+# bench_srv_cpu and bench_cli_cpu (SERVER_CPU, default 0, and CLIENT_CPU,
+# default 1; both 0 on one CPU), bench_tmp (a private directory removed at
+# exit), and traps that stop every process started with bench_start (or
+# handed to bench_track) on exit.
 
 bench_hz=$(getconf CLK_TCK)
 bench_quick=0
@@ -195,7 +196,8 @@ bench_proc_table() {
 
 # Reads bench_proc_table; for each "|"-separated group of root pids in
 # groups, marks the roots and their descendants, then runs the END code
-# given (per group: in[] holds the tree; ticks[], all at hand).
+# given (per group i of ng: in_tree[] holds the tree; ticks[] and all are at
+# hand).
 bench_proc_trees() { # groups end-code
 	bench_proc_table | awk -v groups="$1" '
 		{ parent[$1] = $2; ticks[$1] = $3; all += $3 }
@@ -305,7 +307,8 @@ bench_measure() { # srv_pids up_pids cmd...
 	z1=$(bench_busy_ticks "$bench_srv_cpu")
 	read -ra after < <(bench_cpu_ticks "$srv" "$up")
 	measured=$(awk -v wall_ns=$((t1 - t0)) -v st=$((after[0] - before[0])) \
-		-v ut=$((after[1] - before[1])) -v all=$((after[2] - before[2])) -v core=$((z1 - z0)) -v hz="$bench_hz" -v cli="$(tail -1 "$tf")" 'BEGIN {
+		-v ut=$((after[1] - before[1])) -v all=$((after[2] - before[2])) \
+		-v core=$((z1 - z0)) -v hz="$bench_hz" -v cli="$(tail -1 "$tf")" 'BEGIN {
 		wall = wall_ns / 1e9
 		split(cli, c, " ")
 		cs = c[1] + c[2]
@@ -473,7 +476,8 @@ EOF
 		cat
 		echo "}"
 	} >"$conf"
-	bench_nginx=("$(bench_find_bin nginx || echo nginx)" -p "$(dirname "$conf")/" -c "$conf" -e "$base.error.log")
+	bench_nginx=("$(bench_find_bin nginx || echo nginx)" -p "$(dirname "$conf")/" -c "$conf"
+		-e "$base.error.log")
 }
 
 # Writes conf (NAME.conf) for h2o: one thread, no access log, serving the
