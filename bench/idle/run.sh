@@ -19,7 +19,7 @@
 # Debian).
 #
 # Every point starts its server fresh, one worker pinned to CPU 0, from a
-# config written into a temporary directory (removed at exit); the client
+# config written into bench/lib.sh's temporary directory; the client
 # bench/idle/idle_conns.c runs pinned to CPU 1. A point is:
 #   1. warm-up: WINDOW connections make WARMUP_REQS requests in total, then
 #      are reset. This brings in what is paid once, not per connection: the
@@ -66,11 +66,10 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
-out=build/bench
-mkdir -p "$out"
+. bench/lib.sh
 
 reps_default=3
-if [[ ${QUICK:-0} == 1 ]]; then reps_default=1; fi
+if ((bench_quick)); then reps_default=1; fi
 read -ra points <<<"${POINTS:-1000 15000}"
 reps=${REPS:-$reps_default}
 read -ra servers <<<"${SERVERS:-hello-uring hello-epoll serve-uring serve-epoll nginx h2o}"
@@ -80,45 +79,24 @@ window=${WINDOW:-64}
 settle=${SETTLE:-1}
 hello_cap=10000 # keel_http_config_default's conns_max, when hello has no --max-conns
 
-fail() {
-	echo "run.sh: $*" >&2
-	exit 1
-}
-
 for v in "$reps" "$warm_reqs" "$window" "$port"; do
-	[[ $v =~ ^[1-9][0-9]*$ ]] || fail "REPS, WARMUP_REQS, WINDOW and PORT are positive integers"
+	[[ $v =~ ^[1-9][0-9]*$ ]] || bench_die "REPS, WARMUP_REQS, WINDOW and PORT are positive integers"
 done
-[[ $settle =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "SETTLE is a number of seconds"
+[[ $settle =~ ^[0-9]+(\.[0-9]+)?$ ]] || bench_die "SETTLE is a number of seconds"
 max_n=0
 for n in "${points[@]}"; do
-	[[ $n =~ ^[1-9][0-9]*$ ]] || fail "bad point $n in POINTS"
+	[[ $n =~ ^[1-9][0-9]*$ ]] || bench_die "bad point $n in POINTS"
 	((n > max_n)) && max_n=$n
 done
-((${#points[@]} > 0)) || fail "POINTS is empty"
-command -v taskset >/dev/null || fail "needs taskset (util-linux)"
-command -v cc >/dev/null || fail "needs a C compiler (cc)"
+((${#points[@]} > 0)) || bench_die "POINTS is empty"
+bench_require cc gcc
 
 # Each side needs one fd per connection plus a few.
-hard=$(ulimit -Hn)
-want=20000
-if [[ $hard != unlimited ]] && ((hard < want)); then want=$hard; fi
-ulimit -n "$want"
-if ((want < max_n + 64)); then
-	fail "fd limit $want is too low for $max_n connections (raise the hard limit or lower POINTS)"
-fi
+bench_fd_limit 20000 $((max_n + 64))
 
-# Server on CPU 0, client on CPU 1 (both on 0 on a one-CPU machine).
-srv_cpu=0
-cli_cpu=1
-if (($(nproc) < 2)); then
-	cli_cpu=0
-	echo "run.sh: one CPU only: the client shares CPU 0 with the server" >&2
-fi
-
-work=$(mktemp -d /tmp/keel-idle.XXXXXX) || fail "cannot create a temporary directory"
-# h2o drops to nobody after binding: it must be able to read the files.
-chmod 755 "$work"
-mkdir -p "$work/www" "$work/nginx-tmp"
+# lib.sh's directory: h2o, dropping to nobody after binding, can read it.
+work=$bench_tmp
+mkdir -p "$work/www"
 chmod 755 "$work/www"
 printf 'Hello, World!' >"$work/www/plaintext"
 chmod 644 "$work/www/plaintext"
@@ -126,50 +104,11 @@ chmod 644 "$work/www/plaintext"
 server_pid=
 client_pid=
 nginx_worker=
-cleanup() {
-	local p
-	for p in "$client_pid" "$server_pid" "$nginx_worker"; do
-		if [[ -n $p ]] && kill -0 "$p" 2>/dev/null; then
-			kill -TERM "$p" 2>/dev/null || true
-		fi
-	done
-	for p in "$client_pid" "$server_pid"; do
-		[[ -n $p ]] && { wait "$p" 2>/dev/null || true; }
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 cc -std=c17 -O2 -Wall -Wextra -o "$work/idle_conns" bench/idle/idle_conns.c ||
-	fail "bench/idle/idle_conns.c did not build"
+	bench_die "bench/idle/idle_conns.c did not build"
 
 # ---- Servers: finding, installing, configuring. ----
-
-find_bin() { # name: prints its path
-	command -v "$1" 2>/dev/null || { [[ -x /usr/sbin/$1 ]] && echo "/usr/sbin/$1"; }
-}
-
-# Installs the first Debian package that provides command $1 (as
-# bench/http/run.sh does). Debian starts a packaged service on install where
-# an init system runs; it listens on port 80 and is never measured here.
-ensure_bin() { # command package...
-	local cmd=$1 pkg
-	shift
-	find_bin "$cmd" >/dev/null && return 0
-	if [[ ${NO_INSTALL:-0} == 1 || $(id -u) != 0 ]]; then return 1; fi
-	for pkg in "$@"; do
-		echo "run.sh: installing $pkg (log $out/idle-apt.log)" >&2
-		if ! DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "$pkg" \
-			>>"$out/idle-apt.log" 2>&1; then
-			timeout 300 apt-get update -q >>"$out/idle-apt.log" 2>&1 || true
-			DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "$pkg" \
-				>>"$out/idle-apt.log" 2>&1 || continue
-		fi
-		find_bin "$cmd" >/dev/null && return 0
-	done
-	return 1
-}
 
 hello_max_conns=0
 if [[ -x build/examples/hello ]] && build/examples/hello --help 2>&1 | grep -q -- '--max-conns'; then
@@ -183,56 +122,39 @@ for name in "${servers[@]}"; do
 		if [[ -x build/examples/hello ]]; then
 			usable[$name]=1
 		else
-			echo "run.sh: build/examples/hello not found (run make), skipping $name" >&2
+			bench_warn "build/examples/hello not found (run make), skipping $name"
 		fi
 		;;
 	serve-uring | serve-epoll)
 		if [[ -x build/keel ]] && build/keel serve --help 2>&1 | grep -q -- '--max-conns'; then
 			usable[$name]=1
 		else
-			echo "run.sh: build/keel serve (with --max-conns) not found, skipping $name" >&2
+			bench_warn "build/keel serve (with --max-conns) not found, skipping $name"
 		fi
 		;;
 	nginx)
-		if ensure_bin nginx nginx-light nginx; then
+		if bench_ensure_bin nginx nginx-light nginx; then
 			usable[$name]=1
 		else
-			echo "run.sh: nginx missing and not installable (not root, or NO_INSTALL=1), skipping it" >&2
+			bench_warn "nginx missing and not installable (not root, or NO_INSTALL=1), skipping it"
 		fi
 		;;
 	h2o)
-		if ensure_bin h2o h2o; then
+		if bench_ensure_bin h2o h2o; then
 			usable[$name]=1
 		else
-			echo "run.sh: h2o missing and not installable, skipping it" >&2
+			bench_warn "h2o missing and not installable, skipping it"
 		fi
 		;;
-	*) fail "unknown server $name" ;;
+	*) bench_die "unknown server $name" ;;
 	esac
 done
-((${#usable[@]} > 0)) || fail "no server to measure"
+((${#usable[@]} > 0)) || bench_die "no server to measure"
 
-write_nginx_conf() { # port
-	local t=$work/nginx-tmp
-	cat >"$work/nginx.conf" <<EOF
-# Generated by bench/idle/run.sh: a master and one worker, no access log.
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.error.log warn;
-worker_rlimit_nofile 20000;
-events {
-	worker_connections 20000;
-}
-http {
-	access_log off;
+write_nginx_conf() { # port: a master and one worker
+	bench_nginx_conf "$work/nginx.conf" on 20000 <<EOF
 	keepalive_requests 1000000;
 	keepalive_timeout 300s;
-	client_body_temp_path $t/body;
-	proxy_temp_path $t/proxy;
-	fastcgi_temp_path $t/fastcgi;
-	uwsgi_temp_path $t/uwsgi;
-	scgi_temp_path $t/scgi;
 	server {
 		listen 127.0.0.1:$1 backlog=4096;
 		location = /plaintext {
@@ -240,68 +162,15 @@ http {
 			return 200 "Hello, World!";
 		}
 	}
-}
 EOF
 }
 
-# h2o serves /plaintext as a file. Started as root it drops to nobody after
-# binding; it keeps a helper child (a perl backtrace annotator).
+# h2o serves /plaintext as a file.
 write_h2o_conf() { # port
-	cat >"$work/h2o.conf" <<EOF
-# Generated by bench/idle/run.sh: one thread, no access log.
-num-threads: 1
-max-connections: 20000
-http1-request-timeout: 300
-error-log: $work/h2o.error.log
-listen:
-  host: 127.0.0.1
-  port: $1
-hosts:
-  default:
-    paths:
-      /:
-        file.dir: $work/www
-        file.mime.setdefaulttype: text/plain
-EOF
+	bench_h2o_conf "$work/h2o.conf" "$1" 20000 "$work/www" "http1-request-timeout: 300"
 }
 
 # ---- Process and kernel figures. ----
-
-rss_kib() { # pid: VmRSS in KiB, 0 if gone
-	{ cat "/proc/$1/status" 2>/dev/null || true; } |
-		awk '/^VmRSS:/ { print $2; found = 1 } END { if (!found) print 0 }'
-}
-
-fd_count() { # pid
-	local n
-	n=$(find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l) || n=0
-	echo "$n"
-}
-
-# The descendants of $1 (not $1 itself), one pid per line.
-descendants() {
-	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
-		{
-			pid = substr($0, 1, index($0, " ") - 1)
-			rest = substr($0, match($0, /\) [^)]*$/) + 2)
-			split(rest, f, " ")
-			parent[pid] = f[2]
-		}
-		END {
-			want[root] = 1
-			do {
-				grew = 0
-				for (p in parent)
-					if (!(p in want) && (parent[p] in want)) {
-						want[p] = 1
-						grew = 1
-					}
-			} while (grew)
-			for (p in want)
-				if (p != root)
-					print p
-		}'
-}
 
 # The serving process: nginx's worker, otherwise the started process.
 serving_pid() {
@@ -313,9 +182,9 @@ serving_pid() {
 other_rss_kib() {
 	local sp total=0 p
 	sp=$(serving_pid)
-	for p in "$server_pid" $(descendants "$server_pid"); do
+	for p in "$server_pid" $(bench_descendants "$server_pid"); do
 		[[ $p == "$sp" ]] && continue
-		total=$((total + $(rss_kib "$p")))
+		total=$((total + $(bench_rss_kib "$p")))
 	done
 	echo "$total"
 }
@@ -331,127 +200,56 @@ kernel_figs() {
 
 # ---- Starting and stopping. ----
 
-port_open() { # port: does something accept connections there?
-	timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
-}
-
 start_server() { # name: sets server_pid (and nginx_worker), or returns 1
-	local name=$1 log=$work/$1.log tries p
+	local name=$1
 	local -a cmd
 
-	# Never measure a stranger: move past ports that already answer.
-	for ((tries = 0; tries < 50; tries++)); do
-		port_open "$port" || break
-		port=$((port + 1))
-	done
+	bench_free_port
 	case $name in
 	hello-uring | hello-epoll)
-		cmd=(env "KEEL_BACKEND=${name#hello-}" taskset -c "$srv_cpu" build/examples/hello
-			--workers 1 --listen "127.0.0.1:$port")
+		cmd=(env "KEEL_BACKEND=${name#hello-}" build/examples/hello --workers 1
+			--listen "127.0.0.1:$port")
 		if ((hello_max_conns)); then cmd+=(--max-conns 20000); fi
 		;;
 	serve-uring | serve-epoll)
-		cmd=(env "KEEL_BACKEND=${name#serve-}" taskset -c "$srv_cpu" build/keel serve
-			--workers 1 --listen "127.0.0.1:$port" --max-conns 20000
-			--idle-timeout-ms 300000 "$work/www")
+		cmd=(env "KEEL_BACKEND=${name#serve-}" build/keel serve --workers 1
+			--listen "127.0.0.1:$port" --max-conns 20000 --idle-timeout-ms 300000 "$work/www")
 		;;
 	nginx)
 		write_nginx_conf "$port"
-		cmd=(taskset -c "$srv_cpu" "$(find_bin nginx)" -p "$work/" -c "$work/nginx.conf"
-			-e "$work/nginx.error.log")
+		cmd=("${bench_nginx[@]}")
 		;;
 	h2o)
 		write_h2o_conf "$port"
-		cmd=(taskset -c "$srv_cpu" "$(find_bin h2o)" -c "$work/h2o.conf")
+		cmd=("${bench_h2o[@]}")
 		;;
 	esac
-	# env and taskset exec, so $! is the server itself.
-	"${cmd[@]}" >"$log" 2>&1 &
-	server_pid=$!
 	nginx_worker=
-	for ((tries = 0; tries < 100; tries++)); do
-		if ! kill -0 "$server_pid" 2>/dev/null; then
-			echo "run.sh: $name exited at startup; log:" >&2
-			tail -5 "$log" >&2
-			server_pid=
-			return 1
-		fi
-		port_open "$port" && break
-		sleep 0.1
-	done
-	if ((tries == 100)); then
-		echo "run.sh: $name did not accept on port $port within 10 s" >&2
+	bench_server_start "$name" "$work/$name.log" "${cmd[@]}" || return 1
+	if [[ $name == nginx ]] && ! nginx_worker=$(bench_child "$server_pid"); then
+		bench_warn "nginx: no worker process appeared"
 		stop_server
 		return 1
 	fi
-	if [[ $name == nginx ]]; then
-		for ((tries = 0; tries < 50; tries++)); do
-			p=$(descendants "$server_pid" | head -1)
-			if [[ -n $p ]]; then
-				nginx_worker=$p
-				break
-			fi
-			sleep 0.1
-		done
-		if [[ -z $nginx_worker ]]; then
-			echo "run.sh: nginx: no worker process appeared" >&2
-			stop_server
-			return 1
-		fi
-	fi
-	return 0
 }
 
 stop_server() {
-	local i
-	[[ -n $server_pid ]] || return 0
-	kill -TERM "$server_pid" 2>/dev/null || true
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$server_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$server_pid" 2>/dev/null || true
-	wait "$server_pid" 2>/dev/null || true
-	# A worker left behind by a killed master is ours too.
-	if [[ -n $nginx_worker ]] && kill -0 "$nginx_worker" 2>/dev/null; then
-		kill -KILL "$nginx_worker" 2>/dev/null || true
-	fi
-	server_pid=
+	# bench_stop also ends a worker left behind by a killed master.
+	bench_server_stop
 	nginx_worker=
-	port=$((port + 1))
 }
 
 stop_client() {
-	local i
-	[[ -n $client_pid ]] || return 0
-	kill -TERM "$client_pid" 2>/dev/null || true
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$client_pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$client_pid" 2>/dev/null || true
-	wait "$client_pid" 2>/dev/null || true
+	bench_stop "$client_pid" 10
 	client_pid=
 }
 
-check_get() { # name: curl (or the client) must get 200 and exactly the body
-	local code
-	if command -v curl >/dev/null; then
-		code=$(curl -s -o "$work/.body" -w '%{http_code}' --max-time 5 \
-			"http://127.0.0.1:$port/plaintext") || code=000
-		if [[ $code != 200 ]] || ! cmp -s "$work/.body" "$work/www/plaintext"; then
-			echo "run.sh: $1: GET /plaintext gave status $code, not 200 and 'Hello, World!'; skipping it" >&2
-			return 1
-		fi
+check_get() { # name: curl (when there is one) must get 200 and exactly the body
+	if command -v curl >/dev/null &&
+		! bench_check_get "$1" "http://127.0.0.1:$port/plaintext" "$work/www/plaintext"; then
+		bench_warn "skipping $1"
+		return 1
 	fi
-}
-
-kv() { # line key: the value of key=value in line, or "-"
-	local f
-	for f in $1; do
-		[[ $f == "$2="* ]] && echo "${f#*=}" && return
-	done
-	echo -
 }
 
 # One point: sets row to one tab-separated line of figures, or returns 1. It
@@ -465,46 +263,47 @@ run_point() { # name n rep
 		stop_server
 		return 1
 	fi
-	if ! line=$(timeout 60 taskset -c "$cli_cpu" "$work/idle_conns" --port "$port" \
+	if ! line=$(timeout 60 taskset -c "$bench_cli_cpu" "$work/idle_conns" --port "$port" \
 		--warmup "$warm_reqs" --window "$window" --timeout 30 2>"$work/client.err"); then
-		echo "run.sh: $name: warm-up failed: $line $(tail -3 "$work/client.err")" >&2
+		bench_warn "$name: warm-up failed: $line $(tail -3 "$work/client.err")"
 		stop_server
 		return 1
 	fi
 	sleep 0.5
 	sp=$(serving_pid)
-	rss0=$(rss_kib "$sp")
+	rss0=$(bench_rss_kib "$sp")
 	other0=$(other_rss_kib)
-	fd0=$(fd_count "$sp")
+	fd0=$(bench_fd_count "$sp")
 	k0=$(kernel_figs)
 
 	: >"$work/client.out"
 	# The client bounds itself: --timeout for setup, --hold for holding.
-	taskset -c "$cli_cpu" "$work/idle_conns" --port "$port" --connections "$n" \
+	taskset -c "$bench_cli_cpu" "$work/idle_conns" --port "$port" --connections "$n" \
 		--window "$window" --timeout 60 --hold 300 >"$work/client.out" 2>"$work/client.err" &
 	client_pid=$!
+	bench_track "$client_pid"
 	for ((i = 0; i < 700; i++)); do
 		grep -q '^ready' "$work/client.out" && break
 		kill -0 "$client_pid" 2>/dev/null || break
 		sleep 0.1
 	done
 	if ! grep -q '^ready' "$work/client.out"; then
-		echo "run.sh: $name N=$n: the client never got ready; $(tail -3 "$work/client.err")" >&2
+		bench_warn "$name N=$n: the client never got ready; $(tail -3 "$work/client.err")"
 		stop_client
 		stop_server
 		return 1
 	fi
 	ready_t=$(date +%s.%N)
 	line=$(grep '^ready' "$work/client.out")
-	if [[ $(kv "$line" failed) != 0 ]]; then
-		note="failed=$(kv "$line" failed)"
-		echo "run.sh: $name N=$n: $line; $(sort "$work/client.err" | uniq -c | sort -rn | head -3)" >&2
+	if [[ $(bench_kv "$line" failed -) != 0 ]]; then
+		note="failed=$(bench_kv "$line" failed -)"
+		bench_warn "$name N=$n: $line; $(sort "$work/client.err" | uniq -c | sort -rn | head -3)"
 	fi
 	sleep "$settle"
 	sample_t=$(date +%s.%N)
-	rssn=$(rss_kib "$sp")
+	rssn=$(bench_rss_kib "$sp")
 	othern=$(other_rss_kib)
-	fdn=$(fd_count "$sp")
+	fdn=$(bench_fd_count "$sp")
 	k1=$(kernel_figs)
 	kill -USR1 "$client_pid" 2>/dev/null || true
 	for ((i = 0; i < 50; i++)); do
@@ -514,19 +313,19 @@ run_point() { # name n rep
 	status=$(grep '^status' "$work/client.out" | tail -1)
 	stop_client
 	done_line=$(grep '^done' "$work/client.out" | tail -1)
-	if [[ $(kv "$status" closed_by_server) != 0 ]]; then
-		note="closed_by_server=$(kv "$status" closed_by_server)"
+	if [[ $(bench_kv "$status" closed_by_server -) != 0 ]]; then
+		note="closed_by_server=$(bench_kv "$status" closed_by_server -)"
 	fi
 	if ! kill -0 "$sp" 2>/dev/null; then
 		note="server_died"
-		echo "run.sh: $name died during N=$n; log $work/$name.log" >&2
+		bench_warn "$name died during N=$n; log $work/$name.log"
 	fi
 	stop_server
 	row=$(awk -v name="$name" -v n="$n" -v rep="$rep" -v rss0="$rss0" -v rssn="$rssn" \
 		-v other0="$other0" -v othern="$othern" -v fd0="$fd0" -v fdn="$fdn" \
 		-v k0="$k0" -v k1="$k1" -v t0="$ready_t" -v t1="$sample_t" \
-		-v setup="$(kv "$line" secs)" -v held="$(kv "$status" open)" \
-		-v ok="$(kv "$line" ok)" -v note="$note" -v done_line="$done_line" '
+		-v setup="$(bench_kv "$line" secs -)" -v held="$(bench_kv "$status" open -)" \
+		-v ok="$(bench_kv "$line" ok -)" -v note="$note" -v done_line="$done_line" '
 		BEGIN {
 			split(k0, a, " ")
 			split(k1, b, " ")
@@ -543,7 +342,7 @@ run_point() { # name n rep
 # ---- The run. ----
 
 rev=$(git describe --always --dirty 2>/dev/null) || rev=unknown
-echo "idle keep-alive connections: keel $rev, $(uname -r), $(nproc) CPUs; server (1 worker) on CPU $srv_cpu, client on CPU $cli_cpu"
+echo "idle keep-alive connections: keel $rev, $(uname -r), $(nproc) CPUs; server (1 worker) on CPU $bench_srv_cpu, client on CPU $bench_cli_cpu"
 echo "points ${points[*]}, $reps repetition(s), warm-up $warm_reqs requests over $window connections, sample ${settle} s after all are held"
 if ((!hello_max_conns)); then
 	echo "note: build/examples/hello has no --max-conns; it serves at most $hello_cap connections, so hello's N is capped at $hello_cap"
@@ -564,7 +363,7 @@ for ((rep = 1; rep <= reps; rep++)); do
 				n=$hello_cap
 			fi
 			if ! run_point "$name" "$n" "$rep"; then
-				echo "run.sh: $name N=$n rep $rep: no measurement" >&2
+				bench_warn "$name N=$n rep $rep: no measurement"
 				continue
 			fi
 			printf '%s\n' "$row" >>"$tsv"
@@ -648,10 +447,6 @@ awk -F'\t' '
 # with the target as a line.
 plot() {
 	local gp=$out/idle.gp
-	if ! command -v gnuplot >/dev/null; then
-		echo "run.sh: gnuplot missing (apt-get install -y gnuplot-nox); no plot" >&2
-		return
-	fi
 	awk -F'\t' -v png="$out/idle.png" '
 		NR == 1 { next }
 		{
@@ -685,13 +480,9 @@ plot() {
 				printf "%s$d using %d:xtic(1) title \"%s connections\"", (j > 1 ? ", " : ""), j + 1, nv[j]
 			print ", 0.4 with lines dt 2 lw 2 lc rgb \"red\" title \"target\""
 		}' "$out/idle.tsv" >"$gp" || {
-		echo "run.sh: no points measured; no plot" >&2
+		bench_warn "no points measured; no plot"
 		return
 	}
-	if gnuplot "$gp" 2>"$work/gnuplot.err"; then
-		echo "wrote $out/idle.tsv and $out/idle.png"
-	else
-		echo "run.sh: gnuplot failed on $gp: $(head -3 "$work/gnuplot.err")" >&2
-	fi
+	bench_plot "$gp" "$out/idle.png"
 }
 plot

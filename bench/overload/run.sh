@@ -48,14 +48,11 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
-out=build/bench
-work=$out/overload
-mkdir -p "$work"
-work_abs=$PWD/$work
+. bench/lib.sh
+bench_work overload
 
-quick=${QUICK:-0}
 work_us=${WORK_US:-50}
-step=${STEP:-$([[ $quick == 1 ]] && echo 5 || echo 10)}
+step=${STEP:-$( ((bench_quick)) && echo 5 || echo 10)}
 sat_dur=${SAT_DURATION:-5}
 conns=${CONNS:-16}
 pipeline=${PIPELINE:-256}
@@ -68,48 +65,35 @@ port=${PORT:-7400}
 keel=build/keel
 hello=build/examples/hello
 
-die() { echo "run.sh: $*" >&2; exit 1; }
-[[ -x $keel && -x $hello ]] || die "build first (make)"
-command -v python3 >/dev/null || die "python3 missing"
-ulimit -n 20000 2>/dev/null || ulimit -n 8192 || true
+[[ -x $keel && -x $hello ]] || bench_die "build first (make)"
+bench_require python3
+bench_fd_limit 20000
+# keel load bounds itself (-d); this bounds a wedged one.
+load_timeout=$(((step > sat_dur ? step : sat_dur) + 60))
 
 # What nginx needs: nginx and its perl module, from Debian, as root.
-need_pkgs=()
-command -v nginx >/dev/null || need_pkgs+=(nginx-light)
-[[ -e /usr/lib/nginx/modules/ngx_http_perl_module.so ]] || need_pkgs+=(libnginx-mod-http-perl)
-if [[ $slowloris == 1 ]] && ! command -v slowhttptest >/dev/null; then need_pkgs+=(slowhttptest); fi
-if ((${#need_pkgs[@]})); then
-	if [[ $(id -u) == 0 && ${NO_INSTALL:-0} != 1 ]]; then
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >/dev/null 2>&1 ||
-			echo "run.sh: could not install ${need_pkgs[*]}" >&2
-	else
-		echo "run.sh: missing ${need_pkgs[*]} (run as root to install); skipping what needs them" >&2
-	fi
+perl_mod=/usr/lib/nginx/modules/ngx_http_perl_module.so
+missing=()
+bench_ensure_bin nginx nginx-light || missing+=(nginx-light)
+bench_ensure_file "$perl_mod" libnginx-mod-http-perl || missing+=(libnginx-mod-http-perl)
+if [[ $slowloris == 1 ]]; then bench_ensure_bin slowhttptest slowhttptest || missing+=(slowhttptest); fi
+if ((${#missing[@]})); then
+	bench_warn "missing ${missing[*]} (run as root to install); skipping what needs them"
 fi
 
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-free_port() {
-	while ss -Htln "sport = :$port" | grep -q .; do port=$((port + 1)); done
-}
-
-# Start server $1 on $port; sets srv_pid (the process to kill) and mem_pid
+# Start server $1 on $port; sets server_pid (the process to stop) and mem_pid
 # (the process whose memory and fds are sampled: nginx's worker).
 start_server() {
 	local name=$1
-	free_port
+	bench_free_port
+	local -a cmd=("$hello" --workers 1 --listen "127.0.0.1:$port")
 	case $name in
-	keel) taskset -c 0 "$hello" --workers 1 --listen "127.0.0.1:$port" --queue-delay-us "$qd" 2>"$work/$name.log" & ;;
-	keel-default) taskset -c 0 "$hello" --workers 1 --listen "127.0.0.1:$port" 2>"$work/$name.log" & ;;
-	keel-noshed) taskset -c 0 "$hello" --workers 1 --listen "127.0.0.1:$port" --queue-delay-us 0 2>"$work/$name.log" & ;;
+	keel) cmd+=(--queue-delay-us "$qd") ;;
+	keel-default) ;;
+	keel-noshed) cmd+=(--queue-delay-us 0) ;;
 	nginx)
-		[[ -e /usr/lib/nginx/modules/ngx_http_perl_module.so ]] && command -v nginx >/dev/null || return 1
-		mkdir -p "$work_abs/nginx/logs"
+		[[ -e $perl_mod ]] && bench_find_bin nginx >/dev/null || return 1
+		mkdir -p "$work_abs/nginx"
 		cat >"$work_abs/nginx/keelwork.pm" <<'EOF'
 package keelwork;
 use nginx;
@@ -126,56 +110,47 @@ sub handler {
 }
 1;
 EOF
-		cat >"$work_abs/nginx/nginx.conf" <<EOF
-load_module /usr/lib/nginx/modules/ngx_http_perl_module.so;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-error_log $work_abs/nginx/logs/error.log;
-pid $work_abs/nginx/nginx.pid;
-events { worker_connections 20000; }
-http {
-    access_log off;
-    perl_modules $work_abs/nginx;
-    perl_require keelwork.pm;
-    client_body_temp_path $work_abs/nginx/tmp;
-    server {
-        listen 127.0.0.1:$port;
-        keepalive_requests 10000000;
-        keepalive_timeout 300s;
-        location /work { perl 'sub { return keelwork::handler(@_); }'; }
-        location /plaintext { return 200 "Hello, World!"; }
-    }
-}
+		bench_nginx_conf "$work_abs/nginx/nginx.conf" on 20000 "load_module $perl_mod;" <<EOF
+	perl_modules $work_abs/nginx;
+	perl_require keelwork.pm;
+	server {
+		listen 127.0.0.1:$port;
+		keepalive_requests 10000000;
+		keepalive_timeout 300s;
+		location /work { perl 'sub { return keelwork::handler(@_); }'; }
+		location /plaintext { return 200 "Hello, World!"; }
+	}
 EOF
-		taskset -c 0 nginx -c "$work_abs/nginx/nginx.conf" -g 'daemon off;' 2>"$work/$name.log" &
+		cmd=("${bench_nginx[@]}")
 		;;
-	*) die "unknown server $name" ;;
+	*) bench_die "unknown server $name" ;;
 	esac
-	srv_pid=$!
-	pids+=("$srv_pid")
+	bench_server_start "$name" "$work/$name.log" "${cmd[@]}" || return 1
+	# Listening is not answering: nginx's worker may not be up yet.
 	for _ in $(seq 50); do
 		if curl -sf -o /dev/null "http://127.0.0.1:$port/work?us=1"; then break; fi
 		sleep 0.1
 	done
-	curl -sf -o /dev/null "http://127.0.0.1:$port/work?us=1" || { echo "run.sh: $name did not answer" >&2; return 1; }
-	mem_pid=$srv_pid
+	curl -sf -o /dev/null "http://127.0.0.1:$port/work?us=1" || {
+		bench_warn "$name did not answer"
+		bench_server_stop
+		return 1
+	}
+	mem_pid=$server_pid
 	if [[ $name == nginx ]]; then
-		mem_pid=$(pgrep -P "$srv_pid" | head -n 1)
+		mem_pid=$(bench_child "$server_pid") || {
+			bench_warn "nginx: no worker process appeared"
+			bench_server_stop
+			return 1
+		}
 	fi
 }
 
-stop_server() {
-	kill "$srv_pid" 2>/dev/null || true
-	wait "$srv_pid" 2>/dev/null || true
-}
-
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-nfds() { ls "/proc/$1/fd" 2>/dev/null | wc -l; }
 
 # Sample RSS and fds of $1 once a second into $2 until killed.
 sampler() {
 	while kill -0 "$1" 2>/dev/null; do
-		echo "$(rss_kb "$1") $(nfds "$1")" >>"$2"
+		echo "$(bench_rss_kib "$1") $(bench_fd_count "$1")" >>"$2"
 		sleep 1
 	done
 }
@@ -184,7 +159,7 @@ sampler() {
 load() {
 	local json=$1
 	shift
-	taskset -c 1 "$keel" load -q --json "$json" "$@" >/dev/null 2>"$json.err" || true
+	bench_client "$load_timeout" "$keel" load -q --json "$json" "$@" >/dev/null 2>"$json.err" || true
 }
 
 # Summarise a JSON result: prints "goodput offered shed errors p50 p90 p99 p999 max p99lo p99hi".
@@ -218,17 +193,17 @@ echo "overload: /work?us=$work_us, open loop $conns connections x pipeline $pipe
 echo "machine load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for name in "${servers[@]}"; do
 	if ! start_server "$name"; then
-		echo "run.sh: skipping $name" >&2
+		bench_warn "skipping $name"
 		continue
 	fi
 	url="http://127.0.0.1:$port/work?us=$work_us"
 	load "$work/$name-warm.json" -c 64 -d 1 "$url"
-	rss_idle=$(rss_kb "$mem_pid")
+	rss_idle=$(bench_rss_kib "$mem_pid")
 	load "$work/$name-sat.json" -c 64 -d "$sat_dur" "$url"
 	read -r S _ <<<"$(summ "$work/$name-sat.json")"
 	if [[ -z $S || $S == 0 ]]; then
-		echo "run.sh: $name: no saturation rate measured" >&2
-		stop_server
+		bench_warn "$name: no saturation rate measured"
+		bench_server_stop
 		continue
 	fi
 	echo
@@ -241,9 +216,9 @@ for name in "${servers[@]}"; do
 		: >"$samples"
 		sampler "$mem_pid" "$samples" &
 		spid=$!
+		bench_track "$spid"
 		load "$work/$name-$f.json" -c "$conns" -p "$pipeline" -d "$step" -R "$rate" "$url"
-		kill "$spid" 2>/dev/null || true
-		wait "$spid" 2>/dev/null || true
+		bench_stop "$spid"
 		read -r good off shed errs p50 p90 p99 p999 max lo hi <<<"$(summ "$work/$name-$f.json")"
 		read -r rss_max fds_max <<<"$(awk 'BEGIN {r = 0; f = 0} {if ($1 > r) r = $1; if ($2 > f) f = $2} END {print r, f}' "$samples")"
 		pct=$(awk -v g="$good" -v s="$S" 'BEGIN { printf "%.0f", 100 * g / s }')
@@ -255,16 +230,15 @@ for name in "${servers[@]}"; do
 	if [[ $slowloris == 1 ]] && command -v slowhttptest >/dev/null && [[ $name != keel-default && $name != keel-noshed ]]; then
 		rate=$(awk -v s="$S" 'BEGIN { printf "%d", s * 0.5 }')
 		load "$work/$name-slow-base.json" -c "$conns" -p "$pipeline" -d "$step" -R "$rate" "$url"
-		chrt -i 0 taskset -c 1 slowhttptest -H -c "$slow_conns" -r 2000 -i 5 -l $((step + 15)) -p 3 \
+		chrt -i 0 taskset -c "$bench_cli_cpu" slowhttptest -H -c "$slow_conns" -r 2000 -i 5 -l $((step + 15)) -p 3 \
 			-u "http://127.0.0.1:$port/plaintext" >"$work/$name-slowhttptest.log" 2>&1 &
 		slow_pid=$!
-		pids+=("$slow_pid")
+		bench_track "$slow_pid"
 		sleep 5 # let it open its connections
-		conns_seen=$(($(nfds "$mem_pid")))
+		conns_seen=$(($(bench_fd_count "$mem_pid")))
 		load "$work/$name-slow.json" -c "$conns" -p "$pipeline" -d "$step" -R "$rate" "$url"
-		conns_seen2=$(($(nfds "$mem_pid")))
-		kill "$slow_pid" 2>/dev/null || true
-		wait "$slow_pid" 2>/dev/null || true
+		conns_seen2=$(($(bench_fd_count "$mem_pid")))
+		bench_stop "$slow_pid"
 		read -r g0 _ s0 e0 _ _ q0 _ <<<"$(summ "$work/$name-slow-base.json")"
 		read -r g1 _ s1 e1 _ _ q1 _ <<<"$(summ "$work/$name-slow.json")"
 		echo "   slowloris ($slow_conns slow-header connections; server fds ${conns_seen}..${conns_seen2}) at 0.5 S = $rate req/s:"
@@ -274,38 +248,35 @@ for name in "${servers[@]}"; do
 		echo -e "$name\t$rate\twithout\t$g0\t$q0\t$s0\t$e0\t0" >>"$slow_tsv"
 		echo -e "$name\t$rate\twith\t$g1\t$q1\t$s1\t$e1\t$conns_seen" >>"$slow_tsv"
 	fi
-	stop_server
+	bench_server_stop
 done
 echo
 echo "machine load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "wrote $tsv and $slow_tsv"
 
-if command -v gnuplot >/dev/null; then
-	gp=$work/overload.gp
-	# One gnuplot "plot" line over every server in the TSV, for column expression $1.
-	plot_servers() {
-		local first=1 name
-		echo -n "plot "
-		for name in "${servers[@]}"; do
-			grep -q "^$name	" "$tsv" || continue
-			[[ $first == 1 ]] || echo -n ", "
-			first=0
-			echo -n "'< grep \"^$name	\" $tsv' using 2:$1 with linespoints title '$name'"
-		done
-		echo
-	}
-	{
-		echo "set terminal pngcairo size 1200,480 font 'sans,10'"
-		echo "set output '$out/overload.png'"
-		echo "set multiplot layout 1,2 title 'Overload: open loop at 0.25..4 x S, /work?us=$work_us, one worker on one core'"
-		echo "set xlabel 'offered load (x saturation rate S)'; set logscale x 2; set key top left"
-		echo "set ylabel 'goodput (% of S)'; set yrange [0:130]; set grid"
-		plot_servers 6
-		echo "set ylabel 'p99 of admitted requests (ms)'; set logscale y; set yrange [*:*]; set key top left"
-		plot_servers '($11/1000)' # (a gnuplot expression, not shell)
-		echo "unset multiplot"
-	} >"$gp"
-	if gnuplot "$gp"; then echo "wrote $out/overload.png"; else echo "run.sh: gnuplot failed on $gp" >&2; fi
-else
-	echo "run.sh: gnuplot missing (apt-get install -y gnuplot-nox); no plot" >&2
-fi
+gp=$work/overload.gp
+# One gnuplot "plot" line over every server in the TSV, for column expression $1.
+plot_servers() {
+	local first=1 name
+	echo -n "plot "
+	for name in "${servers[@]}"; do
+		grep -q "^$name	" "$tsv" || continue
+		[[ $first == 1 ]] || echo -n ", "
+		first=0
+		echo -n "'< grep \"^$name	\" $tsv' using 2:$1 with linespoints title '$name'"
+	done
+	echo
+}
+{
+	echo "set terminal pngcairo size 1200,480 font 'sans,10'"
+	echo "set output '$out/overload.png'"
+	echo "set multiplot layout 1,2 title 'Overload: open loop at 0.25..4 x S, /work?us=$work_us, one worker on one core'"
+	echo "set xlabel 'offered load (x saturation rate S)'; set logscale x 2; set key top left"
+	echo "set ylabel 'goodput (% of S)'; set yrange [0:130]; set grid"
+	plot_servers 6
+	echo "set ylabel 'p99 of admitted requests (ms)'; set logscale y; set yrange [*:*]; set key top left"
+	# shellcheck disable=SC2016 # a gnuplot expression, not shell
+	plot_servers '($11/1000)'
+	echo "unset multiplot"
+} >"$gp"
+bench_plot "$gp" "$out/overload.png"

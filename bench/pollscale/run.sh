@@ -6,15 +6,16 @@
 #
 # Builds build/bench/pollscale, prints our table beside the book's, writes
 # build/bench/pollscale.tsv and draws build/bench/pollscale.png. A run that
-# would take longer than budget_s (default 10) stops there and is extrapolated
-# to 100,000 operations; such entries are marked '*'. See pollscale.c for what
-# one operation is.
+# would take longer than budget_s (default 10; 1 with QUICK=1) stops there and
+# is extrapolated to 100,000 operations; such entries are marked '*'. See
+# pollscale.c for what one operation is.
 set -euo pipefail
 
-out=build/bench
+cd "$(dirname "$0")/../.."
+. bench/lib.sh
 bin=$out/pollscale
 ops=100000
-budget_s=${1:-10}
+budget_s=${1:-$( ((bench_quick)) && echo 1 || echo 10)}
 sizes=(10 100 1000 10000)
 methods=(poll select epoll io_uring)
 
@@ -25,11 +26,7 @@ declare -A book=(
 	[epoll,10]=0.41 [epoll,100]=0.42 [epoll,1000]=0.53 [epoll,10000]=0.66
 )
 
-if [[ ! -e /usr/include/liburing.h ]]; then
-	echo "run.sh: liburing.h missing: apt-get install -y liburing-dev" >&2
-	exit 1
-fi
-mkdir -p "$out"
+[[ -e /usr/include/liburing.h ]] || bench_die "liburing.h missing: apt-get install -y liburing-dev"
 cc -std=c17 -O2 -Wall -Wextra -o "$bin" bench/pollscale/pollscale.c -luring
 
 declare -A secs
@@ -110,11 +107,7 @@ done
 echo
 echo "wrote $out/pollscale.tsv"
 
-if ! command -v gnuplot >/dev/null; then
-	echo "gnuplot missing (apt-get install -y gnuplot-nox): no plot" >&2
-	exit 0
-fi
-gnuplot <<EOF
+cat >"$out/pollscale.gp" <<EOF
 set terminal pngcairo size 800,560
 set output "$out/pollscale.png"
 set title "Seconds for $ops monitoring operations, one of N fds ready"
@@ -135,4 +128,4 @@ plot f u 1:2 w lp lc 1 pt 7 t "poll", \
      f u 1:11 w lp lc 2 dt 2 pt 6 t "select (book)", \
      f u 1:12 w lp lc 3 dt 2 pt 6 t "epoll (book)"
 EOF
-echo "wrote $out/pollscale.png"
+bench_plot "$out/pollscale.gp" "$out/pollscale.png"

@@ -15,11 +15,10 @@
 # same placement) shows how many requests per second that core can feed.
 # When CPU 1 is the bottleneck the proxy idles part of the time, so req/s
 # alone can measure wrk+upstream: requests per proxy-CPU-second is the
-# figure that compares proxies. The proxy's CPU is utime+stime(+cutime+
-# cstime) from /proc/PID/stat over the proxy and its descendants (nginx's
-# master and worker; keel's threads are folded into its process), read
-# before and after wrk's run; cpu0% (all busy time on CPU 0 from /proc/stat)
-# cross-checks it.
+# figure that compares proxies. The proxy's CPU is that of its whole process
+# tree (nginx's master and worker; keel's threads are folded into its
+# process; bench/lib.sh says exactly what) over wrk's run; cpu0% (all busy
+# time on CPU 0 from /proc/stat) cross-checks it.
 #
 # The upstream (UPSTREAM=keel, the default): `keel serve --workers 1
 # --status` over the two files (both fit keel's in-memory file cache), the
@@ -84,15 +83,13 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
-root=$PWD
-work=build/bench/proxy
-mkdir -p "$work"
-work_abs=$root/$work
-out=${OUT:-build/bench}
+. bench/lib.sh
+bench_work proxy
+out=${OUT:-$out}
 mkdir -p "$out"
 plot_png=${PLOT:-$out/proxy.png}
 
-if [[ ${QUICK:-0} == 1 ]]; then
+if ((bench_quick)); then
 	duration=${DURATION:-3}
 	read -ra conns_list <<<"${CONNS:-16 256}"
 else
@@ -110,173 +107,54 @@ fanout_conns=${FANOUT_CONNS:-64}
 fast_ms=${FAST_MS:-1}
 slow_ms=${SLOW_MS:-50}
 port=${PORT:-7600}
-proxy_cpu=${PROXY_CPU:-0}
-load_cpu=${LOAD_CPU:-1}
+bench_srv_cpu=${PROXY_CPU:-$bench_srv_cpu}
+bench_cli_cpu=${LOAD_CPU:-$bench_cli_cpu}
 keel=${KEEL:-build/keel}
 examples=${EXAMPLES:-build/examples}
-clk_tck=$(getconf CLK_TCK)
 
-die() {
-	echo "run.sh: $*" >&2
-	exit 1
-}
 for v in "$duration" "$port" "$nginx_keepalive" "$keel_workers" "$fanout_conns" "$fast_ms" "$slow_ms"; do
-	[[ $v =~ ^[0-9]+$ ]] || die "DURATION, PORT, NGINX_KEEPALIVE, KEEL_WORKERS, FANOUT_CONNS, FAST_MS and SLOW_MS are whole numbers"
+	[[ $v =~ ^[0-9]+$ ]] || bench_die "DURATION, PORT, NGINX_KEEPALIVE, KEEL_WORKERS, FANOUT_CONNS, FAST_MS and SLOW_MS are whole numbers"
 done
-[[ $warmup =~ ^[0-9]+$ ]] || die "WARMUP is whole seconds"
-((duration >= 1 && duration <= 600)) || die "DURATION is 1..600 seconds"
+[[ $warmup =~ ^[0-9]+$ ]] || bench_die "WARMUP is whole seconds"
+((duration >= 1 && duration <= 600)) || bench_die "DURATION is 1..600 seconds"
 for c in "${conns_list[@]}" "$fanout_conns"; do
-	[[ $c =~ ^[1-9][0-9]*$ ]] || die "bad connection count $c"
+	[[ $c =~ ^[1-9][0-9]*$ ]] || bench_die "bad connection count $c"
 done
 for s in "${sizes[@]}"; do
-	[[ $s == @(small|64k) ]] || die "bad size $s (small or 64k)"
+	[[ $s == @(small|64k) ]] || bench_die "bad size $s (small or 64k)"
 done
 for p in "${proxies[@]}"; do
-	[[ $p =~ ^(direct|nginx|nginx-ka[1-9][0-9]*|keel)$ ]] || die "bad proxy $p (direct, nginx, nginx-kaN or keel)"
+	[[ $p =~ ^(direct|nginx|nginx-ka[1-9][0-9]*|keel)$ ]] || bench_die "bad proxy $p (direct, nginx, nginx-kaN or keel)"
 done
-[[ $upstream_kind == @(nginx|keel) ]] || die "UPSTREAM is nginx or keel"
-if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
-	die "needs wrk and curl (apt-get install -y wrk curl)"
-fi
+[[ $upstream_kind == @(nginx|keel) ]] || bench_die "UPSTREAM is nginx or keel"
+bench_require wrk
+bench_require curl
 
 # The proxy holds two fds per client (the client's and an upstream's).
-hard=$(ulimit -Hn)
-want=20000
-if [[ $hard != unlimited ]] && ((hard < want)); then want=$hard; fi
-ulimit -n "$want"
+bench_fd_limit 20000
 
 # ---- nginx, from Debian when missing. ----
 
-find_nginx() {
-	command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; }
-}
-nginx_bin=$(find_nginx || true)
-if [[ -z $nginx_bin && ${NO_INSTALL:-0} != 1 && $(id -u) == 0 ]]; then
-	echo "run.sh: installing nginx-light (log $work/apt.log)" >&2
-	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >>"$work/apt.log" 2>&1; then
-		apt-get update -q >>"$work/apt.log" 2>&1 || true
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >>"$work/apt.log" 2>&1 || true
-	fi
-	nginx_bin=$(find_nginx || true)
-fi
+bench_ensure_bin nginx nginx-light || true
+nginx_bin=$(bench_find_bin nginx || true)
 if [[ -z $nginx_bin ]]; then
 	if [[ $upstream_kind == nginx ]]; then
-		die "nginx missing (run as root to install it, or UPSTREAM=keel)"
+		bench_die "nginx missing (run as root to install it, or UPSTREAM=keel)"
 	fi
-	echo "run.sh: nginx missing; skipping the nginx proxy" >&2
+	bench_warn "nginx missing; skipping the nginx proxy"
 fi
 if [[ $upstream_kind == keel && ! -x $keel ]]; then
-	die "$keel missing: build first (make), or UPSTREAM=nginx"
+	bench_die "$keel missing: build first (make), or UPSTREAM=nginx"
 fi
 
 # ---- The files the upstream serves. ----
 
-mkdir -p "$work/www" "$work/tmp"
+mkdir -p "$work/www"
 printf 'Hello, World!' >"$work/www/small.txt"
 head -c 65536 /dev/zero | tr '\0' k >"$work/www/64k.bin"
 declare -A file_of=([small]=small.txt [64k]=64k.bin)
 
-# ---- Processes: every one this script starts, killed on exit. ----
-
-pids=()
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { # sets port to the first one from $port nobody listens on
-	while ss -Htln "sport = :$port" | grep -q .; do port=$((port + 1)); done
-}
-
-# Starts "$@" in the background (taskset execs, so $! is the server itself),
-# waits until 127.0.0.1:$2 accepts; sets started_pid. name is for messages.
-start_bg() { # name port log cmd...
-	local name=$1 p=$2 log=$3 tries
-	shift 3
-	"$@" >"$log" 2>&1 &
-	started_pid=$!
-	pids+=("$started_pid")
-	for ((tries = 0; tries < 100; tries++)); do
-		if ! kill -0 "$started_pid" 2>/dev/null; then
-			wait "$started_pid" 2>/dev/null || true
-			echo "run.sh: $name exited at startup; log $log:" >&2
-			tail -5 "$log" | sed 's/^/    /' >&2
-			return 1
-		fi
-		if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$p" 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	echo "run.sh: $name did not accept on port $p within 10 s" >&2
-	stop_pid "$started_pid"
-	return 1
-}
-
-stop_pid() { # pid: TERM, then KILL after 5 s; its children too (nginx's worker)
-	local pid=$1 i kids
-	kids=$(pgrep -P "$pid" || true)
-	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	for i in $kids; do kill -KILL "$i" 2>/dev/null || true; done
-}
-
 # ---- Measuring. ----
-
-# For each pid given, the clock ticks utime+stime+cutime+cstime (stat
-# fields 14-17) of it and its descendants (0: none), then the same over every
-# process, for the noise column. Threads are folded into their process's
-# line; a descendant reaped during a point moves its time into its parent's
-# cutime, so the delta stays right.
-proc_ticks() { # pid...
-	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" '
-		{
-			line = $0
-			pid = substr(line, 1, index(line, " ") - 1)
-			rest = substr(line, match(line, /\) [^)]*$/) + 2)
-			split(rest, f, " ")   # f[1] is field 3
-			parent[pid] = f[2]
-			ticks[pid] = f[12] + f[13] + f[14] + f[15]
-			all += ticks[pid]
-		}
-		END {
-			n = split(roots, r, " ")
-			for (i = 1; i <= n; i++) {
-				if (r[i] == 0) {
-					printf "0 "
-					continue
-				}
-				for (p in want)
-					delete want[p]
-				want[r[i]] = 1
-				do {
-					grew = 0
-					for (p in parent)
-						if (!(p in want) && (parent[p] in want)) {
-							want[p] = 1
-							grew = 1
-						}
-				} while (grew)
-				sum = 0
-				for (p in want)
-					sum += ticks[p]
-				printf "%d ", sum
-			}
-			print all + 0
-		}'
-}
-
-cpu_busy_ticks() { # cpu: user, nice, system, irq, softirq of that CPU in /proc/stat
-	awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
-}
 
 up_accepts() { # connections the upstream has accepted so far (its status page), or -
 	if [[ $up_pid == 0 ]]; then
@@ -290,119 +168,31 @@ up_accepts() { # connections the upstream has accepted so far (its status page),
 	fi
 }
 
-check_get() { # name url file: curl must get 200 and exactly that file
-	local code
-	: >"$work/.body"
-	code=$(curl -s -o "$work/.body" -w '%{http_code}' --max-time 5 "$2") || code=000
-	if [[ $code != 200 ]] || ! cmp -s "$work/.body" "$3"; then
-		echo "run.sh: $1: GET $2 gave status $code and $(wc -c <"$work/.body") bytes, not 200 and $(wc -c <"$3")" >&2
-		return 1
-	fi
-}
-
-warm() { # url: unmeasured load so the first point is not cold
-	if ((warmup > 0)); then
-		timeout $((warmup + 10)) taskset -c "$load_cpu" wrk -t1 -c16 -d"${warmup}s" "$1" \
-			>/dev/null 2>&1 || true
-	fi
-}
-
 # Runs wrk once against url while accounting CPU; prints one line of
-# key=value. proxy_pid 0 for none (direct), up_pid the upstream (or the
-# fan-out services' parent: 0), spill_log a log whose "buffered to a
-# temporary file" lines are counted (or /dev/null).
+# key=value (bench_wrk's, then upc and spill). proxy_pid 0 for none (direct),
+# up_pids the upstream (or the fan-out services), spill_log a log whose
+# "buffered to a temporary file" lines are counted (or /dev/null).
 run_wrk() { # conns url proxy_pid up_pids spill_log
-	local conns=$1 url=$2 ppid=$3 upids=$4 spill_log=$5
-	local res=$work/.wrk.out tim=$work/.wrk.time TIMEFORMAT='%U %S'
-	local t0 t1 z0 z1 p0 p1 u0 u1 a0 a1 acc0 acc1 s0 s1 rc=0 usr_sys
-	local -a b e
+	local conns=$1 url=$2 ppid=$3 upids=$4 spill_log=$5 acc0 acc1 s0 s1 line upc=-
 
 	acc0=$(up_accepts)
 	s0=$(grep -c 'buffered to a temporary file' "$spill_log" 2>/dev/null || true)
-	read -ra b < <(proc_ticks "$ppid" "$upids")
-	z0=$(cpu_busy_ticks "$proxy_cpu")
-	t0=$(date +%s%N)
-	# timeout bounds a wedged client; wrk itself stops after -d.
-	{ time timeout $((duration + 15)) taskset -c "$load_cpu" wrk -t1 -c"$conns" \
-		-d"${duration}s" --latency "$url" >"$res" 2>&1; } 2>"$tim" || rc=$?
-	t1=$(date +%s%N)
-	z1=$(cpu_busy_ticks "$proxy_cpu")
-	read -ra e < <(proc_ticks "$ppid" "$upids")
+	line=$(bench_wrk "$conns" "$duration" "$ppid" "$upids" "$url")
 	s1=$(grep -c 'buffered to a temporary file' "$spill_log" 2>/dev/null || true)
 	acc1=$(up_accepts)
-	usr_sys=$(tail -1 "$tim")
-	if ((rc != 0)) || ! grep -q '^Requests/sec:' "$res"; then
-		echo "run.sh: wrk failed (rc $rc):" >&2
-		sed 's/^/    /' "$res" >&2
-	fi
-	p0=${b[0]} p1=${e[0]}
-	u0=0 u1=0
-	local i n=$((${#b[@]} - 1))
-	for ((i = 1; i < n; i++)); do
-		u0=$((u0 + b[i]))
-		u1=$((u1 + e[i]))
-	done
-	a0=${b[n]} a1=${e[n]}
-	local upc=-
 	if [[ $acc0 != - && $acc1 != - ]]; then
 		upc=$((acc1 - acc0 - 1)) # less the status request itself
 	fi
-	awk -v wall_ns=$((t1 - t0)) -v pt=$((p1 - p0)) -v ut=$((u1 - u0)) -v all=$((a1 - a0)) \
-		-v core=$((z1 - z0)) -v hz="$clk_tck" -v usr_sys="$usr_sys" -v upc="$upc" \
-		-v spill=$((s1 - s0)) '
-		function us(v) { # wrk latency text to microseconds
-			if (v ~ /us$/) return v + 0
-			if (v ~ /ms$/) return v * 1000
-			if (v ~ /m$/) return v * 60e6
-			return v * 1e6 # "s"
-		}
-		function bytes(v) { # wrk byte counts are binary multiples
-			if (v ~ /TB$/) return v * 1024 ^ 4
-			if (v ~ /GB$/) return v * 1024 ^ 3
-			if (v ~ /MB$/) return v * 1024 ^ 2
-			if (v ~ /KB$/) return v * 1024
-			return v + 0
-		}
-		/^Requests\/sec:/ { rps = $2 }
-		/ requests in / { reqs = $1; rd = bytes($5) }
-		$1 == "50%" { p50 = us($2) }
-		$1 == "99%" { p99 = us($2) }
-		/^  Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-		/^  Non-2xx or 3xx responses:/ { bad += $5 }
-		END {
-			wall = wall_ns / 1e9
-			split(usr_sys, u, " ")
-			cli = (u[1] + u[2]) / wall
-			prx = pt / hz / wall
-			upc_pct = ut / hz / wall
-			other = all / hz / wall - prx - upc_pct - cli
-			if (other < 0)
-				other = 0 # tick granularity
-			printf "rps=%.0f reqs=%d bpr=%.0f p50_us=%.0f p99_us=%.0f cpu_pct=%.1f up_pct=%.1f core_pct=%.1f cli_pct=%.1f other_pct=%.1f errors=%d non2xx=%d upc=%s spill=%d\n",
-				rps, reqs, (reqs > 0 ? rd / reqs : 0), p50, p99, 100 * prx, 100 * upc_pct,
-				100 * core / hz / wall, 100 * cli, 100 * other, err, bad, upc, spill
-		}' "$res"
-}
-
-kv() { # line key: the value of key in a run_wrk line
-	local f
-	for f in $1; do
-		[[ $f == "$2="* ]] && echo "${f#*=}" && return
-	done
-	echo 0
-}
-
-per_cpu() { # rps cpu_pct
-	awk -v r="$1" -v c="$2" 'BEGIN { printf "%.0f", (c > 0 ? r * 100 / c : 0) }'
+	echo "$line upc=$upc spill=$((s1 - s0))"
 }
 
 # Why a row may not be reported ("" when it may): any non-2xx/3xx response,
 # no response, or fewer bytes per response than the body.
 refusal() { # line body_bytes
 	local reqs non2xx bpr
-	reqs=$(kv "$1" reqs)
-	non2xx=$(kv "$1" non2xx)
-	bpr=$(kv "$1" bpr)
+	reqs=$(bench_kv "$1" reqs)
+	non2xx=$(bench_kv "$1" non2xx)
+	bpr=$(bench_kv "$1" bpr)
 	if ((non2xx > 0)); then
 		echo "$non2xx of $reqs responses were not 2xx/3xx"
 	elif ((reqs == 0)); then
@@ -412,32 +202,13 @@ refusal() { # line body_bytes
 	fi
 }
 
-# On two cores anything else running lands in the numbers; say so up front.
-read -r _ a0 < <(proc_ticks 0)
-sleep 1
-read -r _ a1 < <(proc_ticks 0)
-busy_before=$(((a1 - a0) * 100 / clk_tck))
-if ((busy_before > 10)); then
-	echo "run.sh: warning: ${busy_before}% of a CPU was busy elsewhere before starting; expect noise" >&2
-fi
+bench_busy_before
 t_start=$(date +%s)
 
 # ---- The upstream. ----
 
-write_upstream_conf() { # port
-	cat >"$work/upstream.conf" <<EOF
-# Generated by bench/proxy/run.sh: the static upstream behind both proxies.
-worker_processes 1;
-daemon off;
-master_process off;
-pid $work_abs/upstream.pid;
-error_log $work_abs/upstream.error.log warn;
-worker_rlimit_nofile 20000;
-events {
-	worker_connections 8192;
-}
-http {
-	access_log off;
+write_upstream_conf() { # port: the static upstream behind both proxies
+	bench_nginx_conf "$work_abs/upstream.conf" off 8192 <<EOF
 	sendfile on;
 	tcp_nopush on;
 	tcp_nodelay on;
@@ -445,11 +216,6 @@ http {
 	open_file_cache_valid 600s;
 	keepalive_requests 1000000;
 	keepalive_timeout 300s;
-	client_body_temp_path $work_abs/tmp/up-body;
-	proxy_temp_path $work_abs/tmp/up-proxy;
-	fastcgi_temp_path $work_abs/tmp/up-fastcgi;
-	uwsgi_temp_path $work_abs/tmp/up-uwsgi;
-	scgi_temp_path $work_abs/tmp/up-scgi;
 	types {
 		text/plain txt;
 		application/octet-stream bin;
@@ -461,56 +227,38 @@ http {
 			stub_status;
 		}
 	}
-}
 EOF
 }
 
-free_port
+bench_free_port
 up_port=$port
 port=$((port + 1))
 if [[ $upstream_kind == nginx ]]; then
 	write_upstream_conf "$up_port"
-	start_bg upstream "$up_port" "$work/upstream.log" taskset -c "$load_cpu" "$nginx_bin" \
-		-p "$work_abs/" -c "$work_abs/upstream.conf" -e "$work_abs/upstream.error.log" ||
-		die "the upstream did not start"
+	bench_start upstream "$up_port" "$work/upstream.log" "$bench_cli_cpu" "${bench_nginx[@]}" ||
+		bench_die "the upstream did not start"
 	up_desc="nginx $("$nginx_bin" -v 2>&1 | sed 's,.*/,,'), 1 process"
 else
-	start_bg upstream "$up_port" "$work/upstream.log" taskset -c "$load_cpu" "$keel" serve \
+	bench_start upstream "$up_port" "$work/upstream.log" "$bench_cli_cpu" "$keel" serve \
 		--listen "127.0.0.1:$up_port" --workers 1 --status "$work/www" ||
-		die "the upstream did not start"
+		bench_die "the upstream did not start"
 	up_desc="keel serve, 1 worker"
 fi
-up_pid=$started_pid
+up_pid=$bench_pid
 for s in "${sizes[@]}"; do
-	check_get upstream "http://127.0.0.1:$up_port/${file_of[$s]}" "$work/www/${file_of[$s]}" ||
-		die "the upstream does not serve its files"
+	bench_check_get upstream "http://127.0.0.1:$up_port/${file_of[$s]}" "$work/www/${file_of[$s]}" ||
+		bench_die "the upstream does not serve its files"
 done
 
 # ---- The proxies. ----
 
+# nginx as a reverse proxy in its normal deployment (master + one worker,
+# keepalive upstream pool, buffering on).
 write_nginx_conf() { # port keepalive
-	local t=$work_abs/tmp
-	cat >"$work/nginx.conf" <<EOF
-# Generated by bench/proxy/run.sh: nginx as a reverse proxy in its normal
-# deployment (master + one worker, keepalive upstream pool, buffering on).
-worker_processes 1;
-daemon off;
-pid $work_abs/nginx.pid;
-error_log $work_abs/nginx.error.log warn;
-worker_rlimit_nofile 20000;
-events {
-	worker_connections 8192;
-}
-http {
-	access_log off;
+	bench_nginx_conf "$work_abs/nginx.conf" on 8192 <<EOF
 	tcp_nodelay on;
 	keepalive_requests 1000000;
 	keepalive_timeout 300s;
-	client_body_temp_path $t/body;
-	proxy_temp_path $t/proxy;
-	fastcgi_temp_path $t/fastcgi;
-	uwsgi_temp_path $t/uwsgi;
-	scgi_temp_path $t/scgi;
 	upstream u {
 		server 127.0.0.1:$up_port;
 		keepalive $2;
@@ -525,13 +273,12 @@ http {
 			proxy_set_header Connection "";
 		}
 	}
-}
 EOF
 }
 
 start_proxy() { # name: sets proxy_pid and url_base, or returns 1
 	local name=$1
-	free_port
+	bench_free_port
 	case $name in
 	nginx | nginx-ka*)
 		[[ -n $nginx_bin ]] || return 1
@@ -541,20 +288,20 @@ start_proxy() { # name: sets proxy_pid and url_base, or returns 1
 			write_nginx_conf "$port" "${name#nginx-ka}"
 		fi
 		: >"$work/nginx.error.log"
-		start_bg "$name proxy" "$port" "$work/nginx.log" taskset -c "$proxy_cpu" "$nginx_bin" \
-			-p "$work_abs/" -c "$work_abs/nginx.conf" -e "$work_abs/nginx.error.log" || return 1
+		bench_start "$name proxy" "$port" "$work/nginx.log" "$bench_srv_cpu" "${bench_nginx[@]}" ||
+			return 1
 		;;
 	keel)
 		if [[ ! -x $keel ]]; then
-			echo "run.sh: $keel missing (make)" >&2
+			bench_warn "$keel missing (make)"
 			return 1
 		fi
-		start_bg "keel proxy" "$port" "$work/keel.log" taskset -c "$proxy_cpu" "$keel" proxy \
+		bench_start "keel proxy" "$port" "$work/keel.log" "$bench_srv_cpu" "$keel" proxy \
 			--listen "127.0.0.1:$port" --upstream "127.0.0.1:$up_port" \
 			--workers "$keel_workers" || return 1
 		;;
 	esac
-	proxy_pid=$started_pid
+	proxy_pid=$bench_pid
 	url_base=http://127.0.0.1:$port
 	port=$((port + 1))
 }
@@ -562,8 +309,8 @@ start_proxy() { # name: sets proxy_pid and url_base, or returns 1
 tsv=$out/proxy.tsv
 printf 'proxy\tsize\tconns\treq_per_s\tp50_us\tp99_us\tproxy_cpu_pct\treq_per_proxy_cpu_s\tcpu0_busy_pct\treq_per_cpu0_busy_s\tupstream_cpu_pct\twrk_cpu_pct\tother_cpu_pct\tbytes_per_resp\tupstream_conns\tnginx_spills\tsocket_errors\n' >"$tsv"
 fmt='%-12s %-5s %5s %7s %6s %6s %5s %8s %5s %8s %5s %5s %6s %6s %6s %5s %4s\n'
-echo "proxy benchmark: $(uname -r), $(nproc) CPUs, ${duration} s per point; proxy on CPU $proxy_cpu, wrk -t1 and the upstream ($up_desc) on CPU $load_cpu"
-echo "(p50/p99 in microseconds; prx% = the proxy's processes, a core is 100; cpu0% = all busy time on CPU $proxy_cpu, softirq included;"
+echo "proxy benchmark: $(uname -r), $(nproc) CPUs, ${duration} s per point; proxy on CPU $bench_srv_cpu, wrk -t1 and the upstream ($up_desc) on CPU $bench_cli_cpu"
+echo "(p50/p99 in microseconds; prx% = the proxy's processes, a core is 100; cpu0% = all busy time on CPU $bench_srv_cpu, softirq included;"
 echo " req/prx_s and req/cpu0_s = requests per second of each; up% = upstream, wrk% = wrk, other% = anything else (noise, want ~0);"
 echo " B/resp = bytes read per response; up_conns = upstream connections opened during the point; spill = nginx temp-file warnings)"
 # shellcheck disable=SC2059 # one format for the header and the rows
@@ -576,7 +323,7 @@ for name in "${proxies[@]}"; do
 		url_base=http://127.0.0.1:$up_port
 	else
 		if ! start_proxy "$name"; then
-			echo "run.sh: skipping the $name proxy" >&2
+			bench_warn "skipping the $name proxy"
 			continue
 		fi
 		if [[ $name == nginx* ]]; then spill_log=$work/nginx.error.log; fi
@@ -584,51 +331,48 @@ for name in "${proxies[@]}"; do
 	for s in "${sizes[@]}"; do
 		f=${file_of[$s]}
 		body=$(wc -c <"$work/www/$f")
-		if ! check_get "$name" "$url_base/$f" "$work/www/$f"; then
-			echo "run.sh: refusing to measure $name with $s responses" >&2
+		if ! bench_check_get "$name" "$url_base/$f" "$work/www/$f"; then
+			bench_warn "refusing to measure $name with $s responses"
 			continue
 		fi
-		warm "$url_base/$f"
+		bench_warm "$warmup" "$url_base/$f"
 		for c in "${conns_list[@]}"; do
 			if [[ $proxy_pid != 0 ]] && ! kill -0 "$proxy_pid" 2>/dev/null; then
-				echo "run.sh: the $name proxy died; log $work/${name%%-*}.log" >&2
+				bench_warn "the $name proxy died; log $work/${name%%-*}.log"
 				break 2
 			fi
 			line=$(run_wrk "$c" "$url_base/$f" "$proxy_pid" "$up_pid" "$spill_log")
 			why=$(refusal "$line" "$body")
 			if [[ -n $why ]]; then
-				echo "run.sh: $name $s c$c REFUSED, not reported: $why" >&2
+				bench_warn "$name $s c$c REFUSED, not reported: $why"
 				continue
 			fi
-			rps=$(kv "$line" rps)
-			cpu=$(kv "$line" cpu_pct)
-			core=$(kv "$line" core_pct)
+			rps=$(bench_kv "$line" rps)
+			cpu=$(bench_kv "$line" srv_pct)
+			core=$(bench_kv "$line" core_pct)
 			if [[ $name == direct ]]; then
 				cpu=- eff=- core=- eff0=-
 			else
-				eff=$(per_cpu "$rps" "$cpu")
-				eff0=$(per_cpu "$rps" "$core")
+				eff=$(bench_per_cpu "$rps" "$cpu")
+				eff0=$(bench_per_cpu "$rps" "$core")
 			fi
-			spill=$(kv "$line" spill)
+			spill=$(bench_kv "$line" spill)
 			[[ $name == nginx* ]] || spill=-
-			row=("$name" "$s" "$c" "$rps" "$(kv "$line" p50_us)" "$(kv "$line" p99_us)" "$cpu"
-				"$eff" "$core" "$eff0" "$(kv "$line" up_pct)" "$(kv "$line" cli_pct)"
-				"$(kv "$line" other_pct)" "$(kv "$line" bpr)" "$(kv "$line" upc)" "$spill"
-				"$(kv "$line" errors)")
-			(
-				IFS=$'\t'
-				echo "${row[*]}"
-			) >>"$tsv"
+			row=("$name" "$s" "$c" "$rps" "$(bench_kv "$line" p50_us)" "$(bench_kv "$line" p99_us)" "$cpu"
+				"$eff" "$core" "$eff0" "$(bench_kv "$line" up_pct)" "$(bench_kv "$line" cli_pct)"
+				"$(bench_kv "$line" other_pct)" "$(bench_kv "$line" bpr)" "$(bench_kv "$line" upc)" "$spill"
+				"$(bench_kv "$line" errors)")
+			bench_tsv "$tsv" "${row[@]}"
 			# shellcheck disable=SC2059
 			printf "$fmt" "${row[@]}"
 		done
 		# The proxy must still answer correctly after the load.
-		if ! check_get "$name" "$url_base/$f" "$work/www/$f"; then
-			echo "run.sh: $name answered wrongly after the $s points; its rows above are suspect" >&2
+		if ! bench_check_get "$name" "$url_base/$f" "$work/www/$f"; then
+			bench_warn "$name answered wrongly after the $s points; its rows above are suspect"
 		fi
 	done
 	if [[ $proxy_pid != 0 ]]; then
-		stop_pid "$proxy_pid"
+		bench_stop "$proxy_pid"
 	fi
 done
 
@@ -668,19 +412,15 @@ awk -F'\t' '
 	}' "$tsv"
 echo "wrote $tsv"
 
-stop_pid "$up_pid"
+bench_stop "$up_pid"
 up_pid=0
 
 # ---- The plot: req per proxy-CPU-second, req/s and p99, clustered by point. ----
 
 draw_plot() {
 	local gp=$work/proxy.gp
-	if ! command -v gnuplot >/dev/null; then
-		echo "run.sh: gnuplot missing (apt-get install -y gnuplot-nox); no plot" >&2
-		return
-	fi
 	mkdir -p "$(dirname "$plot_png")"
-	awk -F'\t' -v png="$plot_png" -v title="Reverse proxy (1 worker) on CPU $proxy_cpu; wrk -t1 and the upstream ($up_desc) on CPU $load_cpu; ${duration} s per point" '
+	awk -F'\t' -v png="$plot_png" -v title="Reverse proxy (1 worker) on CPU $bench_srv_cpu; wrk -t1 and the upstream ($up_desc) on CPU $bench_cli_cpu; ${duration} s per point" '
 		NR == 1 { next }
 		{
 			if (!($1 in si)) { si[$1] = ++np; px[np] = $1 }
@@ -741,14 +481,10 @@ draw_plot() {
 			}
 			print "unset multiplot"
 		}' "$tsv" >"$gp" || {
-		echo "run.sh: no rows measured; no plot" >&2
+		bench_warn "no rows measured; no plot"
 		return
 	}
-	if gnuplot "$gp"; then
-		echo "wrote $plot_png"
-	else
-		echo "run.sh: gnuplot failed on $gp" >&2
-	fi
+	bench_plot "$gp" "$plot_png"
 }
 draw_plot
 
@@ -767,7 +503,7 @@ else
 	printf 'scenario\tpath\tconns\treq_per_s\tp50_us\tp99_us\tfanout_cpu_pct\treq_per_fanout_cpu_s\tservices_cpu_pct\twrk_cpu_pct\tother_cpu_pct\tsocket_errors\n' >"$ftsv"
 	ffmt='%-22s %-6s %5s %8s %7s %7s %6s %13s %6s %6s %6s %5s\n'
 	echo
-	echo "fan-out example: fanout on CPU $proxy_cpu; price, info, 2 replicas and wrk -t1 -c$fanout_conns on CPU $load_cpu; ${duration} s per point"
+	echo "fan-out example: fanout on CPU $bench_srv_cpu; price, info, 2 replicas and wrk -t1 -c$fanout_conns on CPU $bench_cli_cpu; ${duration} s per point"
 	echo "(/quote = All(price, info); /fast = Any(replica 1, replica 2); fast services answer in $fast_ms ms, slow ones in $slow_ms ms)"
 	# shellcheck disable=SC2059
 	printf "$ffmt" scenario path conns req/s p50_us p99_us fan% req/fan_cpu_s svc% wrk% other% errs
@@ -790,27 +526,27 @@ else
 		for spec in "price $a_price" "info $a_info" "price $a_r1" "price $a_r2"; do
 			kind=${spec%% *}
 			read -ra extra <<<"${spec#* }"
-			free_port
-			if ! start_bg "fanout_svc $kind" "$port" "$work/svc$i.log" taskset -c "$load_cpu" \
+			bench_free_port
+			if ! bench_start "fanout_svc $kind" "$port" "$work/svc$i.log" "$bench_cli_cpu" \
 				"$svc_bin" --listen "127.0.0.1:$port" --kind "$kind" "${extra[@]}"; then
 				ok=0
 				break
 			fi
-			svc_pids+=("$started_pid")
+			svc_pids+=("$bench_pid")
 			svc_ports+=("$port")
 			port=$((port + 1))
 			i=$((i + 1))
 		done
 		fan_pid=0
 		if ((ok)); then
-			free_port
+			bench_free_port
 			targs=()
 			if [[ -n ${FANOUT_TIMEOUT_MS:-} ]]; then targs=(--timeout-ms "$FANOUT_TIMEOUT_MS"); fi
-			if start_bg fanout "$port" "$work/fanout.log" taskset -c "$proxy_cpu" "$fanout_bin" \
+			if bench_start fanout "$port" "$work/fanout.log" "$bench_srv_cpu" "$fanout_bin" \
 				--listen "127.0.0.1:$port" --price "127.0.0.1:${svc_ports[0]}" \
 				--info "127.0.0.1:${svc_ports[1]}" --replica "127.0.0.1:${svc_ports[2]}" \
 				--replica "127.0.0.1:${svc_ports[3]}" "${targs[@]}"; then
-				fan_pid=$started_pid
+				fan_pid=$bench_pid
 			else
 				ok=0
 			fi
@@ -818,40 +554,36 @@ else
 		url="http://127.0.0.1:$port$path?sym=KEEL"
 		port=$((port + 1))
 		if ((ok)); then
-			: >"$work/.body"
-			code=$(curl -s -o "$work/.body" -w '%{http_code}' --max-time 5 "$url") || code=000
+			: >"$bench_tmp/body"
+			code=$(curl -s -o "$bench_tmp/body" -w '%{http_code}' --max-time 5 "$url") || code=000
 			if [[ $code != 200 ]]; then
-				echo "run.sh: fanout $scen: GET $path gave $code ($(head -c 200 "$work/.body")); skipping it" >&2
+				bench_warn "fanout $scen: GET $path gave $code ($(head -c 200 "$bench_tmp/body")); skipping it"
 				ok=0
 			fi
 		fi
 		if ((ok)); then
-			warm "$url"
+			bench_warm "$warmup" "$url"
 			line=$(run_wrk "$fanout_conns" "$url" "$fan_pid" "${svc_pids[*]}" /dev/null)
 			why=$(refusal "$line" 1)
 			if [[ -n $why ]]; then
-				echo "run.sh: fanout $scen $path REFUSED, not reported: $why" >&2
+				bench_warn "fanout $scen $path REFUSED, not reported: $why"
 			else
-				rps=$(kv "$line" rps)
-				cpu=$(kv "$line" cpu_pct)
-				row=("$scen" "$path" "$fanout_conns" "$rps" "$(kv "$line" p50_us)"
-					"$(kv "$line" p99_us)" "$cpu" "$(per_cpu "$rps" "$cpu")"
-					"$(kv "$line" up_pct)" "$(kv "$line" cli_pct)" "$(kv "$line" other_pct)"
-					"$(kv "$line" errors)")
-				(
-					IFS=$'\t'
-					echo "${row[*]}"
-				) >>"$ftsv"
+				rps=$(bench_kv "$line" rps)
+				cpu=$(bench_kv "$line" srv_pct)
+				row=("$scen" "$path" "$fanout_conns" "$rps" "$(bench_kv "$line" p50_us)"
+					"$(bench_kv "$line" p99_us)" "$cpu" "$(bench_per_cpu "$rps" "$cpu")"
+					"$(bench_kv "$line" up_pct)" "$(bench_kv "$line" cli_pct)" "$(bench_kv "$line" other_pct)"
+					"$(bench_kv "$line" errors)")
+				bench_tsv "$ftsv" "${row[@]}"
 				# shellcheck disable=SC2059
 				printf "$ffmt" "${row[@]}"
 			fi
 		fi
-		if [[ $fan_pid != 0 ]]; then stop_pid "$fan_pid"; fi
-		for p in "${svc_pids[@]}"; do stop_pid "$p"; done
+		if [[ $fan_pid != 0 ]]; then bench_stop "$fan_pid"; fi
+		for p in "${svc_pids[@]}"; do bench_stop "$p"; done
 	done
 	echo "wrote $ftsv"
 fi
 
-rm -f "$work/.wrk.out" "$work/.wrk.time" "$work/.body"
 echo
 echo "took $(($(date +%s) - t_start)) s; load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
