@@ -104,6 +104,12 @@ const char *keel_loop_backend(const keel_loop *loop);
 /* Monotonic time in ms / ns, cached once per tick. */
 uint64_t keel_loop_now_ms(const keel_loop *loop);
 uint64_t keel_loop_now_ns(const keel_loop *loop);
+/*
+ * The loop's tick count, one more per iteration: what completes in the tick
+ * an operation was submitted in came from before it (its answer cannot
+ * have arrived yet: the submission leaves at the end of the tick).
+ */
+uint64_t keel_loop_tick(const keel_loop *loop);
 
 /* Whether an opt-in feature is active on this loop: "sqpoll", "send_zc". */
 bool keel_loop_feature(const keel_loop *loop, const char *name);

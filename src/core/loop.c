@@ -426,6 +426,11 @@ uint64_t keel_loop_now_ns(const keel_loop *loop)
 	return loop->now_ns;
 }
 
+uint64_t keel_loop_tick(const keel_loop *loop)
+{
+	return loop->stats.ticks;
+}
+
 bool keel_loop_feature(const keel_loop *loop, const char *name)
 {
 	return loop->be->feature((keel_loop *)loop, name);

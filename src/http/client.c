@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "client_internal.h"
-#include "core/fault.h"
+#include "core/alloc.h"
 #include "keel/errors.h"
 #include "keel/tcp.h"
 

@@ -14,7 +14,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "core/internal.h"
+#include "keel/timer.h"
+#include "keel/util.h"
 #include "keel/buf.h"
 #include "keel/http_client.h"
 
@@ -80,7 +81,7 @@ struct cconn {
 	int eof_err;    /* how the input ended, if not cleanly */
 	bool paced;     /* the receive runs one buffer at a time (after a streamed response) */
 	bool dead;      /* closed while attached: freed with the response */
-	keel__timer timer;
+	keel_timer timer;
 	uint8_t timer_kind;
 	bool idle, reused, got_bytes, closing, keep;
 	/*
@@ -186,10 +187,10 @@ void keel__http_client_inq_clear(struct cconn *k);
 static inline void keel__http_client_timer_set(struct cconn *k, int kind, uint64_t ms)
 {
 	keel_loop *loop = k->up->cl->loop;
-	keel__timer_stop(loop, &k->timer);
+	keel_timer_disarm(loop, &k->timer);
 	k->timer_kind = (uint8_t)kind;
 	if (kind != T_OFF && ms)
-		keel__timer_start(loop, &k->timer, ms);
+		keel_timer_arm(loop, &k->timer, ms);
 }
 
 static inline void keel__http_client_idle_remove(struct cconn *k)

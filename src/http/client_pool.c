@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "client_internal.h"
-#include "core/fault.h"
+#include "core/alloc.h"
 #include "keel/errors.h"
 #include "keel/file.h"
 #include "keel/tcp.h"
@@ -129,10 +129,10 @@ void keel__http_client_conn_fail(struct cconn *k, int err)
 	keel__http_client_conn_close(k);
 }
 
-static void conn_timeout(keel_loop *loop, keel__timer *t)
+static void conn_timeout(keel_loop *loop, keel_timer *t)
 {
 	(void)loop;
-	struct cconn *k = (struct cconn *)((char *)t - offsetof(struct cconn, timer));
+	struct cconn *k = keel_container_of(t, struct cconn, timer);
 	int kind = k->timer_kind;
 	k->timer_kind = T_OFF;
 	if (kind == T_RESPONSE && k->req)
@@ -321,7 +321,7 @@ void keel__http_client_req_start(struct upstream *up, struct creq *r)
 	k->fd = -1;
 	k->req = r; /* (sent once connected) */
 	r->conn = k;
-	keel__timer_init(&k->timer, conn_timeout);
+	keel_timer_init(&k->timer, conn_timeout);
 	k->next = up->conns;
 	if (up->conns)
 		up->conns->prev = k;

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "client_internal.h"
-#include "core/fault.h"
+#include "core/alloc.h"
 #include "keel/tcp.h"
 
 void keel__http_client_response_timer(struct cconn *k)
@@ -261,7 +261,7 @@ static int on_data(void *ud, keel_buf *buf)
 			keel__http_client_conn_close(k);
 		return KEEL_STOP;
 	}
-	if (k->up->cl->loop->stats.ticks == k->send_tick) {
+	if (keel_loop_tick(k->up->cl->loop) == k->send_tick) {
 		/*
 		 * Bytes before our request went out: not its answer but what the
 		 * server sent after the last one. The connection cannot be trusted;

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "client_internal.h"
-#include "core/fault.h"
+#include "core/alloc.h"
 #include "keel/tcp.h"
 #include "put.h"
 
@@ -203,7 +203,7 @@ void keel__http_client_conn_send(struct cconn *k, struct creq *r)
 	k->req = r;
 	r->conn = k;
 	k->keep = true;
-	k->send_tick = c->loop->stats.ticks;
+	k->send_tick = keel_loop_tick(c->loop);
 	keel__http_client_response_reset(k);
 	size_t hl = format_head(k, r);
 	if (!hl) {
