@@ -43,7 +43,7 @@ void keel_acceptor_init(keel_acceptor *a, keel_loop *loop, unsigned conns_max, c
 	a->lfd = -1;
 }
 
-static bool full(keel_acceptor *a)
+static bool at_limit(keel_acceptor *a)
 {
 	return a->ops->live(a->ud) >= a->conns_max;
 }
@@ -79,13 +79,13 @@ static void limit_recheck(keel_acceptor *a)
 static int on_accept(void *ud, int fd)
 {
 	keel_acceptor *a = ud;
-	if (!a->stopping && full(a))
+	if (!a->stopping && at_limit(a))
 		reclaim(a, 1); /* the longest-idle connection makes room for this one */
 	if (a->stopping) {
 		close(fd);
 		return KEEL_STOP;
 	}
-	if (full(a)) {
+	if (at_limit(a)) {
 		/* Accepted by the kernel before our pause took effect: hold it unserved. */
 		if (a->nheld == a->held_cap) {
 			unsigned cap = a->held_cap ? a->held_cap * 2 : 16;
@@ -106,7 +106,7 @@ static int on_accept(void *ud, int fd)
 	}
 	a->backoff_ms = 0;
 	a->ops->open(a->ud, fd);
-	if (full(a) && !reclaimable(a)) {
+	if (at_limit(a) && !reclaimable(a)) {
 		a->paused = true; /* the kernel's backlog holds the rest */
 		a->pauses++;
 		limit_recheck(a);
@@ -143,7 +143,7 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	if (a->paused) {
 		/* Room may have come back while the stopped stream was still ending. */
-		if (!a->nheld && (!full(a) || reclaimable(a))) {
+		if (!a->nheld && (!at_limit(a) || reclaimable(a))) {
 			a->paused = false;
 			accept_start(a);
 		}
@@ -232,7 +232,7 @@ void keel_acceptor_conn_gone(keel_acceptor *a)
 		a->reclaiming = false; /* a descriptor came back: accept again */
 		accept_start(a);
 	}
-	if (a->paused && !a->accept && !a->nheld && !full(a)) {
+	if (a->paused && !a->accept && !a->nheld && !at_limit(a)) {
 		a->paused = false; /* (if the paused stream has not ended yet, accept_ended resumes) */
 		accept_start(a);
 	}
