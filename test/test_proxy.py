@@ -7,9 +7,9 @@ headers, ambiguous framing). Bodies are compared by SHA-256; failures must
 show as 502/503/504 or a closed connection within the timeouts, never a
 hang; the proxy's fds and memory must stay bounded. Runs under the backend
 in KEEL_BACKEND."""
-import http.client, json, os, shutil, socket, sys, tempfile, threading, time
+import http.client, json, os, shutil, socket, tempfile, threading, time
 
-from keeltest import KEEL, TESTSRV, Proc, check, fail, free_port, kill_all, sha
+from keeltest import KEEL, TESTSRV, Proc, check, fail, free_port, main, sha
 from keeltest import request as get
 import keeltest
 
@@ -24,7 +24,7 @@ def proxy(tmp, groups, route_prefix="/", extra_server=""):
     path = os.path.join(tmp, f"proxy{time.monotonic_ns()}.conf")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-    return Proc([KEEL, "-c", path], tmp)
+    return Proc([KEEL, "-c", path])
 
 # ---- A raw upstream that does what each test asks -----------------------------
 
@@ -195,8 +195,8 @@ def test_bodies(tmp):
         with open(os.path.join(root, f"f{n}"), "wb") as f:
             f.write(data)
         files[n] = data
-    up = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", root], tmp)
-    echo = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    up = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", root])
+    echo = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
     try:
         px = proxy(tmp, {"server": f"127.0.0.1:{up.port}"})
         pe = proxy(tmp, {"server": f"127.0.0.1:{echo.port}"})
@@ -504,7 +504,7 @@ def test_failures(tmp):
         f.write(f"[server]\nlisten = 127.0.0.1:0\nworkers = 1\n\n[upstream a]\nserver = 127.0.0.1:{dead}\n\n"
                 f"[upstream b]\nserver = 127.0.0.1:{dead}\n\n[route /a/]\nupstream = a\n\n[route /b/]\nupstream = b\n\n"
                 "[route /_keel/status]\nmatch = exact\nhandler = status\n")
-    px = Proc([KEEL, "-c", conf], tmp)
+    px = Proc([KEEL, "-c", conf])
     try:
         get(px.port, "/a/x"), get(px.port, "/b/x"), get(px.port, "/b/y")
         text = get(px.port, "/_keel/status?format=prometheus")[2].decode()
@@ -629,7 +629,7 @@ def test_client_gone(tmp):
 def test_slow_client_timeouts(tmp):
     """response_timeout_ms bounds the upstream, not the client: a client that uploads or reads slowly
     (pauses longer than the timeout) still gets its whole answer."""
-    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
     px = proxy(tmp, {"server": f"127.0.0.1:{up.port}", "response_timeout_ms": 300})
     try:
         s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
@@ -656,7 +656,7 @@ def test_slow_client_timeouts(tmp):
         up.stop()
     print("ok   a client slower than response_timeout_ms (uploading or reading) is not cut off")
 
-def main():
+def test():
     for exe in (KEEL, TESTSRV):
         if not os.access(exe, os.X_OK):
             fail(f"{exe} not built")
@@ -670,9 +670,8 @@ def main():
         test_slow_client_timeouts(tmp)
         test_bodies(tmp)
     finally:
-        kill_all()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"proxy: {keeltest.passed} checks passed")
 
 if __name__ == "__main__":
-    main()
+    main(test)
