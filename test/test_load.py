@@ -15,20 +15,12 @@ do depend on how promptly the machine runs the processes (a loaded CI runner
 can hold one off the CPU for tens of milliseconds) are marked noisy: a run
 that misses one is taken once more, and the second run decides. The bugs
 those bounds catch are systematic and miss on both runs."""
-import json, math, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+import json, math, os, re, shutil, signal, socket, tempfile, threading, time
 
-BUILD = os.environ.get("KEEL_BUILD", "build")
-KEEL = os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel"))
-HELLO = os.path.join(BUILD, "examples", "hello")
+from keeltest import EXAMPLES, KEEL, Proc, Skip, check, fail, free_port, main, run_keel
+
+HELLO = os.path.join(EXAMPLES, "hello")
 TMP = tempfile.mkdtemp(prefix="keel-load-")
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
 
 def load(*args, timeout=30):
     """Run keel load with --json; return (exit status, results or None, stdout, stderr, seconds)."""
@@ -36,8 +28,7 @@ def load(*args, timeout=30):
     if os.path.exists(path):
         os.remove(path)
     t = time.monotonic()
-    r = subprocess.run([KEEL, "load", "--quiet", "--json", path, *args], capture_output=True, text=True,
-                       timeout=timeout)
+    r = run_keel("load", "--quiet", "--json", path, *args, timeout=timeout)
     secs = time.monotonic() - t
     res = None
     if os.path.exists(path):
@@ -73,31 +64,9 @@ def percentiles_ordered(lat):
     return (lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
             and lat["mean"] <= lat["max"])
 
-class Hello:
+def start_hello(host="127.0.0.1"):
     """build/examples/hello with one worker on a port of its choosing."""
-    def __init__(self, host="127.0.0.1"):
-        self.p = subprocess.Popen([HELLO, "--workers", "1", "--listen", f"{host}:0"], stderr=subprocess.PIPE,
-                                  text=True)
-        self.port = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            line = self.p.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"listening on .*:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        check(self.port, "hello did not start")
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+    return Proc([HELLO, "--workers", "1", "--listen", f"{host}:0"], name="hello")
 
 # ---- A raw-socket HTTP/1.1 server in this process, with shapes hello does not make. ----
 
@@ -409,17 +378,14 @@ def check_bad_flags_and_unreachable(hello):
                  ["http://127.0.0.1:99999/"], ["-H", "no colon", "http://127.0.0.1:1/"],
                  ["-m", "GE T", "http://127.0.0.1:1/"], ["-d", "0", "http://127.0.0.1:1/"],
                  ["--duration"]]:
-        r = subprocess.run([KEEL, "load", *args], capture_output=True, text=True, timeout=10)
+        r = run_keel("load", *args)
         check(r.returncode == 2, f"keel load {args}: exit {r.returncode}, want 2\n{r.stderr}")
         check("usage" in r.stderr or "expected" in r.stderr, f"keel load {args}: no usage on stderr")
-    r = subprocess.run([KEEL, "load", "--help"], capture_output=True, text=True, timeout=10)
+    r = run_keel("load", "--help")
     check(r.returncode == 0 and "--rate" in r.stdout, "keel load --help")
     print("bad flags -> exit 2 with usage: ok")
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = free_port()  # nothing listens there now
     res, _, secs = load_ok("-c", "4", "-d", "1", f"http://127.0.0.1:{port}/")
     check(res["errors"]["connect"] >= 4 and res["requests"] == 0, f"unreachable: {res}")
     check(0.95 <= res["duration_s"] <= 1.5 and ends_on_time(res, secs),
@@ -435,7 +401,7 @@ def check_bad_flags_and_unreachable(hello):
     except OSError:
         print("IPv6: skipped (no ::1)")
         return
-    h6 = Hello("[::1]")
+    h6 = start_hello("[::1]")
     try:
         res, _, _ = load_ok("-c", "2", "-d", "1", f"http://[::1]:{h6.port}/plaintext")
         check(res["requests"] > 0 and res["errors_total"] == 0, f"[::1]: {res}")
@@ -449,31 +415,26 @@ def check_sigint(hello):
     # Without --quiet, keel load prints a progress line each second of its run (by then it handles SIGINT
     # itself), with the responses so far. The signal goes after the first line that shows responses, not
     # after a fixed sleep: the results then have some, however slowly this machine started the process.
-    p = subprocess.Popen([KEEL, "load", "--json", path, "-c", "2", "-d", "60",
-                          f"http://127.0.0.1:{hello.port}/plaintext"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    seen = []
-    timer = threading.Timer(20, p.kill)  # a run that never prints progress does not hang the test
-    timer.start()
-    try:
-        for line in p.stderr:
-            seen.append(line)
+    with open(os.path.join(TMP, "int.out"), "w+") as stdout:
+        p = Proc([KEEL, "load", "--json", path, "-c", "2", "-d", "60", f"http://127.0.0.1:{hello.port}/plaintext"],
+                 name="keel load", stdout=stdout, listen=None)
+
+        def progress(line):
             m = re.search(r"\s(\d+) responses", line)
-            if m and int(m.group(1)) > 0:
-                break
-    finally:
-        timer.cancel()
-    check(p.poll() is None, f"SIGINT: keel load ended before any progress: {''.join(seen)}")
-    t_sig = time.monotonic()
-    p.send_signal(signal.SIGINT)
-    try:
-        out, _ = p.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
-        fail("SIGINT did not end the run within 10 s")
-    secs, after_sig = time.monotonic() - t, time.monotonic() - t_sig
-    check(p.returncode == 0 and "goodput" in out, f"SIGINT: exit {p.returncode}")
+            return m and int(m.group(1)) > 0
+
+        # A run that never prints progress fails here after 20 s rather than hang the test.
+        check(p.wait_line(progress, 20) and p.alive(), f"SIGINT: keel load ended before any progress: {p.text()}")
+        t_sig = time.monotonic()
+        p.signal(signal.SIGINT)
+        rc = p.wait(10)
+        if rc is None:
+            p.kill()
+            fail("SIGINT did not end the run within 10 s")
+        secs, after_sig = time.monotonic() - t, time.monotonic() - t_sig
+        stdout.seek(0)
+        out = stdout.read()
+    check(rc == 0 and "goodput" in out, f"SIGINT: exit {rc}")
     with open(path) as f:
         res = json.load(f)
     # The run ended when asked: its measured duration is within the process's lifetime and well short of
@@ -483,24 +444,24 @@ def check_sigint(hello):
     print(f"SIGINT after the first progress line of a 60 s run: results after {res['duration_s']} s, "
           f"exit {after_sig:.1f} s after the signal: ok")
 
-def main():
-    for exe in (KEEL, HELLO):
-        if not os.access(exe, os.X_OK):
-            shutil.rmtree(TMP, ignore_errors=True)
-            print(f"skip: {exe} not built")
-            sys.exit(77)
-    hello = Hello()
+def test():
     try:
-        check_open_loop(hello)
-        check_coordinated_omission()
-        check_statuses(hello)
-        check_framing()
-        check_bad_flags_and_unreachable(hello)
-        check_sigint(hello)
+        for exe in (KEEL, HELLO):
+            if not os.access(exe, os.X_OK):
+                raise Skip(f"{exe} not built")
+        h = start_hello()
+        try:
+            check_open_loop(h)
+            check_coordinated_omission()
+            check_statuses(h)
+            check_framing()
+            check_bad_flags_and_unreachable(h)
+            check_sigint(h)
+        finally:
+            h.stop()
     finally:
-        hello.stop()
         shutil.rmtree(TMP, ignore_errors=True)
     print("load: ok")
 
 if __name__ == "__main__":
-    main()
+    main(test)
