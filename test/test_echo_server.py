@@ -108,8 +108,8 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
             if left <= 0:
                 stuck = [c for c in conns if c.state != "done"]
                 fail("%d of %d connections unfinished after %.0f s (server alive: %s); first few:\n%s"
-                                  % (len(stuck), len(conns), deadline_s, srv.alive(),
-                                     "\n".join("    " + c.describe() for c in stuck[:10])))
+                     % (len(stuck), len(conns), deadline_s, srv.alive(),
+                        "\n".join("    " + c.describe() for c in stuck[:10])))
             for key, ev in sel.select(min(left, 1.0)):
                 c = key.data
                 s = c.sock
@@ -146,7 +146,7 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
                         if c.got[at:] != c.payload[at:len(c.got)]:
                             off = at + first_diff(c.got[at:], c.payload[at:len(c.got)])
                             fail("%s: wrong byte at offset %d: got %#04x, sent %#04x"
-                                              % (c.describe(), off, c.got[off], c.payload[off]))
+                                 % (c.describe(), off, c.got[off], c.payload[off]))
                         continue
                     check(c.state == "draining", "%s: EOF before the client finished sending" % c.describe())
                     check(len(c.got) == len(c.payload), "%s: EOF after %d of %d bytes"
@@ -371,7 +371,7 @@ def test_max_conns():
             try:
                 early = socks[i].recv(100)
                 fail("conn %d was served while 5 others were open (--max-conns 5): got %r"
-                                  % (i, early[:20]))
+                     % (i, early[:20]))
             except socket.timeout:
                 pass
             socks[i].settimeout(10)
