@@ -127,9 +127,10 @@ class Subtests:
     def wanted(self, name):
         return not self.only or any(o in name for o in self.only)
 
-    def run(self, name, fn):
-        """fn() as the part called name: True if it passed, False if not, None if not selected."""
-        if not self.wanted(name):
+    def run(self, name, fn, always=False):
+        """fn() as the part called name: True if it passed, False if not, None if not selected
+        (always: run it whatever the command line selects)."""
+        if not always and not self.wanted(name):
             return None
         print(name, flush=True)
         t0 = time.monotonic()
