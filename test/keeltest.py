@@ -24,8 +24,9 @@ another, that is a failure). .text() is all it printed, .shown() the same
 indented for a message, .wait_line(pattern, timeout) waits for a line.
 Stopping, always by PID: terminate() (SIGTERM, once), signal(sig), wait(timeout)
 (the exit status, or None while it runs), kill() (SIGKILL), stop() (SIGTERM,
-then SIGKILL if it lingers; returns the exit status), stop_ok(what) (must exit
-0 within the timeout with no sanitizer report). Also alive(), fds(), rss_kib(),
+then SIGKILL if it lingers; returns the exit status), expect_exit(what) (must
+exit 0 within the timeout with no sanitizer report), stop_ok(what) (SIGTERM,
+then expect_exit). Also alive(), fds(), rss_kib(),
 cpu_seconds(). kill_all() kills every Proc still running. run_keel(*args)
 runs the CLI to its exit (bounded) and returns the CompletedProcess (text).
 
@@ -312,14 +313,19 @@ class Proc:
         bad = [l for l in self.lines if SANITIZER_RE.search(l)]
         check(not bad, "%s: sanitizer report in its output:\n%s" % (self.name, self.shown()))
 
-    def stop_ok(self, what=None, timeout=10):
-        """SIGTERM; it must exit 0 within timeout seconds, with no sanitizer report."""
-        what = what or self.name
-        self.terminate()
+    def expect_exit(self, what, timeout=10):
+        """It must exit within timeout seconds (of whatever told it to), with status 0 and no
+        sanitizer report; what says when, for the message."""
         rc = self.wait(timeout)
-        check(rc is not None, "%s: still running %.0f s after SIGTERM; output:\n%s" % (what, timeout, self.shown()))
-        check(rc == 0, "%s: exit status %d after SIGTERM, expected 0; output:\n%s" % (what, rc, self.shown()))
+        check(rc is not None, "%s: %s still running after %.0f s; output:\n%s" % (what, self.name, timeout,
+                                                                                 self.shown()))
+        check(rc == 0, "%s: %s exited %d, expected 0; output:\n%s" % (what, self.name, rc, self.shown()))
         self.check_sanitizers()
+
+    def stop_ok(self, what=None, timeout=10):
+        """SIGTERM, then expect_exit()."""
+        self.terminate()
+        self.expect_exit("%s, SIGTERM" % (what or self.name), timeout)
 
     def fds(self):
         return len(os.listdir("/proc/%d/fd" % self.pid))
