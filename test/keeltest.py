@@ -27,7 +27,8 @@ Stopping, always by PID: terminate() (SIGTERM, once), signal(sig), wait(timeout)
 then SIGKILL if it lingers; returns the exit status), expect_exit(what) (must
 exit 0 within the timeout with no sanitizer report), stop_ok(what) (SIGTERM,
 then expect_exit). Also alive(), fds(), rss_kib(),
-cpu_seconds(). kill_all() kills every Proc still running. run_keel(*args)
+cpu_seconds(). kill_all() kills every Proc still running. PyServer is a
+server in this process (a subclass's handle(conn) per connection). run_keel(*args)
 runs the CLI to its exit (bounded) and returns the CompletedProcess (text).
 
 Network, on 127.0.0.1: free_port(), free_ports(n) (n consecutive ones);
@@ -347,6 +348,57 @@ class Proc:
 
     def __exit__(self, *exc):
         self.kill()
+
+
+class PyServer:
+    """A TCP server in this process on 127.0.0.1, on a port of its choosing (.port): a thread
+    accepts, and a subclass's handle(conn) runs for each connection, in a thread of its own, or
+    with one_at_a_time in the accepting thread while the next connection waits in the backlog.
+    An OSError ends a connection quietly; it is closed after handle. stop() closes the listener
+    and every connection still open."""
+
+    def __init__(self, one_at_a_time=False):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1 if one_at_a_time else 128)
+        self.port = self.sock.getsockname()[1]
+        self.one_at_a_time = one_at_a_time
+        self.conns = []
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.one_at_a_time:
+                self._serve(conn)
+            else:
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            self.handle(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def handle(self, conn):
+        raise NotImplementedError
+
+    def stop(self):
+        self.stopping = True
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
 
 
 def kill_all():

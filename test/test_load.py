@@ -17,7 +17,7 @@ that misses one is taken once more, and the second run decides. The bugs
 those bounds catch are systematic and miss on both runs."""
 import json, math, os, re, shutil, signal, socket, tempfile, threading, time
 
-from keeltest import EXAMPLES, KEEL, Proc, Skip, check, fail, free_port, main, run_keel
+from keeltest import EXAMPLES, KEEL, Proc, PyServer, Skip, check, fail, free_port, main, run_keel
 
 HELLO = os.path.join(EXAMPLES, "hello")
 TMP = tempfile.mkdtemp(prefix="keel-load-")
@@ -121,62 +121,37 @@ def respond(conn, target):
         conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
     return True
 
-class PyServer:
-    """Threaded server; stall_at=N makes the Nth request (counted over the server's life) wait stall_s
-    before its answer, and then every later one is answered at once."""
+class Shapes(PyServer):
+    """Answers by respond(); stall_at=N makes the Nth request (counted over the server's life) wait stall_s
+    before its answer, and then every later one is answered at once. one_conn: one connection at a time,
+    the next waits in the backlog."""
     def __init__(self, stall_at=0, stall_s=0.0, one_conn=False):
-        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(1 if one_conn else 128)
-        self.port = self.ls.getsockname()[1]
-        self.stall_at, self.stall_s, self.one_conn = stall_at, stall_s, one_conn
+        self.stall_at, self.stall_s = stall_at, stall_s
         self.count = 0
         self.lock = threading.Lock()
-        self.closing = False
-        threading.Thread(target=self.accept_loop, daemon=True).start()
+        super().__init__(one_at_a_time=one_conn)
 
-    def accept_loop(self):
-        while not self.closing:
-            try:
-                conn, _ = self.ls.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.one_conn:
-                self.serve(conn)  # one connection at a time: the next waits in the backlog
-            else:
-                threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn):
+    def handle(self, conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
-        try:
-            while True:
-                target, buf = read_request(conn, buf)
-                if target is None:
-                    break
-                with self.lock:
-                    self.count += 1
-                    n = self.count
-                if n == self.stall_at:
-                    time.sleep(self.stall_s)
-                if not respond(conn, target):
-                    # A lingering close, as real servers do: closing with a request the client pipelined
-                    # behind this response still unread would reset the connection, and the client could
-                    # lose the response it has not read yet. Send the FIN, then read until the client closes.
-                    conn.shutdown(socket.SHUT_WR)
-                    conn.settimeout(5)
-                    while conn.recv(65536):
-                        pass
-                    break
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.closing = True
-        self.ls.close()
+        while True:
+            target, buf = read_request(conn, buf)
+            if target is None:
+                break
+            with self.lock:
+                self.count += 1
+                n = self.count
+            if n == self.stall_at:
+                time.sleep(self.stall_s)
+            if not respond(conn, target):
+                # A lingering close, as real servers do: closing with a request the client pipelined
+                # behind this response still unread would reset the connection, and the client could
+                # lose the response it has not read yet. Send the FIN, then read until the client closes.
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(5)
+                while conn.recv(65536):
+                    pass
+                break
 
 def errors_except(res, *kinds):
     return {k: v for k, v in res["errors"].items() if k not in kinds and v}
@@ -245,11 +220,11 @@ def check_coordinated_omission():
     # One connection; the 50th request (0.5 s in at 100/s) is answered after the stall.
     rate, stall_s = 100, 1.0
     stall_us = stall_s * 1e6
-    srv = PyServer(stall_at=50, stall_s=stall_s, one_conn=True)
+    srv = Shapes(stall_at=50, stall_s=stall_s, one_conn=True)
     try:
         res, _, _ = load_ok("--rate", str(rate), "-c", "1", "-d", "3", f"http://127.0.0.1:{srv.port}/ok")
     finally:
-        srv.close()
+        srv.stop()
     lat, n = res["latency_us"], res["requests"]
     check(res["errors_total"] == 0 and res["ok"] == n, f"errors: {res['errors']}")
     check(percentiles_ordered(lat) and lat["count"] == n, f"latency: {lat}")
@@ -275,11 +250,11 @@ def check_coordinated_omission():
           f"max {lat['max']} us: ok")
 
     # The same stall measured closed loop: only the one request sees it.
-    srv = PyServer(stall_at=50, stall_s=stall_s, one_conn=True)
+    srv = Shapes(stall_at=50, stall_s=stall_s, one_conn=True)
     try:
         res, _, _ = load_ok("-c", "1", "-d", "2", f"http://127.0.0.1:{srv.port}/ok")
     finally:
-        srv.close()
+        srv.stop()
     lat = res["latency_us"]
     check(res["errors_total"] == 0 and res["requests"] > 100, f"closed loop: {res['requests']}, {res['errors']}")
     # Fewer than 1% of the requests waited even half the stall: the one that met it, and nobody behind it.
@@ -306,7 +281,7 @@ def check_statuses(hello):
     check(not errors_except(res, "status_4xx"), f"404: other errors {res['errors']}")
     print(f"404 -> status_4xx ({e['status_4xx']}), no 2xx latency recorded: ok")
 
-    srv = PyServer()
+    srv = Shapes()
     try:
         res, _, _ = load_ok("-c", "2", "-d", "1", f"http://127.0.0.1:{srv.port}/busy")
         e = res["errors"]
@@ -318,10 +293,10 @@ def check_statuses(hello):
         check(res["requests"] > 0 and e["status_5xx"] == res["requests"] and e["shed_503"] == 0, f"500: {res}")
         print(f"500 -> status_5xx ({e['status_5xx']}): ok")
     finally:
-        srv.close()
+        srv.stop()
 
 def check_framing():
-    srv = PyServer()
+    srv = Shapes()
     try:
         for path, what in [("/chunked", "chunked, split across writes, with a trailer"),
                            ("/close", "close-delimited, Connection: close"),
@@ -369,7 +344,7 @@ def check_framing():
         check(ends_on_time(res, secs), f"/hang: the run took {secs:.1f} s")
         print(f"a server that never answers -> {res['errors']['timeout']} timeouts, run ends on time: ok")
     finally:
-        srv.close()
+        srv.stop()
 
 def check_bad_flags_and_unreachable(hello):
     for args in [["--bogus", "http://127.0.0.1:1/"], ["-c", "0", "http://127.0.0.1:1/"],

@@ -9,7 +9,7 @@ hang; the proxy's fds and memory must stay bounded. Runs under the backend
 in KEEL_BACKEND."""
 import http.client, json, os, shutil, socket, tempfile, threading, time
 
-from keeltest import KEEL, TESTSRV, Proc, check, fail, free_port, main, sha
+from keeltest import KEEL, TESTSRV, Proc, PyServer, check, fail, free_port, main, sha
 from keeltest import request as get
 import keeltest
 
@@ -28,7 +28,7 @@ def proxy(tmp, groups, route_prefix="/", extra_server=""):
 
 # ---- A raw upstream that does what each test asks -----------------------------
 
-class RawUpstream:
+class RawUpstream(PyServer):
     """Reads one request head (and a Content-Length body), then acts by path:
       /echo-headers   200 with the request head as the body (JSON list of [name, value])
       /cut            head with Content-Length 1000000, 1000 bytes, then close
@@ -40,53 +40,32 @@ class RawUpstream:
     Keeps connections alive (one request at a time)."""
     def __init__(self, health=200):
         self.health = health  # what GET /health answers
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
         self.requests = []
-        self.conns = []
-        self.stopping = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while not self.stopping:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def handle(self, c):
         buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                hdrs = [l.split(":", 1) for l in lines[1:]]
-                hdrs = [[n, v.strip()] for n, v in hdrs]
-                cl = next((int(v) for n, v in hdrs if n.lower() == "content-length"), 0)
-                while len(buf) < cl:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                buf = buf[cl:]
-                self.requests.append((method, target, hdrs))
-                if not self._answer(c, method, target, hdrs):
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
                     return
-        except OSError:
-            return
-        finally:
-            c.close()
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            hdrs = [l.split(":", 1) for l in lines[1:]]
+            hdrs = [[n, v.strip()] for n, v in hdrs]
+            cl = next((int(v) for n, v in hdrs if n.lower() == "content-length"), 0)
+            while len(buf) < cl:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            buf = buf[cl:]
+            self.requests.append((method, target, hdrs))
+            if not self._answer(c, method, target, hdrs):
+                return
 
     def _answer(self, c, method, full_target, hdrs):
         target = full_target[4:] if full_target.startswith("/api/") else full_target  # (routes under /api/)
@@ -127,15 +106,6 @@ class RawUpstream:
             body = b"raw:" + full_target.encode()
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         return True
-
-    def stop(self):
-        self.stopping = True
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
 
 def read_chunked(f):
     out = []
