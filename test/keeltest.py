@@ -33,7 +33,7 @@ runs the CLI to its exit (bounded) and returns the CompletedProcess (text).
 
 Network, on 127.0.0.1: free_port(), free_ports(n) (n consecutive ones);
 connect(port) (TCP_NODELAY); recv_exact(sock, n, what); recv_all(sock) (until
-EOF); exchange(port, data) (send on a new connection, read until it closes);
+EOF, or an exception it is told to stop at); exchange(port, data) (send on a new connection, read until it closes);
 expect_eof(sock, what); echo_roundtrip(port, payload, what) (send while
 reading back, half-close, compare by SHA-256); response(port, path, ...) (one
 request on its own connection: the http.client response, with its body read)
@@ -476,14 +476,19 @@ def recv_exact(s, n, what):
     return bytes(buf)
 
 
-def recv_all(s):
-    """Everything until the peer closes."""
+def recv_all(s, stop_on=()):
+    """Everything until the peer closes, or until one of the exceptions stop_on (what came before
+    it is kept)."""
     data = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            return data
-        data += b
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    except stop_on:
+        pass
+    return data
 
 
 def exchange(port, data, timeout=10.0):

@@ -24,7 +24,7 @@ FAULT_SECONDS (default 8) and FAULT_SEED (the plan's seed) vary the run.
 import os, random, re, shutil, socket, struct, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from keeltest import KEEL, SANITIZER_RE, TESTSRV, Proc, Skip, check, fail, main
+from keeltest import KEEL, SANITIZER_RE, TESTSRV, Proc, Skip, check, fail, main, recv_all
 import keeltest
 
 SECONDS = float(os.environ.get("FAULT_SECONDS", "8"))
@@ -107,15 +107,7 @@ def exchange(port, head, body=b"", chunked=None):
                 s.sendall(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # (the server may answer early and close: read what it said)
-        got = b""
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                got += d
-        except ConnectionResetError:
-            pass
+        got = recv_all(s, stop_on=ConnectionResetError)
     finally:
         s.close()
     hd, sep, rest = got.partition(b"\r\n\r\n")
@@ -164,12 +156,7 @@ def one(port, files, rng, t):
             try:
                 s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n" * 4 +
                           b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                got = b""
-                while True:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    got += d
+                got = recv_all(s)
                 t.add("pipeline:" + ("all" if got.count(b"HTTP/1.1 200") == 5 else "cut"))
             except (ConnectionResetError, BrokenPipeError):
                 t.add("pipeline:cut")

@@ -9,7 +9,7 @@ hang; the proxy's fds and memory must stay bounded. Runs under the backend
 in KEEL_BACKEND."""
 import http.client, json, os, shutil, socket, tempfile, threading, time
 
-from keeltest import KEEL, TESTSRV, Proc, PyServer, check, fail, free_port, main, sha
+from keeltest import KEEL, TESTSRV, Proc, PyServer, check, fail, free_port, main, recv_all, sha
 from keeltest import request as get
 import keeltest
 
@@ -292,12 +292,8 @@ def test_semantics(tmp):
         for _ in range(5):
             s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
             s.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
-            got, t0 = b"", time.monotonic()
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                got += d
+            t0 = time.monotonic()
+            got = recv_all(s)
             s.close()
             check(time.monotonic() - t0 < 3, "a cut-off upstream body ends the client's connection promptly")
             body = got.split(b"\r\n\r\n", 1)[1]
@@ -323,16 +319,8 @@ def raw_request(port, data, timeout=5, half_close=False):
     s.sendall(data)
     if half_close:
         s.shutdown(socket.SHUT_WR)
-    got = b""
-    try:
-        s.settimeout(1.0)
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-    except socket.timeout:
-        pass
+    s.settimeout(1.0)
+    got = recv_all(s, stop_on=socket.timeout)
     s.close()
     return got
 
