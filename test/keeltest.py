@@ -22,23 +22,25 @@ thread into .lines and, unless told listen=None, waits (bounded) for its
 .backend (which one it says it runs; if $KEEL_BACKEND in its environment names
 another, that is a failure). .text() is all it printed, .shown() the same
 indented for a message, .wait_line(pattern, timeout) waits for a line.
-Stopping, always by PID: terminate() (SIGTERM, once), signal(sig), wait(timeout)
-(the exit status, or None while it runs), kill() (SIGKILL), stop() (SIGTERM,
-then SIGKILL if it lingers; returns the exit status), expect_exit(what) (must
-exit 0 within the timeout with no sanitizer report), stop_ok(what) (SIGTERM,
-then expect_exit). Also alive(), fds(), rss_kib(),
-cpu_seconds(). kill_all() kills every Proc still running. PyServer is a
-server in this process (a subclass's handle(conn) per connection). run_keel(*args)
+Stopping, always by PID: terminate() (SIGTERM, once), signal(sig),
+wait(timeout) (the exit status, or None while it runs), kill() (SIGKILL),
+stop() (SIGTERM, then SIGKILL if it lingers; returns the exit status),
+expect_exit(what, timeout) (must exit 0 in time, with no sanitizer report),
+stop_ok(what) (SIGTERM, then expect_exit). Also alive(), fds(), rss_kib(),
+cpu_seconds(). kill_all() kills every Proc still running. run_keel(*args)
 runs the CLI to its exit (bounded) and returns the CompletedProcess (text).
+PyServer is a server in this process: a subclass's handle(conn) answers each
+connection.
 
 Network, on 127.0.0.1: free_port(), free_ports(n) (n consecutive ones);
 connect(port) (TCP_NODELAY); recv_exact(sock, n, what); recv_all(sock) (until
-EOF, or an exception it is told to stop at); exchange(port, data) (send on a new connection, read until it closes);
-expect_eof(sock, what); echo_roundtrip(port, payload, what) (send while
-reading back, half-close, compare by SHA-256); response(port, path, ...) (one
-request on its own connection: the http.client response, with its body read)
-and request(port, path, ...) ((status, {lowercase name: value}, body));
-curl(*args) (curl -sS, bounded); sha(bytes); first_diff(a, b)."""
+EOF, or an exception it is told to stop at); exchange(port, data) (send on a
+new connection, read until it closes); expect_eof(sock, what);
+echo_roundtrip(port, payload, what) (send while reading back, half-close,
+compare by SHA-256); response(port, path, ...) (one request on its own
+connection: the http.client response, its body read) and request(port, path,
+...) ((status, {lowercase name: value}, body)); curl(*args) (curl -sS,
+bounded); sha(bytes); first_diff(a, b)."""
 import hashlib, http.client, os, re, resource, shutil, signal, socket, subprocess, sys, threading, time
 import traceback
 
