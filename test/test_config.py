@@ -11,9 +11,9 @@ Assertions marked PROXY go through keel's reverse proxy to a real upstream
 (build/test/http_testsrv or keel serve); a failing one is recorded and
 listed at the end so the rest still runs. Runs under the backend in
 KEEL_BACKEND."""
-import os, re, shutil, signal, subprocess, sys, tempfile, time
+import os, shutil, sys, tempfile, time
 
-from keeltest import KEEL, TESTSRV, Proc, check, fail, kill_all, request
+from keeltest import KEEL, TESTSRV, Proc, Skip, check, fail, main, request, run_keel
 
 proxy_passed = []   # PROXY assertions that held against the real proxy,
 proxy_failed = []   # ... and the ones that did not (reported at the end: the rest still runs)
@@ -62,7 +62,7 @@ def stopped(label, proc):
 
 
 def keel_run(*args):
-    return subprocess.run([KEEL, *args], capture_output=True, text=True, timeout=20)
+    return run_keel(*args, timeout=20)
 
 
 def write(path, text):
@@ -233,8 +233,8 @@ def good_run(tmp):
         for rel, text in files.items():
             os.makedirs(os.path.dirname(os.path.join(roots[name], rel)), exist_ok=True)
             write(os.path.join(roots[name], rel), text)
-    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
-    down = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
+    down = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
     down_port = down.port
     down.stop()  # a port nothing listens on any more
     conf = write(os.path.join(tmp, "site", "site.conf"), f"""[server]
@@ -272,7 +272,7 @@ upstream = api
 upstream = dead
 """)
     # Run from / so that relative paths can only work relative to the file.
-    srv = Proc([KEEL, "-c", conf], tmp, cwd="/")
+    srv = Proc([KEEL, "-c", conf], cwd="/")
     try:
         p = srv.port
         check("1 worker" in srv.text(), "the listening line")
@@ -322,9 +322,9 @@ upstream = dead
 
 
 def proxy_cmd(tmp):
-    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
     px = Proc([KEEL, "proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{up.port}", "--workers", "1",
-               "--status"], tmp)
+               "--status"])
     try:
         st, _, body = request(px.port, "/_keel/status")
         check(st == 200 and b"requests_total" in body, f"keel proxy --status: {st} {body!r}")
@@ -343,11 +343,11 @@ def proxy_cmd(tmp):
         d = os.path.join(tmp, "up" + who)
         os.makedirs(d)
         write(os.path.join(d, "who.txt"), who)
-        ups.append(Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", d], tmp))
+        ups.append(Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", d]))
     try:
         for balance in ["round_robin", "least_conn"]:
             px = Proc([KEEL, "proxy", "--listen", "127.0.0.1:0", "--workers", "2", "--balance", balance,
-                       *sum([["--upstream", f"127.0.0.1:{u.port}"] for u in ups], [])], tmp)
+                       *sum([["--upstream", f"127.0.0.1:{u.port}"] for u in ups], [])])
             try:
                 check("2 workers" in px.text(), "keel proxy --workers 2")
                 gots = [proxy_request(px.port, "/who.txt") for _ in range(8)]
@@ -382,11 +382,10 @@ def proxy_flags():
     print("keel proxy flag errors -> 2, --help: ok")
 
 
-def main():
+def test():
     for b in (KEEL, TESTSRV):
         if not os.access(b, os.X_OK):
-            print(f"SKIP: {b} not built")
-            sys.exit(77)
+            raise Skip(f"{b} not built")
     tmp = tempfile.mkdtemp(prefix="keel-config-")
     try:
         os.makedirs(os.path.join(tmp, "www"))
@@ -397,7 +396,6 @@ def main():
         good_run(tmp)
         proxy_cmd(tmp)
     finally:
-        kill_all()
         shutil.rmtree(tmp, ignore_errors=True)
     if proxy_passed:
         print(f"PROXY assertions passed ({len(proxy_passed)}):")
@@ -407,9 +405,9 @@ def main():
         print(f"PROXY assertions FAILED ({len(proxy_failed)}):")
         for msg in proxy_failed:
             print("  -", msg)
-        sys.exit(1)
+        return 1
     print("config: ok")
 
 
 if __name__ == "__main__":
-    main()
+    main(test)

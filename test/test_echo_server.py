@@ -12,175 +12,30 @@ payloads on single connections, compared by SHA-256; (c) peers that reset
 mid-stream do not disturb other connections; (d) bad command lines exit 2;
 (e) SIGTERM stops gracefully; (f) --max-conns holds the excess in the backlog.
 
+Usage: test_echo_server.py [name-substring ...]   (e.g. "a:" runs only (a))
 Exit status: 0 pass, 1 fail, 77 skip (reason on the last line).
 Environment: KEEL_BIN (default build/keel), KEEL_BACKEND (passed through).
 """
 import errno
-import hashlib
 import os
 import random
-import re
 import resource
 import selectors
 import signal
 import socket
 import struct
-import subprocess
-import sys
-import threading
 import time
-import traceback
 
-KEEL_BIN = os.environ.get("KEEL_BIN", "build/keel")
-BACKEND = os.environ.get("KEEL_BACKEND", "")
-STARTUP_S = 10.0  # for the server to print its listening line
-LISTEN_RE = re.compile(r"listening on (\S+):(\d+) \((\d+) workers?, backend (\S+)\)")
+from keeltest import (BACKEND, CLI_LISTEN_RE, KEEL, Proc, Subtests, check, connect, echo_roundtrip, expect_eof,
+                      fail, first_diff, main, recv_exact, run_keel)
+
 SEED = int(os.environ.get("TEST_SEED", str(int(time.time()))))
 
 
-class TestFailure(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise TestFailure(msg)
-
-
-class Server:
-    """One `keel echo` process; stderr is drained by a thread and kept."""
-
-    def __init__(self, *args, workers=2, env=None):
-        self.argv = [KEEL_BIN, "echo", "--listen", "127.0.0.1:0", "--workers", str(workers), *args]
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=env)
-        self.lines = []
-        self.listening = threading.Event()
-        self.port = None
-        self.backend = None
-        self.reader = threading.Thread(target=self._drain, daemon=True)
-        self.reader.start()
-        if not self.listening.wait(STARTUP_S):
-            self.kill()
-            raise TestFailure("server did not print its listening line within %.0f s; argv=%s; stderr:\n%s"
-                              % (STARTUP_S, self.argv, self.stderr()))
-        if BACKEND and self.port is not None and self.backend != BACKEND:
-            self.kill()
-            raise TestFailure("KEEL_BACKEND=%s but the server runs backend %s; stderr:\n%s"
-                              % (BACKEND, self.backend, self.stderr()))
-
-    def _drain(self):
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            m = LISTEN_RE.search(line)
-            if m and not self.listening.is_set():
-                self.port = int(m.group(2))
-                self.backend = m.group(4)
-                self.listening.set()
-        self.listening.set()  # EOF: the process is gone; the waiter checks self.port
-
-    def stderr(self):
-        return "\n".join("    " + l for l in self.lines) or "    (empty)"
-
-    @property
-    def addr(self):
-        if self.port is None:
-            raise TestFailure("server exited before listening (status %s); stderr:\n%s"
-                              % (self.proc.poll(), self.stderr()))
-        return ("127.0.0.1", self.port)
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def terminate(self):
-        os.kill(self.proc.pid, signal.SIGTERM)
-
-    def wait(self, timeout):
-        """Exit status, or None if still running after timeout seconds."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self):
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        self.reader.join(5)
-
-
-def connect(addr, timeout=30.0):
-    s = socket.create_connection(addr, timeout=timeout)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def recv_exact(s, n, what):
-    buf = bytearray()
-    while len(buf) < n:
-        try:
-            chunk = s.recv(n - len(buf))
-        except socket.timeout:
-            raise TestFailure("%s: timed out after %d of %d bytes" % (what, len(buf), n))
-        if not chunk:
-            raise TestFailure("%s: EOF after %d of %d bytes" % (what, len(buf), n))
-        buf += chunk
-    return bytes(buf)
-
-
-def expect_eof(s, what):
-    try:
-        extra = s.recv(65536)
-    except socket.timeout:
-        raise TestFailure("%s: no EOF (timed out)" % what)
-    check(extra == b"", "%s: expected EOF, got %d more bytes %r" % (what, len(extra), extra[:32]))
-
-
-def first_diff(a, b):
-    for i in range(min(len(a), len(b))):
-        if a[i] != b[i]:
-            return i
-    return min(len(a), len(b))
-
-
-def echo_roundtrip(addr, payload, what, timeout=60.0):
-    """Send payload while a reader thread drains the echo; half-close; compare by SHA-256."""
-    s = connect(addr, timeout)
-    got = {"n": 0, "sha": hashlib.sha256(), "eof": False, "err": None}
-
-    def reader():
-        try:
-            while True:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    got["eof"] = True
-                    return
-                got["n"] += len(chunk)
-                got["sha"].update(chunk)
-        except Exception as e:  # reported by the main thread
-            got["err"] = e
-
-    t = threading.Thread(target=reader, daemon=True)
-    try:
-        t.start()
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        t.join(timeout)
-        check(not t.is_alive(), "%s: reader still waiting after %.0f s (%d of %d bytes back)"
-              % (what, timeout, got["n"], len(payload)))
-        check(got["err"] is None, "%s: receive failed after %d of %d bytes: %r"
-              % (what, got["n"], len(payload), got["err"]))
-        check(got["eof"], "%s: no EOF" % what)
-        check(got["n"] == len(payload), "%s: got %d bytes back, sent %d" % (what, got["n"], len(payload)))
-        want = hashlib.sha256(payload).hexdigest()
-        check(got["sha"].hexdigest() == want, "%s: SHA-256 of echo %s != sent %s"
-              % (what, got["sha"].hexdigest(), want))
-    finally:
-        s.close()
+def server(*args, workers=2):
+    """One `keel echo` on a port of its choosing."""
+    return Proc([KEEL, "echo", "--listen", "127.0.0.1:0", "--workers", workers, *args], name="keel echo",
+                listen=CLI_LISTEN_RE)
 
 
 def raise_nofile(want):
@@ -227,7 +82,7 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
         print("  note: RLIMIT_NOFILE hard limit %d, using %d connections" % (limit, limit - 64))
         nconns = limit - 64
     rng = random.Random(SEED)
-    srv = Server("--max-conns", str(nconns * 2))
+    srv = server("--max-conns", str(nconns * 2))
     sel = selectors.DefaultSelector()
     conns = []
     try:
@@ -238,7 +93,7 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
             cuts = sorted(set(rng.sample(range(1, size), nwrites - 1))) + [size] if size > 1 else [size]
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
-            err = s.connect_ex(srv.addr)
+            err = s.connect_ex(("127.0.0.1", srv.port))
             check(err in (0, errno.EINPROGRESS), "conn %d: connect: %s" % (i, os.strerror(err)))
             c = Conn(i, s, payload, cuts)
             conns.append(c)
@@ -252,9 +107,9 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
             left = end - time.monotonic()
             if left <= 0:
                 stuck = [c for c in conns if c.state != "done"]
-                raise TestFailure("%d of %d connections unfinished after %.0f s (server alive: %s); first few:\n%s"
-                                  % (len(stuck), len(conns), deadline_s, srv.alive(),
-                                     "\n".join("    " + c.describe() for c in stuck[:10])))
+                fail("%d of %d connections unfinished after %.0f s (server alive: %s); first few:\n%s"
+                     % (len(stuck), len(conns), deadline_s, srv.alive(),
+                        "\n".join("    " + c.describe() for c in stuck[:10])))
             for key, ev in sel.select(min(left, 1.0)):
                 c = key.data
                 s = c.sock
@@ -270,7 +125,7 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
                     except BlockingIOError:
                         n = 0
                     except OSError as e:
-                        raise TestFailure("%s: send failed: %s" % (c.describe(), e))
+                        fail("%s: send failed: %s" % (c.describe(), e))
                     c.sent += n
                     c.nwrites += 1 if n else 0
                     if c.sent == len(c.payload):
@@ -283,15 +138,15 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
                     except BlockingIOError:
                         continue
                     except OSError as e:
-                        raise TestFailure("%s: recv failed: %s" % (c.describe(), e))
+                        fail("%s: recv failed: %s" % (c.describe(), e))
                     if chunk:
                         at = len(c.got)
                         c.got += chunk
                         check(len(c.got) <= len(c.payload), "%s: more bytes back than sent" % c.describe())
                         if c.got[at:] != c.payload[at:len(c.got)]:
                             off = at + first_diff(c.got[at:], c.payload[at:len(c.got)])
-                            raise TestFailure("%s: wrong byte at offset %d: got %#04x, sent %#04x"
-                                              % (c.describe(), off, c.got[off], c.payload[off]))
+                            fail("%s: wrong byte at offset %d: got %#04x, sent %#04x"
+                                 % (c.describe(), off, c.got[off], c.payload[off]))
                         continue
                     check(c.state == "draining", "%s: EOF before the client finished sending" % c.describe())
                     check(len(c.got) == len(c.payload), "%s: EOF after %d of %d bytes"
@@ -300,7 +155,7 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
                     sel.unregister(s)
                     s.close()
                     pending -= 1
-        check(srv.alive(), "server exited during the test; stderr:\n" + srv.stderr())
+        check(srv.alive(), "server exited during the test; stderr:\n" + srv.shown())
         print("  all %d echoed exactly, then EOF" % len(conns))
     finally:
         sel.close()
@@ -312,12 +167,12 @@ def test_concurrent(nconns=1000, deadline_s=60.0):
 # --- (b) ------------------------------------------------------------------------------------------
 
 def test_large_payloads():
-    srv = Server()
+    srv = server()
     try:
         for size in (1, 1024, 64 << 10, 1 << 20, 4 << 20):
-            echo_roundtrip(srv.addr, os.urandom(size), "%d-byte payload" % size)
+            echo_roundtrip(srv.port, os.urandom(size), "%d-byte payload" % size)
             print("  %d bytes: ok" % size)
-        check(srv.alive(), "server exited; stderr:\n" + srv.stderr())
+        check(srv.alive(), "server exited; stderr:\n" + srv.shown())
     finally:
         srv.kill()
 
@@ -331,10 +186,10 @@ def reset(s):
 
 
 def test_reset_peers():
-    srv = Server()
+    srv = server()
     good = []
     try:
-        good = [connect(srv.addr, 10) for _ in range(4)]
+        good = [connect(srv.port, 10) for _ in range(4)]
 
         def round_on_good(tag):
             for j, s in enumerate(good):
@@ -346,7 +201,7 @@ def test_reset_peers():
 
         round_on_good("before")
         for k in range(24):
-            bad = connect(srv.addr, 10)
+            bad = connect(srv.port, 10)
             mode = k % 3
             if mode == 1:
                 # Mid-stream: part of the echo read, more sent, then reset.
@@ -368,13 +223,13 @@ def test_reset_peers():
             if k % 8 == 7:
                 round_on_good("after %d resets" % (k + 1))
         time.sleep(0.2)  # let the server see the last resets
-        check(srv.alive(), "server exited after peer resets; stderr:\n" + srv.stderr())
+        check(srv.alive(), "server exited after peer resets; stderr:\n" + srv.shown())
         round_on_good("end")
         for j, s in enumerate(good):
             s.shutdown(socket.SHUT_WR)
             expect_eof(s, "good conn %d" % j)
         print("  4 connections unaffected by 24 resets")
-        echo_roundtrip(srv.addr, os.urandom(256 << 10), "new connection after resets")
+        echo_roundtrip(srv.port, os.urandom(256 << 10), "new connection after resets")
         print("  new connections still served")
     finally:
         for s in good:
@@ -383,14 +238,6 @@ def test_reset_peers():
 
 
 # --- (d) ------------------------------------------------------------------------------------------
-
-def run_cli(args, timeout=10.0):
-    try:
-        r = subprocess.run([KEEL_BIN, *args], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise TestFailure("`keel %s` did not exit within %.0f s (did it start serving?)" % (" ".join(args), timeout))
-    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-
 
 def test_bad_flags():
     # Where the flag under test is not --listen, port 0 keeps a regression from taking a real port.
@@ -407,12 +254,14 @@ def test_bad_flags():
         ([], "usage"),
     ]
     for args, needle in cases:
-        rc, out, err = run_cli(args)
+        r = run_keel(*args)
+        rc, err = r.returncode, r.stderr
         shown = " ".join(["keel", *args])
         check(rc == 2, "`%s`: exit status %d, expected 2; stderr: %r" % (shown, rc, err))
         check(needle in err, "`%s`: stderr does not mention %r: %r" % (shown, needle, err))
         print("  `%s` -> 2: %s" % (shown, err.strip().splitlines()[0]))
-    rc, out, err = run_cli(["echo", "--help"])
+    r = run_keel("echo", "--help")
+    rc, out, err = r.returncode, r.stdout, r.stderr
     check(rc == 0, "`keel echo --help`: exit status %d, expected 0; stderr: %r" % (rc, err))
     check("--listen" in out, "`keel echo --help`: usage not on stdout: %r" % out)
     print("  `keel echo --help` -> 0")
@@ -422,24 +271,21 @@ def test_bad_flags():
 
 def test_graceful_stop():
     # An idle connection is closed when the grace period ends, and the server exits 0.
-    srv = Server("--grace-ms", "500")
+    srv = server("--grace-ms", "500")
     s = None
     try:
-        s = connect(srv.addr, 10)
+        s = connect(srv.port, 10)
         s.sendall(b"ping")
         check(recv_exact(s, 4, "idle conn") == b"ping", "idle conn: bad echo")
         t0 = time.monotonic()
-        srv.terminate()
-        rc = srv.wait(10)
-        check(rc is not None, "server still running 10 s after SIGTERM with --grace-ms 500; stderr:\n" + srv.stderr())
-        check(rc == 0, "server exit status %d after SIGTERM, expected 0; stderr:\n%s" % (rc, srv.stderr()))
+        srv.stop_ok("--grace-ms 500, an idle connection", timeout=10)
         try:
             tail = s.recv(100)
             check(tail == b"", "idle conn: expected EOF after stop, got %r" % tail)
         except ConnectionResetError:
             pass  # a reset is also a close
         except socket.timeout:
-            raise TestFailure("idle conn: neither EOF nor reset after the server exited")
+            fail("idle conn: neither EOF nor reset after the server exited")
         print("  idle connection closed, exit 0 after %.2f s (grace 500 ms)" % (time.monotonic() - t0))
     finally:
         if s:
@@ -448,17 +294,17 @@ def test_graceful_stop():
 
     # A connection active at SIGTERM may finish within the grace period; new ones are refused;
     # the server exits as soon as the last one closes, without waiting out the grace.
-    srv = Server("--grace-ms", "30000")
+    srv = server("--grace-ms", "30000")
     s = None
     try:
-        s = connect(srv.addr, 10)
+        s = connect(srv.port, 10)
         s.sendall(b"before")
         check(recv_exact(s, 6, "active conn") == b"before", "active conn: bad echo")
         srv.terminate()
         end = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(srv.addr, timeout=2).close()
+                socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
             except (ConnectionRefusedError, ConnectionResetError):
                 break  # refused, or reset as the listener closed with it in the backlog
             check(time.monotonic() < end, "new connections still accepted 10 s after SIGTERM")
@@ -471,31 +317,25 @@ def test_graceful_stop():
         expect_eof(s, "active conn after SIGTERM")
         s.close()
         s = None
-        rc = srv.wait(10)
-        check(rc is not None, "server still running 10 s after its last connection closed (--grace-ms 30000): "
-              "it should exit once no connections are left, not wait out the grace period; stderr:\n" + srv.stderr())
-        check(rc == 0, "server exit status %d, expected 0; stderr:\n%s" % (rc, srv.stderr()))
+        srv.expect_exit("its last connection closed after SIGTERM (--grace-ms 30000: it should exit once no "
+                        "connections are left, not wait out the grace period)", 10)
         print("  connection finished within grace, new ones refused, exit 0 once it closed")
     finally:
         if s:
             s.close()
         srv.kill()
 
-    srv = Server("--grace-ms", "500")
+    srv = server("--grace-ms", "500")
     try:
-        srv.terminate()
-        rc = srv.wait(5)
-        check(rc is not None, "server with no connections still running 5 s after SIGTERM; stderr:\n" + srv.stderr())
-        check(rc == 0, "server exit status %d after SIGTERM, expected 0; stderr:\n%s" % (rc, srv.stderr()))
+        srv.stop_ok("no connections", timeout=5)
         print("  no connections: exit 0 promptly")
     finally:
         srv.kill()
 
-    srv = Server("--grace-ms", "500")
+    srv = server("--grace-ms", "500")
     try:
-        os.kill(srv.proc.pid, signal.SIGINT)
-        rc = srv.wait(5)
-        check(rc == 0, "server exit status %s after SIGINT, expected 0; stderr:\n%s" % (rc, srv.stderr()))
+        srv.signal(signal.SIGINT)
+        srv.expect_exit("SIGINT", 5)
         print("  SIGINT: exit 0")
     finally:
         srv.kill()
@@ -505,10 +345,10 @@ def test_graceful_stop():
 
 def test_max_conns():
     # --max-conns is per worker: one worker makes the limit the server's.
-    srv = Server("--max-conns", "5", workers=1)
+    srv = server("--max-conns", "5", workers=1)
     socks = []
     try:
-        socks = [connect(srv.addr, 10) for _ in range(10)]  # connect() completes in the backlog
+        socks = [connect(srv.port, 10) for _ in range(10)]  # connect() completes in the backlog
         msgs = [("conn %d:" % i).encode() + os.urandom(1000) for i in range(10)]
         for i in range(5):
             socks[i].sendall(msgs[i])
@@ -521,8 +361,8 @@ def test_max_conns():
             socks[i].settimeout(0.3)
             try:
                 early = socks[i].recv(100)
-                raise TestFailure("conn %d was served while 5 others were open (--max-conns 5): got %r"
-                                  % (i, early[:20]))
+                fail("conn %d was served while 5 others were open (--max-conns 5): got %r"
+                     % (i, early[:20]))
             except socket.timeout:
                 pass
             socks[i].settimeout(10)
@@ -556,32 +396,14 @@ TESTS = [
 ]
 
 
-def main():
-    if not os.access(KEEL_BIN, os.X_OK):
-        print("FAIL: KEEL_BIN=%s is not an executable (run make first)" % KEEL_BIN)
-        return 1
-    only = sys.argv[1:]
-    failed = []
+def test():
+    check(os.access(KEEL, os.X_OK), "KEEL_BIN=%s is not an executable (run make first)" % KEEL)
     print("backend: %s" % (BACKEND or "(auto)"))
+    sub = Subtests()
     for name, fn in TESTS:
-        if only and not any(name.startswith(o + ":") for o in only):
-            continue
-        print("%s" % name, flush=True)
-        t0 = time.monotonic()
-        try:
-            fn()
-            print("ok   %s (%.1f s)" % (name, time.monotonic() - t0), flush=True)
-        except TestFailure as e:
-            print("FAIL %s: %s" % (name, e), flush=True)
-            failed.append(name)
-        except Exception:  # an unexpected error (say ECONNRESET) is a failure too, with its traceback
-            print("FAIL %s: unexpected exception:\n%s" % (name, traceback.format_exc()), flush=True)
-            failed.append(name)
-    if failed:
-        print("failed: %s" % ", ".join(failed))
-        return 1
-    return 0
+        sub.run(name, fn)
+    return sub.status()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(test)

@@ -10,88 +10,47 @@ failing is 502; bad symbols are 400; 200 requests over 20 keep-alive
 connections all come back right; every process stops cleanly on SIGTERM
 (under ASan that includes the leak check). Run by test/run.sh under each
 backend."""
-import http.client, json, os, re, select, signal, socket, subprocess, sys, threading, time, traceback
+import http.client, json, os, socket, threading, time
 
-build = os.environ.get("KEEL_BUILD", "build")
-FANOUT = os.path.join(build, "examples", "fanout")
-SVC = os.path.join(build, "examples", "fanout_svc")
-procs = []
+from keeltest import EXAMPLES, Proc, check, fail, main, procs, response
 
-
-class Proc:
-    """A child started here, its stderr collected; addr is what it says it listens on."""
-
-    def __init__(self, name, args):
-        self.name, self.args, self.err = name, args, []
-        self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE)
-        procs.append(self)
-        self.addr = self._wait_listening(10.0)
-        self.port = int(self.addr.rsplit(":", 1)[1])
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _wait_listening(self, timeout):
-        fd, buf, deadline = self.p.stderr.fileno(), b"", time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            buf += chunk
-            m = re.search(rb"listening on (\S+)", buf)
-            if m:
-                self.err.append(buf.decode(errors="replace"))
-                return m.group(1).decode()
-        raise AssertionError(f"{self.name} did not start: {' '.join(self.args)}\n{buf.decode(errors='replace')}")
-
-    def _drain(self):
-        for line in self.p.stderr:
-            self.err.append(line.decode(errors="replace"))
-
-    def stderr(self):
-        return "".join(self.err)
+FANOUT = os.path.join(EXAMPLES, "fanout")
+SVC = os.path.join(EXAMPLES, "fanout_svc")
 
 
 def svc(name, kind, *extra):
-    return Proc(name, [SVC, "--listen", "127.0.0.1:0", "--kind", kind, *extra])
+    return Proc([SVC, "--listen", "127.0.0.1:0", "--kind", kind, *extra], name=name)
 
 
 def fanout(name, price, info, r0, r1, *extra):
-    return Proc(name, [FANOUT, "--listen", "127.0.0.1:0", "--price", price, "--info", info,
-                       "--replica", r0, "--replica", r1, *extra])
+    return Proc([FANOUT, "--listen", "127.0.0.1:0", "--price", price, "--info", info,
+                 "--replica", r0, "--replica", r1, *extra], name=name)
 
 
-def get(addr, path, conn=None, timeout=10.0):
+def get(addr, path):
     host, port = addr.rsplit(":", 1)
-    c = conn or http.client.HTTPConnection(host, int(port), timeout=timeout)
-    c.request("GET", path)
-    r = c.getresponse()
-    body = r.read()
-    if conn is None:
-        c.close()
+    r, body = response(int(port), path, host=host)
     return r.status, r.getheader("Content-Type"), body
 
 
-def get_json(addr, path, conn=None):
-    st, ctype, body = get(addr, path, conn)
-    assert ctype == "application/json", f"GET {path}: Content-Type {ctype!r}, body {body!r}"
+def get_json(addr, path):
+    st, ctype, body = get(addr, path)
+    check(ctype == "application/json", f"GET {path}: Content-Type {ctype!r}, body {body!r}")
     try:
         return st, json.loads(body)
     except ValueError:
-        raise AssertionError(f"GET {path}: not JSON: {body!r}")
+        fail(f"GET {path}: not JSON: {body!r}")
 
 
-def expect(addr, path, status, conn=None):
-    st, doc = get_json(addr, path, conn)
-    assert st == status, f"GET http://{addr}{path}: {st} {doc}, want {status}"
+def expect(addr, path, status):
+    st, doc = get_json(addr, path)
+    check(st == status, f"GET http://{addr}{path}: {st} {doc}, want {status}")
     return doc
 
 
 def status_counters(addr):
     st, _, body = get(addr, "/_keel/status")
-    assert st == 200, f"/_keel/status on {addr}: {st}"
+    check(st == 200, f"/_keel/status on {addr}: {st}")
     return {k: int(v) for k, v in (l.split() for l in body.decode().splitlines() if len(l.split()) == 2)
             if v.isdigit()}
 
@@ -119,34 +78,34 @@ def wait_closed(port, deadline, what):
             return False
         if n == 0:
             return True
-        assert time.monotonic() < deadline, \
-            f"{what}: a connection to 127.0.0.1:{port} is still open (was the request cancelled?)"
+        check(time.monotonic() < deadline,
+              f"{what}: a connection to 127.0.0.1:{port} is still open (was the request cancelled?)")
         time.sleep(0.02)
 
 
-def main():
+def test():
     for exe in (FANOUT, SVC):
-        assert os.access(exe, os.X_OK), f"{exe} is not built"
+        check(os.access(exe, os.X_OK), f"{exe} is not built")
 
     # ---- the upstream services on their own
     P = svc("price", "price")
     I = svc("info", "info")
     price = expect(P.addr, "/price?sym=ACME", 200)
-    assert set(price) == {"sym", "price"} and price["sym"] == "ACME", price
-    assert isinstance(price["price"], (int, float)) and price["price"] > 0, price
-    assert expect(P.addr, "/price?sym=ACME", 200) == price, "the price is not deterministic"
+    check(set(price) == {"sym", "price"} and price["sym"] == "ACME", price)
+    check(isinstance(price["price"], (int, float)) and price["price"] > 0, price)
+    check(expect(P.addr, "/price?sym=ACME", 200) == price, "the price is not deterministic")
     info = expect(I.addr, "/info?sym=ACME", 200)
-    assert info == {"sym": "ACME", "name": "ACME Corporation", "currency": "USD"}, info
-    assert "error" in expect(P.addr, "/info?sym=ACME", 404)
-    assert "error" in expect(I.addr, "/price?sym=ACME", 404)
-    assert "error" in expect(P.addr, "/price", 400)
-    assert "error" in expect(P.addr, "/price?sym=A%2FB", 400)
-    assert status_counters(P.addr)["requests_total"] >= 1
+    check(info == {"sym": "ACME", "name": "ACME Corporation", "currency": "USD"}, info)
+    for srv, path, status in [(P, "/info?sym=ACME", 404), (I, "/price?sym=ACME", 404), (P, "/price", 400),
+                              (P, "/price?sym=A%2FB", 400)]:
+        doc = expect(srv.addr, path, status)
+        check("error" in doc, f"{srv.name} GET {path}: {status} without an error: {doc}")
+    check(status_counters(P.addr)["requests_total"] >= 1, "price: requests_total counts the requests")
     print(f"fanout_svc: price {price}, info {info}")
 
     P_fail = svc("price --fail", "price", "--fail")
     err = expect(P_fail.addr, "/price?sym=ACME", 500)
-    assert "error" in err, err
+    check("error" in err, err)
     R_slow = svc("price --delay-ms 500", "price", "--delay-ms", "500")
     R_cancel = svc("price --delay-ms 2000", "price", "--delay-ms", "2000")
     I_slow = svc("info --delay-ms 3000", "info", "--delay-ms", "3000")
@@ -158,52 +117,54 @@ def main():
     # ---- All: the combination is exactly what the services said
     F = fanout("fanout", P.addr, I.addr, P.addr, R_slow.addr)
     q = expect(F.addr, "/quote?sym=ACME", 200)
-    assert q == {"sym": "ACME", "price": price["price"], "name": info["name"], "currency": "USD"}, q
-    assert list(q) == ["sym", "price", "name", "currency"], q
+    check(q == {"sym": "ACME", "price": price["price"], "name": info["name"], "currency": "USD"}, q)
+    check(list(q) == ["sym", "price", "name", "currency"], q)
     q = expect(F.addr, "/quote?x=1&sym=BRK%2EA&y=2", 200)
-    assert q["sym"] == "BRK.A" and q["price"] == expect(P.addr, "/price?sym=BRK.A", 200)["price"], q
+    check(q["sym"] == "BRK.A" and q["price"] == expect(P.addr, "/price?sym=BRK.A", 200)["price"], q)
     print(f"/quote (All): {q}")
 
     # ---- Any: the fast replica answers, in either slot
     fast = expect(F.addr, "/fast?sym=ACME", 200)
-    assert fast == {"sym": "ACME", "price": price["price"], "replica": 0}, fast
+    check(fast == {"sym": "ACME", "price": price["price"], "replica": 0}, fast)
     F_rev = fanout("fanout, replicas reversed", P.addr, I.addr, R_slow.addr, P.addr)
     fast = expect(F_rev.addr, "/fast?sym=ACME", 200)
-    assert fast == {"sym": "ACME", "price": price["price"], "replica": 1}, fast
+    check(fast == {"sym": "ACME", "price": price["price"], "replica": 1}, fast)
     print(f"/fast (Any, the other replica 500 ms slow): {fast}")
 
     # ---- bad requests
     for path in ["/quote", "/quote?sym=", "/quote?x=ACME", "/fast?sym=a/b", "/quote?sym=AB%20C",
                  "/quote?sym=ABCDEFGHIJKLMNOPQ", "/fast?sym=%zz", "/quote?sym=%C3%A9"]:
         doc = expect(F.addr, path, 400)
-        assert set(doc) == {"error"}, f"{path}: {doc}"
-    assert expect(F.addr, "/quote?sym=ABCDEFGHIJKLMNOP", 200)["sym"] == "ABCDEFGHIJKLMNOP"  # 16: the maximum
-    assert "error" in expect(F.addr, "/nope", 404)
+        check(set(doc) == {"error"}, f"{path}: {doc}")
+    doc = expect(F.addr, "/quote?sym=ABCDEFGHIJKLMNOP", 200)  # 16: the maximum
+    check(doc["sym"] == "ABCDEFGHIJKLMNOP", f"a 16-character symbol: {doc}")
+    doc = expect(F.addr, "/nope", 404)
+    check("error" in doc, f"GET /nope: 404 without an error: {doc}")
 
     # ---- a failing upstream, a failing replica
     F_fail = fanout("fanout, price failing", P_fail.addr, I.addr, P_fail.addr, P.addr)
     doc = expect(F_fail.addr, "/quote?sym=ACME", 502)
-    assert doc["upstream"] == "price" and "500" in doc["error"], doc
+    check(doc["upstream"] == "price" and "500" in doc["error"], doc)
     fast = expect(F_fail.addr, "/fast?sym=ACME", 200)
-    assert fast == {"sym": "ACME", "price": price["price"], "replica": 1}, fast
+    check(fast == {"sym": "ACME", "price": price["price"], "replica": 1}, fast)
     print(f"price failing: /quote -> 502 {doc}; /fast -> {fast}")
 
     # ---- a slow upstream past the deadline; and the timed-out request is cancelled too
     F_slow = fanout("fanout, info slow", P.addr, I_slow.addr, P.addr, P.addr, "--timeout-ms", "300")
     t0 = time.monotonic()
     doc = expect(F_slow.addr, "/quote?sym=ACME", 504)
-    assert doc == {"error": "upstream timed out", "upstream": "info"}, doc
+    check(doc == {"error": "upstream timed out", "upstream": "info"}, doc)
     wait_closed(I_slow.port, t0 + 2.5, "the timed-out call to info was cancelled")
     print(f"info slow (3000 ms, timeout 300 ms): /quote -> 504 {doc}")
 
     # ---- an upstream not listening; both replicas failing
     F_dead = fanout("fanout, price down", dead, I.addr, dead, P_fail.addr)
     doc = expect(F_dead.addr, "/quote?sym=ACME", 502)
-    assert doc["upstream"] == "price" and "refused" in doc["error"].lower(), doc
+    check(doc["upstream"] == "price" and "refused" in doc["error"].lower(), doc)
     doc = expect(F_dead.addr, "/fast?sym=ACME", 502)
-    assert doc["upstream"] == "replicas" and len(doc["errors"]) == 2, doc
-    assert [e["upstream"] for e in doc["errors"]] == ["replica 0", "replica 1"], doc
-    assert "refused" in doc["errors"][0]["error"].lower() and "500" in doc["errors"][1]["error"], doc
+    check(doc["upstream"] == "replicas" and len(doc["errors"]) == 2, doc)
+    check([e["upstream"] for e in doc["errors"]] == ["replica 0", "replica 1"], doc)
+    check("refused" in doc["errors"][0]["error"].lower() and "500" in doc["errors"][1]["error"], doc)
     print(f"price down: /quote -> 502; both replicas failing: /fast -> 502 {doc}")
 
     # ---- the loser of Any is cancelled: its connection closes long before its 2000 ms answer.
@@ -213,7 +174,7 @@ def main():
         before = status_counters(R_cancel.addr)["requests_total"]
         t0 = time.monotonic()
         fast = expect(F_c.addr, "/fast?sym=ACME", 200)
-        assert fast["replica"] == 0, fast
+        check(fast["replica"] == 0, fast)
         # Did the losing request reach the slow replica? (It may have been cancelled before its send.)
         reached = False
         while time.monotonic() < t0 + 0.5 and not reached:
@@ -249,12 +210,12 @@ def main():
             elif r.status == 502 and b"answered 503" in body:
                 sheds.append(path)
             else:
-                assert r.status == 200, f"GET {path}: {r.status} {body!r}"
+                check(r.status == 200, f"GET {path}: {r.status} {body!r}")
                 ctype = r.getheader("Content-Type")
-                assert ctype == "application/json", f"GET {path}: Content-Type {ctype!r}, body {body!r}"
+                check(ctype == "application/json", f"GET {path}: Content-Type {ctype!r}, body {body!r}")
                 return json.loads(body)
             time.sleep(0.05 * (attempt + 1))
-        raise AssertionError(f"GET {path}: shed 10 times in a row")
+        fail(f"GET {path}: shed 10 times in a row")
 
     def client(i):
         try:
@@ -280,35 +241,21 @@ def main():
         t.start()
     for t in threads:
         t.join(60)
-    assert not any(t.is_alive() for t in threads), "concurrent clients did not finish in 60 s"
-    assert not failures, f"{len(failures)} wrong answers, e.g. {failures[:3]}"
+    check(not any(t.is_alive() for t in threads), "concurrent clients did not finish in 60 s")
+    check(not failures, f"{len(failures)} wrong answers, e.g. {failures[:3]}")
     print(f"200 requests over 20 connections: all correct in {(time.monotonic() - t0) * 1000:.0f} ms"
           f" ({len(sheds)} shed and retried)")
 
     # ---- every process still up, and each stops cleanly (exit 0; under ASan: no leaks)
     for pr in procs:
-        assert pr.p.poll() is None, f"{pr.name} exited early ({pr.p.returncode}):\n{pr.stderr()[-3000:]}"
+        check(pr.alive(), f"{pr.name} exited early ({pr.p.returncode}):\n{pr.text()[-3000:]}")
     for pr in procs:
-        pr.p.send_signal(signal.SIGTERM)
+        pr.terminate()
     for pr in procs:
-        try:
-            rc = pr.p.wait(15)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{pr.name} did not stop within 15 s of SIGTERM")
-        time.sleep(0.05)  # let the drain thread take the last lines
-        assert rc == 0, f"{pr.name} exited {rc} after SIGTERM:\n{pr.stderr()[-4000:]}"
+        pr.stop_ok(timeout=15)
     dead_sock.close()
     print("fanout example: ok")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AssertionError:
-        traceback.print_exc()
-        sys.exit(1)
-    finally:
-        for pr in procs:
-            if pr.p.poll() is None:
-                pr.p.kill()
-                pr.p.wait()
+    main(test)

@@ -24,60 +24,27 @@ Usage: test_http_server.py [name-substring ...]   (run only matching sub-tests)
 Exit status: 0 pass, 1 fail, 77 skip (reason on the last line).
 """
 import email.utils
-import hashlib
 import http.client
 import os
 import re
-import resource
 import select
 import shutil
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import traceback
 import zlib
 
-BUILD = os.environ.get("KEEL_BUILD", "build")
-SRV_BIN = os.path.join(BUILD, "test", "http_testsrv")
-BACKEND = os.environ.get("KEEL_BACKEND", "")
-CURL = shutil.which("curl")
-STARTUP_S = 10.0
-LISTEN_RE = re.compile(r"listening on ([0-9.]+):(\d+)")
-BACKEND_RE = re.compile(r"\bbackend (\S+)")
-SANITIZER_RE = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|Sanitizer")
+from keeltest import (BACKEND, BUILD, CURL, EXAMPLES, TESTSRV, Proc, Skip, Subtests, TestFailure, check, connect,
+                      eq, fail, main, response, sha)
+import keeltest
+
 DATE_RE = re.compile(r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
                      r"\d{4} \d{2}:\d{2}:\d{2} GMT$")
 HELLO = b"Hello, World!"
 ALPHA = b"abcdefghijklmnopqrstuvwxyz"
 NOTES = []  # deviations worth reporting that do not fail the run
-
-
-class TestFailure(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, msg):
-    if not cond:
-        raise TestFailure(msg)
-
-
-def eq(got, want, what):
-    if got != want:
-        g, w = got, want
-        if isinstance(g, (bytes, bytearray)) and len(g) > 200:
-            g = "%d bytes %r..." % (len(g), bytes(g[:80]))
-        if isinstance(w, (bytes, bytearray)) and len(w) > 200:
-            w = "%d bytes %r..." % (len(w), bytes(w[:80]))
-        raise TestFailure("%s: got %r, expected %r" % (what, g, w))
 
 
 def note(msg):
@@ -89,88 +56,9 @@ def pattern(n):
     return (ALPHA * (n // 26 + 1))[:n]
 
 
-def sha(b):
-    return hashlib.sha256(b).hexdigest()
-
-
-# ---- The server -------------------------------------------------------------------------------
-
-class Server:
-    """One http_testsrv process; its stderr is drained by a thread and kept."""
-
-    def __init__(self, *args, binary=None, nofile=None):
-        self.argv = [binary or SRV_BIN, *[str(a) for a in args]]
-        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
-        self.lines = []
-        self.port = None
-        self.backend = None
-        self.listening = threading.Event()
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, preexec_fn=limit)
-        self.reader = threading.Thread(target=self._drain, daemon=True)
-        self.reader.start()
-        if not self.listening.wait(STARTUP_S) or self.port is None:
-            self.kill()
-            raise TestFailure("server %s did not print its listening line; stderr:\n%s"
-                              % (self.argv, self.stderr()))
-        if BACKEND and self.backend not in (BACKEND, None):
-            self.kill()
-            raise TestFailure("KEEL_BACKEND=%s but the server says backend %s; stderr:\n%s"
-                              % (BACKEND, self.backend, self.stderr()))
-
-    def _drain(self):
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            m = BACKEND_RE.search(line)
-            if m and self.backend is None:
-                self.backend = m.group(1)
-            m = LISTEN_RE.search(line)
-            if m and self.port is None:
-                self.port = int(m.group(2))
-                self.listening.set()
-        self.listening.set()
-
-    def stderr(self):
-        return "\n".join("    " + l for l in self.lines) or "    (empty)"
-
-    def url(self, path):
-        return "http://127.0.0.1:%d%s" % (self.port, path)
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def terminate(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-
-    def wait(self, timeout):
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self):
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        self.reader.join(5)
-
-    def check_sanitizers(self):
-        bad = [l for l in self.lines if SANITIZER_RE.search(l)]
-        check(not bad, "sanitizer report in the server's stderr:\n%s" % self.stderr())
-
-    def stop(self, what="server"):
-        """SIGTERM; it must exit 0 within 5 s, with no sanitizer report."""
-        self.terminate()
-        rc = self.wait(5)
-        check(rc is not None, "%s: still running 5 s after SIGTERM" % what)
-        self.reader.join(5)
-        eq(rc, 0, "%s: exit status after SIGTERM (stderr:\n%s)" % (what, self.stderr()))
-        self.check_sanitizers()
+def server(*args, binary=TESTSRV, nofile=None):
+    """One http_testsrv (or another binary) on a port of its choosing; stop_ok() wants exit 0 within 5 s."""
+    return Proc([binary, *args], name=os.path.basename(binary), nofile=nofile)
 
 
 # ---- Raw connections ----------------------------------------------------------------------------
@@ -197,8 +85,7 @@ class Conn:
     """A raw client socket with a receive buffer and a response parser."""
 
     def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = connect(port, timeout)
         self.timeout = timeout
         self.buf = bytearray()
         self.eof = False
@@ -227,12 +114,12 @@ class Conn:
             return False
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TestFailure("%s: timed out; have %d bytes %r" % (what, len(self.buf), bytes(self.buf[:200])))
+            fail("%s: timed out; have %d bytes %r" % (what, len(self.buf), bytes(self.buf[:200])))
         self.sock.settimeout(left)
         try:
             d = self.sock.recv(1 << 20)
         except socket.timeout:
-            raise TestFailure("%s: timed out; have %d bytes %r" % (what, len(self.buf), bytes(self.buf[:200])))
+            fail("%s: timed out; have %d bytes %r" % (what, len(self.buf), bytes(self.buf[:200])))
         except ConnectionResetError:
             d = b""
         if not d:
@@ -255,8 +142,8 @@ class Conn:
             if i >= 0:
                 break
             if not self._recv(deadline, what):
-                raise TestFailure("%s: connection closed before a complete response head; have %r"
-                                  % (what, bytes(self.buf[:300])))
+                fail("%s: connection closed before a complete response head; have %r"
+                     % (what, bytes(self.buf[:300])))
         head = bytes(self.buf[:i])
         del self.buf[:i + 4]
         lines = head.split(b"\r\n")
@@ -279,7 +166,7 @@ class Conn:
             n = int(cls[0])
             while len(self.buf) < n:
                 if not self._recv(deadline, what + " body"):
-                    raise TestFailure("%s: closed after %d of %d body bytes" % (what, len(self.buf), n))
+                    fail("%s: closed after %d of %d body bytes" % (what, len(self.buf), n))
             resp.body = bytes(self.buf[:n])
             del self.buf[:n]
         else:
@@ -313,14 +200,8 @@ def expect_hello(r, what):
     eq(r.body, HELLO, what + ": body")
 
 
-def hc(port, method, path, body=None, headers=None, timeout=15):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r, r.read()
-    finally:
-        c.close()
+def hc(port, method, path, body=None, headers=None):
+    return response(port, path, method, body, headers, timeout=15)
 
 
 def serves(srv, what):
@@ -330,10 +211,8 @@ def serves(srv, what):
         expect_hello(c.read_response(what=what), what)
 
 
-def curl(*args, timeout=20):
-    p = subprocess.run([CURL, "-sS", "--max-time", "10", *args], stdin=subprocess.DEVNULL,
-                       capture_output=True, timeout=timeout)
-    return p
+def curl(*args):
+    return keeltest.curl(*args, max_time=10)
 
 
 def curl_headers(text):
@@ -388,7 +267,7 @@ def check_no_leaks(srv, base, what):
         if ok or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    check(srv.alive(), "%s: the server died; stderr:\n%s" % (what, srv.stderr()))
+    check(srv.alive(), "%s: the server died; stderr:\n%s" % (what, srv.shown()))
     # base: the one buffer carrying the /stats request itself (1); more is a leaked buffer.
     check(base["bufs_in_use"] <= 1, "%s: bufs_in_use %d on a fresh server" % (what, base["bufs_in_use"]))
     eq(st["bufs_in_use"], base["bufs_in_use"], "%s: bufs_in_use vs. a fresh server (stats %r)" % (what, st))
@@ -996,7 +875,7 @@ def t_conns_max(C):
 # ---- Graceful stop ------------------------------------------------------------------------------
 
 def t_stop_inflight(_):
-    G = Server()
+    G = server()
     try:
         with Conn(G.port) as c:
             c.send(get("/slow?ms=500"))
@@ -1007,35 +886,32 @@ def t_stop_inflight(_):
             eq((r.status, r.body), (200, b"slow 500"), "in-flight /slow?ms=500 across SIGTERM")
             eq((r.h("Connection") or "").lower(), "close", "a response finished while stopping: Connection")
             c.expect_closed(what="after the drained response")
-            rc = G.wait(5)
-            check(rc is not None, "server still running 5 s after SIGTERM")
-            eq(rc, 0, "exit status (stderr:\n%s)" % G.stderr())
+            G.expect_exit("SIGTERM with a request in flight", 5)
             check(time.monotonic() - t0 < 3, "exit took %.1f s" % (time.monotonic() - t0))
-        G.check_sanitizers()
     finally:
         G.kill()
 
 
 def t_stop_idle(_):
-    G = Server()
+    G = server()
     try:
         # Served once first: http_testsrv prints its listening line before it starts waiting
         # for signals, so a SIGTERM right after the line may kill it outright.
         serves(G, "before stop")
         time.sleep(0.05)
         t0 = time.monotonic()
-        G.stop("idle server")
+        G.stop_ok("idle server", timeout=5)
         dt = time.monotonic() - t0
         check(dt < 1.5, "an idle server took %.2f s to exit" % dt)
     finally:
         G.kill()
-    G = Server()
+    G = server()
     try:  # with an idle keep-alive connection open: closed at once
         with Conn(G.port) as c:
             c.send(get("/hello"))
             expect_hello(c.read_response(), "before stop")
             t0 = time.monotonic()
-            G.stop("server with an idle keep-alive connection")
+            G.stop_ok("server with an idle keep-alive connection", timeout=5)
             dt = time.monotonic() - t0
             check(dt < 1.5, "exit with an idle keep-alive connection took %.2f s" % dt)
             c.expect_closed(what="idle connection at stop")
@@ -1049,7 +925,7 @@ def t_stop_idle(_):
 def own_server(*args):
     """For tests that may leave connections stuck (when a bug bites): a server of their own,
     so the leak checks of the shared ones stay meaningful. Killed by the caller."""
-    return Server(*args)
+    return server(*args)
 
 
 def t_post_last_request(_):
@@ -1117,8 +993,8 @@ def t_timers_after_sleep_idle(T):
         try:
             r = c.read_response(what="after 0.8 s quiet")
         except TestFailure as e:
-            raise TestFailure("a new connection, after the server was quiet 0.8 s (idle timeout 500 ms), was "
-                              "closed without an answer: %s" % e)
+            fail("a new connection, after the server was quiet 0.8 s (idle timeout 500 ms), was "
+                 "closed without an answer: %s" % e)
         expect_hello(r, "after 0.8 s quiet")
 
 
@@ -1183,10 +1059,10 @@ def t_send_timeout(_):
             check(len(got) > n and got.endswith(pattern(n)[-1000:]), "slow reader: a steady reader taking %.1f s "
                   "got %d of %d+ bytes: cut off while making progress" % (time.monotonic() - t0, len(got), n))
         except socket.timeout:
-            raise TestFailure("slow reader: stalled")
+            fail("slow reader: stalled")
         except ConnectionResetError:
-            raise TestFailure("slow reader: reset after %d bytes, %.1f s (send timeout 500 ms counts from the "
-                              "start of the send, not from the last progress?)" % (len(got), time.monotonic() - t0))
+            fail("slow reader: reset after %d bytes, %.1f s (send timeout 500 ms counts from the "
+                 "start of the send, not from the last progress?)" % (len(got), time.monotonic() - t0))
         finally:
             s.close()
     finally:
@@ -1224,7 +1100,7 @@ def t_resets(S):
         s = socket.create_connection(("127.0.0.1", S.port), timeout=5)
         s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 20000)
         rst(s)
-    check(S.alive(), "server died: stderr:\n%s" % S.stderr())
+    check(S.alive(), "server died: stderr:\n%s" % S.shown())
     serves(S, "after resets")
 
 
@@ -1270,7 +1146,7 @@ def t_expect_more(S):
     with Conn(S.port) as c:
         c.send(b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         if c.readable_within(0.3):
-            raise TestFailure("an answer to an HTTP/1.0 request with Expect before its body: %r" % c.sock.recv(200))
+            fail("an answer to an HTTP/1.0 request with Expect before its body: %r" % c.sock.recv(200))
         c.send(b"hello")
         r = c.read_response(what="HTTP/1.0 Expect")
         eq((r.status, r.body), (200, b"hello"), "HTTP/1.0 POST with Expect")
@@ -1309,24 +1185,21 @@ def t_error_after_slow(L):
 
 
 def t_stop_head_in_progress(_):
-    G = Server()
+    G = server()
     try:
         with Conn(G.port) as c:
             c.send(b"GET /hello HTTP/1.1\r\nHost")  # a head that never completes
             time.sleep(0.1)
             t0 = time.monotonic()
             G.terminate()
-            rc = G.wait(6)
-            check(rc is not None, "server still running 6 s after SIGTERM (grace 2 s) with a head in progress")
-            eq(rc, 0, "exit status")
+            G.expect_exit("SIGTERM (grace 2 s) with a head in progress", 6)
             check(time.monotonic() - t0 < 4, "exit took %.1f s" % (time.monotonic() - t0))
-        G.check_sanitizers()
     finally:
         G.kill()
 
 
 def t_stop_nonreading(_):
-    G = Server()
+    G = server()
     s = socket.socket()
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
@@ -1336,17 +1209,14 @@ def t_stop_nonreading(_):
         time.sleep(0.3)
         t0 = time.monotonic()
         G.terminate()
-        rc = G.wait(6)
-        check(rc is not None, "server still running 6 s after SIGTERM (grace 2 s) while a client does not read "
-              "its response")
-        eq(rc, 0, "exit status")
+        G.expect_exit("SIGTERM (grace 2 s) while a client does not read its response", 6)
     finally:
         s.close()
         G.kill()
 
 
 def t_stop_refuses_new(_):
-    G = Server()
+    G = server()
     try:
         with Conn(G.port) as c:
             c.send(get("/slow?ms=400"))
@@ -1358,19 +1228,19 @@ def t_stop_refuses_new(_):
             try:
                 n = Conn(G.port, timeout=2)
                 n.close()
-                raise TestFailure("a connection made after SIGTERM was accepted (completed its handshake)")
+                fail("a connection made after SIGTERM was accepted (completed its handshake)")
             except ConnectionRefusedError:
                 pass
             eq(c.read_response().body, b"slow 400", "in-flight response")
-        eq(G.wait(5), 0, "exit status")
+        G.expect_exit("SIGTERM with a request in flight and a new client refused", 5)
     finally:
         G.kill()
 
 def t_example_hello(_):
-    binary = os.path.join(BUILD, "examples", "hello")
+    binary = os.path.join(EXAMPLES, "hello")
     if not os.access(binary, os.X_OK):
         raise Skip("%s not built" % binary)
-    H = Server("--listen", "127.0.0.1:0", "--workers", 2, binary=binary)
+    H = server("--listen", "127.0.0.1:0", "--workers", 2, binary=binary)
     try:
         if CURL:
             p = curl("-i", H.url("/plaintext"))
@@ -1388,7 +1258,7 @@ def t_example_hello(_):
         with Conn(H.port) as c:
             c.send(serves_path)
             expect_hello(c.read_response(), "before stop")
-        H.stop("examples/hello")
+        H.stop_ok("examples/hello", timeout=5)
     finally:
         H.kill()
 
@@ -1690,17 +1560,11 @@ def t_status_formats(A):
 
 
 
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def t_emfile(_):
     """RLIMIT_NOFILE 64 in the server, 100 clients connected and silent: out of descriptors, it
     closes the longest-idle connections to accept the waiting ones, so every client is either
     answered or closed (none hangs), the newest are served, and nothing spins once it is over."""
-    srv = Server(nofile=64)
+    srv = server(nofile=64)
     conns = []
     try:
         for _ in range(100):
@@ -1725,16 +1589,16 @@ def t_emfile(_):
         check(served >= 20, "only %d of 100 clients served under RLIMIT_NOFILE 64" % served)
         for c in conns[-10:]:
             check(not c.eof, "one of the 10 newest clients was closed")
-        t0, cpu0 = time.monotonic(), cpu_seconds(srv.proc.pid)
+        t0, cpu0 = time.monotonic(), srv.cpu_seconds()
         time.sleep(1.0)
-        cpu = (cpu_seconds(srv.proc.pid) - cpu0) / (time.monotonic() - t0)
+        cpu = (srv.cpu_seconds() - cpu0) / (time.monotonic() - t0)
         check(cpu < 0.5, "the server used %.0f%% of a CPU after the burst: spinning" % (cpu * 100))
         with Conn(srv.port) as c:
             st = status_text_conn(c)
         check(st["idle_closed_total"] >= 36, "idle_closed_total %r" % st)
         print("      served %d, closed %d idle ones to make room (%.0f%% CPU after)" % (served, closed, cpu * 100))
         check(any("Too many open files" in l or "EMFILE" in l for l in srv.lines) or st["idle_closed_total"],
-              "no sign of the descriptor limit:\n%s" % srv.stderr())
+              "no sign of the descriptor limit:\n%s" % srv.shown())
     finally:
         for c in conns:
             c.close()
@@ -1744,7 +1608,7 @@ def t_emfile(_):
 def t_silent_lockout(_):
     """RLIMIT_NOFILE 64 and 150 connections that never send a byte: a new client is answered
     within a few seconds (the silent ones are closed to make room), not after their timeouts."""
-    srv = Server("--header-timeout-ms", 30000, "--idle-timeout-ms", 60000, nofile=64)
+    srv = server("--header-timeout-ms", 30000, "--idle-timeout-ms", 60000, nofile=64)
     silent = []
     try:
         for _ in range(150):
@@ -1910,21 +1774,13 @@ def t_storm(_):
                 elif b.startswith(b"HTTP/1.1 503") and b"Retry-After:" in b:
                     outcome["503"] += 1
                 else:
-                    raise TestFailure("a client got %r" % b[:300])
+                    fail("a client got %r" % b[:300])
         print("      %s; %d waiting after 20 s" % (outcome, pending))
         eq(pending, 0, "clients left without an answer after 20 s")
     finally:
         for s in socks:
             s.close()
         srv.kill()
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def t_memory_after_burst(_):
@@ -1937,7 +1793,7 @@ def t_memory_after_burst(_):
     socks = []
     try:
         time.sleep(0.2)
-        base = rss_kib(srv.proc.pid)
+        base = srv.rss_kib()
         for _ in range(3000):
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
             s.sendall(get("/big?n=4000"))
@@ -1948,14 +1804,14 @@ def t_memory_after_burst(_):
                 x = s.recv(65536)
                 check(x, "a burst connection closed early")
                 d += x
-        peak = rss_kib(srv.proc.pid)
+        peak = srv.rss_kib()
         for s in socks:
             s.close()
         socks = []
         after = peak
         for _ in range(30):  # the trim waits for a second of quiet
             time.sleep(0.1)
-            after = rss_kib(srv.proc.pid)
+            after = srv.rss_kib()
             if after - base < (peak - base) / 3:
                 break
         print("      RSS %d KiB at rest, %d KiB with 3000 connections, %d KiB after" % (base, peak, after))
@@ -2011,7 +1867,7 @@ def t_handler_outlives_client(_):
         st = stats(srv)
         eq((st["conns_open"], st["promises_live"], st["bufs_in_use"]),
            (1, base["promises_live"], base["bufs_in_use"]), "after handlers that outlived their clients")
-        srv.stop()
+        srv.stop_ok("server", timeout=5)
     finally:
         srv.kill()
 
@@ -2083,18 +1939,16 @@ def t_pipeline_one_bodies(P1):
             expect_hello(c.read_response(), "next request with --pipeline-max 1")
 
 
-def main():
-    only = sys.argv[1:]
-    if not os.access(SRV_BIN, os.X_OK):
-        print("SKIP: %s not built (run make)" % SRV_BIN)
-        return 77
-    print("backend: %s, server: %s" % (BACKEND or "(auto)", SRV_BIN), flush=True)
-    failed, passed = [], 0
+def test():
+    if not os.access(TESTSRV, os.X_OK):
+        raise Skip("%s not built (run make)" % TESTSRV)
+    print("backend: %s, server: %s" % (BACKEND or "(auto)", TESTSRV), flush=True)
+    sub = Subtests()
     servers = {}
 
     def srv(key, *args):
         if key not in servers:
-            servers[key] = Server(*args)
+            servers[key] = server(*args)
             servers[key].base = stats(servers[key])
         return servers[key]
 
@@ -2191,49 +2045,25 @@ def main():
         "P1": ("--pipeline-max", 1, "--body-timeout-ms", 3000),
     }
 
-    def run(name, fn):
-        nonlocal passed
-        t0 = time.monotonic()
-        try:
-            fn()
-            passed += 1
-            print("ok   %s (%.2f s)" % (name, time.monotonic() - t0), flush=True)
-        except Skip as e:
-            print("skip %s: %s" % (name, e), flush=True)
-        except TestFailure as e:
-            failed.append(name)
-            print("FAIL %s: %s" % (name, e), flush=True)
-        except Exception:
-            failed.append(name)
-            print("FAIL %s: unexpected exception:\n%s" % (name, traceback.format_exc()), flush=True)
-
     if CURL is None:
         print("  (curl not found: curl sub-tests skipped)")
-    try:
-        for name, key, fn in plan:
-            if only and not any(o in name for o in only):
-                continue
-            if CURL is None and "curl" in fn.__code__.co_names:
-                continue
-            run(name, lambda: fn(srv(key, *args[key]) if key else None))
-        for key in list(servers):
-            s = servers[key]
-            run("no leaks: /stats on server %s %s" % (key, " ".join(map(str, args[key]))),
-                lambda: check_no_leaks(s, s.base, "server " + key))
-            run("stop: server %s exits 0 on SIGTERM" % key, lambda: s.stop("server " + key))
-    finally:
-        for s in servers.values():
-            s.kill()
+    for name, key, fn in plan:
+        if CURL is None and "curl" in fn.__code__.co_names:
+            continue
+        sub.run(name, lambda: fn(srv(key, *args[key]) if key else None))
+    # Every server the selected parts used, whichever they were:
+    for key in list(servers):
+        s = servers[key]
+        sub.run("no leaks: /stats on server %s %s" % (key, " ".join(map(str, args[key]))),
+                lambda: check_no_leaks(s, s.base, "server " + key), always=True)
+        sub.run("stop: server %s exits 0 on SIGTERM" % key, lambda: s.stop_ok("server " + key, timeout=5),
+                always=True)
     if NOTES:
         print("notes (not failures):")
         for n in NOTES:
             print("  " + n)
-    print("%d passed, %d failed" % (passed, len(failed)))
-    if failed:
-        print("failed: " + "; ".join(failed))
-        return 1
-    return 0
+    return sub.status()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(test)

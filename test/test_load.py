@@ -15,20 +15,12 @@ do depend on how promptly the machine runs the processes (a loaded CI runner
 can hold one off the CPU for tens of milliseconds) are marked noisy: a run
 that misses one is taken once more, and the second run decides. The bugs
 those bounds catch are systematic and miss on both runs."""
-import json, math, os, re, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+import json, math, os, re, shutil, signal, socket, tempfile, threading, time
 
-BUILD = os.environ.get("KEEL_BUILD", "build")
-KEEL = os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel"))
-HELLO = os.path.join(BUILD, "examples", "hello")
+from keeltest import EXAMPLES, KEEL, Proc, PyServer, Skip, check, fail, free_port, main, run_keel
+
+HELLO = os.path.join(EXAMPLES, "hello")
 TMP = tempfile.mkdtemp(prefix="keel-load-")
-
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
 
 def load(*args, timeout=30):
     """Run keel load with --json; return (exit status, results or None, stdout, stderr, seconds)."""
@@ -36,8 +28,7 @@ def load(*args, timeout=30):
     if os.path.exists(path):
         os.remove(path)
     t = time.monotonic()
-    r = subprocess.run([KEEL, "load", "--quiet", "--json", path, *args], capture_output=True, text=True,
-                       timeout=timeout)
+    r = run_keel("load", "--quiet", "--json", path, *args, timeout=timeout)
     secs = time.monotonic() - t
     res = None
     if os.path.exists(path):
@@ -73,31 +64,9 @@ def percentiles_ordered(lat):
     return (lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
             and lat["mean"] <= lat["max"])
 
-class Hello:
+def start_hello(host="127.0.0.1"):
     """build/examples/hello with one worker on a port of its choosing."""
-    def __init__(self, host="127.0.0.1"):
-        self.p = subprocess.Popen([HELLO, "--workers", "1", "--listen", f"{host}:0"], stderr=subprocess.PIPE,
-                                  text=True)
-        self.port = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            line = self.p.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"listening on .*:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        check(self.port, "hello did not start")
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+    return Proc([HELLO, "--workers", "1", "--listen", f"{host}:0"], name="hello")
 
 # ---- A raw-socket HTTP/1.1 server in this process, with shapes hello does not make. ----
 
@@ -152,62 +121,37 @@ def respond(conn, target):
         conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
     return True
 
-class PyServer:
-    """Threaded server; stall_at=N makes the Nth request (counted over the server's life) wait stall_s
-    before its answer, and then every later one is answered at once."""
+class Shapes(PyServer):
+    """Answers by respond(); stall_at=N makes the Nth request (counted over the server's life) wait stall_s
+    before its answer, and then every later one is answered at once. one_conn: one connection at a time,
+    the next waits in the backlog."""
     def __init__(self, stall_at=0, stall_s=0.0, one_conn=False):
-        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(1 if one_conn else 128)
-        self.port = self.ls.getsockname()[1]
-        self.stall_at, self.stall_s, self.one_conn = stall_at, stall_s, one_conn
+        self.stall_at, self.stall_s = stall_at, stall_s
         self.count = 0
         self.lock = threading.Lock()
-        self.closing = False
-        threading.Thread(target=self.accept_loop, daemon=True).start()
+        super().__init__(one_at_a_time=one_conn)
 
-    def accept_loop(self):
-        while not self.closing:
-            try:
-                conn, _ = self.ls.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.one_conn:
-                self.serve(conn)  # one connection at a time: the next waits in the backlog
-            else:
-                threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def serve(self, conn):
+    def handle(self, conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = b""
-        try:
-            while True:
-                target, buf = read_request(conn, buf)
-                if target is None:
-                    break
-                with self.lock:
-                    self.count += 1
-                    n = self.count
-                if n == self.stall_at:
-                    time.sleep(self.stall_s)
-                if not respond(conn, target):
-                    # A lingering close, as real servers do: closing with a request the client pipelined
-                    # behind this response still unread would reset the connection, and the client could
-                    # lose the response it has not read yet. Send the FIN, then read until the client closes.
-                    conn.shutdown(socket.SHUT_WR)
-                    conn.settimeout(5)
-                    while conn.recv(65536):
-                        pass
-                    break
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.closing = True
-        self.ls.close()
+        while True:
+            target, buf = read_request(conn, buf)
+            if target is None:
+                break
+            with self.lock:
+                self.count += 1
+                n = self.count
+            if n == self.stall_at:
+                time.sleep(self.stall_s)
+            if not respond(conn, target):
+                # A lingering close, as real servers do: closing with a request the client pipelined
+                # behind this response still unread would reset the connection, and the client could
+                # lose the response it has not read yet. Send the FIN, then read until the client closes.
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(5)
+                while conn.recv(65536):
+                    pass
+                break
 
 def errors_except(res, *kinds):
     return {k: v for k, v in res["errors"].items() if k not in kinds and v}
@@ -276,11 +220,11 @@ def check_coordinated_omission():
     # One connection; the 50th request (0.5 s in at 100/s) is answered after the stall.
     rate, stall_s = 100, 1.0
     stall_us = stall_s * 1e6
-    srv = PyServer(stall_at=50, stall_s=stall_s, one_conn=True)
+    srv = Shapes(stall_at=50, stall_s=stall_s, one_conn=True)
     try:
         res, _, _ = load_ok("--rate", str(rate), "-c", "1", "-d", "3", f"http://127.0.0.1:{srv.port}/ok")
     finally:
-        srv.close()
+        srv.stop()
     lat, n = res["latency_us"], res["requests"]
     check(res["errors_total"] == 0 and res["ok"] == n, f"errors: {res['errors']}")
     check(percentiles_ordered(lat) and lat["count"] == n, f"latency: {lat}")
@@ -306,11 +250,11 @@ def check_coordinated_omission():
           f"max {lat['max']} us: ok")
 
     # The same stall measured closed loop: only the one request sees it.
-    srv = PyServer(stall_at=50, stall_s=stall_s, one_conn=True)
+    srv = Shapes(stall_at=50, stall_s=stall_s, one_conn=True)
     try:
         res, _, _ = load_ok("-c", "1", "-d", "2", f"http://127.0.0.1:{srv.port}/ok")
     finally:
-        srv.close()
+        srv.stop()
     lat = res["latency_us"]
     check(res["errors_total"] == 0 and res["requests"] > 100, f"closed loop: {res['requests']}, {res['errors']}")
     # Fewer than 1% of the requests waited even half the stall: the one that met it, and nobody behind it.
@@ -337,7 +281,7 @@ def check_statuses(hello):
     check(not errors_except(res, "status_4xx"), f"404: other errors {res['errors']}")
     print(f"404 -> status_4xx ({e['status_4xx']}), no 2xx latency recorded: ok")
 
-    srv = PyServer()
+    srv = Shapes()
     try:
         res, _, _ = load_ok("-c", "2", "-d", "1", f"http://127.0.0.1:{srv.port}/busy")
         e = res["errors"]
@@ -349,10 +293,10 @@ def check_statuses(hello):
         check(res["requests"] > 0 and e["status_5xx"] == res["requests"] and e["shed_503"] == 0, f"500: {res}")
         print(f"500 -> status_5xx ({e['status_5xx']}): ok")
     finally:
-        srv.close()
+        srv.stop()
 
 def check_framing():
-    srv = PyServer()
+    srv = Shapes()
     try:
         for path, what in [("/chunked", "chunked, split across writes, with a trailer"),
                            ("/close", "close-delimited, Connection: close"),
@@ -400,7 +344,7 @@ def check_framing():
         check(ends_on_time(res, secs), f"/hang: the run took {secs:.1f} s")
         print(f"a server that never answers -> {res['errors']['timeout']} timeouts, run ends on time: ok")
     finally:
-        srv.close()
+        srv.stop()
 
 def check_bad_flags_and_unreachable(hello):
     for args in [["--bogus", "http://127.0.0.1:1/"], ["-c", "0", "http://127.0.0.1:1/"],
@@ -409,17 +353,14 @@ def check_bad_flags_and_unreachable(hello):
                  ["http://127.0.0.1:99999/"], ["-H", "no colon", "http://127.0.0.1:1/"],
                  ["-m", "GE T", "http://127.0.0.1:1/"], ["-d", "0", "http://127.0.0.1:1/"],
                  ["--duration"]]:
-        r = subprocess.run([KEEL, "load", *args], capture_output=True, text=True, timeout=10)
+        r = run_keel("load", *args)
         check(r.returncode == 2, f"keel load {args}: exit {r.returncode}, want 2\n{r.stderr}")
         check("usage" in r.stderr or "expected" in r.stderr, f"keel load {args}: no usage on stderr")
-    r = subprocess.run([KEEL, "load", "--help"], capture_output=True, text=True, timeout=10)
+    r = run_keel("load", "--help")
     check(r.returncode == 0 and "--rate" in r.stdout, "keel load --help")
     print("bad flags -> exit 2 with usage: ok")
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = free_port()  # nothing listens there now
     res, _, secs = load_ok("-c", "4", "-d", "1", f"http://127.0.0.1:{port}/")
     check(res["errors"]["connect"] >= 4 and res["requests"] == 0, f"unreachable: {res}")
     check(0.95 <= res["duration_s"] <= 1.5 and ends_on_time(res, secs),
@@ -435,7 +376,7 @@ def check_bad_flags_and_unreachable(hello):
     except OSError:
         print("IPv6: skipped (no ::1)")
         return
-    h6 = Hello("[::1]")
+    h6 = start_hello("[::1]")
     try:
         res, _, _ = load_ok("-c", "2", "-d", "1", f"http://[::1]:{h6.port}/plaintext")
         check(res["requests"] > 0 and res["errors_total"] == 0, f"[::1]: {res}")
@@ -449,31 +390,26 @@ def check_sigint(hello):
     # Without --quiet, keel load prints a progress line each second of its run (by then it handles SIGINT
     # itself), with the responses so far. The signal goes after the first line that shows responses, not
     # after a fixed sleep: the results then have some, however slowly this machine started the process.
-    p = subprocess.Popen([KEEL, "load", "--json", path, "-c", "2", "-d", "60",
-                          f"http://127.0.0.1:{hello.port}/plaintext"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    seen = []
-    timer = threading.Timer(20, p.kill)  # a run that never prints progress does not hang the test
-    timer.start()
-    try:
-        for line in p.stderr:
-            seen.append(line)
+    with open(os.path.join(TMP, "int.out"), "w+") as stdout:
+        p = Proc([KEEL, "load", "--json", path, "-c", "2", "-d", "60", f"http://127.0.0.1:{hello.port}/plaintext"],
+                 name="keel load", stdout=stdout, listen=None)
+
+        def progress(line):
             m = re.search(r"\s(\d+) responses", line)
-            if m and int(m.group(1)) > 0:
-                break
-    finally:
-        timer.cancel()
-    check(p.poll() is None, f"SIGINT: keel load ended before any progress: {''.join(seen)}")
-    t_sig = time.monotonic()
-    p.send_signal(signal.SIGINT)
-    try:
-        out, _ = p.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
-        fail("SIGINT did not end the run within 10 s")
-    secs, after_sig = time.monotonic() - t, time.monotonic() - t_sig
-    check(p.returncode == 0 and "goodput" in out, f"SIGINT: exit {p.returncode}")
+            return m and int(m.group(1)) > 0
+
+        # A run that never prints progress fails here after 20 s rather than hang the test.
+        check(p.wait_line(progress, 20) and p.alive(), f"SIGINT: keel load ended before any progress: {p.text()}")
+        t_sig = time.monotonic()
+        p.signal(signal.SIGINT)
+        rc = p.wait(10)
+        if rc is None:
+            p.kill()
+            fail("SIGINT did not end the run within 10 s")
+        secs, after_sig = time.monotonic() - t, time.monotonic() - t_sig
+        stdout.seek(0)
+        out = stdout.read()
+    check(rc == 0 and "goodput" in out, f"SIGINT: exit {rc}")
     with open(path) as f:
         res = json.load(f)
     # The run ended when asked: its measured duration is within the process's lifetime and well short of
@@ -483,24 +419,24 @@ def check_sigint(hello):
     print(f"SIGINT after the first progress line of a 60 s run: results after {res['duration_s']} s, "
           f"exit {after_sig:.1f} s after the signal: ok")
 
-def main():
-    for exe in (KEEL, HELLO):
-        if not os.access(exe, os.X_OK):
-            shutil.rmtree(TMP, ignore_errors=True)
-            print(f"skip: {exe} not built")
-            sys.exit(77)
-    hello = Hello()
+def test():
     try:
-        check_open_loop(hello)
-        check_coordinated_omission()
-        check_statuses(hello)
-        check_framing()
-        check_bad_flags_and_unreachable(hello)
-        check_sigint(hello)
+        for exe in (KEEL, HELLO):
+            if not os.access(exe, os.X_OK):
+                raise Skip(f"{exe} not built")
+        h = start_hello()
+        try:
+            check_open_loop(h)
+            check_coordinated_omission()
+            check_statuses(h)
+            check_framing()
+            check_bad_flags_and_unreachable(h)
+            check_sigint(h)
+        finally:
+            h.stop()
     finally:
-        hello.stop()
         shutil.rmtree(TMP, ignore_errors=True)
     print("load: ok")
 
 if __name__ == "__main__":
-    main()
+    main(test)

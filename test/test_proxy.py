@@ -7,9 +7,9 @@ headers, ambiguous framing). Bodies are compared by SHA-256; failures must
 show as 502/503/504 or a closed connection within the timeouts, never a
 hang; the proxy's fds and memory must stay bounded. Runs under the backend
 in KEEL_BACKEND."""
-import http.client, json, os, shutil, socket, sys, tempfile, threading, time
+import http.client, json, os, shutil, socket, tempfile, threading, time
 
-from keeltest import KEEL, TESTSRV, Proc, check, fail, free_port, kill_all, sha
+from keeltest import KEEL, TESTSRV, Proc, PyServer, check, fail, free_port, main, recv_all, sha
 from keeltest import request as get
 import keeltest
 
@@ -24,11 +24,11 @@ def proxy(tmp, groups, route_prefix="/", extra_server=""):
     path = os.path.join(tmp, f"proxy{time.monotonic_ns()}.conf")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-    return Proc([KEEL, "-c", path], tmp)
+    return Proc([KEEL, "-c", path])
 
 # ---- A raw upstream that does what each test asks -----------------------------
 
-class RawUpstream:
+class RawUpstream(PyServer):
     """Reads one request head (and a Content-Length body), then acts by path:
       /echo-headers   200 with the request head as the body (JSON list of [name, value])
       /cut            head with Content-Length 1000000, 1000 bytes, then close
@@ -40,53 +40,32 @@ class RawUpstream:
     Keeps connections alive (one request at a time)."""
     def __init__(self, health=200):
         self.health = health  # what GET /health answers
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
         self.requests = []
-        self.conns = []
-        self.stopping = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while not self.stopping:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
+    def handle(self, c):
         buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                hdrs = [l.split(":", 1) for l in lines[1:]]
-                hdrs = [[n, v.strip()] for n, v in hdrs]
-                cl = next((int(v) for n, v in hdrs if n.lower() == "content-length"), 0)
-                while len(buf) < cl:
-                    d = c.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                buf = buf[cl:]
-                self.requests.append((method, target, hdrs))
-                if not self._answer(c, method, target, hdrs):
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
                     return
-        except OSError:
-            return
-        finally:
-            c.close()
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            hdrs = [l.split(":", 1) for l in lines[1:]]
+            hdrs = [[n, v.strip()] for n, v in hdrs]
+            cl = next((int(v) for n, v in hdrs if n.lower() == "content-length"), 0)
+            while len(buf) < cl:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            buf = buf[cl:]
+            self.requests.append((method, target, hdrs))
+            if not self._answer(c, method, target, hdrs):
+                return
 
     def _answer(self, c, method, full_target, hdrs):
         target = full_target[4:] if full_target.startswith("/api/") else full_target  # (routes under /api/)
@@ -127,15 +106,6 @@ class RawUpstream:
             body = b"raw:" + full_target.encode()
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         return True
-
-    def stop(self):
-        self.stopping = True
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
 
 def read_chunked(f):
     out = []
@@ -195,8 +165,8 @@ def test_bodies(tmp):
         with open(os.path.join(root, f"f{n}"), "wb") as f:
             f.write(data)
         files[n] = data
-    up = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", root], tmp)
-    echo = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    up = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", root])
+    echo = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
     try:
         px = proxy(tmp, {"server": f"127.0.0.1:{up.port}"})
         pe = proxy(tmp, {"server": f"127.0.0.1:{echo.port}"})
@@ -322,12 +292,8 @@ def test_semantics(tmp):
         for _ in range(5):
             s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
             s.sendall(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
-            got, t0 = b"", time.monotonic()
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                got += d
+            t0 = time.monotonic()
+            got = recv_all(s)
             s.close()
             check(time.monotonic() - t0 < 3, "a cut-off upstream body ends the client's connection promptly")
             body = got.split(b"\r\n\r\n", 1)[1]
@@ -353,16 +319,8 @@ def raw_request(port, data, timeout=5, half_close=False):
     s.sendall(data)
     if half_close:
         s.shutdown(socket.SHUT_WR)
-    got = b""
-    try:
-        s.settimeout(1.0)
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-    except socket.timeout:
-        pass
+    s.settimeout(1.0)
+    got = recv_all(s, stop_on=socket.timeout)
     s.close()
     return got
 
@@ -504,7 +462,7 @@ def test_failures(tmp):
         f.write(f"[server]\nlisten = 127.0.0.1:0\nworkers = 1\n\n[upstream a]\nserver = 127.0.0.1:{dead}\n\n"
                 f"[upstream b]\nserver = 127.0.0.1:{dead}\n\n[route /a/]\nupstream = a\n\n[route /b/]\nupstream = b\n\n"
                 "[route /_keel/status]\nmatch = exact\nhandler = status\n")
-    px = Proc([KEEL, "-c", conf], tmp)
+    px = Proc([KEEL, "-c", conf])
     try:
         get(px.port, "/a/x"), get(px.port, "/b/x"), get(px.port, "/b/y")
         text = get(px.port, "/_keel/status?format=prometheus")[2].decode()
@@ -629,7 +587,7 @@ def test_client_gone(tmp):
 def test_slow_client_timeouts(tmp):
     """response_timeout_ms bounds the upstream, not the client: a client that uploads or reads slowly
     (pauses longer than the timeout) still gets its whole answer."""
-    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"], tmp)
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
     px = proxy(tmp, {"server": f"127.0.0.1:{up.port}", "response_timeout_ms": 300})
     try:
         s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
@@ -656,7 +614,7 @@ def test_slow_client_timeouts(tmp):
         up.stop()
     print("ok   a client slower than response_timeout_ms (uploading or reading) is not cut off")
 
-def main():
+def test():
     for exe in (KEEL, TESTSRV):
         if not os.access(exe, os.X_OK):
             fail(f"{exe} not built")
@@ -670,9 +628,8 @@ def main():
         test_slow_client_timeouts(tmp)
         test_bodies(tmp)
     finally:
-        kill_all()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"proxy: {keeltest.passed} checks passed")
 
 if __name__ == "__main__":
-    main()
+    main(test)

@@ -4,55 +4,25 @@ requests, HEAD, keep-alive reuse), python http.client, a pipelined burst on
 a raw socket; files of 0 B, 1 B and powers of two up to 64 MiB compared by
 SHA-256; traversal attempts, encoded or not; precompressed .gz; bad flags.
 Runs under the backend in KEEL_BACKEND."""
-import hashlib, http.client, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+import http.client, os, re, shutil, subprocess, tempfile
 
-BUILD = os.environ.get("KEEL_BUILD", "build")
-KEEL = os.environ.get("KEEL_BIN", os.path.join(BUILD, "keel"))
+from keeltest import KEEL, Proc, check, exchange, main, run_keel, sha
+import keeltest
 
-def fail(msg):
-    print("FAIL:", msg)
-    sys.exit(1)
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
-
-class Server:
-    def __init__(self, root, *extra):
-        self.p = subprocess.Popen([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", *extra, root],
-                                  stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        self.port = None
-        self.log = []
-        while time.monotonic() < deadline:
-            line = self.p.stderr.readline()
-            if not line:
-                break
-            self.log.append(line)
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        check(self.port, "server did not start: " + "".join(self.log))
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        return self.p.returncode
+def server(root, *extra):
+    return Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", *extra, root], name="keel serve")
 
 def curl(*args):
-    r = subprocess.run(["curl", "-s", "--max-time", "60", *args], capture_output=True)
-    return r
+    return keeltest.curl(*args, max_time=60)
 
-def sha(b):
-    return hashlib.sha256(b).hexdigest()
+def raw_get(port, target):
+    return exchange(port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(), timeout=5)
 
-def main():
+def status_page(url):
+    r = keeltest.curl(url, text=True)
+    return r.stdout, dict(l.split(" ", 1) for l in r.stdout.splitlines())
+
+def test():
     root = tempfile.mkdtemp(prefix="keel-serve-")
     outside = tempfile.mkdtemp(prefix="keel-outside-")
     try:
@@ -75,8 +45,8 @@ def main():
             f.write("body { color: red; }\n" * 50)
         subprocess.run(["gzip", "-k", "-n", os.path.join(root, "page.css")], check=True)
 
-        srv = Server(root)
-        base = f"http://127.0.0.1:{srv.port}"
+        srv = server(root)
+        base = srv.url("")
         try:
             # Every file, by SHA-256, through curl.
             for name, digest in files.items():
@@ -147,15 +117,7 @@ def main():
             # The Location comes from the normalized path: "//dir" must not send the client to
             # "//dir/", a scheme-relative URL naming another host.
             for target in ("//dir", "/./dir", "/x/../dir", "/%64ir"):
-                s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-                s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                resp = b""
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    resp += b
-                s.close()
+                resp = raw_get(srv.port, target)
                 check(resp.startswith(b"HTTP/1.1 301") and b"\r\nLocation: /dir/\r\n" in resp,
                       f"GET {target}: {resp[:200]!r}")
             # A method the files do not take: 405 that says which ones they do.
@@ -171,15 +133,7 @@ def main():
             for target in ["/../secret.txt", "/..%2fsecret.txt", "/%2e%2e/%2e%2e/etc/passwd", "/dir/../../etc/passwd",
                            "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd", "/.%2e/etc/passwd", "/dir/%00", "/f1.bin%00.txt",
                            "//etc/passwd", "/./../etc/passwd"]:
-                s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-                s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                resp = b""
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    resp += b
-                s.close()
+                resp = raw_get(srv.port, target)
                 status = resp.split(b" ", 2)[1] if resp else b""
                 check(status in (b"400", b"404"), f"traversal {target}: {resp[:40]!r}")
                 check(b"secret" not in resp and b"root:" not in resp, f"traversal {target} leaked")
@@ -225,17 +179,9 @@ def main():
             print("small-file cache: changes, replacement, range, escaping symlink, deletion: ok")
 
             # Pipelined burst on a raw socket.
-            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
             names = ["f1.bin", "f2.bin", "f1024.bin", "dir/", "nope", "f16.bin"] * 5
             burst = b"".join(f"GET /{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for n in names)
-            s.sendall(burst + b"GET /f4.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            resp = b""
-            while True:
-                b = s.recv(1 << 16)
-                if not b:
-                    break
-                resp += b
-            s.close()
+            resp = exchange(srv.port, burst + b"GET /f4.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             statuses = re.findall(rb"HTTP/1\.1 (\d{3})", resp)
             want = [b"404" if n == "nope" else b"200" for n in names] + [b"200"]
             check(statuses == want, f"pipelined statuses {statuses}")
@@ -248,33 +194,29 @@ def main():
             srv.stop()
 
         # --status: live counters at /_keel/status; without it the path is just a (missing) file.
-        srv = Server(root, "--status", "--queue-delay-us", "0")
+        srv = server(root, "--status", "--queue-delay-us", "0")
         try:
-            b = f"http://127.0.0.1:{srv.port}"
+            b = srv.url("")
             # A gzip-accepting client of a small file with no .gz sibling is served from the cache
             # (the sibling's absence is remembered for a moment), not read from disk every time.
             for _ in range(6):
                 r = curl("-D", "-", "-H", "Accept-Encoding: gzip", b + "/f1024.bin")
                 check(b" 200 " in r.stdout and b"Content-Encoding" not in r.stdout, "f1024.bin for a gzip client")
-            r = subprocess.run(["curl", "-s", b + "/_keel/status"], capture_output=True, text=True, timeout=10)
-            lines = dict(l.split(" ", 1) for l in r.stdout.splitlines())
+            _, lines = status_page(b + "/_keel/status")
             hits, misses = int(lines.get("static_cache_hits_total", "-1")), int(lines.get("static_cache_misses_total", "-1"))
             check(hits >= 4 and misses <= 2, f"cache for gzip clients, no .gz: {hits} hits, {misses} misses")
             curl(b + "/f1.bin")
-            r = subprocess.run(["curl", "-s", b + "/_keel/status"], capture_output=True, text=True, timeout=10)
-            lines = dict(l.split(" ", 1) for l in r.stdout.splitlines())
-            check(lines.get("worker") == "0", f"status worker line: {r.stdout[:200]!r}")
-            check(int(lines.get("requests_total", "0")) >= 2, f"status requests: {r.stdout[:300]!r}")
-            check(int(lines.get("rss_bytes", "0")) > 0, f"status rss: {r.stdout[:300]!r}")
-            r = subprocess.run(["curl", "-s", b + "/_keel/status?format=prometheus"], capture_output=True,
-                               text=True, timeout=10)
-            check('keel_requests_total{worker="0"}' in r.stdout, f"prometheus: {r.stdout[:300]!r}")
+            out, lines = status_page(b + "/_keel/status")
+            check(lines.get("worker") == "0", f"status worker line: {out[:200]!r}")
+            check(int(lines.get("requests_total", "0")) >= 2, f"status requests: {out[:300]!r}")
+            check(int(lines.get("rss_bytes", "0")) > 0, f"status rss: {out[:300]!r}")
+            out = keeltest.curl(b + "/_keel/status?format=prometheus", text=True).stdout
+            check('keel_requests_total{worker="0"}' in out, f"prometheus: {out[:300]!r}")
         finally:
             srv.stop()
-        srv = Server(root)
+        srv = server(root)
         try:
-            r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                f"http://127.0.0.1:{srv.port}/_keel/status"], capture_output=True, text=True, timeout=10)
+            r = keeltest.curl("-o", "/dev/null", "-w", "%{http_code}", srv.url("/_keel/status"), text=True)
             check(r.stdout == "404", f"/_keel/status without --status: {r.stdout}")
         finally:
             srv.stop()
@@ -284,7 +226,7 @@ def main():
         for args, want in [(["serve", "--bogus"], 2), (["serve", "--workers", "0"], 2),
                            (["serve", "--listen", "nope"], 2), (["serve", "a", "b"], 2),
                            (["serve", "--queue-delay-us", "-1"], 2), (["serve", "/nonexistent/dir"], 1)]:
-            r = subprocess.run([KEEL, *args], capture_output=True, text=True, timeout=10)
+            r = run_keel(*args)
             check(r.returncode == want, f"keel {' '.join(args)}: exit {r.returncode}, want {want}")
             check(r.stderr.strip(), f"keel {' '.join(args)}: no message")
         print("bad flags -> 2, missing DIR -> clear error: ok")
@@ -294,4 +236,4 @@ def main():
     print("serve: ok")
 
 if __name__ == "__main__":
-    main()
+    main(test)
