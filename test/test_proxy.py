@@ -13,6 +13,9 @@ from keeltest import KEEL, TESTSRV, Proc, PyServer, check, fail, free_port, main
 from keeltest import request as get
 import keeltest
 
+# Set by the upstream once its late bytes are out (see /late-big).
+LATE_SENT = threading.Event()
+
 def proxy(tmp, groups, route_prefix="/", extra_server=""):
     """keel -c with one [upstream u] group (dict of keys; 'server' a list) routed at route_prefix."""
     lines = ["[server]", "listen = 127.0.0.1:0", "workers = 1", extra_server, "", "[upstream u]"]
@@ -92,6 +95,7 @@ class RawUpstream(PyServer):
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"b" * 100000)
             time.sleep(0.05)
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
+            LATE_SENT.set()
         elif target == "/wait":
             time.sleep(0.5)  # (the request's body, if any, is what the proxy deals with meanwhile)
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nwait")
@@ -388,6 +392,7 @@ def test_hardening(tmp):
         # An upstream that sends bytes after a complete response: never the next request's answer.
         evil = 0
         for _ in range(3):
+            LATE_SENT.clear()
             a = socket.create_connection(("127.0.0.1", px.port), timeout=10)
             a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             a.sendall(b"GET /api/late-big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -396,6 +401,10 @@ def test_hardening(tmp):
             def b_req():
                 result["b"] = get(px.port, "/api/after", timeout=10)
             t = threading.Thread(target=b_req)
+            # The late bytes are sent before the next request can reach the upstream connection:
+            # bytes that arrive after a request went out cannot be told from its answer (by anyone),
+            # so a loaded machine that delays the upstream's send must not turn this into that case.
+            check(LATE_SENT.wait(10), "the upstream never sent its late bytes")
             t.start()  # queued behind the busy connection (pool_max 1)
             time.sleep(0.2)
             got = b""
