@@ -57,7 +57,7 @@ LOAD_OBJ := $(LOAD_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
-.PHONY: all deps run test sanitize faults tsan bench fuzz clean format fanout
+.PHONY: all deps run test sanitize faults tsan bench fuzz clean format fanout docs-diagram
 all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/keeltest.py $(BUILD)/test/seccomp_exec $(BUILD)/test/http_testsrv $(EXAMPLES)
 
 # Debian packages the build needs; installed when run as root, otherwise named.
@@ -155,6 +155,11 @@ bench: all
 # libFuzzer drivers (the HTTP parser, the chunked decoder, the whole server), each for a bounded time.
 fuzz:
 	sh fuzz/run.sh
+
+# docs/architecture.svg and .png, from docs/architecture.dot (Debian's graphviz).
+docs-diagram:
+	dot -Tsvg docs/architecture.dot -o docs/architecture.svg
+	dot -Tpng -Gdpi=110 docs/architecture.dot -o docs/architecture.png
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
