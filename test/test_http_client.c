@@ -4,7 +4,8 @@
  * timeouts, an idle connection the server closes), a forked raw-socket server
  * for what a well-behaved server never does (closing a kept-alive connection
  * as the next request arrives, a malformed response, close-delimited
- * bodies), and nginx from Debian when it is installed.
+ * bodies), and nginx from Debian when it is installed. First, the errors of
+ * the constructors (server, client, proxy, static files).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +22,8 @@
 #include "keel/http.h"
 #include "keel/http_client.h"
 #include "keel/keel.h"
+#include "keel/proxy.h"
+#include "keel/static.h"
 #include "test.h"
 
 static keel_loop *loop;
@@ -959,6 +962,90 @@ static void test_nginx(void)
 	printf("nginx: 50 keep-alive GETs on one connection, 404, Connection: close honoured: ok\n");
 }
 
+/* ---- Constructors: 0 or a negative errno, *out NULL unless 0 ---------------- */
+
+static char not_null; /* what *out holds before each call: a failing one must clear it */
+
+/* T##_new(&out, ...) returns want; on failure out is NULL, on success it is T##_free'd. */
+#define EXPECT_NEW(T, want, ...)                                                                   \
+	do {                                                                                       \
+		T *o_ = (T *)(void *)&not_null;                                                    \
+		ASSERT_EQ(T##_new(&o_, __VA_ARGS__), (want));                                      \
+		if ((want) < 0)                                                                    \
+			ASSERT(o_ == NULL);                                                        \
+		else                                                                               \
+			T##_free(o_);                                                              \
+	} while (0)
+
+static void test_constructors(void)
+{
+	keel_http_config hc;
+	EXPECT_NEW(keel_http_server, 0, loop, NULL);
+	EXPECT_NEW(keel_http_server, -EINVAL, NULL, NULL);
+	keel_http_config_default(&hc);
+	hc.conns_max = 0;
+	EXPECT_NEW(keel_http_server, -EINVAL, loop, &hc);
+	keel_http_config_default(&hc);
+	hc.pipeline_max = 0;
+	EXPECT_NEW(keel_http_server, -EINVAL, loop, &hc);
+	keel_http_config_default(&hc);
+	hc.limits.headers_max = 0;
+	EXPECT_NEW(keel_http_server, -EINVAL, loop, &hc);
+
+	keel_http_client_config cc;
+	EXPECT_NEW(keel_http_client, 0, loop, NULL);
+	EXPECT_NEW(keel_http_client, -EINVAL, NULL, NULL);
+	keel_http_client_config_default(&cc);
+	cc.pool_max = 0;
+	EXPECT_NEW(keel_http_client, -EINVAL, loop, &cc);
+	keel_http_client_config_default(&cc);
+	cc.limits.headers_max = 0;
+	EXPECT_NEW(keel_http_client, -EINVAL, loop, &cc);
+
+	const char *ups[] = {"127.0.0.1:1", "localhost:80"};
+	const char *bad_ups[] = {"127.0.0.1:1", "no-port"};
+	keel_proxy_config pc;
+	keel_proxy_config_default(&pc);
+	pc.upstreams = ups;
+	pc.nupstreams = 2;
+	EXPECT_NEW(keel_proxy, 0, loop, &pc);
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, NULL);
+	pc.nupstreams = 0;
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.nupstreams = 2;
+	pc.upstreams = bad_ups;
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.upstreams = ups;
+	pc.health_path = "health";
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.health_path = "/health";
+	pc.via = "a-pseudonym-far-too-long-to-fit-in-the-via-header-keel-writes-for-it";
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.via = "keel";
+	pc.balance = (enum keel_proxy_balance)7;
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.balance = KEEL_PROXY_LEAST_CONN;
+	pc.client.pool_max = 0; /* the client's config is checked too */
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.client.pool_max = 1;
+	EXPECT_NEW(keel_proxy, 0, loop, &pc);
+
+	char dir[] = "/tmp/keel-ctor-XXXXXX", path[64];
+	ASSERT(mkdtemp(dir));
+	EXPECT_NEW(keel_static, 0, dir);
+	EXPECT_NEW(keel_static, -EINVAL, NULL);
+	snprintf(path, sizeof(path), "%s/missing", dir);
+	EXPECT_NEW(keel_static, -ENOENT, path);
+	snprintf(path, sizeof(path), "%s/file", dir);
+	int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+	ASSERT_OK(fd);
+	close(fd);
+	EXPECT_NEW(keel_static, -ENOTDIR, path);
+	ASSERT_OK(unlink(path));
+	ASSERT_OK(rmdir(dir));
+	printf("constructors: 0 or the precise -errno, *out NULL on failure: ok\n");
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -966,6 +1053,7 @@ int main(void)
 	for (size_t i = 0; i < (2u << 20); i++)
 		big[i] = (char)('a' + (i * 7) % 26);
 	loop = test_loop();
+	test_constructors();
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	cfg.idle_timeout_ms = 300;
