@@ -438,10 +438,11 @@ static int worker_init(struct worker *w)
 			return w->up_lfd[i];
 		}
 	}
-	w->client = keel_http_client_new(w->loop, NULL);
-	w->srv = keel_http_server_new(w->loop, NULL);
-	if (!w->client || !w->srv)
-		return -ENOMEM;
+	err = keel_http_client_new(&w->client, w->loop, NULL);
+	if (!err)
+		err = keel_http_server_new(&w->srv, w->loop, NULL);
+	if (err)
+		return err;
 	keel_http_server *s = w->srv;
 	err = keel_http_route(s, "GET", "/quote", 0, route_quote, w);
 	if (!err)

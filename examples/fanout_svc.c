@@ -169,8 +169,8 @@ static int svc_start(keel_loop *loop, const char *addr, unsigned tcp_flags,
 	if (lfd < 0)
 		return lfd;
 	const char *path = strcmp(conf->kind, "info") == 0 ? "/info" : "/price";
-	keel_http_server *s = keel_http_server_new(loop, NULL);
-	int err = s ? 0 : -ENOMEM;
+	keel_http_server *s;
+	int err = keel_http_server_new(&s, loop, NULL);
 	if (!err)
 		err = keel_http_route(s, "GET", path, 0, svc_handle, (void *)conf);
 	if (!err)

@@ -108,7 +108,14 @@ static void *worker_main(void *arg)
 	struct worker *w = arg;
 	int err = keel_loop_new(&w->loop, NULL);
 	if (err == 0) {
-		w->srv = keel_http_server_new(w->loop, w->cfg);
+		err = keel_http_server_new(&w->srv, w->loop, w->cfg);
+		if (err < 0) {
+			fprintf(stderr, "hello: cannot set up the server: %s\n",
+			        keel_strerror(err));
+			keel_loop_free(w->loop);
+		}
+	}
+	if (err == 0) {
 		keel_http_route(w->srv, "GET", "/plaintext", false, plaintext, NULL);
 		keel_http_route(w->srv, "GET", "/work", false, work, NULL);
 		keel_http_route(w->srv, "GET", "/sleep", false, sleep_route, NULL);

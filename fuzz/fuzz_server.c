@@ -732,9 +732,9 @@ static int listen_port(int *fd)
 /* The server and its routes: made once, and again after an input stopped it ("k"). */
 static void server_make(void)
 {
-	g.srv = keel_http_server_new(g.loop, &g.cfg);
-	if (!g.srv)
-		FUZZ_FAIL("keel_http_server_new failed");
+	int err = keel_http_server_new(&g.srv, g.loop, &g.cfg);
+	if (err < 0)
+		FUZZ_FAIL("keel_http_server_new: %s", keel_strerror(err));
 
 	struct {
 		const char *method, *path;
@@ -809,9 +809,9 @@ static void setup(void)
 	c->send_timeout_ms = 25;
 	g.log_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	c->access_log_fd = g.log_fd;
-	g.st = keel_static_new(g.root);
-	if (!g.st)
-		FUZZ_FAIL("keel_static_new: %s", strerror(errno));
+	int err = keel_static_new(&g.st, g.root);
+	if (err < 0)
+		FUZZ_FAIL("keel_static_new: %s", keel_strerror(err));
 	server_make();
 
 	for (int i = 0; i < 2; i++) {
@@ -894,9 +894,9 @@ static void proxy_make(unsigned bits)
 	}
 	pc.client.connect_timeout_ms = bits & 0x800 ? 5 : 1000;
 	pc.client.idle_timeout_ms = 50;
-	g.px = keel_proxy_new(g.loop, &pc);
-	if (!g.px)
-		FUZZ_FAIL("keel_proxy_new");
+	int err = keel_proxy_new(&g.px, g.loop, &pc);
+	if (err < 0)
+		FUZZ_FAIL("keel_proxy_new: %s", keel_strerror(err));
 }
 
 /* ---- Clients ---------------------------------------------------------------------------- */

@@ -472,11 +472,16 @@ int main(int argc, char **argv)
 		lo.recv_buf_count = recv_bufs;
 	if (sq_entries)
 		lo.sq_entries = sq_entries;
-	if (keel_loop_new(&loop, &lo) < 0)
+	int err = keel_loop_new(&loop, &lo);
+	if (err < 0) {
+		fprintf(stderr, "keel_loop_new: %s\n", keel_strerror(err));
 		return 1;
-	srv = keel_http_server_new(loop, &cfg);
-	if (!srv)
+	}
+	err = keel_http_server_new(&srv, loop, &cfg);
+	if (err < 0) {
+		fprintf(stderr, "keel_http_server_new: %s\n", keel_strerror(err));
 		return 1;
+	}
 	keel_http_route(srv, "GET", "/hello", false, h_hello, NULL);
 	keel_http_route(srv, "POST", "/echo", false, h_echo, NULL);
 	keel_http_route(srv, "GET", "/slow", false, h_slow, NULL);
@@ -494,8 +499,11 @@ int main(int argc, char **argv)
 	keel_http_route(srv, "GET", "/hookless", false, h_hookless, NULL);
 	keel_http_route(srv, "GET", "/pin", false, h_pin, NULL);
 	if (static_dir) {
-		if (!(statics = keel_static_new(static_dir)))
+		err = keel_static_new(&statics, static_dir);
+		if (err < 0) {
+			fprintf(stderr, "static %s: %s\n", static_dir, keel_strerror(err));
 			return 1;
+		}
 		keel_http_route(srv, "GET", "/static/", KEEL_HTTP_PREFIX, h_wrapped_static, NULL);
 	}
 	keel_http_route(srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);

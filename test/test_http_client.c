@@ -4,7 +4,8 @@
  * timeouts, an idle connection the server closes), a forked raw-socket server
  * for what a well-behaved server never does (closing a kept-alive connection
  * as the next request arrives, a malformed response, close-delimited
- * bodies), and nginx from Debian when it is installed.
+ * bodies), and nginx from Debian when it is installed. First, the errors of
+ * the constructors (server, client, proxy, static files).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +22,8 @@
 #include "keel/http.h"
 #include "keel/http_client.h"
 #include "keel/keel.h"
+#include "keel/proxy.h"
+#include "keel/static.h"
 #include "test.h"
 
 static keel_loop *loop;
@@ -183,7 +186,8 @@ static size_t read_all(keel_http_client_response *r, char *out, size_t cap, unsi
 
 static void test_streaming(void)
 {
-	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	char *got = malloc(2 << 20);
 	/* A 2 MiB response read piece by piece from the receive buffers. */
 	keel_http_client_request q = {.upstream = up, .target = "/big", .stream_response = true};
@@ -242,7 +246,8 @@ static void test_streaming(void)
 	keel_http_client_config_default(&one);
 	one.pool_max = 1;
 	one.response_timeout_ms = 2000;
-	keel_http_client *c1 = keel_http_client_new(loop, &one);
+	keel_http_client *c1;
+	ASSERT_OK(keel_http_client_new(&c1, loop, &one));
 	keel_http_client_request qm = {.upstream = up, .target = "/mid", .stream_response = true};
 	for (int round = 0; round < 20; round++) {
 		keel_promise *pa = keel_http_client_request_send(c1, &qm);
@@ -304,7 +309,7 @@ static void *thread_server(void *arg)
 {
 	(void)arg;
 	ASSERT_OK(keel_loop_new(&tloop, NULL));
-	tsrv = keel_http_server_new(tloop, NULL);
+	ASSERT_OK(keel_http_server_new(&tsrv, tloop, NULL));
 	keel_http_route(tsrv, "POST", "/echo", 0, h_echo, NULL);
 	int lfd = keel_tcp_listen("127.0.0.1:0", 1024, 0);
 	ASSERT_OK(lfd);
@@ -348,7 +353,8 @@ static void test_streamed_body_reuse(void)
 	keel_http_client_config pc;
 	keel_http_client_config_default(&pc);
 	pc.pool_max = 64;
-	keel_http_client *c = keel_http_client_new(loop, &pc);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, &pc));
 	static struct producer prs[64];
 	for (int round = 0; round < 100; round++) {
 		keel_promise *ps[64];
@@ -395,7 +401,8 @@ static void test_status_sources(keel_http_server *srv)
 	memset(long_help, 'h', sizeof(long_help) - 1);
 	ASSERT_EQ(keel_http_status_add(srv, "src", "bad\"value", long_metrics, NULL), -EINVAL);
 	ASSERT_OK(keel_http_status_add(srv, "src", "x", long_metrics, NULL));
-	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	keel_http_client_response *r = get_ok(c, up, NULL, "/_keel/status?format=prometheus", nobody);
 	ASSERT_EQ(r->status, 200);
 	ASSERT(memmem(r->body.ptr, r->body.len, "keel_m03{src=\"x\"} 3\n", 20) != NULL);
@@ -413,7 +420,8 @@ static void test_cancel(void)
 	keel_http_client_config cfg;
 	keel_http_client_config_default(&cfg);
 	cfg.pool_max = 1;
-	keel_http_client *c = keel_http_client_new(loop, &cfg);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, &cfg));
 	keel_http_client_request q = {.upstream = up, .target = "/slow"};
 	keel_promise *a = keel_http_client_request_send(c, &q); /* in flight */
 	keel_promise *b = keel_http_client_request_send(c, &q); /* queued behind it */
@@ -436,7 +444,7 @@ static void test_cancel(void)
 	ASSERT_EQ(st.conns_open, 0); /* the in-flight one took its connection down */
 	keel_http_client_free(c);
 	/* keel_any: the slow loser is cancelled down to its connection, the winner answers. */
-	c = keel_http_client_new(loop, NULL);
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	keel_http_client_request fast = {.upstream = up, .target = "/hello"};
 	keel_promise *ps[2] = {keel_http_client_request_send(c, &q), keel_http_client_request_send(c, &fast)};
 	int winner = -1;
@@ -472,7 +480,8 @@ static void test_names(void)
 	o = test_await(loop, keel_resolve(loop, "no-such-host.invalid:80", &ss));
 	ASSERT(o.err == KEEL_ENAME || o.err == -EAGAIN);
 	/* Through the client: a name on first use, and a name that does not resolve. */
-	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	char named[64];
 	snprintf(named, sizeof(named), "localhost:%s", strrchr(up, ':') + 1);
 	for (int i = 0; i < 3; i++)
@@ -493,7 +502,8 @@ static void test_names(void)
 
 static void test_keepalive(void)
 {
-	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	for (int i = 0; i < 100; i++) {
 		keel_http_client_response *r = get_ok(c, up, NULL, "/hello", nobody);
 		const keel_http_header *ct = keel_http_header_find(&r->msg, "content-type");
@@ -551,7 +561,8 @@ static void test_pool_limits(void)
 	keel_http_client_config_default(&cfg);
 	cfg.pool_max = 4;
 	cfg.pending_max = 10;
-	keel_http_client *c = keel_http_client_new(loop, &cfg);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, &cfg));
 	struct many m = {0};
 	keel_http_client_request q = {.upstream = up, .target = "/slow"};
 	/* 4 connections + 10 waiting = 14 taken; the 15th and 16th are refused at once. */
@@ -579,7 +590,8 @@ static void test_errors(void)
 	keel_http_client_config_default(&cfg);
 	cfg.response_timeout_ms = 100;
 	cfg.body_max = 1 << 20;
-	keel_http_client *c = keel_http_client_new(loop, &cfg);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, &cfg));
 	ASSERT_EQ(get_err(c, up, "/slow"), -ETIMEDOUT); /* 200 ms answer, 100 ms allowed */
 	ASSERT_EQ(get_err(c, up, "/big"), -EMSGSIZE);   /* 2 MiB, 1 MiB allowed */
 	expect_body(get_ok(c, up, NULL, "/hello", nobody), 200, "Hello, World!");
@@ -599,7 +611,8 @@ static void test_errors(void)
 static void test_server_closes_idle(keel_http_server *srv)
 {
 	(void)srv;
-	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	expect_body(get_ok(c, up, NULL, "/hello", nobody), 200, "Hello, World!");
 	/* The server's idle timeout is 300 ms: it closes; the client sees it and drops the connection. */
 	keel_http_client_stats st;
@@ -680,7 +693,8 @@ static void test_raw_server(void)
 		raw_child(lfd);
 	}
 	close(lfd);
-	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	expect_body(get_ok(c, raw, NULL, "/1", nobody), 200, "one");
 	/* Sent on the kept-alive connection, which the server closes unanswered: retried once, new connection. */
 	expect_body(get_ok(c, raw, NULL, "/2", nobody), 200, "until close");
@@ -772,7 +786,8 @@ static void test_late_bytes(void)
 	keel_http_client_config cfg;
 	keel_http_client_config_default(&cfg);
 	cfg.pool_max = 1;
-	keel_http_client *c = keel_http_client_new(loop, &cfg);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, &cfg));
 	expect_body(get_ok(c, raw, NULL, "/1", nobody), 200, "ok");
 	scripted_step(&sc); /* the late "response" */
 	usleep(100000);     /* in the socket now; the loop has not run */
@@ -823,7 +838,8 @@ static void test_cancel_answered_early(void)
 	char *body = malloc(n);
 	memset(body, 'u', n);
 	early_piece = (keel_str){body, n};
-	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	keel_http_client_request q = {.upstream = raw, .method = "PUT", .target = "/up", .body_read = early_body,
 	                              .body_length = (int64_t)n};
 	keel_promise *p = keel_http_client_request_send(c, &q);
@@ -918,7 +934,8 @@ static void test_nginx(void)
 	atexit(nginx_kill); /* a failed check exits: nginx goes too */
 	char ng[64];
 	snprintf(ng, sizeof(ng), "127.0.0.1:%d", port);
-	keel_http_client *c = keel_http_client_new(loop, NULL);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
 	int err = -1;
 	for (int i = 0; i < 50 && err; i++) { /* until nginx listens */
 		err = get_err(c, ng, "/hello");
@@ -945,6 +962,90 @@ static void test_nginx(void)
 	printf("nginx: 50 keep-alive GETs on one connection, 404, Connection: close honoured: ok\n");
 }
 
+/* ---- Constructors: 0 or a negative errno, *out NULL unless 0 ---------------- */
+
+static char not_null; /* what *out holds before each call: a failing one must clear it */
+
+/* T##_new(&out, ...) returns want; on failure out is NULL, on success it is T##_free'd. */
+#define EXPECT_NEW(T, want, ...)                                                                   \
+	do {                                                                                       \
+		T *o_ = (T *)(void *)&not_null;                                                    \
+		ASSERT_EQ(T##_new(&o_, __VA_ARGS__), (want));                                      \
+		if ((want) < 0)                                                                    \
+			ASSERT(o_ == NULL);                                                        \
+		else                                                                               \
+			T##_free(o_);                                                              \
+	} while (0)
+
+static void test_constructors(void)
+{
+	keel_http_config hc;
+	EXPECT_NEW(keel_http_server, 0, loop, NULL);
+	EXPECT_NEW(keel_http_server, -EINVAL, NULL, NULL);
+	keel_http_config_default(&hc);
+	hc.conns_max = 0;
+	EXPECT_NEW(keel_http_server, -EINVAL, loop, &hc);
+	keel_http_config_default(&hc);
+	hc.pipeline_max = 0;
+	EXPECT_NEW(keel_http_server, -EINVAL, loop, &hc);
+	keel_http_config_default(&hc);
+	hc.limits.headers_max = 0;
+	EXPECT_NEW(keel_http_server, -EINVAL, loop, &hc);
+
+	keel_http_client_config cc;
+	EXPECT_NEW(keel_http_client, 0, loop, NULL);
+	EXPECT_NEW(keel_http_client, -EINVAL, NULL, NULL);
+	keel_http_client_config_default(&cc);
+	cc.pool_max = 0;
+	EXPECT_NEW(keel_http_client, -EINVAL, loop, &cc);
+	keel_http_client_config_default(&cc);
+	cc.limits.headers_max = 0;
+	EXPECT_NEW(keel_http_client, -EINVAL, loop, &cc);
+
+	const char *ups[] = {"127.0.0.1:1", "localhost:80"};
+	const char *bad_ups[] = {"127.0.0.1:1", "no-port"};
+	keel_proxy_config pc;
+	keel_proxy_config_default(&pc);
+	pc.upstreams = ups;
+	pc.nupstreams = 2;
+	EXPECT_NEW(keel_proxy, 0, loop, &pc);
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, NULL);
+	pc.nupstreams = 0;
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.nupstreams = 2;
+	pc.upstreams = bad_ups;
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.upstreams = ups;
+	pc.health_path = "health";
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.health_path = "/health";
+	pc.via = "a-pseudonym-far-too-long-to-fit-in-the-via-header-keel-writes-for-it";
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.via = "keel";
+	pc.balance = (enum keel_proxy_balance)7;
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.balance = KEEL_PROXY_LEAST_CONN;
+	pc.client.pool_max = 0; /* the client's config is checked too */
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.client.pool_max = 1;
+	EXPECT_NEW(keel_proxy, 0, loop, &pc);
+
+	char dir[] = "/tmp/keel-ctor-XXXXXX", path[64];
+	ASSERT(mkdtemp(dir));
+	EXPECT_NEW(keel_static, 0, dir);
+	EXPECT_NEW(keel_static, -EINVAL, NULL);
+	snprintf(path, sizeof(path), "%s/missing", dir);
+	EXPECT_NEW(keel_static, -ENOENT, path);
+	snprintf(path, sizeof(path), "%s/file", dir);
+	int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+	ASSERT_OK(fd);
+	close(fd);
+	EXPECT_NEW(keel_static, -ENOTDIR, path);
+	ASSERT_OK(unlink(path));
+	ASSERT_OK(rmdir(dir));
+	printf("constructors: 0 or the precise -errno, *out NULL on failure: ok\n");
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -952,11 +1053,13 @@ int main(void)
 	for (size_t i = 0; i < (2u << 20); i++)
 		big[i] = (char)('a' + (i * 7) % 26);
 	loop = test_loop();
+	test_constructors();
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	cfg.idle_timeout_ms = 300;
 	cfg.body_max = 2 << 20;
-	keel_http_server *srv = keel_http_server_new(loop, &cfg);
+	keel_http_server *srv;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &cfg));
 	keel_http_route(srv, "GET", "/hello", 0, h_hello, NULL);
 	keel_http_route(srv, "POST", "/echo", 0, h_echo, NULL);
 	keel_http_route(srv, "GET", "/big", 0, h_big, NULL);

@@ -97,8 +97,8 @@ static keel_http_server *server(uint64_t body_max)
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	cfg.body_max = body_max;
-	keel_http_server *srv = keel_http_server_new(loop, &cfg);
-	ASSERT(srv != NULL);
+	keel_http_server *srv;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &cfg));
 	ASSERT_OK(keel_http_route(srv, "POST", "/upload", KEEL_HTTP_STREAM_BODY, h_upload, NULL));
 	ASSERT_OK(keel_http_route(srv, NULL, "/hello", 0, h_hello, NULL));
 	ASSERT_OK(keel_http_route(srv, "GET", "/big", 0, h_big, NULL));
@@ -317,7 +317,8 @@ static void test_one_backoff_at_a_time(void)
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	cfg.conns_max = 1;
-	keel_http_server *srv = keel_http_server_new(loop, &cfg);
+	keel_http_server *srv;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &cfg));
 	ASSERT_OK(keel_http_route(srv, "GET", "/hello", 0, h_hello, NULL));
 	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
 	ASSERT_OK(lfd);
@@ -455,8 +456,8 @@ static void test_clock_fresh_before_the_wait(void)
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	cfg.send_timeout_ms = 50;
-	keel_http_server *srv = keel_http_server_new(loop, &cfg);
-	ASSERT(srv != NULL);
+	keel_http_server *srv;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &cfg));
 	ASSERT_OK(keel_http_route(srv, "GET", "/big", 0, h_big, NULL));
 	int sv[2];
 	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -560,8 +561,8 @@ static void test_free_right_after_stop_with_access_log(void)
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	cfg.access_log_fd = lp[1];
-	keel_http_server *srv = keel_http_server_new(loop, &cfg);
-	ASSERT(srv != NULL);
+	keel_http_server *srv;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &cfg));
 	ASSERT_OK(keel_http_route(srv, "GET", "/held", 0, h_held, NULL));
 	int c = adopt(srv);
 	static const char req[] = "GET /held HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";

@@ -33,7 +33,9 @@ int main(void)
 	keel_loop *loop;
 	if (keel_loop_new(&loop, NULL) < 0)
 		return 2;
-	keel_http_server *srv = keel_http_server_new(loop, NULL);
+	keel_http_server *srv;
+	if (keel_http_server_new(&srv, loop, NULL) < 0)
+		return 2;
 	keel_http_route(srv, "GET", "/", 0, h_root, NULL);
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)

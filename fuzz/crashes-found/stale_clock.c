@@ -48,7 +48,9 @@ int main(void)
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	cfg.send_timeout_ms = 50;
-	keel_http_server *srv = keel_http_server_new(loop, &cfg);
+	keel_http_server *srv;
+	if (keel_http_server_new(&srv, loop, &cfg) < 0)
+		return 2;
 	keel_http_route(srv, "GET", "/big", 0, h_big, NULL);
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)

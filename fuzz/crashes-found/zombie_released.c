@@ -70,7 +70,9 @@ int main(void)
 	keel_loop *loop;
 	if (keel_loop_new(&loop, NULL) < 0)
 		return 2;
-	keel_http_server *srv = keel_http_server_new(loop, NULL);
+	keel_http_server *srv;
+	if (keel_http_server_new(&srv, loop, NULL) < 0)
+		return 2;
 	keel_http_route(srv, "POST", "/upload", KEEL_HTTP_STREAM_BODY, h_upload, NULL);
 	int sv[2];
 	socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);

@@ -151,8 +151,16 @@ typedef keel_promise *(*keel_http_handler)(keel_http_request *req, void *ud);
 
 void keel_http_config_default(keel_http_config *cfg);
 
-/* A server on loop; cfg may be NULL. NULL on ENOMEM or bad config. */
-keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg);
+/*
+ * Make a server on loop. cfg may be NULL for the defaults; it is copied
+ * (server_name is borrowed: it must outlive the server). Returns 0 and sets
+ * *out to a server the caller owns (keel_http_server_free), or a negative
+ * errno with *out set to NULL:
+ *   -EINVAL  no loop, or a bad cfg (limits.headers_max, pipeline_max or
+ *            conns_max of 0)
+ *   -ENOMEM  out of memory
+ */
+int keel_http_server_new(keel_http_server **out, keel_loop *loop, const keel_http_config *cfg);
 
 /* Route flags. */
 enum {

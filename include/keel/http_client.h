@@ -55,8 +55,15 @@ typedef struct keel_http_client_config {
 
 void keel_http_client_config_default(keel_http_client_config *cfg);
 
-/* A client on loop; cfg may be NULL for the defaults. NULL on ENOMEM or a bad config. */
-keel_http_client *keel_http_client_new(keel_loop *loop, const keel_http_client_config *cfg);
+/*
+ * Make a client on loop. cfg may be NULL for the defaults; it is copied.
+ * Returns 0 and sets *out to a client the caller owns
+ * (keel_http_client_free), or a negative errno with *out set to NULL:
+ *   -EINVAL  no loop, or a bad cfg (pool_max or limits.headers_max of 0)
+ *   -ENOMEM  out of memory
+ */
+int keel_http_client_new(keel_http_client **out, keel_loop *loop,
+                         const keel_http_client_config *cfg);
 
 /*
  * Close every connection; requests still waiting or in flight reject with

@@ -61,9 +61,14 @@ void keel_loop_opts_default(keel_loop_opts *opts);
 
 /*
  * Create a loop on the calling thread. opts may be NULL for defaults.
- * Returns 0 and sets *out, or a negative errno / KEEL_EBACKEND when the
- * backend forced by opts or $KEEL_BACKEND cannot run. The backend choice is
- * logged once per process to stderr unless opts->quiet.
+ * Returns 0 and sets *out to a loop the caller owns (keel_loop_free), or a
+ * negative errno with *out set to NULL: -EINVAL for bad opts, -ENOMEM, an
+ * error from setting up the backend, or KEEL_EBACKEND when the backend
+ * forced by opts or $KEEL_BACKEND cannot run. The backend choice is logged
+ * once per process to stderr unless opts->quiet.
+ *
+ * Every keel object constructor has this shape, int keel_x_new(keel_x **out,
+ * ...) (keel/promise.h says why keel_promise_new and keel_ctx_new do not).
  */
 int keel_loop_new(keel_loop **out, const keel_loop_opts *opts);
 

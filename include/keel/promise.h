@@ -17,6 +17,11 @@
  * Errors are negative errno values (or KEEL_E* codes), the same numbers keel
  * returns everywhere else. Cancellation settles with -ECANCELED once the
  * producer has let go of everything it lent to the kernel.
+ *
+ * keel_promise_new and keel_ctx_new return the object itself, unlike the
+ * `int keel_x_new(keel_x **out, ...)` constructors: they are per-operation
+ * allocators from the loop's pools, on the hot path, and cannot fail (out
+ * of memory aborts), so there is no error to return.
  */
 #ifndef KEEL_PROMISE_H
 #define KEEL_PROMISE_H

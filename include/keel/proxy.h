@@ -36,7 +36,9 @@
  * on every upstream each health_interval_ms.
  *
  * Usage:
- *   keel_proxy *px = keel_proxy_new(loop, &cfg);
+ *   keel_proxy *px;
+ *   int err = keel_proxy_new(&px, loop, &cfg);
+ *   if (err < 0) ... keel_strerror(err) ...
  *   keel_http_route(srv, NULL, "/", KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY,
  *                   keel_proxy_handler, px);
  */
@@ -73,8 +75,19 @@ typedef struct keel_proxy_config {
 
 void keel_proxy_config_default(keel_proxy_config *cfg);
 
-/* A proxy on loop (one per loop). NULL on ENOMEM or a bad config (no upstreams, a bad address). */
-keel_proxy *keel_proxy_new(keel_loop *loop, const keel_proxy_config *cfg);
+/*
+ * Make a proxy on loop (one per loop). cfg is required and copied (the
+ * upstream names, health_path and via too: the caller's strings may go once
+ * this returns). Returns 0 and sets *out to a proxy the caller owns
+ * (keel_proxy_free), or a negative errno with *out set to NULL:
+ *   -EINVAL  no loop or no cfg, or a bad cfg: no upstreams, an upstream that
+ *            is not HOST:PORT, a health_path not starting with '/', a via
+ *            too long for the header, balance or underscores out of range,
+ *            or a bad cfg->client (keel_http_client_new)
+ *   -ENOMEM  out of memory
+ * Upstream names are only checked for form here; they are resolved on use.
+ */
+int keel_proxy_new(keel_proxy **out, keel_loop *loop, const keel_proxy_config *cfg);
 
 /* Requests still being proxied are cut off (their clients' connections close). */
 void keel_proxy_free(keel_proxy *px);

@@ -1,7 +1,9 @@
 /*
  * Static files for keel's HTTP server.
  *
- *   keel_static *st = keel_static_new("/srv/www");
+ *   keel_static *st;
+ *   int err = keel_static_new(&st, "/srv/www");
+ *   if (err < 0) ... keel_strerror(err) ...
  *   keel_http_route(srv, NULL, "/", true, keel_static_handler, st);
  *
  * Paths are percent-decoded and normalized, then opened beneath the root
@@ -18,8 +20,17 @@
 
 typedef struct keel_static keel_static;
 
-/* Serve the tree under dir. NULL (errno set) if dir cannot be opened. */
-keel_static *keel_static_new(const char *dir);
+/*
+ * Serve the tree under dir, which is opened here and not kept (dir is
+ * borrowed for the call only). Returns 0 and sets *out to an object the
+ * caller owns (keel_static_free), or a negative errno with *out set to NULL:
+ *   -EINVAL        dir is NULL
+ *   -ENOENT        dir does not exist
+ *   -ENOTDIR       dir (or a component of its path) is not a directory
+ *   -EACCES, -ELOOP, -ENAMETOOLONG, -EMFILE, ...: as open(2) on dir
+ *   -ENOMEM        out of memory
+ */
+int keel_static_new(keel_static **out, const char *dir);
 void keel_static_free(keel_static *st);
 
 /* The handler; ud is the keel_static. */

@@ -51,10 +51,17 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 {
 	struct serve_cfg *cfg = arg;
 	struct serve_worker w = {0};
-	w.st = keel_static_new(cfg->dir);
-	w.srv = keel_http_server_new(loop, &cfg->http);
-	if (!w.st || !w.srv) {
-		keel_log(KEEL_LOG_ERROR, "serve: cannot set up the server");
+	int err = keel_static_new(&w.st, cfg->dir);
+	if (err < 0) {
+		keel_log(KEEL_LOG_ERROR, "serve: %s: %s", cfg->dir, keel_strerror(err));
+		close(lfd);
+		return CLI_FAIL;
+	}
+	err = keel_http_server_new(&w.srv, loop, &cfg->http);
+	if (err < 0) {
+		keel_log(KEEL_LOG_ERROR, "serve: cannot set up the server: %s", keel_strerror(err));
+		keel_static_free(w.st);
+		close(lfd);
 		return CLI_FAIL;
 	}
 	keel_http_route(w.srv, NULL, "/", KEEL_HTTP_PREFIX, keel_static_handler, w.st);

@@ -56,13 +56,15 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 		keel_proxy_config pcfg = up->proxy;
 		pcfg.upstreams = (const char *const *)up->servers;
 		pcfg.nupstreams = up->nservers;
-		w->proxies[i] = keel_proxy_new(loop, &pcfg);
-		if (!w->proxies[i]) {
-			keel_log(KEEL_LOG_ERROR, "upstream %s: cannot set up its proxy", up->name);
-			return -ENOMEM;
+		int err = keel_proxy_new(&w->proxies[i], loop, &pcfg);
+		if (err < 0) {
+			keel_log(KEEL_LOG_ERROR, "upstream %s: cannot set up its proxy: %s",
+			         up->name, keel_strerror(err));
+			return err;
 		}
 		/* Its counters on the status page, if there is one. */
-		int err = keel_http_status_add(w->srv, "upstream", up->name, keel_proxy_metrics, w->proxies[i]);
+		err = keel_http_status_add(w->srv, "upstream", up->name, keel_proxy_metrics,
+		                           w->proxies[i]);
 		if (err < 0)
 			keel_log(KEEL_LOG_WARN, "upstream %s: not on the status page: %s", up->name, keel_strerror(err));
 	}
@@ -72,11 +74,10 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 		int err = 0;
 		switch (r->kind) {
 		case CLI_ROUTE_STATIC:
-			w->statics[i] = keel_static_new(r->dir);
-			if (!w->statics[i]) {
-				err = -errno;
+			err = keel_static_new(&w->statics[i], r->dir);
+			if (err < 0) {
 				keel_log(KEEL_LOG_ERROR, "route %s: static %s: %s", r->path, r->dir,
-				         strerror(errno));
+				         keel_strerror(err));
 				return err;
 			}
 			err = keel_http_route(w->srv, NULL, r->path, flags, keel_static_handler,
@@ -116,14 +117,20 @@ static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	keel_loop_set_data(loop, &w);
 	w.proxies = calloc(cfg->nups ? cfg->nups : 1, sizeof(*w.proxies));
 	w.statics = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(*w.statics));
-	w.srv = keel_http_server_new(loop, &cfg->http);
-	if (!w.proxies || !w.statics || !w.srv) {
-		keel_log(KEEL_LOG_ERROR, "worker %d: cannot set up the server", index);
+	if (!w.proxies || !w.statics) {
+		keel_log(KEEL_LOG_ERROR, "worker %d: cannot set up the server: %s", index,
+		         keel_strerror(-ENOMEM));
+		goto out_free;
+	}
+	int err = keel_http_server_new(&w.srv, loop, &cfg->http);
+	if (err < 0) {
+		keel_log(KEEL_LOG_ERROR, "worker %d: cannot set up the server: %s", index,
+		         keel_strerror(err));
 		goto out_free;
 	}
 	if (site_build(loop, &w, cfg) < 0)
 		goto out_free;
-	int err = keel_http_server_start(w.srv, lfd);
+	err = keel_http_server_start(w.srv, lfd);
 	if (err < 0) {
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot start the server: %s", index,
 		         keel_strerror(err));

@@ -230,6 +230,7 @@ int keel__thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 
 int keel_loop_new(keel_loop **out, const keel_loop_opts *user_opts)
 {
+	*out = NULL;
 	keel_loop_opts opts;
 	if (user_opts)
 		opts = *user_opts;

@@ -27,21 +27,24 @@ void keel_http_client_config_default(keel_http_client_config *cfg)
 	keel_http_limits_default(&cfg->limits);
 }
 
-keel_http_client *keel_http_client_new(keel_loop *loop, const keel_http_client_config *cfg)
+int keel_http_client_new(keel_http_client **out, keel_loop *loop,
+                         const keel_http_client_config *cfg)
 {
+	*out = NULL;
+	keel_http_client_config cc;
+	if (cfg)
+		cc = *cfg;
+	else
+		keel_http_client_config_default(&cc);
+	if (!loop || !cc.pool_max || !cc.limits.headers_max)
+		return -EINVAL;
 	keel_http_client *c = keel__calloc(1, sizeof(*c));
 	if (!c)
-		return NULL;
+		return -ENOMEM;
 	c->loop = loop;
-	if (cfg)
-		c->cfg = *cfg;
-	else
-		keel_http_client_config_default(&c->cfg);
-	if (!c->cfg.pool_max || !c->cfg.limits.headers_max) {
-		free(c);
-		return NULL;
-	}
-	return c;
+	c->cfg = cc;
+	*out = c;
+	return 0;
 }
 
 /* ---- Requests ------------------------------------------------------------- */

@@ -72,52 +72,64 @@ void keel_proxy_config_default(keel_proxy_config *cfg)
 
 static void health_round(keel_proxy *px);
 
-keel_proxy *keel_proxy_new(keel_loop *loop, const keel_proxy_config *cfg)
+/* Whether cfg is one keel_proxy_new can run with (its client's part is keel_http_client_new's). */
+static bool config_valid(const keel_proxy_config *cfg)
 {
-	if (!cfg || !cfg->nupstreams || !cfg->upstreams)
-		return NULL;
+	if (!cfg->nupstreams || !cfg->upstreams)
+		return false;
 	for (unsigned i = 0; i < cfg->nupstreams; i++)
-		if (!keel_hostport_valid(cfg->upstreams[i]))
-			return NULL;
+		if (!cfg->upstreams[i] || !keel_hostport_valid(cfg->upstreams[i]))
+			return false;
 	if (cfg->health_path && cfg->health_path[0] != '/')
-		return NULL;
+		return false;
+	if (cfg->via && strlen(cfg->via) > VIA_MAX - sizeof("1.1 "))
+		return false;
+	return (unsigned)cfg->balance <= KEEL_PROXY_LEAST_CONN &&
+	       (unsigned)cfg->underscores <= KEEL_PROXY_UNDERSCORES_REJECT;
+}
+
+int keel_proxy_new(keel_proxy **out, keel_loop *loop, const keel_proxy_config *cfg)
+{
+	*out = NULL;
+	if (!loop || !cfg || !config_valid(cfg))
+		return -EINVAL;
 	keel_proxy *px = keel__calloc(1, sizeof(*px));
 	if (!px)
-		return NULL;
+		return -ENOMEM;
 	px->loop = loop;
 	px->cfg = *cfg;
 	px->cfg.upstreams = NULL; /* copied below */
+	px->cfg.via = NULL;       /* formatted into px->via below */
+	int err = keel_http_client_new(&px->client, loop, &cfg->client);
+	if (err < 0)
+		goto out_free_px;
+	err = -ENOMEM;
 	px->ups = keel__calloc(cfg->nupstreams, sizeof(*px->ups));
-	px->client = keel_http_client_new(loop, &cfg->client);
-	if (!px->ups || !px->client)
-		goto fail;
+	if (!px->ups)
+		goto out_free_client;
 	px->nups = cfg->nupstreams;
 	for (unsigned i = 0; i < px->nups; i++)
 		if (!(px->ups[i].name = strdup(cfg->upstreams[i])))
-			goto fail;
-	if (cfg->via && *cfg->via) {
-		int n = snprintf(px->via, sizeof(px->via), "1.1 %s", cfg->via);
-		if (n < 0 || (size_t)n >= sizeof(px->via))
-			goto fail;
-		px->via_len = (size_t)n;
-	}
+			goto out_free_ups;
+	px->cfg.health_path = strdup(cfg->health_path ? cfg->health_path : "/");
 	if (!px->cfg.health_path)
-		px->cfg.health_path = "/";
-	px->cfg.health_path = strdup(px->cfg.health_path);
-	if (!px->cfg.health_path)
-		goto fail;
-	px->cfg.via = NULL;
+		goto out_free_ups;
+	if (cfg->via && *cfg->via) /* fits: config_valid */
+		px->via_len = (size_t)snprintf(px->via, sizeof(px->via), "1.1 %s", cfg->via);
 	if (px->cfg.health_interval_ms)
 		health_round(px);
-	return px;
-fail:
-	if (px->client)
-		keel_http_client_free(px->client);
-	for (unsigned i = 0; px->ups && i < px->nups; i++)
+	*out = px;
+	return 0;
+
+out_free_ups:
+	for (unsigned i = 0; i < px->nups; i++)
 		free(px->ups[i].name);
 	free(px->ups);
+out_free_client:
+	keel_http_client_free(px->client); /* no connection yet: freed at once */
+out_free_px:
 	free(px);
-	return NULL;
+	return err;
 }
 
 static void proxy_release(keel_proxy *px)

@@ -84,26 +84,28 @@ void keel_http_config_default(keel_http_config *cfg)
 	cfg->body_mem_max = 64 << 20;
 }
 
-keel_http_server *keel_http_server_new(keel_loop *loop, const keel_http_config *cfg)
+int keel_http_server_new(keel_http_server **out, keel_loop *loop, const keel_http_config *cfg)
 {
+	*out = NULL;
+	keel_http_config c;
+	if (cfg)
+		c = *cfg;
+	else
+		keel_http_config_default(&c);
+	if (!loop || !c.limits.headers_max || !c.pipeline_max || !c.conns_max)
+		return -EINVAL;
 	keel_http_server *s = keel__calloc(1, sizeof(*s));
 	if (!s)
-		return NULL;
+		return -ENOMEM;
 	s->loop = loop;
-	if (cfg)
-		s->cfg = *cfg;
-	else
-		keel_http_config_default(&s->cfg);
-	if (!s->cfg.limits.headers_max || !s->cfg.pipeline_max || !s->cfg.conns_max) {
-		free(s);
-		return NULL;
-	}
+	s->cfg = c;
 	keel_acceptor_init(&s->acc, loop, s->cfg.conns_max, &acceptor_ops, s);
 	s->server_name_len = s->cfg.server_name ? strlen(s->cfg.server_name) : 0;
 	s->req_size = sizeof(keel_http_request) + s->cfg.limits.headers_max * sizeof(keel_http_header);
 	keel_timer_init(&s->grace, grace_over);
 	keel_timer_init(&s->trim_timer, trim_due);
-	return s;
+	*out = s;
+	return 0;
 }
 
 /* The Date header, formatted at most once per second. */

@@ -180,18 +180,22 @@ long keel__path_normalize(const char *path, size_t len, char *out)
 	return (long)o;
 }
 
-keel_static *keel_static_new(const char *dir)
+int keel_static_new(keel_static **out, const char *dir)
 {
+	*out = NULL;
+	if (!dir)
+		return -EINVAL;
 	int fd = open(dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return NULL;
-	keel_static *st = calloc(1, sizeof(*st));
+		return -errno;
+	keel_static *st = keel__calloc(1, sizeof(*st));
 	if (!st) {
 		close(fd);
-		return NULL;
+		return -ENOMEM;
 	}
 	st->rootfd = fd;
-	return st;
+	*out = st;
+	return 0;
 }
 
 void keel_static_free(keel_static *st)
