@@ -169,8 +169,8 @@ static keel_outcome call_done(keel_ctx *ctx, keel_outcome in, void *ud)
 }
 
 /* GET path?sym=<f->sym> on upstream, bounded by --timeout-ms. */
-static keel_promise *call_start(struct worker *w, keel_ctx *ctx, struct call *c,
-                                const char *upstream, const char *path)
+static keel_promise *call_start(struct worker *w, keel_ctx *ctx, struct call *c, const char *upstream,
+                                const char *path)
 {
 	size_t n = strlen(path) + sizeof("?sym=") + SYM_MAX;
 	char *target = keel_ctx_alloc(ctx, n);
@@ -179,8 +179,7 @@ static keel_promise *call_start(struct worker *w, keel_ctx *ctx, struct call *c,
 	snprintf(target, n, "%s?sym=%s", path, c->f->sym); /* sym was checked: URL-safe as it is */
 	c->rq.upstream = upstream;
 	c->rq.target = target;
-	keel_promise *p =
-	    keel_promise_bind_ctx(keel_http_client_request_send(w->client, &c->rq), ctx);
+	keel_promise *p = keel_promise_bind_ctx(keel_http_client_request_send(w->client, &c->rq), ctx);
 	p = keel_then(p, call_parse, c);
 	/* At the deadline keel_timeout cancels the request: the client aborts it, socket too. */
 	return keel_then(keel_timeout(p, opt.timeout_ms), call_done, c);
@@ -255,9 +254,8 @@ static keel_outcome quote_done(keel_ctx *ctx, keel_outcome in, void *ud)
 	if (in.err)
 		return in;
 	cJSON *o = cJSON_CreateObject();
-	bool ok = o && cJSON_AddStringToObject(o, "sym", f->sym) &&
-	          take(o, f->calls[0].doc, "price") && take(o, f->calls[1].doc, "name") &&
-	          take(o, f->calls[1].doc, "currency");
+	bool ok = o && cJSON_AddStringToObject(o, "sym", f->sym) && take(o, f->calls[0].doc, "price") &&
+	          take(o, f->calls[1].doc, "name") && take(o, f->calls[1].doc, "currency");
 	if (!ok) {
 		cJSON_Delete(o);
 		return keel_fail(-ENOMEM);
@@ -330,11 +328,10 @@ static struct fan *fan_new(keel_http_request *req, keel_promise **p)
 	int err = query_sym(req->query, f->sym);
 	if (err) {
 		*p = keel_promise_new(req->loop);
-		keel_promise_settle(*p, answer_error(f, 400,
-		                                     err == -ENOENT
-		                                         ? "missing sym"
-		                                         : "bad sym: want [A-Za-z0-9.]{1,16}",
-		                                     NULL));
+		keel_promise_settle(
+		    *p,
+		    answer_error(f, 400, err == -ENOENT ? "missing sym" : "bad sym: want [A-Za-z0-9.]{1,16}",
+		                 NULL));
 		return NULL;
 	}
 	return f;
@@ -394,8 +391,7 @@ static keel_promise *route_fast(keel_http_request *req, void *ud)
 static keel_promise *route_not_found(keel_http_request *req, void *ud)
 {
 	(void)ud;
-	static const char body[] =
-	    "{\"error\":\"not found: try /quote?sym=ACME or /fast?sym=ACME\"}\n";
+	static const char body[] = "{\"error\":\"not found: try /quote?sym=ACME or /fast?sym=ACME\"}\n";
 	return keel_http_respond(req, 404, "application/json", body, sizeof(body) - 1);
 }
 
@@ -430,8 +426,8 @@ static int worker_init(struct worker *w)
 	if (err < 0)
 		return err;
 	for (size_t i = 0; opt.demo && i < DEMO_UPS; i++) {
-		w->up_lfd[i] = svc_start(w->loop, demo_ups[i].addr, KEEL_TCP_REUSEPORT,
-		                         &demo_ups[i].conf, &w->ups[i]);
+		w->up_lfd[i] =
+		    svc_start(w->loop, demo_ups[i].addr, KEEL_TCP_REUSEPORT, &demo_ups[i].conf, &w->ups[i]);
 		if (w->up_lfd[i] < 0) {
 			fprintf(stderr, "fanout: demo upstream on %s: %s\n", demo_ups[i].addr,
 			        keel_strerror(w->up_lfd[i]));
@@ -450,8 +446,7 @@ static int worker_init(struct worker *w)
 	if (!err)
 		err = keel_http_route(s, NULL, "/", KEEL_HTTP_PREFIX, route_not_found, NULL);
 	if (!err)
-		err = keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED,
-		                      keel_http_status, NULL);
+		err = keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
 	return err ? err : keel_http_server_start(s, w->lfd);
 }
 
@@ -489,8 +484,8 @@ static void *worker_main(void *arg)
 /* How to try the demo. */
 static void demo_banner(const char *bound)
 {
-	fprintf(stderr, "fanout: demo upstreams: price %s, info %s, replicas %s and %s (slow)\n",
-	        opt.price, opt.info, opt.replica[0], opt.replica[1]);
+	fprintf(stderr, "fanout: demo upstreams: price %s, info %s, replicas %s and %s (slow)\n", opt.price,
+	        opt.info, opt.replica[0], opt.replica[1]);
 	fprintf(stderr, "try:\n");
 	fprintf(stderr, "  curl -s 'http://%s/quote?sym=ACME'  # All: price + info\n", bound);
 	fprintf(stderr, "  curl -s 'http://%s/fast?sym=ACME'   # Any: fast replica\n", bound);
@@ -599,8 +594,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (status == 0) {
-		fprintf(stderr, "fanout: listening on %s (%ld worker%s, %s, timeout %llu ms)\n",
-		        bound, nworkers, nworkers == 1 ? "" : "s", keel_loop_backend(ws[0].loop),
+		fprintf(stderr, "fanout: listening on %s (%ld worker%s, %s, timeout %llu ms)\n", bound,
+		        nworkers, nworkers == 1 ? "" : "s", keel_loop_backend(ws[0].loop),
 		        (unsigned long long)opt.timeout_ms);
 		if (opt.demo)
 			demo_banner(bound);

@@ -129,20 +129,18 @@ static keel_promise *svc_handle(keel_http_request *req, void *ud)
 {
 	const struct svc_conf *conf = ud;
 	if (conf->fail)
-		return svc_answer(req, conf, 500,
-		                  "{\"error\":\"injected failure\",\"kind\":\"%s\"}\n", conf->kind);
+		return svc_answer(req, conf, 500, "{\"error\":\"injected failure\",\"kind\":\"%s\"}\n",
+		                  conf->kind);
 	char sym[SYM_MAX + 1];
 	int err = query_sym(req->query, sym);
 	if (err == -ENOENT)
 		return svc_answer(req, conf, 400, "{\"error\":\"missing sym\"}\n");
 	if (err)
-		return svc_answer(req, conf, 400,
-		                  "{\"error\":\"bad sym: want [A-Za-z0-9.]{1,16}\"}\n");
+		return svc_answer(req, conf, 400, "{\"error\":\"bad sym: want [A-Za-z0-9.]{1,16}\"}\n");
 	if (strcmp(conf->kind, "info") == 0)
-		return svc_answer(
-		    req, conf, 200,
-		    "{\"sym\":\"%s\",\"name\":\"%s Corporation\",\"currency\":\"USD\"}\n", sym,
-		    sym);
+		return svc_answer(req, conf, 200,
+		                  "{\"sym\":\"%s\",\"name\":\"%s Corporation\",\"currency\":\"USD\"}\n", sym,
+		                  sym);
 	uint32_t h = 2166136261u; /* FNV-1a: the same symbol has the same price everywhere */
 	for (const char *s = sym; *s; s++)
 		h = (h ^ (unsigned char)*s) * 16777619u;
@@ -162,8 +160,8 @@ static keel_promise *svc_not_found(keel_http_request *req, void *ud)
  * Returns the listening socket (the caller closes it after freeing *out)
  * or a negative errno.
  */
-static int svc_start(keel_loop *loop, const char *addr, unsigned tcp_flags,
-                     const struct svc_conf *conf, keel_http_server **out)
+static int svc_start(keel_loop *loop, const char *addr, unsigned tcp_flags, const struct svc_conf *conf,
+                     keel_http_server **out)
 {
 	int lfd = keel_tcp_listen(addr, 1024, tcp_flags);
 	if (lfd < 0)
@@ -176,8 +174,7 @@ static int svc_start(keel_loop *loop, const char *addr, unsigned tcp_flags,
 	if (!err)
 		err = keel_http_route(s, NULL, "/", KEEL_HTTP_PREFIX, svc_not_found, (void *)conf);
 	if (!err)
-		err = keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED,
-		                      keel_http_status, NULL);
+		err = keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
 	if (!err)
 		err = keel_http_server_start(s, lfd);
 	if (err) {
@@ -241,8 +238,7 @@ int main(int argc, char **argv)
 		bool number = optarg && end != optarg && !*end && v >= 0;
 		if (c == 'l') {
 			addr = optarg;
-		} else if (c == 'k' &&
-		           (strcmp(optarg, "price") == 0 || strcmp(optarg, "info") == 0)) {
+		} else if (c == 'k' && (strcmp(optarg, "price") == 0 || strcmp(optarg, "info") == 0)) {
 			conf.kind = optarg;
 		} else if (c == 'd' && number && v <= 3600000) {
 			conf.delay_ms = (uint64_t)v;
@@ -277,9 +273,8 @@ int main(int argc, char **argv)
 	keel_promise_done(sig, svc_signalled, &m);
 	char bound[128];
 	svc_bound_addr(addr, lfd, bound, sizeof(bound));
-	fprintf(stderr, "fanout_svc: listening on %s (kind %s, delay %llu ms%s, %s)\n", bound,
-	        conf.kind, (unsigned long long)conf.delay_ms, conf.fail ? ", failing" : "",
-	        keel_loop_backend(loop));
+	fprintf(stderr, "fanout_svc: listening on %s (kind %s, delay %llu ms%s, %s)\n", bound, conf.kind,
+	        (unsigned long long)conf.delay_ms, conf.fail ? ", failing" : "", keel_loop_backend(loop));
 	keel_loop_run(loop);
 	keel_http_server_free(m.srv);
 	close(lfd);

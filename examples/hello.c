@@ -110,8 +110,7 @@ static void *worker_main(void *arg)
 	if (err == 0) {
 		err = keel_http_server_new(&w->srv, w->loop, w->cfg);
 		if (err < 0) {
-			fprintf(stderr, "hello: cannot set up the server: %s\n",
-			        keel_strerror(err));
+			fprintf(stderr, "hello: cannot set up the server: %s\n", keel_strerror(err));
 			keel_loop_free(w->loop);
 		}
 	}
@@ -120,7 +119,8 @@ static void *worker_main(void *arg)
 		keel_http_route(w->srv, "GET", "/work", false, work, NULL);
 		keel_http_route(w->srv, "GET", "/sleep", false, sleep_route, NULL);
 		if (w->status)
-			keel_http_route(w->srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, w->label);
+			keel_http_route(w->srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status,
+			                w->label);
 		keel_http_server_start(w->srv, w->lfd);
 	}
 	pthread_mutex_lock(&w->mu);
@@ -139,12 +139,12 @@ static void *worker_main(void *arg)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {{"listen", required_argument, NULL, 'l'},
-	                                      {"workers", required_argument, NULL, 'w'},
-	                                      {"max-conns", required_argument, NULL, 'm'},
-	                                      {"queue-delay-us", required_argument, NULL, 'q'},
-	                                      {"status", no_argument, NULL, 's'},
-	                                      {"help", no_argument, NULL, 'h'},
-	                                      {NULL, 0, NULL, 0}};
+	                                     {"workers", required_argument, NULL, 'w'},
+	                                     {"max-conns", required_argument, NULL, 'm'},
+	                                     {"queue-delay-us", required_argument, NULL, 'q'},
+	                                     {"status", no_argument, NULL, 's'},
+	                                     {"help", no_argument, NULL, 'h'},
+	                                     {NULL, 0, NULL, 0}};
 	static const char usage[] = "usage: %s [--listen ADDR:PORT] [--workers N] [--max-conns N] "
 	                            "[--queue-delay-us N] [--status]\n";
 	const char *addr = "127.0.0.1:8080";
@@ -194,7 +194,8 @@ int main(int argc, char **argv)
 		}
 		if (i == 0) {
 			const char *colon = strrchr(addr, ':');
-			snprintf(bound, sizeof(bound), "%.*s:%d", (int)(colon - addr), addr, keel_tcp_port(ws[0].lfd));
+			snprintf(bound, sizeof(bound), "%.*s:%d", (int)(colon - addr), addr,
+			         keel_tcp_port(ws[0].lfd));
 		}
 		ws[i].cfg = &cfg;
 		ws[i].status = status;
@@ -211,7 +212,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	fprintf(stderr, "hello: listening on %s (%ld workers, %s)\n", bound, n, keel_loop_backend(ws[0].loop));
+	fprintf(stderr, "hello: listening on %s (%ld workers, %s)\n", bound, n,
+	        keel_loop_backend(ws[0].loop));
 	int sig;
 	sigwait(&set, &sig);
 	for (long i = 0; i < n; i++)

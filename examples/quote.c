@@ -158,7 +158,7 @@ static keel_promise *call(keel_ctx *ctx, const struct sockaddr_in *to, const cha
 	c->reply = keel_ctx_alloc(ctx, 96);
 	c->fd = -1;
 	keel_promise *p = keel_promise_bind_ctx(
-		keel_connect(loop, (const struct sockaddr *)to, sizeof(*to), CALL_TIMEOUT_MS), ctx);
+	    keel_connect(loop, (const struct sockaddr *)to, sizeof(*to), CALL_TIMEOUT_MS), ctx);
 	p = keel_flat_map(p, call_send, c);
 	p = keel_flat_map(p, call_recv, c);
 	p = keel_map(p, call_parse, c);
@@ -275,7 +275,8 @@ int main(int argc, char **argv)
 	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
 	int lfd = keel_tcp_listen(addr, 128, 0);
 	if (lfd < 0 || start_upstream(&price, port + 1, &up_price) < 0 ||
-	    start_upstream(&volume, port + 2, &up_volume) < 0 || start_upstream(&slow, port + 3, &up_slow) < 0) {
+	    start_upstream(&volume, port + 2, &up_volume) < 0 ||
+	    start_upstream(&slow, port + 3, &up_slow) < 0) {
 		fprintf(stderr, "quote: cannot listen on ports %d..%d\n", port, port + 3);
 		return 1;
 	}

@@ -82,8 +82,7 @@ static inline size_t fuzz_sched_next(const struct fuzz_sched *s, size_t idx, siz
 		step = s->nsizes ? 1 + s->sizes[idx % s->nsizes] % s->step_max : 1;
 		return len - lim < step ? len : lim + step;
 	case SCHED_WHOLE:
-	default:
-		return len;
+	default: return len;
 	}
 }
 
@@ -98,26 +97,16 @@ struct chunked_out {
 static inline const char *fuzz_rc_name(int rc)
 {
 	switch (rc) {
-	case KEEL_HTTP_INCOMPLETE:
-		return "INCOMPLETE";
-	case KEEL_HTTP_CHUNK_DATA:
-		return "DATA";
-	case KEEL_HTTP_CHUNK_DONE:
-		return "DONE";
-	case KEEL_HTTP_E400:
-		return "E400";
-	case KEEL_HTTP_E413:
-		return "E413";
-	case KEEL_HTTP_E414:
-		return "E414";
-	case KEEL_HTTP_E431:
-		return "E431";
-	case KEEL_HTTP_E501:
-		return "E501";
-	case KEEL_HTTP_E505:
-		return "E505";
-	default:
-		return rc > 0 ? "OK" : "?";
+	case KEEL_HTTP_INCOMPLETE: return "INCOMPLETE";
+	case KEEL_HTTP_CHUNK_DATA: return "DATA";
+	case KEEL_HTTP_CHUNK_DONE: return "DONE";
+	case KEEL_HTTP_E400: return "E400";
+	case KEEL_HTTP_E413: return "E413";
+	case KEEL_HTTP_E414: return "E414";
+	case KEEL_HTTP_E431: return "E431";
+	case KEEL_HTTP_E501: return "E501";
+	case KEEL_HTTP_E505: return "E505";
+	default: return rc > 0 ? "OK" : "?";
 	}
 }
 
@@ -148,8 +137,7 @@ static inline void fuzz_chunked_run(const unsigned char *buf, size_t len, uint64
 		keel_str data = {0};
 		int rc = keel_http_chunked_decode(&d, (const char *)buf, 0, &used, &data);
 		if (rc != KEEL_HTTP_INCOMPLETE || used != 0)
-			FUZZ_FAIL("empty call on a fresh decoder: rc=%s used=%zu", fuzz_rc_name(rc),
-			          used);
+			FUZZ_FAIL("empty call on a fresh decoder: rc=%s used=%zu", fuzz_rc_name(rc), used);
 	}
 
 	for (;;) {
@@ -176,23 +164,19 @@ static inline void fuzz_chunked_run(const unsigned char *buf, size_t len, uint64
 			break;
 		case KEEL_HTTP_INCOMPLETE:
 			if (used != wlen)
-				FUZZ_FAIL("INCOMPLETE consumed %zu of %zu bytes (stall)", used,
-				          wlen);
+				FUZZ_FAIL("INCOMPLETE consumed %zu of %zu bytes (stall)", used, wlen);
 			break;
 		case KEEL_HTTP_E400:
-		case KEEL_HTTP_E413:
-			used = 0;
-			break;
-		default:
-			FUZZ_FAIL("chunked: undocumented result %d", rc);
+		case KEEL_HTTP_E413: used = 0; break;
+		default: FUZZ_FAIL("chunked: undocumented result %d", rc);
 		}
 		free(w);
 		if (d.total != out->nbytes)
-			FUZZ_FAIL("decoder total %llu != %zu bytes in spans",
-			          (unsigned long long)d.total, out->nbytes);
+			FUZZ_FAIL("decoder total %llu != %zu bytes in spans", (unsigned long long)d.total,
+			          out->nbytes);
 		if (body_max && d.total > body_max)
-			FUZZ_FAIL("decoded %llu bytes past body_max %llu",
-			          (unsigned long long)d.total, (unsigned long long)body_max);
+			FUZZ_FAIL("decoded %llu bytes past body_max %llu", (unsigned long long)d.total,
+			          (unsigned long long)body_max);
 		out->rc = rc;
 		if (rc < 0 && rc != KEEL_HTTP_INCOMPLETE)
 			break;
@@ -227,11 +211,9 @@ static inline void fuzz_chunked_same(const struct chunked_out *a, const struct c
                                      const char *what)
 {
 	if (a->rc != b->rc || a->nbytes != b->nbytes || a->total != b->total ||
-	    (a->rc == KEEL_HTTP_CHUNK_DONE && a->end != b->end) ||
-	    memcmp(a->bytes, b->bytes, a->nbytes) != 0)
-		FUZZ_FAIL("chunked %s differs: rc %s/%s bytes %zu/%zu end %zu/%zu", what,
-		          fuzz_rc_name(a->rc), fuzz_rc_name(b->rc), a->nbytes, b->nbytes, a->end,
-		          b->end);
+	    (a->rc == KEEL_HTTP_CHUNK_DONE && a->end != b->end) || memcmp(a->bytes, b->bytes, a->nbytes) != 0)
+		FUZZ_FAIL("chunked %s differs: rc %s/%s bytes %zu/%zu end %zu/%zu", what, fuzz_rc_name(a->rc),
+		          fuzz_rc_name(b->rc), a->nbytes, b->nbytes, a->end, b->end);
 }
 
 /* ---- Head checks shared by the request and response drivers ------------ */
@@ -348,9 +330,8 @@ struct fuzz_fields {
  * line's CRLF, and the last line followed by the blank line. Every
  * Content-Length must equal content_length. Fills in *f.
  */
-static inline void fuzz_check_fields(const char *buf, size_t hl, const char *next,
-                                     const keel_http_msg *m, const keel_http_header *hdrs,
-                                     unsigned cap, const keel_http_limits *lim,
+static inline void fuzz_check_fields(const char *buf, size_t hl, const char *next, const keel_http_msg *m,
+                                     const keel_http_header *hdrs, unsigned cap, const keel_http_limits *lim,
                                      struct fuzz_fields *f)
 {
 	memset(f, 0, sizeof(*f));
@@ -431,8 +412,7 @@ typedef int (*fuzz_parse_fn)(const char *buf, size_t len, size_t prev_len, keel_
                              keel_http_header *headers, unsigned cap, const keel_http_limits *lim,
                              const void *ctx);
 typedef void (*fuzz_check_fn)(const char *buf, size_t len, int rc, const keel_http_msg *m,
-                              const keel_http_header *hdrs, unsigned cap,
-                              const keel_http_limits *lim);
+                              const keel_http_header *hdrs, unsigned cap, const keel_http_limits *lim);
 
 struct fuzz_parser {
 	fuzz_parse_fn parse;
@@ -440,7 +420,7 @@ struct fuzz_parser {
 	const void *ctx;
 	unsigned cap;
 	const keel_http_limits *lim; /* for the checks */
-	bool null_limits; /* pass NULL (the defaults) to the parser; lim must be the defaults */
+	bool null_limits;            /* pass NULL (the defaults) to the parser; lim must be the defaults */
 };
 
 struct fuzz_parse {
@@ -461,8 +441,8 @@ static inline const char *fuzz_rebase(const char *ptr, const char *from, const c
  * is not INCOMPLETE. Prefix calls get exact-size copies so ASan catches a
  * read past len, and each one's result is checked. The last call sees buf.
  */
-static inline void fuzz_parse_pieces(const struct fuzz_parser *ps, struct fuzz_parse *p,
-                                     const char *buf, size_t len, const struct fuzz_sched *s)
+static inline void fuzz_parse_pieces(const struct fuzz_parser *ps, struct fuzz_parse *p, const char *buf,
+                                     size_t len, const struct fuzz_sched *s)
 {
 	const keel_http_limits *plim = ps->null_limits ? NULL : ps->lim;
 	size_t prev = 0, idx = 0;
@@ -487,10 +467,8 @@ static inline void fuzz_parse_pieces(const struct fuzz_parser *ps, struct fuzz_p
 				m->reason.ptr = fuzz_rebase(m->reason.ptr, w, buf);
 				m->host.ptr = fuzz_rebase(m->host.ptr, w, buf);
 				for (unsigned i = 0; i < m->nheaders; i++) {
-					p->hdrs[i].name.ptr =
-					    fuzz_rebase(p->hdrs[i].name.ptr, w, buf);
-					p->hdrs[i].value.ptr =
-					    fuzz_rebase(p->hdrs[i].value.ptr, w, buf);
+					p->hdrs[i].name.ptr = fuzz_rebase(p->hdrs[i].name.ptr, w, buf);
+					p->hdrs[i].value.ptr = fuzz_rebase(p->hdrs[i].value.ptr, w, buf);
 				}
 			}
 			p->base = buf;
@@ -510,8 +488,7 @@ static inline bool fuzz_str_same(keel_str a, const char *abase, keel_str b, cons
 }
 
 /* The same bytes parsed two ways: the same verdict, and on success the same message. */
-static inline void fuzz_same_parse(const struct fuzz_parse *a, const struct fuzz_parse *b,
-                                   const char *what)
+static inline void fuzz_same_parse(const struct fuzz_parse *a, const struct fuzz_parse *b, const char *what)
 {
 	if (a->rc != b->rc) {
 		bool both_errors = a->rc < -1 && b->rc < -1;
@@ -569,8 +546,8 @@ static inline void fuzz_parse_three_ways(const struct fuzz_parser *ps, struct fu
 
 static inline bool fuzz_is_head_error(int rc)
 {
-	return rc == KEEL_HTTP_E400 || rc == KEEL_HTTP_E414 || rc == KEEL_HTTP_E431 ||
-	       rc == KEEL_HTTP_E501 || rc == KEEL_HTTP_E505;
+	return rc == KEEL_HTTP_E400 || rc == KEEL_HTTP_E414 || rc == KEEL_HTTP_E431 || rc == KEEL_HTTP_E501 ||
+	       rc == KEEL_HTTP_E505;
 }
 
 /*

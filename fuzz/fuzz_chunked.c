@@ -24,8 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static void schedules(const uint8_t *data, size_t size)
 {
 	struct fuzz_sched whole = {.kind = SCHED_WHOLE};
-	struct fuzz_sched split = {.kind = SCHED_SPLIT,
-	                           .k = size ? (size_t)data[0] * size / 255 : 0};
+	struct fuzz_sched split = {.kind = SCHED_SPLIT, .k = size ? (size_t)data[0] * size / 255 : 0};
 	struct fuzz_sched bytes = {.kind = SCHED_STEPS};
 	struct fuzz_sched steps = {.kind = SCHED_STEPS,
 	                           .sizes = data,
@@ -51,12 +50,11 @@ static void schedules(const uint8_t *data, size_t size)
 	fuzz_chunked_run(data, size, max, &split, &l);
 	if (l.rc == KEEL_HTTP_E413) {
 		if (l.nbytes > a.nbytes || memcmp(l.bytes, a.bytes, l.nbytes) != 0)
-			FUZZ_FAIL(
-			    "body_max %llu: the limited run is not a prefix of the unlimited one",
-			    (unsigned long long)max);
+			FUZZ_FAIL("body_max %llu: the limited run is not a prefix of the unlimited one",
+			          (unsigned long long)max);
 		if (a.rc == KEEL_HTTP_CHUNK_DONE && a.total <= max)
-			FUZZ_FAIL("413 for a %llu-byte body with body_max %llu",
-			          (unsigned long long)a.total, (unsigned long long)max);
+			FUZZ_FAIL("413 for a %llu-byte body with body_max %llu", (unsigned long long)a.total,
+			          (unsigned long long)max);
 	} else {
 		fuzz_chunked_same(&a, &l, "unlimited vs body_max (no 413)");
 	}
@@ -89,8 +87,7 @@ static void puts_(struct enc *e, const char *s)
 /* A valid encoding of data[0..size) must decode to exactly it, ending where it ends. */
 static void round_trip(const uint8_t *data, size_t size)
 {
-	static const char *exts[] = {"",         ";a",  ";name=value", " ;x=\"quoted;str\"",
-	                             ";a=1;b=2", ";\tt"};
+	static const char *exts[] = {"", ";a", ";name=value", " ;x=\"quoted;str\"", ";a=1;b=2", ";\tt"};
 	static const char *trailers[] = {"", "X-Sum: 1\r\n", "A: \r\nB-c: d e\t\r\n",
 	                                 "Server-Timing: total;dur=1\r\n"};
 	struct enc e = {0};
@@ -128,9 +125,8 @@ static void round_trip(const uint8_t *data, size_t size)
 		fuzz_chunked_run((const unsigned char *)e.p, e.n, 0, scheds[s], &o);
 		if (o.rc != KEEL_HTTP_CHUNK_DONE || o.end != body_len || o.nbytes != size ||
 		    (size && memcmp(o.bytes, data, size) != 0))
-			FUZZ_FAIL("round trip (%s): rc=%s end=%zu/%zu bytes=%zu/%zu",
-			          s ? "bytes" : "whole", fuzz_rc_name(o.rc), o.end, body_len,
-			          o.nbytes, size);
+			FUZZ_FAIL("round trip (%s): rc=%s end=%zu/%zu bytes=%zu/%zu", s ? "bytes" : "whole",
+			          fuzz_rc_name(o.rc), o.end, body_len, o.nbytes, size);
 		free(o.bytes);
 	}
 	free(e.p);

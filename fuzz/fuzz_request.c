@@ -83,8 +83,7 @@ static void check_request(const char *buf, size_t len, int rc, const keel_http_m
 	for (size_t i = 0; i < m->host.len; i++) {
 		unsigned char c = (unsigned char)m->host.ptr[i];
 		if (c <= 0x20 || c >= 0x7f || strchr("/?#@\\\"<>{}|^`", c))
-			FUZZ_FAIL("accepted Host \"%.*s\" has byte 0x%02x", (int)m->host.len,
-			          m->host.ptr, c);
+			FUZZ_FAIL("accepted Host \"%.*s\" has byte 0x%02x", (int)m->host.len, m->host.ptr, c);
 	}
 
 	/* Framing follows from the headers and is never ambiguous (no CL with TE, TE only in 1.1).
@@ -97,14 +96,9 @@ static void check_request(const char *buf, size_t len, int rc, const keel_http_m
 		/* Chunked once and alone: any other coding is 501, chunked twice 400. */
 		FUZZ_CHECK(f.te_nchunked == 1 && f.te_nother == 0);
 		break;
-	case KEEL_HTTP_BODY_LENGTH:
-		FUZZ_CHECK(f.nte == 0 && f.ncl >= 1 && m->content_length > 0);
-		break;
-	case KEEL_HTTP_BODY_NONE:
-		FUZZ_CHECK(f.nte == 0 && m->content_length == 0);
-		break;
-	default:
-		FUZZ_FAIL("request body kind %d", (int)m->body);
+	case KEEL_HTTP_BODY_LENGTH: FUZZ_CHECK(f.nte == 0 && f.ncl >= 1 && m->content_length > 0); break;
+	case KEEL_HTTP_BODY_NONE: FUZZ_CHECK(f.nte == 0 && m->content_length == 0); break;
+	default: FUZZ_FAIL("request body kind %d", (int)m->body);
 	}
 
 	bool ka = m->version_minor == 1 ? !f.conn_close : f.conn_ka && !f.conn_close;
@@ -140,8 +134,7 @@ static void run_stream(const char *data, size_t size, const keel_http_limits *li
 			off += end;
 			break;
 		}
-		default:
-			break;
+		default: break;
 		}
 	}
 }
@@ -195,8 +188,7 @@ struct gen_expect {
 	uint64_t content_length;
 };
 
-static const char TCHARS[] =
-    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+static const char TCHARS[] = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /*
  * Build a request every strict parser must accept from the input's bytes:
@@ -215,8 +207,7 @@ static void valid_request(const uint8_t *data, size_t size)
 
 	for (unsigned k = sel % 3; k; k--)
 		gen_puts(&g, "\r\n");
-	static const char *methods[] = {"GET",  "POST",    "PUT",   "DELETE",
-	                                "HEAD", "OPTIONS", "PATCH", NULL};
+	static const char *methods[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", NULL};
 	const char *m = methods[(sel >> 2) % 8];
 	e.method_off = g.len;
 	if (m)
@@ -252,8 +243,7 @@ static void valid_request(const uint8_t *data, size_t size)
 			if (gen_byte(&g) % 4 == 0) {
 				gen_puts(&g, "[::1]");
 			} else {
-				gen_from(&g, "abcdefghijklmnopqrstuvwxyz0123456789-.",
-				         1 + gen_byte(&g) % 24);
+				gen_from(&g, "abcdefghijklmnopqrstuvwxyz0123456789-.", 1 + gen_byte(&g) % 24);
 			}
 			if (gen_byte(&g) & 1) {
 				gen_puts(&g, ":");
@@ -319,8 +309,8 @@ static void valid_request(const uint8_t *data, size_t size)
 	keel_http_msg msg;
 	int rc = keel_http_parse_request(out, g.len, 0, &msg, hdrs, FUZZ_HEADERS_CAP, NULL);
 	if (rc != (int)head_len)
-		FUZZ_FAIL("valid request rejected: %d (%s), head %zu bytes:\n%.*s", rc,
-		          fuzz_rc_name(rc), head_len, (int)head_len, out);
+		FUZZ_FAIL("valid request rejected: %d (%s), head %zu bytes:\n%.*s", rc, fuzz_rc_name(rc),
+		          head_len, (int)head_len, out);
 #define SPAN_AT(s, off, n) ((s).ptr == out + (off) && (s).len == (n))
 	FUZZ_CHECK(SPAN_AT(msg.method, e.method_off, e.method_len));
 	FUZZ_CHECK(SPAN_AT(msg.target, e.target_off, e.target_len));
@@ -356,8 +346,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	    .head_max = 40 + (size * 7) % 251,
 	    .headers_max = 1 + (unsigned)(size % 9),
 	};
-	run_stream(buf, size, &small, size % 3 ? FUZZ_HEADERS_CAP : 1 + (unsigned)(size % 5),
-	           false);
+	run_stream(buf, size, &small, size % 3 ? FUZZ_HEADERS_CAP : 1 + (unsigned)(size % 5), false);
 
 	valid_request(data, size);
 	return 0;

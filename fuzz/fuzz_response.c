@@ -72,8 +72,7 @@ static void check_response(const char *buf, size_t len, int rc, const keel_http_
 	fuzz_check_fields(buf, hl, eol + 2, m, hdrs, cap, lim, &f);
 
 	bool head = keel_str_eq(cur_method, "HEAD"), connect = keel_str_eq(cur_method, "CONNECT");
-	bool bodiless =
-	    status < 200 || status == 204 || status == 304 || head || (connect && status < 300);
+	bool bodiless = status < 200 || status == 204 || status == 304 || head || (connect && status < 300);
 	switch (m->body) {
 	case KEEL_HTTP_BODY_NONE:
 		/* No body by status or method, or Content-Length: 0 without TE. */
@@ -92,8 +91,7 @@ static void check_response(const char *buf, size_t len, int rc, const keel_http_
 		FUZZ_CHECK(!bodiless && f.ncl == 0 && m->content_length == 0);
 		FUZZ_CHECK(!m->keep_alive);
 		break;
-	default:
-		FUZZ_FAIL("response body kind %d", (int)m->body);
+	default: FUZZ_FAIL("response body kind %d", (int)m->body);
 	}
 	if (f.ncl == 0)
 		FUZZ_CHECK(m->content_length == 0);
@@ -133,10 +131,8 @@ static void run_stream(const char *data, size_t size, const keel_http_limits *li
 			off += end;
 			break;
 		}
-		case KEEL_HTTP_BODY_UNTIL_CLOSE:
-			return;
-		default:
-			break;
+		case KEEL_HTTP_BODY_UNTIL_CLOSE: return;
+		default: break;
 		}
 	}
 }
@@ -159,7 +155,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	};
 	cur_method.ptr = "GET";
 	cur_method.len = 3;
-	run_stream(buf, size, &small, size % 3 ? FUZZ_HEADERS_CAP : 1 + (unsigned)(size % 5),
-	           false);
+	run_stream(buf, size, &small, size % 3 ? FUZZ_HEADERS_CAP : 1 + (unsigned)(size % 5), false);
 	return 0;
 }

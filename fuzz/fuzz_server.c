@@ -261,16 +261,14 @@ static keel_promise *h_slow(keel_http_request *r, void *ud)
 {
 	(void)ud;
 	long ms = 1 + qnum(r->query, "ms", 1) % 5;
-	keel_promise *p =
-	    keel_promise_bind_ctx(keel_sleep(r->loop, (uint64_t)ms), keel_http_request_ctx(r));
+	keel_promise *p = keel_promise_bind_ctx(keel_sleep(r->loop, (uint64_t)ms), keel_http_request_ctx(r));
 	return keel_map(p, slow_done, r);
 }
 
 static keel_promise *h_fail(keel_http_request *r, void *ud)
 {
 	(void)ud;
-	static const int errs[] = {-ENOENT,   -EACCES, -ETIMEDOUT, -EBADMSG,
-	                           -EMSGSIZE, -ENOMEM, -EIO};
+	static const int errs[] = {-ENOENT, -EACCES, -ETIMEDOUT, -EBADMSG, -EMSGSIZE, -ENOMEM, -EIO};
 	keel_promise *p = keel_promise_new(r->loop);
 	keel_promise_reject(p, errs[qnum(r->query, "e", 0) % 7]);
 	return p;
@@ -374,8 +372,7 @@ static keel_promise *h_stream(keel_http_request *r, void *ud)
 	r->resp.stream_ud = s;
 	if (qhas(r->query, "sized")) {
 		char tmp[128];
-		r->resp.stream_length =
-		    (int64_t)stream_body(r->query, tmp) + (qhas(r->query, "lie") ? 1 : 0);
+		r->resp.stream_length = (int64_t)stream_body(r->query, tmp) + (qhas(r->query, "lie") ? 1 : 0);
 	}
 	keel_promise *p = keel_promise_new(r->loop);
 	keel_promise_resolve(p, 0, &r->resp);
@@ -757,8 +754,8 @@ static void server_make(void)
 	    {"GET", "/", KEEL_HTTP_PREFIX, keel_static_handler, g.st}, /* (and HEAD) */
 	};
 	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
-		if (keel_http_route(g.srv, routes[i].method, routes[i].path, routes[i].flags,
-		                    routes[i].fn, routes[i].ud) < 0)
+		if (keel_http_route(g.srv, routes[i].method, routes[i].path, routes[i].flags, routes[i].fn,
+		                    routes[i].ud) < 0)
 			FUZZ_FAIL("route %s", routes[i].path);
 	if (keel_http_status_add(g.srv, "upstream", "fuzz", proxy_metrics, NULL) < 0)
 		FUZZ_FAIL("keel_http_status_add");
@@ -787,8 +784,7 @@ static void setup(void)
 	int rc = keel_loop_new(&g.loop, &lo);
 	if (rc < 0)
 		FUZZ_FAIL("keel_loop_new: %s", keel_strerror(rc));
-	fprintf(stderr, "fuzz_server: backend %s, static root %s\n", keel_loop_backend(g.loop),
-	        g.root);
+	fprintf(stderr, "fuzz_server: backend %s, static root %s\n", keel_loop_backend(g.loop), g.root);
 
 	keel_http_config *c = &g.cfg;
 	keel_http_config_default(c);
@@ -816,8 +812,7 @@ static void setup(void)
 
 	for (int i = 0; i < 2; i++) {
 		g.port[i] = listen_port(&g.lfd[i]);
-		keel_promise_done(keel_accept(g.loop, g.lfd[i], up_accept, NULL), up_accept_ended,
-		                  NULL);
+		keel_promise_done(keel_accept(g.loop, g.lfd[i], up_accept, NULL), up_accept_ended, NULL);
 	}
 	/* A port that refuses: bound, not listening. */
 	g.dead_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -855,9 +850,7 @@ static void proxy_make(unsigned bits)
 	const char *ups[2];
 	unsigned n = 1;
 	switch (bits & 3) {
-	case 0:
-		ups[0] = names[0];
-		break;
+	case 0: ups[0] = names[0]; break;
 	case 1:
 		ups[0] = names[0];
 		ups[1] = names[1];
@@ -967,8 +960,7 @@ static void client_read(struct client *c)
 	}
 	size_t k = c->out_len < 9 ? c->out_len : 9;
 	if (k && memcmp(c->out, "HTTP/1.1 ", k) != 0)
-		FUZZ_FAIL("the server's output starts with \"%.*s\", not \"HTTP/1.1 \"", (int)k,
-		          c->out);
+		FUZZ_FAIL("the server's output starts with \"%.*s\", not \"HTTP/1.1 \"", (int)k, c->out);
 }
 
 static void client_write(struct client *c, const char *p, size_t n, size_t piece)
@@ -1025,8 +1017,7 @@ static size_t next_request(const struct client *c, size_t off, struct creq *q)
 	memset(q, 0, sizeof(*q));
 	if (off >= c->in_len)
 		return off;
-	int rc = keel_http_parse_request(c->in + off, c->in_len - off, 0, &q->m, q->h, 16,
-	                                 &g.cfg.limits);
+	int rc = keel_http_parse_request(c->in + off, c->in_len - off, 0, &q->m, q->h, 16, &g.cfg.limits);
 	if (rc == KEEL_HTTP_INCOMPLETE)
 		return off;
 	if (rc < 0) {
@@ -1054,8 +1045,7 @@ static size_t next_request(const struct client *c, size_t off, struct creq *q)
 		for (;;) {
 			size_t used = 0;
 			keel_str span;
-			int r = keel_http_chunked_decode(&d, c->in + off, c->in_len - off, &used,
-			                                 &span);
+			int r = keel_http_chunked_decode(&d, c->in + off, c->in_len - off, &used, &span);
 			off += used;
 			if (r == KEEL_HTTP_CHUNK_DATA) {
 				memcpy(qbody + q->body_len, span.ptr, span.len);
@@ -1071,9 +1061,7 @@ static size_t next_request(const struct client *c, size_t off, struct creq *q)
 			}
 		}
 	}
-	default:
-		q->body_complete = true;
-		return off;
+	default: q->body_complete = true; return off;
 	}
 }
 
@@ -1150,8 +1138,8 @@ static long expected_body(const struct creq *q, const char *got, size_t got_len)
 			return -1; /* (depends on how the body arrived) */
 		uint32_t a = 1, b = 0;
 		adler(&a, &b, q->body, q->body_len);
-		return snprintf(expect, 64, "bytes %llu adler32 %08x\n",
-		                (unsigned long long)q->body_len, (unsigned)(b << 16 | a));
+		return snprintf(expect, 64, "bytes %llu adler32 %08x\n", (unsigned long long)q->body_len,
+		                (unsigned)(b << 16 | a));
 	}
 	return -1;
 }
@@ -1164,13 +1152,12 @@ static long expected_body(const struct creq *q, const char *got, size_t got_len)
 static void check_client(const struct client *c)
 {
 	if (g.trace)
-		fprintf(stderr, "client %d: wrote %zu bytes, received %zu%s\n", (int)(c - g.cl),
-		        c->in_len, c->out_len, c->eof ? ", then the end" : "");
+		fprintf(stderr, "client %d: wrote %zu bytes, received %zu%s\n", (int)(c - g.cl), c->in_len,
+		        c->out_len, c->eof ? ", then the end" : "");
 	if (c->in_over || c->out_over)
 		return;
 	static struct creq q;
-	keel_http_limits lim = {
-	    .request_line_max = 1 << 16, .head_max = 1 << 16, .headers_max = CHECK_HDRS};
+	keel_http_limits lim = {.request_line_max = 1 << 16, .head_max = 1 << 16, .headers_max = CHECK_HDRS};
 	static keel_http_header rh[CHECK_HDRS];
 	size_t qo = 0, so = 0;
 	unsigned nresp = 0;
@@ -1180,22 +1167,20 @@ static void check_client(const struct client *c)
 			FUZZ_FAIL("client got %zu bytes after response %u, which ended the "
 			          "connection:\n%.*s",
 			          c->out_len - so, nresp - 1,
-			          (int)(c->out_len - so > 300 ? 300 : c->out_len - so),
-			          c->out + so);
+			          (int)(c->out_len - so > 300 ? 300 : c->out_len - so), c->out + so);
 		qo = next_request(c, qo, &q);
 		keel_str method = q.kind == Q_OK ? q.m.method : (keel_str){NULL, 0};
 		keel_http_msg m;
 		int rc;
 		for (;;) {
-			rc = keel_http_parse_response(c->out + so, c->out_len - so, 0, &m, rh,
-			                              CHECK_HDRS, &lim, method);
+			rc = keel_http_parse_response(c->out + so, c->out_len - so, 0, &m, rh, CHECK_HDRS,
+			                              &lim, method);
 			if (rc == KEEL_HTTP_INCOMPLETE)
 				return;
 			if (rc < 0)
-				FUZZ_FAIL("response %u: keel's parser rejects it (%s):\n%.*s",
-				          nresp, fuzz_rc_name(rc),
-				          (int)(c->out_len - so > 400 ? 400 : c->out_len - so),
-				          c->out + so);
+				FUZZ_FAIL("response %u: keel's parser rejects it (%s):\n%.*s", nresp,
+				          fuzz_rc_name(rc),
+				          (int)(c->out_len - so > 400 ? 400 : c->out_len - so), c->out + so);
 			if (m.status >= 200)
 				break;
 			if (m.status != 100 || q.kind != Q_OK || !q.m.expect_continue)
@@ -1207,8 +1192,7 @@ static void check_client(const struct client *c)
 		so += (size_t)rc;
 		if (q.kind != Q_OK && m.status < 400)
 			FUZZ_FAIL("response %u: status %d to a request %s", nresp, m.status,
-			          q.kind == Q_BAD ? "the parser rejects"
-			                          : "that was never completed");
+			          q.kind == Q_BAD ? "the parser rejects" : "that was never completed");
 		if (q.kind == Q_OK && q.m.version_minor == 0 && m.body == KEEL_HTTP_BODY_CHUNKED)
 			FUZZ_FAIL("response %u: chunked body to an HTTP/1.0 request", nresp);
 		size_t blen = 0;
@@ -1228,8 +1212,7 @@ static void check_client(const struct client *c)
 					          "after %zu of its %llu "
 					          "body bytes (%llu ms into the input)",
 					          nresp, (int)q.m.method.len, q.m.method.ptr,
-					          (int)q.m.target.len, q.m.target.ptr,
-					          c->out_len - so,
+					          (int)q.m.target.len, q.m.target.ptr, c->out_len - so,
 					          (unsigned long long)m.content_length,
 					          (unsigned long long)(now_ms() - g.t0_ms));
 				return;
@@ -1244,8 +1227,8 @@ static void check_client(const struct client *c)
 			for (;;) {
 				size_t used = 0;
 				keel_str span;
-				int r = keel_http_chunked_decode(&d, c->out + so, c->out_len - so,
-				                                 &used, &span);
+				int r =
+				    keel_http_chunked_decode(&d, c->out + so, c->out_len - so, &used, &span);
 				so += used;
 				if (r == KEEL_HTTP_CHUNK_DATA) {
 					memcpy(rbody + blen, span.ptr, span.len);
@@ -1255,9 +1238,8 @@ static void check_client(const struct client *c)
 				} else if (r == KEEL_HTTP_INCOMPLETE) {
 					return;
 				} else {
-					FUZZ_FAIL(
-					    "response %u: bad chunked framing from the server (%s)",
-					    nresp, fuzz_rc_name(r));
+					FUZZ_FAIL("response %u: bad chunked framing from the server (%s)",
+					          nresp, fuzz_rc_name(r));
 				}
 			}
 			break;
@@ -1270,31 +1252,29 @@ static void check_client(const struct client *c)
 			so = c->out_len;
 			until_close = true;
 			break;
-		default:
-			break;
+		default: break;
 		}
 		if (q.kind == Q_OK && path_is(&q, "/outside") && m.status < 300)
-			FUZZ_FAIL("response %u: status %d for a symlink out of the static root",
-			          nresp, m.status);
+			FUZZ_FAIL("response %u: status %d for a symlink out of the static root", nresp,
+			          m.status);
 		if (q.kind == Q_OK && m.status == 200 && !keel_str_eq(q.m.method, "HEAD") &&
 		    (!path_is(&q, "/duplex") || q.body_complete)) {
 			long want = expected_body(&q, rbody, blen);
 			if (want >= 0 && ((size_t)want != blen || memcmp(expect, rbody, blen) != 0))
 				FUZZ_FAIL("response %u to %.*s %.*s: body of %zu bytes, expected "
 				          "%ld:\n%.*s",
-				          nresp, (int)q.m.method.len, q.m.method.ptr,
-				          (int)q.m.target.len, q.m.target.ptr, blen, want,
-				          (int)(blen > 200 ? 200 : blen), rbody);
+				          nresp, (int)q.m.method.len, q.m.method.ptr, (int)q.m.target.len,
+				          q.m.target.ptr, blen, want, (int)(blen > 200 ? 200 : blen), rbody);
 		}
 		if (g.trace)
-			fprintf(stderr, "  response %u: %d, %zu body bytes, to %.*s %.*s\n", nresp,
-			        m.status, blen, q.kind == Q_OK ? (int)q.m.method.len : 1,
+			fprintf(stderr, "  response %u: %d, %zu body bytes, to %.*s %.*s\n", nresp, m.status,
+			        blen, q.kind == Q_OK ? (int)q.m.method.len : 1,
 			        q.kind == Q_OK ? q.m.method.ptr : "-",
 			        q.kind == Q_OK ? (int)q.m.target.len : 0,
 			        q.kind == Q_OK ? q.m.target.ptr : "");
 		nresp++;
-		closed = until_close || q.kind != Q_OK || q.body_bad ||
-		         list_has(&m, "connection", "close") || !q.m.keep_alive;
+		closed = until_close || q.kind != Q_OK || q.body_bad || list_has(&m, "connection", "close") ||
+		         !q.m.keep_alive;
 		if (q.kind == Q_OK && !q.body_complete)
 			closed = true; /* what follows cannot be framed */
 	}
@@ -1385,12 +1365,8 @@ static void run_seg(const struct seg *s)
 	unsigned n = s->n < 0 ? 0 : (unsigned)s->n;
 	struct upconn *k;
 	switch (s->op) {
-	case 'w':
-		client_write(client_get(n, true), s->p, s->len, s->k > 0 ? (size_t)s->k : 0);
-		break;
-	case 'o':
-		client_open(n, s->k < 0 ? 0 : (int)s->k);
-		break;
+	case 'w': client_write(client_get(n, true), s->p, s->len, s->k > 0 ? (size_t)s->k : 0); break;
+	case 'o': client_open(n, s->k < 0 ? 0 : (int)s->k); break;
 	case 'r':
 		if (s->n < 0)
 			for (unsigned i = 0; i < CLIENTS; i++)
@@ -1402,9 +1378,7 @@ static void run_seg(const struct seg *s)
 		for (long i = 0; i < (s->n < 0 ? 1 : s->n > TICKS_MAX ? TICKS_MAX : s->n); i++)
 			tick(0);
 		break;
-	case 's':
-		run_ms(s->n);
-		break;
+	case 's': run_ms(s->n); break;
 	case 'h': {
 		struct client *c = client_get(n, false);
 		if (c)
@@ -1412,14 +1386,11 @@ static void run_seg(const struct seg *s)
 		break;
 	}
 	case 'x':
-	case 'c':
-		client_close(client_get(n, false), s->op == 'x');
-		break;
+	case 'c': client_close(client_get(n, false), s->op == 'x'); break;
 	case 'k':
 		if (!g.stopping) {
 			g.stopping = true;
-			keel_promise_done(keel_http_server_stop(g.srv, n % 31), server_stopped,
-			                  NULL);
+			keel_promise_done(keel_http_server_stop(g.srv, n % 31), server_stopped, NULL);
 		}
 		break;
 	case 'u':
@@ -1443,8 +1414,7 @@ static void run_seg(const struct seg *s)
 		if ((k = upconn(s->n)))
 			up_close(k, s->op == 'X' ? UP_RESET : UP_CLOSE);
 		break;
-	default:
-		break; /* (unknown ops are no-ops: the mutator makes many) */
+	default: break; /* (unknown ops are no-ops: the mutator makes many) */
 	}
 }
 
@@ -1479,9 +1449,9 @@ static void wait_until(bool conns_only, const char *what)
 	          "upstream conns %u; ops_inflight %u (base %u) bufs_in_use %u (base %u) "
 	          "promises_live %u "
 	          "(base %u) ctx_live %u (base %u)",
-	          what, DRAIN_TICKS, hs.conns_open, hs.inflight, g.hookless_live, g.nup_open,
-	          ls.ops_inflight, g.base.ops_inflight, ls.bufs_in_use, g.base.bufs_in_use,
-	          ls.promises_live, g.base.promises_live, ls.ctx_live, g.base.ctx_live);
+	          what, DRAIN_TICKS, hs.conns_open, hs.inflight, g.hookless_live, g.nup_open, ls.ops_inflight,
+	          g.base.ops_inflight, ls.bufs_in_use, g.base.bufs_in_use, ls.promises_live,
+	          g.base.promises_live, ls.ctx_live, g.base.ctx_live);
 }
 
 /*

@@ -241,9 +241,10 @@ static void upload_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	keel_str *piece = o.ptr;
 	if (!piece->len) {
-		int n = snprintf(u->out, sizeof(u->out), "bytes %llu pieces %llu maxpiece %llu adler32 %08x\n",
-		                 (unsigned long long)u->bytes, (unsigned long long)u->pieces,
-		                 (unsigned long long)u->maxpiece, (unsigned)(u->b << 16 | u->a));
+		int n =
+		    snprintf(u->out, sizeof(u->out), "bytes %llu pieces %llu maxpiece %llu adler32 %08x\n",
+		             (unsigned long long)u->bytes, (unsigned long long)u->pieces,
+		             (unsigned long long)u->maxpiece, (unsigned)(u->b << 16 | u->a));
 		u->r->resp.status = 200;
 		u->r->resp.content_type = "text/plain";
 		u->r->resp.body.ptr = u->out;
@@ -352,7 +353,8 @@ static keel_promise *h_hookless(keel_http_request *r, void *ud)
 		return NULL;
 	l->r = r;
 	l->p = keel_promise_new(loop);
-	keel_promise_done(keel_sleep(loop, (uint64_t)qnum(r, "ms", 100)), late_fire, l); /* (not the request's) */
+	/* (not the request's) */
+	keel_promise_done(keel_sleep(loop, (uint64_t)qnum(r, "ms", 100)), late_fire, l);
 	return l->p;
 }
 
@@ -372,7 +374,8 @@ static keel_promise *h_pin(keel_http_request *r, void *ud)
 	r->resp.content_type = "text/plain";
 	r->resp.body.ptr = "pin";
 	r->resp.body.len = 3;
-	keel_promise *p = keel_promise_bind_ctx(keel_sleep(loop, (uint64_t)qnum(r, "ms", 100)), keel_http_request_ctx(r));
+	keel_promise *p =
+	    keel_promise_bind_ctx(keel_sleep(loop, (uint64_t)qnum(r, "ms", 100)), keel_http_request_ctx(r));
 	return keel_map(p, pin_done, r);
 }
 
@@ -417,20 +420,30 @@ int main(int argc, char **argv)
 	keel_http_config_default(&cfg);
 	const char *addr = "127.0.0.1:0";
 	const char *static_dir = NULL;
-	unsigned recv_bufs = 0; /* the receive pool's size (a power of two); 0: the default */
+	unsigned recv_bufs = 0;  /* the receive pool's size (a power of two); 0: the default */
 	unsigned sq_entries = 0; /* io_uring submission queue (completion queue: 4x); 0: the default */
 	static const struct option opts[] = {
-		{"listen", 1, NULL, 'l'},           {"body-max", 1, NULL, 'b'},
-		{"conns-max", 1, NULL, 'c'},        {"pipeline-max", 1, NULL, 'p'},
-		{"header-timeout-ms", 1, NULL, 'H'}, {"idle-timeout-ms", 1, NULL, 'I'},
-		{"body-timeout-ms", 1, NULL, 'B'},  {"send-timeout-ms", 1, NULL, 'S'},
-		{"requests-per-conn", 1, NULL, 'r'}, {"headers-max", 1, NULL, 'n'},
-		{"head-max", 1, NULL, 'm'},         {"line-max", 1, NULL, 'L'},
-		{"body-stream-max", 1, NULL, 'M'},  {"queue-delay-max-us", 1, NULL, 'Q'},
-		{"inflight-max", 1, NULL, 'F'},     {"conn-out-max", 1, NULL, 'O'},
-		{"body-mem-max", 1, NULL, 'X'},     {"static", 1, NULL, 'D'},
-		{"recv-bufs", 1, NULL, 'R'},        {"sq-entries", 1, NULL, 'q'},
-		{NULL, 0, NULL, 0},
+	    {"listen", 1, NULL, 'l'},
+	    {"body-max", 1, NULL, 'b'},
+	    {"conns-max", 1, NULL, 'c'},
+	    {"pipeline-max", 1, NULL, 'p'},
+	    {"header-timeout-ms", 1, NULL, 'H'},
+	    {"idle-timeout-ms", 1, NULL, 'I'},
+	    {"body-timeout-ms", 1, NULL, 'B'},
+	    {"send-timeout-ms", 1, NULL, 'S'},
+	    {"requests-per-conn", 1, NULL, 'r'},
+	    {"headers-max", 1, NULL, 'n'},
+	    {"head-max", 1, NULL, 'm'},
+	    {"line-max", 1, NULL, 'L'},
+	    {"body-stream-max", 1, NULL, 'M'},
+	    {"queue-delay-max-us", 1, NULL, 'Q'},
+	    {"inflight-max", 1, NULL, 'F'},
+	    {"conn-out-max", 1, NULL, 'O'},
+	    {"body-mem-max", 1, NULL, 'X'},
+	    {"static", 1, NULL, 'D'},
+	    {"recv-bufs", 1, NULL, 'R'},
+	    {"sq-entries", 1, NULL, 'q'},
+	    {NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {

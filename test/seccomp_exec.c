@@ -60,8 +60,8 @@ int main(int argc, char **argv)
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
 	};
 	struct sock_fprog prog = {
-		.len = (unsigned short)(sizeof(insns) / sizeof(insns[0])),
-		.filter = insns,
+	    .len = (unsigned short)(sizeof(insns) / sizeof(insns[0])),
+	    .filter = insns,
 	};
 
 	/* Lets an unprivileged process install a filter; required before SECCOMP_MODE_FILTER. */

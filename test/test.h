@@ -16,46 +16,46 @@
 
 #define TEST_SKIP 77
 
-#define FAIL(...)                                                                                  \
-	do {                                                                                       \
-		fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                               \
-		fprintf(stderr, __VA_ARGS__);                                                      \
-		fputc('\n', stderr);                                                               \
-		exit(1);                                                                           \
+#define FAIL(...)                                                    \
+	do {                                                         \
+		fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+		fprintf(stderr, __VA_ARGS__);                        \
+		fputc('\n', stderr);                                 \
+		exit(1);                                             \
 	} while (0)
 
-#define ASSERT(cond)                                                                               \
-	do {                                                                                       \
-		if (!(cond))                                                                       \
-			FAIL("%s", #cond);                                                         \
+#define ASSERT(cond)                       \
+	do {                               \
+		if (!(cond))               \
+			FAIL("%s", #cond); \
 	} while (0)
 
-#define ASSERT_EQ(a, b)                                                                            \
-	do {                                                                                       \
-		long long a_ = (long long)(a), b_ = (long long)(b);                                \
-		if (a_ != b_)                                                                      \
-			FAIL("%s == %s: %lld != %lld", #a, #b, a_, b_);                            \
+#define ASSERT_EQ(a, b)                                                 \
+	do {                                                            \
+		long long a_ = (long long)(a), b_ = (long long)(b);     \
+		if (a_ != b_)                                           \
+			FAIL("%s == %s: %lld != %lld", #a, #b, a_, b_); \
 	} while (0)
 
-#define ASSERT_NE(a, b)                                                                            \
-	do {                                                                                       \
-		long long a_ = (long long)(a), b_ = (long long)(b);                                \
-		if (a_ == b_)                                                                      \
-			FAIL("%s != %s: both %lld", #a, #b, a_);                                   \
+#define ASSERT_NE(a, b)                                             \
+	do {                                                        \
+		long long a_ = (long long)(a), b_ = (long long)(b); \
+		if (a_ == b_)                                       \
+			FAIL("%s != %s: both %lld", #a, #b, a_);    \
 	} while (0)
 
-#define ASSERT_GE(a, b)                                                                            \
-	do {                                                                                       \
-		long long a_ = (long long)(a), b_ = (long long)(b);                                \
-		if (a_ < b_)                                                                       \
-			FAIL("%s >= %s: %lld < %lld", #a, #b, a_, b_);                             \
+#define ASSERT_GE(a, b)                                                \
+	do {                                                           \
+		long long a_ = (long long)(a), b_ = (long long)(b);    \
+		if (a_ < b_)                                           \
+			FAIL("%s >= %s: %lld < %lld", #a, #b, a_, b_); \
 	} while (0)
 
-#define ASSERT_OK(expr)                                                                            \
-	do {                                                                                       \
-		int r_ = (expr);                                                                   \
-		if (r_ < 0)                                                                        \
-			FAIL("%s: %s (%d)", #expr, keel_strerror(r_), r_);                         \
+#define ASSERT_OK(expr)                                                    \
+	do {                                                               \
+		int r_ = (expr);                                           \
+		if (r_ < 0)                                                \
+			FAIL("%s: %s (%d)", #expr, keel_strerror(r_), r_); \
 	} while (0)
 
 static inline keel_loop *test_loop(void)

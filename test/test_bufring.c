@@ -209,7 +209,7 @@ static void test_lost_wakeup(void)
 	ASSERT_EQ(write(d[1], "GET / HTTP/1.1\r\n\r\n", 18), 18);
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(l, 1);
-	ASSERT_EQ(got_d, 0); /* parked: no buffer */
+	ASSERT_EQ(got_d, 0);        /* parked: no buffer */
 	keel_buf_release(held2[0]); /* one comes back; B keeps the other */
 	for (int i = 0; i < 1000 && !got_d; i++)
 		keel_loop_run_once(l, 1);
@@ -269,8 +269,8 @@ int main(void)
 	}
 	keel_loop_stats st;
 	keel_loop_get_stats(loop, &st);
-	printf("%d connections x %d KiB through %d buffers: %llu times parked for want of a buffer\n",
-	       CONNS, BYTES / 1024, BUFS, (unsigned long long)st.enobufs);
+	printf("%d connections x %d KiB through %d buffers: %llu times parked for want of a buffer\n", CONNS,
+	       BYTES / 1024, BUFS, (unsigned long long)st.enobufs);
 	ASSERT(st.enobufs > 0); /* the pool really ran dry */
 	ASSERT_EQ(st.bufs_in_use, 0);
 

@@ -24,18 +24,18 @@
 #include "http/date.h"
 #include "test.h"
 
-#define ASSERT_STR(a, b)                                                                           \
-	do {                                                                                       \
-		const char *a_ = (a), *b_ = (b);                                                   \
-		if (strcmp(a_, b_) != 0)                                                           \
-			FAIL("%s == %s: \"%s\" != \"%s\"", #a, #b, a_, b_);                        \
+#define ASSERT_STR(a, b)                                                    \
+	do {                                                                \
+		const char *a_ = (a), *b_ = (b);                            \
+		if (strcmp(a_, b_) != 0)                                    \
+			FAIL("%s == %s: \"%s\" != \"%s\"", #a, #b, a_, b_); \
 	} while (0)
 
 /* A literal and its length, NULs inside included. */
 #define SPAN(lit) lit, sizeof(lit) - 1
 #define PARSE(lit) keel__http_date_parse(SPAN(lit))
 
-#define RFC_EXAMPLE 784111777 /* Sun, 06 Nov 1994 08:49:37 GMT */
+#define RFC_EXAMPLE 784111777  /* Sun, 06 Nov 1994 08:49:37 GMT */
 #define T_MIN (-62167219200LL) /* 0000-01-01 00:00:00 */
 #define T_MAX 253402300799LL   /* 9999-12-31 23:59:59 */
 
@@ -68,13 +68,12 @@ static void reference(time_t t, struct forms *f)
 	struct tm tm;
 	ASSERT(gmtime_r(&t, &tm) != NULL);
 	int y = tm.tm_year + 1900;
-	snprintf(f->imf, sizeof(f->imf), "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday],
-	         tm.tm_mday, months[tm.tm_mon], y, tm.tm_hour, tm.tm_min, tm.tm_sec);
-	snprintf(f->rfc850, sizeof(f->rfc850), "%s, %02d-%s-%02d %02d:%02d:%02d GMT",
-	         days_long[tm.tm_wday], tm.tm_mday, months[tm.tm_mon], (y % 100 + 100) % 100,
-	         tm.tm_hour, tm.tm_min, tm.tm_sec);
-	snprintf(f->asc, sizeof(f->asc), "%s %s %2d %02d:%02d:%02d %04d", days[tm.tm_wday],
-	         months[tm.tm_mon], tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, y);
+	snprintf(f->imf, sizeof(f->imf), "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
+	         months[tm.tm_mon], y, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	snprintf(f->rfc850, sizeof(f->rfc850), "%s, %02d-%s-%02d %02d:%02d:%02d GMT", days_long[tm.tm_wday],
+	         tm.tm_mday, months[tm.tm_mon], (y % 100 + 100) % 100, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	snprintf(f->asc, sizeof(f->asc), "%s %s %2d %02d:%02d:%02d %04d", days[tm.tm_wday], months[tm.tm_mon],
+	         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, y);
 	snprintf(f->asc_02, sizeof(f->asc_02), "%s %s %02d %02d:%02d:%02d %04d", days[tm.tm_wday],
 	         months[tm.tm_mon], tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, y);
 }
@@ -90,18 +89,18 @@ static void test_format(const char *label)
 		time_t t;
 		const char *s;
 	} known[] = {
-		{0, "Thu, 01 Jan 1970 00:00:00 GMT"},
-		{RFC_EXAMPLE, "Sun, 06 Nov 1994 08:49:37 GMT"},
-		{1709210096, "Thu, 29 Feb 2024 12:34:56 GMT"},
-		{951782400, "Tue, 29 Feb 2000 00:00:00 GMT"},
-		{4107542400, "Mon, 01 Mar 2100 00:00:00 GMT"},
-		{T_MAX, "Fri, 31 Dec 9999 23:59:59 GMT"},
-		{-1, "Wed, 31 Dec 1969 23:59:59 GMT"}, /* before 1970: exact */
-		{T_MIN, "Sat, 01 Jan 0000 00:00:00 GMT"},
-		{T_MAX + 1, "Fri, 31 Dec 9999 23:59:59 GMT"}, /* beyond four digits: clamped */
-		{INT64_MAX, "Fri, 31 Dec 9999 23:59:59 GMT"},
-		{T_MIN - 1, "Sat, 01 Jan 0000 00:00:00 GMT"},
-		{INT64_MIN, "Sat, 01 Jan 0000 00:00:00 GMT"},
+	    {0, "Thu, 01 Jan 1970 00:00:00 GMT"},
+	    {RFC_EXAMPLE, "Sun, 06 Nov 1994 08:49:37 GMT"},
+	    {1709210096, "Thu, 29 Feb 2024 12:34:56 GMT"},
+	    {951782400, "Tue, 29 Feb 2000 00:00:00 GMT"},
+	    {4107542400, "Mon, 01 Mar 2100 00:00:00 GMT"},
+	    {T_MAX, "Fri, 31 Dec 9999 23:59:59 GMT"},
+	    {-1, "Wed, 31 Dec 1969 23:59:59 GMT"}, /* before 1970: exact */
+	    {T_MIN, "Sat, 01 Jan 0000 00:00:00 GMT"},
+	    {T_MAX + 1, "Fri, 31 Dec 9999 23:59:59 GMT"}, /* beyond four digits: clamped */
+	    {INT64_MAX, "Fri, 31 Dec 9999 23:59:59 GMT"},
+	    {T_MIN - 1, "Sat, 01 Jan 0000 00:00:00 GMT"},
+	    {INT64_MIN, "Sat, 01 Jan 0000 00:00:00 GMT"},
 	};
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
 		ASSERT_STR(fmt(known[i].t), known[i].s);
@@ -118,12 +117,11 @@ static void check_time(time_t t)
 		FAIL("t=%lld: \"%s\" != gmtime_r's \"%s\"", (long long)t, s, f.imf);
 	time_t want = t >= 0 ? t : -1;
 	if (parse_str(s) != want || parse_str(f.asc) != want || parse_str(f.asc_02) != want)
-		FAIL("t=%lld: \"%s\" / \"%s\" / \"%s\" parse to %lld / %lld / %lld",
-		     (long long)t, s, f.asc, f.asc_02, (long long)parse_str(s),
-		     (long long)parse_str(f.asc), (long long)parse_str(f.asc_02));
+		FAIL("t=%lld: \"%s\" / \"%s\" / \"%s\" parse to %lld / %lld / %lld", (long long)t, s, f.asc,
+		     f.asc_02, (long long)parse_str(s), (long long)parse_str(f.asc),
+		     (long long)parse_str(f.asc_02));
 	if (t >= 0 && t <= 3155759999 && parse_str(f.rfc850) != t) /* two-digit years: 1970..2069 */
-		FAIL("t=%lld: \"%s\" parses to %lld", (long long)t, f.rfc850,
-		     (long long)parse_str(f.rfc850));
+		FAIL("t=%lld: \"%s\" parses to %lld", (long long)t, f.rfc850, (long long)parse_str(f.rfc850));
 }
 
 static void test_against_gmtime(const char *label)
@@ -167,114 +165,118 @@ static void test_accept(const char *label)
 
 static void test_reject(const char *label)
 {
-#define BAD(lit) {SPAN(lit)}
+#define BAD(lit)          \
+	{                 \
+		SPAN(lit) \
+	}
 	static const struct {
 		const char *s;
 		size_t len;
 	} bad[] = {
-		BAD(""),
-		BAD("Sun"),
-		BAD("Sun,"),
-		/* Day names. */
-		BAD("Sux, 06 Nov 1994 08:49:37 GMT"),
-		BAD("sun, 06 Nov 1994 08:49:37 GMT"),
-		BAD("SUN, 06 Nov 1994 08:49:37 GMT"),
-		BAD("Sunday, 06 Nov 1994 08:49:37 GMT"),
-		BAD("Sun, 06-Nov-94 08:49:37 GMT"),
-		BAD("Sundy, 06-Nov-94 08:49:37 GMT"),
-		BAD("sunday, 06-Nov-94 08:49:37 GMT"),
-		BAD("Sunday Nov  6 08:49:37 1994"),
-		BAD("06 Nov 1994 08:49:37 GMT"),
-		/* Days that do not exist. */
-		BAD("Wed, 30 Feb 1994 08:49:37 GMT"),
-		BAD("Wed, 29 Feb 2023 08:49:37 GMT"),
-		BAD("Mon, 29 Feb 2100 00:00:00 GMT"),
-		BAD("Sun, 31 Apr 1994 08:49:37 GMT"),
-		BAD("Sun, 00 Nov 1994 08:49:37 GMT"),
-		BAD("Sun, 32 Jan 1994 08:49:37 GMT"),
-		BAD("Wednesday, 30-Feb-94 08:49:37 GMT"),
-		BAD("Wed Feb 30 08:49:37 1994"),
-		BAD("Sun Nov  0 08:49:37 1994"),
-		/* Times that do not exist. */
-		BAD("Sun, 06 Nov 1994 24:00:00 GMT"),
-		BAD("Sun, 06 Nov 1994 08:60:37 GMT"),
-		BAD("Sun, 06 Nov 1994 08:49:61 GMT"),
-		BAD("Sunday, 06-Nov-94 24:49:37 GMT"),
-		BAD("Sun Nov  6 24:49:37 1994"),
-		/* The zone. */
-		BAD("Sun, 06 Nov 1994 08:49:37"),
-		BAD("Sun, 06 Nov 1994 08:49:37 UTC"),
-		BAD("Sun, 06 Nov 1994 08:49:37 gmt"),
-		BAD("Sun, 06 Nov 1994 08:49:37 +0000"),
-		BAD("Sunday, 06-Nov-94 08:49:37"),
-		BAD("Sun Nov  6 08:49:37 1994 GMT"),
-		/* Trailing bytes. */
-		BAD("Sun, 06 Nov 1994 08:49:37 GMT "),
-		BAD("Sun, 06 Nov 1994 08:49:37 GMT\r\n"),
-		BAD("Sun, 06 Nov 1994 08:49:37 GMTX"),
-		BAD("Sunday, 06-Nov-94 08:49:37 GMT "),
-		BAD("Sun Nov  6 08:49:37 1994 "),
-		BAD("Sun Nov  6 08:49:37 19940"),
-		/* Month names. */
-		BAD("Sun, 06 nov 1994 08:49:37 GMT"),
-		BAD("Sun, 06 NOV 1994 08:49:37 GMT"),
-		BAD("Sun, 06 Nox 1994 08:49:37 GMT"),
-		BAD("Sun, 06 November 1994 08:49:37 GMT"),
-		BAD("Sunday, 06-nov-94 08:49:37 GMT"),
-		BAD("Sun nov  6 08:49:37 1994"),
-		/* Spaces: two where one is required, one where two are, a tab, a no-break space. */
-		BAD("Sun,  06 Nov 1994 08:49:37 GMT"),
-		BAD("Sun, 06  Nov 1994 08:49:37 GMT"),
-		BAD("Sun, 06 Nov  1994 08:49:37 GMT"),
-		BAD("Sun, 06 Nov 1994  08:49:37 GMT"),
-		BAD("Sun, 06 Nov 1994 08:49:37  GMT"),
-		BAD("Sunday,  06-Nov-94 08:49:37 GMT"),
-		BAD("Sun  Nov  6 08:49:37 1994"),
-		BAD("Sun Nov   6 08:49:37 1994"),
-		BAD("Sun Nov  6  08:49:37 1994"),
-		BAD("Sun Nov 6 08:49:37 1994"),
-		BAD("Sun Nov  16 08:49:37 1994"),
-		BAD(" Sun, 06 Nov 1994 08:49:37 GMT"),
-		BAD("Sun,\t06 Nov 1994 08:49:37 GMT"),
-		BAD("Sun,\xc2\xa0"
-		    "06 Nov 1994 08:49:37 GMT"),
-		/* Field widths and shapes. */
-		BAD("Sun, 6 Nov 1994 08:49:37 GMT"),
-		BAD("Sun, 06 Nov 94 08:49:37 GMT"),
-		BAD("Sun, 06 Nov 01994 08:49:37 GMT"),
-		BAD("Sunday, 06-Nov-1994 08:49:37 GMT"),
-		BAD("Sunday, 06 Nov 94 08:49:37 GMT"),
-		BAD("Sun 06 Nov 1994 08:49:37 GMT"),
-		BAD("Sun, 06 Nov 1994 8:49:37 GMT"),
-		BAD("Sun, 06 Nov 1994 08.49.37 GMT"),
-		BAD("Sun, 06 Nov 1994 08:49 GMT"),
-		BAD("Sun, +6 Nov 1994 08:49:37 GMT"),
-		BAD("Sun, 06 Nov 1994 08:49:-7 GMT"),
-		BAD("Sun, 06 Nov 199x 08:49:37 GMT"),
-		BAD("Sun Nov  6 08:49:37 94"),
-		/* Before 1970: a valid HTTP-date, refused because -1 is the error (documented). */
-		BAD("Wed, 31 Dec 1969 23:59:59 GMT"),
-		BAD("Sat, 01 Jan 0000 00:00:00 GMT"),
-		BAD("Thu Jan  1 00:00:00 1903"),
-		/* NUL inside. */
-		BAD("Sun, 06 Nov 1994 08:49:37\0GMT"),
-		BAD("Sun, 06 Nov 1994 08:49:37 GMT\0"),
-		BAD("Sun\0 06 Nov 1994 08:49:37 GMT"),
-		BAD("Sun Nov \0" "6 08:49:37 1994"),
-		BAD("\0"),
+	    BAD(""),
+	    BAD("Sun"),
+	    BAD("Sun,"),
+	    /* Day names. */
+	    BAD("Sux, 06 Nov 1994 08:49:37 GMT"),
+	    BAD("sun, 06 Nov 1994 08:49:37 GMT"),
+	    BAD("SUN, 06 Nov 1994 08:49:37 GMT"),
+	    BAD("Sunday, 06 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun, 06-Nov-94 08:49:37 GMT"),
+	    BAD("Sundy, 06-Nov-94 08:49:37 GMT"),
+	    BAD("sunday, 06-Nov-94 08:49:37 GMT"),
+	    BAD("Sunday Nov  6 08:49:37 1994"),
+	    BAD("06 Nov 1994 08:49:37 GMT"),
+	    /* Days that do not exist. */
+	    BAD("Wed, 30 Feb 1994 08:49:37 GMT"),
+	    BAD("Wed, 29 Feb 2023 08:49:37 GMT"),
+	    BAD("Mon, 29 Feb 2100 00:00:00 GMT"),
+	    BAD("Sun, 31 Apr 1994 08:49:37 GMT"),
+	    BAD("Sun, 00 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun, 32 Jan 1994 08:49:37 GMT"),
+	    BAD("Wednesday, 30-Feb-94 08:49:37 GMT"),
+	    BAD("Wed Feb 30 08:49:37 1994"),
+	    BAD("Sun Nov  0 08:49:37 1994"),
+	    /* Times that do not exist. */
+	    BAD("Sun, 06 Nov 1994 24:00:00 GMT"),
+	    BAD("Sun, 06 Nov 1994 08:60:37 GMT"),
+	    BAD("Sun, 06 Nov 1994 08:49:61 GMT"),
+	    BAD("Sunday, 06-Nov-94 24:49:37 GMT"),
+	    BAD("Sun Nov  6 24:49:37 1994"),
+	    /* The zone. */
+	    BAD("Sun, 06 Nov 1994 08:49:37"),
+	    BAD("Sun, 06 Nov 1994 08:49:37 UTC"),
+	    BAD("Sun, 06 Nov 1994 08:49:37 gmt"),
+	    BAD("Sun, 06 Nov 1994 08:49:37 +0000"),
+	    BAD("Sunday, 06-Nov-94 08:49:37"),
+	    BAD("Sun Nov  6 08:49:37 1994 GMT"),
+	    /* Trailing bytes. */
+	    BAD("Sun, 06 Nov 1994 08:49:37 GMT "),
+	    BAD("Sun, 06 Nov 1994 08:49:37 GMT\r\n"),
+	    BAD("Sun, 06 Nov 1994 08:49:37 GMTX"),
+	    BAD("Sunday, 06-Nov-94 08:49:37 GMT "),
+	    BAD("Sun Nov  6 08:49:37 1994 "),
+	    BAD("Sun Nov  6 08:49:37 19940"),
+	    /* Month names. */
+	    BAD("Sun, 06 nov 1994 08:49:37 GMT"),
+	    BAD("Sun, 06 NOV 1994 08:49:37 GMT"),
+	    BAD("Sun, 06 Nox 1994 08:49:37 GMT"),
+	    BAD("Sun, 06 November 1994 08:49:37 GMT"),
+	    BAD("Sunday, 06-nov-94 08:49:37 GMT"),
+	    BAD("Sun nov  6 08:49:37 1994"),
+	    /* Spaces: two where one is required, one where two are, a tab, a no-break space. */
+	    BAD("Sun,  06 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun, 06  Nov 1994 08:49:37 GMT"),
+	    BAD("Sun, 06 Nov  1994 08:49:37 GMT"),
+	    BAD("Sun, 06 Nov 1994  08:49:37 GMT"),
+	    BAD("Sun, 06 Nov 1994 08:49:37  GMT"),
+	    BAD("Sunday,  06-Nov-94 08:49:37 GMT"),
+	    BAD("Sun  Nov  6 08:49:37 1994"),
+	    BAD("Sun Nov   6 08:49:37 1994"),
+	    BAD("Sun Nov  6  08:49:37 1994"),
+	    BAD("Sun Nov 6 08:49:37 1994"),
+	    BAD("Sun Nov  16 08:49:37 1994"),
+	    BAD(" Sun, 06 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun,\t06 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun,\xc2\xa0"
+	        "06 Nov 1994 08:49:37 GMT"),
+	    /* Field widths and shapes. */
+	    BAD("Sun, 6 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun, 06 Nov 94 08:49:37 GMT"),
+	    BAD("Sun, 06 Nov 01994 08:49:37 GMT"),
+	    BAD("Sunday, 06-Nov-1994 08:49:37 GMT"),
+	    BAD("Sunday, 06 Nov 94 08:49:37 GMT"),
+	    BAD("Sun 06 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun, 06 Nov 1994 8:49:37 GMT"),
+	    BAD("Sun, 06 Nov 1994 08.49.37 GMT"),
+	    BAD("Sun, 06 Nov 1994 08:49 GMT"),
+	    BAD("Sun, +6 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun, 06 Nov 1994 08:49:-7 GMT"),
+	    BAD("Sun, 06 Nov 199x 08:49:37 GMT"),
+	    BAD("Sun Nov  6 08:49:37 94"),
+	    /* Before 1970: a valid HTTP-date, refused because -1 is the error (documented). */
+	    BAD("Wed, 31 Dec 1969 23:59:59 GMT"),
+	    BAD("Sat, 01 Jan 0000 00:00:00 GMT"),
+	    BAD("Thu Jan  1 00:00:00 1903"),
+	    /* NUL inside. */
+	    BAD("Sun, 06 Nov 1994 08:49:37\0GMT"),
+	    BAD("Sun, 06 Nov 1994 08:49:37 GMT\0"),
+	    BAD("Sun\0 06 Nov 1994 08:49:37 GMT"),
+	    BAD("Sun Nov \0"
+	        "6 08:49:37 1994"),
+	    BAD("\0"),
 	};
 #undef BAD
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		time_t t = keel__http_date_parse(bad[i].s, bad[i].len);
 		if (t != -1)
-			FAIL("bad date #%zu \"%.*s\" (%zu bytes) parsed to %lld", i,
-			     (int)bad[i].len, bad[i].s, bad[i].len, (long long)t);
+			FAIL("bad date #%zu \"%.*s\" (%zu bytes) parsed to %lld", i, (int)bad[i].len,
+			     bad[i].s, bad[i].len, (long long)t);
 	}
 	printf("%s: %zu malformed dates refused\n", label, sizeof(bad) / sizeof(bad[0]));
 }
 
-static const char *const good[3] = {"Sun, 06 Nov 1994 08:49:37 GMT",
-                                    "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"};
+static const char *const good[3] = {"Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
+                                    "Sun Nov  6 08:49:37 1994"};
 
 /*
  * Length off by one either way, and every prefix placed so that its last
@@ -283,8 +285,7 @@ static const char *const good[3] = {"Sun, 06 Nov 1994 08:49:37 GMT",
 static void test_lengths(const char *label)
 {
 	long page = sysconf(_SC_PAGESIZE);
-	char *map = mmap(NULL, (size_t)page * 2, PROT_READ | PROT_WRITE,
-	                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *map = mmap(NULL, (size_t)page * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT(map != MAP_FAILED);
 	ASSERT_EQ(mprotect(map + page, (size_t)page, PROT_NONE), 0);
 	char *fence = map + page;
@@ -326,8 +327,7 @@ static void check_mutation(const char *good_s, bool asctime_form, size_t i, int 
 	bool digit = v >= '0' && v <= '9';
 	bool was_digit = good_s[i] >= '0' && good_s[i] <= '9';
 	if (t != -1 && !(digit && (was_digit || pad)))
-		FAIL("\"%.*s\" (byte %zu = 0x%02x) parses to %lld", (int)len, buf, i, v,
-		     (long long)t);
+		FAIL("\"%.*s\" (byte %zu = 0x%02x) parses to %lld", (int)len, buf, i, v, (long long)t);
 }
 
 static void test_mutations(const char *label)
@@ -351,13 +351,13 @@ static void test_log_date(const char *label)
 		time_t t;
 		const char *s;
 	} cases[] = {
-		{"UTC0", 971211336, "10/Oct/2000:20:55:36 +0000"},
-		{"MST7", 971211336, "10/Oct/2000:13:55:36 -0700"},
-		{"IST-5:30", 971211336, "11/Oct/2000:02:25:36 +0530"},
-		{"<-0330>3:30", 0, "31/Dec/1969:20:30:00 -0330"},
-		{"CET-1CEST,M3.5.0,M10.5.0/3", 1719835200, "01/Jul/2024:14:00:00 +0200"},
-		{"CET-1CEST,M3.5.0,M10.5.0/3", 1709210096, "29/Feb/2024:13:34:56 +0100"},
-		{"UTC0", T_MAX, "31/Dec/9999:23:59:59 +0000"},
+	    {"UTC0", 971211336, "10/Oct/2000:20:55:36 +0000"},
+	    {"MST7", 971211336, "10/Oct/2000:13:55:36 -0700"},
+	    {"IST-5:30", 971211336, "11/Oct/2000:02:25:36 +0530"},
+	    {"<-0330>3:30", 0, "31/Dec/1969:20:30:00 -0330"},
+	    {"CET-1CEST,M3.5.0,M10.5.0/3", 1719835200, "01/Jul/2024:14:00:00 +0200"},
+	    {"CET-1CEST,M3.5.0,M10.5.0/3", 1709210096, "29/Feb/2024:13:34:56 +0100"},
+	    {"UTC0", T_MAX, "31/Dec/9999:23:59:59 +0000"},
 	};
 	char *old = getenv("TZ") ? strdup(getenv("TZ")) : NULL;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -427,8 +427,7 @@ static const char *german_locale(char *why, size_t why_size)
 		return NULL;
 	}
 	const char *tmp = getenv("TMPDIR");
-	snprintf(locale_dir, sizeof(locale_dir), "%s/keel-test-locale-XXXXXX",
-	         tmp && *tmp ? tmp : "/tmp");
+	snprintf(locale_dir, sizeof(locale_dir), "%s/keel-test-locale-XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	if (!mkdtemp(locale_dir)) {
 		snprintf(why, why_size, "mkdtemp %s: %s", locale_dir, strerror(errno));
 		locale_dir[0] = '\0';
@@ -472,14 +471,13 @@ int main(void)
 		strftime(old, sizeof(old), "%a, %d %b %Y %H:%M:%S GMT", &tm);
 		struct tm back;
 		memset(&back, 0, sizeof(back));
-		bool strptime_ok = strptime("Sun, 06 Nov 1994 08:49:37 GMT",
-		                            "%a, %d %b %Y %H:%M:%S GMT", &back) != NULL;
+		bool strptime_ok =
+		    strptime("Sun, 06 Nov 1994 08:49:37 GMT", "%a, %d %b %Y %H:%M:%S GMT", &back) != NULL;
 		printf("%s: strftime writes \"%s\", strptime %s the English date; "
 		       "ours writes \"%s\"\n",
 		       loc, old, strptime_ok ? "accepts" : "refuses", fmt(t));
 		if (strcmp(old, "Sun, 06 Nov 1994 08:49:37 GMT") == 0) {
-			snprintf(why, sizeof(why), "%s loaded, but strftime still writes English",
-			         loc);
+			snprintf(why, sizeof(why), "%s loaded, but strftime still writes English", loc);
 			loc = NULL;
 		} else {
 			run_all(loc);
@@ -487,8 +485,7 @@ int main(void)
 		setlocale(LC_ALL, "C");
 	}
 	if (!loc) {
-		printf("skip: the C-locale checks passed; the German-locale part cannot run: %s\n",
-		       why);
+		printf("skip: the C-locale checks passed; the German-locale part cannot run: %s\n", why);
 		return TEST_SKIP;
 	}
 	printf("all date checks passed in the C locale and in %s\n", loc);

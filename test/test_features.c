@@ -26,7 +26,7 @@
 #include "test.h"
 
 #define BYTES (4u << 20)
-#define SMALL 1000   /* one send below the zero-copy threshold */
+#define SMALL 1000 /* one send below the zero-copy threshold */
 #define PIECE 65536
 #define ZC_MIN 4096
 
@@ -34,9 +34,9 @@
 
 static struct {
 	const struct io_uring *ring;
-	unsigned counted; /* the ring's SQEs before this index are counted */
-	unsigned zc;      /* SEND_ZC and SENDMSG_ZC */
-	unsigned plain;   /* SEND and SENDMSG */
+	unsigned counted;   /* the ring's SQEs before this index are counted */
+	unsigned zc;        /* SEND_ZC and SENDMSG_ZC */
+	unsigned plain;     /* SEND and SENDMSG */
 	unsigned plain_big; /* plain ones of at least ZC_MIN bytes */
 } sqes;
 
@@ -58,9 +58,7 @@ static void count_sqes(struct io_uring *ring)
 		const struct io_uring_sqe *sqe = &ring->sq.sqes[i & ring->sq.ring_mask];
 		switch (sqe->opcode) {
 		case IORING_OP_SEND_ZC:
-		case IORING_OP_SENDMSG_ZC:
-			sqes.zc++;
-			break;
+		case IORING_OP_SENDMSG_ZC: sqes.zc++; break;
 		case IORING_OP_SEND:
 			sqes.plain++;
 			sqes.plain_big += sqe->len >= ZC_MIN;
@@ -71,8 +69,7 @@ static void count_sqes(struct io_uring *ring)
 			sqes.plain_big += msg_bytes(m) >= ZC_MIN;
 			break;
 		}
-		default:
-			break;
+		default: break;
 		}
 	}
 	sqes.counted = ring->sq.sqe_tail;
@@ -107,8 +104,8 @@ int io_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr)
 typedef int submit_wait_timeout_fn(struct io_uring *, struct io_uring_cqe **, unsigned,
                                    struct __kernel_timespec *, sigset_t *);
 
-int io_uring_submit_and_wait_timeout(struct io_uring *ring, struct io_uring_cqe **cqe_ptr,
-                                     unsigned wait_nr, struct __kernel_timespec *ts, sigset_t *sigmask)
+int io_uring_submit_and_wait_timeout(struct io_uring *ring, struct io_uring_cqe **cqe_ptr, unsigned wait_nr,
+                                     struct __kernel_timespec *ts, sigset_t *sigmask)
 {
 	static submit_wait_timeout_fn *fn;
 	if (!fn)

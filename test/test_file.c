@@ -25,7 +25,8 @@ static int await_ok(keel_promise *p)
 
 static void test_rw(int dfd)
 {
-	int fd = await_ok(keel_file_open(loop, dfd, "a.bin", O_RDWR | O_CREAT | O_TRUNC, 0644, RESOLVE_BENEATH));
+	int fd =
+	    await_ok(keel_file_open(loop, dfd, "a.bin", O_RDWR | O_CREAT | O_TRUNC, 0644, RESOLVE_BENEATH));
 	ASSERT(fd >= 0);
 	char out[10000], in[10000];
 	for (size_t i = 0; i < sizeof(out); i++)
@@ -223,7 +224,8 @@ static void test_sendfile_cancel_pipe(int dfd)
 		char got[64] = "";
 		ASSERT_EQ(recv(s2[1], got, sizeof got, MSG_DONTWAIT), 16);
 		if (memcmp(got, "BBBBBBBBBBBBBBBB", 16) != 0)
-			FAIL("round %d: the next transfer sent \"%.16s\": the cancelled one's bytes", round, got);
+			FAIL("round %d: the next transfer sent \"%.16s\": the cancelled one's bytes", round,
+			     got);
 	}
 	close(a);
 	close(b);

@@ -28,8 +28,8 @@ static void check_buckets(unsigned digits, unsigned want_bits)
 			FAIL("digits %u: index jumps from %u to %u at %" PRIu64, digits, prev, i, v);
 		uint64_t lo = load_hist_lowest_equiv(&h, i), hi = load_hist_highest_equiv(&h, i);
 		if (lo > v || hi < v)
-			FAIL("digits %u: %" PRIu64 " outside its bucket %u [%" PRIu64 ", %" PRIu64 "]", digits, v, i, lo,
-			     hi);
+			FAIL("digits %u: %" PRIu64 " outside its bucket %u [%" PRIu64 ", %" PRIu64 "]",
+			     digits, v, i, lo, hi);
 		if (lo >= (1ull << want_bits) && (hi - lo + 1) * width_max_rel_den > lo)
 			FAIL("digits %u: bucket %u [%" PRIu64 ", %" PRIu64 "] too wide", digits, i, lo, hi);
 		if (load_hist_index(&h, lo) != i || load_hist_index(&h, hi) != i)

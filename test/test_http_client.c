@@ -275,8 +275,11 @@ static void test_streaming(void)
 	/* Request bodies from a producer: Content-Length, then chunked, echoed whole. */
 	for (int chunked = 0; chunked < 2; chunked++) {
 		struct producer pr = {.len = 2 << 20};
-		keel_http_client_request qb = {.upstream = up, .method = "POST", .target = "/echo",
-		                               .body_read = produce, .body_ud = &pr,
+		keel_http_client_request qb = {.upstream = up,
+		                               .method = "POST",
+		                               .target = "/echo",
+		                               .body_read = produce,
+		                               .body_ud = &pr,
 		                               .body_length = chunked ? -1 : (int64_t)(2 << 20)};
 		keel_http_client_response *r = get_ok(c, up, "POST", "/echo", nobody); /* warm the pool */
 		keel_http_client_response_free(r);
@@ -291,8 +294,12 @@ static void test_streaming(void)
 	}
 	/* A producer that ends short of its Content-Length fails the request. */
 	struct producer pr = {.len = 1000};
-	keel_http_client_request qs = {.upstream = up, .method = "POST", .target = "/echo", .body_read = produce,
-	                               .body_ud = &pr, .body_length = 5000};
+	keel_http_client_request qs = {.upstream = up,
+	                               .method = "POST",
+	                               .target = "/echo",
+	                               .body_read = produce,
+	                               .body_ud = &pr,
+	                               .body_length = 5000};
 	o = test_await(loop, keel_http_client_request_send(c, &qs));
 	ASSERT_EQ(o.err, -EPIPE);
 	free(got);
@@ -360,8 +367,12 @@ static void test_streamed_body_reuse(void)
 		keel_promise *ps[64];
 		for (int i = 0; i < 64; i++) {
 			prs[i] = (struct producer){.len = 200};
-			keel_http_client_request q = {.upstream = addr, .method = "POST", .target = "/echo",
-			                              .body_read = produce, .body_ud = &prs[i], .body_length = 200};
+			keel_http_client_request q = {.upstream = addr,
+			                              .method = "POST",
+			                              .target = "/echo",
+			                              .body_read = produce,
+			                              .body_ud = &prs[i],
+			                              .body_length = 200};
 			ps[i] = keel_http_client_request_send(c, &q);
 		}
 		for (int i = 0; i < 64; i++) {
@@ -471,12 +482,14 @@ static void test_names(void)
 	ASSERT_EQ(o.err, 0);
 	char a[64];
 	ASSERT(strcmp(keel_addr_format((struct sockaddr *)&ss, a, sizeof(a)), "127.0.0.1:8081") == 0);
-	const char *bad[] = {"localhost", "localhost:0", "localhost:70000", "bad host:80", ":80", "x:8a", NULL};
+	const char *bad[] = {"localhost", "localhost:0", "localhost:70000", "bad host:80", ":80",
+	                     "x:8a",      NULL};
 	for (int i = 0; bad[i]; i++) {
 		ASSERT(!keel_hostport_valid(bad[i]));
 		ASSERT_EQ(test_await(loop, keel_resolve(loop, bad[i], &ss)).err, -EINVAL);
 	}
-	ASSERT(keel_hostport_valid("localhost:1") && keel_hostport_valid("[::1]:80") && keel_hostport_valid("a.b-c:65535"));
+	ASSERT(keel_hostport_valid("localhost:1") && keel_hostport_valid("[::1]:80") &&
+	       keel_hostport_valid("a.b-c:65535"));
 	o = test_await(loop, keel_resolve(loop, "no-such-host.invalid:80", &ss));
 	ASSERT(o.err == KEEL_ENAME || o.err == -EAGAIN);
 	/* Through the client: a name on first use, and a name that does not resolve. */
@@ -706,7 +719,8 @@ static void test_raw_server(void)
 	int status = 0;
 	ASSERT_EQ(waitpid(pid, &status, 0), pid);
 	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-	printf("raw server: stale keep-alive retried once, close-delimited body, ambiguous framing rejected: ok\n");
+	printf(
+	    "raw server: stale keep-alive retried once, close-delimited body, ambiguous framing rejected: ok\n");
 }
 
 /*
@@ -840,7 +854,10 @@ static void test_cancel_answered_early(void)
 	early_piece = (keel_str){body, n};
 	keel_http_client *c;
 	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
-	keel_http_client_request q = {.upstream = raw, .method = "PUT", .target = "/up", .body_read = early_body,
+	keel_http_client_request q = {.upstream = raw,
+	                              .method = "PUT",
+	                              .target = "/up",
+	                              .body_read = early_body,
 	                              .body_length = (int64_t)n};
 	keel_promise *p = keel_http_client_request_send(c, &q);
 	keel_http_client_stats st = {0};
@@ -967,14 +984,14 @@ static void test_nginx(void)
 static char not_null; /* what *out holds before each call: a failing one must clear it */
 
 /* T##_new(&out, ...) returns want; on failure out is NULL, on success it is T##_free'd. */
-#define EXPECT_NEW(T, want, ...)                                                                   \
-	do {                                                                                       \
-		T *o_ = (T *)(void *)&not_null;                                                    \
-		ASSERT_EQ(T##_new(&o_, __VA_ARGS__), (want));                                      \
-		if ((want) < 0)                                                                    \
-			ASSERT(o_ == NULL);                                                        \
-		else                                                                               \
-			T##_free(o_);                                                              \
+#define EXPECT_NEW(T, want, ...)                              \
+	do {                                                  \
+		T *o_ = (T *)(void *)&not_null;               \
+		ASSERT_EQ(T##_new(&o_, __VA_ARGS__), (want)); \
+		if ((want) < 0)                               \
+			ASSERT(o_ == NULL);                   \
+		else                                          \
+			T##_free(o_);                         \
 	} while (0)
 
 static void test_constructors(void)

@@ -140,9 +140,9 @@ typedef struct result {
 	msgrec *m;
 	unsigned nm, capm;
 	enum outcome out;
-	int code;    /* keel: the negative status; llhttp: the error code */
-	unsigned at; /* messages completed before the outcome */
-	int finish;  /* llhttp_finish()'s verdict: -1 not asked, 0 safe, 1 safe (ends a message), 2 unsafe */
+	int code;     /* keel: the negative status; llhttp: the error code */
+	unsigned at;  /* messages completed before the outcome */
+	int finish;   /* llhttp_finish()'s verdict: -1 not asked, 0 safe, 1 safe (ends a message), 2 unsafe */
 	bool in_head; /* keel: the input ends inside a head */
 } result;
 
@@ -418,7 +418,8 @@ static void parse_log(const sbuf *log, result *r)
 			e++;
 		line.len = 0;
 		for (size_t k = i; k < e; k++) {
-			if (log->p[k] == '\\' && k + 1 < e && (log->p[k + 1] == 't' || log->p[k + 1] == 'f')) {
+			if (log->p[k] == '\\' && k + 1 < e &&
+			    (log->p[k + 1] == 't' || log->p[k + 1] == 'f')) {
 				sb_addc(&line, log->p[k + 1] == 't' ? '\t' : '\f');
 				k++;
 			} else {
@@ -611,10 +612,9 @@ static void run_step(runner *st, size_t avail)
 			keel_http_header hs[HCAP];
 			const char *b = st->in + st->pos;
 			size_t len = avail - st->pos;
-			int rc = st->request
-			                 ? keel_http_parse_request(b, len, st->prev, &km, hs, HCAP, NULL)
-			                 : keel_http_parse_response(b, len, st->prev, &km, hs, HCAP, NULL,
-			                                            st->method);
+			int rc = st->request ? keel_http_parse_request(b, len, st->prev, &km, hs, HCAP, NULL)
+			                     : keel_http_parse_response(b, len, st->prev, &km, hs, HCAP, NULL,
+			                                                st->method);
 			if (rc == KEEL_HTTP_INCOMPLETE) {
 				st->prev = len;
 				return;
@@ -624,7 +624,8 @@ static void run_step(runner *st, size_t avail)
 				return;
 			}
 			if ((size_t)rc != km.head_len || (size_t)rc > len)
-				FAIL("parser returned %d with head_len %zu over %zu bytes", rc, km.head_len, len);
+				FAIL("parser returned %d with head_len %zu over %zu bytes", rc, km.head_len,
+				     len);
 			record_head(st, &km);
 			st->pos += (size_t)rc;
 			st->prev = 0;
@@ -645,9 +646,7 @@ static void run_step(runner *st, size_t avail)
 			if (st->request && km.upgrade)
 				st->stop_after_body = true; /* the request's content first, then the switch */
 			switch (km.body) {
-			case KEEL_HTTP_BODY_NONE:
-				end_message(st);
-				break;
+			case KEEL_HTTP_BODY_NONE: end_message(st); break;
 			case KEEL_HTTP_BODY_LENGTH:
 				st->remaining = km.content_length;
 				st->ph = PH_LENGTH;
@@ -656,9 +655,7 @@ static void run_step(runner *st, size_t avail)
 				keel_http_chunked_init(&st->ck, 0);
 				st->ph = PH_CHUNKED;
 				break;
-			case KEEL_HTTP_BODY_UNTIL_CLOSE:
-				st->ph = PH_CLOSE;
-				break;
+			case KEEL_HTTP_BODY_UNTIL_CLOSE: st->ph = PH_CLOSE; break;
 			}
 			break;
 		}
@@ -679,17 +676,20 @@ static void run_step(runner *st, size_t avail)
 				return;
 			size_t used = 0;
 			keel_str data = {0};
-			int rc = keel_http_chunked_decode(&st->ck, st->in + st->pos, avail - st->pos, &used, &data);
+			int rc = keel_http_chunked_decode(&st->ck, st->in + st->pos, avail - st->pos, &used,
+			                                  &data);
 			if (used > avail - st->pos)
 				FAIL("chunked decoder used %zu of %zu bytes", used, avail - st->pos);
 			if (rc == KEEL_HTTP_CHUNK_DATA) {
-				if (data.ptr < st->in + st->pos || data.ptr + data.len > st->in + st->pos + used)
+				if (data.ptr < st->in + st->pos ||
+				    data.ptr + data.len > st->in + st->pos + used)
 					FAIL("chunk data span outside the bytes used");
 				sb_add(&st->cur->body, data.ptr, data.len);
 				st->pos += used;
 			} else if (rc == KEEL_HTTP_INCOMPLETE) {
 				if (used != avail - st->pos)
-					FAIL("chunked decoder: INCOMPLETE after %zu of %zu bytes", used, avail - st->pos);
+					FAIL("chunked decoder: INCOMPLETE after %zu of %zu bytes", used,
+					     avail - st->pos);
 				st->pos += used;
 				return;
 			} else if (rc == KEEL_HTTP_CHUNK_DONE) {
@@ -705,8 +705,7 @@ static void run_step(runner *st, size_t avail)
 			sb_add(&st->cur->body, st->in + st->pos, avail - st->pos);
 			st->pos = avail;
 			return;
-		case PH_STOP:
-			return;
+		case PH_STOP: return;
 		}
 	}
 }
@@ -795,8 +794,8 @@ static bool msg_eq(const msgrec *e, const msgrec *k, unsigned i, bool request, s
 			return false;
 	}
 	if (e->major != k->major || e->minor != k->minor) {
-		sb_printf(why, "message %u version: llhttp %d.%d, keel %d.%d", i, e->major, e->minor, k->major,
-		          k->minor);
+		sb_printf(why, "message %u version: llhttp %d.%d, keel %d.%d", i, e->major, e->minor,
+		          k->major, k->minor);
 		return false;
 	}
 	if (e->nh != k->nh) {
@@ -842,8 +841,8 @@ static bool prefix_eq(const result *e, const result *k, unsigned n, bool request
  */
 static enum verdict compare(const result *e, const result *k, bool request, sbuf *why)
 {
-	if (k->out == OUT_ERROR && (e->out == OUT_END || k->at < e->at ||
-	                            (k->at == e->at && e->out != OUT_ERROR))) {
+	if (k->out == OUT_ERROR &&
+	    (e->out == OUT_END || k->at < e->at || (k->at == e->at && e->out != OUT_ERROR))) {
 		if (!prefix_eq(e, k, k->at, request, why))
 			return V_DIFFER;
 		sb_printf(why, "keel rejects (%d) message %u", k->code, k->at);
@@ -904,31 +903,33 @@ typedef struct allowed {
  * Every case where keel deliberately does not do what llhttp does. Keep in
  * step with docs/conformance.md.
  */
-#define NOT_HTTP "keel speaks HTTP only: HTTP-name is the case-sensitive \"HTTP\" (RFC 9112 2.3); " \
-                 "llhttp also parses RTSP and ICE"
-#define TOKEN_METHOD "method = token (RFC 9112 3.1) and methods are extensible (RFC 9110 9.1, 16.1): " \
-                     "an unknown method is the server's to answer 501, not a parse error"
+#define NOT_HTTP                                                                           \
+	"keel speaks HTTP only: HTTP-name is the case-sensitive \"HTTP\" (RFC 9112 2.3); " \
+	"llhttp also parses RTSP and ICE"
+#define TOKEN_METHOD                                                                      \
+	"method = token (RFC 9112 3.1) and methods are extensible (RFC 9110 9.1, 16.1): " \
+	"an unknown method is the server's to answer 501, not a parse error"
 static const allowed allowlist[] = {
-	{"request/sample.md", "No HTTP version", V_STRICTER,
-	 "an HTTP/0.9 request line (no version): keel implements HTTP/1.0 and 1.1 only (RFC 9112 2.3)"},
-	{"request/method.md", "SOURCE request with ICE", V_STRICTER, NOT_HTTP},
-	{"request/method.md", "OPTIONS request with RTSP", V_STRICTER, NOT_HTTP},
-	{"request/method.md", "ANNOUNCE request with RTSP", V_STRICTER, NOT_HTTP},
-	{"request/method.md", "PRI request HTTP2", V_DIFFER,
-	 "llhttp stops at method PRI (the HTTP/2 preface); keel has no prior-knowledge HTTP/2, parses "
-	 "\"PRI * HTTP/1.1\" as a request with an unknown method and rejects the \"SM\" line after it"},
-	{"request/transfer-encoding.md", "POST with `chunked` as last transfer-encoding", V_STRICTER,
-	 "Transfer-Encoding: deflate, chunked: keel decodes no coding but chunked and answers 501, "
-	 "as RFC 9112 6.1 says a server SHOULD"},
-	{"request/transfer-encoding.md", "POST with `chunked` as last transfer-encoding (multiple headers)",
-	 V_STRICTER, "the same codings on two lines: 501 (RFC 9112 6.1)"},
-	{"request/invalid.md", "HTTP protocol and ANNOUNCE method", V_LENIENT, TOKEN_METHOD},
-	{"request/invalid.md", "Invalid method", V_LENIENT, TOKEN_METHOD},
-	{"response/sample.md", "RTSP response", V_STRICTER, NOT_HTTP},
-	{"response/sample.md", "ICE response", V_STRICTER, NOT_HTTP},
-	{"response/sample.md", "HTTP version 0.9", V_STRICTER,
-	 "a status line claiming HTTP/0.9: keel's client accepts HTTP/1.0 and 1.1 only (RFC 9112 2.3)"},
-	{NULL, NULL, V_MATCH, NULL},
+    {"request/sample.md", "No HTTP version", V_STRICTER,
+     "an HTTP/0.9 request line (no version): keel implements HTTP/1.0 and 1.1 only (RFC 9112 2.3)"},
+    {"request/method.md", "SOURCE request with ICE", V_STRICTER, NOT_HTTP},
+    {"request/method.md", "OPTIONS request with RTSP", V_STRICTER, NOT_HTTP},
+    {"request/method.md", "ANNOUNCE request with RTSP", V_STRICTER, NOT_HTTP},
+    {"request/method.md", "PRI request HTTP2", V_DIFFER,
+     "llhttp stops at method PRI (the HTTP/2 preface); keel has no prior-knowledge HTTP/2, parses "
+     "\"PRI * HTTP/1.1\" as a request with an unknown method and rejects the \"SM\" line after it"},
+    {"request/transfer-encoding.md", "POST with `chunked` as last transfer-encoding", V_STRICTER,
+     "Transfer-Encoding: deflate, chunked: keel decodes no coding but chunked and answers 501, "
+     "as RFC 9112 6.1 says a server SHOULD"},
+    {"request/transfer-encoding.md", "POST with `chunked` as last transfer-encoding (multiple headers)",
+     V_STRICTER, "the same codings on two lines: 501 (RFC 9112 6.1)"},
+    {"request/invalid.md", "HTTP protocol and ANNOUNCE method", V_LENIENT, TOKEN_METHOD},
+    {"request/invalid.md", "Invalid method", V_LENIENT, TOKEN_METHOD},
+    {"response/sample.md", "RTSP response", V_STRICTER, NOT_HTTP},
+    {"response/sample.md", "ICE response", V_STRICTER, NOT_HTTP},
+    {"response/sample.md", "HTTP version 0.9", V_STRICTER,
+     "a status line claiming HTTP/0.9: keel's client accepts HTTP/1.0 and 1.1 only (RFC 9112 2.3)"},
+    {NULL, NULL, V_MATCH, NULL},
 };
 
 static const allowed *find_allowed(const tcase *tc)
@@ -1094,9 +1095,9 @@ static void unit_limits(void)
 	ASSERT_EQ(bytewise_same(h64, &l, true), 64);
 	const char *h65 = "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: 01234567890123456789012345678\r\n\r\n";
 	ASSERT_EQ(bytewise_same(h65, &l, true), KEEL_HTTP_E431);
-	ASSERT_EQ(parse_req("GET / HTTP/1.1\r\nHost: a\r\nX-Pad: 012345678901234567890123456789012345", &l,
-	                    &m),
-	          KEEL_HTTP_E431);
+	ASSERT_EQ(
+	    parse_req("GET / HTTP/1.1\r\nHost: a\r\nX-Pad: 012345678901234567890123456789012345", &l, &m),
+	    KEEL_HTTP_E431);
 
 	/*
 	 * The status does not depend on how the bytes arrive: a bare CR after the
@@ -1113,7 +1114,8 @@ static void unit_limits(void)
 	ASSERT_EQ(bytewise_same("HTTP/1.1 200 OK\r\nX-Pad: 01234567890123456789\rx\r\n\r\n", &l, false),
 	          KEEL_HTTP_E431);
 	l.head_max = 11;
-	ASSERT_EQ(bytewise_same("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n", &l, true), KEEL_HTTP_E431);
+	ASSERT_EQ(bytewise_same("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n", &l, true),
+	          KEEL_HTTP_E431);
 
 	/* More header lines than headers_max: 431. */
 	keel_http_limits_default(&l);
@@ -1123,25 +1125,27 @@ static void unit_limits(void)
 	          KEEL_HTTP_E431);
 
 	/* Content-Length: the largest 19-digit value fits; 20 digits is refused, not wrapped. */
-	ASSERT_GE(parse_req("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 9999999999999999999\r\n\r\n", NULL, &m),
-	          1);
+	ASSERT_GE(
+	    parse_req("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 9999999999999999999\r\n\r\n", NULL, &m),
+	    1);
 	ASSERT(m.content_length == 9999999999999999999ull);
 	ASSERT_EQ(bytewise_same("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n",
 	                        NULL, true),
 	          KEEL_HTTP_E400);
-	ASSERT_EQ(parse_req("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", NULL,
-	                    &m),
+	ASSERT_EQ(parse_req("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+	                    NULL, &m),
 	          KEEL_HTTP_E400);
 
 	/* Transfer codings. */
-	ASSERT_EQ(bytewise_same("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", NULL,
-	                        true),
+	ASSERT_EQ(bytewise_same("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+	                        NULL, true),
 	          KEEL_HTTP_E501);
-	ASSERT_EQ(parse_req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", NULL, &m),
-	          KEEL_HTTP_E400);
-	ASSERT_EQ(parse_req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", NULL,
-	                    &m),
-	          KEEL_HTTP_E400);
+	ASSERT_EQ(
+	    parse_req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", NULL, &m),
+	    KEEL_HTTP_E400);
+	ASSERT_EQ(
+	    parse_req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", NULL, &m),
+	    KEEL_HTTP_E400);
 	ASSERT_EQ(bytewise_same("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", NULL, true),
 	          KEEL_HTTP_E400);
 
@@ -1152,7 +1156,8 @@ static void unit_limits(void)
 	ASSERT(parse_req("GET / HTTP/1.2\r\nHost: a\r\n\r\n", NULL, &m) > 0);
 	ASSERT_EQ(m.version_minor, 1);
 	ASSERT(m.keep_alive);
-	ASSERT_EQ(parse_req("GET / HTTP/1.9\r\n\r\n", NULL, &m), KEEL_HTTP_E400); /* as 1.1: Host is required */
+	/* as 1.1: Host is required */
+	ASSERT_EQ(parse_req("GET / HTTP/1.9\r\n\r\n", NULL, &m), KEEL_HTTP_E400);
 	ASSERT(parse_resp("HTTP/1.7 200 OK\r\nContent-Length: 0\r\n\r\n", NULL, &m) > 0);
 	ASSERT_EQ(m.version_minor, 1);
 	ASSERT_EQ(parse_resp("HTTP/2.0 200 OK\r\n\r\n", NULL, &m), KEEL_HTTP_E400);
@@ -1181,7 +1186,8 @@ static void check_target(const char *target, const char *path, const char *query
 		rc = keel_http_target_parse(in, &t, scratch);
 	if (!path) {
 		if (rc != KEEL_HTTP_E400)
-			FAIL("target %s: %d, expected 400 (path %.*s)", target, rc, (int)t.path.len, t.path.ptr);
+			FAIL("target %s: %d, expected 400 (path %.*s)", target, rc, (int)t.path.len,
+			     t.path.ptr);
 		return;
 	}
 	if (rc != 0)
@@ -1196,7 +1202,8 @@ static void check_target(const char *target, const char *path, const char *query
 	/* Normalizing is idempotent: the result is already normal. */
 	char again[256];
 	long n = keel_http_path_normalize(t.path.ptr, t.path.len, again);
-	if (t.form != KEEL_HTTP_TARGET_ASTERISK && (n != (long)t.path.len || memcmp(again, t.path.ptr, t.path.len)))
+	if (t.form != KEEL_HTTP_TARGET_ASTERISK &&
+	    (n != (long)t.path.len || memcmp(again, t.path.ptr, t.path.len)))
 		FAIL("target %s: normalizing %.*s again changes it", target, (int)t.path.len, t.path.ptr);
 }
 
@@ -1263,7 +1270,8 @@ static void unit_grammar(void)
 	ASSERT_EQ(parse_req(crlf, NULL, &m), (int)strlen(crlf));
 	ASSERT_EQ(m.head_len, strlen(crlf));
 	ASSERT(keel_str_eq(m.method, "GET"));
-	ASSERT_EQ(bytewise_same("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", NULL, true),
+	ASSERT_EQ(bytewise_same("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", NULL,
+	                        true),
 	          KEEL_HTTP_E400);
 	ASSERT_EQ(bytewise_same("\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", NULL, true), KEEL_HTTP_E400);
 	ASSERT_EQ(bytewise_same("\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", NULL, false), 40);
@@ -1272,8 +1280,8 @@ static void unit_grammar(void)
 	ASSERT_EQ(parse_req("GET / HTTP/1.1\r\n\r\n", NULL, &m), KEEL_HTTP_E400);
 	ASSERT_EQ(parse_req("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", NULL, &m), KEEL_HTTP_E400);
 	ASSERT_GE(parse_req("GET / HTTP/1.0\r\n\r\n", NULL, &m), 1);
-	const char *good[] = {"", "example.com", "example.com:8080", "[::1]:80", "[v1.x]", "a_b.c-d~e",
-	                      "%41bc", "0.0.0.0=5000"};
+	const char *good[] = {"",          "example.com", "example.com:8080", "[::1]:80", "[v1.x]",
+	                      "a_b.c-d~e", "%41bc",       "0.0.0.0=5000"};
 	const char *bad[] = {"a b", "a/b", "a@b", "a?b", "a#b", "[::1", "a:80x", "%4g", "\"a\"", "a\\b"};
 	char buf[256];
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
@@ -1306,9 +1314,10 @@ static void unit_grammar(void)
 	ASSERT_EQ(m.body, KEEL_HTTP_BODY_UNTIL_CLOSE);
 	ASSERT_EQ(parse_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", NULL, &m),
 	          KEEL_HTTP_E400);
-	ASSERT_GE(parse_resp("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
-	                     NULL, &m),
-	          1);
+	ASSERT_GE(
+	    parse_resp("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+	               NULL, &m),
+	    1);
 	ASSERT_EQ(m.keep_alive, false);
 	ASSERT_GE(parse_resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "HEAD", &m), 1);
 	ASSERT_EQ(m.body, KEEL_HTTP_BODY_NONE);
@@ -1400,7 +1409,8 @@ static bool run_case(const tcase *tc, struct tally *t)
 		result ko;
 		run_keel(in.p, in.len, request, method, false, false, &ko);
 		if (ko.out != OUT_ERROR || ko.at != (unsigned)host_at) {
-			sb_printf(&why, "expected a rejection at message %d for the missing Host, got ", host_at);
+			sb_printf(&why, "expected a rejection at message %d for the missing Host, got ",
+			          host_at);
 			describe(&why, &ko, request);
 			report(tc, "FAIL", &why);
 			ok = false;
@@ -1425,14 +1435,16 @@ static bool run_case(const tcase *tc, struct tally *t)
 	} else if (v == V_MATCH && !a) {
 		t->matched += ok;
 		if (verbose)
-			printf("match %s:%d \"%s\"%s%s [llhttp %s %d, keel %s %d]\n", tc->file, tc->line, tc->title,
-			       host_at >= 0 ? " (Host added)" : "", completed ? " (head ended)" : "",
-			       outcome_name[e.out], e.code, outcome_name[k.out], k.code);
+			printf("match %s:%d \"%s\"%s%s [llhttp %s %d, keel %s %d]\n", tc->file, tc->line,
+			       tc->title, host_at >= 0 ? " (Host added)" : "",
+			       completed ? " (head ended)" : "", outcome_name[e.out], e.code,
+			       outcome_name[k.out], k.code);
 	} else {
 		ok = false;
 		sbuf d = {0};
 		if (a)
-			sb_printf(&d, "allowlisted as %s but is %s: ", verdict_name[a->verdict], verdict_name[v]);
+			sb_printf(&d, "allowlisted as %s but is %s: ", verdict_name[a->verdict],
+			          verdict_name[v]);
 		else
 			sb_printf(&d, "%s: ", verdict_name[v]);
 		sb_add(&d, why.p, why.len);
@@ -1460,14 +1472,28 @@ static void print_tally(const struct tally *t)
 }
 
 static const char *const corpus_files[] = {
-	"request/sample.md",     "request/method.md",          "request/uri.md",
-	"request/connection.md", "request/content-length.md",  "request/transfer-encoding.md",
-	"request/invalid.md",    "request/pipelining.md",      "request/finish.md",
-	"request/pausing.md",    "request/lenient-headers.md", "request/lenient-header-value-relaxed.md",
-	"request/lenient-version.md", "response/sample.md",    "response/connection.md",
-	"response/content-length.md", "response/transfer-encoding.md", "response/invalid.md",
-	"response/pipelining.md", "response/finish.md",        "response/pausing.md",
-	"response/lenient-version.md",
+    "request/sample.md",
+    "request/method.md",
+    "request/uri.md",
+    "request/connection.md",
+    "request/content-length.md",
+    "request/transfer-encoding.md",
+    "request/invalid.md",
+    "request/pipelining.md",
+    "request/finish.md",
+    "request/pausing.md",
+    "request/lenient-headers.md",
+    "request/lenient-header-value-relaxed.md",
+    "request/lenient-version.md",
+    "response/sample.md",
+    "response/connection.md",
+    "response/content-length.md",
+    "response/transfer-encoding.md",
+    "response/invalid.md",
+    "response/pipelining.md",
+    "response/finish.md",
+    "response/pausing.md",
+    "response/lenient-version.md",
 };
 
 static int run_corpus(void)
@@ -1479,8 +1505,8 @@ static int run_corpus(void)
 	struct tally total = {.file = "total"};
 	unsigned failed = 0, loaded = 0;
 	if (!list_md)
-		printf("%-40s %4s %7s %6s %5s %5s %7s %5s %5s %6s\n", "file", "run", "matched", "differ", "+Host",
-		       "+end", "lenient", "pause", "other", "failed");
+		printf("%-40s %4s %7s %6s %5s %5s %7s %5s %5s %6s\n", "file", "run", "matched", "differ",
+		       "+Host", "+end", "lenient", "pause", "other", "failed");
 	if (list_md)
 		printf("| file | case | why |\n|---|---|---|\n");
 	for (size_t f = 0; f < nfiles; f++) {
@@ -1535,9 +1561,10 @@ static int run_corpus(void)
 		       total.run, total.matched, total.differ,
 		       total.skip_lenient + total.skip_pause + total.skip_other, total.skip_lenient,
 		       total.skip_pause, total.skip_other, total.failed);
-		printf("(+Host: %u run cases lack Host in HTTP/1.1, which keel rejects; compared with one added. "
-		       "+end: %u cases end inside a head llhttp rejects; compared with the head ended.)\n",
-		       total.host, total.completed);
+		printf(
+		    "(+Host: %u run cases lack Host in HTTP/1.1, which keel rejects; compared with one added. "
+		    "+end: %u cases end inside a head llhttp rejects; compared with the head ended.)\n",
+		    total.host, total.completed);
 	}
 	return total.failed || failed ? 1 : 0;
 }

@@ -157,7 +157,8 @@ static void test_stop_under_unstoppable_upload(void)
 {
 	keel_http_server *srv = server(1 << 20);
 	int c = adopt(srv);
-	static const char req[] = "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nc\r\na";
+	static const char req[] =
+	    "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nc\r\na";
 	/* In pieces of 9 bytes, a tick between them; the stop comes in the tick of the last. */
 	for (size_t off = 0; off < sizeof(req) - 1; off += 9) {
 		size_t n = sizeof(req) - 1 - off < 9 ? sizeof(req) - 1 - off : 9;
@@ -192,11 +193,11 @@ static void test_head_errors(void)
 	static const struct {
 		const char *req, *status;
 	} cases[] = {
-		{"HEAD HTTP/1.1/x HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400 "},
-		{"HEAD /hello HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n", "HTTP/1.1 501 "},
-		{"HEAD /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 9000\r\n\r\n", "HTTP/1.1 413 "},
-		{"HEAD /hello HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 400 "},
-		{"HEAD /a/..%2Fb HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400 "},
+	    {"HEAD HTTP/1.1/x HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400 "},
+	    {"HEAD /hello HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n", "HTTP/1.1 501 "},
+	    {"HEAD /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 9000\r\n\r\n", "HTTP/1.1 413 "},
+	    {"HEAD /hello HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 400 "},
+	    {"HEAD /a/..%2Fb HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 400 "},
 	};
 	keel_http_server *srv = server(1000);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -209,7 +210,8 @@ static void test_head_errors(void)
 		char *end = strstr(got, "\r\n\r\n");
 		ASSERT(end != NULL);
 		if ((size_t)(end + 4 - got) != n)
-			FAIL("case %zu: %zu bytes after the head of a HEAD answer: %s", i, n - (size_t)(end + 4 - got), end + 4);
+			FAIL("case %zu: %zu bytes after the head of a HEAD answer: %s", i,
+			     n - (size_t)(end + 4 - got), end + 4);
 		close(c);
 	}
 	stopped = 0;
@@ -291,8 +293,8 @@ static void test_unstoppable_handler_keeps_its_request(void)
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 5);
 	struct slow *st = slow_state;
-	ASSERT(fcntl(st->fd, F_GETFD) >= 0);    /* its file is still its own */
-	ASSERT_EQ(st->req->resp.status, 200);   /* and its response as it left it */
+	ASSERT(fcntl(st->fd, F_GETFD) >= 0);  /* its file is still its own */
+	ASSERT_EQ(st->req->resp.status, 200); /* and its response as it left it */
 	ASSERT_EQ(st->req->resp.file_fd, st->fd);
 	in_resolve = 1;
 	keel_promise_resolve(st->p, 0, &st->req->resp);
@@ -409,15 +411,15 @@ static void test_halfclose_gets_what_it_is_owed(void)
 	static const struct {
 		const char *req, *first, *second; /* second: the answer to the cut-off request, if any */
 	} cases[] = {
-		/* A head cut off: dropped; the big answer before it arrives whole. */
-		{"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /hel", "HTTP/1.1 200 ", NULL},
-		/* A body read whole, cut off: answered 400 after what came before. */
-		{"GET /hello HTTP/1.1\r\nHost: a\r\n\r\nPOST /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
-		 "HTTP/1.1 200 ", "HTTP/1.1 400 "},
-		/* A streamed body cut off: its handler fails with the read's -ECONNRESET, answered 400. */
-		{"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", "HTTP/1.1 400 ", NULL},
-		/* Nothing complete: closed with nothing sent. */
-		{"GET /hello HTTP/1.1\r\nHo", NULL, NULL},
+	    /* A head cut off: dropped; the big answer before it arrives whole. */
+	    {"GET /big HTTP/1.1\r\nHost: a\r\n\r\nGET /hel", "HTTP/1.1 200 ", NULL},
+	    /* A body read whole, cut off: answered 400 after what came before. */
+	    {"GET /hello HTTP/1.1\r\nHost: a\r\n\r\nPOST /hello HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+	     "HTTP/1.1 200 ", "HTTP/1.1 400 "},
+	    /* A streamed body cut off: its handler fails with the read's -ECONNRESET, answered 400. */
+	    {"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", "HTTP/1.1 400 ", NULL},
+	    /* Nothing complete: closed with nothing sent. */
+	    {"GET /hello HTTP/1.1\r\nHo", NULL, NULL},
 	};
 	static char got[BIG + 4096];
 	keel_http_server *srv = server(1000);

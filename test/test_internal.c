@@ -18,7 +18,7 @@ static void test_generations(keel_loop *loop)
 	ASSERT(keel__op_lookup(loop, ud_a) == NULL); /* freed: a late CQE finds nothing */
 
 	keel__op *b = keel__op_new(loop, KEEL__OP_RECV, -1);
-	ASSERT_EQ(b->slot, slot); /* the slot is reused... */
+	ASSERT_EQ(b->slot, slot);                    /* the slot is reused... */
 	ASSERT(keel__op_lookup(loop, ud_a) == NULL); /* ...but the old tag does not match it */
 	ASSERT(keel__op_lookup(loop, keel__op_user_data(b)) == b);
 	ASSERT(keel__op_lookup(loop, UINT64_MAX) == NULL);

@@ -344,8 +344,8 @@ static void test_nested_run_once(void)
 	keel_promise_done(p, nest, NULL);
 	keel_promise_resolve(p, 0, NULL);
 	keel_loop_run_once(nest_loop, 0);
-	ASSERT_EQ(blocked_before_write, 0); /* nothing that could raise it yet */
-	ASSERT_EQ(nested_blocked, 1);       /* still inside the outer tick */
+	ASSERT_EQ(blocked_before_write, 0);  /* nothing that could raise it yet */
+	ASSERT_EQ(nested_blocked, 1);        /* still inside the outer tick */
 	ASSERT_EQ(sigpipe_blocked_now(), 0); /* and the host's mask back afterwards */
 	ASSERT_EQ(test_await(nest_loop, nest_write).n, 1);
 	close(devnull);

@@ -514,8 +514,10 @@ static const char *test_connect_deadline(void)
 		if (queued > backlog)
 			break;
 		if (nfill == FILL_MAX) {
-			snprintf(why, sizeof(why), "accept queue not full after %d connections "
-			         "(%u queued, backlog %u)", nfill, queued, backlog);
+			snprintf(why, sizeof(why),
+			         "accept queue not full after %d connections "
+			         "(%u queued, backlog %u)",
+			         nfill, queued, backlog);
 			skip = why;
 			goto out;
 		}
@@ -545,8 +547,7 @@ static const char *test_connect_deadline(void)
 	int probe_state = tcp_state(probe);
 	if (probe_state != TCP_SYN_SENT) {
 		snprintf(why, sizeof(why),
-		         "a SYN to a full accept queue was not dropped (probe in TCP state %d)",
-		         probe_state);
+		         "a SYN to a full accept queue was not dropped (probe in TCP state %d)", probe_state);
 		skip = why;
 		if (!keel_promise_is_settled(p))
 			keel_promise_cancel(p);
@@ -587,8 +588,16 @@ static void test_addr_parse(void)
 	ASSERT_OK(keel_addr_parse("[::1]:8080", &ss, &len));
 	ASSERT(strcmp(keel_addr_format((struct sockaddr *)&ss, out, sizeof(out)), "[::1]:8080") == 0);
 	ASSERT_OK(keel_addr_parse(":7000", &ss, &len));
-	static const char *bad[] = {"", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1",
-	                            "127.0.0.1:80x", "host:80", "[::1:80", "1.2.3.4.5:80", NULL};
+	static const char *bad[] = {"",
+	                            "127.0.0.1",
+	                            "127.0.0.1:",
+	                            "127.0.0.1:65536",
+	                            "127.0.0.1:-1",
+	                            "127.0.0.1:80x",
+	                            "host:80",
+	                            "[::1:80",
+	                            "1.2.3.4.5:80",
+	                            NULL};
 	for (int i = 0; bad[i]; i++)
 		if (keel_addr_parse(bad[i], &ss, &len) != -EINVAL)
 			FAIL("accepted bad address '%s'", bad[i]);

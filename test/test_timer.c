@@ -268,8 +268,7 @@ static void mix_fire(keel_loop *loop, keel_timer *t)
 		mix_armed[o->id] = true;
 		o->fired = 0;
 		break;
-	default:
-		break;
+	default: break;
 	}
 }
 

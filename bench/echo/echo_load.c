@@ -170,8 +170,7 @@ static void conn_connect(struct load *ld, struct conn *c, int64_t now)
 		conn_kill(ld, c, errno);
 		return;
 	}
-	if (connect(fd, (const struct sockaddr *)&ld->addr, sizeof ld->addr) < 0 &&
-	    errno != EINPROGRESS)
+	if (connect(fd, (const struct sockaddr *)&ld->addr, sizeof ld->addr) < 0 && errno != EINPROGRESS)
 		conn_connect_failed(ld, c, errno, now);
 }
 
@@ -181,8 +180,7 @@ static int conn_send(struct load *ld, struct conn *c)
 	ssize_t n;
 
 	while (c->sent < ld->msg_bytes) {
-		n = send(c->fd, ld->pattern + c->shift + c->sent, ld->msg_bytes - c->sent,
-		         MSG_NOSIGNAL);
+		n = send(c->fd, ld->pattern + c->shift + c->sent, ld->msg_bytes - c->sent, MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EAGAIN)
 				return 0; /* wait for the EPOLLOUT edge */
@@ -267,8 +265,7 @@ static void conn_event(struct load *ld, struct conn *c, uint32_t events, int64_t
 		if (!err && (events & (EPOLLERR | EPOLLHUP)))
 			err = -ECONNRESET;
 		break;
-	default:
-		return; /* a stale event for a socket already closed */
+	default: return; /* a stale event for a socket already closed */
 	}
 	if (err)
 		conn_kill(ld, c, err < 0 ? -err : err);
@@ -346,30 +343,16 @@ static void parse_args(struct load *ld, int argc, char **argv)
 	ld->warmup_s = 1;
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (opt) {
-		case 'h':
-			host = optarg;
-			break;
-		case 'p':
-			port = parse_num(argv[0], optarg, 1, 65535);
-			break;
-		case 'c':
-			ld->conn_count = (uint32_t)parse_num(argv[0], optarg, 1, CONNECTIONS_MAX);
-			break;
-		case 's':
-			ld->msg_bytes = (uint32_t)parse_num(argv[0], optarg, 1, MSG_BYTES_MAX);
-			break;
-		case 'd':
-			ld->duration_s = parse_num(argv[0], optarg, 0.001, 3600);
-			break;
-		case 'w':
-			ld->warmup_s = parse_num(argv[0], optarg, 0, 600);
-			break;
-		default:
-			usage(argv[0]);
+		case 'h': host = optarg; break;
+		case 'p': port = parse_num(argv[0], optarg, 1, 65535); break;
+		case 'c': ld->conn_count = (uint32_t)parse_num(argv[0], optarg, 1, CONNECTIONS_MAX); break;
+		case 's': ld->msg_bytes = (uint32_t)parse_num(argv[0], optarg, 1, MSG_BYTES_MAX); break;
+		case 'd': ld->duration_s = parse_num(argv[0], optarg, 0.001, 3600); break;
+		case 'w': ld->warmup_s = parse_num(argv[0], optarg, 0, 600); break;
+		default: usage(argv[0]);
 		}
 	}
-	if (optind != argc || port == 0 || ld->conn_count == 0 || ld->msg_bytes == 0 ||
-	    ld->duration_s == 0)
+	if (optind != argc || port == 0 || ld->conn_count == 0 || ld->msg_bytes == 0 || ld->duration_s == 0)
 		usage(argv[0]);
 	memset(&ld->addr, 0, sizeof ld->addr);
 	ld->addr.sin_family = AF_INET;
@@ -390,8 +373,8 @@ static void raise_fd_limit(uint32_t conn_count)
 		return;
 	rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
 	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
-		fprintf(stderr, "echo_load: fd limit %llu is below %llu\n",
-		        (unsigned long long)rl.rlim_cur, (unsigned long long)want);
+		fprintf(stderr, "echo_load: fd limit %llu is below %llu\n", (unsigned long long)rl.rlim_cur,
+		        (unsigned long long)want);
 }
 
 int main(int argc, char **argv)
@@ -456,8 +439,7 @@ int main(int argc, char **argv)
 		if (settled && (now >= end || ld.running == 0))
 			break;
 		if (!settled)
-			deadline = ld.next_retry_ns < connect_deadline ? ld.next_retry_ns
-			                                               : connect_deadline;
+			deadline = ld.next_retry_ns < connect_deadline ? ld.next_retry_ns : connect_deadline;
 		else
 			deadline = ld.counting ? end : warm_end;
 
@@ -487,8 +469,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "echo_load: %" PRIu64 " errors, first: %s\n", ld.errors,
 		        ld.first_err == EBADMSG ? "echo content mismatch" : strerror(ld.first_err));
 	if (ld.running < ld.conn_count && settled)
-		fprintf(stderr, "echo_load: %u of %u connections still running\n", ld.running,
-		        ld.conn_count);
+		fprintf(stderr, "echo_load: %u of %u connections still running\n", ld.running, ld.conn_count);
 	printf("msgs=%" PRIu64 " secs=%.3f msgs_per_sec=%.1f errors=%" PRIu64 "\n", ld.msgs, secs,
 	       secs > 0 ? (double)ld.msgs / secs : 0.0, ld.errors);
 	return ld.errors ? 1 : 0;

@@ -41,19 +41,19 @@
 
 enum { OP_ACCEPT, OP_RECV, OP_SEND, OP_CLOSE };
 
-#define RESPONSE                     \
-	"HTTP/1.1 200 OK\r\n"            \
-	"Server: floor\r\n"              \
-	"Content-Type: text/plain\r\n"   \
-	"Content-Length: 13\r\n"         \
-	"\r\n"                           \
+#define RESPONSE                       \
+	"HTTP/1.1 200 OK\r\n"          \
+	"Server: floor\r\n"            \
+	"Content-Type: text/plain\r\n" \
+	"Content-Length: 13\r\n"       \
+	"\r\n"                         \
 	"Hello, World!"
 
 static const char response[] = RESPONSE;
 #define RESPONSE_BYTES (sizeof(response) - 1)
 
 static char batch[BATCH_MAX * RESPONSE_BYTES]; /* BATCH_MAX copies */
-static unsigned char matched[FD_MAX]; /* bytes of "\r\n\r\n" seen, per fd */
+static unsigned char matched[FD_MAX];          /* bytes of "\r\n\r\n" seen, per fd */
 
 static struct io_uring ring;
 static struct io_uring_buf_ring *buf_ring;
@@ -153,8 +153,8 @@ static unsigned count_requests(int fd, const unsigned char *p, size_t len)
 
 static void recycle(unsigned bid)
 {
-	io_uring_buf_ring_add(buf_ring, bufs + (size_t)bid * BUF_BYTES, BUF_BYTES,
-			      (unsigned short)bid, io_uring_buf_ring_mask(BUF_COUNT), 0);
+	io_uring_buf_ring_add(buf_ring, bufs + (size_t)bid * BUF_BYTES, BUF_BYTES, (unsigned short)bid,
+	                      io_uring_buf_ring_mask(BUF_COUNT), 0);
 	io_uring_buf_ring_advance(buf_ring, 1);
 }
 
@@ -164,9 +164,8 @@ static void on_recv(int fd, const struct io_uring_cqe *cqe)
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 
 		if (cqe->res > 0) {
-			unsigned n = count_requests(fd,
-				(const unsigned char *)bufs + (size_t)bid * BUF_BYTES,
-				(size_t)cqe->res);
+			unsigned n = count_requests(fd, (const unsigned char *)bufs + (size_t)bid * BUF_BYTES,
+			                            (size_t)cqe->res);
 			send_responses(fd, n);
 		}
 		recycle(bid);
@@ -199,7 +198,7 @@ static void on_accept(int lfd, const struct io_uring_cqe *cqe)
 
 static int listen_on(const char *spec)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
+	struct sockaddr_in sa = {.sin_family = AF_INET};
 	const char *colon = strrchr(spec, ':');
 	char host[64];
 	int fd, one = 1;
@@ -228,9 +227,9 @@ usage:
 static void setup_ring(void)
 {
 	struct io_uring_params p = {
-		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+	    .flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
 	};
-	struct io_uring_buf_reg reg = { .ring_entries = BUF_COUNT, .bgid = BUF_GROUP };
+	struct io_uring_buf_reg reg = {.ring_entries = BUF_COUNT, .bgid = BUF_GROUP};
 	size_t ring_bytes = BUF_COUNT * sizeof(struct io_uring_buf);
 	int ret;
 
@@ -246,8 +245,7 @@ static void setup_ring(void)
 		die("io_uring_register_ring_fd", -ret);
 
 	/* liburing 2.3 lacks io_uring_setup_buf_ring: map and register by hand. */
-	buf_ring = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	buf_ring = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (buf_ring == MAP_FAILED)
 		die("mmap", errno);
 	bufs = malloc((size_t)BUF_COUNT * BUF_BYTES);
@@ -259,9 +257,8 @@ static void setup_ring(void)
 		die("io_uring_register_buf_ring", -ret);
 	io_uring_buf_ring_init(buf_ring);
 	for (unsigned i = 0; i < BUF_COUNT; i++)
-		io_uring_buf_ring_add(buf_ring, bufs + (size_t)i * BUF_BYTES, BUF_BYTES,
-				      (unsigned short)i, io_uring_buf_ring_mask(BUF_COUNT),
-				      (int)i);
+		io_uring_buf_ring_add(buf_ring, bufs + (size_t)i * BUF_BYTES, BUF_BYTES, (unsigned short)i,
+		                      io_uring_buf_ring_mask(BUF_COUNT), (int)i);
 	io_uring_buf_ring_advance(buf_ring, BUF_COUNT);
 }
 
@@ -286,16 +283,13 @@ int main(int argc, char **argv)
 
 		if (ret < 0 && ret != -EINTR)
 			die("io_uring_submit_and_wait", -ret);
-		io_uring_for_each_cqe(&ring, head, cqe) {
+		io_uring_for_each_cqe(&ring, head, cqe)
+		{
 			int fd = (int)(cqe->user_data >> 2);
 
 			switch (cqe->user_data & 3) {
-			case OP_ACCEPT:
-				on_accept(fd, cqe);
-				break;
-			case OP_RECV:
-				on_recv(fd, cqe);
-				break;
+			case OP_ACCEPT: on_accept(fd, cqe); break;
+			case OP_RECV: on_recv(fd, cqe); break;
 			default:
 				/*
 				 * Only failed sends and closes report. A failed send

@@ -120,11 +120,13 @@ static int response_complete(const char *buf, uint32_t len)
 		return -1;
 	long clen = -1;
 	bool chunked = false;
-	for (const char *p = memchr(buf, '\n', head); p && p + 1 < buf + head; p = memchr(p + 1, '\n', (size_t)(buf + head - p - 1))) {
+	for (const char *p = memchr(buf, '\n', head); p && p + 1 < buf + head;
+	     p = memchr(p + 1, '\n', (size_t)(buf + head - p - 1))) {
 		const char *line = p + 1;
 		if (strncasecmp(line, "content-length:", 15) == 0)
 			clen = strtol(line + 15, NULL, 10);
-		else if (strncasecmp(line, "transfer-encoding:", 18) == 0 && memmem(line, (size_t)(buf + head - line), "chunked", 7))
+		else if (strncasecmp(line, "transfer-encoding:", 18) == 0 &&
+		         memmem(line, (size_t)(buf + head - line), "chunked", 7))
 			chunked = true;
 	}
 	if (clen >= 0) {
@@ -143,11 +145,11 @@ static int response_complete(const char *buf, uint32_t len)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"host", required_argument, NULL, 'a'},    {"port", required_argument, NULL, 'p'},
-		{"path", required_argument, NULL, 'P'},    {"connections", required_argument, NULL, 'n'},
-		{"warmup", required_argument, NULL, 'w'},  {"window", required_argument, NULL, 'W'},
-		{"timeout", required_argument, NULL, 't'}, {"hold", required_argument, NULL, 'H'},
-		{"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+	    {"host", required_argument, NULL, 'a'},    {"port", required_argument, NULL, 'p'},
+	    {"path", required_argument, NULL, 'P'},    {"connections", required_argument, NULL, 'n'},
+	    {"warmup", required_argument, NULL, 'w'},  {"window", required_argument, NULL, 'W'},
+	    {"timeout", required_argument, NULL, 't'}, {"hold", required_argument, NULL, 'H'},
+	    {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
 	};
 	const char *host = "127.0.0.1", *path = "/plaintext";
 	long port = 0, nconns = 0, warmup = 0, window = 64;
@@ -188,7 +190,8 @@ int main(int argc, char **argv)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)nconns + 16) {
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < (rlim_t)nconns + 16) {
 		fprintf(stderr, "idle_conns: fd limit %llu is too low for %ld connections\n",
 		        (unsigned long long)rl.rlim_cur, nconns);
 		return 2;
@@ -223,24 +226,25 @@ int main(int argc, char **argv)
 		fprintf(stderr, "idle_conns: setup: %s\n", strerror(errno));
 		return 2;
 	}
-	long next = 0, inflight = 0, ok = 0, failed = 0, responses = 0, sent = 0, closed_by_server = 0, open = 0;
+	long next = 0, inflight = 0, ok = 0, failed = 0, responses = 0, sent = 0, closed_by_server = 0,
+	     open = 0;
 	double t0 = now_s(), deadline = t0 + timeout_s;
 
 	/* Start a connection: nonblocking connect, request written on EPOLLOUT. */
-#define FAIL(i)                                                                                    \
-	do {                                                                                       \
-		struct conn *f_ = &conns[i];                                                       \
-		if (f_->fd >= 0)                                                                   \
-			close_reset(f_->fd);                                                       \
-		free(f_->buf);                                                                     \
-		f_->buf = NULL;                                                                    \
-		if (f_->state == C_CONNECTING || f_->state == C_WAITING)                          \
-			inflight--;                                                                \
-		if (f_->state != C_IDLE_SLOT)                                                      \
-			open--;                                                                    \
-		f_->state = C_CLOSED;                                                              \
-		f_->fd = -1;                                                                       \
-		failed++;                                                                          \
+#define FAIL(i)                                                          \
+	do {                                                             \
+		struct conn *f_ = &conns[i];                             \
+		if (f_->fd >= 0)                                         \
+			close_reset(f_->fd);                             \
+		free(f_->buf);                                           \
+		f_->buf = NULL;                                          \
+		if (f_->state == C_CONNECTING || f_->state == C_WAITING) \
+			inflight--;                                      \
+		if (f_->state != C_IDLE_SLOT)                            \
+			open--;                                          \
+		f_->state = C_CLOSED;                                    \
+		f_->fd = -1;                                             \
+		failed++;                                                \
 	} while (0)
 
 	bool setup_done = false;
@@ -286,7 +290,8 @@ int main(int argc, char **argv)
 			next = nconns;
 			break;
 		}
-		int n = epoll_pwait(ep, evs, EVENTS_MAX, left > 0.2 ? 200 : (int)(left * 1000) + 1, &waitmask);
+		int n =
+		    epoll_pwait(ep, evs, EVENTS_MAX, left > 0.2 ? 200 : (int)(left * 1000) + 1, &waitmask);
 		if (n < 0 && errno != EINTR) {
 			fprintf(stderr, "idle_conns: epoll_wait: %s\n", strerror(errno));
 			return 2;
@@ -316,15 +321,17 @@ int main(int argc, char **argv)
 					continue;
 				}
 				k->len = 0;
-				struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.u64 = (uint64_t)i};
+				struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,
+				                         .data.u64 = (uint64_t)i};
 				epoll_ctl(ep, EPOLL_CTL_MOD, k->fd, &ev);
 			} else if (k->state == C_WAITING) {
 				ssize_t r = read(k->fd, k->buf + k->len, RESP_BYTES_MAX - 1 - k->len);
 				if (r < 0 && (errno == EAGAIN || errno == EINTR))
 					continue;
 				if (r <= 0) {
-					fprintf(stderr, "idle_conns: connection %ld: %s before the whole response\n", i,
-					        r == 0 ? "EOF" : strerror(errno));
+					fprintf(stderr,
+					        "idle_conns: connection %ld: %s before the whole response\n",
+					        i, r == 0 ? "EOF" : strerror(errno));
 					FAIL(i);
 					continue;
 				}
@@ -334,7 +341,8 @@ int main(int argc, char **argv)
 					continue;
 				if (rc < 0) {
 					k->buf[k->len] = '\0';
-					fprintf(stderr, "idle_conns: connection %ld: bad response: %.80s\n", i, k->buf);
+					fprintf(stderr, "idle_conns: connection %ld: bad response: %.80s\n",
+					        i, k->buf);
 					FAIL(i);
 					continue;
 				}

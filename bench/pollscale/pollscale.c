@@ -124,7 +124,7 @@ static int select_setup(struct bench *b)
 static int select_wait(struct bench *b)
 {
 	fd_set rd = b->set;
-	struct timeval tv = { 0, 0 };
+	struct timeval tv = {0, 0};
 	int n = select(b->set_nfds, &rd, NULL, NULL, &tv);
 
 	if (n < 0)
@@ -145,7 +145,7 @@ static int epoll_setup(struct bench *b)
 	if (b->epfd < 0)
 		return -errno;
 	for (int i = 0; i < b->nfds; i++) {
-		struct epoll_event ev = { .events = EPOLLIN, .data.fd = b->fds[i] };
+		struct epoll_event ev = {.events = EPOLLIN, .data.fd = b->fds[i]};
 
 		if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, b->fds[i], &ev) < 0) {
 			int err = -errno;
@@ -248,11 +248,11 @@ static void uring_teardown(struct bench *b)
 }
 
 static const struct method methods[] = {
-	{ "none", none_setup, none_wait, none_teardown },
-	{ "poll", poll_setup, poll_wait, poll_teardown },
-	{ "select", select_setup, select_wait, select_teardown },
-	{ "epoll", epoll_setup, epoll_wait_one, epoll_teardown },
-	{ "io_uring", uring_setup, uring_wait, uring_teardown },
+    {"none", none_setup, none_wait, none_teardown},
+    {"poll", poll_setup, poll_wait, poll_teardown},
+    {"select", select_setup, select_wait, select_teardown},
+    {"epoll", epoll_setup, epoll_wait_one, epoll_teardown},
+    {"io_uring", uring_setup, uring_wait, uring_teardown},
 };
 
 static double now_s(void)
@@ -294,8 +294,8 @@ static int op(const struct method *m, struct bench *b)
 }
 
 /* Runs up to ops operations; stops early once budget_s has passed. */
-static int run(const struct method *m, struct bench *b, long ops,
-	       double budget_s, long *ops_run, double *elapsed_s)
+static int run(const struct method *m, struct bench *b, long ops, double budget_s, long *ops_run,
+               double *elapsed_s)
 {
 	int ret;
 
@@ -343,14 +343,14 @@ static int raise_fd_limit(int want)
 static void usage(void)
 {
 	fprintf(stderr, "usage: pollscale -m poll|select|epoll|io_uring|none "
-			"-N fds [-n ops] [-t budget_s] [-b]\n");
+	                "-N fds [-n ops] [-t budget_s] [-b]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
 	const struct method *m = NULL;
-	struct bench b = { .epfd = -1 };
+	struct bench b = {.epfd = -1};
 	long ops = 100000, ops_run = 0;
 	double budget_s = 10.0, elapsed_s = 0.0;
 	int opened = 0, opt, ret;
@@ -362,20 +362,11 @@ int main(int argc, char **argv)
 				if (strcmp(optarg, methods[i].name) == 0)
 					m = &methods[i];
 			break;
-		case 'N':
-			b.nfds = atoi(optarg);
-			break;
-		case 'n':
-			ops = atol(optarg);
-			break;
-		case 't':
-			budget_s = atof(optarg);
-			break;
-		case 'b':
-			b.bare = true;
-			break;
-		default:
-			usage();
+		case 'N': b.nfds = atoi(optarg); break;
+		case 'n': ops = atol(optarg); break;
+		case 't': budget_s = atof(optarg); break;
+		case 'b': b.bare = true; break;
+		default: usage();
 		}
 	}
 	if (!m || b.nfds < 1 || b.nfds > FDS_MAX || ops < 1 || budget_s <= 0)
@@ -404,8 +395,7 @@ int main(int argc, char **argv)
 
 	ret = m->setup(&b);
 	if (ret == -EMFILE && m->wait == select_wait) {
-		fprintf(stderr, "pollscale: select: fd %d >= FD_SETSIZE %d\n",
-			b.ready_fd, FD_SETSIZE);
+		fprintf(stderr, "pollscale: select: fd %d >= FD_SETSIZE %d\n", b.ready_fd, FD_SETSIZE);
 		printf("%s\t%d\t%ld\t0\tNA\n", m->name, b.nfds, ops);
 		ret = 0;
 		goto out_close_fds;

@@ -76,12 +76,13 @@ int main(void)
 		char got[64] = "";
 		ssize_t n = recv(s2[1], got, sizeof got - 1, MSG_DONTWAIT);
 		if (n != 16 || memcmp(got, "BBBBBBBBBBBBBBBB", 16) != 0) {
-			printf("round %d: socket 2 received %zd bytes \"%.*s\" (sendfile n %lld err %d)\n", round, n,
-			       (int)(n > 0 ? n : 0), got, (long long)out.n, out.err);
+			printf("round %d: socket 2 received %zd bytes \"%.*s\" (sendfile n %lld err %d)\n",
+			       round, n, (int)(n > 0 ? n : 0), got, (long long)out.n, out.err);
 			bad = 1;
 		}
 	}
-	printf("backend %s: %s\n", keel_loop_backend(loop), bad ? "stale bytes from the cancelled sendfile" : "ok");
+	printf("backend %s: %s\n", keel_loop_backend(loop),
+	       bad ? "stale bytes from the cancelled sendfile" : "ok");
 	keel_loop_free(loop);
 	return bad;
 }

@@ -77,7 +77,8 @@ int main(void)
 	int sv[2];
 	socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
 	keel_http_server_adopt(srv, sv[1]);
-	static const char req[] = "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nc\r\na";
+	static const char req[] =
+	    "POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nc\r\na";
 	/* In pieces of 9 bytes, a loop tick between them (as the fuzz driver's "w/9" does). */
 	for (size_t off = 0; off < sizeof(req) - 1; off += 9) {
 		size_t n = sizeof(req) - 1 - off < 9 ? sizeof(req) - 1 - off : 9;
@@ -89,7 +90,8 @@ int main(void)
 	keel_promise_done(keel_http_server_stop(srv, 0), on_stopped, NULL);
 	for (int i = 0; i < 200 && !stopped; i++)
 		keel_loop_run_once(loop, 1);
-	printf("backend %s: server %s\n", keel_loop_backend(loop), stopped ? "stopped cleanly" : "did not stop");
+	printf("backend %s: server %s\n", keel_loop_backend(loop),
+	       stopped ? "stopped cleanly" : "did not stop");
 	close(sv[0]);
 	keel_http_server_free(srv);
 	keel_loop_free(loop);

@@ -13,13 +13,13 @@
 #include <stdint.h>
 
 typedef struct keel_buf {
-	char *data;    /* received bytes */
-	uint32_t len;  /* how many */
-	uint32_t cap;  /* buffer size */
-	uint16_t id;   /* index in the pool */
-	uint16_t refs; /* internal */
+	char *data;                 /* received bytes */
+	uint32_t len;               /* how many */
+	uint32_t cap;               /* buffer size */
+	uint16_t id;                /* index in the pool */
+	uint16_t refs;              /* internal */
 	struct keel__bufpool *pool; /* internal */
-	struct keel_buf *next; /* free for the holder's use (e.g. a queue) while it holds the buffer */
+	struct keel_buf *next;      /* free for the holder's use (e.g. a queue) while it holds the buffer */
 } keel_buf;
 
 /* Take a reference: the buffer stays out of the pool until released. */

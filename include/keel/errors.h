@@ -10,9 +10,9 @@
 #define KEEL_ERRORS_H
 
 enum {
-	KEEL_ELIMIT = -5001,   /* a configured limit was reached */
-	KEEL_EBACKEND = -5002, /* the requested backend cannot run here */
-	KEEL_ESTOPPED = -5003, /* the loop is stopping; no new work accepted */
+	KEEL_ELIMIT = -5001,        /* a configured limit was reached */
+	KEEL_EBACKEND = -5002,      /* the requested backend cannot run here */
+	KEEL_ESTOPPED = -5003,      /* the loop is stopping; no new work accepted */
 	KEEL_ECONNTIMEDOUT = -5004, /* connecting timed out (the HTTP client; -ETIMEDOUT is the response) */
 	KEEL_ENAME = -5005,         /* a name that does not resolve (no such host, or no address) */
 };

@@ -23,15 +23,15 @@ typedef struct keel_http_conn keel_http_conn;
 typedef struct keel_http_request keel_http_request;
 
 typedef struct keel_http_config {
-	keel_http_limits limits;   /* request line, head and header count (414/431) */
-	uint64_t body_max;         /* request body bytes; more: 413 before reading. Default 1 MiB */
-	uint64_t body_stream_max;  /* the same for routes that stream their body (KEEL_HTTP_STREAM_BODY),
+	keel_http_limits limits;        /* request line, head and header count (414/431) */
+	uint64_t body_max;              /* request body bytes; more: 413 before reading. Default 1 MiB */
+	uint64_t body_stream_max;       /* the same for routes that stream their body (KEEL_HTTP_STREAM_BODY),
 	                              which never hold more than one receive buffer of it; 0 (default):
 	                              no limit on the length */
-	unsigned conns_max;        /* per server (one per loop); when full, the longest-idle
+	unsigned conns_max;             /* per server (one per loop); when full, the longest-idle
 	                              connection is closed to make room, and with none idle
 	                              accepting pauses. 10000 */
-	unsigned pipeline_max;     /* requests in flight per connection; 32 */
+	unsigned pipeline_max;          /* requests in flight per connection; 32 */
 	unsigned requests_per_conn_max; /* then Connection: close; 0 = no limit (default 0) */
 	/*
 	 * Admission. A request is shed -- answered at once with 503 and
@@ -49,22 +49,22 @@ typedef struct keel_http_config {
 	size_t conn_out_max;         /* answered, unsent response bytes per connection; past
 	                                it receiving pauses (bodies from files and streams are
 	                                not counted: they are pulled). Default 1 MiB */
-	uint64_t header_timeout_ms; /* one deadline for the whole head, the first one from accept
+	uint64_t header_timeout_ms;  /* one deadline for the whole head, the first one from accept
 	                               (slowloris, silent connections); 10000 */
-	uint64_t body_timeout_ms;   /* between body reads; 30000 */
-	uint64_t idle_timeout_ms;   /* keep-alive idle, between requests; 60000 */
-	uint64_t send_timeout_ms;   /* a response send that makes no progress; 30000 */
-	const char *server_name;    /* Server header; "keel"; NULL: none */
-	int access_log_fd;          /* combined-format access log, written through the loop in
+	uint64_t body_timeout_ms;    /* between body reads; 30000 */
+	uint64_t idle_timeout_ms;    /* keep-alive idle, between requests; 60000 */
+	uint64_t send_timeout_ms;    /* a response send that makes no progress; 30000 */
+	const char *server_name;     /* Server header; "keel"; NULL: none */
+	int access_log_fd;           /* combined-format access log, written through the loop in
 	                               batches; -1 (default): off. The server does not close it. */
-	bool listener_keep;         /* stop leaves the listening socket listening (another server
+	bool listener_keep;          /* stop leaves the listening socket listening (another server
 	                               takes it over); default false: stop shuts it down at once */
 } keel_http_config;
 
 typedef struct keel_http_response {
 	int status;
-	const char *content_type; /* NULL: no Content-Type */
-	keel_str body;            /* borrowed until the response is sent */
+	const char *content_type;        /* NULL: no Content-Type */
+	keel_str body;                   /* borrowed until the response is sent */
 	const keel_http_header *headers; /* extra headers, borrowed */
 	unsigned nheaders;
 	/* A body from a file instead (sent with sendfile/splice): fd >= 0. */
@@ -101,14 +101,14 @@ struct keel_http_request {
 	keel_str body;     /* the whole request body (Content-Length or de-chunked); empty on
 	                      KEEL_HTTP_STREAM_BODY routes: read it with keel_http_body_read */
 	keel_http_response resp; /* storage a handler may fill and return */
-	void *user;        /* free for the handler */
+	void *user;              /* free for the handler */
 	/* internal */
-	keel_http_conn *conn;       /* NULL once a zombie */
+	keel_http_conn *conn; /* NULL once a zombie */
 	keel_http_server *server;
 	const struct keel__http_proto *proto; /* the protocol that carried it */
 	struct keel_http_request *next;
 	keel_promise *pending;
-	keel_promise *holder;       /* a zombie's: the promise whose producer still holds it */
+	keel_promise *holder; /* a zombie's: the promise whose producer still holds it */
 	keel_http_response *answer;
 	keel_ctx *ctx;
 	void *hold[2];  /* receive buffers the spans point into */
@@ -124,7 +124,7 @@ struct keel_http_request {
 	int body_err;
 	uint8_t done, keep_alive, head_only, is_error, is_error_logged, want_continue;
 	uint8_t stream_body, body_done, body_given, body_discard;
-	uint8_t zombie; /* its client went, its handler's producer still holds it (see keel_http_handler) */
+	uint8_t zombie;   /* its client went, its handler's producer still holds it (see keel_http_handler) */
 	size_t out_bytes; /* counted in the connection's unsent output */
 	keel_http_header headers[]; /* config limits.headers_max */
 };
@@ -248,7 +248,7 @@ typedef struct keel_http_stats {
 	uint64_t idle_closed;       /* idle connections closed to make room (limit reached, EMFILE) */
 	uint64_t log_lines_dropped; /* access log lines lost because the disk fell behind */
 	uint32_t conns_open;
-	uint32_t inflight;          /* requests waiting for their handlers */
+	uint32_t inflight; /* requests waiting for their handlers */
 } keel_http_stats;
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
 

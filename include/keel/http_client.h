@@ -62,8 +62,7 @@ void keel_http_client_config_default(keel_http_client_config *cfg);
  *   -EINVAL  no loop, or a bad cfg (pool_max or limits.headers_max of 0)
  *   -ENOMEM  out of memory
  */
-int keel_http_client_new(keel_http_client **out, keel_loop *loop,
-                         const keel_http_client_config *cfg);
+int keel_http_client_new(keel_http_client **out, keel_loop *loop, const keel_http_client_config *cfg);
 
 /*
  * Close every connection; requests still waiting or in flight reject with
@@ -72,14 +71,14 @@ int keel_http_client_new(keel_http_client **out, keel_loop *loop,
 void keel_http_client_free(keel_http_client *c);
 
 typedef struct keel_http_client_request {
-	const char *upstream; /* "HOST:PORT" */
-	const char *method;   /* NULL: GET */
-	const char *target;   /* origin-form: "/path?query"; NULL: "/" */
-	const char *host;     /* the Host header; NULL: the upstream */
+	const char *upstream;            /* "HOST:PORT" */
+	const char *method;              /* NULL: GET */
+	const char *target;              /* origin-form: "/path?query"; NULL: "/" */
+	const char *host;                /* the Host header; NULL: the upstream */
 	const keel_http_header *headers; /* extra headers (not Host, Content-Length,
 	                                    Transfer-Encoding or Connection) */
 	unsigned nheaders;
-	keel_str body;        /* sent with Content-Length (always, for POST/PUT/PATCH) */
+	keel_str body; /* sent with Content-Length (always, for POST/PUT/PATCH) */
 	/*
 	 * A streamed body instead: body_read(body_ud) returns a promise that
 	 * resolves with ptr = a keel_str * (the next piece, borrowed until the
@@ -108,11 +107,11 @@ typedef struct keel_http_client_request {
 
 typedef struct keel_http_client_response {
 	int status;
-	keel_http_msg msg;  /* version, headers (keel_http_header_find), reason */
-	keel_str body;      /* de-chunked; with stream_response, the first piece */
+	keel_http_msg msg; /* version, headers (keel_http_header_find), reason */
+	keel_str body;     /* de-chunked; with stream_response, the first piece */
 	/* internal */
-	char *mem_;         /* the bytes msg and body point into */
-	void *conn_;        /* a streamed response's connection */
+	char *mem_;  /* the bytes msg and body point into */
+	void *conn_; /* a streamed response's connection */
 	keel_loop *loop_;
 	bool given_;
 } keel_http_client_response;
@@ -145,7 +144,8 @@ void keel_http_client_response_free(keel_http_client_response *r);
 
 typedef struct keel_http_client_stats {
 	uint64_t requests, responses, retries, rejected_full, connects;
-	uint64_t unsolicited; /* connections closed for bytes no request asked for (never taken as an answer) */
+	/* connections closed for bytes no request asked for (never taken as an answer) */
+	uint64_t unsolicited;
 	uint32_t conns_open, conns_idle, pending;
 } keel_http_client_stats;
 void keel_http_client_get_stats(const keel_http_client *c, keel_http_client_stats *out);

@@ -48,18 +48,18 @@ typedef struct keel_http_limits {
 typedef struct keel_http_msg {
 	keel_str method; /* requests */
 	keel_str target;
-	int status;      /* responses */
+	int status; /* responses */
 	keel_str reason;
-	int version_minor; /* HTTP/1.x */
+	int version_minor;         /* HTTP/1.x */
 	keel_http_header *headers; /* the caller's array */
 	unsigned nheaders;
 	enum keel_http_body body;
 	uint64_t content_length;
-	keel_str host;          /* requests: the Host header value */
-	bool keep_alive;        /* per version and Connection */
-	bool expect_continue;   /* Expect: 100-continue */
-	bool upgrade;           /* Connection: upgrade with an Upgrade header */
-	size_t head_len;        /* bytes of the head, including the final CRLF CRLF (and the empty
+	keel_str host;        /* requests: the Host header value */
+	bool keep_alive;      /* per version and Connection */
+	bool expect_continue; /* Expect: 100-continue */
+	bool upgrade;         /* Connection: upgrade with an Upgrade header */
+	size_t head_len;      /* bytes of the head, including the final CRLF CRLF (and the empty
 	                           lines, up to 8, skipped before the start line: RFC 9112 2.2) */
 } keel_http_msg;
 
@@ -93,8 +93,7 @@ void keel_http_limits_default(keel_http_limits *l);
  * version_minor is 1.
  */
 int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
-                            keel_http_header *headers, unsigned headers_cap,
-                            const keel_http_limits *limits);
+                            keel_http_header *headers, unsigned headers_cap, const keel_http_limits *limits);
 
 /*
  * Parse a response head. method is the request's method (HEAD and CONNECT
@@ -104,8 +103,8 @@ int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_h
  * another coding last it is UNTIL_CLOSE.
  */
 int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_http_msg *msg,
-                             keel_http_header *headers, unsigned headers_cap,
-                             const keel_http_limits *limits, keel_str method);
+                             keel_http_header *headers, unsigned headers_cap, const keel_http_limits *limits,
+                             keel_str method);
 
 /*
  * Iterate the comma-separated elements of a list header value (Connection,
@@ -164,7 +163,8 @@ const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const ch
 static inline bool keel_str_eq(keel_str a, const char *lit)
 {
 	size_t n = __builtin_strlen(lit);
-	return a.len == n && (n == 0 || __builtin_memcmp(a.ptr, lit, n) == 0); /* (an empty span may have no ptr) */
+	/* (an empty span may have no ptr) */
+	return a.len == n && (n == 0 || __builtin_memcmp(a.ptr, lit, n) == 0);
 }
 
 /* ASCII-case-insensitive comparison of two spans. */
@@ -229,7 +229,6 @@ void keel_http_chunked_init(keel_http_chunked *d, uint64_t body_max);
  * bytes after *used belong to the next message), or KEEL_HTTP_E400 /
  * KEEL_HTTP_E413.
  */
-int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, size_t *used,
-                             keel_str *data);
+int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, size_t *used, keel_str *data);
 
 #endif

@@ -28,22 +28,23 @@ typedef enum keel_backend_kind {
 
 typedef struct keel_loop_opts {
 	keel_backend_kind backend;
-	unsigned sq_entries;        /* io_uring SQ size; default 1024 */
-	unsigned recv_buf_count;    /* buffers in the receive pool (power of two); default 1024 */
-	unsigned recv_buf_size;     /* bytes per receive buffer; default 16 KiB */
-	unsigned ops_max;           /* operations in flight at once; default 65536 */
-	unsigned cqe_batch_max;     /* completions dispatched per tick; default 1024 */
-	unsigned ready_batch_max;   /* continuations run per tick; default 4096 */
-	int sqpoll;                 /* 1 on, 0 off, -1 from $KEEL_SQPOLL (default) */
-	unsigned sqpoll_idle_ms;    /* SQPOLL thread idle time before it sleeps; default 50 */
-	long send_zc_min_bytes;     /* zero-copy send at/above this size; 0 off, -1 from $KEEL_SEND_ZC (default) */
-	unsigned file_threads;      /* epoll backend: threads for regular-file ops; default 4 */
-	bool quiet;                 /* suppress the backend-choice log line */
+	unsigned sq_entries;      /* io_uring SQ size; default 1024 */
+	unsigned recv_buf_count;  /* buffers in the receive pool (power of two); default 1024 */
+	unsigned recv_buf_size;   /* bytes per receive buffer; default 16 KiB */
+	unsigned ops_max;         /* operations in flight at once; default 65536 */
+	unsigned cqe_batch_max;   /* completions dispatched per tick; default 1024 */
+	unsigned ready_batch_max; /* continuations run per tick; default 4096 */
+	int sqpoll;               /* 1 on, 0 off, -1 from $KEEL_SQPOLL (default) */
+	unsigned sqpoll_idle_ms;  /* SQPOLL thread idle time before it sleeps; default 50 */
+	/* zero-copy send at/above this size; 0 off, -1 from $KEEL_SEND_ZC (default) */
+	long send_zc_min_bytes;
+	unsigned file_threads; /* epoll backend: threads for regular-file ops; default 4 */
+	bool quiet;            /* suppress the backend-choice log line */
 } keel_loop_opts;
 
 typedef struct keel_loop_stats {
 	uint64_t ticks;
-	uint64_t submits;          /* kernel entries made to submit/wait */
+	uint64_t submits; /* kernel entries made to submit/wait */
 	uint64_t ops_submitted;
 	uint64_t completions;
 	uint64_t late_completions; /* dropped: generation tag did not match */
@@ -53,7 +54,7 @@ typedef struct keel_loop_stats {
 	uint32_t timers_live;
 	uint32_t bufs_total;
 	uint32_t bufs_in_use;
-	uint64_t enobufs;          /* receive streams parked for want of a buffer */
+	uint64_t enobufs; /* receive streams parked for want of a buffer */
 } keel_loop_stats;
 
 /* Fill opts with the defaults above. */

@@ -65,12 +65,12 @@ typedef struct keel_proxy_config {
 	const char *const *upstreams; /* "HOST:PORT" each (a name is resolved off the loop; copied) */
 	unsigned nupstreams;
 	enum keel_proxy_balance balance;
-	uint64_t fail_timeout_ms;     /* an upstream that failed is skipped this long; 10000 */
-	uint64_t health_interval_ms;  /* active checks; 0 (default): off */
-	const char *health_path;      /* what they GET (any 2xx/3xx is healthy); "/" */
-	const char *via;              /* the Via pseudonym: "1.1 <via>"; "keel"; NULL: no Via */
+	uint64_t fail_timeout_ms;                /* an upstream that failed is skipped this long; 10000 */
+	uint64_t health_interval_ms;             /* active checks; 0 (default): off */
+	const char *health_path;                 /* what they GET (any 2xx/3xx is healthy); "/" */
+	const char *via;                         /* the Via pseudonym: "1.1 <via>"; "keel"; NULL: no Via */
 	enum keel_proxy_underscores underscores; /* headers named with '_'; default: dropped */
-	keel_http_client_config client; /* pools, queue, timeouts (response_timeout_ms -> 504) */
+	keel_http_client_config client;          /* pools, queue, timeouts (response_timeout_ms -> 504) */
 } keel_proxy_config;
 
 void keel_proxy_config_default(keel_proxy_config *cfg);
@@ -97,8 +97,8 @@ keel_promise *keel_proxy_handler(keel_http_request *req, void *ud);
 
 typedef struct keel_proxy_stats {
 	uint64_t requests, responses, errors_502, errors_503, errors_504, retries;
-	uint32_t inflight;  /* requests being proxied */
-	uint32_t ups_down;  /* upstreams currently marked down */
+	uint32_t inflight; /* requests being proxied */
+	uint32_t ups_down; /* upstreams currently marked down */
 } keel_proxy_stats;
 void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out);
 

@@ -17,7 +17,7 @@
  * type (NULL is not allowed). The unevaluated arm of ?: makes the compiler
  * check that ptr has the member's type.
  */
-#define keel_container_of(ptr, type, member)                                                       \
+#define keel_container_of(ptr, type, member) \
 	((type *)(void *)((char *)(1 ? (ptr) : &((type *)0)->member) - offsetof(type, member)))
 
 #endif

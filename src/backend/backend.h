@@ -13,8 +13,8 @@
 
 #include <linux/openat2.h>
 #include <pthread.h>
-#include <stddef.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/stat.h>

@@ -21,16 +21,11 @@ static atomic_bool logged;
 static const char *why(int err)
 {
 	switch (err) {
-	case -EPERM:
-		return "EPERM: io_uring is blocked (seccomp filter, or sysctl kernel.io_uring_disabled)";
-	case -ENOSYS:
-		return "ENOSYS: the kernel has no io_uring, or lacks an opcode keel needs";
-	case -ENOMEM:
-		return "ENOMEM: not enough locked memory for the ring (RLIMIT_MEMLOCK)";
-	case -EACCES:
-		return "EACCES: io_uring is restricted to a group this process is not in";
-	default:
-		return strerror(-err);
+	case -EPERM: return "EPERM: io_uring is blocked (seccomp filter, or sysctl kernel.io_uring_disabled)";
+	case -ENOSYS: return "ENOSYS: the kernel has no io_uring, or lacks an opcode keel needs";
+	case -ENOMEM: return "ENOMEM: not enough locked memory for the ring (RLIMIT_MEMLOCK)";
+	case -EACCES: return "EACCES: io_uring is restricted to a group this process is not in";
+	default: return strerror(-err);
 	}
 }
 
@@ -73,7 +68,8 @@ int keel__backend_open(keel_loop *loop, keel_loop_opts *opts, const keel__backen
 		if (kind == KEEL_BACKEND_EPOLL)
 			snprintf(log_line, sizeof(log_line), "backend epoll (forced)");
 		else
-			snprintf(log_line, sizeof(log_line), "backend epoll: io_uring unavailable (%s)", why(uerr));
+			snprintf(log_line, sizeof(log_line), "backend epoll: io_uring unavailable (%s)",
+			         why(uerr));
 	}
 	*out = be;
 	if (!opts->quiet && !atomic_exchange(&logged, true))

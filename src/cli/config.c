@@ -180,8 +180,8 @@ static void report(const char *file, int line, const char *msg)
 		fprintf(stderr, "keel: %s\n", msg);
 }
 
-__attribute__((format(printf, 3, 4))) static int check_fail(const cli_config *cfg, int line,
-                                                             const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static int check_fail(const cli_config *cfg, int line, const char *fmt,
+                                                            ...)
 {
 	char msg[512];
 	va_list ap;
@@ -193,8 +193,7 @@ __attribute__((format(printf, 3, 4))) static int check_fail(const cli_config *cf
 }
 
 /* Keep the first error only: the ones after it are often its echoes. */
-__attribute__((format(printf, 3, 4))) static void perr(struct parser *p, int line, const char *fmt,
-                                                       ...)
+__attribute__((format(printf, 3, 4))) static void perr(struct parser *p, int line, const char *fmt, ...)
 {
 	if (p->has_err)
 		return;
@@ -247,41 +246,47 @@ struct num_key {
 };
 
 #define FIELD(type, field) offsetof(type, field), sizeof(((type *)0)->field)
-#define HTTP_KEY(key, field, sz, lo, hi) {key, FIELD(keel_http_config, field), sz, lo, hi}
-#define PROXY_KEY(key, field, lo, hi) {key, FIELD(keel_proxy_config, field), false, lo, hi}
+#define HTTP_KEY(key, field, sz, lo, hi)                        \
+	{                                                       \
+		key, FIELD(keel_http_config, field), sz, lo, hi \
+	}
+#define PROXY_KEY(key, field, lo, hi)                               \
+	{                                                           \
+		key, FIELD(keel_proxy_config, field), false, lo, hi \
+	}
 
 static const struct num_key server_keys[] = {
-	HTTP_KEY("conns_max", conns_max, false, 1, 1000000),
-	HTTP_KEY("pipeline_max", pipeline_max, false, 1, 1024),
-	HTTP_KEY("requests_per_conn_max", requests_per_conn_max, false, 0, 1000000000),
-	HTTP_KEY("body_max", body_max, true, 0, (uint64_t)1 << 40),
-	HTTP_KEY("body_stream_max", body_stream_max, true, 0, (uint64_t)1 << 50),
-	HTTP_KEY("body_mem_max", body_mem_max, true, 0, (uint64_t)1 << 40),
-	HTTP_KEY("conn_out_max", conn_out_max, true, 1, (uint64_t)1 << 30),
-	HTTP_KEY("request_line_max", limits.request_line_max, true, 16, 1 << 20),
-	HTTP_KEY("head_max", limits.head_max, true, 16, 1 << 20),
-	HTTP_KEY("headers_max", limits.headers_max, false, 1, 1000),
-	HTTP_KEY("header_timeout_ms", header_timeout_ms, false, 1, 3600000),
-	HTTP_KEY("body_timeout_ms", body_timeout_ms, false, 1, 3600000),
-	HTTP_KEY("idle_timeout_ms", idle_timeout_ms, false, 1, 86400000),
-	HTTP_KEY("send_timeout_ms", send_timeout_ms, false, 1, 3600000),
-	HTTP_KEY("queue_delay_max_us", queue_delay_max_us, false, 0, 10000000),
-	HTTP_KEY("inflight_max", inflight_max, false, 0, 10000000),
+    HTTP_KEY("conns_max", conns_max, false, 1, 1000000),
+    HTTP_KEY("pipeline_max", pipeline_max, false, 1, 1024),
+    HTTP_KEY("requests_per_conn_max", requests_per_conn_max, false, 0, 1000000000),
+    HTTP_KEY("body_max", body_max, true, 0, (uint64_t)1 << 40),
+    HTTP_KEY("body_stream_max", body_stream_max, true, 0, (uint64_t)1 << 50),
+    HTTP_KEY("body_mem_max", body_mem_max, true, 0, (uint64_t)1 << 40),
+    HTTP_KEY("conn_out_max", conn_out_max, true, 1, (uint64_t)1 << 30),
+    HTTP_KEY("request_line_max", limits.request_line_max, true, 16, 1 << 20),
+    HTTP_KEY("head_max", limits.head_max, true, 16, 1 << 20),
+    HTTP_KEY("headers_max", limits.headers_max, false, 1, 1000),
+    HTTP_KEY("header_timeout_ms", header_timeout_ms, false, 1, 3600000),
+    HTTP_KEY("body_timeout_ms", body_timeout_ms, false, 1, 3600000),
+    HTTP_KEY("idle_timeout_ms", idle_timeout_ms, false, 1, 86400000),
+    HTTP_KEY("send_timeout_ms", send_timeout_ms, false, 1, 3600000),
+    HTTP_KEY("queue_delay_max_us", queue_delay_max_us, false, 0, 10000000),
+    HTTP_KEY("inflight_max", inflight_max, false, 0, 10000000),
 };
 
 static const struct num_key upstream_keys[] = {
-	PROXY_KEY("fail_timeout_ms", fail_timeout_ms, 0, 86400000),
-	PROXY_KEY("health_interval_ms", health_interval_ms, 0, 86400000),
-	PROXY_KEY("connect_timeout_ms", client.connect_timeout_ms, 1, 3600000),
-	PROXY_KEY("response_timeout_ms", client.response_timeout_ms, 1, 86400000),
-	PROXY_KEY("idle_timeout_ms", client.idle_timeout_ms, 1, 86400000),
-	PROXY_KEY("pool_max", client.pool_max, 1, 100000),
-	PROXY_KEY("pending_max", client.pending_max, 0, 1000000),
+    PROXY_KEY("fail_timeout_ms", fail_timeout_ms, 0, 86400000),
+    PROXY_KEY("health_interval_ms", health_interval_ms, 0, 86400000),
+    PROXY_KEY("connect_timeout_ms", client.connect_timeout_ms, 1, 3600000),
+    PROXY_KEY("response_timeout_ms", client.response_timeout_ms, 1, 86400000),
+    PROXY_KEY("idle_timeout_ms", client.idle_timeout_ms, 1, 86400000),
+    PROXY_KEY("pool_max", client.pool_max, 1, 100000),
+    PROXY_KEY("pending_max", client.pending_max, 0, 1000000),
 };
 
 /* 1: handled (or an error recorded), 0: not a key of this table. */
-static int set_num(struct parser *p, const struct num_key *keys, size_t nkeys, void *base,
-                   const char *name, const char *value)
+static int set_num(struct parser *p, const struct num_key *keys, size_t nkeys, void *base, const char *name,
+                   const char *value)
 {
 	for (size_t i = 0; i < nkeys; i++) {
 		const struct num_key *k = &keys[i];
@@ -291,8 +296,7 @@ static int set_num(struct parser *p, const struct num_key *keys, size_t nkeys, v
 		int err = parse_u64(value, k->size, &v);
 		if (err == -EINVAL)
 			perr(p, p->lineno, "%s: '%s' is not a %s", name, value,
-			     k->size ? "size (digits, then k, m or g if you like)"
-			             : "whole number");
+			     k->size ? "size (digits, then k, m or g if you like)" : "whole number");
 		else if (err || v < k->min || v > k->max)
 			perr(p, p->lineno, "%s: %s is out of range [%llu, %llu]", name, value,
 			     (unsigned long long)k->min, (unsigned long long)k->max);
@@ -431,8 +435,8 @@ static void section_begin(struct parser *p, char *s)
 		}
 		for (unsigned i = 0; i < cfg->nups; i++)
 			if (strcmp(cfg->ups[i].name, arg) == 0) {
-				perr(p, line, "a second [upstream %s] (the first is at line %d)",
-				     arg, cfg->ups[i].line);
+				perr(p, line, "a second [upstream %s] (the first is at line %d)", arg,
+				     cfg->ups[i].line);
 				return;
 			}
 		if (!cli_config_add_upstream(cfg, arg, line)) {
@@ -443,8 +447,7 @@ static void section_begin(struct parser *p, char *s)
 		p->cur = cfg->nups - 1;
 	} else if (strcmp(kind, "route") == 0) {
 		if (!route_path_ok(arg)) {
-			perr(p, line,
-			     "[route PATH]: '%s' is not a path (it starts with '/', no spaces)",
+			perr(p, line, "[route PATH]: '%s' is not a path (it starts with '/', no spaces)",
 			     arg);
 			return;
 		}
@@ -455,10 +458,8 @@ static void section_begin(struct parser *p, char *s)
 		p->sec = SEC_ROUTE;
 		p->cur = cfg->nroutes - 1;
 	} else {
-		perr(
-		    p, line,
-		    "unknown section [%s%s%s] (expected [server], [upstream NAME] or [route PATH])",
-		    kind, *arg ? " " : "", arg);
+		perr(p, line, "unknown section [%s%s%s] (expected [server], [upstream NAME] or [route PATH])",
+		     kind, *arg ? " " : "", arg);
 	}
 }
 
@@ -469,8 +470,8 @@ static bool key_first(struct parser *p, const char *name)
 {
 	for (unsigned i = 0; i < p->nseen; i++)
 		if (strcmp(p->seen[i].name, name) == 0) {
-			perr(p, p->lineno, "'%s' is given twice in this section (first at line %d)",
-			     name, p->seen[i].line);
+			perr(p, p->lineno, "'%s' is given twice in this section (first at line %d)", name,
+			     p->seen[i].line);
 			return false;
 		}
 	if (p->nseen < KEYS_SEEN_MAX && strlen(name) < sizeof(p->seen[0].name)) {
@@ -489,14 +490,12 @@ static void unknown_key(struct parser *p, const char *name, const char *where)
 static void server_key(struct parser *p, const char *name, const char *value)
 {
 	cli_config *cfg = p->cfg;
-	if (set_num(p, server_keys, sizeof(server_keys) / sizeof(server_keys[0]), &cfg->http, name,
-	            value))
+	if (set_num(p, server_keys, sizeof(server_keys) / sizeof(server_keys[0]), &cfg->http, name, value))
 		return;
 	if (strcmp(name, "listen") == 0) {
 		if (!listen_addr_ok(value)) {
 			perr(p, p->lineno,
-			     "listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT, numeric)",
-			     value);
+			     "listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT, numeric)", value);
 			return;
 		}
 		if (set_str(p, &cfg->listen, value, false))
@@ -537,8 +536,8 @@ static void server_key(struct parser *p, const char *name, const char *value)
 static void upstream_key(struct parser *p, const char *name, const char *value)
 {
 	struct cli_upstream *up = &p->cfg->ups[p->cur];
-	if (set_num(p, upstream_keys, sizeof(upstream_keys) / sizeof(upstream_keys[0]), &up->proxy,
-	            name, value))
+	if (set_num(p, upstream_keys, sizeof(upstream_keys) / sizeof(upstream_keys[0]), &up->proxy, name,
+	            value))
 		return;
 	if (strcmp(name, "server") == 0) {
 		if (!cli_upstream_addr_ok(value)) {
@@ -550,14 +549,13 @@ static void upstream_key(struct parser *p, const char *name, const char *value)
 		}
 		for (unsigned i = 0; i < up->nservers; i++)
 			if (strcmp(up->servers[i], value) == 0) {
-				perr(p, p->lineno, "server %s is already in [upstream %s]", value,
-				     up->name);
+				perr(p, p->lineno, "server %s is already in [upstream %s]", value, up->name);
 				return;
 			}
 		int err = cli_upstream_add_server(up, value);
 		if (err == -E2BIG)
-			perr(p, p->lineno, "too many servers in [upstream %s] (at most %d)",
-			     up->name, CLI_SERVERS_MAX);
+			perr(p, p->lineno, "too many servers in [upstream %s] (at most %d)", up->name,
+			     CLI_SERVERS_MAX);
 		else if (err)
 			perr(p, p->lineno, "out of memory");
 	} else if (strcmp(name, "balance") == 0) {
@@ -578,8 +576,7 @@ static void upstream_key(struct parser *p, const char *name, const char *value)
 			perr(p, p->lineno, "underscore_headers: '%s' is not drop, pass or reject", value);
 	} else if (strcmp(name, "health_path") == 0) {
 		if (!route_path_ok(value)) {
-			perr(p, p->lineno,
-			     "health_path: '%s' is not a path (it starts with '/', no spaces)",
+			perr(p, p->lineno, "health_path: '%s' is not a path (it starts with '/', no spaces)",
 			     value);
 			return;
 		}
@@ -650,8 +647,7 @@ static void route_key(struct parser *p, const char *name, const char *value)
 		break;
 	case CLI_ROUTE_HANDLER:
 		if (strcmp(value, "status") != 0) {
-			perr(p, p->lineno, "handler: unknown handler '%s' (built in: status)",
-			     value);
+			perr(p, p->lineno, "handler: unknown handler '%s' (built in: status)", value);
 			return;
 		}
 		r->handler = CLI_HANDLER_STATUS;
@@ -687,8 +683,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
 	if (p->sec == SEC_BAD)
 		return 1; /* the header has been reported */
 	if (p->sec == SEC_NONE) {
-		perr(p, p->lineno,
-		     "'%s' is outside any section ([server], [upstream NAME] or [route PATH])",
+		perr(p, p->lineno, "'%s' is outside any section ([server], [upstream NAME] or [route PATH])",
 		     name);
 		return 0;
 	}
@@ -737,8 +732,7 @@ static char *read_line(char *str, int num, void *stream)
 		n--;
 	}
 	if (n + 1 > num) {
-		perr(p, p->lineno, "line too long (at most %d characters, indentation aside)",
-		     num - 1);
+		perr(p, p->lineno, "line too long (at most %d characters, indentation aside)", num - 1);
 		str[0] = '\0';
 		return str;
 	}
@@ -795,10 +789,9 @@ int cli_config_load(cli_config *cfg, const char *file)
 int cli_config_check(cli_config *cfg)
 {
 	if (!cfg->listen)
-		return cfg->server_line
-		           ? check_fail(cfg, cfg->server_line,
-		                        "[server] has no listen address (listen = ADDR:PORT)")
-		           : check_fail(cfg, 0, "no [server] section with a listen address");
+		return cfg->server_line ? check_fail(cfg, cfg->server_line,
+		                                     "[server] has no listen address (listen = ADDR:PORT)")
+		                        : check_fail(cfg, 0, "no [server] section with a listen address");
 	if (!listen_addr_ok(cfg->listen))
 		return check_fail(cfg, cfg->listen_line, "listen: bad address '%s'", cfg->listen);
 	if (!cfg->nroutes)
@@ -811,23 +804,21 @@ int cli_config_check(cli_config *cfg)
 	for (unsigned i = 0; i < cfg->nroutes; i++) {
 		struct cli_route *r = &cfg->routes[i];
 		for (unsigned j = 0; j < i; j++)
-			if (cfg->routes[j].exact == r->exact &&
-			    strcmp(cfg->routes[j].path, r->path) == 0)
+			if (cfg->routes[j].exact == r->exact && strcmp(cfg->routes[j].path, r->path) == 0)
 				return check_fail(cfg, r->line,
-				                  "a second [route %s] (the first is at line %d)",
-				                  r->path, cfg->routes[j].line);
+				                  "a second [route %s] (the first is at line %d)", r->path,
+				                  cfg->routes[j].line);
 		switch (r->kind) {
 		case CLI_ROUTE_NONE:
 			return check_fail(cfg, r->line,
-			                  "[route %s] has no target (static, upstream or handler)",
-			                  r->path);
+			                  "[route %s] has no target (static, upstream or handler)", r->path);
 		case CLI_ROUTE_UPSTREAM: {
 			unsigned k = 0;
 			while (k < cfg->nups && strcmp(cfg->ups[k].name, r->group) != 0)
 				k++;
 			if (k == cfg->nups)
-				return check_fail(cfg, r->target_line,
-				                  "upstream: no [upstream %s] section", r->group);
+				return check_fail(cfg, r->target_line, "upstream: no [upstream %s] section",
+				                  r->group);
 			r->upstream = k;
 			break;
 		}
@@ -854,8 +845,8 @@ int cli_config_check(cli_config *cfg)
 			err = EISDIR;
 		free(dir);
 		if (err)
-			return check_fail(cfg, cfg->access_log_line, "access_log: %s: %s",
-			                  cfg->access_log, strerror(err));
+			return check_fail(cfg, cfg->access_log_line, "access_log: %s: %s", cfg->access_log,
+			                  strerror(err));
 	}
 	return 0;
 }

@@ -27,8 +27,8 @@ enum { CLI_ROUTES_MAX = 1024, CLI_UPSTREAMS_MAX = 256, CLI_SERVERS_MAX = 256 };
 
 struct cli_upstream {
 	char *name;
-	int line;          /* of its [upstream NAME] header; 0 when built from flags */
-	char **servers;    /* "HOST:PORT", numeric */
+	int line;       /* of its [upstream NAME] header; 0 when built from flags */
+	char **servers; /* "HOST:PORT", numeric */
 	unsigned nservers;
 	char *health_path; /* owned copies of the strings proxy points at once */
 	char *via;         /* set by their keys */
@@ -38,28 +38,28 @@ struct cli_upstream {
 };
 
 struct cli_route {
-	char *path;      /* starts with '/' */
-	int line;        /* of its [route PATH] header; 0 when built from flags */
-	bool exact;      /* match = exact; otherwise a prefix (longest wins) */
+	char *path; /* starts with '/' */
+	int line;   /* of its [route PATH] header; 0 when built from flags */
+	bool exact; /* match = exact; otherwise a prefix (longest wins) */
 	enum cli_route_kind kind;
-	int target_line; /* of the key that set kind */
-	char *dir;       /* CLI_ROUTE_STATIC: the root (a relative one joined to the file's directory) */
-	char *group;     /* CLI_ROUTE_UPSTREAM: the group's name ... */
+	int target_line;   /* of the key that set kind */
+	char *dir;         /* CLI_ROUTE_STATIC: the root (a relative one joined to the file's directory) */
+	char *group;       /* CLI_ROUTE_UPSTREAM: the group's name ... */
 	unsigned upstream; /* ... and its index in ups, set by cli_config_check */
 	enum cli_handler handler; /* CLI_ROUTE_HANDLER */
 };
 
 typedef struct cli_config {
-	char *file;        /* for messages ("FILE:LINE: ..."); NULL when built from flags */
-	char *listen;      /* ADDR:PORT, numeric */
-	int server_line;   /* of [server]; 0 if there is none */
+	char *file;      /* for messages ("FILE:LINE: ..."); NULL when built from flags */
+	char *listen;    /* ADDR:PORT, numeric */
+	int server_line; /* of [server]; 0 if there is none */
 	int listen_line;
-	int workers;       /* threads; default: online CPUs */
-	uint64_t grace_ms; /* on SIGINT/SIGTERM, time for connections to finish; 5000 */
+	int workers;           /* threads; default: online CPUs */
+	uint64_t grace_ms;     /* on SIGINT/SIGTERM, time for connections to finish; 5000 */
 	keel_http_config http; /* server_name points at server_name below; access_log_fd is
 	                          opened by cli_config_run */
-	char *server_name; /* NULL: no Server header */
-	char *access_log;  /* NULL: off */
+	char *server_name;     /* NULL: no Server header */
+	char *access_log;      /* NULL: off */
 	int access_log_line;
 	struct cli_upstream *ups;
 	unsigned nups;

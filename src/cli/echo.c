@@ -11,11 +11,11 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -312,9 +312,12 @@ static void echo_usage(FILE *f)
 int cli_echo(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"listen", required_argument, NULL, 'l'},   {"workers", required_argument, NULL, 'w'},
-		{"max-conns", required_argument, NULL, 'm'}, {"grace-ms", required_argument, NULL, 'g'},
-		{"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+	    {"listen", required_argument, NULL, 'l'},
+	    {"workers", required_argument, NULL, 'w'},
+	    {"max-conns", required_argument, NULL, 'm'},
+	    {"grace-ms", required_argument, NULL, 'g'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	struct echo_cfg cfg = {"127.0.0.1:7000", ncpu > 0 ? (int)ncpu : 1, 10000, 5000};
@@ -323,21 +326,11 @@ int cli_echo(int argc, char **argv)
 	opterr = 0; /* our own message: getopt would name the program "echo" */
 	while ((c = getopt_long(argc, argv, ":l:w:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l':
-			cfg.listen = optarg;
-			break;
-		case 'w':
-			cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024);
-			break;
-		case 'm':
-			cfg.conns_max = cli_parse_long("--max-conns", optarg, 1, 1000000);
-			break;
-		case 'g':
-			cfg.grace_ms = cli_parse_long("--grace-ms", optarg, 0, 3600000);
-			break;
-		case 'h':
-			echo_usage(stdout);
-			return CLI_OK;
+		case 'l': cfg.listen = optarg; break;
+		case 'w': cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024); break;
+		case 'm': cfg.conns_max = cli_parse_long("--max-conns", optarg, 1, 1000000); break;
+		case 'g': cfg.grace_ms = cli_parse_long("--grace-ms", optarg, 0, 3600000); break;
+		case 'h': echo_usage(stdout); return CLI_OK;
 		case ':':
 			fprintf(stderr, "keel echo: %s needs a value\n", argv[optind - 1]);
 			echo_usage(stderr);

@@ -20,23 +20,24 @@
 
 static void load_usage(FILE *f)
 {
-	fputs("usage: keel load [options] URL\n"
-	      "  URL                     http://HOST[:PORT][/path]; HOST a numeric IPv4 address,\n"
-	      "                          [IPv6] or localhost (127.0.0.1)\n"
-	      "  -c, --connections N     connections (default 64)\n"
-	      "  -d, --duration SECONDS  length of the run (default 10)\n"
-	      "  -R, --rate R            open loop: R requests/s in total, each timed from when it was\n"
-	      "                          due (coordinated omission corrected); default: closed loop\n"
-	      "  -p, --pipeline D        requests in flight per connection (default 1; 16 with --rate)\n"
-	      "  -m, --method M          request method (default GET)\n"
-	      "  -b, --body STRING|@FILE request body, sent with Content-Length\n"
-	      "  -H, --header 'N: v'     extra request header (repeatable)\n"
-	      "  -T, --timeout MS        connect timeout, and how long a connection may go without\n"
-	      "                          answering its oldest request before it is dropped (default 2000)\n"
-	      "  -t, --threads N         threads, each with a loop and a share of the connections (default 1)\n"
-	      "  -j, --json FILE         also write the results as JSON\n"
-	      "  -q, --quiet             no progress line on stderr\n",
-	      f);
+	fputs(
+	    "usage: keel load [options] URL\n"
+	    "  URL                     http://HOST[:PORT][/path]; HOST a numeric IPv4 address,\n"
+	    "                          [IPv6] or localhost (127.0.0.1)\n"
+	    "  -c, --connections N     connections (default 64)\n"
+	    "  -d, --duration SECONDS  length of the run (default 10)\n"
+	    "  -R, --rate R            open loop: R requests/s in total, each timed from when it was\n"
+	    "                          due (coordinated omission corrected); default: closed loop\n"
+	    "  -p, --pipeline D        requests in flight per connection (default 1; 16 with --rate)\n"
+	    "  -m, --method M          request method (default GET)\n"
+	    "  -b, --body STRING|@FILE request body, sent with Content-Length\n"
+	    "  -H, --header 'N: v'     extra request header (repeatable)\n"
+	    "  -T, --timeout MS        connect timeout, and how long a connection may go without\n"
+	    "                          answering its oldest request before it is dropped (default 2000)\n"
+	    "  -t, --threads N         threads, each with a loop and a share of the connections (default 1)\n"
+	    "  -j, --json FILE         also write the results as JSON\n"
+	    "  -q, --quiet             no progress line on stderr\n",
+	    f);
 }
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
@@ -115,13 +116,19 @@ static long parse_seconds(const char *opt, const char *s)
 int cli_load(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"connections", required_argument, NULL, 'c'}, {"duration", required_argument, NULL, 'd'},
-		{"rate", required_argument, NULL, 'R'},        {"pipeline", required_argument, NULL, 'p'},
-		{"method", required_argument, NULL, 'm'},      {"body", required_argument, NULL, 'b'},
-		{"header", required_argument, NULL, 'H'},      {"timeout", required_argument, NULL, 'T'},
-		{"threads", required_argument, NULL, 't'},     {"json", required_argument, NULL, 'j'},
-		{"quiet", no_argument, NULL, 'q'},             {"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"connections", required_argument, NULL, 'c'},
+	    {"duration", required_argument, NULL, 'd'},
+	    {"rate", required_argument, NULL, 'R'},
+	    {"pipeline", required_argument, NULL, 'p'},
+	    {"method", required_argument, NULL, 'm'},
+	    {"body", required_argument, NULL, 'b'},
+	    {"header", required_argument, NULL, 'H'},
+	    {"timeout", required_argument, NULL, 'T'},
+	    {"threads", required_argument, NULL, 't'},
+	    {"json", required_argument, NULL, 'j'},
+	    {"quiet", no_argument, NULL, 'q'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	load_opts o;
 	memset(&o, 0, sizeof(o));
@@ -143,18 +150,10 @@ int cli_load(int argc, char **argv)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":c:d:R:p:m:b:H:T:t:j:qh", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c':
-			o.conns = cli_parse_long("--connections", optarg, 1, 1000000);
-			break;
-		case 'd':
-			o.duration_s = parse_seconds("--duration", optarg);
-			break;
-		case 'R':
-			o.rate = cli_parse_long("--rate", optarg, 1, 100000000);
-			break;
-		case 'p':
-			pipeline = cli_parse_long("--pipeline", optarg, 1, 1024);
-			break;
+		case 'c': o.conns = cli_parse_long("--connections", optarg, 1, 1000000); break;
+		case 'd': o.duration_s = parse_seconds("--duration", optarg); break;
+		case 'R': o.rate = cli_parse_long("--rate", optarg, 1, 100000000); break;
+		case 'p': pipeline = cli_parse_long("--pipeline", optarg, 1, 1024); break;
 		case 'm':
 			if (!is_token(optarg, strlen(optarg)) || strlen(optarg) > 32) {
 				status = usage_error("--method: not an HTTP method token: '%s'", optarg);
@@ -162,40 +161,27 @@ int cli_load(int argc, char **argv)
 			}
 			o.method = optarg;
 			break;
-		case 'b':
-			body_arg = optarg;
-			break;
+		case 'b': body_arg = optarg; break;
 		case 'H': {
 			const char *colon = strchr(optarg, ':');
-			if (!colon || !is_token(optarg, (size_t)(colon - optarg)) || strpbrk(optarg, "\r\n")) {
+			if (!colon || !is_token(optarg, (size_t)(colon - optarg)) ||
+			    strpbrk(optarg, "\r\n")) {
 				status = usage_error("--header: expected 'Name: value', got '%s'", optarg);
 				goto out;
 			}
 			headers[nheaders++] = optarg;
 			break;
 		}
-		case 'T':
-			o.timeout_ms = cli_parse_long("--timeout", optarg, 1, 3600000);
-			break;
-		case 't':
-			o.threads = cli_parse_long("--threads", optarg, 1, 256);
-			break;
-		case 'j':
-			o.json_path = optarg;
-			break;
-		case 'q':
-			o.quiet = true;
-			break;
+		case 'T': o.timeout_ms = cli_parse_long("--timeout", optarg, 1, 3600000); break;
+		case 't': o.threads = cli_parse_long("--threads", optarg, 1, 256); break;
+		case 'j': o.json_path = optarg; break;
+		case 'q': o.quiet = true; break;
 		case 'h':
 			load_usage(stdout);
 			status = CLI_OK;
 			goto out;
-		case ':':
-			status = usage_error("%s needs a value", argv[optind - 1]);
-			goto out;
-		default:
-			status = usage_error("unknown option '%s'", argv[optind - 1]);
-			goto out;
+		case ':': status = usage_error("%s needs a value", argv[optind - 1]); goto out;
+		default: status = usage_error("unknown option '%s'", argv[optind - 1]); goto out;
 		}
 	}
 	if (argc - optind != 1) {
@@ -209,12 +195,14 @@ int cli_load(int argc, char **argv)
 		goto out;
 	}
 	if (o.conns * o.pipeline > LOAD_SLOTS_MAX) {
-		status = usage_error("%s", "--connections x --pipeline: too many requests in flight (at most 4194304)");
+		status = usage_error(
+		    "%s", "--connections x --pipeline: too many requests in flight (at most 4194304)");
 		goto out;
 	}
 	load_url url; /* load_run parses it again; checked here so that a bad URL is a usage error */
 	if (load_url_parse(&url, o.url) < 0) {
-		status = usage_error("bad URL '%s' (expected http://IP[:PORT]/path, [IPv6] or localhost)", o.url);
+		status =
+		    usage_error("bad URL '%s' (expected http://IP[:PORT]/path, [IPv6] or localhost)", o.url);
 		goto out;
 	}
 	if (body_arg && body_arg[0] == '@') {

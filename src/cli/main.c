@@ -10,24 +10,25 @@
 
 static void usage(FILE *f)
 {
-	fputs("usage: keel <command> [options]\n"
-	      "       keel -c FILE      run the site a configuration file describes (docs/config.md)\n"
-	      "       keel -t -c FILE   check that file and exit: \"keel: FILE: ok\" or FILE:LINE: ...\n"
-	      "\n"
-	      "commands:\n"
-	      "  serve [--listen ADDR:PORT] [--workers N] [DIR]  static files over HTTP/1.1\n"
-	      "                                                 (default 127.0.0.1:8080, DIR .)\n"
-	      "  proxy [--listen ADDR:PORT] --upstream HOST:PORT [--upstream ...] [--workers N]\n"
-	      "        [--balance round_robin|least_conn] [--status]\n"
-	      "                                                 reverse proxy to upstreams\n"
-	      "  echo [--listen ADDR:PORT] [--workers N]         TCP echo server (default 127.0.0.1:7000)\n"
-	      "  load [-c N] [-d SECONDS] [--rate R] URL         HTTP/1.1 load generator (closed or open loop)\n"
-	      "\n"
-	      "  keel <command> --help   options of a command\n"
-	      "  keel --version\n"
-	      "\n"
-	      "environment: KEEL_BACKEND=io_uring|epoll, KEEL_SQPOLL=1, KEEL_SEND_ZC=BYTES, KEEL_LOG=0..3\n",
-	      f);
+	fputs(
+	    "usage: keel <command> [options]\n"
+	    "       keel -c FILE      run the site a configuration file describes (docs/config.md)\n"
+	    "       keel -t -c FILE   check that file and exit: \"keel: FILE: ok\" or FILE:LINE: ...\n"
+	    "\n"
+	    "commands:\n"
+	    "  serve [--listen ADDR:PORT] [--workers N] [DIR]  static files over HTTP/1.1\n"
+	    "                                                 (default 127.0.0.1:8080, DIR .)\n"
+	    "  proxy [--listen ADDR:PORT] --upstream HOST:PORT [--upstream ...] [--workers N]\n"
+	    "        [--balance round_robin|least_conn] [--status]\n"
+	    "                                                 reverse proxy to upstreams\n"
+	    "  echo [--listen ADDR:PORT] [--workers N]         TCP echo server (default 127.0.0.1:7000)\n"
+	    "  load [-c N] [-d SECONDS] [--rate R] URL         HTTP/1.1 load generator (closed or open loop)\n"
+	    "\n"
+	    "  keel <command> --help   options of a command\n"
+	    "  keel --version\n"
+	    "\n"
+	    "environment: KEEL_BACKEND=io_uring|epoll, KEEL_SQPOLL=1, KEEL_SEND_ZC=BYTES, KEEL_LOG=0..3\n",
+	    f);
 }
 
 int main(int argc, char **argv)

@@ -28,13 +28,13 @@ static void proxy_usage(FILE *f)
 int cli_proxy(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"listen", required_argument, NULL, 'l'},
-		{"upstream", required_argument, NULL, 'u'},
-		{"workers", required_argument, NULL, 'w'},
-		{"balance", required_argument, NULL, 'b'},
-		{"status", no_argument, NULL, 's'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"listen", required_argument, NULL, 'l'},
+	    {"upstream", required_argument, NULL, 'u'},
+	    {"workers", required_argument, NULL, 'w'},
+	    {"balance", required_argument, NULL, 'b'},
+	    {"status", no_argument, NULL, 's'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	cli_config cfg;
 	cli_config_init(&cfg);
@@ -52,9 +52,7 @@ int cli_proxy(int argc, char **argv)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":l:u:w:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l':
-			listen = optarg;
-			break;
+		case 'l': listen = optarg; break;
 		case 'u':
 			if (!cli_upstream_addr_ok(optarg)) {
 				fprintf(stderr,
@@ -64,14 +62,11 @@ int cli_proxy(int argc, char **argv)
 				goto out;
 			}
 			if (cli_upstream_add_server(up, optarg) < 0) {
-				fprintf(stderr, "keel proxy: --upstream: at most %d\n",
-				        CLI_SERVERS_MAX);
+				fprintf(stderr, "keel proxy: --upstream: at most %d\n", CLI_SERVERS_MAX);
 				goto out;
 			}
 			break;
-		case 'w':
-			cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024);
-			break;
+		case 'w': cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024); break;
 		case 'b':
 			if (strcmp(optarg, "round_robin") == 0)
 				up->proxy.balance = KEEL_PROXY_ROUND_ROBIN;
@@ -85,9 +80,7 @@ int cli_proxy(int argc, char **argv)
 				goto out;
 			}
 			break;
-		case 's':
-			status = true;
-			break;
+		case 's': status = true; break;
 		case 'h':
 			proxy_usage(stdout);
 			rc = CLI_OK;
@@ -115,10 +108,8 @@ int cli_proxy(int argc, char **argv)
 	struct sockaddr_storage ss;
 	socklen_t len;
 	if (keel_addr_parse(listen, &ss, &len) < 0) {
-		fprintf(
-		    stderr,
-		    "keel proxy: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n",
-		    listen);
+		fprintf(stderr, "keel proxy: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n",
+		        listen);
 		goto out;
 	}
 	rc = CLI_FAIL;
@@ -142,8 +133,7 @@ int cli_proxy(int argc, char **argv)
 	if (cli_config_check(&cfg) != 0)
 		goto out;
 	char what[128];
-	snprintf(what, sizeof(what), "proxy to %u upstream%s", up->nservers,
-	         up->nservers == 1 ? "" : "s");
+	snprintf(what, sizeof(what), "proxy to %u upstream%s", up->nservers, up->nservers == 1 ? "" : "s");
 	rc = cli_config_run(&cfg, what);
 out:
 	cli_config_fini(&cfg);

@@ -103,12 +103,17 @@ static void serve_usage(FILE *f)
 int cli_serve(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"listen", required_argument, NULL, 'l'},        {"workers", required_argument, NULL, 'w'},
-		{"max-conns", required_argument, NULL, 'm'},     {"header-timeout-ms", required_argument, NULL, 'H'},
-		{"idle-timeout-ms", required_argument, NULL, 'I'}, {"grace-ms", required_argument, NULL, 'g'},
-		{"access-log", required_argument, NULL, 'a'},    {"queue-delay-us", required_argument, NULL, 'q'},
-		{"status", no_argument, NULL, 's'},
-		{"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0},
+	    {"listen", required_argument, NULL, 'l'},
+	    {"workers", required_argument, NULL, 'w'},
+	    {"max-conns", required_argument, NULL, 'm'},
+	    {"header-timeout-ms", required_argument, NULL, 'H'},
+	    {"idle-timeout-ms", required_argument, NULL, 'I'},
+	    {"grace-ms", required_argument, NULL, 'g'},
+	    {"access-log", required_argument, NULL, 'a'},
+	    {"queue-delay-us", required_argument, NULL, 'q'},
+	    {"status", no_argument, NULL, 's'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	struct serve_cfg cfg;
@@ -124,36 +129,27 @@ int cli_serve(int argc, char **argv)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":l:w:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'l':
-			cfg.listen = optarg;
-			break;
-		case 'w':
-			cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024);
-			break;
+		case 'l': cfg.listen = optarg; break;
+		case 'w': cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024); break;
 		case 'm':
 			cfg.http.conns_max = (unsigned)cli_parse_long("--max-conns", optarg, 1, 1000000);
 			break;
 		case 'H':
-			cfg.http.header_timeout_ms = (uint64_t)cli_parse_long("--header-timeout-ms", optarg, 1, 3600000);
+			cfg.http.header_timeout_ms =
+			    (uint64_t)cli_parse_long("--header-timeout-ms", optarg, 1, 3600000);
 			break;
 		case 'I':
-			cfg.http.idle_timeout_ms = (uint64_t)cli_parse_long("--idle-timeout-ms", optarg, 1, 86400000);
+			cfg.http.idle_timeout_ms =
+			    (uint64_t)cli_parse_long("--idle-timeout-ms", optarg, 1, 86400000);
 			break;
-		case 'g':
-			cfg.grace_ms = cli_parse_long("--grace-ms", optarg, 0, 3600000);
-			break;
-		case 'a':
-			access_log = optarg;
-			break;
+		case 'g': cfg.grace_ms = cli_parse_long("--grace-ms", optarg, 0, 3600000); break;
+		case 'a': access_log = optarg; break;
 		case 'q':
-			cfg.http.queue_delay_max_us = (uint32_t)cli_parse_long("--queue-delay-us", optarg, 0, 10000000);
+			cfg.http.queue_delay_max_us =
+			    (uint32_t)cli_parse_long("--queue-delay-us", optarg, 0, 10000000);
 			break;
-		case 's':
-			cfg.status = true;
-			break;
-		case 'h':
-			serve_usage(stdout);
-			return CLI_OK;
+		case 's': cfg.status = true; break;
+		case 'h': serve_usage(stdout); return CLI_OK;
 		case ':':
 			fprintf(stderr, "keel serve: %s needs a value\n", argv[optind - 1]);
 			serve_usage(stderr);
@@ -183,7 +179,8 @@ int cli_serve(int argc, char **argv)
 	struct sockaddr_storage ss;
 	socklen_t len;
 	if (keel_addr_parse(cfg.listen, &ss, &len) < 0) {
-		fprintf(stderr, "keel serve: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n", cfg.listen);
+		fprintf(stderr, "keel serve: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n",
+		        cfg.listen);
 		return CLI_USAGE;
 	}
 	if (access_log) {

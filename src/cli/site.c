@@ -58,15 +58,15 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 		pcfg.nupstreams = up->nservers;
 		int err = keel_proxy_new(&w->proxies[i], loop, &pcfg);
 		if (err < 0) {
-			keel_log(KEEL_LOG_ERROR, "upstream %s: cannot set up its proxy: %s",
-			         up->name, keel_strerror(err));
+			keel_log(KEEL_LOG_ERROR, "upstream %s: cannot set up its proxy: %s", up->name,
+			         keel_strerror(err));
 			return err;
 		}
 		/* Its counters on the status page, if there is one. */
-		err = keel_http_status_add(w->srv, "upstream", up->name, keel_proxy_metrics,
-		                           w->proxies[i]);
+		err = keel_http_status_add(w->srv, "upstream", up->name, keel_proxy_metrics, w->proxies[i]);
 		if (err < 0)
-			keel_log(KEEL_LOG_WARN, "upstream %s: not on the status page: %s", up->name, keel_strerror(err));
+			keel_log(KEEL_LOG_WARN, "upstream %s: not on the status page: %s", up->name,
+			         keel_strerror(err));
 	}
 	for (unsigned i = 0; i < cfg->nroutes; i++) {
 		const struct cli_route *r = &cfg->routes[i];
@@ -80,10 +80,12 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 				         keel_strerror(err));
 				return err;
 			}
-			err = keel_http_route(w->srv, NULL, r->path, flags, keel_static_handler,
-			                      w->statics[i]);
-			if (!err && keel_http_status_add(w->srv, "route", r->path, keel_static_metrics, w->statics[i]) < 0)
-				keel_log(KEEL_LOG_WARN, "route %s: its cache is not on the status page", r->path);
+			err =
+			    keel_http_route(w->srv, NULL, r->path, flags, keel_static_handler, w->statics[i]);
+			if (!err && keel_http_status_add(w->srv, "route", r->path, keel_static_metrics,
+			                                 w->statics[i]) < 0)
+				keel_log(KEEL_LOG_WARN, "route %s: its cache is not on the status page",
+				         r->path);
 			break;
 		case CLI_ROUTE_UPSTREAM:
 			err = keel_http_route(w->srv, NULL, r->path, flags | KEEL_HTTP_STREAM_BODY,
@@ -132,8 +134,7 @@ static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		goto out_free;
 	err = keel_http_server_start(w.srv, lfd);
 	if (err < 0) {
-		keel_log(KEEL_LOG_ERROR, "worker %d: cannot start the server: %s", index,
-		         keel_strerror(err));
+		keel_log(KEEL_LOG_ERROR, "worker %d: cannot start the server: %s", index, keel_strerror(err));
 		goto out_free;
 	}
 	while (!w.stopping)
@@ -177,8 +178,7 @@ int cli_config_run(cli_config *cfg, const char *what)
 		cfg->http.access_log_fd =
 		    open(cfg->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 		if (cfg->http.access_log_fd < 0) {
-			fprintf(stderr, "keel: access_log %s: %s\n", cfg->access_log,
-			        strerror(errno));
+			fprintf(stderr, "keel: access_log %s: %s\n", cfg->access_log, strerror(errno));
 			return CLI_FAIL;
 		}
 	}
@@ -205,10 +205,10 @@ static void site_usage(FILE *f)
 int cli_site(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"test", no_argument, NULL, 't'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"config", required_argument, NULL, 'c'},
+	    {"test", no_argument, NULL, 't'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *file = NULL;
 	bool test = false;
@@ -217,15 +217,9 @@ int cli_site(int argc, char **argv)
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":c:th", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c':
-			file = optarg;
-			break;
-		case 't':
-			test = true;
-			break;
-		case 'h':
-			site_usage(stdout);
-			return CLI_OK;
+		case 'c': file = optarg; break;
+		case 't': test = true; break;
+		case 'h': site_usage(stdout); return CLI_OK;
 		case ':':
 			fprintf(stderr, "keel: %s needs a value\n", argv[optind - 1]);
 			site_usage(stderr);

@@ -96,7 +96,8 @@ int cli_run_workers(const char *what, const char *addr, int n, cli_worker_main m
 	int status = CLI_OK;
 	int started = 0;
 	for (int i = 0; i < n; i++) {
-		int fd = keel_tcp_listen(bound, 0, KEEL_TCP_REUSEPORT); /* the largest backlog the host allows */
+		/* the largest backlog the host allows */
+		int fd = keel_tcp_listen(bound, 0, KEEL_TCP_REUSEPORT);
 		if (fd < 0) {
 			fprintf(stderr, "keel: cannot listen on %s: %s\n", bound, keel_strerror(fd));
 			status = CLI_FAIL;

@@ -169,6 +169,7 @@ void keel__bufpool_trim(keel_loop *loop)
 		while (i < pool->count && !pool->bufs[i].refs)
 			i++;
 		if (i > start)
-			madvise(pool->mem + (size_t)start * pool->size, (size_t)(i - start) * pool->size, MADV_DONTNEED);
+			madvise(pool->mem + (size_t)start * pool->size, (size_t)(i - start) * pool->size,
+			        MADV_DONTNEED);
 	}
 }

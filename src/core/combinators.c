@@ -84,9 +84,7 @@ static void join_notify(keel_promise *in, void *arg)
 			else if ((j->last_err = o.err), j->pending == 0)
 				join_decide(j, keel_fail(j->last_err), s->idx);
 			break;
-		case JOIN_RACE:
-			join_decide(j, o, s->idx);
-			break;
+		case JOIN_RACE: join_decide(j, o, s->idx); break;
 		}
 	}
 	keel__promise_unref(in);
@@ -156,7 +154,7 @@ static void tmo_fire(keel_loop *loop, keel__timer *t)
 	(void)loop;
 	struct tmo *x = (struct tmo *)t;
 	keel_promise_reject(x->out, -ETIMEDOUT);
-	x->out = NULL; /* settled: the producer lets go of it */
+	x->out = NULL;              /* settled: the producer lets go of it */
 	keel_promise_cancel(x->in); /* the node goes when the input settles */
 }
 

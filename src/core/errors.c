@@ -12,20 +12,13 @@
 const char *keel_strerror(int err)
 {
 	switch (err) {
-	case 0:
-		return "success";
-	case KEEL_ELIMIT:
-		return "a configured limit was reached";
-	case KEEL_EBACKEND:
-		return "the requested backend cannot run here";
-	case KEEL_ESTOPPED:
-		return "the loop is stopping";
-	case KEEL_ECONNTIMEDOUT:
-		return "connecting timed out";
-	case KEEL_ENAME:
-		return "name does not resolve";
-	default:
-		break;
+	case 0: return "success";
+	case KEEL_ELIMIT: return "a configured limit was reached";
+	case KEEL_EBACKEND: return "the requested backend cannot run here";
+	case KEEL_ESTOPPED: return "the loop is stopping";
+	case KEEL_ECONNTIMEDOUT: return "connecting timed out";
+	case KEEL_ENAME: return "name does not resolve";
+	default: break;
 	}
 	if (err < 0 && err > -4096)
 		return strerror(-err); /* glibc: thread-safe for known codes, static strings */

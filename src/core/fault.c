@@ -39,19 +39,20 @@ enum fault_kind {
 };
 
 static const char *const kind_names[FK_MAX] = {
-	"any", "alloc", "accept", "connect", "recv", "send", "sendfile", "shutdown",
-	"open", "read", "write", "statx", "fsync", "readpoll",
+    "any",      "alloc", "accept", "connect", "recv",  "send",  "sendfile",
+    "shutdown", "open",  "read",   "write",   "statx", "fsync", "readpoll",
 };
 
 static const struct {
 	const char *name;
 	int err;
 } errnames[] = {
-	{"ECONNRESET", ECONNRESET}, {"EPIPE", EPIPE},     {"EMFILE", EMFILE},   {"ENFILE", ENFILE},
-	{"ENOMEM", ENOMEM},         {"EAGAIN", EAGAIN},   {"ENOBUFS", ENOBUFS}, {"ECANCELED", ECANCELED},
-	{"EIO", EIO},               {"EINTR", EINTR},     {"ETIMEDOUT", ETIMEDOUT},
-	{"ECONNREFUSED", ECONNREFUSED}, {"EACCES", EACCES}, {"ENOENT", ENOENT}, {"EBADF", EBADF},
-	{"EINVAL", EINVAL},         {"ENOSPC", ENOSPC},   {"EHOSTUNREACH", EHOSTUNREACH},
+    {"ECONNRESET", ECONNRESET}, {"EPIPE", EPIPE},         {"EMFILE", EMFILE},
+    {"ENFILE", ENFILE},         {"ENOMEM", ENOMEM},       {"EAGAIN", EAGAIN},
+    {"ENOBUFS", ENOBUFS},       {"ECANCELED", ECANCELED}, {"EIO", EIO},
+    {"EINTR", EINTR},           {"ETIMEDOUT", ETIMEDOUT}, {"ECONNREFUSED", ECONNREFUSED},
+    {"EACCES", EACCES},         {"ENOENT", ENOENT},       {"EBADF", EBADF},
+    {"EINVAL", EINVAL},         {"ENOSPC", ENOSPC},       {"EHOSTUNREACH", EHOSTUNREACH},
 };
 
 #define RULES_MAX 32
@@ -112,7 +113,8 @@ static void report(void)
 			if (-errnames[j].err == r->err)
 				en = errnames[j].name;
 		fprintf(stderr, "keel: fault %s:%s fired %llu of %llu\n", kind_names[r->kind], en,
-		        (unsigned long long)atomic_load(&r->fired), (unsigned long long)atomic_load(&r->calls));
+		        (unsigned long long)atomic_load(&r->fired),
+		        (unsigned long long)atomic_load(&r->calls));
 	}
 }
 

@@ -13,10 +13,10 @@
 #include "keel/loop.h"
 #include "keel/promise.h"
 
-#define KEEL__ASSERT(cond)                                                                         \
-	do {                                                                                       \
-		if (__builtin_expect(!(cond), 0))                                                  \
-			keel__assert_fail(#cond, __FILE__, __LINE__);                              \
+#define KEEL__ASSERT(cond)                                            \
+	do {                                                          \
+		if (__builtin_expect(!(cond), 0))                     \
+			keel__assert_fail(#cond, __FILE__, __LINE__); \
 	} while (0)
 
 _Noreturn void keel__assert_fail(const char *what, const char *file, int line);
@@ -36,7 +36,7 @@ enum keel__pmode {
 	KEEL__M_FLAT,
 	KEEL__M_CATCH,
 	KEEL__M_FINALLY,
-	KEEL__M_FORWARD, /* flat_map: waiting on the inner promise */
+	KEEL__M_FORWARD,  /* flat_map: waiting on the inner promise */
 	KEEL__M_FLAT_ANY, /* then_flat: fn on either outcome, returns a promise */
 };
 
@@ -46,10 +46,10 @@ struct keel_promise {
 	keel_promise *next; /* ready queue / free list */
 	keel_outcome out;
 	uint8_t state;
-	uint8_t queued;   /* on the ready queue */
-	uint8_t refs;     /* producer + consumer */
-	uint8_t mode;     /* enum keel__pmode */
-	uint8_t consumed; /* a consumer is attached */
+	uint8_t queued;        /* on the ready queue */
+	uint8_t refs;          /* producer + consumer */
+	uint8_t mode;          /* enum keel__pmode */
+	uint8_t consumed;      /* a consumer is attached */
 	uint8_t producer_owed; /* settled by a cancel while the producer still holds its reference */
 	/* Consumer: runs from the ready queue after this promise settles. */
 	void (*notify)(keel_promise *self, void *arg);
@@ -124,7 +124,7 @@ struct keel_loop {
 	uint64_t now_ns;
 	bool stopping; /* keel_loop_stop: run returns after this tick */
 	bool freeing;  /* keel_loop_free is draining the kernel */
-	bool in_run;          /* inside keel_loop_run */
+	bool in_run;   /* inside keel_loop_run */
 
 	/*
 	 * SIGPIPE (loop.c): blocked while the loop runs work that can raise it
@@ -165,7 +165,7 @@ struct keel_loop {
 	 */
 	uint32_t *fdrefs;
 	int nfdrefs;
-	keel__op *closes; /* chained through op->next */
+	keel__op *closes;                     /* chained through op->next */
 	struct keel__close_wait *close_waits; /* closes that found no op slot */
 	uint32_t nclose_waits;
 

@@ -68,7 +68,8 @@ void keel__loop_post_complete(keel_loop *loop, int res)
 		return;
 	}
 	if (res < 0)
-		loop->post_rearm = true; /* from the ready queue: a re-arm that fails at once must not recurse */
+		/* from the ready queue: a re-arm that fails at once must not recurse */
+		loop->post_rearm = true;
 	else
 		post_arm(loop);
 	/*

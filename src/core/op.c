@@ -315,7 +315,8 @@ static void connect_complete(keel_loop *loop, keel__op *op, int res)
 static void sendfile_complete(keel_loop *loop, keel__op *op, int res)
 {
 	if (res < 0) {
-		op_finish(loop, op, res); /* what went before is lost with the connection: an error, not a count */
+		/* what went before is lost with the connection: an error, not a count */
+		op_finish(loop, op, res);
 		return;
 	}
 	op->u.sendfile.done += (size_t)res;
@@ -334,21 +335,11 @@ void keel__op_complete(keel_loop *loop, keel__op *op, int res, unsigned flags, u
 		return;
 	}
 	switch (op->kind) {
-	case KEEL__OP_ACCEPT:
-		accept_complete(loop, op, res, flags);
-		break;
-	case KEEL__OP_RECV_STREAM:
-		stream_complete(loop, op, res, flags, bid);
-		break;
-	case KEEL__OP_SEND:
-		send_complete(loop, op, res);
-		break;
-	case KEEL__OP_CONNECT:
-		connect_complete(loop, op, res);
-		break;
-	case KEEL__OP_SENDFILE:
-		sendfile_complete(loop, op, res);
-		break;
+	case KEEL__OP_ACCEPT: accept_complete(loop, op, res, flags); break;
+	case KEEL__OP_RECV_STREAM: stream_complete(loop, op, res, flags, bid); break;
+	case KEEL__OP_SEND: send_complete(loop, op, res); break;
+	case KEEL__OP_CONNECT: connect_complete(loop, op, res); break;
+	case KEEL__OP_SENDFILE: sendfile_complete(loop, op, res); break;
 	default:
 		if (flags & KEEL__F_BUFFER)
 			keel__buf_return(loop, bid);

@@ -209,12 +209,8 @@ static void derived_notify(keel_promise *in, void *arg)
 
 	q->upstream = NULL;
 	switch (q->mode) {
-	case KEEL__M_THEN:
-		keel_promise_settle(q, ((keel_then_fn)q->fn)(q->ctx, o, q->ud));
-		break;
-	case KEEL__M_MAP:
-		keel_promise_settle(q, o.err ? o : ((keel_then_fn)q->fn)(q->ctx, o, q->ud));
-		break;
+	case KEEL__M_THEN: keel_promise_settle(q, ((keel_then_fn)q->fn)(q->ctx, o, q->ud)); break;
+	case KEEL__M_MAP: keel_promise_settle(q, o.err ? o : ((keel_then_fn)q->fn)(q->ctx, o, q->ud)); break;
 	case KEEL__M_CATCH:
 		keel_promise_settle(q, o.err ? ((keel_then_fn)q->fn)(q->ctx, o, q->ud) : o);
 		break;
@@ -238,11 +234,8 @@ static void derived_notify(keel_promise *in, void *arg)
 			}
 		}
 		break;
-	case KEEL__M_FORWARD:
-		keel_promise_settle(q, o);
-		break;
-	default:
-		KEEL__ASSERT(0);
+	case KEEL__M_FORWARD: keel_promise_settle(q, o); break;
+	default: KEEL__ASSERT(0);
 	}
 	keel__promise_unref(in);
 }

@@ -10,11 +10,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http_internal.h" /* keel__log_date */
 #include "keel/errors.h"
 #include "keel/file.h"
 #include "keel/http.h"
 #include "keel/log.h"
-#include "http_internal.h" /* keel__log_date */
 #include "server_internal.h"
 
 #define LOG_BUF 65536
@@ -40,8 +40,9 @@ void keel__log_flush(keel_http_server *s)
 	int b = s->log_cur;
 	s->log_cur = 1 - b;
 	s->log_writing = true;
-	keel_promise_done(keel_file_write(s->loop, s->cfg.access_log_fd, s->log_buf[b], s->log_len[b], KEEL_FILE_POS),
-	                  log_written, s);
+	keel_promise_done(
+	    keel_file_write(s->loop, s->cfg.access_log_fd, s->log_buf[b], s->log_len[b], KEEL_FILE_POS),
+	    log_written, s);
 }
 
 static void log_tick(keel_loop *loop, keel_timer *t)
@@ -66,7 +67,8 @@ static size_t log_esc(char *out, keel_str v, size_t max)
 }
 
 /* One combined-format line, appended to the current buffer; dropped (counted) if both are full. */
-void keel__log_request(keel_http_server *s, const char *peer, keel_http_request *r, int status, uint64_t bytes)
+void keel__log_request(keel_http_server *s, const char *peer, keel_http_request *r, int status,
+                       uint64_t bytes)
 {
 	if (!s->log_buf[0]) {
 		s->log_buf[0] = malloc(LOG_BUF);
@@ -87,8 +89,8 @@ void keel__log_request(keel_http_server *s, const char *peer, keel_http_request 
 	n += log_esc(line + n, r->msg.method, 64);
 	line[n++] = ' ';
 	n += log_esc(line + n, r->msg.target, 1024);
-	n += (size_t)snprintf(line + n, sizeof(line) - n, " HTTP/1.%d\" %d %llu \"", r->msg.version_minor, status,
-	                      (unsigned long long)bytes);
+	n += (size_t)snprintf(line + n, sizeof(line) - n, " HTTP/1.%d\" %d %llu \"", r->msg.version_minor,
+	                      status, (unsigned long long)bytes);
 	const keel_http_header *ref = keel_http_header_find(&r->msg, "referer");
 	const keel_http_header *ua = keel_http_header_find(&r->msg, "user-agent");
 	if (ref)

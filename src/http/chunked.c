@@ -17,7 +17,7 @@ enum {
 	S_EXT_BWS,        /* whitespace after the size or a value: only ";" may follow */
 	S_EXT_NAME_START, /* after ";" */
 	S_EXT_NAME,
-	S_EXT_NAME_BWS, /* whitespace after a name: "=" or ";" */
+	S_EXT_NAME_BWS,  /* whitespace after a name: "=" or ";" */
 	S_EXT_VAL_START, /* after "=" */
 	S_EXT_TOKEN,
 	S_EXT_QUOTED,
@@ -48,7 +48,6 @@ void keel_http_chunked_init(keel_http_chunked *d, uint64_t body_max)
 	d->trailer_bytes = 0;
 	d->ext_len = 0;
 }
-
 
 static bool is_tchar_c(unsigned char c)
 {
@@ -159,13 +158,11 @@ static int ext_byte(keel_http_chunked *d, unsigned char c)
 		else
 			return KEEL_HTTP_E400;
 		return 0;
-	default:
-		return KEEL_HTTP_E400;
+	default: return KEEL_HTTP_E400;
 	}
 }
 
-int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, size_t *used,
-                             keel_str *data)
+int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, size_t *used, keel_str *data)
 {
 	size_t i = 0;
 	while (i < len) {
@@ -295,11 +292,8 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
 			d->state = S_DONE;
 			*used = i + 1;
 			return KEEL_HTTP_CHUNK_DONE;
-		case S_DONE:
-			*used = i;
-			return KEEL_HTTP_CHUNK_DONE;
-		default:
-			return KEEL_HTTP_E400;
+		case S_DONE: *used = i; return KEEL_HTTP_CHUNK_DONE;
+		default: return KEEL_HTTP_E400;
 		}
 	}
 	*used = len;

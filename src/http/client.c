@@ -27,8 +27,7 @@ void keel_http_client_config_default(keel_http_client_config *cfg)
 	keel_http_limits_default(&cfg->limits);
 }
 
-int keel_http_client_new(keel_http_client **out, keel_loop *loop,
-                         const keel_http_client_config *cfg)
+int keel_http_client_new(keel_http_client **out, keel_loop *loop, const keel_http_client_config *cfg)
 {
 	*out = NULL;
 	keel_http_client_config cc;
@@ -160,13 +159,15 @@ keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http
 {
 	keel_promise *p = keel_promise_new(c->loop);
 	const char *method = q->method ? q->method : "GET";
-	bool ok = q->upstream && token_ok(method) && (!q->target || (q->target[0] == '/' && token_ok(q->target))) &&
+	bool ok = q->upstream && token_ok(method) &&
+	          (!q->target || (q->target[0] == '/' && token_ok(q->target))) &&
 	          (!q->host || token_ok(q->host));
 	for (unsigned i = 0; ok && i < q->nheaders; i++) {
 		keel_str n = q->headers[i].name;
 		ok = n.len && value_ok(n) && !memchr(n.ptr, ':', n.len) && !memchr(n.ptr, ' ', n.len) &&
-		     value_ok(q->headers[i].value) && !keel_str_ieq(n, "host") && !keel_str_ieq(n, "content-length") &&
-		     !keel_str_ieq(n, "transfer-encoding") && !keel_str_ieq(n, "connection");
+		     value_ok(q->headers[i].value) && !keel_str_ieq(n, "host") &&
+		     !keel_str_ieq(n, "content-length") && !keel_str_ieq(n, "transfer-encoding") &&
+		     !keel_str_ieq(n, "connection");
 	}
 	struct upstream *up = ok && !c->freeing ? upstream_get(c, q->upstream) : NULL;
 	if (!up) {

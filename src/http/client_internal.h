@@ -14,10 +14,10 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "keel/timer.h"
-#include "keel/util.h"
 #include "keel/buf.h"
 #include "keel/http_client.h"
+#include "keel/timer.h"
+#include "keel/util.h"
 
 /* What a connection's timer is running for. */
 enum { T_OFF = 0, T_RESPONSE, T_IDLE };
@@ -27,7 +27,7 @@ enum { B_NONE = 0, B_MORE, B_LAST };
 
 /* A request, from its send to its settling. */
 struct creq {
-	struct creq *next;  /* the upstream's queue, or the client's free list */
+	struct creq *next; /* the upstream's queue, or the client's free list */
 	struct upstream *up;
 	struct cconn *conn; /* the connection carrying it; NULL while queued */
 	keel_promise *p;
@@ -44,10 +44,10 @@ struct cconn {
 	struct upstream *up;
 	int fd;
 	keel_promise *recv, *send_p, *connect_p;
-	struct creq *req; /* the request whose response is awaited */
+	struct creq *req;     /* the request whose response is awaited */
 	struct creq *due_req; /* answered, settled when the send in flight ends */
 	keel_http_client_response *due_resp;
-	char *out;        /* the request head being sent */
+	char *out; /* the request head being sent */
 	size_t out_cap;
 	/* A streamed request body. */
 	keel_promise *(*body_read)(void *);
@@ -78,9 +78,9 @@ struct cconn {
 	bool resp_done; /* its body is complete */
 	bool paused;    /* the receive was stopped for a reader that is not reading */
 	bool eof;
-	int eof_err;    /* how the input ended, if not cleanly */
-	bool paced;     /* the receive runs one buffer at a time (after a streamed response) */
-	bool dead;      /* closed while attached: freed with the response */
+	int eof_err; /* how the input ended, if not cleanly */
+	bool paced;  /* the receive runs one buffer at a time (after a streamed response) */
+	bool dead;   /* closed while attached: freed with the response */
 	keel_timer timer;
 	uint8_t timer_kind;
 	bool idle, reused, got_bytes, closing, keep;

@@ -329,6 +329,7 @@ void keel__http_client_req_start(struct upstream *up, struct creq *r)
 	up->nconns++;
 	c->stats.conns_open++;
 	c->stats.connects++;
-	k->connect_p = keel_connect(c->loop, (struct sockaddr *)&up->addr, up->addrlen, c->cfg.connect_timeout_ms);
+	k->connect_p =
+	    keel_connect(c->loop, (struct sockaddr *)&up->addr, up->addrlen, c->cfg.connect_timeout_ms);
 	keel_promise_done(k->connect_p, connect_done, k);
 }

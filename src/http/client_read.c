@@ -116,12 +116,14 @@ static bool conn_feed(struct cconn *k, keel_buf *buf)
 			memcpy(k->head + k->head_len, data, take);
 			size_t prev = k->head_len;
 			k->head_len += take;
-			if (!k->hdrs && !(k->hdrs = keel__malloc(c->cfg.limits.headers_max * sizeof(*k->hdrs)))) {
+			if (!k->hdrs &&
+			    !(k->hdrs = keel__malloc(c->cfg.limits.headers_max * sizeof(*k->hdrs)))) {
 				keel__http_client_conn_fail(k, -ENOMEM);
 				return false;
 			}
 			int rc = keel_http_parse_response(k->head, k->head_len, prev, &k->msg, k->hdrs,
-			                                  c->cfg.limits.headers_max, &c->cfg.limits, k->req->method);
+			                                  c->cfg.limits.headers_max, &c->cfg.limits,
+			                                  k->req->method);
 			if (rc == KEEL_HTTP_INCOMPLETE) {
 				if (k->head_len > c->cfg.limits.head_max) {
 					keel__http_client_conn_fail(k, -EBADMSG);
@@ -174,8 +176,7 @@ static bool conn_feed(struct cconn *k, keel_buf *buf)
 			case KEEL_HTTP_BODY_CHUNKED:
 				keel_http_chunked_init(&k->chunk, c->cfg.body_max);
 				break;
-			case KEEL_HTTP_BODY_UNTIL_CLOSE:
-				break;
+			case KEEL_HTTP_BODY_UNTIL_CLOSE: break;
 			}
 			continue;
 		}
@@ -332,6 +333,7 @@ void keel__http_client_conn_read(struct cconn *k)
 	 * multishot receive would fill pool buffers ahead of a slow reader.
 	 */
 	k->paced = k->paced || k->attached;
-	k->recv = k->paced ? keel_recv_stream_paced(loop, k->fd, on_data, k) : keel_recv_stream(loop, k->fd, on_data, k);
+	k->recv = k->paced ? keel_recv_stream_paced(loop, k->fd, on_data, k)
+	                   : keel_recv_stream(loop, k->fd, on_data, k);
 	keel_promise_done(k->recv, recv_ended, k);
 }

@@ -78,7 +78,8 @@ static int body_pump(struct cconn *k, keel_str *piece)
 			k->inq_off += (uint32_t)n;
 			k->body_need -= n;
 			if (!k->body_need) {
-				keel_buf_hold(b); /* (the piece's, over stream_complete's release of the queue) */
+				/* (the piece's, over stream_complete's release of the queue) */
+				keel_buf_hold(b);
 				k->piece_buf = b;
 				stream_complete(k); /* known now: the caller may free without asking again */
 				return 1;

@@ -117,7 +117,7 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 			keel__http_client_conn_fail(k, o.err);
 		else if (!k->attached)
 			keel__http_client_conn_close(k); /* answered, but the connection broke */
-		return; /* (a streamed response may still arrive whole) */
+		return;                                  /* (a streamed response may still arrive whole) */
 	}
 	if (k->body_out == B_LAST)
 		k->body_out = B_NONE;
@@ -159,7 +159,8 @@ static void body_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 		}
 		if (chunked) {
 			v[n].iov_base = k->chunk_head;
-			v[n++].iov_len = (size_t)snprintf(k->chunk_head, sizeof(k->chunk_head), "%zx\r\n", piece->len);
+			v[n++].iov_len =
+			    (size_t)snprintf(k->chunk_head, sizeof(k->chunk_head), "%zx\r\n", piece->len);
 		}
 		v[n].iov_base = (void *)piece->ptr;
 		v[n++].iov_len = piece->len;

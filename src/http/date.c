@@ -17,8 +17,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "http_internal.h"
 #include "date.h"
+#include "http_internal.h"
 
 _Static_assert(sizeof(time_t) >= 8, "years up to 9999 need a 64-bit time_t");
 
@@ -311,6 +311,6 @@ time_t keel__http_date_parse(const char *s, size_t len)
 	if (c.year < 1970 || c.day < 1 || c.day > days_in_month(c.year, c.month) || c.hour > 23 ||
 	    c.min > 59 || c.sec > 60)
 		return -1;
-	return (time_t)(days_from_civil(c.year, c.month, c.day) * SECS_PER_DAY + c.hour * 3600 +
-	                c.min * 60 + c.sec);
+	return (time_t)(days_from_civil(c.year, c.month, c.day) * SECS_PER_DAY + c.hour * 3600 + c.min * 60 +
+	                c.sec);
 }

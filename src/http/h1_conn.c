@@ -165,7 +165,8 @@ static void req_stream_begin(keel_http_conn *c, keel_http_request *r, const stru
 static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 {
 	c->served++;
-	r->head_only = keel_str_eq(r->msg.method, "HEAD"); /* (an error answered before dispatch has no body either) */
+	/* (an error answered before dispatch has no body either) */
+	r->head_only = keel_str_eq(r->msg.method, "HEAD");
 	r->keep_alive = r->msg.keep_alive;
 	if (want_close_after(c, r)) {
 		r->keep_alive = 0;
@@ -207,9 +208,7 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 		if (r->msg.expect_continue)
 			r->want_continue = 1;
 		break;
-	default:
-		keel__req_dispatch(r);
-		break;
+	default: keel__req_dispatch(r); break;
 	}
 }
 
@@ -344,7 +343,8 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 		off += used;
 		if (rc == KEEL_HTTP_CHUNK_DATA) {
 			if (!c->s->cfg.body_max) {
-				req_error(c, r, 413); /* body_max 0: no body, whatever its framing (the decoder's 0 is "no limit") */
+				/* body_max 0: no body, whatever its framing (the decoder's 0 is "no limit") */
+				req_error(c, r, 413);
 				return len;
 			}
 			if ((st = body_append(c, r, span.ptr, span.len))) {
@@ -628,7 +628,7 @@ static int on_data(void *ud, keel_buf *buf)
 		return KEEL_CONTINUE;
 	}
 	if (c->held_ns && keel_loop_now_ns(c->s->loop) - c->resumed_ns > 1000000)
-		c->held_ns = 0; /* not the backlog of the pause: that arrives right after the resume */
+		c->held_ns = 0;      /* not the backlog of the pause: that arrives right after the resume */
 	c->s->input_ns = c->held_ns; /* (a backlog that waited in the kernel while paused) */
 	size_t off = conn_input(c, buf, 0);
 	c->s->input_ns = 0;
@@ -709,7 +709,8 @@ static void conn_timeout(keel_loop *loop, keel_timer *t)
 	}
 	c->timer_kind = T_NONE;
 	c->deadline_ns = 0;
-	keel__h1_conn_close(c); /* slowloris, stalled body, idle keep-alive, or a reader that stopped reading */
+	/* slowloris, stalled body, idle keep-alive, or a reader that stopped reading */
+	keel__h1_conn_close(c);
 }
 
 /*
@@ -720,7 +721,8 @@ static void conn_timeout(keel_loop *loop, keel_timer *t)
  */
 static bool conn_is_idle(const keel_http_conn *c)
 {
-	return !c->closing && !c->lingering && !c->nreqs && !c->part_len && !c->cur && !c->inq_head && !c->sending;
+	return !c->closing && !c->lingering && !c->nreqs && !c->part_len && !c->cur && !c->inq_head &&
+	       !c->sending;
 }
 
 static void idle_update(keel_http_conn *c)
@@ -1023,10 +1025,10 @@ static const char *h1_peer(keel_http_request *r)
 }
 
 const struct keel__http_proto keel__h1_proto = {
-	.handler_done = h1_handler_done,
-	.answered = h1_answered,
-	.body_read = h1_body_read,
-	.peer = h1_peer,
+    .handler_done = h1_handler_done,
+    .answered = h1_answered,
+    .body_read = h1_body_read,
+    .peer = h1_peer,
 };
 
 /* Stopping: idle connections close now, the others once their last answer is out. */

@@ -14,8 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "http_internal.h"
 #include "h1.h"
+#include "http_internal.h"
 #include "keel/errors.h"
 #include "keel/http.h"
 #include "keel/transport.h"
@@ -121,7 +121,8 @@ static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 	c->sending = false;
 	if (o.err || c->closing) {
 		if (o.err == -ECANCELED && c->closing)
-			keel__req_zombie(batch_last(c), sp); /* a producer that could not be stopped still holds it */
+			/* a producer that could not be stopped still holds it */
+			keel__req_zombie(batch_last(c), sp);
 		keel__h1_conn_close(c); /* cannot signal an error mid-body but by closing */
 		return;
 	}
@@ -144,7 +145,8 @@ static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 	} else if (piece && piece->len) {
 		c->tx->stream_state = 1;
 		if (c->tx->stream_chunked) {
-			int hl = snprintf(c->tx->chunk_head, sizeof(c->tx->chunk_head), "%zx\r\n", piece->len);
+			int hl =
+			    snprintf(c->tx->chunk_head, sizeof(c->tx->chunk_head), "%zx\r\n", piece->len);
 			v[n].iov_base = c->tx->chunk_head;
 			v[n++].iov_len = (size_t)hl;
 		}
@@ -357,8 +359,10 @@ void keel__h1_flush(keel_http_conn *c)
 		need += head_size(s, r->answer);
 		if (has_body(r) && r->answer->file_fd < 0 && r->answer->body.len <= OUT_INLINE_BODY)
 			need += r->answer->body.len;
-		if (r->answer->stream && r->answer->stream_length <= 0 && has_body(r) && r->msg.version_minor == 0)
-			r->keep_alive = 0; /* HTTP/1.0: the end of a streamed body of unknown length is the close */
+		if (r->answer->stream && r->answer->stream_length <= 0 && has_body(r) &&
+		    r->msg.version_minor == 0)
+			/* HTTP/1.0: the end of a streamed body of unknown length is the close */
+			r->keep_alive = 0;
 		if (r->answer->stream && has_body(r) && r->answer->body.len)
 			need += 24; /* its first piece's chunk framing */
 		if (r->answer->file_fd >= 0 || r->answer->stream || !r->keep_alive) {
@@ -406,7 +410,9 @@ void keel__h1_flush(keel_http_conn *c)
 		int st = a->status ? a->status : 200;
 		if (s->cfg.access_log_fd >= 0 && !r->is_error_logged) {
 			r->is_error_logged = 1;
-			uint64_t blen = a->file_fd >= 0 ? a->file_len : a->stream_length > 0 ? (uint64_t)a->stream_length : a->body.len;
+			uint64_t blen = a->file_fd >= 0        ? a->file_len
+			                : a->stream_length > 0 ? (uint64_t)a->stream_length
+			                                       : a->body.len;
 			keel__log_request(s, c->peer, r, st, has_body(r) ? blen : 0);
 		}
 		if (st >= 500)
@@ -435,7 +441,8 @@ void keel__h1_flush(keel_http_conn *c)
 	c->tx->stream_chunked = last->msg.version_minor >= 1 && !c->tx->stream_sized;
 	if (c->tx->stream_state && c->tx->stream_sized) {
 		if (la->body.len > (uint64_t)la->stream_length) {
-			keel__h1_conn_close(c); /* a first piece longer than the whole: nothing honest to send */
+			/* a first piece longer than the whole: nothing honest to send */
+			keel__h1_conn_close(c);
 			return;
 		}
 		c->tx->stream_left = (uint64_t)la->stream_length - la->body.len;

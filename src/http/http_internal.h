@@ -12,12 +12,12 @@
 #include "keel/log.h"
 
 /* An invariant of this layer's own code, checked in every build: a bug, never an input. */
-#define KEEL_HTTP_ASSERT(cond)                                                                     \
-	do {                                                                                       \
-		if (__builtin_expect(!(cond), 0)) {                                                \
+#define KEEL_HTTP_ASSERT(cond)                                                                              \
+	do {                                                                                                \
+		if (__builtin_expect(!(cond), 0)) {                                                         \
 			keel_log(KEEL_LOG_ERROR, "%s:%d: assertion failed: %s", __FILE__, __LINE__, #cond); \
-			abort();                                                                   \
-		}                                                                                  \
+			abort();                                                                            \
+		}                                                                                           \
 	} while (0)
 
 const char *keel__mime_type(const char *path, size_t len);

@@ -33,9 +33,9 @@ struct keel_proxy {
 	keel_http_client *client;
 	struct pup *ups;
 	unsigned nups, rr;
-	char via[VIA_MAX];   /* "1.1 keel" */
+	char via[VIA_MAX]; /* "1.1 keel" */
 	size_t via_len;
-	unsigned live;       /* requests and health checks still referring to this proxy */
+	unsigned live; /* requests and health checks still referring to this proxy */
 	keel_promise *health_sleep;
 	keel_proxy_stats stats;
 	bool freeing;
@@ -44,17 +44,17 @@ struct keel_proxy {
 struct preq {
 	keel_proxy *px;
 	keel_http_request *req;
-	keel_ctx *ctx;          /* the request's; held while a call is in flight (pr lives in it) */
-	keel_promise *out;      /* the handler's answer */
-	keel_promise *call;     /* the upstream request in flight */
+	keel_ctx *ctx;      /* the request's; held while a call is in flight (pr lives in it) */
+	keel_promise *out;  /* the handler's answer */
+	keel_promise *call; /* the upstream request in flight */
 	keel_http_client_response *ur;
-	struct pup *up;         /* where it went (counted in up->active) */
+	struct pup *up; /* where it went (counted in up->active) */
 	keel_http_client_request q;
-	keel_http_header *rh;   /* the response headers passed on */
-	unsigned tried;         /* attempts so far */
-	bool body_started;      /* the request body's reading began: it cannot be sent again */
+	keel_http_header *rh; /* the response headers passed on */
+	unsigned tried;       /* attempts so far */
+	bool body_started;    /* the request body's reading began: it cannot be sent again */
 	bool settled;
-	int body_err;           /* the client's body failed (bad framing, too long, gone): its fault */
+	int body_err; /* the client's body failed (bad framing, too long, gone): its fault */
 };
 
 static const keel_http_header retry_after = {{"Retry-After", 11}, {"1", 1}};
@@ -67,7 +67,8 @@ void keel_proxy_config_default(keel_proxy_config *cfg)
 	cfg->health_path = "/";
 	cfg->via = "keel";
 	keel_http_client_config_default(&cfg->client);
-	cfg->client.pool_max = 256; /* a proxy's upstream connection is busy until its client has the answer */
+	/* a proxy's upstream connection is busy until its client has the answer */
+	cfg->client.pool_max = 256;
 }
 
 static void health_round(keel_proxy *px);
@@ -286,15 +287,15 @@ static bool hop_by_hop(keel_str n, const keel_http_msg *m, bool has_conn)
 			return true;
 		break;
 	case 't':
-		if (keel_str_ieq(n, "te") || keel_str_ieq(n, "trailer") || keel_str_ieq(n, "transfer-encoding"))
+		if (keel_str_ieq(n, "te") || keel_str_ieq(n, "trailer") ||
+		    keel_str_ieq(n, "transfer-encoding"))
 			return true;
 		break;
 	case 'u':
 		if (keel_str_ieq(n, "upgrade"))
 			return true;
 		break;
-	default:
-		break;
+	default: break;
 	}
 	return has_conn && conn_names(m, n);
 }
@@ -341,8 +342,8 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	keel_str xff = {NULL, 0}, via = {NULL, 0};
 	for (unsigned i = 0; i < m->nheaders; i++) {
 		keel_str name = m->headers[i].name, value = m->headers[i].value;
-		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "host") || keel_str_ieq(name, "expect") ||
-		    keel_str_ieq(name, "x-forwarded-proto"))
+		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "host") ||
+		    keel_str_ieq(name, "expect") || keel_str_ieq(name, "x-forwarded-proto"))
 			continue; /* (100-continue is answered here; the scheme is ours to say) */
 		if (memchr(name.ptr, '_', name.len)) {
 			/*
@@ -446,10 +447,12 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 	keel_str via = {NULL, 0};
 	for (unsigned i = 0; i < m->nheaders; i++) {
 		keel_str name = m->headers[i].name;
-		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "date") || keel_str_ieq(name, "server"))
+		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "date") ||
+		    keel_str_ieq(name, "server"))
 			continue;
 		if (keel_str_ieq(name, "via")) {
-			via = via.len ? join(ctx, via, m->headers[i].value.ptr, m->headers[i].value.len) : m->headers[i].value;
+			via = via.len ? join(ctx, via, m->headers[i].value.ptr, m->headers[i].value.len)
+			              : m->headers[i].value;
 			continue;
 		}
 		h[n++] = m->headers[i];
@@ -553,8 +556,8 @@ static void upstream_result(struct preq *pr, keel_outcome o);
 
 static bool idempotent(keel_str m)
 {
-	return keel_str_eq(m, "GET") || keel_str_eq(m, "HEAD") || keel_str_eq(m, "PUT") || keel_str_eq(m, "DELETE") ||
-	       keel_str_eq(m, "OPTIONS") || keel_str_eq(m, "TRACE");
+	return keel_str_eq(m, "GET") || keel_str_eq(m, "HEAD") || keel_str_eq(m, "PUT") ||
+	       keel_str_eq(m, "DELETE") || keel_str_eq(m, "OPTIONS") || keel_str_eq(m, "TRACE");
 }
 
 static void upstream_answered(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -597,8 +600,8 @@ static void upstream_result(struct preq *pr, keel_outcome o)
 			mark_down(px, failed);
 		/* Never sent (or an idempotent request reset before any answer): once more, elsewhere. */
 		bool again = !pr->body_started && pr->tried < 2 && !px->freeing &&
-		             (connect_error(o.err) || ((o.err == -ECONNRESET || o.err == -EPIPE) && !pr->q.body_read &&
-		                                       idempotent(pr->req->msg.method)));
+		             (connect_error(o.err) || ((o.err == -ECONNRESET || o.err == -EPIPE) &&
+		                                       !pr->q.body_read && idempotent(pr->req->msg.method)));
 		struct pup *next = again ? pick(px, failed) : NULL;
 		failed->active--;
 		pr->up = NULL;
@@ -706,18 +709,21 @@ unsigned keel_proxy_metrics(void *ud, keel_http_metric *out, unsigned max)
 	if (px->client)
 		keel_http_client_get_stats(px->client, &cs);
 	const keel_http_metric m[] = {
-		{"proxy_requests_total", "counter", "requests proxied", st.requests},
-		{"proxy_responses_total", "counter", "upstream responses passed on", st.responses},
-		{"proxy_errors_502_total", "counter", "502: the upstream failed before a response", st.errors_502},
-		{"proxy_errors_503_total", "counter", "503: every upstream down, or the queue full", st.errors_503},
-		{"proxy_errors_504_total", "counter", "504: the upstream did not answer in time", st.errors_504},
-		{"proxy_retries_total", "counter", "requests tried again on another upstream", st.retries},
-		{"proxy_inflight", "gauge", "requests being proxied", st.inflight},
-		{"proxy_upstreams_down", "gauge", "upstreams marked down", st.ups_down},
-		{"proxy_upstream_connections_open", "gauge", "upstream connections open", cs.conns_open},
-		{"proxy_upstream_connections_idle", "gauge", "upstream connections idle in the pool", cs.conns_idle},
-		{"proxy_upstream_connects_total", "counter", "upstream connections opened", cs.connects},
-		{"proxy_upstream_pending", "gauge", "requests waiting for an upstream connection", cs.pending},
+	    {"proxy_requests_total", "counter", "requests proxied", st.requests},
+	    {"proxy_responses_total", "counter", "upstream responses passed on", st.responses},
+	    {"proxy_errors_502_total", "counter", "502: the upstream failed before a response",
+	     st.errors_502},
+	    {"proxy_errors_503_total", "counter", "503: every upstream down, or the queue full",
+	     st.errors_503},
+	    {"proxy_errors_504_total", "counter", "504: the upstream did not answer in time", st.errors_504},
+	    {"proxy_retries_total", "counter", "requests tried again on another upstream", st.retries},
+	    {"proxy_inflight", "gauge", "requests being proxied", st.inflight},
+	    {"proxy_upstreams_down", "gauge", "upstreams marked down", st.ups_down},
+	    {"proxy_upstream_connections_open", "gauge", "upstream connections open", cs.conns_open},
+	    {"proxy_upstream_connections_idle", "gauge", "upstream connections idle in the pool",
+	     cs.conns_idle},
+	    {"proxy_upstream_connects_total", "counter", "upstream connections opened", cs.connects},
+	    {"proxy_upstream_pending", "gauge", "requests waiting for an upstream connection", cs.pending},
 	};
 	unsigned n = sizeof(m) / sizeof(m[0]);
 	if (n > max)

@@ -50,8 +50,12 @@ const char *keel_http_status_text(int status)
 	case 503: return "Service Unavailable";
 	case 504: return "Gateway Timeout";
 	case 505: return "HTTP Version Not Supported";
-	default: return status < 200 ? "Informational" : status < 300 ? "OK" : status < 400 ? "Redirect"
-	               : status < 500 ? "Client Error" : "Server Error";
+	default:
+		return status < 200   ? "Informational"
+		       : status < 300 ? "OK"
+		       : status < 400 ? "Redirect"
+		       : status < 500 ? "Client Error"
+		                      : "Server Error";
 	}
 }
 
@@ -381,8 +385,8 @@ void keel__req_dispatch(keel_http_request *r)
 	bool method_ok;
 	const struct route *rt = keel__route_find(s, r, &method_ok);
 	if (!rt) {
-		static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT",
-		                                    "OPTIONS", "TRACE", "PATCH", NULL};
+		static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",   "DELETE",
+		                                    "CONNECT", "OPTIONS", "TRACE", "PATCH", NULL};
 		bool is_known = false;
 		for (int i = 0; known[i]; i++)
 			is_known = is_known || keel_str_eq(r->msg.method, known[i]);

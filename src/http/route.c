@@ -57,16 +57,19 @@ const struct route *keel__route_find(keel_http_server *s, const keel_http_reques
 	bool path_matched = false;
 	for (unsigned i = 0; i < s->nroutes; i++) {
 		const struct route *r = &s->routes[i];
-		bool match = r->prefix ? req->path.len >= r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0
-		                       : req->path.len == r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0;
+		bool match = r->prefix
+		                 ? req->path.len >= r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0
+		                 : req->path.len == r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0;
 		if (!match)
 			continue;
 		path_matched = true;
 		keel_str m = req->msg.method;
 		if (r->method && !(m.len == r->mlen && memcmp(m.ptr, r->method, m.len) == 0) &&
-		    !(r->mlen == 3 && memcmp(r->method, "GET", 3) == 0 && m.len == 4 && memcmp(m.ptr, "HEAD", 4) == 0))
+		    !(r->mlen == 3 && memcmp(r->method, "GET", 3) == 0 && m.len == 4 &&
+		      memcmp(m.ptr, "HEAD", 4) == 0))
 			continue;
-		if (!best || (!r->prefix && best->prefix) || (r->prefix && best->prefix && r->plen > best->plen))
+		if (!best || (!r->prefix && best->prefix) ||
+		    (r->prefix && best->prefix && r->plen > best->plen))
 			best = r;
 	}
 	if (!best && path_matched)

@@ -54,12 +54,12 @@ static void acc_quiet(void *ud)
 }
 
 static const keel_acceptor_ops acceptor_ops = {
-	.open = acc_open,
-	.live = conns_live,
-	.reclaim = acc_reclaim,
-	.reclaimable = acc_reclaimable,
-	.idle = acc_idle,
-	.quiet = acc_quiet,
+    .open = acc_open,
+    .live = conns_live,
+    .reclaim = acc_reclaim,
+    .reclaimable = acc_reclaimable,
+    .idle = acc_idle,
+    .quiet = acc_quiet,
 };
 
 static void trim_due(keel_loop *loop, keel_timer *t);
@@ -230,8 +230,9 @@ void keel_http_server_free(keel_http_server *s)
 		 * server: freeing it would leave their completions pointing at
 		 * freed memory. A leak is the lesser harm.
 		 */
-		keel_log(KEEL_LOG_ERROR, "keel_http_server_free: %u connections open%s%s; not freed "
-		                         "(free it once keel_http_server_stop has resolved)",
+		keel_log(KEEL_LOG_ERROR,
+		         "keel_http_server_free: %u connections open%s%s; not freed "
+		         "(free it once keel_http_server_stop has resolved)",
 		         s->nconns, keel_acceptor_busy(&s->acc) ? ", still accepting" : "",
 		         s->log_writing ? ", an access-log write under way" : "");
 		return;

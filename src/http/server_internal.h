@@ -127,7 +127,8 @@ const struct route *keel__route_find(keel_http_server *s, const keel_http_reques
 size_t keel__route_methods(keel_http_server *s, keel_str path, char *list, size_t cap);
 
 /* request.c: records, answers, handlers, whatever the protocol. */
-keel_http_request *keel__req_new(keel_http_server *s, keel_http_conn *c, const struct keel__http_proto *proto);
+keel_http_request *keel__req_new(keel_http_server *s, keel_http_conn *c,
+                                 const struct keel__http_proto *proto);
 void keel__req_put(keel_http_server *s, keel_http_request *r);
 void keel__req_end(keel_http_server *s, keel_http_request *r);
 void keel__req_zombie(keel_http_request *r, keel_promise *p);
@@ -144,7 +145,8 @@ void keel__req_dispatch(keel_http_request *r);
 bool keel__should_shed(keel_http_server *s, const struct route *rt);
 
 /* accesslog.c */
-void keel__log_request(keel_http_server *s, const char *peer, keel_http_request *r, int status, uint64_t bytes);
+void keel__log_request(keel_http_server *s, const char *peer, keel_http_request *r, int status,
+                       uint64_t bytes);
 void keel__log_flush(keel_http_server *s);
 bool keel__log_stop(keel_http_server *s); /* false while a write is still under way */
 void keel__log_free(keel_http_server *s);

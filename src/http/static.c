@@ -149,13 +149,15 @@ long keel__path_normalize(const char *path, size_t len, char *out)
 			if (c == '%') {
 				if (i + 2 > len)
 					return -1;
-				int h = keel__hexval((unsigned char)path[i]), l = keel__hexval((unsigned char)path[i + 1]);
+				int h = keel__hexval((unsigned char)path[i]),
+				    l = keel__hexval((unsigned char)path[i + 1]);
 				if (h < 0 || l < 0)
 					return -1;
 				c = (char)(h * 16 + l);
 				i += 2;
 				if (c == '/' || c == '\\')
-					return -1; /* an encoded separator is never a legitimate file name here */
+					/* an encoded separator is never a legitimate file name here */
+					return -1;
 			}
 			if ((unsigned char)c < 0x20 || c == 0x7f)
 				return -1;
@@ -212,7 +214,7 @@ void keel_static_free(keel_static *st)
 struct job {
 	keel_http_request *r;
 	keel_static *st;
-	char *rel;      /* normalized, relative to the root ("" is the root) */
+	char *rel; /* normalized, relative to the root ("" is the root) */
 	size_t rel_len;
 	char *open_path; /* what is being opened now */
 	int fd;
@@ -267,10 +269,10 @@ static bool accepts_gzip(const keel_http_request *r)
 		if (p < end && *p == ';') {
 			const char *q = memmem(p, (size_t)(end - p), "q=0", 3);
 			const char *comma = memchr(p, ',', (size_t)(end - p));
-			if (q && (!comma || q < comma) && (q + 3 == end || q[3] == ',' || q[3] == ' ' ||
-			                                   (q[3] == '.' && strspn(q + 4, "0") >= 1 &&
-			                                    (q + 4 + strspn(q + 4, "0") == end ||
-			                                     q[4 + strspn(q + 4, "0")] == ','))))
+			if (q && (!comma || q < comma) &&
+			    (q + 3 == end || q[3] == ',' || q[3] == ' ' ||
+			     (q[3] == '.' && strspn(q + 4, "0") >= 1 &&
+			      (q + 4 + strspn(q + 4, "0") == end || q[4 + strspn(q + 4, "0")] == ','))))
 				return false;
 		}
 		return true;
@@ -589,7 +591,8 @@ static keel_promise *on_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 		char *data = keel__malloc(j->stx.stx_size);
 		if (data) {
 			j->fill = data;
-			return keel_then_flat(keel_file_read(r->loop, j->fd, data, j->stx.stx_size, 0), on_fill, j);
+			return keel_then_flat(keel_file_read(r->loop, j->fd, data, j->stx.stx_size, 0),
+			                      on_fill, j);
 		}
 	}
 	return finish(j);
@@ -616,8 +619,9 @@ static keel_promise *on_open(keel_ctx *ctx, keel_outcome in, void *ud)
 	}
 	j->fd = (int)in.n;
 	return keel_then_flat(keel_file_statx(r->loop, j->fd, "", AT_EMPTY_PATH,
-	                                     STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_MTIME | STATX_INO, &j->stx),
-	                     on_stat, j);
+	                                      STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_MTIME | STATX_INO,
+	                                      &j->stx),
+	                      on_stat, j);
 }
 
 static keel_promise *open_path(struct job *j, int dirfd, const char *path)
@@ -702,7 +706,8 @@ keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 			j->gz = false;
 			struct centry *plain = cache_find(st, j->rel);
 			uint64_t now = keel_loop_now_ns(r->loop);
-			if (plain && plain->gz_absent_ns && now - plain->gz_absent_ns < GZ_ABSENT_MS * 1000000ull) {
+			if (plain && plain->gz_absent_ns &&
+			    now - plain->gz_absent_ns < GZ_ABSENT_MS * 1000000ull) {
 				e = plain;
 				j->gz_absent = true;
 			}
@@ -711,11 +716,12 @@ keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 			st->hits++;
 			e->refs++; /* held while statx checks it: it may be evicted meanwhile */
 			j->mem = e;
-			return keel_then_flat(keel_promise_bind_ctx(keel_file_statx(r->loop, st->rootfd, e->key, 0,
-			                                                            STATX_TYPE | STATX_SIZE | STATX_MTIME | STATX_INO,
-			                                                            &j->stx),
-			                                            ctx),
-			                      on_cache_stat, j);
+			return keel_then_flat(
+			    keel_promise_bind_ctx(
+			        keel_file_statx(r->loop, st->rootfd, e->key, 0,
+			                        STATX_TYPE | STATX_SIZE | STATX_MTIME | STATX_INO, &j->stx),
+			        ctx),
+			    on_cache_stat, j);
 		}
 		st->misses++;
 		j->gz = false;
@@ -745,10 +751,10 @@ unsigned keel_static_metrics(void *ud, keel_http_metric *out, unsigned max)
 	keel_static_stats s;
 	keel_static_get_stats(ud, &s);
 	const keel_http_metric m[] = {
-		{"static_cache_hits_total", "counter", "small-file cache hits", s.cache_hits},
-		{"static_cache_misses_total", "counter", "small-file cache misses", s.cache_misses},
-		{"static_cache_entries", "gauge", "files in the small-file cache", s.cache_entries},
-		{"static_cache_bytes", "gauge", "bytes in the small-file cache", s.cache_bytes},
+	    {"static_cache_hits_total", "counter", "small-file cache hits", s.cache_hits},
+	    {"static_cache_misses_total", "counter", "small-file cache misses", s.cache_misses},
+	    {"static_cache_entries", "gauge", "files in the small-file cache", s.cache_entries},
+	    {"static_cache_bytes", "gauge", "bytes in the small-file cache", s.cache_bytes},
 	};
 	unsigned n = sizeof(m) / sizeof(m[0]);
 	if (n > max)

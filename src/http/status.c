@@ -41,7 +41,8 @@ static uint64_t rss_bytes(void)
 }
 
 /* snprintf at out[*n], clamped: a line that does not fit is dropped, never written past cap. */
-__attribute__((format(printf, 4, 5))) static void appendf(char *out, size_t cap, size_t *n, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void appendf(char *out, size_t cap, size_t *n, const char *fmt,
+                                                          ...)
 {
 	if (*n >= cap)
 		return;
@@ -58,7 +59,8 @@ __attribute__((format(printf, 4, 5))) static void appendf(char *out, size_t cap,
 int keel_http_status_add(keel_http_server *s, const char *label, const char *value, keel_http_metrics_fn fn,
                          void *ud)
 {
-	if (!fn || (label && (!value || strlen(label) > 200 || strlen(value) > 200 || strpbrk(value, "\"\\\n"))))
+	if (!fn ||
+	    (label && (!value || strlen(label) > 200 || strlen(value) > 200 || strpbrk(value, "\"\\\n"))))
 		return -EINVAL;
 	if (s->nstatus_src >= STATUS_SOURCES_MAX)
 		return -ENOSPC;
@@ -90,23 +92,23 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 		const char *name, *type, *help;
 		uint64_t v;
 	} m[] = {
-		{"connections_open", "gauge", "connections open", st->conns_open},
-		{"connections_total", "counter", "connections accepted", st->connections},
-		{"requests_total", "counter", "requests received", st->requests},
-		{"requests_inflight", "gauge", "requests waiting for their handlers", st->inflight},
-		{"requests_shed_total", "counter", "requests answered 503 by admission control", st->shed},
-		{"responses_4xx_total", "counter", "4xx responses", st->responses_4xx},
-		{"responses_5xx_total", "counter", "5xx responses", st->responses_5xx},
-		{"bytes_out_total", "counter", "response bytes sent", st->bytes_out},
-		{"accept_pauses_total", "counter", "times accepting paused (limit, EMFILE)", st->accept_pauses},
-		{"idle_closed_total", "counter", "idle connections closed to make room", st->idle_closed},
-		{"recv_buffers_in_use", "gauge", "receive buffers out of the pool", ls.bufs_in_use},
-		{"recv_buffers_total", "gauge", "receive buffers in the pool", ls.bufs_total},
-		{"recv_buffer_waits_total", "counter", "receives parked for want of a buffer", ls.enobufs},
-		{"ops_inflight", "gauge", "kernel operations in flight", ls.ops_inflight},
-		{"log_lines_dropped_total", "counter", "access log lines dropped", st->log_lines_dropped},
-		{"request_body_bytes", "gauge", "request body bytes held in copies", s->body_mem},
-		{"rss_bytes", "gauge", "resident memory of the process", rss_bytes()},
+	    {"connections_open", "gauge", "connections open", st->conns_open},
+	    {"connections_total", "counter", "connections accepted", st->connections},
+	    {"requests_total", "counter", "requests received", st->requests},
+	    {"requests_inflight", "gauge", "requests waiting for their handlers", st->inflight},
+	    {"requests_shed_total", "counter", "requests answered 503 by admission control", st->shed},
+	    {"responses_4xx_total", "counter", "4xx responses", st->responses_4xx},
+	    {"responses_5xx_total", "counter", "5xx responses", st->responses_5xx},
+	    {"bytes_out_total", "counter", "response bytes sent", st->bytes_out},
+	    {"accept_pauses_total", "counter", "times accepting paused (limit, EMFILE)", st->accept_pauses},
+	    {"idle_closed_total", "counter", "idle connections closed to make room", st->idle_closed},
+	    {"recv_buffers_in_use", "gauge", "receive buffers out of the pool", ls.bufs_in_use},
+	    {"recv_buffers_total", "gauge", "receive buffers in the pool", ls.bufs_total},
+	    {"recv_buffer_waits_total", "counter", "receives parked for want of a buffer", ls.enobufs},
+	    {"ops_inflight", "gauge", "kernel operations in flight", ls.ops_inflight},
+	    {"log_lines_dropped_total", "counter", "access log lines dropped", st->log_lines_dropped},
+	    {"request_body_bytes", "gauge", "request body bytes held in copies", s->body_mem},
+	    {"rss_bytes", "gauge", "resident memory of the process", rss_bytes()},
 	};
 	size_t llen = label ? strnlen(label, 256) : 0;
 	size_t nm = sizeof(m) / sizeof(m[0]), cap = nm * (200 + llen) + llen + 64, n = 0;
@@ -120,10 +122,9 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 	for (size_t i = 0; i < nm; i++) {
 		if (prom)
 			appendf(out, cap, &n, "# HELP keel_%s %s\n# TYPE keel_%s %s\nkeel_%s%s%.*s%s %llu\n",
-			                      m[i].name, m[i].help, m[i].name, m[i].type, m[i].name,
-			                      label ? "{worker=\"" : "", label ? (int)llen : 0, label ? label : "",
-			                      label ? "\"}" : "",
-			                      (unsigned long long)m[i].v);
+			        m[i].name, m[i].help, m[i].name, m[i].type, m[i].name,
+			        label ? "{worker=\"" : "", label ? (int)llen : 0, label ? label : "",
+			        label ? "\"}" : "", (unsigned long long)m[i].v);
 		else
 			appendf(out, cap, &n, "%s %llu\n", m[i].name, (unsigned long long)m[i].v);
 	}
@@ -150,7 +151,7 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 			continue;
 		if (prom)
 			appendf(out, cap, &n, "# HELP keel_%s %s\n# TYPE keel_%s %s\n", xs[i].m.name,
-			                      xs[i].m.help, xs[i].m.name, xs[i].m.type);
+			        xs[i].m.help, xs[i].m.name, xs[i].m.type);
 		for (unsigned j = i; j < nx; j++) {
 			if (xs[j].done || strcmp(xs[j].m.name, xs[i].m.name) != 0)
 				continue;
@@ -161,9 +162,10 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 			if (prom && label)
 				ln += (size_t)snprintf(lab, sizeof(lab), "worker=\"%.*s\"", (int)llen, label);
 			if (src->label)
-				snprintf(lab + ln, sizeof(lab) - ln, "%s%s=\"%s\"", ln ? "," : "", src->label, src->value);
+				snprintf(lab + ln, sizeof(lab) - ln, "%s%s=\"%s\"", ln ? "," : "", src->label,
+				         src->value);
 			appendf(out, cap, &n, "%s%s%s%s%s %llu\n", prom ? "keel_" : "", xs[j].m.name,
-			                      lab[0] ? "{" : "", lab, lab[0] ? "}" : "", (unsigned long long)xs[j].m.value);
+			        lab[0] ? "{" : "", lab, lab[0] ? "}" : "", (unsigned long long)xs[j].m.value);
 		}
 	}
 	return keel_http_respond(req, 200, prom ? "text/plain; version=0.0.4" : "text/plain", out, n);

@@ -325,8 +325,7 @@ static int conn_parse(struct conn *c, const char *p, size_t n)
 			}
 			break;
 		}
-		case P_CLOSE:
-			return 0; /* the body runs to the end of the connection */
+		case P_CLOSE: return 0; /* the body runs to the end of the connection */
 		}
 	}
 	return 0;
@@ -435,7 +434,8 @@ static struct conn *next_with_room(struct worker *w)
 		if (c->state == C_OPEN && c->inflight < w->depth)
 			return c;
 	}
-	fprintf(stderr, "keel load: bug: %llu free slots counted, none found\n", (unsigned long long)w->free_slots);
+	fprintf(stderr, "keel load: bug: %llu free slots counted, none found\n",
+	        (unsigned long long)w->free_slots);
 	abort();
 }
 
@@ -582,17 +582,10 @@ void load__check_timeouts(struct worker *w, uint64_t now)
 void load__conn_stop(struct conn *c)
 {
 	switch (c->state) {
-	case C_CONNECTING:
-		keel_promise_cancel(c->connect_p);
-		break;
-	case C_OPEN:
-		conn_fail(c, -1, false);
-		break;
-	case C_BACKOFF:
-		keel_promise_cancel(c->sleep_p);
-		break;
+	case C_CONNECTING: keel_promise_cancel(c->connect_p); break;
+	case C_OPEN: conn_fail(c, -1, false); break;
+	case C_BACKOFF: keel_promise_cancel(c->sleep_p); break;
 	case C_CLOSING:
-	case C_DONE:
-		break;
+	case C_DONE: break;
 	}
 }

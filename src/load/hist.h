@@ -17,13 +17,13 @@
 #include <stdint.h>
 
 typedef struct load_hist {
-	uint64_t *counts;   /* ncounts buckets, owned */
+	uint64_t *counts; /* ncounts buckets, owned */
 	uint32_t ncounts;
-	unsigned sub_bits;  /* S: significant bits kept */
-	uint64_t highest;   /* highest trackable value */
-	uint64_t total;     /* values recorded */
-	uint64_t min, max;  /* exact; min is UINT64_MAX while empty */
-	uint64_t sum;       /* for the mean */
+	unsigned sub_bits; /* S: significant bits kept */
+	uint64_t highest;  /* highest trackable value */
+	uint64_t total;    /* values recorded */
+	uint64_t min, max; /* exact; min is UINT64_MAX while empty */
+	uint64_t sum;      /* for the mean */
 } load_hist;
 
 /*

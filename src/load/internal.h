@@ -85,21 +85,21 @@ struct conn {
 	keel_promise *connect_p; /* while connecting, for a cancel at the end */
 	keel_promise *sleep_p;   /* while backing off */
 	bool recv_live, sending, closed, backoff_next;
-	bool announced;          /* the server said it closes after the current response */
-	bool answered;           /* a response arrived since this connection opened */
-	uint32_t inflight;       /* requests queued or sent and not answered */
-	uint32_t unsent;         /* the newest of those, not handed to a send yet */
-	uint32_t head;           /* ring index of the oldest */
-	uint64_t *start_ns;      /* ring of pipeline start times (due times in open loop) */
-	uint64_t wait_ns;        /* since when the oldest sent request has waited (timeouts) */
+	bool announced;     /* the server said it closes after the current response */
+	bool answered;      /* a response arrived since this connection opened */
+	uint32_t inflight;  /* requests queued or sent and not answered */
+	uint32_t unsent;    /* the newest of those, not handed to a send yet */
+	uint32_t head;      /* ring index of the oldest */
+	uint64_t *start_ns; /* ring of pipeline start times (due times in open loop) */
+	uint64_t wait_ns;   /* since when the oldest sent request has waited (timeouts) */
 	uint32_t backoff_ms;
 	enum parse_state pstate;
 	int status;
 	uint64_t body_left;
 	keel_http_chunked chunked;
-	char *stage;             /* a head split across receive buffers (allocated on first use) */
+	char *stage; /* a head split across receive buffers (allocated on first use) */
 	uint32_t stage_len;
-	bool dirty;              /* on the worker's list of connections to flush */
+	bool dirty; /* on the worker's list of connections to flush */
 	struct conn *dirty_next;
 };
 
@@ -134,7 +134,7 @@ struct worker {
 	uint64_t seq_sent;   /* requests taken from the schedule */
 	uint64_t free_slots; /* room for more requests on open connections */
 	uint32_t cursor;
-	uint64_t *retry;     /* due times of requests to send again (their connection closed) */
+	uint64_t *retry; /* due times of requests to send again (their connection closed) */
 	uint32_t retry_head, retry_len, retry_cap;
 	struct conn *dirty;
 	/*
@@ -192,8 +192,8 @@ void load__dispatch(struct worker *w);
  * Set up w for nconns connections and rate requests/s (0: closed loop).
  * Borrows cfg and shared. Returns 0 or -ENOMEM; load__worker_fini either way.
  */
-int load__worker_init(struct worker *w, const struct load_cfg *cfg, struct load_shared *shared,
-                      int index, uint32_t nconns, double rate);
+int load__worker_init(struct worker *w, const struct load_cfg *cfg, struct load_shared *shared, int index,
+                      uint32_t nconns, double rate);
 void load__worker_fini(struct worker *w);
 /* The thread: creates the loop, waits for shared->go, runs, frees the loop. */
 void *load__worker_thread(void *arg);

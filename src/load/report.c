@@ -27,20 +27,21 @@ static void fmt_us(char *buf, size_t cap, uint64_t us)
 void load__print_start(const load_opts *o, const char *backend)
 {
 	if (o->rate)
-		fprintf(stderr, "keel load: %s for %ld s, open loop at %ld req/s, %ld connections, pipeline %ld (%s)\n",
-		        o->url, o->duration_s, o->rate, o->conns, o->pipeline, backend);
+		fprintf(
+		    stderr,
+		    "keel load: %s for %ld s, open loop at %ld req/s, %ld connections, pipeline %ld (%s)\n",
+		    o->url, o->duration_s, o->rate, o->conns, o->pipeline, backend);
 	else
 		fprintf(stderr, "keel load: %s for %ld s, closed loop, %ld connections, pipeline %ld (%s)\n",
 		        o->url, o->duration_s, o->conns, o->pipeline, backend);
 }
 
-void load__print_progress(double elapsed_s, double rate, uint64_t responses, uint64_t errors,
-                          uint64_t p99_us)
+void load__print_progress(double elapsed_s, double rate, uint64_t responses, uint64_t errors, uint64_t p99_us)
 {
 	char p[32];
 	fmt_us(p, sizeof(p), p99_us);
-	fprintf(stderr, "keel load: %5.1fs  %10.0f req/s  %10llu responses  %6llu errors  p99 %s\n", elapsed_s, rate,
-	        (unsigned long long)responses, (unsigned long long)errors, p);
+	fprintf(stderr, "keel load: %5.1fs  %10.0f req/s  %10llu responses  %6llu errors  p99 %s\n",
+	        elapsed_s, rate, (unsigned long long)responses, (unsigned long long)errors, p);
 }
 
 static const double pcts[] = {50, 90, 99, 99.9};
@@ -68,8 +69,8 @@ void load__print_results(const load_opts *o, const struct results *r)
 		printf("  mode          closed loop, %ld connections, pipeline %ld", o->conns, o->pipeline);
 	printf(", %ld thread%s, %s\n", o->threads, o->threads == 1 ? "" : "s", r->backend);
 	printf("  duration      %.2f s\n", r->duration_s);
-	printf("  requests      %llu responses, %llu 2xx/3xx; %llu sent",
-	       (unsigned long long)c->responses, (unsigned long long)c->ok, (unsigned long long)c->sent);
+	printf("  requests      %llu responses, %llu 2xx/3xx; %llu sent", (unsigned long long)c->responses,
+	       (unsigned long long)c->ok, (unsigned long long)c->sent);
 	if (o->rate)
 		printf(", %llu scheduled", (unsigned long long)c->scheduled);
 	printf("\n");
@@ -82,18 +83,21 @@ void load__print_results(const load_opts *o, const struct results *r)
 	for (int i = 0; i < E_KINDS; i++)
 		printf("%s %s %llu", i ? "," : "", err_text[i], (unsigned long long)c->errors[i]);
 	printf("\n");
-	printf("  %-13s %10s %10s %10s %10s %10s %10s  (count%s)\n", "latency", "p50", "p90", "p99", "p99.9", "max",
-	       "mean", o->rate ? "; timed from when each request was due" : "");
+	printf("  %-13s %10s %10s %10s %10s %10s %10s  (count%s)\n", "latency", "p50", "p90", "p99", "p99.9",
+	       "max", "mean", o->rate ? "; timed from when each request was due" : "");
 	print_latency("2xx/3xx", &r->lat_ok);
 	print_latency("all", &r->lat_all);
 }
 
 static void json_latency(FILE *f, const load_hist *h)
 {
-	fprintf(f, "{\"p50\": %llu, \"p90\": %llu, \"p99\": %llu, \"p999\": %llu, \"max\": %llu, \"mean\": %.1f, \"count\": %llu}",
-	        (unsigned long long)load_hist_percentile(h, 50), (unsigned long long)load_hist_percentile(h, 90),
-	        (unsigned long long)load_hist_percentile(h, 99), (unsigned long long)load_hist_percentile(h, 99.9),
-	        (unsigned long long)h->max, load_hist_mean(h), (unsigned long long)h->total);
+	fprintf(
+	    f,
+	    "{\"p50\": %llu, \"p90\": %llu, \"p99\": %llu, \"p999\": %llu, \"max\": %llu, \"mean\": %.1f, \"count\": %llu}",
+	    (unsigned long long)load_hist_percentile(h, 50), (unsigned long long)load_hist_percentile(h, 90),
+	    (unsigned long long)load_hist_percentile(h, 99),
+	    (unsigned long long)load_hist_percentile(h, 99.9), (unsigned long long)h->max, load_hist_mean(h),
+	    (unsigned long long)h->total);
 }
 
 static void json_string(FILE *f, const char *s)
@@ -125,8 +129,8 @@ int load__write_json(const load_opts *o, const struct results *r)
 		fprintf(f, "  \"rate\": %ld,\n", o->rate);
 	else
 		fprintf(f, "  \"rate\": null,\n");
-	fprintf(f, "  \"connections\": %ld,\n  \"pipeline\": %ld,\n  \"threads\": %ld,\n", o->conns, o->pipeline,
-	        o->threads);
+	fprintf(f, "  \"connections\": %ld,\n  \"pipeline\": %ld,\n  \"threads\": %ld,\n", o->conns,
+	        o->pipeline, o->threads);
 	fprintf(f, "  \"backend\": \"%s\",\n", r->backend);
 	fprintf(f, "  \"duration_s\": %.3f,\n", r->duration_s);
 	fprintf(f, "  \"requests\": %llu,\n", (unsigned long long)c->responses);
@@ -148,9 +152,9 @@ int load__write_json(const load_opts *o, const struct results *r)
 	json_latency(f, &r->lat_all);
 	fprintf(f, ",\n  \"intervals\": [");
 	for (uint32_t i = 0; i < r->niv; i++)
-		fprintf(f, "%s\n    {\"t\": %u, \"ok\": %llu, \"shed_503\": %llu, \"p99_us\": %llu}", i ? "," : "", i + 1,
-		        (unsigned long long)r->iv[i].ok, (unsigned long long)r->iv[i].shed,
-		        (unsigned long long)r->iv[i].p99_us);
+		fprintf(f, "%s\n    {\"t\": %u, \"ok\": %llu, \"shed_503\": %llu, \"p99_us\": %llu}",
+		        i ? "," : "", i + 1, (unsigned long long)r->iv[i].ok,
+		        (unsigned long long)r->iv[i].shed, (unsigned long long)r->iv[i].p99_us);
 	fprintf(f, "\n  ]\n}\n");
 	if (ferror(f)) {
 		fclose(f);

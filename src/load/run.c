@@ -24,7 +24,8 @@ static void progress(struct worker *ws, long n, struct snapshot *prev, double el
 	for (long i = 0; i < n; i++) {
 		struct snapshot *s = &ws[i].snap;
 		if (s->at_ns > prev[i].at_ns)
-			rate += (double)(s->c.responses - prev[i].c.responses) * 1e9 / (double)(s->at_ns - prev[i].at_ns);
+			rate += (double)(s->c.responses - prev[i].c.responses) * 1e9 /
+			        (double)(s->at_ns - prev[i].at_ns);
 		responses += s->c.responses;
 		errors += errors_total(&s->c);
 		if (s->p99_us > p99)
@@ -195,7 +196,8 @@ out_join:
 			if (o->json_path) {
 				int err = load__write_json(o, &r);
 				if (err < 0) {
-					fprintf(stderr, "keel load: --json %s: %s\n", o->json_path, strerror(-err));
+					fprintf(stderr, "keel load: --json %s: %s\n", o->json_path,
+					        strerror(-err));
 					status = err;
 				}
 			}

@@ -170,8 +170,8 @@ void *load__worker_thread(void *arg)
 	return NULL;
 }
 
-int load__worker_init(struct worker *w, const struct load_cfg *cfg, struct load_shared *shared,
-                      int index, uint32_t nconns, double rate)
+int load__worker_init(struct worker *w, const struct load_cfg *cfg, struct load_shared *shared, int index,
+                      uint32_t nconns, double rate)
 {
 	w->cfg = cfg;
 	w->shared = shared;

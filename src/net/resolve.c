@@ -36,8 +36,8 @@ struct job {
 	int err;
 	int state;
 	struct keel__post post; /* how the answer goes back: posting cannot fail */
-	bool cancelled; /* the consumer let go: the answer is dropped */
-	bool loop_gone; /* the loop was freed: do not post */
+	bool cancelled;         /* the consumer let go: the answer is dropped */
+	bool loop_gone;         /* the loop was freed: do not post */
 	char host[HOST_MAX + 1];
 	char port[8];
 };
@@ -87,8 +87,8 @@ static bool split(const char *s, char *host, char *port)
 		return false;
 	for (const char *p = h; p < he; p++) {
 		char ch = *p;
-		bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-		          ch == '.' || ch == ':' || ch == '_';
+		bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		          ch == '-' || ch == '.' || ch == ':' || ch == '_';
 		if (!ok)
 			return false;
 	}
@@ -168,7 +168,8 @@ static void *resolver_thread(void *arg)
 		if (j->loop_gone)
 			free(j); /* its loop is being freed */
 		else
-			keel__loop_post_node(j->loop, &j->post, job_done, job_drop, j); /* j is the loop's now */
+			/* j is the loop's now */
+			keel__loop_post_node(j->loop, &j->post, job_done, job_drop, j);
 	}
 	return NULL;
 }
@@ -273,5 +274,3 @@ static void resolve_forget(keel_loop *loop)
 	}
 	pthread_mutex_unlock(&R.mu);
 }
-
-

@@ -13,7 +13,8 @@
 
 static keel_promise *tcp_recv(keel_transport *t, keel_recv_fn fn, void *ud, bool paced)
 {
-	return paced ? keel_recv_stream_paced(t->loop, t->fd, fn, ud) : keel_recv_stream(t->loop, t->fd, fn, ud);
+	return paced ? keel_recv_stream_paced(t->loop, t->fd, fn, ud)
+	             : keel_recv_stream(t->loop, t->fd, fn, ud);
 }
 
 static keel_promise *tcp_sendv(keel_transport *t, const struct iovec *iov, int n)
@@ -51,13 +52,13 @@ static int tcp_peer(keel_transport *t, struct sockaddr_storage *ss)
 }
 
 static const keel_transport_ops tcp_ops = {
-	.recv = tcp_recv,
-	.sendv = tcp_sendv,
-	.sendfile = tcp_sendfile,
-	.shutdown = tcp_shutdown,
-	.close = tcp_close,
-	.pending = tcp_pending,
-	.peer = tcp_peer,
+    .recv = tcp_recv,
+    .sendv = tcp_sendv,
+    .sendfile = tcp_sendfile,
+    .shutdown = tcp_shutdown,
+    .close = tcp_close,
+    .pending = tcp_pending,
+    .peer = tcp_peer,
 };
 
 void keel_tcp_transport_init(keel_transport *t, keel_loop *loop, int fd)

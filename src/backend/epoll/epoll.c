@@ -123,8 +123,8 @@ static int fd_wait(keel__epoll *ep, keel__op *op, bool write)
 	 * connection, not once per message.
 	 */
 	struct epoll_event ev = {
-		.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-		.data.u64 = (uint64_t)op->fd,
+	    .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+	    .data.u64 = (uint64_t)op->fd,
 	};
 	if (!e->registered) {
 		if (epoll_ctl(ep->epfd, EPOLL_CTL_ADD, op->fd, &ev) < 0) {
@@ -461,7 +461,8 @@ static int ep_init(keel_loop *loop, keel_loop_opts *opts)
 	const char *sq_env = getenv("KEEL_SQPOLL"), *zc_env = getenv("KEEL_SEND_ZC");
 	if (opts->sqpoll > 0 || (opts->sqpoll < 0 && sq_env && *sq_env && strcmp(sq_env, "0") != 0))
 		keel_log(KEEL_LOG_INFO, "SQPOLL needs io_uring; the epoll backend runs without it");
-	if (opts->send_zc_min_bytes > 0 || (opts->send_zc_min_bytes < 0 && zc_env && *zc_env && strcmp(zc_env, "0") != 0))
+	if (opts->send_zc_min_bytes > 0 ||
+	    (opts->send_zc_min_bytes < 0 && zc_env && *zc_env && strcmp(zc_env, "0") != 0))
 		keel_log(KEEL_LOG_INFO, "zero-copy send needs io_uring; the epoll backend uses plain send");
 	opts->send_zc_min_bytes = 0;
 	keel__loop_set_be(loop, ep);
@@ -525,17 +526,17 @@ static bool ep_bufs_trimmable(keel_loop *loop)
 }
 
 const keel__backend keel__backend_epoll = {
-	.name = "epoll",
-	.init = ep_init,
-	.fini = ep_fini,
-	.submit = ep_submit,
-	.inject = ep_inject,
-	.cancel = ep_cancel,
-	.cancel_fd = ep_cancel_fd,
-	.poll = ep_poll,
-	.bufpool_init = ep_bufpool_init,
-	.bufpool_fini = ep_bufpool_fini,
-	.buf_recycle = ep_buf_recycle,
-	.feature = ep_feature,
-	.bufs_trimmable = ep_bufs_trimmable,
+    .name = "epoll",
+    .init = ep_init,
+    .fini = ep_fini,
+    .submit = ep_submit,
+    .inject = ep_inject,
+    .cancel = ep_cancel,
+    .cancel_fd = ep_cancel_fd,
+    .poll = ep_poll,
+    .bufpool_init = ep_bufpool_init,
+    .bufpool_fini = ep_bufpool_fini,
+    .buf_recycle = ep_buf_recycle,
+    .feature = ep_feature,
+    .bufs_trimmable = ep_bufs_trimmable,
 };

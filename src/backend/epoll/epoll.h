@@ -12,12 +12,12 @@
 /* Where an op is (op->be_state). */
 enum {
 	EP_IDLE = 0,
-	EP_PENDING,  /* to be attempted at the next poll */
-	EP_WAIT_RD,  /* on its fd's read list, waiting for EPOLLIN */
-	EP_WAIT_WR,  /* on its fd's write list, waiting for EPOLLOUT */
-	EP_JOB,      /* queued for the file threads */
-	EP_RUNNING,  /* a file thread or an attempt is executing it */
-	EP_DONE,     /* result ready, to be reported at the next poll */
+	EP_PENDING, /* to be attempted at the next poll */
+	EP_WAIT_RD, /* on its fd's read list, waiting for EPOLLIN */
+	EP_WAIT_WR, /* on its fd's write list, waiting for EPOLLOUT */
+	EP_JOB,     /* queued for the file threads */
+	EP_RUNNING, /* a file thread or an attempt is executing it */
+	EP_DONE,    /* result ready, to be reported at the next poll */
 };
 
 /* op->be_flags */

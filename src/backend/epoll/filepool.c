@@ -21,23 +21,21 @@ static int run_job(keel__op *op)
 		            sizeof(op->u.open.how));
 		break;
 	case KEEL__OP_READ:
-		r = op->u.rw.off == UINT64_MAX ? read(op->fd, op->u.rw.buf, op->u.rw.len)
-		                               : pread(op->fd, op->u.rw.buf, op->u.rw.len, (off_t)op->u.rw.off);
+		r = op->u.rw.off == UINT64_MAX
+		        ? read(op->fd, op->u.rw.buf, op->u.rw.len)
+		        : pread(op->fd, op->u.rw.buf, op->u.rw.len, (off_t)op->u.rw.off);
 		break;
 	case KEEL__OP_WRITE:
-		r = op->u.rw.off == UINT64_MAX ? write(op->fd, op->u.rw.buf, op->u.rw.len)
-		                               : pwrite(op->fd, op->u.rw.buf, op->u.rw.len, (off_t)op->u.rw.off);
+		r = op->u.rw.off == UINT64_MAX
+		        ? write(op->fd, op->u.rw.buf, op->u.rw.len)
+		        : pwrite(op->fd, op->u.rw.buf, op->u.rw.len, (off_t)op->u.rw.off);
 		break;
 	case KEEL__OP_STATX:
 		r = statx(op->u.statx.dirfd, op->u.statx.path, op->u.statx.flags, op->u.statx.mask,
 		          op->u.statx.out);
 		break;
-	case KEEL__OP_FSYNC:
-		r = op->u.fsync.datasync ? fdatasync(op->fd) : fsync(op->fd);
-		break;
-	default:
-		errno = EINVAL;
-		r = -1;
+	case KEEL__OP_FSYNC: r = op->u.fsync.datasync ? fdatasync(op->fd) : fsync(op->fd); break;
+	default: errno = EINVAL; r = -1;
 	}
 	return r < 0 ? -errno : (int)r;
 }

@@ -108,10 +108,8 @@ int keel__ep_attempt_net(keel_loop *loop, keel__epoll *ep, keel__op *op)
 {
 	ssize_t n;
 	switch (op->kind) {
-	case KEEL__OP_ACCEPT:
-		return attempt_accept(loop, ep, op);
-	case KEEL__OP_RECV_STREAM:
-		return attempt_recv_stream(loop, ep, op);
+	case KEEL__OP_ACCEPT: return attempt_accept(loop, ep, op);
+	case KEEL__OP_RECV_STREAM: return attempt_recv_stream(loop, ep, op);
 	case KEEL__OP_RECV:
 		n = sys_recv(op->fd, op->u.rw.buf, op->u.rw.len);
 		if (n < 0 && errno == EAGAIN)
@@ -128,9 +126,7 @@ int keel__ep_attempt_net(keel_loop *loop, keel__epoll *ep, keel__op *op)
 		if (n < 0 && errno == EAGAIN)
 			return ATT_WAIT_WR;
 		break;
-	case KEEL__OP_SHUTDOWN:
-		n = shutdown(op->fd, op->u.shutdown.how);
-		break;
+	case KEEL__OP_SHUTDOWN: n = shutdown(op->fd, op->u.shutdown.how); break;
 	case KEEL__OP_CONNECT:
 		if (op->be_scratch == 0) {
 			n = connect(op->fd, (struct sockaddr *)&op->u.connect.addr, op->u.connect.addrlen);
@@ -152,7 +148,8 @@ int keel__ep_attempt_net(keel_loop *loop, keel__epoll *ep, keel__op *op)
 		keel__ep_fd_nonblock(ep, op->fd);
 		off_t off = (off_t)(op->u.sendfile.off + op->u.sendfile.done);
 		size_t left = op->u.sendfile.len - op->u.sendfile.done;
-		n = sendfile(op->fd, op->u.sendfile.in_fd, &off, left < SENDFILE_CHUNK ? left : SENDFILE_CHUNK);
+		n = sendfile(op->fd, op->u.sendfile.in_fd, &off,
+		             left < SENDFILE_CHUNK ? left : SENDFILE_CHUNK);
 		if (n < 0 && errno == EAGAIN)
 			return ATT_WAIT_WR;
 		break;

@@ -70,7 +70,8 @@ static void prep_sendfile_step(keel__uring *u, keel__op *op, struct io_uring_sqe
 		size_t left = op->u.sendfile.len - op->u.sendfile.done;
 		size_t cap = (size_t)pipe_capacity(op->u.sendfile.pipe[1]);
 		unsigned n = (unsigned)(left < cap ? left : cap);
-		io_uring_prep_splice(sqe, op->u.sendfile.in_fd, (int64_t)(op->u.sendfile.off + op->u.sendfile.done),
+		io_uring_prep_splice(sqe, op->u.sendfile.in_fd,
+		                     (int64_t)(op->u.sendfile.off + op->u.sendfile.done),
 		                     op->u.sendfile.pipe[1], -1, n, SPLICE_F_MOVE);
 	} else {
 		io_uring_prep_splice(sqe, op->u.sendfile.pipe[0], -1, op->fd, -1,

@@ -14,9 +14,7 @@ int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op)
 	if (!sqe)
 		return -EBUSY;
 	switch (op->kind) {
-	case KEEL__OP_ACCEPT:
-		io_uring_prep_multishot_accept(sqe, op->fd, NULL, NULL, SOCK_CLOEXEC);
-		break;
+	case KEEL__OP_ACCEPT: io_uring_prep_multishot_accept(sqe, op->fd, NULL, NULL, SOCK_CLOEXEC); break;
 	case KEEL__OP_CONNECT:
 		io_uring_prep_connect(sqe, op->fd, (struct sockaddr *)&op->u.connect.addr,
 		                      op->u.connect.addrlen);
@@ -31,9 +29,7 @@ int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op)
 		sqe->flags |= IOSQE_BUFFER_SELECT;
 		sqe->buf_group = keel__loop_bufpool(loop)->bgid;
 		break;
-	case KEEL__OP_RECV:
-		io_uring_prep_recv(sqe, op->fd, op->u.rw.buf, op->u.rw.len, 0);
-		break;
+	case KEEL__OP_RECV: io_uring_prep_recv(sqe, op->fd, op->u.rw.buf, op->u.rw.len, 0); break;
 	case KEEL__OP_SEND:
 		if ((op->flags & KEEL__OPF_ZC) && op->u.send.msg.msg_iovlen == 1)
 			io_uring_prep_send_zc(sqe, op->fd, op->u.send.msg.msg_iov[0].iov_base,
@@ -46,11 +42,8 @@ int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op)
 		else
 			io_uring_prep_sendmsg(sqe, op->fd, &op->u.send.msg, MSG_NOSIGNAL);
 		break;
-	case KEEL__OP_SHUTDOWN:
-		io_uring_prep_shutdown(sqe, op->fd, op->u.shutdown.how);
-		break;
-	default:
-		return -EINVAL;
+	case KEEL__OP_SHUTDOWN: io_uring_prep_shutdown(sqe, op->fd, op->u.shutdown.how); break;
+	default: return -EINVAL;
 	}
 	io_uring_sqe_set_data64(sqe, keel__op_user_data(op));
 	return 0;

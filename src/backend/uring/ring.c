@@ -18,18 +18,18 @@
 #include "uring.h"
 
 static const int needed_ops[] = {
-	IORING_OP_ACCEPT, IORING_OP_CONNECT, IORING_OP_RECV,  IORING_OP_SENDMSG, IORING_OP_SHUTDOWN,
-	IORING_OP_CLOSE,  IORING_OP_OPENAT2, IORING_OP_READ,  IORING_OP_WRITE,   IORING_OP_STATX,
-	IORING_OP_FSYNC,  IORING_OP_SPLICE,  IORING_OP_ASYNC_CANCEL, IORING_OP_POLL_ADD,
+    IORING_OP_ACCEPT, IORING_OP_CONNECT, IORING_OP_RECV,         IORING_OP_SENDMSG,  IORING_OP_SHUTDOWN,
+    IORING_OP_CLOSE,  IORING_OP_OPENAT2, IORING_OP_READ,         IORING_OP_WRITE,    IORING_OP_STATX,
+    IORING_OP_FSYNC,  IORING_OP_SPLICE,  IORING_OP_ASYNC_CANCEL, IORING_OP_POLL_ADD,
 };
 
 static int setup(keel__uring *u, const keel_loop_opts *opts, bool sqpoll)
 {
 	static const unsigned tries[] = {
-		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
-		IORING_SETUP_COOP_TASKRUN,
-		0,
+	    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+	    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+	    IORING_SETUP_COOP_TASKRUN,
+	    0,
 	};
 	int err = -EINVAL;
 	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
@@ -141,7 +141,8 @@ static int uring_init(keel_loop *loop, keel_loop_opts *opts)
 		if (zc_ok)
 			u->send_zc = true;
 		else
-			keel_log(KEEL_LOG_WARN, "zero-copy send unsupported by this kernel; using plain send");
+			keel_log(KEEL_LOG_WARN,
+			         "zero-copy send unsupported by this kernel; using plain send");
 	}
 	opts->send_zc_min_bytes = u->send_zc ? zc : 0;
 
@@ -203,12 +204,8 @@ static void uring_submit(keel_loop *loop, keel__op *op)
 	case KEEL__OP_FSYNC:
 	case KEEL__OP_CLOSE:
 	case KEEL__OP_READ_POLL:
-	case KEEL__OP_SENDFILE:
-		err = keel__uring_prep_file(loop, u, op);
-		break;
-	default:
-		err = keel__uring_prep_net(loop, u, op);
-		break;
+	case KEEL__OP_SENDFILE: err = keel__uring_prep_file(loop, u, op); break;
+	default: err = keel__uring_prep_net(loop, u, op); break;
 	}
 	if (err < 0)
 		uring_fail_now(loop, op, err);
@@ -313,7 +310,8 @@ static void inject_drain(keel_loop *loop, keel__uring *u)
 		keel__op *op = list;
 		list = op->next;
 		op->next = NULL;
-		struct io_uring_cqe cqe = {.user_data = keel__op_user_data(op), .res = (int32_t)op->be_scratch};
+		struct io_uring_cqe cqe = {.user_data = keel__op_user_data(op),
+		                           .res = (int32_t)op->be_scratch};
 		dispatch(loop, u, &cqe);
 	}
 }
@@ -333,8 +331,8 @@ static int uring_poll(keel_loop *loop, int64_t timeout_ns, unsigned max)
 		ret = io_uring_submit_and_wait(&u->ring, 1);
 	} else {
 		struct __kernel_timespec ts = {
-			.tv_sec = timeout_ns / 1000000000ll,
-			.tv_nsec = timeout_ns % 1000000000ll,
+		    .tv_sec = timeout_ns / 1000000000ll,
+		    .tv_nsec = timeout_ns % 1000000000ll,
 		};
 		ret = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
 	}
@@ -433,17 +431,17 @@ static bool uring_bufs_trimmable(keel_loop *loop)
 }
 
 const keel__backend keel__backend_uring = {
-	.name = "io_uring",
-	.init = uring_init,
-	.fini = uring_fini,
-	.submit = uring_submit,
-	.inject = uring_inject,
-	.cancel = uring_cancel,
-	.cancel_fd = uring_cancel_fd,
-	.poll = uring_poll,
-	.bufpool_init = uring_bufpool_init,
-	.bufpool_fini = uring_bufpool_fini,
-	.buf_recycle = uring_buf_recycle,
-	.feature = uring_feature,
-	.bufs_trimmable = uring_bufs_trimmable,
+    .name = "io_uring",
+    .init = uring_init,
+    .fini = uring_fini,
+    .submit = uring_submit,
+    .inject = uring_inject,
+    .cancel = uring_cancel,
+    .cancel_fd = uring_cancel_fd,
+    .poll = uring_poll,
+    .bufpool_init = uring_bufpool_init,
+    .bufpool_fini = uring_bufpool_fini,
+    .buf_recycle = uring_buf_recycle,
+    .feature = uring_feature,
+    .bufs_trimmable = uring_bufs_trimmable,
 };
