@@ -38,6 +38,12 @@ typedef struct keel_acceptor_ops {
 	unsigned (*reclaim)(void *ud, unsigned n);
 	bool (*reclaimable)(void *ud);
 	bool (*idle)(void *ud);
+	/*
+	 * How long the owner spares an idle connection it just accepted (its
+	 * request is most likely on the way): at the limit with only such
+	 * connections idle, the acceptor looks again after this long. 0: 200 ms.
+	 */
+	unsigned idle_grace_ms;
 	/* Optional: called when, after keel_acceptor_stop, nothing of the acceptor's is in flight. */
 	void (*quiet)(void *ud);
 } keel_acceptor_ops;

@@ -47,6 +47,10 @@
 #include "loop.h"
 #include "util.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct keel_timer keel_timer;
 
 /* Runs on the loop's thread when t's deadline has passed; t is disarmed by then. */
@@ -84,5 +88,9 @@ static inline uint64_t keel_timer_deadline_ns(const keel_timer *t)
 {
 	return t->deadline_ns;
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

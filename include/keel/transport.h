@@ -54,10 +54,15 @@ typedef struct keel_transport_ops {
 	int (*peer)(keel_transport *t, struct sockaddr_storage *ss);
 } keel_transport_ops;
 
-/* Embedded in the connection that owns it; an implementation may put its own state around it. */
+/*
+ * Embedded (by value) in the connection that owns it. fd is the socket
+ * underneath, whatever the transport; an implementation keeps state of its
+ * own (a TLS session, say) behind impl, which plain TCP leaves NULL.
+ */
 struct keel_transport {
 	const keel_transport_ops *ops;
 	keel_loop *loop;
+	void *impl;
 	int fd;
 };
 

@@ -55,7 +55,7 @@ struct keel_http_conn {
 	uint64_t idle_ns; /* since when it is idle */
 	keel_timer timer;
 	uint64_t deadline_ns; /* what the timer is for (0: nothing); the heap entry may be earlier */
-	keel_transport tp;    /* the byte stream: plain TCP (tp.fd < 0 once closing) */
+	keel_transport tp;    /* the byte stream: plain TCP */
 	uint32_t inq_off;
 	uint32_t part_len, part_cap;
 	unsigned nreqs, nsending, served;
@@ -64,6 +64,7 @@ struct keel_http_conn {
 	bool paced : 1;   /* the receive runs one buffer at a time (a streamed body is being read) */
 	bool pumping : 1; /* a deferred pump (pump_later) is due */
 	bool idle : 1;    /* on the server's idle list */
+	bool closed : 1;  /* the transport's close was issued (conn_closed comes next) */
 };
 
 /*

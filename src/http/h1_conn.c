@@ -764,7 +764,6 @@ static void idle_update(keel_http_conn *c)
  * has its request on the way: closing it would reset that client for
  * nothing. Looks at the oldest few only (bounded work per accept).
  */
-#define FRESH_GRACE_MS 200
 #define IDLE_PICK_SCAN 64
 keel_http_conn *keel__h1_idle_pick(keel_http_server *s)
 {
@@ -897,7 +896,7 @@ void keel__h1_conn_close(keel_http_conn *c)
 	for (keel_http_request *r = c->qhead; r; r = r->next)
 		if (r->pending)
 			return;
-	if (c->recv || c->sending || c->pumping || c->tp.fd < 0)
+	if (c->recv || c->sending || c->pumping || c->closed)
 		return;
 	while (c->qhead) {
 		keel_http_request *r = c->qhead;
@@ -906,6 +905,7 @@ void keel__h1_conn_close(keel_http_conn *c)
 	}
 	c->qtail = NULL;
 	c->nreqs = 0;
+	c->closed = true;
 	keel_promise_done(keel_transport_close(&c->tp), conn_closed, c);
 }
 

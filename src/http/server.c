@@ -59,6 +59,7 @@ static const keel_acceptor_ops acceptor_ops = {
     .reclaim = acc_reclaim,
     .reclaimable = acc_reclaimable,
     .idle = acc_idle,
+    .idle_grace_ms = FRESH_GRACE_MS,
     .quiet = acc_quiet,
 };
 

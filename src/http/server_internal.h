@@ -58,6 +58,8 @@ struct keel__http_proto {
  * freed as they come back, so memory returns towards its baseline when the
  * burst is over.
  */
+/* An idle connection accepted less than this long ago is not closed for room (its request is likely on the way). */
+#define FRESH_GRACE_MS 200
 #define CONN_FREE_MAX 256
 #define REQ_FREE_MAX 256
 /*

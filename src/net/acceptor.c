@@ -18,13 +18,8 @@
 #include "keel/log.h"
 #include "keel/tcp.h"
 
-/*
- * At the limit with idle connections none of which may be closed yet (the
- * owner keeps fresh ones a moment: their request is most likely on the
- * way), look again after this long.
- */
-#define RECHECK_MS 200
-#define RECLAIM_BATCH 16 /* idle connections closed at once when descriptors run out */
+#define IDLE_GRACE_MS_DEFAULT 200 /* keel_acceptor_ops.idle_grace_ms when 0 */
+#define RECLAIM_BATCH 16          /* idle connections closed at once when descriptors run out */
 #define BACKOFF_FIRST_MS 10
 #define BACKOFF_MAX_MS 1000
 #define BACKOFF_LOG_EVERY_MS 10000
@@ -72,7 +67,8 @@ static void limit_recheck(keel_acceptor *a)
 {
 	if (!a->ops->idle || !a->ops->idle(a->ud) || a->backoff || a->stopping)
 		return;
-	a->backoff = keel_sleep(a->loop, RECHECK_MS);
+	a->backoff =
+	    keel_sleep(a->loop, a->ops->idle_grace_ms ? a->ops->idle_grace_ms : IDLE_GRACE_MS_DEFAULT);
 	keel_promise_done(a->backoff, backoff_done, a);
 }
 

@@ -65,6 +65,7 @@ void keel_tcp_transport_init(keel_transport *t, keel_loop *loop, int fd)
 {
 	t->ops = &tcp_ops;
 	t->loop = loop;
+	t->impl = NULL;
 	t->fd = fd;
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
