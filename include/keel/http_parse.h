@@ -26,6 +26,14 @@ typedef struct keel_str {
 	size_t len;
 } keel_str;
 
+/* A keel_str of a string literal, its length counted by the compiler: KEEL_STR("Allow"). */
+#define KEEL_STR(lit) ((keel_str){"" lit, sizeof(lit) - 1})
+/* The same, as an initializer (static tables): {KEEL_STR_INIT("Retry-After"), KEEL_STR_INIT("1")}. */
+#define KEEL_STR_INIT(lit)              \
+	{                               \
+		"" lit, sizeof(lit) - 1 \
+	}
+
 typedef struct keel_http_header {
 	keel_str name;
 	keel_str value; /* leading and trailing whitespace removed */

@@ -57,7 +57,7 @@ struct preq {
 	int body_err; /* the client's body failed (bad framing, too long, gone): its fault */
 };
 
-static const keel_http_header retry_after = {{"Retry-After", 11}, {"1", 1}};
+static const keel_http_header retry_after = {KEEL_STR_INIT("Retry-After"), KEEL_STR_INIT("1")};
 
 void keel_proxy_config_default(keel_proxy_config *cfg)
 {
@@ -283,7 +283,7 @@ static bool hop_by_hop(keel_str n, const keel_http_msg *m, bool has_conn)
 			return true;
 		break;
 	case 'p':
-		if (n.len > 6 && keel_str_ieq_str((keel_str){n.ptr, 6}, (keel_str){"proxy-", 6}))
+		if (n.len > 6 && keel_str_ieq_str((keel_str){n.ptr, 6}, KEEL_STR("proxy-")))
 			return true;
 		break;
 	case 't':
@@ -309,7 +309,7 @@ static keel_str join(keel_ctx *ctx, keel_str a, const char *c, size_t cl)
 	if (!p)
 		return (keel_str){NULL, 0};
 	memcpy(p, a.ptr, a.len);
-	memcpy(p + a.len, ", ", 2);
+	memcpy(p + a.len, ", ", sizeof(", ") - 1);
 	memcpy(p + a.len + 2, c, cl);
 	return (keel_str){p, a.len + 2 + cl};
 }
@@ -367,12 +367,12 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 		h[n++] = m->headers[i];
 	}
 	const char *peer = keel_http_request_peer(req);
-	h[n].name = (keel_str){"X-Forwarded-For", 15};
+	h[n].name = KEEL_STR("X-Forwarded-For");
 	h[n++].value = join(ctx, xff, peer, strlen(peer));
-	h[n].name = (keel_str){"X-Forwarded-Proto", 17};
-	h[n++].value = (keel_str){"http", 4};
+	h[n].name = KEEL_STR("X-Forwarded-Proto");
+	h[n++].value = KEEL_STR("http");
 	if (px->via_len) {
-		h[n].name = (keel_str){"Via", 3};
+		h[n].name = KEEL_STR("Via");
 		h[n++].value = join(ctx, via, px->via, px->via_len);
 	}
 	for (unsigned i = 0; i < n; i++)
@@ -458,7 +458,7 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 		h[n++] = m->headers[i];
 	}
 	if (px->via_len) {
-		h[n].name = (keel_str){"Via", 3};
+		h[n].name = KEEL_STR("Via");
 		h[n].value = join(ctx, via, px->via, px->via_len);
 		if (!h[n++].value.ptr)
 			return -ENOMEM;

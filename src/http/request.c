@@ -239,7 +239,7 @@ keel_promise *keel_http_respond(keel_http_request *req, int status, const char *
 	return p;
 }
 
-const keel_http_header keel__retry_after = {{"Retry-After", sizeof("Retry-After") - 1}, {"1", 1}};
+const keel_http_header keel__retry_after = {KEEL_STR_INIT("Retry-After"), KEEL_STR_INIT("1")};
 
 static int err_status(int err)
 {

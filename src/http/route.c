@@ -65,8 +65,7 @@ const struct route *keel__route_find(keel_http_server *s, const keel_http_reques
 		path_matched = true;
 		keel_str m = req->msg.method;
 		if (r->method && !(m.len == r->mlen && memcmp(m.ptr, r->method, m.len) == 0) &&
-		    !(r->mlen == 3 && memcmp(r->method, "GET", 3) == 0 && m.len == 4 &&
-		      memcmp(m.ptr, "HEAD", 4) == 0))
+		    !(strcmp(r->method, "GET") == 0 && keel_str_eq(m, "HEAD")))
 			continue;
 		if (!best || (!r->prefix && best->prefix) ||
 		    (r->prefix && best->prefix && r->plen > best->plen))

@@ -267,7 +267,7 @@ static bool accepts_gzip(const keel_http_request *r)
 		while (p < end && *p == ' ')
 			p++;
 		if (p < end && *p == ';') {
-			const char *q = memmem(p, (size_t)(end - p), "q=0", 3);
+			const char *q = memmem(p, (size_t)(end - p), "q=0", sizeof("q=0") - 1);
 			const char *comma = memchr(p, ',', (size_t)(end - p));
 			if (q && (!comma || q < comma) &&
 			    (q + 3 == end || q[3] == ',' || q[3] == ' ' ||
@@ -672,7 +672,7 @@ static keel_promise *on_cache_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 
 keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 {
-	static const keel_http_header allow = {{"Allow", 5}, {"GET, HEAD", 9}};
+	static const keel_http_header allow = {KEEL_STR_INIT("Allow"), KEEL_STR_INIT("GET, HEAD")};
 	keel_static *st = ud;
 	if (!keel_str_eq(r->msg.method, "GET") && !keel_str_eq(r->msg.method, "HEAD")) {
 		r->resp.headers = &allow; /* RFC 9110 15.5.6: a 405 says what is allowed */
@@ -731,7 +731,7 @@ keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 		if (!gzpath)
 			return out_of_memory(r);
 		memcpy(gzpath, j->rel, j->rel_len);
-		memcpy(gzpath + j->rel_len, ".gz", 4);
+		memcpy(gzpath + j->rel_len, ".gz", sizeof(".gz")); /* (with its NUL) */
 		j->gz = true;
 		return open_path(j, st->rootfd, gzpath);
 	}

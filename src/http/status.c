@@ -87,7 +87,8 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 	keel_http_stats stats;
 	keel_http_server_stats(s, &stats);
 	const keel_http_stats *st = &stats;
-	bool prom = req->query.len >= 17 && memmem(req->query.ptr, req->query.len, "format=prometheus", 17);
+	keel_str fmt = KEEL_STR("format=prometheus");
+	bool prom = req->query.len >= fmt.len && memmem(req->query.ptr, req->query.len, fmt.ptr, fmt.len);
 	struct {
 		const char *name, *type, *help;
 		uint64_t v;
@@ -116,7 +117,8 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 		cap += STATUS_SOURCE_METRICS * (400 + llen + 2 * (s->status_src[i].label ? 256 : 0));
 	char *out = keel_ctx_alloc(keel_http_request_ctx(req), cap);
 	if (!out)
-		return keel_http_respond(req, 500, "text/plain", "out of memory\n", 14);
+		return keel_http_respond(req, 500, "text/plain", "out of memory\n",
+		                         sizeof("out of memory\n") - 1);
 	if (label && !prom)
 		appendf(out, cap, &n, "worker %.*s\n", (int)llen, label);
 	for (size_t i = 0; i < nm; i++) {
