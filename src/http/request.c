@@ -155,7 +155,7 @@ static void zombie_released(keel_promise *p, void *arg)
 	r->zombie = 0;
 	r->holder = NULL;
 	if (r->conn) {
-		/* Let go before its connection was freed: req_free releases it as usual. */
+		/* Let go before its connection was freed: released as usual (keel__req_end). */
 		if (r->resp.file_fd >= 0 && r->resp.file_close)
 			r->answer = &r->resp; /* (so req_release closes the handler's file) */
 		return;
