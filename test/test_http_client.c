@@ -1008,6 +1008,18 @@ static void test_constructors(void)
 	keel_http_config_default(&hc);
 	hc.limits.headers_max = 0;
 	EXPECT_NEW(keel_http_server, -EINVAL, loop, &hc);
+	/* The Server header's value goes into every head: no CR/LF (a header of its own), no CTL. */
+	keel_http_config_default(&hc);
+	static const char *const bad_names[] = {"keel\r\nSet-Cookie: x=1", "keel\n", "ke\tel", " keel",
+	                                        "keel "};
+	for (size_t i = 0; i < sizeof(bad_names) / sizeof(bad_names[0]); i++) {
+		hc.server_name = bad_names[i];
+		EXPECT_NEW(keel_http_server, -EINVAL, loop, &hc);
+	}
+	hc.server_name = "keel/1.0 (a test)"; /* inner spaces and visible characters: fine */
+	EXPECT_NEW(keel_http_server, 0, loop, &hc);
+	hc.server_name = "";
+	EXPECT_NEW(keel_http_server, 0, loop, &hc);
 
 	keel_http_client_config cc;
 	EXPECT_NEW(keel_http_client, 0, loop, NULL);
@@ -1035,8 +1047,12 @@ static void test_constructors(void)
 	pc.upstreams = ups;
 	pc.health_path = "health";
 	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.health_path = "/health HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET /"; /* a request line of its own */
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
 	pc.health_path = "/health";
 	pc.via = "a-pseudonym-far-too-long-to-fit-in-the-via-header-keel-writes-for-it";
+	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
+	pc.via = "keel\r\nX-Injected: 1";
 	EXPECT_NEW(keel_proxy, -EINVAL, loop, &pc);
 	pc.via = "keel";
 	pc.balance = (enum keel_proxy_balance)7;

@@ -157,7 +157,8 @@ void keel_http_config_default(keel_http_config *cfg);
  * *out to a server the caller owns (keel_http_server_free), or a negative
  * errno with *out set to NULL:
  *   -EINVAL  no loop, or a bad cfg (limits.headers_max, pipeline_max or
- *            conns_max of 0)
+ *            conns_max of 0; a server_name with a control character, or
+ *            spaces at either end)
  *   -ENOMEM  out of memory
  */
 int keel_http_server_new(keel_http_server **out, keel_loop *loop, const keel_http_config *cfg);

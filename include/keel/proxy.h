@@ -82,7 +82,8 @@ void keel_proxy_config_default(keel_proxy_config *cfg);
  * (keel_proxy_free), or a negative errno with *out set to NULL:
  *   -EINVAL  no loop or no cfg, or a bad cfg: no upstreams, an upstream that
  *            is not HOST:PORT, a health_path not starting with '/', a via
- *            too long for the header, balance or underscores out of range,
+ *            too long for the header, a health_path or via with a space or
+ *            control character, balance or underscores out of range,
  *            or a bad cfg->client (keel_http_client_new)
  *   -ENOMEM  out of memory
  * Upstream names are only checked for form here; they are resolved on use.

@@ -4,6 +4,7 @@
 #ifndef KEEL_HTTP_INTERNAL_H
 #define KEEL_HTTP_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,6 +31,22 @@ static inline int keel__hexval(unsigned char c)
 	if ((unsigned char)((c | 0x20) - 'a') < 6)
 		return (c | 0x20) - 'a' + 10;
 	return -1;
+}
+
+/*
+ * Whether a configured string may go on the wire as it is: visible ASCII
+ * (and, with spaces, inner spaces), never a control character -- a CR or
+ * LF in a config value would otherwise split a header or a request line.
+ */
+static inline bool keel__wire_ok(const char *s, bool spaces)
+{
+	size_t n = 0;
+	for (; s[n]; n++) {
+		unsigned char c = (unsigned char)s[n];
+		if (!(c > 0x20 && c < 0x7f) && !(spaces && c == ' '))
+			return false;
+	}
+	return n == 0 || (s[0] != ' ' && s[n - 1] != ' ');
 }
 
 #include "date.h" /* keel__http_date, keel__http_date_parse, keel__log_date */

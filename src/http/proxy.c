@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "http_internal.h"
 #include "keel/errors.h"
 #include "keel/proxy.h"
 #include "keel/tcp.h"
@@ -81,9 +82,10 @@ static bool config_valid(const keel_proxy_config *cfg)
 	for (unsigned i = 0; i < cfg->nupstreams; i++)
 		if (!cfg->upstreams[i] || !keel_hostport_valid(cfg->upstreams[i]))
 			return false;
-	if (cfg->health_path && cfg->health_path[0] != '/')
+	/* Both go on the wire as they are: the health check's request line, every Via. */
+	if (cfg->health_path && (cfg->health_path[0] != '/' || !keel__wire_ok(cfg->health_path, false)))
 		return false;
-	if (cfg->via && strlen(cfg->via) > VIA_MAX - sizeof("1.1 "))
+	if (cfg->via && (strlen(cfg->via) > VIA_MAX - sizeof("1.1 ") || !keel__wire_ok(cfg->via, false)))
 		return false;
 	return (unsigned)cfg->balance <= KEEL_PROXY_LEAST_CONN &&
 	       (unsigned)cfg->underscores <= KEEL_PROXY_UNDERSCORES_REJECT;

@@ -95,6 +95,8 @@ int keel_http_server_new(keel_http_server **out, keel_loop *loop, const keel_htt
 		keel_http_config_default(&c);
 	if (!loop || !c.limits.headers_max || !c.pipeline_max || !c.conns_max)
 		return -EINVAL;
+	if (c.server_name && !keel__wire_ok(c.server_name, true))
+		return -EINVAL; /* it goes into every response's head */
 	keel_http_server *s = keel__calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
