@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,31 +48,47 @@ static void serve_stop(keel_loop *loop, void *arg)
 	keel_promise_done(keel_http_server_stop(w->srv, (uint64_t)cfg->grace_ms), serve_stopped, loop);
 }
 
+/*
+ * A worker that cannot run takes the process down through the door the main
+ * thread listens at (SIGTERM, workers.c), as site.c's do, rather than leave
+ * a server answering on fewer threads than it was told.
+ */
+static int serve_worker_fail(int lfd, const char *what, int err)
+{
+	keel_log(KEEL_LOG_ERROR, "serve: %s: %s", what, keel_strerror(err));
+	close(lfd);
+	kill(getpid(), SIGTERM);
+	return CLI_FAIL;
+}
+
 static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 {
 	struct serve_cfg *cfg = arg;
 	struct serve_worker w = {0};
 	int err = keel_static_new(&w.st, cfg->dir);
-	if (err < 0) {
-		keel_log(KEEL_LOG_ERROR, "serve: %s: %s", cfg->dir, keel_strerror(err));
-		close(lfd);
-		return CLI_FAIL;
-	}
+	if (err < 0)
+		return serve_worker_fail(lfd, cfg->dir, err);
 	err = keel_http_server_new(&w.srv, loop, &cfg->http);
 	if (err < 0) {
-		keel_log(KEEL_LOG_ERROR, "serve: cannot set up the server: %s", keel_strerror(err));
 		keel_static_free(w.st);
-		close(lfd);
-		return CLI_FAIL;
+		return serve_worker_fail(lfd, "cannot set up the server", err);
 	}
-	keel_http_route(w.srv, NULL, "/", KEEL_HTTP_PREFIX, keel_static_handler, w.st);
-	if (cfg->status) {
+	err = keel_http_route(w.srv, NULL, "/", KEEL_HTTP_PREFIX, keel_static_handler, w.st);
+	if (!err && cfg->status) {
 		snprintf(w.label, sizeof(w.label), "%d", index);
-		keel_http_route(w.srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, w.label);
-		keel_http_status_add(w.srv, NULL, NULL, keel_static_metrics, w.st);
+		err = keel_http_route(w.srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status,
+		                      w.label);
+		if (!err)
+			err = keel_http_status_add(w.srv, NULL, NULL, keel_static_metrics, w.st);
+	}
+	if (!err)
+		err = keel_http_server_start(w.srv, lfd);
+	if (err < 0) {
+		keel_http_server_free(w.srv); /* (nothing accepted yet: it frees) */
+		keel_static_free(w.st);
+		return serve_worker_fail(lfd, "cannot set up the routes", err);
 	}
 	keel_loop_set_data(loop, &w);
-	keel_http_server_start(w.srv, lfd);
 	while (!w.stopping)
 		keel_loop_run_once(loop, -1);
 	keel_loop_run(loop); /* until the graceful stop has closed every connection */
