@@ -24,8 +24,13 @@
  *    completions would run into freed memory); after the stop it does, even
  *    from the stop's own callback with an access log, and even when an
  *    unstoppable handler's request is still waiting for its release.
+ *  - The transport seam (keel_http_config.transport_init): HTTP/1.1 over a
+ *    transport that changes every byte both ways, and one that refuses.
  */
+#include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -620,6 +625,192 @@ static void test_zombie_released_after_free(void)
 	printf("a zombie released after its server was freed goes alone: ok\n");
 }
 
+/*
+ * The transport seam: a connection whose bytes are changed on the way (each
+ * XORed with a key, both ways -- a toy cipher) is served by the HTTP/1.1
+ * code unchanged, as a TLS connection will be. Heads, a whole body and a
+ * streamed one, pipelined requests and the close all go through the
+ * transport's table; a transport that refuses a connection closes it.
+ */
+#define XOR_KEY 0x5a
+
+struct xor_impl {
+	keel_recv_fn fn;
+	void *ud;
+	unsigned sends, recvs;
+};
+
+static unsigned xor_conns, xor_closes;
+
+static void xor_bytes(char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] ^= XOR_KEY;
+}
+
+static int xor_on_data(void *ud, keel_buf *buf)
+{
+	keel_transport *t = ud;
+	struct xor_impl *x = t->impl;
+	x->recvs++;
+	xor_bytes(buf->data, buf->len); /* in place: the buffer is the connection's */
+	return x->fn(x->ud, buf);
+}
+
+static keel_promise *xor_recv(keel_transport *t, keel_recv_fn fn, void *ud, bool paced)
+{
+	struct xor_impl *x = t->impl;
+	x->fn = fn;
+	x->ud = ud;
+	return paced ? keel_recv_stream_paced(t->loop, t->fd, xor_on_data, t)
+	             : keel_recv_stream(t->loop, t->fd, xor_on_data, t);
+}
+
+static void xor_sent(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	free(ud); /* the copy was the kernel's until now */
+}
+
+static keel_promise *xor_send_copy(keel_transport *t, char *copy, size_t n)
+{
+	xor_bytes(copy, n);
+	((struct xor_impl *)t->impl)->sends++;
+	return keel_finally(keel_send(t->loop, t->fd, copy, n), xor_sent, copy);
+}
+
+static keel_promise *xor_sendv(keel_transport *t, const struct iovec *iov, int n)
+{
+	size_t len = 0;
+	for (int i = 0; i < n; i++)
+		len += iov[i].iov_len;
+	char *copy = malloc(len ? len : 1), *p = copy;
+	ASSERT(copy != NULL);
+	for (int i = 0; i < n; i++) {
+		memcpy(p, iov[i].iov_base, iov[i].iov_len);
+		p += iov[i].iov_len;
+	}
+	return xor_send_copy(t, copy, len);
+}
+
+static keel_promise *xor_sendfile(keel_transport *t, int in_fd, uint64_t off, size_t len)
+{
+	char *copy = malloc(len ? len : 1);
+	ASSERT(copy != NULL);
+	ssize_t got = pread(in_fd, copy, len, (off_t)off); /* (a test: a blocking read is fine) */
+	return xor_send_copy(t, copy, got > 0 ? (size_t)got : 0);
+}
+
+static keel_promise *xor_shutdown(keel_transport *t)
+{
+	return keel_shutdown(t->loop, t->fd, SHUT_WR);
+}
+
+static keel_promise *xor_close(keel_transport *t)
+{
+	xor_closes++;
+	free(t->impl);
+	t->impl = NULL;
+	return keel_close(t->loop, t->fd);
+}
+
+static bool xor_pending(keel_transport *t)
+{
+	char b;
+	return recv(t->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+static int xor_peer(keel_transport *t, struct sockaddr_storage *ss)
+{
+	(void)t;
+	memset(ss, 0, sizeof(*ss));
+	return -ENOTSOCK; /* (a socketpair: no address) */
+}
+
+static const keel_transport_ops xor_ops = {
+    .recv = xor_recv,
+    .sendv = xor_sendv,
+    .sendfile = xor_sendfile,
+    .shutdown = xor_shutdown,
+    .close = xor_close,
+    .pending = xor_pending,
+    .peer = xor_peer,
+};
+
+static int xor_init(keel_transport *t, keel_loop *l, int fd, void *ud)
+{
+	if (ud)
+		return -EPERM; /* (this server refuses every connection) */
+	t->ops = &xor_ops;
+	t->loop = l;
+	t->fd = fd;
+	t->impl = calloc(1, sizeof(struct xor_impl));
+	if (!t->impl)
+		return -ENOMEM;
+	xor_conns++;
+	return 0;
+}
+
+static void test_transport_seam(void)
+{
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	cfg.transport_init = xor_init;
+	keel_http_server *srv;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &cfg));
+	ASSERT_OK(keel_http_route(srv, NULL, "/hello", 0, h_hello, NULL));
+	ASSERT_OK(keel_http_route(srv, "GET", "/big", 0, h_big, NULL));
+	ASSERT_OK(keel_http_route(srv, "POST", "/upload", KEEL_HTTP_STREAM_BODY, h_upload, NULL));
+	int c = adopt(srv);
+	ASSERT_EQ(xor_conns, 1);
+	/* Two pipelined requests and a third that closes: one XORed stream in, one out. */
+	char req[] =
+	    "GET /hello HTTP/1.1\r\nHost: a\r\n\r\n"
+	    "GET /big HTTP/1.1\r\nHost: a\r\n\r\n"
+	    "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde";
+	xor_bytes(req, sizeof(req) - 1);
+	ASSERT_EQ(write(c, req, sizeof(req) - 1), (ssize_t)(sizeof(req) - 1));
+	static char got[BIG + 8192];
+	size_t n = read_all(c, got, sizeof(got));
+	xor_bytes(got, n);
+	got[n] = '\0';
+	char *first = strstr(got, "HTTP/1.1 200 OK\r\n");
+	ASSERT(first == got);
+	char *body = strstr(got, "\r\n\r\n");
+	ASSERT(body && strncmp(body + 4, "hello", 5) == 0);
+	char *second = strstr(body + 4, "HTTP/1.1 200 OK\r\n");
+	ASSERT(second != NULL);
+	char *body2 = strstr(second, "\r\n\r\n");
+	ASSERT(body2 != NULL);
+	ASSERT_EQ(memcmp(body2 + 4, big, BIG), 0); /* a megabyte, sent from where it is, XORed */
+	char *third = body2 + 4 + BIG;
+	if (strncmp(third, "HTTP/1.1 ", 9) != 0)
+		FAIL("the upload's answer: %.60s", third);
+	ASSERT(strstr(third, "Connection: close\r\n") != NULL);
+	close(c);
+	for (int i = 0; i < 50 && xor_closes < 1; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT_EQ(xor_closes, 1); /* the connection's close went through the transport */
+	stop_and_free(srv);
+
+	/* A transport that refuses: the connection is closed, never served, nothing leaks. */
+	cfg.transport_ud = &cfg;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &cfg));
+	int sv[2];
+	ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ASSERT_OK(keel_http_server_adopt(srv, sv[1]));
+	ASSERT_EQ(fcntl(sv[1], F_GETFD), -1); /* closed by the server */
+	char b;
+	ASSERT_EQ(read(sv[0], &b, 1), 0);
+	close(sv[0]);
+	keel_http_stats st;
+	keel_http_server_stats(srv, &st);
+	ASSERT_EQ(st.conns_open, 0);
+	stop_and_free(srv);
+	printf("transport seam: HTTP/1.1 over a transport that changes every byte; a refusal closes: ok\n");
+}
+
 int main(void)
 {
 	loop = test_loop();
@@ -632,6 +823,7 @@ int main(void)
 	test_free_refused_while_open();
 	test_free_right_after_stop_with_access_log();
 	test_zombie_released_after_free();
+	test_transport_seam();
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 0);
 	keel_loop_stats st;

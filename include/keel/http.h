@@ -17,6 +17,7 @@
 #include "http_parse.h"
 #include "loop.h"
 #include "promise.h"
+#include "transport.h"
 
 typedef struct keel_http_server keel_http_server;
 typedef struct keel_http_conn keel_http_conn;
@@ -59,6 +60,16 @@ typedef struct keel_http_config {
 	                               batches; -1 (default): off. The server does not close it. */
 	bool listener_keep;          /* stop leaves the listening socket listening (another server
 	                               takes it over); default false: stop shuts it down at once */
+	/*
+	 * How each connection's socket is wrapped (keel/transport.h): called
+	 * once per accepted or adopted connection with its descriptor, it sets
+	 * up *t (which the connection embeds) and returns 0, or a negative
+	 * errno to refuse the connection (the server closes fd; *t needs no
+	 * close then). NULL (default): plain TCP, keel_tcp_transport_init.
+	 * TLS plugs in here.
+	 */
+	int (*transport_init)(keel_transport *t, keel_loop *loop, int fd, void *ud);
+	void *transport_ud;
 } keel_http_config;
 
 typedef struct keel_http_response {

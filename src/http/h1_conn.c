@@ -944,7 +944,18 @@ void keel__h1_open(keel_http_server *s, int fd)
 	}
 	memset(c, 0, sizeof(*c));
 	c->s = s;
-	keel_tcp_transport_init(&c->tp, s->loop, fd);
+	if (s->cfg.transport_init) {
+		int err = s->cfg.transport_init(&c->tp, s->loop, fd, s->cfg.transport_ud);
+		if (err < 0) {
+			close(fd); /* refused by the transport: never a connection */
+			c->next = s->free_conns;
+			s->free_conns = c;
+			s->nfree_conns++;
+			return;
+		}
+	} else {
+		keel_tcp_transport_init(&c->tp, s->loop, fd);
+	}
 	keel_timer_init(&c->timer, conn_timeout);
 	c->next = s->conns;
 	if (s->conns)
