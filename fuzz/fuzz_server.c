@@ -1012,6 +1012,30 @@ struct creq {
 
 static char qscratch[IN_CAP], qbody[IN_CAP], rbody[OUT_CAP], expect[OUT_CAP];
 
+/*
+ * De-chunk a body from in into out (appending at *out_len). Returns
+ * KEEL_HTTP_CHUNK_DONE with *used the bytes of in it took, or
+ * KEEL_HTTP_INCOMPLETE (more to come), or the decoder's error.
+ */
+static int dechunk(const char *in, size_t len, char *out, size_t *out_len, size_t *used)
+{
+	keel_http_chunked d;
+	keel_http_chunked_init(&d, 0);
+	size_t off = 0;
+	for (;;) {
+		size_t n = 0;
+		keel_str span;
+		int r = keel_http_chunked_decode(&d, in + off, len - off, &n, &span);
+		off += n;
+		if (r != KEEL_HTTP_CHUNK_DATA) {
+			*used = off;
+			return r;
+		}
+		memcpy(out + *out_len, span.ptr, span.len);
+		*out_len += span.len;
+	}
+}
+
 static size_t next_request(const struct client *c, size_t off, struct creq *q)
 {
 	memset(q, 0, sizeof(*q));
@@ -1040,26 +1064,14 @@ static size_t next_request(const struct client *c, size_t off, struct creq *q)
 		q->body_complete = true;
 		return off + q->body_len;
 	case KEEL_HTTP_BODY_CHUNKED: {
-		keel_http_chunked d;
-		keel_http_chunked_init(&d, 0);
-		for (;;) {
-			size_t used = 0;
-			keel_str span;
-			int r = keel_http_chunked_decode(&d, c->in + off, c->in_len - off, &used, &span);
-			off += used;
-			if (r == KEEL_HTTP_CHUNK_DATA) {
-				memcpy(qbody + q->body_len, span.ptr, span.len);
-				q->body_len += span.len;
-			} else if (r == KEEL_HTTP_CHUNK_DONE) {
-				q->body_complete = true;
-				return off;
-			} else if (r == KEEL_HTTP_INCOMPLETE) {
-				return c->in_len;
-			} else {
-				q->body_bad = true;
-				return c->in_len;
-			}
+		size_t used;
+		int r = dechunk(c->in + off, c->in_len - off, qbody, &q->body_len, &used);
+		if (r == KEEL_HTTP_CHUNK_DONE) {
+			q->body_complete = true;
+			return off + used;
 		}
+		q->body_bad = r != KEEL_HTTP_INCOMPLETE;
+		return c->in_len;
 	}
 	default: q->body_complete = true; return off;
 	}
@@ -1222,26 +1234,14 @@ static void check_client(const struct client *c)
 			so += blen;
 			break;
 		case KEEL_HTTP_BODY_CHUNKED: {
-			keel_http_chunked d;
-			keel_http_chunked_init(&d, 0);
-			for (;;) {
-				size_t used = 0;
-				keel_str span;
-				int r =
-				    keel_http_chunked_decode(&d, c->out + so, c->out_len - so, &used, &span);
-				so += used;
-				if (r == KEEL_HTTP_CHUNK_DATA) {
-					memcpy(rbody + blen, span.ptr, span.len);
-					blen += span.len;
-				} else if (r == KEEL_HTTP_CHUNK_DONE) {
-					break;
-				} else if (r == KEEL_HTTP_INCOMPLETE) {
-					return;
-				} else {
-					FUZZ_FAIL("response %u: bad chunked framing from the server (%s)",
-					          nresp, fuzz_rc_name(r));
-				}
-			}
+			size_t used;
+			int r = dechunk(c->out + so, c->out_len - so, rbody, &blen, &used);
+			if (r == KEEL_HTTP_INCOMPLETE)
+				return;
+			if (r != KEEL_HTTP_CHUNK_DONE)
+				FUZZ_FAIL("response %u: bad chunked framing from the server (%s)", nresp,
+				          fuzz_rc_name(r));
+			so += used;
 			break;
 		}
 		case KEEL_HTTP_BODY_UNTIL_CLOSE:
