@@ -106,7 +106,6 @@ const char *keel__h1_peer(keel_http_conn *c);
 
 /* h1_send.c */
 void keel__h1_flush(keel_http_conn *c);
-void keel__h1_send_done(keel_ctx *ctx, keel_outcome o, void *ud);
 void keel__h1_tx_put(keel_http_server *s, struct conn_tx *tx);
 
 #endif
