@@ -58,6 +58,7 @@
 #define FREE_KEEP 64     /* spare buffers an endpoint keeps, of each kind */
 #define SESS_CACHE 16    /* client: hosts whose last session is kept, per endpoint */
 #define TLS_RECORD 16384 /* the most plaintext one record holds */
+#define RQ_MAX 65536     /* ciphertext held unread: enough for a whole record, whatever the buffer size */
 
 /* Mozilla's "intermediate" configuration (v5.7): TLS 1.2's suites; TLS 1.3's are OpenSSL's. */
 #define INTERMEDIATE_CIPHERS                                                                       \
@@ -1026,7 +1027,7 @@ static void raw_ended(keel_ctx *ctx, keel_outcome o, void *ud);
 static int raw_data(void *ud, keel_buf *buf)
 {
 	struct tconn *tc = ud;
-	if (tc->closing || tc->fatal)
+	if (tc->closing || tc->fatal || tc->fail_after_send)
 		return KEEL_STOP; /* nothing more is read: discard */
 	keel_buf_hold(buf);
 	buf->next = NULL;
@@ -1040,12 +1041,13 @@ static int raw_data(void *ud, keel_buf *buf)
 	/* Nobody to hand plaintext to: what comes next waits in the kernel. */
 	bool stop = tc->hs_done && !tc->rx;
 	stop |= tc->rx && tc->raw_paced != tc->want_paced;
+	stop |= tc->rq_bytes >= RQ_MAX; /* (a handshake waiting for its turn reads no further) */
 	return stop || tc->fatal || tc->closing ? KEEL_STOP : KEEL_CONTINUE;
 }
 
 static void raw_start(struct tconn *tc)
 {
-	if (tc->raw || tc->raw_eof || tc->fatal || tc->closing)
+	if (tc->raw || tc->raw_eof || tc->fatal || tc->closing || tc->rq_bytes >= RQ_MAX)
 		return;
 	tc->raw_paced = tc->want_paced;
 	tc->raw = tc->raw_paced ? keel_recv_stream_paced(tc->loop, tc->fd, raw_data, tc)
@@ -1680,12 +1682,21 @@ static keel_promise *tls_close(keel_transport *t)
 	keel_promise *p = tc->close_p;
 	if (tc->raw)
 		keel_promise_cancel(tc->raw);
-	if (tc->send)
+	/* An alert (a few bytes to a socket that takes them at once) still goes; a stuck body does not. */
+	bool alert = (tc->fatal == KEEL_ETLS || tc->fatal == KEEL_ETLSCERT) && tc->fly_len <= 1024;
+	if (tc->send && !alert)
 		keel_promise_cancel(tc->send);
 	if (tc->fread)
 		keel_promise_cancel(tc->fread);
 	finish_close(tc);
 	return p;
+}
+
+static void rx_cancel(keel_promise *p, void *ud)
+{
+	struct tconn *tc = ud;
+	if (tc->rx == p)
+		rx_end(tc, -ECANCELED); /* no more calls to the consumer's fn */
 }
 
 static keel_promise *tls_recv(keel_transport *t, keel_recv_fn fn, void *ud, bool paced)
@@ -1700,7 +1711,7 @@ static keel_promise *tls_recv(keel_transport *t, keel_recv_fn fn, void *ud, bool
 	tc->want_paced = paced;
 	tc->rx = keel_promise_new(t->loop);
 	keel_promise *p = tc->rx;
-	/* A cancel settles it at once (no hook): nothing of the consumer's is lent out. */
+	keel_promise_on_cancel(p, rx_cancel, tc);
 	if (tc->raw && tc->raw_paced != paced)
 		keel_promise_cancel(tc->raw); /* restarted in the pace asked for (raw_ended) */
 	pump(tc);
