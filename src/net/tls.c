@@ -1741,6 +1741,7 @@ static const keel_transport_ops tls_ops = {
     .close = tls_close,
     .pending = tls_pending,
     .peer = tls_peer,
+    .secure = true,
 };
 
 static struct tconn *conn_new(keel_tls_endpoint *ep, keel_loop *loop, int fd, SSL_CTX *sc)
