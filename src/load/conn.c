@@ -11,8 +11,6 @@
  * chunked decoder or until close. A request in flight is one slot in a
  * per-connection ring of start times: nothing is allocated per request.
  */
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +113,6 @@ static void conn_maybe_reopen(struct conn *c)
 {
 	if (c->state != C_CLOSING || !c->closed || c->recv_live || c->sending)
 		return;
-	c->fd = -1;
 	if (c->w->stopping)
 		conn_done(c);
 	else if (c->backoff_next)
@@ -160,8 +157,8 @@ static void conn_fail(struct conn *c, int kind, bool backoff)
 	c->state = C_CLOSING;
 	c->closed = false;
 	c->backoff_next = backoff;
-	/* keel_close cancels the receive stream and a send still in flight first. */
-	keel_promise_done(keel_close(w->loop, c->fd), close_done, c);
+	/* The close cancels the receive stream and a send still in flight first. */
+	keel_promise_done(keel_transport_close(&c->t), close_done, c);
 }
 
 /* ---- Responses ------------------------------------------------------------ */
@@ -409,7 +406,8 @@ static void conn_flush(struct conn *c)
 	}
 	keel_promise *p;
 	if (k <= cfg->batch_n) {
-		p = keel_send(w->loop, c->fd, cfg->batch, k * cfg->req_len);
+		struct iovec iov = {cfg->batch, k * cfg->req_len};
+		p = keel_transport_sendv(&c->t, &iov, 1);
 	} else {
 		struct iovec iov[LOAD_IOV];
 		int niov = 0;
@@ -419,7 +417,7 @@ static void conn_flush(struct conn *c)
 			iov[niov].iov_len = m * cfg->req_len;
 			left -= m;
 		}
-		p = keel_sendv(w->loop, c->fd, iov, niov);
+		p = keel_transport_sendv(&c->t, iov, niov);
 	}
 	keel_promise_done(p, send_done, c);
 }
@@ -529,18 +527,16 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		}
 		return;
 	}
-	c->fd = (int)o.n;
+	int fd = (int)o.n;
 	if (w->stopping) {
-		keel_promise_release(keel_close(w->loop, c->fd));
-		c->fd = -1;
+		keel_promise_release(keel_close(w->loop, fd));
 		conn_done(c);
 		return;
 	}
-	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	keel_tcp_transport_init(&c->t, w->loop, fd); /* (sets TCP_NODELAY) */
 	c->state = C_OPEN;
 	c->recv_live = true;
-	keel_promise_done(keel_recv_stream(w->loop, c->fd, on_data, c), recv_ended, c);
+	keel_promise_done(keel_transport_recv(&c->t, on_data, c, false), recv_ended, c);
 	if (w->rate > 0) {
 		w->free_slots += w->depth;
 		load__dispatch(w);
@@ -556,7 +552,7 @@ void load__conn_connect(struct conn *c)
 {
 	struct worker *w = c->w;
 	c->state = C_CONNECTING;
-	c->fd = -1;
+	c->t.fd = -1;
 	c->recv_live = c->sending = c->closed = c->announced = c->answered = false;
 	c->inflight = c->unsent = c->head = 0;
 	c->pstate = P_HEAD;

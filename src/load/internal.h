@@ -80,7 +80,7 @@ struct worker;
 
 struct conn {
 	struct worker *w;
-	int fd;
+	keel_transport t; /* the byte stream once connected (t.fd -1 otherwise) */
 	enum conn_state state;
 	keel_promise *connect_p; /* while connecting, for a cancel at the end */
 	keel_promise *sleep_p;   /* while backing off */

@@ -195,7 +195,7 @@ int load__worker_init(struct worker *w, const struct load_cfg *cfg, struct load_
 		return -ENOMEM;
 	for (uint32_t i = 0; i < nconns; i++) {
 		w->conns[i].w = w;
-		w->conns[i].fd = -1;
+		w->conns[i].t.fd = -1;
 		w->conns[i].state = C_DONE;
 		w->conns[i].start_ns = w->slots + (size_t)i * w->depth;
 	}
