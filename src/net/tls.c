@@ -87,6 +87,9 @@ struct keel_tls_ctx {
 	unsigned alpn_len;
 	unsigned char *ocsp; /* DER, stapled as is */
 	long ocsp_len;
+	X509 *ocsp_cert;               /* the certificate it is about: only that one gets it */
+	X509 *all[KEEL_TLS_CERTS_MAX]; /* every certificate loaded */
+	int nall;
 	pthread_mutex_t tk_mu;
 	struct ticket_key tk[2]; /* [0] encrypts; [1] the previous one, still decrypts */
 	uint32_t tk_life_s;
@@ -409,7 +412,8 @@ static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen, c
 static int ocsp_cb(SSL *ssl, void *arg)
 {
 	keel_tls_ctx *ctx = arg;
-	if (!ctx->ocsp)
+	X509 *x = SSL_get_certificate(ssl); /* the one chosen for this client (site, key type) */
+	if (!ctx->ocsp || !x || X509_cmp(x, ctx->ocsp_cert) != 0)
 		return SSL_TLSEXT_ERR_NOACK;
 	unsigned char *copy = OPENSSL_memdup(ctx->ocsp, (size_t)ctx->ocsp_len);
 	if (!copy || !SSL_set_tlsext_status_ocsp_resp(ssl, copy, ctx->ocsp_len)) {
@@ -634,6 +638,8 @@ static int load_pair(keel_tls_ctx *ctx, SSL_CTX *sc, const keel_tls_cert *c, X50
 	X509 *x = SSL_CTX_get0_certificate(sc);
 	X509_up_ref(x);
 	*leaf = x;
+	if (ctx->nall < KEEL_TLS_CERTS_MAX && X509_up_ref(x))
+		ctx->all[ctx->nall++] = x;
 	/* The earliest expiry, for keel -t. */
 	const ASN1_TIME *na = X509_get0_notAfter(x);
 	struct tm tm;
@@ -683,7 +689,34 @@ static int load_ocsp(keel_tls_ctx *ctx, const char *file, char *err, size_t errl
 		set_err(err, errlen, "%s: not a DER OCSP response", file);
 		return KEEL_ETLS;
 	}
+	/* Which certificate it speaks of: serial and issuer name (RFC 6960 CertID). */
+	OCSP_BASICRESP *bs = OCSP_response_get1_basic(resp);
+	for (int i = 0; bs && i < OCSP_resp_count(bs) && !ctx->ocsp_cert; i++) {
+		ASN1_OCTET_STRING *name_hash;
+		ASN1_OBJECT *alg;
+		ASN1_INTEGER *serial;
+		OCSP_CERTID *cid = (OCSP_CERTID *)OCSP_SINGLERESP_get0_id(OCSP_resp_get0(bs, i));
+		if (!OCSP_id_get0_info(&name_hash, &alg, NULL, &serial, cid))
+			continue;
+		const EVP_MD *md = EVP_get_digestbyobj(alg);
+		for (int j = 0; md && j < ctx->nall; j++) {
+			unsigned char h[EVP_MAX_MD_SIZE];
+			unsigned hl;
+			X509 *x = ctx->all[j];
+			if (ASN1_INTEGER_cmp(serial, X509_get0_serialNumber(x)) == 0 &&
+			    X509_NAME_digest(X509_get_issuer_name(x), md, h, &hl) &&
+			    (int)hl == ASN1_STRING_length(name_hash) &&
+			    memcmp(h, ASN1_STRING_get0_data(name_hash), hl) == 0)
+				ctx->ocsp_cert = x;
+		}
+	}
+	OCSP_BASICRESP_free(bs);
 	OCSP_RESPONSE_free(resp);
+	if (!ctx->ocsp_cert) {
+		free(buf);
+		set_err(err, errlen, "%s: the OCSP response is about none of the certificates", file);
+		return KEEL_ETLS;
+	}
 	ctx->ocsp = buf;
 	ctx->ocsp_len = (long)len;
 	return 0;
@@ -795,6 +828,8 @@ void keel_tls_ctx_free(keel_tls_ctx *ctx)
 		X509_free(ctx->leaf[i]);
 	}
 	free(ctx->ocsp);
+	for (int i = 0; i < ctx->nall; i++)
+		X509_free(ctx->all[i]);
 	free(ctx->not_after_file);
 	OPENSSL_cleanse(ctx->tk, sizeof(ctx->tk));
 	pthread_mutex_destroy(&ctx->tk_mu);

@@ -199,6 +199,7 @@ static void attempt(keel_loop *loop, keel__epoll *ep, keel__op *op)
 		return;
 	}
 	if (is_file_kind(op->kind)) {
+		op->be_flags |= EPF_POOL;
 		int err = keel__ep_pool_queue(ep, op, ep->threads_max);
 		if (err < 0)
 			keel__op_complete(loop, op, err, 0, 0);
@@ -246,6 +247,12 @@ static void ep_inject(keel_loop *loop, keel__op *op, int res)
 static void ep_cancel(keel_loop *loop, keel__op *op)
 {
 	keel__epoll *ep = keel__loop_be(loop);
+	if (op->be_flags & EPF_POOL) {
+		/* A file thread may be writing be_state: only the pool looks, under its lock. */
+		if (keel__ep_pool_cancel(ep, op))
+			keel__ep_defer(ep, op, -ECANCELED);
+		return;
+	}
 	switch (op->be_state) {
 	case EP_PENDING:
 		keel__ep_unlink(&ep->pending, &ep->pending_tail, op);
@@ -255,10 +262,6 @@ static void ep_cancel(keel_loop *loop, keel__op *op)
 	case EP_WAIT_WR:
 		fd_unwait(ep, op);
 		keel__ep_defer(ep, op, -ECANCELED);
-		break;
-	case EP_JOB:
-		if (keel__ep_pool_cancel(ep, op))
-			keel__ep_defer(ep, op, -ECANCELED);
 		break;
 	default:
 		/* Running or already done: its result is on its way; attempts check the flags. */

@@ -22,6 +22,7 @@ enum {
 
 /* op->be_flags */
 #define EPF_CHECKED 0x01 /* this op has confirmed its fd's registration */
+#define EPF_POOL 0x02    /* handed to the file threads: its be_state is theirs too (under ep->mu) */
 
 /* What an attempt did. */
 enum { ATT_DONE = 0, ATT_WAIT_RD, ATT_WAIT_WR, ATT_REQUEUE };
