@@ -6,6 +6,10 @@ need=""
 [ -f /usr/include/liburing.h ] || need="$need liburing-dev"
 [ -f /usr/include/ini.h ] || need="$need libinih-dev"
 [ -f /usr/include/cjson/cJSON.h ] || need="$need libcjson-dev"
+# TLS: OpenSSL 3 (libssl-dev), and the openssl command the tests make certificates with.
+[ -f /usr/include/openssl/ssl.h ] || need="$need libssl-dev"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates"
 command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 # test_date builds a German locale with localedef to show HTTP dates ignore the locale.

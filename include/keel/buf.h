@@ -12,20 +12,41 @@
 
 #include <stdint.h>
 
-typedef struct keel_buf {
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct keel_buf keel_buf;
+
+/*
+ * Who a buffer goes back to when it is not the loop's own: a transport that
+ * hands out buffers of its own (TLS: decrypted bytes) sets owner, and
+ * keel_buf_release calls owner->release on the last reference instead of
+ * returning the buffer to the pool.
+ */
+typedef struct keel_buf_owner {
+	void (*release)(struct keel_buf_owner *owner, keel_buf *buf);
+} keel_buf_owner;
+
+struct keel_buf {
 	char *data;                 /* received bytes */
 	uint32_t len;               /* how many */
 	uint32_t cap;               /* buffer size */
 	uint16_t id;                /* index in the pool */
 	uint16_t refs;              /* internal */
 	struct keel__bufpool *pool; /* internal */
+	keel_buf_owner *owner;      /* NULL: the loop's pool */
 	struct keel_buf *next;      /* free for the holder's use (e.g. a queue) while it holds the buffer */
-} keel_buf;
+};
 
 /* Take a reference: the buffer stays out of the pool until released. */
 void keel_buf_hold(keel_buf *buf);
 
 /* Drop a reference; the last one returns the buffer to the kernel's ring. */
 void keel_buf_release(keel_buf *buf);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -16,6 +16,7 @@
 #include "signal.h"
 #include "tcp.h"
 #include "timer.h"
+#include "tls.h"
 #include "transport.h"
 #include "util.h"
 

@@ -4,6 +4,7 @@
 #ifndef KEEL_CLI_H
 #define KEEL_CLI_H
 
+#include "keel/http.h"
 #include "keel/keel.h"
 
 /* Exit statuses: 0 ok, 1 runtime failure, 2 usage error. */
@@ -31,5 +32,8 @@ int cli_run_workers(const char *what, const char *addr, int n, cli_worker_main m
 
 /* Parse a positive integer option; exits with usage status on junk. */
 long cli_parse_long(const char *opt, const char *s, long min, long max);
+
+/* A TLS endpoint's counters for the status page (tls.c): keel_http_status_add(srv, NULL, NULL, cli_tls_metrics, ep). */
+unsigned cli_tls_metrics(void *ep, keel_http_metric *out, unsigned max);
 
 #endif

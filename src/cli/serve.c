@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "keel/http.h"
 #include "keel/static.h"
+#include "keel/tls.h"
 
 struct serve_cfg {
 	const char *listen;
@@ -22,11 +23,16 @@ struct serve_cfg {
 	long grace_ms;
 	bool status;
 	keel_http_config http;
+	keel_tls_config tls;
+	keel_tls_cert certs[KEEL_TLS_CERTS_MAX];
+	size_t nkeys;
+	keel_tls_ctx *tls_ctx; /* NULL: plain HTTP */
 };
 
 struct serve_worker {
 	keel_http_server *srv;
 	keel_static *st;
+	keel_tls_endpoint *tls;
 	bool stopping;
 	char label[24];
 };
@@ -65,12 +71,23 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 {
 	struct serve_cfg *cfg = arg;
 	struct serve_worker w = {0};
-	int err = keel_static_new(&w.st, cfg->dir);
-	if (err < 0)
+	keel_http_config http = cfg->http;
+	int err = 0;
+	if (cfg->tls_ctx && (err = keel_tls_endpoint_new(&w.tls, cfg->tls_ctx, loop)) < 0)
+		return serve_worker_fail(lfd, "cannot set up TLS", err);
+	if (w.tls) {
+		http.transport_init = keel_tls_server_init;
+		http.transport_ud = w.tls;
+	}
+	err = keel_static_new(&w.st, cfg->dir);
+	if (err < 0) {
+		keel_tls_endpoint_free(w.tls);
 		return serve_worker_fail(lfd, cfg->dir, err);
-	err = keel_http_server_new(&w.srv, loop, &cfg->http);
+	}
+	err = keel_http_server_new(&w.srv, loop, &http);
 	if (err < 0) {
 		keel_static_free(w.st);
+		keel_tls_endpoint_free(w.tls);
 		return serve_worker_fail(lfd, "cannot set up the server", err);
 	}
 	err = keel_http_route(w.srv, NULL, "/", KEEL_HTTP_PREFIX, keel_static_handler, w.st);
@@ -80,12 +97,15 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		                      w.label);
 		if (!err)
 			err = keel_http_status_add(w.srv, NULL, NULL, keel_static_metrics, w.st);
+		if (!err && w.tls)
+			err = keel_http_status_add(w.srv, NULL, NULL, cli_tls_metrics, w.tls);
 	}
 	if (!err)
 		err = keel_http_server_start(w.srv, lfd);
 	if (err < 0) {
 		keel_http_server_free(w.srv); /* (nothing accepted yet: it frees) */
 		keel_static_free(w.st);
+		keel_tls_endpoint_free(w.tls);
 		return serve_worker_fail(lfd, "cannot set up the routes", err);
 	}
 	keel_loop_set_data(loop, &w);
@@ -95,6 +115,7 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	keel_loop_set_data(loop, NULL);
 	keel_http_server_free(w.srv);
 	keel_static_free(w.st);
+	keel_tls_endpoint_free(w.tls); /* (after the server: its connections are gone) */
 	close(lfd);
 	return CLI_OK;
 }
@@ -113,7 +134,16 @@ static void serve_usage(FILE *f)
 	      "  --queue-delay-us N    shed (503) requests reached after N us of a loop tick's\n"
 	      "                        work (default 20000; 0: off)\n"
 	      "  --status              serve live counters at /_keel/status (each worker its own;\n"
-	      "                        ?format=prometheus)\n",
+	      "                        ?format=prometheus)\n"
+	      "  --tls-cert FILE       serve HTTPS with this certificate (PEM, chain after the leaf);\n"
+	      "  --tls-key FILE        and this key; repeat both for more (ECDSA and RSA, other names)\n"
+	      "  --tls-protocols LIST  \"TLSv1.2 TLSv1.3\" (default), or one of them\n"
+	      "  --tls-ciphers LIST    TLS 1.2 ciphers (default: Mozilla's intermediate list)\n"
+	      "  --tls-client-ca FILE  require client certificates signed by FILE (mTLS)\n"
+	      "  --tls-ocsp FILE       staple this DER OCSP response\n"
+	      "  --tls-handshakes-max N  concurrent handshakes per worker (default 256; over: closed)\n"
+	      "  --tls-handshake-timeout-ms N  (default 10000)\n"
+	      "  --tls-no-tickets      no session tickets (resumption)\n",
 	      f);
 }
 
@@ -129,6 +159,15 @@ int cli_serve(int argc, char **argv)
 	    {"access-log", required_argument, NULL, 'a'},
 	    {"queue-delay-us", required_argument, NULL, 'q'},
 	    {"status", no_argument, NULL, 's'},
+	    {"tls-cert", required_argument, NULL, 'C'},
+	    {"tls-key", required_argument, NULL, 'K'},
+	    {"tls-protocols", required_argument, NULL, 'P'},
+	    {"tls-ciphers", required_argument, NULL, 'Z'},
+	    {"tls-client-ca", required_argument, NULL, 'A'},
+	    {"tls-ocsp", required_argument, NULL, 'O'},
+	    {"tls-handshakes-max", required_argument, NULL, 'X'},
+	    {"tls-handshake-timeout-ms", required_argument, NULL, 'T'},
+	    {"tls-no-tickets", no_argument, NULL, 'N'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -140,6 +179,8 @@ int cli_serve(int argc, char **argv)
 	cfg.workers = ncpu > 0 ? (int)ncpu : 1;
 	cfg.grace_ms = 5000;
 	keel_http_config_default(&cfg.http);
+	keel_tls_config_default(&cfg.tls);
+	size_t ncerts = 0;
 	const char *access_log = NULL;
 	int c;
 	optind = 1;
@@ -166,6 +207,31 @@ int cli_serve(int argc, char **argv)
 			    (uint32_t)cli_parse_long("--queue-delay-us", optarg, 0, 10000000);
 			break;
 		case 's': cfg.status = true; break;
+		case 'C':
+		case 'K':
+			if ((c == 'C' ? ncerts : cfg.nkeys) >= KEEL_TLS_CERTS_MAX) {
+				fprintf(stderr, "keel serve: at most %d --tls-cert/--tls-key pairs\n",
+				        KEEL_TLS_CERTS_MAX);
+				return CLI_USAGE;
+			}
+			if (c == 'C')
+				cfg.certs[ncerts++].cert_file = optarg;
+			else
+				cfg.certs[cfg.nkeys++].key_file = optarg;
+			break;
+		case 'P': cfg.tls.protocols = optarg; break;
+		case 'Z': cfg.tls.ciphers = optarg; break;
+		case 'A': cfg.tls.ca_file = optarg; break;
+		case 'O': cfg.tls.ocsp_file = optarg; break;
+		case 'X':
+			cfg.tls.handshakes_max =
+			    (unsigned)cli_parse_long("--tls-handshakes-max", optarg, 1, 1000000);
+			break;
+		case 'T':
+			cfg.tls.handshake_timeout_ms =
+			    (uint64_t)cli_parse_long("--tls-handshake-timeout-ms", optarg, 1, 3600000);
+			break;
+		case 'N': cfg.tls.tickets = false; break;
 		case 'h': serve_usage(stdout); return CLI_OK;
 		case ':':
 			fprintf(stderr, "keel serve: %s needs a value\n", argv[optind - 1]);
@@ -200,6 +266,26 @@ int cli_serve(int argc, char **argv)
 		        cfg.listen);
 		return CLI_USAGE;
 	}
+	if (ncerts != cfg.nkeys) {
+		fprintf(stderr,
+		        "keel serve: each --tls-cert needs its --tls-key (%zu certificates, %zu keys)\n",
+		        ncerts, cfg.nkeys);
+		return CLI_USAGE;
+	}
+	if (!ncerts && (cfg.tls.protocols || cfg.tls.ciphers || cfg.tls.ca_file || cfg.tls.ocsp_file)) {
+		fprintf(stderr, "keel serve: --tls-* options need --tls-cert and --tls-key\n");
+		return CLI_USAGE;
+	}
+	if (ncerts) {
+		char err[512];
+		cfg.tls.certs = cfg.certs;
+		cfg.tls.ncerts = ncerts;
+		int terr = keel_tls_ctx_new(&cfg.tls_ctx, &cfg.tls, err, sizeof(err));
+		if (terr < 0) {
+			fprintf(stderr, "keel serve: TLS: %s\n", err);
+			return CLI_FAIL;
+		}
+	}
 	if (access_log) {
 		cfg.http.access_log_fd = open(access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 		if (cfg.http.access_log_fd < 0) {
@@ -208,9 +294,10 @@ int cli_serve(int argc, char **argv)
 		}
 	}
 	char what[300];
-	snprintf(what, sizeof(what), "serve %s", cfg.dir);
+	snprintf(what, sizeof(what), "serve%s %s", cfg.tls_ctx ? " (https)" : "", cfg.dir);
 	int rc = cli_run_workers(what, cfg.listen, cfg.workers, serve_worker_main, serve_stop, &cfg);
 	if (cfg.http.access_log_fd >= 0)
 		close(cfg.http.access_log_fd);
+	keel_tls_ctx_free(cfg.tls_ctx);
 	return rc;
 }

@@ -108,6 +108,10 @@ void keel_buf_release(keel_buf *buf)
 	KEEL__ASSERT(buf->refs > 0);
 	if (--buf->refs > 0)
 		return;
+	if (buf->owner) {
+		buf->owner->release(buf->owner, buf);
+		return;
+	}
 	buf_recycle(buf->pool->loop, buf->pool, buf);
 }
 
