@@ -315,12 +315,14 @@ class BioTLS:
             self.inc.write(d)
         return bool(d)
 
-    def handshake(self, what):
-        """Finish the handshake (whatever was sent so far)."""
+    def handshake(self, what, flush_last=True):
+        """Finish the handshake (whatever was sent so far); flush_last=False keeps the client's
+        last flight (its Finished) unsent, for the caller to send with what follows."""
         for _ in range(1000):
             try:
                 self.tls.do_handshake()
-                self.flush()
+                if flush_last:
+                    self.flush()
                 return
             except ssl.SSLWantReadError:
                 self.flush()
@@ -347,6 +349,27 @@ class BioTLS:
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b""
         return b""
+
+    def ending(self, secs=5):
+        """How the stream ends after what was read: "close_notify", "eof" (TCP only), "reset",
+        "open" (nothing within secs) or "data" (more bytes came)."""
+        self.sock.settimeout(secs)
+        for _ in range(1000):
+            try:
+                return "data" if self.tls.read(65536) else "close_notify"
+            except ssl.SSLZeroReturnError:
+                return "close_notify"
+            except ssl.SSLEOFError:
+                return "eof"
+            except ssl.SSLWantReadError:
+                try:
+                    if not self.feed():
+                        self.inc.write_eof()
+                except (socket.timeout, TimeoutError):
+                    return "open"
+                except ConnectionResetError:
+                    return "reset"
+        return "open"
 
     def close(self):
         self.sock.close()
@@ -492,14 +515,17 @@ def status(port):
     return dict(l.split(" ", 1) for l in body.decode().splitlines() if " " in l)
 
 
+TLS_COUNTERS = {"done": "tls_handshakes_total", "resumed": "tls_resumed_total",
+                "failed": "tls_handshake_failed_total", "timeouts": "tls_handshake_timeouts_total",
+                "refused": "tls_handshake_refused_total", "plain": "tls_plain_http_total",
+                "handshaking": "tls_handshaking", "conns": "tls_conns"}
+
+
 def tls_counter(st, kind):
-    """The value of the status line counting handshakes done, failed or refused; a failure if there
-    is no such line."""
-    words = {"done": ("done", "ok", "complete", "success", "established"),
-             "failed": ("fail", "error"), "refused": ("refus", "reject", "over", "limit")}[kind]
-    keys = [k for k in st if "tls" in k and "handshake" in k and any(w in k for w in words)]
-    check(len(keys) == 1, "one TLS handshakes-%s line in /_keel/status, found %r among %r" % (kind, keys, sorted(st)))
-    return int(st[keys[0]])
+    """A TLS line of /_keel/status (kind: a key of TLS_COUNTERS); a failure if it is not there."""
+    key = TLS_COUNTERS[kind]
+    check(key in st, "no %s line in /_keel/status: %r" % (key, sorted(st)))
+    return int(st[key])
 
 
 def stable_fds(srv, secs=3):
@@ -788,6 +814,7 @@ def t_early_data(M):
     rc, out = s_client(M.port, "-tls1_3", "-servername", "localhost", "-crlf", "-ign_eof", "-sess_out", sess, stdin=req)
     check(HELLO.decode() in out, "s_client -sess_out: no answer:\n%s" % out[-1500:])
     check(os.path.exists(sess), "s_client wrote no session (no ticket?):\n%s" % out[-1500:])
+    check(not re.search(r"Max Early Data: [1-9]", out), "0-RTT: the tickets offer early data:\n%s" % out[-1500:])
     early = PKI.p("early.txt")
     with open(early, "wb") as f:
         f.write(b"GET /hello.txt?early HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -908,6 +935,7 @@ def t_oversized_record(M):
 
 
 def t_handshake_timeout(T):
+    before = status(T.port)
     hello = client_hello(ctx())
     check(len(hello) > 100, "ClientHello of %d bytes" % len(hello))
 
@@ -934,6 +962,8 @@ def t_handshake_timeout(T):
             time.sleep(0.02)
     secs.append(closed_in("a ClientHello trickled a byte per 20 ms", trickle))
     print("  closed after " + ", ".join("%.2f s" % x for x in secs))
+    after = status(T.port)
+    eq(tls_counter(after, "timeouts") - tls_counter(before, "timeouts"), 4, "tls_handshake_timeouts_total's increase")
     # A finished handshake is not cut by the handshake deadline.
     for c, v in ((ctx13(), "TLS 1.3"), (ctx12(), "TLS 1.2")):
         s = tls_connect(T.port, c)
@@ -1032,12 +1062,15 @@ def t_aborted(M):
     print("  descriptors: %d before, back to %d after %.1f s" % (base, seen[-1], time.monotonic() - t0))
     st, _, body, _ = https_get(M.port, "/hello.txt")
     eq((st, body), (200, HELLO), "served after the aborted handshakes")
+    after = status(M.port)
+    eq((tls_counter(after, "handshaking"), tls_counter(after, "conns")), (0, 1),
+       "tls_handshaking and tls_conns after the aborted handshakes, with only the status request's connection open")
     r = curl(*resolve(M.port, "localhost"), "-o", "-", "https://localhost:%d/hello.txt" % M.port)
     eq((r.returncode, r.stdout), (0, HELLO), "curl after the aborted handshakes")
 
 
 def t_handshakes_max(H):
-    before = status(H)
+    before = status(H.port)
     first = [BioTLS(H.port, ctx13()), BioTLS(H.port, ctx12())]
     hellos = []
     extras = []
@@ -1073,7 +1106,7 @@ def t_handshakes_max(H):
     for i in range(3):
         st, _, body, _ = https_get(H.port, "/hello.txt")
         eq((st, body), (200, HELLO), "new connection %d after the stalled ones finished" % i)
-    after = status(H)
+    after = status(H.port)
     eq(tls_counter(after, "refused") - tls_counter(before, "refused"), 8, "refused handshakes counted in /_keel/status")
 
 
@@ -1140,21 +1173,30 @@ def t_protocols(P2, P3, P23):
 
 
 def t_status(M):
-    before = status(M)
-    for c in (ctx13(), ctx12(), ctx13()):
+    before = status(M.port)
+    for c in (ctx13(), ctx12()):
         eq(https_get(M.port, "/hello.txt", c)[0], 200, "status")
-    check(refused(M.port, ctx(minv=ssl.TLSVersion.TLSv1, maxv=ssl.TLSVersion.TLSv1, seclevel0=True), "TLS 1.0")
-          or True, "")
+    resume(M.port, ctx13(), "TLS 1.3 ticket")  # a full handshake, then two resumed
+    check(refused(M.port, ctx12(ciphers="AES128-SHA", seclevel0=True), "a TLS 1.2 client offering AES128-SHA"),
+          "AES128-SHA could not be offered here")
     s = connect(M.port, 5)
     with s:
-        s.sendall(b"\x16\x03\x01\x00\x30" + bytes(48))
+        s.sendall(b"\x16\x03\x01\x00\x30" + bytes(48))  # a ClientHello of zeros
         until_close(s, 3)
+    s = connect(M.port, 5)
+    with s:
+        s.sendall(get_req("/hello.txt"))
+        data, _ = until_close(s, 3)
+        check(data.startswith(b"HTTP/1.1 400"), "plain HTTP: %s" % describe(data))
     time.sleep(0.1)
-    after = status(M)
-    done = tls_counter(after, "done") - tls_counter(before, "done")
-    failed = tls_counter(after, "failed") - tls_counter(before, "failed")
-    eq(done, 4, "handshakes done counted (3, and the status request's own)")
-    eq(failed, 2, "handshakes failed counted (a TLS 1.0 client, a bad ClientHello)")
+    after = status(M.port)
+    d = {k: tls_counter(after, k) - tls_counter(before, k) for k in ("done", "resumed", "failed", "plain", "refused",
+                                                                     "timeouts")}
+    eq(d, {"done": 6, "resumed": 2, "failed": 2, "plain": 1, "refused": 0, "timeouts": 0},
+       "TLS counters' increase: 2 full handshakes, a first and 2 resumed, the status request's own; "
+       "AES128-SHA and a bad ClientHello failed; one plain HTTP request")
+    eq((tls_counter(after, "handshaking"), tls_counter(after, "conns")), (0, 1),
+       "tls_handshaking and tls_conns with only the status request's connection open")
 
 
 def t_bad_flags(_):
@@ -1178,6 +1220,171 @@ def t_bad_flags(_):
         r = run_keel(*base, *args, ROOT, timeout=5)
         check(r.returncode != 0, "keel serve with %s: exit 0" % what)
         check(r.stderr.strip(), "keel serve with %s: exit %d and no message" % (what, r.returncode))
+
+
+def t_record_shapes(M):
+    """Requests in one-byte records, and the client's Finished with a request in one segment."""
+    s = tls_connect(M.port, ctx13())
+    with s:
+        for b in get_req("/hello.txt", close=False):
+            s.sendall(bytes([b]))  # a TLS record per byte
+        st, _, body = Reader(s.recv).response("a request in one-byte records")
+        eq((st, body), (200, HELLO), "a request sent as one-byte TLS records")
+        s.sendall(get_req("/nope", close=False) + get_req("/hello.txt"))  # two in one record
+        rd = Reader(s.recv)
+        eq(rd.response("first of two in one record")[0], 404, "first of two requests in one record")
+        eq(rd.response("second of two in one record")[:3:2], (200, HELLO), "second of two requests in one record")
+    for c, v in ((ctx13(), "TLS 1.3"), (ctx12(), "TLS 1.2")):
+        b = BioTLS(M.port, c)
+        try:
+            b.sock.sendall(b.hello())
+            b.handshake(v, flush_last=False)
+            b.tls.write(get_req("/hello.txt"))
+            b.flush()  # the Finished and the request in one send
+            st, _, body = Reader(b.recv).response(v + ": Finished and request together")
+            eq((st, body), (200, HELLO), "%s: the client's Finished and a request in one segment" % v)
+        finally:
+            b.close()
+    # A ClientHello a byte per TCP segment: slow, but within the deadline.
+    b = BioTLS(M.port, ctx13())
+    try:
+        hello = b.hello()
+        t0 = time.monotonic()
+        for i in range(len(hello)):
+            b.sock.sendall(hello[i:i + 1])
+            time.sleep(0.001)
+            check(time.monotonic() - t0 < 10, "trickling the ClientHello took over 10 s")
+        b.handshake("ClientHello a byte per segment")
+        b.send(get_req("/hello.txt"))
+        eq(Reader(b.recv).response("after a trickled ClientHello")[:3:2], (200, HELLO), "after a trickled ClientHello")
+    finally:
+        b.close()
+
+
+def t_close_notify(M):
+    for c, v in ((ctx13(), "TLS 1.3"), (ctx12(), "TLS 1.2")):
+        b = BioTLS(M.port, c)
+        try:
+            b.sock.sendall(b.hello())
+            b.handshake(v)
+            b.send(get_req("/hello.txt"))
+            eq(Reader(b.recv).response(v)[:3:2], (200, HELLO), v + ": (status, body)")
+            eq(b.ending(), "close_notify", "%s: how the server ends a Connection: close response" % v)
+        finally:
+            b.close()
+
+
+def t_key_update(M):
+    p = Interactive([OPENSSL, "s_client", "-connect", "127.0.0.1:%d" % M.port, "-CAfile", PKI.ca, "-tls1_3",
+                     "-servername", "localhost", "-crlf", "-no_ign_eof"])
+    req = b"GET /hello.txt HTTP/1.1\nHost: localhost\n\n"
+    try:
+        check(p.wait_for(rb"Verify return code: 0", 10), "s_client: no handshake:\n%s" % p.text()[-1500:])
+        p.write(req)
+        check(p.wait_for(re.escape(HELLO), 10), "s_client: no answer to the first request:\n%s" % p.text()[-1500:])
+        for cmd, n in ((b"k\n", 2), (b"K\n", 3)):
+            p.write(cmd)
+            check(p.wait_for(rb"KEYUPDATE", 5), "s_client did not send a KeyUpdate:\n%s" % p.text()[-1500:])
+            time.sleep(0.1)
+            p.write(req)
+            check(p.wait_for(rb"(?s)" + (re.escape(HELLO) + rb".*") * (n - 1) + re.escape(HELLO), 5),
+                  "after a KeyUpdate (%s): no answer to the next request; s_client output:\n%s"
+                  % (cmd.strip().decode(), p.text()[-1500:]))
+    finally:
+        p.finish()
+
+
+def t_concurrent(M):
+    names = ["hello.txt", "big.bin", "nope", "hello.txt", "odd.bin"]
+    errors = []
+    done = collections.Counter()
+    lock = threading.Lock()
+
+    def client(k):
+        try:
+            s = tls_connect(M.port, ctx13() if k % 2 else ctx12(), timeout=30)
+            with s:
+                rd = Reader(s.recv)
+                for i, n in enumerate(names):
+                    s.sendall(get_req("/" + n, close=i == len(names) - 1))
+                    st, _, body = rd.response("client %d /%s" % (k, n))
+                    if n == "nope":
+                        eq(st, 404, "client %d /nope" % k)
+                    else:
+                        eq((st, sha(body)), (200, sha(FILES[n])), "client %d /%s: (status, SHA-256)" % (k, n))
+                    with lock:
+                        done[k] += 1
+        except Exception as e:  # noqa: BLE001 -- reported below
+            with lock:
+                errors.append("client %d: %r" % (k, e))
+    ts = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(64)]
+    for t in ts:
+        t.start()
+    deadline = time.monotonic() + 40
+    for t in ts:
+        t.join(max(0.1, deadline - time.monotonic()))
+    check(not any(t.is_alive() for t in ts), "concurrent clients still running after 40 s")
+    check(not errors, "%d of 64 concurrent clients failed; first: %s" % (len(errors), "; ".join(errors[:3])))
+    eq(sum(done.values()), 64 * len(names), "responses to 64 concurrent clients")
+
+
+def t_ranges(M):
+    data = FILES["odd.bin"]
+    for spec, lo, hi in (("0-0", 0, 0), ("1000-70000", 1000, 70000), ("3000001-", 3000001, ODD - 1), ("-5", ODD - 5, ODD - 1)):
+        r = curl(*resolve(M.port, "localhost"), "-D", PKI.p("range-head"), "-o", "-", "-r", spec,
+                 "https://localhost:%d/odd.bin" % M.port)
+        head = open(PKI.p("range-head"), "rb").read()
+        eq(r.returncode, 0, "curl -r %s exit status" % spec)
+        check(head.startswith(b"HTTP/1.1 206"), "range %s: %r" % (spec, head[:60]))
+        eq(sha(r.stdout), sha(data[lo:hi + 1]), "range %s over TLS: SHA-256 (%d bytes, want %d)" % (spec, len(r.stdout), hi - lo + 1))
+
+
+def t_resume_elsewhere(M, T):
+    """A ticket is good for the server that issued it only: another keel process makes a full
+    handshake of it (its ticket keys are its own)."""
+    c = ctx13()
+    s = tls_connect(M.port, c)
+    with s:
+        s.sendall(get_req("/hello.txt"))
+        Reader(s.recv).response("first connection")
+        sess = s.session
+    s = tls_connect(T.port, c, session=sess)
+    with s:
+        reused = s.session_reused
+        s.sendall(get_req("/hello.txt"))
+        st, _, body = Reader(s.recv).response("another server, the first's ticket")
+    eq((st, body, reused), (200, HELLO, False), "another keel process offered the first's ticket: (status, body, reused)")
+
+
+def t_stop_with_tls(P23):
+    s = tls_connect(P23.port, ctx())
+    s.sendall(get_req("/hello.txt", close=False))
+    eq(Reader(s.recv).response("keep-alive before the stop")[:3:2], (200, HELLO), "keep-alive before the stop")
+    stalled = connect(P23.port, 5)
+    stalled.sendall(client_hello(ctx())[:30])
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    try:
+        P23.terminate()
+        rc = P23.wait(8)
+        secs = time.monotonic() - t0
+        check(rc is not None, "SIGTERM with an idle TLS connection and a stalled handshake open: still running after 8 s")
+        eq(rc, 0, "exit status")
+        check(secs < 6, "SIGTERM: exit after %.1f s (grace 5 s)" % secs)
+        P23.check_sanitizers()
+        for sock, what in ((s, "the idle TLS connection"), (stalled, "the stalled handshake")):
+            sock.settimeout(2)
+            try:
+                left = sock.recv(100)
+            except (ssl.SSLError, ConnectionResetError):
+                left = b""
+            except (socket.timeout, TimeoutError):
+                fail("%s is still open after the server exited" % what)
+            eq(left, b"", "%s after the stop: bytes" % what)
+    finally:
+        s.close()
+        stalled.close()
+
 
 
 # ---- The run ---------------------------------------------------------------------------------------
@@ -1214,7 +1421,7 @@ def run_parts():
     servers = {}
     spec = {
         "M": lambda: keel_tls("--status", pairs=("ecdsa", "rsa", "bex"), name="keel M"),
-        "T": lambda: keel_tls("--tls-handshake-timeout-ms", 300, name="keel T"),
+        "T": lambda: keel_tls("--tls-handshake-timeout-ms", 300, "--status", name="keel T"),
         "H": lambda: keel_tls("--tls-handshakes-max", 2, "--status", name="keel H"),
         "A": lambda: keel_tls("--tls-client-ca", PKI.p("clientca.pem"), name="keel A"),
         "C": lambda: keel_tls(pairs=((PKI.p("chain.pem"), PKI.p("chainleaf.key")),), name="keel C"),
@@ -1245,6 +1452,12 @@ def run_parts():
         ("ssl: resumption with a TLS 1.3 ticket", "M", t_resume13),
         ("ssl: keep-alive and a pipelined burst", "M", t_keepalive_pipeline),
         ("ssl: 5 MiB to a slow reader with a small receive buffer", "M", t_slow_reader),
+        ("ssl: one-byte records, two requests in a record, Finished with a request, a trickled ClientHello", "M",
+         t_record_shapes),
+        ("ssl: Connection: close ends with close_notify", "M", t_close_notify),
+        ("ssl: 64 concurrent clients, 5 requests each", "M", t_concurrent),
+        ("curl: ranges of a 5 MiB file", "M", t_ranges),
+        ("s_client: TLS 1.3 KeyUpdate, either side", "M", t_key_update),
         ("s_client: -alpn, -servername, -status", "M", t_s_client),
         ("s_client: renegotiation refused", "M", t_renegotiation),
         ("s_client: no 0-RTT", "M", t_early_data),
@@ -1259,6 +1472,7 @@ def run_parts():
         ("chain: a leaf behind an intermediate, trusted by the root", "C", t_chain),
         ("protocols: --tls-protocols and --tls-ciphers", ("P2", "P3", "P23"), t_protocols),
         ("resumption across 2 workers", "W", t_resume_workers),
+        ("resumption: another keel process does not take the ticket", ("M", "T"), t_resume_elsewhere),
         ("bad flags: refused at start", None, t_bad_flags),
     ]
     for name, key, fn in plan:
@@ -1268,8 +1482,11 @@ def run_parts():
             sub.run(name, lambda: fn(*[srv(k) for k in key]))
         else:
             sub.run(name, lambda: fn(srv(key)))
+    sub.run("stop: SIGTERM with an idle TLS connection and a stalled handshake", lambda: t_stop_with_tls(srv("P23")))
     for key in list(servers):
         s = servers[key]
+        if key == "P23":
+            continue
         sub.run("stop: server %s exits 0 on SIGTERM" % key, lambda: s.stop_ok("server " + key), always=True)
     return sub.status()
 
