@@ -115,6 +115,11 @@ struct keel_tls_endpoint {
 	unsigned nofree;
 	unsigned pbufs_out; /* plaintext buffers lent out now */
 	bool freed;
+	/* Server handshakes with input to work on, in arrival order (hs_run). */
+	struct tconn *hs_head, *hs_tail;
+	bool hs_scheduled; /* an hs_run is due (a continuation, or hs_later for the next tick) */
+	keel_timer hs_later;
+	uint64_t hs_tick, hs_tick_ns; /* the tick handshakes last ran in, and their time in it */
 	unsigned sess_next;
 	struct sess_slot sess[SESS_CACHE];
 	keel_tls_stats st;
@@ -129,6 +134,8 @@ struct tconn {
 	int fd;
 	unsigned refs; /* our promises in flight (raw, send, fread, close) */
 	bool server, hs_done, hs_counted, sniffed, closing;
+	bool hs_queued, hs_turn;
+	struct tconn *hs_next;
 	int fatal;           /* the stream is dead: every later operation fails with this */
 	int fail_after_send; /* fail with this once out is sent (plain HTTP's 400) */
 	keel_timer hs_timer;
@@ -167,6 +174,7 @@ struct tconn {
 };
 
 static const keel_transport_ops tls_ops;
+static void hs_next_tick(keel_loop *loop, keel_timer *t);
 static BIO_METHOD *bio_method;
 static int conn_index = -1; /* SSL ex_data: the struct tconn */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -788,8 +796,9 @@ int keel_tls_ctx_expiry_days(const keel_tls_ctx *ctx, const char **file)
 
 static void ep_maybe_free(keel_tls_endpoint *ep)
 {
-	if (!ep->freed || ep->st.conns || ep->pbufs_out)
+	if (!ep->freed || ep->st.conns || ep->pbufs_out || ep->hs_scheduled)
 		return;
+	keel_timer_disarm(ep->loop, &ep->hs_later);
 	while (ep->pfree) {
 		struct pbuf *p = ep->pfree;
 		ep->pfree = p->next_free;
@@ -873,6 +882,7 @@ int keel_tls_endpoint_new(keel_tls_endpoint **out, keel_tls_ctx *ctx, keel_loop 
 	ep->ctx = ctx;
 	ep->loop = loop;
 	ep->owner.release = pbuf_release;
+	keel_timer_init(&ep->hs_later, hs_next_tick);
 	static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 	static bool logged;
 	pthread_mutex_lock(&log_mu);
@@ -901,6 +911,8 @@ void keel_tls_endpoint_stats(const keel_tls_endpoint *ep, keel_tls_stats *out)
 /* ---- A connection ---------------------------------------------------------- */
 
 static void pump(struct tconn *tc);
+static void hs_enqueue(struct tconn *tc);
+static void raw_start(struct tconn *tc);
 static void flush_out(struct tconn *tc);
 static void tx_progress(struct tconn *tc);
 static void finish_close(struct tconn *tc);
@@ -1158,10 +1170,107 @@ static void deliver(struct tconn *tc)
 	}
 }
 
+/*
+ * Handshakes are the expensive unit: a burst of new connections must not
+ * take the loop from the connections already established. Each tick, the
+ * handshakes waiting for their turn run after the tick's other work, and
+ * only while their time stays under that work's (at least one runs per
+ * tick, and all of them when nothing else is going on): under a storm,
+ * established connections keep at least half of the loop, handshakes wait
+ * within their deadline, and the ones over handshakes_max are closed on
+ * arrival.
+ */
+#define HS_ALONE_NS 100000 /* less other work than this in a tick: nothing competes */
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void hs_run(keel_ctx *ctx, keel_outcome o, void *ud);
+
+static void hs_schedule(keel_tls_endpoint *ep)
+{
+	if (ep->hs_scheduled)
+		return;
+	ep->hs_scheduled = true;
+	keel_promise *p = keel_promise_new(ep->loop);
+	keel_promise_resolve(p, 0, NULL);
+	keel_promise_done(p, hs_run, ep); /* after this tick's completions */
+}
+
+static void hs_next_tick(keel_loop *loop, keel_timer *t)
+{
+	(void)loop;
+	keel_tls_endpoint *ep = keel_container_of(t, keel_tls_endpoint, hs_later);
+	ep->hs_scheduled = false;
+	hs_schedule(ep);
+}
+
+static void hs_enqueue(struct tconn *tc)
+{
+	keel_tls_endpoint *ep = tc->ep;
+	if (tc->hs_queued)
+		return;
+	tc->hs_queued = true;
+	tc->refs++;
+	tc->hs_next = NULL;
+	if (ep->hs_tail)
+		ep->hs_tail->hs_next = tc;
+	else
+		ep->hs_head = tc;
+	ep->hs_tail = tc;
+	hs_schedule(ep);
+}
+
+static void hs_run(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	keel_tls_endpoint *ep = ud;
+	uint64_t start = keel_loop_now_ns(ep->loop); /* the tick's, from the end of its wait */
+	if (keel_loop_tick(ep->loop) != ep->hs_tick) {
+		ep->hs_tick = keel_loop_tick(ep->loop);
+		ep->hs_tick_ns = 0;
+	}
+	while (ep->hs_head) {
+		uint64_t now = mono_ns();
+		uint64_t spent = now > start ? now - start : 0;
+		uint64_t other = spent > ep->hs_tick_ns ? spent - ep->hs_tick_ns : 0;
+		if (ep->hs_tick_ns && other >= HS_ALONE_NS && ep->hs_tick_ns >= other) {
+			keel_timer_arm(ep->loop, &ep->hs_later, 0); /* the rest next tick */
+			return;
+		}
+		struct tconn *tc = ep->hs_head;
+		ep->hs_head = tc->hs_next;
+		if (!ep->hs_head)
+			ep->hs_tail = NULL;
+		tc->hs_queued = false;
+		tc->hs_turn = true;
+		pump(tc);
+		tc->hs_turn = false;
+		ep->hs_tick_ns += mono_ns() - now;
+		tc->refs--;
+		finish_close(tc);
+	}
+	ep->hs_scheduled = false;
+	ep_maybe_free(ep);
+}
+
 static void pump(struct tconn *tc)
 {
 	if (tc->in_pump) {
 		tc->pump_again = true;
+		return;
+	}
+	if (tc->server && !tc->hs_done && !tc->hs_turn && !tc->fatal && !tc->closing) {
+		/* The handshake's work waits for its turn (hs_run); without input there is none to do. */
+		if (tc->rq_head || tc->raw_eof)
+			hs_enqueue(tc);
+		else
+			raw_start(tc);
 		return;
 	}
 	tc->in_pump = true;
