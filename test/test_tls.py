@@ -92,8 +92,10 @@ class Pki:
         self.cert("ecdsa", "ec", "/O=keel-ecdsa/CN=localhost", "ca", server_ext(local))
         self.cert("rsa", "rsa", "/O=keel-rsa/CN=localhost", "ca", server_ext(local, rsa=True))
         self.cert("bex", "ec", "/O=keel-b/CN=b.example", "ca", server_ext("DNS:b.example"))
+        self.cert("wild", "ec", "/O=keel-wild/CN=*.w.example", "ca", server_ext("DNS:*.w.example"))
         self.cert("inter", "ec", "/CN=keel test intermediate CA", "ca", INTER_EXT)
         self.cert("chainleaf", "ec", "/O=keel-chain/CN=localhost", "inter", server_ext(local))
+        openssl("pkey", "-in", self.p("ecdsa.key"), "-aes256", "-passout", "pass:secret", "-out", self.p("enc.key"))
         with open(self.p("chain.pem"), "w") as f:
             f.write(open(self.p("chainleaf.pem")).read() + open(self.p("inter.pem")).read())
         self.cert("clientca", "ec", "/CN=keel test client CA", None, CA_EXT)
@@ -101,7 +103,7 @@ class Pki:
         self.cert("rogue", "ec", "/O=keel-rogue/CN=client", "ca", CLIENT_EXT)
         self.ca = self.p("ca.pem")
         self.der = {n: ssl.PEM_cert_to_DER_cert(open(self.p(n + ".pem")).read())
-                    for n in ("ecdsa", "rsa", "bex", "chainleaf")}
+                    for n in ("ecdsa", "rsa", "bex", "wild", "chainleaf")}
 
     def p(self, name):
         return os.path.join(self.d, name)
@@ -586,8 +588,15 @@ def t_curl_sni(M):
         eq(r.stdout, HELLO, "body for " + host)
         subj = subject_seen(r.stderr)
         check(subj and want in subj, "SNI %s: curl saw subject %r, want %s" % (host, subj, want))
+    # A wildcard covers one label, not the bare name nor two labels (-k: those verify against nothing).
+    for host, want, verify in (("a.w.example", "keel-wild", True), ("w.example", "keel-ecdsa", False),
+                               ("x.y.w.example", "keel-ecdsa", False)):
+        r = curl("-v", *(() if verify else ("-k",)), *resolve(M.port, host), "-o", "-", "https://%s:%d/hello.txt" % (host, M.port))
+        eq((r.returncode, r.stdout), (0, HELLO), "SNI %s: (curl exit, body) (stderr %r)" % (host, r.stderr[-300:]))
+        subj = subject_seen(r.stderr)
+        check(subj and want in subj, "SNI %s: curl saw subject %r, want %s" % (host, subj, want))
     # Python checks the same by the certificate's bytes.
-    for host, want in (("localhost", "ecdsa"), ("b.example", "bex")):
+    for host, want in (("localhost", "ecdsa"), ("b.example", "bex"), ("a.w.example", "wild")):
         st, _, body, f = https_get(M.port, "/hello.txt", ctx(), sni=host)
         eq((st, body, f["cert"]), (200, HELLO, want), "python ssl, SNI %s: (status, body, certificate)" % host)
 
@@ -780,6 +789,8 @@ def t_s_client(M):
     eq(rc, 0, "s_client -servername b.example exit status; output:\n%s" % out[-1500:])
     eq(leaf_of(out), "bex", "s_client -servername b.example: the certificate")
     check(re.search(r"subject=.*keel-b", out), "s_client -servername b.example: subject line:\n%s" % out[-1500:])
+    rc, out = s_client(M.port, "-servername", "B.Example", "-verify_return_error", "-verify_hostname", "b.example")
+    eq((rc, leaf_of(out)), (0, "bex"), "s_client -servername B.Example (names are case-blind): (exit, certificate)")
     rc, out = s_client(M.port, "-alpn", "h2", "-servername", "localhost")
     check("ALPN protocol: h2" not in out, "ALPN: the server agreed to h2:\n%s" % out[-1500:])
 
@@ -1070,7 +1081,22 @@ def t_aborted(M):
 
 
 def t_handshakes_max(H):
-    before = status(H.port)
+    # Handshakes that fail or are abandoned give their slot back (else the two below would be refused).
+    hello = client_hello(ctx())
+    for i in range(6):
+        s = connect(H.port, 5)
+        with s:
+            sendall_quiet(s, [b"\x16\x03\x01\x00\x30" + bytes(48), hello[:50], b"\x00" * 20][i % 3])
+            if i % 3 != 1:
+                until_close(s, 3)
+    refused(H.port, ctx12(ciphers="AES128-SHA", seclevel0=True), "AES128-SHA")
+    deadline = time.monotonic() + 5
+    while True:
+        before = status(H.port)
+        if tls_counter(before, "handshaking") == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    eq(tls_counter(before, "handshaking"), 0, "tls_handshaking after failed and abandoned handshakes")
     first = [BioTLS(H.port, ctx13()), BioTLS(H.port, ctx12())]
     hellos = []
     extras = []
@@ -1209,6 +1235,9 @@ def t_bad_flags(_):
         ("a missing key file", ["--tls-cert", ec[0], "--tls-key", PKI.p("none.key")]),
         ("a key that is not the certificate's", ["--tls-cert", ec[0], "--tls-key", rsa[1]]),
         ("a key file that is a certificate", ["--tls-cert", ec[0], "--tls-key", ec[0]]),
+        ("a key with a passphrase", ["--tls-cert", ec[0], "--tls-key", PKI.p("enc.key")]),
+        ("two --tls-cert, one --tls-key", ["--tls-cert", ec[0], "--tls-cert", rsa[0], "--tls-key", ec[1]]),
+        ("one --tls-cert, two --tls-key", ["--tls-cert", ec[0], "--tls-key", ec[1], "--tls-key", rsa[1]]),
         ("--tls-protocols TLSv1.1", ["--tls-cert", ec[0], "--tls-key", ec[1], "--tls-protocols", "TLSv1.1"]),
         ("--tls-protocols 'TLSv1.2 SSLv3'", ["--tls-cert", ec[0], "--tls-key", ec[1], "--tls-protocols", "TLSv1.2 SSLv3"]),
         ("--tls-ciphers with no cipher", ["--tls-cert", ec[0], "--tls-key", ec[1], "--tls-ciphers", "NO-SUCH-CIPHER"]),
@@ -1387,6 +1416,93 @@ def t_stop_with_tls(P23):
 
 
 
+def t_half_close(M):
+    """Pipelined requests, then the client's end of the stream (close_notify, or only TCP's):
+    every request is answered, then the server closes."""
+    for c, v in ((ctx13(), "TLS 1.3"), (ctx12(), "TLS 1.2")):
+        for how in ("close_notify", "TCP FIN"):
+            b = BioTLS(M.port, c)
+            try:
+                b.sock.sendall(b.hello())
+                b.handshake(v)
+                b.tls.write(get_req("/hello.txt", close=False) + get_req("/nope", close=False) +
+                            get_req("/big.bin", close=False))
+                b.flush()
+                if how == "close_notify":
+                    try:
+                        b.tls.unwrap()
+                    except ssl.SSLWantReadError:
+                        pass
+                    b.flush()
+                else:
+                    b.sock.shutdown(socket.SHUT_WR)
+                rd = Reader(b.recv)
+                what = "%s, requests then %s" % (v, how)
+                eq(rd.response(what + " #0")[:3:2], (200, HELLO), what + ": #0")
+                eq(rd.response(what + " #1")[0], 404, what + ": #1")
+                st, _, body = rd.response(what + " #2")
+                eq((st, sha(body)), (200, sha(FILES["big.bin"])), what + ": #2")
+                end = b.ending()
+                check(end in ("close_notify", "eof", "reset"), "%s: after the answers, the connection: %s" % (what, end))
+            finally:
+                b.close()
+
+
+DIFF_CASES = [
+    ("GET", b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ("HEAD", b"HEAD /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ("404", b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ("directory", b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ("POST", b"POST /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"),
+    ("6 KB header", b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 6000 + b"\r\nConnection: close\r\n\r\n"),
+    ("100 KB header", b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 100000 + b"\r\nConnection: close\r\n\r\n"),
+    ("bad request line", b"GARBAGE\r\n\r\n"),
+    ("HTTP/1.0", b"GET /hello.txt HTTP/1.0\r\n\r\n"),
+    ("traversal", b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ("range", b"GET /odd.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=5000000-5000100\r\nConnection: close\r\n\r\n"),
+    ("pipelined", b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ("chunked POST", b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\n\r\n"),
+    ("two Content-Lengths", b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+]
+
+
+def t_differential(M, plain):
+    """The same bytes over TLS and over plain TCP (keel serve without TLS, the same directory)
+    get the same answer, Date aside."""
+    def norm(data):
+        return re.sub(rb"\r\nDate: [^\r]*", b"", data)
+
+    seen = []
+    for what, req in DIFF_CASES:
+        s = tls_connect(M.port, ctx())
+        with s:
+            s.settimeout(5)
+            sendall_quiet(s, req)
+            got = b""
+            try:
+                for _ in range(100000):
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    got += d
+            except (socket.timeout, TimeoutError):
+                fail("%s over TLS: no close within 5 s; got %r" % (what, got[:200]))
+            except (ConnectionResetError, ssl.SSLError):
+                pass
+        c = connect(plain.port, 5)
+        with c:
+            sendall_quiet(c, req)
+            want, how = until_close(c, 5)
+        check(how != "open", "%s over plain TCP: no close within 5 s" % what)
+        g, w = norm(got), norm(want)
+        check(g == w, "%s: over TLS %d bytes %r..., over plain TCP %d bytes %r... (first difference at %d)"
+              % (what, len(g), g[:160], len(w), w[:160], keeltest.first_diff(g, w)))
+        seen.append("%s %s" % (what, " ".join(re.findall(r"HTTP/1\.[01] (\d{3})", g.decode("latin-1"))) or "(closed)"))
+    print("  " + ", ".join(seen))
+
+
 # ---- The run ---------------------------------------------------------------------------------------
 
 FILES = {}
@@ -1420,7 +1536,8 @@ def run_parts():
     sub = Subtests()
     servers = {}
     spec = {
-        "M": lambda: keel_tls("--status", pairs=("ecdsa", "rsa", "bex"), name="keel M"),
+        "M": lambda: keel_tls("--status", pairs=("ecdsa", "rsa", "bex", "wild"), name="keel M"),
+        "plain": lambda: Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", ROOT], name="keel plain"),
         "T": lambda: keel_tls("--tls-handshake-timeout-ms", 300, "--status", name="keel T"),
         "H": lambda: keel_tls("--tls-handshakes-max", 2, "--status", name="keel H"),
         "A": lambda: keel_tls("--tls-client-ca", PKI.p("clientca.pem"), name="keel A"),
@@ -1455,6 +1572,8 @@ def run_parts():
         ("ssl: one-byte records, two requests in a record, Finished with a request, a trickled ClientHello", "M",
          t_record_shapes),
         ("ssl: Connection: close ends with close_notify", "M", t_close_notify),
+        ("ssl: pipelined requests, then the client's close_notify or FIN: all answered", "M", t_half_close),
+        ("differential: the same bytes over TLS and plain TCP get the same answers", ("M", "plain"), t_differential),
         ("ssl: 64 concurrent clients, 5 requests each", "M", t_concurrent),
         ("curl: ranges of a 5 MiB file", "M", t_ranges),
         ("s_client: TLS 1.3 KeyUpdate, either side", "M", t_key_update),
