@@ -13,7 +13,8 @@ certificates are told apart by their DER bytes where a client gives them.
 Servers (keel serve --workers 1 on 127.0.0.1 port 0, each started when a part
 first needs it and stopped by its PID; all must exit 0 on SIGTERM at the end):
   M  ECDSA + RSA + b.example + *.w.example pairs, --status: the ordinary cases
-  K  ECDSA + RSA, --queue-delay-us 0: 64 concurrent clients
+  K  ECDSA + RSA, --queue-delay-us 0, --status: 64 concurrent clients, 500 idle ones
+  N  --tls-no-tickets
   plain  keel serve without TLS on the same directory, to compare answers with
   O  ECDSA + RSA + b.example, --tls-ocsp with a response about the ECDSA certificate
   T  --tls-handshake-timeout-ms 300, --status
@@ -27,7 +28,7 @@ first needs it and stopped by its PID; all must exit 0 on SIGTERM at the end):
 Every wait has a deadline and every loop a bound. Runs under the backend in
 KEEL_BACKEND. Usage: test_tls.py [part-name-substring ...]
 Exit status: 0 pass, 1 fail, 77 skip (openssl or curl missing)."""
-import collections, http.client, os, random, re, shutil, socket, struct, subprocess, sys, tempfile, threading, time
+import collections, http.client, os, random, re, select, shutil, socket, struct, subprocess, sys, tempfile, threading, time
 import warnings
 
 try:
@@ -682,6 +683,10 @@ def t_ssl_alpn(M):
         eq((st, f["alpn"]), (200, "http/1.1"), "%s, ALPN offered h2 and http/1.1: (status, chosen)" % what)
     st, _, _, f = https_get(M.port, "/hello.txt", ctx13())
     eq((st, f["alpn"]), (200, None), "no ALPN offered: (status, chosen)")
+    for c, what in ((ctx13(alpn=["h2"]), "TLS 1.3"), (ctx12(alpn=["h2", "spdy/3"]), "TLS 1.2")):
+        reason = refused(M.port, c, "%s, ALPN offered without http/1.1" % what)
+        check(reason and re.search(r"(?i)no.application.protocol", reason),
+              "%s, ALPN without http/1.1: want the no_application_protocol alert, got %s" % (what, reason))
 
 
 def t_cert_by_algorithm(M):
@@ -1238,13 +1243,16 @@ def t_status(M):
         s.sendall(get_req("/hello.txt"))
         data, _ = until_close(s, 3)
         check(data.startswith(b"HTTP/1.1 400"), "plain HTTP: %s" % describe(data))
-    time.sleep(0.1)
+    s = connect(M.port, 5)
+    s.sendall(client_hello(ctx())[:60])  # then gone, mid-handshake
+    s.close()
+    time.sleep(0.2)
     after = status(M.port)
     d = {k: tls_counter(after, k) - tls_counter(before, k) for k in ("done", "resumed", "failed", "plain", "refused",
                                                                      "timeouts")}
-    eq(d, {"done": 6, "resumed": 2, "failed": 2, "plain": 1, "refused": 0, "timeouts": 0},
+    eq(d, {"done": 6, "resumed": 2, "failed": 3, "plain": 1, "refused": 0, "timeouts": 0},
        "TLS counters' increase: 2 full handshakes, a first and 2 resumed, the status request's own; "
-       "AES128-SHA and a bad ClientHello failed; one plain HTTP request")
+       "AES128-SHA, a bad ClientHello and a client gone mid-handshake failed; one plain HTTP request")
     eq((tls_counter(after, "handshaking"), tls_counter(after, "conns")), (0, 1),
        "tls_handshaking and tls_conns with only the status request's connection open")
 
@@ -1260,6 +1268,8 @@ def t_bad_flags(_):
         ("a key that is not the certificate's", ["--tls-cert", ec[0], "--tls-key", rsa[1]]),
         ("a key file that is a certificate", ["--tls-cert", ec[0], "--tls-key", ec[0]]),
         ("a key with a passphrase", ["--tls-cert", ec[0], "--tls-key", PKI.p("enc.key")]),
+        ("two ECDSA certificates for the same names", ["--tls-cert", ec[0], "--tls-key", ec[1], "--tls-cert",
+                                                       PKI.p("chainleaf.pem"), "--tls-key", PKI.p("chainleaf.key")]),
         ("two --tls-cert, one --tls-key", ["--tls-cert", ec[0], "--tls-cert", rsa[0], "--tls-key", ec[1]]),
         ("one --tls-cert, two --tls-key", ["--tls-cert", ec[0], "--tls-key", ec[1], "--tls-key", rsa[1]]),
         ("--tls-protocols TLSv1.1", ["--tls-cert", ec[0], "--tls-key", ec[1], "--tls-protocols", "TLSv1.1"]),
@@ -1557,6 +1567,100 @@ def t_ocsp(O):
     check(not problems, "; ".join(problems))
 
 
+def t_no_tickets(N):
+    for c, v in ((ctx12(), "TLS 1.2"), (ctx13(), "TLS 1.3")):
+        s = tls_connect(N.port, c)
+        with s:
+            s.sendall(get_req("/hello.txt"))
+            eq(Reader(s.recv).response(v)[:3:2], (200, HELLO), v + ": (status, body)")
+            sess = s.session
+        check(sess is None or not sess.has_ticket, "%s: --tls-no-tickets, but a ticket came" % v)
+        if sess is not None:
+            s = tls_connect(N.port, c, session=sess)
+            with s:
+                reused = s.session_reused
+            check(not reused, "%s: --tls-no-tickets, but the session was resumed" % v)
+
+
+def t_idle_memory(K):
+    """Idle TLS connections hold no buffers: 500 of them (one request served each) cost the server
+    well under the 16 KiB + 68 KiB of keel's buffers, or OpenSSL's, apiece."""
+    c = ctx()
+    https_get(K.port, "/hello.txt", c)
+    time.sleep(0.2)
+    r0 = K.rss_kib()
+    conns = []
+    try:
+        for i in range(500):
+            s = tls_connect(K.port, c)
+            conns.append(s)
+            s.sendall(get_req("/hello.txt", close=False))
+            eq(Reader(s.recv).response("idle connection %d" % i)[0], 200, "idle connection %d" % i)
+        time.sleep(0.3)
+        r1 = K.rss_kib()
+        per = (r1 - r0) / 500
+        print("  RSS %d KiB -> %d KiB: %.1f KiB per idle TLS connection" % (r0, r1, per))
+        check(per < 64, "RSS per idle TLS connection %.1f KiB (%d -> %d KiB): buffers held while idle?" % (per, r0, r1))
+        eq(tls_counter(status(K.port), "conns"), 501, "tls_conns with 500 idle connections and the status request's")
+    finally:
+        for s in conns:
+            s.close()
+    deadline = time.monotonic() + 5
+    while tls_counter(status(K.port), "conns") != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    eq(tls_counter(status(K.port), "conns"), 1, "tls_conns after the 500 closed")
+
+
+def t_backpressure(M):
+    """A client that pipelines requests for 1 MiB files and reads nothing: once its window is full,
+    the server stops reading (it does not decrypt and queue without bound)."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    raw.settimeout(5)
+    raw.connect(("127.0.0.1", M.port))
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx().wrap_bio(inc, out, server_hostname="localhost")
+    try:
+        for _ in range(100):
+            try:
+                tls.do_handshake()
+                raw.sendall(out.read())
+                break
+            except ssl.SSLWantReadError:
+                d = out.read()
+                if d:
+                    raw.sendall(d)
+                inc.write(raw.recv(65536))
+        req = b"GET /big.bin HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 4000 + b"\r\n\r\n"
+        raw.setblocking(False)
+        sent, pend, t0 = 0, b"", time.monotonic()
+        last = t0
+        while time.monotonic() - t0 < 8 and sent < (64 << 20):
+            if not pend:
+                tls.write(req * 16)
+                pend = out.read()
+            _, w, _ = select.select([], [raw], [], 0.2)
+            if not w:
+                if time.monotonic() - last > 1.5:
+                    break
+                continue
+            try:
+                n = raw.send(pend)
+            except BlockingIOError:
+                continue
+            sent += n
+            pend = pend[n:]
+            last = time.monotonic()
+        print("  %.1f MiB of requests taken before the window closed" % (sent / MIB))
+        check(sent < 16 * MIB, "a client that reads nothing sent %.1f MiB of pipelined requests in %.1f s: "
+              "the server kept reading" % (sent / MIB, time.monotonic() - t0))
+    finally:
+        raw.close()
+    st, _, body, _ = https_get(M.port, "/hello.txt")
+    eq((st, body), (200, HELLO), "served after the client that read nothing")
+
+
 # ---- The run ---------------------------------------------------------------------------------------
 
 FILES = {}
@@ -1595,7 +1699,8 @@ def run_parts():
                               name="keel plain"),
         # 64 clients at once on 2 busy CPUs can make a tick pass the 20 ms queue-delay budget: the
         # 503s would be admission control (tested elsewhere), so K has it off.
-        "K": lambda: keel_tls("--queue-delay-us", 0, pairs=("ecdsa", "rsa"), name="keel K"),
+        "K": lambda: keel_tls("--queue-delay-us", 0, "--status", pairs=("ecdsa", "rsa"), name="keel K"),
+        "N": lambda: keel_tls("--tls-no-tickets", name="keel N"),
         "O": lambda: keel_tls("--tls-ocsp", PKI.p("ecdsa.ocsp.der"), name="keel O",
                               pairs=[(PKI.p(n + "-full.pem"), PKI.p(n + ".key")) for n in ("ecdsa", "rsa", "bex")]),
         "T": lambda: keel_tls("--tls-handshake-timeout-ms", 300, "--status", name="keel T"),
@@ -1635,6 +1740,8 @@ def run_parts():
         ("ssl: pipelined requests, then the client's close_notify or FIN: all answered", "M", t_half_close),
         ("differential: the same bytes over TLS and plain TCP get the same answers", ("M", "plain"), t_differential),
         ("ssl: 64 concurrent clients, 5 requests each", "K", t_concurrent),
+        ("memory: 500 idle TLS connections hold no buffers", "K", t_idle_memory),
+        ("backpressure: a client that pipelines and never reads is stopped by its window", "M", t_backpressure),
         ("curl: ranges of a 5 MiB file", "M", t_ranges),
         ("s_client: TLS 1.3 KeyUpdate, either side", "M", t_key_update),
         ("s_client: -alpn, -servername, -status", "M", t_s_client),
@@ -1652,6 +1759,7 @@ def run_parts():
         ("chain: a leaf behind an intermediate, trusted by the root", "C", t_chain),
         ("protocols: --tls-protocols and --tls-ciphers", ("P2", "P3", "P23"), t_protocols),
         ("resumption across 2 workers", "W", t_resume_workers),
+        ("resumption: --tls-no-tickets", "N", t_no_tickets),
         ("resumption: another keel process does not take the ticket", ("M", "T"), t_resume_elsewhere),
         ("bad flags: refused at start", None, t_bad_flags),
     ]
