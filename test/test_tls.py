@@ -1600,7 +1600,8 @@ def t_idle_memory(K):
         r1 = K.rss_kib()
         per = (r1 - r0) / 500
         print("  RSS %d KiB -> %d KiB: %.1f KiB per idle TLS connection" % (r0, r1, per))
-        check(per < 64, "RSS per idle TLS connection %.1f KiB (%d -> %d KiB): buffers held while idle?" % (per, r0, r1))
+        # (a sanitizer's redzones and quarantine make RSS say nothing about buffers there)
+        check(SLOW_BUILD or per < 64, "RSS per idle TLS connection %.1f KiB (%d -> %d KiB): buffers held while idle?" % (per, r0, r1))
         eq(tls_counter(status(K.port), "conns"), 501, "tls_conns with 500 idle connections and the status request's")
     finally:
         for s in conns:
