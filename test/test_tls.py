@@ -713,14 +713,22 @@ def resume(port, c, what):
         sess = s.session
         v = s.version()
     check(sess is not None and sess.has_ticket, "%s: no session ticket from the server (%r)" % (what, sess))
+    offered = sess
     for i in range(2):
-        s = tls_connect(port, c, session=sess)
+        s = tls_connect(port, c, session=offered)
         with s:
             reused = s.session_reused
             s.sendall(get_req("/hello.txt"))
             st, _, body = Reader(s.recv).response(what + ", resumed connection")
-        eq((st, body, reused), (200, HELLO, True), "%s (%s), connection %d with the first's session: (status, body, reused)"
-           % (what, v, i + 2))
+            fresh = s.session
+        eq((st, body, reused), (200, HELLO, True), "%s (%s), connection %d with %s session: (status, body, reused)"
+           % (what, v, i + 2, "the first's" if i == 0 else "the second's fresh"))
+        if v == "TLSv1.3":
+            # RFC 8446 C.4: a ticket is for one use; a resumed connection brings a fresh one,
+            # which the next connection offers (a new ticket, a new session id).
+            check(fresh is not None and fresh.has_ticket and fresh.id != offered.id,
+                  "%s: no fresh ticket on resumed connection %d" % (what, i + 2))
+            offered = fresh
 
 
 def t_resume12(M):
