@@ -5,18 +5,22 @@ so the test decides which bytes go on the wire when) for the bad input.
 
 A throwaway PKI is made with the openssl CLI in a temporary directory: a root
 CA; an ECDSA P-256 leaf and an RSA-2048 leaf for localhost and 127.0.0.1; an
-ECDSA leaf for b.example (SNI); a leaf behind an intermediate CA; a client CA
-with a client certificate, and a client certificate from the wrong CA. Each
-leaf's subject has its own O= (keel-ecdsa, keel-rsa, keel-b, keel-chain), and
-certificates are told apart by their DER bytes where a client gives them.
+ECDSA leaf for b.example (SNI) and one for *.w.example; a leaf behind an
+intermediate CA; a client CA with a client certificate, and a client
+certificate from the wrong CA; an OCSP response about the ECDSA leaf; the
+ECDSA key under a passphrase. Each leaf's subject has its own O= (keel-ecdsa,
+keel-rsa, keel-b, keel-wild, keel-chain), and certificates are told apart by
+their DER bytes where a client gives them. (Python's ssl cannot set signature
+algorithms: TLS 1.3's choice between the ECDSA and the RSA certificate is
+driven with s_client -sigalgs, TLS 1.2's with Python and the cipher suites.)
 
 Servers (keel serve --workers 1 on 127.0.0.1 port 0, each started when a part
 first needs it and stopped by its PID; all must exit 0 on SIGTERM at the end):
   M  ECDSA + RSA + b.example + *.w.example pairs, --status: the ordinary cases
   K  ECDSA + RSA, --queue-delay-us 0, --status: 64 concurrent clients, 500 idle ones
-  N  --tls-no-tickets
   plain  keel serve without TLS on the same directory, to compare answers with
-  O  ECDSA + RSA + b.example, --tls-ocsp with a response about the ECDSA certificate
+  O  ECDSA + RSA + b.example (each file with the root after the leaf), --tls-ocsp
+     with a response about the ECDSA certificate
   T  --tls-handshake-timeout-ms 300, --status
   H  --tls-handshakes-max 2, --status
   A  --tls-client-ca (mTLS)
@@ -24,6 +28,9 @@ first needs it and stopped by its PID; all must exit 0 on SIGTERM at the end):
   P2 --tls-protocols TLSv1.2 --tls-ciphers ECDHE-ECDSA-CHACHA20-POLY1305
   P3 --tls-protocols TLSv1.3;  P23 --tls-protocols "TLSv1.3 TLSv1.2"
   W  --workers 2 (session tickets across workers)
+  N  --tls-no-tickets
+Under a sanitizer build, shedding (--queue-delay-us) is off and RSS is not
+judged.
 
 Every wait has a deadline and every loop a bound. Runs under the backend in
 KEEL_BACKEND. Usage: test_tls.py [part-name-substring ...]
