@@ -5,15 +5,20 @@ Good files: static routes with the longest prefix winning, the status
 handler (exact match), upstream routes, limits that reach the server,
 server_name, an access log and static roots relative to the file. Bad
 files: every kind of mistake must exit 1 with "FILE:LINE: message" naming
-the right line. keel proxy's flag errors exit 2.
+the right line. keel proxy's flag errors exit 2. TLS: a file with
+tls_cert/tls_key pairs serves HTTPS (curl --cacert, SNI picking the pair),
+keel proxy --tls-cert too; -t refuses keys that do not match, missing files,
+unpaired lines, old protocols and expired certificates at the right line,
+and warns about one that expires soon (certificates made with the openssl
+command in a temporary directory).
 
 Assertions marked PROXY go through keel's reverse proxy to a real upstream
 (build/test/http_testsrv or keel serve); a failing one is recorded and
 listed at the end so the rest still runs. Runs under the backend in
 KEEL_BACKEND."""
-import os, shutil, sys, tempfile, time
+import os, shutil, subprocess, sys, tempfile, time
 
-from keeltest import KEEL, TESTSRV, Proc, Skip, check, fail, main, request, run_keel
+from keeltest import CURL, KEEL, TESTSRV, Proc, Skip, check, curl, fail, main, request, run_keel
 
 proxy_passed = []   # PROXY assertions that held against the real proxy,
 proxy_failed = []   # ... and the ones that did not (reported at the end: the rest still runs)
@@ -382,6 +387,169 @@ def proxy_flags():
     print("keel proxy flag errors -> 2, --help: ok")
 
 
+# ---- TLS -------------------------------------------------------------------------------------
+
+def openssl(*args, cwd):
+    r = subprocess.run(["openssl", *args], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=60)
+    check(r.returncode == 0, f"openssl {' '.join(args)}: {r.stderr}")
+
+
+def self_signed(d, name, cn, days, san):
+    """name.pem and name.key in d: an ECDSA P-256 certificate for cn, valid for days."""
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            name + ".key", "-out", name + ".pem", "-days", str(days), "-subj", "/CN=" + cn,
+            "-addext", "subjectAltName=" + san, cwd=d)
+
+
+def expired_cert(d):
+    """expired.pem and expired.key in d, valid in January 2020 only. openssl req and x509 take
+    no date in the past (-days must be positive; -not_after came in 3.4), so a throwaway CA
+    signs it with openssl ca -startdate/-enddate. False if that cannot be done here."""
+    ca = os.path.join(d, "ca")
+    os.makedirs(ca)
+    write(os.path.join(ca, "index.txt"), "")
+    write(os.path.join(ca, "serial"), "01\n")
+    write(os.path.join(ca, "ca.cnf"), "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nserial = serial\n"
+          "new_certs_dir = .\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n")
+    try:
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=keel test CA", cwd=ca)
+        openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                "../expired.key", "-out", "expired.csr", "-subj", "/CN=localhost", cwd=ca)
+        openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-startdate",
+                "20200101000000Z", "-enddate", "20200201000000Z", "-in", "expired.csr", "-out", "../expired.pem",
+                cwd=ca)
+    except AssertionError as e:
+        print(f"tls: cannot make an expired certificate here, that case is skipped: {e}")
+        return False
+    return True
+
+
+def tls_https_get(port, path, cacert, name="localhost"):
+    """GET https://name:port/path with curl, name resolved to 127.0.0.1 (SNI sends it)."""
+    r = curl("--cacert", cacert, "--resolve", f"{name}:{port}:127.0.0.1", f"https://{name}:{port}{path}", text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+def tls(tmp):
+    if not shutil.which("openssl") or not CURL:
+        print("tls: skipped (no openssl or no curl)")
+        return
+    d = os.path.join(tmp, "tls")
+    os.makedirs(d)
+    www = os.path.join(tmp, "www")
+    self_signed(d, "good", "localhost", 30, "DNS:localhost,IP:127.0.0.1")
+    self_signed(d, "other", "other.test", 30, "DNS:other.test")
+    self_signed(d, "soon", "soon.test", 5, "DNS:soon.test")
+    have_expired = expired_cert(d)
+
+    # Paths relative to the file's directory; lines 1-3 are the [server] head.
+    H = "[server]\nlisten = 127.0.0.1:0\nworkers = 2\n"
+    R = "[route /]\nstatic = " + www + "\n[route /_keel/status]\nmatch = exact\nhandler = status\n"
+    good = write(os.path.join(d, "good.conf"), H + "tls_cert = good.pem\ntls_key = good.key\n"
+                 "tls_cert = other.pem\ntls_key = other.key\ntls_protocols = TLSv1.2 TLSv1.3\n"
+                 "tls_handshakes_max = 100\ntls_handshake_timeout_ms = 5000\ntls_tickets = off\n" + R)
+    r = keel_run("-t", "-c", good)
+    check(r.returncode == 0 and r.stdout == f"keel: {good}: ok\n" and not r.stderr,
+          f"-t on a good TLS file: exit {r.returncode} {r.stdout!r} {r.stderr!r}")
+    print("tls: -t accepts two tls_cert/tls_key pairs and the settings: ok")
+
+    srv = Proc([KEEL, "-c", good], cwd="/")
+    try:
+        p = srv.port
+        check(f"config (https) {good} listening on" in srv.text(), f"the listening line says https: {srv.text()!r}")
+        rc, out, err = tls_https_get(p, "/a.txt", os.path.join(d, "good.pem"))
+        check(rc == 0 and out == "a", f"curl --cacert good.pem https://localhost/a.txt: {rc} {out!r} {err!r}")
+        rc, out, err = tls_https_get(p, "/a.txt", os.path.join(d, "other.pem"), "other.test")
+        check(rc == 0 and out == "a", f"SNI other.test must get other.pem: {rc} {out!r} {err!r}")
+        rc, out, err = tls_https_get(p, "/_keel/status", os.path.join(d, "good.pem"))
+        check(rc == 0 and "tls_handshakes_total" in out and "\ntls_conns " in out, f"status page: {out!r} {err!r}")
+        st, _, _ = request(p, "/a.txt")
+        check(st == 400, f"plain HTTP to the HTTPS port: {st}, want 400")
+        print("tls: keel -c serves HTTPS, SNI picks the pair, TLS counters on the status page, "
+              "plain HTTP -> 400: ok")
+    finally:
+        stopped("keel -c (https)", srv)
+
+    # Bad files: (name, text, line, pieces of the message).
+    tc, tk = "tls_cert = good.pem\n", "tls_key = good.key\n"
+    cases = [
+        ("a key that does not match its certificate", H + tc + "tls_key = other.key\n" + R, 4,
+         ["tls_cert: ", "other.key", "mismatch"]),
+        ("the second pair's key does not match", H + tc + tk + "tls_cert = other.pem\ntls_key = good.key\n" + R, 6,
+         ["tls_cert: ", "good.key"]),
+        ("a missing certificate file", H + "tls_cert = nope.pem\n" + tk + R, 4,
+         ["tls_cert: ", "nope.pem", "No such file"]),
+        ("a missing key file", H + tc + "tls_key = nope.key\n" + R, 5, ["tls_key: ", "nope.key", "No such file"]),
+        ("a certificate without its key", H + tc + tk + "tls_cert = other.pem\n" + R, 6,
+         ["tls_cert without its tls_key", "2 tls_cert, 1 tls_key"]),
+        ("a key without a certificate", H + "tls_key = good.key\n" + R, 4, ["tls_key without its tls_cert"]),
+        ("tls_protocols TLSv1.1", H + tc + tk + "tls_protocols = TLSv1.1 TLSv1.2\n" + R, 6,
+         ["tls_protocols: ", "TLSv1.1"]),
+        ("a tls setting without a pair", H + "tls_tickets = off\n" + R, 4, ["tls_cert and tls_key"]),
+        ("tls_tickets not on or off", H + tc + tk + "tls_tickets = yes\n" + R, 6, ["tls_tickets"]),
+        ("tls_handshakes_max out of range", H + tc + tk + "tls_handshakes_max = 0\n" + R, 6, ["out of range"]),
+        ("tls_handshake_timeout_ms out of range", H + tc + tk + "tls_handshake_timeout_ms = 3600001\n" + R, 6,
+         ["out of range"]),
+        ("tls_protocols twice", H + tc + tk + "tls_protocols = TLSv1.3\ntls_protocols = TLSv1.2\n" + R, 7,
+         ["given twice"]),
+        ("a certificate file that is not one", H + "tls_cert = good.key\n" + tk + R, 4,
+         ["tls_cert: ", "good.key"]),
+        ("a missing client CA file", H + tc + tk + "tls_client_ca = nope.pem\n" + R, 6,
+         ["tls_client_ca: ", "No such file"]),
+        ("an OCSP file that is not one", H + tc + tk + "tls_ocsp = good.pem\n" + R, 6, ["tls_ocsp: "]),
+    ]
+    if have_expired:
+        cases.append(("an expired certificate", H + tc + tk + "tls_cert = expired.pem\ntls_key = expired.key\n" + R,
+                      6, ["tls_cert: ", "expired.pem", "expired"]))
+    for name, text, line, pieces in cases:
+        path = write(os.path.join(d, "bad.conf"), text)
+        for args in (["-t", "-c", path], ["-c", path]):
+            r = keel_run(*args)
+            what = f"{name} (keel {args[0]})"
+            check(r.returncode == 1, f"{what}: exit {r.returncode}, want 1 (stderr {r.stderr!r})")
+            check(r.stderr.startswith(f"{path}:{line}: "), f"{what}: stderr {r.stderr!r}, want {path}:{line}: ...")
+            for piece in pieces:
+                check(piece in r.stderr, f"{what}: stderr {r.stderr!r} lacks {piece!r}")
+            check(r.stderr.count("\n") == 1 and "listening" not in r.stderr, f"{what}: {r.stderr!r}")
+            check("BEGIN" not in r.stderr and "PRIVATE" not in r.stderr, f"{what}: key material in {r.stderr!r}")
+    print(f"tls: {len(cases)} kinds of bad TLS keys, each exit 1 at the right line, for -t and a run: ok"
+          + ("" if have_expired else " (without the expired certificate)"))
+
+    # Expiring within 14 days: a warning, and still ok.
+    soon = write(os.path.join(d, "soon.conf"), H + tc + tk + "tls_cert = soon.pem\ntls_key = soon.key\n" + R)
+    r = keel_run("-t", "-c", soon)
+    check(r.returncode == 0 and r.stdout == f"keel: {soon}: ok\n", f"-t, soon expiring: {r.returncode} {r.stdout!r}")
+    want = f"keel: {soon}: warning: certificate {os.path.join(d, 'soon.pem')} expires in "
+    check(r.stderr.startswith(want) and r.stderr.endswith(" days\n") and r.stderr.count("\n") == 1,
+          f"-t, soon expiring: stderr {r.stderr!r}, want {want!r}...")
+    print("tls: a certificate that expires in 5 days: a warning, status 0: ok")
+
+    # keel proxy --tls-cert/--tls-key.
+    up = Proc([TESTSRV, "--listen", "127.0.0.1:0"])
+    px = Proc([KEEL, "proxy", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{up.port}", "--workers", "1",
+               "--status", "--tls-cert", os.path.join(d, "good.pem"), "--tls-key", os.path.join(d, "good.key")])
+    try:
+        check("proxy (https) to 1 upstream listening on" in px.text(), f"keel proxy https line: {px.text()!r}")
+        rc, out, err = tls_https_get(px.port, "/_keel/status", os.path.join(d, "good.pem"))
+        check(rc == 0 and "tls_handshakes_total" in out, f"keel proxy --tls-cert status: {rc} {out!r} {err!r}")
+        print("tls: keel proxy --tls-cert/--tls-key listens for HTTPS: ok")
+        rc, out, err = tls_https_get(px.port, "/hello", os.path.join(d, "good.pem"))
+        got = (200 if rc == 0 else None, {}, out.encode())
+        proxy_expect("keel proxy over HTTPS: GET /hello", got, 200, b"Hello, World!")
+    finally:
+        stopped("keel proxy (https)", px)
+        up.stop()
+    gc, gk = os.path.join(d, "good.pem"), os.path.join(d, "good.key")
+    for args, want in [(["--tls-cert", gc], 2), (["--tls-key", gk], 2), (["--tls-cert", gc, "--tls-key", gc], 1),
+                       (["--tls-cert", gc, "--tls-key", os.path.join(d, "other.key")], 1)]:
+        r = keel_run("proxy", "--upstream", "127.0.0.1:1", "--listen", "127.0.0.1:0", *args)
+        check(r.returncode == want and r.stderr.strip() and "listening" not in r.stderr,
+              f"keel proxy {' '.join(args)}: exit {r.returncode}, want {want}: {r.stderr!r}")
+    print("tls: keel proxy with an unpaired --tls-cert/--tls-key exits 2, a bad key 1: ok")
+
+
 def test():
     for b in (KEEL, TESTSRV):
         if not os.access(b, os.X_OK):
@@ -395,6 +563,7 @@ def test():
         proxy_flags()
         good_run(tmp)
         proxy_cmd(tmp)
+        tls(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if proxy_passed:

@@ -249,6 +249,8 @@ keel_promise *keel_http_respond(keel_http_request *req, int status, const char *
                                 const char *body, size_t len);
 /* The client's address, the host alone ("127.0.0.1", "::1"); looked up once per connection. */
 const char *keel_http_request_peer(keel_http_request *req);
+/* Whether the request came over TLS (its scheme is https); false once its connection is gone. */
+bool keel_http_request_secure(keel_http_request *req);
 /* The request's context (arena), created on first use (never NULL); freed after the response is sent. */
 keel_ctx *keel_http_request_ctx(keel_http_request *req);
 const char *keel_http_status_text(int status);

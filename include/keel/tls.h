@@ -131,8 +131,7 @@ int keel_tls_server_init(keel_transport *t, keel_loop *loop, int fd, void *ud);
  * one); a session from an earlier connection to the same host is offered.
  * A failed verification fails the first receive and send with KEEL_ETLSCERT.
  */
-int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_endpoint *ep,
-                         const char *host);
+int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_endpoint *ep, const char *host);
 
 /* Whether t is a TLS transport; the ALPN protocol it agreed ("" before the handshake or none). */
 bool keel_tls_is(const keel_transport *t);

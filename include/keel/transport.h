@@ -52,6 +52,8 @@ typedef struct keel_transport_ops {
 	bool (*pending)(keel_transport *t);
 	/* The peer's address into ss; 0 or -errno. */
 	int (*peer)(keel_transport *t, struct sockaddr_storage *ss);
+	/* The bytes are protected on the wire (TLS): what a request's scheme is, https or http. */
+	bool secure;
 } keel_transport_ops;
 
 /*

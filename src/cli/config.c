@@ -65,6 +65,7 @@ void cli_config_init(cli_config *cfg)
 	cfg->workers = ncpu > 0 ? (int)(ncpu < 1024 ? ncpu : 1024) : 1;
 	cfg->grace_ms = 5000;
 	keel_http_config_default(&cfg->http);
+	keel_tls_config_default(&cfg->tls.cfg);
 	cfg->server_name = strdup("keel"); /* NULL on ENOMEM: no Server header, harmless */
 	cfg->http.server_name = cfg->server_name;
 }
@@ -85,6 +86,16 @@ void cli_config_fini(cli_config *cfg)
 		free(cfg->routes[i].dir);
 		free(cfg->routes[i].group);
 	}
+	struct cli_tls *t = &cfg->tls;
+	for (unsigned i = 0; i < t->ncerts; i++)
+		free(t->certs[i]);
+	for (unsigned i = 0; i < t->nkeys; i++)
+		free(t->keys[i]);
+	free(t->protocols);
+	free(t->ciphers);
+	free(t->client_ca);
+	free(t->ocsp);
+	keel_tls_ctx_free(t->ctx);
 	free(cfg->ups);
 	free(cfg->routes);
 	free(cfg->file);
@@ -143,6 +154,20 @@ int cli_upstream_add_server(struct cli_upstream *up, const char *addr)
 	if (!s[up->nservers])
 		return -ENOMEM;
 	up->nservers++;
+	return 0;
+}
+
+int cli_tls_add(struct cli_tls *t, bool key, const char *path, int line)
+{
+	unsigned *n = key ? &t->nkeys : &t->ncerts;
+	if (*n >= KEEL_TLS_CERTS_MAX)
+		return -E2BIG;
+	char *s = strdup(path);
+	if (!s)
+		return -ENOMEM;
+	(key ? t->keys : t->certs)[*n] = s;
+	(key ? t->key_lines : t->cert_lines)[*n] = line;
+	(*n)++;
 	return 0;
 }
 
@@ -250,6 +275,10 @@ struct num_key {
 	{                                                       \
 		key, FIELD(keel_http_config, field), sz, lo, hi \
 	}
+#define TLS_KEY(key, field, lo, hi)                               \
+	{                                                         \
+		key, FIELD(keel_tls_config, field), false, lo, hi \
+	}
 #define PROXY_KEY(key, field, lo, hi)                               \
 	{                                                           \
 		key, FIELD(keel_proxy_config, field), false, lo, hi \
@@ -272,6 +301,11 @@ static const struct num_key server_keys[] = {
     HTTP_KEY("send_timeout_ms", send_timeout_ms, false, 1, 3600000),
     HTTP_KEY("queue_delay_max_us", queue_delay_max_us, false, 0, 10000000),
     HTTP_KEY("inflight_max", inflight_max, false, 0, 10000000),
+};
+
+static const struct num_key tls_keys[] = {
+    TLS_KEY("tls_handshakes_max", handshakes_max, 1, 1000000),
+    TLS_KEY("tls_handshake_timeout_ms", handshake_timeout_ms, 1, 3600000),
 };
 
 static const struct num_key upstream_keys[] = {
@@ -465,7 +499,10 @@ static void section_begin(struct parser *p, char *s)
 
 /* ---- Keys ------------------------------------------------------------------ */
 
-/* Refuse a key given twice in one section; 'server' in [upstream] repeats. */
+/*
+ * Refuse a key given twice in one section. 'server' in [upstream] repeats,
+ * and so do tls_cert and tls_key in [server] (on_key): they come in pairs.
+ */
 static bool key_first(struct parser *p, const char *name)
 {
 	for (unsigned i = 0; i < p->nseen; i++)
@@ -485,6 +522,70 @@ static bool key_first(struct parser *p, const char *name)
 static void unknown_key(struct parser *p, const char *name, const char *where)
 {
 	perr(p, p->lineno, "unknown key '%s' in %s", name, where);
+}
+
+/* A file key: relative to the file's directory; an empty value clears it (NULL). */
+static bool set_path(struct parser *p, char **slot, const char *value)
+{
+	char *path = *value ? path_from_file(p, value) : NULL;
+	if (*value && !path) {
+		perr(p, p->lineno, "out of memory");
+		return false;
+	}
+	free(*slot);
+	*slot = path;
+	return true;
+}
+
+/*
+ * [server]'s tls_* keys. 1: handled (or an error recorded), 0: not one of
+ * them. Files are only named here; cli_config_check loads them.
+ */
+static int server_tls_key(struct parser *p, const char *name, const char *value)
+{
+	struct cli_tls *t = &p->cfg->tls;
+	bool key = strcmp(name, "tls_key") == 0;
+	if (key || strcmp(name, "tls_cert") == 0) {
+		if (!*value) {
+			perr(p, p->lineno, "%s: a file is needed", name);
+			return 1;
+		}
+		char *path = path_from_file(p, value);
+		int err = path ? cli_tls_add(t, key, path, p->lineno) : -ENOMEM;
+		free(path);
+		if (err == -E2BIG)
+			perr(p, p->lineno, "%s: at most %d certificates and keys", name, KEEL_TLS_CERTS_MAX);
+		else if (err)
+			perr(p, p->lineno, "out of memory");
+		return 1;
+	}
+	if (!set_num(p, tls_keys, sizeof(tls_keys) / sizeof(tls_keys[0]), &t->cfg, name, value)) {
+		if (strcmp(name, "tls_tickets") == 0) {
+			if (strcmp(value, "on") == 0)
+				t->cfg.tickets = true;
+			else if (strcmp(value, "off") == 0)
+				t->cfg.tickets = false;
+			else
+				perr(p, p->lineno, "tls_tickets: '%s' is not on or off", value);
+		} else if (strcmp(name, "tls_protocols") == 0) {
+			if (set_str(p, &t->protocols, value, true))
+				t->protocols_line = p->lineno;
+		} else if (strcmp(name, "tls_ciphers") == 0) {
+			if (set_str(p, &t->ciphers, value, true))
+				t->ciphers_line = p->lineno;
+		} else if (strcmp(name, "tls_client_ca") == 0) {
+			if (set_path(p, &t->client_ca, value))
+				t->client_ca_line = p->lineno;
+		} else if (strcmp(name, "tls_ocsp") == 0) {
+			if (set_path(p, &t->ocsp, value))
+				t->ocsp_line = p->lineno;
+		} else {
+			return 0;
+		}
+	}
+	if (!t->setting_line)
+		t->setting_line = p->lineno;
+	return 1;
 }
 
 static void server_key(struct parser *p, const char *name, const char *value)
@@ -520,15 +621,9 @@ static void server_key(struct parser *p, const char *name, const char *value)
 		if (set_str(p, &cfg->server_name, value, true))
 			cfg->http.server_name = cfg->server_name;
 	} else if (strcmp(name, "access_log") == 0) {
-		char *path = *value ? path_from_file(p, value) : NULL;
-		if (*value && !path) {
-			perr(p, p->lineno, "out of memory");
-			return;
-		}
-		free(cfg->access_log);
-		cfg->access_log = path;
-		cfg->access_log_line = p->lineno;
-	} else {
+		if (set_path(p, &cfg->access_log, value))
+			cfg->access_log_line = p->lineno;
+	} else if (strncmp(name, "tls_", 4) != 0 || !server_tls_key(p, name, value)) {
 		unknown_key(p, name, "[server]");
 	}
 }
@@ -688,7 +783,10 @@ static int on_key(void *user, const char *section, const char *name, const char 
 		return 0;
 	}
 	bool had_err = p->has_err;
-	if (!(p->sec == SEC_UPSTREAM && strcmp(name, "server") == 0) && !key_first(p, name))
+	bool repeats =
+	    (p->sec == SEC_UPSTREAM && strcmp(name, "server") == 0) ||
+	    (p->sec == SEC_SERVER && (strcmp(name, "tls_cert") == 0 || strcmp(name, "tls_key") == 0));
+	if (!repeats && !key_first(p, name))
 		return 0;
 	switch (p->sec) {
 	case SEC_SERVER: server_key(p, name, value); break;
@@ -784,6 +882,147 @@ int cli_config_load(cli_config *cfg, const char *file)
 	return cli_config_check(cfg);
 }
 
+/* ---- TLS ------------------------------------------------------------------- */
+
+/* Whether msg starts with path and a ':', as keel_tls_ctx_new names a file it blames. */
+static bool names_file(const char *msg, const char *path)
+{
+	size_t n = strlen(path);
+	return strncmp(msg, path, n) == 0 && msg[n] == ':';
+}
+
+/* How a message names the key: as the file spells it, or as keel proxy's flag. */
+static const char *pair_key(const cli_config *cfg, bool key)
+{
+	if (cfg->file)
+		return key ? "tls_key" : "tls_cert";
+	return key ? "--tls-key" : "--tls-cert";
+}
+
+/*
+ * A file keel_tls_ctx_new will read, opened first as static roots are: a
+ * missing one is then blamed on its own line, in words ("No such file or
+ * directory") rather than in OpenSSL's ("system lib").
+ */
+static int tls_file_check(const cli_config *cfg, const char *key, const char *path, int line)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return check_fail(cfg, line, "%s: %s: %s", key, path, strerror(errno));
+	close(fd);
+	return 0;
+}
+
+/* t's first n pairs and settings as a keel_tls_config; its strings point into t and certs. */
+static keel_tls_config tls_config(const struct cli_tls *t, keel_tls_cert *certs, unsigned n)
+{
+	keel_tls_config c = t->cfg;
+	for (unsigned i = 0; i < n; i++) {
+		certs[i].cert_file = t->certs[i];
+		certs[i].key_file = t->keys[i];
+	}
+	c.certs = certs;
+	c.ncerts = n;
+	c.protocols = t->protocols;
+	c.ciphers = t->ciphers;
+	c.ca_file = t->client_ca;
+	c.ocsp_file = t->ocsp;
+	return c;
+}
+
+/*
+ * keel_tls_ctx_new failed with msg: report it at the line of the key it is
+ * about. Its messages start with the key's name (tls_protocols:,
+ * tls_ciphers:) or with the file they blame. A pair's files may belong to
+ * more than one pair (one key for two certificates), so the pair is found by
+ * loading the pairs again, a growing prefix at a time: the first prefix that
+ * fails ends with it. At most KEEL_TLS_CERTS_MAX loads, on failure only.
+ */
+static int tls_fail(const cli_config *cfg, const char *msg)
+{
+	const struct cli_tls *t = &cfg->tls;
+	if (strncmp(msg, "tls_protocols:", strlen("tls_protocols:")) == 0)
+		return check_fail(cfg, t->protocols_line, "%s", msg);
+	if (strncmp(msg, "tls_ciphers:", strlen("tls_ciphers:")) == 0)
+		return check_fail(cfg, t->ciphers_line, "%s", msg);
+	if (t->client_ca && names_file(msg, t->client_ca))
+		return check_fail(cfg, t->client_ca_line, "tls_client_ca: %s", msg);
+	if (t->ocsp && names_file(msg, t->ocsp))
+		return check_fail(cfg, t->ocsp_line, "tls_ocsp: %s", msg);
+	unsigned bad = t->ncerts - 1;
+	for (unsigned n = 1; n < t->ncerts; n++) {
+		keel_tls_cert certs[KEEL_TLS_CERTS_MAX];
+		keel_tls_config c = tls_config(t, certs, n);
+		c.ocsp_file = NULL; /* read after every pair: not what failed */
+		keel_tls_ctx *ctx;
+		char scratch[512]; /* (an error buffer also clears OpenSSL's error queue) */
+		if (keel_tls_ctx_new(&ctx, &c, scratch, sizeof(scratch)) < 0) {
+			bad = n - 1;
+			break;
+		}
+		keel_tls_ctx_free(ctx);
+	}
+	return check_fail(cfg, t->cert_lines[bad], "%s: %s", pair_key(cfg, false), msg);
+}
+
+/*
+ * The TLS keys as a whole: pairs complete, no settings without a pair, and
+ * the context made -- every certificate, chain and key read and matched
+ * here, in the main thread, before any worker starts.
+ */
+static int tls_check(cli_config *cfg)
+{
+	struct cli_tls *t = &cfg->tls;
+	keel_tls_ctx_free(t->ctx);
+	t->ctx = NULL;
+	if (t->ncerts != t->nkeys) {
+		bool cert = t->ncerts > t->nkeys;
+		unsigned i = cert ? t->nkeys : t->ncerts; /* the first without its partner */
+		return check_fail(cfg, cert ? t->cert_lines[i] : t->key_lines[i],
+		                  "%s without its %s (%u tls_cert, %u tls_key: the i-th tls_key goes with "
+		                  "the i-th tls_cert)",
+		                  cert ? "tls_cert" : "tls_key", cert ? "tls_key" : "tls_cert", t->ncerts,
+		                  t->nkeys);
+	}
+	if (!t->ncerts)
+		return t->setting_line ? check_fail(cfg, t->setting_line,
+		                                    "tls_* settings need a certificate: tls_cert and tls_key")
+		                       : 0;
+	for (unsigned i = 0; i < t->ncerts; i++)
+		if (tls_file_check(cfg, pair_key(cfg, false), t->certs[i], t->cert_lines[i]) ||
+		    tls_file_check(cfg, pair_key(cfg, true), t->keys[i], t->key_lines[i]))
+			return CLI_FAIL;
+	if ((t->client_ca && tls_file_check(cfg, "tls_client_ca", t->client_ca, t->client_ca_line)) ||
+	    (t->ocsp && tls_file_check(cfg, "tls_ocsp", t->ocsp, t->ocsp_line)))
+		return CLI_FAIL;
+	keel_tls_cert certs[KEEL_TLS_CERTS_MAX];
+	keel_tls_config c = tls_config(t, certs, t->ncerts);
+	char err[512];
+	if (keel_tls_ctx_new(&t->ctx, &c, err, sizeof(err)) < 0)
+		return tls_fail(cfg, err);
+	const char *file; /* borrowed from the context */
+	int days = keel_tls_ctx_expiry_days(t->ctx, &file);
+	if (days < 0) {
+		unsigned i = 0;
+		while (i < t->ncerts - 1 && strcmp(t->certs[i], file) != 0)
+			i++;
+		int rc = check_fail(cfg, t->cert_lines[i], "%s: %s has expired", pair_key(cfg, false), file);
+		keel_tls_ctx_free(t->ctx);
+		t->ctx = NULL;
+		return rc;
+	}
+	if (days < CLI_TLS_EXPIRY_WARN_DAYS) {
+		char msg[512];
+		if (days == 0)
+			snprintf(msg, sizeof(msg), "warning: certificate %s expires within a day", file);
+		else
+			snprintf(msg, sizeof(msg), "warning: certificate %s expires in %d day%s", file, days,
+			         days == 1 ? "" : "s");
+		report(cfg->file, 0, msg);
+	}
+	return 0;
+}
+
 /* ---- The whole ------------------------------------------------------------- */
 
 int cli_config_check(cli_config *cfg)
@@ -848,5 +1087,5 @@ int cli_config_check(cli_config *cfg)
 			return check_fail(cfg, cfg->access_log_line, "access_log: %s: %s", cfg->access_log,
 			                  strerror(err));
 	}
-	return 0;
+	return tls_check(cfg);
 }

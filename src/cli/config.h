@@ -1,8 +1,8 @@
 /*
  * keel's site configuration: what `keel -c FILE` runs and what `keel proxy`
- * builds from its flags. One listen address, the HTTP server's limits, named
- * groups of upstream servers, and routes from a path (prefix or exact) to
- * static files, an upstream group or a built-in handler.
+ * builds from its flags. One listen address (plain HTTP or HTTPS), the HTTP
+ * server's limits, named groups of upstream servers, and routes from a path
+ * (prefix or exact) to static files, an upstream group or a built-in handler.
  *
  * The design idea: a file and the command line build the same in-memory
  * cli_config, and one checker (cli_config_check) and one runner
@@ -17,6 +17,7 @@
 
 #include "keel/http.h"
 #include "keel/proxy.h"
+#include "keel/tls.h"
 
 enum cli_route_kind { CLI_ROUTE_NONE, CLI_ROUTE_STATIC, CLI_ROUTE_UPSTREAM, CLI_ROUTE_HANDLER };
 
@@ -24,6 +25,9 @@ enum cli_handler { CLI_HANDLER_STATUS };
 
 /* Limits on what a configuration may hold (a limit on everything). */
 enum { CLI_ROUTES_MAX = 1024, CLI_UPSTREAMS_MAX = 256, CLI_SERVERS_MAX = 256 };
+
+/* A certificate that expires within this many days gets a warning from cli_config_check. */
+enum { CLI_TLS_EXPIRY_WARN_DAYS = 14 };
 
 struct cli_upstream {
 	char *name;
@@ -49,6 +53,28 @@ struct cli_route {
 	enum cli_handler handler; /* CLI_ROUTE_HANDLER */
 };
 
+/*
+ * HTTPS on the listener: [server]'s tls_* keys (keel proxy's --tls-cert and
+ * --tls-key). The i-th key goes with the i-th certificate. The context is
+ * made once, by cli_config_check in the main thread, and every worker makes
+ * its keel_tls_endpoint from it.
+ */
+struct cli_tls {
+	char *certs
+	    [KEEL_TLS_CERTS_MAX]; /* tls_cert, in order (a relative one joined to the file's directory) */
+	char *keys[KEEL_TLS_CERTS_MAX]; /* tls_key, in order */
+	int cert_lines[KEEL_TLS_CERTS_MAX];
+	int key_lines[KEEL_TLS_CERTS_MAX];
+	unsigned ncerts, nkeys;
+	char *protocols, *ciphers; /* NULL: keel_tls_config's defaults */
+	char *client_ca, *ocsp;    /* NULL: off */
+	int protocols_line, ciphers_line, client_ca_line, ocsp_line;
+	int setting_line; /* of the first tls_* key other than tls_cert and tls_key; 0: none */
+	keel_tls_config
+	    cfg;           /* handshakes_max, handshake_timeout_ms, tickets; the rest is set from the above */
+	keel_tls_ctx *ctx; /* made by cli_config_check when there are pairs; NULL: plain HTTP */
+};
+
 typedef struct cli_config {
 	char *file;      /* for messages ("FILE:LINE: ..."); NULL when built from flags */
 	char *listen;    /* ADDR:PORT, numeric */
@@ -61,6 +87,7 @@ typedef struct cli_config {
 	char *server_name;     /* NULL: no Server header */
 	char *access_log;      /* NULL: off */
 	int access_log_line;
+	struct cli_tls tls;
 	struct cli_upstream *ups;
 	unsigned nups;
 	struct cli_route *routes;
@@ -87,20 +114,30 @@ int cli_config_load(cli_config *cfg, const char *file);
 struct cli_upstream *cli_config_add_upstream(cli_config *cfg, const char *name, int line);
 struct cli_route *cli_config_add_route(cli_config *cfg, const char *path, int line);
 int cli_upstream_add_server(struct cli_upstream *up, const char *addr);
+/*
+ * Append a certificate file (key false) or a key file (key true) to the
+ * pairs, with the line it was given on (0 from flags); the path is copied.
+ * 0, -E2BIG (past KEEL_TLS_CERTS_MAX) or -ENOMEM.
+ */
+int cli_tls_add(struct cli_tls *t, bool key, const char *path, int line);
 
 /*
  * The checks that need the whole configuration: a listen address that
  * parses, at least one route, every route with a target, every group a route
  * names defined and with servers, static roots that are directories, an
- * access log that can be created. Prints the first problem to stderr and
- * returns CLI_FAIL, or returns 0.
+ * access log that can be created, TLS keys in pairs whose certificates and
+ * keys load and match (this makes cfg->tls.ctx; a certificate that expires
+ * within CLI_TLS_EXPIRY_WARN_DAYS is a warning on stderr, an expired one an
+ * error). Prints the first problem to stderr and returns CLI_FAIL, or
+ * returns 0. Called again, it makes the TLS context anew.
  */
 int cli_config_check(cli_config *cfg);
 
 /*
  * Run cfg (checked) on cfg->workers threads until SIGINT/SIGTERM, then stop
- * gracefully. what names the site in the "listening on" line. Returns a CLI
- * exit status.
+ * gracefully. what names the site in the "listening on" line ("config
+ * (https) FILE": the caller says https when cfg->tls.ctx is set, as keel
+ * serve does). Returns a CLI exit status.
  */
 int cli_config_run(cli_config *cfg, const char *what);
 

@@ -1,9 +1,10 @@
 /*
  * keel proxy: a reverse proxy from the command line. The flags build the
  * configuration a file would -- one [upstream default] group and one
- * [route /] to it, plus /_keel/status with --status -- and the same runner
- * (site.c) runs it.
+ * [route /] to it, plus /_keel/status with --status, and tls_cert/tls_key
+ * pairs with --tls-cert/--tls-key -- and the same runner (site.c) runs it.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,8 @@ static void proxy_usage(FILE *f)
 	      "  --workers N           worker threads (default: online CPUs)\n"
 	      "  --balance MODE        round_robin (default) or least_conn\n"
 	      "  --status              serve live counters at /_keel/status (each worker its own)\n"
+	      "  --tls-cert FILE       listen for HTTPS with this certificate (PEM, chain after the leaf)\n"
+	      "  --tls-key FILE        and this key; repeat both for more (ECDSA and RSA, other names)\n"
 	      "Every other setting: a configuration file (keel -c FILE, docs/config.md).\n",
 	      f);
 }
@@ -33,6 +36,8 @@ int cli_proxy(int argc, char **argv)
 	    {"workers", required_argument, NULL, 'w'},
 	    {"balance", required_argument, NULL, 'b'},
 	    {"status", no_argument, NULL, 's'},
+	    {"tls-cert", required_argument, NULL, 'C'},
+	    {"tls-key", required_argument, NULL, 'K'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -81,6 +86,21 @@ int cli_proxy(int argc, char **argv)
 			}
 			break;
 		case 's': status = true; break;
+		case 'C':
+		case 'K': {
+			int err = cli_tls_add(&cfg.tls, c == 'K', optarg, 0);
+			if (err == -E2BIG) {
+				fprintf(stderr, "keel proxy: at most %d --tls-cert/--tls-key pairs\n",
+				        KEEL_TLS_CERTS_MAX);
+				goto out;
+			}
+			if (err < 0) {
+				fprintf(stderr, "keel proxy: out of memory\n");
+				rc = CLI_FAIL;
+				goto out;
+			}
+			break;
+		}
 		case 'h':
 			proxy_usage(stdout);
 			rc = CLI_OK;
@@ -112,6 +132,13 @@ int cli_proxy(int argc, char **argv)
 		        listen);
 		goto out;
 	}
+	if (cfg.tls.ncerts != cfg.tls.nkeys) {
+		fprintf(stderr,
+		        "keel proxy: each --tls-cert needs its --tls-key (%u certificates, %u keys)\n",
+		        cfg.tls.ncerts, cfg.tls.nkeys);
+		proxy_usage(stderr);
+		goto out;
+	}
 	rc = CLI_FAIL;
 	cfg.listen = strdup(listen);
 	struct cli_route *r = cli_config_add_route(&cfg, "/", 0);
@@ -133,7 +160,8 @@ int cli_proxy(int argc, char **argv)
 	if (cli_config_check(&cfg) != 0)
 		goto out;
 	char what[128];
-	snprintf(what, sizeof(what), "proxy to %u upstream%s", up->nservers, up->nservers == 1 ? "" : "s");
+	snprintf(what, sizeof(what), "proxy%s to %u upstream%s", cfg.tls.ctx ? " (https)" : "", up->nservers,
+	         up->nservers == 1 ? "" : "s");
 	rc = cli_config_run(&cfg, what);
 out:
 	cli_config_fini(&cfg);

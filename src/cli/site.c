@@ -3,11 +3,12 @@
  * the runner `keel proxy` shares.
  *
  * Each worker thread builds the whole site on its own loop -- one HTTP
- * server, one proxy per upstream group, one static tree per static route --
- * so nothing is shared between threads. Stopping is serve.c's: stop
- * accepting, let connections finish within grace_ms, then free the server
- * and only after it the proxies, whose upstream connections close through
- * the loop.
+ * server, one proxy per upstream group, one static tree per static route,
+ * one TLS endpoint when the site is HTTPS -- so nothing is shared between
+ * threads but the TLS context, made once before they start (thread-safe).
+ * Stopping is serve.c's: stop accepting, let connections finish within
+ * grace_ms, then free the server and only after it the proxies, whose
+ * upstream connections close through the loop, and the TLS endpoint.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,11 +23,13 @@
 #include "config.h"
 #include "keel/proxy.h"
 #include "keel/static.h"
+#include "keel/tls.h"
 
 struct site_worker {
 	keel_http_server *srv;
-	keel_proxy **proxies;  /* one per upstream group */
-	keel_static **statics; /* one per route; NULL for routes that are not static */
+	keel_proxy **proxies;   /* one per upstream group */
+	keel_static **statics;  /* one per route; NULL for routes that are not static */
+	keel_tls_endpoint *tls; /* NULL: plain HTTP */
 	bool stopping;
 	char label[24]; /* the worker's number, for /_keel/status */
 };
@@ -124,12 +127,26 @@ static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		         keel_strerror(-ENOMEM));
 		goto out_free;
 	}
-	int err = keel_http_server_new(&w.srv, loop, &cfg->http);
+	keel_http_config http = cfg->http;
+	int err = 0;
+	if (cfg->tls.ctx && (err = keel_tls_endpoint_new(&w.tls, cfg->tls.ctx, loop)) < 0) {
+		keel_log(KEEL_LOG_ERROR, "worker %d: cannot set up TLS: %s", index, keel_strerror(err));
+		goto out_free;
+	}
+	if (w.tls) {
+		http.transport_init = keel_tls_server_init;
+		http.transport_ud = w.tls;
+	}
+	err = keel_http_server_new(&w.srv, loop, &http);
 	if (err < 0) {
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot set up the server: %s", index,
 		         keel_strerror(err));
 		goto out_free;
 	}
+	/* First, so that upstreams and static routes cannot use up the page's sources before it. */
+	if (w.tls && (err = keel_http_status_add(w.srv, NULL, NULL, cli_tls_metrics, w.tls)) < 0)
+		keel_log(KEEL_LOG_WARN, "worker %d: TLS counters not on the status page: %s", index,
+		         keel_strerror(err));
 	if (site_build(loop, &w, cfg) < 0)
 		goto out_free;
 	err = keel_http_server_start(w.srv, lfd);
@@ -156,6 +173,7 @@ out_free:
 	for (unsigned i = 0; w.statics && i < cfg->nroutes; i++)
 		if (w.statics[i])
 			keel_static_free(w.statics[i]);
+	keel_tls_endpoint_free(w.tls); /* (after the server: its connections are gone) */
 	free(w.proxies);
 	free(w.statics);
 	close(lfd);
@@ -198,7 +216,9 @@ static void site_usage(FILE *f)
 	      "       keel -t -c FILE     check FILE and exit: 0 and \"keel: FILE: ok\", or\n"
 	      "                           1 and \"FILE:LINE: problem\" on stderr\n"
 	      "  -c, --config FILE   the configuration (INI: keel.conf.example, docs/config.md)\n"
-	      "  -t, --test          check only: syntax, values, static roots, addresses\n",
+	      "  -t, --test          check only: syntax, values, static roots, addresses,\n"
+	      "                      TLS certificates and keys (a warning if one expires\n"
+	      "                      within 14 days)\n",
 	      f);
 }
 
@@ -247,7 +267,7 @@ int cli_site(int argc, char **argv)
 		printf("keel: %s: ok\n", file);
 	else if (rc == 0) {
 		char what[300];
-		snprintf(what, sizeof(what), "config %s", file);
+		snprintf(what, sizeof(what), "config%s %s", cfg.tls.ctx ? " (https)" : "", file);
 		rc = cli_config_run(&cfg, what);
 	}
 	cli_config_fini(&cfg);

@@ -1035,11 +1035,17 @@ static const char *h1_peer(keel_http_request *r)
 	return keel__h1_peer(r->conn);
 }
 
+static bool h1_secure(keel_http_request *r)
+{
+	return r->conn->tp.ops->secure;
+}
+
 const struct keel__http_proto keel__h1_proto = {
     .handler_done = h1_handler_done,
     .answered = h1_answered,
     .body_read = h1_body_read,
     .peer = h1_peer,
+    .secure = h1_secure,
 };
 
 /* Stopping: idle connections close now, the others once their last answer is out. */

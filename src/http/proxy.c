@@ -372,7 +372,7 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	h[n].name = KEEL_STR("X-Forwarded-For");
 	h[n++].value = join(ctx, xff, peer, strlen(peer));
 	h[n].name = KEEL_STR("X-Forwarded-Proto");
-	h[n++].value = KEEL_STR("http");
+	h[n++].value = keel_http_request_secure(req) ? KEEL_STR("https") : KEEL_STR("http");
 	if (px->via_len) {
 		h[n].name = KEEL_STR("Via");
 		h[n++].value = join(ctx, via, px->via, px->via_len);

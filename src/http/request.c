@@ -430,3 +430,8 @@ const char *keel_http_request_peer(keel_http_request *req)
 {
 	return req->conn ? req->proto->peer(req) : "-";
 }
+
+bool keel_http_request_secure(keel_http_request *req)
+{
+	return req->conn && req->proto->secure(req);
+}

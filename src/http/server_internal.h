@@ -51,6 +51,8 @@ struct keel__http_proto {
 	void (*body_read)(keel_http_request *r, keel_promise *p);
 	/* The client's address, host alone ("127.0.0.1", "::1"); r->conn set. */
 	const char *(*peer)(keel_http_request *r);
+	/* Whether r came over a protected transport (TLS); r->conn set. */
+	bool (*secure)(keel_http_request *r);
 };
 
 /*

@@ -58,11 +58,12 @@
 #define FREE_KEEP 64     /* spare buffers an endpoint keeps, of each kind */
 #define SESS_CACHE 16    /* client: hosts whose last session is kept, per endpoint */
 #define TLS_RECORD 16384 /* the most plaintext one record holds */
+#define RQ_MAX 65536     /* ciphertext held unread: enough for a whole record, whatever the buffer size */
 
 /* Mozilla's "intermediate" configuration (v5.7): TLS 1.2's suites; TLS 1.3's are OpenSSL's. */
-#define INTERMEDIATE_CIPHERS                                                                            \
-	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"          \
-	"ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"            \
+#define INTERMEDIATE_CIPHERS                                                                       \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:" \
+	"ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"   \
 	"DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
 #define INTERMEDIATE_SUITES "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 #define INTERMEDIATE_GROUPS "X25519:P-256:P-384"
@@ -89,7 +90,7 @@ struct keel_tls_ctx {
 	pthread_mutex_t tk_mu;
 	struct ticket_key tk[2]; /* [0] encrypts; [1] the previous one, still decrypts */
 	uint32_t tk_life_s;
-	time_t not_after;        /* the earliest of all certificates' */
+	time_t not_after; /* the earliest of all certificates' */
 	char *not_after_file;
 };
 
@@ -120,6 +121,10 @@ struct keel_tls_endpoint {
 	bool hs_scheduled; /* an hs_run is due (a continuation, or hs_later for the next tick) */
 	keel_timer hs_later;
 	uint64_t hs_tick, hs_tick_ns; /* the tick handshakes last ran in, and their time in it */
+	/* The share: the current window's start (wall, thread CPU), its handshake time; the last window's verdict. */
+	uint64_t win_wall, win_cpu, win_hs_ns;
+	uint64_t last_hs_ns, last_other_ns;
+	bool saturated;
 	unsigned sess_next;
 	struct sess_slot sess[SESS_CACHE];
 	keel_tls_stats st;
@@ -285,11 +290,13 @@ static void probe_ktls(void)
 	int e = r < 0 ? errno : 0;
 	close(fd);
 	if (e == ENOENT)
-		ktls_note = "kernel TLS unavailable (setsockopt TCP_ULP \"tls\": no such ULP, a kernel without "
-		            "CONFIG_TLS): records are encrypted in user space";
+		ktls_note =
+		    "kernel TLS unavailable (setsockopt TCP_ULP \"tls\": no such ULP, a kernel without "
+		    "CONFIG_TLS): records are encrypted in user space";
 	else
-		ktls_note = "kernel TLS is present but keel does not offload to it yet: records are encrypted "
-		            "in user space";
+		ktls_note =
+		    "kernel TLS is present but keel does not offload to it yet: records are encrypted "
+		    "in user space";
 }
 
 static void init_once(void)
@@ -434,7 +441,8 @@ static int parse_protocols(const char *s, int *min, int *max, char *err, size_t 
 		size_t n = strcspn(s, " ,");
 		if (n) {
 			if (n >= sizeof(word)) {
-				set_err(err, errlen, "tls_protocols: '%.*s' is not TLSv1.2 or TLSv1.3", (int)n, s);
+				set_err(err, errlen, "tls_protocols: '%.*s' is not TLSv1.2 or TLSv1.3",
+				        (int)n, s);
 				return -EINVAL;
 			}
 			memcpy(word, s, n);
@@ -445,8 +453,10 @@ static int parse_protocols(const char *s, int *min, int *max, char *err, size_t 
 			} else if (strcmp(word, "TLSv1.3") == 0) {
 				v = TLS1_3_VERSION;
 			} else {
-				set_err(err, errlen, "tls_protocols: '%s' is not TLSv1.2 or TLSv1.3 (nothing older is offered)",
-				        word);
+				set_err(
+				    err, errlen,
+				    "tls_protocols: '%s' is not TLSv1.2 or TLSv1.3 (nothing older is offered)",
+				    word);
 				return -EINVAL;
 			}
 			lo = lo && lo < v ? lo : v;
@@ -504,14 +514,16 @@ static void cert_names(X509 *x, char *out, size_t outlen)
 			const unsigned char *d = ASN1_STRING_get0_data(s);
 			int w = snprintf(names[n], sizeof(names[n]), "%c:", g->type == GEN_DNS ? 'd' : 'i');
 			for (int j = 0; j < len && w < 250; j++)
-				w += snprintf(names[n] + w, sizeof(names[n]) - (size_t)w, g->type == GEN_DNS ? "%c" : "%02x",
+				w += snprintf(names[n] + w, sizeof(names[n]) - (size_t)w,
+				              g->type == GEN_DNS ? "%c" : "%02x",
 				              g->type == GEN_DNS ? (d[j] | 0x20) : d[j]);
 			n++;
 		}
 	}
 	GENERAL_NAMES_free(gens);
 	if (n == 0) {
-		X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, names[0], sizeof(names[0]));
+		X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, names[0],
+		                          sizeof(names[0]));
 		n = 1;
 	}
 	qsort(names, (size_t)n, sizeof(names[0]), name_cmp);
@@ -537,7 +549,8 @@ static SSL_CTX *ctx_base(keel_tls_ctx *ctx, const keel_tls_config *cfg, char *er
 	SSL_CTX_set_mode(sc, SSL_MODE_RELEASE_BUFFERS);
 	SSL_CTX_set_read_ahead(sc, 1);
 	if (!SSL_CTX_set_cipher_list(sc, cfg->ciphers ? cfg->ciphers : INTERMEDIATE_CIPHERS)) {
-		set_err(err, errlen, "tls_ciphers: no usable cipher in '%s'", cfg->ciphers ? cfg->ciphers : "");
+		set_err(err, errlen, "tls_ciphers: no usable cipher in '%s'",
+		        cfg->ciphers ? cfg->ciphers : "");
 		goto fail;
 	}
 	if (!SSL_CTX_set_ciphersuites(sc, cfg->ciphersuites ? cfg->ciphersuites : INTERMEDIATE_SUITES)) {
@@ -706,7 +719,8 @@ int keel_tls_ctx_new(keel_tls_ctx **out, const keel_tls_config *cfg, char *err, 
 		if (!(ctx->site[0] = ctx_base(ctx, cfg, err, errlen)))
 			goto fail;
 		ctx->nsites = 1;
-		if (cfg->ncerts && (rc = load_pair(ctx, ctx->site[0], &cfg->certs[0], &ctx->leaf[0], err, errlen)) < 0)
+		if (cfg->ncerts &&
+		    (rc = load_pair(ctx, ctx->site[0], &cfg->certs[0], &ctx->leaf[0], err, errlen)) < 0)
 			goto fail;
 		*out = ctx;
 		return 0;
@@ -718,7 +732,8 @@ int keel_tls_ctx_new(keel_tls_ctx **out, const keel_tls_config *cfg, char *err, 
 		FILE *f = cfg->certs[i].cert_file ? fopen(cfg->certs[i].cert_file, "r") : NULL;
 		if (!f) {
 			rc = cfg->certs[i].cert_file ? -errno : -EINVAL;
-			set_err(err, errlen, "%s: %s", cfg->certs[i].cert_file ? cfg->certs[i].cert_file : "(no cert file)",
+			set_err(err, errlen, "%s: %s",
+			        cfg->certs[i].cert_file ? cfg->certs[i].cert_file : "(no cert file)",
 			        strerror(-rc));
 			goto fail;
 		}
@@ -739,7 +754,8 @@ int keel_tls_ctx_new(keel_tls_ctx **out, const keel_tls_config *cfg, char *err, 
 		int slot = type == EVP_PKEY_EC ? 0 : type == EVP_PKEY_RSA ? 1 : 2;
 		if (s < ctx->nsites && site_types[s][slot]) {
 			rc = -EINVAL;
-			set_err(err, errlen, "%s: a second certificate of the same key type for the same names",
+			set_err(err, errlen,
+			        "%s: a second certificate of the same key type for the same names",
 			        cfg->certs[i].cert_file);
 			goto fail;
 		}
@@ -1011,7 +1027,7 @@ static void raw_ended(keel_ctx *ctx, keel_outcome o, void *ud);
 static int raw_data(void *ud, keel_buf *buf)
 {
 	struct tconn *tc = ud;
-	if (tc->closing || tc->fatal)
+	if (tc->closing || tc->fatal || tc->fail_after_send)
 		return KEEL_STOP; /* nothing more is read: discard */
 	keel_buf_hold(buf);
 	buf->next = NULL;
@@ -1025,12 +1041,13 @@ static int raw_data(void *ud, keel_buf *buf)
 	/* Nobody to hand plaintext to: what comes next waits in the kernel. */
 	bool stop = tc->hs_done && !tc->rx;
 	stop |= tc->rx && tc->raw_paced != tc->want_paced;
+	stop |= tc->rq_bytes >= RQ_MAX; /* (a handshake waiting for its turn reads no further) */
 	return stop || tc->fatal || tc->closing ? KEEL_STOP : KEEL_CONTINUE;
 }
 
 static void raw_start(struct tconn *tc)
 {
-	if (tc->raw || tc->raw_eof || tc->fatal || tc->closing)
+	if (tc->raw || tc->raw_eof || tc->fatal || tc->closing || tc->rq_bytes >= RQ_MAX)
 		return;
 	tc->raw_paced = tc->want_paced;
 	tc->raw = tc->raw_paced ? keel_recv_stream_paced(tc->loop, tc->fd, raw_data, tc)
@@ -1154,7 +1171,9 @@ static void deliver(struct tconn *tc)
 			continue;
 		if (e == SSL_ERROR_WANT_READ) {
 			if (tc->raw_eof)
-				rx_end(tc, 0); /* the end without close_notify: an EOF; HTTP's framing judges truncation */
+				rx_end(
+				    tc,
+				    0); /* the end without close_notify: an EOF; HTTP's framing judges truncation */
 			else if (tc->rx)
 				raw_start(tc);
 			return;
@@ -1172,15 +1191,21 @@ static void deliver(struct tconn *tc)
 
 /*
  * Handshakes are the expensive unit: a burst of new connections must not
- * take the loop from the connections already established. Each tick, the
- * handshakes waiting for their turn run after the tick's other work, and
- * only while their time stays under that work's (at least one runs per
- * tick, and all of them when nothing else is going on): under a storm,
- * established connections keep at least half of the loop, handshakes wait
- * within their deadline, and the ones over handshakes_max are closed on
- * arrival.
+ * take the loop from the connections already established. Handshakes with
+ * input wait on the endpoint's queue and run after the tick's other work
+ * (hs_run), under two rules:
+ *   - the share: when the loop's thread was busy (90% of a CPU or more)
+ *     over the last window, handshakes may take no more of it than
+ *     everything else did -- established connections keep at least half
+ *     of a saturated loop; when it was not busy, handshakes take what is
+ *     free;
+ *   - the slice: at most HS_SLICE_NS of handshakes per tick (and at least
+ *     one), so a tick stays short and the requests behind it wait little.
+ * The rest wait for the next tick, within their deadline; connections over
+ * handshakes_max are closed on arrival, before a byte is sent.
  */
-#define HS_ALONE_NS 100000 /* less other work than this in a tick: nothing competes */
+#define HS_SLICE_NS 1000000ull
+#define HS_WINDOW_NS 20000000ull
 
 static uint64_t mono_ns(void)
 {
@@ -1225,23 +1250,56 @@ static void hs_enqueue(struct tconn *tc)
 	hs_schedule(ep);
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Close the share's window when it is over: was the loop busy, and who used it. */
+static void hs_window(keel_tls_endpoint *ep, uint64_t now)
+{
+	if (ep->win_wall && now - ep->win_wall < HS_WINDOW_NS)
+		return;
+	uint64_t cpu = thread_cpu_ns();
+	if (ep->win_wall) {
+		uint64_t used = cpu - ep->win_cpu, wall = now - ep->win_wall;
+		ep->saturated = used * 10 >= wall * 9;
+		ep->last_hs_ns = ep->win_hs_ns;
+		ep->last_other_ns = used > ep->win_hs_ns ? used - ep->win_hs_ns : 0;
+	}
+	ep->win_wall = now;
+	ep->win_cpu = cpu;
+	ep->win_hs_ns = 0;
+}
+
+/* Whether the next handshake may run now (see above). */
+static bool hs_may_run(keel_tls_endpoint *ep)
+{
+	if (ep->hs_tick_ns >= HS_SLICE_NS)
+		return false;
+	if (!ep->saturated)
+		return true;
+	/* Busy: handshakes' time, this window and the last, against everything else's over the last. */
+	return ep->win_hs_ns + ep->last_hs_ns <= 2 * ep->last_other_ns;
+}
+
 static void hs_run(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	(void)o;
 	keel_tls_endpoint *ep = ud;
-	uint64_t start = keel_loop_now_ns(ep->loop); /* the tick's, from the end of its wait */
 	if (keel_loop_tick(ep->loop) != ep->hs_tick) {
 		ep->hs_tick = keel_loop_tick(ep->loop);
 		ep->hs_tick_ns = 0;
 	}
 	while (ep->hs_head) {
-		uint64_t now = mono_ns();
-		uint64_t spent = now > start ? now - start : 0;
-		uint64_t other = spent > ep->hs_tick_ns ? spent - ep->hs_tick_ns : 0;
-		if (ep->hs_tick_ns && other >= HS_ALONE_NS && ep->hs_tick_ns >= other) {
-			keel_timer_arm(ep->loop, &ep->hs_later, 0); /* the rest next tick */
-			return;
+		hs_window(ep, mono_ns());
+		uint64_t cpu0 = thread_cpu_ns(); /* (CPU, not wall: a preempted thread did no handshake) */
+		if (!hs_may_run(ep)) {
+			keel_timer_arm(ep->loop, &ep->hs_later, ep->hs_tick_ns >= HS_SLICE_NS ? 0 : 1);
+			return; /* the rest next tick (the share: a little later) */
 		}
 		struct tconn *tc = ep->hs_head;
 		ep->hs_head = tc->hs_next;
@@ -1251,7 +1309,9 @@ static void hs_run(keel_ctx *ctx, keel_outcome o, void *ud)
 		tc->hs_turn = true;
 		pump(tc);
 		tc->hs_turn = false;
-		ep->hs_tick_ns += mono_ns() - now;
+		uint64_t took = thread_cpu_ns() - cpu0;
+		ep->hs_tick_ns += took;
+		ep->win_hs_ns += took;
 		tc->refs--;
 		finish_close(tc);
 	}
@@ -1608,7 +1668,8 @@ static keel_promise *tls_close(keel_transport *t)
 	t->impl = NULL;
 	t->fd = -1;
 	/* A clean end says so (close_notify), if the socket takes it at once: never wait for a peer. */
-	if (tc->hs_done && !tc->fatal && !tc->send && !tc->out_len && !(SSL_get_shutdown(tc->ssl) & SSL_SENT_SHUTDOWN)) {
+	if (tc->hs_done && !tc->fatal && !tc->send && !tc->out_len &&
+	    !(SSL_get_shutdown(tc->ssl) & SSL_SENT_SHUTDOWN)) {
 		ERR_clear_error();
 		SSL_shutdown(tc->ssl);
 		if (tc->out_len)
@@ -1621,12 +1682,21 @@ static keel_promise *tls_close(keel_transport *t)
 	keel_promise *p = tc->close_p;
 	if (tc->raw)
 		keel_promise_cancel(tc->raw);
-	if (tc->send)
+	/* An alert (a few bytes to a socket that takes them at once) still goes; a stuck body does not. */
+	bool alert = (tc->fatal == KEEL_ETLS || tc->fatal == KEEL_ETLSCERT) && tc->fly_len <= 1024;
+	if (tc->send && !alert)
 		keel_promise_cancel(tc->send);
 	if (tc->fread)
 		keel_promise_cancel(tc->fread);
 	finish_close(tc);
 	return p;
+}
+
+static void rx_cancel(keel_promise *p, void *ud)
+{
+	struct tconn *tc = ud;
+	if (tc->rx == p)
+		rx_end(tc, -ECANCELED); /* no more calls to the consumer's fn */
 }
 
 static keel_promise *tls_recv(keel_transport *t, keel_recv_fn fn, void *ud, bool paced)
@@ -1641,7 +1711,7 @@ static keel_promise *tls_recv(keel_transport *t, keel_recv_fn fn, void *ud, bool
 	tc->want_paced = paced;
 	tc->rx = keel_promise_new(t->loop);
 	keel_promise *p = tc->rx;
-	/* A cancel settles it at once (no hook): nothing of the consumer's is lent out. */
+	keel_promise_on_cancel(p, rx_cancel, tc);
 	if (tc->raw && tc->raw_paced != paced)
 		keel_promise_cancel(tc->raw); /* restarted in the pace asked for (raw_ended) */
 	pump(tc);
@@ -1671,6 +1741,7 @@ static const keel_transport_ops tls_ops = {
     .close = tls_close,
     .pending = tls_pending,
     .peer = tls_peer,
+    .secure = true,
 };
 
 static struct tconn *conn_new(keel_tls_endpoint *ep, keel_loop *loop, int fd, SSL_CTX *sc)
@@ -1746,8 +1817,7 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 	return 1; /* we keep the reference */
 }
 
-int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_endpoint *ep,
-                         const char *host)
+int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_endpoint *ep, const char *host)
 {
 	keel_tls_ctx *ctx = ep->ctx;
 	if (!ctx->client)
