@@ -697,8 +697,10 @@ if has_part storm; then
 			t0=$(now_us)
 			if [[ $phase == storm ]]; then
 				s0=$(now_us)
-				bench_client $((storm_len + 60)) chrt --idle 0 h2load --h1 -r "$per" --rate-period 100ms \
-					-c "$nconn" -n "$nconn" -N 2s "$url" >"$work/$name.storm.out" 2>&1 &
+				# -N and -T bound each connection: the run ends a few seconds
+				# after the last is opened, even when SYNs go unanswered.
+				bench_client $((storm_len + 90)) chrt --idle 0 h2load --h1 -r "$per" --rate-period 100ms \
+					-c "$nconn" -n "$nconn" -N 2s -T 5s "$url" >"$work/$name.storm.out" 2>&1 &
 				storm_pid=$!
 				bench_track "$storm_pid"
 			fi
