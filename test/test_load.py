@@ -5,8 +5,11 @@ for 1 s is charged for every request queued behind it, which a closed loop
 does not see); status classes (404, 503, 500) are counted by kind; chunked,
 close-delimited and HTTP/1.0 responses are parsed, also when split across
 reads; a silent server times out; bad flags exit 2; an unreachable port
-counts connect errors and the run still ends on time; SIGINT ends a run
-early with results. Runs under the backend in KEEL_BACKEND.
+counts connect errors and the run still ends on time; https against keel
+serve (certificates made here with the openssl command): a handshake per
+connection, resumption when each request has its own connection, a CA that
+did not sign the server's certificate counted as failed handshakes, -k;
+SIGINT ends a run early with results. Runs under the backend in KEEL_BACKEND.
 
 The assertions are about counts, orderings and bounds derived from the run's
 own numbers (its schedule, its exact mean and maximum, the length of a stall
@@ -15,7 +18,7 @@ do depend on how promptly the machine runs the processes (a loaded CI runner
 can hold one off the CPU for tens of milliseconds) are marked noisy: a run
 that misses one is taken once more, and the second run decides. The bugs
 those bounds catch are systematic and miss on both runs."""
-import json, math, os, re, shutil, signal, socket, tempfile, threading, time
+import json, math, os, re, shutil, signal, socket, subprocess, tempfile, threading, time
 
 from keeltest import EXAMPLES, KEEL, Proc, PyServer, Skip, check, fail, free_port, main, run_keel
 
@@ -266,7 +269,8 @@ def check_coordinated_omission():
 def check_statuses(hello):
     res, _, _ = load_ok("-c", "4", "-d", "1", f"http://127.0.0.1:{hello.port}/plaintext")
     check(res["requests"] > 100 and res["ok"] == res["requests"], f"hello /plaintext: {res}")
-    check(res["errors_total"] == 0 and res["mode"] == "closed" and res["rate"] is None, f"{res}")
+    check(res["errors_total"] == 0 and res["mode"] == "closed" and res["rate"] is None and res["tls"] is None,
+          f"{res}")
     check(res["bytes_in_per_sec"] > 0 and res["latency_us"]["p50"] > 0, f"{res}")
     print(f"closed loop on hello /plaintext: {res['requests']} requests, no errors: ok")
 
@@ -350,6 +354,7 @@ def check_bad_flags_and_unreachable(hello):
     for args in [["--bogus", "http://127.0.0.1:1/"], ["-c", "0", "http://127.0.0.1:1/"],
                  ["--rate", "abc", "http://127.0.0.1:1/"], ["--pipeline", "0", "http://127.0.0.1:1/"],
                  [], ["http://127.0.0.1:1/", "extra"], ["ftp://127.0.0.1/"], ["http://example.com/"],
+                 ["https://example.com/"], ["--tls-ca"],
                  ["http://127.0.0.1:99999/"], ["-H", "no colon", "http://127.0.0.1:1/"],
                  ["-m", "GE T", "http://127.0.0.1:1/"], ["-d", "0", "http://127.0.0.1:1/"],
                  ["--duration"]]:
@@ -383,6 +388,110 @@ def check_bad_flags_and_unreachable(hello):
         print(f"[::1]: {res['requests']} requests: ok")
     finally:
         h6.stop()
+
+# ---- https: keel load against keel serve over TLS. ----
+
+def make_certs(d):
+    """Two throwaway CAs (ECDSA P-256) and a server certificate for localhost and 127.0.0.1 signed by the
+    first: (ca, other_ca, cert, key) paths in d."""
+    def openssl(*args):
+        r = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=30)
+        check(r.returncode == 0, f"openssl {' '.join(args)}: {r.stderr}")
+    p = lambda name: os.path.join(d, name)
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                "-subj", f"/CN=keel load test {ca}", "-keyout", p(f"{ca}.key"), "-out", p(f"{ca}.pem"))
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", p("srv.key"), "-out", p("srv.csr"))
+    with open(p("srv.ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", p("srv.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"), "-CAcreateserial",
+            "-days", "2", "-extfile", p("srv.ext"), "-out", p("srv.pem"))
+    return p("ca.pem"), p("other-ca.pem"), p("srv.pem"), p("srv.key")
+
+def check_https():
+    if not shutil.which("openssl"):
+        print("https: skipped (no openssl command to make certificates)")
+        return
+    d = os.path.join(TMP, "tls")
+    os.makedirs(os.path.join(d, "www"))
+    with open(os.path.join(d, "www", "index.html"), "w") as f:
+        f.write("hello over TLS\n")
+    ca, other_ca, cert, key = make_certs(d)
+    # No shedding: every response is to be a 200 even when this machine is slow (handshakes cost CPU).
+    srv = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", "--queue-delay-us", "0",
+                "--tls-cert", cert, "--tls-key", key, os.path.join(d, "www")], name="keel serve")
+    try:
+        url = f"https://localhost:{srv.port}/index.html"
+
+        def all_ok(res, what):
+            check(res["requests"] > 0 and res["ok"] == res["requests"] and res["errors_total"] == 0,
+                  f"{what}: {res}")
+            check(res["tls"]["handshake_failed"] == 0, f"{what}: {res['tls']}")
+
+        # Keep-alive: one handshake per connection, verified by name (localhost) and by address (127.0.0.1).
+        res, out, _ = load_ok("-c", "4", "-d", "1", "--tls-ca", ca, url)
+        all_ok(res, "https keep-alive")
+        check(res["tls"]["handshakes"] == 4, f"https keep-alive: 4 connections, {res['tls']}")
+        check("4 handshakes" in out, f"https: the table has no tls line:\n{out}")
+        print(f"https, 4 connections kept alive, CA given: {res['requests']} responses, all 200, "
+              f"{res['tls']['handshakes']} handshakes: ok")
+        res, _, _ = load_ok("-c", "4", "-t", "2", "-p", "4", "-d", "1", "--tls-ca", ca,
+                            f"https://127.0.0.1:{srv.port}/index.html")
+        all_ok(res, "https pipelined, 2 threads")
+        check(res["tls"]["handshakes"] == 4, f"https 2 threads: 4 connections, {res['tls']}")
+        print(f"https to 127.0.0.1 (an IP SAN), pipeline 4, 2 threads: {res['requests']} responses, "
+              f"4 handshakes: ok")
+
+        # A new connection per request: a handshake each, and later ones offer the session of an earlier one.
+        res, _, _ = load_ok("-c", "2", "-d", "1", "--tls-ca", ca, "-H", "Connection: close", url)
+        all_ok(res, "https Connection: close")
+        t = res["tls"]
+        # Each response had a connection of its own; the connections open at the end may have shaken hands.
+        check(res["requests"] > 10 and res["requests"] <= t["handshakes"] <= res["requests"] + 2,
+              f"https Connection: close: {res['requests']} responses, {t}")
+        check(0 < t["resumed"] < t["handshakes"], f"https Connection: close: no session resumed: {t}")
+        print(f"https, Connection: close: {res['requests']} responses, {t['handshakes']} handshakes, "
+              f"{t['resumed']} resumed: ok")
+
+        # A CA that did not sign the server's certificate: every handshake fails, as a connect error; the
+        # connections back off, and the run ends on time with its results.
+        rc, res, out, err, secs = load("-c", "2", "-d", "1", "--tls-ca", other_ca, url)
+        check(rc == 0 and res is not None, f"https, wrong CA: exit {rc}\n{out}{err}")
+        t = res["tls"]
+        check(res["requests"] == 0 and res["sent"] == 0 and t["handshakes"] == 0, f"https, wrong CA: {res}")
+        check(t["handshake_failed"] >= 2 and t["failed_cert"] == t["handshake_failed"] and
+              res["errors"]["connect"] == t["handshake_failed"] and not errors_except(res, "connect"),
+              f"https, wrong CA: {res['errors']}, {t}")
+        check("certificate did not verify" in out, f"https, wrong CA: no reason in the table:\n{out}")
+        check(ends_on_time(res, secs), f"https, wrong CA: the run took {secs:.1f} s")
+        check(err.strip() == "", f"https, wrong CA: stderr is not quiet:\n{err}")
+        print(f"https, wrong CA: {t['handshake_failed']} handshakes failed (certificate did not verify), "
+              f"counted as connect errors, run ends on time: ok")
+
+        # -k: the same wrong CA, not consulted.
+        res, _, _ = load_ok("-c", "2", "-d", "1", "-k", "--tls-ca", other_ca, url)
+        all_ok(res, "https -k")
+        check(res["tls"]["handshakes"] == 2, f"https -k: {res['tls']}")
+        print(f"https -k with the wrong CA: {res['requests']} responses: ok")
+
+        # A plain HTTP server at an https URL: TLS fails, not verification.
+        h = start_hello()
+        try:
+            res, _, _ = load_ok("-c", "1", "-d", "1", f"https://127.0.0.1:{h.port}/plaintext")
+        finally:
+            h.stop()
+        t = res["tls"]
+        check(res["requests"] == 0 and t["handshake_failed"] > 0 and t["failed_other"] == t["handshake_failed"],
+              f"https to a plain HTTP server: {res['errors']}, {t}")
+        print(f"https to a plain HTTP server: {t['failed_other']} TLS failures: ok")
+
+        # A CA file that cannot be read: keel load cannot run (exit 1), and says why.
+        rc, res, out, err, _ = load("-c", "1", "-d", "1", "--tls-ca", os.path.join(d, "nope.pem"), url)
+        check(rc == 1 and res is None and "nope.pem" in err, f"https, missing CA file: exit {rc}\n{err}")
+        print("https, missing CA file -> exit 1 with the file named: ok")
+    finally:
+        srv.stop()
 
 def check_sigint(hello):
     path = os.path.join(TMP, "int.json")
@@ -431,6 +540,7 @@ def test():
             check_statuses(h)
             check_framing()
             check_bad_flags_and_unreachable(h)
+            check_https()
             check_sigint(h)
         finally:
             h.stop()

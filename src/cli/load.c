@@ -22,8 +22,8 @@ static void load_usage(FILE *f)
 {
 	fputs(
 	    "usage: keel load [options] URL\n"
-	    "  URL                     http://HOST[:PORT][/path]; HOST a numeric IPv4 address,\n"
-	    "                          [IPv6] or localhost (127.0.0.1)\n"
+	    "  URL                     http://HOST[:PORT][/path] or https://...; HOST a numeric\n"
+	    "                          IPv4 address, [IPv6] or localhost (127.0.0.1)\n"
 	    "  -c, --connections N     connections (default 64)\n"
 	    "  -d, --duration SECONDS  length of the run (default 10)\n"
 	    "  -R, --rate R            open loop: R requests/s in total, each timed from when it was\n"
@@ -36,7 +36,10 @@ static void load_usage(FILE *f)
 	    "                          answering its oldest request before it is dropped (default 2000)\n"
 	    "  -t, --threads N         threads, each with a loop and a share of the connections (default 1)\n"
 	    "  -j, --json FILE         also write the results as JSON\n"
-	    "  -q, --quiet             no progress line on stderr\n",
+	    "  -q, --quiet             no progress line on stderr\n"
+	    "      --tls-ca FILE       https: verify the server against this CA (PEM; default: the\n"
+	    "                          system store)\n"
+	    "  -k, --insecure          https: do not verify the server at all\n",
 	    f);
 }
 
@@ -127,6 +130,8 @@ int cli_load(int argc, char **argv)
 	    {"threads", required_argument, NULL, 't'},
 	    {"json", required_argument, NULL, 'j'},
 	    {"quiet", no_argument, NULL, 'q'},
+	    {"tls-ca", required_argument, NULL, 'A'},
+	    {"insecure", no_argument, NULL, 'k'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -148,7 +153,7 @@ int cli_load(int argc, char **argv)
 	int c;
 	optind = 1;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":c:d:R:p:m:b:H:T:t:j:qh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":c:d:R:p:m:b:H:T:t:j:qkh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c': o.conns = cli_parse_long("--connections", optarg, 1, 1000000); break;
 		case 'd': o.duration_s = parse_seconds("--duration", optarg); break;
@@ -176,6 +181,8 @@ int cli_load(int argc, char **argv)
 		case 't': o.threads = cli_parse_long("--threads", optarg, 1, 256); break;
 		case 'j': o.json_path = optarg; break;
 		case 'q': o.quiet = true; break;
+		case 'A': o.tls_ca = optarg; break;
+		case 'k': o.tls_insecure = true; break;
 		case 'h':
 			load_usage(stdout);
 			status = CLI_OK;
@@ -201,8 +208,8 @@ int cli_load(int argc, char **argv)
 	}
 	load_url url; /* load_run parses it again; checked here so that a bad URL is a usage error */
 	if (load_url_parse(&url, o.url) < 0) {
-		status =
-		    usage_error("bad URL '%s' (expected http://IP[:PORT]/path, [IPv6] or localhost)", o.url);
+		status = usage_error("bad URL '%s' (expected http[s]://IP[:PORT]/path, [IPv6] or localhost)",
+		                     o.url);
 		goto out;
 	}
 	if (body_arg && body_arg[0] == '@') {

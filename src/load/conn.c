@@ -1,7 +1,9 @@
 /*
  * keel load's connections: connect, send, parse the responses, close and
  * reconnect; and, for the open loop, the schedule that hands due requests to
- * connections with room, paced by a timerfd.
+ * connections with room, paced by a timerfd. A connection's bytes go through
+ * a keel_transport: plain TCP, or TLS for https (its handshake runs under
+ * the first requests, which wait in the transport until it is done).
  *
  * The request is formatted once (request.c), as many copies back to back as
  * one send may need, so sending k requests is one send of k * len bytes (or
@@ -11,8 +13,7 @@
  * chunked decoder or until close. A request in flight is one slot in a
  * per-connection ring of start times: nothing is allocated per request.
  */
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +116,6 @@ static void conn_maybe_reopen(struct conn *c)
 {
 	if (c->state != C_CLOSING || !c->closed || c->recv_live || c->sending)
 		return;
-	c->fd = -1;
 	if (c->w->stopping)
 		conn_done(c);
 	else if (c->backoff_next)
@@ -160,8 +160,8 @@ static void conn_fail(struct conn *c, int kind, bool backoff)
 	c->state = C_CLOSING;
 	c->closed = false;
 	c->backoff_next = backoff;
-	/* keel_close cancels the receive stream and a send still in flight first. */
-	keel_promise_done(keel_close(w->loop, c->fd), close_done, c);
+	/* The close cancels the receive stream and a send still in flight first. */
+	keel_promise_done(keel_transport_close(&c->t), close_done, c);
 }
 
 /* ---- Responses ------------------------------------------------------------ */
@@ -351,6 +351,43 @@ static int on_data(void *ud, keel_buf *buf)
 	return KEEL_CONTINUE;
 }
 
+/*
+ * Whether c's stream broke on its TLS handshake, and if so end it as that:
+ * a TLS failure before the connection delivered a byte is the handshake's
+ * (the certificate did not verify, an alert, nothing in common), so the
+ * connection was never made; it counts as a connect error, backs off like
+ * one, and gives its requests back as if it had never opened (nor are they
+ * counted as sent). A handshake past its deadline (--timeout) is a timeout,
+ * as a request that waits that long is. Returns false, doing nothing, for
+ * any other failure.
+ */
+static bool handshake_failed(struct conn *c, int err)
+{
+	struct worker *w = c->w;
+	bool nothing_yet = !c->answered && c->pstate == P_HEAD && c->stage_len == 0;
+	if (!w->tls || !nothing_yet)
+		return false;
+	if (err == -ETIMEDOUT) {
+		conn_fail(c, E_TIMEOUT, false);
+		return true;
+	}
+	if (err != KEEL_ETLSCERT && err != KEEL_ETLS)
+		return false;
+	if (!w->stopping) {
+		/* What was handed to the transport waited for the handshake: none of it went out. */
+		uint32_t handed = c->inflight - c->unsent;
+		w->c.sent -= handed;
+		w->c.bytes_out -= (uint64_t)handed * w->cfg->req_len;
+		w->c.errors[E_CONNECT]++;
+		if (err == KEEL_ETLSCERT)
+			w->c.tls_failed_cert++;
+		else
+			w->c.tls_failed_other++;
+	}
+	conn_fail(c, -1, true);
+	return true;
+}
+
 static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -360,6 +397,8 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		conn_maybe_reopen(c);
 		return;
 	}
+	if (o.err && handshake_failed(c, o.err))
+		return;
 	/* The stream ended by itself: the server closed (or reset) the connection. */
 	if (o.err == 0 && c->pstate == P_CLOSE) {
 		response_done(c); /* a close-delimited body is complete; announced, so this closes */
@@ -383,7 +422,8 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	if (o.err) {
-		conn_fail(c, E_READ, !c->answered);
+		if (!handshake_failed(c, o.err))
+			conn_fail(c, E_READ, !c->answered);
 		return;
 	}
 	conn_flush(c);
@@ -409,7 +449,8 @@ static void conn_flush(struct conn *c)
 	}
 	keel_promise *p;
 	if (k <= cfg->batch_n) {
-		p = keel_send(w->loop, c->fd, cfg->batch, k * cfg->req_len);
+		struct iovec iov = {cfg->batch, k * cfg->req_len};
+		p = keel_transport_sendv(&c->t, &iov, 1);
 	} else {
 		struct iovec iov[LOAD_IOV];
 		int niov = 0;
@@ -419,7 +460,7 @@ static void conn_flush(struct conn *c)
 			iov[niov].iov_len = m * cfg->req_len;
 			left -= m;
 		}
-		p = keel_sendv(w->loop, c->fd, iov, niov);
+		p = keel_transport_sendv(&c->t, iov, niov);
 	}
 	keel_promise_done(p, send_done, c);
 }
@@ -529,18 +570,27 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		}
 		return;
 	}
-	c->fd = (int)o.n;
+	int fd = (int)o.n;
 	if (w->stopping) {
-		keel_promise_release(keel_close(w->loop, c->fd));
-		c->fd = -1;
+		keel_promise_release(keel_close(w->loop, fd));
 		conn_done(c);
 		return;
 	}
-	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (!w->tls) {
+		keel_tcp_transport_init(&c->t, w->loop, fd); /* (sets TCP_NODELAY) */
+	} else {
+		/* The requests queue behind the handshake; the session of the last connection is offered. */
+		int err = keel_tls_client_init(&c->t, w->loop, fd, w->tls, w->cfg->tls_name);
+		if (err < 0) {
+			keel_promise_release(keel_close(w->loop, fd)); /* not taken on failure */
+			count_error(w, E_CONNECT);
+			conn_backoff(c);
+			return;
+		}
+	}
 	c->state = C_OPEN;
 	c->recv_live = true;
-	keel_promise_done(keel_recv_stream(w->loop, c->fd, on_data, c), recv_ended, c);
+	keel_promise_done(keel_transport_recv(&c->t, on_data, c, false), recv_ended, c);
 	if (w->rate > 0) {
 		w->free_slots += w->depth;
 		load__dispatch(w);
@@ -556,7 +606,7 @@ void load__conn_connect(struct conn *c)
 {
 	struct worker *w = c->w;
 	c->state = C_CONNECTING;
-	c->fd = -1;
+	c->t.fd = -1;
 	c->recv_live = c->sending = c->closed = c->announced = c->answered = false;
 	c->inflight = c->unsent = c->head = 0;
 	c->pstate = P_HEAD;

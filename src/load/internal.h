@@ -38,25 +38,40 @@ struct load_cfg {
 	size_t req_len;
 	char *batch; /* batch_n copies of req back to back */
 	uint32_t batch_n;
+	keel_tls_ctx *tls; /* https: the run's client context (load__tls_init); NULL: plain TCP */
+	char tls_name[64]; /* https: the URL's host, for SNI and verification; "" for http */
 };
 
 /*
- * Parse o->url and format the request. Returns 0, -EINVAL for a URL
- * load_url_parse rejects, or -ENOMEM. cfg borrows o.
+ * Parse o->url (setting tls_name for https) and format the request.
+ * Returns 0, -EINVAL for a URL load_url_parse rejects, or -ENOMEM. cfg
+ * borrows o.
  */
 int load__cfg_init(struct load_cfg *cfg, const load_opts *o);
-/* Free what load__cfg_init allocated; cfg may be zeroed. */
+/*
+ * https: make cfg->tls from the options (nothing for http). Returns 0, or
+ * what keel_tls_ctx_new returned, said on stderr (an unreadable CA file).
+ */
+int load__tls_init(struct load_cfg *cfg);
+/* Free what load__cfg_init and load__tls_init allocated; cfg may be zeroed. */
 void load__cfg_fini(struct load_cfg *cfg);
 
 enum err_kind { E_CONNECT, E_READ, E_TIMEOUT, E_4XX, E_5XX, E_SHED, E_PARSE, E_KINDS };
 
 struct counters {
-	uint64_t sent;      /* requests handed to a send (again if re-sent after a reconnect) */
-	uint64_t scheduled; /* open loop: requests that came due */
-	uint64_t responses; /* complete responses, any status */
-	uint64_t ok;        /* 2xx and 3xx */
-	uint64_t bytes_in, bytes_out;
+	uint64_t sent;                /* requests handed to a send (again if re-sent after a reconnect) */
+	uint64_t scheduled;           /* open loop: requests that came due */
+	uint64_t responses;           /* complete responses, any status */
+	uint64_t ok;                  /* 2xx and 3xx */
+	uint64_t bytes_in, bytes_out; /* plaintext, with https */
 	uint64_t errors[E_KINDS];
+	/*
+	 * https: handshakes completed and of those resumed (the endpoint's
+	 * counts when the run ended), and handshakes that failed, by why: the
+	 * certificate did not verify (KEEL_ETLSCERT), or anything else in TLS
+	 * (KEEL_ETLS). The failures are connect errors as well.
+	 */
+	uint64_t tls_handshakes, tls_resumed, tls_failed_cert, tls_failed_other;
 };
 
 static inline uint64_t errors_total(const struct counters *c)
@@ -80,7 +95,7 @@ struct worker;
 
 struct conn {
 	struct worker *w;
-	int fd;
+	keel_transport t; /* the byte stream once connected (t.fd -1 otherwise) */
 	enum conn_state state;
 	keel_promise *connect_p; /* while connecting, for a cancel at the end */
 	keel_promise *sleep_p;   /* while backing off */
@@ -121,6 +136,7 @@ struct worker {
 	struct load_shared *shared;
 	int index;
 	keel_loop *loop;
+	keel_tls_endpoint *tls; /* https: this loop's TLS state, freed after its connections */
 	pthread_t thread;
 	bool loop_gone;
 	int status; /* 0, or why this worker could not run */
@@ -205,6 +221,7 @@ struct results {
 	struct counters c;
 	load_hist lat_ok, lat_all;
 	double duration_s;
+	bool tls; /* https: the tls_ counters mean something */
 	const char *backend;
 	const struct interval *iv; /* the first worker's seconds (all of them with one thread) */
 	uint32_t niv;

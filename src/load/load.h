@@ -30,14 +30,17 @@ typedef struct load_url {
 	struct sockaddr_storage addr; /* the address to connect to */
 	socklen_t addrlen;
 	char host[256];   /* the authority as written: the Host header */
+	char name[64];    /* the host alone (no port, no brackets): SNI and the name verified */
+	bool tls;         /* https */
 	const char *path; /* the request target: into the URL, or "/" when it has none */
 } load_url;
 
 /*
- * Parse http://HOST[:PORT][/path][?query] into u; HOST is a numeric IPv4
- * address, a bracketed IPv6 address or localhost (127.0.0.1). u->path
- * borrows url. Returns 0, or -EINVAL for a URL keel load cannot use (another
- * scheme, a host name other than localhost, a bad port, a fragment, a control character).
+ * Parse http://HOST[:PORT][/path][?query] (port 80 by default) or the same
+ * with https:// (port 443) into u; HOST is a numeric IPv4 address, a
+ * bracketed IPv6 address or localhost (127.0.0.1). u->path borrows url.
+ * Returns 0, or -EINVAL for a URL keel load cannot use (another scheme, a
+ * host name other than localhost, a bad port, a fragment, a control character).
  */
 int load_url_parse(load_url *u, const char *url);
 
@@ -57,6 +60,9 @@ typedef struct load_opts {
 	size_t body_len;
 	const char *json_path; /* NULL, or a file to write the results to as JSON as well */
 	bool quiet;            /* no progress line on stderr */
+	/* https only (ignored for http): */
+	const char *tls_ca; /* verify the server against this CA file (PEM); NULL: the system store */
+	bool tls_insecure;  /* no verification at all (curl -k) */
 } load_opts;
 
 /*
@@ -66,13 +72,16 @@ typedef struct load_opts {
  * with results; the calling thread blocks both while it runs and waits for
  * them, and a second one exits the process with status 130. Process-wide:
  * SIGPIPE is ignored from then on, and the soft RLIMIT_NOFILE is raised to
- * conns + 64 if the hard limit allows.
+ * conns + 64 if the hard limit allows; for https, keel_log is set to errors
+ * only unless $KEEL_LOG says otherwise (a warning per failed handshake would
+ * bury the progress line; the results count them).
  *
  * Returns 0 when the run completed and its results were printed, whatever
  * the server answered; -EINVAL, before anything starts and without a
  * message, for a URL load_url_parse rejects; otherwise a negative errno or
  * keel error when keel load itself could not run (no memory, no loop, no
- * thread) or could not write json_path, said on stderr.
+ * thread, a TLS context that could not be made: an unreadable CA file) or
+ * could not write json_path, said on stderr.
  */
 int load_run(const load_opts *o);
 

@@ -83,6 +83,16 @@ void load__print_results(const load_opts *o, const struct results *r)
 	for (int i = 0; i < E_KINDS; i++)
 		printf("%s %s %llu", i ? "," : "", err_text[i], (unsigned long long)c->errors[i]);
 	printf("\n");
+	if (r->tls) {
+		printf("  tls           %llu handshakes, %llu resumed; %llu failed",
+		       (unsigned long long)c->tls_handshakes, (unsigned long long)c->tls_resumed,
+		       (unsigned long long)(c->tls_failed_cert + c->tls_failed_other));
+		if (c->tls_failed_cert + c->tls_failed_other)
+			printf(" (connect errors): certificate did not verify %llu, other TLS failure %llu",
+			       (unsigned long long)c->tls_failed_cert,
+			       (unsigned long long)c->tls_failed_other);
+		printf("\n");
+	}
 	printf("  %-13s %10s %10s %10s %10s %10s %10s  (count%s)\n", "latency", "p50", "p90", "p99", "p99.9",
 	       "max", "mean", o->rate ? "; timed from when each request was due" : "");
 	print_latency("2xx/3xx", &r->lat_ok);
@@ -146,6 +156,15 @@ int load__write_json(const load_opts *o, const struct results *r)
 	for (int i = 0; i < E_KINDS; i++)
 		fprintf(f, "%s\"%s\": %llu", i ? ", " : "", err_json[i], (unsigned long long)c->errors[i]);
 	fprintf(f, "},\n  \"errors_total\": %llu,\n", (unsigned long long)errors_total(c));
+	if (r->tls)
+		fprintf(f,
+		        "  \"tls\": {\"handshakes\": %llu, \"resumed\": %llu, \"handshake_failed\": %llu, "
+		        "\"failed_cert\": %llu, \"failed_other\": %llu},\n",
+		        (unsigned long long)c->tls_handshakes, (unsigned long long)c->tls_resumed,
+		        (unsigned long long)(c->tls_failed_cert + c->tls_failed_other),
+		        (unsigned long long)c->tls_failed_cert, (unsigned long long)c->tls_failed_other);
+	else
+		fprintf(f, "  \"tls\": null,\n");
 	fprintf(f, "  \"latency_us\": ");
 	json_latency(f, &r->lat_ok);
 	fprintf(f, ",\n  \"latency_all_us\": ");

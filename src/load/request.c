@@ -1,8 +1,9 @@
 /*
  * What keel load sends, and where: the URL becomes an address to connect to
- * and a Host header, and the request is formatted once, then copied back to
- * back as many times as one pipelined send may need (up to LOAD_COPY_BYTES),
- * so that sending k requests never formats anything.
+ * and a Host header (and for https a TLS client context), and the request is
+ * formatted once, then copied back to back as many times as one pipelined
+ * send may need (up to LOAD_COPY_BYTES), so that sending k requests never
+ * formats anything.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -16,14 +17,21 @@
 
 /*
  * The authority as written becomes the Host header; the address connected
- * to is the host with the port (80 if none), localhost taken as 127.0.0.1.
+ * to is the host with the port (80 or 443 if none), localhost taken as
+ * 127.0.0.1. For https the host as written (localhost stays localhost) is
+ * the name sent as SNI and verified against the certificate.
  */
 int load_url_parse(load_url *u, const char *url)
 {
 	char *host = u->host;
-	if (strncmp(url, "http://", 7) != 0)
+	const char *a;
+	if (strncmp(url, "http://", 7) == 0)
+		a = url + 7;
+	else if (strncmp(url, "https://", 8) == 0)
+		a = url + 8;
+	else
 		return -EINVAL;
-	const char *a = url + 7;
+	u->tls = a == url + 8;
 	size_t alen = strcspn(a, "/?#");
 	if (alen == 0 || alen >= sizeof(u->host) || a[alen] == '#')
 		return -EINVAL;
@@ -51,7 +59,7 @@ int load_url_parse(load_url *u, const char *url)
 		else
 			he = hs + strlen(hs);
 	}
-	long pn = 80;
+	long pn = u->tls ? 443 : 80;
 	if (port) {
 		char *end;
 		errno = 0;
@@ -61,8 +69,10 @@ int load_url_parse(load_url *u, const char *url)
 	}
 	char ip[200];
 	size_t hlen = (size_t)(he - hs);
-	if (hlen == 0 || hlen >= 64)
+	if (hlen == 0 || hlen >= sizeof(u->name))
 		return -EINVAL;
+	memcpy(u->name, hs, hlen);
+	u->name[hlen] = '\0';
 	if (hlen == 9 && strncasecmp(hs, "localhost", 9) == 0)
 		snprintf(ip, sizeof(ip), "127.0.0.1:%ld", pn);
 	else if (host[0] == '[')
@@ -179,9 +189,33 @@ int load__cfg_init(struct load_cfg *cfg, const load_opts *o)
 		return err;
 	cfg->addr = u.addr;
 	cfg->addrlen = u.addrlen;
+	if (u.tls)
+		snprintf(cfg->tls_name, sizeof(cfg->tls_name), "%s", u.name);
 	cfg->method.ptr = o->method;
 	cfg->method.len = strlen(o->method);
 	return build_request(cfg, u.host, u.path);
+}
+
+/*
+ * One client context for the run, shared by the workers' endpoints. A
+ * handshake gets --timeout, as a connect does.
+ */
+int load__tls_init(struct load_cfg *cfg)
+{
+	const load_opts *o = cfg->opts;
+	if (!cfg->tls_name[0])
+		return 0; /* http */
+	keel_tls_config tc;
+	keel_tls_config_default(&tc);
+	tc.client = true;
+	tc.verify = !o->tls_insecure;
+	tc.ca_file = o->tls_insecure ? NULL : o->tls_ca;
+	tc.handshake_timeout_ms = (uint64_t)o->timeout_ms;
+	char why[512] = "";
+	int err = keel_tls_ctx_new(&cfg->tls, &tc, why, sizeof(why));
+	if (err < 0)
+		fprintf(stderr, "keel load: TLS: %s\n", why[0] ? why : keel_strerror(err));
+	return err;
 }
 
 void load__cfg_fini(struct load_cfg *cfg)
@@ -189,4 +223,6 @@ void load__cfg_fini(struct load_cfg *cfg)
 	free(cfg->req);
 	free(cfg->batch);
 	cfg->req = cfg->batch = NULL;
+	keel_tls_ctx_free(cfg->tls);
+	cfg->tls = NULL;
 }

@@ -185,10 +185,15 @@ out_join:
 				r.c.bytes_out += w->c.bytes_out;
 				for (int k = 0; k < E_KINDS; k++)
 					r.c.errors[k] += w->c.errors[k];
+				r.c.tls_handshakes += w->c.tls_handshakes;
+				r.c.tls_resumed += w->c.tls_resumed;
+				r.c.tls_failed_cert += w->c.tls_failed_cert;
+				r.c.tls_failed_other += w->c.tls_failed_other;
 				load_hist_merge(&r.lat_ok, &w->lat_ok);
 				load_hist_merge(&r.lat_all, &w->lat_all);
 			}
 			r.backend = run.backend;
+			r.tls = cfg->tls != NULL;
 			r.iv = ws[0].iv;
 			r.niv = ws[0].niv;
 			load__print_results(o, &r);
@@ -221,6 +226,10 @@ int load_run(const load_opts *o)
 	int err = load__cfg_init(&cfg, o);
 	if (err == -ENOMEM)
 		fprintf(stderr, "keel load: out of memory\n");
+	if (err == 0)
+		err = load__tls_init(&cfg);
+	if (err == 0 && cfg.tls && !getenv("KEEL_LOG"))
+		keel_log_set_level(KEEL_LOG_ERROR); /* not a warning per failed handshake: they are counted */
 	if (err == 0)
 		err = run_workers(&cfg);
 	load__cfg_fini(&cfg);

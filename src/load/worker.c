@@ -125,6 +125,12 @@ static int worker_run(struct worker *w)
 		interval_close(w); /* the last second */
 	w->ended_ns = now < w->end_ns ? now : w->end_ns;
 	w->c.scheduled = w->rate > 0 ? due_count(w, w->ended_ns) : w->c.sent;
+	if (w->tls) {
+		keel_tls_stats st;
+		keel_tls_endpoint_stats(w->tls, &st);
+		w->c.tls_handshakes = st.handshakes;
+		w->c.tls_resumed = st.resumed;
+	}
 	w->stopping = true;
 	publish(w, w->ended_ns);
 	if (w->pace_fd >= 0) {
@@ -151,6 +157,9 @@ void *load__worker_thread(void *arg)
 	if (err < 0) {
 		fprintf(stderr, "keel load: cannot create a loop: %s\n", keel_strerror(err));
 		w->status = err;
+	} else if (w->cfg->tls && (err = keel_tls_endpoint_new(&w->tls, w->cfg->tls, w->loop)) < 0) {
+		fprintf(stderr, "keel load: cannot set up TLS: %s\n", keel_strerror(err));
+		w->status = err;
 	}
 	pthread_mutex_lock(&shared->mu);
 	shared->nready++;
@@ -164,6 +173,12 @@ void *load__worker_thread(void *arg)
 	shared->ndone++;
 	w->loop_gone = true; /* no more posts: the loop goes below */
 	pthread_mutex_unlock(&shared->mu);
+	/*
+	 * The connections are closed (or, past the grace period, closing): the
+	 * endpoint goes with the last of them, which may be as the loop goes.
+	 */
+	keel_tls_endpoint_free(w->tls);
+	w->tls = NULL;
 	if (w->loop)
 		keel_loop_free(w->loop); /* cancels and waits for anything the grace period left */
 	w->loop = NULL;
@@ -195,7 +210,7 @@ int load__worker_init(struct worker *w, const struct load_cfg *cfg, struct load_
 		return -ENOMEM;
 	for (uint32_t i = 0; i < nconns; i++) {
 		w->conns[i].w = w;
-		w->conns[i].fd = -1;
+		w->conns[i].t.fd = -1;
 		w->conns[i].state = C_DONE;
 		w->conns[i].start_ns = w->slots + (size_t)i * w->depth;
 	}

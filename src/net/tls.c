@@ -344,6 +344,8 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
 		k = ctx->tk[0];
 	} else if (ctx->tk[0].set && memcmp(name, ctx->tk[0].name, 16) == 0) {
 		k = ctx->tk[0];
+		/* TLS 1.3 tickets are for one use (RFC 8446 C.4): a resumed session gets a fresh one. */
+		ret = SSL_version(ssl) == TLS1_3_VERSION ? 2 : 1;
 	} else if (ctx->tk[1].set && memcmp(name, ctx->tk[1].name, 16) == 0 &&
 	           now - ctx->tk[1].born_s < 2ull * ctx->tk_life_s) {
 		k = ctx->tk[1];
@@ -983,7 +985,7 @@ static void conn_fail(struct tconn *tc, int err)
 	if (tc->fatal)
 		return;
 	tc->fatal = err;
-	if (!tc->hs_done && tc->hs_counted)
+	if (!tc->hs_done && (tc->hs_counted || (!tc->server && err != -ECANCELED)))
 		tc->ep->st.handshake_failed += err != -ETIMEDOUT;
 	hs_release(tc);
 	rx_end(tc, err);
@@ -1838,9 +1840,19 @@ int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_en
 			X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(tc->ssl), host);
 		else if (!SSL_set_tlsext_host_name(tc->ssl, host) || !SSL_set1_host(tc->ssl, host))
 			ERR_clear_error();
-		for (int i = 0; i < SESS_CACHE; i++)
-			if (ep->sess[i].sess && strcmp(ep->sess[i].host, host) == 0)
-				SSL_set_session(tc->ssl, ep->sess[i].sess);
+		for (int i = 0; i < SESS_CACHE; i++) {
+			struct sess_slot *sl = &ep->sess[i];
+			if (!sl->sess || strcmp(sl->host, host) != 0)
+				continue;
+			if (SSL_SESSION_is_resumable(sl->sess))
+				SSL_set_session(tc->ssl, sl->sess);
+			if (SSL_SESSION_get_protocol_version(sl->sess) == TLS1_3_VERSION ||
+			    !SSL_SESSION_is_resumable(sl->sess)) {
+				SSL_SESSION_free(
+				    sl->sess); /* one use each (the connection holds its own reference) */
+				sl->sess = NULL;
+			}
+		}
 	}
 	keel_timer_arm(loop, &tc->hs_timer, ctx->handshake_timeout_ms);
 	transport_set(t, loop, fd, tc);
