@@ -45,11 +45,11 @@
 #              resumption off, each server its own H and S:
 #                1. H, the handshake capacity: full handshakes per server
 #                   CPU second (wrk -c HS_CONNS, Connection: close).
-#                2. S, the keep-alive clients' saturation rate: h2load --h1
-#                   -c KA_CONNS (default 16), closed loop, DURATION s.
+#                2. S, the keep-alive clients' saturation rate: KA_CONNS
+#                   (default 16) connections, closed loop, DURATION s.
 #                3. Alone: the same clients at KA_FACTOR x S (default 0.5),
-#                   a fixed rate per connection (h2load --rps), STORM_DURATION
-#                   s (default 10; 6 with QUICK=1).
+#                   a fixed rate, STORM_DURATION s (default 10; 6 with
+#                   QUICK=1).
 #                4. Storm: the same again while, from the 2nd second for
 #                   STORM_DURATION - 2 s, h2load -r asks for new connections
 #                   (one request each, full handshakes) at STORM_FACTOR x H
@@ -62,13 +62,15 @@
 #              stub_status on a unix socket) also as a multiple of H, those
 #              answered, keel's refusals (--tls-handshakes-max), and SYNs
 #              dropped at full listen queues (machine-wide TcpExt ListenDrops).
+#              The keep-alive clients are `build/keel load -R` (open loop,
+#              -p 1, latency timed from when each request was due, as wrk2),
+#              S its closed loop; goodput over the window's seconds, p99 the
+#              worst of the window's per-second p99s (its --json). Where keel
+#              load has no https (or KA_TOOL=h2load): h2load --rps, which is
+#              not coordinated-omission free (a connection sends its next
+#              request only after the previous answer, timed from the send),
+#              with goodput and p99 from its --log-file.
 #              Where this is not the faithful version, and why:
-#              - wrk2 is not in Debian and `keel load` speaks no TLS yet, so
-#                the fixed-rate keep-alive load is h2load --rps. It is not
-#                coordinated-omission free: a connection sends its next
-#                request only after the previous answer, and latency is timed
-#                from the send, not from when the request was due; a stalled
-#                server shows as lost goodput more than as latency.
 #              - Both generators share the one client CPU (the server has the
 #                other). So that the storm's generator does not take the
 #                keep-alive clients' CPU (which would show as the server's
@@ -114,7 +116,7 @@
 # seconds of unmeasured load after each start (default 1), SERVERS (default
 # "keel nginx h2o"), SHAPES, PARTS, CERT, HS_CERTS, HS_MODES, HS_CONNS,
 # STORM_SERVERS, STORM_CERT, STORM_FACTOR, KA_FACTOR, KA_CONNS,
-# STORM_DURATION, LARGE_CONNS (above), TLS_GROUP (default X25519), PORT first
+# STORM_DURATION, LARGE_CONNS, KA_TOOL (above), TLS_GROUP (default X25519), PORT first
 # port to try (default 7800), NO_INSTALL=1 never to install anything.
 #
 # Prints tables, writes build/bench/tls-keepalive.tsv, tls-conns.tsv,
@@ -271,6 +273,17 @@ if has_part storm && ! bench_ensure_bin h2load nghttp2-client; then
 	bench_warn "h2load missing (apt-get install -y nghttp2-client): no storm part"
 	parts=("${parts[@]/storm/}")
 fi
+# The storm's keep-alive clients: keel load (open loop, latency timed from
+# when each request was due) where it speaks https, else h2load --rps.
+ka_tool=${KA_TOOL:-}
+if [[ -z $ka_tool ]]; then
+	ka_tool=h2load
+	if [[ -x build/keel ]] && build/keel load --help 2>&1 | grep -q -- --tls-ca &&
+		command -v python3 >/dev/null; then
+		ka_tool=keel
+	fi
+fi
+[[ $ka_tool == @(keel|h2load) ]] || bench_die "KA_TOOL is keel or h2load"
 
 # ---- Starting and stopping servers. ----
 
@@ -626,19 +639,55 @@ ka_window() { # log t0 t1
 
 now_us() { echo $(($(date +%s%N) / 1000)); }
 
+# The keep-alive clients' closed-loop rate (req/s) over DURATION s.
+ka_saturation() {
+	local f=$work/$name.sat
+	if [[ $ka_tool == keel ]]; then
+		bench_client $((duration + 20)) build/keel load -q -c "$ka_conns" -d "$duration" \
+			--tls-ca "$work/ca.pem" --json "$f.json" "$url" >"$f.out" 2>&1 || true
+		python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["requests_per_sec"]))' \
+			"$f.json" 2>/dev/null || echo 0
+	else
+		bench_client $((duration + 20)) h2load --h1 -c "$ka_conns" -D "$duration" "$url" >"$f.out" 2>&1 || true
+		bench_kv "$(h2load_parse "$f.out")" h2_rps
+	fi
+}
+
 # The keep-alive clients at rate (req/s in all) for storm_dur s, in the
-# background, logging each request; sets ka_pid.
+# background, logging each request (h2load) or each second (keel load); sets
+# ka_pid.
 ka_start() { # rate log
 	local per
-	per=$(awk -v r="$1" -v c="$ka_conns" 'BEGIN { p = int(r / c + 0.5); print (p < 1 ? 1 : p) }')
-	bench_client $((storm_dur + 20)) h2load --h1 -c "$ka_conns" --rps "$per" -D "$storm_dur" \
-		--log-file "$2" "https://127.0.0.1:$port/plaintext" >"$2.out" 2>&1 &
+	if [[ $ka_tool == keel ]]; then
+		bench_client $((storm_dur + 20)) build/keel load -q -c "$ka_conns" -p 1 -R "$1" \
+			-d "$storm_dur" --tls-ca "$work/ca.pem" --json "$2" "$url" >"$2.out" 2>&1 &
+	else
+		per=$(awk -v r="$1" -v c="$ka_conns" 'BEGIN { p = int(r / c + 0.5); print (p < 1 ? 1 : p) }')
+		bench_client $((storm_dur + 20)) h2load --h1 -c "$ka_conns" --rps "$per" -D "$storm_dur" \
+			--log-file "$2" "$url" >"$2.out" 2>&1 &
+	fi
 	ka_pid=$!
 	bench_track "$ka_pid"
 }
 
+# keel load's --json over the seconds first..last of its run: goodput (2xx
+# per second), p50_us (of the whole run) and p99_us (the worst second's),
+# bad (errors in the whole run).
+ka_window_json() { # json first last
+	python3 - "$@" <<'EOF' 2>/dev/null || echo "goodput=0 bad=0 p50_us=0 p99_us=0"
+import json, sys
+d = json.load(open(sys.argv[1]))
+a, b = int(sys.argv[2]), int(sys.argv[3])
+iv = [i for i in d["intervals"] if a <= i["t"] <= b]
+ok = sum(i["ok"] for i in iv)
+p99 = max((i["p99_us"] for i in iv), default=0)
+print("goodput=%.0f bad=%d p50_us=%d p99_us=%d" % (ok / (b - a + 1), d["errors_total"],
+      d["latency_us"]["p50"], p99))
+EOF
+}
+
 ka_wait() {
-	wait "$ka_pid" || bench_warn "the keep-alive h2load failed (rc $?); see $work/*.ka.log.out"
+	wait "$ka_pid" || bench_warn "the keep-alive clients failed (rc $?); see $work/*.ka.log.out"
 	bench_untrack "$ka_pid"
 }
 
@@ -646,7 +695,12 @@ storm_tsv=$out/tls-storm.tsv
 printf 'server\tcert\tphase\thandshakes_per_server_cpu_s\tka_saturation_req_s\tka_offered_req_s\tka_goodput_req_s\tka_goodput_pct\tka_p50_us\tka_p99_us\tka_bad\tstorm_asked_conn_s\tstorm_run_s\tstorm_reached_conn_s\tstorm_completed_conn_s\tstorm_failed\tlisten_drops\tserver_cpu_pct\tkeel_refused\n' >"$storm_tsv"
 if has_part storm; then
 	echo
-	echo "3. handshake storm: certificate $storm_cert, no resumption; keep-alive clients (h2load --h1 -c$ka_conns --rps) at $ka_factor x S,"
+	if [[ $ka_tool == keel ]]; then
+		ka_desc="keel load -c$ka_conns -p1 -R, open loop; p99: the window's worst second"
+	else
+		ka_desc="h2load --h1 -c$ka_conns --rps"
+	fi
+	echo "3. handshake storm: certificate $storm_cert, no resumption; keep-alive clients ($ka_desc) at $ka_factor x S,"
 	echo "   new connections (h2load -r, full handshakes) at $storm_factor x H, ${storm_dur} s runs, figures over the storm's window"
 	tbl=()
 	sfmt='%-6s %-6s %7s %8s %8s %15s %7s %8s %6s %6s %6s %12s %7s %7s %7s %6s %7s\n'
@@ -669,9 +723,7 @@ if has_part storm; then
 			bench_server_stop
 			continue
 		}
-		sat_out=$work/$name.sat.out
-		bench_client $((duration + 20)) h2load --h1 -c "$ka_conns" -D "$duration" "$url" >"$sat_out" 2>&1 || true
-		sat=$(bench_kv "$(h2load_parse "$sat_out")" h2_rps)
+		sat=$(ka_saturation)
 		if ((hcap <= 0 || sat <= 0)); then
 			bench_warn "$name: no capacity measured (H $hcap, S $sat); skipping its storm"
 			bench_server_stop
@@ -729,7 +781,11 @@ if has_part storm; then
 				read -ra k1 < <(keel_tls_counters)
 				refused=$((k1[2] - k0[2]))
 			fi
-			w=$(ka_window "$log" "$t0" "$t1")
+			if [[ $ka_tool == keel ]]; then
+				w=$(ka_window_json "$log" $((lead + 1)) $((lead + storm_len)))
+			else
+				w=$(ka_window "$log" "$t0" "$t1")
+			fi
 			good=$(bench_kv "$w" goodput)
 			p99=$(bench_kv "$w" p99_us)
 			if [[ $phase == alone ]]; then
