@@ -4,8 +4,8 @@
 # OpenSSL) and h2load (nghttp2-client). Run from the repo root (as root to
 # install nginx, h2o and h2load from Debian):
 #
-#     bench/tls/run.sh               # ~6 minutes
-#     QUICK=1 bench/tls/run.sh       # ~3 minutes
+#     bench/tls/run.sh               # ~4 minutes
+#     QUICK=1 bench/tls/run.sh       # ~2 minutes
 #
 # Four parts (PARTS, default "keepalive conns storm large"):
 #
