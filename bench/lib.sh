@@ -482,9 +482,12 @@ EOF
 
 # Writes conf (NAME.conf) for h2o: one thread, no access log, serving the
 # files of dir (text/plain by default) on 127.0.0.1:port, its error log
-# NAME.error.log; further arguments are more top-level lines. Sets bench_h2o
-# to the command that runs it. Started as root, h2o drops to nobody after
-# binding, and keeps a helper child (a perl backtrace annotator).
+# NAME.error.log; further arguments are more top-level lines, and the lines
+# of the array bench_h2o_listen (empty unless set) go inside listen: (an
+# ssl: block, for HTTPS). Sets bench_h2o to the command that runs it.
+# Started as root, h2o drops to nobody after binding, and keeps a helper
+# child (a perl backtrace annotator).
+bench_h2o_listen=()
 bench_h2o_conf() { # conf port max_connections dir [line...]
 	local conf=$1 port=$2 max=$3 dir=$4
 	shift 4
@@ -498,6 +501,9 @@ error-log: ${conf%.conf}.error.log
 listen:
   host: 127.0.0.1
   port: $port
+EOF
+		if ((${#bench_h2o_listen[@]})); then printf '  %s\n' "${bench_h2o_listen[@]}"; fi
+		cat <<EOF
 hosts:
   default:
     paths:
