@@ -715,10 +715,18 @@ static keel_promise *xor_close(keel_transport *t)
 	return keel_close(t->loop, t->fd);
 }
 
+static int xor_peek(keel_transport *t)
+{
+	char b; /* (no bytes held back: what the socket has is all there is) */
+	ssize_t n = recv(t->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n >= 0)
+		return n > 0 ? 1 : -EPIPE;
+	return errno == EAGAIN ? 0 : -errno;
+}
+
 static bool xor_pending(keel_transport *t)
 {
-	char b;
-	return recv(t->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+	return xor_peek(t) > 0;
 }
 
 static int xor_peer(keel_transport *t, struct sockaddr_storage *ss)
@@ -735,6 +743,7 @@ static const keel_transport_ops xor_ops = {
     .shutdown = xor_shutdown,
     .close = xor_close,
     .pending = xor_pending,
+    .peek = xor_peek,
     .peer = xor_peer,
 };
 

@@ -50,6 +50,15 @@ typedef struct keel_transport_ops {
 	keel_promise *(*close)(keel_transport *t);
 	/* Whether input is waiting that recv has not delivered yet (looked at, not consumed). */
 	bool (*pending)(keel_transport *t);
+	/*
+	 * What waits in the input that recv has not delivered yet, looked at
+	 * and not consumed: 1 bytes, 0 nothing (the connection is quiet), or a
+	 * negative errno: the input has ended (-EPIPE: the peer closed its
+	 * side) or failed. pending only asks for bytes; a pooled connection
+	 * about to be reused (the HTTP client's) also needs to know it is
+	 * still open.
+	 */
+	int (*peek)(keel_transport *t);
 	/* The peer's address into ss; 0 or -errno. */
 	int (*peer)(keel_transport *t, struct sockaddr_storage *ss);
 	/* The bytes are protected on the wire (TLS): what a request's scheme is, https or http. */
@@ -99,6 +108,11 @@ static inline keel_promise *keel_transport_close(keel_transport *t)
 static inline bool keel_transport_pending(keel_transport *t)
 {
 	return t->ops->pending(t);
+}
+
+static inline int keel_transport_peek(keel_transport *t)
+{
+	return t->ops->peek(t);
 }
 
 static inline int keel_transport_peer(keel_transport *t, struct sockaddr_storage *ss)

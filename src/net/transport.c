@@ -39,10 +39,20 @@ static keel_promise *tcp_close(keel_transport *t)
 	return keel_close(t->loop, fd);
 }
 
-static bool tcp_pending(keel_transport *t)
+static int tcp_peek(keel_transport *t)
 {
 	char b;
-	return recv(t->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+	ssize_t n = recv(t->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n > 0)
+		return 1;
+	if (n == 0)
+		return -EPIPE;
+	return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+}
+
+static bool tcp_pending(keel_transport *t)
+{
+	return tcp_peek(t) > 0;
 }
 
 static int tcp_peer(keel_transport *t, struct sockaddr_storage *ss)
@@ -58,6 +68,7 @@ static const keel_transport_ops tcp_ops = {
     .shutdown = tcp_shutdown,
     .close = tcp_close,
     .pending = tcp_pending,
+    .peek = tcp_peek,
     .peer = tcp_peer,
 };
 
