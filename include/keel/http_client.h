@@ -27,6 +27,10 @@
  * next request has gone out -- are never taken as an answer: the
  * connection is closed (and the request retried as above). Cancelling a request's promise aborts it: a queued
  * request leaves the queue, one in flight closes its connection.
+ *
+ * A connection's bytes go through a keel_transport (keel/transport.h) it
+ * embeds, as the server's do: plain TCP unless cfg.transport_init wraps
+ * the socket in something else (TLS, for an https:// upstream).
  */
 #ifndef KEEL_HTTP_CLIENT_H
 #define KEEL_HTTP_CLIENT_H
@@ -38,6 +42,7 @@
 #include "http_parse.h"
 #include "loop.h"
 #include "promise.h"
+#include "transport.h"
 
 typedef struct keel_http_client keel_http_client;
 
@@ -51,6 +56,24 @@ typedef struct keel_http_client_config {
 	uint64_t idle_timeout_ms;     /* a pooled connection unused this long is closed; 60000 */
 	size_t body_max;              /* response body bytes; more: -EMSGSIZE. Default 8 MiB */
 	keel_http_limits limits;      /* response head limits (the server defaults) */
+	/*
+	 * How each connection's socket is wrapped (keel/transport.h), as
+	 * keel_http_config.transport_init is for the server: called once per
+	 * connection, when its connect has succeeded, with the connected fd
+	 * and the upstream's host -- HOST of "HOST:PORT" without the port or
+	 * an IPv6 address's brackets ("example.com", "127.0.0.1", "::1"),
+	 * borrowed for the call: the name a TLS transport sends (SNI) and
+	 * checks the certificate against. It sets up *t (which the connection
+	 * embeds; every byte of the connection goes through it) and returns
+	 * 0, or a negative errno: then the connect fails with that error, as
+	 * a refused connect does -- the request rejects with it, not retried
+	 * -- the client closes fd, and *t needs no close. NULL (default):
+	 * plain TCP, keel_tcp_transport_init (TCP_NODELAY: a request's last
+	 * piece must not wait for an ACK). TLS plugs in here: a hook that
+	 * calls keel_tls_client_init (keel/tls.h) with ud as its endpoint.
+	 */
+	int (*transport_init)(keel_transport *t, keel_loop *loop, int fd, void *ud, const char *host);
+	void *transport_ud;
 } keel_http_client_config;
 
 void keel_http_client_config_default(keel_http_client_config *cfg);
@@ -123,9 +146,10 @@ typedef struct keel_http_client_response {
  * with keel_http_client_response_free. Rejects with KEEL_ELIMIT (pool and
  * queue full), -EINVAL (bad upstream), -ECONNREFUSED and other connect
  * errors, KEEL_ENAME (a name that does not resolve), KEEL_ECONNTIMEDOUT
- * (connect timeout), -ETIMEDOUT (response timeout), -EBADMSG (a response
- * keel's parser rejects), -EMSGSIZE (body over body_max), -ECONNRESET (the
- * connection ended before the response did), -ECANCELED.
+ * (connect timeout), what cfg.transport_init returned (its refusal),
+ * -ETIMEDOUT (response timeout), -EBADMSG (a response keel's parser
+ * rejects), -EMSGSIZE (body over body_max), -ECONNRESET (the connection
+ * ended before the response did), -ECANCELED.
  */
 keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http_client_request *req);
 

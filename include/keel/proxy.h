@@ -70,7 +70,8 @@ typedef struct keel_proxy_config {
 	const char *health_path;                 /* what they GET (any 2xx/3xx is healthy); "/" */
 	const char *via;                         /* the Via pseudonym: "1.1 <via>"; "keel"; NULL: no Via */
 	enum keel_proxy_underscores underscores; /* headers named with '_'; default: dropped */
-	keel_http_client_config client;          /* pools, queue, timeouts (response_timeout_ms -> 504) */
+	keel_http_client_config client;          /* pools, queue, timeouts (response_timeout_ms -> 504),
+	                                            transport_init (TLS; a refusal -> 502) */
 } keel_proxy_config;
 
 void keel_proxy_config_default(keel_proxy_config *cfg);

@@ -78,23 +78,35 @@ static bool method_idempotent(keel_str m)
 	return false;
 }
 
+/* HOST of a valid "HOST:PORT", without an IPv6 address's brackets, into host (strlen(name) + 1 bytes). */
+static void host_of(char *host, const char *name)
+{
+	const char *h = name, *he = strrchr(name, ':');
+	if (*h == '[') {
+		h++;
+		he--;
+	}
+	memcpy(host, h, (size_t)(he - h));
+	host[he - h] = '\0';
+}
+
 static struct upstream *upstream_get(keel_http_client *c, const char *name)
 {
 	for (struct upstream *u = c->ups; u; u = u->next)
 		if (strcmp(u->name, name) == 0)
 			return u;
-	struct upstream *u = keel__calloc(1, sizeof(*u));
-	if (!u)
+	if (!keel_hostport_valid(name))
 		return NULL;
-	u->cl = c;
-	u->name = keel__malloc(strlen(name) + 1);
-	if (u->name)
-		strcpy(u->name, name);
-	if (!u->name || !keel_hostport_valid(name)) {
-		free(u->name);
+	struct upstream *u = keel__calloc(1, sizeof(*u));
+	size_t nl = strlen(name);
+	if (!u || !(u->name = keel__malloc(2 * (nl + 1)))) { /* the name, then its host */
 		free(u);
 		return NULL;
 	}
+	u->cl = c;
+	memcpy(u->name, name, nl + 1);
+	u->host = u->name + nl + 1;
+	host_of(u->host, name);
 	u->addr_ok = keel_addr_parse(name, &u->addr, &u->addrlen) == 0; /* else: looked up on first use */
 	u->named = !u->addr_ok;
 	u->next = c->ups;

@@ -17,6 +17,7 @@
 #include "keel/buf.h"
 #include "keel/http_client.h"
 #include "keel/timer.h"
+#include "keel/transport.h"
 #include "keel/util.h"
 
 /* What a connection's timer is running for. */
@@ -42,7 +43,7 @@ struct cconn {
 	struct cconn *next, *prev;           /* the upstream's list of connections */
 	struct cconn *idle_next, *idle_prev; /* its idle list, most recently used first */
 	struct upstream *up;
-	int fd;
+	keel_transport tp; /* the byte stream, once connected: plain TCP or cfg.transport_init's */
 	keel_promise *recv, *send_p, *connect_p;
 	struct creq *req;     /* the request whose response is awaited */
 	struct creq *due_req; /* answered, settled when the send in flight ends */
@@ -84,6 +85,8 @@ struct cconn {
 	keel_timer timer;
 	uint8_t timer_kind;
 	bool idle, reused, got_bytes, closing, keep;
+	bool connected; /* tp is set up: closed through it */
+	bool closed;    /* the close was issued (conn_closed comes next) */
 	/*
 	 * The tick the request was given to this connection: its send reaches
 	 * the kernel at the next one. Bytes received in the same tick cannot be
@@ -98,6 +101,7 @@ struct upstream {
 	struct upstream *next;
 	keel_http_client *cl;
 	char *name;
+	char *host; /* name's HOST, unbracketed, for cfg.transport_init (in name's allocation) */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	struct cconn *conns; /* all of them */

@@ -6,10 +6,12 @@
  * A connection keeps its multishot receive running for its whole life, so
  * a pooled idle connection that the server closes is seen (EOF) and dropped
  * at once rather than found dead by the next request.
+ *
+ * Once connected, every byte of a connection goes through the transport it
+ * embeds (keel/transport.h), set up here: plain TCP, or what
+ * cfg.transport_init makes of the socket (TLS).
  */
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +21,8 @@
 #include "client_internal.h"
 #include "core/alloc.h"
 #include "keel/errors.h"
-#include "keel/file.h"
 #include "keel/tcp.h"
+#include "keel/transport.h"
 
 /* The oldest request waiting for a connection, or NULL. */
 static struct creq *pending_pop(struct upstream *up)
@@ -52,16 +54,16 @@ static void idle_push(struct cconn *k)
  * server sent since its last response is waiting unread (the kernel still
  * holds it while the receive was paused, or had no tick to report it) --
  * that would be read as the next request's answer -- and it has not closed.
- * One MSG_PEEK per reuse, when the connection is taken for a request;
- * what was already reported is the tick rule's (send_tick) and on_data's.
+ * One peek per reuse (plain TCP: one MSG_PEEK), when the connection is
+ * taken for a request; what was already reported is the tick rule's
+ * (send_tick) and on_data's.
  */
 static bool conn_clean(struct cconn *k)
 {
-	char b;
-	ssize_t n = recv(k->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+	int st = keel_transport_peek(&k->tp);
+	if (st == 0)
 		return true;
-	if (n > 0)
+	if (st > 0)
 		k->up->cl->stats.unsolicited++;
 	k->keep = false;
 	return false;
@@ -211,16 +213,14 @@ void keel__http_client_conn_close(struct cconn *k)
 		if (k->body_rp)
 			keel_promise_cancel(k->body_rp);
 	}
-	if (k->connect_p || k->recv || k->send_p || k->body_rp || k->fd == -2)
+	if (k->connect_p || k->recv || k->send_p || k->body_rp || k->closed)
 		return;
-	if (k->fd < 0) {
-		k->fd = -2;
-		conn_closed(NULL, keel_ok(0, NULL), k);
+	k->closed = true;
+	if (!k->connected) {
+		conn_closed(NULL, keel_ok(0, NULL), k); /* never connected: nothing to close */
 		return;
 	}
-	int fd = k->fd;
-	k->fd = -2;
-	keel_promise_done(keel_close(k->up->cl->loop, fd), conn_closed, k);
+	keel_promise_done(keel_transport_close(&k->tp), conn_closed, k);
 }
 
 static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -237,9 +237,20 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		keel__http_client_conn_fail(k, err);
 		return;
 	}
-	k->fd = (int)o.n;
-	int one = 1; /* a request body's last piece must not wait for an ACK (Nagle) */
-	setsockopt(k->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	int fd = (int)o.n;
+	struct upstream *up = k->up;
+	keel_http_client *c = up->cl;
+	if (c->cfg.transport_init) {
+		int err = c->cfg.transport_init(&k->tp, c->loop, fd, c->cfg.transport_ud, up->host);
+		if (err < 0) {
+			close(fd); /* refused by the transport: the connect fails with its error */
+			keel__http_client_conn_fail(k, err);
+			return;
+		}
+	} else {
+		keel_tcp_transport_init(&k->tp, c->loop, fd); /* (TCP_NODELAY: no wait for an ACK) */
+	}
+	k->connected = true;
 	keel__http_client_conn_read(k);
 	struct creq *r = k->req;
 	k->req = NULL;
@@ -318,7 +329,6 @@ void keel__http_client_req_start(struct upstream *up, struct creq *r)
 		return;
 	}
 	k->up = up;
-	k->fd = -1;
 	k->req = r; /* (sent once connected) */
 	r->conn = k;
 	keel_timer_init(&k->timer, conn_timeout);

@@ -11,6 +11,7 @@
 #include "client_internal.h"
 #include "core/alloc.h"
 #include "keel/tcp.h"
+#include "keel/transport.h"
 
 void keel__http_client_response_timer(struct cconn *k)
 {
@@ -326,14 +327,12 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 
 void keel__http_client_conn_read(struct cconn *k)
 {
-	keel_loop *loop = k->up->cl->loop;
 	k->paused = false;
 	/*
 	 * Once a response has been streamed, read one buffer at a time: a
 	 * multishot receive would fill pool buffers ahead of a slow reader.
 	 */
 	k->paced = k->paced || k->attached;
-	k->recv = k->paced ? keel_recv_stream_paced(loop, k->fd, on_data, k)
-	                   : keel_recv_stream(loop, k->fd, on_data, k);
+	k->recv = keel_transport_recv(&k->tp, on_data, k, k->paced);
 	keel_promise_done(k->recv, recv_ended, k);
 }

@@ -10,7 +10,7 @@
 
 #include "client_internal.h"
 #include "core/alloc.h"
-#include "keel/tcp.h"
+#include "keel/transport.h"
 #include "put.h"
 
 /* Format r's head into k->out (kept for the connection's next requests). Returns its length or 0. */
@@ -132,7 +132,6 @@ static void body_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct cconn *k = ud;
-	keel_http_client *c = k->up->cl;
 	k->body_rp = NULL;
 	if (k->closing) {
 		keel__http_client_conn_close(k);
@@ -178,7 +177,7 @@ static void body_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 		body_src_fail(k, -EPIPE); /* fewer bytes than the Content-Length said */
 		return;
 	}
-	k->send_p = keel_sendv(c->loop, k->fd, v, n);
+	k->send_p = keel_transport_sendv(&k->tp, v, n);
 	keel_promise_done(k->send_p, send_done, k);
 	keel__http_client_response_timer(k); /* progress */
 }
@@ -216,11 +215,12 @@ void keel__http_client_conn_send(struct cconn *k, struct creq *r)
 		k->body_ud = q->body_ud;
 		k->body_left = q->body_length;
 		k->body_out = B_MORE; /* the head first, then piece by piece */
-		k->send_p = keel_send(c->loop, k->fd, k->out, hl);
+		struct iovec v = {k->out, hl};
+		k->send_p = keel_transport_sendv(&k->tp, &v, 1);
 	} else {
 		k->body_out = B_NONE;
 		struct iovec v[2] = {{k->out, hl}, {(void *)q->body.ptr, q->body.len}};
-		k->send_p = keel_sendv(c->loop, k->fd, v, !q->body_read && q->body.len ? 2 : 1);
+		k->send_p = keel_transport_sendv(&k->tp, v, !q->body_read && q->body.len ? 2 : 1);
 	}
 	keel_promise_done(k->send_p, send_done, k);
 	if (k->paused && !k->recv)
