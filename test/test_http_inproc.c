@@ -26,9 +26,16 @@
  *    unstoppable handler's request is still waiting for its release.
  *  - The transport seam (keel_http_config.transport_init): HTTP/1.1 over a
  *    transport that changes every byte both ways, and one that refuses.
+ *  - The client's side of it (keel_http_client_config.transport_init): the
+ *    HTTP client over the same transport against that server on a TCP
+ *    port -- bodies both ways, streamed, on one pooled connection; a pooled
+ *    connection its peer closed or spoke on is not reused; a refusal fails
+ *    the request with its error and leaves nothing open.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -36,6 +43,7 @@
 #include <unistd.h>
 
 #include "keel/http.h"
+#include "keel/http_client.h"
 #include "test.h"
 
 static keel_loop *loop;
@@ -820,8 +828,361 @@ static void test_transport_seam(void)
 	printf("transport seam: HTTP/1.1 over a transport that changes every byte; a refusal closes: ok\n");
 }
 
+/*
+ * The client's side of the seam (keel_http_client_config.transport_init):
+ * the HTTP client over the same XOR transport, against the XOR server on a
+ * TCP port. Both ends change every byte, so any byte the client read or
+ * wrote past its transport would garble a head or a body: heads, a 1 MiB
+ * body, uploads streamed with and without a length, a streamed response
+ * read piece by piece (the paced receive), all on one pooled connection,
+ * and its close going through the transport.
+ */
+struct xor_client {
+	unsigned inits;
+	char host[64];
+	int refuse; /* a negative errno: every connection is refused with it */
+};
+
+static int xor_client_init(keel_transport *t, keel_loop *l, int fd, void *ud, const char *host)
+{
+	struct xor_client *xc = ud;
+	xc->inits++;
+	snprintf(xc->host, sizeof(xc->host), "%s", host);
+	if (xc->refuse)
+		return xc->refuse;
+	return xor_init(t, l, fd, NULL);
+}
+
+static keel_promise *h_echo(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 200, "application/octet-stream", r->body.ptr, r->body.len);
+}
+
+/* A streamed request body: piece bytes at a time from p, then the end. */
+struct feed {
+	const char *p;
+	size_t left, piece;
+	keel_str s;
+};
+
+static keel_promise *feed_read(void *ud)
+{
+	struct feed *f = ud;
+	size_t n = f->left < f->piece ? f->left : f->piece;
+	f->s = (keel_str){f->p, n};
+	f->p += n;
+	f->left -= n;
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise_resolve(p, 0, &f->s);
+	return p;
+}
+
+static keel_http_client_response *client_send(keel_http_client *c, const keel_http_client_request *q)
+{
+	keel_outcome o = test_await(loop, keel_http_client_request_send(c, q));
+	if (o.err)
+		FAIL("%s %s: %s", q->method ? q->method : "GET", q->target, keel_strerror(o.err));
+	return o.ptr;
+}
+
+static void expect_response(keel_http_client_response *resp, const char *body, size_t len)
+{
+	ASSERT_EQ(resp->status, 200);
+	ASSERT_EQ(resp->body.len, len);
+	ASSERT_EQ(memcmp(resp->body.ptr, body, len), 0);
+	keel_http_client_response_free(resp);
+}
+
+static void test_client_transport_seam(void)
+{
+	keel_http_config scfg;
+	keel_http_config_default(&scfg);
+	scfg.transport_init = xor_init;
+	keel_http_server *srv;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &scfg));
+	ASSERT_OK(keel_http_route(srv, "GET", "/hello", 0, h_hello, NULL));
+	ASSERT_OK(keel_http_route(srv, "GET", "/big", 0, h_big, NULL));
+	ASSERT_OK(keel_http_route(srv, NULL, "/echo", 0, h_echo, NULL));
+	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
+	ASSERT_OK(lfd);
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", keel_tcp_port(lfd));
+	ASSERT_OK(keel_http_server_start(srv, lfd));
+
+	struct xor_client xc = {0};
+	keel_http_client_config cfg;
+	keel_http_client_config_default(&cfg);
+	cfg.pool_max = 1; /* every request on the one connection */
+	cfg.transport_init = xor_client_init;
+	cfg.transport_ud = &xc;
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, &cfg));
+
+	keel_http_client_request q = {.upstream = addr, .target = "/hello"};
+	expect_response(client_send(c, &q), "hello", 5);
+	ASSERT_EQ(xc.inits, 1);
+	ASSERT(strcmp(xc.host, "127.0.0.1") == 0);
+	q.target = "/big";
+	expect_response(client_send(c, &q), big, BIG);
+
+	/* Uploads streamed from a producer: chunked, then with a Content-Length. */
+	struct feed f = {big, BIG / 2, 64 << 10, {0}};
+	q = (keel_http_client_request){.upstream = addr,
+	                               .method = "POST",
+	                               .target = "/echo",
+	                               .body_read = feed_read,
+	                               .body_ud = &f,
+	                               .body_length = -1};
+	expect_response(client_send(c, &q), big, BIG / 2);
+	f = (struct feed){big + 1000, 300000, 70000, {0}};
+	q.method = "PUT";
+	q.body_length = 300000;
+	expect_response(client_send(c, &q), big + 1000, 300000);
+
+	/* A response streamed to the caller: read piece by piece through the transport. */
+	q = (keel_http_client_request){.upstream = addr, .target = "/big", .stream_response = true};
+	keel_http_client_response *resp = client_send(c, &q);
+	ASSERT_EQ(resp->status, 200);
+	size_t got = resp->body.len;
+	ASSERT(got <= BIG && memcmp(resp->body.ptr, big, got) == 0);
+	for (;;) {
+		keel_outcome o = test_await(loop, keel_http_client_body_read(resp));
+		ASSERT_OK(o.err);
+		keel_str *piece = o.ptr;
+		if (!piece->len)
+			break;
+		ASSERT(got + piece->len <= BIG);
+		ASSERT_EQ(memcmp(piece->ptr, big + got, piece->len), 0);
+		got += piece->len;
+	}
+	ASSERT_EQ(got, BIG);
+	keel_http_client_response_free(resp);
+	q = (keel_http_client_request){.upstream = addr, .target = "/hello"};
+	expect_response(client_send(c, &q), "hello", 5); /* and the connection is still good */
+
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.responses, 6);
+	ASSERT_EQ(st.connects, 1); /* pooled: reused for all six */
+	ASSERT_EQ(st.retries, 0);
+	ASSERT_EQ(st.unsolicited, 0);
+	ASSERT_EQ(xc.inits, 1);
+	unsigned closes = xor_closes;
+	keel_http_client_free(c);
+	for (int i = 0; i < 100 && xor_closes < closes + 2; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT_EQ(xor_closes, closes + 2); /* the client's close and then the server's, both through it */
+	stop_and_free(srv);
+	close(lfd);
+	printf("client transport seam: the client over a transport that changes every byte, pooled: ok\n");
+}
+
+/* ---- A peer by hand: the test plays the XOR server on raw sockets ---- */
+
+/* Accept the client's next connection on lfd (non-blocking), running the loop meanwhile. */
+static int raw_accept(int lfd)
+{
+	for (int i = 0; i < 300; i++) {
+		keel_loop_run_once(loop, 1);
+		int a = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (a >= 0) {
+			int one = 1; /* what the test writes must not wait for an ACK (Nagle) */
+			setsockopt(a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+			return a;
+		}
+	}
+	FAIL("no new connection from the client");
+}
+
+/* Read one request head (and what came with it) from a, un-XORed; check it starts with line. */
+static void raw_expect(int a, const char *line)
+{
+	char b[4096];
+	size_t n = 0;
+	for (int i = 0; i < 300 && !memmem(b, n, "\r\n\r\n", 4); i++) {
+		keel_loop_run_once(loop, 1);
+		ssize_t r = read(a, b + n, sizeof(b) - 1 - n);
+		if (r > 0) {
+			xor_bytes(b + n, (size_t)r);
+			n += (size_t)r;
+		}
+	}
+	b[n] = '\0';
+	if (strncmp(b, line, strlen(line)) != 0)
+		FAIL("expected %s, got: %.60s", line, b);
+}
+
+static void raw_say(int a, const char *s)
+{
+	char b[256];
+	size_t n = strlen(s);
+	memcpy(b, s, n);
+	xor_bytes(b, n);
+	ASSERT_EQ(write(a, b, n), (ssize_t)n);
+}
+
+/* A request answered by the test: its promise, the peer's side served, the body checked. */
+static void raw_exchange(keel_http_client *c, keel_http_client_request *q, int a, const char *line,
+                         const char *body)
+{
+	keel_promise *p = keel_http_client_request_send(c, q);
+	raw_expect(a, line);
+	char resp[128];
+	snprintf(resp, sizeof(resp), "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+	raw_say(a, resp);
+	keel_outcome o = test_await(loop, p);
+	ASSERT_OK(o.err);
+	expect_response(o.ptr, body, strlen(body));
+}
+
+/*
+ * A pooled connection is checked through the transport before reuse (its
+ * peek): a peer that closed it while the loop was not looking, or sent
+ * bytes nobody asked for, is not reused. A POST, which is never retried,
+ * shows the closed one was seen before anything was sent on it.
+ */
+static void test_client_transport_stale(void)
+{
+	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
+	ASSERT_OK(lfd);
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", keel_tcp_port(lfd));
+	struct xor_client xc = {0};
+	keel_http_client_config cfg;
+	keel_http_client_config_default(&cfg);
+	cfg.pool_max = 1;
+	cfg.transport_init = xor_client_init;
+	cfg.transport_ud = &xc;
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, &cfg));
+
+	keel_http_client_request q = {.upstream = addr, .target = "/a"};
+	keel_promise *p = keel_http_client_request_send(c, &q);
+	int a = raw_accept(lfd);
+	raw_expect(a, "GET /a HTTP/1.1\r\n");
+	raw_say(a, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na");
+	keel_outcome o = test_await(loop, p);
+	ASSERT_OK(o.err);
+	expect_response(o.ptr, "a", 1);
+
+	close(a);      /* the peer closes the pooled connection... */
+	usleep(20000); /* ...and the loop has not run since */
+	q = (keel_http_client_request){.upstream = addr, .method = "POST", .target = "/b", .body = {"x", 1}};
+	p = keel_http_client_request_send(c, &q);
+	int b = raw_accept(lfd);
+	raw_expect(b, "POST /b HTTP/1.1\r\n");
+	raw_say(b, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb");
+	o = test_await(loop, p);
+	ASSERT_OK(o.err);
+	expect_response(o.ptr, "b", 1);
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, 2);
+	ASSERT_EQ(st.retries, 0);
+	ASSERT_EQ(st.unsolicited, 0);
+
+	q = (keel_http_client_request){.upstream = addr, .target = "/b2"};
+	raw_exchange(c, &q, b, "GET /b2 HTTP/1.1\r\n", "b2");           /* reused: quiet and open */
+	raw_say(b, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"); /* unasked */
+	usleep(20000);
+	q.target = "/c";
+	p = keel_http_client_request_send(c, &q);
+	int d = raw_accept(lfd);
+	raw_expect(d, "GET /c HTTP/1.1\r\n");
+	raw_say(d, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc");
+	o = test_await(loop, p);
+	ASSERT_OK(o.err);
+	expect_response(o.ptr, "c", 1);
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, 3);
+	ASSERT_GE(st.unsolicited, 1);
+	ASSERT_EQ(xc.inits, 3);
+	keel_http_client_free(c);
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 0);
+	close(b);
+	close(d);
+	close(lfd);
+	printf("client transport seam: a pooled connection closed or spoken on unasked is not reused: ok\n");
+}
+
+/* The lowest free descriptor: the same before and after means none was left open. */
+static int fd_probe(void)
+{
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	close(fd);
+	return fd;
+}
+
+/*
+ * A transport_init that refuses: the connect fails with its error, for the
+ * request on the connection and for the one queued behind it (each gets a
+ * connection of its own, refused alike); the descriptor is closed and the
+ * connection freed. The hook is told the host without port or brackets.
+ */
+static void test_client_transport_refused(void)
+{
+	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0); /* connects complete in its backlog */
+	ASSERT_OK(lfd);
+	int port = keel_tcp_port(lfd);
+	int lfd6 = keel_tcp_listen("[::1]:0", 16, 0); /* (where IPv6 is there) */
+	char addr[64], named[64], addr6[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+	snprintf(named, sizeof(named), "localhost:%d", port);
+	snprintf(addr6, sizeof(addr6), "[::1]:%d", lfd6 >= 0 ? keel_tcp_port(lfd6) : 1);
+	struct xor_client xc = {.refuse = -EPROTO};
+	keel_http_client_config cfg;
+	keel_http_client_config_default(&cfg);
+	cfg.pool_max = 1;
+	cfg.transport_init = xor_client_init;
+	cfg.transport_ud = &xc;
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, &cfg));
+	int fd_before = fd_probe();
+	unsigned conns_before = xor_conns;
+
+	keel_http_client_request q = {.upstream = addr, .target = "/"};
+	keel_promise *p1 = keel_http_client_request_send(c, &q);
+	keel_promise *p2 = keel_http_client_request_send(c, &q); /* queued: pool_max 1 */
+	ASSERT_EQ(test_await(loop, p1).err, -EPROTO);
+	ASSERT_EQ(test_await(loop, p2).err, -EPROTO);
+	ASSERT_EQ(xc.inits, 2);
+	ASSERT(strcmp(xc.host, "127.0.0.1") == 0);
+	q.upstream = named;
+	ASSERT_EQ(test_await(loop, keel_http_client_request_send(c, &q)).err, -EPROTO);
+	ASSERT(strcmp(xc.host, "localhost") == 0);
+	if (lfd6 >= 0) {
+		q.upstream = addr6;
+		ASSERT_EQ(test_await(loop, keel_http_client_request_send(c, &q)).err, -EPROTO);
+		ASSERT(strcmp(xc.host, "::1") == 0);
+	}
+
+	keel_http_client_stats st;
+	keel_http_client_get_stats(c, &st);
+	ASSERT_EQ(st.connects, lfd6 >= 0 ? 4 : 3);
+	ASSERT_EQ(st.conns_open, 0);
+	ASSERT_EQ(st.responses, 0);
+	ASSERT_EQ(st.retries, 0);
+	ASSERT_EQ(xor_conns, conns_before); /* no transport was set up */
+	ASSERT_EQ(fd_probe(), fd_before);   /* every refused socket closed */
+	keel_http_client_free(c);           /* nothing open: freed here (the sanitizer build checks) */
+	for (int i = 0; i < 5; i++)
+		keel_loop_run_once(loop, 0);
+	keel_loop_stats ls;
+	keel_loop_get_stats(loop, &ls);
+	ASSERT_EQ(ls.ops_inflight, 0);
+	close(lfd);
+	if (lfd6 >= 0)
+		close(lfd6);
+	printf("client transport seam: a refusing transport_init fails the request with its error: ok\n");
+}
+
 int main(void)
 {
+	for (size_t i = 0; i < BIG; i++)
+		big[i] = (char)('a' + (i * 7) % 26); /* a pattern: a byte out of place shows */
 	loop = test_loop();
 	test_stop_under_unstoppable_upload();
 	test_head_errors();
@@ -833,6 +1194,9 @@ int main(void)
 	test_free_right_after_stop_with_access_log();
 	test_zombie_released_after_free();
 	test_transport_seam();
+	test_client_transport_seam();
+	test_client_transport_stale();
+	test_client_transport_refused();
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 0);
 	keel_loop_stats st;
