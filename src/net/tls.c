@@ -1723,6 +1723,30 @@ static bool tls_pending(keel_transport *t)
 	return recv(tc->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
 }
 
+/*
+ * tls_pending's look, and the end of the input: ciphertext the raw stream
+ * saw end, a close_notify already read, or the socket's EOF still in the
+ * kernel. A record waiting (even one that is not data, a session ticket)
+ * counts as bytes: the caller only learns the connection is not quiet.
+ */
+static int tls_peek(keel_transport *t)
+{
+	struct tconn *tc = t->impl;
+	if (tc->fatal)
+		return tc->fatal;
+	if (SSL_has_pending(tc->ssl) || tc->rq_head)
+		return 1;
+	if (tc->raw_eof || (SSL_get_shutdown(tc->ssl) & SSL_RECEIVED_SHUTDOWN))
+		return -EPIPE;
+	char b;
+	ssize_t n = recv(tc->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n > 0)
+		return 1;
+	if (n == 0)
+		return -EPIPE;
+	return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+}
+
 static int tls_peer(keel_transport *t, struct sockaddr_storage *ss)
 {
 	socklen_t sl = sizeof(*ss);
@@ -1736,6 +1760,7 @@ static const keel_transport_ops tls_ops = {
     .shutdown = tls_shutdown,
     .close = tls_close,
     .pending = tls_pending,
+    .peek = tls_peek,
     .peer = tls_peer,
     .secure = true,
 };
