@@ -52,13 +52,14 @@
 #include "keel/tls.h"
 #include "keel/util.h"
 
-#define PLAIN_CAP 16384  /* a plaintext buffer: one full record */
-#define FILL_MAX 65536   /* plaintext encrypted ahead of the socket, per connection */
-#define OBUF_CAP 69632   /* an output buffer: FILL_MAX and the records' overhead */
-#define FREE_KEEP 64     /* spare buffers an endpoint keeps, of each kind */
-#define SESS_CACHE 16    /* client: hosts whose last session is kept, per endpoint */
-#define TLS_RECORD 16384 /* the most plaintext one record holds */
-#define RQ_MAX 65536     /* ciphertext held unread: enough for a whole record, whatever the buffer size */
+#define PLAIN_CAP 16384        /* a plaintext buffer: one full record */
+#define FILL_MAX 65536         /* plaintext encrypted ahead of the socket, per connection */
+#define OBUF_CAP 69632         /* an output buffer: FILL_MAX and the records' overhead */
+#define FREE_KEEP 64           /* spare buffers an endpoint keeps, of each kind */
+#define SESS_CACHE 16          /* client: hosts whose last session is kept, per endpoint */
+#define TLS_RECORD 16384       /* the most plaintext one record holds */
+#define OUT_MAX (4 * OBUF_CAP) /* output waiting for the socket, past which the connection fails */
+#define RQ_MAX 65536 /* ciphertext held unread: enough for a whole record, whatever the buffer size */
 
 /* Mozilla's "intermediate" configuration (v5.7): TLS 1.2's suites; TLS 1.3's are OpenSSL's. */
 #define INTERMEDIATE_CIPHERS                                                                       \
@@ -211,6 +212,8 @@ static int bio_write(BIO *b, const char *data, int len)
 {
 	struct tconn *tc = BIO_get_data(b);
 	size_t need = tc->out_len + (size_t)len;
+	if (need > OUT_MAX)
+		return -1; /* records OpenSSL writes on its own (KeyUpdate replies) to a peer that never reads */
 	if (!tc->out && need <= OBUF_CAP && (tc->out = obuf_get(tc->ep)))
 		tc->out_cap = OBUF_CAP;
 	if (need > tc->out_cap) {
@@ -1016,6 +1019,14 @@ static void conn_fail(struct tconn *tc, int err)
 	if (tc->fatal)
 		return;
 	tc->fatal = err;
+	if ((err == KEEL_ETLS || err == KEEL_ETLSCERT) && !tc->send && tc->out_len && tc->fd >= 0) {
+		/*
+		 * The alert goes now, if the socket takes it at once: the close
+		 * that follows cancels whatever is still in flight.
+		 */
+		(void)!send(tc->fd, tc->out, tc->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		tc->out_len = 0;
+	}
 	if (!tc->hs_done && (tc->hs_counted || (!tc->server && err != -ECANCELED)))
 		tc->ep->st.handshake_failed += err != -ETIMEDOUT;
 	hs_release(tc);
@@ -1613,6 +1624,7 @@ static keel_promise *tls_shutdown(keel_transport *t)
 	if (tc->hs_done) {
 		ERR_clear_error();
 		SSL_shutdown(tc->ssl); /* close_notify, then the TCP end */
+		ERR_clear_error();
 	}
 	tc->shut_p = keel_promise_new(t->loop);
 	keel_promise *p = tc->shut_p;
@@ -1668,6 +1680,7 @@ static keel_promise *tls_close(keel_transport *t)
 	    !(SSL_get_shutdown(tc->ssl) & SSL_SENT_SHUTDOWN)) {
 		ERR_clear_error();
 		SSL_shutdown(tc->ssl);
+		ERR_clear_error();
 		if (tc->out_len)
 			(void)!send(tc->fd, tc->out, tc->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
 		tc->out_len = 0;
@@ -1678,9 +1691,11 @@ static keel_promise *tls_close(keel_transport *t)
 	keel_promise *p = tc->close_p;
 	if (tc->raw)
 		keel_promise_cancel(tc->raw);
-	/* An alert (a few bytes to a socket that takes them at once) still goes; a stuck body does not. */
-	bool alert = (tc->fatal == KEEL_ETLS || tc->fatal == KEEL_ETLSCERT) && tc->fly_len <= 1024;
-	if (tc->send && !alert)
+	/*
+	 * What is in flight is cancelled, an alert included: a peer that
+	 * stopped reading would hold the close for ever (zero-window probes).
+	 */
+	if (tc->send)
 		keel_promise_cancel(tc->send);
 	if (tc->fread)
 		keel_promise_cancel(tc->fread);
@@ -1855,10 +1870,16 @@ int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_en
 	if (host) {
 		unsigned char ip[16];
 		bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
-		if (is_ip)
-			X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(tc->ssl), host);
-		else if (!SSL_set_tlsext_host_name(tc->ssl, host) || !SSL_set1_host(tc->ssl, host))
+		if (!is_ip && !SSL_set_tlsext_host_name(tc->ssl, host))
+			ERR_clear_error(); /* (a name over 255 bytes: no SNI; the check below still applies) */
+		bool checked = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(tc->ssl), host) == 1
+		                     : SSL_set1_host(tc->ssl, host) == 1;
+		if (!checked) {
 			ERR_clear_error();
+			tc->closing = true;
+			conn_free(tc); /* never a connection that would accept any name */
+			return -EINVAL;
+		}
 		for (int i = 0; i < SESS_CACHE; i++) {
 			struct sess_slot *sl = &ep->sess[i];
 			if (!sl->sess || strcmp(sl->host, host) != 0)
@@ -1867,8 +1888,8 @@ int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_en
 				SSL_set_session(tc->ssl, sl->sess);
 			if (SSL_SESSION_get_protocol_version(sl->sess) == TLS1_3_VERSION ||
 			    !SSL_SESSION_is_resumable(sl->sess)) {
-				SSL_SESSION_free(
-				    sl->sess); /* one use each (the connection holds its own reference) */
+				/* One use each (the connection holds its own reference). */
+				SSL_SESSION_free(sl->sess);
 				sl->sess = NULL;
 			}
 		}
