@@ -80,6 +80,13 @@ typedef struct keel_tls_config {
 	const char *ca_file;
 	/* Client: verify the server (chain and name). Default true; false is for tests. */
 	bool verify;
+	/*
+	 * Client: the name keel_tls_client_transport sends as SNI and verifies
+	 * the certificate against, instead of the host the connection was made
+	 * to (an upstream reached by IP whose certificate names a host); NULL:
+	 * that host.
+	 */
+	const char *name;
 	/* Server: a DER OCSP response stapled for clients that ask (NULL: none). Read once. */
 	const char *ocsp_file;
 	/* ALPN, comma-separated, in preference order; NULL: "http/1.1". */
@@ -132,6 +139,14 @@ int keel_tls_server_init(keel_transport *t, keel_loop *loop, int fd, void *ud);
  * A failed verification fails the first receive and send with KEEL_ETLSCERT.
  */
 int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_endpoint *ep, const char *host);
+/*
+ * keel_tls_client_init in the shape of keel_http_client_config.transport_init,
+ * with ud a keel_tls_endpoint of a client context: host is the upstream's,
+ * or the context's cfg.name when it has one. An HTTPS client:
+ *   ccfg.transport_init = keel_tls_client_transport;
+ *   ccfg.transport_ud = ep;
+ */
+int keel_tls_client_transport(keel_transport *t, keel_loop *loop, int fd, void *ud, const char *host);
 
 /* Whether t is a TLS transport; the ALPN protocol it agreed ("" before the handshake or none). */
 bool keel_tls_is(const keel_transport *t);

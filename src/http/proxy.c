@@ -192,11 +192,15 @@ static void mark_down(keel_proxy *px, struct pup *u)
 		u->down_until_ns = keel_loop_now_ns(px->loop) + px->cfg.fail_timeout_ms * 1000000ull;
 }
 
-/* Connecting failed: the request never left, whatever its method. */
+/*
+ * Connecting failed: the request never left, whatever its method. A
+ * certificate that does not verify fails the handshake, before any request
+ * byte is encrypted.
+ */
 static bool connect_error(int err)
 {
 	return err == -ECONNREFUSED || err == KEEL_ECONNTIMEDOUT || err == -EHOSTUNREACH ||
-	       err == -ENETUNREACH || err == -EADDRNOTAVAIL || err == KEEL_ENAME;
+	       err == -ENETUNREACH || err == -EADDRNOTAVAIL || err == KEEL_ENAME || err == KEEL_ETLSCERT;
 }
 
 struct hcheck {
@@ -598,13 +602,21 @@ static void upstream_result(struct preq *pr, keel_outcome o)
 	}
 	if (o.err) {
 		struct pup *failed = pr->up;
-		if (connect_error(o.err))
+		bool tls = o.err == KEEL_ETLS || o.err == KEEL_ETLSCERT;
+		if (connect_error(o.err) || tls)
 			mark_down(px, failed);
-		/* Never sent (or an idempotent request reset before any answer): once more, elsewhere. */
+		/*
+		 * Never sent (or an idempotent request reset, or its TLS broken,
+		 * before any answer): once more, elsewhere.
+		 */
 		bool again = !pr->body_started && pr->tried < 2 && !px->freeing &&
-		             (connect_error(o.err) || ((o.err == -ECONNRESET || o.err == -EPIPE) &&
-		                                       !pr->q.body_read && idempotent(pr->req->msg.method)));
+		             (connect_error(o.err) ||
+		              ((o.err == -ECONNRESET || o.err == -EPIPE || o.err == KEEL_ETLS) &&
+		               !pr->q.body_read && idempotent(pr->req->msg.method)));
 		struct pup *next = again ? pick(px, failed) : NULL;
+		if (tls) /* (the TLS layer has said why: which check, which name) */
+			keel_log(KEEL_LOG_WARN, "proxy: upstream %s: %s: %s", failed->name,
+			         keel_strerror(o.err), next ? "trying another" : "answered 502");
 		failed->active--;
 		pr->up = NULL;
 		if (next) {

@@ -82,6 +82,8 @@ struct keel_tls_ctx {
 	X509 *leaf[KEEL_TLS_CERTS_MAX];    /* a certificate of each site, to match SNI against */
 	int nsites;
 	bool client;
+	bool verify; /* client: a failed check is KEEL_ETLSCERT only when it was asked for */
+	char *name;  /* client: cfg.name, or NULL */
 	unsigned handshakes_max;
 	uint64_t handshake_timeout_ms;
 	unsigned char alpn[256]; /* wire format: length-prefixed names */
@@ -742,6 +744,7 @@ int keel_tls_ctx_new(keel_tls_ctx **out, const keel_tls_config *cfg, char *err, 
 		return -ENOMEM;
 	pthread_mutex_init(&ctx->tk_mu, NULL);
 	ctx->client = cfg->client;
+	ctx->verify = cfg->verify;
 	ctx->handshakes_max = cfg->handshakes_max ? cfg->handshakes_max : 256;
 	ctx->handshake_timeout_ms = cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : 10000;
 	ctx->tk_life_s = cfg->ticket_key_s ? cfg->ticket_key_s : 3600;
@@ -749,6 +752,9 @@ int keel_tls_ctx_new(keel_tls_ctx **out, const keel_tls_config *cfg, char *err, 
 	if (rc < 0)
 		goto fail;
 	if (cfg->client) {
+		rc = -ENOMEM;
+		if (cfg->name && !(ctx->name = strdup(cfg->name)))
+			goto fail;
 		rc = KEEL_ETLS;
 		if (!(ctx->site[0] = ctx_base(ctx, cfg, err, errlen)))
 			goto fail;
@@ -827,6 +833,7 @@ void keel_tls_ctx_free(keel_tls_ctx *ctx)
 		X509_free(ctx->leaf[i]);
 	}
 	free(ctx->ocsp);
+	free(ctx->name);
 	for (int i = 0; i < ctx->nall; i++)
 		X509_free(ctx->all[i]);
 	free(ctx->not_after_file);
@@ -1041,16 +1048,21 @@ static void conn_fail(struct tconn *tc, int err)
 static int tls_error(struct tconn *tc)
 {
 	long v = SSL_get_verify_result(tc->ssl);
-	if (!tc->server && v != X509_V_OK) {
+	if (!tc->server && tc->ep->ctx->verify && v != X509_V_OK) {
 		keel_log(KEEL_LOG_WARN, "tls: %s: certificate did not verify: %s", tc->host ? tc->host : "?",
 		         X509_verify_cert_error_string(v));
 		return KEEL_ETLSCERT;
 	}
 	unsigned long e = ERR_peek_error();
 	if (e && !tc->server) {
-		char why[256];
-		ERR_error_string_n(e, why, sizeof(why));
-		keel_log(KEEL_LOG_WARN, "tls: %s: %s", tc->host ? tc->host : "?", why);
+		char code[256];
+		const char *why = ERR_reason_error_string(e);
+		if (!why) {
+			ERR_error_string_n(e, code, sizeof(code));
+			why = code;
+		}
+		keel_log(KEEL_LOG_WARN, "tls: %s: %s: %s", tc->host ? tc->host : "?",
+		         tc->hs_done ? "after the handshake" : "the handshake failed", why);
 	}
 	ERR_clear_error();
 	return KEEL_ETLS;
@@ -1898,6 +1910,12 @@ int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_en
 	transport_set(t, loop, fd, tc);
 	pump(tc); /* the ClientHello goes now */
 	return 0;
+}
+
+int keel_tls_client_transport(keel_transport *t, keel_loop *loop, int fd, void *ud, const char *host)
+{
+	keel_tls_endpoint *ep = ud;
+	return keel_tls_client_init(t, loop, fd, ep, ep->ctx->name ? ep->ctx->name : host);
 }
 
 bool keel_tls_is(const keel_transport *t)
