@@ -500,6 +500,27 @@ def tls(tmp):
          ["tls_client_ca: ", "No such file"]),
         ("an OCSP file that is not one", H + tc + tk + "tls_ocsp = good.pem\n" + R, 6, ["tls_ocsp: "]),
     ]
+    # [upstream] TLS: lines 1-3 the [server] head, 4 [upstream u], 5 the first server.
+    U = H + "[upstream u]\nserver = https://127.0.0.1:9443\n"
+    RU = "[route /]\nupstream = u\n"
+    cases += [
+        ("http:// and https:// servers in one group", U + "server = 127.0.0.1:9444\n" + RU, 6,
+         ["server: 127.0.0.1:9444 is plain", "first server (line 5) is https", "one scheme"]),
+        ("a bad https:// address", H + "[upstream u]\nserver = https://127.0.0.1\n" + RU, 5,
+         ["server: bad address 'https://127.0.0.1'"]),
+        ("a scheme keel does not speak", H + "[upstream u]\nserver = ftp://127.0.0.1:21\n" + RU, 5,
+         ["server: bad address"]),
+        ("tls_ca for a plain group", H + "[upstream u]\nserver = 127.0.0.1:9444\ntls_ca = good.pem\n" + RU, 6,
+         ["tls_* keys need https:// servers in [upstream u]"]),
+        ("a missing tls_ca file", U + "tls_ca = nope.pem\n" + RU, 6, ["tls_ca: ", "nope.pem", "No such file"]),
+        ("an upstream tls_cert without its tls_key", U + "tls_cert = good.pem\n" + RU, 6,
+         ["tls_cert without its tls_key"]),
+        ("an upstream tls_key that does not match", U + "tls_cert = good.pem\ntls_key = other.key\n" + RU, 6,
+         ["[upstream u]: ", "other.key"]),
+        ("tls_verify not on or off", U + "tls_verify = no\n" + RU, 6, ["tls_verify: 'no' is not on or off"]),
+        ("an empty tls_name", U + "tls_name =\n" + RU, 6, ["tls_name: '' is not a host name"]),
+        ("an unknown upstream tls key", U + "tls_ciphers = x\n" + RU, 6, ["unknown key 'tls_ciphers' in [upstream u]"]),
+    ]
     if have_expired:
         cases.append(("an expired certificate", H + tc + tk + "tls_cert = expired.pem\ntls_key = expired.key\n" + R,
                       6, ["tls_cert: ", "expired.pem", "expired"]))
@@ -548,6 +569,15 @@ def tls(tmp):
         check(r.returncode == want and r.stderr.strip() and "listening" not in r.stderr,
               f"keel proxy {' '.join(args)}: exit {r.returncode}, want {want}: {r.stderr!r}")
     print("tls: keel proxy with an unpaired --tls-cert/--tls-key exits 2, a bad key 1: ok")
+    for args, want, piece in [
+            (["--upstream", "https://127.0.0.1:1", "--upstream", "127.0.0.1:2"], 2, "a group speaks one scheme"),
+            (["--upstream", "127.0.0.1:1", "--tls-ca", gc], 1, "--tls-ca is for https:// upstreams"),
+            (["--upstream", "https://127.0.0.1:1", "--tls-ca", os.path.join(d, "nope.pem")], 1, "No such file"),
+            (["--upstream", "https://127.0.0.1"], 2, "bad address 'https://127.0.0.1'")]:
+        r = keel_run("proxy", "--listen", "127.0.0.1:0", *args)
+        check(r.returncode == want and piece in r.stderr and "listening" not in r.stderr,
+              f"keel proxy {' '.join(args)}: exit {r.returncode}, want {want} and {piece!r}: {r.stderr!r}")
+    print("tls: keel proxy with mixed schemes, --tls-ca without https://, a missing CA file: refused: ok")
 
 
 def test():

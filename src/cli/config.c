@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -80,6 +81,11 @@ void cli_config_fini(cli_config *cfg)
 		free(up->name);
 		free(up->health_path);
 		free(up->via);
+		free(up->tls.ca);
+		free(up->tls.cert);
+		free(up->tls.key);
+		free(up->tls.name);
+		keel_tls_ctx_free(up->tls.ctx);
 	}
 	for (unsigned i = 0; i < cfg->nroutes; i++) {
 		free(cfg->routes[i].path);
@@ -119,6 +125,7 @@ struct cli_upstream *cli_config_add_upstream(cli_config *cfg, const char *name, 
 	if (!up->name)
 		return NULL;
 	up->line = line;
+	up->tls.verify = true;
 	keel_proxy_config_default(&up->proxy);
 	cfg->nups++;
 	return up;
@@ -142,17 +149,48 @@ struct cli_route *cli_config_add_route(cli_config *cfg, const char *path, int li
 	return r;
 }
 
-int cli_upstream_add_server(struct cli_upstream *up, const char *addr)
+int cli_upstream_add_server(struct cli_upstream *up, const char *value, int line, char *msg, size_t msglen)
 {
-	if (up->nservers >= CLI_SERVERS_MAX)
+	bool https = strncasecmp(value, "https://", 8) == 0;
+	const char *addr = https ? value + 8 : strncasecmp(value, "http://", 7) == 0 ? value + 7 : value;
+	if (!keel_hostport_valid(addr)) { /* numeric, or a name resolved off the loop; port 1..65535 */
+		snprintf(msg, msglen,
+		         "bad address '%s' (expected [https://]HOST:PORT: an IP, [IPv6] or a DNS name, "
+		         "port 1..65535)",
+		         value);
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < up->nservers; i++)
+		if (strcmp(up->servers[i], addr) == 0) {
+			snprintf(msg, msglen, "%s is already in [upstream %s]", addr, up->name);
+			return -EEXIST;
+		}
+	if (up->nservers && https != up->tls.on) {
+		char first[32] = "";
+		if (up->tls.scheme_line)
+			snprintf(first, sizeof(first), " (line %d)", up->tls.scheme_line);
+		snprintf(msg, msglen,
+		         "%s is %s but the group's first server%s is %s: a group speaks one scheme", value,
+		         https ? "https" : "plain", first, up->tls.on ? "https" : "plain");
+		return -EPROTO;
+	}
+	if (up->nservers >= CLI_SERVERS_MAX) {
+		snprintf(msg, msglen, "too many servers in [upstream %s] (at most %d)", up->name,
+		         CLI_SERVERS_MAX);
 		return -E2BIG;
+	}
 	char **s = realloc(up->servers, (up->nservers + 1) * sizeof(*s));
-	if (!s)
+	if (!s || !(s[up->nservers] = strdup(addr))) {
+		if (s)
+			up->servers = s;
+		snprintf(msg, msglen, "out of memory");
 		return -ENOMEM;
+	}
 	up->servers = s;
-	s[up->nservers] = strdup(addr);
-	if (!s[up->nservers])
-		return -ENOMEM;
+	if (!up->nservers) {
+		up->tls.on = https;
+		up->tls.scheme_line = line;
+	}
 	up->nservers++;
 	return 0;
 }
@@ -169,11 +207,6 @@ int cli_tls_add(struct cli_tls *t, bool key, const char *path, int line)
 	(key ? t->key_lines : t->cert_lines)[*n] = line;
 	(*n)++;
 	return 0;
-}
-
-bool cli_upstream_addr_ok(const char *addr)
-{
-	return keel_hostport_valid(addr); /* numeric, or a name resolved off the loop; port 1..65535 */
 }
 
 static bool listen_addr_ok(const char *addr)
@@ -628,6 +661,44 @@ static void server_key(struct parser *p, const char *name, const char *value)
 	}
 }
 
+/*
+ * [upstream]'s tls_* keys. 1: handled (or an error recorded), 0: not one of
+ * them. Files are only named here; cli_config_check loads them.
+ */
+static int upstream_tls_key(struct parser *p, struct cli_upstream_tls *t, const char *name, const char *value)
+{
+	int line = p->lineno;
+	if (strcmp(name, "tls_ca") == 0) {
+		if (set_path(p, &t->ca, value))
+			t->ca_line = line;
+	} else if (strcmp(name, "tls_cert") == 0) {
+		if (set_path(p, &t->cert, value))
+			t->cert_line = line;
+	} else if (strcmp(name, "tls_key") == 0) {
+		if (set_path(p, &t->key, value))
+			t->key_line = line;
+	} else if (strcmp(name, "tls_name") == 0) {
+		if (!*value || !printable(value) || strchr(value, ' ')) {
+			perr(p, line, "tls_name: '%s' is not a host name", value);
+			return 1;
+		}
+		if (set_str(p, &t->name, value, false))
+			t->name_line = line;
+	} else if (strcmp(name, "tls_verify") == 0) {
+		if (strcmp(value, "on") == 0)
+			t->verify = true;
+		else if (strcmp(value, "off") == 0)
+			t->verify = false;
+		else
+			perr(p, line, "tls_verify: '%s' is not on or off", value);
+	} else {
+		return 0;
+	}
+	if (!t->setting_line)
+		t->setting_line = line;
+	return 1;
+}
+
 static void upstream_key(struct parser *p, const char *name, const char *value)
 {
 	struct cli_upstream *up = &p->cfg->ups[p->cur];
@@ -635,24 +706,10 @@ static void upstream_key(struct parser *p, const char *name, const char *value)
 	            value))
 		return;
 	if (strcmp(name, "server") == 0) {
-		if (!cli_upstream_addr_ok(value)) {
-			perr(p, p->lineno,
-			     "server: bad address '%s' (expected HOST:PORT: an IP, [IPv6] or a DNS "
-			     "name, port 1..65535)",
-			     value);
-			return;
-		}
-		for (unsigned i = 0; i < up->nservers; i++)
-			if (strcmp(up->servers[i], value) == 0) {
-				perr(p, p->lineno, "server %s is already in [upstream %s]", value, up->name);
-				return;
-			}
-		int err = cli_upstream_add_server(up, value);
-		if (err == -E2BIG)
-			perr(p, p->lineno, "too many servers in [upstream %s] (at most %d)", up->name,
-			     CLI_SERVERS_MAX);
-		else if (err)
-			perr(p, p->lineno, "out of memory");
+		char msg[256];
+		if (cli_upstream_add_server(up, value, p->lineno, msg, sizeof(msg)) < 0)
+			perr(p, p->lineno, "server: %s", msg);
+	} else if (strncmp(name, "tls_", 4) == 0 && upstream_tls_key(p, &up->tls, name, value)) {
 	} else if (strcmp(name, "balance") == 0) {
 		if (strcmp(value, "round_robin") == 0)
 			up->proxy.balance = KEEL_PROXY_ROUND_ROBIN;
@@ -1023,6 +1080,50 @@ static int tls_check(cli_config *cfg)
 	return 0;
 }
 
+/*
+ * An https:// group's client context: a CA file that loads (or the system
+ * store), a client certificate with its key. tls_* keys in a plain group
+ * are refused: they would silently do nothing.
+ */
+static int upstream_tls_check(const cli_config *cfg, struct cli_upstream *up)
+{
+	struct cli_upstream_tls *t = &up->tls;
+	keel_tls_ctx_free(t->ctx);
+	t->ctx = NULL;
+	const char *ca_key = cfg->file ? "tls_ca" : "--tls-ca";
+	if (!t->on && t->setting_line && !cfg->file)
+		return check_fail(cfg, 0, "--tls-ca is for https:// upstreams, and there is none");
+	if (!t->on)
+		return t->setting_line
+		           ? check_fail(cfg, t->setting_line,
+		                        "tls_* keys need https:// servers in [upstream %s]", up->name)
+		           : 0;
+	if (!t->cert != !t->key)
+		return t->cert ? check_fail(cfg, t->cert_line, "tls_cert without its tls_key")
+		               : check_fail(cfg, t->key_line, "tls_key without its tls_cert");
+	if ((t->ca && tls_file_check(cfg, ca_key, t->ca, t->ca_line)) ||
+	    (t->cert && tls_file_check(cfg, "tls_cert", t->cert, t->cert_line)) ||
+	    (t->key && tls_file_check(cfg, "tls_key", t->key, t->key_line)))
+		return CLI_FAIL;
+	keel_tls_config c;
+	keel_tls_config_default(&c);
+	c.client = true;
+	c.ca_file = t->ca;
+	c.verify = t->verify;
+	c.name = t->name;
+	keel_tls_cert pair = {t->cert, t->key};
+	if (t->cert) {
+		c.certs = &pair;
+		c.ncerts = 1;
+	}
+	char err[512];
+	if (keel_tls_ctx_new(&t->ctx, &c, err, sizeof(err)) < 0) {
+		int line = t->ca && names_file(err, t->ca) ? t->ca_line : t->cert ? t->cert_line : t->ca_line;
+		return check_fail(cfg, line ? line : up->line, "[upstream %s]: %s", up->name, err);
+	}
+	return 0;
+}
+
 /* ---- The whole ------------------------------------------------------------- */
 
 int cli_config_check(cli_config *cfg)
@@ -1087,5 +1188,8 @@ int cli_config_check(cli_config *cfg)
 			return check_fail(cfg, cfg->access_log_line, "access_log: %s: %s", cfg->access_log,
 			                  strerror(err));
 	}
+	for (unsigned i = 0; i < cfg->nups; i++)
+		if (upstream_tls_check(cfg, &cfg->ups[i]))
+			return CLI_FAIL;
 	return tls_check(cfg);
 }

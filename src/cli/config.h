@@ -29,11 +29,32 @@ enum { CLI_ROUTES_MAX = 1024, CLI_UPSTREAMS_MAX = 256, CLI_SERVERS_MAX = 256 };
 /* A certificate that expires within this many days gets a warning from cli_config_check. */
 enum { CLI_TLS_EXPIRY_WARN_DAYS = 14 };
 
+/*
+ * HTTPS to an upstream group: its servers are written https://HOST:PORT
+ * (all of them: a group speaks one scheme), with [upstream]'s tls_* keys
+ * (keel proxy's --tls-ca). The client context is made once, by
+ * cli_config_check in the main thread, and every worker makes its
+ * keel_tls_endpoint from it (its session cache: resumption across the
+ * worker's pooled connections).
+ */
+struct cli_upstream_tls {
+	bool on;          /* https:// servers */
+	int scheme_line;  /* of the first server (to blame a mix of schemes on) */
+	char *ca;         /* tls_ca; NULL: the system store */
+	char *cert, *key; /* tls_cert, tls_key: a client certificate; NULL: none */
+	char *name;       /* tls_name: the name to send and verify; NULL: the server's host */
+	bool verify;      /* tls_verify; default on */
+	int ca_line, cert_line, key_line, name_line;
+	int setting_line;  /* of the first tls_* key; 0: none */
+	keel_tls_ctx *ctx; /* made by cli_config_check when on */
+};
+
 struct cli_upstream {
 	char *name;
 	int line;       /* of its [upstream NAME] header; 0 when built from flags */
-	char **servers; /* "HOST:PORT", numeric */
+	char **servers; /* "HOST:PORT", numeric or a name, the scheme taken off */
 	unsigned nservers;
+	struct cli_upstream_tls tls;
 	char *health_path; /* owned copies of the strings proxy points at once */
 	char *via;         /* set by their keys */
 	/* balance, fail_timeout_ms, health_*, client.*; upstreams/nupstreams are
@@ -107,13 +128,20 @@ void cli_config_fini(cli_config *cfg);
 int cli_config_load(cli_config *cfg, const char *file);
 
 /*
- * Append a group / a route / a server; the strings are copied. NULL or
- * -ENOMEM / -E2BIG (past the CLI_*_MAX limits). Pointers returned stay
- * valid until the next append of the same kind.
+ * Append a group / a route; the strings are copied. NULL past the
+ * CLI_*_MAX limits or out of memory. Pointers returned stay valid until the
+ * next append of the same kind.
  */
 struct cli_upstream *cli_config_add_upstream(cli_config *cfg, const char *name, int line);
 struct cli_route *cli_config_add_route(cli_config *cfg, const char *path, int line);
-int cli_upstream_add_server(struct cli_upstream *up, const char *addr);
+/*
+ * Append a server, "https://HOST:PORT", "http://HOST:PORT" or "HOST:PORT"
+ * (plain), given on line (0 from flags). 0, or -EINVAL (not such an
+ * address: the message says what is expected), -EEXIST (already in the
+ * group), -EPROTO (a scheme other than the group's first server's), -E2BIG
+ * (past CLI_SERVERS_MAX), -ENOMEM; on an error, msg (msglen bytes) says so.
+ */
+int cli_upstream_add_server(struct cli_upstream *up, const char *value, int line, char *msg, size_t msglen);
 /*
  * Append a certificate file (key false) or a key file (key true) to the
  * pairs, with the line it was given on (0 from flags); the path is copied.
@@ -140,8 +168,5 @@ int cli_config_check(cli_config *cfg);
  * serve does). Returns a CLI exit status.
  */
 int cli_config_run(cli_config *cfg, const char *what);
-
-/* Parse a "HOST:PORT" an upstream can be reached at (numeric, port not 0). */
-bool cli_upstream_addr_ok(const char *addr);
 
 #endif

@@ -1,8 +1,9 @@
 /*
  * keel proxy: a reverse proxy from the command line. The flags build the
  * configuration a file would -- one [upstream default] group and one
- * [route /] to it, plus /_keel/status with --status, and tls_cert/tls_key
- * pairs with --tls-cert/--tls-key -- and the same runner (site.c) runs it.
+ * [route /] to it, plus /_keel/status with --status, tls_cert/tls_key
+ * pairs with --tls-cert/--tls-key, and the group's tls_ca with --tls-ca --
+ * and the same runner (site.c) runs it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,15 +16,19 @@
 
 static void proxy_usage(FILE *f)
 {
-	fputs("usage: keel proxy [--listen ADDR:PORT] --upstream HOST:PORT [--upstream ...]\n"
+	fputs("usage: keel proxy [--listen ADDR:PORT] --upstream [https://]HOST:PORT [--upstream ...]\n"
 	      "                  [options]\n"
 	      "  --listen ADDR:PORT    default 127.0.0.1:8080\n"
-	      "  --upstream HOST:PORT  a server to forward to (an IP or a name; repeat)\n"
+	      "  --upstream [https://]HOST:PORT\n"
+	      "                        a server to forward to (an IP or a name; repeat); https://:\n"
+	      "                        over TLS, its certificate and name verified\n"
 	      "  --workers N           worker threads (default: online CPUs)\n"
 	      "  --balance MODE        round_robin (default) or least_conn\n"
 	      "  --status              serve live counters at /_keel/status (each worker its own)\n"
 	      "  --tls-cert FILE       listen for HTTPS with this certificate (PEM, chain after the leaf)\n"
 	      "  --tls-key FILE        and this key; repeat both for more (ECDSA and RSA, other names)\n"
+	      "  --tls-ca FILE         verify https:// upstreams against these CAs (PEM), not the\n"
+	      "                        system store\n"
 	      "Every other setting: a configuration file (keel -c FILE, docs/config.md).\n",
 	      f);
 }
@@ -31,15 +36,11 @@ static void proxy_usage(FILE *f)
 int cli_proxy(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"listen", required_argument, NULL, 'l'},
-	    {"upstream", required_argument, NULL, 'u'},
-	    {"workers", required_argument, NULL, 'w'},
-	    {"balance", required_argument, NULL, 'b'},
-	    {"status", no_argument, NULL, 's'},
-	    {"tls-cert", required_argument, NULL, 'C'},
-	    {"tls-key", required_argument, NULL, 'K'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+	    {"listen", required_argument, NULL, 'l'},  {"upstream", required_argument, NULL, 'u'},
+	    {"workers", required_argument, NULL, 'w'}, {"balance", required_argument, NULL, 'b'},
+	    {"status", no_argument, NULL, 's'},        {"tls-cert", required_argument, NULL, 'C'},
+	    {"tls-key", required_argument, NULL, 'K'}, {"tls-ca", required_argument, NULL, 'A'},
+	    {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
 	};
 	cli_config cfg;
 	cli_config_init(&cfg);
@@ -58,18 +59,22 @@ int cli_proxy(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, ":l:u:w:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'l': listen = optarg; break;
-		case 'u':
-			if (!cli_upstream_addr_ok(optarg)) {
-				fprintf(stderr,
-				        "keel proxy: --upstream: bad address '%s' (expected "
-				        "HOST:PORT: an IP, [IPv6] or a DNS name, port 1..65535)\n",
-				        optarg);
+		case 'u': {
+			char msg[256];
+			if (cli_upstream_add_server(up, optarg, 0, msg, sizeof(msg)) < 0) {
+				fprintf(stderr, "keel proxy: --upstream: %s\n", msg);
 				goto out;
 			}
-			if (cli_upstream_add_server(up, optarg) < 0) {
-				fprintf(stderr, "keel proxy: --upstream: at most %d\n", CLI_SERVERS_MAX);
+			break;
+		}
+		case 'A':
+			free(up->tls.ca);
+			if (!(up->tls.ca = strdup(optarg))) {
+				fprintf(stderr, "keel proxy: out of memory\n");
+				rc = CLI_FAIL;
 				goto out;
 			}
+			up->tls.setting_line = -1; /* (set: refused without https:// upstreams) */
 			break;
 		case 'w': cfg.workers = (int)cli_parse_long("--workers", optarg, 1, 1024); break;
 		case 'b':
@@ -121,7 +126,7 @@ int cli_proxy(int argc, char **argv)
 		goto out;
 	}
 	if (!up->nservers) {
-		fprintf(stderr, "keel proxy: at least one --upstream HOST:PORT is needed\n");
+		fprintf(stderr, "keel proxy: at least one --upstream [https://]HOST:PORT is needed\n");
 		proxy_usage(stderr);
 		goto out;
 	}
@@ -160,8 +165,8 @@ int cli_proxy(int argc, char **argv)
 	if (cli_config_check(&cfg) != 0)
 		goto out;
 	char what[128];
-	snprintf(what, sizeof(what), "proxy%s to %u upstream%s", cfg.tls.ctx ? " (https)" : "", up->nservers,
-	         up->nservers == 1 ? "" : "s");
+	snprintf(what, sizeof(what), "proxy%s to %u%s upstream%s", cfg.tls.ctx ? " (https)" : "",
+	         up->nservers, up->tls.on ? " https" : "", up->nservers == 1 ? "" : "s");
 	rc = cli_config_run(&cfg, what);
 out:
 	cli_config_fini(&cfg);

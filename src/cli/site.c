@@ -4,8 +4,9 @@
  *
  * Each worker thread builds the whole site on its own loop -- one HTTP
  * server, one proxy per upstream group, one static tree per static route,
- * one TLS endpoint when the site is HTTPS -- so nothing is shared between
- * threads but the TLS context, made once before they start (thread-safe).
+ * one TLS endpoint when the site is HTTPS and one per https:// upstream
+ * group -- so nothing is shared between threads but the TLS contexts, made
+ * once before they start (thread-safe).
  * Stopping is serve.c's: stop accepting, let connections finish within
  * grace_ms, then free the server and only after it the proxies, whose
  * upstream connections close through the loop, and the TLS endpoint.
@@ -27,9 +28,10 @@
 
 struct site_worker {
 	keel_http_server *srv;
-	keel_proxy **proxies;   /* one per upstream group */
-	keel_static **statics;  /* one per route; NULL for routes that are not static */
-	keel_tls_endpoint *tls; /* NULL: plain HTTP */
+	keel_proxy **proxies;       /* one per upstream group */
+	keel_tls_endpoint **up_tls; /* one per https:// group (its session cache); NULL for plain ones */
+	keel_static **statics;      /* one per route; NULL for routes that are not static */
+	keel_tls_endpoint *tls;     /* NULL: plain HTTP */
 	bool stopping;
 	char label[24]; /* the worker's number, for /_keel/status */
 };
@@ -59,7 +61,17 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 		keel_proxy_config pcfg = up->proxy;
 		pcfg.upstreams = (const char *const *)up->servers;
 		pcfg.nupstreams = up->nservers;
-		int err = keel_proxy_new(&w->proxies[i], loop, &pcfg);
+		int err = 0;
+		if (up->tls.ctx && (err = keel_tls_endpoint_new(&w->up_tls[i], up->tls.ctx, loop)) < 0) {
+			keel_log(KEEL_LOG_ERROR, "upstream %s: cannot set up TLS: %s", up->name,
+			         keel_strerror(err));
+			return err;
+		}
+		if (w->up_tls[i]) {
+			pcfg.client.transport_init = keel_tls_client_transport;
+			pcfg.client.transport_ud = w->up_tls[i];
+		}
+		err = keel_proxy_new(&w->proxies[i], loop, &pcfg);
 		if (err < 0) {
 			keel_log(KEEL_LOG_ERROR, "upstream %s: cannot set up its proxy: %s", up->name,
 			         keel_strerror(err));
@@ -67,6 +79,9 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 		}
 		/* Its counters on the status page, if there is one. */
 		err = keel_http_status_add(w->srv, "upstream", up->name, keel_proxy_metrics, w->proxies[i]);
+		if (!err && w->up_tls[i]) /* (its handshakes, resumptions and failures) */
+			err =
+			    keel_http_status_add(w->srv, "upstream", up->name, cli_tls_metrics, w->up_tls[i]);
 		if (err < 0)
 			keel_log(KEEL_LOG_WARN, "upstream %s: not on the status page: %s", up->name,
 			         keel_strerror(err));
@@ -121,8 +136,9 @@ static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	 */
 	keel_loop_set_data(loop, &w);
 	w.proxies = calloc(cfg->nups ? cfg->nups : 1, sizeof(*w.proxies));
+	w.up_tls = calloc(cfg->nups ? cfg->nups : 1, sizeof(*w.up_tls));
 	w.statics = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(*w.statics));
-	if (!w.proxies || !w.statics) {
+	if (!w.proxies || !w.up_tls || !w.statics) {
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot set up the server: %s", index,
 		         keel_strerror(-ENOMEM));
 		goto out_free;
@@ -174,6 +190,9 @@ out_free:
 		if (w.statics[i])
 			keel_static_free(w.statics[i]);
 	keel_tls_endpoint_free(w.tls); /* (after the server: its connections are gone) */
+	for (unsigned i = 0; w.up_tls && i < cfg->nups; i++)
+		keel_tls_endpoint_free(w.up_tls[i]); /* (after the proxies and their connections) */
+	free(w.up_tls);
 	free(w.proxies);
 	free(w.statics);
 	close(lfd);
