@@ -18,7 +18,7 @@ static void usage(FILE *f)
 	    "commands:\n"
 	    "  serve [--listen ADDR:PORT] [--workers N] [DIR]  static files over HTTP/1.1\n"
 	    "                                                 (default 127.0.0.1:8080, DIR .)\n"
-	    "  proxy [--listen ADDR:PORT] --upstream HOST:PORT [--upstream ...] [--workers N]\n"
+	    "  proxy [--listen ADDR:PORT] --upstream [https://]HOST:PORT [--upstream ...] [--workers N]\n"
 	    "        [--balance round_robin|least_conn] [--status] [--tls-cert FILE --tls-key FILE]\n"
 	    "                                                 reverse proxy to upstreams\n"
 	    "  echo [--listen ADDR:PORT] [--workers N]         TCP echo server (default 127.0.0.1:7000)\n"
