@@ -1042,8 +1042,8 @@ def t_aborted(M):
     counts = collections.Counter()
     errors = []
     lock = threading.Lock()
-    N, THREADS = 2000, 4
-    deadline = time.monotonic() + 35
+    N, THREADS, ROUNDS = 10000, 4, 2
+    deadline = time.monotonic() + 60
 
     def one(r):
         kind = r.choices(kinds, weights)[0]
@@ -1077,9 +1077,9 @@ def t_aborted(M):
             s.close()
         return note
 
-    def worker(k):
-        r = random.Random(seed * 31 + k)
-        for i in range(N // THREADS):
+    def worker(k, rnd_no):
+        r = random.Random(seed * 31 + k * 7 + rnd_no)
+        for i in range(N // THREADS // ROUNDS):
             if time.monotonic() > deadline:
                 with lock:
                     errors.append("thread %d: out of time after %d" % (k, i))
@@ -1094,12 +1094,20 @@ def t_aborted(M):
                 counts[note] += 1
             if len(errors) > 20:
                 return
-    ts = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(THREADS)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(max(0.1, deadline - time.monotonic() + 5))
-    check(not any(t.is_alive() for t in ts), "aborted handshakes: threads still running past the deadline")
+    rss = []
+    for rnd_no in range(ROUNDS):
+        ts = [threading.Thread(target=worker, args=(k, rnd_no), daemon=True) for k in range(THREADS)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(max(0.1, deadline - time.monotonic() + 5))
+        check(not any(t.is_alive() for t in ts), "aborted handshakes: threads still running past the deadline")
+        time.sleep(0.2)  # the last closes reach the server
+        rss.append(M.rss_kib())
+    # The first round warms the free lists and the allocator; the second must not grow the process.
+    print("  RSS after each round of %d: %s KiB" % (N // ROUNDS, " -> ".join(map(str, rss))))
+    check(SLOW_BUILD or rss[-1] - rss[0] < 4096,
+          "memory grew by %d KiB over the second %d aborted handshakes" % (rss[-1] - rss[0], N // ROUNDS))
     print("  " + ", ".join("%s %d" % kv for kv in sorted(counts.items(), key=lambda kv: str(kv[0]))))
     check(not errors, "aborted handshakes: %d errors, first: %s" % (len(errors), "; ".join(errors[:5])))
     eq(sum(counts.values()), N, "connections made")
@@ -1770,7 +1778,7 @@ def run_parts():
         ("bad input: garbage is closed promptly", "M", t_garbage),
         ("bad input: oversized record headers, before and after the handshake", "M", t_oversized_record),
         ("status: handshakes done and failed counted", "M", t_status),
-        ("bad input: 2000 handshakes aborted at random points, descriptors back", "M", t_aborted),
+        ("bad input: 10000 handshakes aborted at random points, descriptors and memory back", "M", t_aborted),
         ("timeouts: stalled handshakes closed after --tls-handshake-timeout-ms 300", "T", t_handshake_timeout),
         ("limits: --tls-handshakes-max 2 with 10 handshakes", "H", t_handshakes_max),
         ("mTLS: --tls-client-ca", "A", t_mtls),
