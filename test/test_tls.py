@@ -67,6 +67,7 @@ WEAK_12 = ["AES128-SHA", "AES256-SHA256", "DES-CBC3-SHA", "RC4-SHA", "RC4-MD5", 
 CLIENT_SIDE = {"NO_PROTOCOLS_AVAILABLE", "NO_CIPHERS_AVAILABLE", "NO_CIPHER_MATCH", "NO_SUITABLE_SIGNATURE_ALGORITHM"}
 
 PKI = None   # the Pki, made once
+KTLS_RE = re.compile(r"kernel TLS (available|emulated)")  # a server's log line when its sends go to the kernel
 ROOT = None  # the served directory
 
 
@@ -552,7 +553,8 @@ def status(port):
 TLS_COUNTERS = {"done": "tls_handshakes_total", "resumed": "tls_resumed_total",
                 "failed": "tls_handshake_failed_total", "timeouts": "tls_handshake_timeouts_total",
                 "refused": "tls_handshake_refused_total", "plain": "tls_plain_http_total",
-                "handshaking": "tls_handshaking", "conns": "tls_conns"}
+                "handshaking": "tls_handshaking", "conns": "tls_conns", "ktls": "tls_ktls_total",
+                "ktls_failed": "tls_ktls_failed_total"}
 
 
 def tls_counter(st, kind):
@@ -1042,7 +1044,7 @@ def t_aborted(M):
     counts = collections.Counter()
     errors = []
     lock = threading.Lock()
-    N, THREADS, ROUNDS = 10000, 4, 2
+    N, THREADS, ROUNDS = 10000, 4, 4
     deadline = time.monotonic() + 60
 
     def one(r):
@@ -1104,10 +1106,12 @@ def t_aborted(M):
         check(not any(t.is_alive() for t in ts), "aborted handshakes: threads still running past the deadline")
         time.sleep(0.2)  # the last closes reach the server
         rss.append(M.rss_kib())
-    # The first round warms the free lists and the allocator; the second must not grow the process.
+    # The first round warms the free lists and the allocator. A leak grows the process every round after
+    # it; a burst that happened to hold more at once (the server descheduled on a busy machine) once.
     print("  RSS after each round of %d: %s KiB" % (N // ROUNDS, " -> ".join(map(str, rss))))
-    check(SLOW_BUILD or rss[-1] - rss[0] < 4096,
-          "memory grew by %d KiB over the second %d aborted handshakes" % (rss[-1] - rss[0], N // ROUNDS))
+    growth = [b - a for a, b in zip(rss, rss[1:])]
+    check(SLOW_BUILD or min(growth) < 2048,
+          "memory grew by %s KiB over each round of %d aborted handshakes after the first" % (growth, N // ROUNDS))
     print("  " + ", ".join("%s %d" % kv for kv in sorted(counts.items(), key=lambda kv: str(kv[0]))))
     check(not errors, "aborted handshakes: %d errors, first: %s" % (len(errors), "; ".join(errors[:5])))
     eq(sum(counts.values()), N, "connections made")
@@ -1278,6 +1282,11 @@ def t_status(M):
        "AES128-SHA, a bad ClientHello and a client gone mid-handshake failed; one plain HTTP request")
     eq((tls_counter(after, "handshaking"), tls_counter(after, "conns")), (0, 1),
        "tls_handshaking and tls_conns with only the status request's connection open")
+    # Each connection that answered went to the kernel at its first response, where there is one: the
+    # five above and the first status request's (counted as it sent); none is refused. Elsewhere none.
+    ktls = tls_counter(after, "ktls") - tls_counter(before, "ktls")
+    eq((ktls, tls_counter(after, "ktls_failed")), (6 if KTLS_RE.search(M.text()) else 0, 0),
+       "tls_ktls_total's increase and tls_ktls_failed_total")
 
 
 def t_bad_flags(_):
@@ -1368,10 +1377,22 @@ def t_key_update(M):
         check(p.wait_for(rb"Verify return code: 0", 10), "s_client: no handshake:\n%s" % p.text()[-1500:])
         p.write(req)
         check(p.wait_for(re.escape(HELLO), 10), "s_client: no answer to the first request:\n%s" % p.text()[-1500:])
+        ktls = KTLS_RE.search(M.text())
         for cmd, n in ((b"k\n", 2), (b"K\n", 3)):
             p.write(cmd)
             check(p.wait_for(rb"KEYUPDATE", 5), "s_client did not send a KeyUpdate:\n%s" % p.text()[-1500:])
             time.sleep(0.1)
+            if ktls and cmd == b"K\n":
+                # Asked to update its own keys, which the kernel holds: the server must not answer
+                # under the old ones (RFC 8446 4.6.3), so the connection ends.
+                try:
+                    p.p.wait(5)  # (stdin still open: only the server's close ends it)
+                except subprocess.TimeoutExpired:
+                    fail("kTLS: s_client still connected 5 s after asking for a KeyUpdate:\n%s" % p.text()[-1500:])
+                text = p.text().split("KEYUPDATE")[-1]
+                check(HELLO.decode() not in text, "kTLS: data sent after a KeyUpdate request:\n%s" % text[-1500:])
+                print("  kTLS: a KeyUpdate request ends the connection")
+                break
             p.write(req)
             check(p.wait_for(rb"(?s)" + (re.escape(HELLO) + rb".*") * (n - 1) + re.escape(HELLO), 5),
                   "after a KeyUpdate (%s): no answer to the next request; s_client output:\n%s"

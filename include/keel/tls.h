@@ -97,6 +97,15 @@ typedef struct keel_tls_config {
 	/* Server: session tickets (TLS 1.2 and 1.3 resumption; default on), keys rotated every ticket_key_s (default 3600). */
 	bool tickets;
 	uint32_t ticket_key_s;
+	/*
+	 * Server: once a handshake is done, give the connection's send side to
+	 * the kernel (kTLS: it encrypts, file bodies go from the page cache to
+	 * the socket) where the kernel has it and the cipher is one it takes
+	 * (AES-GCM, ChaCha20-Poly1305); elsewhere records are encrypted in user
+	 * space. Default true. A kTLS connection whose peer asks for a TLS 1.3
+	 * KeyUpdate is closed (its reply would need the kernel's keys).
+	 */
+	bool ktls;
 } keel_tls_config;
 
 void keel_tls_config_default(keel_tls_config *cfg);
@@ -159,6 +168,8 @@ typedef struct keel_tls_stats {
 	uint64_t handshake_timeouts; /* handshake_timeout_ms passed */
 	uint64_t handshake_refused;  /* over handshakes_max: closed before the first flight */
 	uint64_t plain_http;         /* plain HTTP sent to the TLS port (answered 400) */
+	uint64_t ktls;               /* connections whose sends the kernel encrypts */
+	uint64_t ktls_failed;        /* ... that the kernel refused (encrypted in user space instead) */
 	uint32_t handshaking;        /* now */
 	uint32_t conns;              /* open now */
 } keel_tls_stats;

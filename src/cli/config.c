@@ -593,13 +593,14 @@ static int server_tls_key(struct parser *p, const char *name, const char *value)
 		return 1;
 	}
 	if (!set_num(p, tls_keys, sizeof(tls_keys) / sizeof(tls_keys[0]), &t->cfg, name, value)) {
-		if (strcmp(name, "tls_tickets") == 0) {
+		if (strcmp(name, "tls_tickets") == 0 || strcmp(name, "tls_ktls") == 0) {
+			bool *flag = name[4] == 't' ? &t->cfg.tickets : &t->cfg.ktls;
 			if (strcmp(value, "on") == 0)
-				t->cfg.tickets = true;
+				*flag = true;
 			else if (strcmp(value, "off") == 0)
-				t->cfg.tickets = false;
+				*flag = false;
 			else
-				perr(p, p->lineno, "tls_tickets: '%s' is not on or off", value);
+				perr(p, p->lineno, "%s: '%s' is not on or off", name, value);
 		} else if (strcmp(name, "tls_protocols") == 0) {
 			if (set_str(p, &t->protocols, value, true))
 				t->protocols_line = p->lineno;

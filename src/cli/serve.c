@@ -143,7 +143,8 @@ static void serve_usage(FILE *f)
 	      "  --tls-ocsp FILE       staple this DER OCSP response\n"
 	      "  --tls-handshakes-max N  concurrent handshakes per worker (default 256; over: closed)\n"
 	      "  --tls-handshake-timeout-ms N  (default 10000)\n"
-	      "  --tls-no-tickets      no session tickets (resumption)\n",
+	      "  --tls-no-tickets      no session tickets (resumption)\n"
+	      "  --tls-no-ktls         never hand sends to kernel TLS (default: where the kernel has it)\n",
 	      f);
 }
 
@@ -168,6 +169,7 @@ int cli_serve(int argc, char **argv)
 	    {"tls-handshakes-max", required_argument, NULL, 'X'},
 	    {"tls-handshake-timeout-ms", required_argument, NULL, 'T'},
 	    {"tls-no-tickets", no_argument, NULL, 'N'},
+	    {"tls-no-ktls", no_argument, NULL, 'E'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -232,6 +234,7 @@ int cli_serve(int argc, char **argv)
 			    (uint64_t)cli_parse_long("--tls-handshake-timeout-ms", optarg, 1, 3600000);
 			break;
 		case 'N': cfg.tls.tickets = false; break;
+		case 'E': cfg.tls.ktls = false; break;
 		case 'h': serve_usage(stdout); return CLI_OK;
 		case ':':
 			fprintf(stderr, "keel serve: %s needs a value\n", argv[optind - 1]);

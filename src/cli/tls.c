@@ -21,6 +21,8 @@ unsigned cli_tls_metrics(void *ep, keel_http_metric *out, unsigned max)
 	     "connections closed at once: handshakes at their limit", s.handshake_refused},
 	    {"tls_plain_http_total", "counter", "plain HTTP requests on the TLS port (answered 400)",
 	     s.plain_http},
+	    {"tls_ktls_total", "counter", "connections whose sends the kernel encrypts (kTLS)", s.ktls},
+	    {"tls_ktls_failed_total", "counter", "connections kTLS was tried for and refused", s.ktls_failed},
 	    {"tls_handshaking", "gauge", "TLS handshakes under way", s.handshaking},
 	    {"tls_conns", "gauge", "TLS connections open", s.conns},
 	};

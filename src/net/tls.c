@@ -19,6 +19,11 @@
  * memory per connection stays bounded whatever the size of a body, and the
  * job's promise settles when its last record has been sent.
  *
+ * Kernel TLS. Where the kernel has it, a server connection's send side is
+ * handed to it at its first send after the handshake (ktls_try, net/ktls.h):
+ * jobs then go to the socket as plaintext, files by sendfile, and OpenSSL
+ * only reads.
+ *
  * Handshakes are counted per endpoint and bounded; each has a deadline.
  */
 #include <arpa/inet.h>
@@ -27,6 +32,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +57,7 @@
 #include "keel/timer.h"
 #include "keel/tls.h"
 #include "keel/util.h"
+#include "net/ktls.h"
 
 #define PLAIN_CAP 16384        /* a plaintext buffer: one full record */
 #define FILL_MAX 65536         /* plaintext encrypted ahead of the socket, per connection */
@@ -83,6 +90,7 @@ struct keel_tls_ctx {
 	int nsites;
 	bool client;
 	bool verify; /* client: a failed check is KEEL_ETLSCERT only when it was asked for */
+	bool ktls;   /* server: hand each connection's send side to the kernel where it can */
 	char *name;  /* client: cfg.name, or NULL */
 	unsigned handshakes_max;
 	uint64_t handshake_timeout_ms;
@@ -178,7 +186,18 @@ struct tconn {
 	uint64_t file_off;
 	char *fbuf;
 	keel_promise *fread;
+	/* kernel TLS (the send side of a server connection: net/ktls.h) */
+	uint8_t ktls;                /* KTLS_OFF, KTLS_WAIT (records counted, keys to come), KTLS_ON */
+	bool fin_seen;               /* OpenSSL has written its Finished */
+	bool ktls_stuck;             /* OpenSSL had a record to send after the kernel took the keys */
+	bool ktls_deferred;          /* a job waits for OpenSSL's last records to be sent */
+	uint32_t rec_wrote, rec_fin; /* records OpenSSL wrote, and how many with its Finished */
+	uint8_t secret_len;
+	unsigned char secret[EVP_MAX_MD_SIZE]; /* TLS 1.3: the server application traffic secret */
+	struct ktls_emu *emu;                  /* test builds: the emulated kernel */
 };
+
+enum { KTLS_OFF, KTLS_WAIT, KTLS_ON };
 
 static const keel_transport_ops tls_ops;
 static void hs_next_tick(keel_loop *loop, keel_timer *t);
@@ -186,6 +205,7 @@ static BIO_METHOD *bio_method;
 static int conn_index = -1; /* SSL ex_data: the struct tconn */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const char *ktls_note;
+static bool ktls_ok; /* the kernel takes TLS (or a test build emulates it) */
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -213,6 +233,10 @@ static char *obuf_get(keel_tls_endpoint *ep);
 static int bio_write(BIO *b, const char *data, int len)
 {
 	struct tconn *tc = BIO_get_data(b);
+	if (tc->ktls == KTLS_ON) {
+		tc->ktls_stuck = true; /* the kernel has the write keys: an alert cannot go (deliver) */
+		return -1;
+	}
 	size_t need = tc->out_len + (size_t)len;
 	if (need > OUT_MAX)
 		return -1; /* records OpenSSL writes on its own (KeyUpdate replies) to a peer that never reads */
@@ -280,29 +304,6 @@ static int bio_create(BIO *b)
 
 /* ---- Once per process ----------------------------------------------------- */
 
-/*
- * Kernel TLS would take the record layer for sendfile bodies. The probe is
- * the first step the kernel needs: a TCP socket asking for the "tls" ULP
- * fails with ENOENT where the kernel has no CONFIG_TLS.
- */
-static void probe_ktls(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return;
-	int r = setsockopt(fd, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls"));
-	int e = r < 0 ? errno : 0;
-	close(fd);
-	if (e == ENOENT)
-		ktls_note =
-		    "kernel TLS unavailable (setsockopt TCP_ULP \"tls\": no such ULP, a kernel without "
-		    "CONFIG_TLS): records are encrypted in user space";
-	else
-		ktls_note =
-		    "kernel TLS is present but keel does not offload to it yet: records are encrypted "
-		    "in user space";
-}
-
 static void init_once(void)
 {
 	OPENSSL_init_ssl(0, NULL);
@@ -314,7 +315,7 @@ static void init_once(void)
 		BIO_meth_set_create(bio_method, bio_create);
 	}
 	conn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-	probe_ktls();
+	ktls_ok = keel__ktls_probe(&ktls_note);
 }
 
 /* ---- Ticket keys: rotated every tk_life_s, the previous one still accepted -- */
@@ -426,6 +427,53 @@ static int ocsp_cb(SSL *ssl, void *arg)
 
 static int new_session_cb(SSL *ssl, SSL_SESSION *sess);
 
+/*
+ * Kernel TLS needs what OpenSSL keeps to itself: TLS 1.3's server
+ * application traffic secret, which only the key log says, and the number
+ * of records written under the current keys, which the message callback
+ * counts (a record's header is reported as it is written; a handshake
+ * message once its records are out, so the count at the Finished includes
+ * it). A KeyUpdate of ours would change the keys: no kTLS then.
+ */
+static void ktls_keylog(const SSL *ssl, const char *line)
+{
+	static const char tag[] = "SERVER_TRAFFIC_SECRET_0 ";
+	struct tconn *tc = SSL_get_ex_data(ssl, conn_index);
+	if (!tc || tc->ktls != KTLS_WAIT || strncmp(line, tag, sizeof(tag) - 1) != 0)
+		return;
+	const char *h = strchr(line + sizeof(tag) - 1, ' '); /* past the client random */
+	size_t n = 0;
+	for (h = h ? h + 1 : ""; n < sizeof(tc->secret) && h[0] && h[1]; h += 2) {
+		int hi = OPENSSL_hexchar2int((unsigned char)h[0]),
+		    lo = OPENSSL_hexchar2int((unsigned char)h[1]);
+		if (hi < 0 || lo < 0)
+			break;
+		tc->secret[n++] = (unsigned char)(hi << 4 | lo);
+	}
+	tc->secret_len = (uint8_t)n;
+}
+
+static void ktls_msg(int write_p, int version, int content_type, const void *buf, size_t len, SSL *ssl,
+                     void *arg)
+{
+	(void)version;
+	(void)arg;
+	struct tconn *tc = SSL_get_ex_data(ssl, conn_index);
+	if (!write_p || !tc || tc->ktls != KTLS_WAIT)
+		return;
+	const unsigned char *b = buf;
+	if (content_type == SSL3_RT_HEADER) {
+		tc->rec_wrote++;
+	} else if (content_type == SSL3_RT_HANDSHAKE && len) {
+		if (b[0] == SSL3_MT_FINISHED && !tc->fin_seen) {
+			tc->fin_seen = true;
+			tc->rec_fin = tc->rec_wrote;
+		} else if (b[0] == SSL3_MT_KEY_UPDATE) {
+			tc->ktls = KTLS_OFF;
+		}
+	}
+}
+
 /* ---- Building a context ---------------------------------------------------- */
 
 void keel_tls_config_default(keel_tls_config *cfg)
@@ -436,6 +484,7 @@ void keel_tls_config_default(keel_tls_config *cfg)
 	cfg->handshake_timeout_ms = 10000;
 	cfg->tickets = true;
 	cfg->ticket_key_s = 3600;
+	cfg->ktls = true;
 }
 
 static int parse_protocols(const char *s, int *min, int *max, char *err, size_t errlen)
@@ -600,6 +649,8 @@ static SSL_CTX *ctx_base(keel_tls_ctx *ctx, const keel_tls_config *cfg, char *er
 	SSL_CTX_set_alpn_select_cb(sc, alpn_cb, ctx);
 	SSL_CTX_set_tlsext_status_cb(sc, ocsp_cb);
 	SSL_CTX_set_tlsext_status_arg(sc, ctx);
+	if (ctx->ktls)
+		SSL_CTX_set_keylog_callback(sc, ktls_keylog);
 	if (cfg->ca_file) {
 		STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(cfg->ca_file);
 		if (!names || !SSL_CTX_load_verify_locations(sc, cfg->ca_file, NULL)) {
@@ -745,6 +796,7 @@ int keel_tls_ctx_new(keel_tls_ctx **out, const keel_tls_config *cfg, char *err, 
 	pthread_mutex_init(&ctx->tk_mu, NULL);
 	ctx->client = cfg->client;
 	ctx->verify = cfg->verify;
+	ctx->ktls = cfg->ktls && !cfg->client && ktls_ok;
 	ctx->handshakes_max = cfg->handshakes_max ? cfg->handshakes_max : 256;
 	ctx->handshake_timeout_ms = cfg->handshake_timeout_ms ? cfg->handshake_timeout_ms : 10000;
 	ctx->tk_life_s = cfg->ticket_key_s ? cfg->ticket_key_s : 3600;
@@ -1012,6 +1064,7 @@ static void tx_end(struct tconn *tc, int err)
 	keel_promise *p = tc->tx;
 	tc->tx = NULL;
 	tc->tx_kind = TX_NONE;
+	tc->ktls_deferred = false;
 	obuf_put(tc->ep, tc->fbuf, OBUF_CAP);
 	tc->fbuf = NULL;
 	if (err)
@@ -1223,6 +1276,17 @@ static void deliver(struct tconn *tc)
 		} else {
 			keel_buf_release(&pb->buf);
 		}
+		if (tc->ktls == KTLS_ON &&
+		    (tc->ktls_stuck || SSL_get_key_update_type(tc->ssl) != SSL_KEY_UPDATE_NONE)) {
+			/*
+			 * The peer made OpenSSL owe it a record -- a KeyUpdate in reply
+			 * to one that asked (RFC 8446 4.6.3: before any more data), an
+			 * alert refusing renegotiation -- that only the kernel's keys
+			 * could send. The connection cannot go on honestly: it ends.
+			 */
+			conn_fail(tc, KEEL_ETLS);
+			return;
+		}
 		if (e == SSL_ERROR_NONE)
 			continue;
 		if (e == SSL_ERROR_WANT_READ) {
@@ -1391,6 +1455,8 @@ static void flush_out(struct tconn *tc)
 }
 
 static void shut_now(struct tconn *tc);
+static void ktls_try(struct tconn *tc);
+static void tx_start(struct tconn *tc);
 
 static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 {
@@ -1408,6 +1474,13 @@ static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	tc->sent += tc->fly_len;
 	tc->fly_len = 0;
+	if (tc->ktls_deferred && !tc->out_len && tc->tx && !tc->fatal) {
+		tc->ktls_deferred = false;
+		ktls_try(tc);
+		tx_start(tc);
+		if (tc->ktls == KTLS_ON)
+			return;
+	}
 	if (tc->fail_after_send && !tc->out_len) {
 		conn_fail(tc, tc->fail_after_send);
 		return;
@@ -1517,7 +1590,7 @@ static void file_read_done(keel_ctx *ctx, keel_outcome o, void *ud)
 
 static void tx_progress(struct tconn *tc)
 {
-	if (!tc->tx || !tc->hs_done || tc->fatal)
+	if (!tc->tx || !tc->hs_done || tc->fatal || tc->ktls == KTLS_ON)
 		return;
 	if (tc->tx_kind == TX_IOV && tc->tx_left) {
 		int err = encrypt_iov(tc);
@@ -1560,6 +1633,78 @@ static keel_promise *failed(keel_loop *loop, int err)
 	return p;
 }
 
+/*
+ * Hand the send side to the kernel, once OpenSSL's own records (the
+ * handshake's last flight, session tickets) have all been sent: the
+ * sequence number is then exact. Until that moment the job at hand is
+ * encrypted here; a failure leaves it so for good, with one log line per
+ * process.
+ */
+static void ktls_try(struct tconn *tc)
+{
+	if (!tc->hs_done || tc->send || tc->out_len)
+		return;
+	bool v13 = SSL_version(tc->ssl) == TLS1_3_VERSION;
+	uint64_t seq = (uint64_t)(tc->rec_wrote - tc->rec_fin) + (v13 ? 0 : 1); /* 1.2: Finished was 0 */
+	struct ktls_info ki;
+	int err = tc->fin_seen ? keel__ktls_info(tc->ssl, tc->secret, tc->secret_len, seq, &ki) : KEEL_ETLS;
+	OPENSSL_cleanse(tc->secret, sizeof(tc->secret));
+	tc->secret_len = 0;
+	tc->ktls = KTLS_OFF;
+	SSL_set_msg_callback(tc->ssl, NULL);
+	if (!err)
+		err = keel__ktls_install(tc->fd, &ki, &tc->emu);
+	OPENSSL_cleanse(&ki, sizeof(ki));
+	if (err) {
+		static atomic_flag said = ATOMIC_FLAG_INIT;
+		tc->ep->st.ktls_failed++;
+		if (!atomic_flag_test_and_set(&said))
+			keel_log(KEEL_LOG_WARN,
+			         "tls: kernel TLS refused a connection (%s, %s): it is encrypted here",
+			         SSL_get_cipher_name(tc->ssl), keel_strerror(err));
+		return;
+	}
+	tc->ktls = KTLS_ON;
+	tc->ep->st.ktls++;
+}
+
+static void ktls_sent(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct tconn *tc = ud;
+	tc->send = NULL;
+	tc->refs--;
+	if (tc->closing) {
+		finish_close(tc);
+		return;
+	}
+	if (o.err) {
+		conn_fail(tc, o.err);
+		return;
+	}
+	tc->tx_total = (uint64_t)o.n; /* (a file that ended early: a short count, as keel_sendfile says) */
+	tx_end(tc, 0);
+	shut_now(tc);
+}
+
+/* The job's first step: to the kernel (kTLS), or its first batch encrypted here. */
+static void tx_start(struct tconn *tc)
+{
+	if (tc->ktls == KTLS_ON) {
+		/* Plaintext to the kernel, which makes the records: file bodies never come up here. */
+		tc->send = tc->tx_kind == TX_IOV
+		               ? keel__ktls_sendv(tc->loop, tc->fd, tc->emu, tc->iov, tc->niov)
+		               : keel__ktls_sendfile(tc->loop, tc->fd, tc->emu, tc->file_fd, tc->file_off,
+		                                     (size_t)tc->tx_total);
+		tc->refs++;
+		keel_promise_done(tc->send, ktls_sent, tc);
+		return;
+	}
+	tx_progress(tc);
+	flush_out(tc);
+	tx_progress(tc); /* the next batch is encrypted while this one is sent */
+}
+
 static keel_promise *tx_begin(struct tconn *tc, int kind, uint64_t total)
 {
 	tc->tx_kind = kind;
@@ -1570,9 +1715,17 @@ static keel_promise *tx_begin(struct tconn *tc, int kind, uint64_t total)
 	tc->tx = keel_promise_new(tc->loop);
 	keel_promise *p = tc->tx;
 	keel_promise_on_cancel(p, tx_cancel, tc);
-	tx_progress(tc);
-	flush_out(tc);
-	tx_progress(tc); /* the next batch is encrypted while this one is sent */
+	if (tc->ktls == KTLS_WAIT && tc->hs_done && tc->send && !tc->out_len) {
+		/*
+		 * OpenSSL's last records (its session tickets) are on their way:
+		 * the job waits for them (sent), and the kernel takes it.
+		 */
+		tc->ktls_deferred = true;
+		return p;
+	}
+	if (tc->ktls == KTLS_WAIT)
+		ktls_try(tc);
+	tx_start(tc);
 	return p;
 }
 
@@ -1622,6 +1775,8 @@ static void shut_now(struct tconn *tc)
 {
 	if (!tc->shut_p || tc->send || tc->out_len || tc->fatal || tc->closing)
 		return;
+	if (tc->ktls == KTLS_ON) /* after the last data: the kernel's record of it is out */
+		keel__ktls_close_notify(tc->fd, tc->emu);
 	tc->refs++;
 	keel_promise_done(keel_shutdown(tc->loop, tc->fd, SHUT_WR), shut_done, tc);
 }
@@ -1633,7 +1788,7 @@ static keel_promise *tls_shutdown(keel_transport *t)
 		return failed(t->loop, tc->fatal);
 	if (tc->shut_p)
 		return failed(t->loop, -EBUSY);
-	if (tc->hs_done) {
+	if (tc->hs_done && tc->ktls != KTLS_ON) { /* (kTLS: shut_now sends it) */
 		ERR_clear_error();
 		SSL_shutdown(tc->ssl); /* close_notify, then the TCP end */
 		ERR_clear_error();
@@ -1656,6 +1811,8 @@ static void conn_free(struct tconn *tc)
 	obuf_put(ep, tc->out, tc->out_cap);
 	obuf_put(ep, tc->fly, tc->fly_cap);
 	obuf_put(ep, tc->fbuf, OBUF_CAP);
+	keel__ktls_emu_free(tc->emu);
+	OPENSSL_cleanse(tc->secret, sizeof(tc->secret));
 	SSL_free(tc->ssl);
 	free(tc->host);
 	free(tc);
@@ -1688,8 +1845,10 @@ static keel_promise *tls_close(keel_transport *t)
 	t->impl = NULL;
 	t->fd = -1;
 	/* A clean end says so (close_notify), if the socket takes it at once: never wait for a peer. */
-	if (tc->hs_done && !tc->fatal && !tc->send && !tc->out_len &&
-	    !(SSL_get_shutdown(tc->ssl) & SSL_SENT_SHUTDOWN)) {
+	if (tc->ktls == KTLS_ON && !tc->fatal && !tc->send && !tc->shut_p) {
+		keel__ktls_close_notify(tc->fd, tc->emu);
+	} else if (tc->hs_done && !tc->fatal && !tc->send && !tc->out_len && tc->ktls != KTLS_ON &&
+	           !(SSL_get_shutdown(tc->ssl) & SSL_SENT_SHUTDOWN)) {
 		ERR_clear_error();
 		SSL_shutdown(tc->ssl);
 		ERR_clear_error();
@@ -1838,6 +1997,10 @@ int keel_tls_server_init(keel_transport *t, keel_loop *loop, int fd, void *ud)
 	if (!tc)
 		return -ENOMEM;
 	tc->server = true;
+	if (ctx->ktls) {
+		tc->ktls = KTLS_WAIT;
+		SSL_set_msg_callback(tc->ssl, ktls_msg);
+	}
 	SSL_set_accept_state(tc->ssl);
 	tc->hs_counted = true;
 	ep->st.handshaking++;
