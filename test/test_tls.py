@@ -1282,11 +1282,15 @@ def t_status(M):
        "AES128-SHA, a bad ClientHello and a client gone mid-handshake failed; one plain HTTP request")
     eq((tls_counter(after, "handshaking"), tls_counter(after, "conns")), (0, 1),
        "tls_handshaking and tls_conns with only the status request's connection open")
-    # Each connection that answered went to the kernel at its first response, where there is one: the
-    # five above and the first status request's (counted as it sent); none is refused. Elsewhere none.
+    # Where the kernel takes TLS, every connection whose handshake was done goes to it once its
+    # session ticket is sent (the status requests' own may be counted on either side of a snapshot:
+    # one either way); none is refused. Elsewhere none does.
     ktls = tls_counter(after, "ktls") - tls_counter(before, "ktls")
-    eq((ktls, tls_counter(after, "ktls_failed")), (6 if KTLS_RE.search(M.text()) else 0, 0),
-       "tls_ktls_total's increase and tls_ktls_failed_total")
+    eq(tls_counter(after, "ktls_failed"), 0, "tls_ktls_failed_total")
+    if KTLS_RE.search(M.text()):
+        check(abs(ktls - d["done"]) <= 1, "tls_ktls_total rose by %d for %d handshakes" % (ktls, d["done"]))
+    else:
+        eq(ktls, 0, "tls_ktls_total's increase without kernel TLS")
 
 
 def t_bad_flags(_):
@@ -1384,7 +1388,8 @@ def t_key_update(M):
             time.sleep(0.1)
             if ktls and cmd == b"K\n":
                 # Asked to update its own keys, which the kernel holds: the server must not answer
-                # under the old ones (RFC 8446 4.6.3), so the connection ends.
+                # under the old ones (RFC 8446 4.6.3), so the connection ends, the request unanswered.
+                p.write(req)
                 try:
                     p.p.wait(5)  # (stdin still open: only the server's close ends it)
                 except subprocess.TimeoutExpired:

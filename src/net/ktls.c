@@ -149,7 +149,9 @@ int keel__ktls_info(SSL *ssl, const unsigned char *secret, size_t secret_len, ui
 	if (!c || (version != TLS1_2_VERSION && version != TLS1_3_VERSION))
 		return -EOPNOTSUPP;
 	int nid = SSL_CIPHER_get_cipher_nid(c);
-	size_t klen = nid == NID_aes_128_gcm ? 16 : nid == NID_aes_256_gcm || nid == NID_chacha20_poly1305 ? 32 : 0;
+	size_t klen = nid == NID_aes_128_gcm                                   ? 16
+	              : nid == NID_aes_256_gcm || nid == NID_chacha20_poly1305 ? 32
+	                                                                       : 0;
 	if (!klen)
 		return -EOPNOTSUPP;
 	const EVP_MD *md = SSL_CIPHER_get_handshake_digest(c);
@@ -405,7 +407,8 @@ void keel__ktls_close_notify(int fd, struct ktls_emu *emu)
 #endif
 	char cbuf[CMSG_SPACE(sizeof(unsigned char))] = {0};
 	struct iovec v = {alert, sizeof(alert)};
-	struct msghdr m = {.msg_iov = &v, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	struct msghdr m = {
+	    .msg_iov = &v, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
 	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
 	c->cmsg_level = SOL_TLS;
 	c->cmsg_type = TLS_SET_RECORD_TYPE;

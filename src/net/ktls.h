@@ -18,7 +18,8 @@
  * kernel here has CONFIG_TLS, so the kernel's record layer is played in
  * user space from exactly what would be handed to it -- the same key, IV,
  * salt and sequence number, the kernel's record framing -- and a real
- * client must decrypt the result (test/test_ktls.py).
+ * client must decrypt the result (`make faults` runs test/test_tls.py and
+ * test/test_tls_proxy.py so).
  */
 #ifndef KEEL_NET_KTLS_H
 #define KEEL_NET_KTLS_H
@@ -73,8 +74,7 @@ int keel__ktls_install(int fd, const struct ktls_info *ki, struct ktls_emu **emu
 void keel__ktls_close_notify(int fd, struct ktls_emu *emu);
 
 /* Sends through the kernel's record layer: keel_sendv and keel_sendfile, or their emulation. */
-keel_promise *keel__ktls_sendv(keel_loop *loop, int fd, struct ktls_emu *emu, const struct iovec *iov,
-                               int n);
+keel_promise *keel__ktls_sendv(keel_loop *loop, int fd, struct ktls_emu *emu, const struct iovec *iov, int n);
 keel_promise *keel__ktls_sendfile(keel_loop *loop, int fd, struct ktls_emu *emu, int in_fd, uint64_t off,
                                   size_t len);
 

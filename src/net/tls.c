@@ -190,7 +190,7 @@ struct tconn {
 	uint8_t ktls;                /* KTLS_OFF, KTLS_WAIT (records counted, keys to come), KTLS_ON */
 	bool fin_seen;               /* OpenSSL has written its Finished */
 	bool ktls_stuck;             /* OpenSSL had a record to send after the kernel took the keys */
-	bool ktls_deferred;          /* a job waits for OpenSSL's last records to be sent */
+	bool ktls_notified;          /* close_notify went through the kernel */
 	uint32_t rec_wrote, rec_fin; /* records OpenSSL wrote, and how many with its Finished */
 	uint8_t secret_len;
 	unsigned char secret[EVP_MAX_MD_SIZE]; /* TLS 1.3: the server application traffic secret */
@@ -469,7 +469,9 @@ static void ktls_msg(int write_p, int version, int content_type, const void *buf
 			tc->fin_seen = true;
 			tc->rec_fin = tc->rec_wrote;
 		} else if (b[0] == SSL3_MT_KEY_UPDATE) {
-			tc->ktls = KTLS_OFF;
+			tc->ktls = KTLS_OFF; /* (the secret is no longer the keys') */
+			OPENSSL_cleanse(tc->secret, sizeof(tc->secret));
+			tc->secret_len = 0;
 		}
 	}
 }
@@ -1064,7 +1066,6 @@ static void tx_end(struct tconn *tc, int err)
 	keel_promise *p = tc->tx;
 	tc->tx = NULL;
 	tc->tx_kind = TX_NONE;
-	tc->ktls_deferred = false;
 	obuf_put(tc->ep, tc->fbuf, OBUF_CAP);
 	tc->fbuf = NULL;
 	if (err)
@@ -1267,6 +1268,19 @@ static void deliver(struct tconn *tc)
 			}
 			len += got;
 		}
+		if (tc->ktls == KTLS_ON &&
+		    (tc->ktls_stuck || SSL_get_key_update_type(tc->ssl) != SSL_KEY_UPDATE_NONE)) {
+			/*
+			 * The peer made OpenSSL owe it a record -- a KeyUpdate in reply
+			 * to one that asked (RFC 8446 4.6.3: before any more data, so
+			 * nothing read with it may be answered), an alert refusing
+			 * renegotiation -- that only the kernel's keys could send. The
+			 * connection cannot go on honestly: it ends.
+			 */
+			keel_buf_release(&pb->buf);
+			conn_fail(tc, KEEL_ETLS);
+			return;
+		}
 		if (len) {
 			pb->buf.len = (uint32_t)len;
 			int rc = tc->fn(tc->ud, &pb->buf);
@@ -1275,17 +1289,6 @@ static void deliver(struct tconn *tc)
 				rx_end(tc, -ECANCELED);
 		} else {
 			keel_buf_release(&pb->buf);
-		}
-		if (tc->ktls == KTLS_ON &&
-		    (tc->ktls_stuck || SSL_get_key_update_type(tc->ssl) != SSL_KEY_UPDATE_NONE)) {
-			/*
-			 * The peer made OpenSSL owe it a record -- a KeyUpdate in reply
-			 * to one that asked (RFC 8446 4.6.3: before any more data), an
-			 * alert refusing renegotiation -- that only the kernel's keys
-			 * could send. The connection cannot go on honestly: it ends.
-			 */
-			conn_fail(tc, KEEL_ETLS);
-			return;
 		}
 		if (e == SSL_ERROR_NONE)
 			continue;
@@ -1474,13 +1477,6 @@ static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	tc->sent += tc->fly_len;
 	tc->fly_len = 0;
-	if (tc->ktls_deferred && !tc->out_len && tc->tx && !tc->fatal) {
-		tc->ktls_deferred = false;
-		ktls_try(tc);
-		tx_start(tc);
-		if (tc->ktls == KTLS_ON)
-			return;
-	}
 	if (tc->fail_after_send && !tc->out_len) {
 		conn_fail(tc, tc->fail_after_send);
 		return;
@@ -1498,6 +1494,8 @@ static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 		obuf_put(tc->ep, tc->fly, tc->fly_cap);
 		tc->fly = NULL;
 		tc->fly_cap = 0;
+		if (!tc->tx) /* OpenSSL's last records (session tickets) are out: the kernel can take over */
+			ktls_try(tc);
 		shut_now(tc);
 	}
 }
@@ -1642,7 +1640,8 @@ static keel_promise *failed(keel_loop *loop, int err)
  */
 static void ktls_try(struct tconn *tc)
 {
-	if (!tc->hs_done || tc->send || tc->out_len)
+	if (tc->ktls != KTLS_WAIT || !tc->hs_done || tc->send || tc->out_len || tc->fatal || tc->closing ||
+	    tc->shut_p || SSL_get_shutdown(tc->ssl))
 		return;
 	bool v13 = SSL_version(tc->ssl) == TLS1_3_VERSION;
 	uint64_t seq = (uint64_t)(tc->rec_wrote - tc->rec_fin) + (v13 ? 0 : 1); /* 1.2: Finished was 0 */
@@ -1715,16 +1714,7 @@ static keel_promise *tx_begin(struct tconn *tc, int kind, uint64_t total)
 	tc->tx = keel_promise_new(tc->loop);
 	keel_promise *p = tc->tx;
 	keel_promise_on_cancel(p, tx_cancel, tc);
-	if (tc->ktls == KTLS_WAIT && tc->hs_done && tc->send && !tc->out_len) {
-		/*
-		 * OpenSSL's last records (its session tickets) are on their way:
-		 * the job waits for them (sent), and the kernel takes it.
-		 */
-		tc->ktls_deferred = true;
-		return p;
-	}
-	if (tc->ktls == KTLS_WAIT)
-		ktls_try(tc);
+	ktls_try(tc);
 	tx_start(tc);
 	return p;
 }
@@ -1775,8 +1765,11 @@ static void shut_now(struct tconn *tc)
 {
 	if (!tc->shut_p || tc->send || tc->out_len || tc->fatal || tc->closing)
 		return;
-	if (tc->ktls == KTLS_ON) /* after the last data: the kernel's record of it is out */
+	if (tc->ktls == KTLS_ON &&
+	    !tc->ktls_notified) { /* after the last data: the kernel's record of it is out */
+		tc->ktls_notified = true;
 		keel__ktls_close_notify(tc->fd, tc->emu);
+	}
 	tc->refs++;
 	keel_promise_done(keel_shutdown(tc->loop, tc->fd, SHUT_WR), shut_done, tc);
 }
@@ -1845,7 +1838,8 @@ static keel_promise *tls_close(keel_transport *t)
 	t->impl = NULL;
 	t->fd = -1;
 	/* A clean end says so (close_notify), if the socket takes it at once: never wait for a peer. */
-	if (tc->ktls == KTLS_ON && !tc->fatal && !tc->send && !tc->shut_p) {
+	if (tc->ktls == KTLS_ON && !tc->fatal && !tc->send && !tc->ktls_notified) {
+		tc->ktls_notified = true;
 		keel__ktls_close_notify(tc->fd, tc->emu);
 	} else if (tc->hs_done && !tc->fatal && !tc->send && !tc->out_len && tc->ktls != KTLS_ON &&
 	           !(SSL_get_shutdown(tc->ssl) & SSL_SENT_SHUTDOWN)) {
