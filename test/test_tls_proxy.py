@@ -38,7 +38,7 @@ MIB = 1 << 20
 FILES = {"hello.txt": b"hello through the proxy\n", "big.bin": os.urandom(5 * MIB + 3)}
 ROOT = None
 PKI = None
-SUBDIRS = ("named", "mtls", "noverify")  # routes whose upstream serves ROOT/<name>/ too
+SUBDIRS = ("named", "mtls", "noverify", "retry")  # routes whose upstream serves ROOT/<name>/ too
 
 
 def make_certs(d):
@@ -257,6 +257,8 @@ def bad_cert_sites(U):
         ("mtls", "https://127.0.0.1:%d" % U["mtls"].port, "tls_ca = %s\ntls_cert = %s\ntls_key = %s"
          % ((PKI.ca,) + PKI.pair("client"))),
         ("noverify", "https://127.0.0.1:%d" % U["self"].port, "tls_verify = off"),
+        ("retry", "https://127.0.0.1:%d\nserver = https://127.0.0.1:%d" % (U["expired"].port, U["ok"].port),
+         "tls_ca = %s" % PKI.ca),
     ]
     text = "[server]\nlisten = 127.0.0.1:0\nworkers = 1\n\n"
     for name, server, keys in groups:
@@ -291,6 +293,14 @@ def t_bad_upstreams(U):
     for route in ("named", "mtls", "noverify"):
         st, body = get(p.port, "/%s/hello.txt" % route)
         eq((st, body), (200, FILES["hello.txt"]), "/%s/: the request goes through" % route)
+    # A group of an expired server and a good one: round-robin sends one of two requests to the expired
+    # one first; it is marked down and the request goes to the other, never sent twice.
+    since = len(p.lines)
+    for i in range(2):
+        st, body = get(p.port, "/retry/hello.txt")
+        eq((st, body), (200, FILES["hello.txt"]), "/retry/ request %d: answered by the good server" % i)
+    settle(p, r"proxy: upstream 127\.0\.0\.1:%d: TLS certificate did not verify: trying another" % U["expired"].port,
+           since)
     m = metrics(p.port)
     check(upstream_counter(m, "tls_handshake_failed_total", "expired") >= 1, "the expired upstream's failure counted")
     check(upstream_counter(m, "tls_handshakes_total", "mtls") >= 1, "the mTLS upstream's handshake counted")
