@@ -28,8 +28,9 @@
 /*
  * The small-file cache: files up to CACHE_FILE_MAX bytes, CACHE_BYTES per
  * root (per worker), least recently used out first. An entry is checked
- * against the file with one statx per request (size, mtime, inode), so it is
- * never stale; its bytes were read through an openat2(RESOLVE_BENEATH), so
+ * against the file with a statx (size, mtime, inode) for each request, or
+ * once per loop tick for the hits of that tick, so it is never staler than
+ * the tick the request arrived in; its bytes were read through an openat2(RESOLVE_BENEATH), so
  * what a hit serves never came from outside the root. An entry in use by a
  * response in flight is not freed until that response has been sent.
  * A plain file whose ".gz" sibling was looked for and not found serves
@@ -372,8 +373,8 @@ static keel_promise *finish(struct job *j)
 		etag = j->mem->etag; /* (held with the entry until the response is sent) */
 		lm = j->mem->lm;
 	} else {
-		snprintf(etag, 48, "\"%llx-%llx%s\"", (unsigned long long)mtime_ns,
-		         (unsigned long long)size, j->gz ? "-gz" : "");
+		snprintf(etag, 48, "\"%llx-%llx%s\"", (unsigned long long)mtime_ns, (unsigned long long)size,
+		         j->gz ? "-gz" : "");
 		keel__http_date((time_t)j->stx.stx_mtime.tv_sec, lm, 40);
 	}
 	add_header(j, "ETag", etag);
