@@ -129,7 +129,7 @@ class Pki:
     def pair(self, name):
         return self.p(name + ".pem"), self.p(name + ".key")
 
-    def cert(self, name, kind, subj, issuer, ext):
+    def cert(self, name, kind, subj, issuer, ext, days=2):
         key = self.p(name + ".key")
         if kind == "ec":
             openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
@@ -140,8 +140,9 @@ class Pki:
         openssl("req", "-new", "-key", key, "-subj", subj, "-out", self.p(name + ".csr"))
         sign = (["-signkey", key] if issuer is None
                 else ["-CA", self.p(issuer + ".pem"), "-CAkey", self.p(issuer + ".key")])
-        openssl("x509", "-req", "-in", self.p(name + ".csr"), *sign, "-days", 2, "-sha256",
-                "-set_serial", random.getrandbits(62), "-extfile", self.p(name + ".ext"), "-out", self.p(name + ".pem"))
+        # The serial always 8 bytes long (test_testssl.py: testssl rates a shorter one LOW).
+        openssl("x509", "-req", "-in", self.p(name + ".csr"), *sign, "-days", days, "-sha256",
+                "-set_serial", 1 << 62 | random.getrandbits(62), "-extfile", self.p(name + ".ext"), "-out", self.p(name + ".pem"))
 
     def ocsp(self, name):
         """NAME.ocsp.der: a "good" OCSP response for NAME, signed by the CA, good for a day."""
