@@ -657,7 +657,8 @@ static SSL_CTX *ctx_base(keel_tls_ctx *ctx, const keel_tls_config *cfg, char *er
 	else
 		SSL_CTX_set_options(sc, SSL_OP_NO_TICKET);
 	SSL_CTX_set_num_tickets(sc, cfg->tickets ? 1 : 0);
-	SSL_CTX_set_timeout(sc, 86400);
+	/* A ticket is honoured while its key is current or previous: at most two rotations. */
+	SSL_CTX_set_timeout(sc, 2 * (long)ctx->tk_life_s);
 	SSL_CTX_set_tlsext_servername_callback(sc, sni_cb);
 	SSL_CTX_set_tlsext_servername_arg(sc, ctx);
 	SSL_CTX_set_alpn_select_cb(sc, alpn_cb, ctx);
