@@ -840,6 +840,13 @@ def t_s_client(M):
     eq((rc, leaf_of(out)), (0, "bex"), "s_client -servername B.Example (names are case-blind): (exit, certificate)")
     rc, out = s_client(M.port, "-alpn", "h2", "-servername", "localhost")
     check("ALPN protocol: h2" not in out, "ALPN: the server agreed to h2:\n%s" % out[-1500:])
+    # A key share for a group keel does not take (ffdhe2048): a HelloRetryRequest, and the second
+    # ClientHello waits its turn like a first one; the handshake ends and the request is answered.
+    rc, out = s_client(M.port, "-tls1_3", "-groups", "ffdhe2048:X25519", "-servername", "localhost", "-crlf",
+                       "-ign_eof", "-msg", stdin=b"GET /hello.txt HTTP/1.1\nHost: localhost\nConnection: close\n\n")
+    check(out.count("ServerHello") >= 2 or "HelloRetryRequest" in out,
+          "s_client -groups ffdhe2048:X25519: no HelloRetryRequest seen:\n%s" % out[-1500:])
+    check(HELLO.decode() in out, "after a HelloRetryRequest: no answer:\n%s" % out[-1500:])
 
 
 def t_renegotiation(M):

@@ -1428,13 +1428,31 @@ static void hs_run(keel_ctx *ctx, keel_outcome o, void *ud)
 	ep_maybe_free(ep);
 }
 
+/*
+ * The server's flight is out, its costly part done (the key exchange, the
+ * signature): what is left of the handshake is reading the client's
+ * Finished, cheap, and doing it at once ends the handshake -- a slot freed
+ * and a connection served -- instead of a second wait in the queue. Not after
+ * a HelloRetryRequest: the second ClientHello still costs a signature.
+ */
+static bool hs_flight_sent(const struct tconn *tc)
+{
+	if (!tc->wrote)
+		return false;
+	/* TLS 1.2's full flight ends with ServerHelloDone, the others with our Finished (an HRR has neither). */
+	if (SSL_get_state(tc->ssl) == TLS_ST_SW_SRVR_DONE)
+		return true;
+	unsigned char fin[EVP_MAX_MD_SIZE];
+	return SSL_get_finished(tc->ssl, fin, sizeof(fin)) > 0;
+}
+
 static void pump(struct tconn *tc)
 {
 	if (tc->in_pump) {
 		tc->pump_again = true;
 		return;
 	}
-	if (tc->server && !tc->hs_done && !tc->hs_turn && !tc->fatal && !tc->closing) {
+	if (tc->server && !tc->hs_done && !tc->hs_turn && !tc->fatal && !tc->closing && !hs_flight_sent(tc)) {
 		/* The handshake's work waits for its turn (hs_run); without input there is none to do. */
 		if (tc->rq_head || tc->raw_eof)
 			hs_enqueue(tc);
