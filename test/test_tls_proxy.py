@@ -273,8 +273,8 @@ BAD = [
     ("expired", r"certificate did not verify: certificate has expired", "TLS certificate did not verify"),
     ("wrongname", r"certificate did not verify: IP address mismatch", "TLS certificate did not verify"),
     ("unknownca", r"certificate did not verify: unable to get local issuer certificate", "TLS certificate did not verify"),
-    ("plainup", r"tls: 127\.0\.0\.1: the handshake failed: wrong version number", "TLS handshake or record failed"),
-    ("nocert", r"tls: 127\.0\.0\.1: after the handshake: .*certificate required", "TLS handshake or record failed"),
+    ("plainup", r"tls: 127\.0\.0\.1: the handshake failed: wrong version number", "TLS handshake failed"),
+    ("nocert", r"tls: 127\.0\.0\.1: after the handshake: .*certificate required", "TLS record failed"),
 ]
 
 

@@ -15,8 +15,10 @@ enum {
 	KEEL_ESTOPPED = -5003,      /* the loop is stopping; no new work accepted */
 	KEEL_ECONNTIMEDOUT = -5004, /* connecting timed out (the HTTP client; -ETIMEDOUT is the response) */
 	KEEL_ENAME = -5005,         /* a name that does not resolve (no such host, or no address) */
-	KEEL_ETLS = -5006,     /* the TLS handshake or a record failed (protocol, alert, no shared cipher) */
+	KEEL_ETLS = -5006,          /* a TLS record failed after the handshake (a bad record, an alert) */
 	KEEL_ETLSCERT = -5007, /* the peer's certificate did not verify (untrusted, expired, wrong name) */
+	KEEL_ETLSHS = -5008,   /* the TLS handshake failed before it was done (protocol, alert, no shared
+	                          cipher, the peer gone): no application data was sent */
 };
 
 /* Text for a keel error or a negative errno. Never NULL; static storage. */

@@ -18,7 +18,8 @@ const char *keel_strerror(int err)
 	case KEEL_ESTOPPED: return "the loop is stopping";
 	case KEEL_ECONNTIMEDOUT: return "connecting timed out";
 	case KEEL_ENAME: return "name does not resolve";
-	case KEEL_ETLS: return "TLS handshake or record failed";
+	case KEEL_ETLS: return "TLS record failed";
+	case KEEL_ETLSHS: return "TLS handshake failed";
 	case KEEL_ETLSCERT: return "TLS certificate did not verify";
 	default: break;
 	}

@@ -193,14 +193,15 @@ static void mark_down(keel_proxy *px, struct pup *u)
 }
 
 /*
- * Connecting failed: the request never left, whatever its method. A
- * certificate that does not verify fails the handshake, before any request
- * byte is encrypted.
+ * Connecting failed: the request never left, whatever its method. A TLS
+ * handshake that failed, or a certificate that did not verify, failed
+ * before any request byte was encrypted.
  */
 static bool connect_error(int err)
 {
 	return err == -ECONNREFUSED || err == KEEL_ECONNTIMEDOUT || err == -EHOSTUNREACH ||
-	       err == -ENETUNREACH || err == -EADDRNOTAVAIL || err == KEEL_ENAME || err == KEEL_ETLSCERT;
+	       err == -ENETUNREACH || err == -EADDRNOTAVAIL || err == KEEL_ENAME || err == KEEL_ETLSCERT ||
+	       err == KEEL_ETLSHS;
 }
 
 struct hcheck {
@@ -602,7 +603,7 @@ static void upstream_result(struct preq *pr, keel_outcome o)
 	}
 	if (o.err) {
 		struct pup *failed = pr->up;
-		bool tls = o.err == KEEL_ETLS || o.err == KEEL_ETLSCERT;
+		bool tls = o.err == KEEL_ETLS || o.err == KEEL_ETLSHS || o.err == KEEL_ETLSCERT;
 		if (connect_error(o.err) || tls)
 			mark_down(px, failed);
 		/*

@@ -371,7 +371,7 @@ static bool handshake_failed(struct conn *c, int err)
 		conn_fail(c, E_TIMEOUT, false);
 		return true;
 	}
-	if (err != KEEL_ETLSCERT && err != KEEL_ETLS)
+	if (err != KEEL_ETLSCERT && err != KEEL_ETLS && err != KEEL_ETLSHS)
 		return false;
 	if (!w->stopping) {
 		/* What was handed to the transport waited for the handshake: none of it went out. */

@@ -69,7 +69,7 @@ struct counters {
 	 * https: handshakes completed and of those resumed (the endpoint's
 	 * counts when the run ended), and handshakes that failed, by why: the
 	 * certificate did not verify (KEEL_ETLSCERT), or anything else in TLS
-	 * (KEEL_ETLS). The failures are connect errors as well.
+	 * (KEEL_ETLSHS, or KEEL_ETLS). The failures are connect errors as well.
 	 */
 	uint64_t tls_handshakes, tls_resumed, tls_failed_cert, tls_failed_other;
 };

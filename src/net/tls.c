@@ -1093,7 +1093,8 @@ static void conn_fail(struct tconn *tc, int err)
 	if (tc->fatal)
 		return;
 	tc->fatal = err;
-	if ((err == KEEL_ETLS || err == KEEL_ETLSCERT) && !tc->send && tc->out_len && tc->fd >= 0) {
+	if ((err == KEEL_ETLS || err == KEEL_ETLSHS || err == KEEL_ETLSCERT) && !tc->send && tc->out_len &&
+	    tc->fd >= 0) {
 		/*
 		 * The alert goes now, if the socket takes it at once: the close
 		 * that follows cancels whatever is still in flight.
@@ -1132,7 +1133,7 @@ static int tls_error(struct tconn *tc)
 		         tc->hs_done ? "after the handshake" : "the handshake failed", why);
 	}
 	ERR_clear_error();
-	return KEEL_ETLS;
+	return tc->hs_done ? KEEL_ETLS : KEEL_ETLSHS;
 }
 
 static void hs_timeout(keel_loop *loop, keel_timer *t)
@@ -1256,7 +1257,7 @@ static void handshake_step(struct tconn *tc)
 	}
 want_read:
 	if (tc->raw_eof)
-		conn_fail(tc, KEEL_ETLS); /* the peer went away mid-handshake */
+		conn_fail(tc, KEEL_ETLSHS); /* the peer went away mid-handshake */
 	else
 		raw_start(tc);
 }
