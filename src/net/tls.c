@@ -490,6 +490,27 @@ static void ktls_msg(int write_p, int version, int content_type, const void *buf
 
 /* ---- Building a context ---------------------------------------------------- */
 
+/*
+ * OpenSSL 3.0 fills a certificate's extension cache and its names'
+ * canonical encodings the first time a verification needs them, writing
+ * under the store's lock where other threads read them without it (a
+ * ThreadSanitizer report on two workers verifying at once). The store is
+ * shared by every worker: fill them here, in the thread that makes the
+ * context, before any can verify.
+ */
+static void warm_store(SSL_CTX *sc)
+{
+	STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(SSL_CTX_get_cert_store(sc));
+	for (int i = 0; i < sk_X509_OBJECT_num(objs); i++) {
+		X509 *x = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
+		if (!x)
+			continue;
+		(void)X509_check_purpose(x, -1, 0);
+		(void)X509_NAME_cmp(X509_get_subject_name(x), X509_get_issuer_name(x));
+	}
+	ERR_clear_error();
+}
+
 void keel_tls_config_default(keel_tls_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
@@ -642,6 +663,7 @@ static SSL_CTX *ctx_base(keel_tls_ctx *ctx, const keel_tls_config *cfg, char *er
 				        cfg->ca_file ? cfg->ca_file : "the system store");
 				goto fail;
 			}
+			warm_store(sc);
 		}
 		SSL_CTX_set_session_cache_mode(sc, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
 		SSL_CTX_sess_set_new_cb(sc, new_session_cb);
@@ -675,6 +697,7 @@ static SSL_CTX *ctx_base(keel_tls_ctx *ctx, const keel_tls_config *cfg, char *er
 		}
 		SSL_CTX_set_client_CA_list(sc, names);
 		SSL_CTX_set_verify(sc, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+		warm_store(sc);
 	}
 	return sc;
 fail:
