@@ -615,9 +615,17 @@ static void upstream_result(struct preq *pr, keel_outcome o)
 		              ((o.err == -ECONNRESET || o.err == -EPIPE || o.err == KEEL_ETLS) &&
 		               !pr->q.body_read && idempotent(pr->req->msg.method)));
 		struct pup *next = again ? pick(px, failed) : NULL;
-		if (tls) /* (the TLS layer has said why: which check, which name) */
+		/*
+		 * Each upstream failure is said, as nginx does (a full queue, our
+		 * own shedding, is not one); for TLS the layer below has said which
+		 * check or which alert.
+		 */
+		if (o.err != KEEL_ELIMIT && o.err != -ECANCELED)
 			keel_log(KEEL_LOG_WARN, "proxy: upstream %s: %s: %s", failed->name,
-			         keel_strerror(o.err), next ? "trying another" : "answered 502");
+			         keel_strerror(o.err),
+			         next                  ? "trying another"
+			         : o.err == -ETIMEDOUT ? "answered 504"
+			                               : "answered 502");
 		failed->active--;
 		pr->up = NULL;
 		if (next) {

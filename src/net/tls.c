@@ -1526,20 +1526,28 @@ static void shut_now(struct tconn *tc);
 static void ktls_try(struct tconn *tc);
 static void tx_start(struct tconn *tc);
 
-static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
+/* A send of ours ended: false when the connection is closing or has failed, and that is all. */
+static bool send_ended(struct tconn *tc, keel_outcome o)
 {
-	(void)ctx;
-	struct tconn *tc = ud;
 	tc->send = NULL;
 	tc->refs--;
 	if (tc->closing) {
 		finish_close(tc);
-		return;
+		return false;
 	}
 	if (o.err) {
 		conn_fail(tc, o.err);
-		return;
+		return false;
 	}
+	return true;
+}
+
+static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct tconn *tc = ud;
+	if (!send_ended(tc, o))
+		return;
 	tc->sent += tc->fly_len;
 	tc->fly_len = 0;
 	if (tc->fail_after_send && !tc->out_len) {
@@ -1736,16 +1744,8 @@ static void ktls_sent(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct tconn *tc = ud;
-	tc->send = NULL;
-	tc->refs--;
-	if (tc->closing) {
-		finish_close(tc);
+	if (!send_ended(tc, o))
 		return;
-	}
-	if (o.err) {
-		conn_fail(tc, o.err);
-		return;
-	}
 	tc->tx_total = (uint64_t)o.n; /* (a file that ended early: a short count, as keel_sendfile says) */
 	tx_end(tc, 0);
 	shut_now(tc);
