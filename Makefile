@@ -134,7 +134,7 @@ sanitize:
 	@$(MAKE) --no-print-directory SAN=1 test
 
 # The server, client, proxy and static files under injected faults (test/test_faults.py),
-# and the C tests of the error paths, in a sanitizer build with KEEL_FAULT; then the TLS tests
+# in a sanitizer build with KEEL_FAULT; then the TLS tests
 # with kernel TLS emulated (src/net/ktls.h: what would be handed to the kernel, checked by
 # real clients), as no kernel here has CONFIG_TLS.
 faults:

@@ -53,7 +53,7 @@ sources() {
 }
 libs() {
 	case $1 in
-	fuzz_server) echo "-luring -pthread" ;;
+	fuzz_server) echo "-luring -lssl -lcrypto -pthread" ;; # the library has TLS (src/net/tls.c)
 	*) echo "" ;;
 	esac
 }

@@ -5,7 +5,8 @@
  * same interface), a timer heap, a ready queue of promise continuations and
  * a pool of receive buffers. It is single-threaded: every call on a loop and
  * on the promises it made must come from the thread that runs it, except
- * keel_loop_post() and keel_loop_stop_async().
+ * keel_loop_post() (another thread stops a loop by posting a function that
+ * calls keel_loop_stop()).
  *
  * One tick: run ready continuations (bounded), hand every queued submission
  * to the kernel in one call that also waits for the nearest timer deadline,
