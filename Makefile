@@ -134,9 +134,9 @@ sanitize:
 	@$(MAKE) --no-print-directory SAN=1 test
 
 # The server, client, proxy and static files under injected faults (test/test_faults.py),
-# in a sanitizer build with KEEL_FAULT; then the TLS tests
-# with kernel TLS emulated (src/net/ktls.h: what would be handed to the kernel, checked by
-# real clients), as no kernel here has CONFIG_TLS.
+# in a sanitizer build with KEEL_FAULT; then the TLS tests with kernel TLS emulated
+# (src/net/ktls.h: what would be handed to the kernel, checked by real clients), as no
+# kernel here has CONFIG_TLS.
 faults:
 	@$(MAKE) --no-print-directory FAULT=1 all
 	@BUILD=build-fault sh test/run.sh test_faults
