@@ -41,7 +41,7 @@ LDFLAGS_SAN := -fsanitize=thread
 endif
 CFLAGS  ?=
 ALL_CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
-LDLIBS  := -luring -lssl -lcrypto -pthread $(LDFLAGS_SAN)
+LDLIBS  := -luring -lssl -lcrypto -lnghttp2 -pthread $(LDFLAGS_SAN)
 
 LIB_SRC := $(wildcard src/core/*.c) $(wildcard src/backend/*.c) \
 	$(wildcard src/backend/uring/*.c) $(wildcard src/backend/epoll/*.c) $(wildcard src/net/*.c) \

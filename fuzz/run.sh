@@ -53,7 +53,7 @@ sources() {
 }
 libs() {
 	case $1 in
-	fuzz_server) echo "-luring -lssl -lcrypto -pthread" ;; # the library has TLS (src/net/tls.c)
+	fuzz_server) echo "-luring -lssl -lcrypto -lnghttp2 -pthread" ;; # the library has TLS and HTTP/2
 	*) echo "" ;;
 	esac
 }

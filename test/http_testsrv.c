@@ -26,6 +26,7 @@
  *   POST /early            answers "early" at once, without reading the body
  *
  *   --body-stream-max N    limit on streamed bodies
+ *   --http2                HTTP/2 with prior knowledge too (h2c), --h2-streams-max N
  *
  * Admission and bounds:
  *   GET  /burn?us=N        burns N microseconds of CPU in the handler, then "burnt"
@@ -443,6 +444,8 @@ int main(int argc, char **argv)
 	    {"static", 1, NULL, 'D'},
 	    {"recv-bufs", 1, NULL, 'R'},
 	    {"sq-entries", 1, NULL, 'q'},
+	    {"http2", 0, NULL, '2'},
+	    {"h2-streams-max", 1, NULL, 's'},
 	    {NULL, 0, NULL, 0},
 	};
 	int c;
@@ -469,6 +472,8 @@ int main(int argc, char **argv)
 		case 'D': static_dir = optarg; break;
 		case 'R': recv_bufs = (unsigned)v; break;
 		case 'q': sq_entries = (unsigned)v; break;
+		case '2': cfg.http2 = true; break;
+		case 's': cfg.h2_streams_max = (unsigned)v; break;
 		default: return 2;
 		}
 	}

@@ -70,6 +70,15 @@ typedef struct keel_http_config {
 	 */
 	int (*transport_init)(keel_transport *t, keel_loop *loop, int fd, void *ud);
 	void *transport_ud;
+	/*
+	 * HTTP/2 (RFC 9113) on the same connections: over TLS when ALPN agreed
+	 * "h2" (the TLS context must offer it: keel_tls_config.alpn
+	 * "h2,http/1.1"), and over plain TCP for clients that start with the
+	 * connection preface (prior knowledge, h2c). Default off: every
+	 * connection speaks HTTP/1.1, and a preface is answered 505.
+	 */
+	bool http2;
+	unsigned h2_streams_max; /* concurrent streams per HTTP/2 connection; default 100 */
 } keel_http_config;
 
 typedef struct keel_http_response {
@@ -114,7 +123,8 @@ struct keel_http_request {
 	keel_http_response resp; /* storage a handler may fill and return */
 	void *user;              /* free for the handler */
 	/* internal */
-	keel_http_conn *conn; /* NULL once a zombie */
+	void *conn; /* the protocol's record for it (an HTTP/1.1 connection, an HTTP/2 stream);
+	              NULL once a zombie */
 	keel_http_server *server;
 	const struct keel__http_proto *proto; /* the protocol that carried it */
 	struct keel_http_request *next;

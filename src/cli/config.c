@@ -334,6 +334,7 @@ static const struct num_key server_keys[] = {
     HTTP_KEY("send_timeout_ms", send_timeout_ms, false, 1, 3600000),
     HTTP_KEY("queue_delay_max_us", queue_delay_max_us, false, 0, 10000000),
     HTTP_KEY("inflight_max", inflight_max, false, 0, 10000000),
+    HTTP_KEY("h2_streams_max", h2_streams_max, false, 1, 1000),
 };
 
 static const struct num_key tls_keys[] = {
@@ -657,6 +658,11 @@ static void server_key(struct parser *p, const char *name, const char *value)
 	} else if (strcmp(name, "access_log") == 0) {
 		if (set_path(p, &cfg->access_log, value))
 			cfg->access_log_line = p->lineno;
+	} else if (strcmp(name, "http2") == 0) {
+		if (strcmp(value, "on") == 0 || strcmp(value, "off") == 0)
+			cli_config_http2(cfg, value[1] == 'n');
+		else
+			perr(p, p->lineno, "http2: '%s' is not on or off", value);
 	} else if (strncmp(name, "tls_", 4) != 0 || !server_tls_key(p, name, value)) {
 		unknown_key(p, name, "[server]");
 	}
@@ -969,6 +975,12 @@ static int tls_file_check(const cli_config *cfg, const char *key, const char *pa
 		return check_fail(cfg, line, "%s: %s: %s", key, path, strerror(errno));
 	close(fd);
 	return 0;
+}
+
+void cli_config_http2(cli_config *cfg, bool on)
+{
+	cfg->http.http2 = on;
+	cfg->tls.cfg.alpn = on ? "h2,http/1.1" : NULL; /* (ALPN offers h2 only where it is spoken) */
 }
 
 /* t's first n pairs and settings as a keel_tls_config; its strings point into t and certs. */

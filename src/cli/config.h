@@ -169,4 +169,7 @@ int cli_config_check(cli_config *cfg);
  */
 int cli_config_run(cli_config *cfg, const char *what);
 
+/* HTTP/2 on or off: the server's protocols and what its TLS listener offers by ALPN. */
+void cli_config_http2(cli_config *cfg, bool on);
+
 #endif

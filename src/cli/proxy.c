@@ -25,6 +25,7 @@ static void proxy_usage(FILE *f)
 	      "  --workers N           worker threads (default: online CPUs)\n"
 	      "  --balance MODE        round_robin (default) or least_conn\n"
 	      "  --status              serve live counters at /_keel/status (each worker its own)\n"
+	      "  --http2               clients may speak HTTP/2 (TLS: by ALPN; plain: prior knowledge)\n"
 	      "  --tls-cert FILE       listen for HTTPS with this certificate (PEM, chain after the leaf)\n"
 	      "  --tls-key FILE        and this key; repeat both for more (ECDSA and RSA, other names)\n"
 	      "  --tls-ca FILE         verify https:// upstreams against these CAs (PEM), not the\n"
@@ -36,11 +37,17 @@ static void proxy_usage(FILE *f)
 int cli_proxy(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"listen", required_argument, NULL, 'l'},  {"upstream", required_argument, NULL, 'u'},
-	    {"workers", required_argument, NULL, 'w'}, {"balance", required_argument, NULL, 'b'},
-	    {"status", no_argument, NULL, 's'},        {"tls-cert", required_argument, NULL, 'C'},
-	    {"tls-key", required_argument, NULL, 'K'}, {"tls-ca", required_argument, NULL, 'A'},
-	    {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+	    {"listen", required_argument, NULL, 'l'},
+	    {"upstream", required_argument, NULL, 'u'},
+	    {"workers", required_argument, NULL, 'w'},
+	    {"balance", required_argument, NULL, 'b'},
+	    {"status", no_argument, NULL, 's'},
+	    {"tls-cert", required_argument, NULL, 'C'},
+	    {"tls-key", required_argument, NULL, 'K'},
+	    {"tls-ca", required_argument, NULL, 'A'},
+	    {"http2", no_argument, NULL, '2'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	cli_config cfg;
 	cli_config_init(&cfg);
@@ -91,6 +98,7 @@ int cli_proxy(int argc, char **argv)
 			}
 			break;
 		case 's': status = true; break;
+		case '2': cli_config_http2(&cfg, true); break;
 		case 'C':
 		case 'K': {
 			int err = cli_tls_add(&cfg.tls, c == 'K', optarg, 0);

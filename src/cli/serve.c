@@ -133,6 +133,8 @@ static void serve_usage(FILE *f)
 	      "  --access-log FILE     combined-format access log (default: off)\n"
 	      "  --queue-delay-us N    shed (503) requests reached after N us of a loop tick's\n"
 	      "                        work (default 20000; 0: off)\n"
+	      "  --http2               speak HTTP/2 too: over TLS by ALPN (h2), in plain text to\n"
+	      "                        clients that start with its preface (h2c, prior knowledge)\n"
 	      "  --status              serve live counters at /_keel/status (each worker its own;\n"
 	      "                        ?format=prometheus)\n"
 	      "  --tls-cert FILE       serve HTTPS with this certificate (PEM, chain after the leaf);\n"
@@ -160,6 +162,7 @@ int cli_serve(int argc, char **argv)
 	    {"access-log", required_argument, NULL, 'a'},
 	    {"queue-delay-us", required_argument, NULL, 'q'},
 	    {"status", no_argument, NULL, 's'},
+	    {"http2", no_argument, NULL, '2'},
 	    {"tls-cert", required_argument, NULL, 'C'},
 	    {"tls-key", required_argument, NULL, 'K'},
 	    {"tls-protocols", required_argument, NULL, 'P'},
@@ -209,6 +212,7 @@ int cli_serve(int argc, char **argv)
 			    (uint32_t)cli_parse_long("--queue-delay-us", optarg, 0, 10000000);
 			break;
 		case 's': cfg.status = true; break;
+		case '2': cfg.http.http2 = true; break;
 		case 'C':
 		case 'K':
 			if ((c == 'C' ? ncerts : cfg.nkeys) >= KEEL_TLS_CERTS_MAX) {
@@ -282,6 +286,8 @@ int cli_serve(int argc, char **argv)
 	if (ncerts) {
 		char err[512];
 		cfg.tls.certs = cfg.certs;
+		if (cfg.http.http2)
+			cfg.tls.alpn = "h2,http/1.1";
 		cfg.tls.ncerts = ncerts;
 		int terr = keel_tls_ctx_new(&cfg.tls_ctx, &cfg.tls, err, sizeof(err));
 		if (terr < 0) {

@@ -89,8 +89,12 @@ void keel__log_request(keel_http_server *s, const char *peer, keel_http_request 
 	n += log_esc(line + n, r->msg.method, 64);
 	line[n++] = ' ';
 	n += log_esc(line + n, r->msg.target, 1024);
-	n += (size_t)snprintf(line + n, sizeof(line) - n, " HTTP/1.%d\" %d %llu \"", r->msg.version_minor,
-	                      status, (unsigned long long)bytes);
+	if (r->proto->version)
+		n += (size_t)snprintf(line + n, sizeof(line) - n, " %s\" %d %llu \"", r->proto->version,
+		                      status, (unsigned long long)bytes);
+	else
+		n += (size_t)snprintf(line + n, sizeof(line) - n, " HTTP/1.%d\" %d %llu \"",
+		                      r->msg.version_minor, status, (unsigned long long)bytes);
 	const keel_http_header *ref = keel_http_header_find(&r->msg, "referer");
 	const keel_http_header *ua = keel_http_header_find(&r->msg, "user-agent");
 	if (ref)

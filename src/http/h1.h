@@ -54,8 +54,9 @@ struct keel_http_conn {
 	keel_http_conn *idle_prev, *idle_next;
 	uint64_t idle_ns; /* since when it is idle */
 	keel_timer timer;
-	uint64_t deadline_ns; /* what the timer is for (0: nothing); the heap entry may be earlier */
-	keel_transport tp;    /* the byte stream: plain TCP */
+	uint64_t deadline_ns;     /* what the timer is for (0: nothing); the heap entry may be earlier */
+	keel_transport tp;        /* the byte stream: plain TCP or TLS */
+	struct keel__h2_conn *h2; /* handed over to HTTP/2: its receive feeds that connection until it ends */
 	uint32_t inq_off;
 	uint32_t part_len, part_cap;
 	unsigned nreqs, nsending, served;

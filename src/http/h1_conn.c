@@ -212,40 +212,6 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 	}
 }
 
-/*
- * Copy body bytes that arrived in pieces. A Content-Length body gets its
- * exact size at once; a chunked one grows by doubling. Copies across the
- * server are bounded by body_mem_max. Returns 0, or the status to answer:
- * 503 (over the server's body memory) or 500 (out of memory).
- */
-static int body_append(keel_http_conn *c, keel_http_request *r, const char *p, size_t n)
-{
-	keel_http_server *s = c->s;
-	if (r->body_len + n > r->body_cap) {
-		size_t cap;
-		if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
-			cap = (size_t)r->msg.content_length;
-		} else {
-			cap = r->body_cap ? r->body_cap * 2 : 4096;
-			while (cap < r->body_len + n)
-				cap *= 2;
-			if (cap > s->cfg.body_max && s->cfg.body_max >= r->body_len + n)
-				cap = s->cfg.body_max;
-		}
-		if (s->cfg.body_mem_max && s->body_mem - r->body_cap + cap > s->cfg.body_mem_max)
-			return 503;
-		char *nb = keel__realloc(r->body_own, cap);
-		if (!nb)
-			return 500;
-		s->body_mem += cap - r->body_cap;
-		r->body_own = nb;
-		r->body_cap = cap;
-	}
-	memcpy(r->body_own + r->body_len, p, n);
-	r->body_len += n;
-	return 0;
-}
-
 /* Hand a piece of a streamed body to the reader waiting for it. */
 static void body_give(keel_http_request *r, keel_buf *buf, const char *p, size_t n)
 {
@@ -320,7 +286,7 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 			req_hold(r, buf);
 			r->body.ptr = data;
 			r->body.len = n;
-		} else if ((st = body_append(c, r, data, n))) {
+		} else if ((st = keel__req_body_append(c->s, r, data, n))) {
 			req_error(c, r, st);
 			return len;
 		}
@@ -347,7 +313,7 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 				req_error(c, r, 413);
 				return len;
 			}
-			if ((st = body_append(c, r, span.ptr, span.len))) {
+			if ((st = keel__req_body_append(c->s, r, span.ptr, span.len))) {
 				req_error(c, r, st);
 				return len;
 			}
@@ -618,9 +584,45 @@ static void body_read_cancel(keel_promise *p, void *ud)
 	}
 }
 
+/*
+ * The connection speaks HTTP/2 (ALPN agreed "h2", or it began with the
+ * preface): it goes on as an HTTP/2 connection, which takes the transport.
+ * This record leaves the server's lists at once (the connection stays
+ * counted, as HTTP/2's) and lives on only until its receive has ended,
+ * forwarding what that still delivers (recv_ended).
+ */
+static int h2_handover(keel_http_conn *c, keel_buf *buf)
+{
+	keel_http_server *s = c->s;
+	struct keel__h2_conn *h = keel__h2_adopt(s, &c->tp, c->recv);
+	if (!h) {
+		keel__h1_conn_close(c);
+		return KEEL_CONTINUE;
+	}
+	c->h2 = h;
+	c->closing = true; /* (not counted in nclosing: the connection is not closing) */
+	idle_update(c);
+	keel_timer_disarm(s->loop, &c->timer);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+	keel__h2_input(h, buf);
+	return KEEL_STOP;
+}
+
 static int on_data(void *ud, keel_buf *buf)
 {
 	keel_http_conn *c = ud;
+	if (c->h2) {
+		keel__h2_input(c->h2, buf); /* received before the stop took effect */
+		return KEEL_CONTINUE;
+	}
+	if (c->s->cfg.http2 && !c->served && !c->nreqs && !c->part_len && keel__h2_sniff(c->s, &c->tp, buf))
+		return h2_handover(c, buf);
 	if (c->closing || c->lingering || (c->no_more && !c->cur && !c->inq_head))
 		return KEEL_CONTINUE; /* past the last request we will answer: discard */
 	if (c->inq_head) {
@@ -659,6 +661,24 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	keel_http_conn *c = ud;
 	c->recv = NULL;
+	if (c->h2) {
+		/* Handed over: the HTTP/2 connection receives on its own from now on. */
+		struct keel__h2_conn *h = c->h2;
+		keel_http_server *s = c->s;
+		free(c->part);
+		free(c->peer);
+		if (c->tx)
+			keel__h1_tx_put(s, c->tx);
+		if (s->nfree_conns < CONN_FREE_MAX) {
+			c->next = s->free_conns;
+			s->free_conns = c;
+			s->nfree_conns++;
+		} else {
+			free(c);
+		}
+		keel__h2_rx_handed(h, o.err);
+		return;
+	}
 	if (c->closing || c->lingering) {
 		keel__h1_conn_close(c); /* a lingering connection ends at the client's EOF */
 		return;
@@ -912,24 +932,7 @@ void keel__h1_conn_close(keel_http_conn *c)
 /* The client's address, host alone ("127.0.0.1", "::1"), looked up once per connection. */
 const char *keel__h1_peer(keel_http_conn *c)
 {
-	if (c->peer)
-		return c->peer;
-	struct sockaddr_storage ss;
-	if (!(c->peer = keel__malloc(48)))
-		return "-";
-	if (keel_transport_peer(&c->tp, &ss) == 0) {
-		keel_addr_format((struct sockaddr *)&ss, c->peer, 48);
-		char *colon = strrchr(c->peer, ':'); /* the host alone */
-		if (colon)
-			*colon = '\0';
-		if (c->peer[0] == '[') {
-			memmove(c->peer, c->peer + 1, strlen(c->peer));
-			c->peer[strlen(c->peer) - 1] = '\0';
-		}
-	} else {
-		strcpy(c->peer, "-");
-	}
-	return c->peer;
+	return keel__conn_peer(&c->tp, &c->peer);
 }
 
 void keel__h1_open(keel_http_server *s, int fd)
@@ -1020,7 +1023,7 @@ static void h1_answered(keel_http_request *r)
 {
 	if (r->answer->file_fd < 0 && !r->answer->stream) {
 		r->out_bytes = r->answer->body.len; /* files and streams are pulled as they go */
-		r->conn->out_pending += r->out_bytes;
+		((keel_http_conn *)r->conn)->out_pending += r->out_bytes;
 	}
 	if (r->stream_body && !r->body_done && !r->answer->stream) {
 		/* Answered without a streamed response: the rest of the body is not wanted. */
@@ -1037,7 +1040,7 @@ static const char *h1_peer(keel_http_request *r)
 
 static bool h1_secure(keel_http_request *r)
 {
-	return r->conn->tp.ops->secure;
+	return ((keel_http_conn *)r->conn)->tp.ops->secure;
 }
 
 const struct keel__http_proto keel__h1_proto = {

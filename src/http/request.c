@@ -62,7 +62,7 @@ const char *keel_http_status_text(int status)
 /* ---- Requests ------------------------------------------------------------ */
 
 /* A request record, not yet queued (queued once its head has parsed). NULL on ENOMEM. */
-keel_http_request *keel__req_new(keel_http_server *s, keel_http_conn *c, const struct keel__http_proto *proto)
+keel_http_request *keel__req_new(keel_http_server *s, void *c, const struct keel__http_proto *proto)
 {
 	keel_http_request *r = s->free_reqs;
 	if (r) {
@@ -90,6 +90,39 @@ void keel__req_put(keel_http_server *s, keel_http_request *r)
 	r->next = s->free_reqs;
 	s->free_reqs = r;
 	s->nfree_reqs++;
+}
+
+/*
+ * Copy body bytes that arrived in pieces. A Content-Length body gets its
+ * exact size at once; a chunked one grows by doubling. Copies across the
+ * server are bounded by body_mem_max. Returns 0, or the status to answer:
+ * 503 (over the server's body memory) or 500 (out of memory).
+ */
+int keel__req_body_append(keel_http_server *s, keel_http_request *r, const char *p, size_t n)
+{
+	if (r->body_len + n > r->body_cap) {
+		size_t cap;
+		if (r->msg.body == KEEL_HTTP_BODY_LENGTH) {
+			cap = (size_t)r->msg.content_length;
+		} else {
+			cap = r->body_cap ? r->body_cap * 2 : 4096;
+			while (cap < r->body_len + n)
+				cap *= 2;
+			if (cap > s->cfg.body_max && s->cfg.body_max >= r->body_len + n)
+				cap = s->cfg.body_max;
+		}
+		if (s->cfg.body_mem_max && s->body_mem - r->body_cap + cap > s->cfg.body_mem_max)
+			return 503;
+		char *nb = keel__realloc(r->body_own, cap);
+		if (!nb)
+			return 500;
+		s->body_mem += cap - r->body_cap;
+		r->body_own = nb;
+		r->body_cap = cap;
+	}
+	memcpy(r->body_own + r->body_len, p, n);
+	r->body_len += n;
+	return 0;
 }
 
 /* A streamed-body read still waiting ends with err. */

@@ -18,6 +18,7 @@
 #include "keel/errors.h"
 #include "keel/http.h"
 #include "keel/log.h"
+#include "keel/tcp.h"
 #include "server_internal.h"
 
 /* Connections open and not being closed: what conns_max bounds. */
@@ -83,6 +84,7 @@ void keel_http_config_default(keel_http_config *cfg)
 	cfg->inflight_max = 10000;
 	cfg->conn_out_max = 1 << 20;
 	cfg->body_mem_max = 64 << 20;
+	cfg->h2_streams_max = 100;
 }
 
 int keel_http_server_new(keel_http_server **out, keel_loop *loop, const keel_http_config *cfg)
@@ -181,6 +183,30 @@ void keel__server_conn_gone(keel_http_server *s)
 	keel__server_maybe_stopped(s);
 }
 
+/* The client's address on tp, host alone ("127.0.0.1", "::1"), looked up once into *cache (freed by the caller). */
+const char *keel__conn_peer(keel_transport *tp, char **cache)
+{
+	char *p = *cache;
+	if (p)
+		return p;
+	struct sockaddr_storage ss;
+	if (!(p = *cache = keel__malloc(48)))
+		return "-";
+	if (keel_transport_peer(tp, &ss) == 0) {
+		keel_addr_format((struct sockaddr *)&ss, p, 48);
+		char *colon = strrchr(p, ':'); /* the host alone */
+		if (colon)
+			*colon = '\0';
+		if (p[0] == '[') {
+			memmove(p, p + 1, strlen(p));
+			p[strlen(p) - 1] = '\0';
+		}
+	} else {
+		strcpy(p, "-");
+	}
+	return p;
+}
+
 int keel_http_server_start(keel_http_server *s, int lfd)
 {
 	return keel_acceptor_start(&s->acc, lfd);
@@ -203,6 +229,7 @@ static void grace_over(keel_loop *loop, keel_timer *t)
 	(void)loop;
 	keel_http_server *s = keel_container_of(t, keel_http_server, grace);
 	keel__h1_close_all(s);
+	keel__h2_close_all(s);
 }
 
 keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
@@ -216,6 +243,7 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 	s->stopped = p;
 	keel_acceptor_stop(&s->acc, !s->cfg.listener_keep);
 	keel__h1_drain_all(s);
+	keel__h2_drain_all(s);
 	keel_timer_arm(s->loop, &s->grace, grace_ms);
 	if (s->log_buf[0])
 		keel__log_flush(s);
@@ -248,6 +276,7 @@ void keel_http_server_free(keel_http_server *s)
 	keel_timer_disarm(s->loop, &s->trim_timer);
 	keel__log_free(s);
 	keel__h1_trim(s, 0);
+	keel__h2_free_shared(s);
 	keel__req_zombies_free(s);
 	keel__req_trim(s, 0);
 	for (unsigned i = 0; i < s->nroutes; i++) {

@@ -17,9 +17,11 @@
 #include <time.h>
 
 #include "keel/acceptor.h"
+#include "keel/buf.h"
 #include "keel/http.h"
 #include "keel/promise.h"
 #include "keel/timer.h"
+#include "keel/transport.h"
 #include "keel/util.h"
 
 struct route {
@@ -53,6 +55,8 @@ struct keel__http_proto {
 	const char *(*peer)(keel_http_request *r);
 	/* Whether r came over a protected transport (TLS); r->conn set. */
 	bool (*secure)(keel_http_request *r);
+	/* What the access log says the request came as ("HTTP/1.1"); NULL: HTTP/1.x from msg.version_minor. */
+	const char *version;
 };
 
 /*
@@ -87,6 +91,8 @@ struct keel_http_server {
 	unsigned nclosing; /* of nconns, being closed (their descriptors not yet released) */
 	keel_http_conn *idle_head, *idle_tail; /* idle connections, oldest first */
 	unsigned nidle;
+	struct keel__h2_conn *h2_conns; /* HTTP/2 connections (h2_conn.c), counted in nconns */
+	void *h2_shared;                /* what they share: nghttp2's callbacks and options */
 	keel_http_conn *free_conns;
 	unsigned nfree_conns;
 	struct conn_tx *free_tx;
@@ -124,6 +130,7 @@ void keel__server_date_update(keel_http_server *s);
 void keel__server_conn_opened(keel_http_server *s);
 void keel__server_conn_gone(keel_http_server *s);
 void keel__server_maybe_stopped(keel_http_server *s);
+const char *keel__conn_peer(keel_transport *tp, char **cache);
 
 /* route.c */
 const struct route *keel__route_find(keel_http_server *s, const keel_http_request *req, bool *method_ok);
@@ -131,14 +138,14 @@ const struct route *keel__route_find(keel_http_server *s, const keel_http_reques
 size_t keel__route_methods(keel_http_server *s, keel_str path, char *list, size_t cap);
 
 /* request.c: records, answers, handlers, whatever the protocol. */
-keel_http_request *keel__req_new(keel_http_server *s, keel_http_conn *c,
-                                 const struct keel__http_proto *proto);
+keel_http_request *keel__req_new(keel_http_server *s, void *c, const struct keel__http_proto *proto);
 void keel__req_put(keel_http_server *s, keel_http_request *r);
 void keel__req_end(keel_http_server *s, keel_http_request *r);
 void keel__req_zombie(keel_http_request *r, keel_promise *p);
 void keel__req_trim(keel_http_server *s, unsigned keep);
 void keel__req_zombies_free(keel_http_server *s);
 void keel__body_wait_reject(keel_http_request *r, int err);
+int keel__req_body_append(keel_http_server *s, keel_http_request *r, const char *p, size_t n);
 void keel__req_answer(keel_http_request *r, keel_outcome o);
 int keel__req_target(keel_http_request *r);
 extern const keel_http_header keel__retry_after; /* Retry-After: 1, for 503s */
@@ -162,5 +169,21 @@ void keel__h1_close_all(keel_http_server *s);
 keel_http_conn *keel__h1_idle_pick(keel_http_server *s);
 unsigned keel__h1_idle_reclaim(keel_http_server *s, unsigned n);
 void keel__h1_trim(keel_http_server *s, unsigned keep);
+
+/*
+ * h2_conn.c: HTTP/2. A connection starts as HTTP/1.1's (h1_conn.c), which
+ * hands it over on its first input when that is HTTP/2 (keel__h2_sniff):
+ * the transport moves to an HTTP/2 connection, which is fed what the
+ * HTTP/1.1 receive still delivers (keel__h2_input) until that receive has
+ * ended (keel__h2_rx_handed), then receives on its own.
+ */
+struct keel__h2_conn;
+bool keel__h2_sniff(keel_http_server *s, keel_transport *tp, const keel_buf *buf);
+struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, keel_promise *rx);
+void keel__h2_input(struct keel__h2_conn *h, keel_buf *buf);
+void keel__h2_rx_handed(struct keel__h2_conn *h, int err);
+void keel__h2_drain_all(keel_http_server *s);
+void keel__h2_close_all(keel_http_server *s);
+void keel__h2_free_shared(keel_http_server *s);
 
 #endif

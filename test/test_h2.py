@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""HTTP/2 end to end: curl (--http2-prior-knowledge, and --http2 over TLS by ALPN),
+h2load and nghttp from nghttp2-client, and Python's h2 package driving single
+frames for the protocol's edge cases (RFC 9113), against http_testsrv --http2
+(h2c, prior knowledge) and keel serve --http2 (TLS and plain).
+
+Each part asserts one behaviour; every wait has a deadline and every loop a bound.
+Runs under the backend in KEEL_BACKEND. Usage: test_h2.py [part-name-substring ...]
+Exit status: 0 pass, 1 fail, 77 skip (curl, nghttp2-client or python3-h2 missing)."""
+import os, shutil, socket, subprocess, sys, tempfile, time
+
+try:
+    import h2.config, h2.connection, h2.events, h2.errors, h2.settings
+except ImportError:  # a Python that does not see Debian's python3-h2: the system's does
+    if os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3") and os.access("/usr/bin/python3", os.X_OK):
+        os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
+    print("SKIP: no python3-h2 (Debian: apt-get install python3-h2)", flush=True)
+    sys.exit(77)
+
+from keeltest import CURL, KEEL, TESTSRV, Proc, Skip, Subtests, check, connect, eq, fail, main, sha
+import keeltest
+
+H2LOAD = shutil.which("h2load")
+NGHTTP = shutil.which("nghttp")
+OPENSSL = shutil.which("openssl")
+HELLO = b"Hello, World!"
+
+
+def curl2(*args, max_time=20):
+    r = keeltest.curl("--http2-prior-knowledge", *args, max_time=max_time)
+    if r.returncode != 0:
+        fail("curl %s: exit %d: %s" % (" ".join(args), r.returncode, r.stderr.decode(errors="replace")))
+    return r.stdout
+
+
+class H2:
+    """A client connection driven frame by frame with Python's h2 (prior knowledge)."""
+
+    def __init__(self, port, settings=None):
+        self.sock = connect(port)
+        self.sock.settimeout(10)
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.c = h2.connection.H2Connection(config=cfg)
+        self.c.initiate_connection()
+        if settings:
+            self.c.update_settings(settings)
+        self.flush()
+        self.events = []
+        self.closed = False
+
+    def flush(self):
+        data = self.c.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def get(self, path, end=True, extra=()):
+        sid = self.c.get_next_available_stream_id()
+        self.c.send_headers(sid, [(":method", "GET"), (":scheme", "http"), (":authority", "localhost"),
+                                  (":path", path), *extra], end_stream=end)
+        self.flush()
+        return sid
+
+    def pump(self, until, timeout=10):
+        """Read and handle frames until until(self) is true; False if the connection ended first."""
+        deadline = time.monotonic() + timeout
+        while not until(self):
+            if self.closed:
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                fail("no progress within %.0f s; events so far: %s" % (timeout, self.events[-8:]))
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.closed = True
+                continue
+            for ev in self.c.receive_data(data):
+                self.events.append(ev)
+                if isinstance(ev, h2.events.DataReceived):
+                    self.c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            self.flush()
+        return True
+
+    def of(self, kind, sid=None):
+        return [e for e in self.events if isinstance(e, kind) and (sid is None or getattr(e, "stream_id", None) == sid)]
+
+    def ended(self, sid):
+        return bool(self.of(h2.events.StreamEnded, sid) or self.of(h2.events.StreamReset, sid))
+
+    def response(self, sid, timeout=10):
+        self.pump(lambda s: s.ended(sid), timeout)
+        heads = self.of(h2.events.ResponseReceived, sid)
+        body = b"".join(e.data for e in self.of(h2.events.DataReceived, sid))
+        return (dict(heads[0].headers) if heads else None), body
+
+    def close(self):
+        self.sock.close()
+
+
+def status_of(headers):
+    return int(headers[b":status"]) if headers else None
+
+
+def test():
+    if not CURL:
+        raise Skip("curl missing")
+    if not H2LOAD or not NGHTTP:
+        raise Skip("nghttp2-client (h2load, nghttp) missing")
+    tmp = tempfile.mkdtemp(prefix="keel-h2-")
+    odd = os.urandom(5 * (1 << 20) + 3)
+    os.mkdir(os.path.join(tmp, "static"))  # (http_testsrv serves DIR/static/ at /static/)
+    for d in (tmp, os.path.join(tmp, "static")):
+        with open(os.path.join(d, "odd.bin"), "wb") as f:
+            f.write(odd)
+        with open(os.path.join(d, "index.html"), "wb") as f:
+            f.write(b"<h1>keel</h1>\n")
+    srv = Proc([TESTSRV, "--http2", "--head-max", "4096", "--static", tmp])
+    url = lambda path: "http://127.0.0.1:%d%s" % (srv.port, path)
+    sub = Subtests()
+
+    def t_curl():
+        out = keeltest.curl("--http2-prior-knowledge", "-w", "\n%{http_version}", url("/hello"), text=False).stdout
+        eq(out, HELLO + b"\n2", "body and protocol")
+
+    def t_echo():
+        body = os.urandom(300000)
+        eq(sha(echo(body)), sha(body), "300 kB echoed")
+
+    def echo(body):
+        r = subprocess.run([CURL, "-sS", "--http2-prior-knowledge", "--max-time", "20", "--data-binary", "@-",
+                            url("/echo")], input=body, capture_output=True, timeout=30)
+        if r.returncode:
+            fail("curl /echo: %s" % r.stderr)
+        return r.stdout
+
+    def t_body_limit():
+        c = H2(srv.port)
+        sid = c.c.get_next_available_stream_id()
+        c.c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/echo"),
+                               ("content-length", str(2 << 20))])
+        c.flush()
+        heads, _ = c.response(sid)
+        eq(status_of(heads), 413, "a declared body over body_max, answered before it is sent")
+        c.close()
+
+    def t_stream():
+        want = b"".join(b"piece %d\n" % i for i in range(50))
+        eq(curl2(url("/stream?n=50&ms=1")), want, "50 streamed pieces")
+
+    def t_static():
+        eq(sha(curl2(url("/static/odd.bin"), max_time=30)), sha(odd), "5 MiB + 3 file")
+        head = keeltest.curl("--http2-prior-knowledge", "-I", url("/static/odd.bin")).stdout.decode()
+        check("content-length: %d" % len(odd) in head.lower(), "HEAD content-length: %r" % head)
+        eq(curl2("-r", "100-199", url("/static/odd.bin")), odd[100:200], "a range")
+
+    def t_concurrent():
+        """Many streams at once on one connection, answered in whatever order they finish."""
+        c = H2(srv.port)
+        sids = {c.get("/slow?ms=%d" % (200 - 2 * i)): i for i in range(50)}
+        c.pump(lambda s: all(s.ended(x) for x in sids), 15)
+        for sid, i in sids.items():
+            heads, body = c.response(sid)
+            eq((status_of(heads), body), (200, b"slow %d" % (200 - 2 * i)), "stream %d" % sid)
+        c.close()
+
+    def t_streams_max():
+        """SETTINGS_MAX_CONCURRENT_STREAMS is 100: 100 at once are answered; a 101st, once the
+        client has acknowledged the setting, ends the connection (nghttp2 makes it a connection
+        error, GOAWAY PROTOCOL_ERROR naming the last stream it took)."""
+        c = H2(srv.port)
+        c.pump(lambda s: s.of(h2.events.RemoteSettingsChanged))
+        got = c.of(h2.events.RemoteSettingsChanged)[0].changed_settings
+        eq(got[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value, 100, "advertised")
+        sids = [c.get("/slow?ms=300") for _ in range(100)]
+        c.pump(lambda s: all(s.ended(x) for x in sids), 15)
+        eq(sum(status_of(c.response(x)[0]) == 200 for x in sids), 100, "100 streams at once answered")
+        c.c.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 1000  # let our side send past it
+        c.c.remote_settings.acknowledge()
+        sids = [c.get("/slow?ms=300") for _ in range(101)]
+        c.pump(lambda s: s.of(h2.events.ConnectionTerminated), 10)
+        term = c.of(h2.events.ConnectionTerminated)[0]
+        eq((term.error_code, term.last_stream_id), (h2.errors.ErrorCodes.PROTOCOL_ERROR, sids[99]), "GOAWAY")
+        c.close()
+
+    def t_header_limit():
+        c = H2(srv.port)
+        sid = c.get("/hello", extra=[("x-big", "a" * 6000)])
+        heads, _ = c.response(sid)
+        eq(status_of(heads), 431, "a header list over head_max (4096)")
+        sid = c.get("/hello")
+        eq(c.response(sid)[1], HELLO, "the connection goes on")
+        c.close()
+
+    def t_reset():
+        """A stream the client resets: its handler is cancelled, the connection goes on."""
+        nonlocal base
+        base = stats()
+        c = H2(srv.port)
+        sid = c.get("/slow?ms=2000")
+        time.sleep(0.1)
+        c.c.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        c.flush()
+        sid2 = c.get("/hello")
+        eq(c.response(sid2)[1], HELLO, "after a reset")
+        c.close()
+        deadline = time.monotonic() + 5
+        while stats()["ops_inflight"] != base["ops_inflight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        eq(stats()["ops_inflight"], base["ops_inflight"], "the reset stream's sleep cancelled down to the kernel")
+
+    def stats():
+        out = curl2(url("/stats")).decode()
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    base = None
+
+    def t_rapid_reset():
+        """Streams opened and reset faster than the rate allows: GOAWAY, the connection closes."""
+        c = H2(srv.port)
+        c.pump(lambda s: s.of(h2.events.RemoteSettingsChanged))
+        sent = 0
+        for _ in range(2000):
+            sid = c.get("/slow?ms=1000")
+            c.c.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            sent += 1
+            try:
+                c.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        c.pump(lambda s: s.of(h2.events.ConnectionTerminated) or s.closed, 10)
+        term = c.of(h2.events.ConnectionTerminated)
+        check(term, "GOAWAY after %d streams reset at once; events: %s" % (sent, c.events[-3:]))
+        c.close()
+
+    def read_all(s):
+        data = b""
+        while len(data) < 1 << 20:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        return data
+
+    def frames(data):
+        out = []
+        while len(data) >= 9:
+            n = int.from_bytes(data[:3], "big")
+            out.append((data[3], data[9:9 + n]))
+            data = data[9 + n:]
+        return out
+
+    def t_bad_preface():
+        """Not quite the preface: HTTP/1.1 answers it (505) and closes; the preface then garbage: GOAWAY."""
+        s = connect(srv.port)
+        s.settimeout(5)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+        check(read_all(s).startswith(b"HTTP/1.1 505 "), "a broken preface")
+        s.close()
+        s = connect(srv.port)
+        s.settimeout(5)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + b"\0" * 4)
+        goaway = [body for kind, body in frames(read_all(s)) if kind == 7]
+        s.close()
+        check(goaway and int.from_bytes(goaway[0][4:8], "big") == 1,
+              "WINDOW_UPDATE instead of SETTINGS first: GOAWAY PROTOCOL_ERROR, got %r" % goaway)
+
+    def t_idle():
+        p = Proc([TESTSRV, "--http2", "--idle-timeout-ms", "300"])
+        c = H2(p.port)
+        sid = c.get("/hello")
+        c.response(sid)
+        t0 = time.monotonic()
+        c.pump(lambda s: s.of(h2.events.ConnectionTerminated), 5)
+        dt = time.monotonic() - t0
+        eq(c.of(h2.events.ConnectionTerminated)[0].error_code, h2.errors.ErrorCodes.NO_ERROR, "GOAWAY code")
+        check(dt < 3, "GOAWAY after %.2f s idle (300 ms)" % dt)
+        c.pump(lambda s: s.closed, 5)
+        c.close()
+        p.stop_ok()
+
+    def t_graceful():
+        """SIGTERM: GOAWAY, the stream in flight still answered, then the exit."""
+        p = Proc([TESTSRV, "--http2"])
+        cl = subprocess.Popen([CURL, "-sS", "--http2-prior-knowledge", "--max-time", "10",
+                               "http://127.0.0.1:%d/slow?ms=600" % p.port], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+        time.sleep(0.2)
+        p.terminate()
+        out, err = cl.communicate(timeout=20)
+        eq((cl.returncode, out), (0, b"slow 600"), "the stream in flight (%r)" % err)
+        p.expect_exit("after its last stream")
+        c = None
+
+    def t_off():
+        """Without --http2, a preface is HTTP/1.1's to answer: an error, then the close."""
+        p = Proc([TESTSRV])
+        s = connect(p.port)
+        s.settimeout(5)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            data += d
+        s.close()
+        check(data.startswith(b"HTTP/1.1 505") or data.startswith(b"HTTP/1.1 400"), "answer %r" % data[:40])
+        p.stop_ok()
+
+    def t_h2load():
+        r = subprocess.run([H2LOAD, "-n", "20000", "-c", "8", "-m", "10", url("/hello")], capture_output=True,
+                           text=True, timeout=60)
+        check("20000 succeeded, 0 failed, 0 errored, 0 timeout" in r.stdout, "h2load: %s" % r.stdout[-600:])
+        check("status codes: 20000 2xx" in r.stdout, "h2load statuses: %s" % r.stdout[-400:])
+
+    def t_nghttp():
+        r = subprocess.run([NGHTTP, "-ans", url("/static/index.html")], capture_output=True, text=True, timeout=30)
+        check(r.returncode == 0 and "/static/index.html" in r.stdout, "nghttp: %s %s" % (r.stdout, r.stderr))
+
+    def t_tls():
+        if not OPENSSL:
+            raise Skip("openssl missing")
+        key, crt = os.path.join(tmp, "k.pem"), os.path.join(tmp, "c.pem")
+        subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+        p = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", "--http2", "--tls-cert", crt,
+                  "--tls-key", key, tmp], listen=keeltest.CLI_LISTEN_RE)
+        u = "https://localhost:%d/odd.bin" % p.port
+        base = ["--cacert", crt, "--resolve", "localhost:%d:127.0.0.1" % p.port]
+        r = keeltest.curl(*base, "--http2", "-w", "%{http_version}", "-o", os.path.join(tmp, "got"), u, max_time=30)
+        eq(r.stdout, b"2", "ALPN agreed h2")
+        with open(os.path.join(tmp, "got"), "rb") as f:
+            eq(sha(f.read()), sha(odd), "5 MiB + 3 over h2 and TLS")
+        r = keeltest.curl(*base, "--http1.1", "-w", "%{http_version}", "-o", "/dev/null", u)
+        eq(r.stdout, b"1.1", "HTTP/1.1 still, for clients that ask for it")
+        r = subprocess.run([H2LOAD, "-n", "5000", "-c", "4", "-m", "10", "https://127.0.0.1:%d/index.html" % p.port],
+                           capture_output=True, text=True, timeout=60)
+        check("5000 succeeded, 0 failed" in r.stdout and "Application protocol: h2" in r.stdout,
+              "h2load over TLS: %s" % r.stdout[-600:])
+        p.stop_ok()
+        q = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", "--tls-cert", crt, "--tls-key", key,
+                  tmp], listen=keeltest.CLI_LISTEN_RE)
+        base = ["--cacert", crt, "--resolve", "localhost:%d:127.0.0.1" % q.port]
+        r = keeltest.curl(*base, "--http2", "-w", "%{http_version}", "-o", "/dev/null",
+                          "https://localhost:%d/index.html" % q.port)
+        eq(r.stdout, b"1.1", "without --http2, ALPN offers HTTP/1.1 only")
+        q.stop_ok()
+
+    def t_proxy():
+        """keel proxy --http2: HTTP/2 clients to an HTTP/1.1 upstream; the upstream sees one Host
+        (from :authority) and one Cookie (the client's split cookies joined)."""
+        up = Proc([TESTSRV])
+        px = Proc([KEEL, "proxy", "--listen", "127.0.0.1:0", "--workers", "1", "--http2", "--upstream",
+                   "127.0.0.1:%d" % up.port], listen=keeltest.CLI_LISTEN_RE)
+        eq(curl2("http://127.0.0.1:%d/hello" % px.port), HELLO, "through the proxy")
+        c = H2(px.port)
+        sid = c.get("/headers", extra=[("cookie", "a=1"), ("user-agent", "h2test"), ("cookie", "b=2")])
+        heads, body = c.response(sid)
+        c.close()
+        eq(status_of(heads), 200, "status")
+        lines = body.decode().lower().splitlines()
+        eq([l for l in lines if l.startswith("cookie:")], ["cookie: a=1; b=2"], "cookies joined")
+        eq([l for l in lines if l.startswith("host:")], ["host: localhost"], "host from :authority")
+        check(not any(l.startswith(":") for l in lines), "no pseudo-header forwarded: %r" % lines)
+        px.stop_ok()
+        up.stop_ok()
+
+    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
+                     ("static", t_static), ("concurrent", t_concurrent), ("streams_max", t_streams_max),
+                     ("header_limit", t_header_limit), ("reset", t_reset), ("rapid_reset", t_rapid_reset),
+                     ("bad_preface", t_bad_preface), ("idle", t_idle), ("graceful", t_graceful), ("off", t_off),
+                     ("h2load", t_h2load), ("nghttp", t_nghttp), ("tls", t_tls)]:
+        sub.run(name, fn)
+    sub.run("server exits cleanly", lambda: srv.stop_ok(), always=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return sub.status()
+
+
+if __name__ == "__main__":
+    main(test)
