@@ -39,9 +39,9 @@
 #include "keel/transport.h"
 #include "server_internal.h"
 
-#define SEG_MAX 64              /* pieces of one sendv (KEEL_IOV_MAX) */
-#define OUT_SOFT (64u << 10)    /* frame bytes copied into one batch before it is sent */
-#define FILE_CHUNK (64u << 10)  /* a file body is read this much at a time */
+#define SEG_MAX 64               /* pieces of one sendv (KEEL_IOV_MAX) */
+#define OUT_SOFT (64u << 10)     /* frame bytes copied into one batch before it is sent */
+#define FILE_CHUNK (64u << 10)   /* a file body is read this much at a time */
 #define STREAM_WINDOW (1u << 18) /* what each stream may send us ahead (request bodies) */
 #define CONN_WINDOW (1u << 20)   /* and all of them together */
 
@@ -246,7 +246,8 @@ static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 static void flush(struct keel__h2_conn *h)
 {
 	for (int i = 0; i < h->nseg; i++) {
-		h->iov[i].iov_base = (void *)(h->seg[i].own ? h->ob + (uintptr_t)h->seg[i].ptr : h->seg[i].ptr);
+		h->iov[i].iov_base =
+		    (void *)(h->seg[i].own ? h->ob + (uintptr_t)h->seg[i].ptr : h->seg[i].ptr);
 		h->iov[i].iov_len = h->seg[i].len;
 	}
 	h->sending = true;
@@ -295,8 +296,8 @@ static void stream_reset(struct h2_stream *st, uint32_t code)
 
 static bool is_hop_by_hop(keel_str n)
 {
-	static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-	                                  "upgrade", NULL};
+	static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection",
+	                                  "transfer-encoding", "upgrade",    NULL};
 	for (int i = 0; hop[i]; i++)
 		if (keel_str_ieq(n, hop[i]))
 			return true;
@@ -373,7 +374,9 @@ static void submit(struct h2_stream *st)
 			st->plen = a->body.len;
 			if (st->sized) {
 				if (a->body.len > (uint64_t)a->stream_length) {
-					stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* a first piece longer than the whole */
+					stream_reset(
+					    st,
+					    NGHTTP2_INTERNAL_ERROR); /* a first piece longer than the whole */
 					return;
 				}
 				st->stream_left = (uint64_t)a->stream_length - a->body.len;
@@ -429,7 +432,8 @@ static void fetched(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	if (st->src == SRC_FILE) {
 		if (o.err || o.n <= 0) {
-			stream_reset(st, NGHTTP2_INTERNAL_ERROR); /* the file ended short of its promised length */
+			stream_reset(
+			    st, NGHTTP2_INTERNAL_ERROR); /* the file ended short of its promised length */
 		} else {
 			st->piece = st->fbuf;
 			st->plen = (size_t)o.n;
@@ -585,7 +589,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
 	}
 	memcpy(copy, name, nlen);
 	memcpy(copy + nlen, value, vlen);
-	copy[nlen + vlen] = '\0'; /* (a value ends where a C string would: as over HTTP/1.1, a delimiter follows) */
+	copy[nlen + vlen] =
+	    '\0'; /* (a value ends where a C string would: as over HTTP/1.1, a delimiter follows) */
 	keel_str v = {copy + nlen, vlen};
 	n.ptr = copy;
 	if (nlen && name[0] == ':') {
@@ -708,7 +713,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
 	(void)ud;
-	if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+	if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) ||
+	    !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
 		return 0;
 	struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
 	if (st && !st->remote_done)
@@ -913,8 +919,8 @@ void keel__h2_input(struct keel__h2_conn *h, keel_buf *buf)
 			return;
 		}
 		h->draining = true;
-		nghttp2_session_terminate_session(
-		    h->ng, rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
+		nghttp2_session_terminate_session(h->ng, rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM
+		                                                                   : NGHTTP2_PROTOCOL_ERROR);
 	}
 	pump(h);
 }
@@ -1072,8 +1078,9 @@ void keel__h2_drain_all(keel_http_server *s)
 		if (h->closing || h->draining)
 			continue;
 		h->draining = true;
-		nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
-		                      NGHTTP2_NO_ERROR, NULL, 0);
+		nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE,
+		                      nghttp2_session_get_last_proc_stream_id(h->ng), NGHTTP2_NO_ERROR, NULL,
+		                      0);
 		pump(h);
 	}
 }
@@ -1094,7 +1101,8 @@ static void h2_handler_done(keel_http_request *r, keel_outcome o)
 	struct keel__h2_conn *h = st->h;
 	if (st->closed || h->closing) {
 		if (o.err == -ECANCELED)
-			keel__req_zombie(r, r->pending); /* cancelled, but its producer may still write to it */
+			keel__req_zombie(r,
+			                 r->pending); /* cancelled, but its producer may still write to it */
 		else if (!o.err && o.ptr)
 			r->answer = o.ptr; /* (discarded, but a file it opened is closed with it) */
 		r->pending = NULL;
