@@ -621,7 +621,8 @@ static int on_data(void *ud, keel_buf *buf)
 		keel__h2_input(c->h2, buf); /* received before the stop took effect */
 		return KEEL_CONTINUE;
 	}
-	if (c->s->cfg.http2 && !c->served && !c->nreqs && !c->part_len && keel__h2_sniff(c->s, &c->tp, buf))
+	if (c->s->cfg.http2 && !c->served && !c->nreqs && !c->part_len && !c->closing && !c->lingering &&
+	    keel__h2_sniff(c->s, &c->tp, buf))
 		return h2_handover(c, buf);
 	if (c->closing || c->lingering || (c->no_more && !c->cur && !c->inq_head))
 		return KEEL_CONTINUE; /* past the last request we will answer: discard */

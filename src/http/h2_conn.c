@@ -48,7 +48,7 @@
 static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 enum { SRC_NONE = 0, SRC_MEM, SRC_FILE, SRC_STREAM };
-enum { HT_NONE = 0, HT_HEADER, HT_IDLE, HT_SEND };
+enum { HT_NONE = 0, HT_HEADER, HT_IDLE, HT_REQUEST, HT_SEND, HT_WINDOW };
 
 struct h2_stream {
 	struct keel__h2_conn *h;
@@ -98,9 +98,16 @@ struct keel__h2_conn {
 	int nseg;
 	unsigned nstreams, served;
 	keel_timer timer;
-	uint64_t deadline_ns;
+	/*
+	 * What the deadlines run from (conn_due): the adoption (the first
+	 * request's), the last stream's end (idle), the last frame of a request
+	 * still coming in, the batch in flight, the last DATA sent to a client
+	 * whose window holds the rest back. Frames that carry no progress
+	 * (PING, SETTINGS) move none of them.
+	 */
+	uint64_t start_ns, idle_ns, rx_ns, batch_ns, data_ns;
+	int32_t goaway_last; /* draining: streams above it are refused */
 	keel_transport tp;
-	uint8_t timer_kind;
 	bool rx_h1 : 1, in_ng : 1, sending : 1, closing : 1, closed : 1, eof : 1, draining : 1;
 };
 
@@ -195,6 +202,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *fr
 		st->piece += len;
 		st->plen -= len;
 	}
+	h->data_ns = keel_loop_now_ns(h->s->loop);
 	return 0;
 }
 
@@ -239,7 +247,6 @@ static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 	h->s->stats.bytes_out += (uint64_t)o.n;
 	h->ob_len = 0;
 	h->nseg = 0;
-	h->timer_kind = HT_NONE; /* (the send deadline runs per batch) */
 	pump(h);
 }
 
@@ -251,6 +258,7 @@ static void flush(struct keel__h2_conn *h)
 		h->iov[i].iov_len = h->seg[i].len;
 	}
 	h->sending = true;
+	h->batch_ns = keel_loop_now_ns(h->s->loop);
 	h->send_p = keel_transport_sendv(&h->tp, h->iov, h->nseg);
 	keel_promise_done(h->send_p, sent, h);
 }
@@ -396,6 +404,7 @@ static void submit(struct h2_stream *st)
 			data = st->plen > 0;
 		}
 	}
+	h->data_ns = keel_loop_now_ns(s->loop);
 	int rv = nghttp2_submit_response(h->ng, st->id, nv, n, data ? &prd : NULL);
 	if (rv < 0) {
 		stream_reset(st, NGHTTP2_INTERNAL_ERROR);
@@ -498,12 +507,18 @@ static void req_begin(struct h2_stream *st)
 	if (st->dispatched)
 		return;
 	st->dispatched = true;
+	r->head_only = keel_str_eq(r->msg.method, "HEAD");
 	int status = st->status;
 	if (!status && (keel_str_eq(r->msg.method, "CONNECT") || !r->msg.target.len))
 		status = 501; /* no tunnels (CONNECT, extended CONNECT) here */
 	if (!status) {
 		r->body.ptr = r->body_own;
 		r->body.len = r->body_len;
+		if (r->body_len && r->msg.body == KEEL_HTTP_BODY_NONE) {
+			/* DATA without content-length (RFC 9113 8.1.1): a body of the length that came */
+			r->msg.body = KEEL_HTTP_BODY_LENGTH;
+			r->msg.content_length = r->body_len;
+		}
 		status = keel__req_target(r);
 	}
 	if (status) {
@@ -532,6 +547,12 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
 	struct keel__h2_conn *h = ud;
 	if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
 		return 0;
+	if (h->draining && f->hd.stream_id > h->goaway_last) {
+		/* After the GOAWAY: not taken, the client may retry it elsewhere. */
+		nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+		return 0;
+	}
+	h->rx_ns = keel_loop_now_ns(h->s->loop);
 	keel_http_request *r = keel__req_new(h->s, NULL, &keel__h2_proto);
 	keel_ctx *ctx = r ? keel_http_request_ctx(r) : NULL;
 	struct h2_stream *st = ctx ? keel_ctx_alloc(ctx, sizeof(*st)) : NULL;
@@ -695,6 +716,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 	struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, id);
 	if (!st || st->dispatched)
 		return 0; /* answered already: the rest of the body is not wanted */
+	h->rx_ns = keel_loop_now_ns(h->s->loop);
 	keel_http_request *r = st->r;
 	int status = 0;
 	if (r->body_len + len > h->s->cfg.body_max)
@@ -732,7 +754,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 		return 0;
 	nghttp2_session_set_stream_user_data(ng, id, NULL);
 	st->closed = true;
-	h->nstreams--;
+	if (!--h->nstreams)
+		h->idle_ns = keel_loop_now_ns(h->s->loop);
 	keel_http_request *r = st->r;
 	/* Reset by the client, or done: a handler or a fetch still working is asked to stop. */
 	if (r->pending)
@@ -786,29 +809,6 @@ void keel__h2_free_shared(keel_http_server *s)
 	s->h2_shared = NULL;
 }
 
-static void conn_timeout(keel_loop *loop, keel_timer *t)
-{
-	struct keel__h2_conn *h = keel_container_of(t, struct keel__h2_conn, timer);
-	uint64_t now = keel_loop_now_ns(loop);
-	if (!h->deadline_ns || h->closing)
-		return;
-	if (now < h->deadline_ns) {
-		keel_timer_arm(loop, t, (h->deadline_ns - now + 999999) / 1000000);
-		return;
-	}
-	uint8_t kind = h->timer_kind;
-	h->timer_kind = HT_NONE;
-	h->deadline_ns = 0;
-	if (kind == HT_IDLE && !h->draining) {
-		/* Idle: say so (GOAWAY), then close once it is out. */
-		h->draining = true;
-		nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
-		pump(h);
-		return;
-	}
-	conn_close(h); /* silent since accept, a send that makes no progress, or a stream stalled */
-}
-
 /*
  * Whether a submitted response waits for the client (its flow-control
  * window), not for its handler or producer: then the send deadline runs.
@@ -821,37 +821,86 @@ static bool waits_for_client(const struct keel__h2_conn *h)
 	return false;
 }
 
+/* 0: every stream's request is in; 1: a body is still coming; 2: a header block is. */
+static int requests_coming(const struct keel__h2_conn *h)
+{
+	int coming = 0;
+	for (const struct h2_stream *st = h->streams; st; st = st->next)
+		if (!st->dispatched && !st->closed)
+			coming = !st->headers_done ? 2 : coming ? coming : 1;
+	return coming;
+}
+
+/* The connection's deadline now, and what it is for (0: none). */
+static uint64_t conn_due(const struct keel__h2_conn *h, uint8_t *kind)
+{
+	const keel_http_config *cfg = &h->s->cfg;
+	int coming;
+	*kind = HT_NONE;
+	if (h->closing)
+		return 0;
+	if (h->sending) {
+		*kind = HT_SEND; /* a batch that makes no progress */
+		return h->batch_ns + cfg->send_timeout_ms * 1000000ull;
+	}
+	if (waits_for_client(h)) {
+		*kind = HT_WINDOW; /* a client that keeps its window shut */
+		return h->data_ns + cfg->send_timeout_ms * 1000000ull;
+	}
+	if ((coming = requests_coming(h))) {
+		/* A request still coming in: from its last frame, as HTTP/1.1's head and body deadlines. */
+		*kind = HT_REQUEST;
+		return h->rx_ns + (coming == 2 ? cfg->header_timeout_ms : cfg->body_timeout_ms) * 1000000ull;
+	}
+	if (h->nstreams)
+		return 0; /* handlers are working: their own deadlines apply */
+	if (!h->served) {
+		*kind = HT_HEADER; /* the first request, from accept, as over HTTP/1.1 */
+		return h->start_ns + cfg->header_timeout_ms * 1000000ull;
+	}
+	*kind = HT_IDLE;
+	return h->idle_ns + cfg->idle_timeout_ms * 1000000ull;
+}
+
+static void conn_timeout(keel_loop *loop, keel_timer *t)
+{
+	struct keel__h2_conn *h = keel_container_of(t, struct keel__h2_conn, timer);
+	uint64_t now = keel_loop_now_ns(loop);
+	uint8_t kind;
+	uint64_t due = conn_due(h, &kind);
+	if (!due)
+		return; /* nothing is due any more */
+	if (now < due) {
+		keel_timer_arm(loop, t, (due - now + 999999) / 1000000);
+		return;
+	}
+	if (kind == HT_IDLE && !h->draining) {
+		/* Idle: say so (GOAWAY), then close once it is out. */
+		h->draining = true;
+		h->goaway_last = nghttp2_session_get_last_proc_stream_id(h->ng);
+		nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
+		pump(h);
+		return;
+	}
+	/* Silent since accept, a request that stopped coming, a send without progress, a window kept shut. */
+	conn_close(h);
+}
+
+/*
+ * Lazy re-arming, as HTTP/1.1's: the heap is touched only when the
+ * deadline comes before the armed one; a timer that fires early finds the
+ * later deadline and re-arms for it (conn_timeout).
+ */
 static void timer_update(struct keel__h2_conn *h)
 {
-	if (h->closing)
-		return;
-	const keel_http_config *cfg = &h->s->cfg;
 	uint8_t kind;
-	uint64_t ms;
-	if (h->sending || waits_for_client(h)) {
-		kind = HT_SEND;
-		ms = cfg->send_timeout_ms;
-	} else if (h->nstreams) {
-		kind = HT_NONE; /* handlers are working: their own deadlines apply */
-		ms = 0;
-	} else if (!h->served) {
-		kind = HT_HEADER; /* the first request, from accept, as over HTTP/1.1 */
-		ms = cfg->header_timeout_ms;
-	} else {
-		kind = HT_IDLE;
-		ms = cfg->idle_timeout_ms;
-	}
-	if (kind == h->timer_kind)
-		return; /* each deadline runs from its start */
-	h->timer_kind = kind;
-	if (kind == HT_NONE || !ms) {
-		h->deadline_ns = 0;
+	uint64_t due = conn_due(h, &kind);
+	if (!due)
 		return;
+	if (!keel_timer_is_armed(&h->timer) || keel_timer_deadline_ns(&h->timer) > due) {
+		uint64_t now = keel_loop_now_ns(h->s->loop);
+		keel_timer_arm(h->s->loop, &h->timer, due > now ? (due - now + 999999) / 1000000 : 0);
 	}
-	keel_loop *loop = h->s->loop;
-	h->deadline_ns = keel_loop_now_ns(loop) + ms * 1000000ull;
-	if (!keel_timer_is_armed(&h->timer) || keel_timer_deadline_ns(&h->timer) > h->deadline_ns)
-		keel_timer_arm(loop, &h->timer, ms);
 }
 
 /* Send what the session has to send, one batch at a time; close when it is over. */
@@ -952,6 +1001,9 @@ static void input_ended(struct keel__h2_conn *h, int err)
 		return;
 	}
 	h->eof = true; /* the answers to what was asked still go out */
+	for (struct h2_stream *st = h->streams; st; st = st->next)
+		if (!st->dispatched)
+			stream_reset(st, NGHTTP2_CANCEL); /* cut off: it can never be complete */
 	pump(h);
 }
 
@@ -1000,6 +1052,7 @@ struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, ke
 	h->rx = rx;
 	h->rx_h1 = true;
 	keel_timer_init(&h->timer, conn_timeout);
+	h->start_ns = keel_loop_now_ns(s->loop);
 	h->next = s->h2_conns;
 	if (s->h2_conns)
 		s->h2_conns->prev = h;
@@ -1007,7 +1060,7 @@ struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, ke
 	if (s->cfg.access_log_fd >= 0)
 		keel__conn_peer(&h->tp, &h->peer);
 	if (s->stopping) {
-		h->draining = true;
+		h->draining = true; /* (goaway_last 0: no stream is taken) */
 		nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
 	}
 	timer_update(h);
@@ -1078,9 +1131,8 @@ void keel__h2_drain_all(keel_http_server *s)
 		if (h->closing || h->draining)
 			continue;
 		h->draining = true;
-		nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE,
-		                      nghttp2_session_get_last_proc_stream_id(h->ng), NGHTTP2_NO_ERROR, NULL,
-		                      0);
+		h->goaway_last = nghttp2_session_get_last_proc_stream_id(h->ng);
+		nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, h->goaway_last, NGHTTP2_NO_ERROR, NULL, 0);
 		pump(h);
 	}
 }
