@@ -58,6 +58,14 @@ struct h2_stream {
 	int32_t id;
 	int status;    /* a status answered before dispatch (400, 413, 431, 503), 0: none */
 	size_t hbytes; /* request header bytes so far, against limits.head_max */
+	/*
+	 * A streamed request body (KEEL_HTTP_STREAM_BODY routes): what arrived
+	 * waits in r->body_own ([0, r->body_len), at most the stream's window),
+	 * the first given bytes handed to the reader as its piece. Bytes are
+	 * consumed (the window reopened) only when the reader asks for more.
+	 */
+	size_t given;
+	uint64_t streamed; /* body bytes so far, against body_stream_max */
 	/* The response body, one piece at a time: the piece's unsent bytes. */
 	const char *piece;
 	size_t plen;
@@ -123,6 +131,8 @@ static void conn_close(struct keel__h2_conn *h);
 static void try_free(struct keel__h2_conn *h);
 static void timer_update(struct keel__h2_conn *h);
 static void fetch_start(struct h2_stream *st);
+static void stream_give(struct h2_stream *st);
+static void stream_begin(struct h2_stream *st, const struct route *rt);
 
 /* ---- Detection ----------------------------------------------------------- */
 
@@ -519,7 +529,9 @@ static void req_begin(struct h2_stream *st)
 			r->msg.body = KEEL_HTTP_BODY_LENGTH;
 			r->msg.content_length = r->body_len;
 		}
-		status = keel__req_target(r);
+		if (!r->path.ptr)
+			status =
+			    keel__req_target(r); /* (parsed already when the head came without its body) */
 	}
 	if (status) {
 		st->h->s->stats.requests++;
@@ -695,7 +707,14 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 		keel_http_request *r = st->r;
 		if (!st->status)
 			cookies_join(st);
-		if (!st->status && r->msg.body == KEEL_HTTP_BODY_LENGTH &&
+		if (!st->status && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM) && r->msg.target.len &&
+		    !keel_str_eq(r->msg.method, "CONNECT") && !(st->status = keel__req_target(r))) {
+			bool method_ok;
+			const struct route *rt = keel__route_find(st->h->s, r, &method_ok);
+			if (rt && rt->stream)
+				stream_begin(st, rt);
+		}
+		if (!st->status && !st->dispatched && r->msg.body == KEEL_HTTP_BODY_LENGTH &&
 		    r->msg.content_length > st->h->s->cfg.body_max)
 			st->status = 413; /* answered before reading the body */
 		if (st->status)
@@ -703,9 +722,95 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 	}
 	if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
 		st->remote_done = true;
+		if (st->r->stream_body) {
+			st->r->body_done = 1;
+			stream_give(st);
+		}
 		req_begin(st);
 	}
 	return 0;
+}
+
+/* What a streamed body's reader has not consumed goes back to the window. */
+static void stream_consume_all(struct h2_stream *st)
+{
+	keel_http_request *r = st->r;
+	if (r->body_len && !st->closed)
+		nghttp2_session_consume(st->h->ng, st->id, r->body_len);
+	else if (r->body_len)
+		nghttp2_session_consume_connection(st->h->ng, r->body_len);
+	r->body_len = st->given = 0;
+}
+
+/* The reader waiting gets what has arrived, or the end. */
+static void stream_give(struct h2_stream *st)
+{
+	keel_http_request *r = st->r;
+	keel_promise *w = r->body_wait;
+	if (!w || (!r->body_len && !r->body_done))
+		return;
+	r->body_wait = NULL;
+	st->given = r->body_len;
+	r->piece.ptr = r->body_len ? r->body_own : NULL;
+	r->piece.len = r->body_len;
+	keel_promise_resolve(w, 0, &r->piece);
+}
+
+static void stream_feed(struct h2_stream *st, const uint8_t *data, size_t len)
+{
+	keel_http_request *r = st->r;
+	uint64_t max = st->h->s->cfg.body_stream_max;
+	if (r->body_discard || r->body_err) {
+		nghttp2_session_consume(st->h->ng, st->id, len);
+		return;
+	}
+	st->streamed += len;
+	if (max && st->streamed > max) {
+		r->body_err = -EMSGSIZE; /* the handler's read fails: 413 */
+		keel__body_wait_reject(r, -EMSGSIZE);
+		nghttp2_session_consume(st->h->ng, st->id, len);
+		stream_consume_all(st);
+		return;
+	}
+	if (len > r->body_cap - r->body_len) {
+		/* More than the window allows: nghttp2 checks it, so this is a bug, not an input. */
+		nghttp2_session_consume(st->h->ng, st->id, len);
+		stream_reset(st, NGHTTP2_FLOW_CONTROL_ERROR);
+		return;
+	}
+	memcpy(r->body_own + r->body_len, data, len);
+	r->body_len += len;
+	stream_give(st);
+}
+
+/* A route that streams its body: the handler runs once the head is in, and reads the body as it comes. */
+static void stream_begin(struct h2_stream *st, const struct route *rt)
+{
+	struct keel__h2_conn *h = st->h;
+	keel_http_server *s = h->s;
+	keel_http_request *r = st->r;
+	uint64_t max = s->cfg.body_stream_max;
+	if (r->msg.body == KEEL_HTTP_BODY_LENGTH && max && r->msg.content_length > max) {
+		st->status = 413; /* answered before reading the body */
+		return;
+	}
+	if (s->cfg.body_mem_max && s->body_mem + STREAM_WINDOW > s->cfg.body_mem_max) {
+		st->status = 503;
+		return;
+	}
+	if (!(r->body_own = keel__malloc(STREAM_WINDOW))) {
+		st->status = 503;
+		return;
+	}
+	r->body_cap = STREAM_WINDOW;
+	s->body_mem += STREAM_WINDOW;
+	r->stream_body = 1;
+	st->dispatched = true;
+	r->head_only = keel_str_eq(r->msg.method, "HEAD");
+	s->stats.requests++;
+	keel__handler_call(r, rt);
+	if (r->done && !st->submitted)
+		submit(st);
 }
 
 static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
@@ -714,9 +819,14 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 	(void)flags;
 	struct keel__h2_conn *h = ud;
 	struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, id);
-	if (!st || st->dispatched)
-		return 0; /* answered already: the rest of the body is not wanted */
 	h->rx_ns = keel_loop_now_ns(h->s->loop);
+	if (st && st->r->stream_body) {
+		stream_feed(st, data, len);
+		return 0;
+	}
+	nghttp2_session_consume(ng, id, len); /* (copied, or not wanted: consumed either way) */
+	if (!st || st->dispatched)
+		return 0; /* refused, or answered already: the rest of the body is not wanted */
 	keel_http_request *r = st->r;
 	int status = 0;
 	if (r->body_len + len > h->s->cfg.body_max)
@@ -732,19 +842,6 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 	return 0;
 }
 
-static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
-{
-	(void)ud;
-	if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) ||
-	    !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
-		return 0;
-	struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
-	if (st && !st->remote_done)
-		/* Answered before the request's body ended: ask the client to stop sending it (RFC 9113 8.1). */
-		nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
-	return 0;
-}
-
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud)
 {
 	(void)code;
@@ -757,6 +854,12 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 	if (!--h->nstreams)
 		h->idle_ns = keel_loop_now_ns(h->s->loop);
 	keel_http_request *r = st->r;
+	if (r->stream_body) {
+		if (!r->body_done)
+			r->body_err = -ECONNRESET; /* reset mid-body: the reader's error */
+		keel__body_wait_reject(r, -ECONNRESET);
+		stream_consume_all(st);
+	}
 	/* Reset by the client, or done: a handler or a fetch still working is asked to stop. */
 	if (r->pending)
 		keel_promise_cancel(r->pending);
@@ -786,10 +889,11 @@ static void *shared_get(keel_http_server *s)
 	nghttp2_session_callbacks_set_on_header_callback(sh->cb, on_header);
 	nghttp2_session_callbacks_set_on_frame_recv_callback(sh->cb, on_frame_recv);
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(sh->cb, on_data_chunk);
-	nghttp2_session_callbacks_set_on_frame_send_callback(sh->cb, on_frame_send);
 	nghttp2_session_callbacks_set_on_stream_close_callback(sh->cb, on_stream_close);
 	/* Closed streams are not kept for priority: memory follows the open streams only. */
 	nghttp2_option_set_no_closed_streams(sh->opt, 1);
+	/* The window reopens as bodies are consumed: streamed ones as their readers read. */
+	nghttp2_option_set_no_auto_window_update(sh->opt, 1);
 	nghttp2_option_set_max_outbound_ack(sh->opt, 1000);
 	nghttp2_option_set_max_settings(sh->opt, 32);
 	nghttp2_option_set_stream_reset_rate_limit(sh->opt, 1000, 33);
@@ -826,7 +930,8 @@ static int requests_coming(const struct keel__h2_conn *h)
 {
 	int coming = 0;
 	for (const struct h2_stream *st = h->streams; st; st = st->next)
-		if (!st->dispatched && !st->closed)
+		if (!st->closed && (!st->dispatched || (st->r->body_wait && !st->r->body_done) ||
+		                    (st->submitted && !st->remote_done)))
 			coming = !st->headers_done ? 2 : coming ? coming : 1;
 	return coming;
 }
@@ -919,12 +1024,18 @@ static void pump(struct keel__h2_conn *h)
 		stream_release(st);
 	}
 	for (int round = 0; round < 2; round++) {
+		/*
+		 * (A producer may read a streamed request body, whose read would
+		 * pump: in_ng keeps that from building a batch inside this one.)
+		 */
+		h->in_ng = true;
 		while (h->fetchq) {
 			struct h2_stream *st = h->fetchq;
 			h->fetchq = st->due;
 			st->listed = false;
 			fetch_start(st);
 		}
+		h->in_ng = false;
 		h->in_ng = true;
 		int rv = nghttp2_session_send(h->ng);
 		h->in_ng = false;
@@ -1110,6 +1221,7 @@ static void conn_close(struct keel__h2_conn *h)
 		keel_timer_disarm(h->s->loop, &h->timer);
 		/* Handlers and fetches still working are asked to stop; their answers are discarded. */
 		for (struct h2_stream *st = h->streams; st; st = st->next) {
+			keel__body_wait_reject(st->r, -ECONNRESET);
 			if (st->r->pending)
 				keel_promise_cancel(st->r->pending);
 			if (st->fetch)
@@ -1173,15 +1285,51 @@ static void h2_handler_done(keel_http_request *r, keel_outcome o)
 static void h2_answered(keel_http_request *r)
 {
 	struct h2_stream *st = r->conn;
+	if (r->stream_body && !r->body_done && !r->answer->stream) {
+		/* Answered without a streamed response: the rest of the body is not wanted. */
+		r->body_discard = 1;
+		keel__body_wait_reject(r, -ECANCELED);
+		stream_consume_all(st);
+	}
 	if (!st->dispatched || st->submitted)
-		return; /* (answered inside dispatch: req_begin submits it) */
+		return; /* (answered inside dispatch: the caller submits it) */
 	submit(st);
 }
 
+static void body_read_cancel(keel_promise *p, void *ud)
+{
+	keel_http_request *r = ud;
+	if (r->body_wait == p) {
+		r->body_wait = NULL;
+		keel_promise_reject(p, -ECANCELED);
+	}
+}
+
+/* HTTP/2's side of keel_http_body_read: the previous piece is consumed, the next is what arrived since. */
 static void h2_body_read(keel_http_request *r, keel_promise *p)
 {
-	(void)r;
-	keel_promise_reject(p, -ENOTSUP); /* (bodies are read whole: keel_http_body_read never asks) */
+	struct h2_stream *st = r->conn;
+	struct keel__h2_conn *h = st->h;
+	if (r->body_err || h->closing || (st->closed && !r->body_done)) {
+		keel_promise_reject(p, r->body_err ? r->body_err : -ECONNRESET);
+		return;
+	}
+	if (r->body_wait || r->body_discard) {
+		keel_promise_reject(p, r->body_wait ? -EBUSY : -ECANCELED);
+		return;
+	}
+	if (st->given) {
+		/* The reader is done with its piece: the window reopens by as much. */
+		if (!st->closed)
+			nghttp2_session_consume(h->ng, st->id, st->given);
+		memmove(r->body_own, r->body_own + st->given, r->body_len - st->given);
+		r->body_len -= st->given;
+		st->given = 0;
+	}
+	r->body_wait = p;
+	keel_promise_on_cancel(p, body_read_cancel, r);
+	stream_give(st);
+	pump(h); /* (the WINDOW_UPDATE; a no-op inside nghttp2's callbacks) */
 }
 
 static const char *h2_peer(keel_http_request *r)
