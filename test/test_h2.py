@@ -10,7 +10,7 @@ Exit status: 0 pass, 1 fail, 77 skip (curl, nghttp2-client or python3-h2 missing
 import os, shutil, socket, subprocess, sys, tempfile, time, zlib
 
 try:
-    import h2.config, h2.connection, h2.events, h2.errors, h2.settings
+    import h2.config, h2.connection, h2.events, h2.errors, h2.settings, hpack
 except ImportError:  # a Python that does not see Debian's python3-h2: the system's does
     if os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3") and os.access("/usr/bin/python3", os.X_OK):
         os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
@@ -24,6 +24,7 @@ H2LOAD = shutil.which("h2load")
 NGHTTP = shutil.which("nghttp")
 OPENSSL = shutil.which("openssl")
 HELLO = b"Hello, World!"
+EMPTY_MAX = 100  # empty DATA frames in a row a connection may send (src/http/h2_conn.c)
 
 
 def curl2(*args, max_time=20):
@@ -518,7 +519,99 @@ def test():
         px.stop_ok()
         up.stop_ok()
 
-    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
+    def frame(kind, flags, sid, payload=b""):
+        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
+
+    def goaway_after(data, what, timeout=10):
+        """Send data on a new connection; the server's GOAWAY error code (None: none came) once it closes."""
+        s = connect(srv.port)
+        s.settimeout(timeout)
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            got = read_all(s)
+        except (ConnectionResetError, socket.timeout):
+            got = b""
+        s.close()
+        codes = [int.from_bytes(b[4:8], "big") for k, b in frames(got) if k == 7]
+        return codes[0] if codes else None
+
+    def t_abuse():
+        """One assertion each: what RFC 9113 and nghttp2 make of frames no client should send."""
+        E = h2.errors.ErrorCodes
+        hpack_get = b"\x82\x86\x84\x41\x01x"  # :method GET, :scheme http, :path /, :authority x
+        for n, want in ((8, None), (9, E.PROTOCOL_ERROR)):  # 8 CONTINUATIONs allowed, one more is not
+            cont = b"".join(frame(9, 4 if i == n - 1 else 0, 1, b"\x40\x01a\x01b") for i in range(n))
+            if want is None:
+                s = connect(srv.port)
+                s.settimeout(10)
+                s.sendall(PREFACE + frame(1, 1, 1, hpack_get) + cont)
+                got = b""
+                while not any(k == 0 for k, _ in frames(got)):  # until the response's DATA
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    got += d
+                s.close()
+                check(any(k == 1 for k, _ in frames(got)), "a header block in %d CONTINUATIONs answered" % n)
+            else:
+                eq(goaway_after(PREFACE + frame(1, 1, 1, hpack_get) + cont, "cont"), want, "%d CONTINUATIONs" % n)
+        eq(goaway_after(PREFACE + frame(0, 0, 5, b"xx"), "idle"), E.PROTOCOL_ERROR, "DATA on an idle stream")
+        eq(goaway_after(PREFACE + frame(8, 0, 0, (0x7fffffff).to_bytes(4, "big")), "window"),
+           E.FLOW_CONTROL_ERROR, "a window pushed past 2^31-1")
+        many = b"".join((3).to_bytes(2, "big") + (100).to_bytes(4, "big") for _ in range(40))
+        eq(goaway_after(PREFACE + frame(4, 0, 0, many), "settings"), E.ENHANCE_YOUR_CALM, "40 SETTINGS entries")
+        empty = frame(1, 4, 1, b"\x83\x86\x84\x41\x01x") + frame(0, 0, 1) * (EMPTY_MAX + 1)
+        eq(goaway_after(PREFACE + empty, "empty"), E.ENHANCE_YOUR_CALM, "a flood of empty DATA frames")
+        s = connect(srv.port)  # one fewer, then the end: answered
+        s.settimeout(10)
+        s.sendall(PREFACE + frame(1, 4, 1, b"\x83\x86\x84\x41\x01x") + frame(0, 0, 1) * EMPTY_MAX + frame(0, 1, 1))
+        got = b""
+        while not any(k == 1 for k, _ in frames(got)):
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+        s.close()
+        check(any(k == 1 for k, _ in frames(got)), "%d empty DATA frames, then END_STREAM: answered" % EMPTY_MAX)
+        # HPACK bomb: one 3,000-byte header into the dynamic table, then 100 one-byte references.
+        big = b"\x40\x05x-big" + b"\x7f\x81\x16" + b"a" * 3000
+        s = connect(srv.port)
+        s.settimeout(10)
+        s.sendall(PREFACE + frame(1, 5, 1, hpack_get + big + b"\xbe" * 100))
+        got = b""
+        while not any(k == 1 for k, _ in frames(got)):
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+        s.close()
+        heads = [dict(hpack.Decoder().decode(b)) for k, b in frames(got) if k == 1]
+        eq(heads[0].get(":status") if heads else None, "431", "a header list that decodes to 300 kB from 3 kB")
+
+    def t_ping_flood():
+        """PINGs sent without reading the ACKs: the server stops at 1,000 queued ACKs and closes."""
+        s = connect(srv.port)
+        s.settimeout(10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ping = frame(6, 0, 0, b"12345678") * 4096
+        sent, t0 = 0, time.monotonic()
+        try:
+            s.sendall(PREFACE)
+            while sent < 2000000 and time.monotonic() - t0 < 20:
+                s.sendall(ping)
+                sent += 4096
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            pass
+        s.close()
+        check(sent < 2000000, "the connection was still taking PINGs after %d of them" % sent)
+        eq(curl2(url("/hello")), HELLO, "another client, after")
+
+    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
                      ("static", t_static), ("concurrent", t_concurrent), ("streams_max", t_streams_max),
                      ("header_limit", t_header_limit), ("reset", t_reset), ("rapid_reset", t_rapid_reset),
                      ("bad_preface", t_bad_preface), ("idle", t_idle), ("graceful", t_graceful), ("off", t_off),

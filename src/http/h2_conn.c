@@ -43,7 +43,9 @@
 #define OUT_SOFT (64u << 10)     /* frame bytes copied into one batch before it is sent */
 #define FILE_CHUNK (64u << 10)   /* a file body is read this much at a time */
 #define STREAM_WINDOW (1u << 18) /* what each stream may send us ahead (request bodies) */
-#define CONN_WINDOW (1u << 20)   /* and all of them together */
+#define CONN_WINDOW (1u << 20)
+/* Empty DATA frames without END_STREAM in a row: they carry nothing and cost a callback each. */
+#define EMPTY_MAX 100 /* and all of them together */
 
 static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -115,6 +117,8 @@ struct keel__h2_conn {
 	 */
 	uint64_t start_ns, idle_ns, rx_ns, batch_ns, data_ns;
 	int32_t goaway_last; /* draining: streams above it are refused */
+	unsigned empty;      /* empty DATA frames in a row (EMPTY_MAX) */
+	bool flood;          /* why the session failed: a flood (ENHANCE_YOUR_CALM) */
 	keel_transport tp;
 	bool rx_h1 : 1, in_ng : 1, sending : 1, closing : 1, closed : 1, eof : 1, draining : 1;
 };
@@ -696,9 +700,17 @@ static void cookies_join(struct h2_stream *st)
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 {
-	(void)ud;
+	struct keel__h2_conn *h = ud;
 	if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
 		return 0;
+	if (f->hd.type == NGHTTP2_DATA && !f->hd.length && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+		if (++h->empty > EMPTY_MAX) {
+			h->flood = true;
+			return NGHTTP2_ERR_CALLBACK_FAILURE; /* (GOAWAY ENHANCE_YOUR_CALM: keel__h2_input) */
+		}
+	} else {
+		h->empty = 0;
+	}
 	struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
 	if (!st)
 		return 0;
@@ -1079,8 +1091,9 @@ void keel__h2_input(struct keel__h2_conn *h, keel_buf *buf)
 			return;
 		}
 		h->draining = true;
-		nghttp2_session_terminate_session(h->ng, rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM
-		                                                                   : NGHTTP2_PROTOCOL_ERROR);
+		bool calm = rv == NGHTTP2_ERR_FLOODED || h->flood;
+		nghttp2_session_terminate_session(h->ng,
+		                                  calm ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
 	}
 	pump(h);
 }
