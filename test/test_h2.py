@@ -611,7 +611,40 @@ def test():
         check(sent < 2000000, "the connection was still taking PINGs after %d of them" % sent)
         eq(curl2(url("/hello")), HELLO, "another client, after")
 
-    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
+    def t_browser():
+        """Headless Chromium loads the demo site (www/) over h2 and TLS: every page and asset is
+        served, and the access log says HTTP/2.0 for each."""
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if not chromium or not OPENSSL:
+            raise Skip("chromium or openssl missing (Debian: apt-get install chromium)")
+        www = os.path.dirname(os.path.abspath(__file__))
+        while www != "/" and not os.path.exists(os.path.join(www, "www", "index.html")):
+            www = os.path.dirname(www)
+        www = os.path.join(www, "www")
+        key, crt = os.path.join(tmp, "bk.pem"), os.path.join(tmp, "bc.pem")
+        subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+        log = os.path.join(tmp, "browser.log")
+        p = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "1", "--http2", "--tls-cert", crt,
+                  "--tls-key", key, "--access-log", log, www], listen=keeltest.CLI_LISTEN_RE)
+        profile = tempfile.mkdtemp(prefix="keel-chromium-")
+        pages = {}
+        for path in ("/", "/docs/", "/hello.txt"):
+            r = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                "--ignore-certificate-errors", "--user-data-dir=" + profile, "--dump-dom",
+                                "https://localhost:%d%s" % (p.port, path)], capture_output=True, timeout=90)
+            pages[path] = r.stdout
+        shutil.rmtree(profile, ignore_errors=True)
+        p.stop_ok()  # (the access log is flushed by the stop)
+        check(b"<h1>keel</h1>" in pages["/"], "the page as Chromium rendered it: %r" % pages["/"][:200])
+        with open(log) as f:
+            lines = f.read().splitlines()
+        for path in ("/", "/style.css", "/docs/", "/hello.txt"):
+            got = [l for l in lines if '"GET %s HTTP/' % path in l]
+            check(got and all('HTTP/2.0" 200 ' in l for l in got), "%s over h2: %s" % (path, got or lines))
+
+    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
                      ("static", t_static), ("concurrent", t_concurrent), ("streams_max", t_streams_max),
                      ("header_limit", t_header_limit), ("reset", t_reset), ("rapid_reset", t_rapid_reset),
                      ("bad_preface", t_bad_preface), ("idle", t_idle), ("graceful", t_graceful), ("off", t_off),
