@@ -101,6 +101,9 @@ def bad_files(tmp):
          "pool_max"),
         ("bad listen address", "[server]\nlisten = localhost:8080\n" + R, 2, "listen"),
         ("listen without a port", "[server]\nlisten = 127.0.0.1\n" + R, 2, "listen"),
+        ("http2 not on or off", "[server]\nlisten = 127.0.0.1:1\nhttp2 = yes\n" + R, 3, "http2: 'yes' is not on or off"),
+        ("h2_streams_max out of range", "[server]\nlisten = 127.0.0.1:1\nh2_streams_max = 0\n" + R, 3,
+         "h2_streams_max"),
         ("bad upstream address", S + R + "[upstream u]\nserver = 127.0.0.1:1\nserver = example.com\n", 7,
          "bad address 'example.com'"),
         ("upstream port 0", S + R + "[upstream u]\nserver = 127.0.0.1:0\n", 6, "server"),
@@ -191,6 +194,8 @@ def good_check(tmp):
     header_timeout_ms = 5000
     queue_delay_max_us = 0
     inflight_max = 0
+    http2 = on
+    h2_streams_max = 50
     server_name =
     access_log =
 

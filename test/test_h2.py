@@ -644,7 +644,18 @@ def test():
             got = [l for l in lines if '"GET %s HTTP/' % path in l]
             check(got and all('HTTP/2.0" 200 ' in l for l in got), "%s over h2: %s" % (path, got or lines))
 
-    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
+    def t_config():
+        """http2 = on in a config file's [server]: h2c on that listener."""
+        conf = os.path.join(tmp, "h2.conf")
+        with open(conf, "w") as f:
+            f.write("[server]\nlisten = 127.0.0.1:0\nworkers = 1\nhttp2 = on\n[route /]\nstatic = %s\n" % tmp)
+        p = Proc([KEEL, "-c", conf], listen=keeltest.CLI_LISTEN_RE)
+        r = keeltest.curl("--http2-prior-knowledge", "-w", "%{http_version}", "-o", "/dev/null",
+                          "http://127.0.0.1:%d/index.html" % p.port)
+        eq(r.stdout, b"2", "the protocol")
+        p.stop_ok()
+
+    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("config", t_config), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
                      ("static", t_static), ("concurrent", t_concurrent), ("streams_max", t_streams_max),
                      ("header_limit", t_header_limit), ("reset", t_reset), ("rapid_reset", t_rapid_reset),
                      ("bad_preface", t_bad_preface), ("idle", t_idle), ("graceful", t_graceful), ("off", t_off),
