@@ -655,7 +655,26 @@ def test():
         eq(r.stdout, b"2", "the protocol")
         p.stop_ok()
 
-    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("config", t_config), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
+    def t_room():
+        """At the connection limit, an idle HTTP/2 connection is closed for a new client, as an idle
+        HTTP/1.1 one is; one with a stream open is not."""
+        p = Proc([TESTSRV, "--http2", "--conns-max", "2"])
+        busy, idle = H2(p.port), H2(p.port)
+        eq(idle.response(idle.get("/hello"))[1], HELLO, "the idle one's request")
+        sid = busy.get("/slow?ms=1500")
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        eq(keeltest.curl("http://127.0.0.1:%d/hello" % p.port).stdout, HELLO, "a third client, at the limit")
+        dt = time.monotonic() - t0
+        check(dt < 1, "served after %.2f s" % dt)
+        idle.pump(lambda s: s.closed, 5)
+        heads, body = busy.response(sid)
+        eq((status_of(heads), body), (200, b"slow 1500"), "the busy connection's stream")
+        busy.close()
+        idle.close()
+        p.stop_ok()
+
+    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("room", t_room), ("config", t_config), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
                      ("static", t_static), ("concurrent", t_concurrent), ("streams_max", t_streams_max),
                      ("header_limit", t_header_limit), ("reset", t_reset), ("rapid_reset", t_rapid_reset),
                      ("bad_preface", t_bad_preface), ("idle", t_idle), ("graceful", t_graceful), ("off", t_off),

@@ -31,6 +31,7 @@
 
 #include "core/alloc.h"
 #include "http_internal.h"
+#include "keel/acceptor.h"
 #include "keel/buf.h"
 #include "keel/file.h"
 #include "keel/http.h"
@@ -118,6 +119,7 @@ struct keel__h2_conn {
 	uint64_t start_ns, idle_ns, rx_ns, batch_ns, data_ns;
 	int32_t goaway_last; /* draining: streams above it are refused */
 	unsigned empty;      /* empty DATA frames in a row (EMPTY_MAX) */
+	bool told_idle;      /* the acceptor was told it went idle (it may be closed for room) */
 	bool flood;          /* why the session failed: a flood (ENHANCE_YOUR_CALM) */
 	keel_transport tp;
 	bool rx_h1 : 1, in_ng : 1, sending : 1, closing : 1, closed : 1, eof : 1, draining : 1;
@@ -593,6 +595,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
 	h->streams = st;
 	h->nstreams++;
 	h->served++;
+	h->told_idle = false;
 	nghttp2_session_set_stream_user_data(ng, st->id, st);
 	return 0;
 }
@@ -1075,6 +1078,59 @@ static void pump(struct keel__h2_conn *h)
 		return;
 	}
 	timer_update(h);
+	if (!h->nstreams && h->served && !h->told_idle) {
+		/* Idle now: an acceptor waiting for room may close it (last: h may be closing after). */
+		h->told_idle = true;
+		keel_acceptor_idle(&h->s->acc);
+	}
+}
+
+/*
+ * Idle HTTP/2 connections -- no stream open, nothing being sent -- may be
+ * closed for room when the connection limit is reached, as HTTP/1.1's are;
+ * one that has not had its first request spares FRESH_GRACE_MS. They are
+ * not kept in age order: the first few idle ones found go.
+ */
+static bool conn_idle(const struct keel__h2_conn *h, uint64_t now)
+{
+	return !h->closing && !h->nstreams && !h->sending &&
+	       (h->served || now - h->start_ns >= FRESH_GRACE_MS * 1000000ull);
+}
+
+#define IDLE_PICK_SCAN 64
+static struct keel__h2_conn *idle_pick(keel_http_server *s)
+{
+	uint64_t now = keel_loop_now_ns(s->loop);
+	struct keel__h2_conn *h = s->h2_conns;
+	for (int i = 0; h && i < IDLE_PICK_SCAN; i++, h = h->next)
+		if (conn_idle(h, now))
+			return h;
+	return NULL;
+}
+
+bool keel__h2_idle_reclaimable(keel_http_server *s)
+{
+	return idle_pick(s) != NULL;
+}
+
+bool keel__h2_idle_any(keel_http_server *s)
+{
+	for (struct keel__h2_conn *h = s->h2_conns; h; h = h->next)
+		if (!h->closing && !h->nstreams)
+			return true;
+	return false;
+}
+
+unsigned keel__h2_idle_reclaim(keel_http_server *s, unsigned n)
+{
+	unsigned done = 0;
+	struct keel__h2_conn *h;
+	while (done < n && (h = idle_pick(s))) {
+		s->stats.idle_closed++;
+		conn_close(h);
+		done++;
+	}
+	return done;
 }
 
 void keel__h2_input(struct keel__h2_conn *h, keel_buf *buf)

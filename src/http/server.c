@@ -35,18 +35,19 @@ static void acc_open(void *ud, int fd)
 
 static unsigned acc_reclaim(void *ud, unsigned n)
 {
-	return keel__h1_idle_reclaim(ud, n);
+	unsigned done = keel__h1_idle_reclaim(ud, n);
+	return done < n ? done + keel__h2_idle_reclaim(ud, n - done) : done;
 }
 
 static bool acc_reclaimable(void *ud)
 {
-	return keel__h1_idle_pick(ud) != NULL;
+	return keel__h1_idle_pick(ud) != NULL || keel__h2_idle_reclaimable(ud);
 }
 
 static bool acc_idle(void *ud)
 {
 	keel_http_server *s = ud;
-	return s->nidle > 0;
+	return s->nidle > 0 || keel__h2_idle_any(s);
 }
 
 static void acc_quiet(void *ud)
