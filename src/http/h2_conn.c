@@ -24,7 +24,6 @@
  */
 #include <errno.h>
 #include <nghttp2/nghttp2.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -38,6 +37,7 @@
 #include "keel/log.h"
 #include "keel/tls.h"
 #include "keel/transport.h"
+#include "put.h"
 #include "server_internal.h"
 
 #define SEG_MAX 64               /* pieces of one sendv (KEEL_IOV_MAX) */
@@ -354,8 +354,8 @@ static void submit(struct h2_stream *st)
 		return;
 	}
 	size_t n = 0;
-	int stlen = snprintf(num, 4, "%03d", status % 1000);
-	nv[n++] = nv_of(":status", 7, num, (size_t)stlen);
+	status = status >= 100 && status <= 999 ? status : 500; /* (three digits on the wire) */
+	nv[n++] = nv_of(":status", 7, num, (size_t)(keel__put_u64(num, (uint64_t)status) - num));
 	if (s->cfg.server_name)
 		nv[n++] = nv_of("server", 6, s->cfg.server_name, s->server_name_len);
 	keel__server_date_update(s);
@@ -370,8 +370,7 @@ static void submit(struct h2_stream *st)
 		blen = a->file_fd >= 0 ? a->file_len : a->body.len;
 	if (status >= 200 && status != 204 && status != 304 && known) {
 		char *cl = num + 4;
-		int l = snprintf(cl, 24, "%llu", (unsigned long long)blen);
-		nv[n++] = nv_of("content-length", 14, cl, (size_t)l);
+		nv[n++] = nv_of("content-length", 14, cl, (size_t)(keel__put_u64(cl, blen) - cl));
 	}
 	for (unsigned i = 0; i < a->nheaders; i++) {
 		keel_str hn = a->headers[i].name;
