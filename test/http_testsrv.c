@@ -22,8 +22,8 @@
  *   POST /upload?ms=M      reads the body piece by piece (M ms pause after each),
  *                          answers "bytes B pieces P maxpiece X adler32 H" (Adler-32 of the body);
  *                          a read error becomes the handler's error (400/413/...)
- *   POST /duplex           echoes the body back as it arrives, streamed (chunked)
- *   POST /early            answers "early" at once, without reading the body
+ *   POST /duplex?ms=M      echoes the body back as it arrives, streamed (chunked); answers M ms late
+ *   POST /early?stream=S   answers "early" at once, without reading the body (S=1: as a streamed body)
  *
  *   --body-stream-max N    limit on streamed bodies
  *   --http2                HTTP/2 with prior knowledge too (h2c), --h2-streams-max N
@@ -292,20 +292,53 @@ static keel_promise *duplex_next(keel_http_request *r, void *ud)
 	return keel_http_body_read(r);
 }
 
-static keel_promise *h_duplex(keel_http_request *r, void *ud)
+static keel_outcome duplex_answer(keel_ctx *ctx, keel_outcome in, void *ud)
 {
-	(void)ud;
+	(void)ctx;
+	(void)in;
+	keel_http_request *r = ud;
 	r->resp.status = 200;
 	r->resp.content_type = "application/octet-stream";
 	r->resp.stream = duplex_next;
+	return keel_ok(0, &r->resp);
+}
+
+static keel_promise *h_duplex(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	long ms = qnum(r, "ms", 0); /* answer that late (the body keeps coming meanwhile) */
+	if (!ms) {
+		keel_promise *p = keel_promise_new(loop);
+		keel_promise_resolve(p, 0, duplex_answer(NULL, keel_ok(0, NULL), r).ptr);
+		return p;
+	}
+	keel_promise *p = keel_promise_bind_ctx(keel_sleep(loop, (uint64_t)ms), keel_http_request_ctx(r));
+	return keel_map(p, duplex_answer, r);
+}
+
+/* A streamed response of one piece that never reads the request body (/early?stream=1). */
+static keel_promise *early_piece(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	static keel_str piece = {"early", 5};
 	keel_promise *p = keel_promise_new(loop);
-	keel_promise_resolve(p, 0, &r->resp);
+	keel_promise_resolve(p, 0, r->user ? NULL : &piece);
+	r->user = "given";
 	return p;
 }
 
 static keel_promise *h_early(keel_http_request *r, void *ud)
 {
 	(void)ud;
+	if (qnum(r, "stream", 0)) {
+		r->user = NULL;
+		r->resp.status = 200;
+		r->resp.content_type = "text/plain";
+		r->resp.stream = early_piece;
+		keel_promise *p = keel_promise_new(loop);
+		keel_promise_resolve(p, 0, &r->resp);
+		return p;
+	}
 	return keel_http_respond(r, 200, "text/plain", "early", 5);
 }
 

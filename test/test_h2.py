@@ -674,7 +674,67 @@ def test():
         idle.close()
         p.stop_ok()
 
-    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("room", t_room), ("config", t_config), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
+    def t_body_paths():
+        """The second reader's cases: a late-answering echo under a small client window (pieces
+        borrowed until sent), a reader slower than the body deadline, an early answer with the
+        body still trickling beside a slow stream, a streamed answer that never reads the body,
+        and padding-only DATA frames counted as empty."""
+        A, B = b"A" * 250000, b"B" * 250000
+        c = H2(srv.port, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16384})
+        sid = c.c.get_next_available_stream_id()
+        c.c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                               (":path", "/duplex?ms=50")])
+        c.send_body(sid, A + B)
+        heads, body = c.response(sid, 30)
+        c.close()
+        eq((status_of(heads), len(body), sha(body)), (200, len(A + B), sha(A + B)), "echoed, late, small window")
+
+        p = Proc([TESTSRV, "--http2", "--body-timeout-ms", "500", "--send-timeout-ms", "500"])
+        body = os.urandom(1 << 20)
+        c = H2(p.port)
+        sid = c.c.get_next_available_stream_id()
+        c.c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                               (":path", "/upload?ms=600")])
+        c.send_body(sid, body, timeout=60)
+        heads, out = c.response(sid, 60)
+        c.close()
+        for want in upload_want(body):
+            check(want in out, "a reader slower than the body deadline: %r in %r" % (want, out))
+
+        c = H2(p.port)
+        early = c.c.get_next_available_stream_id()
+        c.c.send_headers(early, [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/early")])
+        c.flush()
+        slow = c.get("/slow?ms=1500")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.2:  # 1 kB every 100 ms: slower than the send deadline, within the body's
+            c.c.send_data(early, b"x" * 1000)
+            c.flush()
+            time.sleep(0.1)
+        c.c.end_stream(early)
+        c.flush()
+        eq(c.response(early)[1], b"early", "the early answer")
+        eq(c.response(slow, 5)[1], b"slow 1500", "the slow stream beside a body still trickling")
+        c.close()
+        p.stop_ok()
+
+        c = H2(srv.port)
+        sid = c.c.get_next_available_stream_id()
+        c.c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                               (":path", "/early?stream=1")])
+        c.send_body(sid, b"z" * (1 << 20), timeout=20)
+        eq(c.response(sid)[1], b"early", "a streamed answer that never reads the body; the 1 MiB still went")
+        eq(c.response(c.get("/hello"))[1], HELLO, "the connection goes on")
+        c.close()
+
+        padded = frame(0, 8, 1, b"\x00")  # PADDED, pad length 0: no data at all
+        flood = frame(1, 4, 1, b"\x83\x86\x84\x41\x01x") + padded * (EMPTY_MAX + 1)
+        eq(goaway_after(PREFACE + flood, "padded"), h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "padding-only DATA frames")
+        leak = frame(1, 4, 1, b"\x83\x86\x84\x41\x01x") + (frame(0, 0, 1) * 99 + frame(0, 0, 1, b"d")) * 3
+        eq(goaway_after(PREFACE + leak, "leak"), h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+           "99 empty frames for each with data")
+
+    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("body_paths", t_body_paths), ("room", t_room), ("config", t_config), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
                      ("static", t_static), ("concurrent", t_concurrent), ("streams_max", t_streams_max),
                      ("header_limit", t_header_limit), ("reset", t_reset), ("rapid_reset", t_rapid_reset),
                      ("bad_preface", t_bad_preface), ("idle", t_idle), ("graceful", t_graceful), ("off", t_off),

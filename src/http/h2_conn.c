@@ -44,9 +44,13 @@
 #define OUT_SOFT (64u << 10)     /* frame bytes copied into one batch before it is sent */
 #define FILE_CHUNK (64u << 10)   /* a file body is read this much at a time */
 #define STREAM_WINDOW (1u << 18) /* what each stream may send us ahead (request bodies) */
-#define CONN_WINDOW (1u << 20)
-/* Empty DATA frames without END_STREAM in a row: they carry nothing and cost a callback each. */
-#define EMPTY_MAX 100 /* and all of them together */
+#define CONN_WINDOW (1u << 20)   /* and all of them together */
+/*
+ * DATA frames that carry no data (empty, or padding only) without
+ * END_STREAM: each costs a callback. A leaky count -- one up for each,
+ * one down for a frame with data -- past this is a flood.
+ */
+#define EMPTY_MAX 100
 
 static const char PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -85,6 +89,9 @@ struct h2_stream {
 	bool closed : 1;       /* nghttp2 closed the stream */
 	bool listed : 1;       /* on a due list */
 	bool released : 1;     /* queued for release */
+	bool out_done : 1;     /* the response's end is with nghttp2 (no body, or its EOF given) */
+	uint64_t rx_ns;        /* the request's first frame, then its last DATA */
+	uint64_t wait_ns;      /* since when a streamed body's reader waits */
 };
 
 struct keel__h2_conn {
@@ -120,6 +127,7 @@ struct keel__h2_conn {
 	int32_t goaway_last; /* draining: streams above it are refused */
 	unsigned empty;      /* empty DATA frames in a row (EMPTY_MAX) */
 	bool told_idle;      /* the acceptor was told it went idle (it may be closed for room) */
+	bool discard_due;    /* a response ended: a streamed request body nobody reads is dropped (pump) */
 	bool flood;          /* why the session failed: a flood (ENHANCE_YOUR_CALM) */
 	keel_transport tp;
 	bool rx_h1 : 1, in_ng : 1, sending : 1, closing : 1, closed : 1, eof : 1, draining : 1;
@@ -233,6 +241,8 @@ static ssize_t on_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len
 	if (!st->plen) {
 		if (st->last) {
 			*flags |= NGHTTP2_DATA_FLAG_EOF;
+			st->out_done = true;
+			h->discard_due = true;
 			return 0;
 		}
 		if (!st->fetch && !st->listed) {
@@ -245,8 +255,11 @@ static ssize_t on_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len
 	}
 	size_t n = st->plen < len ? st->plen : len;
 	*flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-	if (n == st->plen && st->last)
+	if (n == st->plen && st->last) {
 		*flags |= NGHTTP2_DATA_FLAG_EOF;
+		st->out_done = true;
+		h->discard_due = true;
+	}
 	return (ssize_t)n;
 }
 
@@ -425,8 +438,17 @@ static void submit(struct h2_stream *st)
 		stream_reset(st, NGHTTP2_INTERNAL_ERROR);
 		return;
 	}
-	if (data && st->src != SRC_MEM && !st->plen && !st->last)
-		fetch_start(st); /* the first piece: no need to wait for the head to go out */
+	if (!data) {
+		st->out_done = true;
+		h->discard_due = true;
+	} else if (st->src != SRC_MEM && !st->plen && !st->last) {
+		/* The first piece: no need to wait for the head to go out. (A producer may read the body:
+		 * in_ng keeps that read's pump from sending before st->fetch is set.) */
+		bool was = h->in_ng;
+		h->in_ng = true;
+		fetch_start(st);
+		h->in_ng = was;
+	}
 	if (s->cfg.access_log_fd >= 0 && !r->is_error_logged) {
 		r->is_error_logged = 1;
 		keel__log_request(s, h->peer, r, status, body ? blen : 0);
@@ -494,8 +516,8 @@ static void fetch_start(struct h2_stream *st)
 {
 	keel_http_request *r = st->r;
 	const keel_http_response *a = r->answer;
-	if (st->closed || st->fetch)
-		return;
+	if (st->closed || st->fetch || st->plen || st->last)
+		return; /* (a piece still unsent is still borrowed: the next one waits) */
 	if (st->src == SRC_FILE) {
 		if (!st->fbuf && !(st->fbuf = keel_ctx_alloc(keel_http_request_ctx(r), FILE_CHUNK))) {
 			stream_reset(st, NGHTTP2_INTERNAL_ERROR);
@@ -584,6 +606,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
 	st->h = h;
 	st->r = r;
 	st->id = f->hd.stream_id;
+	st->rx_ns = h->rx_ns;
 	r->conn = st;
 	r->msg.headers = r->headers;
 	r->msg.version_minor = 1;
@@ -705,13 +728,14 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 	struct keel__h2_conn *h = ud;
 	if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA)
 		return 0;
-	if (f->hd.type == NGHTTP2_DATA && !f->hd.length && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+	if (f->hd.type == NGHTTP2_DATA && f->hd.length == f->data.padlen &&
+	    !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
 		if (++h->empty > EMPTY_MAX) {
 			h->flood = true;
 			return NGHTTP2_ERR_CALLBACK_FAILURE; /* (GOAWAY ENHANCE_YOUR_CALM: keel__h2_input) */
 		}
-	} else {
-		h->empty = 0;
+	} else if (f->hd.type == NGHTTP2_DATA && h->empty) {
+		h->empty--;
 	}
 	struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
 	if (!st)
@@ -834,6 +858,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 	struct keel__h2_conn *h = ud;
 	struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, id);
 	h->rx_ns = keel_loop_now_ns(h->s->loop);
+	if (st)
+		st->rx_ns = h->rx_ns;
 	if (st && st->r->stream_body) {
 		stream_feed(st, data, len);
 		return 0;
@@ -869,8 +895,9 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 		h->idle_ns = keel_loop_now_ns(h->s->loop);
 	keel_http_request *r = st->r;
 	if (r->stream_body) {
-		if (!r->body_done)
-			r->body_err = -ECONNRESET; /* reset mid-body: the reader's error */
+		if (!r->body_done || r->body_len > st->given)
+			r->body_err =
+			    -ECONNRESET; /* reset mid-body, or bytes unread dropped: the reader's error */
 		keel__body_wait_reject(r, -ECONNRESET);
 		stream_consume_all(st);
 	}
@@ -934,27 +961,47 @@ void keel__h2_free_shared(keel_http_server *s)
 static bool waits_for_client(const struct keel__h2_conn *h)
 {
 	for (const struct h2_stream *st = h->streams; st; st = st->next)
-		if (st->submitted && !st->closed && !st->fetch && !st->listed)
+		if (st->submitted && !st->out_done && !st->closed && !st->fetch && !st->listed)
 			return true;
 	return false;
 }
 
-/* 0: every stream's request is in; 1: a body is still coming; 2: a header block is. */
-static int requests_coming(const struct keel__h2_conn *h)
+/*
+ * The earliest deadline of a request still coming in, as HTTP/1.1's: a
+ * header block from its first frame; a body between its frames, or from
+ * when its reader began to wait (our window, not the client, may be what
+ * held it); a body answered already, dropped as it comes, between its
+ * frames. 0: none.
+ */
+static uint64_t requests_due(const struct keel__h2_conn *h, bool *head)
 {
-	int coming = 0;
-	for (const struct h2_stream *st = h->streams; st; st = st->next)
-		if (!st->closed && (!st->dispatched || (st->r->body_wait && !st->r->body_done) ||
-		                    (st->submitted && !st->remote_done)))
-			coming = !st->headers_done ? 2 : coming ? coming : 1;
-	return coming;
+	const keel_http_config *cfg = &h->s->cfg;
+	uint64_t due = 0, d;
+	for (const struct h2_stream *st = h->streams; st; st = st->next) {
+		const keel_http_request *r = st->r;
+		if (st->closed)
+			continue;
+		if (!st->headers_done)
+			d = st->rx_ns + cfg->header_timeout_ms * 1000000ull;
+		else if (!st->dispatched || (st->out_done && !st->remote_done))
+			d = st->rx_ns + cfg->body_timeout_ms * 1000000ull;
+		else if (r->body_wait && !r->body_done)
+			d = (st->rx_ns > st->wait_ns ? st->rx_ns : st->wait_ns) +
+			    cfg->body_timeout_ms * 1000000ull;
+		else
+			continue;
+		if (!due || d < due) {
+			due = d;
+			*head = !st->headers_done;
+		}
+	}
+	return due;
 }
 
 /* The connection's deadline now, and what it is for (0: none). */
 static uint64_t conn_due(const struct keel__h2_conn *h, uint8_t *kind)
 {
 	const keel_http_config *cfg = &h->s->cfg;
-	int coming;
 	*kind = HT_NONE;
 	if (h->closing)
 		return 0;
@@ -966,10 +1013,11 @@ static uint64_t conn_due(const struct keel__h2_conn *h, uint8_t *kind)
 		*kind = HT_WINDOW; /* a client that keeps its window shut */
 		return h->data_ns + cfg->send_timeout_ms * 1000000ull;
 	}
-	if ((coming = requests_coming(h))) {
-		/* A request still coming in: from its last frame, as HTTP/1.1's head and body deadlines. */
+	bool head;
+	uint64_t due = requests_due(h, &head);
+	if (due) {
 		*kind = HT_REQUEST;
-		return h->rx_ns + (coming == 2 ? cfg->header_timeout_ms : cfg->body_timeout_ms) * 1000000ull;
+		return due;
 	}
 	if (h->nstreams)
 		return 0; /* handlers are working: their own deadlines apply */
@@ -1030,6 +1078,19 @@ static void pump(struct keel__h2_conn *h)
 	if (h->closing) {
 		try_free(h);
 		return;
+	}
+	if (h->discard_due) {
+		/* A response ended with its streamed request body unread: the rest is dropped as it comes. */
+		h->discard_due = false;
+		for (struct h2_stream *st = h->streams; st; st = st->next) {
+			keel_http_request *r = st->r;
+			if (st->out_done && r->stream_body && !r->body_done && !r->body_discard &&
+			    !st->closed) {
+				r->body_discard = 1;
+				keel__body_wait_reject(r, -ECANCELED);
+				stream_consume_all(st);
+			}
+		}
 	}
 	/* The batch is out: what it borrowed is free. */
 	while (h->release) {
@@ -1181,7 +1242,7 @@ static void input_ended(struct keel__h2_conn *h, int err)
 	}
 	h->eof = true; /* the answers to what was asked still go out */
 	for (struct h2_stream *st = h->streams; st; st = st->next)
-		if (!st->dispatched)
+		if (!st->dispatched || (st->r->stream_body && !st->r->body_done))
 			stream_reset(st, NGHTTP2_CANCEL); /* cut off: it can never be complete */
 	pump(h);
 }
@@ -1395,6 +1456,7 @@ static void h2_body_read(keel_http_request *r, keel_promise *p)
 		st->given = 0;
 	}
 	r->body_wait = p;
+	st->wait_ns = keel_loop_now_ns(h->s->loop);
 	keel_promise_on_cancel(p, body_read_cancel, r);
 	stream_give(st);
 	pump(h); /* (the WINDOW_UPDATE; a no-op inside nghttp2's callbacks) */
