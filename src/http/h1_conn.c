@@ -77,18 +77,8 @@ static void req_error(keel_http_conn *c, keel_http_request *r, int status)
 		}
 		req_queue(c, r);
 	}
-	r->is_error = 1;
 	r->keep_alive = 0;
-	r->resp.status = status;
-	r->resp.content_type = "text/plain";
-	r->resp.body.ptr = keel_http_status_text(status);
-	r->resp.body.len = strlen(r->resp.body.ptr);
-	if (status == 503) {
-		r->resp.headers = &keel__retry_after;
-		r->resp.nheaders = 1;
-	}
-	r->answer = &r->resp;
-	r->done = 1;
+	keel__req_error_answer(r, status);
 	if (c->cur == r)
 		c->cur = NULL;
 	c->no_more = true; /* whatever follows cannot be framed: read no further */
@@ -657,6 +647,23 @@ static int on_data(void *ud, keel_buf *buf)
 	return KEEL_CONTINUE;
 }
 
+/* A record off the server's lists goes back to the free list, with what it held. */
+static void conn_put(keel_http_conn *c)
+{
+	keel_http_server *s = c->s;
+	free(c->part);
+	free(c->peer);
+	if (c->tx)
+		keel__h1_tx_put(s, c->tx);
+	if (s->nfree_conns < CONN_FREE_MAX) {
+		c->next = s->free_conns;
+		s->free_conns = c;
+		s->nfree_conns++;
+	} else {
+		free(c);
+	}
+}
+
 static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -665,18 +672,7 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	if (c->h2) {
 		/* Handed over: the HTTP/2 connection receives on its own from now on. */
 		struct keel__h2_conn *h = c->h2;
-		keel_http_server *s = c->s;
-		free(c->part);
-		free(c->peer);
-		if (c->tx)
-			keel__h1_tx_put(s, c->tx);
-		if (s->nfree_conns < CONN_FREE_MAX) {
-			c->next = s->free_conns;
-			s->free_conns = c;
-			s->nfree_conns++;
-		} else {
-			free(c);
-		}
+		conn_put(c);
 		keel__h2_rx_handed(h, o.err);
 		return;
 	}
@@ -880,17 +876,7 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 		s->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	free(c->part);
-	free(c->peer);
-	if (c->tx)
-		keel__h1_tx_put(s, c->tx);
-	if (s->nfree_conns < CONN_FREE_MAX) {
-		c->next = s->free_conns;
-		s->free_conns = c;
-		s->nfree_conns++;
-	} else {
-		free(c);
-	}
+	conn_put(c);
 	keel__server_conn_gone(s);
 }
 

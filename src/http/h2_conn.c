@@ -104,15 +104,13 @@ struct keel__h2_conn {
 	struct h2_stream *release; /* closed: released once the batch holding their last bytes is out */
 	struct h2_stream *fetchq;  /* their next piece is fetched once the batch holding this one is out */
 	char *peer;
-	/* The batch: frame bytes copied into ob, body bytes by reference. */
-	char *ob;
-	size_t ob_len, ob_cap;
-	struct {
-		const char *ptr; /* own: an offset into ob (which may move as it grows) */
-		size_t len;
-		bool own;
-	} seg[SEG_MAX];
-	struct iovec iov[SEG_MAX];
+	/*
+	 * The batch being built or sent: taken from the server's free list
+	 * when a batch starts and given back once it is sent, so an idle
+	 * connection holds none.
+	 */
+	struct h2_batch *b;
+	size_t ob_len;
 	int nseg;
 	unsigned nstreams, served;
 	keel_timer timer;
@@ -133,9 +131,27 @@ struct keel__h2_conn {
 	bool rx_h1 : 1, in_ng : 1, sending : 1, closing : 1, closed : 1, eof : 1, draining : 1;
 };
 
+/* Frame bytes copied into ob, body bytes by reference; the iovecs of the send. */
+struct h2_batch {
+	struct h2_batch *next; /* the free list */
+	struct {
+		const char *ptr; /* own: an offset into ob */
+		size_t len;
+		bool own;
+	} seg[SEG_MAX];
+	struct iovec iov[SEG_MAX];
+	size_t cap;
+	char ob[]; /* cap bytes */
+};
+
+#define BATCH_OB OUT_SOFT  /* every batch's output buffer: OUT_SOFT and one frame past it */
+#define BATCH_FREE_MAX 256 /* batches kept for reuse per server */
+
 struct h2_shared {
 	nghttp2_session_callbacks *cb;
 	nghttp2_option *opt;
+	struct h2_batch *free_b;
+	unsigned nfree_b;
 };
 
 extern const struct keel__http_proto keel__h2_proto;
@@ -166,30 +182,56 @@ bool keel__h2_sniff(keel_http_server *s, keel_transport *tp, const keel_buf *buf
 
 /* ---- The batch ------------------------------------------------------------ */
 
+/* The batch's memory, taken when a batch starts; false on ENOMEM. */
+static bool batch_take(struct keel__h2_conn *h)
+{
+	struct h2_shared *sh = h->s->h2_shared;
+	if (h->b)
+		return true;
+	if ((h->b = sh->free_b)) {
+		sh->free_b = h->b->next;
+		sh->nfree_b--;
+		return true;
+	}
+	if (!(h->b = keel__malloc(sizeof(*h->b) + BATCH_OB + 16384)))
+		return false;
+	h->b->cap = BATCH_OB + 16384;
+	return true;
+}
+
+/* The batch is out: its memory back to the free list. */
+static void batch_put(struct keel__h2_conn *h)
+{
+	struct h2_shared *sh = h->s->h2_shared;
+	if (!h->b)
+		return;
+	if (sh->nfree_b < BATCH_FREE_MAX) {
+		h->b->next = sh->free_b;
+		sh->free_b = h->b;
+		sh->nfree_b++;
+	} else {
+		free(h->b);
+	}
+	h->b = NULL;
+}
+
 /* Copy len bytes into the batch; false when there is no room (the batch goes first). */
 static bool out_copy(struct keel__h2_conn *h, const void *p, size_t len)
 {
-	bool join = h->nseg && h->seg[h->nseg - 1].own &&
-	            (size_t)h->seg[h->nseg - 1].ptr + h->seg[h->nseg - 1].len == h->ob_len;
-	if (!join && h->nseg == SEG_MAX)
+	if (!batch_take(h))
 		return false;
-	if (h->ob_len + len > h->ob_cap) {
-		size_t cap = h->ob_cap ? h->ob_cap : 16384;
-		while (cap < h->ob_len + len)
-			cap *= 2;
-		char *ob = keel__realloc(h->ob, cap);
-		if (!ob)
-			return false;
-		h->ob = ob;
-		h->ob_cap = cap;
-	}
-	memcpy(h->ob + h->ob_len, p, len);
+	struct h2_batch *b = h->b;
+	bool join = h->nseg && b->seg[h->nseg - 1].own &&
+	            (size_t)b->seg[h->nseg - 1].ptr + b->seg[h->nseg - 1].len == h->ob_len;
+	if ((!join && h->nseg == SEG_MAX) || h->ob_len + len > b->cap)
+		return false;
+	memcpy(b->ob + h->ob_len, p, len);
 	if (join) {
-		h->seg[h->nseg - 1].len += len;
+		b->seg[h->nseg - 1].len += len;
 	} else {
-		h->seg[h->nseg].ptr = (const char *)(uintptr_t)h->ob_len;
-		h->seg[h->nseg].len = len;
-		h->seg[h->nseg++].own = true;
+		b->seg[h->nseg].ptr = (const char *)(uintptr_t)h->ob_len;
+		b->seg[h->nseg].len = len;
+		b->seg[h->nseg++].own = true;
 	}
 	h->ob_len += len;
 	return true;
@@ -220,9 +262,9 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *fr
 	if (!out_copy(h, framehd, 9))
 		return h->nseg ? NGHTTP2_ERR_WOULDBLOCK : NGHTTP2_ERR_CALLBACK_FAILURE;
 	if (len) {
-		h->seg[h->nseg].ptr = st->piece;
-		h->seg[h->nseg].len = len;
-		h->seg[h->nseg++].own = false;
+		h->b->seg[h->nseg].ptr = st->piece;
+		h->b->seg[h->nseg].len = len;
+		h->b->seg[h->nseg++].own = false;
 		st->piece += len;
 		st->plen -= len;
 	}
@@ -276,19 +318,21 @@ static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 	h->s->stats.bytes_out += (uint64_t)o.n;
 	h->ob_len = 0;
 	h->nseg = 0;
+	batch_put(h);
 	pump(h);
 }
 
 static void flush(struct keel__h2_conn *h)
 {
+	struct h2_batch *b = h->b;
 	for (int i = 0; i < h->nseg; i++) {
-		h->iov[i].iov_base =
-		    (void *)(h->seg[i].own ? h->ob + (uintptr_t)h->seg[i].ptr : h->seg[i].ptr);
-		h->iov[i].iov_len = h->seg[i].len;
+		b->iov[i].iov_base =
+		    (void *)(b->seg[i].own ? b->ob + (uintptr_t)b->seg[i].ptr : b->seg[i].ptr);
+		b->iov[i].iov_len = b->seg[i].len;
 	}
 	h->sending = true;
 	h->batch_ns = keel_loop_now_ns(h->s->loop);
-	h->send_p = keel_transport_sendv(&h->tp, h->iov, h->nseg);
+	h->send_p = keel_transport_sendv(&h->tp, b->iov, h->nseg);
 	keel_promise_done(h->send_p, sent, h);
 }
 
@@ -323,6 +367,16 @@ static void stream_maybe_done(struct h2_stream *st)
 	st->listed = true;
 	st->due = st->h->release;
 	st->h->release = st;
+}
+
+/* What held a closed stream or a closing connection let go: release it, or go on. */
+static void stream_settled(struct h2_stream *st)
+{
+	stream_maybe_done(st);
+	if (st->h->closing)
+		try_free(st->h);
+	else
+		pump(st->h);
 }
 
 static void stream_reset(struct h2_stream *st, uint32_t code)
@@ -469,11 +523,7 @@ static void fetched(keel_ctx *ctx, keel_outcome o, void *ud)
 	if (st->closed || h->closing) {
 		if (o.err == -ECANCELED && st->src == SRC_STREAM)
 			keel__req_zombie(st->r, fp); /* a producer that could not be stopped still holds it */
-		stream_maybe_done(st);
-		if (h->closing)
-			try_free(h);
-		else
-			pump(h);
+		stream_settled(st);
 		return;
 	}
 	if (st->src == SRC_FILE) {
@@ -562,17 +612,7 @@ static void req_begin(struct h2_stream *st)
 	}
 	if (status) {
 		st->h->s->stats.requests++;
-		r->is_error = 1;
-		r->resp.status = status;
-		r->resp.content_type = "text/plain";
-		r->resp.body.ptr = keel_http_status_text(status);
-		r->resp.body.len = strlen(r->resp.body.ptr);
-		if (status == 503) {
-			r->resp.headers = &keel__retry_after;
-			r->resp.nheaders = 1;
-		}
-		r->answer = &r->resp;
-		r->done = 1;
+		keel__req_error_answer(r, status);
 		submit(st);
 		return;
 	}
@@ -950,6 +990,11 @@ void keel__h2_free_shared(keel_http_server *s)
 		return;
 	nghttp2_session_callbacks_del(sh->cb);
 	nghttp2_option_del(sh->opt);
+	while (sh->free_b) {
+		struct h2_batch *b = sh->free_b;
+		sh->free_b = b->next;
+		free(b);
+	}
 	free(sh);
 	s->h2_shared = NULL;
 }
@@ -1123,6 +1168,7 @@ static void pump(struct keel__h2_conn *h)
 			timer_update(h);
 			return;
 		}
+		batch_put(h); /* (taken, nothing went in) */
 		/* Nothing went into a batch: what was deferred may start now. */
 		while (h->release) {
 			struct h2_stream *st = h->release;
@@ -1319,7 +1365,7 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 		s->h2_conns = h->next;
 	if (h->next)
 		h->next->prev = h->prev;
-	free(h->ob);
+	batch_put(h);
 	free(h->peer);
 	free(h);
 	keel__server_conn_gone(s);
@@ -1400,11 +1446,7 @@ static void h2_handler_done(keel_http_request *r, keel_outcome o)
 			r->answer = o.ptr; /* (discarded, but a file it opened is closed with it) */
 		r->pending = NULL;
 		r->done = 1;
-		stream_maybe_done(st);
-		if (h->closing)
-			try_free(h);
-		else
-			pump(h);
+		stream_settled(st);
 		return;
 	}
 	keel__req_answer(r, o);

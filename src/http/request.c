@@ -353,6 +353,22 @@ int keel__req_target(keel_http_request *r)
 	return 0;
 }
 
+/* A status the server answers itself (a 400, 413, 431, 503 ...): its text as the body, Retry-After with a 503. */
+void keel__req_error_answer(keel_http_request *r, int status)
+{
+	r->is_error = 1;
+	r->resp.status = status;
+	r->resp.content_type = "text/plain";
+	r->resp.body.ptr = keel_http_status_text(status);
+	r->resp.body.len = strlen(r->resp.body.ptr);
+	if (status == 503) {
+		r->resp.headers = &keel__retry_after;
+		r->resp.nheaders = 1;
+	}
+	r->answer = &r->resp;
+	r->done = 1;
+}
+
 /* Admission said no: 503 with Retry-After, the handler not called. */
 static void req_shed(keel_http_request *r)
 {

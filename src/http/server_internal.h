@@ -147,6 +147,7 @@ void keel__req_zombies_free(keel_http_server *s);
 void keel__body_wait_reject(keel_http_request *r, int err);
 int keel__req_body_append(keel_http_server *s, keel_http_request *r, const char *p, size_t n);
 void keel__req_answer(keel_http_request *r, keel_outcome o);
+void keel__req_error_answer(keel_http_request *r, int status);
 int keel__req_target(keel_http_request *r);
 extern const keel_http_header keel__retry_after; /* Retry-After: 1, for 503s */
 void keel__handler_call(keel_http_request *r, const struct route *rt);
