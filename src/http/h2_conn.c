@@ -144,8 +144,9 @@ struct h2_batch {
 	char ob[]; /* cap bytes */
 };
 
-#define BATCH_OB OUT_SOFT  /* every batch's output buffer: OUT_SOFT and one frame past it */
-#define BATCH_FREE_MAX 256 /* batches kept for reuse per server */
+#define BATCH_OB OUT_SOFT /* every batch's output buffer: OUT_SOFT and one frame past it */
+#define BATCH_FREE_MAX 64 /* batches kept for reuse per server (trimmed after a burst) */
+#define DATA_INLINE 1024  /* DATA payloads up to this size are copied into the batch */
 
 struct h2_shared {
 	nghttp2_session_callbacks *cb;
@@ -257,11 +258,17 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *fr
 	(void)f;
 	struct keel__h2_conn *h = ud;
 	struct h2_stream *st = src->ptr;
-	if (h->nseg + 2 > SEG_MAX || (h->ob_len && h->ob_len + 9 > OUT_SOFT))
+	/* A small payload is copied after its header: many small responses fit one iovec. */
+	bool copy = len <= DATA_INLINE;
+	if (h->nseg + 2 > SEG_MAX || (h->ob_len && h->ob_len + 9 + (copy ? len : 0) > OUT_SOFT))
 		return NGHTTP2_ERR_WOULDBLOCK;
 	if (!out_copy(h, framehd, 9))
 		return h->nseg ? NGHTTP2_ERR_WOULDBLOCK : NGHTTP2_ERR_CALLBACK_FAILURE;
-	if (len) {
+	if (copy) {
+		out_copy(h, st->piece, len); /* (room was checked: it joins the header's segment) */
+		st->piece += len;
+		st->plen -= len;
+	} else {
 		h->b->seg[h->nseg].ptr = st->piece;
 		h->b->seg[h->nseg].len = len;
 		h->b->seg[h->nseg++].own = false;
@@ -983,6 +990,18 @@ static void *shared_get(keel_http_server *s)
 	return sh;
 }
 
+/* The free list of batches down to keep (after a burst, and at the server's free). */
+void keel__h2_trim(keel_http_server *s, unsigned keep)
+{
+	struct h2_shared *sh = s->h2_shared;
+	while (sh && sh->nfree_b > keep) {
+		struct h2_batch *b = sh->free_b;
+		sh->free_b = b->next;
+		sh->nfree_b--;
+		free(b);
+	}
+}
+
 void keel__h2_free_shared(keel_http_server *s)
 {
 	struct h2_shared *sh = s->h2_shared;
@@ -990,11 +1009,7 @@ void keel__h2_free_shared(keel_http_server *s)
 		return;
 	nghttp2_session_callbacks_del(sh->cb);
 	nghttp2_option_del(sh->opt);
-	while (sh->free_b) {
-		struct h2_batch *b = sh->free_b;
-		sh->free_b = b->next;
-		free(b);
-	}
+	keel__h2_trim(s, 0);
 	free(sh);
 	s->h2_shared = NULL;
 }

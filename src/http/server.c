@@ -129,6 +129,7 @@ void keel__server_date_update(keel_http_server *s)
 static void server_trim(keel_http_server *s)
 {
 	keel__h1_trim(s, TRIM_KEEP);
+	keel__h2_trim(s, TRIM_KEEP);
 	keel__req_trim(s, TRIM_KEEP);
 	keel_loop_trim(s->loop);
 	s->peak_conns = s->nconns;

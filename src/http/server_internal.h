@@ -186,6 +186,7 @@ void keel__h2_rx_handed(struct keel__h2_conn *h, int err);
 void keel__h2_drain_all(keel_http_server *s);
 void keel__h2_close_all(keel_http_server *s);
 void keel__h2_free_shared(keel_http_server *s);
+void keel__h2_trim(keel_http_server *s, unsigned keep);
 unsigned keel__h2_idle_reclaim(keel_http_server *s, unsigned n);
 bool keel__h2_idle_reclaimable(keel_http_server *s);
 bool keel__h2_idle_any(keel_http_server *s);
