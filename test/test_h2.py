@@ -218,29 +218,32 @@ def test():
         c.close()
 
     def t_reset():
-        """A stream the client resets: its handler is cancelled, the connection goes on."""
-        nonlocal base
-        base = stats()
+        """A stream the client resets: its handler is cancelled (its sleep's promises released), the
+        connection goes on. Live promises are read over the same connection before and after, so
+        other clients' connections opening and closing do not count."""
         c = H2(srv.port)
-        sid = c.get("/slow?ms=2000")
-        time.sleep(0.1)
+
+        def ops():
+            out = c.response(c.get("/stats"))[1].decode()
+            return int(dict(l.split(" ", 1) for l in out.splitlines() if " " in l)["promises_live"])
+
+        before = ops()
+        sid = c.get("/slow?ms=5000")
+        deadline = time.monotonic() + 5
+        while ops() <= before and time.monotonic() < deadline:
+            time.sleep(0.02)  # (until the handler's sleep is counted)
+        during = ops()
         c.c.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
         c.flush()
-        sid2 = c.get("/hello")
-        eq(c.response(sid2)[1], HELLO, "after a reset")
+        eq(c.response(c.get("/hello"))[1], HELLO, "after a reset")
+        deadline = time.monotonic() + 2  # (well before the 5 s sleep would have ended by itself)
+        while ops() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        after = ops()
         c.close()
-        deadline = time.monotonic() + 5
-        while int(stats()["ops_inflight"]) > int(base["ops_inflight"]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        now = int(stats()["ops_inflight"])
-        check(now <= int(base["ops_inflight"]), "the reset stream's sleep cancelled down to the kernel: %d "
-              "operations in flight, %s before the request" % (now, base["ops_inflight"]))
+        check(during > before and after <= before, "live promises: %d before the request, %d while its "
+              "handler slept, %d after the reset" % (before, during, after))
 
-    def stats():
-        out = curl2(url("/stats")).decode()
-        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-
-    base = None
 
     def t_rapid_reset():
         """Streams opened and reset faster than the rate allows: GOAWAY and the close (the client
