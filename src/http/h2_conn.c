@@ -3,9 +3,10 @@
  * server core. nghttp2 does the framing, HPACK, stream states and flow
  * control; keel owns the I/O. What the transport receives is fed to the
  * session (nghttp2_session_mem_recv); what the session has to send is
- * gathered into one batch -- frame bytes copied into a small output buffer,
- * body bytes pointed at where they are (NGHTTP2_DATA_FLAG_NO_COPY) -- and
- * sent with one sendv, as HTTP/1.1 does.
+ * gathered into one batch -- frame bytes and small payloads copied into the
+ * batch's buffer, larger body bytes pointed at where they are
+ * (NGHTTP2_DATA_FLAG_NO_COPY) -- and sent with one sendv, as HTTP/1.1 does.
+ * The batch's memory is the connection's only while it is built and sent.
  *
  * A stream is a request: a keel_http_request record whose conn is the
  * stream (struct h2_stream, allocated in the request's arena), dispatched
@@ -19,8 +20,10 @@
  * stream's request is released only after the batch holding its last bytes.
  *
  * Request bodies are read whole (up to body_max, counted in body_mem_max),
- * also on routes that stream their body: keel_http_body_read hands them
- * the whole body as one piece.
+ * except on routes that stream their body: there the handler runs once the
+ * head is in, and received bytes are consumed -- the window reopened --
+ * only as its reader asks for the next piece (automatic window updates are
+ * off), so the window is the backpressure.
  */
 #include <errno.h>
 #include <nghttp2/nghttp2.h>
