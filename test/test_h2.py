@@ -527,6 +527,20 @@ def test():
 
     PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)
 
+    def frames_until(data, kind):
+        """Send data on a new connection; what came back, read until a frame of kind (or the close)."""
+        s = connect(srv.port)
+        s.settimeout(10)
+        s.sendall(data)
+        got = b""
+        while not any(k == kind for k, _ in frames(got)):
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+        s.close()
+        return got
+
     def goaway_after(data, what, timeout=10):
         """Send data on a new connection; the server's GOAWAY error code (None: none came) once it closes."""
         s = connect(srv.port)
@@ -550,16 +564,7 @@ def test():
         for n, want in ((8, None), (9, E.PROTOCOL_ERROR)):  # 8 CONTINUATIONs allowed, one more is not
             cont = b"".join(frame(9, 4 if i == n - 1 else 0, 1, b"\x40\x01a\x01b") for i in range(n))
             if want is None:
-                s = connect(srv.port)
-                s.settimeout(10)
-                s.sendall(PREFACE + frame(1, 1, 1, hpack_get) + cont)
-                got = b""
-                while not any(k == 0 for k, _ in frames(got)):  # until the response's DATA
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    got += d
-                s.close()
+                got = frames_until(PREFACE + frame(1, 1, 1, hpack_get) + cont, 0)  # (the response's DATA)
                 check(any(k == 1 for k, _ in frames(got)), "a header block in %d CONTINUATIONs answered" % n)
             else:
                 eq(goaway_after(PREFACE + frame(1, 1, 1, hpack_get) + cont, "cont"), want, "%d CONTINUATIONs" % n)
@@ -570,29 +575,12 @@ def test():
         eq(goaway_after(PREFACE + frame(4, 0, 0, many), "settings"), E.ENHANCE_YOUR_CALM, "40 SETTINGS entries")
         empty = frame(1, 4, 1, b"\x83\x86\x84\x41\x01x") + frame(0, 0, 1) * (EMPTY_MAX + 1)
         eq(goaway_after(PREFACE + empty, "empty"), E.ENHANCE_YOUR_CALM, "a flood of empty DATA frames")
-        s = connect(srv.port)  # one fewer, then the end: answered
-        s.settimeout(10)
-        s.sendall(PREFACE + frame(1, 4, 1, b"\x83\x86\x84\x41\x01x") + frame(0, 0, 1) * EMPTY_MAX + frame(0, 1, 1))
-        got = b""
-        while not any(k == 1 for k, _ in frames(got)):
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-        s.close()
+        got = frames_until(PREFACE + frame(1, 4, 1, b"\x83\x86\x84\x41\x01x") + frame(0, 0, 1) * EMPTY_MAX
+                           + frame(0, 1, 1), 1)  # one fewer, then the end: answered
         check(any(k == 1 for k, _ in frames(got)), "%d empty DATA frames, then END_STREAM: answered" % EMPTY_MAX)
         # HPACK bomb: one 3,000-byte header into the dynamic table, then 100 one-byte references.
         big = b"\x40\x05x-big" + b"\x7f\x81\x16" + b"a" * 3000
-        s = connect(srv.port)
-        s.settimeout(10)
-        s.sendall(PREFACE + frame(1, 5, 1, hpack_get + big + b"\xbe" * 100))
-        got = b""
-        while not any(k == 1 for k, _ in frames(got)):
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-        s.close()
+        got = frames_until(PREFACE + frame(1, 5, 1, hpack_get + big + b"\xbe" * 100), 1)
         heads = [dict(hpack.Decoder().decode(b)) for k, b in frames(got) if k == 1]
         eq(heads[0].get(":status") if heads else None, "431", "a header list that decodes to 300 kB from 3 kB")
 

@@ -574,6 +574,19 @@ static void body_read_cancel(keel_promise *p, void *ud)
 	}
 }
 
+/* Off the server's list of connections. */
+static void conn_unlink(keel_http_conn *c)
+{
+	keel_http_server *s = c->s;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+}
+
 /*
  * The connection speaks HTTP/2 (ALPN agreed "h2", or it began with the
  * preface): it goes on as an HTTP/2 connection, which takes the transport.
@@ -593,13 +606,7 @@ static int h2_handover(keel_http_conn *c, keel_buf *buf)
 	c->closing = true; /* (not counted in nclosing: the connection is not closing) */
 	idle_update(c);
 	keel_timer_disarm(s->loop, &c->timer);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		s->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->prev = c->next = NULL;
+	conn_unlink(c);
 	keel__h2_input(h, buf);
 	return KEEL_STOP;
 }
@@ -612,7 +619,7 @@ static int on_data(void *ud, keel_buf *buf)
 		return KEEL_CONTINUE;
 	}
 	if (c->s->cfg.http2 && !c->served && !c->nreqs && !c->part_len && !c->closing && !c->lingering &&
-	    keel__h2_sniff(c->s, &c->tp, buf))
+	    keel__h2_sniff(&c->tp, buf))
 		return h2_handover(c, buf);
 	if (c->closing || c->lingering || (c->no_more && !c->cur && !c->inq_head))
 		return KEEL_CONTINUE; /* past the last request we will answer: discard */
@@ -870,12 +877,7 @@ static void conn_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)o;
 	keel_http_conn *c = ud;
 	keel_http_server *s = c->s;
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		s->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	conn_unlink(c);
 	conn_put(c);
 	keel__server_conn_gone(s);
 }

@@ -170,9 +170,8 @@ static void stream_begin(struct h2_stream *st, const struct route *rt);
 
 /* ---- Detection ----------------------------------------------------------- */
 
-bool keel__h2_sniff(keel_http_server *s, keel_transport *tp, const keel_buf *buf)
+bool keel__h2_sniff(keel_transport *tp, const keel_buf *buf)
 {
-	(void)s;
 	if (keel_tls_is(tp))
 		return strcmp(keel_tls_alpn(tp), "h2") == 0;
 	/*
@@ -1036,7 +1035,7 @@ static bool waits_for_client(const struct keel__h2_conn *h)
  * held it); a body answered already, dropped as it comes, between its
  * frames. 0: none.
  */
-static uint64_t requests_due(const struct keel__h2_conn *h, bool *head)
+static uint64_t requests_due(const struct keel__h2_conn *h)
 {
 	const keel_http_config *cfg = &h->s->cfg;
 	uint64_t due = 0, d;
@@ -1053,10 +1052,8 @@ static uint64_t requests_due(const struct keel__h2_conn *h, bool *head)
 			    cfg->body_timeout_ms * 1000000ull;
 		else
 			continue;
-		if (!due || d < due) {
+		if (!due || d < due)
 			due = d;
-			*head = !st->headers_done;
-		}
 	}
 	return due;
 }
@@ -1076,8 +1073,7 @@ static uint64_t conn_due(const struct keel__h2_conn *h, uint8_t *kind)
 		*kind = HT_WINDOW; /* a client that keeps its window shut */
 		return h->data_ns + cfg->send_timeout_ms * 1000000ull;
 	}
-	bool head;
-	uint64_t due = requests_due(h, &head);
+	uint64_t due = requests_due(h);
 	if (due) {
 		*kind = HT_REQUEST;
 		return due;

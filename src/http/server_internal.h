@@ -179,7 +179,7 @@ void keel__h1_trim(keel_http_server *s, unsigned keep);
  * ended (keel__h2_rx_handed), then receives on its own.
  */
 struct keel__h2_conn;
-bool keel__h2_sniff(keel_http_server *s, keel_transport *tp, const keel_buf *buf);
+bool keel__h2_sniff(keel_transport *tp, const keel_buf *buf);
 struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, keel_promise *rx);
 void keel__h2_input(struct keel__h2_conn *h, keel_buf *buf);
 void keel__h2_rx_handed(struct keel__h2_conn *h, int err);
