@@ -9,6 +9,8 @@ need=""
 # TLS: OpenSSL 3 (libssl-dev), and the openssl command the tests make certificates with.
 [ -f /usr/include/openssl/ssl.h ] || need="$need libssl-dev"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+# HTTP/2: nghttp2's framing, HPACK and flow control.
+[ -f /usr/include/nghttp2/nghttp2.h ] || need="$need libnghttp2-dev"
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates"
 command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
