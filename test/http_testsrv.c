@@ -24,6 +24,11 @@
  *                          a read error becomes the handler's error (400/413/...)
  *   POST /duplex?ms=M      echoes the body back as it arrives, streamed (chunked); answers M ms late
  *   POST /early?stream=S   answers "early" at once, without reading the body (S=1: as a streamed body)
+ *   (/upload's answer ends with "trailers name=value;...", the request's trailers, when it has
+ *   some; /duplex sends them back as the response's trailers)
+ *   POST /trailers?stream=S  "bytes N" and the request's trailers, answered with trailers
+ *                          (X-Checksum, Grpc-Status and a Content-Length that must be left out);
+ *                          S=1: as a streamed body (chunked to HTTP/1.1)
  *
  *   --body-stream-max N    limit on streamed bodies
  *   --http2                HTTP/2 with prior knowledge too (h2c), --h2-streams-max N
@@ -220,10 +225,25 @@ struct upload {
 	uint64_t bytes, pieces, maxpiece;
 	uint32_t a, b; /* Adler-32 */
 	keel_promise *done;
-	char out[160];
+	char out[1024];
 };
 
 static void upload_read(struct upload *u);
+
+/* The request's trailers as "trailers name=value;...\n" (nothing when none came); returns the length. */
+static int trailers_text(const keel_http_request *r, char *out, size_t cap)
+{
+	if (!r->ntrailers)
+		return 0;
+	int n = snprintf(out, cap, "trailers");
+	for (unsigned i = 0; i < r->ntrailers && (size_t)n < cap; i++)
+		n += snprintf(out + n, cap - (size_t)n, "%c%.*s=%.*s", i ? ';' : ' ',
+		              (int)r->trailers[i].name.len, r->trailers[i].name.ptr,
+		              (int)r->trailers[i].value.len, r->trailers[i].value.ptr);
+	if ((size_t)n < cap)
+		n += snprintf(out + n, cap - (size_t)n, "\n");
+	return (size_t)n < cap ? n : (int)cap - 1;
+}
 
 static void upload_resume(keel_ctx *ctx, keel_outcome o, void *ud)
 {
@@ -246,6 +266,7 @@ static void upload_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 		    snprintf(u->out, sizeof(u->out), "bytes %llu pieces %llu maxpiece %llu adler32 %08x\n",
 		             (unsigned long long)u->bytes, (unsigned long long)u->pieces,
 		             (unsigned long long)u->maxpiece, (unsigned)(u->b << 16 | u->a));
+		n += trailers_text(u->r, u->out + n, sizeof(u->out) - (size_t)n);
 		u->r->resp.status = 200;
 		u->r->resp.content_type = "text/plain";
 		u->r->resp.body.ptr = u->out;
@@ -272,6 +293,53 @@ static void upload_read(struct upload *u)
 	keel_promise_done(keel_http_body_read(u->r), upload_piece, u);
 }
 
+/* ---- Trailers ---- */
+
+static const keel_http_header trailers_out[] = {
+    {KEEL_STR("X-Checksum"), KEEL_STR("abc123")},
+    {KEEL_STR("Grpc-Status"), KEEL_STR("0")},
+    {KEEL_STR("Content-Length"), KEEL_STR("99")}, /* may not be a trailer: left out */
+};
+
+static keel_promise *trailers_next(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	static keel_str end = {NULL, 0};
+	r->resp.trailers = trailers_out; /* (set with the end, which is when they are read) */
+	r->resp.ntrailers = 3;
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise_resolve(p, 0, &end);
+	return p;
+}
+
+/*
+ * The body's length and trailers, answered with trailers of its own: as a
+ * whole body (stream=0: HTTP/2 sends them, HTTP/1.1 cannot) or a streamed
+ * one (stream=1: chunked to HTTP/1.1).
+ */
+static keel_promise *h_trailers(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	size_t cap = 64;
+	for (unsigned i = 0; i < r->ntrailers; i++)
+		cap += r->trailers[i].name.len + r->trailers[i].value.len + 2;
+	char *out = keel_ctx_alloc(keel_http_request_ctx(r), cap);
+	int n = snprintf(out, cap, "bytes %zu\n", r->body.len);
+	n += trailers_text(r, out + n, cap - (size_t)n);
+	r->resp.status = 200;
+	r->resp.content_type = "text/plain";
+	r->resp.body = (keel_str){out, (size_t)n};
+	if (qnum(r, "stream", 0)) {
+		r->resp.stream = trailers_next;
+	} else {
+		r->resp.trailers = trailers_out;
+		r->resp.ntrailers = 3;
+	}
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise_resolve(p, 0, &r->resp);
+	return p;
+}
+
 static keel_promise *h_upload(keel_http_request *r, void *ud)
 {
 	(void)ud;
@@ -285,11 +353,24 @@ static keel_promise *h_upload(keel_http_request *r, void *ud)
 	return u->done;
 }
 
+/* At the body's end, the request's trailers become the response's (set with the last piece). */
+static keel_outcome duplex_piece(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	keel_http_request *r = ud;
+	keel_str *piece = in.ptr;
+	if (!piece || !piece->len) {
+		r->resp.trailers = r->trailers;
+		r->resp.ntrailers = r->ntrailers;
+	}
+	return in;
+}
+
 /* The request body's pieces are the response's pieces: the producer reads, the server sends. */
 static keel_promise *duplex_next(keel_http_request *r, void *ud)
 {
 	(void)ud;
-	return keel_http_body_read(r);
+	return keel_map(keel_http_body_read(r), duplex_piece, r);
 }
 
 static keel_outcome duplex_answer(keel_ctx *ctx, keel_outcome in, void *ud)
@@ -546,6 +627,7 @@ int main(int argc, char **argv)
 	keel_http_route(srv, "POST", "/upload", KEEL_HTTP_STREAM_BODY, h_upload, NULL);
 	keel_http_route(srv, "POST", "/duplex", KEEL_HTTP_STREAM_BODY, h_duplex, NULL);
 	keel_http_route(srv, "POST", "/early", KEEL_HTTP_STREAM_BODY, h_early, NULL);
+	keel_http_route(srv, "POST", "/trailers", false, h_trailers, NULL);
 	keel_http_route(srv, "GET", "/burn", false, h_burn, NULL);
 	keel_http_route(srv, "GET", "/hookless", false, h_hookless, NULL);
 	keel_http_route(srv, "GET", "/pin", false, h_pin, NULL);

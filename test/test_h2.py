@@ -102,8 +102,8 @@ class H2:
         body = b"".join(e.data for e in self.of(h2.events.DataReceived, sid))
         return (dict(heads[0].headers) if heads else None), body
 
-    def send_body(self, sid, data, pad=None, timeout=30):
-        """data on sid as the windows allow (waiting for WINDOW_UPDATEs), then END_STREAM."""
+    def send_body(self, sid, data, pad=None, timeout=30, end=True):
+        """data on sid as the windows allow (waiting for WINDOW_UPDATEs), then END_STREAM (end)."""
         deadline = time.monotonic() + timeout
         while data:
             extra = pad + 1 if pad else 0  # (padding counts against the window too)
@@ -115,8 +115,9 @@ class H2:
             chunk, data = data[:room], data[room:]
             self.c.send_data(sid, chunk, pad_length=pad)
             self.flush()
-        self.c.end_stream(sid)
-        self.flush()
+        if end:
+            self.c.end_stream(sid)
+            self.flush()
 
     def close(self):
         self.sock.close()
@@ -399,6 +400,57 @@ def test():
         eq([l for l in lines if l.startswith("cookie:")], ["cookie: a=1; b=2"], "cookies joined")
         eq([l for l in lines if l.startswith("host:")], ["host: localhost"], "host from :authority")
         check(not any(l.startswith(":") for l in lines), "no pseudo-header forwarded: %r" % lines)
+        px.stop_ok()
+        up.stop_ok()
+
+    def t_trailers():
+        """Trailers both ways. A request's trailing HEADERS reach the handler (a whole body, a
+        streamed one, none at all); a response's trailers follow its body in a HEADERS frame that
+        ends the stream (a whole body, a streamed one, the request's own echoed by /duplex, whose
+        producer sets them with its last piece), lower-cased, Content-Length left out. A trailer
+        section of exactly head_max bytes is read, one byte more is 431 (413 for a streamed
+        body). keel proxy --http2 passes an HTTP/1.1 upstream's chunked trailers on, and TE:
+        trailers to it."""
+        def post(port, path, body, trailers, extra=()):
+            c = H2(port)
+            sid = c.c.get_next_available_stream_id()
+            c.c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", path), *extra])
+            c.send_body(sid, body, end=False)
+            c.c.send_headers(sid, trailers, end_stream=True)
+            c.flush()
+            heads, out = c.response(sid)
+            tr = [dict(e.headers) for e in c.of(h2.events.TrailersReceived, sid)]
+            c.close()
+            return status_of(heads), out, (tr[0] if tr else None)
+
+        req_tr = [("x-a", "1"), ("grpc-status", "7")]
+        resp_tr = {b"x-checksum": b"abc123", b"grpc-status": b"0"}
+        for path in ("/trailers", "/trailers?stream=1"):
+            st, out, tr = post(srv.port, path, b"hello", req_tr)
+            eq((st, out), (200, b"bytes 5\ntrailers x-a=1;grpc-status=7\n"), path + ": the request's trailers")
+            eq(tr, resp_tr, path + ": the response's trailers, without content-length")
+        eq(post(srv.port, "/trailers", b"", req_tr)[:2], (200, b"bytes 0\ntrailers x-a=1;grpc-status=7\n"),
+           "trailers with no body before them")
+        st, out, tr = post(srv.port, "/upload", b"x" * 100000, req_tr)
+        check(st == 200 and out.endswith(b"trailers x-a=1;grpc-status=7\n"), "a streamed body's trailers: %r" % out)
+        st, out, tr = post(srv.port, "/duplex", b"echo", req_tr)
+        eq((st, out, tr), (200, b"echo", dict((k.encode(), v.encode()) for k, v in req_tr)),
+           "trailers set by a producer with its last piece")
+        pad = 4096 - len("x-pad: \r\n")  # the section "x-pad: <value>\r\n" at srv's --head-max
+        st, out, tr = post(srv.port, "/trailers", b"a", [("x-pad", "p" * pad)])
+        eq((st, sha(out)), (200, sha(b"bytes 1\ntrailers x-pad=" + b"p" * pad + b"\n")), "a trailer section of head_max bytes")
+        eq(post(srv.port, "/trailers", b"a", [("x-pad", "p" * (pad + 1))])[0], 431, "one byte more: 431")
+        eq(post(srv.port, "/upload", b"a", [("x-pad", "p" * (pad + 1))])[0], 413, "one byte more, streamed: 413")
+
+        up = Proc([TESTSRV, "--queue-delay-max-us", "0"])
+        px = Proc([KEEL, "proxy", "--listen", "127.0.0.1:0", "--workers", "1", "--http2", "--upstream",
+                   "127.0.0.1:%d" % up.port], listen=keeltest.CLI_LISTEN_RE)
+        st, out, tr = post(px.port, "/trailers?stream=1", b"hello", req_tr, extra=[("te", "trailers")])
+        eq((st, tr), (200, resp_tr), "the upstream's chunked trailers, through the proxy")
+        c = H2(px.port)
+        heads, body = c.response(c.get("/headers", extra=[("te", "trailers")]))
+        c.close()
+        check(b"te: trailers" in body.lower(), "TE: trailers passed on: %r" % body)
         px.stop_ok()
         up.stop_ok()
 
@@ -725,7 +777,7 @@ def test():
         eq(goaway_after(PREFACE + leak, "leak"), h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
            "99 empty frames for each with data")
 
-    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("body_paths", t_body_paths), ("room", t_room), ("config", t_config), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
+    for name, fn in [("curl", t_curl), ("proxy", t_proxy), ("trailers", t_trailers), ("body_paths", t_body_paths), ("room", t_room), ("config", t_config), ("browser", t_browser), ("abuse", t_abuse), ("ping_flood", t_ping_flood), ("upload", t_upload), ("proxy_upload", t_proxy_upload), ("stalled", t_stalled), ("no_length", t_no_length), ("echo", t_echo), ("body_limit", t_body_limit), ("stream", t_stream),
                      ("static", t_static), ("concurrent", t_concurrent), ("streams_max", t_streams_max),
                      ("header_limit", t_header_limit), ("reset", t_reset), ("rapid_reset", t_rapid_reset),
                      ("bad_preface", t_bad_preface), ("idle", t_idle), ("graceful", t_graceful), ("off", t_off),

@@ -82,10 +82,13 @@ struct pieces {
 
 static keel_promise *stream_next(keel_http_request *r, void *ud)
 {
-	(void)r;
 	struct pieces *p = ud;
+	static const keel_http_header tr[] = {{KEEL_STR("X-Pieces"), KEEL_STR("3")},
+	                                      {KEEL_STR("X-Sum"), KEEL_STR("  abc ")}};
 	keel_promise *out = keel_promise_new(loop);
 	if (p->i == 3) {
+		r->resp.trailers = tr; /* (read at the end, sent after the last chunk) */
+		r->resp.ntrailers = 2;
 		keel_promise_resolve(out, 0, NULL);
 		return out;
 	}
@@ -138,6 +141,14 @@ static void expect_body(keel_http_client_response *r, int status, const char *bo
 }
 
 static keel_str nobody = {NULL, 0};
+
+/* /chunked's trailers, as its handler sets them at the body's end. */
+static void expect_trailers(const keel_http_client_response *r)
+{
+	ASSERT_EQ(r->ntrailers, 2);
+	ASSERT(keel_str_eq(r->trailers[0].name, "X-Pieces") && keel_str_eq(r->trailers[0].value, "3"));
+	ASSERT(keel_str_eq(r->trailers[1].name, "X-Sum") && keel_str_eq(r->trailers[1].value, "abc"));
+}
 
 /* ---- Streamed bodies, cancellation, names ----------------------------------- */
 
@@ -228,6 +239,7 @@ static void test_streaming(void)
 	size_t n = read_all(o.ptr, got, 2 << 20, &pieces);
 	ASSERT_EQ(n, 24);
 	ASSERT(memcmp(got, "piece 0;piece 1;piece 2;", 24) == 0);
+	expect_trailers(o.ptr);
 	keel_http_client_response_free(o.ptr);
 	o = test_await(loop, keel_http_client_request_send(c, &q));
 	ASSERT_EQ(o.err, 0);
@@ -544,7 +556,12 @@ static void test_keepalive(void)
 		ASSERT(n == 0 || memcmp(r->body.ptr, big, n) == 0);
 		keel_http_client_response_free(r);
 	}
-	expect_body(get_ok(c, up, NULL, "/chunked", nobody), 200, "piece 0;piece 1;piece 2;");
+	keel_http_client_response *rc = get_ok(c, up, NULL, "/chunked", nobody);
+	expect_trailers(rc); /* (a whole response keeps them in its own memory) */
+	expect_body(rc, 200, "piece 0;piece 1;piece 2;");
+	r = get_ok(c, up, NULL, "/hello", nobody); /* the next response on the connection has none */
+	ASSERT(r->ntrailers == 0 && r->trailers == NULL);
+	keel_http_client_response_free(r);
 	keel_http_client_free(c);
 	printf("keep-alive: 100 GETs on 1 connection, HEAD, 404, POST 0 B..1 MiB, chunked: ok\n");
 }

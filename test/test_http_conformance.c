@@ -1034,11 +1034,15 @@ static int bytewise_same(const char *s, const keel_http_limits *l, bool request)
 	return whole;
 }
 
-/* Decode a whole chunked body, in pieces of step bytes; returns DONE or an error, body in *out. */
-static int chunked_all(const char *s, uint64_t body_max, size_t step, sbuf *out)
+/*
+ * Decode a whole chunked body, in pieces of step bytes; returns DONE or an
+ * error, body in *out, and with tr the trailer section's bytes in *tr.
+ */
+static int chunked_all(const char *s, uint64_t body_max, size_t step, sbuf *out, sbuf *tr)
 {
 	keel_http_chunked d;
 	keel_http_chunked_init(&d, body_max);
+	d.trailers_want = tr != NULL;
 	size_t n = strlen(s), pos = 0, avail = step < n ? step : n;
 	for (;;) {
 		size_t used = 0;
@@ -1050,6 +1054,11 @@ static int chunked_all(const char *s, uint64_t body_max, size_t step, sbuf *out)
 			sb_add(out, data.ptr, data.len);
 			continue;
 		}
+		if (rc == KEEL_HTTP_CHUNK_TRAILER) {
+			ASSERT(tr && data.len > 0 && data.ptr == s + pos - data.len);
+			sb_add(tr, data.ptr, data.len);
+			continue;
+		}
 		if (rc != KEEL_HTTP_INCOMPLETE)
 			return rc;
 		if (avail == n)
@@ -1058,11 +1067,38 @@ static int chunked_all(const char *s, uint64_t body_max, size_t step, sbuf *out)
 	}
 }
 
+/*
+ * s's trailer section, gathered at every step size, is raw exactly, and
+ * reads as the fields in want ("name=value" strings, NULL-terminated).
+ */
+static void check_trailers(const char *s, const char *raw, const char *const *want)
+{
+	for (size_t step = 1; step <= strlen(s) + 1; step++) {
+		sbuf out = {0}, tr = {0};
+		ASSERT_EQ(chunked_all(s, 0, step, &out, &tr), KEEL_HTTP_CHUNK_DONE);
+		if (tr.len != strlen(raw) || (tr.len && memcmp(tr.p, raw, tr.len) != 0))
+			FAIL("trailers of %s (step %zu): \"%.*s\"", s, step, (int)tr.len, tr.p ? tr.p : "");
+		keel_http_header f[4];
+		unsigned nf = keel_http_trailers_parse(tr.p, tr.len, f, 4), nw = 0;
+		for (; want[nw]; nw++) {
+			ASSERT(nw < nf && nw < 4);
+			char got[128];
+			snprintf(got, sizeof(got), "%.*s=%.*s", (int)f[nw].name.len, f[nw].name.ptr,
+			         (int)f[nw].value.len, f[nw].value.ptr);
+			if (strcmp(got, want[nw]) != 0)
+				FAIL("trailer %u of %s: %s, want %s", nw, s, got, want[nw]);
+		}
+		ASSERT_EQ(nf, nw);
+		sb_free(&out);
+		sb_free(&tr);
+	}
+}
+
 static void check_chunked(const char *s, uint64_t body_max, int want, const char *body)
 {
 	for (size_t step = 1; step <= strlen(s) + 1; step = step < 4 ? step + 1 : step * 2) {
 		sbuf out = {0};
-		int rc = chunked_all(s, body_max, step, &out);
+		int rc = chunked_all(s, body_max, step, &out, NULL);
 		if (rc != want)
 			FAIL("chunked %s (step %zu): %d, want %d", s, step, rc, want);
 		if (body && (out.len != strlen(body) || memcmp(out.p, body, out.len) != 0))
@@ -1306,6 +1342,19 @@ static void unit_grammar(void)
 	check_chunked("5;a=b \r\nhello\r\n0\r\n\r\n", 0, KEEL_HTTP_E400, NULL);
 	check_chunked("5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", 0, KEEL_HTTP_CHUNK_DONE, "hello");
 	check_chunked("5\r\nhello\r\n0\r\nX-T: 1\r\n folded\r\n\r\n", 0, KEEL_HTTP_E400, NULL);
+	/* Trailers handed out when asked for: whole at any split, and read as fields. */
+	check_trailers("5\r\nhello\r\n0\r\n\r\n", "", (const char *const[]){NULL});
+	check_trailers("5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", "X-T: 1\r\n",
+	               (const char *const[]){"X-T=1", NULL});
+	check_trailers("0\r\nA:\r\nGrpc-Status:  0 \t\r\nb:x y\r\n\r\n",
+	               "A:\r\nGrpc-Status:  0 \t\r\nb:x y\r\n",
+	               (const char *const[]){"A=", "Grpc-Status=0", "b=x y", NULL});
+	{
+		sbuf out = {0}, tr = {0}; /* a bad trailer is still an error when they are wanted */
+		ASSERT_EQ(chunked_all("0\r\nX-T: 1\r\n folded\r\n\r\n", 0, 3, &out, &tr), KEEL_HTTP_E400);
+		sb_free(&out);
+		sb_free(&tr);
+	}
 
 	/* Response framing (RFC 9112 6.3). */
 	ASSERT_GE(parse_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", NULL, &m), 1);

@@ -1291,10 +1291,21 @@ def read_chunked(c, what, deadline_s=10):
         while len(c.buf) < len(line) + 2 + n + 2:
             check(c._recv(deadline, what), "%s: closed inside a chunk" % what)
         out += c.buf[len(line) + 2:len(line) + 2 + n]
+        if n == 0:
+            # The trailer section: "name: value" lines up to an empty one, kept in c.trailers.
+            del c.buf[:len(line) + 2]
+            c.trailers = []
+            while True:
+                while b"\r\n" not in c.buf:
+                    check(c._recv(deadline, what), "%s: closed inside the trailers" % what)
+                tl, _, _ = bytes(c.buf).partition(b"\r\n")
+                del c.buf[:len(tl) + 2]
+                if not tl:
+                    return bytes(out)
+                name, _, value = tl.partition(b":")
+                c.trailers.append((name.decode(), value.strip().decode()))
         eq(bytes(c.buf[len(line) + 2 + n:len(line) + 4 + n]), b"\r\n", what + ": chunk end")
         del c.buf[:len(line) + 4 + n]
-        if n == 0:
-            return bytes(out)
 
 
 def read_head(c, what):
@@ -1438,6 +1449,50 @@ def t_sbody_duplex(U):
         eq(sha(out[0]), sha(data), "duplex 5 MiB: SHA-256 of the echo")
         c.send(get("/hello"))
         expect_hello(c.read_response(), "keep-alive after duplex")
+
+
+def t_trailers(L):
+    """Trailers of a chunked request reach the handler (a body read whole, a streamed one); a
+    streamed response of unknown length ends with the handler's trailers (set with its last
+    piece, Content-Length left out), a Content-Length one has none; limits: a trailer section
+    of exactly --head-max bytes and --headers-max fields is read, one byte or one field more is
+    431 (the streamed reader's 413), and the connection goes on or closes as for a head."""
+    def post(c, path, chunks, trailers):
+        c.send(b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode() +
+               b"".join(b"%x\r\n%s\r\n" % (len(x), x) for x in chunks) + b"0\r\n" +
+               b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in trailers) + b"\r\n")
+
+    tr = [("X-A", "1"), ("Grpc-Status", "7")]
+    with Conn(L.port) as c:
+        post(c, "/trailers?stream=1", [b"hel", b"lo"], tr)
+        st, hs = read_head(c, "streamed answer")
+        eq((st, hs.get("transfer-encoding"), read_chunked(c, "streamed answer")),
+           (200, "chunked", b"bytes 5\ntrailers X-A=1;Grpc-Status=7\n"), "the request's trailers")
+        eq(c.trailers, [("X-Checksum", "abc123"), ("Grpc-Status", "0")], "the response's, without Content-Length")
+        post(c, "/trailers", [b"hello"], tr)
+        r = c.read_response(what="a whole answer")
+        eq((r.status, r.body, r.h("Content-Length")), (200, b"bytes 5\ntrailers X-A=1;Grpc-Status=7\n", "37"),
+           "a Content-Length answer: no trailers, and the connection goes on")
+        post(c, "/upload", [b"x" * 300, b"y" * 300], tr)
+        r = c.read_response(what="upload")
+        check(r.status == 200 and r.body.endswith(b"trailers X-A=1;Grpc-Status=7\n"), "streamed body: %r" % r.body)
+        post(c, "/duplex", [b"echo"], tr)
+        st, hs = read_head(c, "duplex")
+        eq((st, read_chunked(c, "duplex"), c.trailers), (200, b"echo", tr), "trailers echoed by the producer's end")
+        pad = 2000 - len("X-Pad: \r\n")  # L's --head-max 2000: the section "X-Pad: <value>\r\n"
+        post(c, "/trailers", [b"a"], [("X-Pad", "p" * pad)])
+        r = c.read_response(what="head_max")
+        eq((r.status, r.body), (200, b"bytes 1\ntrailers X-Pad=" + b"p" * pad + b"\n"), "a section of --head-max bytes")
+        post(c, "/trailers", [b"a"], [("T%d" % i, "v") for i in range(10)])
+        eq(c.read_response(what="headers_max").status, 200, "--headers-max fields")
+        post(c, "/trailers", [b"a"], [("T%d" % i, "v") for i in range(11)])
+        eq(c.read_response(what="headers_max + 1").status, 431, "one field more: 431")
+    with Conn(L.port) as c:
+        post(c, "/trailers", [b"a"], [("X-Pad", "p" * (pad + 1))])
+        eq(c.read_response(what="head_max + 1").status, 431, "one byte more: 431")
+    with Conn(L.port) as c:
+        post(c, "/upload", [b"a"], [("X-Pad", "p" * (pad + 1))])
+        eq(c.read_response(what="streamed, head_max + 1").status, 413, "one byte more, streamed: 413")
 
 
 def t_sbody_early(U):
@@ -1988,6 +2043,7 @@ def test():
         ("streamed bodies: limits, bad framing, 100-continue, client gone", "U", t_sbody_errors),
         ("streamed bodies: full duplex echo", "U", t_sbody_duplex),
         ("streamed bodies: answered before the body is read", "U", t_sbody_early),
+        ("bodies: trailers both ways, at the limits and one past", "L", t_trailers),
         ("streamed bodies: a stalled upload meets the body timeout", "T", t_sbody_stall),
         ("limits: --pipeline-max 1 with bodies in pieces", "P1", t_pipeline_one_bodies),
         ("admission: shed past --queue-delay-max-us", "A", t_shed_queue_delay),

@@ -247,12 +247,15 @@ def test_semantics(tmp):
     try:
         st, h, body = get(px.port, "/echo-headers", headers={
             "Host": "example.test", "Connection": "X-Drop, keep-alive", "X-Drop": "1", "Keep-Alive": "300",
-            "TE": "trailers", "Proxy-Authorization": "Basic x", "X-Forwarded-For": "10.1.2.3",
+            "TE": "gzip, trailers", "Proxy-Authorization": "Basic x", "X-Forwarded-For": "10.1.2.3",
             "X-Forwarded-Proto": "https", "Via": "1.0 edge", "X-Keep": "yes"})
         check(st == 200, "echo-headers answered")
         seen = {n.lower(): v for n, v in json.loads(body)}
-        for hop in ("connection", "x-drop", "keep-alive", "te", "proxy-authorization", "upgrade"):
+        for hop in ("connection", "x-drop", "keep-alive", "proxy-authorization", "upgrade"):
             check(hop not in seen, f"hop-by-hop request header {hop} removed")
+        check(seen.get("te") == "trailers", f"TE: its trailers token alone passed on ({seen.get('te')})")
+        st, h, body = get(px.port, "/echo-headers", headers={"TE": "gzip"})
+        check(st == 200 and "te" not in {n.lower() for n, v in json.loads(body)}, "TE without trailers removed")
         check(seen.get("host") == "example.test", "Host passed on as sent")
         check(seen.get("x-keep") == "yes", "an end-to-end header kept")
         check(seen.get("x-forwarded-for") == "10.1.2.3, 127.0.0.1", "X-Forwarded-For appended to")
@@ -272,6 +275,11 @@ def test_semantics(tmp):
         check(h.get("x-kept") == "k" and h.get("server") == "keel", "end-to-end response header kept; Server ours")
         st, h, body = get(px.port, "/chunked")
         check(st == 200 and body == b"abcdefghi", "a chunked upstream response passed on")
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+        s.sendall(b"GET /chunked HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        got = recv_all(s)
+        s.close()
+        check(got.endswith(b"2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n"), f"its trailer passed on: {got[-40:]!r}")
         st, h, body = get(px.port, "/chunked", method="HEAD")
         check(st == 200 and h.get("transfer-encoding") == "chunked" and "content-length" not in h,
               f"HEAD of a chunked resource keeps its framing, not Content-Length: 0 ({h})")

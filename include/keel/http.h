@@ -111,6 +111,18 @@ typedef struct keel_http_response {
 	 * that gives more or ends short closes the connection.
 	 */
 	int64_t stream_length;
+	/*
+	 * Trailer fields, sent after the body: read when the body has ended
+	 * (a streamed body's producer may set them before it gives its end),
+	 * borrowed until the response is sent. HTTP/2: a trailing HEADERS
+	 * frame. HTTP/1.1: the trailer section of a chunked body (a stream of
+	 * unknown length to an HTTP/1.1 client); any other body has none, and
+	 * they are dropped. Fields that may not be trailers (Content-Length,
+	 * Transfer-Encoding, Host, TE, Trailer and the connection-specific
+	 * ones) are left out.
+	 */
+	const keel_http_header *trailers;
+	unsigned ntrailers;
 } keel_http_response;
 
 struct keel_http_request {
@@ -120,6 +132,16 @@ struct keel_http_request {
 	keel_str query;    /* after '?', without it, as sent */
 	keel_str body;     /* the whole request body (Content-Length or de-chunked); empty on
 	                      KEEL_HTTP_STREAM_BODY routes: read it with keel_http_body_read */
+	/*
+	 * Trailer fields that came after the body (a chunked body's trailer
+	 * section; an HTTP/2 request's trailing HEADERS), once the body is
+	 * whole: at the handler's call, or on a streamed body once
+	 * keel_http_body_read has given its end. Up to limits.headers_max
+	 * fields and limits.head_max bytes (more: 431, or the reader's
+	 * -EMSGSIZE). In the request's context; none: NULL, 0.
+	 */
+	const keel_http_header *trailers;
+	unsigned ntrailers;
 	keel_http_response resp; /* storage a handler may fill and return */
 	void *user;              /* free for the handler */
 	/* internal */
@@ -147,6 +169,8 @@ struct keel_http_request {
 	uint8_t stream_body, body_done, body_given, body_discard;
 	uint8_t zombie;   /* its client went, its handler's producer still holds it (see keel_http_handler) */
 	size_t out_bytes; /* counted in the connection's unsent output */
+	char *tr_raw;     /* the trailer section as it came ("name: value\r\n"...), in the context */
+	uint32_t tr_len, tr_cap;
 	keel_http_header headers[]; /* config limits.headers_max */
 };
 

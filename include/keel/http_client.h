@@ -132,6 +132,14 @@ typedef struct keel_http_client_response {
 	int status;
 	keel_http_msg msg; /* version, headers (keel_http_header_find), reason */
 	keel_str body;     /* de-chunked; with stream_response, the first piece */
+	/*
+	 * A chunked body's trailer fields, once the body is whole (with
+	 * stream_response: once keel_http_client_body_read has given its end),
+	 * bounded by limits.head_max bytes (more: -EMSGSIZE). Part of the
+	 * response; none: NULL, 0.
+	 */
+	const keel_http_header *trailers;
+	unsigned ntrailers;
 	/* internal */
 	char *mem_;  /* the bytes msg and body point into */
 	void *conn_; /* a streamed response's connection */

@@ -219,12 +219,20 @@ typedef struct keel_http_chunked {
 	uint64_t body_max;  /* 0: no limit; more: KEEL_HTTP_E413 */
 	unsigned trailer_bytes;
 	int ext_len;
+	/*
+	 * Set after init to have the trailer section handed out: its bytes as
+	 * they are decoded (KEEL_HTTP_CHUNK_TRAILER spans), for the caller to
+	 * gather and read with keel_http_trailers_parse. Off: trailers are
+	 * checked and dropped.
+	 */
+	bool trailers_want;
 } keel_http_chunked;
 
 enum {
-	KEEL_HTTP_CHUNK_DATA = 1, /* *data is a span of body bytes */
-	KEEL_HTTP_CHUNK_DONE = 2, /* last chunk and trailers consumed: the message ends */
-	KEEL_HTTP_E413 = -413,    /* body larger than body_max */
+	KEEL_HTTP_CHUNK_DATA = 1,    /* *data is a span of body bytes */
+	KEEL_HTTP_CHUNK_DONE = 2,    /* last chunk and trailers consumed: the message ends */
+	KEEL_HTTP_CHUNK_TRAILER = 3, /* *data is a span of the trailer section (trailers_want) */
+	KEEL_HTTP_E413 = -413,       /* body larger than body_max */
 };
 
 void keel_http_chunked_init(keel_http_chunked *d, uint64_t body_max);
@@ -238,5 +246,13 @@ void keel_http_chunked_init(keel_http_chunked *d, uint64_t body_max);
  * KEEL_HTTP_E413.
  */
 int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, size_t *used, keel_str *data);
+
+/*
+ * The fields of a trailer section gathered from KEEL_HTTP_CHUNK_TRAILER
+ * spans (raw[0..len), which the decoder has checked: "name: value" lines,
+ * each ending in CRLF). Up to max fields go to out, their spans pointing
+ * into raw; returns how many there are (more than max: some were left out).
+ */
+unsigned keel_http_trailers_parse(const char *raw, size_t len, keel_http_header *out, unsigned max);
 
 #endif

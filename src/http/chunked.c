@@ -6,8 +6,11 @@
  * skipped, body bytes are never copied. Sizes are hex without sign or
  * spaces, bounded so they cannot overflow; extensions are checked against
  * their grammar, bounded in length and ignored; trailers are validated and
- * discarded.
+ * discarded, or handed out as they come (trailers_want) for the caller to
+ * gather and split into fields (keel_http_trailers_parse).
  */
+#include <string.h>
+
 #include "http_internal.h"
 #include "keel/http_parse.h"
 
@@ -47,6 +50,7 @@ void keel_http_chunked_init(keel_http_chunked *d, uint64_t body_max)
 	d->body_max = body_max;
 	d->trailer_bytes = 0;
 	d->ext_len = 0;
+	d->trailers_want = false;
 }
 
 static bool is_tchar_c(unsigned char c)
@@ -162,9 +166,21 @@ static int ext_byte(keel_http_chunked *d, unsigned char c)
 	}
 }
 
+/* A span of the trailer section, buf[from..to), handed out. */
+static int trailer_span(const char *buf, size_t from, size_t to, size_t *used, keel_str *data)
+{
+	data->ptr = buf + from;
+	data->len = to - from;
+	*used = to;
+	return KEEL_HTTP_CHUNK_TRAILER;
+}
+
 int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, size_t *used, keel_str *data)
 {
 	size_t i = 0;
+	/* Where this call's run of trailer bytes began (mid-line from the last buffer: at 0). */
+	bool mid_line = d->state == S_TRAILER_NAME || d->state == S_TRAILER_VALUE || d->state == S_TRAILER_LF;
+	size_t run = mid_line ? 0 : SIZE_MAX;
 	while (i < len) {
 		unsigned char c = (unsigned char)buf[i];
 		switch (d->state) {
@@ -252,12 +268,17 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
 			break;
 		case S_TRAILER_START:
 			if (c == '\r') {
+				if (d->trailers_want && run != SIZE_MAX && run < i)
+					return trailer_span(buf, run, i, used,
+					                    data); /* (the CR is read next time) */
 				d->state = S_FINAL_LF;
 				i++;
 				break;
 			}
 			if (!is_tchar_c(c))
 				return KEEL_HTTP_E400; /* obs-fold or junk */
+			if (run == SIZE_MAX)
+				run = i;
 			d->state = S_TRAILER_NAME;
 			break;
 		case S_TRAILER_NAME:
@@ -296,8 +317,34 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
 		default: return KEEL_HTTP_E400;
 		}
 	}
+	if (d->trailers_want && run != SIZE_MAX && run < len)
+		return trailer_span(buf, run, len, used, data);
 	*used = len;
 	if (d->state == S_DONE)
 		return KEEL_HTTP_CHUNK_DONE;
 	return KEEL_HTTP_INCOMPLETE;
+}
+
+unsigned keel_http_trailers_parse(const char *raw, size_t len, keel_http_header *out, unsigned max)
+{
+	unsigned n = 0;
+	const char *p = raw, *end = raw + len;
+	while (p < end) {
+		const char *eol = memchr(p, '\r', (size_t)(end - p));
+		const char *colon = memchr(p, ':', (size_t)((eol ? eol : end) - p));
+		if (!eol || !colon)
+			break; /* (not from the decoder) */
+		const char *v = colon + 1, *ve = eol;
+		while (v < ve && (*v == ' ' || *v == '\t'))
+			v++;
+		while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+			ve--;
+		if (n < max) {
+			out[n].name = (keel_str){p, (size_t)(colon - p)};
+			out[n].value = (keel_str){v, (size_t)(ve - v)};
+		}
+		n++;
+		p = eol + 2;
+	}
+	return n;
 }

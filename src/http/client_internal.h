@@ -67,6 +67,9 @@ struct cconn {
 	uint64_t body_need;
 	char *body;
 	size_t body_len, body_cap;
+	char *tr; /* its chunked body's trailer section as it came, bounded by limits.head_max */
+	uint32_t tr_len, tr_cap;
+	keel_http_header *tr_fields; /* a streamed response's trailers (sresp.trailers) */
 	/* A streamed response: handed to the caller, its body read from held input. */
 	keel_http_client_response sresp;
 	keel_buf *inq_head; /* received, not yet handed out */
@@ -181,6 +184,9 @@ void keel__http_client_response_timer(struct cconn *k);
 void keel__http_client_stream_start(struct cconn *k, keel_buf *buf, size_t off);
 /* Give a waiting reader what the held input has; returns false if k failed. */
 bool keel__http_client_body_deliver(struct cconn *k);
+/* A chunked response's trailer section: a piece as it came (false: over the limit), a new response. */
+bool keel__http_client_trailer_add(struct cconn *k, keel_str span);
+void keel__http_client_trailers_reset(struct cconn *k);
 /* A streamed response's body failed: the reader hears it, the connection goes. */
 void keel__http_client_body_fail(struct cconn *k, int err);
 /* Drop the input held for a streamed body's reader. */

@@ -154,6 +154,8 @@ void keel__http_client_conn_free(struct cconn *k)
 	free(k->head);
 	free(k->hdrs);
 	free(k->body);
+	free(k->tr);
+	free(k->tr_fields);
 	free(k);
 }
 

@@ -22,22 +22,62 @@ void keel__http_client_response_timer(struct cconn *k)
 		keel__http_client_timer_set(k, T_OFF, 0);
 }
 
-/* Build the caller's response: the head re-parsed over a copy, the body after it. */
+bool keel__http_client_trailer_add(struct cconn *k, keel_str span)
+{
+	size_t need = (size_t)k->tr_len + span.len;
+	if (need > k->up->cl->cfg.limits.head_max)
+		return false;
+	if (need > k->tr_cap) {
+		size_t cap = k->tr_cap ? (size_t)k->tr_cap * 2 : 256;
+		while (cap < need)
+			cap *= 2;
+		char *nb = keel__realloc(k->tr, cap);
+		if (!nb)
+			return false;
+		k->tr = nb;
+		k->tr_cap = (uint32_t)cap;
+	}
+	memcpy(k->tr + k->tr_len, span.ptr, span.len);
+	k->tr_len = (uint32_t)need;
+	return true;
+}
+
+void keel__http_client_trailers_reset(struct cconn *k)
+{
+	k->tr_len = 0;
+	free(k->tr_fields);
+	k->tr_fields = NULL;
+}
+
+/*
+ * Build the caller's response in one block: the head's fields, the
+ * trailers' fields, the head re-parsed over a copy, the body, the trailer
+ * section.
+ */
 static keel_http_client_response *response_build(struct cconn *k, struct creq *r)
 {
 	keel_http_client *c = k->up->cl;
 	keel_http_client_response *resp = keel__calloc(1, sizeof(*resp));
 	size_t nh = k->msg.nheaders ? k->msg.nheaders : 1;
-	char *mem = resp ? keel__malloc(k->msg.head_len + k->body_len + nh * sizeof(keel_http_header)) : NULL;
+	size_t trl = k->msg.body == KEEL_HTTP_BODY_CHUNKED ? k->tr_len : 0; /* (this response's) */
+	unsigned nt = keel_http_trailers_parse(k->tr, trl, NULL, 0);
+	size_t fields = (nh + nt) * sizeof(keel_http_header);
+	char *mem = resp ? keel__malloc(fields + k->msg.head_len + k->body_len + trl) : NULL;
 	if (!mem) {
 		free(resp);
 		return NULL;
 	}
 	keel_http_header *hdrs = (keel_http_header *)mem;
-	char *head = mem + nh * sizeof(keel_http_header);
+	char *head = mem + fields;
 	memcpy(head, k->head, k->msg.head_len);
 	if (k->body_len)
 		memcpy(head + k->msg.head_len, k->body, k->body_len);
+	if (nt) {
+		char *tr = head + k->msg.head_len + k->body_len;
+		memcpy(tr, k->tr, trl);
+		resp->trailers = hdrs + nh;
+		resp->ntrailers = keel_http_trailers_parse(tr, trl, hdrs + nh, nt);
+	}
 	int rc = keel_http_parse_response(head, k->msg.head_len, 0, &resp->msg, hdrs, (unsigned)nh,
 	                                  &c->cfg.limits, r->method);
 	if (rc <= 0) {
@@ -176,6 +216,8 @@ static bool conn_feed(struct cconn *k, keel_buf *buf)
 				break;
 			case KEEL_HTTP_BODY_CHUNKED:
 				keel_http_chunked_init(&k->chunk, c->cfg.body_max);
+				k->chunk.trailers_want = true;
+				keel__http_client_trailers_reset(k);
 				break;
 			case KEEL_HTTP_BODY_UNTIL_CLOSE: break;
 			}
@@ -204,6 +246,11 @@ static bool conn_feed(struct cconn *k, keel_buf *buf)
 			len -= used;
 			if (rc == KEEL_HTTP_CHUNK_DATA) {
 				if (!body_add(k, span.ptr, span.len)) {
+					keel__http_client_conn_fail(k, -EMSGSIZE);
+					return false;
+				}
+			} else if (rc == KEEL_HTTP_CHUNK_TRAILER) {
+				if (!keel__http_client_trailer_add(k, span)) {
 					keel__http_client_conn_fail(k, -EMSGSIZE);
 					return false;
 				}

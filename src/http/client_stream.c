@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "client_internal.h"
+#include "core/alloc.h"
 
 void keel__http_client_inq_clear(struct cconn *k)
 {
@@ -33,6 +34,19 @@ void keel__http_client_body_fail(struct cconn *k, int err)
 }
 
 /* The streamed body is complete: what follows it must not be there. */
+/* A streamed response's trailers, once its body is whole: fields over the section kept in k->tr. */
+static int trailers_end(struct cconn *k)
+{
+	unsigned n = keel_http_trailers_parse(k->tr, k->tr_len, NULL, 0);
+	if (!n)
+		return 0;
+	if (!(k->tr_fields = keel__malloc(n * sizeof(*k->tr_fields))))
+		return -ENOMEM;
+	k->sresp.ntrailers = keel_http_trailers_parse(k->tr, k->tr_len, k->tr_fields, n);
+	k->sresp.trailers = k->tr_fields;
+	return 0;
+}
+
 static void stream_complete(struct cconn *k)
 {
 	keel_http_client *c = k->up->cl;
@@ -88,7 +102,17 @@ static int body_pump(struct cconn *k, keel_str *piece)
 			size_t used = 0;
 			int rc = keel_http_chunked_decode(&k->chunk, data, avail, &used, piece);
 			k->inq_off += (uint32_t)used;
+			if (rc == KEEL_HTTP_CHUNK_TRAILER) {
+				bool ok = keel__http_client_trailer_add(k, *piece);
+				*piece = (keel_str){NULL, 0}; /* (not body bytes) */
+				if (!ok)
+					return -EMSGSIZE;
+				continue;
+			}
 			if (rc == KEEL_HTTP_CHUNK_DONE) {
+				int err = trailers_end(k);
+				if (err)
+					return err;
 				stream_complete(k);
 				return 0;
 			}
@@ -166,8 +190,11 @@ void keel__http_client_stream_start(struct cconn *k, keel_buf *buf, size_t off)
 	} else {
 		if (k->msg.body == KEEL_HTTP_BODY_LENGTH)
 			k->body_need = k->msg.content_length;
-		else if (k->msg.body == KEEL_HTTP_BODY_CHUNKED)
+		else if (k->msg.body == KEEL_HTTP_BODY_CHUNKED) {
 			keel_http_chunked_init(&k->chunk, UINT64_MAX);
+			k->chunk.trailers_want = true;
+			keel__http_client_trailers_reset(k);
+		}
 		if (off < buf->len) {
 			keel_buf_hold(buf);
 			buf->next = NULL;

@@ -143,6 +143,7 @@ static void req_stream_begin(keel_http_conn *c, keel_http_request *r, const stru
 		r->body_done = r->body_need == 0;
 	} else {
 		keel_http_chunked_init(&r->chunk, max);
+		r->chunk.trailers_want = true;
 	}
 	if (!r->body_done)
 		c->cur = r;
@@ -195,6 +196,7 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 		c->cur = r;
 		r->body_len = 0;
 		keel_http_chunked_init(&r->chunk, c->s->cfg.body_max);
+		r->chunk.trailers_want = true;
 		if (r->msg.expect_continue)
 			r->want_continue = 1;
 		break;
@@ -244,8 +246,19 @@ static size_t body_stream(keel_http_conn *c, keel_buf *buf, const char *data, si
 		end = r->body_need == 0;
 	} else {
 		int rc = keel_http_chunked_decode(&r->chunk, data, len, &used, &piece);
+		if (rc == KEEL_HTTP_CHUNK_TRAILER) {
+			if (!r->body_discard && keel__req_trailer_raw(r, piece.ptr, piece.len)) {
+				body_fail(c, r, -EMSGSIZE); /* a trailer section over the head's limits */
+				return len;
+			}
+			return used;
+		}
 		if (rc == KEEL_HTTP_CHUNK_DONE) {
 			end = true;
+			if (!r->body_discard && keel__req_trailers_end(r)) {
+				body_fail(c, r, -EMSGSIZE);
+				return len;
+			}
 		} else if (rc != KEEL_HTTP_CHUNK_DATA && rc != KEEL_HTTP_INCOMPLETE) {
 			body_fail(c, r, rc == KEEL_HTTP_E413 ? -EMSGSIZE : -EBADMSG);
 			return len;
@@ -307,7 +320,16 @@ static size_t body_feed(keel_http_conn *c, keel_buf *buf, const char *data, size
 				req_error(c, r, st);
 				return len;
 			}
+		} else if (rc == KEEL_HTTP_CHUNK_TRAILER) {
+			if ((st = keel__req_trailer_raw(r, span.ptr, span.len))) {
+				req_error(c, r, st);
+				return len;
+			}
 		} else if (rc == KEEL_HTTP_CHUNK_DONE) {
+			if ((st = keel__req_trailers_end(r))) {
+				req_error(c, r, st);
+				return len;
+			}
 			r->body.ptr = r->body_own;
 			r->body.len = r->body_len;
 			c->cur = NULL;

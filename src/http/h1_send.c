@@ -111,6 +111,37 @@ static keel_http_request *batch_last(keel_http_conn *c)
 	return last;
 }
 
+/*
+ * The last chunk with the response's trailer section, when it has one (read
+ * now: its producer may have set it with its last piece), formatted in the
+ * request's context; *v keeps the bare last chunk if there is none to send.
+ */
+static void last_chunk_trailers(keel_http_request *r, struct iovec *v)
+{
+	const keel_http_response *a = r->answer;
+	size_t len = 5;
+	for (unsigned i = 0; i < a->ntrailers; i++)
+		if (keel__trailer_ok(a->trailers[i].name))
+			len += a->trailers[i].name.len + a->trailers[i].value.len + 4;
+	keel_ctx *ctx = len > 5 ? keel_http_request_ctx(r) : NULL;
+	char *b = ctx ? keel_ctx_alloc(ctx, len) : NULL;
+	if (!b)
+		return; /* (none, or out of memory: the body ends without them) */
+	char *p = KEEL__PUT_LIT(b, "0\r\n");
+	for (unsigned i = 0; i < a->ntrailers; i++) {
+		const keel_http_header *f = &a->trailers[i];
+		if (!keel__trailer_ok(f->name))
+			continue;
+		p = keel__put(p, f->name.ptr, f->name.len);
+		p = KEEL__PUT_LIT(p, ": ");
+		p = keel__put(p, f->value.ptr, f->value.len);
+		p = KEEL__PUT_LIT(p, "\r\n");
+	}
+	p = KEEL__PUT_LIT(p, "\r\n");
+	v->iov_base = b;
+	v->iov_len = (size_t)(p - b);
+}
+
 /* The producer of a streamed body delivered a piece (or the end): frame and send it. */
 static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 {
@@ -165,6 +196,7 @@ static void stream_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 		}
 		v[n].iov_base = (void *)"0\r\n\r\n";
 		v[n++].iov_len = 5;
+		last_chunk_trailers(batch_last(c), &v[n - 1]);
 	}
 	c->sending = true;
 	c->send_p = keel_transport_sendv(&c->tp, v, n);

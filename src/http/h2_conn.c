@@ -166,6 +166,8 @@ static void try_free(struct keel__h2_conn *h);
 static void timer_update(struct keel__h2_conn *h);
 static void fetch_start(struct h2_stream *st);
 static void stream_give(struct h2_stream *st);
+static void stream_consume_all(struct h2_stream *st);
+static void trailers_submit(struct keel__h2_conn *h, struct h2_stream *st, uint32_t *flags);
 static void stream_begin(struct h2_stream *st, const struct route *rt);
 
 /* ---- Detection ----------------------------------------------------------- */
@@ -292,6 +294,7 @@ static ssize_t on_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len
 	if (!st->plen) {
 		if (st->last) {
 			*flags |= NGHTTP2_DATA_FLAG_EOF;
+			trailers_submit(h, st, flags);
 			st->out_done = true;
 			h->discard_due = true;
 			return 0;
@@ -308,6 +311,7 @@ static ssize_t on_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len
 	*flags |= NGHTTP2_DATA_FLAG_NO_COPY;
 	if (n == st->plen && st->last) {
 		*flags |= NGHTTP2_DATA_FLAG_EOF;
+		trailers_submit(h, st, flags);
 		st->out_done = true;
 		h->discard_due = true;
 	}
@@ -410,6 +414,48 @@ static nghttp2_nv nv_of(const char *name, size_t nlen, const char *value, size_t
 	return nv;
 }
 
+/*
+ * A handler's fields as nghttp2 takes them, names lower-cased (in ctx), the
+ * connection-specific ones left out (and, for trailers, those that may not
+ * be trailers). Returns how many went to nv, or -1 out of memory.
+ */
+static long nv_fields(keel_ctx *ctx, nghttp2_nv *nv, const keel_http_header *f, unsigned nf, bool trailers)
+{
+	long n = 0;
+	for (unsigned i = 0; i < nf; i++) {
+		keel_str hn = f[i].name;
+		if (!hn.len || (trailers ? !keel__trailer_ok(hn) : is_hop_by_hop(hn)))
+			continue;
+		char *lower = keel_ctx_alloc(ctx, hn.len);
+		if (!lower)
+			return -1;
+		for (size_t k = 0; k < hn.len; k++) {
+			unsigned char c = (unsigned char)hn.ptr[k];
+			lower[k] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
+		}
+		nv[n++] = nv_of(lower, hn.len, f[i].value.ptr, f[i].value.len);
+	}
+	return n;
+}
+
+/*
+ * The body has ended: its trailers (read now: a producer may have set them
+ * with its last piece) go out as a HEADERS frame that ends the stream, in
+ * place of the last DATA frame's END_STREAM. nghttp2 copies them.
+ */
+static void trailers_submit(struct keel__h2_conn *h, struct h2_stream *st, uint32_t *flags)
+{
+	const keel_http_response *a = st->r->answer;
+	if (!a->ntrailers)
+		return;
+	keel_ctx *ctx = keel_http_request_ctx(st->r);
+	nghttp2_nv *nv = ctx ? keel_ctx_alloc(ctx, a->ntrailers * sizeof(*nv)) : NULL;
+	long n = nv ? nv_fields(ctx, nv, a->trailers, a->ntrailers, true) : -1;
+	if (n > 0 && nghttp2_submit_trailer(h->ng, st->id, nv, (size_t)n) == 0)
+		*flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+	/* (out of memory: the body ends without them, as a client that does not read them sees it) */
+}
+
 /* The answer goes to nghttp2: the head now, the body as the window allows. */
 static void submit(struct h2_stream *st)
 {
@@ -448,21 +494,12 @@ static void submit(struct h2_stream *st)
 		char *cl = num + 4;
 		nv[n++] = nv_of("content-length", 14, cl, (size_t)(keel__put_u64(cl, blen) - cl));
 	}
-	for (unsigned i = 0; i < a->nheaders; i++) {
-		keel_str hn = a->headers[i].name;
-		if (!hn.len || is_hop_by_hop(hn))
-			continue;
-		char *lower = keel_ctx_alloc(ctx, hn.len);
-		if (!lower) {
-			stream_reset(st, NGHTTP2_INTERNAL_ERROR);
-			return;
-		}
-		for (size_t k = 0; k < hn.len; k++) {
-			unsigned char c = (unsigned char)hn.ptr[k];
-			lower[k] = (char)(c >= 'A' && c <= 'Z' ? c | 0x20 : c);
-		}
-		nv[n++] = nv_of(lower, hn.len, a->headers[i].value.ptr, a->headers[i].value.len);
+	long nh = nv_fields(ctx, nv + n, a->headers, a->nheaders, false);
+	if (nh < 0) {
+		stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+		return;
 	}
+	n += (size_t)nh;
 	nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_read};
 	bool data = false;
 	if (body) {
@@ -492,7 +529,7 @@ static void submit(struct h2_stream *st)
 			st->piece = a->body.ptr;
 			st->plen = a->body.len;
 			st->last = true;
-			data = st->plen > 0;
+			data = st->plen > 0 || a->ntrailers; /* (trailers follow even an empty body) */
 		}
 	}
 	h->data_ns = keel_loop_now_ns(s->loop);
@@ -671,6 +708,37 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
 	return 0;
 }
 
+/*
+ * A trailer field (a HEADERS block after the request's first): kept as
+ * "name: value\r\n" for r->trailers, as a chunked body's would be, and
+ * read into fields when the stream ends. nghttp2 has checked it (no
+ * pseudo-header, no CR, LF or NUL). Over the limits: 431 for a request
+ * not yet handed over; a streamed body's reader gets -EMSGSIZE.
+ */
+static void trailer_add(struct h2_stream *st, const uint8_t *name, size_t nlen, const uint8_t *value,
+                        size_t vlen)
+{
+	keel_http_request *r = st->r;
+	if (r->body_discard || r->body_err)
+		return; /* (the body is being dropped, or failed: no one will read them) */
+	int rc = keel__req_trailer_raw(r, (const char *)name, nlen);
+	if (!rc)
+		rc = keel__req_trailer_raw(r, ": ", 2);
+	if (!rc)
+		rc = keel__req_trailer_raw(r, (const char *)value, vlen);
+	if (!rc)
+		rc = keel__req_trailer_raw(r, "\r\n", 2);
+	if (!rc)
+		return;
+	if (!st->dispatched) {
+		st->status = rc;
+	} else {
+		r->body_err = -EMSGSIZE;
+		keel__body_wait_reject(r, -EMSGSIZE);
+		stream_consume_all(st);
+	}
+}
+
 static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
@@ -679,8 +747,12 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
 	if (f->hd.type != NGHTTP2_HEADERS)
 		return 0;
 	struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
-	if (!st || st->status || st->headers_done)
-		return 0; /* refused, over a limit already, or trailers (not kept) */
+	if (!st || st->status)
+		return 0; /* refused, or over a limit already */
+	if (st->headers_done) {
+		trailer_add(st, name, nlen, value, vlen);
+		return 0;
+	}
 	keel_http_request *r = st->r;
 	const keel_http_limits *lim = &st->h->s->cfg.limits;
 	st->hbytes += nlen + vlen + 4;
@@ -809,6 +881,13 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
 	}
 	if (f->hd.flags & NGHTTP2_FLAG_END_STREAM) {
 		st->remote_done = true;
+		int rc = st->status || st->r->body_err ? 0 : keel__req_trailers_end(st->r);
+		if (rc && !st->dispatched) {
+			st->status = rc;
+		} else if (rc) {
+			st->r->body_err = -EMSGSIZE;
+			keel__body_wait_reject(st->r, -EMSGSIZE);
+		}
 		if (st->r->stream_body) {
 			st->r->body_done = 1;
 			stream_give(st);

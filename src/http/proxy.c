@@ -342,13 +342,19 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	const keel_http_msg *m = &req->msg;
 	keel_proxy *px = pr->px;
 	bool has_conn = keel_http_header_find(m, "connection") != NULL;
-	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 3) * sizeof(*h));
+	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 4) * sizeof(*h));
 	if (!h)
 		return 503;
 	unsigned n = 0;
 	keel_str xff = {NULL, 0}, via = {NULL, 0};
+	bool te_trailers = false;
 	for (unsigned i = 0; i < m->nheaders; i++) {
 		keel_str name = m->headers[i].name, value = m->headers[i].value;
+		if (keel_str_ieq(name, "te") && !te_trailers) {
+			keel_str list = value, e;
+			while (keel_http_list_next(&list, &e))
+				te_trailers = te_trailers || keel_str_ieq(e, "trailers");
+		}
 		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "host") ||
 		    keel_str_ieq(name, "expect") || keel_str_ieq(name, "x-forwarded-proto"))
 			continue; /* (100-continue is answered here; the scheme is ours to say) */
@@ -381,6 +387,11 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	if (px->via_len) {
 		h[n].name = KEEL_STR("Via");
 		h[n++].value = join(ctx, via, px->via, px->via_len);
+	}
+	if (te_trailers) {
+		/* The client reads trailers, and the upstream's are passed on: it may send them. */
+		h[n].name = KEEL_STR("TE");
+		h[n++].value = KEEL_STR("trailers");
 	}
 	for (unsigned i = 0; i < n; i++)
 		if (!h[i].value.ptr)
@@ -419,11 +430,24 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	return 0;
 }
 
+/* At the upstream body's end its trailers become the response's (they live as long as ur). */
+static keel_outcome sink_piece(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct preq *pr = ud;
+	keel_str *piece = o.ptr;
+	if (!piece || !piece->len) {
+		pr->req->resp.trailers = pr->ur->trailers;
+		pr->req->resp.ntrailers = pr->ur->ntrailers;
+	}
+	return o;
+}
+
 static keel_promise *body_sink(keel_http_request *req, void *ud)
 {
 	(void)req;
 	struct preq *pr = ud;
-	return keel_http_client_body_read(pr->ur);
+	return keel_map(keel_http_client_body_read(pr->ur), sink_piece, pr);
 }
 
 /* The response as it goes back: hop-by-hop headers out, Date and Server are ours, Via appended. */

@@ -125,6 +125,63 @@ int keel__req_body_append(keel_http_server *s, keel_http_request *r, const char 
 	return 0;
 }
 
+/*
+ * A piece of the trailer section, gathered in the request's context: from
+ * a chunked body's decoder as it came, or an HTTP/2 field written
+ * "name: value\r\n". The section is bounded by limits.head_max.
+ */
+int keel__req_trailer_raw(keel_http_request *r, const char *p, size_t n)
+{
+	size_t need = (size_t)r->tr_len + n;
+	if (need > r->server->cfg.limits.head_max)
+		return 431;
+	if (need > r->tr_cap) {
+		size_t cap = r->tr_cap ? (size_t)r->tr_cap * 2 : 256;
+		while (cap < need)
+			cap *= 2;
+		keel_ctx *ctx = keel_http_request_ctx(r);
+		char *nb = ctx ? keel_ctx_alloc(ctx, cap) : NULL;
+		if (!nb)
+			return 500;
+		if (r->tr_len)
+			memcpy(nb, r->tr_raw, r->tr_len);
+		r->tr_raw = nb; /* (the old copy stays in the arena: at most as much again) */
+		r->tr_cap = (uint32_t)cap;
+	}
+	memcpy(r->tr_raw + r->tr_len, p, n);
+	r->tr_len = (uint32_t)need;
+	return 0;
+}
+
+/* The trailer section is whole: its fields, up to limits.headers_max, into r->trailers. */
+int keel__req_trailers_end(keel_http_request *r)
+{
+	if (!r->tr_len)
+		return 0;
+	unsigned n = keel_http_trailers_parse(r->tr_raw, r->tr_len, NULL, 0);
+	if (n > r->server->cfg.limits.headers_max)
+		return 431;
+	keel_http_header *f = keel_ctx_alloc(keel_http_request_ctx(r), (n ? n : 1) * sizeof(*f));
+	if (!f)
+		return 500;
+	r->ntrailers = keel_http_trailers_parse(r->tr_raw, r->tr_len, f, n);
+	r->trailers = f;
+	return 0;
+}
+
+bool keel__trailer_ok(keel_str n)
+{
+	static const char *const no[] = {
+	    "content-length", "transfer-encoding", "host",    "te", "trailer", "connection",
+	    "keep-alive",     "proxy-connection",  "upgrade", NULL};
+	if (!n.len || n.ptr[0] == ':')
+		return false;
+	for (int i = 0; no[i]; i++)
+		if (keel_str_ieq(n, no[i]))
+			return false;
+	return true;
+}
+
 /* A streamed-body read still waiting ends with err. */
 void keel__body_wait_reject(keel_http_request *r, int err)
 {

@@ -146,6 +146,11 @@ void keel__req_trim(keel_http_server *s, unsigned keep);
 void keel__req_zombies_free(keel_http_server *s);
 void keel__body_wait_reject(keel_http_request *r, int err);
 int keel__req_body_append(keel_http_server *s, keel_http_request *r, const char *p, size_t n);
+/* Trailers: a piece of the section as it came, then its end (fields into r->trailers). 0 or 431/500. */
+int keel__req_trailer_raw(keel_http_request *r, const char *p, size_t n);
+int keel__req_trailers_end(keel_http_request *r);
+/* Whether a response's trailer field may be sent (not framing, routing or connection-specific). */
+bool keel__trailer_ok(keel_str name);
 void keel__req_answer(keel_http_request *r, keel_outcome o);
 void keel__req_error_answer(keel_http_request *r, int status);
 int keel__req_target(keel_http_request *r);
