@@ -92,6 +92,9 @@ struct chunked_out {
 	uint64_t total;       /* the decoder's own count */
 	size_t nbytes;        /* bytes collected from the spans */
 	unsigned char *bytes; /* len bytes of room; the caller frees */
+	unsigned char *tr;    /* the trailer section's spans (in bytes' block, len more) */
+	size_t ntr;
+	bool want; /* trailers were asked for */
 };
 
 static inline const char *fuzz_rc_name(int rc)
@@ -117,14 +120,23 @@ static inline const char *fuzz_rc_name(int rc)
  * consumed part of the window, the decoder's total equals the sum of the
  * spans, body_max is respected, and the number of calls stays linear.
  */
-static inline void fuzz_chunked_run(const unsigned char *buf, size_t len, uint64_t body_max,
-                                    const struct fuzz_sched *s, struct chunked_out *out)
+/*
+ * Decode buf under schedule s. want: the trailer section handed out too
+ * (KEEL_HTTP_CHUNK_TRAILER spans, gathered in out->tr), which must change
+ * nothing else; fuzz_chunked_run asks for it.
+ */
+static inline void fuzz_chunked_run_want(const unsigned char *buf, size_t len, uint64_t body_max,
+                                         const struct fuzz_sched *s, struct chunked_out *out, bool want)
 {
 	keel_http_chunked d;
 	keel_http_chunked_init(&d, body_max);
-	out->bytes = malloc(len ? len : 1);
+	d.trailers_want = want;
+	out->bytes = malloc(len ? 2 * len : 1);
 	if (!out->bytes)
 		abort();
+	out->tr = out->bytes + len;
+	out->ntr = 0;
+	out->want = want;
 	out->nbytes = 0;
 	out->end = 0;
 	out->rc = KEEL_HTTP_INCOMPLETE;
@@ -157,6 +169,17 @@ static inline void fuzz_chunked_run(const unsigned char *buf, size_t len, uint64
 				          data.ptr - w, data.len, used);
 			memcpy(out->bytes + out->nbytes, data.ptr, data.len);
 			out->nbytes += data.len;
+			break;
+		case KEEL_HTTP_CHUNK_TRAILER:
+			if (!want)
+				FUZZ_FAIL("TRAILER without trailers_want");
+			if (used > wlen || used == 0 || data.len == 0 || data.ptr < w ||
+			    data.ptr + data.len != w + used)
+				FUZZ_FAIL(
+				    "TRAILER: span [%td, +%zu) is not the end of the %zu consumed bytes",
+				    data.ptr - w, data.len, used);
+			memcpy(out->tr + out->ntr, data.ptr, data.len);
+			out->ntr += data.len;
 			break;
 		case KEEL_HTTP_CHUNK_DONE:
 			if (used > wlen)
@@ -204,6 +227,28 @@ static inline void fuzz_chunked_run(const unsigned char *buf, size_t len, uint64
 		}
 	}
 	out->total = d.total;
+	if (out->rc == KEEL_HTTP_CHUNK_DONE && out->ntr) {
+		/* The section the decoder checked: "name:value" lines, each ending in CRLF. */
+		size_t lines = 0;
+		for (size_t i = 0; i + 1 < out->ntr; i++)
+			lines += out->tr[i] == '\r' && out->tr[i + 1] == '\n';
+		if (out->tr[out->ntr - 2] != '\r' || out->tr[out->ntr - 1] != '\n')
+			FUZZ_FAIL("trailer section does not end in CRLF");
+		keel_http_header f[4];
+		unsigned n = keel_http_trailers_parse((const char *)out->tr, out->ntr, f, 4);
+		if (n != lines)
+			FUZZ_FAIL("trailers: %u fields for %zu lines", n, lines);
+		for (unsigned i = 0; i < n && i < 4; i++)
+			if (!f[i].name.len || f[i].name.ptr < (const char *)out->tr ||
+			    f[i].value.ptr + f[i].value.len > (const char *)out->tr + out->ntr)
+				FUZZ_FAIL("trailer field %u outside its section", i);
+	}
+}
+
+static inline void fuzz_chunked_run(const unsigned char *buf, size_t len, uint64_t body_max,
+                                    const struct fuzz_sched *s, struct chunked_out *out)
+{
+	fuzz_chunked_run_want(buf, len, body_max, s, out, true);
 }
 
 /* Two runs over the same bytes must agree on everything observable. */
@@ -211,7 +256,10 @@ static inline void fuzz_chunked_same(const struct chunked_out *a, const struct c
                                      const char *what)
 {
 	if (a->rc != b->rc || a->nbytes != b->nbytes || a->total != b->total ||
-	    (a->rc == KEEL_HTTP_CHUNK_DONE && a->end != b->end) || memcmp(a->bytes, b->bytes, a->nbytes) != 0)
+	    (a->rc == KEEL_HTTP_CHUNK_DONE && a->end != b->end) ||
+	    memcmp(a->bytes, b->bytes, a->nbytes) != 0 ||
+	    (a->rc == KEEL_HTTP_CHUNK_DONE && a->want && b->want &&
+	     (a->ntr != b->ntr || memcmp(a->tr, b->tr, a->ntr) != 0)))
 		FUZZ_FAIL("chunked %s differs: rc %s/%s bytes %zu/%zu end %zu/%zu", what, fuzz_rc_name(a->rc),
 		          fuzz_rc_name(b->rc), a->nbytes, b->nbytes, a->end, b->end);
 }

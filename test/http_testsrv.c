@@ -28,7 +28,8 @@
  *   some; /duplex sends them back as the response's trailers)
  *   POST /trailers?stream=S  "bytes N" and the request's trailers, answered with trailers
  *                          (X-Checksum, Grpc-Status and a Content-Length that must be left out);
- *                          S=1: as a streamed body (chunked to HTTP/1.1)
+ *                          S=1: as a streamed body (chunked to HTTP/1.1); file=1: an empty file's
+ *                          body instead; fail=1: the handler fails (500) after setting them
  *
  *   --body-stream-max N    limit on streamed bodies
  *   --http2                HTTP/2 with prior knowledge too (h2c), --h2-streams-max N
@@ -39,6 +40,8 @@
  *   --queue-delay-max-us N, --inflight-max N, --conn-out-max N  (0 turns the first off),
  *   --body-mem-max N
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -329,13 +332,22 @@ static keel_promise *h_trailers(keel_http_request *r, void *ud)
 	r->resp.status = 200;
 	r->resp.content_type = "text/plain";
 	r->resp.body = (keel_str){out, (size_t)n};
+	keel_promise *p = keel_promise_new(loop);
 	if (qnum(r, "stream", 0)) {
 		r->resp.stream = trailers_next;
 	} else {
 		r->resp.trailers = trailers_out;
 		r->resp.ntrailers = 3;
 	}
-	keel_promise *p = keel_promise_new(loop);
+	if (qnum(r, "file", 0)) {
+		r->resp.file_fd = open("/dev/null", O_RDONLY | O_CLOEXEC); /* an empty file */
+		r->resp.file_len = 0;
+		r->resp.file_close = true;
+	}
+	if (qnum(r, "fail", 0)) {
+		keel_promise_reject(p, -EIO); /* with its trailers set: the 500 must not carry them */
+		return p;
+	}
 	keel_promise_resolve(p, 0, &r->resp);
 	return p;
 }

@@ -410,7 +410,7 @@ def test():
         producer sets them with its last piece), lower-cased, Content-Length left out. A trailer
         section of exactly head_max bytes is read, one byte more is 431 (413 for a streamed
         body). keel proxy --http2 passes an HTTP/1.1 upstream's chunked trailers on, and TE:
-        trailers to it."""
+        trailers to it, and a body without content-length."""
         def post(port, path, body, trailers, extra=()):
             c = H2(port)
             sid = c.c.get_next_available_stream_id()
@@ -431,6 +431,9 @@ def test():
             eq(tr, resp_tr, path + ": the response's trailers, without content-length")
         eq(post(srv.port, "/trailers", b"", req_tr)[:2], (200, b"bytes 0\ntrailers x-a=1;grpc-status=7\n"),
            "trailers with no body before them")
+        eq(post(srv.port, "/trailers?file=1", b"", req_tr), (200, b"", resp_tr), "trailers after an empty file")
+        eq(post(srv.port, "/trailers?fail=1", b"", req_tr), (500, b"Internal Server Error", None),
+           "a handler that fails after setting trailers: its 500 has none")
         st, out, tr = post(srv.port, "/upload", b"x" * 100000, req_tr)
         check(st == 200 and out.endswith(b"trailers x-a=1;grpc-status=7\n"), "a streamed body's trailers: %r" % out)
         st, out, tr = post(srv.port, "/duplex", b"echo", req_tr)
@@ -447,6 +450,8 @@ def test():
                    "127.0.0.1:%d" % up.port], listen=keeltest.CLI_LISTEN_RE)
         st, out, tr = post(px.port, "/trailers?stream=1", b"hello", req_tr, extra=[("te", "trailers")])
         eq((st, tr), (200, resp_tr), "the upstream's chunked trailers, through the proxy")
+        eq(post(px.port, "/trailers", b"hello", req_tr)[:2], (200, b"bytes 5\n"),
+           "a body without content-length passed on (chunked), its trailers not")
         c = H2(px.port)
         heads, body = c.response(c.get("/headers", extra=[("te", "trailers")]))
         c.close()

@@ -1495,6 +1495,17 @@ def t_trailers(L):
         eq(c.read_response(what="streamed, head_max + 1").status, 413, "one byte more, streamed: 413")
 
 
+def t_trailers_default(S):
+    """With the default limits a trailer section of 12 KB is read (head_max 16 KiB bounds it, not
+    the 8 KiB a decoder that drops them allows)."""
+    big = "t" * 12000
+    with Conn(S.port) as c:
+        c.send(b"POST /trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+               b"X-Big: %s\r\n\r\n" % big.encode())
+        r = c.read_response(what="12 KB of trailers")
+        eq((r.status, sha(r.body)), (200, sha(b"bytes 1\ntrailers X-Big=%s\n" % big.encode())), "12 KB of trailers")
+
+
 def t_sbody_early(U):
     # The whole (small) body is there: discarded, and the connection stays usable.
     with Conn(U.port) as c:
@@ -2044,6 +2055,7 @@ def test():
         ("streamed bodies: full duplex echo", "U", t_sbody_duplex),
         ("streamed bodies: answered before the body is read", "U", t_sbody_early),
         ("bodies: trailers both ways, at the limits and one past", "L", t_trailers),
+        ("bodies: trailers up to the default head_max", "S", t_trailers_default),
         ("streamed bodies: a stalled upload meets the body timeout", "T", t_sbody_stall),
         ("limits: --pipeline-max 1 with bodies in pieces", "P1", t_pipeline_one_bodies),
         ("admission: shed past --queue-delay-max-us", "A", t_shed_queue_delay),

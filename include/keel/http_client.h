@@ -99,7 +99,8 @@ typedef struct keel_http_client_request {
 	const char *target;              /* origin-form: "/path?query"; NULL: "/" */
 	const char *host;                /* the Host header; NULL: the upstream */
 	const keel_http_header *headers; /* extra headers (not Host, Content-Length,
-	                                    Transfer-Encoding or Connection) */
+	                                    Transfer-Encoding or Connection; a TE is
+	                                    announced with Connection: TE) */
 	unsigned nheaders;
 	keel_str body; /* sent with Content-Length (always, for POST/PUT/PATCH) */
 	/*

@@ -40,9 +40,9 @@ typedef struct keel_http_header {
 } keel_http_header;
 
 enum keel_http_body {
-	KEEL_HTTP_BODY_NONE = 0,   /* no body */
-	KEEL_HTTP_BODY_LENGTH,     /* content_length bytes */
-	KEEL_HTTP_BODY_CHUNKED,    /* Transfer-Encoding: chunked */
+	KEEL_HTTP_BODY_NONE = 0, /* no body */
+	KEEL_HTTP_BODY_LENGTH,   /* content_length bytes */
+	KEEL_HTTP_BODY_CHUNKED,  /* Transfer-Encoding: chunked (HTTP/2: a streamed body of unknown length) */
 	KEEL_HTTP_BODY_UNTIL_CLOSE /* responses only: read until the connection closes */
 };
 
@@ -222,8 +222,9 @@ typedef struct keel_http_chunked {
 	/*
 	 * Set after init to have the trailer section handed out: its bytes as
 	 * they are decoded (KEEL_HTTP_CHUNK_TRAILER spans), for the caller to
-	 * gather and read with keel_http_trailers_parse. Off: trailers are
-	 * checked and dropped.
+	 * gather and read with keel_http_trailers_parse; the caller bounds
+	 * what it gathers. Off: trailers are checked and dropped, their names
+	 * and values bounded at 8 KiB.
 	 */
 	bool trailers_want;
 } keel_http_chunked;

@@ -287,8 +287,8 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
 			} else if (!is_tchar_c(c)) {
 				return KEEL_HTTP_E400;
 			}
-			if (++d->trailer_bytes > TRAILERS_MAX)
-				return KEEL_HTTP_E400;
+			if (++d->trailer_bytes > TRAILERS_MAX && !d->trailers_want)
+				return KEEL_HTTP_E400; /* (gathered: the caller's limit) */
 			i++;
 			break;
 		case S_TRAILER_VALUE:
@@ -297,8 +297,8 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
 			} else if (c == '\n' || (c < 0x20 && c != '\t') || c == 0x7f) {
 				return KEEL_HTTP_E400;
 			}
-			if (++d->trailer_bytes > TRAILERS_MAX)
-				return KEEL_HTTP_E400;
+			if (++d->trailer_bytes > TRAILERS_MAX && !d->trailers_want)
+				return KEEL_HTTP_E400; /* (gathered: the caller's limit) */
 			i++;
 			break;
 		case S_TRAILER_LF:

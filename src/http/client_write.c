@@ -20,7 +20,7 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 	const char *target = q->target ? q->target : "/";
 	const char *host = q->host ? q->host : q->upstream;
 	size_t tl = strlen(target), hl = strlen(host);
-	size_t cap = r->method.len + tl + hl + 96; /* (the fixed text below is 60 bytes at most) */
+	size_t cap = r->method.len + tl + hl + 96; /* (the fixed text below is 76 bytes at most) */
 	for (unsigned i = 0; i < q->nheaders; i++)
 		cap += q->headers[i].name.len + q->headers[i].value.len + 4;
 	if (cap > k->out_cap) {
@@ -37,13 +37,17 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 	h = KEEL__PUT_LIT(h, " HTTP/1.1\r\nHost: ");
 	h = keel__put(h, host, hl);
 	h = KEEL__PUT_LIT(h, "\r\n");
+	bool te = false;
 	for (unsigned i = 0; i < q->nheaders; i++) {
 		const keel_http_header *x = &q->headers[i];
 		h = keel__put(h, x->name.ptr, x->name.len);
 		h = KEEL__PUT_LIT(h, ": ");
 		h = keel__put(h, x->value.ptr, x->value.len);
 		h = KEEL__PUT_LIT(h, "\r\n");
+		te = te || keel_str_ieq(x->name, "te");
 	}
+	if (te)
+		h = KEEL__PUT_LIT(h, "Connection: TE\r\n"); /* TE is for this connection (RFC 9110 10.1.4) */
 	if (q->body_read && q->body_length < 0) {
 		h = KEEL__PUT_LIT(h, "Transfer-Encoding: chunked\r\n");
 	} else {

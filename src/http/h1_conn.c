@@ -247,7 +247,7 @@ static size_t body_stream(keel_http_conn *c, keel_buf *buf, const char *data, si
 	} else {
 		int rc = keel_http_chunked_decode(&r->chunk, data, len, &used, &piece);
 		if (rc == KEEL_HTTP_CHUNK_TRAILER) {
-			if (!r->body_discard && keel__req_trailer_raw(r, piece.ptr, piece.len)) {
+			if (keel__req_trailer_raw(r, piece.ptr, piece.len)) { /* (bounded, even if dropped) */
 				body_fail(c, r, -EMSGSIZE); /* a trailer section over the head's limits */
 				return len;
 			}
@@ -255,7 +255,7 @@ static size_t body_stream(keel_http_conn *c, keel_buf *buf, const char *data, si
 		}
 		if (rc == KEEL_HTTP_CHUNK_DONE) {
 			end = true;
-			if (!r->body_discard && keel__req_trailers_end(r)) {
+			if (keel__req_trailers_end(r)) {
 				body_fail(c, r, -EMSGSIZE);
 				return len;
 			}

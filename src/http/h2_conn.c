@@ -523,7 +523,8 @@ static void submit(struct h2_stream *st)
 			st->src = SRC_FILE;
 			st->file_off = a->file_off;
 			st->file_left = a->file_len;
-			data = st->file_left > 0;
+			st->last = st->file_left == 0;
+			data = st->file_left > 0 || a->ntrailers;
 		} else {
 			st->src = SRC_MEM;
 			st->piece = a->body.ptr;
@@ -971,6 +972,8 @@ static void stream_begin(struct h2_stream *st, const struct route *rt)
 	r->body_cap = STREAM_WINDOW;
 	s->body_mem += STREAM_WINDOW;
 	r->stream_body = 1;
+	if (r->msg.body == KEEL_HTTP_BODY_NONE)
+		r->msg.body = KEEL_HTTP_BODY_CHUNKED; /* DATA without content-length: its length unknown */
 	st->dispatched = true;
 	r->head_only = keel_str_eq(r->msg.method, "HEAD");
 	s->stats.requests++;

@@ -368,6 +368,8 @@ void keel__req_answer(keel_http_request *r, keel_outcome o)
 		r->resp.file_fd = -1;
 		r->resp.stream = NULL; /* whatever the handler had begun to fill */
 		r->resp.stream_length = 0;
+		r->resp.trailers = NULL; /* (a failure's answer says nothing of what succeeded) */
+		r->resp.ntrailers = 0;
 		r->answer = &r->resp;
 	} else {
 		r->answer = o.ptr;
