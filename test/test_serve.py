@@ -4,7 +4,7 @@ requests, HEAD, keep-alive reuse), python http.client, a pipelined burst on
 a raw socket; files of 0 B, 1 B and powers of two up to 64 MiB compared by
 SHA-256; traversal attempts, encoded or not; precompressed .gz; bad flags.
 Runs under the backend in KEEL_BACKEND."""
-import http.client, os, re, shutil, subprocess, tempfile
+import http.client, os, re, shutil, socket, subprocess, tempfile
 
 from keeltest import KEEL, Proc, check, exchange, main, run_keel, sha
 import keeltest
@@ -205,6 +205,17 @@ def test():
             _, lines = status_page(b + "/_keel/status")
             hits, misses = int(lines.get("static_cache_hits_total", "-1")), int(lines.get("static_cache_misses_total", "-1"))
             check(hits >= 4 and misses <= 2, f"cache for gzip clients, no .gz: {hits} hits, {misses} misses")
+            # 32 pipelined requests for one cached file arrive in one tick: one statx checks the
+            # entry for all of them, not one each.
+            checks0 = int(lines.get("static_cache_checks_total", "-1"))
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+                s.sendall(b"GET /f1024.bin HTTP/1.1\r\nHost: x\r\n\r\n" * 31 +
+                          b"GET /f1024.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                got = keeltest.recv_all(s)
+            check(got.count(b"HTTP/1.1 200 OK") == 32, f"32 pipelined answers: {got.count(b'HTTP/1.1 200 OK')}")
+            _, lines = status_page(b + "/_keel/status")
+            checks = int(lines.get("static_cache_checks_total", "-1")) - checks0
+            check(1 <= checks <= 4, f"statx calls for 32 hits arriving together: {checks}")
             curl(b + "/f1.bin")
             out, lines = status_page(b + "/_keel/status")
             check(lines.get("worker") == "0", f"status worker line: {out[:200]!r}")

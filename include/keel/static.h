@@ -38,6 +38,7 @@ keel_promise *keel_static_handler(keel_http_request *req, void *ud);
 
 typedef struct keel_static_stats {
 	uint64_t cache_hits, cache_misses; /* small-file cache lookups (files over 64 KiB are not cached) */
+	uint64_t cache_checks;             /* statx calls made for hits (at most one per entry per tick) */
 	uint32_t cache_entries;
 	uint64_t cache_bytes;
 } keel_static_stats;

@@ -53,6 +53,8 @@ struct centry {
 	struct statx_timestamp mtime;
 	uint64_t gz_absent_ns; /* when a ".gz" sibling was last looked for and not found (0: not) */
 	uint64_t checked_ns;   /* the loop time (per tick) of the last statx that matched it */
+	struct job *checker;   /* the request whose statx checks it now (issued at check_ns) */
+	uint64_t check_ns;
 	char etag[48], lm[40]; /* its ETag and Last-Modified, made once */
 };
 
@@ -62,7 +64,7 @@ struct keel_static {
 	struct centry *lru_head, *lru_tail; /* head: most recent */
 	size_t bytes;
 	uint32_t entries;
-	uint64_t hits, misses;
+	uint64_t hits, misses, checks;
 };
 
 static uint32_t key_hash(const char *k)
@@ -222,9 +224,12 @@ struct job {
 	char *open_path; /* what is being opened now */
 	int fd;
 	bool gz, tried_index;
-	bool gz_absent;     /* the ".gz" sibling was tried and is not there */
-	char *fill;         /* a small file's bytes while they are read for the cache */
-	struct centry *mem; /* serving from the cache */
+	bool gz_absent;              /* the ".gz" sibling was tried and is not there */
+	char *fill;                  /* a small file's bytes while they are read for the cache */
+	struct centry *mem;          /* serving from the cache */
+	struct job *waiters, *wnext; /* hits of the same tick waiting for this job's statx; their list */
+	struct job *checker;         /* (a waiter's: the job it waits for) */
+	keel_promise *wait_p;        /* (a waiter's: settled with the statx's verdict, 1 or 0) */
 	struct statx stx;
 	keel_http_header hdrs[8];
 	unsigned nh;
@@ -647,41 +652,86 @@ static keel_promise *open_path(struct job *j, int dirfd, const char *path)
 	return keel_then_flat(p, on_open, j);
 }
 
+/*
+ * A check of cache entry e is over for job j, which held e while it ran:
+ * ok, the entry is served (its hold becomes the response's, dropped when
+ * the response is sent); not, the file is looked up properly.
+ */
+static keel_promise *cache_checked(struct job *j, struct centry *e, bool ok, int err)
+{
+	j->mem = NULL;
+	if (ok) {
+		if (keel_ctx_on_free(keel_http_request_ctx(j->r), centry_unref, e) < 0) {
+			centry_unref(e);
+			return out_of_memory(j->r);
+		}
+		j->mem = e;
+		return finish(j);
+	}
+	centry_unref(e);
+	if (err == -ECANCELED) {
+		keel_promise *p = keel_promise_new(j->r->loop); /* the client went */
+		keel_promise_reject(p, -ECANCELED);
+		return p;
+	}
+	if (j->gz) {
+		char *key = job_key(j);
+		return key ? open_path(j, j->st->rootfd, key) : out_of_memory(j->r);
+	}
+	return open_path(j, j->st->rootfd, j->rel);
+}
+
 /* A cache hit is used only if the file is still the one that was read. */
 static keel_promise *on_cache_stat(keel_ctx *ctx, keel_outcome in, void *ud)
 {
 	(void)ctx;
 	struct job *j = ud;
 	struct centry *e = j->mem;
-	j->mem = NULL;
-	if (!e->dead && !in.err && S_ISREG(j->stx.stx_mode) && j->stx.stx_size == e->size &&
-	    j->stx.stx_ino == e->ino && j->stx.stx_mtime.tv_sec == e->mtime.tv_sec &&
-	    j->stx.stx_mtime.tv_nsec == e->mtime.tv_nsec) {
-		/* The statx hold becomes the response's, dropped when the response is sent. */
-		if (keel_ctx_on_free(keel_http_request_ctx(j->r), centry_unref, e) < 0) {
-			centry_unref(e);
-			return out_of_memory(j->r);
-		}
+	bool ok = !e->dead && !in.err && S_ISREG(j->stx.stx_mode) && j->stx.stx_size == e->size &&
+	          j->stx.stx_ino == e->ino && j->stx.stx_mtime.tv_sec == e->mtime.tv_sec &&
+	          j->stx.stx_mtime.tv_nsec == e->mtime.tv_nsec;
+	if (e->checker == j)
+		e->checker = NULL;
+	if (ok) {
 		e->checked_ns = keel_loop_now_ns(j->r->loop);
-		j->mem = e;
 		lru_unlink(j->st, e);
 		lru_push(j->st, e);
-		return finish(j);
-	}
-	if (in.err == -ECANCELED) {
-		centry_unref(e); /* the client went: the entry is as good as it was */
-		keel_promise *p = keel_promise_new(j->r->loop);
-		keel_promise_reject(p, -ECANCELED);
-		return p;
-	}
-	if (!e->dead)
+	} else if (!e->dead && in.err != -ECANCELED) {
 		cache_remove(j->st, e); /* changed or gone: forget it, look the file up properly */
-	centry_unref(e);
-	if (j->gz) {
-		char *key = job_key(j);
-		return key ? open_path(j, j->st->rootfd, key) : out_of_memory(j->r);
 	}
-	return open_path(j, j->st->rootfd, j->rel);
+	/* The hits that waited for this statx hear its verdict (a cancelled one: none, they look). */
+	struct job *w = j->waiters;
+	j->waiters = NULL;
+	while (w) {
+		struct job *next = w->wnext;
+		w->checker = NULL;
+		keel_promise_resolve(w->wait_p, ok, NULL);
+		w = next;
+	}
+	return cache_checked(j, e, ok, in.err);
+}
+
+/* A waiting hit given up by its request: it leaves its checker's list. */
+static void cache_wait_cancel(keel_promise *p, void *ud)
+{
+	struct job *w = ud;
+	if (w->checker) {
+		for (struct job **pp = &w->checker->waiters; *pp; pp = &(*pp)->wnext) {
+			if (*pp == w) {
+				*pp = w->wnext;
+				break;
+			}
+		}
+		w->checker = NULL;
+	}
+	keel_promise_reject(p, -ECANCELED);
+}
+
+static keel_promise *on_cache_wait(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	struct job *w = ud;
+	return cache_checked(w, w->mem, !in.err && in.n == 1, in.err);
 }
 
 keel_promise *keel_static_handler(keel_http_request *r, void *ud)
@@ -742,10 +792,30 @@ keel_promise *keel_static_handler(keel_http_request *r, void *ud)
 				return out_of_memory(r);
 			return finish(j);
 		}
+		uint64_t now = keel_loop_now_ns(r->loop);
+		if (e && e->checker && e->check_ns == now) {
+			/*
+			 * A statx issued in this tick checks it already: wait for its
+			 * verdict (issued after this request arrived, it is as fresh)
+			 * instead of sending one more through the file threads.
+			 */
+			st->hits++;
+			e->refs++;
+			j->mem = e;
+			j->checker = e->checker;
+			j->wnext = e->checker->waiters;
+			e->checker->waiters = j;
+			j->wait_p = keel_promise_new(r->loop);
+			keel_promise_on_cancel(j->wait_p, cache_wait_cancel, j);
+			return keel_then_flat(keel_promise_bind_ctx(j->wait_p, ctx), on_cache_wait, j);
+		}
 		if (e) {
 			st->hits++;
 			e->refs++; /* held while statx checks it: it may be evicted meanwhile */
 			j->mem = e;
+			e->checker = j;
+			e->check_ns = now;
+			st->checks++;
 			return keel_then_flat(
 			    keel_promise_bind_ctx(
 			        keel_file_statx(r->loop, st->rootfd, e->key, 0,
@@ -772,6 +842,7 @@ void keel_static_get_stats(const keel_static *st, keel_static_stats *out)
 {
 	out->cache_hits = st->hits;
 	out->cache_misses = st->misses;
+	out->cache_checks = st->checks;
 	out->cache_entries = st->entries;
 	out->cache_bytes = st->bytes;
 }
@@ -783,6 +854,7 @@ unsigned keel_static_metrics(void *ud, keel_http_metric *out, unsigned max)
 	const keel_http_metric m[] = {
 	    {"static_cache_hits_total", "counter", "small-file cache hits", s.cache_hits},
 	    {"static_cache_misses_total", "counter", "small-file cache misses", s.cache_misses},
+	    {"static_cache_checks_total", "counter", "statx calls checking cache hits", s.cache_checks},
 	    {"static_cache_entries", "gauge", "files in the small-file cache", s.cache_entries},
 	    {"static_cache_bytes", "gauge", "bytes in the small-file cache", s.cache_bytes},
 	};
