@@ -9,6 +9,10 @@
 #ifndef KEEL_ERRORS_H
 #define KEEL_ERRORS_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum {
 	KEEL_ELIMIT = -5001,        /* a configured limit was reached */
 	KEEL_EBACKEND = -5002,      /* the requested backend cannot run here */
@@ -23,5 +27,9 @@ enum {
 
 /* Text for a keel error or a negative errno. Never NULL; static storage. */
 const char *keel_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

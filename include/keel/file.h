@@ -10,10 +10,15 @@
 #define KEEL_FILE_H
 
 #include <fcntl.h>
+#include <linux/stat.h> /* struct statx, STATX_*: also without _GNU_SOURCE (glibc's own use this) */
 #include <stdint.h>
 #include <sys/stat.h>
 
 #include "promise.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 /*
  * openat2(2). resolve takes RESOLVE_* flags (RESOLVE_BENEATH keeps the lookup
@@ -58,5 +63,9 @@ keel_promise *keel_sendfile(keel_loop *loop, int out_fd, int in_fd, uint64_t off
  * made with close(2) once the operations on fd have ended.
  */
 keel_promise *keel_close(keel_loop *loop, int fd);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

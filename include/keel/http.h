@@ -19,6 +19,10 @@
 #include "promise.h"
 #include "transport.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct keel_http_server keel_http_server;
 typedef struct keel_http_conn keel_http_conn;
 typedef struct keel_http_request keel_http_request;
@@ -171,7 +175,8 @@ struct keel_http_request {
 	size_t out_bytes; /* counted in the connection's unsent output */
 	char *tr_raw;     /* the trailer section as it came ("name: value\r\n"...), in the context */
 	uint32_t tr_len, tr_cap;
-	keel_http_header headers[]; /* config limits.headers_max */
+	keel_http_header *headers; /* config limits.headers_max, right after the record (a pointer:
+	                              C++ has no flexible array members) */
 };
 
 /*
@@ -328,5 +333,9 @@ typedef unsigned (*keel_http_metrics_fn)(void *ud, keel_http_metric *out, unsign
  */
 int keel_http_status_add(keel_http_server *s, const char *label, const char *value, keel_http_metrics_fn fn,
                          void *ud);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

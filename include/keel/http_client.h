@@ -44,6 +44,10 @@
 #include "promise.h"
 #include "transport.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct keel_http_client keel_http_client;
 
 typedef struct keel_http_client_config {
@@ -182,5 +186,9 @@ typedef struct keel_http_client_stats {
 	uint32_t conns_open, conns_idle, pending;
 } keel_http_client_stats;
 void keel_http_client_get_stats(const keel_http_client *c, keel_http_client_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -21,6 +21,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct keel_str {
 	const char *ptr;
 	size_t len;
@@ -255,5 +259,9 @@ int keel_http_chunked_decode(keel_http_chunked *d, const char *buf, size_t len, 
  * into raw; returns how many there are (more than max: some were left out).
  */
 unsigned keel_http_trailers_parse(const char *raw, size_t len, keel_http_header *out, unsigned max);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

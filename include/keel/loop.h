@@ -19,6 +19,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct keel_loop keel_loop;
 
 typedef enum keel_backend_kind {
@@ -135,5 +139,9 @@ void keel_loop_trim(keel_loop *loop);
 /* Per-thread user pointer, for callbacks that only get the loop. */
 void keel_loop_set_data(keel_loop *loop, void *data);
 void *keel_loop_data(const keel_loop *loop);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -32,6 +32,10 @@
 
 #include "loop.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct keel_promise keel_promise;
 typedef struct keel_ctx keel_ctx;
 
@@ -197,5 +201,9 @@ int keel_ctx_on_free(keel_ctx *ctx, void (*fn)(void *ud), void *ud);
 /* Attach ctx to p (p takes a reference). Returns p for chaining. */
 keel_promise *keel_promise_bind_ctx(keel_promise *p, keel_ctx *ctx);
 keel_ctx *keel_promise_ctx(const keel_promise *p);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

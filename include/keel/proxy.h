@@ -50,6 +50,10 @@
 #include "http.h"
 #include "http_client.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct keel_proxy keel_proxy;
 
 enum keel_proxy_balance { KEEL_PROXY_ROUND_ROBIN = 0, KEEL_PROXY_LEAST_CONN = 1 };
@@ -109,5 +113,9 @@ void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out);
  *   keel_http_status_add(srv, "upstream", "api", keel_proxy_metrics, px);
  */
 unsigned keel_proxy_metrics(void *px, keel_http_metric *out, unsigned max);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

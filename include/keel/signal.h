@@ -6,6 +6,10 @@
 
 #include "promise.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Resolve with n = the signal number when one of signos[0..n) is delivered.
  * The signals are blocked in the calling thread (block them in every thread,
@@ -13,5 +17,9 @@
  * loop). Cancel to stop waiting.
  */
 keel_promise *keel_signal_wait(keel_loop *loop, const int *signos, int n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

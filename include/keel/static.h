@@ -18,6 +18,10 @@
 
 #include "http.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct keel_static keel_static;
 
 /*
@@ -46,5 +50,9 @@ void keel_static_get_stats(const keel_static *st, keel_static_stats *out);
 
 /* The counters for the status page: keel_http_status_add(srv, "root", "www", keel_static_metrics, st). */
 unsigned keel_static_metrics(void *st, keel_http_metric *out, unsigned max);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -20,6 +20,10 @@
 #include "buf.h"
 #include "promise.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* A stream callback returns KEEL_CONTINUE to keep going or KEEL_STOP to end the stream. */
 enum { KEEL_CONTINUE = 0, KEEL_STOP = 1 };
 
@@ -113,5 +117,9 @@ keel_promise *keel_send(keel_loop *loop, int fd, const void *buf, size_t len);
 keel_promise *keel_sendv(keel_loop *loop, int fd, const struct iovec *iov, int iovcnt);
 
 keel_promise *keel_shutdown(keel_loop *loop, int fd, int how);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

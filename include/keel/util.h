@@ -12,6 +12,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * The type * whose member is *ptr. ptr must point at that member of a live
  * type (NULL is not allowed). The unevaluated arm of ?: makes the compiler
@@ -19,5 +23,9 @@
  */
 #define keel_container_of(ptr, type, member) \
 	((type *)(void *)((char *)(1 ? (ptr) : &((type *)0)->member) - offsetof(type, member)))
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -72,6 +72,7 @@ keel_http_request *keel__req_new(keel_http_server *s, void *c, const struct keel
 		return NULL;
 	}
 	memset(r, 0, sizeof(*r));
+	r->headers = (keel_http_header *)(r + 1); /* (server.c sized the record for them) */
 	r->loop = s->loop;
 	r->conn = c;
 	r->server = s;
