@@ -58,7 +58,8 @@ LOAD_OBJ := $(LOAD_SRC:%.c=$(BUILD)/obj/%.o)
 TESTS := $(TEST_SRC:test/%.c=$(BUILD)/test/%) $(TEST_PY:test/%=$(BUILD)/test/%)
 EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
-.PHONY: all deps run test sanitize faults tsan bench fuzz clean format format-check fanout docs-diagram
+.PHONY: all deps run test sanitize faults tsan bench fuzz clean format format-check fanout docs-diagram \
+	install uninstall
 all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/keeltest.py $(BUILD)/test/seccomp_exec $(BUILD)/test/http_testsrv $(EXAMPLES)
 
 # Debian packages the build needs; installed when run as root, otherwise named.
@@ -84,6 +85,35 @@ $(BUILD)/libkeel.so: $(LIB_OBJ) src/keel.map
 		-o $@.$(SO_VERSION) $(LIB_OBJ) $(LDLIBS)
 	ln -sf libkeel.so.$(SO_VERSION) $@.$(SO_ABI)
 	ln -sf libkeel.so.$(SO_ABI) $@
+
+# make install [PREFIX=/usr/local] [DESTDIR=staging]: the keel binary, libkeel.so (with its
+# soname and symlinks) and libkeel.a, the public headers under include/keel/, and keel.pc
+# (pkg-config --cflags --libs keel; --static for libkeel.a's dependencies). make uninstall
+# removes exactly those.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+HEADERS := $(wildcard include/keel/*.h)
+
+install: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so src/keel.pc.in
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/keel $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 755 $(BUILD)/keel $(DESTDIR)$(BINDIR)/keel
+	install -m 644 $(BUILD)/libkeel.a $(DESTDIR)$(LIBDIR)/libkeel.a
+	install -m 755 $(BUILD)/libkeel.so.$(SO_VERSION) $(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_VERSION)
+	ln -sf libkeel.so.$(SO_VERSION) $(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_ABI)
+	ln -sf libkeel.so.$(SO_ABI) $(DESTDIR)$(LIBDIR)/libkeel.so
+	install -m 644 $(HEADERS) $(DESTDIR)$(INCLUDEDIR)/keel/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+		-e 's|@VERSION@|$(SO_VERSION)|' src/keel.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/keel.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/keel.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/keel $(DESTDIR)$(LIBDIR)/libkeel.a $(DESTDIR)$(LIBDIR)/libkeel.so \
+		$(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_ABI) $(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_VERSION) \
+		$(DESTDIR)$(PKGCONFIGDIR)/keel.pc $(HEADERS:include/keel/%=$(DESTDIR)$(INCLUDEDIR)/keel/%)
+	-rmdir $(DESTDIR)$(INCLUDEDIR)/keel
 
 # The load generator (keel load): a module of its own on top of libkeel, not part of its API.
 $(BUILD)/libkeel_load.a: $(LOAD_OBJ)
