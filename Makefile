@@ -128,6 +128,11 @@ $(BUILD)/test/%: test/%.c test/test.h $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itest -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
 
+# test_respond answers with keel/json.h, which uses Debian's cJSON.
+$(BUILD)/test/test_respond: test/test_respond.c test/test.h $(BUILD)/libkeel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itest -o $@ $< $(BUILD)/libkeel.a -lcjson $(LDLIBS)
+
 # test_hist tests the load generator's histogram, linked from its module.
 $(BUILD)/test/test_hist: test/test_hist.c test/test.h $(BUILD)/libkeel_load.a $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)

@@ -283,9 +283,26 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms);
  */
 void keel_http_server_free(keel_http_server *s);
 
-/* Handler helpers. */
+/*
+ * Handler helpers: answer req with status, content_type (borrowed: a string
+ * that outlives the response, usually a literal; NULL for none) and a body,
+ * returning the handler's promise, already resolved with &req->resp.
+ *
+ * keel_http_respond borrows body: it is sent from where it is, so it must
+ * stay unchanged until the response has been sent (a literal, memory in the
+ * request's context, or memory the handler frees in a context hook) -- not
+ * a stack buffer. keel_http_respond_copy copies body into the request's
+ * context first: any memory will do. keel_http_respondf formats the body
+ * (printf) into the context. Both return a promise that rejects with
+ * -ENOMEM (answered 503) when the copy finds no memory. keel/json.h adds
+ * keel_http_respond_json (cJSON).
+ */
 keel_promise *keel_http_respond(keel_http_request *req, int status, const char *content_type,
                                 const char *body, size_t len);
+keel_promise *keel_http_respond_copy(keel_http_request *req, int status, const char *content_type,
+                                     const void *body, size_t len);
+keel_promise *keel_http_respondf(keel_http_request *req, int status, const char *content_type,
+                                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* The client's address, the host alone ("127.0.0.1", "::1"); looked up once per connection. */
 const char *keel_http_request_peer(keel_http_request *req);
 /* Whether the request came over TLS (its scheme is https); false once its connection is gone. */

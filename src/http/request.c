@@ -10,6 +10,8 @@
  * keel__handler_call; from then on the core calls back through the table.
  */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -328,6 +330,41 @@ keel_promise *keel_http_respond(keel_http_request *req, int status, const char *
 	keel_promise *p = keel_promise_new(req->loop);
 	keel_promise_resolve(p, 0, &req->resp);
 	return p;
+}
+
+keel_promise *keel_http_respond_copy(keel_http_request *req, int status, const char *content_type,
+                                     const void *body, size_t len)
+{
+	keel_ctx *ctx = keel_http_request_ctx(req);
+	char *copy = ctx ? keel_ctx_alloc(ctx, len ? len : 1) : NULL;
+	if (!copy) {
+		keel_promise *p = keel_promise_new(req->loop);
+		keel_promise_reject(p, -ENOMEM);
+		return p;
+	}
+	if (len)
+		memcpy(copy, body, len);
+	return keel_http_respond(req, status, content_type, copy, len);
+}
+
+keel_promise *keel_http_respondf(keel_http_request *req, int status, const char *content_type,
+                                 const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	keel_ctx *ctx = keel_http_request_ctx(req);
+	char *out = n >= 0 && ctx ? keel_ctx_alloc(ctx, (size_t)n + 1) : NULL;
+	if (!out) {
+		keel_promise *p = keel_promise_new(req->loop);
+		keel_promise_reject(p, n < 0 ? -EINVAL : -ENOMEM);
+		return p;
+	}
+	va_start(ap, fmt);
+	vsnprintf(out, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	return keel_http_respond(req, status, content_type, out, (size_t)n);
 }
 
 const keel_http_header keel__retry_after = {KEEL_STR_INIT("Retry-After"), KEEL_STR_INIT("1")};
