@@ -9,6 +9,9 @@
  *  - keel_http_respond_json (keel/json.h) sends a cJSON tree as
  *    application/json that parses back to the same values; the tree stays
  *    the caller's.
+ *  - Routing with a catch-all ("/" for every method): a path a more specific
+ *    route knows under other methods is 405 with those in Allow, not the
+ *    catch-all's answer; every other path and method reaches the catch-all.
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -53,13 +56,44 @@ static keel_promise *h_json(keel_http_request *r, void *ud)
 	return keel_http_respond_json(r, 200, tree);
 }
 
-static keel_http_client_response *get(keel_http_client *c, const char *target)
+static keel_promise *h_users(keel_http_request *r, void *ud)
 {
-	keel_http_client_request q = {.upstream = up, .target = target};
+	(void)ud;
+	return keel_http_respond(r, 200, "text/plain", "users", 5);
+}
+
+static keel_promise *h_fallback(keel_http_request *r, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(r, 404, "text/plain", "nothing here", 12);
+}
+
+static keel_http_client_response *ask(keel_http_client *c, const char *method, const char *target)
+{
+	keel_http_client_request q = {.upstream = up, .method = method, .target = target};
 	keel_outcome o = test_await(loop, keel_http_client_request_send(c, &q));
 	if (o.err)
-		FAIL("GET %s: %s", target, keel_strerror(o.err));
+		FAIL("%s %s: %s", method ? method : "GET", target, keel_strerror(o.err));
 	return o.ptr;
+}
+
+static keel_http_client_response *get(keel_http_client *c, const char *target)
+{
+	return ask(c, NULL, target);
+}
+
+/* method target: status, body, and the Allow header (NULL: none). */
+static void routed(keel_http_client *c, const char *method, const char *target, int status, const char *body,
+                   const char *allow)
+{
+	keel_http_client_response *r = ask(c, method, target);
+	const keel_http_header *a = keel_http_header_find(&r->msg, "allow");
+	if (r->status != status ||
+	    (body && (r->body.len != strlen(body) || memcmp(r->body.ptr, body, r->body.len))) ||
+	    (allow ? !a || !keel_str_eq(a->value, allow) : a != NULL))
+		FAIL("%s %s: %d \"%.*s\" Allow \"%.*s\"", method, target, r->status, (int)r->body.len,
+		     r->body.ptr, a ? (int)a->value.len : 0, a ? a->value.ptr : "");
+	keel_http_client_response_free(r);
 }
 
 static void expect(keel_http_client *c, const char *target, int status, const char *ctype, const char *body)
@@ -94,6 +128,10 @@ int main(void)
 	ASSERT_OK(keel_http_route(srv, "GET", "/empty", 0, h_empty, NULL));
 	ASSERT_OK(keel_http_route(srv, "GET", "/fmt", 0, h_fmt, NULL));
 	ASSERT_OK(keel_http_route(srv, "GET", "/json", 0, h_json, tree));
+	ASSERT_OK(keel_http_route(srv, "GET", "/users", 0, h_users, NULL));
+	ASSERT_OK(keel_http_route(srv, "POST", "/users", 0, h_users, NULL));
+	ASSERT_OK(keel_http_route(srv, "GET", "/files/", KEEL_HTTP_PREFIX, h_users, NULL));
+	ASSERT_OK(keel_http_route(srv, NULL, "/", KEEL_HTTP_PREFIX, h_fallback, NULL));
 	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
 	ASSERT_OK(lfd);
 	snprintf(up, sizeof(up), "127.0.0.1:%d", keel_tcp_port(lfd));
@@ -127,6 +165,15 @@ int main(void)
 		keel_http_client_response_free(r);
 	}
 	printf("keel_http_respond_json: application/json that parses back to the tree: ok\n");
+
+	routed(c, "DELETE", "/users", 405, NULL, "GET, POST, HEAD");
+	routed(c, "POST", "/users", 200, "users", NULL);
+	routed(c, "HEAD", "/users", 200, "", NULL);
+	routed(c, "PUT", "/files/a/b", 405, NULL, "GET, HEAD");
+	routed(c, "GET", "/files/a/b", 200, "users", NULL);
+	routed(c, "GET", "/elsewhere", 404, "nothing here", NULL);
+	routed(c, "PUT", "/elsewhere", 404, "nothing here", NULL);
+	printf("a catch-all route: a method the path's own routes do not take is 405 with Allow: ok\n");
 
 	keel_http_client_free(c);
 	test_await(loop, keel_http_server_stop(srv, 1000));

@@ -50,43 +50,65 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, u
 	return 0;
 }
 
+static bool path_match(const struct route *rt, keel_str path)
+{
+	return (rt->prefix ? path.len >= rt->plen : path.len == rt->plen) &&
+	       (rt->plen == 0 || memcmp(path.ptr, rt->path, rt->plen) == 0);
+}
+
+/* Whether a matches more specifically than b: exact over prefix, the longer prefix over the shorter. */
+static bool more_specific(const struct route *a, const struct route *b)
+{
+	return (!a->prefix && b->prefix) || (a->prefix && b->prefix && a->plen > b->plen);
+}
+
+/*
+ * The route for req, or NULL: *method_ok false when a route knows its path
+ * under other methods only -- also when a less specific route (a catch-all
+ * "/" without a method) would take it: a wrong method is 405, not whatever
+ * the catch-all answers.
+ */
 const struct route *keel__route_find(keel_http_server *s, const keel_http_request *req, bool *method_ok)
 {
-	const struct route *best = NULL;
+	const struct route *best = NULL, *nearest = NULL; /* (nearest: by path alone) */
 	*method_ok = true;
-	bool path_matched = false;
 	for (unsigned i = 0; i < s->nroutes; i++) {
 		const struct route *r = &s->routes[i];
-		bool match = r->prefix
-		                 ? req->path.len >= r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0
-		                 : req->path.len == r->plen && memcmp(req->path.ptr, r->path, r->plen) == 0;
-		if (!match)
+		if (!path_match(r, req->path))
 			continue;
-		path_matched = true;
+		if (!nearest || more_specific(r, nearest))
+			nearest = r;
 		keel_str m = req->msg.method;
 		if (r->method && !(m.len == r->mlen && memcmp(m.ptr, r->method, m.len) == 0) &&
 		    !(strcmp(r->method, "GET") == 0 && keel_str_eq(m, "HEAD")))
 			continue;
-		if (!best || (!r->prefix && best->prefix) ||
-		    (r->prefix && best->prefix && r->plen > best->plen))
+		if (!best || more_specific(r, best))
 			best = r;
 	}
-	if (!best && path_matched)
+	if (nearest && (!best || more_specific(nearest, best))) {
 		*method_ok = false;
+		return NULL;
+	}
 	return best;
 }
 
-/* The Allow list of a 405 (RFC 9110 15.5.6): every method some route takes for path, and HEAD with GET. */
+/*
+ * The Allow list of a 405 (RFC 9110 15.5.6): every method the routes that
+ * match path most specifically take, and HEAD with GET.
+ */
 size_t keel__route_methods(keel_http_server *s, keel_str path, char *list, size_t cap)
 {
 	size_t n = 0;
 	bool get = false;
 	list[0] = '\0';
+	const struct route *nearest = NULL;
+	for (unsigned i = 0; i < s->nroutes; i++)
+		if (path_match(&s->routes[i], path) && (!nearest || more_specific(&s->routes[i], nearest)))
+			nearest = &s->routes[i];
 	for (unsigned i = 0; i < s->nroutes; i++) {
 		const struct route *rt = &s->routes[i];
-		bool match = rt->prefix ? path.len >= rt->plen && memcmp(path.ptr, rt->path, rt->plen) == 0
-		                        : keel_str_eq(path, rt->path);
-		if (!match || !rt->method || strstr(list, rt->method))
+		if (!path_match(rt, path) || more_specific(nearest, rt) || !rt->method ||
+		    strstr(list, rt->method))
 			continue;
 		if (n + rt->mlen + 8 > cap)
 			break; /* the list is bounded; 405 with a partial Allow is still a 405 */
