@@ -4,9 +4,9 @@ requests, HEAD, keep-alive reuse), python http.client, a pipelined burst on
 a raw socket; files of 0 B, 1 B and powers of two up to 64 MiB compared by
 SHA-256; traversal attempts, encoded or not; precompressed .gz; bad flags.
 Runs under the backend in KEEL_BACKEND."""
-import http.client, os, re, shutil, socket, subprocess, tempfile
+import http.client, os, re, shutil, socket, subprocess, tempfile, time
 
-from keeltest import KEEL, Proc, check, exchange, main, run_keel, sha
+from keeltest import KEEL, Proc, check, eq, exchange, main, run_keel, sha
 import keeltest
 
 def server(root, *extra):
@@ -206,13 +206,25 @@ def test():
             hits, misses = int(lines.get("static_cache_hits_total", "-1")), int(lines.get("static_cache_misses_total", "-1"))
             check(hits >= 4 and misses <= 2, f"cache for gzip clients, no .gz: {hits} hits, {misses} misses")
             # 32 pipelined requests for one cached file arrive in one tick: one statx checks the
-            # entry for all of them, not one each.
+            # entry for all of them, not one each, and each answer is whole -- the ones that waited
+            # for another's statx included: plain, a range, a conditional that is not met.
+            with open(os.path.join(root, "f1024.bin"), "rb") as f:
+                data = f.read()
+            time.sleep(0.05)  # (a later tick than the last check)
             checks0 = int(lines.get("static_cache_checks_total", "-1"))
+            plain = b"GET /f1024.bin HTTP/1.1\r\nHost: x\r\n\r\n"
             with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-                s.sendall(b"GET /f1024.bin HTTP/1.1\r\nHost: x\r\n\r\n" * 31 +
-                          b"GET /f1024.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                s.sendall(plain * 20 + b"GET /f1024.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=10-19\r\n\r\n" +
+                          b"GET /f1024.bin HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: Thu, 01 Jan 1998 00:00:00 GMT\r\n\r\n" +
+                          plain * 9 + b"GET /f1024.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 got = keeltest.recv_all(s)
-            check(got.count(b"HTTP/1.1 200 OK") == 32, f"32 pipelined answers: {got.count(b'HTTP/1.1 200 OK')}")
+            answers = got.split(b"HTTP/1.1 ")[1:]
+            eq(len(answers), 32, "32 pipelined answers")
+            bodies = [a.split(b"\r\n\r\n", 1)[1] for a in answers]
+            for i, (a, body) in enumerate(zip(answers, bodies)):
+                want = (b"206", data[10:20]) if i == 20 else (b"200", data)
+                check(a.startswith(want[0]) and body == want[1],
+                      f"answer {i}: {a[:40]!r}, a {len(body)}-byte body, want {want[0]!r} and {len(want[1])} bytes")
             _, lines = status_page(b + "/_keel/status")
             checks = int(lines.get("static_cache_checks_total", "-1")) - checks0
             check(1 <= checks <= 4, f"statx calls for 32 hits arriving together: {checks}")

@@ -1,7 +1,9 @@
 /*
  * keel_strerror and the log sink.
  */
+#include <errno.h> /* program_invocation_short_name */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,14 @@ const char *keel_strerror(int err)
 }
 
 static int log_level = -1;
+static char log_prefix[64];
+static bool log_prefix_set;
+
+void keel_log_set_prefix(const char *prefix)
+{
+	log_prefix_set = prefix != NULL;
+	snprintf(log_prefix, sizeof(log_prefix), "%s", prefix ? prefix : "");
+}
 
 void keel_log_set_level(int level)
 {
@@ -50,5 +60,9 @@ void keel_log(int level, const char *fmt, ...)
 	va_end(ap);
 	if (n < 0)
 		return;
-	fprintf(stderr, "keel: %s\n", line);
+	const char *prefix = log_prefix_set ? log_prefix : program_invocation_short_name;
+	if (*prefix)
+		fprintf(stderr, "%s: %s\n", prefix, line);
+	else
+		fprintf(stderr, "%s\n", line);
 }

@@ -665,6 +665,11 @@ static keel_promise *cache_checked(struct job *j, struct centry *e, bool ok, int
 			centry_unref(e);
 			return out_of_memory(j->r);
 		}
+		/* What the answer is made from (a waiter had no statx of its own). */
+		j->stx.stx_mode = S_IFREG;
+		j->stx.stx_size = e->size;
+		j->stx.stx_ino = e->ino;
+		j->stx.stx_mtime = e->mtime;
 		j->mem = e;
 		return finish(j);
 	}
