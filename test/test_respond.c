@@ -12,11 +12,13 @@
  *  - Routing with a catch-all ("/" for every method): a path a more specific
  *    route knows under other methods is 405 with those in Allow, not the
  *    catch-all's answer; every other path and method reaches the catch-all.
+ *  - keel_log's prefix: the program's name by default, one of its own, none.
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "keel/http.h"
 #include "keel/http_client.h"
@@ -110,8 +112,37 @@ static void expect(keel_http_client *c, const char *target, int status, const ch
 	keel_http_client_response_free(r);
 }
 
+static void test_log_prefix(void)
+{
+	char path[] = "/tmp/keel-log-XXXXXX";
+	int fd = mkstemp(path);
+	ASSERT_OK(fd);
+	unlink(path);
+	int saved = dup(2);
+	ASSERT_OK(dup2(fd, 2));
+	keel_log(KEEL_LOG_ERROR, "one %d", 1);
+	keel_log_set_prefix("svc");
+	keel_log(KEEL_LOG_ERROR, "two");
+	keel_log_set_prefix("");
+	keel_log(KEEL_LOG_ERROR, "three");
+	keel_log_set_prefix(NULL);
+	keel_log(KEEL_LOG_ERROR, "four");
+	dup2(saved, 2);
+	close(saved);
+	char buf[256];
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	ASSERT(n > 0);
+	buf[n] = '\0';
+	const char *want = "test_respond: one 1\nsvc: two\nthree\ntest_respond: four\n";
+	if (strcmp(buf, want) != 0)
+		FAIL("log lines \"%s\", want \"%s\"", buf, want);
+	printf("keel_log: the program's name, a prefix of its own, none: ok\n");
+}
+
 int main(void)
 {
+	test_log_prefix();
 	loop = test_loop();
 	cJSON *tree = cJSON_CreateObject();
 	cJSON_AddStringToObject(tree, "name", "keel \"json\"");
