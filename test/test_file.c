@@ -1,9 +1,12 @@
 /*
  * File and descriptor operations: openat2 with RESOLVE_BENEATH, write, read,
  * statx, fsync, close; sendfile of files from 0 B to 8 MiB into a socket,
- * verified; pollable reads on a pipe, and their cancellation.
+ * verified; pollable reads on a pipe, and their cancellation; mkdir,
+ * rename (plain, RENAME_NOREPLACE, RENAME_EXCHANGE) and unlink of files and
+ * directories, with the errors a service meets.
  */
 #include <fcntl.h>
+#include <linux/fs.h> /* RENAME_NOREPLACE, RENAME_EXCHANGE */
 #include <linux/openat2.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -267,6 +270,73 @@ static void test_sendfile_nonblocking(int dfd)
 	printf("sendfile: a non-blocking socket that fills is waited for: ok\n");
 }
 
+static int await_err(keel_promise *p)
+{
+	keel_outcome o = test_await(loop, p);
+	return o.err;
+}
+
+/* A file's contents, read the ordinary way (the checks are not what is tested). */
+static void expect_file(int dfd, const char *path, const char *want)
+{
+	char buf[64] = {0};
+	int fd = openat(dfd, path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		FAIL("%s: not there", path);
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n < 0 || strcmp(buf, want) != 0)
+		FAIL("%s holds \"%s\", want \"%s\"", path, buf, want);
+}
+
+static void put_file(int dfd, const char *path, const char *text)
+{
+	int fd = openat(dfd, path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+}
+
+static void test_paths(int dfd)
+{
+	struct stat sb;
+	ASSERT_EQ(await_ok(keel_file_mkdir(loop, dfd, "up", 0750)), 0);
+	ASSERT(fstatat(dfd, "up", &sb, 0) == 0 && S_ISDIR(sb.st_mode));
+	ASSERT_EQ(sb.st_mode & 0777 & ~0750u, 0); /* (less the umask) */
+	ASSERT_EQ(await_err(keel_file_mkdir(loop, dfd, "up", 0750)), -EEXIST);
+	ASSERT_EQ(await_err(keel_file_mkdir(loop, dfd, "nope/up", 0750)), -ENOENT);
+
+	put_file(dfd, "up/part", "one");
+	ASSERT_EQ(await_ok(keel_file_rename(loop, dfd, "up/part", dfd, "up/done", 0)), 0);
+	expect_file(dfd, "up/done", "one");
+	ASSERT(fstatat(dfd, "up/part", &sb, 0) < 0 && errno == ENOENT);
+	put_file(dfd, "up/part", "two");
+	ASSERT_EQ(await_err(keel_file_rename(loop, dfd, "up/part", dfd, "up/done", RENAME_NOREPLACE)),
+	          -EEXIST);
+	expect_file(dfd, "up/done", "one");
+	ASSERT_EQ(await_ok(keel_file_rename(loop, dfd, "up/part", dfd, "up/done", RENAME_EXCHANGE)), 0);
+	expect_file(dfd, "up/done", "two");
+	expect_file(dfd, "up/part", "one");
+	ASSERT_EQ(await_err(keel_file_rename(loop, dfd, "up/missing", dfd, "up/x", 0)), -ENOENT);
+
+	ASSERT_EQ(await_err(keel_file_unlink(loop, dfd, "up", AT_REMOVEDIR)), -ENOTEMPTY);
+	ASSERT_EQ(await_err(keel_file_unlink(loop, dfd, "up", 0)), -EISDIR);
+	ASSERT_EQ(await_ok(keel_file_unlink(loop, dfd, "up/part", 0)), 0);
+	ASSERT_EQ(await_ok(keel_file_unlink(loop, dfd, "up/done", 0)), 0);
+	ASSERT_EQ(await_err(keel_file_unlink(loop, dfd, "up/done", 0)), -ENOENT);
+	ASSERT_EQ(await_ok(keel_file_unlink(loop, dfd, "up", AT_REMOVEDIR)), 0);
+	ASSERT(fstatat(dfd, "up", &sb, 0) < 0 && errno == ENOENT);
+
+	/* The paths are the caller's until the promise settles, not longer: a buffer reused after. */
+	char name[32];
+	snprintf(name, sizeof(name), "tmp%d", 1);
+	keel_promise *p = keel_file_mkdir(loop, dfd, name, 0700);
+	ASSERT_EQ(await_ok(p), 0);
+	memset(name, 'X', sizeof(name) - 1);
+	ASSERT_EQ(await_ok(keel_file_unlink(loop, dfd, "tmp1", AT_REMOVEDIR)), 0);
+	printf("mkdir, rename (NOREPLACE, EXCHANGE), unlink and their errors: ok\n");
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -279,6 +349,7 @@ int main(void)
 	test_sendfile_cancel_pipe(dfd);
 	test_sendfile_nonblocking(dfd);
 	test_pipe_read();
+	test_paths(dfd);
 	keel_loop_stats st;
 	keel_loop_get_stats(loop, &st);
 	ASSERT_EQ(st.ops_inflight, 0);

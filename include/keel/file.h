@@ -43,6 +43,22 @@ keel_promise *keel_file_statx(keel_loop *loop, int dirfd, const char *path, int 
 keel_promise *keel_file_fsync(keel_loop *loop, int fd, int datasync);
 
 /*
+ * Names in directories, as promises like the others (io_uring's UNLINKAT,
+ * RENAMEAT and MKDIRAT; the epoll backend's file threads): no blocking
+ * call on the loop to clean up after an upload. Paths are relative to
+ * their dirfd (AT_FDCWD: the working directory) and borrowed until the
+ * promise settles. Each resolves with n = 0 or rejects with the call's
+ * -errno (-ENOENT, -EEXIST, -ENOTEMPTY, -EACCES, ...), or KEEL_ELIMIT.
+ *   keel_file_unlink  unlinkat(2); flags 0, or AT_REMOVEDIR for an empty directory
+ *   keel_file_rename  renameat2(2); flags 0, RENAME_NOREPLACE or RENAME_EXCHANGE
+ *   keel_file_mkdir   mkdirat(2) with mode (less the umask)
+ */
+keel_promise *keel_file_unlink(keel_loop *loop, int dirfd, const char *path, int flags);
+keel_promise *keel_file_rename(keel_loop *loop, int olddirfd, const char *oldpath, int newdirfd,
+                               const char *newpath, unsigned flags);
+keel_promise *keel_file_mkdir(keel_loop *loop, int dirfd, const char *path, mode_t mode);
+
+/*
  * read(2) on a pollable descriptor (pipe, eventfd, signalfd, socket) into
  * buf; waits for readiness. n = bytes.
  */

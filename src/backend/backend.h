@@ -44,6 +44,9 @@ enum keel__op_kind {
 	KEEL__OP_FSYNC,
 	KEEL__OP_READ_POLL, /* pollable fd: pipe, eventfd, signalfd */
 	KEEL__OP_SENDFILE,
+	KEEL__OP_UNLINK, /* unlinkat, renameat2, mkdirat: u.path */
+	KEEL__OP_RENAME,
+	KEEL__OP_MKDIR,
 	KEEL__OP_KIND_MAX
 };
 
@@ -127,6 +130,12 @@ struct keel__op {
 			struct statx *out;
 		} statx;
 		struct {
+			int dirfd, newdirfd;
+			const char *path, *newpath;
+			unsigned flags; /* AT_REMOVEDIR; RENAME_NOREPLACE, RENAME_EXCHANGE */
+			mode_t mode;
+		} path;
+		struct {
 			int how;
 		} shutdown;
 		struct {
@@ -149,7 +158,8 @@ struct keel__op {
 static inline bool keel__op_kind_small(int kind)
 {
 	return kind != KEEL__OP_CONNECT && kind != KEEL__OP_SEND && kind != KEEL__OP_OPEN &&
-	       kind != KEEL__OP_STATX && kind != KEEL__OP_SENDFILE;
+	       kind != KEEL__OP_STATX && kind != KEEL__OP_SENDFILE && kind != KEEL__OP_UNLINK &&
+	       kind != KEEL__OP_RENAME && kind != KEEL__OP_MKDIR;
 }
 
 /* The receive buffer pool shared by every receive stream of a loop. */

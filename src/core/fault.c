@@ -35,12 +35,13 @@ enum fault_kind {
 	FK_STATX,
 	FK_FSYNC,
 	FK_READPOLL,
+	FK_PATH,
 	FK_MAX
 };
 
 static const char *const kind_names[FK_MAX] = {
-    "any",      "alloc", "accept", "connect", "recv",  "send",  "sendfile",
-    "shutdown", "open",  "read",   "write",   "statx", "fsync", "readpoll",
+    "any",  "alloc", "accept", "connect", "recv",  "send",     "sendfile", "shutdown",
+    "open", "read",  "write",  "statx",   "fsync", "readpoll", "path",
 };
 
 static const struct {
@@ -90,6 +91,9 @@ static int kind_of_op(const keel__op *op)
 	case KEEL__OP_STATX: return FK_STATX;
 	case KEEL__OP_FSYNC: return FK_FSYNC;
 	case KEEL__OP_READ_POLL: return FK_READPOLL;
+	case KEEL__OP_UNLINK:
+	case KEEL__OP_RENAME:
+	case KEEL__OP_MKDIR: return FK_PATH;
 	default: return -1; /* closes are never failed (see fault.h) */
 	}
 }

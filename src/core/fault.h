@@ -12,7 +12,8 @@
  *
  * The plan, comma-separated:
  *   KIND:ERROR:RATE    KIND one of accept connect recv send sendfile shutdown
- *                      open read write statx fsync readpoll alloc any;
+ *                      open read write statx fsync readpoll path (unlink,
+ *                      rename, mkdir) alloc any;
  *                      ERROR an errno name (ECONNRESET, EMFILE, ENOMEM,
  *                      EAGAIN, ENOBUFS, ECANCELED, ...) or "short" (recv,
  *                      send: a partial transfer); RATE "5%", "0.05" or "@N"

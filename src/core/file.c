@@ -70,6 +70,37 @@ keel_promise *keel_file_statx(keel_loop *loop, int dirfd, const char *path, int 
 	return START_OR_LIMIT(op);
 }
 
+static keel_promise *path_op(keel_loop *loop, int kind, int dirfd, const char *path, int newdirfd,
+                             const char *newpath, unsigned flags, mode_t mode)
+{
+	keel__op *op = op_or_null(loop, kind, -1);
+	if (op) {
+		op->u.path.dirfd = dirfd;
+		op->u.path.path = path;
+		op->u.path.newdirfd = newdirfd;
+		op->u.path.newpath = newpath;
+		op->u.path.flags = flags;
+		op->u.path.mode = mode;
+	}
+	return START_OR_LIMIT(op);
+}
+
+keel_promise *keel_file_unlink(keel_loop *loop, int dirfd, const char *path, int flags)
+{
+	return path_op(loop, KEEL__OP_UNLINK, dirfd, path, -1, NULL, (unsigned)flags, 0);
+}
+
+keel_promise *keel_file_rename(keel_loop *loop, int olddirfd, const char *oldpath, int newdirfd,
+                               const char *newpath, unsigned flags)
+{
+	return path_op(loop, KEEL__OP_RENAME, olddirfd, oldpath, newdirfd, newpath, flags, 0);
+}
+
+keel_promise *keel_file_mkdir(keel_loop *loop, int dirfd, const char *path, mode_t mode)
+{
+	return path_op(loop, KEEL__OP_MKDIR, dirfd, path, -1, NULL, 0, mode);
+}
+
 keel_promise *keel_file_fsync(keel_loop *loop, int fd, int datasync)
 {
 	keel__op *op = op_or_null(loop, KEEL__OP_FSYNC, fd);

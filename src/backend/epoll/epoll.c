@@ -186,7 +186,8 @@ static bool fd_unwait(keel__epoll *ep, keel__op *op)
 static bool is_file_kind(int kind)
 {
 	return kind == KEEL__OP_OPEN || kind == KEEL__OP_READ || kind == KEEL__OP_WRITE ||
-	       kind == KEEL__OP_STATX || kind == KEEL__OP_FSYNC;
+	       kind == KEEL__OP_STATX || kind == KEEL__OP_FSYNC || kind == KEEL__OP_UNLINK ||
+	       kind == KEEL__OP_RENAME || kind == KEEL__OP_MKDIR;
 }
 
 static void cancel_waiters(keel__epoll *ep, int fd);

@@ -35,6 +35,12 @@ static int run_job(keel__op *op)
 		          op->u.statx.out);
 		break;
 	case KEEL__OP_FSYNC: r = op->u.fsync.datasync ? fdatasync(op->fd) : fsync(op->fd); break;
+	case KEEL__OP_UNLINK: r = unlinkat(op->u.path.dirfd, op->u.path.path, (int)op->u.path.flags); break;
+	case KEEL__OP_RENAME:
+		r = syscall(SYS_renameat2, op->u.path.dirfd, op->u.path.path, op->u.path.newdirfd,
+		            op->u.path.newpath, op->u.path.flags);
+		break;
+	case KEEL__OP_MKDIR: r = mkdirat(op->u.path.dirfd, op->u.path.path, op->u.path.mode); break;
 	default: errno = EINVAL; r = -1;
 	}
 	return r < 0 ? -errno : (int)r;

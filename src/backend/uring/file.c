@@ -102,6 +102,16 @@ int keel__uring_prep_file(keel_loop *loop, keel__uring *u, keel__op *op)
 	case KEEL__OP_FSYNC:
 		io_uring_prep_fsync(sqe, op->fd, op->u.fsync.datasync ? IORING_FSYNC_DATASYNC : 0);
 		break;
+	case KEEL__OP_UNLINK:
+		io_uring_prep_unlinkat(sqe, op->u.path.dirfd, op->u.path.path, (int)op->u.path.flags);
+		break;
+	case KEEL__OP_RENAME:
+		io_uring_prep_renameat(sqe, op->u.path.dirfd, op->u.path.path, op->u.path.newdirfd,
+		                       op->u.path.newpath, op->u.path.flags);
+		break;
+	case KEEL__OP_MKDIR:
+		io_uring_prep_mkdirat(sqe, op->u.path.dirfd, op->u.path.path, op->u.path.mode);
+		break;
 	case KEEL__OP_CLOSE:
 		/* The core submits a close only once no other op is in flight on fd. */
 		io_uring_prep_close(sqe, op->fd);

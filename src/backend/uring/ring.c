@@ -204,7 +204,10 @@ static void uring_submit(keel_loop *loop, keel__op *op)
 	case KEEL__OP_FSYNC:
 	case KEEL__OP_CLOSE:
 	case KEEL__OP_READ_POLL:
-	case KEEL__OP_SENDFILE: err = keel__uring_prep_file(loop, u, op); break;
+	case KEEL__OP_SENDFILE:
+	case KEEL__OP_UNLINK:
+	case KEEL__OP_RENAME:
+	case KEEL__OP_MKDIR: err = keel__uring_prep_file(loop, u, op); break;
 	default: err = keel__uring_prep_net(loop, u, op); break;
 	}
 	if (err < 0)
