@@ -104,6 +104,9 @@ install: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so src/keel.pc.in
 	install -m 755 $(BUILD)/libkeel.so.$(SO_VERSION) $(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_VERSION)
 	ln -sf libkeel.so.$(SO_VERSION) $(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_ABI)
 	ln -sf libkeel.so.$(SO_ABI) $(DESTDIR)$(LIBDIR)/libkeel.so
+	@# The loader finds libkeel.so.0 in /usr/local/lib through its cache: refresh it there.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && { [ "$(LIBDIR)" = /usr/local/lib ] || \
+		[ "$(LIBDIR)" = /usr/lib ]; }; then ldconfig; fi
 	install -m 644 $(HEADERS) $(DESTDIR)$(INCLUDEDIR)/keel/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 		-e 's|@VERSION@|$(SO_VERSION)|' src/keel.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/keel.pc

@@ -82,7 +82,8 @@ static void fail(struct upload *u, int err)
 		keel_promise_reject(u->done, err); /* (-EMSGSIZE: 413, -EBADMSG: 400, else 500) */
 	else
 		keel_promise_reject(u->done, -ECANCELED);
-	keel_promise_done(keel_file_unlink(loop, dirfd_, u->part, 0), unlinked, u); /* u->part lives until then */
+	keel_promise_done(keel_file_unlink(loop, dirfd_, u->part, 0), unlinked,
+	                  u); /* u->part lives until then */
 }
 
 /* The server gave up the request (its client went): stop the step in flight; fail() follows. */
@@ -219,8 +220,8 @@ static bool name_ok(keel_str n)
 		return false;
 	for (size_t i = 0; i < n.len; i++) {
 		char c = n.ptr[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-		      c == '_' || c == '-'))
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
 			return false;
 	}
 	return true;
@@ -266,8 +267,9 @@ static keel_promise *delete_file(keel_http_request *r, void *ud)
 	char *path = keel_ctx_alloc(keel_http_request_ctx(r), name.len + 1);
 	memcpy(path, name.ptr, name.len);
 	path[name.len] = '\0';
-	return keel_then(keel_promise_bind_ctx(keel_file_unlink(loop, dirfd_, path, 0), keel_http_request_ctx(r)),
-	                 delete_answer, r);
+	return keel_then(
+	    keel_promise_bind_ctx(keel_file_unlink(loop, dirfd_, path, 0), keel_http_request_ctx(r)),
+	    delete_answer, r);
 }
 
 static keel_http_server *srv;
@@ -319,7 +321,8 @@ int main(int argc, char **argv)
 	if (!err)
 		err = keel_http_server_new(&srv, loop, &cfg);
 	if (!err)
-		err = keel_http_route(srv, "PUT", "/files/", KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY, put_route, NULL);
+		err = keel_http_route(srv, "PUT", "/files/", KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY,
+		                      put_route, NULL);
 	if (!err)
 		err = keel_http_route(srv, "DELETE", "/files/", KEEL_HTTP_PREFIX, delete_file, NULL);
 	int lfd = err ? err : keel_tcp_listen(addr, 128, 0);
@@ -331,8 +334,8 @@ int main(int argc, char **argv)
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	getsockname(lfd, (struct sockaddr *)&ss, &sl);
-	fprintf(stderr, "upload: listening on %s, files in %s\n", keel_addr_format((struct sockaddr *)&ss, a, sizeof(a)),
-	        dir);
+	fprintf(stderr, "upload: listening on %s, files in %s\n",
+	        keel_addr_format((struct sockaddr *)&ss, a, sizeof(a)), dir);
 	static const int sigs[] = {SIGINT, SIGTERM};
 	keel_promise_done(keel_signal_wait(loop, sigs, 2), on_signal, NULL);
 	keel_loop_run(loop);

@@ -11,7 +11,8 @@
  *    the caller's.
  *  - Routing with a catch-all ("/" for every method): a path a more specific
  *    route knows under other methods is 405 with those in Allow, not the
- *    catch-all's answer; every other path and method reaches the catch-all.
+ *    catch-all's answer; every other path and method reaches the catch-all,
+ *    and a less specific route that names the method still takes it.
  *  - keel_log's prefix: the program's name by default, one of its own, none.
  */
 #include <cjson/cJSON.h>
@@ -162,6 +163,9 @@ int main(void)
 	ASSERT_OK(keel_http_route(srv, "GET", "/users", 0, h_users, NULL));
 	ASSERT_OK(keel_http_route(srv, "POST", "/users", 0, h_users, NULL));
 	ASSERT_OK(keel_http_route(srv, "GET", "/files/", KEEL_HTTP_PREFIX, h_users, NULL));
+	ASSERT_OK(keel_http_route(srv, "GET", "/a", 0, h_users, NULL));
+	ASSERT_OK(keel_http_route(srv, "POST", "/a", KEEL_HTTP_PREFIX, h_empty, NULL));
+	ASSERT_OK(keel_http_route(srv, "OPTIONS", "/", KEEL_HTTP_PREFIX, h_users, NULL));
 	ASSERT_OK(keel_http_route(srv, NULL, "/", KEEL_HTTP_PREFIX, h_fallback, NULL));
 	int lfd = keel_tcp_listen("127.0.0.1:0", 16, 0);
 	ASSERT_OK(lfd);
@@ -197,13 +201,16 @@ int main(void)
 	}
 	printf("keel_http_respond_json: application/json that parses back to the tree: ok\n");
 
-	routed(c, "DELETE", "/users", 405, NULL, "GET, POST, HEAD");
+	routed(c, "DELETE", "/users", 405, NULL, "GET, POST, OPTIONS, HEAD");
 	routed(c, "POST", "/users", 200, "users", NULL);
 	routed(c, "HEAD", "/users", 200, "", NULL);
-	routed(c, "PUT", "/files/a/b", 405, NULL, "GET, HEAD");
+	routed(c, "PUT", "/files/a/b", 405, NULL, "GET, OPTIONS, HEAD");
 	routed(c, "GET", "/files/a/b", 200, "users", NULL);
 	routed(c, "GET", "/elsewhere", 404, "nothing here", NULL);
 	routed(c, "PUT", "/elsewhere", 404, "nothing here", NULL);
+	routed(c, "POST", "/a", 204, "", NULL); /* a less specific route that names POST takes it */
+	routed(c, "OPTIONS", "/users", 200, "users", NULL); /* as does one naming OPTIONS for every path */
+	routed(c, "DELETE", "/a", 405, NULL, "GET, POST, OPTIONS, HEAD");
 	printf("a catch-all route: a method the path's own routes do not take is 405 with Allow: ok\n");
 
 	keel_http_client_free(c);

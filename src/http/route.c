@@ -63,10 +63,11 @@ static bool more_specific(const struct route *a, const struct route *b)
 }
 
 /*
- * The route for req, or NULL: *method_ok false when a route knows its path
- * under other methods only -- also when a less specific route (a catch-all
- * "/" without a method) would take it: a wrong method is 405, not whatever
- * the catch-all answers.
+ * The route for req, or NULL: *method_ok false when routes know its path
+ * under other methods only -- also when the one that would take it is a
+ * less specific route for every method (a catch-all "/"): a method the
+ * path's own routes refuse is 405, not whatever the catch-all answers. A
+ * route that names the method takes it, however specific it is.
  */
 const struct route *keel__route_find(keel_http_server *s, const keel_http_request *req, bool *method_ok)
 {
@@ -85,30 +86,22 @@ const struct route *keel__route_find(keel_http_server *s, const keel_http_reques
 		if (!best || more_specific(r, best))
 			best = r;
 	}
-	if (nearest && (!best || more_specific(nearest, best))) {
+	if (nearest && (!best || (!best->method && more_specific(nearest, best)))) {
 		*method_ok = false;
 		return NULL;
 	}
 	return best;
 }
 
-/*
- * The Allow list of a 405 (RFC 9110 15.5.6): every method the routes that
- * match path most specifically take, and HEAD with GET.
- */
+/* The Allow list of a 405 (RFC 9110 15.5.6): every method some route takes for path, and HEAD with GET. */
 size_t keel__route_methods(keel_http_server *s, keel_str path, char *list, size_t cap)
 {
 	size_t n = 0;
 	bool get = false;
 	list[0] = '\0';
-	const struct route *nearest = NULL;
-	for (unsigned i = 0; i < s->nroutes; i++)
-		if (path_match(&s->routes[i], path) && (!nearest || more_specific(&s->routes[i], nearest)))
-			nearest = &s->routes[i];
 	for (unsigned i = 0; i < s->nroutes; i++) {
 		const struct route *rt = &s->routes[i];
-		if (!path_match(rt, path) || more_specific(nearest, rt) || !rt->method ||
-		    strstr(list, rt->method))
+		if (!path_match(rt, path) || !rt->method || strstr(list, rt->method))
 			continue;
 		if (n + rt->mlen + 8 > cap)
 			break; /* the list is bounded; 405 with a partial Allow is still a 405 */
