@@ -34,15 +34,15 @@
 
 #define NAME_MAX_LEN 128
 
-static keel_loop *loop;
-static int dirfd_ = -1;
-static unsigned long part_seq;
+static int dirfd_ = -1;                /* the upload directory, shared by the workers */
+static _Atomic unsigned long part_seq; /* part files are named apart */
 
 /*
  * One upload. Not in the request's context: its cleanup (close, unlink)
  * outlives the request when the client has gone.
  */
 struct upload {
+	keel_loop *loop;
 	keel_http_request *r;
 	keel_promise *done; /* the handler's promise */
 	keel_promise *cur;  /* the step in flight (a handle kept to cancel it) */
@@ -76,13 +76,13 @@ static void unlinked(keel_ctx *ctx, keel_outcome o, void *ud)
 static void fail(struct upload *u, int err)
 {
 	if (u->fd >= 0)
-		keel_promise_release(keel_close(loop, u->fd));
+		keel_promise_release(keel_close(u->loop, u->fd));
 	u->fd = -1;
 	if (!u->cancelled)
 		keel_promise_reject(u->done, err); /* (-EMSGSIZE: 413, -EBADMSG: 400, else 500) */
 	else
 		keel_promise_reject(u->done, -ECANCELED);
-	keel_promise_done(keel_file_unlink(loop, dirfd_, u->part, 0), unlinked,
+	keel_promise_done(keel_file_unlink(u->loop, dirfd_, u->part, 0), unlinked,
 	                  u); /* u->part lives until then */
 }
 
@@ -134,7 +134,7 @@ static void closed(keel_ctx *ctx, keel_outcome o, void *ud)
 		fail(u, o.err ? o.err : -ECANCELED);
 		return;
 	}
-	step(u, keel_file_rename(loop, dirfd_, u->part, dirfd_, u->name, 0), renamed);
+	step(u, keel_file_rename(u->loop, dirfd_, u->part, dirfd_, u->name, 0), renamed);
 }
 
 static void synced(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -148,7 +148,7 @@ static void synced(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	int fd = u->fd;
 	u->fd = -1;
-	step(u, keel_close(loop, fd), closed);
+	step(u, keel_close(u->loop, fd), closed);
 }
 
 static void written(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -164,7 +164,7 @@ static void written(keel_ctx *ctx, keel_outcome o, void *ud)
 	u->piece_off += (size_t)o.n;
 	if (u->piece_off < u->piece.len) { /* (a short write: the rest) */
 		step(u,
-		     keel_file_write(loop, u->fd, u->piece.ptr + u->piece_off, u->piece.len - u->piece_off,
+		     keel_file_write(u->loop, u->fd, u->piece.ptr + u->piece_off, u->piece.len - u->piece_off,
 		                     u->off),
 		     written);
 		return;
@@ -183,12 +183,12 @@ static void got_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 	keel_str *piece = o.ptr;
 	if (!piece || !piece->len) { /* the end: make it durable, then give it its name */
-		step(u, keel_file_fsync(loop, u->fd, 0), synced);
+		step(u, keel_file_fsync(u->loop, u->fd, 0), synced);
 		return;
 	}
 	u->piece = *piece; /* (borrowed until the next read) */
 	u->piece_off = 0;
-	step(u, keel_file_write(loop, u->fd, piece->ptr, piece->len, u->off), written);
+	step(u, keel_file_write(u->loop, u->fd, piece->ptr, piece->len, u->off), written);
 }
 
 static void read_next(struct upload *u)
@@ -236,14 +236,15 @@ static keel_promise *put_route(keel_http_request *r, void *ud)
 	struct upload *u = calloc(1, sizeof(*u));
 	if (!u)
 		return keel_http_respond(r, 503, "text/plain", "busy\n", 5);
+	u->loop = r->loop;
 	u->r = r;
 	u->fd = -1;
 	memcpy(u->name, name.ptr, name.len);
 	snprintf(u->part, sizeof(u->part), ".%s.part.%lu", u->name, part_seq++);
-	u->done = keel_promise_new(loop);
+	u->done = keel_promise_new(r->loop);
 	keel_promise_on_cancel(u->done, on_cancel, u);
 	step(u,
-	     keel_file_open(loop, dirfd_, u->part, O_WRONLY | O_CREAT | O_EXCL, 0644,
+	     keel_file_open(u->loop, dirfd_, u->part, O_WRONLY | O_CREAT | O_EXCL, 0644,
 	                    RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS),
 	     opened);
 	return u->done;
@@ -265,83 +266,56 @@ static keel_promise *delete_file(keel_http_request *r, void *ud)
 	if (!name_ok(name))
 		return keel_http_respond(r, 400, "text/plain", "bad name\n", 9);
 	char *path = keel_ctx_alloc(keel_http_request_ctx(r), name.len + 1);
+	if (!path)
+		return keel_http_respond(r, 503, "text/plain", "busy\n", 5);
 	memcpy(path, name.ptr, name.len);
 	path[name.len] = '\0';
 	return keel_then(
-	    keel_promise_bind_ctx(keel_file_unlink(loop, dirfd_, path, 0), keel_http_request_ctx(r)),
+	    keel_promise_bind_ctx(keel_file_unlink(r->loop, dirfd_, path, 0), keel_http_request_ctx(r)),
 	    delete_answer, r);
 }
 
-static keel_http_server *srv;
-
-static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+static int setup(keel_http_server *srv, keel_loop *loop, unsigned worker, void *ud)
 {
-	(void)ctx;
-	(void)o;
+	(void)loop;
+	(void)worker;
 	(void)ud;
-	keel_loop_stop(loop);
-}
-
-static void on_signal(keel_ctx *ctx, keel_outcome o, void *ud)
-{
-	(void)ctx;
-	(void)o;
-	(void)ud;
-	keel_promise_done(keel_http_server_stop(srv, 5000), stopped, NULL); /* uploads in flight finish */
+	int err =
+	    keel_http_route(srv, "PUT", "/files/", KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY, put_route, NULL);
+	return err ? err : keel_http_route(srv, "DELETE", "/files/", KEEL_HTTP_PREFIX, delete_file, NULL);
 }
 
 int main(int argc, char **argv)
 {
-	const char *addr = "127.0.0.1:8092", *dir = "uploads";
+	keel_http_main_opts o = {.listen = "127.0.0.1:8092", .workers = 1, .grace_ms = 5000, .setup = setup};
+	const char *dir = "uploads";
 	static const struct option opts[] = {{"listen", required_argument, NULL, 'l'},
 	                                     {"dir", required_argument, NULL, 'd'},
+	                                     {"workers", required_argument, NULL, 'w'},
 	                                     {NULL, 0, NULL, 0}};
 	for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
 		if (c == 'l')
-			addr = optarg;
+			o.listen = optarg;
 		else if (c == 'd')
 			dir = optarg;
+		else if (c == 'w')
+			o.workers = (unsigned)atoi(optarg);
 		else
 			return 2;
 	}
-	signal(SIGPIPE, SIG_IGN);
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
 		fprintf(stderr, "upload: %s: %s\n", dir, strerror(errno));
 		return 1;
 	}
-	dirfd_ = open(dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
-	if (dirfd_ < 0) {
+	if ((dirfd_ = open(dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC)) < 0) {
 		fprintf(stderr, "upload: %s: %s\n", dir, strerror(errno));
 		return 1;
 	}
-	int err = keel_loop_new(&loop, NULL);
 	keel_http_config cfg;
 	keel_http_config_default(&cfg);
 	cfg.body_stream_max = 1ull << 30;
-	if (!err)
-		err = keel_http_server_new(&srv, loop, &cfg);
-	if (!err)
-		err = keel_http_route(srv, "PUT", "/files/", KEEL_HTTP_PREFIX | KEEL_HTTP_STREAM_BODY,
-		                      put_route, NULL);
-	if (!err)
-		err = keel_http_route(srv, "DELETE", "/files/", KEEL_HTTP_PREFIX, delete_file, NULL);
-	int lfd = err ? err : keel_tcp_listen(addr, 128, 0);
-	if (lfd < 0 || (err = keel_http_server_start(srv, lfd)) < 0) {
-		fprintf(stderr, "upload: %s: %s\n", addr, keel_strerror(lfd < 0 ? lfd : err));
-		return 1;
-	}
-	char a[64];
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	getsockname(lfd, (struct sockaddr *)&ss, &sl);
-	fprintf(stderr, "upload: listening on %s, files in %s\n",
-	        keel_addr_format((struct sockaddr *)&ss, a, sizeof(a)), dir);
-	static const int sigs[] = {SIGINT, SIGTERM};
-	keel_promise_done(keel_signal_wait(loop, sigs, 2), on_signal, NULL);
-	keel_loop_run(loop);
-	keel_http_server_free(srv);
-	close(lfd);
-	keel_loop_free(loop);
+	o.cfg = &cfg;
+	int err = keel_http_main(&o); /* until SIGINT/SIGTERM: uploads in flight get 5 s */
 	close(dirfd_);
-	return 0;
+	return err ? 1 : 0;
 }

@@ -5,7 +5,7 @@ is 400; DELETE is 204 then 404; a client that goes away mid-body leaves no
 part file behind (closed and unlinked through the loop) and the server goes
 on; the server's memory does not grow with the body (it is written piece by
 piece, never held); SIGTERM exits 0. Run by test/run.sh under each backend."""
-import os, shutil, subprocess, tempfile, time
+import os, shutil, signal, socket, subprocess, tempfile, time
 
 from keeltest import CURL, EXAMPLES, Proc, Skip, check, eq, main, sha
 
@@ -72,6 +72,30 @@ def test():
             eq(put(base + "b.bin", src)[0], 201, "the next upload")
             print("ok   a client gone mid-body: its part file closed and unlinked; the next one stored", flush=True)
             srv.stop_ok()
+
+        # keel_http_main's stop, with two workers: on SIGTERM the listeners close at once (a new
+        # client is refused), the upload in flight finishes within the grace period, exit 0.
+        with open(src, "wb") as f:
+            f.write(data[:3 << 20])
+        with Proc([exe, "--listen", "127.0.0.1:0", "--dir", store, "--workers", "2"], name="upload") as srv:
+            check("(2 workers" in srv.text(), "two workers: %r" % srv.text()[-300:])
+            base = "http://127.0.0.1:%d/files/" % srv.port
+            c = subprocess.Popen([CURL, "-sS", "-o", "-", "--limit-rate", "2M", "-T", src, base + "slow.bin"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(0.5)
+            srv.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            refused = False
+            try:
+                socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+            except ConnectionRefusedError:
+                refused = True
+            check(refused, "a new client during the drain is refused")
+            out, _ = c.communicate(timeout=20)
+            eq(out, b"stored %d bytes\n" % (3 << 20), "the upload in flight at SIGTERM finished")
+            eq(srv.wait(10), 0, "exit status after the drain")
+            eq(os.path.getsize(os.path.join(store, "slow.bin")), 3 << 20, "and its file is whole")
+        print("ok   keel_http_main, 2 workers: SIGTERM refuses new clients at once, drains, exits 0", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

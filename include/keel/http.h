@@ -284,6 +284,33 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms);
 void keel_http_server_free(keel_http_server *s);
 
 /*
+ * A server the usual way, in one call. keel_http_main starts opts->workers
+ * threads (0: one per online CPU), each with its own loop, its own server
+ * (opts->cfg, copied; NULL: the defaults) and its own SO_REUSEPORT
+ * listener on opts->listen (default "127.0.0.1:8080"; port 0: one is
+ * chosen, and logged). On each worker's thread, before it serves,
+ * opts->setup(srv, loop, worker, ud) adds its routes (and whatever else the
+ * worker needs: clients, contexts). SIGINT and SIGTERM stop it gracefully:
+ * every listener closes at once (new clients are refused, not left in the
+ * backlog), requests in flight get opts->grace_ms (0: 10 s), then
+ * opts->teardown (if set) runs on each worker's thread and the servers and
+ * loops are freed. The two signals are blocked in every thread while it
+ * runs. Returns 0 after such a stop, or a negative errno: a listener, thread
+ * or loop that could not be made, or what a setup returned (logged; the
+ * other workers are stopped).
+ */
+typedef struct keel_http_main_opts {
+	const char *listen;
+	unsigned workers;
+	const keel_http_config *cfg;
+	uint64_t grace_ms;
+	int (*setup)(keel_http_server *srv, keel_loop *loop, unsigned worker, void *ud);
+	void (*teardown)(keel_http_server *srv, keel_loop *loop, unsigned worker, void *ud);
+	void *ud;
+} keel_http_main_opts;
+int keel_http_main(const keel_http_main_opts *opts);
+
+/*
  * Handler helpers: answer req with status, content_type (borrowed: a string
  * that outlives the response, usually a literal; NULL for none) and a body,
  * returning the handler's promise, already resolved with &req->resp.
