@@ -12,12 +12,11 @@
  *   GET /sleep?ms=N  -> waits N milliseconds (default 10) on a loop timer, no CPU, then
  *                       200 "slept" (a slow backend for load tests: build/keel load)
  *
- * Each worker thread has its own loop and its own SO_REUSEPORT listener.
+ * Each worker thread has its own loop and its own SO_REUSEPORT listener
+ * (keel_http_main).
  * SIGINT/SIGTERM stop the workers gracefully.
  */
 #include <getopt.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,63 +76,26 @@ static keel_promise *sleep_route(keel_http_request *req, void *ud)
 	return keel_map(keel_sleep(req->loop, (uint64_t)ms), slept, req);
 }
 
-struct worker {
-	pthread_t th;
-	int lfd;
-	keel_loop *loop;
-	keel_http_server *srv;
-	const keel_http_config *cfg;
+struct opts {
 	bool status;
-	char label[24];
-	int ready;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
 };
 
-static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+/* Each worker's routes, on its own thread (keel_http_main). */
+static int setup(keel_http_server *srv, keel_loop *loop, unsigned worker, void *ud)
 {
-	(void)ctx;
-	(void)o;
-	keel_loop_stop(ud);
-}
-
-static void stop_worker(keel_loop *loop, void *ud)
-{
-	struct worker *w = ud;
-	keel_promise_done(keel_http_server_stop(w->srv, 5000), stopped, loop);
-}
-
-static void *worker_main(void *arg)
-{
-	struct worker *w = arg;
-	int err = keel_loop_new(&w->loop, NULL);
-	if (err == 0) {
-		err = keel_http_server_new(&w->srv, w->loop, w->cfg);
-		if (err < 0) {
-			fprintf(stderr, "hello: cannot set up the server: %s\n", keel_strerror(err));
-			keel_loop_free(w->loop);
-		}
-	}
-	if (err == 0) {
-		keel_http_route(w->srv, "GET", "/plaintext", false, plaintext, NULL);
-		keel_http_route(w->srv, "GET", "/work", false, work, NULL);
-		keel_http_route(w->srv, "GET", "/sleep", false, sleep_route, NULL);
-		if (w->status)
-			keel_http_route(w->srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status,
-			                w->label);
-		keel_http_server_start(w->srv, w->lfd);
-	}
-	pthread_mutex_lock(&w->mu);
-	w->ready = err == 0 ? 1 : -1;
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-	if (err)
-		return NULL;
-	keel_loop_run(w->loop);
-	keel_http_server_free(w->srv);
-	close(w->lfd);
-	keel_loop_free(w->loop);
-	return NULL;
+	(void)loop;
+	const struct opts *o = ud;
+	static _Thread_local char label[24];
+	snprintf(label, sizeof(label), "%u", worker);
+	int err = keel_http_route(srv, "GET", "/plaintext", false, plaintext, NULL);
+	if (!err)
+		err = keel_http_route(srv, "GET", "/work", false, work, NULL);
+	if (!err)
+		err = keel_http_route(srv, "GET", "/sleep", false, sleep_route, NULL);
+	if (!err && o->status)
+		err =
+		    keel_http_route(srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, label);
+	return err;
 }
 
 int main(int argc, char **argv)
@@ -176,50 +138,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, usage, argv[0]);
 		return 2;
 	}
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-
-	struct worker *ws = calloc((size_t)n, sizeof(*ws));
-	char bound[128];
-	snprintf(bound, sizeof(bound), "%s", addr);
-	for (long i = 0; i < n; i++) {
-		ws[i].lfd = keel_tcp_listen(bound, 4096, KEEL_TCP_REUSEPORT);
-		if (ws[i].lfd < 0) {
-			fprintf(stderr, "hello: listen %s: %s\n", bound, keel_strerror(ws[i].lfd));
-			return 1;
-		}
-		if (i == 0) {
-			const char *colon = strrchr(addr, ':');
-			snprintf(bound, sizeof(bound), "%.*s:%d", (int)(colon - addr), addr,
-			         keel_tcp_port(ws[0].lfd));
-		}
-		ws[i].cfg = &cfg;
-		ws[i].status = status;
-		snprintf(ws[i].label, sizeof(ws[i].label), "%ld", i);
-		pthread_mutex_init(&ws[i].mu, NULL);
-		pthread_cond_init(&ws[i].cv, NULL);
-		pthread_create(&ws[i].th, NULL, worker_main, &ws[i]);
-		pthread_mutex_lock(&ws[i].mu);
-		while (!ws[i].ready)
-			pthread_cond_wait(&ws[i].cv, &ws[i].mu);
-		pthread_mutex_unlock(&ws[i].mu);
-		if (ws[i].ready < 0) {
-			fprintf(stderr, "hello: cannot start worker %ld\n", i);
-			return 1;
-		}
-	}
-	fprintf(stderr, "hello: listening on %s (%ld workers, %s)\n", bound, n,
-	        keel_loop_backend(ws[0].loop));
-	int sig;
-	sigwait(&set, &sig);
-	for (long i = 0; i < n; i++)
-		keel_loop_post(ws[i].loop, stop_worker, &ws[i]);
-	for (long i = 0; i < n; i++)
-		pthread_join(ws[i].th, NULL);
-	free(ws);
-	return 0;
+	struct opts o = {.status = status};
+	keel_http_main_opts m = {
+	    .listen = addr, .workers = (unsigned)n, .cfg = &cfg, .grace_ms = 5000, .setup = setup, .ud = &o};
+	return keel_http_main(&m) ? 1 : 0; /* until SIGINT/SIGTERM, then a graceful stop */
 }

@@ -65,6 +65,18 @@ static void step_over(struct upload *u)
 	u->cur = NULL;
 }
 
+static void fail(struct upload *u, int err);
+
+/* A step is over: true to go on, false when it failed or the upload was given up (cleaned up). */
+static bool step_ok(struct upload *u, keel_outcome o)
+{
+	step_over(u);
+	if (!o.err && !u->cancelled)
+		return true;
+	fail(u, o.err ? o.err : -ECANCELED);
+	return false;
+}
+
 static void unlinked(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -102,11 +114,8 @@ static void renamed(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct upload *u = ud;
-	step_over(u);
-	if (o.err || u->cancelled) {
-		fail(u, o.err ? o.err : -ECANCELED);
+	if (!step_ok(u, o))
 		return;
-	}
 	/* The answer lives in the request's context, sent after u is gone. */
 	keel_http_request *r = u->r;
 	keel_promise *done = u->done;
@@ -129,11 +138,8 @@ static void closed(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct upload *u = ud;
-	step_over(u);
-	if (o.err || u->cancelled) {
-		fail(u, o.err ? o.err : -ECANCELED);
+	if (!step_ok(u, o))
 		return;
-	}
 	step(u, keel_file_rename(u->loop, dirfd_, u->part, dirfd_, u->name, 0), renamed);
 }
 
@@ -141,11 +147,8 @@ static void synced(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct upload *u = ud;
-	step_over(u);
-	if (o.err || u->cancelled) {
-		fail(u, o.err ? o.err : -ECANCELED);
+	if (!step_ok(u, o))
 		return;
-	}
 	int fd = u->fd;
 	u->fd = -1;
 	step(u, keel_close(u->loop, fd), closed);
@@ -155,11 +158,8 @@ static void written(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct upload *u = ud;
-	step_over(u);
-	if (o.err || u->cancelled) {
-		fail(u, o.err ? o.err : -ECANCELED);
+	if (!step_ok(u, o))
 		return;
-	}
 	u->off += (uint64_t)o.n;
 	u->piece_off += (size_t)o.n;
 	if (u->piece_off < u->piece.len) { /* (a short write: the rest) */
@@ -176,11 +176,8 @@ static void got_piece(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct upload *u = ud;
-	step_over(u);
-	if (o.err || u->cancelled) {
-		fail(u, o.err ? o.err : -ECANCELED);
+	if (!step_ok(u, o))
 		return;
-	}
 	keel_str *piece = o.ptr;
 	if (!piece || !piece->len) { /* the end: make it durable, then give it its name */
 		step(u, keel_file_fsync(u->loop, u->fd, 0), synced);

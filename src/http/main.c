@@ -27,7 +27,7 @@ struct run {
 		keel_loop *loop;
 		keel_http_server *srv;
 		bool stopping;
-	} *slots;
+	} * slots;
 };
 
 static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -72,7 +72,8 @@ static int worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		keel_log(KEEL_LOG_ERROR, "worker %d: %s", index, keel_strerror(err < 0 ? err : -EINVAL));
 		keel_http_server_free(srv); /* (nothing accepted yet: it frees) */
 		close(lfd);
-		kill(getpid(), SIGTERM); /* the others stop too: through the door the main thread listens at */
+		kill(getpid(),
+		     SIGTERM); /* the others stop too: through the door the main thread listens at */
 		return err < 0 ? err : -EINVAL;
 	}
 	pthread_mutex_lock(&m->mu);
