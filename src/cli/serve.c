@@ -55,16 +55,15 @@ static void serve_stop(keel_loop *loop, void *arg)
 }
 
 /*
- * A worker that cannot run takes the process down through the door the main
- * thread listens at (SIGTERM, workers.c), as site.c's do, rather than leave
- * a server answering on fewer threads than it was told.
+ * A worker that cannot run returns a failure, which stops the others
+ * (workers.c), rather than leave a server answering on fewer threads than
+ * it was told.
  */
 static int serve_worker_fail(int lfd, const char *what, int err)
 {
 	keel_log(KEEL_LOG_ERROR, "serve: %s: %s", what, keel_strerror(err));
 	close(lfd);
-	kill(getpid(), SIGTERM);
-	return CLI_FAIL;
+	return CLI_FAIL; /* (the other workers stop: workers.c) */
 }
 
 static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)

@@ -196,15 +196,7 @@ out_free:
 	free(w.proxies);
 	free(w.statics);
 	close(lfd);
-	if (status != CLI_OK) {
-		/*
-		 * The main thread only wakes for SIGINT/SIGTERM (workers.c): a worker
-		 * that cannot run takes the process down through the same door rather
-		 * than leave a server that answers on fewer threads than it was told.
-		 */
-		kill(getpid(), SIGTERM);
-	}
-	return status;
+	return status; /* (a worker that cannot run stops the others: workers.c) */
 }
 
 int cli_config_run(cli_config *cfg, const char *what)

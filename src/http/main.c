@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -26,7 +25,7 @@ struct run {
 	struct slot {
 		keel_loop *loop;
 		keel_http_server *srv;
-		bool stopping;
+		bool stopping, stopped;
 	} * slots;
 };
 
@@ -34,13 +33,32 @@ static void stopped(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	(void)o;
-	keel_loop_stop(ud);
+	struct slot *w = ud;
+	w->stopped = true;
 }
 
 static void stop_begin(struct run *m, struct slot *w, keel_loop *loop)
 {
+	(void)loop;
 	w->stopping = true;
-	keel_promise_done(keel_http_server_stop(w->srv, m->grace_ms), stopped, loop);
+	keel_promise_done(keel_http_server_stop(w->srv, m->grace_ms), stopped, w);
+}
+
+/*
+ * What the handlers and teardown started and the server does not know of
+ * (an upload's cleanup, a client's closes) runs to its end -- within the
+ * grace period once more, so that work that never ends cannot hold the stop.
+ */
+static void drain(keel_loop *loop, uint64_t grace_ms)
+{
+	uint64_t end = keel_loop_now_ns(loop) + grace_ms * 1000000u;
+	for (;;) {
+		keel_loop_stats st;
+		keel_loop_get_stats(loop, &st);
+		if ((!st.ops_inflight && !st.timers_live) || keel_loop_now_ns(loop) >= end)
+			break;
+		keel_loop_run_once(loop, 100);
+	}
 }
 
 /* On a worker's loop, posted on SIGINT/SIGTERM (src/net/workers.c): its graceful stop. */
@@ -63,17 +81,22 @@ static int worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	struct run *m = arg;
 	struct slot *w = &m->slots[index];
 	keel_http_server *srv = NULL;
+	bool set_up = false;
 	int err = keel_http_server_new(&srv, loop, &m->cfg);
-	if (!err && m->o->setup)
+	if (!err && m->o->setup) {
 		err = m->o->setup(srv, loop, (unsigned)index, m->o->ud);
+		set_up = !err;
+	}
 	if (!err)
 		err = keel_http_server_start(srv, lfd);
 	if (err) {
+		/* (workers.c stops the others: a non-zero return) */
 		keel_log(KEEL_LOG_ERROR, "worker %d: %s", index, keel_strerror(err < 0 ? err : -EINVAL));
+		if (set_up && m->o->teardown)
+			m->o->teardown(srv, loop, (unsigned)index, m->o->ud);
 		keel_http_server_free(srv); /* (nothing accepted yet: it frees) */
 		close(lfd);
-		kill(getpid(),
-		     SIGTERM); /* the others stop too: through the door the main thread listens at */
+		drain(loop, m->grace_ms);
 		return err < 0 ? err : -EINVAL;
 	}
 	pthread_mutex_lock(&m->mu);
@@ -83,11 +106,11 @@ static int worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	pthread_mutex_unlock(&m->mu);
 	if (stop_now)
 		stop_begin(m, w, loop);
-	while (!w->stopping)
+	while (!w->stopped)
 		keel_loop_run_once(loop, -1);
-	keel_loop_run(loop); /* until the graceful stop has closed every connection */
 	if (m->o->teardown)
 		m->o->teardown(srv, loop, (unsigned)index, m->o->ud);
+	drain(loop, m->grace_ms);
 	pthread_mutex_lock(&m->mu);
 	w->srv = NULL;
 	pthread_mutex_unlock(&m->mu);

@@ -20,7 +20,22 @@
 #include "keel/tcp.h"
 #include "workers.h"
 
+/* What the threads share: the calling thread's loop, told when a worker fails. */
+struct run {
+	keel_loop *main_loop;
+	bool failed; /* (main thread only: set by a post) */
+	/*
+	 * The workers begin once every one has its loop (1), or not at all (-1):
+	 * none fails -- and frees its loop -- while another is still being made.
+	 */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int go;
+};
+
 struct worker {
+	struct run *run;
+	const char *backend; /* its loop's, for the log line */
 	int index;
 	int listen_fd;
 	keel_loop *loop;
@@ -34,20 +49,41 @@ struct worker {
 	bool loop_gone; /* the worker freed its loop: no more posts */
 };
 
+static void worker_failed(keel_loop *loop, void *ud)
+{
+	(void)loop;
+	struct run *run = ud;
+	run->failed = true;
+}
+
 static void *worker_thread(void *p)
 {
 	struct worker *w = p;
 	int err = keel_loop_new(&w->loop, NULL);
 	pthread_mutex_lock(&w->mu);
 	w->ready = err < 0 ? -1 : 1;
+	w->backend = err < 0 ? "none" : keel_loop_backend(w->loop);
 	pthread_cond_signal(&w->cv);
 	pthread_mutex_unlock(&w->mu);
 	if (err < 0) {
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot create a loop: %s", w->index, keel_strerror(err));
 		w->status = err;
+		close(w->listen_fd);
 		return NULL;
 	}
-	w->status = w->main_fn(w->loop, w->index, w->listen_fd, w->arg);
+	struct run *run = w->run;
+	pthread_mutex_lock(&run->mu);
+	while (!run->go)
+		pthread_cond_wait(&run->cv, &run->mu);
+	int go = run->go;
+	pthread_mutex_unlock(&run->mu);
+	if (go > 0) {
+		w->status = w->main_fn(w->loop, w->index, w->listen_fd, w->arg);
+		if (w->status != 0) /* the others stop too: no server answering on fewer threads than told */
+			keel_loop_post(run->main_loop, worker_failed, run);
+	} else {
+		close(w->listen_fd);
+	}
 	/* A ring belongs to its thread (SINGLE_ISSUER): free it here, fenced from posts. */
 	pthread_mutex_lock(&w->mu);
 	w->loop_gone = true;
@@ -71,17 +107,37 @@ static void stop_on_loop(keel_loop *loop, void *ud)
 int keel__workers_run(const char *what, const char *addr, int n, keel__worker_main main_fn,
                       keel__worker_stop stop_fn, void *arg)
 {
-	/* Block the stop signals in every thread; the main loop takes them via signalfd. */
-	sigset_t set;
+	/*
+	 * Block the stop signals in every thread (the workers inherit the
+	 * mask); the main loop takes them via signalfd. The caller's mask comes
+	 * back at the end.
+	 */
+	sigset_t set, old;
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
 	signal(SIGPIPE, SIG_IGN);
 
-	struct worker *ws = calloc((size_t)n, sizeof(*ws));
-	if (!ws)
-		return -ENOMEM;
+	struct run run = {0};
+	pthread_mutex_init(&run.mu, NULL);
+	pthread_cond_init(&run.cv, NULL);
+	keel_loop_opts o;
+	keel_loop_opts_default(&o);
+	o.quiet = true;
+	o.recv_buf_count = 1;
+	o.recv_buf_size = 64;
+	int err = keel_loop_new(&run.main_loop, &o);
+	struct worker *ws = err ? NULL : calloc((size_t)n, sizeof(*ws));
+	if (!ws) {
+		keel_log(KEEL_LOG_ERROR, "cannot create the main loop: %s",
+		         keel_strerror(err ? err : -ENOMEM));
+		keel_loop_free(run.main_loop);
+		pthread_mutex_destroy(&run.mu);
+		pthread_cond_destroy(&run.cv);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		return err ? err : -ENOMEM;
+	}
 
 	/* Bind the first listener here so port 0 resolves once, then share the port. */
 	char bound[128];
@@ -101,6 +157,7 @@ int keel__workers_run(const char *what, const char *addr, int n, keel__worker_ma
 			const char *colon = strrchr(addr, ':');
 			snprintf(bound, sizeof(bound), "%.*s:%d", (int)(colon - addr), addr, port);
 		}
+		ws[i].run = &run;
 		ws[i].index = i;
 		ws[i].listen_fd = fd;
 		ws[i].main_fn = main_fn;
@@ -123,30 +180,26 @@ int keel__workers_run(const char *what, const char *addr, int n, keel__worker_ma
 		}
 	}
 
-	keel_loop *main_loop = NULL;
-	if (status == 0) {
-		keel_loop_opts o;
-		keel_loop_opts_default(&o);
-		o.quiet = true;
-		o.recv_buf_count = 1;
-		o.recv_buf_size = 64;
-		int err = keel_loop_new(&main_loop, &o);
-		if (err < 0) {
-			keel_log(KEEL_LOG_ERROR, "cannot create the main loop: %s", keel_strerror(err));
-			status = err;
-		}
-	}
+	pthread_mutex_lock(&run.mu);
+	run.go = status == 0 ? 1 : -1;
+	pthread_cond_broadcast(&run.cv);
+	pthread_mutex_unlock(&run.mu);
 	if (status == 0) {
 		keel_log(KEEL_LOG_INFO, "%s%slistening on %s (%d worker%s, backend %s)", what ? what : "",
-		         what ? " " : "", bound, n, n == 1 ? "" : "s", keel_loop_backend(ws[0].loop));
+		         what ? " " : "", bound, n, n == 1 ? "" : "s", ws[0].backend);
 		static const int sigs[] = {SIGINT, SIGTERM};
-		keel_promise *sig = keel_signal_wait(main_loop, sigs, 2);
-		while (!keel_promise_is_settled(sig))
-			keel_loop_run_once(main_loop, 1000);
-		keel_outcome o = keel_promise_outcome(sig);
+		keel_promise *sig = keel_signal_wait(run.main_loop, sigs, 2);
+		while (!keel_promise_is_settled(sig) && !run.failed)
+			keel_loop_run_once(run.main_loop, 1000);
+		if (!keel_promise_is_settled(sig)) { /* a worker failed: the rest stop */
+			keel_promise_cancel(sig);
+			while (!keel_promise_is_settled(sig))
+				keel_loop_run_once(run.main_loop, 100);
+		}
+		keel_outcome so = keel_promise_outcome(sig);
 		keel_promise_release(sig);
-		if (o.err == 0)
-			keel_log(KEEL_LOG_INFO, "%s received, stopping", strsignal((int)o.n));
+		if (so.err == 0)
+			keel_log(KEEL_LOG_INFO, "%s received, stopping", strsignal((int)so.n));
 	}
 	struct stop_msg msg = {stop_fn, arg};
 	for (int i = 0; i < started; i++) {
@@ -162,7 +215,10 @@ int keel__workers_run(const char *what, const char *addr, int n, keel__worker_ma
 		pthread_mutex_destroy(&ws[i].mu);
 		pthread_cond_destroy(&ws[i].cv);
 	}
-	keel_loop_free(main_loop);
+	keel_loop_free(run.main_loop); /* (after the workers: none posts any more) */
+	pthread_mutex_destroy(&run.mu);
+	pthread_cond_destroy(&run.cv);
 	free(ws);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return status;
 }

@@ -16,8 +16,9 @@ typedef void (*keel__worker_stop)(keel_loop *loop, void *arg);
  * Start n worker threads, each with its own loop and its own SO_REUSEPORT
  * listener on addr (a port of 0 is chosen once and shared); log "WHAT
  * listening on ADDR:PORT (n workers, backend B)"; run until SIGINT or
- * SIGTERM (blocked in every thread; taken by a signalfd here), then post
- * stop_fn to every worker and wait for them. Returns 0, a negative errno
+ * SIGTERM (blocked in every thread, taken by a signalfd here, the caller's
+ * mask restored at the end) or until a worker's main_fn returns non-zero,
+ * then post stop_fn to every worker and wait for them. Returns 0, a negative errno
  * (a listener, thread or loop that could not be made, logged), or the
  * first non-zero status a worker returned.
  */
