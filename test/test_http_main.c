@@ -142,8 +142,8 @@ int main(void)
 	ASSERT_EQ(pthread_create(&th, NULL, client, NULL), 0);
 	pthread_sigmask(SIG_UNBLOCK, &stops, NULL);
 	atomic_store(&setups, 0);
-	keel_http_main_opts o = {.listen = addr, .workers = 2, .grace_ms = 2000, .setup = setup_ok,
-	                         .teardown = teardown};
+	keel_http_main_opts o = {
+	    .listen = addr, .workers = 2, .grace_ms = 2000, .setup = setup_ok, .teardown = teardown};
 	int rc = keel_http_main(&o);
 	void *ok;
 	pthread_join(th, &ok);
@@ -151,8 +151,10 @@ int main(void)
 	ASSERT_EQ((intptr_t)ok, 20);
 	ASSERT_EQ(atomic_load(&setups), 2);
 	ASSERT_EQ(atomic_load(&teardowns), 2);
-	ASSERT_EQ(atomic_load(&late_timers), 20); /* (their timers outlived the server: drained, not dropped) */
+	ASSERT_EQ(atomic_load(&late_timers),
+	          20); /* (their timers outlived the server: drained, not dropped) */
 	ASSERT(!term_blocked());
-	printf("then 2 workers serve 20 requests, SIGTERM stops them, teardown twice, the late work done: ok\n");
+	printf(
+	    "then 2 workers serve 20 requests, SIGTERM stops them, teardown twice, the late work done: ok\n");
 	return 0;
 }

@@ -293,11 +293,13 @@ void keel_http_server_free(keel_http_server *s);
  * worker needs: clients, contexts). SIGINT and SIGTERM stop it gracefully:
  * every listener closes at once (new clients are refused, not left in the
  * backlog), requests in flight get opts->grace_ms (0: 10 s), then
- * opts->teardown (if set) runs on each worker's thread and the servers and
- * loops are freed. The two signals are blocked in every thread while it
- * runs. Returns 0 after such a stop, or a negative errno: a listener, thread
- * or loop that could not be made, or what a setup returned (logged; the
- * other workers are stopped).
+ * opts->teardown (if set) runs on each worker's thread, operations and
+ * timers still in flight there (a cleanup a handler started) get grace_ms
+ * more to end, and the servers and loops are freed. The two signals are
+ * blocked in every thread while it runs (the caller's mask comes back at
+ * the end); SIGPIPE is ignored. Returns 0 after such a stop, or a negative
+ * errno: a listener, thread or loop that could not be made, or what a
+ * setup returned (logged; the other workers are stopped).
  */
 typedef struct keel_http_main_opts {
 	const char *listen;
