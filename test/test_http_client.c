@@ -915,6 +915,59 @@ static void test_cancel_answered_early(void)
 	printf("a request cancelled while its answer waits for its body's send settles once: ok\n");
 }
 
+/*
+ * A whole request body is the caller's again once the promise settles: keel
+ * must not read it after. The child answers at once, without reading the
+ * body (so the send is still in the kernel), then, when told, reads all it
+ * can and fails if it sees a byte the parent wrote after the settle.
+ */
+static void lent_child(int lfd, int ctl)
+{
+	alarm(20); /* never outlive a parent that failed */
+	int a = accept(lfd, NULL, NULL);
+	if (a < 0 || read_request(a) < 0)
+		_exit(1);
+	say(a, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+	char x;
+	if (read(ctl, &x, 1) != 1)
+		_exit(1);
+	static char b[1 << 16];
+	struct timeval tv = {1, 0}; /* a send that goes on after the settle stops at the body's end */
+	setsockopt(a, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	ssize_t r;
+	while ((r = read(a, b, sizeof(b))) > 0)
+		if (memchr(b, 'X', (size_t)r))
+			_exit(4); /* sent from memory the caller had back */
+	(void)read(ctl, &x, 1);
+	_exit(0);
+}
+
+static void test_body_lent_until_settled(void)
+{
+	struct scripted sc = scripted_start(lent_child);
+	size_t n = 32u << 20; /* more than the socket buffers hold: the send stays in flight */
+	char *body = malloc(n);
+	memset(body, 'w', n);
+	keel_http_client *c;
+	ASSERT_OK(keel_http_client_new(&c, loop, NULL));
+	keel_http_client_request q = {
+	    .upstream = sc.addr, .method = "PUT", .target = "/up", .body = {body, n}};
+	keel_outcome o = test_await(loop, keel_http_client_request_send(c, &q));
+	/* The answer came while the body was still going out: the rest of it is not sent. */
+	ASSERT_EQ(o.err, 0);
+	expect_body(o.ptr, 200, "ok");
+	memset(body, 'X', n); /* the caller's again */
+	scripted_step(&sc);
+	for (int i = 0; i < 50; i++)
+		keel_loop_run_once(loop, 5);
+	keel_http_client_free(c);
+	scripted_end(&sc);
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 5);
+	free(body);
+	printf("a whole request body is not read once its promise has settled: ok\n");
+}
+
 /* ---- nginx --------------------------------------------------------------- */
 
 static pid_t nginx_pid;
@@ -1134,6 +1187,7 @@ int main(void)
 	test_raw_server();
 	test_late_bytes();
 	test_cancel_answered_early();
+	test_body_lent_until_settled();
 	test_nginx();
 
 	ASSERT_EQ(test_await(loop, keel_http_server_stop(srv, 1000)).err, 0);

@@ -61,6 +61,24 @@ static void req_put(keel_http_client *c, struct creq *r)
 
 void keel__http_client_req_settle(struct creq *r, int err, keel_http_client_response *resp)
 {
+	struct cconn *k = r->conn;
+	/*
+	 * The caller may free or reuse its body the moment the promise settles,
+	 * so a send still reading it (a whole body, or a producer's piece) must
+	 * let go first: it is cancelled -- the rest of the body is not wanted
+	 * now, so the connection cannot carry another request -- and r settles
+	 * from send_done.
+	 */
+	if (k && k->due_req != r && k->send_p && !keel_promise_is_settled(k->send_p) &&
+	    (r->q.body_read || r->q.body.len)) {
+		k->due_req = r;
+		k->due_resp = resp;
+		k->due_err = err;
+		k->keep = false;
+		k->body_out = B_NONE;
+		keel_promise_cancel(k->send_p);
+		return;
+	}
 	keel_promise *p = r->p;
 	req_put(r->up->cl, r);
 	if (err)

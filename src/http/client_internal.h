@@ -35,7 +35,7 @@ struct creq {
 	keel_http_client_request q; /* the caller's (its strings borrowed until settled) */
 	keel_str method;
 	bool idempotent, retried;
-	bool cancelled; /* cancelled while its answer waited for its body's send to let go */
+	bool cancelled; /* cancelled while it waited for its body's send to let go (due_req) */
 };
 
 /* A connection to an upstream: one request at a time, then idle or closed. */
@@ -45,9 +45,15 @@ struct cconn {
 	struct upstream *up;
 	keel_transport tp; /* the byte stream, once connected: plain TCP or cfg.transport_init's */
 	keel_promise *recv, *send_p, *connect_p;
-	struct creq *req;     /* the request whose response is awaited */
-	struct creq *due_req; /* answered, settled when the send in flight ends */
+	struct creq *req; /* the request whose response is awaited */
+	/*
+	 * A request that ended (answered, failed or cancelled) while a send of
+	 * its caller's bytes was still in the kernel: settled with due_resp or
+	 * due_err when that send lets go of them, never before.
+	 */
+	struct creq *due_req;
 	keel_http_client_response *due_resp;
+	int due_err;
 	char *out; /* the request head being sent */
 	size_t out_cap;
 	/* A streamed request body. */

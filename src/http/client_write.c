@@ -98,15 +98,17 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	struct cconn *k = ud;
 	k->send_p = NULL;
 	if (k->due_req) {
-		struct creq *r = k->due_req; /* answered while its body was still going out */
+		struct creq *r = k->due_req; /* ended while its body was still going out */
 		keel_http_client_response *resp = k->due_resp;
+		int err = k->due_err;
 		k->due_req = NULL;
 		k->due_resp = NULL;
+		k->due_err = 0;
 		if (r->cancelled) {
 			keel_http_client_response_free(resp);
 			keel__http_client_req_settle(r, -ECANCELED, NULL);
 		} else {
-			keel__http_client_req_settle(r, resp ? 0 : -ENOMEM, resp);
+			keel__http_client_req_settle(r, err ? err : resp ? 0 : -ENOMEM, resp);
 		}
 	}
 
