@@ -322,6 +322,104 @@ static void test_cancel_without_hook(keel_loop *loop)
 	ASSERT_EQ(o.n, 7);
 }
 
+/*
+ * A loop written as a flat stage that returns the next flat stage (read,
+ * then write, then read again, ...): however many turns, the chain stays a
+ * few promises long, its result reaches the outermost consumer, and
+ * cancelling that consumer still reaches the turn under way.
+ */
+struct turns {
+	keel_loop *loop;
+	int n, max;
+	uint64_t wait_ms; /* the last turn's wait */
+	uint32_t live_max;
+};
+
+static keel_promise *turn(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	struct turns *t = ud;
+	keel_loop_stats st;
+	keel_loop_get_stats(t->loop, &st);
+	if (st.promises_live > t->live_max)
+		t->live_max = st.promises_live;
+	if (++t->n == t->max) {
+		keel_promise *p = keel_promise_new(t->loop);
+		keel_promise_resolve(p, t->n, NULL);
+		return p;
+	}
+	(void)in;
+	uint64_t ms = t->n == t->max - 1 ? t->wait_ms : 0;
+	return keel_flat_map(keel_promise_bind_ctx(keel_sleep(t->loop, ms), ctx), turn, t);
+}
+
+/* A turn whose state lives in a context of its own, which only its stage holds. */
+struct own_turn {
+	struct turns *t;
+	int n;
+};
+
+static keel_promise *own_turn_step(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	(void)in;
+	struct own_turn *prev = ud;
+	struct turns *t = prev->t;
+	ASSERT_EQ(prev->n, t->n); /* (ASan: the previous turn's arena is still there) */
+	if (++t->n == t->max) {
+		keel_promise *p = keel_promise_new(t->loop);
+		keel_promise_resolve(p, t->n, NULL);
+		return p;
+	}
+	keel_ctx *own = keel_ctx_new(t->loop);
+	struct own_turn *next = keel_ctx_alloc(own, sizeof(*next));
+	next->t = t;
+	next->n = t->n;
+	keel_promise *p =
+	    keel_flat_map(keel_promise_bind_ctx(keel_sleep(t->loop, 0), own), own_turn_step, next);
+	keel_ctx_release(own);
+	return p;
+}
+
+static void test_flat_loop(keel_loop *loop)
+{
+	keel_loop_stats st;
+	keel_loop_get_stats(loop, &st);
+	uint32_t before = st.promises_live;
+	keel_ctx *ctx = keel_ctx_new(loop);
+	struct turns t = {loop, 0, 50000, 0, 0};
+	keel_promise *p = keel_flat_map(keel_promise_bind_ctx(keel_sleep(loop, 0), ctx), turn, &t);
+	keel_ctx_release(ctx);
+	keel_outcome o = test_await(loop, p);
+	ASSERT_EQ(o.err, 0);
+	ASSERT_EQ(o.n, 50000);
+	ASSERT(t.live_max <= before + 6); /* it was one more per turn: 50,000 */
+
+	/* Cancelled on its 1000th turn, waiting a minute: the wait is what is cancelled. */
+	struct turns c = {loop, 0, 1000, 60000, 0};
+	p = keel_flat_map(keel_sleep(loop, 0), turn, &c);
+	for (int i = 0; i < 5000 && c.n < 999; i++)
+		keel_loop_run_once(loop, 0);
+	ASSERT_EQ(c.n, 999);
+	keel_promise_cancel(p);
+	o = test_await(loop, p);
+	ASSERT_EQ(o.err, -ECANCELED);
+	ASSERT_EQ(c.n, 999);
+	keel_loop_get_stats(loop, &st);
+	ASSERT_EQ(st.timers_live, 0);
+
+	/* Each turn's state in its own context: kept until the next turn has used it. */
+	struct turns u = {loop, 0, 200, 0, 0};
+	struct own_turn first = {&u, 0};
+	o = test_await(loop, keel_flat_map(keel_sleep(loop, 0), own_turn_step, &first));
+	ASSERT_EQ(o.n, 200);
+	for (int i = 0; i < 5; i++)
+		keel_loop_run_once(loop, 0);
+	keel_loop_get_stats(loop, &st);
+	ASSERT_EQ(st.ctx_live, 0);
+	printf("a flat_map loop of 50,000 turns holds %u promises, and is cancelled where it is: ok\n",
+	       t.live_max - before);
+}
+
 static void test_no_leak(keel_loop *loop)
 {
 	keel_loop_stats st;
@@ -344,6 +442,7 @@ int main(void)
 	test_ctx(loop);
 	test_ctx_hooks(loop);
 	test_cancel_without_hook(loop);
+	test_flat_loop(loop);
 	test_no_leak(loop);
 	keel_loop_free(loop);
 	printf("promise: ok (%s)\n", "all cases");

@@ -202,6 +202,35 @@ static void cancel_upstream(keel_promise *self, void *arg)
 		keel_promise_cancel(self->upstream);
 }
 
+static void derived_notify(keel_promise *in, void *arg);
+
+/*
+ * q, a flat stage whose function returned r, settles as r does. A loop
+ * written as a flat stage that returns the next flat stage would make a
+ * chain of such followers, one per turn, each waiting on the next: memory
+ * growing with the loop's length. So when q's own consumer p is a stage
+ * that only follows q, p follows r instead and q goes: however long the
+ * loop, two promises stand for it. (Only when q holds no context that p
+ * does not: dropping q early must not free an arena r's work may use.)
+ */
+static void follow(keel_promise *q, keel_promise *r)
+{
+	keel_promise *p = q->notify == derived_notify ? q->notify_arg : NULL;
+	if (p && p->mode == KEEL__M_FORWARD && p->upstream == q && (!q->ctx || q->ctx == p->ctx)) {
+		p->upstream = r;
+		keel__promise_listen(r, derived_notify, p);
+		q->upstream = NULL;
+		q->notify = NULL;
+		q->cancel = NULL;
+		keel__promise_unref(q); /* its producer, which will never settle it */
+		keel__promise_unref(q); /* and its consumer, p, which no longer waits on it */
+		return;
+	}
+	q->mode = KEEL__M_FORWARD;
+	q->upstream = r;
+	keel__promise_listen(r, derived_notify, q);
+}
+
 static void derived_notify(keel_promise *in, void *arg)
 {
 	keel_promise *q = arg;
@@ -225,13 +254,10 @@ static void derived_notify(keel_promise *in, void *arg)
 			keel_promise_settle(q, o);
 		} else {
 			keel_promise *r = ((keel_flat_fn)q->fn)(q->ctx, o, q->ud);
-			if (!r) {
+			if (!r)
 				keel_promise_settle(q, keel_fail(-ENOMEM));
-			} else {
-				q->mode = KEEL__M_FORWARD;
-				q->upstream = r;
-				keel__promise_listen(r, derived_notify, q);
-			}
+			else
+				follow(q, r);
 		}
 		break;
 	case KEEL__M_FORWARD: keel_promise_settle(q, o); break;
