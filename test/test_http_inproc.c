@@ -31,11 +31,17 @@
  *    port -- bodies both ways, streamed, on one pooled connection; a pooled
  *    connection its peer closed or spoke on is not reused; a refusal fails
  *    the request with its error and leaves nothing open.
+ *  - Lifetimes: a handler's chain the server cancels still runs its stages
+ *    (with -ECANCELED) on a whole request; an upload written to a file by
+ *    a loop of flat stages holds the same few promises and no more memory
+ *    from its first quarter to its end.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -1179,6 +1185,217 @@ static void test_client_transport_refused(void)
 	printf("client transport seam: a refusing transport_init fails the request with its error: ok\n");
 }
 
+/* ---- Lifetimes ------------------------------------------------------------ */
+
+/*
+ * A handler's chain that the server cancels (its client went) still runs its
+ * stages, with -ECANCELED, and until the handler's promise has settled its
+ * request is whole: its path, its response, its context.
+ */
+static int after_ran, after_err;
+
+static keel_outcome after_cancel(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	keel_http_request *req = ud;
+	after_ran++;
+	after_err = in.err;
+	ASSERT(keel_str_eq(req->path, "/wait"));
+	ASSERT(ctx == keel_http_request_ctx(req));
+	char *note = keel_ctx_alloc(ctx, 64); /* the arena still takes allocations */
+	ASSERT(note != NULL);
+	memset(note, 'n', 64);
+	req->resp.status = 299; /* written, and discarded */
+	return in;
+}
+
+static keel_promise *h_wait(keel_http_request *req, void *ud)
+{
+	(void)ud;
+	keel_ctx *ctx = keel_http_request_ctx(req);
+	keel_promise *p = keel_promise_bind_ctx(keel_sleep(req->loop, 30000), ctx);
+	return keel_then(p, after_cancel, req);
+}
+
+static void test_cancelled_chain_keeps_its_request(void)
+{
+	keel_http_server *srv = server(1 << 20);
+	ASSERT_OK(keel_http_route(srv, "GET", "/wait", 0, h_wait, NULL));
+	keel_loop_stats st0, st;
+	keel_loop_get_stats(loop, &st0);
+	int lfd = keel_tcp_listen("127.0.0.1:0", 4, 0);
+	ASSERT_OK(lfd);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	getsockname(lfd, (struct sockaddr *)&ss, &sl);
+	int c = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT_EQ(connect(c, (struct sockaddr *)&ss, sl), 0);
+	int a = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	ASSERT(a >= 0);
+	close(lfd);
+	ASSERT_OK(keel_http_server_adopt(srv, a));
+	static const char req[] = "GET /wait HTTP/1.1\r\nHost: a\r\n\r\n";
+	ASSERT_EQ(write(c, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 1);
+	keel_http_stats hs;
+	keel_http_server_stats(srv, &hs);
+	ASSERT_EQ(hs.inflight, 1);
+	ASSERT_EQ(after_ran, 0);
+	struct linger lg = {1, 0};
+	setsockopt(c, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(c); /* a reset: the server cancels the handler's promise */
+	for (int i = 0; i < 100 && after_ran == 0; i++)
+		keel_loop_run_once(loop, 5);
+	ASSERT_EQ(after_ran, 1);
+	ASSERT_EQ(after_err, -ECANCELED);
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 1);
+	keel_http_server_stats(srv, &hs);
+	ASSERT_EQ(hs.conns_open, 0);
+	keel_loop_get_stats(loop, &st);
+	ASSERT_EQ(st.timers_live, st0.timers_live); /* the 30 s wait is gone */
+	ASSERT_EQ(st.ctx_live, st0.ctx_live);
+	stop_and_free(srv);
+	printf("a cancelled handler's stages still run, on a whole request, then it goes: ok\n");
+}
+
+/*
+ * An upload written to a file as a loop of flat stages (read a piece,
+ * write it, read the next): 64 MiB, and what the loop holds -- promises,
+ * contexts, resident memory -- does not grow with it.
+ */
+#define UP_LEN (64ull << 20)
+
+struct up {
+	keel_http_request *req;
+	int fd;
+	uint64_t off, want;
+	uint32_t live_min, live_max;
+	long rss_quarter, rss_max;
+};
+
+static struct up up_state;
+
+static long rss_kib(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[128];
+	long kib = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kib;
+}
+
+static keel_promise *up_read(keel_ctx *ctx, keel_outcome in, void *ud);
+
+static keel_promise *up_write(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	(void)in;
+	struct up *u = ud;
+	keel_str *piece = in.ptr;
+	keel_loop_stats st;
+	keel_loop_get_stats(u->req->loop, &st);
+	if (!u->live_min || st.promises_live < u->live_min)
+		u->live_min = st.promises_live;
+	if (st.promises_live > u->live_max)
+		u->live_max = st.promises_live;
+	long rss = rss_kib();
+	if (u->off >= UP_LEN / 4 && !u->rss_quarter)
+		u->rss_quarter = rss;
+	if (rss > u->rss_max)
+		u->rss_max = rss;
+	if (!piece || !piece->len)
+		return keel_http_respondf(u->req, 200, "text/plain", "%llu\n", (unsigned long long)u->off);
+	u->want = piece->len;
+	keel_promise *w = keel_file_write(u->req->loop, u->fd, piece->ptr, piece->len, u->off);
+	return keel_flat_map(w, up_read, u);
+}
+
+static keel_promise *up_read(keel_ctx *ctx, keel_outcome in, void *ud)
+{
+	(void)ctx;
+	struct up *u = ud;
+	ASSERT_EQ((uint64_t)in.n, u->want); /* (a regular file takes the whole piece) */
+	u->off += (uint64_t)in.n;
+	return keel_flat_map(keel_http_body_read(u->req), up_write, u);
+}
+
+static keel_promise *h_up(keel_http_request *req, void *ud)
+{
+	(void)ud;
+	struct up *u = &up_state;
+	u->req = req;
+	return keel_flat_map(keel_http_body_read(req), up_write, u);
+}
+
+struct up_client {
+	int fd;
+	char answer[256];
+	atomic_int done;
+};
+
+static void *up_client_run(void *arg)
+{
+	struct up_client *uc = arg;
+	char head[128];
+	int n = snprintf(head, sizeof(head), "PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %llu\r\n\r\n",
+	                 (unsigned long long)UP_LEN);
+	if (write(uc->fd, head, (size_t)n) != n)
+		return NULL;
+	for (uint64_t sent = 0; sent < UP_LEN;) {
+		size_t k = UP_LEN - sent < BIG ? (size_t)(UP_LEN - sent) : BIG;
+		ssize_t w = write(uc->fd, big, k); /* (BIG divides UP_LEN: the pattern lines up) */
+		if (w <= 0)
+			return NULL;
+		sent += (uint64_t)w;
+	}
+	size_t got = 0;
+	ssize_t r;
+	while (got < sizeof(uc->answer) - 1 && !strstr(uc->answer, "67108864\n") &&
+	       (r = read(uc->fd, uc->answer + got, sizeof(uc->answer) - 1 - got)) > 0)
+		got += (size_t)r; /* (answer is zeroed: strstr sees what came) */
+	atomic_store(&uc->done, 1);
+	return NULL;
+}
+
+static void test_upload_loop_is_bounded(void)
+{
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	keel_http_server *srv;
+	ASSERT_OK(keel_http_server_new(&srv, loop, &cfg));
+	ASSERT_OK(keel_http_route(srv, "PUT", "/up", KEEL_HTTP_STREAM_BODY, h_up, NULL));
+	up_state.fd = open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	ASSERT(up_state.fd >= 0);
+	struct up_client uc = {adopt(srv), {0}, 0};
+	pthread_t th;
+	ASSERT_EQ(pthread_create(&th, NULL, up_client_run, &uc), 0);
+	uint64_t until = keel_loop_now_ms(loop) + 120000; /* (a bound, not a speed: it takes seconds) */
+	while (!atomic_load(&uc.done) && keel_loop_now_ms(loop) < until)
+		keel_loop_run_once(loop, 5);
+	ASSERT_EQ(pthread_join(th, NULL), 0);
+	ASSERT_EQ(up_state.off, UP_LEN);
+	ASSERT(strncmp(uc.answer, "HTTP/1.1 200", 12) == 0);
+	/* The file is the body, byte for byte (a sample of 1 MiB blocks). */
+	for (uint64_t at = 0; at < UP_LEN; at += 37 * (uint64_t)BIG) {
+		static char back[BIG];
+		ASSERT_EQ(pread(up_state.fd, back, BIG, (off_t)at), BIG);
+		ASSERT(memcmp(back, big, BIG) == 0);
+	}
+	close(up_state.fd);
+	close(uc.fd);
+	ASSERT(up_state.live_max <= up_state.live_min + 8);
+	ASSERT(up_state.rss_max - up_state.rss_quarter < 16 * 1024);
+	printf("a 64 MiB upload written by a loop of flat stages: promises %u..%u, RSS +%ld KiB after the "
+	       "first quarter: ok\n",
+	       up_state.live_min, up_state.live_max, up_state.rss_max - up_state.rss_quarter);
+	stop_and_free(srv);
+}
+
 int main(void)
 {
 	for (size_t i = 0; i < BIG; i++)
@@ -1197,6 +1414,8 @@ int main(void)
 	test_client_transport_seam();
 	test_client_transport_stale();
 	test_client_transport_refused();
+	test_cancelled_chain_keeps_its_request();
+	test_upload_loop_is_bounded();
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 0);
 	keel_loop_stats st;
