@@ -172,7 +172,13 @@ void keel__http_client_stream_start(struct cconn *k, keel_buf *buf, size_t off)
 	struct creq *r = k->req;
 	keel_http_client *c = k->up->cl;
 	k->req = NULL;
-	r->conn = NULL;
+	/*
+	 * A whole body still going out is the caller's again when the promise
+	 * settles: req_settle waits for that send (cancelled) while r->conn
+	 * says where it is. A producer's body goes on beside the response.
+	 */
+	if (r->q.body_read || !r->q.body.len)
+		r->conn = NULL;
 	k->attached = true;
 	k->sresp = (keel_http_client_response){0};
 	k->sresp.status = k->msg.status;

@@ -18,7 +18,7 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 {
 	const keel_http_client_request *q = &r->q;
 	const char *target = q->target ? q->target : "/";
-	const char *host = q->host ? q->host : q->upstream;
+	const char *host = q->host ? q->host : r->up->name; /* (the client's copy of q->upstream) */
 	size_t tl = strlen(target), hl = strlen(host);
 	size_t cap = r->method.len + tl + hl + 96; /* (the fixed text below is 76 bytes at most) */
 	for (unsigned i = 0; i < q->nheaders; i++)
