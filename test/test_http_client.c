@@ -1095,6 +1095,7 @@ static char not_null; /* what *out holds before each call: a failing one must cl
 
 static void test_constructors(void)
 {
+	keel_http_client_free(NULL); /* (as every _free takes NULL) */
 	keel_http_config hc;
 	EXPECT_NEW(keel_http_server, 0, loop, NULL);
 	EXPECT_NEW(keel_http_server, -EINVAL, NULL, NULL);

@@ -1259,6 +1259,68 @@ static void test_cancelled_chain_keeps_its_request(void)
 	printf("a cancelled handler's stages still run, on a whole request, then it goes: ok\n");
 }
 
+/* A second stop resolves with the first, and its shorter grace cuts the wait. */
+static int stops_done;
+
+static void count_stop(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)ud;
+	ASSERT_EQ(o.err, 0);
+	stops_done++;
+}
+
+static keel_promise *h_status42(keel_http_request *req, void *ud)
+{
+	(void)ud;
+	return keel_http_respond(req, 42, "text/plain", "?", 1);
+}
+
+static void test_second_stop_and_bad_status(void)
+{
+	keel_http_server *srv = server(1 << 20);
+	ASSERT_OK(keel_http_route(srv, "GET", "/wait", 0, h_wait, NULL));
+	ASSERT_OK(keel_http_route(srv, "GET", "/42", 0, h_status42, NULL));
+	/* A status that is not a final one is the handler's mistake: 500. */
+	int c = adopt(srv);
+	static const char req42[] = "GET /42 HTTP/1.1\r\nHost: a\r\n\r\n";
+	ASSERT_EQ(write(c, req42, sizeof(req42) - 1), (ssize_t)sizeof(req42) - 1);
+	char got[512] = {0};
+	size_t n = 0;
+	for (int i = 0; i < 200 && !strstr(got, "\r\n\r\n"); i++) {
+		keel_loop_run_once(loop, 5);
+		ssize_t r = recv(c, got + n, sizeof(got) - 1 - n, MSG_DONTWAIT);
+		if (r > 0)
+			n += (size_t)r;
+	}
+	ASSERT(strncmp(got, "HTTP/1.1 500 ", 13) == 0);
+	close(c);
+	/* Busy with a 30 s handler: the first stop would wait 10 s, the second 0. */
+	int b = adopt(srv);
+	static const char reqw[] = "GET /wait HTTP/1.1\r\nHost: a\r\n\r\n";
+	ASSERT_EQ(write(b, reqw, sizeof(reqw) - 1), (ssize_t)sizeof(reqw) - 1);
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 1);
+	stops_done = 0;
+	keel_promise_done(keel_http_server_stop(srv, 10000), count_stop, NULL);
+	for (int i = 0; i < 20; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT_EQ(stops_done, 0);
+	keel_promise_done(keel_http_server_stop(srv, 0), count_stop, NULL);
+	for (int i = 0; i < 200 && stops_done < 2; i++)
+		keel_loop_run_once(loop, 5);
+	ASSERT_EQ(stops_done, 2); /* both, well before the first's 10 s */
+	keel_promise_done(keel_http_server_stop(srv, 10000), count_stop, NULL);
+	for (int i = 0; i < 5; i++)
+		keel_loop_run_once(loop, 1);
+	ASSERT_EQ(stops_done, 3); /* stopped already: at once */
+	close(b);
+	const char *said = free_logged(srv);
+	if (*said)
+		FAIL("keel_http_server_free after the stops said: %s", said);
+	printf("a status under 200 is answered 500; a second stop resolves with the first, sooner: ok\n");
+}
+
 /*
  * An upload written to a file as a loop of flat stages (read a piece,
  * write it, read the next): 64 MiB, and what the loop holds -- promises,
@@ -1415,6 +1477,7 @@ int main(void)
 	test_client_transport_stale();
 	test_client_transport_refused();
 	test_cancelled_chain_keeps_its_request();
+	test_second_stop_and_bad_status();
 	test_upload_loop_is_bounded();
 	for (int i = 0; i < 20; i++)
 		keel_loop_run_once(loop, 0);

@@ -268,6 +268,8 @@ static void test_ctx(keel_loop *loop)
 	uint32_t before = st.ctx_live;
 	ctx_freed = 0;
 	keel_ctx *ctx = keel_ctx_new(loop);
+	ASSERT(keel_ctx_alloc(ctx, SIZE_MAX) == NULL); /* (rounded up, it used to wrap to 16 bytes) */
+	ASSERT(keel_ctx_alloc(ctx, SIZE_MAX - 8) == NULL);
 	keel_ctx_on_free(ctx, on_ctx_free, NULL);
 	keel_promise *p = keel_promise_bind_ctx(keel_sleep(loop, 1), ctx);
 	keel_ctx_release(ctx); /* the chain holds it now */

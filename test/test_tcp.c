@@ -578,6 +578,32 @@ out:
 	return skip;
 }
 
+/* KEEL_TCP_NODELAY: connections accepted from the listener start with TCP_NODELAY. */
+static void test_listen_nodelay(void)
+{
+	for (unsigned flags = 0; flags <= KEEL_TCP_NODELAY; flags += KEEL_TCP_NODELAY) {
+		int lfd = keel_tcp_listen("127.0.0.1:0", 4, flags);
+		ASSERT_OK(lfd);
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		ASSERT_EQ(getsockname(lfd, (struct sockaddr *)&ss, &sl), 0);
+		int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		ASSERT_EQ(connect(c, (struct sockaddr *)&ss, sl), 0);
+		int a = -1;
+		for (int i = 0; i < 100 && a < 0; i++, usleep(1000))
+			a = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		ASSERT(a >= 0);
+		int v = -1;
+		socklen_t vl = sizeof(v);
+		ASSERT_EQ(getsockopt(a, IPPROTO_TCP, TCP_NODELAY, &v, &vl), 0);
+		ASSERT_EQ(v != 0, flags != 0);
+		close(a);
+		close(c);
+		close(lfd);
+	}
+	printf("KEEL_TCP_NODELAY: accepted connections start with TCP_NODELAY: ok\n");
+}
+
 static void test_addr_parse(void)
 {
 	struct sockaddr_storage ss;
@@ -608,6 +634,7 @@ int main(void)
 	signal(SIGPIPE, SIG_IGN);
 	loop = test_loop();
 	test_addr_parse();
+	test_listen_nodelay();
 	int lfd = keel_tcp_listen("127.0.0.1:0", 1024, 0);
 	ASSERT_OK(lfd);
 	srv_len = sizeof(srv_addr);

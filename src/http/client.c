@@ -265,6 +265,8 @@ void keel_http_client_get_stats(const keel_http_client *c, keel_http_client_stat
 
 void keel_http_client_free(keel_http_client *c)
 {
+	if (!c)
+		return;
 	c->freeing = true;
 	c->in_free = true; /* connections closing right here must not free c under this loop */
 	for (struct upstream *u = c->ups; u; u = u->next) {

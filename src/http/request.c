@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include "keel/errors.h"
 #include "keel/http.h"
 #include "keel/http_parse.h"
+#include "keel/log.h"
 #include "server_internal.h"
 
 const char *keel_http_status_text(int status)
@@ -392,6 +394,21 @@ static int err_status(int err)
 void keel__req_answer(keel_http_request *r, keel_outcome o)
 {
 	r->pending = NULL;
+	if (!o.err && o.ptr) {
+		int st = ((keel_http_response *)o.ptr)->status;
+		if (st < 200 || st > 999) {
+			/* Not a final status a client can take: the handler's mistake, answered 500. */
+			static atomic_uint said; /* (once per process: a bug, not an event) */
+			if (atomic_fetch_add(&said, 1) == 0)
+				keel_log(KEEL_LOG_ERROR,
+				         "a handler answered with status %d: sent 500 instead", st);
+			keel_http_response *bad = o.ptr;
+			if (bad->file_fd >= 0 && bad->file_close)
+				close(bad->file_fd);
+			bad->file_fd = -1;
+			o = keel_fail(-EPROTO);
+		}
+	}
 	if (o.err || !o.ptr) {
 		if (r->resp.file_fd >= 0 && r->resp.file_close)
 			close(r->resp.file_fd); /* a handler that failed after opening its file */

@@ -37,8 +37,11 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, u
 	r = &s->routes[s->nroutes];
 	r->method = method ? strdup(method) : NULL;
 	r->path = strdup(path);
-	if ((method && !r->method) || !r->path)
+	if ((method && !r->method) || !r->path) {
+		free(r->method);
+		free(r->path);
 		return -ENOMEM;
+	}
 	r->plen = strlen(path);
 	r->mlen = method ? strlen(method) : 0;
 	r->prefix = flags & KEEL_HTTP_PREFIX;

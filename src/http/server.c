@@ -160,6 +160,11 @@ void keel__server_maybe_stopped(keel_http_server *s)
 	keel_promise *p = s->stopped;
 	s->stopped = NULL;
 	keel_promise_resolve(p, 0, NULL);
+	for (unsigned i = 0; i < s->nstopped_more; i++)
+		keel_promise_resolve(s->stopped_more[i], 0, NULL);
+	free(s->stopped_more);
+	s->stopped_more = NULL;
+	s->nstopped_more = 0;
 }
 
 /* A connection of the protocol's was opened (it is on s->conns). */
@@ -238,7 +243,22 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 {
 	keel_promise *p = keel_promise_new(s->loop);
 	if (s->stopping) {
-		keel_promise_resolve(p, 0, NULL);
+		/*
+		 * Stopped already, or stopping: this promise resolves with the
+		 * first one, and a shorter grace cuts the wait (a second ^C).
+		 */
+		keel_promise **more =
+		    s->stopped ? keel__realloc(s->stopped_more, (s->nstopped_more + 1) * sizeof(*more))
+		               : NULL;
+		if (!more) {
+			keel_promise_resolve(p, 0, NULL);
+			return p;
+		}
+		s->stopped_more = more;
+		more[s->nstopped_more++] = p;
+		uint64_t at = keel_loop_now_ns(s->loop) + grace_ms * 1000000;
+		if (keel_timer_is_armed(&s->grace) && keel_timer_deadline_ns(&s->grace) > at)
+			keel_timer_arm(s->loop, &s->grace, grace_ms);
 		return p;
 	}
 	s->stopping = true;

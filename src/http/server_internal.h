@@ -104,6 +104,8 @@ struct keel_http_server {
 	keel_timer trim_timer;
 	size_t req_size;
 	keel_promise *stopped;
+	keel_promise **stopped_more; /* later stops' promises, resolved with the first */
+	unsigned nstopped_more;
 	keel_timer grace;
 	uint64_t input_ns; /* when the input being parsed arrived, if not this tick (held back) */
 	size_t body_mem;   /* request body bytes copied and held (body_mem_max) */

@@ -160,7 +160,8 @@ static void *resolver_thread(void *arg)
 			j->len = pick->ai_addrlen;
 			freeaddrinfo(res);
 		} else {
-			j->err = rc == EAI_MEMORY ? -ENOMEM : rc == EAI_SYSTEM ? -errno : KEEL_ENAME;
+			int e = errno; /* (EAI_SYSTEM with errno 0 happens: still a failure) */
+			j->err = rc == EAI_MEMORY ? -ENOMEM : rc == EAI_SYSTEM ? (e ? -e : -EIO) : KEEL_ENAME;
 		}
 
 		pthread_mutex_lock(&R.mu);

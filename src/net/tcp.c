@@ -105,6 +105,9 @@ int keel_tcp_listen(const char *addr, int backlog, unsigned flags)
 		goto out_close;
 	if (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
 		goto out_close;
+	/* (Linux passes TCP_NODELAY on to the connections accepted from it.) */
+	if ((flags & KEEL_TCP_NODELAY) && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+		goto out_close;
 	if (bind(fd, (struct sockaddr *)&ss, len) < 0)
 		goto out_close;
 	if (listen(fd, backlog > 0 ? backlog : 65535) < 0) /* (the kernel caps it at net.core.somaxconn) */
