@@ -48,6 +48,7 @@ typedef struct keel_acceptor_ops {
 	void (*quiet)(void *ud);
 } keel_acceptor_ops;
 
+/* Embedded by the owner; the fields are the acceptor's (loop, ops and ud as given to init). */
 typedef struct keel_acceptor {
 	keel_loop *loop;
 	const keel_acceptor_ops *ops;
@@ -59,12 +60,16 @@ typedef struct keel_acceptor {
 	unsigned backoff_ms;   /* grows while accepting keeps failing; 0 after a success */
 	uint64_t backoff_logged_ms;
 	bool paused, stopping, reclaiming;
-	int *held; /* accepted past the limit, in arrival order: not served yet */
+	int *held; /* accepted past the limit, in arrival order: not served yet (the acceptor's to close) */
 	unsigned nheld, held_cap;
 	uint64_t pauses; /* times accepting paused (the limit, EMFILE and the like) */
 } keel_acceptor;
 
-/* Set a up; nothing runs until keel_acceptor_start. conns_max > 0. */
+/*
+ * Set a up; nothing runs until keel_acceptor_start. conns_max > 0. loop,
+ * ops and ud are borrowed until keel_acceptor_fini; a itself must not move
+ * or go while keel_acceptor_busy is true.
+ */
 void keel_acceptor_init(keel_acceptor *a, keel_loop *loop, unsigned conns_max, const keel_acceptor_ops *ops,
                         void *ud);
 

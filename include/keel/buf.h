@@ -6,6 +6,7 @@
  * takes from the same pool at the same moment. A keel_recv_stream callback
  * borrows the buffer for the duration of the call; keel_buf_hold keeps it
  * (for instance to send it back without a copy) until keel_buf_release.
+ * A pool buffer must be released before keel_loop_free, which unmaps the pool.
  */
 #ifndef KEEL_BUF_H
 #define KEEL_BUF_H
@@ -22,14 +23,15 @@ typedef struct keel_buf keel_buf;
  * Who a buffer goes back to when it is not the loop's own: a transport that
  * hands out buffers of its own (TLS: decrypted bytes) sets owner, and
  * keel_buf_release calls owner->release on the last reference instead of
- * returning the buffer to the pool.
+ * returning the buffer to the pool. Every buffer that points to owner
+ * borrows it: owner must outlive them all.
  */
 typedef struct keel_buf_owner {
 	void (*release)(struct keel_buf_owner *owner, keel_buf *buf);
 } keel_buf_owner;
 
 struct keel_buf {
-	char *data;                 /* received bytes */
+	char *data;                 /* received bytes; valid while a reference is held */
 	uint32_t len;               /* how many */
 	uint32_t cap;               /* buffer size */
 	uint16_t id;                /* index in the pool */

@@ -25,7 +25,11 @@ enum {
 	                          cipher, the peer gone): no application data was sent */
 };
 
-/* Text for a keel error or a negative errno. Never NULL; static storage. */
+/*
+ * Text for a keel error or a negative errno. Never NULL. Static storage,
+ * except for an errno value the C library does not know: then the text is
+ * in strerror's buffer, valid until the next strerror call (glibc: per thread).
+ */
 const char *keel_strerror(int err);
 
 #ifdef __cplusplus

@@ -4,7 +4,8 @@
  * On io_uring they are ring operations like any other. On epoll, which cannot
  * wait for regular files, they run on a small bounded thread pool and their
  * results re-enter the loop through an eventfd, as completions.
- * Paths and buffers are borrowed until the promise settles.
+ * Paths and buffers are borrowed until the promise settles. Every call that
+ * returns a keel_promise * returns the consumer's handle (keel/promise.h).
  */
 #ifndef KEEL_FILE_H
 #define KEEL_FILE_H
@@ -22,7 +23,8 @@ extern "C" {
 
 /*
  * openat2(2). resolve takes RESOLVE_* flags (RESOLVE_BENEATH keeps the lookup
- * below dirfd). O_CLOEXEC is always added. Resolves with n = fd.
+ * below dirfd). O_CLOEXEC is always added. Resolves with n = fd, the
+ * consumer's to close.
  */
 keel_promise *keel_file_open(keel_loop *loop, int dirfd, const char *path, int flags, mode_t mode,
                              uint64_t resolve);
@@ -36,7 +38,7 @@ keel_promise *keel_file_open(keel_loop *loop, int dirfd, const char *path, int f
 keel_promise *keel_file_read(keel_loop *loop, int fd, void *buf, size_t len, uint64_t off);
 keel_promise *keel_file_write(keel_loop *loop, int fd, const void *buf, size_t len, uint64_t off);
 
-/* statx(2) into *out (borrowed). */
+/* statx(2) into *out (borrowed until the promise settles; filled when it resolves). */
 keel_promise *keel_file_statx(keel_loop *loop, int dirfd, const char *path, int flags, unsigned mask,
                               struct statx *out);
 
@@ -68,15 +70,17 @@ keel_promise *keel_read(keel_loop *loop, int fd, void *buf, size_t len);
  * Send len bytes of file in_fd from offset off to socket out_fd without
  * copying through user space (splice through a pipe on io_uring, sendfile(2)
  * on epoll). Short transfers are continued; n == len unless the file ended
- * early, in which case n is what was sent.
+ * early, in which case n is what was sent. Neither descriptor is closed:
+ * both are borrowed until the promise settles.
  */
 keel_promise *keel_sendfile(keel_loop *loop, int out_fd, int in_fd, uint64_t off, size_t len);
 
 /*
- * Close fd. In-flight operations on fd are cancelled first (they settle
- * with -ECANCELED), so nothing is left waiting on a closed descriptor.
- * Never refused: with the operation table full (ops_max), the close is
- * made with close(2) once the operations on fd have ended.
+ * Close fd (taken: the caller must not use it after this call). In-flight
+ * operations on fd are cancelled first (they settle with -ECANCELED), so
+ * nothing is left waiting on a closed descriptor. Never refused: with the
+ * operation table full (ops_max), the close is made with close(2) once the
+ * operations on fd have ended.
  */
 keel_promise *keel_close(keel_loop *loop, int fd);
 

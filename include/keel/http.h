@@ -6,7 +6,8 @@
  * (writing all the responses that are ready in one send), enforces limits
  * and timeouts, and stops gracefully. Request heads are parsed in place in
  * the receive buffers: the spans in a request stay valid until its response
- * has been sent.
+ * has been sent. Every call that returns a keel_promise * returns the
+ * consumer's handle (keel/promise.h).
  */
 #ifndef KEEL_HTTP_H
 #define KEEL_HTTP_H
@@ -61,16 +62,19 @@ typedef struct keel_http_config {
 	uint64_t send_timeout_ms;    /* a response send that makes no progress; 30000 */
 	const char *server_name;     /* Server header; "keel"; NULL: none */
 	int access_log_fd;           /* combined-format access log, written through the loop in
-	                               batches; -1 (default): off. The server does not close it. */
+	                               batches; -1 (default): off. Borrowed: the server never
+	                               closes it; keep it open until the stop has resolved */
 	bool listener_keep;          /* stop leaves the listening socket listening (another server
 	                               takes it over); default false: stop shuts it down at once */
 	/*
 	 * How each connection's socket is wrapped (keel/transport.h): called
 	 * once per accepted or adopted connection with its descriptor, it sets
-	 * up *t (which the connection embeds) and returns 0, or a negative
-	 * errno to refuse the connection (the server closes fd; *t needs no
-	 * close then). NULL (default): plain TCP, keel_tcp_transport_init.
-	 * TLS plugs in here.
+	 * up *t (which the connection embeds) and returns 0 (fd is then *t's,
+	 * closed by keel_transport_close), or a negative errno to refuse the
+	 * connection (the server closes fd; *t needs no close then). NULL
+	 * (default): plain TCP, keel_tcp_transport_init. TLS plugs in here.
+	 * transport_ud is borrowed until the server's last connection has
+	 * closed (keel_http_server_stop has resolved).
 	 */
 	int (*transport_init)(keel_transport *t, keel_loop *loop, int fd, void *ud);
 	void *transport_ud;
@@ -87,14 +91,20 @@ typedef struct keel_http_config {
 
 typedef struct keel_http_response {
 	int status;
-	const char *content_type;        /* NULL: no Content-Type */
+	const char *content_type;        /* NULL: no Content-Type; borrowed until the response is sent */
 	keel_str body;                   /* borrowed until the response is sent */
-	const keel_http_header *headers; /* extra headers, borrowed */
+	const keel_http_header *headers; /* extra headers: the array and its strings borrowed until
+	                                    the response is sent */
 	unsigned nheaders;
-	/* A body from a file instead (sent with sendfile/splice): fd >= 0. */
+	/*
+	 * A body from a file instead (sent with sendfile/splice): fd >= 0,
+	 * borrowed until the response is sent; with file_close it is taken
+	 * instead, and the server closes it once sent, or when the response is
+	 * dropped.
+	 */
 	int file_fd;
 	uint64_t file_off, file_len;
-	bool file_close; /* close file_fd after sending */
+	bool file_close; /* close file_fd after sending (taken) */
 	/*
 	 * A streamed body of unknown length instead: stream(req, stream_ud) is
 	 * called for each piece and returns a promise that resolves with ptr =
@@ -142,7 +152,8 @@ struct keel_http_request {
 	 * whole: at the handler's call, or on a streamed body once
 	 * keel_http_body_read has given its end. Up to limits.headers_max
 	 * fields and limits.head_max bytes (more: 431, or the reader's
-	 * -EMSGSIZE). In the request's context; none: NULL, 0.
+	 * -EMSGSIZE). In the request's context (valid until it is freed);
+	 * none: NULL, 0.
 	 */
 	const keel_http_header *trailers;
 	unsigned ntrailers;
@@ -182,8 +193,13 @@ struct keel_http_request {
 /*
  * A handler returns a promise that resolves with ptr = a keel_http_response
  * (often &req->resp), or rejects: -ENOENT -> 404, -EACCES/-EPERM -> 403,
- * -ETIMEDOUT -> 504, anything else -> 500. A promise already settled when
- * the handler returns is answered at once.
+ * -ETIMEDOUT -> 504, -EBADMSG -> 400, -EMSGSIZE -> 413, -ENOMEM and
+ * KEEL_ELIMIT -> 503 with Retry-After, anything else -> 500 (as is a
+ * resolve with ptr NULL; a handler that returns NULL is answered 503). A
+ * promise already settled when
+ * the handler returns is answered at once. The server takes the returned
+ * handle. The response, and everything it points to, is borrowed until it
+ * has been sent.
  *
  * Lifetime. req (its spans, resp, user, context) is the handler's until its
  * response has been sent. If the client goes away first, the server cancels
@@ -202,8 +218,9 @@ typedef keel_promise *(*keel_http_handler)(keel_http_request *req, void *ud);
 void keel_http_config_default(keel_http_config *cfg);
 
 /*
- * Make a server on loop. cfg may be NULL for the defaults; it is copied
- * (server_name is borrowed: it must outlive the server). Returns 0 and sets
+ * Make a server on loop (borrowed: it must outlive the server). cfg may be
+ * NULL for the defaults; it is copied (server_name is borrowed: it must
+ * outlive the server; transport_ud: see its field). Returns 0 and sets
  * *out to a server the caller owns (keel_http_server_free), or a negative
  * errno with *out set to NULL:
  *   -EINVAL  no loop, or a bad cfg (limits.headers_max, pipeline_max or
@@ -227,7 +244,8 @@ enum {
  * Requests are matched by their normalized path (keel_http_target_parse:
  * "/api/../admin" is "/admin", "//docs" is "/docs", "%7E" is "~"), which is
  * also what req->path holds and what the proxy forwards; path must itself
- * be normalized. Returns 0 or -ENOMEM / -EINVAL.
+ * be normalized. method and path are copied; ud is passed to handler as is
+ * until the server is freed. Returns 0 or -ENOMEM / -EINVAL.
  */
 int keel_http_route(keel_http_server *s, const char *method, const char *path, unsigned flags,
                     keel_http_handler handler, void *ud);
@@ -243,7 +261,9 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, u
  * Rejects with -EBADMSG for bad chunked framing, -EMSGSIZE past
  * body_stream_max (the connection closes after the response; answering 400
  * or 413 is up to the handler: these errors map to them when the handler's
- * promise rejects with them), -ECONNRESET when the client went away. On a
+ * promise rejects with them), -ECONNRESET when the client went away,
+ * -EBUSY when a read is already waiting, -ECANCELED when the read was
+ * cancelled or the handler has answered without streaming. On a
  * route without KEEL_HTTP_STREAM_BODY the whole body comes as one piece.
  *
  * A handler may answer before it has read the whole body. An answer that
@@ -254,7 +274,11 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, u
  */
 keel_promise *keel_http_body_read(keel_http_request *req);
 
-/* Accept connections on listening socket lfd (the server does not own it: it never closes it). */
+/*
+ * Accept connections on listening socket lfd (the server does not own it: it
+ * never closes it). 0, or -EINVAL for a negative lfd, a server already
+ * started, or one stopped.
+ */
 int keel_http_server_start(keel_http_server *s, int lfd);
 
 /*
@@ -271,7 +295,9 @@ int keel_http_server_adopt(keel_http_server *s, int fd);
  * rather than left in a backlog nobody accepts, unless cfg.listener_keep;
  * idle connections close now, busy ones after their responses, all
  * remaining ones after grace_ms. The promise resolves when every connection
- * is closed.
+ * is closed. A later stop's promise resolves with the first one's (at once
+ * if the server has stopped), and a shorter grace_ms cuts the wait: a
+ * second ^C can mean "now".
  */
 keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms);
 
@@ -299,7 +325,9 @@ void keel_http_server_free(keel_http_server *s);
  * blocked in every thread while it runs (the caller's mask comes back at
  * the end); SIGPIPE is ignored. Returns 0 after such a stop, or a negative
  * errno: a listener, thread or loop that could not be made, or what a
- * setup returned (logged; the other workers are stopped).
+ * setup returned (logged; the other workers are stopped). opts and what it
+ * points to are borrowed until keel_http_main returns; ud is passed to
+ * setup and teardown on every worker's thread.
  */
 typedef struct keel_http_main_opts {
 	const char *listen;
@@ -322,9 +350,10 @@ int keel_http_main(const keel_http_main_opts *opts);
  * request's context, or memory the handler frees in a context hook) -- not
  * a stack buffer. keel_http_respond_copy copies body into the request's
  * context first: any memory will do. keel_http_respondf formats the body
- * (printf) into the context. Both return a promise that rejects with
- * -ENOMEM (answered 503) when the copy finds no memory. keel/json.h adds
- * keel_http_respond_json (cJSON).
+ * (printf) into the context; fmt and its arguments are read before return.
+ * Both return a promise that rejects with -ENOMEM (answered 503) when the
+ * copy finds no memory (-EINVAL, answered 500, for a format vsnprintf
+ * refuses). keel/json.h adds keel_http_respond_json (cJSON).
  */
 keel_promise *keel_http_respond(keel_http_request *req, int status, const char *content_type,
                                 const char *body, size_t len);
@@ -332,12 +361,23 @@ keel_promise *keel_http_respond_copy(keel_http_request *req, int status, const c
                                      const void *body, size_t len);
 keel_promise *keel_http_respondf(keel_http_request *req, int status, const char *content_type,
                                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-/* The client's address, the host alone ("127.0.0.1", "::1"); looked up once per connection. */
+/*
+ * The client's address, the host alone ("127.0.0.1", "::1"); looked up once
+ * per connection. The string is the connection's: valid until it closes,
+ * which can come before the handler's promise settles (the client went);
+ * copy it (keel_ctx_strdup) to keep it. "-" when unknown or gone.
+ */
 const char *keel_http_request_peer(keel_http_request *req);
 /* Whether the request came over TLS (its scheme is https); false once its connection is gone. */
 bool keel_http_request_secure(keel_http_request *req);
-/* The request's context (arena), created on first use (never NULL); freed after the response is sent. */
+/*
+ * The request's context (arena), created on first use (never NULL). The
+ * reference is the request's (do not release it): it goes with the request,
+ * after its response has been sent (keel_http_handler says when a request
+ * outlives its client). keel_ctx_retain to keep the context longer.
+ */
 keel_ctx *keel_http_request_ctx(keel_http_request *req);
+/* The reason phrase for status (static storage, never NULL). */
 const char *keel_http_status_text(int status);
 
 typedef struct keel_http_stats {
@@ -349,6 +389,7 @@ typedef struct keel_http_stats {
 	uint32_t conns_open;
 	uint32_t inflight; /* requests waiting for their handlers */
 } keel_http_stats;
+/* Copy the server's counters into *out. */
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
 
 /*
@@ -356,7 +397,8 @@ void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
  * requests, bytes, receive buffers in use, RSS): plain text ("name value"
  * lines, after "worker LABEL" when ud is set), or the
  * Prometheus text format with ?format=prometheus. ud: a label for this
- * server (e.g. the worker number as a string) or NULL. Opt-in, e.g.
+ * server (e.g. the worker number as a string; borrowed: it must outlive
+ * the server) or NULL. Opt-in, e.g.
  *   keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
  */
 keel_promise *keel_http_status(keel_http_request *req, void *ud);
@@ -374,8 +416,9 @@ typedef unsigned (*keel_http_metrics_fn)(void *ud, keel_http_metric *out, unsign
  * Add fn's metrics to the status page, each labelled label="value" (e.g.
  * upstream="api"; NULL: no label). fn fills at most max (16) and returns how
  * many; names and help are short literals (a line over ~400 bytes is left
- * out). ud must outlive the server: sources cannot be removed. At most 16
- * sources per server; -ENOSPC past that.
+ * out), read when fn returns. label and value are copied; ud must outlive
+ * the server: sources cannot be removed. At most 16 sources per server;
+ * -ENOSPC past that.
  */
 int keel_http_status_add(keel_http_server *s, const char *label, const char *value, keel_http_metrics_fn fn,
                          void *ud);

@@ -31,6 +31,9 @@
  * A connection's bytes go through a keel_transport (keel/transport.h) it
  * embeds, as the server's do: plain TCP unless cfg.transport_init wraps
  * the socket in something else (TLS, for an https:// upstream).
+ *
+ * Every call that returns a keel_promise * returns the consumer's handle
+ * (keel/promise.h).
  */
 #ifndef KEEL_HTTP_CLIENT_H
 #define KEEL_HTTP_CLIENT_H
@@ -75,6 +78,8 @@ typedef struct keel_http_client_config {
 	 * plain TCP, keel_tcp_transport_init (TCP_NODELAY: a request's last
 	 * piece must not wait for an ACK). TLS plugs in here: a hook that
 	 * calls keel_tls_client_init (keel/tls.h) with ud as its endpoint.
+	 * transport_ud is borrowed until the client's last connection has
+	 * closed, which can be after keel_http_client_free returns.
 	 */
 	int (*transport_init)(keel_transport *t, keel_loop *loop, int fd, void *ud, const char *host);
 	void *transport_ud;
@@ -83,7 +88,8 @@ typedef struct keel_http_client_config {
 void keel_http_client_config_default(keel_http_client_config *cfg);
 
 /*
- * Make a client on loop. cfg may be NULL for the defaults; it is copied.
+ * Make a client on loop. cfg may be NULL for the defaults; it is copied
+ * (transport_ud is borrowed: see its field).
  * Returns 0 and sets *out to a client the caller owns
  * (keel_http_client_free), or a negative errno with *out set to NULL:
  *   -EINVAL  no loop, or a bad cfg (pool_max or limits.headers_max of 0)
@@ -94,6 +100,8 @@ int keel_http_client_new(keel_http_client **out, keel_loop *loop, const keel_htt
 /*
  * Close every connection; requests still waiting or in flight reject with
  * -ECANCELED. The memory goes once the last connection has closed.
+ * Responses already handed out stay the caller's: free them, before or
+ * after this, with keel_http_client_response_free.
  */
 void keel_http_client_free(keel_http_client *c);
 
@@ -116,9 +124,12 @@ typedef struct keel_http_client_request {
 	 * The next piece is asked for once the previous one is in the kernel.
 	 * A response that completes first stops the body (the connection is
 	 * then not reused); a piece keel was still sending is let go before
-	 * the promise settles. With stream_response, keep the producer's
-	 * memory until the response is freed and its connection closed: use
-	 * memory that lives as long as its source (a server request's body).
+	 * the promise settles. body_read and body_ud are used until then.
+	 * With stream_response the body goes on after the promise settles:
+	 * body_read, body_ud and the producer's memory are used until the
+	 * response is freed and its connection closed, a moment the caller
+	 * does not see: use memory that lives as long as its source (a server
+	 * request's body).
 	 */
 	keel_promise *(*body_read)(void *body_ud);
 	void *body_ud;
@@ -133,6 +144,10 @@ typedef struct keel_http_client_request {
 	bool stream_response;
 } keel_http_client_request;
 
+/*
+ * A response: msg (its spans and headers), body and trailers point into
+ * memory the response owns, valid until keel_http_client_response_free.
+ */
 typedef struct keel_http_client_response {
 	int status;
 	keel_http_msg msg; /* version, headers (keel_http_header_find), reason */
@@ -153,9 +168,14 @@ typedef struct keel_http_client_response {
 } keel_http_client_response;
 
 /*
- * Send req (its strings and body are copied or sent before this returns or
- * are borrowed until the promise settles: keep them alive until then).
- * Resolves with ptr = a keel_http_client_response, which the caller frees
+ * Send req. The struct *req and upstream are copied before return. method,
+ * target, host, the headers array and its strings, and body are borrowed
+ * until the promise settles; after that keel no longer reads them (the
+ * head is formatted when the request goes out, which may be after this
+ * returns; a whole body still being sent when the request ends -- answered
+ * early, failed, cancelled -- is cancelled, and the promise settles once
+ * that send has let go). A streamed body follows body_read's rule above.
+ * Resolves with ptr = a keel_http_client_response, the caller's: free it
  * with keel_http_client_response_free. Rejects with KEEL_ELIMIT (pool and
  * queue full), -EINVAL (bad upstream), -ECONNREFUSED and other connect
  * errors, KEEL_ENAME (a name that does not resolve), KEEL_ECONNTIMEDOUT
@@ -176,7 +196,11 @@ keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http
  */
 keel_promise *keel_http_client_body_read(keel_http_client_response *resp);
 
-/* Free a response (a streamed one gives its connection back, or closes it mid-body). */
+/*
+ * Free a response (a streamed one gives its connection back, or closes it
+ * mid-body). A streamed response holds receive buffers: free it before
+ * keel_loop_free.
+ */
 void keel_http_client_response_free(keel_http_client_response *r);
 
 typedef struct keel_http_client_stats {
@@ -185,6 +209,7 @@ typedef struct keel_http_client_stats {
 	uint64_t unsolicited;
 	uint32_t conns_open, conns_idle, pending;
 } keel_http_client_stats;
+/* Copy the client's counters into *out. */
 void keel_http_client_get_stats(const keel_http_client *c, keel_http_client_stats *out);
 
 #ifdef __cplusplus

@@ -93,7 +93,8 @@ void keel_http_limits_default(keel_http_limits *l);
  * time). headers/headers_cap is the caller's array for the header spans.
  * Returns the head length (> 0) with *msg filled in, KEEL_HTTP_INCOMPLETE,
  * or a negative status (KEEL_HTTP_E4xx/E5xx): reject with that status and
- * close the connection.
+ * close the connection. msg's spans point into buf and msg->headers is
+ * headers: *msg is valid while both are. limits is read during the call.
  *
  * Strict: CL with TE, differing or malformed Content-Length, a
  * Transfer-Encoding other than a final chunked (501 for an unknown coding),
@@ -109,7 +110,8 @@ int keel_http_parse_request(const char *buf, size_t len, size_t prev_len, keel_h
 
 /*
  * Parse a response head. method is the request's method (HEAD and CONNECT
- * change the framing of a response); may be NULL. Same returns. Framing per
+ * change the framing of a response; read during the call); may be NULL.
+ * Same returns, and *msg points into buf and headers as above. Framing per
  * RFC 9112 6.3: Transfer-Encoding with chunked last is CHUNKED (codings
  * before it, e.g. "gzip, chunked", stay in the body: check the header), with
  * another coding last it is UNTIL_CLOSE.
@@ -121,7 +123,8 @@ int keel_http_parse_response(const char *buf, size_t len, size_t prev_len, keel_
 /*
  * Iterate the comma-separated elements of a list header value (Connection,
  * Transfer-Encoding, ...), empty ones skipped and OWS trimmed: true and
- * *elem set while there is one; list is advanced past it.
+ * *elem set (a span of list's bytes) while there is one; list is advanced
+ * past it.
  */
 bool keel_http_list_next(keel_str *list, keel_str *elem);
 
@@ -146,9 +149,10 @@ typedef struct keel_http_target {
  * Parse a request target (RFC 9112 3.2): origin-form, absolute-form with an
  * http or https scheme and a valid host (no userinfo), or "*". The path is
  * normalized into scratch (at least target.len bytes) when it is not already
- * normal, else it points into the target. scratch may be NULL: a path that
- * needs normalizing then returns KEEL_HTTP_INCOMPLETE, to be asked again with
- * room (so the common case allocates nothing). Returns 0 or KEEL_HTTP_E400
+ * normal, else it points into the target; the other spans of *out point
+ * into the target. scratch may be NULL: a path that needs normalizing then
+ * returns KEEL_HTTP_INCOMPLETE, to be asked again with room (so the common
+ * case allocates nothing). Returns 0 or KEEL_HTTP_E400
  * (a fragment, an unknown scheme, a bad authority, a path that cannot be
  * normalized safely).
  */
@@ -163,11 +167,12 @@ int keel_http_target_parse(keel_str target, keel_http_target *out, char *scratch
  * (never more than len), or KEEL_HTTP_E400 for: no leading '/', a bad
  * escape, an encoded control byte (%00..%1F, %7F), a ".." above the root,
  * or a segment another server could read as a dot segment -- "." or ".."
- * next to %2F, %5C or '\', or before ";" ("..;/", "..%2F").
+ * next to %2F, %5C or '\', or before ";" ("..;/", "..%2F"). out is caller
+ * storage, written before return; path is read during the call.
  */
 long keel_http_path_normalize(const char *path, size_t len, char *out);
 
-/* Case-insensitive header lookup: the first header named name, or NULL. */
+/* Case-insensitive header lookup: the first header named name (a pointer into msg->headers), or NULL. */
 const keel_http_header *keel_http_header_find(const keel_http_msg *msg, const char *name);
 
 /* Exact (case-sensitive) comparison of a span with a C string. Inline so the length of a

@@ -14,6 +14,7 @@ enum { KEEL_LOG_ERROR = 0, KEEL_LOG_WARN = 1, KEEL_LOG_INFO = 2, KEEL_LOG_DEBUG 
 
 /* Messages above level are dropped. Default KEEL_LOG_INFO, or $KEEL_LOG (0-3). */
 void keel_log_set_level(int level);
+/* Log one line (fmt and its arguments are read during the call). */
 void keel_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /*
  * The prefix of every line ("PREFIX: message"): NULL (the default) for the

@@ -66,10 +66,10 @@ typedef struct keel_loop_stats {
 void keel_loop_opts_default(keel_loop_opts *opts);
 
 /*
- * Create a loop on the calling thread. opts may be NULL for defaults.
- * Returns 0 and sets *out to a loop the caller owns (keel_loop_free), or a
- * negative errno with *out set to NULL: -EINVAL for bad opts, -ENOMEM, an
- * error from setting up the backend, or KEEL_EBACKEND when the backend
+ * Create a loop on the calling thread. opts may be NULL for defaults; it is
+ * copied. Returns 0 and sets *out to a loop the caller owns (keel_loop_free),
+ * or a negative errno with *out set to NULL: -EINVAL for bad opts, -ENOMEM,
+ * an error from setting up the backend, or KEEL_EBACKEND when the backend
  * forced by opts or $KEEL_BACKEND cannot run. The backend choice is logged
  * once per process to stderr unless opts->quiet.
  *
@@ -80,9 +80,11 @@ int keel_loop_new(keel_loop **out, const keel_loop_opts *opts);
 
 /*
  * Free a loop. Outstanding operations are cancelled and waited for (buffers
- * handed to the kernel stay valid until then); promises still pending are
- * abandoned without running their continuations, and armed timers are
- * disarmed without running (keel/timer.h).
+ * handed to the kernel stay valid until then), for about 10 s at most: past
+ * that a warning is logged and the loop's memory freed anyway. Promises
+ * still pending are abandoned without running their continuations, and
+ * armed timers are disarmed without running (keel/timer.h). The receive
+ * buffers go with it: a keel_buf still held from its pool is invalid after.
  */
 void keel_loop_free(keel_loop *loop);
 
@@ -105,11 +107,12 @@ void keel_loop_stop(keel_loop *loop);
 
 /*
  * Thread-safe: run fn(ud) on the loop's thread during a later tick. Returns 0
- * or -ENOMEM. Used for cross-thread signals such as graceful stop.
+ * or -ENOMEM. Used for cross-thread signals such as graceful stop. ud stays
+ * the caller's; if the loop is freed before fn runs, fn never runs.
  */
 int keel_loop_post(keel_loop *loop, void (*fn)(keel_loop *loop, void *ud), void *ud);
 
-/* "io_uring" or "epoll". */
+/* "io_uring" or "epoll" (static storage). */
 const char *keel_loop_backend(const keel_loop *loop);
 
 /* Monotonic time in ms / ns, cached once per tick. */
@@ -122,9 +125,10 @@ uint64_t keel_loop_now_ns(const keel_loop *loop);
  */
 uint64_t keel_loop_tick(const keel_loop *loop);
 
-/* Whether an opt-in feature is active on this loop: "sqpoll", "send_zc". */
+/* Whether an opt-in feature is active on this loop: "sqpoll", "send_zc" (name is read during the call). */
 bool keel_loop_feature(const keel_loop *loop, const char *name);
 
+/* Copy the loop's counters into *out. */
 void keel_loop_get_stats(const keel_loop *loop, keel_loop_stats *out);
 
 /*
@@ -136,7 +140,7 @@ void keel_loop_get_stats(const keel_loop *loop, keel_loop_stats *out);
  */
 void keel_loop_trim(keel_loop *loop);
 
-/* Per-thread user pointer, for callbacks that only get the loop. */
+/* Per-thread user pointer, for callbacks that only get the loop. Stored as is; keel never frees it. */
 void keel_loop_set_data(keel_loop *loop, void *data);
 void *keel_loop_data(const keel_loop *loop);
 

@@ -12,7 +12,9 @@
  * returns is the consumer's handle; passing it to keel_then, keel_all,
  * keel_timeout, keel_promise_done, ... hands it over, and the caller must not
  * touch it again. A handle that is never handed over must be given back with
- * keel_promise_release(). Promises come from a per-loop pool.
+ * keel_promise_release(). Promises come from a per-loop pool. A ud or arg
+ * given with a function is passed back to it as is and never freed by keel:
+ * keep it valid for as long as the function may still be called.
  *
  * Errors are negative errno values (or KEEL_E* codes), the same numbers keel
  * returns everywhere else. Cancellation settles with -ECANCELED once the
@@ -39,7 +41,11 @@ extern "C" {
 typedef struct keel_promise keel_promise;
 typedef struct keel_ctx keel_ctx;
 
-/* What a promise settled with: err == 0 and a value (n, ptr), or err < 0. */
+/*
+ * What a promise settled with: err == 0 and a value (n, ptr), or err < 0.
+ * ptr is handed from producer to consumer as is; keel never frees it (each
+ * call that resolves with one says who owns it).
+ */
 typedef struct keel_outcome {
 	int err;
 	int64_t n;
@@ -74,7 +80,11 @@ keel_promise *keel_promise_new(keel_loop *loop);
 
 /*
  * Settle. Returns true if this call settled it, false if it was already
- * settled (the later value is ignored: settle-once).
+ * settled (the later value is ignored: settle-once). The producer's hold
+ * on p ends with its settle: p may be back in the pool (even another
+ * promise) by the next call, so settle a p once. The one exception is a p
+ * the consumer cancelled without a hook (keel_promise_on_cancel): it is
+ * held until the producer settles it, which returns false.
  */
 bool keel_promise_resolve(keel_promise *p, int64_t n, void *ptr);
 bool keel_promise_reject(keel_promise *p, int err);
@@ -139,6 +149,7 @@ void keel_promise_on_release(keel_promise *p, void (*fn)(keel_promise *p, void *
 bool keel_promise_is_settled(const keel_promise *p);
 /* Valid once settled. */
 keel_outcome keel_promise_outcome(const keel_promise *p);
+/* The loop p belongs to. */
 keel_loop *keel_promise_loop(const keel_promise *p);
 
 /* ---- Synchronization stages -------------------------------------------- */
@@ -147,15 +158,17 @@ keel_loop *keel_promise_loop(const keel_promise *p);
  * All: settles when every input has succeeded, with n = count and
  * results[i] = input i's outcome (results is borrowed: caller storage that
  * must outlive the settle; may be NULL), or at the first failure with that
- * error, after which the remaining inputs are cancelled. Takes the inputs.
- * n == 0 resolves with n = 0.
+ * error, after which the remaining inputs are cancelled. Takes the inputs;
+ * the array ps is read before return. n == 0 resolves with n = 0.
  */
 keel_promise *keel_all(keel_loop *loop, keel_promise *const *ps, size_t n, keel_outcome *results);
 
 /*
  * Any: settles with the first success (its outcome), and cancels the rest;
  * if every input fails, rejects with the last error. *winner (if not NULL)
- * is set to the index that decided. n == 0 rejects with -EINVAL.
+ * is set to the index that decided as the promise settles: caller storage,
+ * borrowed until then. Takes the inputs, as keel_all does; ps is read
+ * before return. n == 0 rejects with -EINVAL and leaves *winner alone.
  *
  * (All, Any, Race and keel_timeout drop the outcome of an input that
  * settles after they have decided -- a loser that succeeded in the same
@@ -164,7 +177,7 @@ keel_promise *keel_all(keel_loop *loop, keel_promise *const *ps, size_t n, keel_
  */
 keel_promise *keel_any(keel_loop *loop, keel_promise *const *ps, size_t n, int *winner);
 
-/* Race: settles with the first input to settle, success or failure; cancels the rest. */
+/* Race: settles with the first input to settle, success or failure; cancels the rest. Else as keel_any. */
 keel_promise *keel_race(keel_loop *loop, keel_promise *const *ps, size_t n, int *winner);
 
 /* Settles like p, or rejects with -ETIMEDOUT after timeout_ms and cancels p. Takes p. */
@@ -186,7 +199,10 @@ keel_ctx *keel_ctx_new(keel_loop *loop);
 void keel_ctx_release(keel_ctx *ctx);
 void keel_ctx_retain(keel_ctx *ctx);
 
-/* Arena allocation, 16-byte aligned, valid until the context is freed. NULL on ENOMEM. */
+/*
+ * Arena allocation, 16-byte aligned, valid until the context is freed. NULL
+ * on ENOMEM. keel_ctx_strdup copies s into the arena.
+ */
 void *keel_ctx_alloc(keel_ctx *ctx, size_t size);
 char *keel_ctx_strdup(keel_ctx *ctx, const char *s);
 
@@ -198,8 +214,9 @@ char *keel_ctx_strdup(keel_ctx *ctx, const char *s);
  */
 int keel_ctx_on_free(keel_ctx *ctx, void (*fn)(void *ud), void *ud);
 
-/* Attach ctx to p (p takes a reference). Returns p for chaining. */
+/* Attach ctx to p (p takes a reference; the handle stays the caller's). Returns p for chaining. */
 keel_promise *keel_promise_bind_ctx(keel_promise *p, keel_ctx *ctx);
+/* p's context or NULL, without a new reference: keel_ctx_retain to keep it longer than p holds it. */
 keel_ctx *keel_promise_ctx(const keel_promise *p);
 
 #ifdef __cplusplus

@@ -75,7 +75,8 @@ typedef struct keel_proxy_config {
 	const char *via;                         /* the Via pseudonym: "1.1 <via>"; "keel"; NULL: no Via */
 	enum keel_proxy_underscores underscores; /* headers named with '_'; default: dropped */
 	keel_http_client_config client;          /* pools, queue, timeouts (response_timeout_ms -> 504),
-	                                            transport_init (TLS; a refusal -> 502) */
+	                                            transport_init (TLS; a refusal -> 502); its
+	                                            transport_ud is borrowed as keel/http_client.h says */
 } keel_proxy_config;
 
 void keel_proxy_config_default(keel_proxy_config *cfg);
@@ -83,8 +84,10 @@ void keel_proxy_config_default(keel_proxy_config *cfg);
 /*
  * Make a proxy on loop (one per loop). cfg is required and copied (the
  * upstream names, health_path and via too: the caller's strings may go once
- * this returns). Returns 0 and sets *out to a proxy the caller owns
- * (keel_proxy_free), or a negative errno with *out set to NULL:
+ * this returns; cfg->client.transport_ud is borrowed, as keel_http_client_new
+ * says). loop is borrowed: it must outlive the proxy. Returns 0 and sets
+ * *out to a proxy the caller owns (keel_proxy_free), or a negative errno
+ * with *out set to NULL:
  *   -EINVAL  no loop or no cfg, or a bad cfg: no upstreams, an upstream that
  *            is not HOST:PORT, a health_path not starting with '/', a via
  *            too long for the header, a health_path or via with a space or
@@ -95,10 +98,18 @@ void keel_proxy_config_default(keel_proxy_config *cfg);
  */
 int keel_proxy_new(keel_proxy **out, keel_loop *loop, const keel_proxy_config *cfg);
 
-/* Requests still being proxied are cut off (their clients' connections close). */
+/*
+ * Requests still being proxied are cut off (their clients' connections
+ * close); the memory goes once they have ended. A route still holding px
+ * as its ud must not run after this: free the proxy once the server that
+ * routes to it has stopped.
+ */
 void keel_proxy_free(keel_proxy *px);
 
-/* The handler; ud is the keel_proxy. Route it with KEEL_HTTP_STREAM_BODY. */
+/*
+ * The handler; ud is the keel_proxy (keel_proxy_free says how long it must
+ * live). Route it with KEEL_HTTP_STREAM_BODY.
+ */
 keel_promise *keel_proxy_handler(keel_http_request *req, void *ud);
 
 typedef struct keel_proxy_stats {
@@ -106,10 +117,12 @@ typedef struct keel_proxy_stats {
 	uint32_t inflight; /* requests being proxied */
 	uint32_t ups_down; /* upstreams currently marked down */
 } keel_proxy_stats;
+/* Copy the proxy's counters into *out. */
 void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out);
 
 /*
- * The proxy's counters (and its client's connections) for the status page:
+ * The proxy's counters (and its client's connections) for the status page
+ * (a keel_http_metrics_fn; px must outlive the server, as its ud):
  *   keel_http_status_add(srv, "upstream", "api", keel_proxy_metrics, px);
  */
 unsigned keel_proxy_metrics(void *px, keel_http_metric *out, unsigned max);

@@ -35,9 +35,14 @@ typedef struct keel_static keel_static;
  *   -ENOMEM        out of memory
  */
 int keel_static_new(keel_static **out, const char *dir);
+/*
+ * Free st once the server that routes to it has stopped: requests in flight
+ * use it (the route holds st as its ud). Cached bodies still being sent
+ * stay until their responses are done.
+ */
 void keel_static_free(keel_static *st);
 
-/* The handler; ud is the keel_static. */
+/* The handler; ud is the keel_static (keel_static_free says how long it must live). */
 keel_promise *keel_static_handler(keel_http_request *req, void *ud);
 
 typedef struct keel_static_stats {
@@ -46,9 +51,13 @@ typedef struct keel_static_stats {
 	uint32_t cache_entries;
 	uint64_t cache_bytes;
 } keel_static_stats;
+/* Copy st's counters into *out. */
 void keel_static_get_stats(const keel_static *st, keel_static_stats *out);
 
-/* The counters for the status page: keel_http_status_add(srv, "root", "www", keel_static_metrics, st). */
+/*
+ * The counters for the status page (st must outlive the server, as its ud):
+ *   keel_http_status_add(srv, "root", "www", keel_static_metrics, st);
+ */
 unsigned keel_static_metrics(void *st, keel_http_metric *out, unsigned max);
 
 #ifdef __cplusplus

@@ -7,6 +7,9 @@
  * negative errno, -ECANCELED after a cancel or a callback's KEEL_STOP.
  * A stream never ends for want of buffers: when the pool runs dry it is
  * parked and re-armed as buffers come back, without losing data.
+ *
+ * A stream's fn and ud are used until its promise settles. Every call that
+ * returns a keel_promise * returns the consumer's handle (keel/promise.h).
  */
 #ifndef KEEL_TCP_H
 #define KEEL_TCP_H
@@ -31,31 +34,35 @@ enum { KEEL_TCP_REUSEPORT = 1 << 0, KEEL_TCP_NODELAY = 1 << 1 };
 
 /*
  * Parse "127.0.0.1:7000", "[::1]:7000", "localhost:7000" is not resolved:
- * numeric addresses only. Returns 0 or -EINVAL.
+ * numeric addresses only. Returns 0 or -EINVAL. s is read during the call;
+ * *ss and *len are written on success (*ss may be zeroed on failure too).
  */
 int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
 /*
  * Resolve "HOST:PORT" without blocking the loop: a numeric address at once,
  * a name by getaddrinfo on keel's resolver threads (two per process, at
- * most 256 lookups waiting: past that KEEL_ELIMIT at once). Resolves with
- * n = the address length and the address in *out (caller storage, written
- * on success only; keep it until the promise settles); an IPv4 address when
- * the name has one. Rejects -EINVAL (not HOST:PORT), KEEL_ENAME (no such
- * name), -ECANCELED. A loop with a lookup outstanding does not run out of
- * work.
+ * most 256 lookups waiting: past that KEEL_ELIMIT at once). hostport is
+ * copied before return. Resolves with n = the address length and ptr = out,
+ * the address in it; an IPv4 address when the name has one. out is caller
+ * storage, borrowed until the promise settles: keel may write it (zeroes
+ * included) until then, and it holds the address only on success. Rejects
+ * -EINVAL (not HOST:PORT), KEEL_ENAME (no such name), -ECANCELED. A loop
+ * with a lookup outstanding does not run out of work.
  */
 keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockaddr_storage *out);
 /* Whether s is HOST:PORT: a numeric address or a DNS name, and a port 1..65535. */
 bool keel_hostport_valid(const char *s);
-/* Format an address as "ip:port" / "[ip]:port" into buf. Returns buf. */
+/* Format an address as "ip:port" / "[ip]:port" into buf (size bytes, NUL-terminated). Returns buf. */
 char *keel_addr_format(const struct sockaddr *sa, char *buf, size_t size);
 
 /*
  * Create a listening socket bound to addr (keel_addr_parse syntax). backlog
  * <= 0: the largest the host allows (net.core.somaxconn). flags:
- * KEEL_TCP_REUSEPORT. Returns the fd (non-blocking, close-on-exec) or a
- * negative errno. Synchronous: this is setup, not a per-request path.
+ * KEEL_TCP_REUSEPORT; KEEL_TCP_NODELAY (the connections accepted from it
+ * start with TCP_NODELAY). Returns the fd (non-blocking, close-on-exec; the
+ * caller's to close) or a negative errno. addr is read during the call.
+ * Synchronous: this is setup, not a per-request path.
  */
 int keel_tcp_listen(const char *addr, int backlog, unsigned flags);
 
@@ -63,10 +70,11 @@ int keel_tcp_listen(const char *addr, int backlog, unsigned flags);
 int keel_tcp_port(int fd);
 
 /*
- * Multishot accept on lfd. fn(ud, fd) runs for each new connection and owns
- * fd; it returns KEEL_CONTINUE or KEEL_STOP. The promise settles when the
- * stream ends: with a negative errno (EMFILE/ENFILE included: the caller
- * decides on backoff) or -ECANCELED.
+ * Multishot accept on lfd (borrowed: never closed by keel). fn(ud, fd) runs
+ * for each new connection and owns fd; it returns KEEL_CONTINUE or
+ * KEEL_STOP. The promise settles when the stream ends: with a negative
+ * errno (EMFILE/ENFILE included: the caller decides on backoff) or
+ * -ECANCELED.
  *
  * Stopping (KEEL_STOP, keel_promise_cancel, keel_close of the socket) takes
  * effect in the kernel asynchronously: items the kernel produced before that
@@ -77,17 +85,18 @@ typedef int (*keel_accept_fn)(void *ud, int fd);
 keel_promise *keel_accept(keel_loop *loop, int lfd, keel_accept_fn fn, void *ud);
 
 /*
- * Connect a new non-blocking TCP socket to addr. Resolves with n = the
- * connected fd (the consumer owns it); rejects with a negative errno, or
- * -ETIMEDOUT after timeout_ms (0: no timeout), in which case the socket is
- * closed by keel.
+ * Connect a new non-blocking TCP socket to addr (copied before return).
+ * Resolves with n = the connected fd (the consumer owns it); rejects with a
+ * negative errno, or -ETIMEDOUT after timeout_ms (0: no timeout), and then
+ * keel has closed the socket.
  */
 keel_promise *keel_connect(keel_loop *loop, const struct sockaddr *addr, socklen_t addrlen,
                            uint64_t timeout_ms);
 
 /*
- * Multishot receive on fd. fn(ud, buf) runs for each chunk; buf is borrowed
- * for the call (keel_buf_hold to keep it). Settles with 0 at end of file.
+ * Multishot receive on fd (borrowed: never closed by keel). fn(ud, buf)
+ * runs for each chunk; buf is borrowed for the call (keel_buf_hold to keep
+ * it). Settles with 0 at end of file.
  * As with accept, chunks received before a stop took effect still reach fn.
  */
 typedef int (*keel_recv_fn)(void *ud, keel_buf *buf);

@@ -45,7 +45,7 @@ extern "C" {
 typedef struct keel_tls_ctx keel_tls_ctx;
 typedef struct keel_tls_endpoint keel_tls_endpoint;
 
-/* A certificate (PEM: the leaf, then its chain) and its private key (PEM). */
+/* A certificate (PEM: the leaf, then its chain) and its private key (PEM): paths read by keel_tls_ctx_new. */
 typedef struct keel_tls_cert {
 	const char *cert_file;
 	const char *key_file;
@@ -114,38 +114,47 @@ void keel_tls_config_default(keel_tls_config *cfg);
  * Load certificates and keys and build the OpenSSL contexts. On failure
  * returns a negative errno or KEEL_ETLS, and err (errlen bytes, may be
  * NULL) says what and which file; key material is never written there.
- * cfg and its strings are copied or read before return.
+ * cfg, its certs array and every string and file it names are copied or
+ * read before return: the caller may free or change them at once. On
+ * success *out is the caller's: keel_tls_ctx_free, once every endpoint made
+ * with it is gone (see keel_tls_endpoint_new).
  */
 int keel_tls_ctx_new(keel_tls_ctx **out, const keel_tls_config *cfg, char *err, size_t errlen);
 void keel_tls_ctx_free(keel_tls_ctx *ctx);
 
 /*
  * Days until the earliest notAfter of the context's certificates (negative:
- * expired), and its file in *file (borrowed from ctx). For `keel -t`.
+ * expired), and its file in *file (borrowed from ctx: valid until
+ * keel_tls_ctx_free; NULL with no certificate). For `keel -t`.
  */
 int keel_tls_ctx_expiry_days(const keel_tls_ctx *ctx, const char **file);
 
 /*
- * A loop's TLS state. ctx is borrowed until keel_tls_endpoint_free. Free
- * it after the loop's last TLS connection is closed (after the HTTP server
- * that uses it is freed): what is still open then keeps it until it goes.
+ * A loop's TLS state, the caller's (keel_tls_endpoint_free). ctx and loop
+ * are borrowed until the endpoint is gone. Free it after the loop's last
+ * TLS connection is closed (after the HTTP server that uses it is freed):
+ * what is still open then keeps the endpoint -- and so ctx -- until the
+ * last of it has closed.
  */
 int keel_tls_endpoint_new(keel_tls_endpoint **out, keel_tls_ctx *ctx, keel_loop *loop);
 void keel_tls_endpoint_free(keel_tls_endpoint *ep);
 
 /*
- * The server side of a new connection on fd, taken (closed with the
- * transport): the shape of keel_http_config.transport_init, with ud a
- * keel_tls_endpoint. Returns KEEL_ELIMIT when handshakes_max are already
- * under way (fd is then the caller's to close), -ENOMEM.
+ * The server side of a new connection on fd, taken on success (closed with
+ * the transport): the shape of keel_http_config.transport_init, with ud a
+ * keel_tls_endpoint, borrowed until the connection is closed. Returns 0,
+ * KEEL_ELIMIT when handshakes_max are already under way, or -ENOMEM; on
+ * an error fd stays the caller's to close.
  */
 int keel_tls_server_init(keel_transport *t, keel_loop *loop, int fd, void *ud);
 
 /*
- * The client side over a connected fd (taken): host is the name to send as
- * SNI and to verify the certificate against (an IP address is checked as
- * one); a session from an earlier connection to the same host is offered.
- * A failed verification fails the first receive and send with KEEL_ETLSCERT.
+ * The client side over a connected fd (taken on success; on an error it
+ * stays the caller's): host is the name to send as SNI and to verify the
+ * certificate against (an IP address is checked as one), copied before
+ * return; a session from an earlier connection to the same host is
+ * offered. ep is borrowed until the connection is closed. A failed
+ * verification fails the first receive and send with KEEL_ETLSCERT.
  */
 int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_endpoint *ep, const char *host);
 /*
@@ -157,7 +166,11 @@ int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_en
  */
 int keel_tls_client_transport(keel_transport *t, keel_loop *loop, int fd, void *ud, const char *host);
 
-/* Whether t is a TLS transport; the ALPN protocol it agreed ("" before the handshake or none). */
+/*
+ * Whether t is a TLS transport; the ALPN protocol it agreed ("" before the
+ * handshake or none), a string of the connection's valid until
+ * keel_transport_close.
+ */
 bool keel_tls_is(const keel_transport *t);
 const char *keel_tls_alpn(const keel_transport *t);
 
@@ -174,6 +187,7 @@ typedef struct keel_tls_stats {
 	uint32_t conns;              /* open now */
 } keel_tls_stats;
 
+/* Copy ep's counters into *out. */
 void keel_tls_endpoint_stats(const keel_tls_endpoint *ep, keel_tls_stats *out);
 
 #ifdef __cplusplus

@@ -9,6 +9,8 @@
  * call borrows (iovecs' memory, a file descriptor) stays borrowed until its
  * promise settles. Receiving delivers buffers to a keel_recv_fn, as
  * keel_recv_stream does: plaintext, whatever the transport does to it.
+ * Every call that returns a keel_promise * returns the consumer's handle
+ * (keel/promise.h).
  *
  *   keel_transport t;
  *   keel_tcp_transport_init(&t, loop, fd);
@@ -37,16 +39,30 @@ typedef struct keel_transport_ops {
 	/*
 	 * Deliver received bytes to fn until it returns KEEL_STOP, the peer's
 	 * input ends (resolves) or an error (rejects); paced: one buffer at a
-	 * time instead of a multishot stream (keel_recv_stream_paced).
+	 * time instead of a multishot stream (keel_recv_stream_paced). fn and
+	 * ud are used until the promise settles.
 	 */
 	keel_promise *(*recv)(keel_transport *t, keel_recv_fn fn, void *ud, bool paced);
-	/* Send all of iov (borrowed until the promise settles); resolves with the bytes sent. */
+	/*
+	 * Send all of iov; resolves with the bytes sent. The iovec array is
+	 * copied; the bytes it points to are borrowed until the promise settles.
+	 */
 	keel_promise *(*sendv)(keel_transport *t, const struct iovec *iov, int n);
-	/* Send len bytes of the file in_fd from off; resolves with the bytes sent (short: the file ended). */
+	/*
+	 * Send len bytes of the file in_fd from off; resolves with the bytes
+	 * sent (short: the file ended). in_fd is borrowed until the promise
+	 * settles (never closed).
+	 */
 	keel_promise *(*sendfile)(keel_transport *t, int in_fd, uint64_t off, size_t len);
 	/* No more output: the peer sees the end of the stream; input goes on. */
 	keel_promise *(*shutdown)(keel_transport *t);
-	/* Cancel what is in flight and release the connection; the descriptor is closed. */
+	/*
+	 * Cancel what is in flight and release the connection: the transport
+	 * closes the descriptor and frees impl. The promise settles once the
+	 * descriptor is closed; t itself is not used after close returns, so
+	 * its memory may go then (a recv's fn and ud stay in use until the
+	 * recv's promise settles).
+	 */
 	keel_promise *(*close)(keel_transport *t);
 	/* Whether input is waiting that recv has not delivered yet (looked at, not consumed). */
 	bool (*pending)(keel_transport *t);
@@ -59,7 +75,7 @@ typedef struct keel_transport_ops {
 	 * still open.
 	 */
 	int (*peek)(keel_transport *t);
-	/* The peer's address into ss; 0 or -errno. */
+	/* The peer's address into *ss (written before return); 0 or -errno. */
 	int (*peer)(keel_transport *t, struct sockaddr_storage *ss);
 	/* The bytes are protected on the wire (TLS): what a request's scheme is, https or http. */
 	bool secure;
@@ -68,7 +84,8 @@ typedef struct keel_transport_ops {
 /*
  * Embedded (by value) in the connection that owns it. fd is the socket
  * underneath, whatever the transport; an implementation keeps state of its
- * own (a TLS session, say) behind impl, which plain TCP leaves NULL.
+ * own (a TLS session, say) behind impl, which plain TCP leaves NULL. The
+ * fields are the transport's; ops points to a static table.
  */
 struct keel_transport {
 	const keel_transport_ops *ops;
