@@ -87,15 +87,18 @@ $(BUILD)/libkeel.so: $(LIB_OBJ) src/keel.map
 	ln -sf libkeel.so.$(SO_ABI) $@
 
 # make install [PREFIX=/usr/local] [DESTDIR=staging]: the keel binary, libkeel.so (with its
-# soname and symlinks) and libkeel.a, the public headers under include/keel/, and keel.pc
-# (pkg-config --cflags --libs keel; --static for libkeel.a's dependencies). make uninstall
-# removes exactly those.
+# soname and symlinks) and libkeel.a, the public headers under include/keel/, keel.pc
+# (pkg-config --cflags --libs keel; --static for libkeel.a's dependencies) and the man
+# pages (docs/man: keel(7) and section 3). make uninstall removes exactly those.
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR ?= $(PREFIX)/share/man
 HEADERS := $(wildcard include/keel/*.h)
+MAN3 := $(wildcard docs/man/*.3)
+MAN7 := $(wildcard docs/man/*.7)
 
 install: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so src/keel.pc.in
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/keel $(DESTDIR)$(PKGCONFIGDIR)
@@ -111,11 +114,15 @@ install: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so src/keel.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 		-e 's|@VERSION@|$(SO_VERSION)|' src/keel.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/keel.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/keel.pc
+	install -d $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
+	install -m 644 $(MAN3) $(DESTDIR)$(MANDIR)/man3/
+	install -m 644 $(MAN7) $(DESTDIR)$(MANDIR)/man7/
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/keel $(DESTDIR)$(LIBDIR)/libkeel.a $(DESTDIR)$(LIBDIR)/libkeel.so \
 		$(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_ABI) $(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_VERSION) \
-		$(DESTDIR)$(PKGCONFIGDIR)/keel.pc $(HEADERS:include/keel/%=$(DESTDIR)$(INCLUDEDIR)/keel/%)
+		$(DESTDIR)$(PKGCONFIGDIR)/keel.pc $(HEADERS:include/keel/%=$(DESTDIR)$(INCLUDEDIR)/keel/%) \
+		$(MAN3:docs/man/%=$(DESTDIR)$(MANDIR)/man3/%) $(MAN7:docs/man/%=$(DESTDIR)$(MANDIR)/man7/%)
 	-rmdir $(DESTDIR)$(INCLUDEDIR)/keel
 
 # The load generator (keel load): a module of its own on top of libkeel, not part of its API.

@@ -4,7 +4,9 @@
 Every public header compiles on its own, -pedantic -Werror, as C17 without
 _GNU_SOURCE (gcc and clang) and as C++17 (g++ and clang++). `make install
 PREFIX=<tmp>` puts the binary, libkeel.so (soname libkeel.so.0, with its
-symlinks), libkeel.a, the headers and keel.pc in place; against that tree a
+symlinks), libkeel.a, the headers, keel.pc and the man pages in place (each
+page renders without a groff warning, each alias resolves through man(1),
+each documented name is still in the API); against that tree a
 small program -- an HTTP server and a client asking it over loopback --
 builds with pkg-config as C and as C++, linked to libkeel.so and (with
 pkg-config --static) to libkeel.a, and each runs and prints its answer. The
@@ -14,7 +16,7 @@ every file install made.
 Runs under the backend in KEEL_BACKEND (the programs' loops), with the build
 in KEEL_BUILD (a sanitizer build links its programs with the same runtime).
 Exit status: 0 pass, 1 fail, 77 skip (no pkg-config or no C++ compiler)."""
-import os, shutil, subprocess, tempfile
+import os, re, shutil, subprocess, tempfile
 
 from keeltest import BUILD, Skip, check, eq, fail, main
 
@@ -119,8 +121,8 @@ def sanitizer_flags():
 
 def test():
     cxx = shutil.which("g++")
-    if not shutil.which("pkg-config") or not cxx:
-        raise Skip("pkg-config or g++ missing (Debian: pkg-config, g++)")
+    if not shutil.which("pkg-config") or not cxx or not shutil.which("man") or not shutil.which("groff"):
+        raise Skip("pkg-config, g++, man or groff missing (Debian: pkg-config, g++, man-db, groff-base)")
     san, make_flags = sanitizer_flags()
     tmp = tempfile.mkdtemp(prefix="keel-install-")
     try:
@@ -155,6 +157,38 @@ def test():
               "only keel_* exported: %r" % [n for n in names if not n.startswith("keel_") or n.startswith("keel__")][:10])
         check("keel_loop_new" in names and "keel_http_respond" in names, "the API is exported")
         print("ok   make install: soname, symlinks, %d keel_* symbols and nothing else" % len(names), flush=True)
+
+        # The man pages: installed, each main page rendered without a warning, every alias
+        # resolving through man(1), and every name a page documents still in the API.
+        mandir = os.path.join(prefix, "share", "man")
+        pages = sorted(os.listdir(os.path.join(ROOT, "docs", "man")))
+        headers_text = "".join(open(os.path.join(ROOT, "include", "keel", h)).read() for h in headers)
+        mains, aliases = [], []
+        for p in pages:
+            sec = p.rsplit(".", 1)[1]
+            installed = os.path.join(mandir, "man" + sec, p)
+            check(os.path.isfile(installed), "man page %s installed" % p)
+            text = open(installed).read()
+            if text.startswith(".so "):
+                aliases.append(p)
+                target = text.split()[1]
+                check(os.path.isfile(os.path.join(mandir, target)), "%s: its .so %s is there" % (p, target))
+            else:
+                mains.append(p)
+                r = subprocess.run(["groff", "-man", "-ww", "-z", "-Tutf8", installed], capture_output=True,
+                                   text=True, timeout=60)
+                eq((r.returncode, r.stderr), (0, ""), "groff -ww on %s" % p)
+            name = p.rsplit(".", 1)[0]
+            if sec == "3":
+                check(name in names or re.search(r"\b%s\b" % re.escape(name), headers_text),
+                      "man page %s names something the headers declare" % p)
+        check(len(mains) >= 15 and "keel.7" in mains, "main pages: %r" % mains)
+        for p in aliases[:3] + ["keel_http_main.3"]:
+            out = run(["man", "-M", mandir, "-P", "cat", p.rsplit(".", 1)[0]],
+                      env=dict(os.environ, MANWIDTH="100"), what="man " + p)
+            check("SYNOPSIS" in out and "OWNERSHIP" in out, "man %s: rendered with SYNOPSIS and OWNERSHIP" % p)
+        print("ok   %d man pages and %d aliases installed, rendered without warnings, naming the API"
+              % (len(mains), len(aliases)), flush=True)
 
         env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(lib, "pkgconfig"))
         cflags = run(["pkg-config", "--cflags", "keel"], env=env).split()
