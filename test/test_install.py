@@ -9,7 +9,10 @@ page renders without a groff warning, each alias resolves through man(1),
 each documented name is still in the API); against that tree a
 small program -- an HTTP server and a client asking it over loopback --
 builds with pkg-config as C and as C++, linked to libkeel.so and (with
-pkg-config --static) to libkeel.a, and each runs and prints its answer. The
+pkg-config --static) to libkeel.a, and each runs and prints its answer.
+docs/guide.md's service, extracted from the page, builds as C and C++ and
+answers as the page says against three Python upstreams (one slow): All,
+the 200 ms deadline's 504, a refused upstream's 502, Any, and SIGTERM. The
 shared library exports keel_* symbols only, and `make uninstall` removes
 every file install made.
 
@@ -100,6 +103,129 @@ int main(void)
 	return answered == 1 && stopped ? 0 : 1;
 }
 """
+
+
+def guide_program():
+    """The first C block of docs/guide.md: the service the page walks through."""
+    text = open(os.path.join(ROOT, "docs", "guide.md")).read()
+    m = re.search(r"^```c\n(.*?)^```$", text, re.S | re.M)
+    check(m is not None and "keel_http_main" in m.group(1), "docs/guide.md has its service in a ```c block")
+    return m.group(1)
+
+
+class Upstreams:
+    """Three HTTP services on loopback: price (/price: 42), info (/info: a JSON object), and
+    one that answers /price and /info only after a second."""
+
+    def __init__(self):
+        import http.server, socketserver, threading, time
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                if self.server.slow:
+                    time.sleep(1.0)
+                body = {"/price": b"42", "/info": b'{"name":"Keel"}'}.get(self.path)
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *a):
+                pass
+
+        class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # (a call keel cancelled: the slow service finds its client gone)
+
+        self.servers = []
+        for slow in (False, False, True):
+            s = S(("127.0.0.1", 0), H)
+            s.slow = slow
+            threading.Thread(target=s.serve_forever, daemon=True).start()
+            self.servers.append(s)
+        self.price, self.info, self.slow = ["127.0.0.1:%d" % s.server_address[1] for s in self.servers]
+
+    def close(self):
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+
+
+def closed_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nobody listens there now: connections are refused
+    return "127.0.0.1:%d" % port
+
+
+def guide_get(addr, path):
+    import http.client
+    c = http.client.HTTPConnection(*addr.rsplit(":", 1), timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        c.close()
+
+
+def guide_start(exe, args):
+    """Start the service on a port of its choosing; returns (process, "127.0.0.1:PORT")."""
+    import select, signal, time
+    p = subprocess.Popen([exe, "127.0.0.1:0", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, env=dict(os.environ, KEEL_LOG="2"))
+    said, end = "", time.time() + 20
+    while time.time() < end and p.poll() is None:
+        if select.select([p.stderr], [], [], 0.5)[0]:
+            said += p.stderr.readline()
+            m = re.search(r"listening on (127\.0\.0\.1:\d+)", said)
+            if m:
+                return p, m.group(1)
+    p.kill()
+    p.wait()
+    fail("the guide's service did not start: %r" % said)
+
+
+def guide_stop(p, lang):
+    import signal
+    p.send_signal(signal.SIGTERM)
+    try:
+        rc = p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        fail("%s: the guide's service did not stop on SIGTERM" % lang)
+    eq(rc, 0, "%s: the guide's service's exit status after SIGTERM" % lang)
+
+
+def guide_run(exe, lang):
+    up = Upstreams()
+    try:
+        # Both answer: All gives both bodies. Replicas slow and quick: Any takes the quick one
+        # (waiting for the slow one would have been a 504).
+        p, addr = guide_start(exe, [up.price, up.info, up.slow, up.price])
+        try:
+            eq(guide_get(addr, "/quote"), (200, '{"price":42,"info":{"name":"Keel"}}\n'), lang + " /quote")
+            eq(guide_get(addr, "/fast"), (200, '{"price":42}\n'), lang + " /fast, one replica slow")
+            eq(guide_get(addr, "/nothing")[0], 404, lang + " a path with no route")
+        finally:
+            guide_stop(p, lang)
+        # The info service takes a second: the deadline answers 504. Nobody there: 502.
+        for info, want in [(up.slow, 504), (closed_port(), 502)]:
+            p, addr = guide_start(exe, [up.price, info, up.slow, up.slow])
+            try:
+                eq(guide_get(addr, "/quote")[0], want, "%s /quote with info %s" % (lang, info))
+                eq(guide_get(addr, "/fast")[0], 504, lang + " /fast, both replicas slow")
+            finally:
+                guide_stop(p, lang)
+    finally:
+        up.close()
 
 
 def run(cmd, env=None, what=None):
@@ -210,6 +336,20 @@ def test():
                 out = run([exe], what="%s program (%s) run" % (lang, kind))
                 eq(out, "200 installed\n", "%s program (%s): its answer" % (lang, kind))
         print("ok   a server and a client in C and C++, with pkg-config, shared and static: each ran", flush=True)
+
+        # docs/guide.md's service, as printed there, in C and C++, against real upstreams.
+        guide = guide_program()
+        for lang, compiler, ext in [("C", "gcc", "c"), ("C++", cxx, "cc")]:
+            src = os.path.join(tmp, "quote.%s" % ext)
+            with open(src, "w") as f:
+                f.write(guide)
+            exe = os.path.join(tmp, "quote-%s" % ext)
+            std = "-std=c17" if ext == "c" else "-std=c++17"
+            run([compiler, std, "-Wall", "-Wextra", "-Werror", *san, *cflags, "-o", exe, src, *libs,
+                 "-Wl,-rpath," + lib], what="the guide's service as %s" % lang)
+            guide_run(exe, lang)
+        print("ok   docs/guide.md's service (%d lines) built as C and C++ with pkg-config; All, timeout 504, "
+              "502, Any and a graceful stop seen" % guide.count("\n"), flush=True)
 
         run(["make", "-s", "uninstall", "BUILD=" + BUILD, "PREFIX=" + prefix, *make_flags], what="make uninstall")
         left = [os.path.join(d, f) for d, _, fs in os.walk(prefix) for f in fs]
