@@ -25,15 +25,14 @@
  * 8092, and a slow price replica (50 ms) on 8093; the replicas are 8091 and 8093.
  *
  * Each request's state, strings and answer live in its context's arena, freed in one
- * step after the response is sent and the last cancelled call has let go. Each worker
- * thread has its own loop, listener (SO_REUSEPORT) and client connection pools.
- * SIGINT/SIGTERM stop it gracefully.
+ * step after the response is sent and the last cancelled call has let go. keel_http_main
+ * runs the workers: each thread has its own loop, listener (SO_REUSEPORT) and client
+ * connection pools; SIGINT/SIGTERM stop it gracefully. docs/guide.md is the same service
+ * in one screen, without JSON parsing or per-call error reports.
  */
 #include <cJSON.h>
 #include <errno.h>
 #include <getopt.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,15 +64,12 @@ static const struct {
 };
 #define DEMO_UPS (sizeof(demo_ups) / sizeof(demo_ups[0]))
 
+/* A worker's own: its client's connection pools, and the demo's upstreams. */
 struct worker {
-	pthread_t th;
-	int lfd, up_lfd[DEMO_UPS];
 	keel_loop *loop;
-	keel_http_server *srv, *ups[DEMO_UPS];
 	keel_http_client *client;
-	int ready;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
+	keel_http_server *ups[DEMO_UPS];
+	int up_lfd[DEMO_UPS];
 };
 
 /* ---- One upstream call ------------------------------------------------------ */
@@ -397,88 +393,72 @@ static keel_promise *route_not_found(keel_http_request *req, void *ud)
 
 /* ---- Workers ----------------------------------------------------------------- */
 
-static void worker_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
+/*
+ * keel_http_main runs the workers: one thread, loop, server and listener
+ * each, and the graceful stop on SIGINT/SIGTERM. What is ours on each
+ * worker is made in worker_setup and let go in worker_teardown.
+ */
+static void demo_up_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	(void)o;
 	struct worker *w = ud;
-	/* Nothing is in flight now; the loop ends once the client's last connection closes. */
-	keel_http_client_free(w->client);
-	w->client = NULL;
+	for (size_t i = 0; i < DEMO_UPS; i++) {
+		keel_http_server_free(w->ups[i]);
+		if (w->up_lfd[i] >= 0)
+			close(w->up_lfd[i]);
+	}
+	free(w);
 }
 
-static void worker_stop(keel_loop *loop, void *ud)
+static void worker_teardown(keel_http_server *srv, keel_loop *loop, unsigned index, void *ud)
 {
-	struct worker *w = ud;
-	keel_promise *ps[1 + DEMO_UPS];
+	(void)srv;
+	(void)index;
+	(void)ud;
+	struct worker *w = keel_loop_data(loop);
+	keel_http_client_free(w->client); /* (its connections close while the loop drains) */
+	keel_promise *ps[DEMO_UPS];
 	size_t n = 0;
-	ps[n++] = keel_http_server_stop(w->srv, 2000);
 	for (size_t i = 0; i < DEMO_UPS; i++)
 		if (w->ups[i])
-			ps[n++] = keel_http_server_stop(w->ups[i], 2000);
-	keel_promise_done(keel_all(loop, ps, n, NULL), worker_stopped, w);
+			ps[n++] = keel_http_server_stop(w->ups[i], 0);
+	keel_promise_done(keel_all(loop, ps, n, NULL), demo_up_stopped, w);
 }
 
-/* Set up w on the loop of its thread; 0 or a negative errno. */
-static int worker_init(struct worker *w)
+static int worker_setup(keel_http_server *s, keel_loop *loop, unsigned index, void *ud)
 {
-	int err = keel_loop_new(&w->loop, NULL);
-	if (err < 0)
-		return err;
-	for (size_t i = 0; opt.demo && i < DEMO_UPS; i++) {
+	(void)index;
+	(void)ud;
+	struct worker *w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	for (size_t i = 0; i < DEMO_UPS; i++)
+		w->up_lfd[i] = -1;
+	w->loop = loop;
+	int err = keel_http_client_new(&w->client, loop, NULL);
+	for (size_t i = 0; !err && opt.demo && i < DEMO_UPS; i++) {
 		w->up_lfd[i] =
-		    svc_start(w->loop, demo_ups[i].addr, KEEL_TCP_REUSEPORT, &demo_ups[i].conf, &w->ups[i]);
+		    svc_start(loop, demo_ups[i].addr, KEEL_TCP_REUSEPORT, &demo_ups[i].conf, &w->ups[i]);
 		if (w->up_lfd[i] < 0) {
-			fprintf(stderr, "fanout: demo upstream on %s: %s\n", demo_ups[i].addr,
-			        keel_strerror(w->up_lfd[i]));
-			return w->up_lfd[i];
+			err = w->up_lfd[i];
+			keel_log(KEEL_LOG_ERROR, "demo upstream on %s: %s", demo_ups[i].addr,
+			         keel_strerror(err));
 		}
 	}
-	err = keel_http_client_new(&w->client, w->loop, NULL);
 	if (!err)
-		err = keel_http_server_new(&w->srv, w->loop, NULL);
-	if (err)
-		return err;
-	keel_http_server *s = w->srv;
-	err = keel_http_route(s, "GET", "/quote", 0, route_quote, w);
+		err = keel_http_route(s, "GET", "/quote", 0, route_quote, w);
 	if (!err)
 		err = keel_http_route(s, "GET", "/fast", 0, route_fast, w);
 	if (!err)
 		err = keel_http_route(s, NULL, "/", KEEL_HTTP_PREFIX, route_not_found, NULL);
 	if (!err)
 		err = keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);
-	return err ? err : keel_http_server_start(s, w->lfd);
-}
-
-static void worker_fini(struct worker *w)
-{
-	if (w->srv)
-		keel_http_server_free(w->srv);
-	if (w->client)
-		keel_http_client_free(w->client); /* only when the worker never ran */
-	for (size_t i = 0; i < DEMO_UPS; i++) {
-		if (w->ups[i])
-			keel_http_server_free(w->ups[i]);
-		if (w->up_lfd[i] >= 0)
-			close(w->up_lfd[i]);
-	}
-	close(w->lfd);
-	if (w->loop)
-		keel_loop_free(w->loop);
-}
-
-static void *worker_main(void *arg)
-{
-	struct worker *w = arg;
-	int err = worker_init(w);
-	pthread_mutex_lock(&w->mu);
-	w->ready = err == 0 ? 1 : -1;
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-	if (err == 0)
-		keel_loop_run(w->loop);
-	worker_fini(w);
-	return NULL;
+	keel_loop_set_data(loop, w);
+	if (err)
+		worker_teardown(s, loop, index,
+		                ud); /* (keel_http_main calls it only after a setup that worked) */
+	return err;
 }
 
 /* How to try the demo. */
@@ -550,67 +530,14 @@ int main(int argc, char **argv)
 		opt.replica[1] = demo_ups[2].addr;
 	}
 
-	/* The stop signals go to the main thread's sigwait, not to the workers. */
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-
-	struct worker *ws = calloc((size_t)nworkers, sizeof(*ws));
-	if (!ws)
-		return 1;
-	char bound[128];
-	snprintf(bound, sizeof(bound), "%s", listen_addr);
-	int started = 0, status = 0;
-	for (long i = 0; i < nworkers && status == 0; i++) {
-		struct worker *w = &ws[i];
-		for (size_t k = 0; k < DEMO_UPS; k++)
-			w->up_lfd[k] = -1;
-		w->lfd = keel_tcp_listen(bound, 4096, KEEL_TCP_REUSEPORT);
-		if (w->lfd < 0) {
-			fprintf(stderr, "fanout: listen %s: %s\n", bound, keel_strerror(w->lfd));
-			status = 1;
-			break;
-		}
-		if (i == 0) /* port 0 resolved: the other workers share the port */
-			svc_bound_addr(listen_addr, w->lfd, bound, sizeof(bound));
-		pthread_mutex_init(&w->mu, NULL);
-		pthread_cond_init(&w->cv, NULL);
-		if (pthread_create(&w->th, NULL, worker_main, w) != 0) {
-			close(w->lfd);
-			status = 1;
-			break;
-		}
-		started++;
-		pthread_mutex_lock(&w->mu);
-		while (!w->ready)
-			pthread_cond_wait(&w->cv, &w->mu);
-		pthread_mutex_unlock(&w->mu);
-		if (w->ready < 0) {
-			fprintf(stderr, "fanout: cannot start worker %ld\n", i);
-			status = 1;
-		}
-	}
-	if (status == 0) {
-		fprintf(stderr, "fanout: listening on %s (%ld worker%s, %s, timeout %llu ms)\n", bound,
-		        nworkers, nworkers == 1 ? "" : "s", keel_loop_backend(ws[0].loop),
-		        (unsigned long long)opt.timeout_ms);
-		if (opt.demo)
-			demo_banner(bound);
-		int sig;
-		sigwait(&set, &sig);
-		for (int i = 0; i < started; i++)
-			keel_loop_post(ws[i].loop, worker_stop, &ws[i]);
-	}
-	for (int i = 0; i < started; i++) {
-		if (ws[i].ready > 0 && status) /* a later worker failed to start */
-			keel_loop_post(ws[i].loop, worker_stop, &ws[i]);
-		pthread_join(ws[i].th, NULL);
-		pthread_mutex_destroy(&ws[i].mu);
-		pthread_cond_destroy(&ws[i].cv);
-	}
-	free(ws);
-	return status;
+	fprintf(stderr, "fanout: upstream calls time out after %llu ms\n",
+	        (unsigned long long)opt.timeout_ms);
+	if (opt.demo)
+		demo_banner(listen_addr);
+	keel_http_main_opts mo = {.listen = listen_addr,
+	                          .workers = (unsigned)nworkers,
+	                          .grace_ms = 2000,
+	                          .setup = worker_setup,
+	                          .teardown = worker_teardown};
+	return keel_http_main(&mo) < 0;
 }

@@ -187,14 +187,14 @@ static int svc_start(keel_loop *loop, const char *addr, unsigned tcp_flags, cons
 	return lfd;
 }
 
+#ifndef FANOUT_SVC_EMBEDDED
+
 /* addr with its port replaced by the one lfd is bound to (port 0 resolved). */
 static void svc_bound_addr(const char *addr, int lfd, char *out, size_t size)
 {
 	const char *colon = strrchr(addr, ':');
 	snprintf(out, size, "%.*s:%d", (int)(colon - addr), addr, keel_tcp_port(lfd));
 }
-
-#ifndef FANOUT_SVC_EMBEDDED
 
 #include <getopt.h>
 #include <signal.h>
