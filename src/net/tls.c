@@ -181,7 +181,7 @@ struct tconn {
 	uint64_t tx_left;  /* plaintext not yet encrypted */
 	uint64_t tx_total; /* what the job resolves with */
 	uint64_t tx_end;   /* `wrote` once the job's last byte was encrypted */
-	int tx_err;        /* settle with this once the file read in flight returns */
+	int tx_err;        /* settle with this once the file read or kTLS send in flight returns */
 	int file_fd;
 	uint64_t file_off;
 	char *fbuf;
@@ -1092,11 +1092,15 @@ static void tx_end(struct tconn *tc, int err)
 {
 	if (!tc->tx)
 		return;
-	if (tc->fread) {
-		/* The file is the caller's until we settle: wait for the read that uses it. */
+	if (tc->fread || (tc->ktls == KTLS_ON && tc->send)) {
+		/*
+		 * The file, or with kTLS the caller's plaintext (the kernel makes
+		 * the records from it), is the caller's again when we settle:
+		 * wait for the read or send that uses it.
+		 */
 		if (!tc->tx_err)
 			tc->tx_err = err ? err : -ECANCELED;
-		keel_promise_cancel(tc->fread);
+		keel_promise_cancel(tc->fread ? tc->fread : tc->send);
 		return;
 	}
 	keel_promise *p = tc->tx;
@@ -1744,6 +1748,16 @@ static void ktls_sent(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct tconn *tc = ud;
+	if (tc->tx_err) {
+		/* tx_end waited for this send to let go of the caller's bytes. */
+		tc->send = NULL;
+		tc->refs--;
+		int err = tc->tx_err;
+		tc->tx_err = 0;
+		tx_end(tc, err);
+		finish_close(tc);
+		return;
+	}
 	if (!send_ended(tc, o))
 		return;
 	tc->tx_total = (uint64_t)o.n; /* (a file that ended early: a short count, as keel_sendfile says) */
