@@ -60,13 +60,26 @@ static int setup_ok(keel_http_server *srv, keel_loop *loop, unsigned worker, voi
 	return keel_http_route(srv, "GET", "/hello", 0, hello, NULL);
 }
 
+static atomic_uint teardown_last;
+
+static void teardown_step(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	(void)ud;
+	atomic_fetch_add(&teardown_last, 1);
+}
+
 static void teardown(keel_http_server *srv, keel_loop *loop, unsigned worker, void *ud)
 {
 	(void)srv;
-	(void)loop;
 	(void)worker;
 	(void)ud;
 	atomic_fetch_add(&teardowns, 1);
+	/* Its last step a continuation, queued and nothing else in flight for it: it still runs. */
+	keel_promise *p = keel_promise_new(loop);
+	keel_promise_resolve(p, 0, NULL);
+	keel_promise_done(p, teardown_step, NULL);
 }
 
 static bool term_blocked(void)
@@ -117,11 +130,17 @@ static void *client(void *arg)
 int main(void)
 {
 	for (fail_worker = 0; fail_worker < 2; fail_worker++) {
-		keel_http_main_opts o = {.listen = "127.0.0.1:0", .workers = 2, .setup = setup_failing};
+		keel_http_main_opts o = {
+		    .listen = "127.0.0.1:0", .workers = 2, .setup = setup_failing, .teardown = teardown};
 		int rc = keel_http_main(&o);
 		ASSERT_EQ(rc, -EADDRNOTAVAIL);
 		ASSERT(!term_blocked());
+		/* The workers that were set up were torn down, their last steps run though idle. */
+		ASSERT_EQ(atomic_load(&teardown_last), atomic_load(&teardowns));
 	}
+	ASSERT(atomic_load(&teardowns) >= 1);
+	atomic_store(&teardowns, 0);
+	atomic_store(&teardown_last, 0);
 	printf("a worker whose setup fails (0 of 2, 1 of 2): its error, the mask restored: ok\n");
 
 	/* A port for the second run: bound and closed, then named (SO_REUSEPORT listeners take it). */
@@ -151,6 +170,7 @@ int main(void)
 	ASSERT_EQ((intptr_t)ok, 20);
 	ASSERT_EQ(atomic_load(&setups), 2);
 	ASSERT_EQ(atomic_load(&teardowns), 2);
+	ASSERT_EQ(atomic_load(&teardown_last), 2);
 	ASSERT_EQ(atomic_load(&late_timers),
 	          20); /* (their timers outlived the server: drained, not dropped) */
 	ASSERT(!term_blocked());

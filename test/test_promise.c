@@ -270,6 +270,7 @@ static void test_ctx(keel_loop *loop)
 	keel_ctx *ctx = keel_ctx_new(loop);
 	ASSERT(keel_ctx_alloc(ctx, SIZE_MAX) == NULL); /* (rounded up, it used to wrap to 16 bytes) */
 	ASSERT(keel_ctx_alloc(ctx, SIZE_MAX - 8) == NULL);
+	ASSERT(keel_ctx_alloc(ctx, SIZE_MAX - 16) == NULL); /* (plus a chunk's header, it wrapped too) */
 	keel_ctx_on_free(ctx, on_ctx_free, NULL);
 	keel_promise *p = keel_promise_bind_ctx(keel_sleep(loop, 1), ctx);
 	keel_ctx_release(ctx); /* the chain holds it now */

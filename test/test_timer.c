@@ -182,6 +182,33 @@ static void test_rearm_zero(keel_loop *loop)
 	printf("re-arm for 0 ms from its own callback: one run per tick: ok\n");
 }
 
+/* A delay past the clock's range (UINT64_MAX: "never") is the end of time, not a wrap to now. */
+static int never_fired;
+
+static void never_fire(keel_loop *loop, keel_timer *t)
+{
+	(void)loop;
+	(void)t;
+	never_fired++;
+}
+
+static void test_huge_delay(keel_loop *loop)
+{
+	keel_timer t;
+	keel_timer_init(&t, never_fire);
+	uint64_t delays[] = {UINT64_MAX, UINT64_MAX / 1000000 + 1, UINT64_MAX / 2};
+	for (size_t i = 0; i < sizeof(delays) / sizeof(delays[0]); i++) {
+		keel_timer_arm(loop, &t, delays[i]);
+		ASSERT(keel_timer_deadline_ns(&t) > keel_loop_now_ns(loop));
+		for (int k = 0; k < 3; k++)
+			ASSERT_OK(keel_loop_run_once(loop, 1));
+		ASSERT_EQ(never_fired, 0);
+		ASSERT(keel_timer_is_armed(&t));
+	}
+	keel_timer_disarm(loop, &t);
+	printf("a delay of UINT64_MAX ms (and others past the clock's range) does not fire: ok\n");
+}
+
 /* The callback may free the object its timer is embedded in (ASan checks the loop lets go). */
 struct owned {
 	int *count;
@@ -311,6 +338,7 @@ int main(void)
 	test_disarm(loop);
 	test_disarm_from_callback(loop);
 	test_rearm_zero(loop);
+	test_huge_delay(loop);
 	test_free_in_callback(loop);
 	test_mix(loop);
 	keel_loop_free(loop);

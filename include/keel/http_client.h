@@ -139,7 +139,10 @@ typedef struct keel_http_client_request {
 	 * body that came with the head (zero-copy, maybe all of it), and
 	 * keel_http_client_body_read gives the rest. The connection stays the
 	 * response's until keel_http_client_response_free: freeing it before
-	 * the body's end closes the connection.
+	 * the body's end closes the connection. A whole request body (body,
+	 * not body_read) still going out when the head arrives is stopped
+	 * there, as for a whole response: an upstream that reads the request
+	 * while it answers (full duplex) needs body_read.
 	 */
 	bool stream_response;
 } keel_http_client_request;

@@ -98,8 +98,8 @@ void keel_ctx_release(keel_ctx *ctx)
 
 void *keel_ctx_alloc(keel_ctx *ctx, size_t size)
 {
-	if (size > SIZE_MAX - 15)
-		return NULL; /* (rounded up, it would wrap to a tiny block) */
+	if (size > SIZE_MAX / 2)
+		return NULL; /* (rounded up, with a chunk's header, it would wrap to a tiny block) */
 	size = (size + 15) & ~(size_t)15;
 	if (size == 0)
 		size = 16;

@@ -261,6 +261,8 @@ static inline bool keel__op_may_sigpipe(int kind)
 }
 /* loop.c: block SIGPIPE until the tick (or run) ends; a no-op when already held. */
 void keel__sigpipe_hold(keel_loop *loop);
+/* loop.c: whether work remains (what keel_loop_run waits for): operations, timers, continuations. */
+bool keel__loop_alive(const keel_loop *loop);
 
 /* arena.c */
 void keel__ctx_pool_fini(keel_loop *loop);

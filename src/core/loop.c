@@ -335,6 +335,11 @@ static bool loop_alive(const keel_loop *loop)
 	       loop->nclose_waits;
 }
 
+bool keel__loop_alive(const keel_loop *loop)
+{
+	return loop_alive(loop);
+}
+
 static int tick(keel_loop *loop, int timeout_ms)
 {
 	/* now_ns is from the end of the last tick's wait: one clock read per tick. */

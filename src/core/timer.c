@@ -68,7 +68,10 @@ static void sift(keel_loop *loop, uint32_t i)
 void keel_timer_arm(keel_loop *loop, keel_timer *t, uint64_t delay_ms)
 {
 	KEEL__ASSERT(t->fn != NULL);
-	uint64_t deadline = loop->now_ns + delay_ms * 1000000ull;
+	/* (A delay past the clock's range -- UINT64_MAX for "never", say -- is the end of it.) */
+	uint64_t deadline = delay_ms > (UINT64_MAX - loop->now_ns) / 1000000ull
+	                        ? UINT64_MAX
+	                        : loop->now_ns + delay_ms * 1000000ull;
 	/*
 	 * keel__timer_expire runs what is due at now_ns: a callback that
 	 * re-armed itself for now_ns would run again in the same pass, and one

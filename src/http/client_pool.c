@@ -114,9 +114,12 @@ void keel__http_client_conn_fail(struct cconn *k, int err)
 		/*
 		 * A reused connection that ends before any byte of the answer:
 		 * the server closed it while idle as we sent. Safe to send again
-		 * on a fresh connection if the method is idempotent.
+		 * on a fresh connection if the method is idempotent -- and once
+		 * the old send has let go of the body (lent: the request could
+		 * settle on the new connection while the kernel still read it).
 		 */
-		if (k->reused && !k->got_bytes && r->idempotent && !r->retried && !up->cl->freeing &&
+		bool lent = k->send_p && !keel_promise_is_settled(k->send_p) && r->q.body.len;
+		if (k->reused && !k->got_bytes && r->idempotent && !r->retried && !up->cl->freeing && !lent &&
 		    (err == -ECONNRESET || err == -EPIPE)) {
 			r->retried = true;
 			r->conn = NULL;

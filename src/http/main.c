@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "core/internal.h"
 #include "keel/errors.h"
 #include "keel/http.h"
 #include "keel/log.h"
@@ -51,14 +52,11 @@ static void stop_begin(struct run *m, struct slot *w, keel_loop *loop)
  */
 static void drain(keel_loop *loop, uint64_t grace_ms)
 {
-	uint64_t end = keel_loop_now_ns(loop) + grace_ms * 1000000u;
-	for (;;) {
-		keel_loop_stats st;
-		keel_loop_get_stats(loop, &st);
-		if ((!st.ops_inflight && !st.timers_live) || keel_loop_now_ns(loop) >= end)
-			break;
+	uint64_t now = keel_loop_now_ns(loop);
+	uint64_t end = grace_ms > (UINT64_MAX - now) / 1000000u ? UINT64_MAX : now + grace_ms * 1000000u;
+	/* (Continuations count too: a teardown's last step may be one, queued and not yet run.) */
+	while (keel__loop_alive(loop) && keel_loop_now_ns(loop) < end)
 		keel_loop_run_once(loop, 100);
-	}
 }
 
 /* On a worker's loop, posted on SIGINT/SIGTERM (src/net/workers.c): its graceful stop. */

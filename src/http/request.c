@@ -402,10 +402,9 @@ void keel__req_answer(keel_http_request *r, keel_outcome o)
 			if (atomic_fetch_add(&said, 1) == 0)
 				keel_log(KEEL_LOG_ERROR,
 				         "a handler answered with status %d: sent 500 instead", st);
-			keel_http_response *bad = o.ptr;
-			if (bad->file_fd >= 0 && bad->file_close)
-				close(bad->file_fd);
-			bad->file_fd = -1;
+			const keel_http_response *bad = o.ptr;
+			if (bad != &r->resp && bad->file_fd >= 0 && bad->file_close)
+				close(bad->file_fd); /* (r->resp's own file is closed below) */
 			o = keel_fail(-EPROTO);
 		}
 	}

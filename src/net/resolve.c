@@ -147,6 +147,7 @@ static void *resolver_thread(void *arg)
 		hints.ai_family = AF_UNSPEC;
 		hints.ai_socktype = SOCK_STREAM;
 		hints.ai_flags = AI_NUMERICSERV;
+		errno = 0;
 		int rc = getaddrinfo(j->host, j->port, &hints, &res);
 		if (rc == 0) {
 			/* IPv4 first when there is one: the common listener, and one address to try. */
