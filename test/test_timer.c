@@ -209,6 +209,27 @@ static void test_huge_delay(keel_loop *loop)
 	printf("a delay of UINT64_MAX ms (and others past the clock's range) does not fire: ok\n");
 }
 
+/*
+ * keel_loop_stop is keel_loop_run's: a loop driven by keel_loop_run_once
+ * still waits as asked after one (it used to wait for nothing, ever after:
+ * a busy loop), and the stop still ends the next keel_loop_run.
+ */
+static void test_stop_and_run_once(keel_loop *loop)
+{
+	keel_timer t;
+	keel_timer_init(&t, never_fire);
+	never_fired = 0;
+	keel_timer_arm(loop, &t, 50);
+	keel_loop_stop(loop);
+	ASSERT_OK(keel_loop_run_once(loop, -1)); /* until the timer: the one thing that can happen */
+	ASSERT_EQ(never_fired, 1);
+	keel_timer_arm(loop, &t, 60000);
+	ASSERT_OK(keel_loop_run(loop)); /* the stop still pending: one tick, not a minute */
+	ASSERT(keel_timer_is_armed(&t));
+	keel_timer_disarm(loop, &t);
+	printf("keel_loop_stop leaves keel_loop_run_once waiting as asked, and ends the next run: ok\n");
+}
+
 /* The callback may free the object its timer is embedded in (ASan checks the loop lets go). */
 struct owned {
 	int *count;
@@ -339,6 +360,7 @@ int main(void)
 	test_disarm_from_callback(loop);
 	test_rearm_zero(loop);
 	test_huge_delay(loop);
+	test_stop_and_run_once(loop);
 	test_free_in_callback(loop);
 	test_mix(loop);
 	keel_loop_free(loop);

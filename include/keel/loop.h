@@ -100,8 +100,8 @@ int keel_loop_run_once(keel_loop *loop, int timeout_ms);
 
 /*
  * Make keel_loop_run() return after the current tick; called while the loop
- * is not running, the next keel_loop_run() returns after one tick. Loop
- * thread only.
+ * is not running, the next keel_loop_run() returns after one tick.
+ * keel_loop_run_once() does not see it: it waits as asked. Loop thread only.
  */
 void keel_loop_stop(keel_loop *loop);
 

@@ -347,8 +347,8 @@ static int tick(keel_loop *loop, int timeout_ms)
 
 	/* Leftover continuations (the ready stage is bounded) mean: do not block. */
 	int64_t wait_ns = timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000ll;
-	if (loop->ready_head || loop->stopping)
-		wait_ns = 0;
+	if (loop->ready_head || (loop->stopping && loop->in_run))
+		wait_ns = 0; /* (a stop ends keel_loop_run; keel_loop_run_once still waits as asked) */
 	int64_t t = keel__timer_next(loop);
 	if (t >= 0 && (wait_ns < 0 || t < wait_ns))
 		wait_ns = t;
