@@ -71,8 +71,9 @@ int keel_tcp_port(int fd);
 
 /*
  * Multishot accept on lfd (borrowed: never closed by keel). fn(ud, fd) runs
- * for each new connection and owns fd; it returns KEEL_CONTINUE or
- * KEEL_STOP. The promise settles when the stream ends: with a negative
+ * for each new connection and owns fd (close-on-exec; non-blocking on the
+ * epoll backend and not on io_uring's: set O_NONBLOCK to use it outside
+ * keel); it returns KEEL_CONTINUE or KEEL_STOP. The promise settles when the stream ends: with a negative
  * errno (EMFILE/ENFILE included: the caller decides on backoff) or
  * -ECANCELED.
  *
