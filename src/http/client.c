@@ -69,8 +69,7 @@ void keel__http_client_req_settle(struct creq *r, int err, keel_http_client_resp
 	 * now, so the connection cannot carry another request -- and r settles
 	 * from send_done.
 	 */
-	if (k && k->due_req != r && k->send_p && !keel_promise_is_settled(k->send_p) &&
-	    (r->q.body_read || r->q.body.len)) {
+	if (k && k->due_req != r && keel__http_client_body_lent(k, r)) {
 		k->due_req = r;
 		k->due_resp = resp;
 		k->due_err = err;

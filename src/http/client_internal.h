@@ -143,6 +143,13 @@ void keel__http_client_req_settle(struct creq *r, int err, keel_http_client_resp
 /* A client being freed goes once its last connection has closed and its last lookup ended. */
 void keel__http_client_release(keel_http_client *c);
 
+/* Whether k's send in flight still reads r's caller's bytes (a whole body, or a producer's piece). */
+static inline bool keel__http_client_body_lent(const struct cconn *k, const struct creq *r)
+{
+	return k->send_p && !keel_promise_is_settled(k->send_p) &&
+	       (r->q.body.len || (r->q.body_read && r->q.body_length));
+}
+
 /* ---- client_pool.c ---- */
 
 /* A request wants a connection: an idle one, a new one, or a place in the queue. */

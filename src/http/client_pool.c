@@ -118,9 +118,8 @@ void keel__http_client_conn_fail(struct cconn *k, int err)
 		 * the old send has let go of the body (lent: the request could
 		 * settle on the new connection while the kernel still read it).
 		 */
-		bool lent = k->send_p && !keel_promise_is_settled(k->send_p) && r->q.body.len;
-		if (k->reused && !k->got_bytes && r->idempotent && !r->retried && !up->cl->freeing && !lent &&
-		    (err == -ECONNRESET || err == -EPIPE)) {
+		if (k->reused && !k->got_bytes && r->idempotent && !r->retried && !up->cl->freeing &&
+		    !keel__http_client_body_lent(k, r) && (err == -ECONNRESET || err == -EPIPE)) {
 			r->retried = true;
 			r->conn = NULL;
 			up->cl->stats.retries++;

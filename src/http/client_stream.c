@@ -192,9 +192,9 @@ void keel__http_client_stream_start(struct cconn *k, keel_buf *buf, size_t off)
 		if (off < buf->len)
 			k->keep = false;
 		keel__http_client_timer_set(k, T_OFF, 0);
+		/* The response is whole: a producer's piece still in flight must let go first. */
 		if (keel__http_client_body_out_abort(k))
-			r->conn =
-			    k; /* the response is whole: the producer's piece in flight must let go first */
+			r->conn = k;
 	} else {
 		if (k->msg.body == KEEL_HTTP_BODY_LENGTH)
 			k->body_need = k->msg.content_length;

@@ -52,10 +52,9 @@ static void stop_begin(struct run *m, struct slot *w, keel_loop *loop)
  */
 static void drain(keel_loop *loop, uint64_t grace_ms)
 {
-	uint64_t now = keel_loop_now_ns(loop);
-	uint64_t end = grace_ms > (UINT64_MAX - now) / 1000000u ? UINT64_MAX : now + grace_ms * 1000000u;
+	uint64_t start = keel_loop_now_ns(loop); /* (elapsed time, in ms, cannot overflow) */
 	/* (Continuations count too: a teardown's last step may be one, queued and not yet run.) */
-	while (keel__loop_alive(loop) && keel_loop_now_ns(loop) < end)
+	while (keel__loop_alive(loop) && (keel_loop_now_ns(loop) - start) / 1000000u < grace_ms)
 		keel_loop_run_once(loop, 100);
 }
 

@@ -394,19 +394,16 @@ static int err_status(int err)
 void keel__req_answer(keel_http_request *r, keel_outcome o)
 {
 	r->pending = NULL;
-	if (!o.err && o.ptr) {
-		int st = ((keel_http_response *)o.ptr)->status;
-		if (st < 200 || st > 999) {
-			/* Not a final status a client can take: the handler's mistake, answered 500. */
-			static atomic_uint said; /* (once per process: a bug, not an event) */
-			if (atomic_fetch_add(&said, 1) == 0)
-				keel_log(KEEL_LOG_ERROR,
-				         "a handler answered with status %d: sent 500 instead", st);
-			const keel_http_response *bad = o.ptr;
-			if (bad != &r->resp && bad->file_fd >= 0 && bad->file_close)
-				close(bad->file_fd); /* (r->resp's own file is closed below) */
-			o = keel_fail(-EPROTO);
-		}
+	const keel_http_response *bad = o.err ? NULL : o.ptr;
+	if (bad && (bad->status < 200 || bad->status > 999)) {
+		/* Not a final status a client can take: the handler's mistake, answered 500. */
+		static atomic_uint said; /* (once per process: a bug, not an event) */
+		if (atomic_fetch_add(&said, 1) == 0)
+			keel_log(KEEL_LOG_ERROR, "a handler answered with status %d: sent 500 instead",
+			         bad->status);
+		if (bad != &r->resp && bad->file_fd >= 0 && bad->file_close)
+			close(bad->file_fd); /* (r->resp's own file is closed below) */
+		o = keel_fail(-EPROTO);
 	}
 	if (o.err || !o.ptr) {
 		if (r->resp.file_fd >= 0 && r->resp.file_close)

@@ -256,10 +256,9 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 		}
 		s->stopped_more = more;
 		more[s->nstopped_more++] = p;
-		uint64_t now = keel_loop_now_ns(s->loop);
-		uint64_t at = grace_ms > (UINT64_MAX - now) / 1000000 ? UINT64_MAX : now + grace_ms * 1000000;
-		if (keel_timer_is_armed(&s->grace) && keel_timer_deadline_ns(&s->grace) > at)
-			keel_timer_arm(s->loop, &s->grace, grace_ms);
+		uint64_t now = keel_loop_now_ns(s->loop), due = keel_timer_deadline_ns(&s->grace);
+		if (keel_timer_is_armed(&s->grace) && due > now && (due - now) / 1000000 > grace_ms)
+			keel_timer_arm(s->loop, &s->grace, grace_ms); /* (in ms left: no overflow) */
 		return p;
 	}
 	s->stopping = true;
