@@ -20,9 +20,10 @@ enum {
 	KEEL_ECONNTIMEDOUT = -5004, /* connecting timed out (the HTTP client; -ETIMEDOUT is the response) */
 	KEEL_ENAME = -5005,         /* a name that does not resolve (no such host, or no address) */
 	KEEL_ETLS = -5006,          /* a TLS record failed after the handshake (a bad record, an alert) */
-	KEEL_ETLSCERT = -5007, /* the peer's certificate did not verify (untrusted, expired, wrong name) */
-	KEEL_ETLSHS = -5008,   /* the TLS handshake failed before it was done (protocol, alert, no shared
+	KEEL_ETLSCERT = -5007,  /* the peer's certificate did not verify (untrusted, expired, wrong name) */
+	KEEL_ETLSHS = -5008,    /* the TLS handshake failed before it was done (protocol, alert, no shared
 	                          cipher, the peer gone): no application data was sent */
+	KEEL_EWSCLOSED = -5009, /* the WebSocket connection has ended, or its close was sent */
 };
 
 /*

@@ -186,8 +186,9 @@ struct keel_http_request {
 	size_t out_bytes; /* counted in the connection's unsent output */
 	char *tr_raw;     /* the trailer section as it came ("name: value\r\n"...), in the context */
 	uint32_t tr_len, tr_cap;
-	keel_http_header *headers; /* config limits.headers_max, right after the record (a pointer:
+	keel_http_header *headers;     /* config limits.headers_max, right after the record (a pointer:
 	                              C++ has no flexible array members) */
+	struct keel__upgrade *upgrade; /* the protocol a 101 switches to (keel_ws_accept) */
 };
 
 /*
@@ -386,6 +387,7 @@ typedef struct keel_http_stats {
 	uint64_t accept_pauses;     /* accepting paused: connection limit or EMFILE/ENFILE */
 	uint64_t idle_closed;       /* idle connections closed to make room (limit reached, EMFILE) */
 	uint64_t log_lines_dropped; /* access log lines lost because the disk fell behind */
+	uint64_t ws_upgrades;       /* connections switched to WebSocket */
 	uint32_t conns_open;
 	uint32_t inflight; /* requests waiting for their handlers */
 } keel_http_stats;

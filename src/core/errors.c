@@ -23,6 +23,7 @@ const char *keel_strerror(int err)
 	case KEEL_ETLS: return "TLS record failed";
 	case KEEL_ETLSHS: return "TLS handshake failed";
 	case KEEL_ETLSCERT: return "TLS certificate did not verify";
+	case KEEL_EWSCLOSED: return "WebSocket closed";
 	default: break;
 	}
 	if (err < 0 && err > -4096)

@@ -57,15 +57,17 @@ struct keel_http_conn {
 	uint64_t deadline_ns;     /* what the timer is for (0: nothing); the heap entry may be earlier */
 	keel_transport tp;        /* the byte stream: plain TCP or TLS */
 	struct keel__h2_conn *h2; /* handed over to HTTP/2: its receive feeds that connection until it ends */
+	struct keel__upgrade *upgrade_due; /* the 101 is out: handed over once the receive has stopped */
 	uint32_t inq_off;
 	uint32_t part_len, part_cap;
 	unsigned nreqs, nsending, served;
 	uint8_t timer_kind;
 	bool sending : 1, closing : 1, no_more : 1, eof : 1, paused : 1, draining : 1, lingering : 1;
-	bool paced : 1;   /* the receive runs one buffer at a time (a streamed body is being read) */
-	bool pumping : 1; /* a deferred pump (pump_later) is due */
-	bool idle : 1;    /* on the server's idle list */
-	bool closed : 1;  /* the transport's close was issued (conn_closed comes next) */
+	bool paced : 1;     /* the receive runs one buffer at a time (a streamed body is being read) */
+	bool pumping : 1;   /* a deferred pump (pump_later) is due */
+	bool idle : 1;      /* on the server's idle list */
+	bool closed : 1;    /* the transport's close was issued (conn_closed comes next) */
+	bool upgrading : 1; /* the last request asked to switch protocols: input after it is held */
 };
 
 /*
@@ -104,6 +106,7 @@ void keel__h1_inq_clear(keel_http_conn *c);
 void keel__h1_req_free(keel_http_conn *c, keel_http_request *r);
 bool keel__h1_send_continue_if_due(keel_http_conn *c);
 const char *keel__h1_peer(keel_http_conn *c);
+void keel__h1_upgrade(keel_http_conn *c, struct keel__upgrade *up);
 
 /* h1_send.c */
 void keel__h1_flush(keel_http_conn *c);

@@ -28,6 +28,7 @@
 
 static void pump_later(keel_http_conn *c);
 static void idle_update(keel_http_conn *c);
+static void conn_put(keel_http_conn *c);
 extern const struct keel__http_proto keel__h1_proto;
 
 /* A request record for c, not yet queued (queued once its head has parsed). NULL on ENOMEM. */
@@ -163,9 +164,20 @@ static void req_begin(keel_http_conn *c, keel_http_request *r, size_t avail)
 		r->keep_alive = 0;
 		c->no_more = true;
 	}
-	if (r->msg.upgrade || keel_str_eq(r->msg.method, "CONNECT")) {
-		req_error(c, r, 501); /* no upgrades or tunnels here: what follows is not HTTP */
+	if (keel_str_eq(r->msg.method, "CONNECT")) {
+		req_error(c, r, 501); /* no tunnels here: what follows is not HTTP */
 		return;
+	}
+	if (r->msg.upgrade) {
+		/*
+		 * What follows may be another protocol's: this is the connection's
+		 * last request as HTTP/1.1. Its handler may switch (a 101 from
+		 * keel_ws_accept); any other answer closes the connection. Input
+		 * after the head waits meanwhile, for the new protocol.
+		 */
+		c->no_more = true;
+		if (r->msg.body == KEEL_HTTP_BODY_NONE)
+			c->upgrading = true;
 	}
 	int st = keel__req_target(r);
 	if (st) {
@@ -463,6 +475,8 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 		len -= (size_t)rc;
 		req_begin(c, r, len);
 	}
+	if (len && c->upgrading && !c->closing)
+		blocked = true; /* the next protocol's bytes, sent right behind the upgrade: held for it */
 	keel__h1_timer_update(c);
 	keel__h1_flush(c);
 	return blocked ? (size_t)(data - buf->data) : buf->len;
@@ -477,7 +491,8 @@ static bool conn_full(const keel_http_conn *c)
 
 bool keel__h1_conn_may_read(const keel_http_conn *c)
 {
-	return !c->inq_head && !c->recv && !c->closing && !c->eof && !c->lingering && !conn_full(c);
+	return !c->inq_head && !c->recv && !c->closing && !c->eof && !c->lingering && !c->upgrading &&
+	       !conn_full(c);
 }
 
 /*
@@ -633,6 +648,33 @@ static int h2_handover(keel_http_conn *c, keel_buf *buf)
 	return KEEL_STOP;
 }
 
+/*
+ * The 101 is out: the connection goes on as up's protocol, which takes the
+ * transport and the input held since the request. The receive must have
+ * stopped first (no completion may come back here); this record leaves the
+ * server's lists, and the connection stays counted, as the new protocol's.
+ */
+void keel__h1_upgrade(keel_http_conn *c, struct keel__upgrade *up)
+{
+	keel_http_server *s = c->s;
+	if (c->recv) {
+		c->upgrade_due = up;
+		keel_promise_cancel(c->recv); /* (recv_ended comes back here) */
+		return;
+	}
+	keel_buf *held = c->inq_head;
+	uint32_t off = c->inq_off;
+	c->inq_head = NULL;
+	c->inq_off = 0;
+	c->closing = true; /* (not counted in nclosing: the connection is not closing) */
+	idle_update(c);
+	keel_timer_disarm(s->loop, &c->timer);
+	conn_unlink(c);
+	keel_transport tp = c->tp;
+	conn_put(c);
+	up->adopt(up, s, &tp, held, off);
+}
+
 static int on_data(void *ud, keel_buf *buf)
 {
 	keel_http_conn *c = ud;
@@ -643,6 +685,11 @@ static int on_data(void *ud, keel_buf *buf)
 	if (c->s->cfg.http2 && !c->served && !c->nreqs && !c->part_len && !c->closing && !c->lingering &&
 	    keel__h2_sniff(&c->tp, buf))
 		return h2_handover(c, buf);
+	if (c->upgrading && !c->closing && !c->lingering) {
+		inq_push(c, buf, 0); /* after an upgrade's head: the next protocol's, if it switches */
+		c->paused = true;
+		return KEEL_STOP;
+	}
 	if (c->closing || c->lingering || (c->no_more && !c->cur && !c->inq_head))
 		return KEEL_CONTINUE; /* past the last request we will answer: discard */
 	if (c->inq_head) {
@@ -698,6 +745,17 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	keel_http_conn *c = ud;
 	c->recv = NULL;
+	if (c->upgrade_due) {
+		struct keel__upgrade *up = c->upgrade_due;
+		c->upgrade_due = NULL;
+		if (o.err == -ECANCELED && !c->closing) {
+			keel__h1_upgrade(c, up); /* stopped as asked: now the handover */
+		} else {
+			up->drop(up); /* the client's input ended (or failed) before the switch */
+			keel__h1_conn_close(c);
+		}
+		return;
+	}
 	if (c->h2) {
 		/* Handed over: the HTTP/2 connection receives on its own from now on. */
 		struct keel__h2_conn *h = c->h2;

@@ -303,8 +303,13 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	if (!o.err && !c->closing && send_next_slice(c))
 		return;
 	bool close_after = false, after_error = false;
+	struct keel__upgrade *up = NULL;
 	for (unsigned i = 0; i < c->nsending; i++) {
 		keel_http_request *r = c->qhead;
+		if (r->upgrade && !o.err && !c->closing) {
+			up = r->upgrade; /* its 101 is out: the connection switches */
+			r->upgrade = NULL;
+		}
 		c->qhead = r->next;
 		if (!c->qhead)
 			c->qtail = NULL;
@@ -323,6 +328,10 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	c->nsending = 0;
 	keel__h1_tx_put(s, c->tx); /* the batch is out: an idle connection holds no send state */
 	c->tx = NULL;
+	if (up) {
+		keel__h1_upgrade(c, up); /* (the last request: nothing was parsed after it) */
+		return;
+	}
 	if (!o.err && after_error && !c->closing && !c->eof && (c->recv || c->inq_head)) {
 		/*
 		 * Lingering close: the client may still be sending what we refused
@@ -416,8 +425,12 @@ void keel__h1_flush(keel_http_conn *c)
 	char *p = c->tx->out, *seg = p;
 	keel_http_request *r = c->qhead;
 	for (unsigned i = 0; i < n; i++, r = r->next) {
-		if (c->draining && !r->next && !c->cur && !c->part_len)
-			r->keep_alive = 0; /* stopping: the last answer says so */
+		if (c->draining && !r->next && !c->cur && !c->part_len && !r->upgrade)
+			r->keep_alive =
+			    0; /* stopping: the last answer says so (a switch: the new protocol's close) */
+		if (r->msg.upgrade && !r->upgrade)
+			r->keep_alive =
+			    0; /* asked to switch, answered otherwise: what follows may not be HTTP */
 		bool closing = !r->keep_alive;
 		p = write_head(c, r, p, closing);
 		const keel_http_response *a = r->answer;

@@ -47,6 +47,7 @@ const char *keel_http_status_text(int status)
 	case 414: return "URI Too Long";
 	case 416: return "Range Not Satisfiable";
 	case 417: return "Expectation Failed";
+	case 426: return "Upgrade Required";
 	case 431: return "Request Header Fields Too Large";
 	case 500: return "Internal Server Error";
 	case 501: return "Not Implemented";
@@ -200,6 +201,10 @@ void keel__body_wait_reject(keel_http_request *r, int err)
 /* Everything r holds goes back: its buffers, copies, file, context; then the record (s may be NULL). */
 static void req_release(keel_http_server *s, keel_http_request *r)
 {
+	if (r->upgrade) {
+		r->upgrade->drop(r->upgrade); /* its 101 never went out */
+		r->upgrade = NULL;
+	}
 	for (int i = 0; i < 2; i++)
 		if (r->hold[i])
 			keel_buf_release(r->hold[i]);
@@ -395,6 +400,8 @@ void keel__req_answer(keel_http_request *r, keel_outcome o)
 {
 	r->pending = NULL;
 	const keel_http_response *bad = o.err ? NULL : o.ptr;
+	if (bad && bad->status == 101 && r->upgrade)
+		bad = NULL; /* switching protocols, as keel_ws_accept set it up */
 	if (bad && (bad->status < 200 || bad->status > 999)) {
 		/* Not a final status a client can take: the handler's mistake, answered 500. */
 		static atomic_uint said; /* (once per process: a bug, not an event) */
@@ -424,6 +431,10 @@ void keel__req_answer(keel_http_request *r, keel_outcome o)
 		r->answer = &r->resp;
 	} else {
 		r->answer = o.ptr;
+	}
+	if (r->upgrade && r->answer->status != 101) {
+		r->upgrade->drop(r->upgrade); /* refused, or failed: the connection stays HTTP's */
+		r->upgrade = NULL;
 	}
 	r->done = 1;
 	r->proto->answered(r);

@@ -237,6 +237,7 @@ static void grace_over(keel_loop *loop, keel_timer *t)
 	keel_http_server *s = keel_container_of(t, keel_http_server, grace);
 	keel__h1_close_all(s);
 	keel__h2_close_all(s);
+	keel__ws_close_all(s);
 }
 
 keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
@@ -266,6 +267,7 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 	keel_acceptor_stop(&s->acc, !s->cfg.listener_keep);
 	keel__h1_drain_all(s);
 	keel__h2_drain_all(s);
+	keel__ws_drain_all(s);
 	keel_timer_arm(s->loop, &s->grace, grace_ms);
 	if (s->log_buf[0])
 		keel__log_flush(s);

@@ -92,6 +92,7 @@ struct keel_http_server {
 	keel_http_conn *idle_head, *idle_tail; /* idle connections, oldest first */
 	unsigned nidle;
 	struct keel__h2_conn *h2_conns; /* HTTP/2 connections (h2_conn.c), counted in nconns */
+	struct keel_ws *ws_conns;       /* WebSocket connections (ws.c), counted in nconns */
 	void *h2_shared;                /* what they share: nghttp2's callbacks and options */
 	keel_http_conn *free_conns;
 	unsigned nfree_conns;
@@ -126,6 +127,25 @@ struct keel_http_server {
 	char log_date[40];
 	time_t log_date_sec;
 };
+
+/*
+ * A protocol the connection switches to after a 101 (keel_ws_accept makes
+ * one for WebSocket), carried by the request (keel_http_request.upgrade).
+ * Once the 101 is out, HTTP/1.1 calls adopt: the transport moves (the
+ * connection stays counted in nconns, now the new protocol's to release
+ * with keel__server_conn_gone), with the input that came after the request
+ * (receive buffers linked through next, held: the first from off on). A
+ * request that ends any other way calls drop. Either frees u.
+ */
+struct keel__upgrade {
+	void (*adopt)(struct keel__upgrade *u, keel_http_server *s, keel_transport *tp, keel_buf *held,
+	              uint32_t off);
+	void (*drop)(struct keel__upgrade *u);
+};
+
+/* ws.c: the server's stop (close 1001 to each) and its grace's end (each cut). */
+void keel__ws_drain_all(keel_http_server *s);
+void keel__ws_close_all(keel_http_server *s);
 
 /* server.c */
 void keel__server_date_update(keel_http_server *s);
