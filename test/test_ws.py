@@ -1,0 +1,503 @@
+#!/usr/bin/env python3
+"""WebSocket (RFC 6455) in the server, end to end against build/examples/chat: Python's
+websockets package (Debian python3-websockets) for whole conversations, and raw frames written
+by hand for the protocol's edge cases -- the case groups of the Autobahn|Testsuite that apply
+to a server (docs/websocket.md lists them).
+
+Each part asserts one behaviour; every wait has a deadline and every loop a bound.
+Runs under the backend in KEEL_BACKEND. Usage: test_ws.py [part-name-substring ...]
+Exit status: 0 pass, 1 fail, 77 skip (python3-websockets missing)."""
+import asyncio, base64, hashlib, os, signal, socket, struct, sys, time
+
+try:
+    import websockets
+except ImportError:  # a Python that does not see Debian's python3-websockets: the system's does
+    if os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3") and os.access("/usr/bin/python3", os.X_OK):
+        os.execv("/usr/bin/python3", ["/usr/bin/python3", *sys.argv])
+    print("SKIP: no python3-websockets (Debian: apt-get install python3-websockets)", flush=True)
+    sys.exit(77)
+
+from keeltest import EXAMPLES, Proc, Subtests, check, connect, eq, fail, main
+
+CHAT = os.path.join(EXAMPLES, "chat")
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "www", "chat.html")
+if not os.path.exists(PAGE):  # (run from the build directory's copy)
+    PAGE = os.path.join(os.getcwd(), "www", "chat.html")
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MIB = 1 << 20
+
+CONT, TEXT, BINARY, CLOSE, PING, PONG = 0, 1, 2, 8, 9, 10
+
+
+def start(*args):
+    return Proc([CHAT, "--listen", "127.0.0.1:0", "--page", PAGE, *args], name="chat")
+
+
+# ---- Raw frames -------------------------------------------------------------------------------
+
+def accept_of(key):
+    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+
+
+def frame(op, payload=b"", fin=True, mask=True, rsv=0, len_form=None):
+    """One frame as a client writes it (masked unless mask=False). len_form forces the 16- or
+    64-bit length form (126, 127)."""
+    b0 = (0x80 if fin else 0) | (rsv << 4) | op
+    n = len(payload)
+    form = len_form or (n if n < 126 else 126 if n < 65536 else 127)
+    head = bytes([b0, (0x80 if mask else 0) | form])
+    if form == 126:
+        head += struct.pack(">H", n)
+    elif form == 127:
+        head += struct.pack(">Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+
+class Conn:
+    """A raw WebSocket client connection: handshake, frames out, frames in."""
+
+    def __init__(self, port, path="/echo", extra=b"", timeout=10, rcvbuf=None):
+        if rcvbuf:  # (before connecting: the window it advertises)
+            self.s = socket.socket()
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.s.settimeout(timeout)
+            self.s.connect(("127.0.0.1", port))
+        else:
+            self.s = connect(port, timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (path, key)).encode() + extra)
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            d = self.s.recv(65536)
+            if not d:
+                fail("connection closed during the handshake: %r" % self.buf)
+            self.buf += d
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        eq(lines[0].split(" ")[1], "101", "handshake status (%s)" % lines[0])
+        hdrs = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+        eq(hdrs.get("sec-websocket-accept"), accept_of(key), "Sec-WebSocket-Accept")
+        eq(hdrs.get("upgrade", "").lower(), "websocket", "Upgrade: websocket")
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _need(self, n):
+        while len(self.buf) < n:
+            d = self.s.recv(1 << 20)
+            if not d:
+                raise EOFError
+            self.buf += d
+
+    def frame(self):
+        """The next frame: (fin, opcode, payload). EOFError at the end of the input."""
+        self._need(2)
+        b0, b1 = self.buf[0], self.buf[1]
+        check(not b1 & 0x80, "a server's frames are not masked")
+        n, off = b1 & 0x7F, 2
+        if n == 126:
+            self._need(4)
+            n, off = struct.unpack(">H", self.buf[2:4])[0], 4
+        elif n == 127:
+            self._need(10)
+            n, off = struct.unpack(">Q", self.buf[2:10])[0], 10
+        self._need(off + n)
+        payload, self.buf = self.buf[off:off + n], self.buf[off + n:]
+        return bool(b0 & 0x80), b0 & 0x0F, payload
+
+    def message(self):
+        """The next data message whole (answering nothing): (opcode, payload)."""
+        fin, op, data = self.frame()
+        while not fin:
+            fin, _, more = self.frame()
+            data += more
+        return op, data
+
+    def expect_close(self, code, what):
+        """Frames until the server's close: its code is code, then the connection ends."""
+        for _ in range(10000):
+            try:
+                _, op, data = self.frame()
+            except EOFError:
+                fail("%s: the connection ended without a close frame" % what)
+            if op == CLOSE:
+                got = struct.unpack(">H", data[:2])[0] if len(data) >= 2 else 1005
+                eq(got, code, "%s: close code" % what)
+                break
+        else:
+            fail("%s: no close frame" % what)
+        self.s.settimeout(5)
+        try:
+            self.send(frame(CLOSE, struct.pack(">H", 1000)))
+        except OSError:
+            pass
+        try:
+            while self.s.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        self.s.close()
+
+    def close(self):
+        self.s.close()
+
+
+def ws_url(srv, path="/echo"):
+    return "ws://127.0.0.1:%d%s" % (srv.port, path)
+
+
+def run(coro, timeout=120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+# ---- Parts ----------------------------------------------------------------------------------------
+
+def handshake_refusals(srv):
+    def raw(req):
+        """One answer to req: (status, head); and whether the connection closed after it."""
+        s = connect(srv.port)
+        s.sendall(req)
+        s.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        head, _, body = data.partition(b"\r\n\r\n")
+        n = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), 0)
+        while len(body) < n:
+            body += s.recv(65536)
+        s.settimeout(0.5)  # (a close comes at once; a kept connection stays quiet)
+        try:
+            closed = s.recv(1) == b""
+        except socket.timeout:
+            closed = False
+        s.close()
+        return head + b"\r\n", closed
+    key = base64.b64encode(os.urandom(16)).decode()
+    base = "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\n" % key
+    cases = [
+        ("GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", "426", "no Upgrade"),
+        ("GET /echo HTTP/1.1\r\n" + base + "\r\n", "426", "no Sec-WebSocket-Version"),
+        ("GET /echo HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 8\r\n\r\n", "426", "version 8"),
+        ("GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         "Sec-WebSocket-Version: 13\r\n\r\n", "400", "no Sec-WebSocket-Key"),
+        ("GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         "Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n", "400", "a key that is not 16 bytes"),
+        ("GET /echo HTTP/1.0\r\n" + base + "Sec-WebSocket-Version: 13\r\n\r\n", "400", "HTTP/1.0"),
+    ]
+    for i, (req, want, what) in enumerate(cases):
+        head, closed = raw(req.encode())
+        eq(head.split(b" ", 2)[1].decode() if head else "", want, what)
+        if i:  # (an upgrade asked for and refused: what follows may not be HTTP)
+            check(b"\r\nconnection: close\r\n" in head.lower() and closed, "%s: then the connection closes" % what)
+        else:
+            check(not closed, "a plain GET refused 426 keeps its connection")
+    # An upgrade a route does not take (h2c to the page): answered as HTTP, then the connection
+    # closes -- the bytes behind it are never read as a next request.
+    head, closed = raw(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                       b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 200 ") and closed, "an upgrade not taken: 200, then closed (%r)" % head[:40])
+    head, _ = raw(b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 501 "), "CONNECT: 501")
+    head, _ = raw(("GET /echo HTTP/1.1\r\n" + base + "Sec-WebSocket-Version: 7\r\n\r\n").encode())
+    check(b"\r\nSec-WebSocket-Version: 13\r\n" in head, "426 says the version spoken")
+    # Frames sent right behind the handshake, before the 101 arrived, are not lost.
+    c = Conn(srv.port, extra=frame(TEXT, b"early") + frame(BINARY, b"\x00\x01"))
+    eq(c.message(), (TEXT, b"early"), "a message sent with the handshake")
+    eq(c.message(), (BINARY, b"\x00\x01"), "and the one after it")
+    c.close()
+
+
+def echo_sizes(srv):
+    async def go():
+        async with websockets.connect(ws_url(srv), max_size=None, compression=None) as ws:
+            for n in (0, 1, 125, 126, 127, 65535, 65536, 65537, MIB, 16 * MIB):
+                b = os.urandom(n)
+                await ws.send(b)
+                eq(await ws.recv(), b, "binary %d B echoed" % n)
+            for n in (0, 1, 125, 126, 65536, MIB):
+                t = ("aé€𝄞" * (n // 10 + 1))[:max(n // 4, 0)]
+                await ws.send(t)
+                eq(await ws.recv(), t, "text of %d characters echoed" % len(t))
+    run(go())
+
+
+def fragments(srv):
+    c = Conn(srv.port)
+    # Text in three fragments with a ping between them (5.x, 6.x): one message, the pong first.
+    c.send(frame(TEXT, "héllo, ".encode(), fin=False) + frame(PING, b"mid") +
+           frame(CONT, b"frag", fin=False) + frame(CONT, "mented €".encode()))
+    _, op, data = c.frame()
+    eq((op, data), (PONG, b"mid"), "a ping between fragments is answered at once")
+    eq(c.message(), (TEXT, "héllo, fragmented €".encode()), "three fragments, one message")
+    # A UTF-8 character split across fragments is fine.
+    e = "€".encode()
+    c.send(frame(TEXT, e[:1], fin=False) + frame(CONT, e[1:2], fin=False) + frame(CONT, e[2:]))
+    eq(c.message(), (TEXT, e), "a character split across three fragments")
+    # Frames written one byte at a time: every header and payload boundary split.
+    data = frame(BINARY, os.urandom(300)) + frame(TEXT, b"x" * 70000, len_form=127) + frame(PING, b"p")
+    for i in range(len(data[:400])):
+        c.send(data[i:i + 1])
+    c.send(data[400:])
+    eq(c.message()[0], BINARY, "a frame sent a byte at a time")
+    eq(c.message(), (TEXT, b"x" * 70000), "a 64-bit length for a short payload is taken")
+    eq(c.frame()[1:], (PONG, b"p"), "a ping sent a byte at a time")
+    # Many fragments of empty payloads, then the end.
+    c.send(frame(BINARY, b"", fin=False) + b"".join(frame(CONT, b"", fin=False) for _ in range(100)) +
+           frame(CONT, b"end"))
+    eq(c.message(), (BINARY, b"end"), "a message of 102 fragments, most empty")
+    c.close()
+
+
+def pings(srv):
+    c = Conn(srv.port)
+    c.send(frame(PING, b"x" * 125))
+    eq(c.frame()[1:], (PONG, b"x" * 125), "a ping of 125 bytes: its pong carries them")
+    c.send(frame(PONG, b"unasked") + frame(TEXT, b"after"))
+    eq(c.message(), (TEXT, b"after"), "an unsolicited pong is ignored")
+    c.send(frame(PING) + frame(TEXT, b"t"))
+    eq(c.frame()[1:], (PONG, b""), "an empty ping")
+    eq(c.message(), (TEXT, b"t"), "then the message")
+    # Ten pings at once: at least the last is answered, never more pongs than pings.
+    c.send(b"".join(frame(PING, b"%d" % i) for i in range(10)) + frame(TEXT, b"end"))
+    pongs = []
+    while True:
+        _, op, data = c.frame()
+        if op != PONG:
+            eq((op, data), (TEXT, b"end"), "the message after ten pings")
+            break
+        pongs.append(data)
+    check(1 <= len(pongs) <= 10 and pongs[-1] == b"9", "ten pings: pongs %r end with the last" % pongs)
+    c.close()
+
+
+def server_ping(srv_unused):
+    # A server pinging every 300 ms drops a client that never answers within 300 ms more.
+    with start("--ping-ms", "300") as srv:
+        c = Conn(srv.port)
+        t0 = time.monotonic()
+        _, op, _ = c.frame()
+        eq(op, PING, "the server pings an idle connection")
+        check(0.2 < time.monotonic() - t0 < 3, "after the interval (%.2f s)" % (time.monotonic() - t0))
+        c.send(frame(PONG))
+        _, op, _ = c.frame()
+        eq(op, PING, "answered: the next ping comes")
+        c.s.settimeout(5)
+        t1 = time.monotonic()
+        try:
+            while True:  # never answer: the connection is dropped
+                _, op, _ = c.frame()
+        except (EOFError, ConnectionResetError):
+            pass
+        check(time.monotonic() - t1 < 2, "a silent peer is dropped after the timeout (%.2f s)" % (time.monotonic() - t1))
+        c.close()
+        srv.stop_ok()
+
+
+def closes(srv):
+    # The client closes with a code and reason: the server answers with the same code.
+    async def go():
+        async with websockets.connect(ws_url(srv)) as ws:
+            await ws.close(4000, "bye")
+            eq(ws.close_code, 4000, "the server's close answers with the client's code")
+    run(go())
+    c = Conn(srv.port)
+    c.send(frame(CLOSE))
+    _, op, data = c.frame()
+    eq((op, data), (CLOSE, b""), "a close without a status is answered without one")
+    c.close()
+    for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999):
+        c = Conn(srv.port)
+        c.send(frame(CLOSE, struct.pack(">H", code) + b"reason"))
+        c.expect_close(code, "close %d echoed" % code)
+    for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535):
+        c = Conn(srv.port)
+        c.send(frame(CLOSE, struct.pack(">H", code)))
+        c.expect_close(1002, "close %d may not be sent: 1002" % code)
+    c = Conn(srv.port)
+    c.send(frame(CLOSE, b"\x03"))
+    c.expect_close(1002, "a close payload of one byte: 1002")
+    c = Conn(srv.port)
+    c.send(frame(CLOSE, struct.pack(">H", 1000) + b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"))
+    c.expect_close(1007, "a close reason that is not UTF-8: 1007")
+    c = Conn(srv.port)
+    c.send(frame(CLOSE, struct.pack(">H", 1000) + "κόσμε".encode()))
+    c.expect_close(1000, "a close reason in UTF-8 is fine")
+    # Data after the close is not answered: the close is the last thing read.
+    c = Conn(srv.port)
+    c.send(frame(CLOSE, struct.pack(">H", 1000)) + frame(TEXT, b"late") + frame(PING, b"late"))
+    c.expect_close(1000, "frames after a close are dropped")
+
+
+def violations(srv):
+    """Each breaks the protocol (RFC 6455 5.1-5.5, 5.6, 8.1): the server closes with the code."""
+    cases = [
+        ("an unmasked frame", frame(TEXT, b"x", mask=False), 1002),
+        ("RSV1 set", frame(TEXT, b"x", rsv=4), 1002),
+        ("RSV2 set", frame(TEXT, b"x", rsv=2), 1002),
+        ("RSV3 set on a ping", frame(PING, b"", rsv=1), 1002),
+        ("a control frame of 126 bytes", frame(PING, b"x" * 126), 1002),
+        ("a fragmented ping", frame(PING, b"x", fin=False), 1002),
+        ("a fragmented close", frame(CLOSE, b"\x03\xe8", fin=False), 1002),
+        ("a continuation with nothing to continue", frame(CONT, b"x"), 1002),
+        ("a text message inside a fragmented one", frame(TEXT, b"a", fin=False) + frame(TEXT, b"b"), 1002),
+        ("a binary message inside a fragmented one", frame(BINARY, b"a", fin=False) + frame(BINARY, b"b"), 1002),
+        ("a 64-bit length with its top bit set",
+         bytes([0x82, 0xFF]) + struct.pack(">Q", 1 << 63) + os.urandom(4), 1002),
+        ("text that is not UTF-8 (a lone continuation byte)", frame(TEXT, b"ab\x80cd"), 1007),
+        ("text with a UTF-16 surrogate", frame(TEXT, b"\xed\xa0\x80"), 1007),
+        ("text with an overlong encoding", frame(TEXT, b"\xc0\xaf"), 1007),
+        ("text past U+10FFFF", frame(TEXT, b"\xf4\x90\x80\x80"), 1007),
+        ("text ending inside a character", frame(TEXT, b"\xe2\x82"), 1007),
+        ("fragmented text ending inside a character", frame(TEXT, b"a", fin=False) + frame(CONT, b"\xe2\x82"), 1007),
+    ]
+    for op in (3, 4, 5, 6, 7, 11, 12, 13, 14, 15):
+        cases.append(("reserved opcode %d" % op, frame(op, b"x"), 1002))
+    for what, data, code in cases:
+        c = Conn(srv.port)
+        c.send(data)
+        c.expect_close(code, what)
+    # Fail fast: a bad byte in the first fragment closes before the message ends.
+    c = Conn(srv.port)
+    c.send(frame(TEXT, b"ok\xff", fin=False))
+    c.expect_close(1007, "invalid UTF-8 in a first fragment, the message unfinished")
+    # Over the message limit: 16 MiB is echoed (echo_sizes), one byte more is 1009, whole or fragmented.
+    c = Conn(srv.port)
+    c.send(bytes([0x82, 0xFF]) + struct.pack(">Q", 16 * MIB + 1) + os.urandom(4))
+    c.expect_close(1009, "a frame announcing 16 MiB + 1")
+    c = Conn(srv.port)
+    c.send(frame(BINARY, b"x" * (8 * MIB), fin=False) + frame(CONT, b"x" * (8 * MIB), fin=False))
+    c.send(frame(CONT, b"y"))
+    c.expect_close(1009, "fragments adding up to 16 MiB + 1")
+    # The room's lines are 4096 bytes at most (its own limit, said with 1009 by keel).
+    c = Conn(srv.port, "/ws")
+    c.send(frame(TEXT, b"x" * 4097))
+    c.expect_close(1009, "a chat line over the room's message_max")
+
+
+def many(srv):
+    async def one(i):
+        async with websockets.connect(ws_url(srv), compression=None, open_timeout=30) as ws:
+            await ws.send("m%d" % i)
+            eq(await ws.recv(), "m%d" % i, "echo on connection %d" % i)
+            return ws
+
+    async def go():
+        conns = []
+        for i in range(1000):
+            conns.append(await websockets.connect(ws_url(srv), compression=None, open_timeout=30))
+        await asyncio.gather(*(c.send("m%d" % i) for i, c in enumerate(conns)))
+        got = await asyncio.gather(*(c.recv() for c in conns))
+        eq(got, ["m%d" % i for i in range(1000)], "1,000 connections each echoed")
+        await asyncio.gather(*(c.close() for c in conns))
+    run(go(), timeout=120)
+
+
+def room(srv):
+    async def go():
+        a = await websockets.connect(ws_url(srv, "/ws"))
+        b = await websockets.connect(ws_url(srv, "/ws"))
+        joined = [await a.recv(), await a.recv(), await b.recv()]
+        check(all(j.startswith("* member") and "joined" in j for j in joined), "joins said: %r" % joined)
+        await a.send("hello from a")
+        await b.send("hello from b")
+        seen_a = {await a.recv(), await a.recv()}
+        seen_b = {await b.recv(), await b.recv()}
+        check(any(m.endswith(": hello from a") for m in seen_a) and any(m.endswith(": hello from b") for m in seen_a),
+              "a sees both messages, its own too: %r" % seen_a)
+        eq(seen_a, seen_b, "b sees the same")
+        await b.close()
+        left = await a.recv()
+        check("left" in left, "a leave is said: %r" % left)
+        await a.close()
+    run(go())
+
+
+def slow_member(srv):
+    """A member that stops reading is dropped once its queue is full; the room goes on."""
+    slow = Conn(srv.port, "/ws", rcvbuf=4096)
+
+    async def go():
+        fast = await websockets.connect(ws_url(srv, "/ws"))
+        line = "x" * 4000
+        dropped = False
+        t0 = time.monotonic()
+        for i in range(5000):  # (the slow one's kernel buffers and its 256 KiB queue: ~1,200 lines)
+            await fast.send(line + str(i))
+            while True:  # read up to this line's own echo (the fast member keeps up), looking for the leave
+                m = await asyncio.wait_for(fast.recv(), 10)
+                dropped = dropped or m.startswith("* ") and "left" in m
+                if m.endswith(line + str(i)):
+                    break
+            if dropped:
+                break
+        check(dropped, "the slow member was dropped (after %d lines, %.1f s)" % (i + 1, time.monotonic() - t0))
+        await fast.send("still here")
+        for _ in range(100):
+            m = await asyncio.wait_for(fast.recv(), 5)
+            if m.endswith("still here"):
+                break
+        else:
+            fail("the room goes on after the drop")
+        await fast.close()
+        return i + 1
+    n = run(go())
+    # The slow one finds a close (1008, too slow) after what was queued for it, or a reset.
+    slow.s.settimeout(10)
+    code = None
+    try:
+        for _ in range(100000):
+            _, op, data = slow.frame()
+            if op == CLOSE:
+                code = struct.unpack(">H", data[:2])[0]
+                break
+    except (EOFError, ConnectionResetError):
+        pass
+    check(code in (1008, None), "the slow member's close: %r" % code)
+    slow.close()
+    print("     slow member dropped after %d lines of 4000 B" % n, flush=True)
+
+
+def stop(srv_unused):
+    """SIGTERM: each open connection gets close 1001, and the process exits 0."""
+    with start() as srv:
+        c = Conn(srv.port)
+        c.send(frame(TEXT, b"before"))
+        eq(c.message(), (TEXT, b"before"), "echo before the stop")
+        srv.p.send_signal(signal.SIGTERM)
+        c.expect_close(1001, "a stop")
+        srv.expect_exit("after its connections closed")
+
+
+def test():
+    if not os.access(CHAT, os.X_OK):
+        fail("%s not built" % CHAT)
+    t = Subtests()
+    with start() as srv:
+        for name, fn in [
+            ("handshake: refusals (426, 400), and frames sent with the handshake", handshake_refusals),
+            ("echo: text and binary from 0 B to 16 MiB", echo_sizes),
+            ("fragmentation: reassembly, pings between fragments, frames split at every byte", fragments),
+            ("pings: answered with their payload; unsolicited pongs ignored", pings),
+            ("close: codes echoed, codes that may not be sent, reasons", closes),
+            ("violations: 1002, 1007 and 1009, each case", violations),
+            ("1,000 concurrent connections", many),
+            ("room: messages to every member, joins and leaves", room),
+            ("room: a slow member is dropped, the room goes on", slow_member),
+        ]:
+            t.run(name, lambda fn=fn: fn(srv))
+        if not t.failed:
+            srv.stop_ok()
+    t.run("server pings an idle connection and drops a silent one", lambda: server_ping(None))
+    t.run("graceful stop: close 1001 to every connection, exit 0", lambda: stop(None))
+    return t.status()
+
+
+if __name__ == "__main__":
+    main(test)
