@@ -7,7 +7,7 @@ to a server (docs/websocket.md lists them).
 Each part asserts one behaviour; every wait has a deadline and every loop a bound.
 Runs under the backend in KEEL_BACKEND. Usage: test_ws.py [part-name-substring ...]
 Exit status: 0 pass, 1 fail, 77 skip (python3-websockets missing)."""
-import asyncio, base64, hashlib, os, signal, socket, struct, sys, time
+import asyncio, base64, hashlib, os, re, signal, socket, struct, sys, tempfile, time
 
 try:
     import websockets
@@ -17,12 +17,13 @@ except ImportError:  # a Python that does not see Debian's python3-websockets: t
     print("SKIP: no python3-websockets (Debian: apt-get install python3-websockets)", flush=True)
     sys.exit(77)
 
-from keeltest import EXAMPLES, Proc, Subtests, check, connect, eq, fail, main
+from keeltest import EXAMPLES, KEEL, Proc, Subtests, check, connect, eq, fail, main
 
 CHAT = os.path.join(EXAMPLES, "chat")
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "www", "chat.html")
 if not os.path.exists(PAGE):  # (run from the build directory's copy)
     PAGE = os.path.join(os.getcwd(), "www", "chat.html")
+UPSTREAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ws_upstream.py")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MIB = 1 << 20
 
@@ -246,8 +247,10 @@ def fragments(srv):
         c.send(data[i:i + 1])
     c.send(data[400:])
     eq(c.message()[0], BINARY, "a frame sent a byte at a time")
-    eq(c.message(), (TEXT, b"x" * 70000), "a 64-bit length for a short payload is taken")
-    eq(c.frame()[1:], (PONG, b"p"), "a ping sent a byte at a time")
+    # (the pong may overtake the echo queued before it: control frames go ahead of queued messages)
+    got = sorted([c.message(), c.message()])
+    check(got[0] == (TEXT, b"x" * 70000), "a 64-bit length for a short payload is taken")
+    check(got[1] == (PONG, b"p"), "a ping sent a byte at a time is answered")
     # Many fragments of empty payloads, then the end.
     c.send(frame(BINARY, b"", fin=False) + b"".join(frame(CONT, b"", fin=False) for _ in range(100)) +
            frame(CONT, b"end"))
@@ -475,6 +478,193 @@ def stop(srv_unused):
         srv.expect_exit("after its connections closed")
 
 
+# ---- Through keel proxy ------------------------------------------------------------------------
+
+class Upstream(Proc):
+    """test/ws_upstream.py: .port (websockets), .raw_port (raw upgrades); "closed" lines counted."""
+
+    def __init__(self):
+        super().__init__(["/usr/bin/python3", UPSTREAM], name="ws_upstream",
+                         listen=re.compile(r"(?P<host>)ports (?P<port>\d+) (?P<raw>\d+)"))
+        self.raw_port = int(self.wait_line(r"ports \d+ (\d+)", 5).group(1))
+
+    def closed(self):
+        return sum(1 for l in list(self.lines) if l == "closed")
+
+
+def proxy(tmp, up_port, extra=""):
+    path = os.path.join(tmp, "proxy%d.conf" % time.monotonic_ns())
+    with open(path, "w") as f:
+        f.write("[server]\nlisten = 127.0.0.1:0\nworkers = 1\nqueue_delay_max_us = 0\n\n"
+                "[upstream u]\nserver = 127.0.0.1:%d\n%s\n\n[route /]\nupstream = u\n\n"
+                "[route /_keel/status]\nmatch = exact\nhandler = status\n" % (up_port, extra))
+    return Proc([KEEL, "-c", path], name="keel proxy")
+
+
+def status(port):
+    s = connect(port)
+    s.sendall(b"GET /_keel/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    s.close()
+    return {l.split()[0].split("{")[0]: int(l.split()[-1]) for l in data.decode().split("\n")
+            if l.startswith("proxy_tunnel")}
+
+
+def until(cond, timeout, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def proxy_echo(tmp):
+    with Upstream() as up, proxy(tmp, up.port) as px:
+        async def go():
+            async with websockets.connect(ws_url(px), max_size=None, compression=None) as ws:
+                for n in (0, 1, 126, 65536, MIB, 16 * MIB):
+                    b = os.urandom(n)
+                    await ws.send(b)
+                    eq(await ws.recv(), b, "binary %d B through the proxy" % n)
+                await ws.send("héllo")
+                eq(await ws.recv(), "héllo", "text through the proxy")
+                await ws.ping(b"p")
+        run(go())
+        st = status(px.port)
+        eq(st.get("proxy_tunnels_total"), 1, "the status page counts the tunnel")
+        check(st.get("proxy_tunnel_bytes_up_total", 0) > 17 * MIB and
+              st.get("proxy_tunnel_bytes_down_total", 0) > 17 * MIB, "and its bytes both ways: %r" % st)
+        check(until(lambda: status(px.port).get("proxy_tunnels_open") == 0, 5), "closed: no tunnel open")
+        check(until(lambda: up.closed() == 1, 5), "the upstream's connection closed with the client's")
+        px.stop_ok()
+
+
+def proxy_upstream_killed(tmp):
+    up = Upstream()
+    with proxy(tmp, up.port) as px:
+        c = Conn(px.port)
+        c.send(frame(TEXT, b"one"))
+        eq(c.message(), (TEXT, b"one"), "echo before the upstream dies")
+        up.kill()
+        t0 = time.monotonic()
+        c.s.settimeout(5)
+        try:
+            while c.s.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        took = time.monotonic() - t0
+        check(took < 1, "the client's connection closed %.2f s after the upstream died" % took)
+        c.close()
+        check(until(lambda: status(px.port).get("proxy_tunnels_open") == 0, 5), "no tunnel left open")
+        px.stop_ok()
+
+
+def proxy_client_gone(tmp):
+    with Upstream() as up, proxy(tmp, up.port) as px:
+        fds = px.fds()
+        for _ in range(5):
+            c = Conn(px.port)
+            c.send(frame(TEXT, b"x"))
+            eq(c.message(), (TEXT, b"x"), "echo")
+            c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()  # a reset
+        check(until(lambda: up.closed() == 5, 5), "each client gone: its upstream connection closed (%d of 5)"
+              % up.closed())
+        check(until(lambda: px.fds() <= fds, 5), "and the proxy holds no descriptor for them (%d -> %d)"
+              % (fds, px.fds()))
+        px.stop_ok()
+
+
+def proxy_slow_reader(tmp):
+    """The upstream floods 256 MiB at a client that does not read: the proxy's memory stays flat."""
+    with Upstream() as up, proxy(tmp, up.port) as px:
+        c = Conn(px.port, rcvbuf=65536)
+        c.send(frame(TEXT, b"flood 256"))
+        time.sleep(0.5)
+        rss0 = px.rss_kib()
+        time.sleep(1.5)
+        grew = px.rss_kib() - rss0
+        st = status(px.port)
+        check(st["proxy_tunnel_bytes_down_total"] < 64 * MIB,
+              "a reader that stops holds the upstream back (%d MiB passed)" % (st["proxy_tunnel_bytes_down_total"] >> 20))
+        check(grew < 2048, "proxy RSS grew %d KiB while its client did not read" % grew)
+        got = 0
+        c.s.settimeout(20)
+        while True:  # now it reads: everything comes, then "done"
+            op, data = c.message()
+            if op == TEXT:
+                eq(data, b"done", "the flood's end")
+                break
+            got += len(data)
+        eq(got, 256 * MIB, "every byte of the flood arrived once the client read")
+        c.close()
+        px.stop_ok()
+        print("     slow reader: proxy RSS grew %d KiB; %d MiB passed while it did not read"
+              % (grew, st["proxy_tunnel_bytes_down_total"] >> 20), flush=True)
+
+
+def raw_upgrade(port, proto, extra=b""):
+    s = connect(port)
+    s.sendall(b"GET /r HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % proto + extra)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return s, head, rest
+
+
+def proxy_raw_upgrades(tmp):
+    with Upstream() as up, proxy(tmp, up.raw_port, "upgrade = websocket, rawecho, refuse\ntunnel_idle_timeout_ms = 500") as px:
+        # Half-closes pass both ways: the client's FIN reaches the upstream, whose "bye" and FIN come back.
+        s, head, rest = raw_upgrade(px.port, b"rawecho", b"early bytes ")
+        check(head.startswith(b"HTTP/1.1 101 "), "an allowed upgrade: 101 passed on (%r)" % head[:40])
+        check(b"\r\nx-upstream: raw" in head.lower() and b"\r\nconnection: upgrade" in head.lower() and
+              b"\r\nupgrade: rawecho" in head.lower(), "with the upstream's headers and the switch's")
+        s.sendall(b"and more")
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(5)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            rest += d
+        eq(rest, b"early bytes and morebye", "bytes both ways, the half-close passed on and answered")
+        s.close()
+        # The idle timeout closes a tunnel nobody speaks on.
+        s, head, _ = raw_upgrade(px.port, b"rawecho")
+        t0 = time.monotonic()
+        s.settimeout(5)
+        eq(s.recv(100), b"", "an idle tunnel is closed")
+        took = time.monotonic() - t0
+        check(0.3 < took < 2.5, "after tunnel_idle_timeout_ms (%.2f s)" % took)
+        s.close()
+        # A refusal is an ordinary response; the client's connection closes after it.
+        s, head, rest = raw_upgrade(px.port, b"refuse")
+        check(head.startswith(b"HTTP/1.1 403 "), "a non-101 answer is passed on as a response (%r)" % head[:40])
+        s.close()
+        # An upgrade not allowed: its Upgrade header is dropped, and the request goes as usual.
+        s, head, rest = raw_upgrade(px.port, b"h2c")
+        check(head.startswith(b"HTTP/1.1 200 ") and b"\r\nconnection: close" in head.lower(),
+              "an upgrade not allowed: proxied without its Upgrade, then the connection closes (%r)" % head[:40])
+        s.close()
+        px.stop_ok()
+    with Upstream() as up, proxy(tmp, up.port, "upgrade =") as px:
+        s, head, _ = raw_upgrade(px.port, b"websocket")
+        check(not head.startswith(b"HTTP/1.1 101 "), "upgrade = (none): no switch (%r)" % head[:40])
+        s.close()
+        px.stop_ok()
+
+
 def test():
     if not os.access(CHAT, os.X_OK):
         fail("%s not built" % CHAT)
@@ -494,6 +684,15 @@ def test():
             t.run(name, lambda fn=fn: fn(srv))
         if not t.failed:
             srv.stop_ok()
+    tmp = tempfile.mkdtemp(prefix="keel-ws-")
+    for name, fn in [
+        ("proxy: echo through keel proxy to a websockets upstream, counted on the status page", proxy_echo),
+        ("proxy: upstream killed mid-stream: the client's connection closes at once", proxy_upstream_killed),
+        ("proxy: client gone: the upstream's connection closes", proxy_client_gone),
+        ("proxy: a client that does not read holds the upstream back; memory flat", proxy_slow_reader),
+        ("proxy: half-closes, idle timeout, refusals and upgrades not allowed", proxy_raw_upgrades),
+    ]:
+        t.run(name, lambda fn=fn: fn(tmp))
     t.run("server pings an idle connection and drops a silent one", lambda: server_ping(None))
     t.run("graceful stop: close 1001 to every connection, exit 0", lambda: stop(None))
     return t.status()

@@ -42,6 +42,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
 #include "http_parse.h"
 #include "loop.h"
 #include "promise.h"
@@ -145,6 +146,14 @@ typedef struct keel_http_client_request {
 	 * while it answers (full duplex) needs body_read.
 	 */
 	bool stream_response;
+	/*
+	 * Ask to switch protocols (RFC 9110 7.8): headers carry the Upgrade
+	 * header (required; and no body), and keel adds Connection: Upgrade. A
+	 * 101 answer resolves with a response whose connection the caller
+	 * takes (keel_http_client_response_upgraded); any other answer is an
+	 * ordinary response. Without it a 101 fails the request (-EBADMSG).
+	 */
+	bool upgrade;
 } keel_http_client_request;
 
 /*
@@ -167,6 +176,7 @@ typedef struct keel_http_client_response {
 	char *mem_;  /* the bytes msg and body point into */
 	void *conn_; /* a streamed response's connection */
 	keel_loop *loop_;
+	void *upgrade_; /* after a 101: the connection, until taken */
 	bool given_;
 } keel_http_client_response;
 
@@ -205,6 +215,19 @@ keel_promise *keel_http_client_body_read(keel_http_client_response *resp);
  * keel_loop_free.
  */
 void keel_http_client_response_free(keel_http_client_response *r);
+
+/*
+ * After a 101 to an upgrade request: the connection's byte stream moves to
+ * *tp, the caller's from now on (keel_transport_close it), with what the
+ * server sent after the 101: *held, receive buffers linked through next
+ * (the first from *off on; NULL when none), each held -- release every one
+ * before closing tp -- and *eof, true when the server's input had already
+ * ended. The response's head (msg) stays valid until it is freed. Returns
+ * 0, or -EINVAL for a response with no connection to give (not a 101, or
+ * given already). A 101 response freed without this closes the connection.
+ */
+int keel_http_client_response_upgraded(keel_http_client_response *r, keel_transport *tp, keel_buf **held,
+                                       uint32_t *off, bool *eof);
 
 typedef struct keel_http_client_stats {
 	uint64_t requests, responses, retries, rejected_full, connects;

@@ -9,7 +9,8 @@
  *
  * Proxy semantics (RFC 9110 7.6, RFC 9112): hop-by-hop headers are removed
  * both ways (Connection and every header it names, Keep-Alive, TE, Trailer,
- * Transfer-Encoding, Upgrade, Proxy-*); X-Forwarded-For (appended to),
+ * Transfer-Encoding, Upgrade -- but for an upgrade cfg.upgrade allows --,
+ * Proxy-*); X-Forwarded-For (appended to),
  * X-Forwarded-Proto and Via are added; Host is passed on as the server saw
  * it (an absolute-form target's authority replaces it, RFC 9112 3.2.2).
  * The target forwarded is the one the route matched: the normalized path
@@ -74,7 +75,18 @@ typedef struct keel_proxy_config {
 	const char *health_path;                 /* what they GET (any 2xx/3xx is healthy); "/" */
 	const char *via;                         /* the Via pseudonym: "1.1 <via>"; "keel"; NULL: no Via */
 	enum keel_proxy_underscores underscores; /* headers named with '_'; default: dropped */
-	keel_http_client_config client;          /* pools, queue, timeouts (response_timeout_ms -> 504),
+	/*
+	 * Upgrade tokens passed on (a comma-separated list, matched without
+	 * case): "websocket" by default; "" for none. A request asking for one
+	 * goes upstream with its Upgrade header and Connection: Upgrade; an
+	 * upstream's 101 is passed on and the connection becomes a byte tunnel
+	 * between client and upstream (backpressure both ways, half-closes
+	 * passed on, both closed when either fails). Any other Upgrade is
+	 * dropped, as a hop-by-hop header, and the request proxied as usual.
+	 */
+	const char *upgrade;
+	uint64_t tunnel_idle_timeout_ms; /* a tunnel with no byte either way this long is closed; 300000 */
+	keel_http_client_config client;  /* pools, queue, timeouts (response_timeout_ms -> 504),
 	                                            transport_init (TLS; a refusal -> 502); its
 	                                            transport_ud is borrowed as keel/http_client.h says */
 } keel_proxy_config;
@@ -83,13 +95,13 @@ void keel_proxy_config_default(keel_proxy_config *cfg);
 
 /*
  * Make a proxy on loop (one per loop). cfg is required and copied (the
- * upstream names, health_path and via too: the caller's strings may go once
+ * upstream names, health_path, via and upgrade too: the caller's strings may go once
  * this returns; cfg->client.transport_ud is borrowed, as keel_http_client_new
  * says). loop is borrowed: it must outlive the proxy. Returns 0 and sets
  * *out to a proxy the caller owns (keel_proxy_free), or a negative errno
  * with *out set to NULL:
  *   -EINVAL  no loop or no cfg, or a bad cfg: no upstreams, an upstream that
- *            is not HOST:PORT, a health_path not starting with '/', a via
+ *            is not HOST:PORT, an upgrade list that is not tokens, a health_path not starting with '/', a via
  *            too long for the header, a health_path or via with a space or
  *            control character, balance or underscores out of range,
  *            or a bad cfg->client (keel_http_client_new)
@@ -114,8 +126,12 @@ keel_promise *keel_proxy_handler(keel_http_request *req, void *ud);
 
 typedef struct keel_proxy_stats {
 	uint64_t requests, responses, errors_502, errors_503, errors_504, retries;
-	uint32_t inflight; /* requests being proxied */
-	uint32_t ups_down; /* upstreams currently marked down */
+	uint64_t tunnels;           /* connections switched to a tunnel (an upstream's 101) */
+	uint64_t tunnel_bytes_up;   /* bytes through tunnels, client to upstream */
+	uint64_t tunnel_bytes_down; /* and upstream to client */
+	uint32_t inflight;          /* requests being proxied */
+	uint32_t ups_down;          /* upstreams currently marked down */
+	uint32_t tunnels_open;
 } keel_proxy_stats;
 /* Copy the proxy's counters into *out. */
 void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out);

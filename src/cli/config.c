@@ -81,6 +81,7 @@ void cli_config_fini(cli_config *cfg)
 		free(up->name);
 		free(up->health_path);
 		free(up->via);
+		free(up->upgrade);
 		free(up->tls.ca);
 		free(up->tls.cert);
 		free(up->tls.key);
@@ -350,6 +351,7 @@ static const struct num_key upstream_keys[] = {
     PROXY_KEY("idle_timeout_ms", client.idle_timeout_ms, 1, 86400000),
     PROXY_KEY("pool_max", client.pool_max, 1, 100000),
     PROXY_KEY("pending_max", client.pending_max, 0, 1000000),
+    PROXY_KEY("tunnel_idle_timeout_ms", tunnel_idle_timeout_ms, 0, 86400000),
 };
 
 /* 1: handled (or an error recorded), 0: not a key of this table. */
@@ -741,6 +743,18 @@ static void upstream_key(struct parser *p, const char *name, const char *value)
 		}
 		if (set_str(p, &up->health_path, value, false))
 			up->proxy.health_path = up->health_path;
+	} else if (strcmp(name, "upgrade") == 0) {
+		for (const char *c = value; *c; c++) {
+			if (!(isalnum((unsigned char)*c) || strchr("!#$%&'*+-.^_`|~, ", *c))) {
+				perr(p, p->lineno,
+				     "upgrade: '%s' is not a list of protocol names (\"websocket\", "
+				     "\"websocket, foo\"; empty: none)",
+				     value);
+				return;
+			}
+		}
+		if (set_str(p, &up->upgrade, value, false))
+			up->proxy.upgrade = up->upgrade;
 	} else if (strcmp(name, "via") == 0) {
 		if (!printable(value) || strchr(value, ',')) {
 			perr(p, p->lineno, "via: only visible ASCII characters and spaces, no ','");

@@ -57,6 +57,7 @@ struct cli_upstream {
 	struct cli_upstream_tls tls;
 	char *health_path; /* owned copies of the strings proxy points at once */
 	char *via;         /* set by their keys */
+	char *upgrade;
 	/* balance, fail_timeout_ms, health_*, client.*; upstreams/nupstreams are
 	   filled from servers when a proxy is made (cli_config_run). */
 	keel_proxy_config proxy;

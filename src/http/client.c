@@ -198,6 +198,13 @@ keel_promise *keel_http_client_request_send(keel_http_client *c, const keel_http
 		     !keel_str_ieq(n, "content-length") && !keel_str_ieq(n, "transfer-encoding") &&
 		     !keel_str_ieq(n, "connection");
 	}
+	if (ok && q->upgrade) {
+		/* A switch names its protocol, and carries no body (what follows the head is the new protocol's). */
+		bool named = false;
+		for (unsigned i = 0; i < q->nheaders; i++)
+			named = named || keel_str_ieq(q->headers[i].name, "upgrade");
+		ok = named && !q->body.len && !q->body_read;
+	}
 	struct upstream *up = ok && !c->freeing ? upstream_get(c, q->upstream) : NULL;
 	if (!up) {
 		keel_promise_reject(p, c->freeing ? -ECANCELED : -EINVAL);

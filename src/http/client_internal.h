@@ -95,6 +95,7 @@ struct cconn {
 	uint8_t timer_kind;
 	bool idle, reused, got_bytes, closing, keep;
 	bool connected; /* tp is set up: closed through it */
+	bool upgraded;  /* a 101 is in: the connection goes to the caller once nothing of ours is in flight */
 	bool closed;    /* the close was issued (conn_closed comes next) */
 	/*
 	 * The tick the request was given to this connection: its send reaches
@@ -103,6 +104,14 @@ struct cconn {
 	 * would be taken for this one (response desync).
 	 */
 	uint64_t send_tick;
+};
+
+/* A switched connection held by its 101 response (keel_http_client_response_upgraded). */
+struct keel__client_upgrade {
+	keel_transport tp;
+	keel_buf *held;
+	uint32_t off;
+	bool eof;
 };
 
 /* One "HOST:PORT": its address, its connections, the requests waiting for one. */
@@ -182,6 +191,8 @@ bool keel__http_client_body_out_abort(struct cconn *k);
 
 /* Start k's receive: once connected, and again after a pause. */
 void keel__http_client_conn_read(struct cconn *k);
+/* After a 101: once k's receive and send have ended, its request resolves and the connection is the caller's. */
+void keel__http_client_upgrade_try(struct cconn *k);
 /*
  * The response timer runs only while we wait for the server: for the head
  * (unless the request body's producer is the one keeping us), and for the

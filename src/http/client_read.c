@@ -93,6 +93,34 @@ static keel_http_client_response *response_build(struct cconn *k, struct creq *r
 	return resp;
 }
 
+void keel__http_client_upgrade_try(struct cconn *k)
+{
+	if (k->recv || k->send_p || k->body_rp || k->closing)
+		return;
+	keel_http_client *c = k->up->cl;
+	struct creq *r = k->req;
+	k->req = NULL;
+	keel_http_client_response *resp = response_build(k, r);
+	struct keel__client_upgrade *u = resp ? keel__malloc(sizeof(*u)) : NULL;
+	if (!u) {
+		keel_http_client_response_free(resp);
+		keel__http_client_req_settle(r, -ENOMEM, NULL);
+		keel__http_client_conn_close(k);
+		return;
+	}
+	u->tp = k->tp;
+	u->held = k->inq_head;
+	u->off = k->inq_off;
+	u->eof = k->eof;
+	k->inq_head = NULL;
+	k->inq_off = 0;
+	k->connected = false; /* the transport is the caller's: the record goes without closing it */
+	resp->upgrade_ = u;
+	c->stats.responses++;
+	keel__http_client_req_settle(r, 0, resp);
+	keel__http_client_conn_close(k);
+}
+
 static void response_done(struct cconn *k)
 {
 	struct creq *r = k->req;
@@ -183,9 +211,22 @@ static bool conn_feed(struct cconn *k, keel_buf *buf)
 			len -= take - extra;
 			if (k->msg.status >= 100 && k->msg.status < 200) {
 				if (k->msg.status == 101) {
-					/* No upgrades asked for. */
-					keel__http_client_conn_fail(k, -EBADMSG);
-					return false;
+					if (!k->req->q.upgrade) {
+						keel__http_client_conn_fail(
+						    k, -EBADMSG); /* no switch was asked for */
+						return false;
+					}
+					/* Switched: what follows is the new protocol's, held for the caller. */
+					k->upgraded = true;
+					k->keep = false;
+					keel__http_client_timer_set(k, T_OFF, 0);
+					if (len) {
+						keel_buf_hold(buf);
+						buf->next = NULL;
+						k->inq_head = buf;
+						k->inq_off = (uint32_t)(data - buf->data);
+					}
+					return false; /* (the receive stops; upgrade_try once it has) */
 				}
 				k->head_len = 0; /* an interim response: the real one follows */
 				continue;
@@ -280,6 +321,16 @@ static int on_data(void *ud, keel_buf *buf)
 	struct cconn *k = ud;
 	if (k->closing)
 		return KEEL_STOP;
+	if (k->upgraded) {
+		/* Delivered after the stop took effect: the new protocol's too. */
+		keel_buf_hold(buf);
+		buf->next = NULL;
+		keel_buf **pp = &k->inq_head;
+		while (*pp)
+			pp = &(*pp)->next;
+		*pp = buf;
+		return KEEL_STOP;
+	}
 	if (k->attached && !k->resp_done) {
 		/* A streamed body: queue it for the reader. */
 		keel_buf_hold(buf);
@@ -340,6 +391,16 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	k->recv = NULL;
 	if (k->closing) {
 		keel__http_client_conn_close(k);
+		return;
+	}
+	if (k->upgraded) {
+		if (o.err && o.err != -ECANCELED) {
+			keel__http_client_conn_fail(
+			    k, o.err); /* reset right after the 101: nothing to hand over */
+			return;
+		}
+		k->eof = o.err == 0; /* the server's input already ended: said with the connection */
+		keel__http_client_upgrade_try(k);
 		return;
 	}
 	if (o.err == -ECANCELED && k->paused) {

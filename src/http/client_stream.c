@@ -274,10 +274,37 @@ keel_promise *keel_http_client_body_read(keel_http_client_response *resp)
 	return p;
 }
 
+int keel_http_client_response_upgraded(keel_http_client_response *r, keel_transport *tp, keel_buf **held,
+                                       uint32_t *off, bool *eof)
+{
+	struct keel__client_upgrade *u = r ? r->upgrade_ : NULL;
+	if (!u)
+		return -EINVAL;
+	*tp = u->tp;
+	*held = u->held;
+	*off = u->off;
+	*eof = u->eof;
+	free(u);
+	r->upgrade_ = NULL;
+	return 0;
+}
+
 void keel_http_client_response_free(keel_http_client_response *r)
 {
 	if (!r)
 		return;
+	struct keel__client_upgrade *u = r->upgrade_;
+	if (u) {
+		/* A switched connection nobody took: its input goes, then the connection. */
+		while (u->held) {
+			keel_buf *b = u->held;
+			u->held = b->next;
+			keel_buf_release(b);
+		}
+		keel_promise_release(keel_transport_close(&u->tp));
+		free(u);
+		r->upgrade_ = NULL;
+	}
 	struct cconn *k = r->conn_;
 	if (!k) {
 		free(r->mem_);

@@ -20,7 +20,7 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 	const char *target = q->target ? q->target : "/";
 	const char *host = q->host ? q->host : r->up->name; /* (the client's copy of q->upstream) */
 	size_t tl = strlen(target), hl = strlen(host);
-	size_t cap = r->method.len + tl + hl + 96; /* (the fixed text below is 76 bytes at most) */
+	size_t cap = r->method.len + tl + hl + 96; /* (the fixed text below is 85 bytes at most) */
 	for (unsigned i = 0; i < q->nheaders; i++)
 		cap += q->headers[i].name.len + q->headers[i].value.len + 4;
 	if (cap > k->out_cap) {
@@ -46,7 +46,10 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 		h = KEEL__PUT_LIT(h, "\r\n");
 		te = te || keel_str_ieq(x->name, "te");
 	}
-	if (te)
+	if (q->upgrade)
+		h = te ? KEEL__PUT_LIT(h, "Connection: Upgrade, TE\r\n")
+		       : KEEL__PUT_LIT(h, "Connection: Upgrade\r\n");
+	else if (te)
 		h = KEEL__PUT_LIT(h, "Connection: TE\r\n"); /* TE is for this connection (RFC 9110 10.1.4) */
 	if (q->body_read && q->body_length < 0) {
 		h = KEEL__PUT_LIT(h, "Transfer-Encoding: chunked\r\n");
@@ -97,6 +100,10 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	struct cconn *k = ud;
 	k->send_p = NULL;
+	if (k->upgraded && !k->closing && !o.err) {
+		keel__http_client_upgrade_try(k); /* a 101 came before this completion */
+		return;
+	}
 	if (k->due_req) {
 		struct creq *r = k->due_req; /* ended while its body was still going out */
 		keel_http_client_response *resp = k->due_resp;

@@ -19,6 +19,8 @@
 #include "keel/errors.h"
 #include "keel/proxy.h"
 #include "keel/tcp.h"
+#include "server_internal.h"
+#include "tunnel.h"
 
 #define VIA_MAX 64
 
@@ -39,7 +41,17 @@ struct keel_proxy {
 	unsigned live; /* requests and health checks still referring to this proxy */
 	keel_promise *health_sleep;
 	keel_proxy_stats stats;
+	struct keel__tunnel_stats tstats;
 	bool freeing;
+};
+
+/* An upstream's 101, waiting for the client's to go out: then the tunnel starts. */
+struct ptun {
+	struct keel__upgrade up; /* (first: the server hands this back) */
+	keel_proxy *px;
+	struct pup *pup; /* counted in its active connections while the tunnel lasts */
+	struct keel__tunnel *t;
+	struct keel__tunnel_end b; /* the upstream's end */
 };
 
 struct preq {
@@ -67,6 +79,8 @@ void keel_proxy_config_default(keel_proxy_config *cfg)
 	cfg->fail_timeout_ms = 10000;
 	cfg->health_path = "/";
 	cfg->via = "keel";
+	cfg->upgrade = "websocket";
+	cfg->tunnel_idle_timeout_ms = 300000;
 	keel_http_client_config_default(&cfg->client);
 	/* a proxy's upstream connection is busy until its client has the answer */
 	cfg->client.pool_max = 256;
@@ -87,6 +101,13 @@ static bool config_valid(const keel_proxy_config *cfg)
 		return false;
 	if (cfg->via && (strlen(cfg->via) > VIA_MAX - sizeof("1.1 ") || !keel__wire_ok(cfg->via, false)))
 		return false;
+	if (cfg->upgrade) {
+		/* A list of tokens: what a request's Upgrade header is matched against. */
+		for (const char *c = cfg->upgrade; *c; c++)
+			if (!(*c == ',' || *c == ' ' ||
+			      (*c > ' ' && *c < 0x7f && !strchr("\"(),/:;<=>?@[\\]{}", *c))))
+				return false;
+	}
 	return (unsigned)cfg->balance <= KEEL_PROXY_LEAST_CONN &&
 	       (unsigned)cfg->underscores <= KEEL_PROXY_UNDERSCORES_REJECT;
 }
@@ -115,8 +136,12 @@ int keel_proxy_new(keel_proxy **out, keel_loop *loop, const keel_proxy_config *c
 		if (!(px->ups[i].name = strdup(cfg->upstreams[i])))
 			goto out_free_ups;
 	px->cfg.health_path = strdup(cfg->health_path ? cfg->health_path : "/");
-	if (!px->cfg.health_path)
+	px->cfg.upgrade = strdup(cfg->upgrade ? cfg->upgrade : "");
+	if (!px->cfg.health_path || !px->cfg.upgrade) {
+		free((char *)px->cfg.health_path);
+		free((char *)px->cfg.upgrade);
 		goto out_free_ups;
+	}
 	if (cfg->via && *cfg->via) /* fits: config_valid */
 		px->via_len = (size_t)snprintf(px->via, sizeof(px->via), "1.1 %s", cfg->via);
 	if (px->cfg.health_interval_ms)
@@ -143,6 +168,7 @@ static void proxy_release(keel_proxy *px)
 		free(px->ups[i].name);
 	free(px->ups);
 	free((char *)px->cfg.health_path);
+	free((char *)px->cfg.upgrade);
 	free(px);
 }
 
@@ -307,6 +333,33 @@ static bool hop_by_hop(keel_str n, const keel_http_msg *m, bool has_conn)
 	return has_conn && conn_names(m, n);
 }
 
+/*
+ * Whether m asks to switch to a protocol cfg.upgrade lets through: an
+ * upgrade (Connection: upgrade and an Upgrade header) with no body (what
+ * follows its head is the new protocol's), every token it offers allowed.
+ */
+static bool upgrade_allowed(const keel_proxy *px, const keel_http_msg *m)
+{
+	if (!m->upgrade || m->body != KEEL_HTTP_BODY_NONE || !*px->cfg.upgrade)
+		return false;
+	bool any = false;
+	for (unsigned i = 0; i < m->nheaders; i++) {
+		if (!keel_str_ieq(m->headers[i].name, "upgrade"))
+			continue;
+		keel_str list = m->headers[i].value, e;
+		while (keel_http_list_next(&list, &e)) {
+			keel_str allowed = {px->cfg.upgrade, strlen(px->cfg.upgrade)}, a;
+			bool ok = false;
+			while (!ok && keel_http_list_next(&allowed, &a))
+				ok = keel_str_ieq_str(a, e);
+			if (!ok)
+				return false;
+			any = true;
+		}
+	}
+	return any;
+}
+
 /* "a, b" + ", " + c into the arena; with no a, c alone. */
 static keel_str join(keel_ctx *ctx, keel_str a, const char *c, size_t cl)
 {
@@ -342,6 +395,7 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	const keel_http_msg *m = &req->msg;
 	keel_proxy *px = pr->px;
 	bool has_conn = keel_http_header_find(m, "connection") != NULL;
+	bool upgrade = upgrade_allowed(px, m);
 	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 4) * sizeof(*h));
 	if (!h)
 		return 503;
@@ -354,6 +408,11 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 			keel_str list = value, e;
 			while (keel_http_list_next(&list, &e))
 				te_trailers = te_trailers || keel_str_ieq(e, "trailers");
+		}
+		if (upgrade && keel_str_ieq(name, "upgrade")) {
+			h[n++] =
+			    m->headers[i]; /* the switch asked for, passed on (with Connection: Upgrade) */
+			continue;
 		}
 		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "host") ||
 		    keel_str_ieq(name, "expect") || keel_str_ieq(name, "x-forwarded-proto"))
@@ -423,6 +482,7 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	q->headers = h;
 	q->nheaders = n;
 	q->stream_response = true;
+	q->upgrade = upgrade;
 	if (m->body == KEEL_HTTP_BODY_CHUNKED || (m->body == KEEL_HTTP_BODY_LENGTH && m->content_length)) {
 		q->body_read = NULL; /* set below: it needs pr */
 		q->body_length = m->body == KEEL_HTTP_BODY_CHUNKED ? -1 : (int64_t)m->content_length;
@@ -518,6 +578,108 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 		a->stream_length = (int64_t)m->content_length;
 	}
 	return 1; /* streamed */
+}
+
+/* ---- Upgrades ------------------------------------------------------------------ */
+
+static void tunnel_done(void *ud)
+{
+	struct ptun *pt = ud;
+	keel_proxy *px = pt->px;
+	pt->pup->active--;
+	free(pt);
+	px->live--;
+	proxy_release(px);
+}
+
+/* The client's 101 is out: its connection and the upstream's become one tunnel. */
+static void tunnel_adopt(struct keel__upgrade *u, keel_http_server *s, keel_transport *tp, keel_buf *held,
+                         uint32_t off)
+{
+	struct ptun *pt = (struct ptun *)u;
+	struct keel__tunnel_end a = {.tp = *tp, .held = held, .off = off};
+	keel_proxy *px = pt->px;
+	keel__tunnel_start(pt->t, s, &a, &pt->b, px->cfg.tunnel_idle_timeout_ms, &px->tstats, tunnel_done,
+	                   pt);
+}
+
+/* The request ended without its 101 going out: the upstream's connection goes. */
+static void tunnel_drop(struct keel__upgrade *u)
+{
+	struct ptun *pt = (struct ptun *)u;
+	while (pt->b.held) {
+		keel_buf *b = pt->b.held;
+		pt->b.held = b->next;
+		keel_buf_release(b);
+	}
+	keel_promise_release(keel_transport_close(&pt->b.tp));
+	keel__tunnel_discard(pt->t);
+	tunnel_done(pt);
+}
+
+/*
+ * The upstream switched (101): the same answer for the client, its
+ * headers but the hop-by-hop ones (Upgrade and Connection: Upgrade set
+ * again), and the upstream's connection taken from the client for the
+ * tunnel. Returns 0, or a status to answer instead.
+ */
+static int switch_answer(struct preq *pr, keel_ctx *ctx)
+{
+	keel_http_client_response *ur = pr->ur;
+	keel_proxy *px = pr->px;
+	const keel_http_msg *m = &ur->msg;
+	bool has_conn = keel_http_header_find(m, "connection") != NULL;
+	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 3) * sizeof(*h));
+	struct ptun *pt = h ? keel__calloc(1, sizeof(*pt)) : NULL;
+	if (!pt || !(pt->t = keel__tunnel_new())) {
+		free(pt);
+		return 503;
+	}
+	if (keel_http_client_response_upgraded(ur, &pt->b.tp, &pt->b.held, &pt->b.off, &pt->b.eof) < 0) {
+		keel__tunnel_discard(pt->t);
+		free(pt);
+		return 502;
+	}
+	unsigned n = 0;
+	keel_str via = {NULL, 0};
+	for (unsigned i = 0; i < m->nheaders; i++) {
+		keel_str name = m->headers[i].name;
+		if (keel_str_ieq(name, "upgrade")) {
+			h[n++] = m->headers[i];
+			continue;
+		}
+		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "date") ||
+		    keel_str_ieq(name, "server"))
+			continue;
+		if (keel_str_ieq(name, "via")) {
+			via = via.len ? join(ctx, via, m->headers[i].value.ptr, m->headers[i].value.len)
+			              : m->headers[i].value;
+			continue;
+		}
+		h[n++] = m->headers[i];
+	}
+	h[n].name = KEEL_STR("Connection");
+	h[n++].value = KEEL_STR("Upgrade");
+	if (px->via_len) {
+		h[n].name = KEEL_STR("Via");
+		h[n++].value = join(ctx, via, px->via, px->via_len);
+	}
+	pt->up.adopt = tunnel_adopt;
+	pt->up.drop = tunnel_drop;
+	pt->px = px;
+	pt->pup = pr->up; /* the tunnel counts as one of its connections (least_conn) */
+	pr->up = NULL;
+	px->live++;
+	pr->req->upgrade = &pt->up;
+	if (px->via_len && !h[n - 1].value.ptr)
+		return 503; /* (the request's release drops the tunnel) */
+	keel_http_response *a = &pr->req->resp;
+	memset(a, 0, sizeof(*a));
+	a->file_fd = -1;
+	a->status = 101;
+	a->headers = h;
+	a->nheaders = n;
+	return 0;
 }
 
 /* ---- The request ------------------------------------------------------------- */
@@ -662,6 +824,18 @@ static void upstream_result(struct preq *pr, keel_outcome o)
 		return;
 	}
 	pr->ur = o.ptr;
+	if (pr->ur->status == 101) {
+		/* (only to an upgrade asked for: the client fails any other 101) */
+		int st = switch_answer(pr, keel_http_request_ctx(pr->req));
+		if (st) {
+			answer(pr, st);
+			return;
+		}
+		pr->settled = true;
+		px->stats.responses++;
+		keel_promise_resolve(pr->out, 0, &pr->req->resp);
+		return;
+	}
 	int rc = build_response(pr, keel_http_request_ctx(pr->req));
 	if (rc < 0) {
 		answer(pr, rc == -ENOMEM ? 503 : 502);
@@ -740,6 +914,10 @@ keel_promise *keel_proxy_handler(keel_http_request *req, void *ud)
 void keel_proxy_get_stats(const keel_proxy *px, keel_proxy_stats *out)
 {
 	*out = px->stats;
+	out->tunnels = px->tstats.tunnels;
+	out->tunnels_open = px->tstats.open;
+	out->tunnel_bytes_up = px->tstats.bytes_up;
+	out->tunnel_bytes_down = px->tstats.bytes_down;
 	out->ups_down = 0;
 	uint64_t now = keel_loop_now_ns(px->loop);
 	for (unsigned i = 0; i < px->nups; i++)
@@ -771,6 +949,13 @@ unsigned keel_proxy_metrics(void *ud, keel_http_metric *out, unsigned max)
 	     cs.conns_idle},
 	    {"proxy_upstream_connects_total", "counter", "upstream connections opened", cs.connects},
 	    {"proxy_upstream_pending", "gauge", "requests waiting for an upstream connection", cs.pending},
+	    {"proxy_tunnels_total", "counter", "connections switched to a tunnel (an upstream's 101)",
+	     st.tunnels},
+	    {"proxy_tunnels_open", "gauge", "tunnels open", st.tunnels_open},
+	    {"proxy_tunnel_bytes_up_total", "counter", "bytes through tunnels, client to upstream",
+	     st.tunnel_bytes_up},
+	    {"proxy_tunnel_bytes_down_total", "counter", "bytes through tunnels, upstream to client",
+	     st.tunnel_bytes_down},
 	};
 	unsigned n = sizeof(m) / sizeof(m[0]);
 	if (n > max)

@@ -20,6 +20,7 @@
 #include "keel/log.h"
 #include "keel/tcp.h"
 #include "server_internal.h"
+#include "tunnel.h"
 
 /* Connections open and not being closed: what conns_max bounds. */
 static unsigned conns_live(void *ud)
@@ -238,6 +239,7 @@ static void grace_over(keel_loop *loop, keel_timer *t)
 	keel__h1_close_all(s);
 	keel__h2_close_all(s);
 	keel__ws_close_all(s);
+	keel__tunnel_close_all(s);
 }
 
 keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)

@@ -93,7 +93,9 @@ struct keel_http_server {
 	unsigned nidle;
 	struct keel__h2_conn *h2_conns; /* HTTP/2 connections (h2_conn.c), counted in nconns */
 	struct keel_ws *ws_conns;       /* WebSocket connections (ws.c), counted in nconns */
-	void *h2_shared;                /* what they share: nghttp2's callbacks and options */
+	struct keel__tunnel
+	    *tunnels;    /* connections switched to a byte tunnel (tunnel.c), counted in nconns */
+	void *h2_shared; /* what they share: nghttp2's callbacks and options */
 	keel_http_conn *free_conns;
 	unsigned nfree_conns;
 	struct conn_tx *free_tx;
