@@ -60,7 +60,7 @@ EXAMPLES := $(EXAMPLE_SRC:examples/%.c=$(BUILD)/examples/%)
 
 .PHONY: all deps run test sanitize faults tsan bench fuzz clean format format-check fanout docs-diagram \
 	install uninstall
-all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/keeltest.py $(BUILD)/test/ws_upstream.py $(BUILD)/test/seccomp_exec $(BUILD)/test/http_testsrv $(EXAMPLES)
+all: deps $(BUILD)/libkeel.a $(BUILD)/libkeel.so $(BUILD)/keel $(TESTS) $(BUILD)/test/keeltest.py $(BUILD)/test/ws_upstream.py $(BUILD)/test/seccomp_exec $(BUILD)/test/http_testsrv $(BUILD)/test/ws_testsrv $(EXAMPLES)
 
 # Debian packages the build needs; installed when run as root, otherwise named.
 DEPS_HDR := /usr/include/liburing.h
@@ -153,6 +153,10 @@ $(BUILD)/test/%.py: test/%.py
 	cp $< $@ && chmod +x $@
 
 $(BUILD)/test/http_testsrv: test/http_testsrv.c $(BUILD)/libkeel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
+
+$(BUILD)/test/ws_testsrv: test/ws_testsrv.c $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libkeel.a $(LDLIBS)
 

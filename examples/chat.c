@@ -63,7 +63,8 @@ static struct room room;
  * close makes its waiting receive fail, and that frees it.
  */
 
-static void member_leave(struct member *m);
+static void member_unlink(struct member *m);
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static void broadcast(const char *text, size_t len)
 {
@@ -81,15 +82,22 @@ static void broadcast(const char *text, size_t len)
 		}
 	}
 	keel_ws_frame_release(f);
+	/*
+	 * Off the room first, all of them; then said. (Each leave is a
+	 * broadcast of its own, which may find more slow members: they are
+	 * on the room's list, never on this one.)
+	 */
+	for (struct member *m = slow; m; m = m->slow_next) {
+		keel_promise_release(keel_ws_close(m->ws, KEEL_WS_POLICY, "too slow"));
+		member_unlink(m);
+	}
 	while (slow) {
 		struct member *m = slow;
 		slow = m->slow_next;
-		keel_promise_release(keel_ws_close(m->ws, KEEL_WS_POLICY, "too slow"));
-		member_leave(m);
+		say("* %s left (%u here)", m->name, room.n);
 	}
 }
 
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...)
 {
 	char line[LINE_MAX + 64];
@@ -101,11 +109,9 @@ static void say(const char *fmt, ...)
 		broadcast(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-/* Off the room (once), said to those still in it. */
-static void member_leave(struct member *m)
+/* Off the room's list. */
+static void member_unlink(struct member *m)
 {
-	if (!m->in_room)
-		return;
 	m->in_room = false;
 	if (m->prev)
 		m->prev->next = m->next;
@@ -114,6 +120,14 @@ static void member_leave(struct member *m)
 	if (m->next)
 		m->next->prev = m->prev;
 	room.n--;
+}
+
+/* Off the room (once), said to those still in it. */
+static void member_leave(struct member *m)
+{
+	if (!m->in_room)
+		return;
+	member_unlink(m);
 	say("* %s left (%u here)", m->name, room.n);
 }
 

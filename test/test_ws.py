@@ -7,7 +7,7 @@ to a server (docs/websocket.md lists them).
 Each part asserts one behaviour; every wait has a deadline and every loop a bound.
 Runs under the backend in KEEL_BACKEND. Usage: test_ws.py [part-name-substring ...]
 Exit status: 0 pass, 1 fail, 77 skip (python3-websockets missing)."""
-import asyncio, base64, hashlib, os, re, signal, socket, struct, sys, tempfile, time
+import asyncio, base64, hashlib, json, os, re, shutil, signal, socket, struct, subprocess, sys, tempfile, time
 
 try:
     import websockets
@@ -17,9 +17,10 @@ except ImportError:  # a Python that does not see Debian's python3-websockets: t
     print("SKIP: no python3-websockets (Debian: apt-get install python3-websockets)", flush=True)
     sys.exit(77)
 
-from keeltest import EXAMPLES, KEEL, Proc, Subtests, check, connect, eq, fail, main
+from keeltest import EXAMPLES, KEEL, Proc, Skip, Subtests, check, connect, eq, fail, main
 
 CHAT = os.path.join(EXAMPLES, "chat")
+WS_TESTSRV = os.path.join(os.path.dirname(EXAMPLES), "test", "ws_testsrv")
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "www", "chat.html")
 if not os.path.exists(PAGE):  # (run from the build directory's copy)
     PAGE = os.path.join(os.getcwd(), "www", "chat.html")
@@ -191,6 +192,8 @@ def handshake_refusals(srv):
         ("GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n", "400", "a key that is not 16 bytes"),
         ("GET /echo HTTP/1.0\r\n" + base + "Sec-WebSocket-Version: 13\r\n\r\n", "400", "HTTP/1.0"),
+        ("GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n"
+         "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key, "400", "Connection: close beside Upgrade"),
     ]
     for i, (req, want, what) in enumerate(cases):
         head, closed = raw(req.encode())
@@ -566,8 +569,22 @@ def proxy_upstream_killed(tmp):
         px.stop_ok()
 
 
+def fd_list(pid):
+    out = []
+    for fd in sorted(os.listdir("/proc/%d/fd" % pid), key=int):
+        try:
+            out.append("%s:%s" % (fd, os.readlink("/proc/%d/fd/%s" % (pid, fd))))
+        except OSError:
+            pass
+    return " ".join(out)
+
+
 def proxy_client_gone(tmp):
     with Upstream() as up, proxy(tmp, up.port) as px:
+        w = Conn(px.port)  # (a first tunnel, closed cleanly: the proxy is all set up before counting)
+        w.send(frame(CLOSE, struct.pack(">H", 1000)))
+        w.expect_close(1000, "a first tunnel")
+        check(until(lambda: up.closed() == 1, 5), "the first tunnel's upstream connection closed")
         fds = px.fds()
         for _ in range(5):
             c = Conn(px.port)
@@ -575,10 +592,10 @@ def proxy_client_gone(tmp):
             eq(c.message(), (TEXT, b"x"), "echo")
             c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             c.close()  # a reset
-        check(until(lambda: up.closed() == 5, 5), "each client gone: its upstream connection closed (%d of 5)"
-              % up.closed())
-        check(until(lambda: px.fds() <= fds, 5), "and the proxy holds no descriptor for them (%d -> %d)"
-              % (fds, px.fds()))
+        check(until(lambda: up.closed() == 6, 5), "each client gone: its upstream connection closed (%d of 5)"
+              % (up.closed() - 1))
+        check(until(lambda: px.fds() <= fds, 5), "and the proxy holds no descriptor for them (%d -> %d: %s)"
+              % (fds, px.fds(), fd_list(px.pid)))
         px.stop_ok()
 
 
@@ -665,6 +682,194 @@ def proxy_raw_upgrades(tmp):
         px.stop_ok()
 
 
+# ---- A real browser ----------------------------------------------------------------------------
+
+class Chromium:
+    """Headless Chromium driven over its DevTools protocol (a WebSocket, spoken with websockets)."""
+
+    def __init__(self, tmp):
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if not exe:
+            raise Skip("chromium missing (Debian: apt-get install chromium)")
+        self.profile = tempfile.mkdtemp(prefix="keel-chromium-", dir=tmp)
+        self.p = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                   "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+                                   "--user-data-dir=" + self.profile, "about:blank"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        path = os.path.join(self.profile, "DevToolsActivePort")
+        if not until(lambda: os.path.exists(path) and len(open(path).read().split()) == 2, 30, 0.1):
+            self.close()
+            fail("chromium did not open its DevTools port within 30 s")
+        port, ws_path = open(path).read().split()
+        self.url = "ws://127.0.0.1:%s%s" % (port, ws_path)
+        self.next_id = 0
+
+    async def call(self, conn, method, params=None, session=None):
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        await conn.send(json.dumps(msg))
+        while True:  # (events in between are skipped)
+            r = json.loads(await asyncio.wait_for(conn.recv(), 30))
+            if r.get("id") == self.next_id:
+                if "error" in r:
+                    fail("DevTools %s: %s" % (method, r["error"]))
+                return r["result"]
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def browser_chat(tmp, port, what):
+    """Two chat pages in Chromium: both connect, each sends a line, each page shows both lines."""
+    chrome = Chromium(tmp)
+    try:
+        async def go():
+            async with websockets.connect(chrome.url, max_size=None) as conn:
+                sessions = []
+                for _ in range(2):
+                    t = await chrome.call(conn, "Target.createTarget", {"url": "http://127.0.0.1:%d/" % port})
+                    a = await chrome.call(conn, "Target.attachToTarget", {"targetId": t["targetId"], "flatten": True})
+                    sessions.append(a["sessionId"])
+
+                async def ev(sess, expr):
+                    r = await chrome.call(conn, "Runtime.evaluate", {"expression": expr, "returnByValue": True}, sess)
+                    return r["result"].get("value")
+
+                async def wait(sess, expr, why):
+                    for _ in range(300):
+                        if await ev(sess, expr):
+                            return
+                        await asyncio.sleep(0.05)
+                    fail("%s: %s (page state: %r)" % (what, why, await ev(sess, "document.body.innerText")))
+
+                for sess in sessions:
+                    await wait(sess, "document.getElementById('state') && "
+                                     "document.getElementById('state').textContent === 'connected'", "a page connects")
+                for sess, line in zip(sessions, ("hello from page A", "hello from page B")):
+                    await ev(sess, "document.getElementById('text').value = %s; "
+                                   "document.getElementById('form').requestSubmit(); true" % json.dumps(line))
+                lines = "Array.from(document.querySelectorAll('#log li.msg')).map(e => e.textContent)"
+                for sess in sessions:
+                    await wait(sess, "(l => l.some(x => x.endsWith('hello from page A')) && "
+                                     "l.some(x => x.endsWith('hello from page B')))(%s)" % lines, "a page shows both lines")
+                got = [await ev(sess, lines) for sess in sessions]
+                eq(got[0], got[1], "%s: both pages show the same lines" % what)
+                return got[0]
+        return run(go(), timeout=60)
+    finally:
+        chrome.close()
+
+
+def browser(tmp):
+    with start() as srv:
+        direct = browser_chat(tmp, srv.port, "direct")
+        with proxy(tmp, srv.port) as px:
+            proxied = browser_chat(tmp, px.port, "through keel proxy")
+            check(status(px.port).get("proxy_tunnels_total", 0) >= 2, "the pages' WebSockets went through tunnels")
+            px.stop_ok()
+        srv.stop_ok()
+    print("     direct: %r; proxied: %r" % (direct, proxied), flush=True)
+
+
+# ---- Lifetimes and deadlines (build/test/ws_testsrv) --------------------------------------------
+
+def read_until_end(c, limit_s):
+    """Every byte until the end of the input (EOF or reset), within limit_s: (bytes, ended)."""
+    got = len(c.buf)
+    c.buf = b""
+    c.s.settimeout(limit_s)
+    try:
+        while True:
+            d = c.s.recv(1 << 20)
+            if not d:
+                return got, True
+            got += len(d)
+    except ConnectionResetError:
+        return got, True
+    except socket.timeout:
+        return got, False
+
+
+def edges():
+    with Proc([WS_TESTSRV], name="ws_testsrv") as srv:
+        # A peer that half-closes and stops reading under a 24 MiB echo: dropped by the send
+        # timeout (2 s without progress), not held until the server stops.
+        c = Conn(srv.port, "/echo", rcvbuf=65536)
+        c.send(frame(BINARY, b"\0" * (24 * MIB)))
+        c.s.shutdown(socket.SHUT_WR)
+        time.sleep(3)
+        got, ended = read_until_end(c, 10)
+        check(ended and got < 24 * MIB, "a half-closed peer that stopped reading was dropped (%d bytes came, "
+              "ended: %s)" % (got, ended))
+        c.close()
+        check(srv.wait_line(r"^end 1006$", 5), "its end: 1006, no close frame")
+        # A reader slower than the send timeout, but steady: every byte comes.
+        c = Conn(srv.port, "/echo", rcvbuf=65536)
+        c.send(frame(BINARY, b"s" * (12 * MIB)))
+        got = len(c.buf)
+        c.buf = b""
+        t0 = time.monotonic()
+        c.s.settimeout(5)
+        while got < 12 * MIB + 10:
+            d = c.s.recv(65536)
+            if not d:
+                break
+            got += len(d)
+            time.sleep(0.02)  # (a few MiB/s: seconds for the echo, past the 2 s send timeout)
+        took = time.monotonic() - t0
+        eq(got, 12 * MIB + 10, "a steady reader slower than send_timeout_ms gets the whole echo (%.1f s)" % took)
+        check(took > 2.5, "the echo took longer than the send timeout (%.1f s)" % took)
+        c.close()
+        # A protocol error after the service queued its close: the close still goes, after the data.
+        c = Conn(srv.port, "/closeq")
+        c.send(frame(TEXT, b"x", mask=False))
+        op, data = c.message()
+        check(op == BINARY and len(data) == 8 * MIB, "the data queued before the close (%d, %d bytes)" % (op, len(data)))
+        _, op, data = c.frame()
+        eq((op, data), (CLOSE, struct.pack(">H", 1000) + b"bye"), "then the close the service queued")
+        c.close()
+        # A message the service holds stays as it was, whatever happens to its connection.
+        c = Conn(srv.port, "/keep")
+        c.send(frame(BINARY, b"keep-me-0123456789" * 3))
+        check(srv.wait_line(r"^keep: got", 5), "the service holds the message")
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # a reset, while the service holds the message
+        others = [Conn(srv.port, "/echo") for _ in range(4)]
+        deadline = time.monotonic() + 1.6
+        while time.monotonic() < deadline:  # other connections churn receive buffers meanwhile
+            for o in others:
+                o.send(frame(BINARY, os.urandom(30000)))
+                o.message()
+        check(srv.wait_line(r"^keep: (unchanged|CHANGED)$", 5) and any(l == "keep: unchanged" for l in srv.lines),
+              "the held message's bytes did not change under the service")
+        for o in others:
+            o.close()
+        # A service that does not receive: a peer answering pings is not dropped for it.
+        c = Conn(srv.port, "/norecv")
+        c.send(frame(TEXT, b"never read"))
+        t0 = time.monotonic()
+        pings = 0
+        c.s.settimeout(0.2)
+        while time.monotonic() - t0 < 2:
+            try:
+                _, op, data = c.frame()
+            except socket.timeout:
+                continue  # (once its reading stops, the server stops pinging too)
+            except (EOFError, ConnectionResetError):
+                fail("a peer answering pings was dropped after %.2f s" % (time.monotonic() - t0))
+            if op == PING:
+                pings += 1
+                c.send(frame(PONG, data))
+        check(pings >= 1, "pings came (%d) and the peer stayed 2 s, past the 300 ms ping timeout" % pings)
+        c.close()
+        srv.stop_ok()
+
+
 def test():
     if not os.access(CHAT, os.X_OK):
         fail("%s not built" % CHAT)
@@ -693,6 +898,9 @@ def test():
         ("proxy: half-closes, idle timeout, refusals and upgrades not allowed", proxy_raw_upgrades),
     ]:
         t.run(name, lambda fn=fn: fn(tmp))
+    t.run("lifetimes and deadlines: half-closed non-readers, slow readers, a close kept, held messages, "
+          "a service that does not receive", edges)
+    t.run("browser: two chat pages in headless Chromium, direct and through keel proxy", lambda: browser(tmp))
     t.run("server pings an idle connection and drops a silent one", lambda: server_ping(None))
     t.run("graceful stop: close 1001 to every connection, exit 0", lambda: stop(None))
     return t.status()

@@ -20,10 +20,12 @@
  * header and the payload in one allocation, sent as they are; one frame
  * (keel_ws_frame_new) can go to many connections without a copy each.
  *
- * Receiving is paced by the service: a connection reads while a receive is
- * asked for, and holds at most a few receive buffers beyond that before it
- * stops reading (the peer's sends then stall in TCP). Pings are answered and
- * the close handshake is done as the input is read.
+ * Receiving is paced by the service: input is parsed up to the next whole
+ * message, which waits until a receive asks for it; meanwhile at most four
+ * receive buffers are held before reading stops (the peer's sends then stall
+ * in TCP). Pings are answered and the close handshake is done as the input
+ * is parsed. While reading is stopped the server neither pings nor counts
+ * the peer's silence against it.
  *
  * A keel_ws belongs to the loop that accepted it: every call here is made
  * on that loop's thread, and a frame is used on one loop only.
@@ -76,10 +78,15 @@ typedef struct keel_ws_config {
 	size_t message_max;        /* a received message's bytes; past it: close 1009. Default 1 MiB */
 	size_t send_queue_max;     /* bytes queued and not yet sent; past it a send fails. Default 1 MiB */
 	uint32_t ping_interval_ms; /* a ping after this long without input; 0: none. Default 30000 */
-	uint32_t
-	    ping_timeout_ms; /* no input this long after a ping: the connection is dropped. Default 10000 */
-	uint32_t close_timeout_ms; /* waiting for the peer's close frame after ours. Default 5000 */
-	uint32_t send_timeout_ms;  /* a send making no progress this long: dropped. Default 30000 */
+	uint32_t ping_timeout_ms;  /* no input this long after a ping: dropped. Default 10000 */
+	uint32_t close_timeout_ms; /* the peer's close awaited once ours is written (> 0). Default 5000 */
+	/*
+	 * Frames are written in slices of 256 KiB; a slice not written within
+	 * this: dropped (0: no limit). The kernel takes a slice when its send
+	 * buffer has room (a third of it free), so give a slow reader room for
+	 * that. Default 30000.
+	 */
+	uint32_t send_timeout_ms;
 } keel_ws_config;
 
 void keel_ws_config_default(keel_ws_config *cfg);
@@ -107,7 +114,12 @@ int keel_ws_check(const keel_http_request *req);
  */
 keel_promise *keel_ws_accept(keel_http_request *req, const keel_ws_config *cfg);
 
-/* A received message: valid until the next keel_ws_recv on its connection, or keel_ws_free. */
+/*
+ * A received message: valid until the next keel_ws_recv on its connection,
+ * or keel_ws_free -- even once the connection has closed meanwhile (a
+ * message in one of the loop's receive buffers keeps that buffer: free
+ * every keel_ws before keel_loop_free).
+ */
 typedef struct keel_ws_msg {
 	int type; /* KEEL_WS_TEXT (valid UTF-8) or KEEL_WS_BINARY */
 	const char *data;
@@ -121,7 +133,9 @@ typedef struct keel_ws_msg {
  * answered with its close, a ping or send timeout, a reset -- and
  * keel_ws_close_status says how; -EBUSY while another receive waits.
  * Cancelling it (keel_promise_cancel) stops the wait; the message stays
- * for the next receive.
+ * for the next receive. A message is handed over when the promise
+ * resolves: a combinator that drops a resolved input (keel_timeout or
+ * keel_any losing the race in the same tick) drops the message with it.
  */
 keel_promise *keel_ws_recv(keel_ws *ws);
 
@@ -139,7 +153,7 @@ keel_promise *keel_ws_send(keel_ws *ws, int type, const void *data, size_t len);
  * A message framed once to send to many connections (a broadcast): data
  * copied before return; NULL when out of memory or type is invalid. The
  * caller holds one reference: keel_ws_frame_release when done; each send
- * holds its own until written.
+ * holds its own until written. Also NULL for text that is not UTF-8.
  */
 keel_ws_frame *keel_ws_frame_new(int type, const void *data, size_t len);
 void keel_ws_frame_release(keel_ws_frame *f);

@@ -25,11 +25,12 @@
 #include "server_internal.h"
 #include "ws_codec.h"
 
-#define RX_HELD_MAX 4  /* receive buffers held unparsed before reading stops */
-#define TX_BATCH 64    /* frames per send */
-#define OUT_FREE_MAX 8 /* queue entries kept for reuse per connection */
-#define MSG_KEEP 16384 /* a gathering buffer larger than this is freed between messages */
-#define REASON_MAX 123 /* a close frame's reason: 125 bytes less the code */
+#define RX_HELD_MAX 4           /* receive buffers held unparsed before reading stops */
+#define TX_BATCH 64             /* frames per send */
+#define OUT_FREE_MAX 8          /* queue entries kept for reuse per connection */
+#define MSG_KEEP 16384          /* a gathering buffer larger than this is freed between messages */
+#define REASON_MAX 123          /* a close frame's reason: 125 bytes less the code */
+#define SEND_SLICE (256u << 10) /* bytes per send: the send deadline restarts after each */
 
 struct keel_ws_frame {
 	uint32_t refs;
@@ -83,9 +84,11 @@ struct keel_ws {
 	keel_promise *recv_wait;
 	/* Output */
 	struct ws_out *out_head, *out_tail, *out_free;
-	struct ws_out *pong; /* a pong queued and not yet being sent: a later ping replaces it */
-	unsigned nsending, nout_free;
+	struct ws_out *pong;          /* a pong queued and not yet being sent: a later ping replaces it */
+	unsigned nsending, nout_free; /* queue entries the send in flight touches (the last maybe in part) */
 	keel_promise *send_p;
+	size_t out_off; /* bytes of the first entry already written */
+	size_t sending; /* bytes of the send in flight */
 	size_t queued;
 	/* Closing */
 	keel_promise **close_waits;
@@ -148,6 +151,8 @@ static void ws_destroy(keel_ws *ws)
 		ws->out_free = o->next;
 		free(o);
 	}
+	if (ws->msg_buf)
+		keel_buf_release(ws->msg_buf);
 	free(ws->msg);
 	free(ws->peer);
 	free(ws->subprotocol);
@@ -182,7 +187,7 @@ static struct ws_out *out_get(keel_ws *ws)
 	return o;
 }
 
-/* The held input goes, and a message handed out in place is copied first (a TLS transport's buffers go with it). */
+/* The held input goes (a TLS transport's buffers must go before it). */
 static void held_clear(keel_ws *ws)
 {
 	while (ws->held_head) {
@@ -193,22 +198,6 @@ static void held_clear(keel_ws *ws)
 	ws->held_tail = NULL;
 	ws->held_off = 0;
 	ws->nheld = 0;
-	if (ws->msg_buf) {
-		if (ws->msg_state != MSG_NONE && ws->cur.len) {
-			char *copy = keel__malloc(ws->cur.len);
-			if (copy) {
-				memcpy(copy, ws->cur.data, ws->cur.len);
-				free(ws->msg);
-				ws->msg = copy;
-				ws->msg_cap = ws->cur.len;
-			}
-			ws->cur.data = copy;
-			if (!copy)
-				ws->cur.len = 0;
-		}
-		keel_buf_release(ws->msg_buf);
-		ws->msg_buf = NULL;
-	}
 }
 
 static void tp_closed(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -234,6 +223,7 @@ static void tp_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 	ws->out_tail = NULL;
 	ws->pong = NULL;
 	ws->queued = 0;
+	ws->out_off = 0;
 	for (unsigned i = 0; i < ws->nclose_waits; i++)
 		keel_promise_resolve(ws->close_waits[i], 0, NULL);
 	ws->nclose_waits = 0;
@@ -256,9 +246,31 @@ static void maybe_close(keel_ws *ws)
 		return;
 	ws->tp_closing = true;
 	held_clear(ws);
+	if (ws->msg_buf && ws->msg_buf->owner) {
+		/*
+		 * A message not yet taken, or taken and not let go of, lies in a
+		 * buffer of the transport's (TLS), which goes with it: the message
+		 * moves to memory of ours first. (A pool buffer stays the
+		 * message's, held, until the next receive or the free.)
+		 */
+		char *copy = keel__malloc(ws->cur.len ? ws->cur.len : 1);
+		if (copy) {
+			memcpy(copy, ws->cur.data, ws->cur.len);
+			free(ws->msg);
+			ws->msg = copy;
+			ws->msg_cap = ws->cur.len;
+		} else {
+			ws->cur.len = 0; /* (out of memory: the message is lost, not left dangling) */
+		}
+		ws->cur.data = ws->msg;
+		keel_buf_release(ws->msg_buf);
+		ws->msg_buf = NULL;
+	}
 	ws->s->nclosing++;
 	keel_promise_done(keel_transport_close(&ws->tp), tp_closed, ws);
 }
+
+static void timer_at(keel_ws *ws, uint64_t due_ns);
 
 /* The connection ends: abort says whether a send in flight is cut (a peer gone, a timeout) or may finish. */
 static void finish(keel_ws *ws, bool abort)
@@ -278,6 +290,10 @@ static void finish(keel_ws *ws, bool abort)
 		ws->aborted = true;
 		if (ws->send_p)
 			keel_promise_cancel(ws->send_p);
+	} else if (!abort && !ws->close_due_ns) {
+		/* A send still going may finish, within the close timeout (and the send timeout). */
+		ws->close_due_ns = keel_loop_now_ns(ws->loop) + ws->cfg.close_timeout_ms * 1000000ull;
+		timer_at(ws, ws->close_due_ns);
 	}
 	maybe_close(ws);
 }
@@ -298,11 +314,11 @@ static void ws_timeout(keel_loop *loop, keel_timer *t)
 {
 	keel_ws *ws = keel_container_of(t, keel_ws, timer);
 	uint64_t now = keel_loop_now_ns(loop), next = UINT64_MAX;
-	if (ws->closing)
+	if (ws->tp_closing || ws->aborted)
 		return;
-	if (ws->close_sent) {
+	if (ws->close_due_ns) {
 		if (now >= ws->close_due_ns) {
-			finish(ws, true); /* the peer never answered our close */
+			finish(ws, true); /* the peer never answered our close, or the end is overdue */
 			return;
 		}
 		next = ws->close_due_ns;
@@ -317,8 +333,17 @@ static void ws_timeout(keel_loop *loop, keel_timer *t)
 		}
 		next = due < next ? due : next;
 	}
-	if (ws->cfg.ping_interval_ms && !ws->close_sent) {
+	if (ws->cfg.ping_interval_ms && !ws->close_sent && !ws->closing) {
 		uint64_t due;
+		if (!ws->rx && ws->nheld) {
+			/*
+			 * Not reading: the service has not taken what is held. The
+			 * peer's answers wait unread, and it is not theirs to answer
+			 * for: the wait starts again when reading does.
+			 */
+			ws->last_rx_ns = now;
+			ws->ping_sent_ns = 0;
+		}
 		if (ws->ping_sent_ns > ws->last_rx_ns) {
 			due = ws->ping_sent_ns + ws->cfg.ping_timeout_ms * 1000000ull;
 			if (now >= due) {
@@ -356,20 +381,34 @@ static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 		finish(ws, true);
 		return;
 	}
-	for (unsigned i = 0; i < ws->nsending; i++) {
+	/* The slice is out: every entry it ended is done; the last may go on in the next one. */
+	size_t left = ws->sending;
+	ws->sending = 0;
+	ws->nsending = 0;
+	while (left) {
 		struct ws_out *q = ws->out_head;
+		size_t rest = frame_bytes(q->f) - ws->out_off;
+		if (left < rest) {
+			ws->out_off += left;
+			break;
+		}
+		left -= rest;
+		ws->out_off = 0;
 		ws->out_head = q->next;
 		if (!ws->out_head)
 			ws->out_tail = NULL;
 		if (q->data)
 			ws->queued -= frame_bytes(q->f);
-		if (q->close)
+		if (q->close) {
 			ws->close_written = true;
+			/* Out: now the peer has close_timeout_ms to answer it. */
+			ws->close_due_ns = keel_loop_now_ns(ws->loop) + ws->cfg.close_timeout_ms * 1000000ull;
+			timer_at(ws, ws->close_due_ns);
+		}
 		if (q->p)
 			keel_promise_resolve(q->p, (int64_t)q->f->len, NULL);
 		out_put(ws, q);
 	}
-	ws->nsending = 0;
 	/* Our close is out: after the peer's, or after an error of theirs, the connection ends. */
 	if (ws->close_written && (ws->close_rcvd || ws->failed || ws->rx_eof))
 		finish(ws, false);
@@ -380,19 +419,33 @@ static void sent(keel_ctx *ctx, keel_outcome o, void *ud)
 	write_more(ws);
 }
 
+/* The queue entries already begun: the send in flight's, or the first one part-written. */
+static unsigned out_started(const keel_ws *ws)
+{
+	return ws->send_p ? ws->nsending : ws->out_off ? 1 : 0;
+}
+
+/* The next slice of the queue, up to SEND_SLICE bytes and TX_BATCH frames, in one send. */
 static void write_more(keel_ws *ws)
 {
 	if (ws->send_p || ws->closing || !ws->out_head || ws->tp_closing)
 		return;
 	struct iovec iov[TX_BATCH];
 	unsigned n = 0;
-	for (struct ws_out *q = ws->out_head; q && n < TX_BATCH; q = q->next) {
-		iov[n].iov_base = q->f->data + q->f->hoff;
-		iov[n++].iov_len = frame_bytes(q->f);
+	size_t bytes = 0, off = ws->out_off;
+	for (struct ws_out *q = ws->out_head; q && n < TX_BATCH && bytes < SEND_SLICE; q = q->next) {
+		size_t len = frame_bytes(q->f) - off;
+		if (len > SEND_SLICE - bytes)
+			len = SEND_SLICE - bytes;
+		iov[n].iov_base = q->f->data + q->f->hoff + off;
+		iov[n++].iov_len = len;
+		bytes += len;
+		off = 0;
 		if (q == ws->pong)
 			ws->pong = NULL; /* on its way: a later ping gets a pong of its own */
 	}
 	ws->nsending = n;
+	ws->sending = bytes;
 	ws->send_start_ns = keel_loop_now_ns(ws->loop);
 	if (ws->cfg.send_timeout_ms)
 		timer_at(ws, ws->send_start_ns + ws->cfg.send_timeout_ms * 1000000ull);
@@ -412,7 +465,7 @@ static void out_queue(keel_ws *ws, struct ws_out *q, bool front)
 		ws->out_tail = q;
 	} else {
 		struct ws_out **pp = &ws->out_head;
-		for (unsigned i = 0; i < ws->nsending && *pp; i++)
+		for (unsigned i = 0, n = out_started(ws); i < n && *pp; i++)
 			pp = &(*pp)->next;
 		q->next = *pp;
 		*pp = q;
@@ -462,8 +515,6 @@ static void send_close(keel_ws *ws, unsigned code, const char *reason, size_t rl
 		control_send(ws, KEEL__WS_CLOSE, c, 2, reason, rlen, true);
 	if (ws->closing)
 		return;
-	ws->close_due_ns = keel_loop_now_ns(ws->loop) + ws->cfg.close_timeout_ms * 1000000ull;
-	timer_at(ws, ws->close_due_ns);
 	if (ws->recv_wait) {
 		keel_promise *p = ws->recv_wait;
 		ws->recv_wait = NULL;
@@ -479,9 +530,15 @@ static void fail(keel_ws *ws, unsigned code, const char *why)
 	keel_log(KEEL_LOG_DEBUG, "websocket %s: %s: closing with %u", keel_ws_peer(ws), why, code);
 	ws->failed = true;
 	ws->rx_done = true;
+	if (ws->close_sent) {
+		/* Our close is queued already (with what came before it): the end follows it. */
+		if (ws->close_written)
+			finish(ws, false);
+		return;
+	}
 	/* What was queued and not begun is dropped: the close goes next. */
 	struct ws_out **pp = &ws->out_head;
-	for (unsigned i = 0; i < ws->nsending && *pp; i++)
+	for (unsigned i = 0, n = out_started(ws); i < n && *pp; i++)
 		pp = &(*pp)->next;
 	while (*pp) {
 		struct ws_out *q = *pp;
@@ -496,11 +553,6 @@ static void fail(keel_ws *ws, unsigned code, const char *why)
 	for (struct ws_out *q = ws->out_head; q; q = q->next)
 		ws->out_tail = q;
 	ws->pong = NULL;
-	if (ws->close_sent) {
-		if (ws->close_written)
-			finish(ws, false);
-		return;
-	}
 	send_close(ws, code, why, strlen(why));
 }
 
@@ -641,13 +693,18 @@ static bool gather(keel_ws *ws, const uint8_t *p, size_t n)
 		}
 	}
 	if (ws->msg_len + n > ws->msg_cap) {
-		/* The frame's whole rest at once (bounded: message_max was checked at its header). */
-		size_t want = ws->msg_len + (size_t)(ws->fh.len - ws->got);
+		/*
+		 * Doubling, by what has come (not by what a header announced: a
+		 * peer could make every connection reserve message_max with one
+		 * byte); message_max was checked at each header, so this stays
+		 * within it.
+		 */
+		size_t want = ws->msg_len + n;
 		size_t cap = ws->msg_cap * 2 > want ? ws->msg_cap * 2 : want;
-		if (cap > ws->cfg.message_max)
-			cap = want > ws->cfg.message_max ? want : ws->cfg.message_max;
-		if (cap < 256)
-			cap = 256;
+		if (cap < 4096)
+			cap = 4096;
+		if (cap > ws->cfg.message_max && want <= ws->cfg.message_max)
+			cap = ws->cfg.message_max;
 		char *m = keel__realloc(ws->msg, cap);
 		if (!m) {
 			fail(ws, KEEL_WS_INTERNAL, "out of memory for a message");
@@ -773,7 +830,7 @@ static void pump(keel_ws *ws)
 		ws->nheld--;
 		keel_buf_release(b);
 	}
-	if (ws->rx_done && ws->held_head && !ws->msg_buf)
+	if (ws->rx_done && ws->held_head)
 		held_clear(ws); /* past the close or the error: the rest is not read */
 	if (ws->rx_eof && !ws->held_head && ws->msg_state == MSG_NONE && !ws->closing) {
 		/* The input ended and all of it is read: no close frame came (else rx_done). */
@@ -782,8 +839,7 @@ static void pump(keel_ws *ws)
 		finish(ws, false);
 		return;
 	}
-	if (!ws->rx && !ws->rx_eof && !ws->closing && ws->nheld < RX_HELD_MAX &&
-	    (ws->msg_state == MSG_NONE || ws->nheld == 0))
+	if (!ws->rx && !ws->rx_eof && !ws->closing && ws->nheld < RX_HELD_MAX)
 		rx_start(ws);
 }
 
@@ -804,8 +860,7 @@ static int on_data(void *ud, keel_buf *buf)
 	pump(ws);
 	if (ws->closing)
 		return KEEL_STOP;
-	return ws->nheld >= RX_HELD_MAX || (ws->msg_state != MSG_NONE && ws->nheld) ? KEEL_STOP
-	                                                                            : KEEL_CONTINUE;
+	return ws->nheld >= RX_HELD_MAX ? KEEL_STOP : KEEL_CONTINUE;
 }
 
 static void rx_ended(keel_ctx *ctx, keel_outcome o, void *ud)
@@ -1068,8 +1123,9 @@ int keel_ws_check(const keel_http_request *req)
 		return 501; /* HTTP/2's extended CONNECT (RFC 8441) is not spoken */
 	if (!m->upgrade || !list_has(m, "upgrade", "websocket", true))
 		return 426;
-	if (!keel_str_eq(m->method, "GET") || m->version_minor < 1 || m->body != KEEL_HTTP_BODY_NONE)
-		return 400;
+	if (!keel_str_eq(m->method, "GET") || m->version_minor < 1 || m->body != KEEL_HTTP_BODY_NONE ||
+	    !m->keep_alive)
+		return 400; /* (Connection: close beside Upgrade: the switch and the close contradict) */
 	const keel_http_header *v = keel_http_header_find(m, "sec-websocket-version");
 	if (!v || !keel_str_eq(v->value, "13"))
 		return 426;
@@ -1093,6 +1149,13 @@ static void pending_drop(struct keel__upgrade *u)
 	free(w);
 }
 
+static void adopt_failed_closed(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	(void)o;
+	keel__server_conn_gone(ud);
+}
+
 static void pending_adopt(struct keel__upgrade *u, keel_http_server *s, keel_transport *tp, keel_buf *held,
                           uint32_t off)
 {
@@ -1106,8 +1169,7 @@ static void pending_adopt(struct keel__upgrade *u, keel_http_server *s, keel_tra
 			keel_buf_release(b);
 		}
 		s->nclosing++;
-		keel_promise_done(keel_transport_close(tp), NULL, NULL);
-		keel__server_conn_gone(s);
+		keel_promise_done(keel_transport_close(tp), adopt_failed_closed, s);
 		pending_drop(u);
 		return;
 	}
@@ -1164,7 +1226,7 @@ static keel_promise *refuse(keel_http_request *req, keel_promise *p, int st)
 keel_promise *keel_ws_accept(keel_http_request *req, const keel_ws_config *cfg)
 {
 	keel_promise *p = keel_promise_new(req->loop);
-	if (!cfg || !cfg->on_open || !cfg->message_max || !cfg->send_queue_max ||
+	if (!cfg || !cfg->on_open || !cfg->message_max || !cfg->send_queue_max || !cfg->close_timeout_ms ||
 	    (cfg->ping_interval_ms && !cfg->ping_timeout_ms) || req->upgrade) {
 		keel_promise_reject(p, -EINVAL);
 		return p;
