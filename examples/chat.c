@@ -2,8 +2,10 @@
  * chat: a WebSocket chat room and an echo endpoint.
  *
  *   usage: build/examples/chat [--listen ADDR:PORT] [--page FILE] [--ping-ms MS]
+ *                              [--tls-cert FILE --tls-key FILE]
  *          (default 127.0.0.1:8091; the page is www/chat.html; a ping after
- *          MS of silence, and the connection dropped MS after it: 30000)
+ *          MS of silence, and the connection dropped MS after it: 30000;
+ *          with a certificate, HTTPS and wss:// instead of http and ws://)
  *
  *   GET /       the page (plain JavaScript, no external assets)
  *   GET /ws     the room: a text message sent here goes to every member,
@@ -29,6 +31,7 @@
 #include "keel/errors.h"
 #include "keel/http.h"
 #include "keel/log.h"
+#include "keel/tls.h"
 #include "keel/ws.h"
 
 #define ROOM_QUEUE_MAX (256u << 10) /* a member further behind than this is dropped */
@@ -53,6 +56,8 @@ struct room {
 };
 
 static struct room room;
+static keel_tls_ctx *tls_ctx;
+static keel_tls_endpoint *tls_ep; /* (one worker: one loop, one endpoint) */
 
 /* ---- The room ---------------------------------------------------------------- */
 
@@ -244,6 +249,26 @@ static keel_promise *page_route(keel_http_request *req, void *ud)
 	return keel_http_respond(req, 200, "text/html; charset=utf-8", room.page, room.page_len);
 }
 
+/* The server's transport: TLS through this loop's endpoint, made with its first connection. */
+static int tls_init(keel_transport *t, keel_loop *loop, int fd, void *ud)
+{
+	(void)ud;
+	int err;
+	if (!tls_ep && (err = keel_tls_endpoint_new(&tls_ep, tls_ctx, loop)) < 0)
+		return err;
+	return keel_tls_server_init(t, loop, fd, tls_ep);
+}
+
+static void teardown(keel_http_server *srv, keel_loop *loop, unsigned worker, void *ud)
+{
+	(void)srv;
+	(void)loop;
+	(void)worker;
+	(void)ud;
+	keel_tls_endpoint_free(tls_ep); /* (what is still open keeps it until closed) */
+	tls_ep = NULL;
+}
+
 static int setup(keel_http_server *srv, keel_loop *loop, unsigned worker, void *ud)
 {
 	(void)loop;
@@ -284,13 +309,17 @@ static char *slurp(const char *path, size_t *len)
 
 int main(int argc, char **argv)
 {
-	const char *listen = "127.0.0.1:8091", *page = "www/chat.html";
+	const char *listen = "127.0.0.1:8091", *page = "www/chat.html", *cert = NULL, *key = NULL;
 	room.ping_ms = 30000;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) {
 			listen = argv[++i];
 		} else if (strcmp(argv[i], "--page") == 0 && i + 1 < argc) {
 			page = argv[++i];
+		} else if (strcmp(argv[i], "--tls-cert") == 0 && i + 1 < argc) {
+			cert = argv[++i];
+		} else if (strcmp(argv[i], "--tls-key") == 0 && i + 1 < argc) {
+			key = argv[++i];
 		} else if (strcmp(argv[i], "--ping-ms") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0) {
 			room.ping_ms = (uint32_t)atoi(argv[++i]);
 		} else {
@@ -306,8 +335,31 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	room.page = text;
-	keel_http_main_opts o = {.listen = listen, .workers = 1, .grace_ms = 5000, .setup = setup};
+	keel_http_config cfg;
+	keel_http_config_default(&cfg);
+	if (cert || key) {
+		keel_tls_config tc;
+		keel_tls_config_default(&tc);
+		keel_tls_cert c = {cert, key};
+		tc.certs = &c;
+		tc.ncerts = 1;
+		char why[256];
+		if (!cert || !key || keel_tls_ctx_new(&tls_ctx, &tc, why, sizeof(why)) < 0) {
+			fprintf(stderr, "chat: TLS: %s\n",
+			        cert && key ? why : "give both --tls-cert and --tls-key");
+			free(text);
+			return 1;
+		}
+		cfg.transport_init = tls_init;
+	}
+	keel_http_main_opts o = {.listen = listen,
+	                         .workers = 1,
+	                         .cfg = &cfg,
+	                         .grace_ms = 5000,
+	                         .setup = setup,
+	                         .teardown = teardown};
 	int err = keel_http_main(&o);
+	keel_tls_ctx_free(tls_ctx);
 	free(text);
 	if (err < 0) {
 		fprintf(stderr, "chat: %s\n", keel_strerror(err));

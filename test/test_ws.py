@@ -7,7 +7,7 @@ to a server (docs/websocket.md lists them).
 Each part asserts one behaviour; every wait has a deadline and every loop a bound.
 Runs under the backend in KEEL_BACKEND. Usage: test_ws.py [part-name-substring ...]
 Exit status: 0 pass, 1 fail, 77 skip (python3-websockets missing)."""
-import asyncio, base64, hashlib, json, os, re, shutil, signal, socket, struct, subprocess, sys, tempfile, time
+import asyncio, base64, hashlib, json, os, re, shutil, signal, socket, ssl, struct, subprocess, sys, tempfile, time
 
 try:
     import websockets
@@ -682,6 +682,49 @@ def proxy_raw_upgrades(tmp):
         px.stop_ok()
 
 
+# ---- wss:// ---------------------------------------------------------------------------------------
+
+def self_signed(tmp):
+    key, crt = os.path.join(tmp, "ws-key.pem"), os.path.join(tmp, "ws-cert.pem")
+    if not os.path.exists(crt):
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_output=True, timeout=30)
+        if r.returncode:
+            raise Skip("openssl could not make a certificate: %s" % r.stderr.decode()[-200:])
+    return crt, key
+
+
+def wss(tmp):
+    """The same conversations over TLS: keel_ws on a TLS transport, and a tunnel behind a TLS listener."""
+    crt, key = self_signed(tmp)
+    ctx = ssl.create_default_context(cafile=crt)
+
+    async def talk(url):
+        async with websockets.connect(url, ssl=ctx, max_size=None, compression=None) as ws:
+            for n in (0, 125, 70000, 4 * MIB):
+                b = os.urandom(n)
+                await ws.send(b)
+                eq(await ws.recv(), b, "%s: binary %d B" % (url, n))
+            await ws.send("wss é")
+            eq(await ws.recv(), "wss é", "%s: text" % url)
+            await ws.close(4001, "done")
+            eq(ws.close_code, 4001, "%s: the close handshake" % url)
+
+    with start("--tls-cert", crt, "--tls-key", key) as srv:
+        run(talk("wss://localhost:%d/echo" % srv.port))
+        srv.stop_ok()
+    with start() as srv:
+        path = os.path.join(tmp, "wss-proxy.conf")
+        with open(path, "w") as f:
+            f.write("[server]\nlisten = 127.0.0.1:0\nworkers = 1\ntls_cert = %s\ntls_key = %s\n\n"
+                    "[upstream u]\nserver = 127.0.0.1:%d\n\n[route /]\nupstream = u\n" % (crt, key, srv.port))
+        with Proc([KEEL, "-c", path], name="keel proxy (TLS)") as px:
+            run(talk("wss://localhost:%d/echo" % px.port))
+            px.stop_ok()
+        srv.stop_ok()
+
+
 # ---- A real browser ----------------------------------------------------------------------------
 
 class Chromium:
@@ -900,6 +943,7 @@ def test():
         t.run(name, lambda fn=fn: fn(tmp))
     t.run("lifetimes and deadlines: half-closed non-readers, slow readers, a close kept, held messages, "
           "a service that does not receive", edges)
+    t.run("wss://: keel_ws over TLS, and a tunnel behind a TLS listener", lambda: wss(tmp))
     t.run("browser: two chat pages in headless Chromium, direct and through keel proxy", lambda: browser(tmp))
     t.run("server pings an idle connection and drops a silent one", lambda: server_ping(None))
     t.run("graceful stop: close 1001 to every connection, exit 0", lambda: stop(None))

@@ -25,6 +25,7 @@ struct tside {
 	uint32_t q_off;
 	unsigned nq, ntx;
 	bool eof, shut;
+	bool rx_starting; /* inside keel_transport_recv: a transport may deliver before it returns (TLS) */
 	uint8_t i;
 };
 
@@ -110,7 +111,7 @@ static void maybe_close(struct keel__tunnel *t)
 	if (t->tp_closing)
 		return;
 	for (int i = 0; i < 2; i++)
-		if (t->side[i].rx || t->side[i].tx || t->side[i].shut_p)
+		if (t->side[i].rx || t->side[i].rx_starting || t->side[i].tx || t->side[i].shut_p)
 			return;
 	t->tp_closing = true;
 	keel_timer_disarm(t->s->loop, &t->timer);
@@ -246,9 +247,14 @@ static void pump(struct keel__tunnel *t, struct tside *d)
 		to->shut_p = keel_transport_shutdown(&to->tp);
 		keel_promise_done(to->shut_p, shut_done, to);
 	}
-	if (!d->rx && !d->eof && d->nq < TQ_MAX) {
-		d->rx = keel_transport_recv(&d->tp, on_data, d, false);
-		keel_promise_done(d->rx, rx_ended, d);
+	if (!d->rx && !d->rx_starting && !d->eof && d->nq < TQ_MAX) {
+		d->rx_starting = true;
+		keel_promise *p = keel_transport_recv(&d->tp, on_data, d, false);
+		d->rx_starting = false;
+		d->rx = p;
+		keel_promise_done(p, rx_ended, d);
+		if (t->closing && !keel_promise_is_settled(p))
+			keel_promise_cancel(p); /* (closed while the receive was being set up) */
 	}
 }
 

@@ -98,6 +98,7 @@ struct keel_ws {
 	uint16_t rcvd_code, sent_code;
 	bool close_sent : 1, close_written : 1, close_rcvd : 1, failed : 1, rx_eof : 1, rx_done : 1;
 	bool closing : 1, tp_closing : 1, closed : 1, app_gone : 1, aborted : 1;
+	bool rx_starting : 1; /* inside keel_transport_recv (see rx_start) */
 	/* Deadlines */
 	keel_timer timer;
 	uint64_t last_rx_ns, ping_sent_ns, close_due_ns, send_start_ns;
@@ -242,7 +243,7 @@ static void tp_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 /* Close the transport once nothing of ours is in flight on it. */
 static void maybe_close(keel_ws *ws)
 {
-	if (!ws->closing || ws->rx || ws->send_p || ws->tp_closing)
+	if (!ws->closing || ws->rx || ws->rx_starting || ws->send_p || ws->tp_closing)
 		return;
 	ws->tp_closing = true;
 	held_clear(ws);
@@ -839,7 +840,7 @@ static void pump(keel_ws *ws)
 		finish(ws, false);
 		return;
 	}
-	if (!ws->rx && !ws->rx_eof && !ws->closing && ws->nheld < RX_HELD_MAX)
+	if (!ws->rx && !ws->rx_starting && !ws->rx_eof && !ws->closing && ws->nheld < RX_HELD_MAX)
 		rx_start(ws);
 }
 
@@ -887,8 +888,14 @@ static void rx_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 
 static void rx_start(keel_ws *ws)
 {
-	ws->rx = keel_transport_recv(&ws->tp, on_data, ws, false);
-	keel_promise_done(ws->rx, rx_ended, ws);
+	/* (A transport may deliver before it returns -- TLS, with plaintext at hand: pump must not start another.) */
+	ws->rx_starting = true;
+	keel_promise *p = keel_transport_recv(&ws->tp, on_data, ws, false);
+	ws->rx_starting = false;
+	ws->rx = p;
+	keel_promise_done(p, rx_ended, ws);
+	if (ws->closing && !keel_promise_is_settled(p))
+		keel_promise_cancel(p); /* (it ended while the receive was being set up) */
 }
 
 /* ---- The service's calls ------------------------------------------------------ */
