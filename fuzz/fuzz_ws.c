@@ -25,11 +25,11 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FAIL(...)                                                                                              \
-	do {                                                                                                       \
-		fprintf(stderr, "FUZZ INVARIANT: " __VA_ARGS__);                                                       \
-		fputc('\n', stderr);                                                                                   \
-		abort();                                                                                               \
+#define FAIL(...)                                                \
+	do {                                                     \
+		fprintf(stderr, "FUZZ INVARIANT: " __VA_ARGS__); \
+		fputc('\n', stderr);                             \
+		abort();                                         \
 	} while (0)
 
 /* Valid UTF-8, the plain way: decode each code point and judge it. */
@@ -38,7 +38,11 @@ static bool utf8_ref(const uint8_t *p, size_t n)
 	size_t i = 0;
 	while (i < n) {
 		uint8_t b = p[i];
-		unsigned len = b < 0x80 ? 1 : (b & 0xe0) == 0xc0 ? 2 : (b & 0xf0) == 0xe0 ? 3 : (b & 0xf8) == 0xf0 ? 4 : 0;
+		unsigned len = b < 0x80             ? 1
+		               : (b & 0xe0) == 0xc0 ? 2
+		               : (b & 0xf0) == 0xe0 ? 3
+		               : (b & 0xf8) == 0xf0 ? 4
+		                                    : 0;
 		if (!len || i + len > n)
 			return false;
 		uint32_t cp = len == 1 ? b : len == 2 ? b & 0x1f : len == 3 ? b & 0x0f : b & 0x07;

@@ -32,7 +32,7 @@ struct conn {
 	char *in;
 	size_t in_len, in_cap;
 	uint64_t sent_ns;
-	unsigned got; /* messages received */
+	unsigned got;   /* messages received */
 	int last_round; /* (fanout) the last round seen */
 	int open;
 };
@@ -254,8 +254,8 @@ static int echo(int port, int nconns, size_t size, double secs)
 	double took = (double)(now_ns() - t0) / 1e9;
 	uint64_t p50, p99, max;
 	percentiles(lat, nlat, &p50, &p99, &max);
-	printf("msgs=%llu secs=%.3f rate=%.0f p50_us=%.1f p99_us=%.1f errors=%d\n", (unsigned long long)msgs, took,
-	       (double)msgs / took, (double)p50 / 1e3, (double)p99 / 1e3, errors);
+	printf("msgs=%llu secs=%.3f rate=%.0f p50_us=%.1f p99_us=%.1f errors=%d\n", (unsigned long long)msgs,
+	       took, (double)msgs / took, (double)p50 / 1e3, (double)p99 / 1e3, errors);
 	for (int i = 0; i < nconns; i++)
 		close(cs[i].fd);
 	return 0;
