@@ -627,9 +627,10 @@ def proxy_slow_reader(tmp):
               % (grew, st["proxy_tunnel_bytes_down_total"] >> 20), flush=True)
 
 
-def raw_upgrade(port, proto, extra=b""):
+def raw_upgrade(port, proto, extra=b"", version=b"1.1", conn=b"Upgrade", more=b""):
     s = connect(port)
-    s.sendall(b"GET /r HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % proto + extra)
+    s.sendall(b"GET /r HTTP/%s\r\nHost: x\r\nConnection: %s\r\nUpgrade: %s\r\n%s\r\n" % (version, conn, proto, more)
+              + extra)
     buf = b""
     while b"\r\n\r\n" not in buf:
         d = s.recv(65536)
@@ -641,7 +642,7 @@ def raw_upgrade(port, proto, extra=b""):
 
 
 def proxy_raw_upgrades(tmp):
-    with Upstream() as up, proxy(tmp, up.raw_port, "upgrade = websocket, rawecho, refuse\ntunnel_idle_timeout_ms = 500") as px:
+    with Upstream() as up, proxy(tmp, up.raw_port, "upgrade = websocket, rawecho, refuse, mismatch\ntunnel_idle_timeout_ms = 500") as px:
         # Half-closes pass both ways: the client's FIN reaches the upstream, whose "bye" and FIN come back.
         s, head, rest = raw_upgrade(px.port, b"rawecho", b"early bytes ")
         check(head.startswith(b"HTTP/1.1 101 "), "an allowed upgrade: 101 passed on (%r)" % head[:40])
@@ -656,6 +657,25 @@ def proxy_raw_upgrades(tmp):
                 break
             rest += d
         eq(rest, b"early bytes and morebye", "bytes both ways, the half-close passed on and answered")
+        s.close()
+        # What the upstream sends right behind its 101 comes through, and is counted.
+        down0 = status(px.port).get("proxy_tunnel_bytes_down_total", 0)
+        s, head, rest = raw_upgrade(px.port, b"rawecho", more=b"X-Hello: 1\r\n")
+        s.settimeout(5)
+        while len(rest) < 5:
+            rest += s.recv(100)
+        eq(rest, b"hello", "bytes behind the upstream's 101")
+        s.close()
+        check(status(px.port).get("proxy_tunnel_bytes_down_total", 0) - down0 >= 5, "counted among the tunnel's bytes")
+        # No tunnel for HTTP/1.0 (RFC 9110 7.8), nor beside Connection: close.
+        for what, kw in (("HTTP/1.0", {"version": b"1.0"}), ("Connection: Upgrade, close", {"conn": b"Upgrade, close"})):
+            s, head, _ = raw_upgrade(px.port, b"rawecho", **kw)
+            check(head.startswith(b"HTTP/1.") and not head.startswith(b"HTTP/1.1 101"),
+                  "%s: proxied without the switch (%r)" % (what, head[:30]))
+            s.close()
+        # An upstream that switches to a protocol nobody asked for: 502, no tunnel.
+        s, head, _ = raw_upgrade(px.port, b"mismatch")
+        check(head.startswith(b"HTTP/1.1 502 "), "a 101 to another protocol than asked: 502 (%r)" % head[:30])
         s.close()
         # The idle timeout closes a tunnel nobody speaks on.
         s, head, _ = raw_upgrade(px.port, b"rawecho")

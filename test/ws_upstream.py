@@ -6,8 +6,9 @@
   the connection takes them, then the text "done".
 - A raw server on the second port for any other upgrade: it answers "101" to a request with
   "Upgrade: rawecho", echoes bytes until the client's input ends (a half-close), then sends
-  "bye" and closes; a request with "Upgrade: refuse" gets "403", one without Upgrade "200 plain",
-  and the connection closes.
+  "bye" and closes (with "X-Hello: 1" it sends "hello" right behind its 101); a request with
+  "Upgrade: refuse" gets "403", one with "Upgrade: mismatch" a 101 to "other" (not what was asked),
+  one without Upgrade "200 plain", and the connection closes.
 
 Prints "ports A B" once listening, and "closed" each time a connection has ended."""
 import asyncio, sys
@@ -46,9 +47,11 @@ async def raw_handler(reader, writer):
             writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno")
             await writer.drain()
             return
-        seen = [l for l in head.decode("latin-1").split("\r\n") if l.lower().startswith("x-seen:")]
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: rawecho\r\nConnection: Upgrade\r\n"
-                     b"X-Upstream: raw\r\n\r\n")
+        if b"upgrade: mismatch" in head.lower():  # switches to what nobody asked for
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: Upgrade\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: rawecho\r\nConnection: Upgrade\r\n"
+                         b"X-Upstream: raw\r\n\r\n" + (b"hello" if b"x-hello: 1" in head.lower() else b""))
         await writer.drain()
         while True:
             d = await reader.read(65536)

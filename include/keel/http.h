@@ -387,9 +387,10 @@ typedef struct keel_http_stats {
 	uint64_t accept_pauses;     /* accepting paused: connection limit or EMFILE/ENFILE */
 	uint64_t idle_closed;       /* idle connections closed to make room (limit reached, EMFILE) */
 	uint64_t log_lines_dropped; /* access log lines lost because the disk fell behind */
-	uint64_t ws_upgrades;       /* connections switched to WebSocket */
 	uint32_t conns_open;
 	uint32_t inflight; /* requests waiting for their handlers */
+	uint64_t
+	    ws_upgrades; /* connections switched to WebSocket (after the fields above: their offsets stay) */
 } keel_http_stats;
 /* Copy the server's counters into *out. */
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);

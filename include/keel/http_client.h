@@ -176,8 +176,8 @@ typedef struct keel_http_client_response {
 	char *mem_;  /* the bytes msg and body point into */
 	void *conn_; /* a streamed response's connection */
 	keel_loop *loop_;
-	void *upgrade_; /* after a 101: the connection, until taken */
 	bool given_;
+	void *upgrade_; /* after a 101: the connection, until taken */
 } keel_http_client_response;
 
 /*

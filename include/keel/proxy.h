@@ -75,6 +75,10 @@ typedef struct keel_proxy_config {
 	const char *health_path;                 /* what they GET (any 2xx/3xx is healthy); "/" */
 	const char *via;                         /* the Via pseudonym: "1.1 <via>"; "keel"; NULL: no Via */
 	enum keel_proxy_underscores underscores; /* headers named with '_'; default: dropped */
+	keel_http_client_config client;          /* pools, queue, timeouts (response_timeout_ms -> 504),
+	                                            transport_init (TLS; a refusal -> 502); its
+	                                            transport_ud is borrowed as keel/http_client.h says */
+	/* (Added after the fields above, so that their offsets stay.) */
 	/*
 	 * Upgrade tokens passed on (a comma-separated list, matched without
 	 * case): "websocket" by default; "" for none. A request asking for one
@@ -86,9 +90,6 @@ typedef struct keel_proxy_config {
 	 */
 	const char *upgrade;
 	uint64_t tunnel_idle_timeout_ms; /* a tunnel with no byte either way this long is closed; 300000 */
-	keel_http_client_config client;  /* pools, queue, timeouts (response_timeout_ms -> 504),
-	                                            transport_init (TLS; a refusal -> 502); its
-	                                            transport_ud is borrowed as keel/http_client.h says */
 } keel_proxy_config;
 
 void keel_proxy_config_default(keel_proxy_config *cfg);
@@ -126,11 +127,12 @@ keel_promise *keel_proxy_handler(keel_http_request *req, void *ud);
 
 typedef struct keel_proxy_stats {
 	uint64_t requests, responses, errors_502, errors_503, errors_504, retries;
+	uint32_t inflight; /* requests being proxied */
+	uint32_t ups_down; /* upstreams currently marked down */
+	/* (Added after the fields above, so that their offsets stay.) */
 	uint64_t tunnels;           /* connections switched to a tunnel (an upstream's 101) */
 	uint64_t tunnel_bytes_up;   /* bytes through tunnels, client to upstream */
 	uint64_t tunnel_bytes_down; /* and upstream to client */
-	uint32_t inflight;          /* requests being proxied */
-	uint32_t ups_down;          /* upstreams currently marked down */
 	uint32_t tunnels_open;
 } keel_proxy_stats;
 /* Copy the proxy's counters into *out. */

@@ -435,6 +435,8 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 			}
 			req_queue(c, r);
 			if (rc < 0) {
+				r->head_only =
+				    keel_str_eq(r->msg.method, "HEAD"); /* (no body, whatever the error) */
 				req_error(c, r, -rc);
 				break;
 			}
@@ -467,6 +469,7 @@ static size_t conn_input(keel_http_conn *c, keel_buf *buf, size_t off)
 		req_queue(c, r);
 		if (rc < 0) {
 			req_hold(r, buf); /* the access log reads its spans later */
+			r->head_only = keel_str_eq(r->msg.method, "HEAD"); /* (no body, whatever the error) */
 			req_error(c, r, -rc);
 			break;
 		}

@@ -431,7 +431,8 @@ void keel__h1_flush(keel_http_conn *c)
 		if (r->msg.upgrade && !r->upgrade)
 			r->keep_alive =
 			    0; /* asked to switch, answered otherwise: what follows may not be HTTP */
-		bool closing = !r->keep_alive;
+		/* (A switch's connection is the new protocol's: never "close" beside "Upgrade".) */
+		bool closing = !r->keep_alive && !r->upgrade;
 		p = write_head(c, r, p, closing);
 		const keel_http_response *a = r->answer;
 		bool framed = a->stream && a->stream_length <= 0 && r->msg.version_minor >= 1;

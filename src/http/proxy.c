@@ -338,9 +338,16 @@ static bool hop_by_hop(keel_str n, const keel_http_msg *m, bool has_conn)
  * upgrade (Connection: upgrade and an Upgrade header) with no body (what
  * follows its head is the new protocol's), every token it offers allowed.
  */
-static bool upgrade_allowed(const keel_proxy *px, const keel_http_msg *m)
+static bool upgrade_allowed(const keel_proxy *px, const keel_http_request *req)
 {
-	if (!m->upgrade || m->body != KEEL_HTTP_BODY_NONE || !*px->cfg.upgrade)
+	const keel_http_msg *m = &req->msg;
+	/*
+	 * HTTP/1.0's Upgrade is ignored (RFC 9110 7.8); so is one beside
+	 * Connection: close, and any while the server stops (a tunnel begun
+	 * then would be cut at once).
+	 */
+	if (!m->upgrade || m->body != KEEL_HTTP_BODY_NONE || !*px->cfg.upgrade || m->version_minor < 1 ||
+	    !m->keep_alive || req->server->stopping)
 		return false;
 	bool any = false;
 	for (unsigned i = 0; i < m->nheaders; i++) {
@@ -395,7 +402,7 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 	const keel_http_msg *m = &req->msg;
 	keel_proxy *px = pr->px;
 	bool has_conn = keel_http_header_find(m, "connection") != NULL;
-	bool upgrade = upgrade_allowed(px, m);
+	bool upgrade = upgrade_allowed(px, req);
 	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 4) * sizeof(*h));
 	if (!h)
 		return 503;
@@ -623,11 +630,43 @@ static void tunnel_drop(struct keel__upgrade *u)
  * again), and the upstream's connection taken from the client for the
  * tunnel. Returns 0, or a status to answer instead.
  */
+/* Whether every protocol a 101 names (at least one) is one the request asked for. */
+static bool switch_named(const keel_http_msg *resp, const keel_http_msg *req)
+{
+	bool any = false;
+	for (unsigned i = 0; i < resp->nheaders; i++) {
+		if (!keel_str_ieq(resp->headers[i].name, "upgrade"))
+			continue;
+		keel_str list = resp->headers[i].value, e;
+		while (keel_http_list_next(&list, &e)) {
+			bool asked = false;
+			for (unsigned j = 0; j < req->nheaders && !asked; j++) {
+				if (!keel_str_ieq(req->headers[j].name, "upgrade"))
+					continue;
+				keel_str l2 = req->headers[j].value, e2;
+				while (!asked && keel_http_list_next(&l2, &e2))
+					asked = keel_str_ieq_str(e, e2);
+			}
+			if (!asked)
+				return false;
+			any = true;
+		}
+	}
+	return any;
+}
+
 static int switch_answer(struct preq *pr, keel_ctx *ctx)
 {
 	keel_http_client_response *ur = pr->ur;
 	keel_proxy *px = pr->px;
 	const keel_http_msg *m = &ur->msg;
+	if (!switch_named(m, &pr->req->msg)) {
+		/* A 101 to another protocol than asked (or to none): not passed on (RFC 9110 15.2.2). */
+		keel_log(KEEL_LOG_WARN,
+		         "proxy: upstream %s: switched to a protocol not asked for: answered 502",
+		         pr->up ? pr->up->name : "-");
+		return 502;
+	}
 	bool has_conn = keel_http_header_find(m, "connection") != NULL;
 	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 3) * sizeof(*h));
 	struct ptun *pt = h ? keel__calloc(1, sizeof(*pt)) : NULL;

@@ -294,6 +294,13 @@ void keel__tunnel_start(struct keel__tunnel *t, keel_http_server *s, struct keel
 		for (keel_buf *x = d->q_head; x; x = x->next) {
 			d->q_tail = x;
 			d->nq++;
+			uint64_t n =
+			    x->len -
+			    (x == d->q_head ? d->q_off : 0); /* (came before the tunnel, passes through it) */
+			if (i == 0)
+				stats->bytes_up += n;
+			else
+				stats->bytes_down += n;
 		}
 	}
 	t->next = s->tunnels;

@@ -246,27 +246,12 @@ static void maybe_close(keel_ws *ws)
 	if (!ws->closing || ws->rx || ws->rx_starting || ws->send_p || ws->tp_closing)
 		return;
 	ws->tp_closing = true;
+	/*
+	 * (A message handed out in place keeps its buffer, held, until the
+	 * next receive or the free: a loop's pool buffer, or a TLS endpoint's,
+	 * which the endpoint outlives; neither goes with the transport.)
+	 */
 	held_clear(ws);
-	if (ws->msg_buf && ws->msg_buf->owner) {
-		/*
-		 * A message not yet taken, or taken and not let go of, lies in a
-		 * buffer of the transport's (TLS), which goes with it: the message
-		 * moves to memory of ours first. (A pool buffer stays the
-		 * message's, held, until the next receive or the free.)
-		 */
-		char *copy = keel__malloc(ws->cur.len ? ws->cur.len : 1);
-		if (copy) {
-			memcpy(copy, ws->cur.data, ws->cur.len);
-			free(ws->msg);
-			ws->msg = copy;
-			ws->msg_cap = ws->cur.len;
-		} else {
-			ws->cur.len = 0; /* (out of memory: the message is lost, not left dangling) */
-		}
-		ws->cur.data = ws->msg;
-		keel_buf_release(ws->msg_buf);
-		ws->msg_buf = NULL;
-	}
 	ws->s->nclosing++;
 	keel_promise_done(keel_transport_close(&ws->tp), tp_closed, ws);
 }
@@ -507,6 +492,11 @@ static void send_close(keel_ws *ws, unsigned code, const char *reason, size_t rl
 	if (rlen && (ws->sent_reason = keel__malloc(rlen))) {
 		memcpy(ws->sent_reason, reason, rlen);
 		ws->sent_reason_len = rlen;
+	}
+	if (!ws->cfg.send_timeout_ms) {
+		/* No send deadline to get it written: the close's own one runs from now. */
+		ws->close_due_ns = keel_loop_now_ns(ws->loop) + ws->cfg.close_timeout_ms * 1000000ull;
+		timer_at(ws, ws->close_due_ns);
 	}
 	uint8_t c[2] = {(uint8_t)(code >> 8), (uint8_t)code};
 	if (code == KEEL_WS_NO_STATUS)
