@@ -518,33 +518,24 @@ static keel_promise *body_sink(keel_http_request *req, void *ud)
 }
 
 /* The response as it goes back: hop-by-hop headers out, Date and Server are ours, Via appended. */
-static int build_response(struct preq *pr, keel_ctx *ctx)
+/*
+ * An upstream response's headers as they are passed on, into h (room for
+ * m's and one more): hop-by-hop ones out -- but Upgrade, for a switch --,
+ * Date and Server are ours, Via appended to. Returns how many, or -1 when
+ * out of memory.
+ */
+static int response_headers(keel_proxy *px, keel_ctx *ctx, const keel_http_msg *m, bool upgrade,
+                            keel_http_header *h)
 {
-	keel_http_client_response *ur = pr->ur;
-	keel_http_response *a = &pr->req->resp;
-	keel_proxy *px = pr->px;
-	const keel_http_msg *m = &ur->msg;
 	bool has_conn = keel_http_header_find(m, "connection") != NULL;
-	for (unsigned i = 0; i < m->nheaders; i++) {
-		if (!keel_str_ieq(m->headers[i].name, "transfer-encoding"))
-			continue;
-		/*
-		 * A coding before (or instead of) chunked -- "gzip, chunked" --
-		 * stays in the body the client reads; passed on without its
-		 * Transfer-Encoding the client would take gzip for the content.
-		 */
-		keel_str list = m->headers[i].value, e;
-		while (keel_http_list_next(&list, &e))
-			if (!keel_str_ieq(e, "chunked"))
-				return -EPROTO;
-	}
-	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 1) * sizeof(*h));
-	if (!h)
-		return -ENOMEM;
-	unsigned n = 0;
+	int n = 0;
 	keel_str via = {NULL, 0};
 	for (unsigned i = 0; i < m->nheaders; i++) {
 		keel_str name = m->headers[i].name;
+		if (upgrade && keel_str_ieq(name, "upgrade")) {
+			h[n++] = m->headers[i];
+			continue;
+		}
 		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "date") ||
 		    keel_str_ieq(name, "server"))
 			continue;
@@ -559,12 +550,38 @@ static int build_response(struct preq *pr, keel_ctx *ctx)
 		h[n].name = KEEL_STR("Via");
 		h[n].value = join(ctx, via, px->via, px->via_len);
 		if (!h[n++].value.ptr)
-			return -ENOMEM;
+			return -1;
 	}
+	return n;
+}
+
+static int build_response(struct preq *pr, keel_ctx *ctx)
+{
+	keel_http_client_response *ur = pr->ur;
+	keel_http_response *a = &pr->req->resp;
+	keel_proxy *px = pr->px;
+	const keel_http_msg *m = &ur->msg;
+	for (unsigned i = 0; i < m->nheaders; i++) {
+		if (!keel_str_ieq(m->headers[i].name, "transfer-encoding"))
+			continue;
+		/*
+		 * A coding before (or instead of) chunked -- "gzip, chunked" --
+		 * stays in the body the client reads; passed on without its
+		 * Transfer-Encoding the client would take gzip for the content.
+		 */
+		keel_str list = m->headers[i].value, e;
+		while (keel_http_list_next(&list, &e))
+			if (!keel_str_ieq(e, "chunked"))
+				return -EPROTO;
+	}
+	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 1) * sizeof(*h));
+	int n = h ? response_headers(px, ctx, m, false, h) : -1;
+	if (n < 0)
+		return -ENOMEM;
 	a->status = ur->status;
 	a->content_type = NULL; /* passed on among the headers */
 	a->headers = h;
-	a->nheaders = n;
+	a->nheaders = (unsigned)n;
 	a->body = ur->body;
 	if (m->body == KEEL_HTTP_BODY_NONE) {
 		/*
@@ -667,9 +684,9 @@ static int switch_answer(struct preq *pr, keel_ctx *ctx)
 		         pr->up ? pr->up->name : "-");
 		return 502;
 	}
-	bool has_conn = keel_http_header_find(m, "connection") != NULL;
-	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 3) * sizeof(*h));
-	struct ptun *pt = h ? keel__calloc(1, sizeof(*pt)) : NULL;
+	keel_http_header *h = keel_ctx_alloc(ctx, (m->nheaders + 2) * sizeof(*h));
+	int n = h ? response_headers(px, ctx, m, true, h) : -1;
+	struct ptun *pt = n >= 0 ? keel__calloc(1, sizeof(*pt)) : NULL;
 	if (!pt || !(pt->t = keel__tunnel_new())) {
 		free(pt);
 		return 503;
@@ -679,30 +696,8 @@ static int switch_answer(struct preq *pr, keel_ctx *ctx)
 		free(pt);
 		return 502;
 	}
-	unsigned n = 0;
-	keel_str via = {NULL, 0};
-	for (unsigned i = 0; i < m->nheaders; i++) {
-		keel_str name = m->headers[i].name;
-		if (keel_str_ieq(name, "upgrade")) {
-			h[n++] = m->headers[i];
-			continue;
-		}
-		if (hop_by_hop(name, m, has_conn) || keel_str_ieq(name, "date") ||
-		    keel_str_ieq(name, "server"))
-			continue;
-		if (keel_str_ieq(name, "via")) {
-			via = via.len ? join(ctx, via, m->headers[i].value.ptr, m->headers[i].value.len)
-			              : m->headers[i].value;
-			continue;
-		}
-		h[n++] = m->headers[i];
-	}
 	h[n].name = KEEL_STR("Connection");
 	h[n++].value = KEEL_STR("Upgrade");
-	if (px->via_len) {
-		h[n].name = KEEL_STR("Via");
-		h[n++].value = join(ctx, via, px->via, px->via_len);
-	}
 	pt->up.adopt = tunnel_adopt;
 	pt->up.drop = tunnel_drop;
 	pt->px = px;
@@ -710,14 +705,12 @@ static int switch_answer(struct preq *pr, keel_ctx *ctx)
 	pr->up = NULL;
 	px->live++;
 	pr->req->upgrade = &pt->up;
-	if (px->via_len && !h[n - 1].value.ptr)
-		return 503; /* (the request's release drops the tunnel) */
 	keel_http_response *a = &pr->req->resp;
 	memset(a, 0, sizeof(*a));
 	a->file_fd = -1;
 	a->status = 101;
 	a->headers = h;
-	a->nheaders = n;
+	a->nheaders = (unsigned)n;
 	return 0;
 }
 
