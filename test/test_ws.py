@@ -933,6 +933,28 @@ def edges():
         srv.stop_ok()
 
 
+def subprotocols():
+    """The handler picks the subprotocol from what the client offered, and judges the Origin."""
+    with Proc([WS_TESTSRV], name="ws_testsrv") as srv:
+        async def go():
+            url = "ws://127.0.0.1:%d/proto" % srv.port
+            async with websockets.connect(url, subprotocols=["chat.v1", "chat.v2"]) as ws:
+                eq(ws.subprotocol, "chat.v2", "the subprotocol the handler chose, in the 101")
+                eq(await ws.recv(), "chat.v2", "and keel_ws_subprotocol on the server")
+            async with websockets.connect(url) as ws:
+                eq(ws.subprotocol, None, "none offered: none in the 101")
+                eq(await ws.recv(), "", "keel_ws_subprotocol: \"\"")
+            for kw, status, what in (({"subprotocols": ["other"]}, 400, "a subprotocol the client did not offer"),
+                                     ({"origin": "http://evil.example"}, 403, "an Origin the handler refuses")):
+                try:
+                    async with websockets.connect(url, **kw):
+                        fail("%s: the handshake succeeded" % what)
+                except websockets.InvalidStatusCode as e:
+                    eq(e.status_code, status, what)
+        run(go())
+        srv.stop_ok()
+
+
 def test():
     if not os.access(CHAT, os.X_OK):
         fail("%s not built" % CHAT)
@@ -963,6 +985,7 @@ def test():
         t.run(name, lambda fn=fn: fn(tmp))
     t.run("lifetimes and deadlines: half-closed non-readers, slow readers, a close kept, held messages, "
           "a service that does not receive", edges)
+    t.run("subprotocol and origin, chosen by the handler", subprotocols)
     t.run("wss://: keel_ws over TLS, and a tunnel behind a TLS listener", lambda: wss(tmp))
     t.run("browser: two chat pages in headless Chromium, direct and through keel proxy", lambda: browser(tmp))
     t.run("server pings an idle connection and drops a silent one", lambda: server_ping(None))

@@ -10,6 +10,10 @@
  *             then prints "keep: unchanged" or "keep: CHANGED" (its bytes, as
  *             seen through the pointer it was given)
  *   /norecv   never receives; pings every 300 ms with a 300 ms timeout
+ *   /proto    subprotocol and origin chosen by the handler: 403 for Origin
+ *             http://evil.example; "chat.v2" when offered, else "not-offered"
+ *             when the client offered any (keel_ws_accept refuses it), else
+ *             none; on open, sends the subprotocol agreed as a text message
  *
  * Each connection's end is printed: "end CODE" (keel_ws_close_status).
  */
@@ -137,6 +141,34 @@ static void teardown(keel_http_server *srv, keel_loop *l, unsigned worker, void 
 		keel_ws_free(norecv[--nnorecv]);
 }
 
+static void proto_open(keel_ws *ws, void *ud)
+{
+	(void)ud;
+	const char *sp = keel_ws_subprotocol(ws);
+	keel_promise_release(keel_ws_send(ws, KEEL_WS_TEXT, sp, strlen(sp)));
+	keel_promise_done(keel_ws_recv(ws), echo_got, ws);
+}
+
+static keel_promise *proto_route(keel_http_request *req, void *ud)
+{
+	(void)ud;
+	const keel_http_header *o = keel_http_header_find(&req->msg, "origin");
+	if (o && keel_str_eq(o->value, "http://evil.example"))
+		return keel_http_respond(req, 403, "text/plain", "origin refused\n", 15);
+	keel_ws_config c;
+	keel_ws_config_default(&c);
+	c.on_open = proto_open;
+	const keel_http_header *p = keel_http_header_find(&req->msg, "sec-websocket-protocol");
+	if (p) {
+		keel_str list = p->value, e;
+		c.subprotocol = "not-offered";
+		while (keel_http_list_next(&list, &e))
+			if (keel_str_eq(e, "chat.v2"))
+				c.subprotocol = "chat.v2";
+	}
+	return keel_ws_accept(req, &c);
+}
+
 static keel_promise *route(keel_http_request *req, void *ud)
 {
 	keel_ws_config c;
@@ -161,7 +193,8 @@ static int setup(keel_http_server *srv, keel_loop *l, unsigned worker, void *ud)
 	if ((e = keel_http_route(srv, "GET", "/echo", 0, route, (void *)echo_open)) < 0 ||
 	    (e = keel_http_route(srv, "GET", "/closeq", 0, route, (void *)closeq_open)) < 0 ||
 	    (e = keel_http_route(srv, "GET", "/keep", 0, route, (void *)keep_open)) < 0 ||
-	    (e = keel_http_route(srv, "GET", "/norecv", 0, route, (void *)norecv_open)) < 0)
+	    (e = keel_http_route(srv, "GET", "/norecv", 0, route, (void *)norecv_open)) < 0 ||
+	    (e = keel_http_route(srv, "GET", "/proto", 0, proto_route, NULL)) < 0)
 		return e;
 	return 0;
 }
