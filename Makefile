@@ -206,8 +206,9 @@ bench: all
 	bench/proxy/run.sh
 	bench/tls/run.sh
 	bench/h2/run.sh
+	bench/ws/run.sh
 
-# libFuzzer drivers (the HTTP parser, the chunked decoder, the whole server), each for a bounded time.
+# libFuzzer drivers (the HTTP parser, the chunked decoder, WebSocket framing, the whole server), each for a bounded time.
 fuzz:
 	sh fuzz/run.sh
 
