@@ -1129,8 +1129,9 @@ void keel__h1_drain_all(keel_http_server *s)
 	for (keel_http_conn *c = s->conns, *next; c; c = next) {
 		next = c->next;
 		c->draining = true;
-		if (c->nreqs == 0 && !c->part_len && !c->cur)
-			keel__h1_conn_close(c); /* idle: nothing to finish */
+		if (c->nreqs == 0 && !c->part_len && !c->cur && !c->upgrade_due)
+			keel__h1_conn_close(
+			    c); /* idle: nothing to finish (a switch under way is the new protocol's to end) */
 	}
 }
 
