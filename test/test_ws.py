@@ -17,7 +17,7 @@ except ImportError:  # a Python that does not see Debian's python3-websockets: t
     print("SKIP: no python3-websockets (Debian: apt-get install python3-websockets)", flush=True)
     sys.exit(77)
 
-from keeltest import EXAMPLES, KEEL, Proc, Skip, Subtests, check, connect, eq, fail, main
+from keeltest import EXAMPLES, KEEL, Proc, Skip, Subtests, check, connect, eq, exchange, fail, main
 
 CHAT = os.path.join(EXAMPLES, "chat")
 WS_TESTSRV = os.path.join(os.path.dirname(EXAMPLES), "test", "ws_testsrv")
@@ -58,6 +58,19 @@ def frame(op, payload=b"", fin=True, mask=True, rsv=0, len_form=None):
     return head + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
 
 
+def read_head(s):
+    """An answer's head from s: (head, the bytes after it, whether the head ended before s
+    closed: if not, head is all that came)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            return buf, b"", False
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest, True
+
+
 class Conn:
     """A raw WebSocket client connection: handshake, frames out, frames in."""
 
@@ -72,13 +85,9 @@ class Conn:
         key = base64.b64encode(os.urandom(16)).decode()
         self.s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                         "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (path, key)).encode() + extra)
-        self.buf = b""
-        while b"\r\n\r\n" not in self.buf:
-            d = self.s.recv(65536)
-            if not d:
-                fail("connection closed during the handshake: %r" % self.buf)
-            self.buf += d
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        head, self.buf, whole = read_head(self.s)
+        if not whole:
+            fail("connection closed during the handshake: %r" % head)
         lines = head.decode("latin-1").split("\r\n")
         eq(lines[0].split(" ")[1], "101", "handshake status (%s)" % lines[0])
         hdrs = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
@@ -164,13 +173,7 @@ def handshake_refusals(srv):
         s = connect(srv.port)
         s.sendall(req)
         s.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
-        head, _, body = data.partition(b"\r\n\r\n")
+        head, body, _ = read_head(s)
         n = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), 0)
         while len(body) < n:
             body += s.recv(65536)
@@ -505,15 +508,7 @@ def proxy(tmp, up_port, extra=""):
 
 
 def status(port):
-    s = connect(port)
-    s.sendall(b"GET /_keel/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
-    s.close()
+    data = exchange(port, b"GET /_keel/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     return {l.split()[0].split("{")[0]: int(l.split()[-1]) for l in data.decode().split("\n")
             if l.startswith("proxy_tunnel")}
 
@@ -631,13 +626,7 @@ def raw_upgrade(port, proto, extra=b"", version=b"1.1", conn=b"Upgrade", more=b"
     s = connect(port)
     s.sendall(b"GET /r HTTP/%s\r\nHost: x\r\nConnection: %s\r\nUpgrade: %s\r\n%s\r\n" % (version, conn, proto, more)
               + extra)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        d = s.recv(65536)
-        if not d:
-            break
-        buf += d
-    head, _, rest = buf.partition(b"\r\n\r\n")
+    head, rest, _ = read_head(s)
     return s, head, rest
 
 
