@@ -89,16 +89,25 @@ $(BUILD)/libkeel.so: $(LIB_OBJ) src/keel.map
 # make install [PREFIX=/usr/local] [DESTDIR=staging]: the keel binary, libkeel.so (with its
 # soname and symlinks) and libkeel.a, the public headers under include/keel/, keel.pc
 # (pkg-config --cflags --libs keel; --static for libkeel.a's dependencies) and the man
-# pages (docs/man: keel(7) and section 3). make uninstall removes exactly those.
+# pages (docs/man: keel(1), keel.conf(5), keel(7) and section 3), and for operators the
+# systemd units, keel.conf.example and a logrotate snippet. make uninstall removes exactly those.
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 MANDIR ?= $(PREFIX)/share/man
+SYSCONFDIR ?= $(PREFIX)/etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 HEADERS := $(wildcard include/keel/*.h)
+MAN1 := $(wildcard docs/man/*.1)
 MAN3 := $(wildcard docs/man/*.3)
+MAN5 := $(wildcard docs/man/*.5)
 MAN7 := $(wildcard docs/man/*.7)
+# What operators get beside the binary (docs/operations.md): the systemd units (the
+# service's paths filled in), the example configuration and a logrotate snippet.
+OPS_FILES := $(DESTDIR)$(UNITDIR)/keel.service $(DESTDIR)$(UNITDIR)/keel.socket \
+	$(DESTDIR)$(SYSCONFDIR)/keel/keel.conf.example $(DESTDIR)$(SYSCONFDIR)/logrotate.d/keel
 
 install: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so src/keel.pc.in
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)/keel $(DESTDIR)$(PKGCONFIGDIR)
@@ -114,25 +123,37 @@ install: $(BUILD)/keel $(BUILD)/libkeel.a $(BUILD)/libkeel.so src/keel.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 		-e 's|@VERSION@|$(SO_VERSION)|' src/keel.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/keel.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/keel.pc
-	install -d $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(MANDIR)/man7
+	install -m 644 $(MAN1) $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 $(MAN3) $(DESTDIR)$(MANDIR)/man3/
+	install -m 644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
 	install -m 644 $(MAN7) $(DESTDIR)$(MANDIR)/man7/
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/keel $(DESTDIR)$(SYSCONFDIR)/logrotate.d
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/keel.service.in \
+		> $(DESTDIR)$(UNITDIR)/keel.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/keel.service
+	install -m 644 dist/keel.socket $(DESTDIR)$(UNITDIR)/keel.socket
+	install -m 644 keel.conf.example $(DESTDIR)$(SYSCONFDIR)/keel/keel.conf.example
+	install -m 644 dist/keel.logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/keel
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/keel $(DESTDIR)$(LIBDIR)/libkeel.a $(DESTDIR)$(LIBDIR)/libkeel.so \
 		$(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_ABI) $(DESTDIR)$(LIBDIR)/libkeel.so.$(SO_VERSION) \
 		$(DESTDIR)$(PKGCONFIGDIR)/keel.pc $(HEADERS:include/keel/%=$(DESTDIR)$(INCLUDEDIR)/keel/%) \
-		$(MAN3:docs/man/%=$(DESTDIR)$(MANDIR)/man3/%) $(MAN7:docs/man/%=$(DESTDIR)$(MANDIR)/man7/%)
-	-rmdir $(DESTDIR)$(INCLUDEDIR)/keel
+		$(MAN3:docs/man/%=$(DESTDIR)$(MANDIR)/man3/%) $(MAN7:docs/man/%=$(DESTDIR)$(MANDIR)/man7/%) \
+		$(MAN1:docs/man/%=$(DESTDIR)$(MANDIR)/man1/%) $(MAN5:docs/man/%=$(DESTDIR)$(MANDIR)/man5/%) \
+		$(OPS_FILES)
+	-rmdir $(DESTDIR)$(INCLUDEDIR)/keel $(DESTDIR)$(SYSCONFDIR)/keel
 
 # The load generator (keel load): a module of its own on top of libkeel, not part of its API.
 $(BUILD)/libkeel_load.a: $(LOAD_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-# The CLI reads config files with Debian's libinih.
+# The CLI reads config files with Debian's libinih, and takes sockets from systemd with libsystemd.
 $(BUILD)/keel: $(CLI_OBJ) $(BUILD)/libkeel_load.a $(BUILD)/libkeel.a
-	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libkeel_load.a $(BUILD)/libkeel.a -linih $(LDLIBS)
+	$(CC) -o $@ $(CLI_OBJ) $(BUILD)/libkeel_load.a $(BUILD)/libkeel.a -linih -lsystemd $(LDLIBS)
 
 $(BUILD)/test/%: test/%.c test/test.h $(BUILD)/libkeel.a
 	@mkdir -p $(dir $@)

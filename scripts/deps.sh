@@ -11,6 +11,8 @@ need=""
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # HTTP/2: nghttp2's framing, HPACK and flow control.
 [ -f /usr/include/nghttp2/nghttp2.h ] || need="$need libnghttp2-dev"
+# The keel command: systemd socket activation and readiness (sd_listen_fds, sd_notify).
+[ -f /usr/include/systemd/sd-daemon.h ] || need="$need libsystemd-dev"
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates"
 command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v python3 >/dev/null 2>&1 || need="$need python3"

@@ -4,7 +4,9 @@
 Every public header compiles on its own, -pedantic -Werror, as C17 without
 _GNU_SOURCE (gcc and clang) and as C++17 (g++ and clang++). `make install
 PREFIX=<tmp>` puts the binary, libkeel.so (soname libkeel.so.0, with its
-symlinks), libkeel.a, the headers, keel.pc and the man pages in place (each
+symlinks), libkeel.a, the headers, keel.pc, the systemd units (verified by
+systemd-analyze, with the prefix's paths), keel.conf.example, the logrotate
+snippet (parsed by logrotate -d) and the man pages in place (each
 page renders without a groff warning, each alias resolves through man(1),
 each documented name is still in the API); against that tree a
 small program -- an HTTP server and a client asking it over loopback --
@@ -180,10 +182,11 @@ def guide_start(exe, args):
     import select, signal, time
     p = subprocess.Popen([exe, "127.0.0.1:0", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True, env=dict(os.environ, KEEL_LOG="2"))
+    # (Unbuffered reads: a readline could take both lines into its buffer, where select cannot see the second.)
     said, end = "", time.time() + 20
     while time.time() < end and p.poll() is None:
         if select.select([p.stderr], [], [], 0.5)[0]:
-            said += p.stderr.readline()
+            said += os.read(p.stderr.fileno(), 4096).decode(errors="replace")
             m = re.search(r"listening on (127\.0\.0\.1:\d+)", said)
             if m:
                 return p, m.group(1)
@@ -275,6 +278,25 @@ def test():
             eq(os.readlink(os.path.join(lib, name)), link, name + " symlink")
         for f in ["bin/keel", "lib/libkeel.a", "lib/libkeel.so.0.1.0", "lib/pkgconfig/keel.pc", "include/keel/http.h"]:
             check(os.path.isfile(os.path.join(prefix, f)), f + " installed")
+        # What operators get: the units with this prefix's paths, which systemd accepts; the
+        # example configuration, which checks; the logrotate snippet, which logrotate parses.
+        units = os.path.join(lib, "systemd", "system")
+        service = open(os.path.join(units, "keel.service")).read()
+        check("ExecStart=%s/bin/keel -c %s/etc/keel/keel.conf" % (prefix, prefix) in service and "@" not in service,
+              "keel.service names the installed binary and configuration:\n" + service)
+        if shutil.which("systemd-analyze"):
+            run(["systemd-analyze", "verify", "--man=no", os.path.join(units, "keel.service"),
+                 os.path.join(units, "keel.socket")], what="systemd-analyze verify")
+        example = os.path.join(prefix, "etc", "keel", "keel.conf.example")
+        check(open(example).read() == open(os.path.join(ROOT, "keel.conf.example")).read(),
+              "keel.conf.example installed as it is")
+        logrotate = os.path.join(prefix, "etc", "logrotate.d", "keel")
+        check("postrotate" in open(logrotate).read() and "USR1" in open(logrotate).read(),
+              "the logrotate snippet sends SIGUSR1")
+        if shutil.which("logrotate") or os.path.exists("/usr/sbin/logrotate"):
+            run([shutil.which("logrotate") or "/usr/sbin/logrotate", "-d", "-s", os.path.join(tmp, "lr.state"),
+                 logrotate], what="logrotate -d")
+        print("ok   keel.service, keel.socket, keel.conf.example and the logrotate snippet installed", flush=True)
         soname = run(["objdump", "-p", os.path.join(lib, "libkeel.so.0.1.0")])
         check("SONAME               libkeel.so.0" in soname, "soname libkeel.so.0")
         syms = run(["nm", "-D", "--defined-only", os.path.join(lib, "libkeel.so")]).split("\n")

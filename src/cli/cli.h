@@ -6,6 +6,7 @@
 
 #include "keel/http.h"
 #include "keel/keel.h"
+#include "net/workers.h"
 
 /* Exit statuses: 0 ok, 1 runtime failure, 2 usage error. */
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2 };
@@ -23,12 +24,25 @@ typedef int (*cli_worker_main)(keel_loop *loop, int index, int listen_fd, void *
 typedef void (*cli_worker_stop)(keel_loop *loop, void *ud);
 
 /*
- * Start n worker threads, each with its own loop and its own SO_REUSEPORT
- * listener on addr; run until SIGINT/SIGTERM, then ask every worker to stop
- * gracefully (stop) and wait for them. Returns a CLI exit status.
+ * Start n worker threads, each with its own loop, on listening sockets for
+ * addr (one SO_REUSEPORT socket per worker, or those systemd or an upgrade
+ * passed); run until SIGINT/SIGTERM, then ask every worker to stop
+ * gracefully (stop) and wait for them. SIGUSR2 upgrades the binary.
+ * Returns a CLI exit status.
  */
 int cli_run_workers(const char *what, const char *addr, int n, cli_worker_main main_fn,
                     cli_worker_stop stop_fn, void *arg);
+/*
+ * Run m (src/net/workers.h) with what every keel command has: the sockets
+ * passed in the environment (LISTEN_FDS: systemd, or the keel this one
+ * upgrades), readiness (sd_notify, cli_ready) and the binary to start on
+ * SIGUSR2. Returns a CLI exit status.
+ */
+int cli_run_master(keel__master *m);
+/* main's argv, kept for SIGUSR2 (with the binary's path, read now). */
+void cli_set_argv(char **argv);
+/* Ready for traffic: serving, and no SIGTERM yet (/_keel/ready). */
+bool cli_ready(void);
 
 /* Parse a positive integer option; exits with usage status on junk. */
 long cli_parse_long(const char *opt, const char *s, long min, long max);

@@ -279,6 +279,7 @@ static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 	keel_loop_set_data(loop, &w);
 	keel_acceptor_init(&w.acc, loop, (unsigned)w.cfg->conns_max, &acceptor_ops, &w);
 	keel_acceptor_start(&w.acc, lfd);
+	keel__worker_serving();
 	/* Until stopped and every connection has gone; each tick that changes either returns here. */
 	while (!w.stopping || w.nconns > 0) {
 		int err = keel_loop_run_once(loop, -1);

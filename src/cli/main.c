@@ -38,6 +38,7 @@ int main(int argc, char **argv)
 		return CLI_USAGE;
 	}
 	const char *cmd = argv[1];
+	cli_set_argv(argv);
 	if (strcmp(cmd, "echo") == 0)
 		return cli_echo(argc - 1, argv + 1);
 	if (strcmp(cmd, "serve") == 0)

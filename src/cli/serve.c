@@ -107,6 +107,7 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		keel_tls_endpoint_free(w.tls);
 		return serve_worker_fail(lfd, "cannot set up the routes", err);
 	}
+	keel__worker_serving();
 	keel_loop_set_data(loop, &w);
 	while (!w.stopping)
 		keel_loop_run_once(loop, -1);
@@ -183,6 +184,7 @@ int cli_serve(int argc, char **argv)
 	cfg.workers = ncpu > 0 ? (int)ncpu : 1;
 	cfg.grace_ms = 5000;
 	keel_http_config_default(&cfg.http);
+	cfg.http.listener_keep = true; /* (the master's sockets: it shuts them, not a worker) */
 	keel_tls_config_default(&cfg.tls);
 	size_t ncerts = 0;
 	const char *access_log = NULL;

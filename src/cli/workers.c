@@ -1,13 +1,48 @@
 /*
- * Worker plumbing for the CLI servers: the library's worker threads
- * (src/net/workers.c) with the CLI's exit statuses.
+ * Worker plumbing for the CLI servers: the library's master and worker
+ * threads (src/net/workers.c) with what a process run by an operator adds:
+ * sockets passed by systemd (LISTEN_FDS) or by the keel this one upgrades
+ * (KEEL_UPGRADE_FD), readiness told to systemd (sd_notify) and to
+ * /_keel/ready, the binary to start again on SIGUSR2, and exit statuses.
  */
 #include <errno.h>
+#include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include "cli.h"
-#include "net/workers.h"
+#include "keel/log.h"
+
+static atomic_bool ready;
+static char exe[PATH_MAX];
+static char **args;
+
+void cli_set_argv(char **argv)
+{
+	args = argv;
+	/* Now: once the binary is replaced, /proc/self/exe says "(deleted)". */
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	exe[n > 0 ? n : 0] = '\0';
+}
+
+bool cli_ready(void)
+{
+	return atomic_load_explicit(&ready, memory_order_relaxed);
+}
+
+static void cli_notify(void *ud, const char *state)
+{
+	(void)ud;
+	if (strcmp(state, "READY=1") == 0)
+		atomic_store(&ready, true);
+	else if (strcmp(state, "STOPPING=1") == 0)
+		atomic_store(&ready, false);
+	sd_notify(0, state); /* (nothing without NOTIFY_SOCKET) */
+}
 
 long cli_parse_long(const char *opt, const char *s, long min, long max)
 {
@@ -21,9 +56,55 @@ long cli_parse_long(const char *opt, const char *s, long min, long max)
 	return v;
 }
 
+int cli_run_master(keel__master *m)
+{
+	char **names = NULL;
+	int n = sd_listen_fds_with_names(1, &names);
+	enum { PASSED_MAX = 1024 };
+	if (n < 0 || n > PASSED_MAX) {
+		keel_log(KEEL_LOG_ERROR, "LISTEN_FDS: %s",
+		         n < 0 ? keel_strerror(n) : "more than 1024 sockets");
+		return CLI_FAIL;
+	}
+	static int fds[PASSED_MAX]; /* (one master per process) */
+	static bool foreign[PASSED_MAX];
+	for (int i = 0; i < n; i++) {
+		fds[i] = SD_LISTEN_FDS_START + i;
+		/* keel's own sockets, passed on by an upgrade, are named so; systemd's are not */
+		foreign[i] = !names || !names[i] || strcmp(names[i], "keel") != 0;
+	}
+	if (names) {
+		for (int i = 0; i < n; i++)
+			free(names[i]);
+		free(names);
+	}
+	m->inherited = fds;
+	m->foreign = foreign;
+	m->ninherited = n;
+	m->ready_fd = -1;
+	const char *up = getenv("KEEL_UPGRADE_FD");
+	if (up) {
+		m->upgrade = true;
+		m->ready_fd = atoi(up);
+		unsetenv("KEEL_UPGRADE_FD");
+	}
+	m->notify = cli_notify;
+	if (exe[0] && args) {
+		m->exec_path = exe;
+		m->exec_argv = args;
+	}
+	int st = keel__master_run(m);
+	return st < 0 ? CLI_FAIL : st;
+}
+
 int cli_run_workers(const char *what, const char *addr, int n, cli_worker_main main_fn,
                     cli_worker_stop stop_fn, void *arg)
 {
-	int st = keel__workers_run(what, addr, n, main_fn, stop_fn, arg);
-	return st < 0 ? CLI_FAIL : st;
+	keel__master m = {
+	    .what = what,
+	    .gen = {.arg = arg, .addr = addr, .workers = n},
+	    .main_fn = main_fn,
+	    .stop_fn = stop_fn,
+	};
+	return cli_run_master(&m);
 }

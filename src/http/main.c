@@ -96,6 +96,7 @@ static int worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		drain(loop, m->grace_ms);
 		return err < 0 ? err : -EINVAL;
 	}
+	keel__worker_serving();
 	pthread_mutex_lock(&m->mu);
 	w->srv = srv;
 	w->loop = loop;
@@ -130,6 +131,7 @@ int keel_http_main(const keel_http_main_opts *opts)
 		m.cfg = *opts->cfg;
 	else
 		keel_http_config_default(&m.cfg);
+	m.cfg.listener_keep = true; /* (workers.c's sockets: it shuts them at a stop, not a worker) */
 	m.n = (unsigned)n;
 	m.slots = calloc((size_t)n, sizeof(*m.slots));
 	if (!m.slots)

@@ -145,6 +145,19 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		}
 		return;
 	}
+	int listening = 1;
+	socklen_t len = sizeof(listening);
+	if (o.err == -EINVAL && getsockopt(a->lfd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 &&
+	    !listening) {
+		/*
+		 * The socket no longer listens: its owner shut it down (a stop
+		 * refuses new clients before each worker hears of it). Nothing
+		 * will come from it again; the stop follows.
+		 */
+		keel_log(KEEL_LOG_DEBUG, "accept: the listening socket was shut down");
+		maybe_quiet(a);
+		return;
+	}
 	if ((o.err == -EMFILE || o.err == -ENFILE) && a->ops->idle && a->ops->idle(a->ud) &&
 	    reclaim(a, RECLAIM_BATCH)) {
 		/*

@@ -1,224 +1,880 @@
 /*
- * Worker threads for servers: one loop and one SO_REUSEPORT listener per
- * thread, nothing shared. The calling thread runs a small loop of its own
- * that waits for SIGINT/SIGTERM through signalfd and then posts a stop to
- * every worker. keel_http_main and the keel command line run on it.
+ * Worker threads for servers, and the master that runs them: one loop per
+ * thread, nothing shared between workers but the listening sockets, which
+ * the master owns. keel_http_main and the keel command line run on it.
+ *
+ * The calling thread is the master. It runs a small loop of its own that
+ * takes signals through signalfd (they are blocked in every thread) and
+ * the workers' exits through posts. Workers come in generations: the first
+ * one, then one per reload. A generation lends each worker i a descriptor
+ * of socket i % nsockets of its address; the sockets outlive generations,
+ * so a reload or an upgrade never closes a listening socket that still has
+ * clients in its backlog. With SO_REUSEPORT (keel binds one socket per
+ * worker) a reload with more workers binds more; a passed socket (systemd)
+ * is one socket all workers accept on.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "keel/errors.h"
+#include "keel/file.h"
 #include "keel/log.h"
 #include "keel/loop.h"
 #include "keel/signal.h"
 #include "keel/tcp.h"
+#include "keel/timer.h"
+#include "keel/util.h"
 #include "workers.h"
 
-/* What the threads share: the calling thread's loop, told when a worker fails. */
-struct run {
-	keel_loop *main_loop;
-	bool failed; /* (main thread only: set by a post) */
-	/*
-	 * The workers begin once every one has its loop (1), or not at all (-1):
-	 * none fails -- and frees its loop -- while another is still being made.
-	 */
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	int go;
+extern char **environ;
+
+enum { LISTENERS_MAX = 1024, ADDR_MAX = 128, UPGRADE_TIMEOUT_MS = 60000 };
+
+/* The listening sockets of one address, shared by the generations that serve on it. */
+struct lset {
+	char addr[ADDR_MAX];  /* as configured */
+	char bound[ADDR_MAX]; /* the port resolved, for messages */
+	int fds[LISTENERS_MAX];
+	int nfds;
+	bool reuseport; /* keel's own SO_REUSEPORT sockets: more can be bound */
+	bool foreign;   /* the service manager's: never shut down, only closed */
+	int refs;       /* generations on it */
 };
+
+struct master;
 
 struct worker {
-	struct run *run;
-	const char *backend; /* its loop's, for the log line */
+	struct gen *g;
 	int index;
-	int listen_fd;
+	int lfd; /* its own descriptor of the socket, until the body takes it */
 	keel_loop *loop;
-	keel__worker_main main_fn;
-	void *arg;
 	int status;
 	pthread_t thread;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	int ready;      /* 1: loop up, -1: failed */
-	bool loop_gone; /* the worker freed its loop: no more posts */
+	int state;      /* 0 starting, 1 serving, -1 ended (under m->mu) */
+	bool loop_gone; /* the worker freed its loop: no more posts (under m->mu) */
 };
-
-static void worker_failed(keel_loop *loop, void *ud)
-{
-	(void)loop;
-	struct run *run = ud;
-	run->failed = true;
-}
-
-static void *worker_thread(void *p)
-{
-	struct worker *w = p;
-	int err = keel_loop_new(&w->loop, NULL);
-	pthread_mutex_lock(&w->mu);
-	w->ready = err < 0 ? -1 : 1;
-	w->backend = err < 0 ? "none" : keel_loop_backend(w->loop);
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->mu);
-	if (err < 0) {
-		keel_log(KEEL_LOG_ERROR, "worker %d: cannot create a loop: %s", w->index, keel_strerror(err));
-		w->status = err;
-		close(w->listen_fd);
-		return NULL;
-	}
-	struct run *run = w->run;
-	pthread_mutex_lock(&run->mu);
-	while (!run->go)
-		pthread_cond_wait(&run->cv, &run->mu);
-	int go = run->go;
-	pthread_mutex_unlock(&run->mu);
-	if (go > 0) {
-		w->status = w->main_fn(w->loop, w->index, w->listen_fd, w->arg);
-		if (w->status != 0) /* the others stop too: no server answering on fewer threads than told */
-			keel_loop_post(run->main_loop, worker_failed, run);
-	} else {
-		close(w->listen_fd);
-	}
-	/* A ring belongs to its thread (SINGLE_ISSUER): free it here, fenced from posts. */
-	pthread_mutex_lock(&w->mu);
-	w->loop_gone = true;
-	keel_loop_free(w->loop);
-	w->loop = NULL;
-	pthread_mutex_unlock(&w->mu);
-	return NULL;
-}
 
 struct stop_msg {
 	keel__worker_stop fn;
 	void *arg;
 };
 
+struct gen {
+	struct master *m;
+	keel__gen cfg;
+	bool owned; /* cfg.arg is reload's: released when the workers are gone */
+	struct lset *ls;
+	struct worker *ws;
+	int started; /* threads made */
+	int alive;   /* threads not yet joined */
+	bool stopping;
+	bool served;      /* every worker started serving */
+	uint64_t stop_ms; /* when it was told to stop (master loop time) */
+	struct stop_msg stop;
+	struct gen *next;
+};
+
+struct master {
+	const keel__master *o;
+	keel_loop *loop;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct gen *gens;    /* every generation with workers */
+	struct gen *serving; /* the one that serves (the others drain) */
+	struct lset *ls;     /* the serving generation's sockets (a reference) */
+	int status;
+	bool failed;   /* a worker of the serving generation returned non-zero */
+	bool stopping; /* every generation told to stop */
+	bool upgraded; /* a new binary took over the sockets: they stay open for it */
+	/* SIGTERM's delay before the stop */
+	keel_timer delay;
+	bool delay_over;
+	/* SIGUSR2 */
+	pid_t child;
+	int child_st;           /* its wait status, when reaped before its pipe closed */
+	bool child_reaped;      /* (then child_st is set) */
+	int child_fd;           /* read end of its ready pipe */
+	keel_timer child_timer; /* UPGRADE_TIMEOUT_MS to serve */
+	char child_buf[8];
+	keel_promise *child_read;
+};
+
+static _Thread_local struct worker *tls_worker;
+
+void keel__worker_serving(void)
+{
+	struct worker *w = tls_worker;
+	if (!w)
+		return;
+	struct master *m = w->g->m;
+	pthread_mutex_lock(&m->mu);
+	if (w->state == 0)
+		w->state = 1;
+	pthread_cond_broadcast(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+}
+
+static void notify(struct master *m, const char *state)
+{
+	if (m->o->notify)
+		m->o->notify(m->o->ud, state);
+}
+
+/* ---- Listening sockets ---------------------------------------------------- */
+
+static void lset_unref(struct lset *ls)
+{
+	if (!ls || --ls->refs > 0)
+		return;
+	for (int i = 0; i < ls->nfds; i++)
+		close(ls->fds[i]);
+	free(ls);
+}
+
+/* Whether fd is a listening stream socket bound to want (port 0: any port). */
+static bool listener_matches(int fd, const struct sockaddr_storage *want)
+{
+	int on = 0;
+	socklen_t olen = sizeof(on);
+	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &olen) < 0 || !on)
+		return false;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 || ss.ss_family != want->ss_family)
+		return false;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)&ss, *b = (const void *)want;
+		return a->sin_addr.s_addr == b->sin_addr.s_addr &&
+		       (b->sin_port == 0 || a->sin_port == b->sin_port);
+	}
+	if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)&ss, *b = (const void *)want;
+		return memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0 &&
+		       (b->sin6_port == 0 || a->sin6_port == b->sin6_port);
+	}
+	return false;
+}
+
+static void lset_set_bound(struct lset *ls)
+{
+	const char *colon = strrchr(ls->addr, ':');
+	int port = keel_tcp_port(ls->fds[0]);
+	snprintf(ls->bound, sizeof(ls->bound), "%.*s:%d", colon ? (int)(colon - ls->addr) : 0, ls->addr,
+	         port);
+}
+
+/* Bind keel's own sockets until ls has n. 0 or a negative errno (logged). */
+static int lset_grow(struct lset *ls, int n)
+{
+	while (ls->nfds < n) {
+		if (ls->nfds == LISTENERS_MAX)
+			return -E2BIG;
+		/* the largest backlog the host allows; the first resolves a port of 0 for the rest */
+		int fd = keel_tcp_listen(ls->nfds ? ls->bound : ls->addr, 0, KEEL_TCP_REUSEPORT);
+		if (fd < 0) {
+			keel_log(KEEL_LOG_ERROR, "cannot listen on %s: %s", ls->nfds ? ls->bound : ls->addr,
+			         keel_strerror(fd));
+			return fd;
+		}
+		ls->fds[ls->nfds++] = fd;
+		if (ls->nfds == 1)
+			lset_set_bound(ls);
+	}
+	return 0;
+}
+
+/*
+ * The sockets for addr and n workers: the passed ones bound to it, or n of
+ * keel's own. Passed ones that match nothing are an error (closed with a
+ * warning in an upgrade); *taken marks those used. NULL on an error (logged).
+ */
+static struct lset *lset_make(struct master *m, const char *addr, int n, bool *taken)
+{
+	struct sockaddr_storage want;
+	socklen_t wlen;
+	int err = keel_addr_parse(addr, &want, &wlen);
+	struct lset *ls = err ? NULL : calloc(1, sizeof(*ls));
+	if (!ls) {
+		keel_log(KEEL_LOG_ERROR, "cannot listen on %s: %s", addr, keel_strerror(err ? err : -ENOMEM));
+		return NULL;
+	}
+	snprintf(ls->addr, sizeof(ls->addr), "%s", addr);
+	ls->refs = 1;
+	const keel__master *o = m->o;
+	for (int i = 0; taken && i < o->ninherited; i++) {
+		int fd = o->inherited[i];
+		if (!listener_matches(fd, &want) || ls->nfds == LISTENERS_MAX)
+			continue;
+		int one = 0;
+		socklen_t olen = sizeof(one);
+		if (ls->nfds == 0) {
+			ls->foreign = o->foreign && o->foreign[i];
+			ls->reuseport =
+			    !ls->foreign && getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, &olen) == 0 && one;
+		}
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+		ls->fds[ls->nfds++] = fd;
+		taken[i] = true;
+		if (ls->nfds == 1)
+			lset_set_bound(ls);
+	}
+	if (ls->nfds == 0) {
+		ls->reuseport = true;
+		if (lset_grow(ls, n) < 0) {
+			lset_unref(ls);
+			return NULL;
+		}
+	}
+	return ls;
+}
+
+/* ---- Generations ---------------------------------------------------------- */
+
+/* A worker ended (posted from its thread just before it does): wakes the master to join it. */
+static void worker_ended(keel_loop *loop, void *ud)
+{
+	(void)loop;
+	(void)ud;
+}
+
+static void *worker_thread(void *p)
+{
+	struct worker *w = p;
+	struct master *m = w->g->m;
+	tls_worker = w;
+	keel_loop *loop = NULL;
+	int err = keel_loop_new(&loop, NULL);
+	pthread_mutex_lock(&m->mu);
+	w->loop = loop;
+	if (err < 0) {
+		w->state = -1;
+		w->status = err;
+	}
+	pthread_cond_broadcast(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+	if (err < 0) {
+		keel_log(KEEL_LOG_ERROR, "worker %d: cannot create a loop: %s", w->index, keel_strerror(err));
+		close(w->lfd);
+	} else {
+		int st = m->o->main_fn(loop, w->index, w->lfd, w->g->cfg.arg);
+		/* No more posts to the loop from here on: then it goes, on this thread (a ring is its thread's). */
+		pthread_mutex_lock(&m->mu);
+		w->status = st;
+		w->state = -1;
+		w->loop_gone = true;
+		w->loop = NULL;
+		pthread_cond_broadcast(&m->cv);
+		pthread_mutex_unlock(&m->mu);
+		keel_loop_free(loop);
+	}
+	keel_loop_post(m->loop, worker_ended, NULL); /* (the master joins this thread) */
+	return NULL;
+}
+
 static void stop_on_loop(keel_loop *loop, void *ud)
 {
-	struct stop_msg *m = ud;
-	m->fn(loop, m->arg);
+	struct stop_msg *msg = ud;
+	msg->fn(loop, msg->arg);
+}
+
+static void gen_stop(struct gen *g)
+{
+	if (g->stopping)
+		return;
+	struct master *m = g->m;
+	g->stopping = true;
+	g->stop_ms = keel_loop_now_ms(m->loop);
+	g->stop = (struct stop_msg){m->o->stop_fn, g->cfg.arg};
+	pthread_mutex_lock(&m->mu);
+	for (int i = 0; i < g->started; i++)
+		if (g->ws[i].loop && !g->ws[i].loop_gone)
+			keel_loop_post(g->ws[i].loop, stop_on_loop, &g->stop);
+	pthread_mutex_unlock(&m->mu);
+}
+
+static void gen_free(struct gen *g)
+{
+	struct master *m = g->m;
+	for (struct gen **pp = &m->gens; *pp; pp = &(*pp)->next)
+		if (*pp == g) {
+			*pp = g->next;
+			break;
+		}
+	if (!m->stopping && g->served && g != m->serving)
+		keel_log(KEEL_LOG_INFO, "old workers gone: %d drained in %llu ms", g->started,
+		         (unsigned long long)(keel_loop_now_ms(m->loop) - g->stop_ms));
+	if (m->o->release && (g->owned || g->cfg.arg == m->o->gen.arg))
+		m->o->release(m->o->ud, g->cfg.arg);
+	lset_unref(g->ls);
+	free(g->ws);
+	free(g);
+}
+
+/* Join the workers that have ended; free the generations with none left. */
+static void reap_workers(struct master *m)
+{
+	for (struct gen *g = m->gens, *next; g; g = next) {
+		next = g->next;
+		for (int i = 0; i < g->started; i++) {
+			struct worker *w = &g->ws[i];
+			pthread_mutex_lock(&m->mu);
+			bool gone = w->loop_gone || (w->state < 0 && !w->loop);
+			pthread_mutex_unlock(&m->mu);
+			if (!gone || w->thread == 0)
+				continue;
+			pthread_join(w->thread, NULL);
+			w->thread = 0;
+			g->alive--;
+			if (w->status != 0 && g == m->serving) {
+				if (!g->stopping) /* no server answering on fewer threads than told */
+					m->failed = true;
+				if (m->status == 0)
+					m->status = w->status;
+			}
+		}
+		if (g->alive == 0 && g->stopping)
+			gen_free(g);
+	}
+}
+
+static bool gen_listed(const struct master *m, const struct gen *g)
+{
+	for (const struct gen *x = m->gens; x; x = x->next)
+		if (x == g)
+			return true;
+	return false;
+}
+
+/*
+ * Start a generation of cfg->workers on ls (a reference is taken), and wait
+ * until each worker serves or fails. The new generation, or NULL if any
+ * worker failed (those that started are stopped and joined; logged; *status
+ * is the first failure's).
+ */
+static struct gen *gen_start(struct master *m, const keel__gen *cfg, struct lset *ls, bool owned, int *status)
+{
+	struct gen *g = calloc(1, sizeof(*g));
+	struct worker *ws = g ? calloc((size_t)cfg->workers, sizeof(*ws)) : NULL;
+	if (!ws) {
+		free(g);
+		keel_log(KEEL_LOG_ERROR, "cannot start workers: %s", keel_strerror(-ENOMEM));
+		*status = -ENOMEM;
+		return NULL;
+	}
+	*g = (struct gen){.m = m, .cfg = *cfg, .owned = owned, .ls = ls, .ws = ws};
+	ls->refs++;
+	g->next = m->gens;
+	m->gens = g;
+	int err = 0;
+	for (int i = 0; i < cfg->workers; i++) {
+		struct worker *w = &ws[i];
+		*w = (struct worker){.g = g, .index = i};
+		w->lfd = fcntl(ls->fds[i % ls->nfds], F_DUPFD_CLOEXEC, 3);
+		if (w->lfd < 0) {
+			err = -errno;
+			keel_log(KEEL_LOG_ERROR, "worker %d: %s", i, keel_strerror(err));
+			break;
+		}
+		if ((err = -pthread_create(&w->thread, NULL, worker_thread, w)) < 0) {
+			keel_log(KEEL_LOG_ERROR, "worker %d: cannot start a thread: %s", i,
+			         keel_strerror(err));
+			close(w->lfd);
+			w->thread = 0;
+			break;
+		}
+		g->started++;
+		g->alive++;
+	}
+	pthread_mutex_lock(&m->mu);
+	for (int i = 0; i < g->started; i++)
+		while (ws[i].state == 0)
+			pthread_cond_wait(&m->cv, &m->mu);
+	for (int i = g->started - 1; i >= 0; i--)
+		if (ws[i].state < 0)
+			err = ws[i].status ? ws[i].status : -ECHILD; /* (the first one that failed) */
+	pthread_mutex_unlock(&m->mu);
+	if (!err) {
+		g->served = true;
+		return g;
+	}
+	/* Some failed: the others stop, and this generation goes (reap_workers frees it). */
+	*status = err;
+	g->owned = false; /* (its arg is still the caller's) */
+	gen_stop(g);
+	while (gen_listed(m, g)) {
+		keel_loop_run_once(m->loop, 10);
+		reap_workers(m);
+	}
+	return NULL;
+}
+
+/* ---- Signals -------------------------------------------------------------- */
+
+static void reload(struct master *m)
+{
+	if (!m->o->reload) {
+		keel_log(KEEL_LOG_WARN, "SIGHUP: nothing to reload (no configuration file)");
+		return;
+	}
+	if (m->stopping || m->upgraded || keel_timer_is_armed(&m->delay) || m->child > 0) {
+		keel_log(KEEL_LOG_WARN, "SIGHUP ignored: %s",
+		         m->child > 0 ? "a binary upgrade is under way" : "stopping");
+		return;
+	}
+	keel_log(KEEL_LOG_INFO, "SIGHUP received, reloading");
+	notify(m, "RELOADING=1");
+	keel__gen cfg = {0};
+	if (m->o->reload(m->o->ud, &cfg) < 0) {
+		keel_log(KEEL_LOG_ERROR, "reload rejected: the old configuration keeps serving");
+		notify(m, "READY=1");
+		return;
+	}
+	struct lset *ls = NULL, *old = m->ls;
+	int old_nfds = old->nfds;
+	const char *why = NULL;
+	if (cfg.workers < 1) {
+		why = "no workers";
+	} else if (strcmp(cfg.addr, old->addr) == 0) {
+		ls = old;
+		if (ls->nfds > cfg.workers)
+			why = "fewer workers than listening sockets: a reload keeps the sockets (restart, or "
+			      "upgrade with SIGUSR2)";
+		else if (ls->nfds < cfg.workers && ls->reuseport && lset_grow(ls, cfg.workers) < 0)
+			why = "cannot listen on more sockets";
+	} else if (!(ls = lset_make(m, cfg.addr, cfg.workers, NULL))) {
+		why = "cannot listen on the new address";
+	}
+	int st = 0;
+	struct gen *g = why ? NULL : gen_start(m, &cfg, ls, true, &st);
+	if (!g) {
+		if (ls && ls != old)
+			lset_unref(ls);
+		while (old->nfds > old_nfds) /* (sockets bound for it: no worker would accept on them) */
+			close(old->fds[--old->nfds]);
+		keel_log(KEEL_LOG_ERROR, "reload rejected: %s: the old configuration keeps serving",
+		         why ? why : keel_strerror(st));
+		if (m->o->release)
+			m->o->release(m->o->ud, cfg.arg);
+		notify(m, "READY=1");
+		return;
+	}
+	struct gen *cur = m->serving;
+	m->serving = g;
+	if (ls != old) { /* the old address refuses new clients now; its sockets go with the old workers */
+		if (!old->foreign)
+			for (int i = 0; i < old->nfds; i++)
+				shutdown(old->fds[i], SHUT_RD);
+		lset_unref(old);
+		m->ls = ls;
+	}
+	gen_stop(cur);
+	keel_log(KEEL_LOG_INFO, "reloaded: %d worker%s listening on %s; the old ones drain", cfg.workers,
+	         cfg.workers == 1 ? "" : "s", ls->bound);
+	notify(m, "READY=1");
+}
+
+static void reopen(struct master *m)
+{
+	if (!m->o->reopen)
+		return;
+	for (struct gen *g = m->gens; g; g = g->next)
+		m->o->reopen(m->o->ud, g->cfg.arg);
+	keel_log(KEEL_LOG_INFO, "SIGUSR1 received: logs reopened");
+}
+
+static void stop_all(struct master *m)
+{
+	if (m->stopping)
+		return;
+	m->stopping = true;
+	if (m->child > 0) {
+		/* An upgrade under way is called off: its process would outlive this one, orphaned. */
+		keel_log(KEEL_LOG_WARN, "upgrade called off: stopping pid %ld too", (long)m->child);
+		kill(m->child, SIGTERM);
+	}
+	if (!m->upgraded) /* (the service is the new process's now: it goes on) */
+		notify(m, "STOPPING=1");
+	/*
+	 * New clients are refused at once (and those in the backlog reset),
+	 * rather than left waiting through the grace period -- unless the
+	 * sockets are the service manager's or a new binary's now.
+	 */
+	if (!m->upgraded && !m->ls->foreign)
+		for (int i = 0; i < m->ls->nfds; i++)
+			shutdown(m->ls->fds[i], SHUT_RD);
+	for (struct gen *g = m->gens; g; g = g->next)
+		gen_stop(g);
+}
+
+static void delay_over(keel_loop *loop, keel_timer *t)
+{
+	(void)loop;
+	struct master *m = keel_container_of(t, struct master, delay);
+	m->delay_over = true;
+}
+
+/* Format n into buf (async-signal-safe: for the child after fork). */
+static void put_decimal(char *buf, long n)
+{
+	char tmp[24];
+	int len = 0;
+	do
+		tmp[len++] = (char)('0' + n % 10);
+	while ((n /= 10) > 0);
+	while (len > 0)
+		*buf++ = tmp[--len];
+	*buf = '\0';
+}
+
+static void child_read_done(keel_ctx *ctx, keel_outcome o, void *ud);
+static void reap_child(struct master *m);
+static void reap_child_wait(struct master *m);
+
+/*
+ * Start the binary again with the listening sockets as 3.. (LISTEN_FDS),
+ * and a pipe after them (KEEL_UPGRADE_FD) it writes to once it serves.
+ */
+static void upgrade(struct master *m)
+{
+	const keel__master *o = m->o;
+	if (!o->exec_path) {
+		keel_log(KEEL_LOG_WARN, "SIGUSR2: binary upgrade not available here");
+		return;
+	}
+	if (m->child > 0 || m->stopping || m->upgraded || keel_timer_is_armed(&m->delay)) {
+		keel_log(KEEL_LOG_WARN, "SIGUSR2 ignored: %s",
+		         m->child > 0 ? "an upgrade is under way" : "stopping");
+		return;
+	}
+	struct lset *ls = m->ls;
+	int n = ls->nfds;
+	/* Everything the child needs is made here: after fork it may only call async-signal-safe functions. */
+	size_t nenv = 0;
+	while (environ[nenv])
+		nenv++;
+	char **envp = calloc(nenv + 5, sizeof(*envp));
+	char *names = malloc((size_t)n * 11 + 32);
+	char fds_var[32], pid_var[40], up_var[40];
+	int pfd[2] = {-1, -1};
+	if (!envp || !names || pipe2(pfd, O_CLOEXEC) < 0) {
+		keel_log(KEEL_LOG_ERROR, "upgrade: %s", keel_strerror(-errno));
+		goto out;
+	}
+	size_t k = 0;
+	for (size_t i = 0; i < nenv; i++)
+		if (strncmp(environ[i], "LISTEN_", 7) != 0 &&
+		    strncmp(environ[i], "KEEL_UPGRADE_FD=", 16) != 0)
+			envp[k++] = environ[i];
+	snprintf(fds_var, sizeof(fds_var), "LISTEN_FDS=%d", n);
+	strcpy(names, "LISTEN_FDNAMES=");
+	for (int i = 0; i < n; i++)
+		strcat(names,
+		       i ? (ls->foreign ? ":inherited" : ":keel") : (ls->foreign ? "inherited" : "keel"));
+	snprintf(up_var, sizeof(up_var), "KEEL_UPGRADE_FD=%d", 3 + n);
+	strcpy(pid_var, "LISTEN_PID=");
+	envp[k++] = fds_var;
+	envp[k++] = names;
+	envp[k++] = up_var;
+	envp[k++] = pid_var;
+	envp[k] = NULL;
+	pid_t pid = fork();
+	if (pid < 0) {
+		keel_log(KEEL_LOG_ERROR, "upgrade: cannot fork: %s", keel_strerror(-errno));
+		goto out;
+	}
+	if (pid == 0) {
+		/* Move the sockets and the pipe to 3 .. 3+n, out of each other's way first. */
+		int high = 3 + n + 1, tmp[LISTENERS_MAX + 1];
+		for (int i = 0; i < n; i++)
+			if ((tmp[i] = fcntl(ls->fds[i], F_DUPFD_CLOEXEC, high)) < 0)
+				_exit(127);
+		if ((tmp[n] = fcntl(pfd[1], F_DUPFD_CLOEXEC, high)) < 0)
+			_exit(127);
+		for (int i = 0; i <= n; i++)
+			if (dup2(tmp[i], 3 + i) < 0) /* (without close-on-exec) */
+				_exit(127);
+		put_decimal(pid_var + strlen("LISTEN_PID="), (long)getpid());
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		execve(o->exec_path, o->exec_argv, envp);
+		_exit(127);
+	}
+	m->child = pid;
+	m->child_fd = pfd[0];
+	pfd[0] = -1;
+	m->child_read = keel_read(m->loop, m->child_fd, m->child_buf, sizeof(m->child_buf));
+	keel_promise_done(m->child_read, child_read_done, m);
+	keel_timer_arm(m->loop, &m->child_timer, UPGRADE_TIMEOUT_MS);
+	keel_log(KEEL_LOG_INFO, "SIGUSR2 received: started %s (pid %ld) with the listening sockets",
+	         o->exec_path, (long)pid);
+out:
+	if (pfd[0] >= 0)
+		close(pfd[0]);
+	if (pfd[1] >= 0)
+		close(pfd[1]);
+	free(names);
+	free(envp);
+}
+
+/* The new binary said it serves (a byte), or its pipe closed first (it failed). */
+static void child_read_done(keel_ctx *ctx, keel_outcome o, void *ud)
+{
+	(void)ctx;
+	struct master *m = ud;
+	m->child_read = NULL;
+	close(m->child_fd);
+	m->child_fd = -1;
+	if (o.err == 0 && o.n > 0 && !m->stopping) {
+		keel_timer_disarm(m->loop, &m->child_timer);
+		char state[40];
+		keel_log(KEEL_LOG_INFO, "upgrade: pid %ld serves; this process (pid %ld) drains and exits",
+		         (long)m->child, (long)getpid());
+		snprintf(state, sizeof(state), "MAINPID=%ld", (long)m->child);
+		notify(m, state);
+		m->upgraded = true;
+		m->child = 0; /* (no longer ours to wait for: it outlives this process) */
+		stop_all(m);
+		return;
+	}
+	keel_timer_disarm(m->loop, &m->child_timer);
+	if (o.err == -ECANCELED)
+		return; /* (the master's end: child_end waits for it) */
+	/* Its pipe closes as it exits: its status is there at once, or within a moment. */
+	for (int i = 0; i < 100 && !m->child_reaped; i++) {
+		reap_child(m);
+		if (!m->child_reaped)
+			usleep(10000);
+	}
+	if (!m->child_reaped) { /* (it closed the pipe and runs on: not a keel that will serve) */
+		kill(m->child, SIGKILL);
+		reap_child_wait(m);
+	}
+	int st = m->child_st;
+	if (m->stopping)
+		keel_log(KEEL_LOG_INFO, "pid %ld (the called-off upgrade) has ended", (long)m->child);
+	else
+		keel_log(KEEL_LOG_ERROR,
+		         "upgrade failed: pid %ld %s %d before it served; this process keeps serving",
+		         (long)m->child, WIFSIGNALED(st) ? "was killed by signal" : "exited with status",
+		         WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+	m->child = 0;
+	m->child_reaped = false;
+}
+
+/* The upgrade's process did not serve in time: it is killed (its pipe closes: child_read_done). */
+static void child_timeout(keel_loop *loop, keel_timer *t)
+{
+	(void)loop;
+	struct master *m = keel_container_of(t, struct master, child_timer);
+	if (m->child > 0 && !m->child_reaped) {
+		keel_log(KEEL_LOG_ERROR, "upgrade: pid %ld did not serve within %d s: killed", (long)m->child,
+		         UPGRADE_TIMEOUT_MS / 1000);
+		kill(m->child, SIGKILL);
+	}
+}
+
+/* SIGCHLD: the upgrade's process, if it ended (no other child of the program is touched). */
+static void reap_child(struct master *m)
+{
+	int st;
+	if (m->child > 0 && !m->child_reaped && waitpid(m->child, &st, WNOHANG) == m->child) {
+		m->child_st = st;
+		m->child_reaped = true;
+	}
+}
+
+static void reap_child_wait(struct master *m)
+{
+	int st;
+	if (m->child > 0 && !m->child_reaped && waitpid(m->child, &st, 0) == m->child) {
+		m->child_st = st;
+		m->child_reaped = true;
+	}
+}
+
+/* ---- The master ----------------------------------------------------------- */
+
+static void master_on_signal(struct master *m, int signo)
+{
+	switch (signo) {
+	case SIGHUP: reload(m); break;
+	case SIGUSR1: reopen(m); break;
+	case SIGUSR2: upgrade(m); break;
+	case SIGCHLD: reap_child(m); break;
+	case SIGTERM:
+		if (m->serving && m->serving->cfg.stop_delay_ms > 0 && !keel_timer_is_armed(&m->delay) &&
+		    !m->stopping) {
+			keel_log(KEEL_LOG_INFO, "SIGTERM received: not ready; stopping in %llu ms",
+			         (unsigned long long)m->serving->cfg.stop_delay_ms);
+			notify(m, "STOPPING=1");
+			keel_timer_arm(m->loop, &m->delay, m->serving->cfg.stop_delay_ms);
+			break;
+		}
+		/* fall through */
+	default:
+		if (!m->stopping)
+			keel_log(KEEL_LOG_INFO, "%s received, stopping", strsignal(signo));
+		stop_all(m);
+		break;
+	}
+}
+
+int keel__master_run(const keel__master *o)
+{
+	/*
+	 * The signals it acts on, blocked in every thread (the workers inherit
+	 * the mask) and taken by the master's signalfd; the others keep their
+	 * dispositions. The caller's mask comes back at the end.
+	 */
+	int sigs[6], nsigs = 0;
+	sigs[nsigs++] = SIGINT;
+	sigs[nsigs++] = SIGTERM;
+	if (o->reload)
+		sigs[nsigs++] = SIGHUP;
+	if (o->reopen)
+		sigs[nsigs++] = SIGUSR1;
+	if (o->exec_path) {
+		sigs[nsigs++] = SIGUSR2;
+		sigs[nsigs++] = SIGCHLD;
+	}
+	sigset_t set, old;
+	sigemptyset(&set);
+	for (int i = 0; i < nsigs; i++)
+		sigaddset(&set, sigs[i]);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
+	signal(SIGPIPE, SIG_IGN);
+
+	struct master m = {.o = o, .child_fd = -1};
+	pthread_mutex_init(&m.mu, NULL);
+	pthread_cond_init(&m.cv, NULL);
+	keel_timer_init(&m.delay, delay_over);
+	keel_timer_init(&m.child_timer, child_timeout);
+	keel_loop_opts lo;
+	keel_loop_opts_default(&lo);
+	lo.quiet = true;
+	lo.recv_buf_count = 1;
+	lo.recv_buf_size = 64;
+	int err = keel_loop_new(&m.loop, &lo);
+	bool *taken = err || o->ninherited == 0 ? NULL : calloc((size_t)o->ninherited, sizeof(*taken));
+	if (err || (o->ninherited > 0 && !taken)) {
+		keel_log(KEEL_LOG_ERROR, "cannot create the main loop: %s",
+		         keel_strerror(err ? err : -ENOMEM));
+		if (!err)
+			keel_loop_free(m.loop);
+		m.status = err ? err : -ENOMEM;
+		goto out;
+	}
+	keel__gen first = o->gen;
+	m.ls = lset_make(&m, first.addr, first.workers, taken ? taken : (bool[1]){false});
+	for (int i = 0; i < o->ninherited; i++) {
+		if (taken[i])
+			continue;
+		char name[ADDR_MAX] = "?";
+		struct sockaddr_storage ss;
+		socklen_t len = sizeof(ss);
+		if (getsockname(o->inherited[i], (struct sockaddr *)&ss, &len) == 0)
+			keel_addr_format((struct sockaddr *)&ss, name, sizeof(name));
+		if (o->upgrade) {
+			keel_log(KEEL_LOG_WARN, "inherited socket %s is not in the configuration: closed",
+			         name);
+			close(o->inherited[i]);
+		} else if (m.status == 0) {
+			keel_log(KEEL_LOG_ERROR,
+			         "socket %d (%s) passed by the service manager matches no listen "
+			         "address (%s)",
+			         o->inherited[i], name, first.addr);
+			m.status = -EINVAL;
+		}
+	}
+	if (m.ls && m.ls->nfds > first.workers) { /* (each socket needs a worker) */
+		keel_log(KEEL_LOG_WARN, "%d listening sockets inherited: %d workers, not %d", m.ls->nfds,
+		         m.ls->nfds, first.workers);
+		first.workers = m.ls->nfds;
+	} else if (m.ls && m.ls->nfds < first.workers && m.ls->reuseport &&
+	           lset_grow(m.ls, first.workers) < 0)
+		m.status = -EADDRINUSE;
+	if (!m.ls || m.status != 0) {
+		if (m.status == 0)
+			m.status = -EADDRNOTAVAIL;
+		goto out_loop;
+	}
+	if (!(m.serving = gen_start(&m, &first, m.ls, false, &m.status)))
+		goto out_loop;
+	keel_log(KEEL_LOG_INFO, "%s%slistening on %s (%d worker%s, backend %s)", o->what ? o->what : "",
+	         o->what ? " " : "", m.ls->bound, first.workers, first.workers == 1 ? "" : "s",
+	         keel_loop_backend(m.loop));
+	if (o->ready_fd >= 0) {
+		ssize_t wr = write(o->ready_fd, "1", 1);
+		(void)wr; /* (the old process reads it, or has gone: nothing to do either way) */
+		close(o->ready_fd);
+	}
+	notify(&m, "READY=1");
+
+	keel_promise *sig = NULL;
+	while (m.gens) {
+		if (!sig && !m.stopping)
+			sig = keel_signal_wait(m.loop, sigs, nsigs);
+		keel_loop_run_once(m.loop, 1000);
+		if (sig && keel_promise_is_settled(sig)) {
+			keel_outcome so = keel_promise_outcome(sig);
+			keel_promise_release(sig);
+			sig = NULL;
+			if (so.err == 0)
+				master_on_signal(&m, (int)so.n);
+		}
+		reap_workers(&m);
+		if ((m.delay_over || m.failed) && !m.stopping) {
+			stop_all(&m);
+			reap_workers(&m);
+		}
+	}
+	if (sig) {
+		keel_promise_cancel(sig);
+		while (!keel_promise_is_settled(sig))
+			keel_loop_run_once(m.loop, 100);
+		keel_promise_release(sig);
+	}
+	if (m.child_read)
+		keel_promise_cancel(m.child_read);
+	while (m.child_read)
+		keel_loop_run_once(m.loop, 100);
+	keel_timer_disarm(m.loop, &m.delay);
+	keel_timer_disarm(m.loop, &m.child_timer);
+	reap_child_wait(&m); /* (an upgrade called off by the stop: told to stop too) */
+out_loop:
+	lset_unref(m.ls);
+	keel_loop_free(m.loop);
+out:
+	if (m.child_fd >= 0)
+		close(m.child_fd);
+	free(taken);
+	pthread_mutex_destroy(&m.mu);
+	pthread_cond_destroy(&m.cv);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return m.status;
 }
 
 int keel__workers_run(const char *what, const char *addr, int n, keel__worker_main main_fn,
                       keel__worker_stop stop_fn, void *arg)
 {
-	/*
-	 * Block the stop signals in every thread (the workers inherit the
-	 * mask); the main loop takes them via signalfd. The caller's mask comes
-	 * back at the end.
-	 */
-	sigset_t set, old;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &set, &old);
-	signal(SIGPIPE, SIG_IGN);
-
-	struct run run = {0};
-	pthread_mutex_init(&run.mu, NULL);
-	pthread_cond_init(&run.cv, NULL);
-	keel_loop_opts o;
-	keel_loop_opts_default(&o);
-	o.quiet = true;
-	o.recv_buf_count = 1;
-	o.recv_buf_size = 64;
-	int err = keel_loop_new(&run.main_loop, &o);
-	struct worker *ws = err ? NULL : calloc((size_t)n, sizeof(*ws));
-	if (!ws) {
-		keel_log(KEEL_LOG_ERROR, "cannot create the main loop: %s",
-		         keel_strerror(err ? err : -ENOMEM));
-		keel_loop_free(run.main_loop);
-		pthread_mutex_destroy(&run.mu);
-		pthread_cond_destroy(&run.cv);
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
-		return err ? err : -ENOMEM;
-	}
-
-	/* Bind the first listener here so port 0 resolves once, then share the port. */
-	char bound[128];
-	snprintf(bound, sizeof(bound), "%s", addr);
-	int status = 0;
-	int started = 0;
-	for (int i = 0; i < n; i++) {
-		/* the largest backlog the host allows */
-		int fd = keel_tcp_listen(bound, 0, KEEL_TCP_REUSEPORT);
-		if (fd < 0) {
-			keel_log(KEEL_LOG_ERROR, "cannot listen on %s: %s", bound, keel_strerror(fd));
-			status = fd;
-			break;
-		}
-		if (i == 0) {
-			int port = keel_tcp_port(fd);
-			const char *colon = strrchr(addr, ':');
-			snprintf(bound, sizeof(bound), "%.*s:%d", (int)(colon - addr), addr, port);
-		}
-		ws[i].run = &run;
-		ws[i].index = i;
-		ws[i].listen_fd = fd;
-		ws[i].main_fn = main_fn;
-		ws[i].arg = arg;
-		pthread_mutex_init(&ws[i].mu, NULL);
-		pthread_cond_init(&ws[i].cv, NULL);
-		if (pthread_create(&ws[i].thread, NULL, worker_thread, &ws[i]) != 0) {
-			close(fd);
-			status = -EAGAIN;
-			break;
-		}
-		started++;
-		pthread_mutex_lock(&ws[i].mu);
-		while (!ws[i].ready)
-			pthread_cond_wait(&ws[i].cv, &ws[i].mu);
-		pthread_mutex_unlock(&ws[i].mu);
-		if (ws[i].ready < 0) {
-			status = ws[i].status < 0 ? ws[i].status : -ENOMEM;
-			break;
-		}
-	}
-
-	pthread_mutex_lock(&run.mu);
-	run.go = status == 0 ? 1 : -1;
-	pthread_cond_broadcast(&run.cv);
-	pthread_mutex_unlock(&run.mu);
-	if (status == 0) {
-		keel_log(KEEL_LOG_INFO, "%s%slistening on %s (%d worker%s, backend %s)", what ? what : "",
-		         what ? " " : "", bound, n, n == 1 ? "" : "s", ws[0].backend);
-		static const int sigs[] = {SIGINT, SIGTERM};
-		keel_promise *sig = keel_signal_wait(run.main_loop, sigs, 2);
-		while (!keel_promise_is_settled(sig) && !run.failed)
-			keel_loop_run_once(run.main_loop, 1000);
-		if (!keel_promise_is_settled(sig)) { /* a worker failed: the rest stop */
-			keel_promise_cancel(sig);
-			while (!keel_promise_is_settled(sig))
-				keel_loop_run_once(run.main_loop, 100);
-		}
-		keel_outcome so = keel_promise_outcome(sig);
-		keel_promise_release(sig);
-		if (so.err == 0)
-			keel_log(KEEL_LOG_INFO, "%s received, stopping", strsignal((int)so.n));
-	}
-	struct stop_msg msg = {stop_fn, arg};
-	for (int i = 0; i < started; i++) {
-		pthread_mutex_lock(&ws[i].mu);
-		if (ws[i].ready > 0 && !ws[i].loop_gone)
-			keel_loop_post(ws[i].loop, stop_on_loop, &msg);
-		pthread_mutex_unlock(&ws[i].mu);
-	}
-	for (int i = 0; i < started; i++) {
-		pthread_join(ws[i].thread, NULL);
-		if (ws[i].status != 0 && status == 0)
-			status = ws[i].status;
-		pthread_mutex_destroy(&ws[i].mu);
-		pthread_cond_destroy(&ws[i].cv);
-	}
-	keel_loop_free(run.main_loop); /* (after the workers: none posts any more) */
-	pthread_mutex_destroy(&run.mu);
-	pthread_cond_destroy(&run.cv);
-	free(ws);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	return status;
+	keel__master m = {
+	    .what = what,
+	    .gen = {.arg = arg, .addr = addr, .workers = n},
+	    .main_fn = main_fn,
+	    .stop_fn = stop_fn,
+	    .ready_fd = -1,
+	};
+	return keel__master_run(&m);
 }
