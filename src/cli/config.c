@@ -650,6 +650,12 @@ static void server_key(struct parser *p, const char *name, const char *value)
 			perr(p, p->lineno, "grace_ms: '%s' is not a number in [0, 3600000]", value);
 		else
 			cfg->grace_ms = v;
+	} else if (strcmp(name, "stop_delay_ms") == 0) {
+		uint64_t v;
+		if (parse_u64(value, false, &v) < 0 || v > 3600000)
+			perr(p, p->lineno, "stop_delay_ms: '%s' is not a number in [0, 3600000]", value);
+		else
+			cfg->stop_delay_ms = v;
 	} else if (strcmp(name, "server_name") == 0) {
 		if (!printable(value)) {
 			perr(p, p->lineno, "server_name: only visible ASCII characters and spaces");
@@ -819,11 +825,15 @@ static void route_key(struct parser *p, const char *name, const char *value)
 			return;
 		break;
 	case CLI_ROUTE_HANDLER:
-		if (strcmp(value, "status") != 0) {
-			perr(p, p->lineno, "handler: unknown handler '%s' (built in: status)", value);
-			return;
-		}
-		r->handler = CLI_HANDLER_STATUS;
+		if (strcmp(value, "status") == 0)
+			r->handler = CLI_HANDLER_STATUS;
+		else if (strcmp(value, "live") == 0)
+			r->handler = CLI_HANDLER_LIVE;
+		else if (strcmp(value, "ready") == 0)
+			r->handler = CLI_HANDLER_READY;
+		else
+			perr(p, p->lineno, "handler: unknown handler '%s' (built in: status, live, ready)",
+			     value);
 		break;
 	case CLI_ROUTE_NONE:
 		if (strcmp(name, "match") == 0) {

@@ -21,7 +21,7 @@
 
 enum cli_route_kind { CLI_ROUTE_NONE, CLI_ROUTE_STATIC, CLI_ROUTE_UPSTREAM, CLI_ROUTE_HANDLER };
 
-enum cli_handler { CLI_HANDLER_STATUS };
+enum cli_handler { CLI_HANDLER_STATUS, CLI_HANDLER_LIVE, CLI_HANDLER_READY };
 
 /* Limits on what a configuration may hold (a limit on everything). */
 enum { CLI_ROUTES_MAX = 1024, CLI_UPSTREAMS_MAX = 256, CLI_SERVERS_MAX = 256 };
@@ -102,12 +102,14 @@ typedef struct cli_config {
 	char *listen;    /* ADDR:PORT, numeric */
 	int server_line; /* of [server]; 0 if there is none */
 	int listen_line;
-	int workers;           /* threads; default: online CPUs */
-	uint64_t grace_ms;     /* on SIGINT/SIGTERM, time for connections to finish; 5000 */
-	keel_http_config http; /* server_name points at server_name below; access_log_fd is
+	int workers;            /* threads; default: online CPUs */
+	uint64_t grace_ms;      /* on SIGINT/SIGTERM, time for connections to finish; 5000 */
+	uint64_t stop_delay_ms; /* on SIGTERM, time not ready (/_keel/ready 503) but serving before
+	                           the stop; 0 */
+	keel_http_config http;  /* server_name points at server_name below; access_log_fd is
 	                          opened by cli_config_run */
-	char *server_name;     /* NULL: no Server header */
-	char *access_log;      /* NULL: off */
+	char *server_name;      /* NULL: no Server header */
+	char *access_log;       /* NULL: off */
 	int access_log_line;
 	struct cli_tls tls;
 	struct cli_upstream *ups;

@@ -53,9 +53,46 @@ static void site_stop(keel_loop *loop, void *arg)
 	keel_promise_done(keel_http_server_stop(w->srv, cfg->grace_ms), site_stopped, loop);
 }
 
+/* /_keel/live: the process answers. */
+static keel_promise *site_live(keel_http_request *req, void *ud)
+{
+	(void)ud;
+	static const char body[] = "live\n";
+	return keel_http_respond(req, 200, "text/plain", body, sizeof(body) - 1);
+}
+
+/* /_keel/ready: 200 while it takes traffic; 503 from SIGTERM on (the stop delay, then the drain). */
+static keel_promise *site_ready(keel_http_request *req, void *ud)
+{
+	(void)ud;
+	static const char yes[] = "ready\n", no[] = "stopping\n";
+	if (cli_ready())
+		return keel_http_respond(req, 200, "text/plain", yes, sizeof(yes) - 1);
+	return keel_http_respond(req, 503, "text/plain", no, sizeof(no) - 1);
+}
+
+/* Whether cfg has a route of its own for exactly path. */
+static bool site_has_route(const cli_config *cfg, const char *path)
+{
+	for (unsigned i = 0; i < cfg->nroutes; i++)
+		if (strcmp(cfg->routes[i].path, path) == 0)
+			return true;
+	return false;
+}
+
 /* Build the routes of cfg on w->srv. 0 or a negative errno (logged). */
 static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *cfg)
 {
+	/* The probes, unless the configuration routes those paths itself. */
+	int perr = 0;
+	if (!site_has_route(cfg, "/_keel/live"))
+		perr = keel_http_route(w->srv, "GET", "/_keel/live", KEEL_HTTP_NO_SHED, site_live, NULL);
+	if (!perr && !site_has_route(cfg, "/_keel/ready"))
+		perr = keel_http_route(w->srv, "GET", "/_keel/ready", KEEL_HTTP_NO_SHED, site_ready, NULL);
+	if (perr < 0) {
+		keel_log(KEEL_LOG_ERROR, "/_keel/live, /_keel/ready: %s", keel_strerror(perr));
+		return perr;
+	}
 	for (unsigned i = 0; i < cfg->nups; i++) {
 		const struct cli_upstream *up = &cfg->ups[i];
 		keel_proxy_config pcfg = up->proxy;
@@ -110,9 +147,11 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 			                      keel_proxy_handler, w->proxies[r->upstream]);
 			break;
 		case CLI_ROUTE_HANDLER:
-			/* The only built-in handler for now: status. */
 			err = keel_http_route(w->srv, "GET", r->path, flags | KEEL_HTTP_NO_SHED,
-			                      keel_http_status, w->label);
+			                      r->handler == CLI_HANDLER_LIVE    ? site_live
+			                      : r->handler == CLI_HANDLER_READY ? site_ready
+			                                                        : keel_http_status,
+			                      w->label);
 			break;
 		case CLI_ROUTE_NONE: err = -EINVAL; break; /* cli_config_check refuses these */
 		}
@@ -170,6 +209,7 @@ static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot start the server: %s", index, keel_strerror(err));
 		goto out_free;
 	}
+	keel__worker_serving();
 	while (!w.stopping)
 		keel_loop_run_once(loop, -1);
 	keel_loop_run(loop); /* until the graceful stop has closed every connection */
@@ -195,27 +235,121 @@ out_free:
 	free(w.up_tls);
 	free(w.proxies);
 	free(w.statics);
-	close(lfd);
+	close(lfd);    /* (its own descriptor: the socket stays the master's) */
 	return status; /* (a worker that cannot run stops the others: workers.c) */
 }
 
-int cli_config_run(cli_config *cfg, const char *what)
+/*
+ * What a generation of workers needs besides cfg: the access log open,
+ * the listening sockets left to the master (a reload's workers take them
+ * over). 0, or CLI_FAIL (printed).
+ */
+static int site_prepare(cli_config *cfg)
 {
 	cfg->http.server_name = cfg->server_name;
+	cfg->http.listener_keep = true;
 	cfg->http.access_log_fd = -1;
 	if (cfg->access_log) {
 		cfg->http.access_log_fd =
 		    open(cfg->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 		if (cfg->http.access_log_fd < 0) {
-			fprintf(stderr, "keel: access_log %s: %s\n", cfg->access_log, strerror(errno));
+			keel_log(KEEL_LOG_ERROR, "access_log %s: %s", cfg->access_log, strerror(errno));
 			return CLI_FAIL;
 		}
 	}
-	int rc = cli_run_workers(what, cfg->listen, cfg->workers, site_worker_main, site_stop, cfg);
+	return 0;
+}
+
+static void site_unprepare(cli_config *cfg)
+{
 	if (cfg->http.access_log_fd >= 0) {
 		close(cfg->http.access_log_fd);
 		cfg->http.access_log_fd = -1;
 	}
+}
+
+static void site_gen(cli_config *cfg, keel__gen *g)
+{
+	*g = (keel__gen){
+	    .arg = cfg,
+	    .addr = cfg->listen,
+	    .workers = cfg->workers,
+	    .stop_delay_ms = cfg->stop_delay_ms,
+	};
+}
+
+/* What the master's hooks share: the file to read again, and the caller's configuration. */
+struct site_run {
+	const char *file;
+	cli_config *first;
+};
+
+/* SIGHUP: the file read and checked again; the errors are printed as keel -t prints them. */
+static int site_reload(void *ud, keel__gen *g)
+{
+	const struct site_run *run = ud;
+	const char *file = run->file;
+	cli_config *cfg = malloc(sizeof(*cfg));
+	if (!cfg)
+		return -ENOMEM;
+	cli_config_init(cfg);
+	if (cli_config_load(cfg, file) != 0 || site_prepare(cfg) != 0) {
+		cli_config_fini(cfg);
+		free(cfg);
+		return -EINVAL;
+	}
+	site_gen(cfg, g);
+	return 0;
+}
+
+/* A configuration a reload replaced, once its workers have drained. */
+static void site_release(void *ud, void *arg)
+{
+	const struct site_run *run = ud;
+	cli_config *cfg = arg;
+	site_unprepare(cfg);
+	if (cfg == run->first)
+		return; /* (the caller's) */
+	cli_config_fini(cfg);
+	free(cfg);
+}
+
+/*
+ * SIGUSR1: the access log opened again, in place: the new file takes the
+ * old descriptor's number (dup2), so each worker's next write -- a whole
+ * batch of lines -- goes to it, and none is lost or split.
+ */
+static void site_reopen(void *ud, void *arg)
+{
+	(void)ud;
+	cli_config *cfg = arg;
+	if (cfg->http.access_log_fd < 0)
+		return;
+	int fd = open(cfg->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (fd < 0 || dup3(fd, cfg->http.access_log_fd, O_CLOEXEC) < 0)
+		keel_log(KEEL_LOG_ERROR, "access_log %s: cannot reopen: %s; still writing the old file",
+		         cfg->access_log, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+int cli_config_run(cli_config *cfg, const char *what)
+{
+	if (site_prepare(cfg) != 0)
+		return CLI_FAIL;
+	struct site_run run = {cfg->file, cfg};
+	keel__master m = {
+	    .what = what,
+	    .main_fn = site_worker_main,
+	    .stop_fn = site_stop,
+	    .ud = &run,
+	    .reload = cfg->file ? site_reload : NULL,
+	    .release = site_release,
+	    .reopen = site_reopen,
+	};
+	site_gen(cfg, &m.gen);
+	int rc = cli_run_master(&m);
+	site_unprepare(cfg);
 	return rc;
 }
 
