@@ -1124,14 +1124,30 @@ const struct keel__http_proto keel__h1_proto = {
 };
 
 /* Stopping: idle connections close now, the others once their last answer is out. */
+#define DRAIN_FIRST_MS 1000
 void keel__h1_drain_all(keel_http_server *s)
 {
+	uint64_t now = keel_loop_now_ns(s->loop);
 	for (keel_http_conn *c = s->conns, *next; c; c = next) {
 		next = c->next;
 		c->draining = true;
-		if (c->nreqs == 0 && !c->part_len && !c->cur && !c->upgrade_due)
-			keel__h1_conn_close(
-			    c); /* idle: nothing to finish (a switch under way is the new protocol's to end) */
+		if (c->nreqs || c->part_len || c->cur || c->upgrade_due)
+			continue; /* a request to finish (or a switch under way: the new protocol's to end) */
+		if (c->served) {
+			keel__h1_conn_close(c); /* idle between requests: nothing to finish */
+			continue;
+		}
+		/*
+		 * Accepted, no request yet: it is most likely on the way (a
+		 * reload's old workers accepted it a moment ago). It gets
+		 * DRAIN_FIRST_MS to arrive -- answered, then closed -- rather than
+		 * a reset; a connection that has said nothing for that long goes.
+		 */
+		uint64_t due = now + DRAIN_FIRST_MS * 1000000ull;
+		if (!c->deadline_ns || c->deadline_ns > due) {
+			c->deadline_ns = due;
+			keel_timer_arm(s->loop, &c->timer, DRAIN_FIRST_MS);
+		}
 	}
 }
 
