@@ -388,6 +388,22 @@ static bool handshake_failed(struct conn *c, int err)
 	return true;
 }
 
+/*
+ * Whether the requests in flight on c crossed the server's close of an
+ * idle kept-alive connection: c has answered before, nothing of the next
+ * answer has arrived, and the method is idempotent. Then they are sent
+ * again on a new connection (counted as retried, not as errors), as a
+ * browser does (RFC 9112 9.3.1); the new connection is fresh, so a server
+ * that drops requests fails them there.
+ */
+static bool crossed_close(const struct conn *c)
+{
+	keel_str m = c->w->cfg->method;
+	return c->answered && c->inflight > c->unsent && c->pstate == P_HEAD && !c->stage_len &&
+	       (keel_str_eq(m, "GET") || keel_str_eq(m, "HEAD") || keel_str_eq(m, "OPTIONS") ||
+	        keel_str_eq(m, "PUT") || keel_str_eq(m, "DELETE"));
+}
+
 static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
@@ -404,10 +420,14 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		response_done(c); /* a close-delimited body is complete; announced, so this closes */
 		return;
 	}
-	if (c->inflight > c->unsent || c->pstate != P_HEAD || c->stage_len)
+	if (crossed_close(c)) {
+		c->w->c.retried += c->inflight - c->unsent;
+		conn_fail(c, -1, false);
+	} else if (c->inflight > c->unsent || c->pstate != P_HEAD || c->stage_len) {
 		conn_fail(c, E_READ, !c->answered);
-	else
+	} else {
 		conn_fail(c, -1, !c->answered); /* idle connection closed: reconnect without blame */
+	}
 }
 
 /* ---- Requests ------------------------------------------------------------- */
@@ -422,8 +442,14 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	if (o.err) {
-		if (!handshake_failed(c, o.err))
+		if (handshake_failed(c, o.err))
+			return;
+		if (crossed_close(c)) {
+			c->w->c.retried += c->inflight - c->unsent;
+			conn_fail(c, -1, false);
+		} else {
 			conn_fail(c, E_READ, !c->answered);
+		}
 		return;
 	}
 	conn_flush(c);

@@ -66,6 +66,13 @@ struct counters {
 	uint64_t bytes_in, bytes_out; /* plaintext, with https */
 	uint64_t errors[E_KINDS];
 	/*
+	 * Requests sent again on a new connection: their kept-alive connection
+	 * closed before any byte of the answer (they crossed the server's close
+	 * of an idle connection), and the method is idempotent (RFC 9110 9.2.2),
+	 * as browsers retry them.
+	 */
+	uint64_t retried;
+	/*
 	 * https: handshakes completed and of those resumed (the endpoint's
 	 * counts when the run ended), and handshakes that failed, by why: the
 	 * certificate did not verify (KEEL_ETLSCERT), or anything else in TLS

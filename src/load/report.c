@@ -83,6 +83,9 @@ void load__print_results(const load_opts *o, const struct results *r)
 	for (int i = 0; i < E_KINDS; i++)
 		printf("%s %s %llu", i ? "," : "", err_text[i], (unsigned long long)c->errors[i]);
 	printf("\n");
+	if (c->retried)
+		printf("  retried       %llu (sent again: the connection closed before the answer began)\n",
+		       (unsigned long long)c->retried);
 	if (r->tls) {
 		printf("  tls           %llu handshakes, %llu resumed; %llu failed",
 		       (unsigned long long)c->tls_handshakes, (unsigned long long)c->tls_resumed,
@@ -156,6 +159,7 @@ int load__write_json(const load_opts *o, const struct results *r)
 	for (int i = 0; i < E_KINDS; i++)
 		fprintf(f, "%s\"%s\": %llu", i ? ", " : "", err_json[i], (unsigned long long)c->errors[i]);
 	fprintf(f, "},\n  \"errors_total\": %llu,\n", (unsigned long long)errors_total(c));
+	fprintf(f, "  \"retried\": %llu,\n", (unsigned long long)c->retried);
 	if (r->tls)
 		fprintf(f,
 		        "  \"tls\": {\"handshakes\": %llu, \"resumed\": %llu, \"handshake_failed\": %llu, "

@@ -185,6 +185,7 @@ out_join:
 				r.c.bytes_out += w->c.bytes_out;
 				for (int k = 0; k < E_KINDS; k++)
 					r.c.errors[k] += w->c.errors[k];
+				r.c.retried += w->c.retried;
 				r.c.tls_handshakes += w->c.tls_handshakes;
 				r.c.tls_resumed += w->c.tls_resumed;
 				r.c.tls_failed_cert += w->c.tls_failed_cert;
