@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""Operating keel: what an operator does to a running `keel -c FILE`.
+
+- probes: /_keel/live and /_keel/ready answer 200; on SIGTERM with
+  stop_delay_ms, ready turns 503 at once while every route still serves;
+  after the delay new clients are refused (ECONNREFUSED) while a request
+  already under way is still answered, then the process exits 0.
+- reload: ten SIGHUPs under a steady open-loop load (keel load --rate),
+  each with a changed server_name: every reload logged, the new name served
+  after each, 0 failed requests; after the drains the process is back to
+  its threads and descriptors (no listener or worker leaked).
+- bad reload: a broken file, then fewer workers than sockets, under load:
+  each rejected with its reason, the old configuration still served, 0
+  failed requests.
+- log reopen: the access log renamed and SIGUSR1 sent five times under
+  load: every response has exactly one well-formed line across the files.
+- upgrade: three binary upgrades (SIGUSR2) under load, each new process
+  taking over the same listening socket; 0 failed requests; an upgrade
+  whose new process cannot start (its file now broken) leaves the old one
+  serving.
+- socket activation: systemd-socket-activate passes the listening socket;
+  keel serves the first request on it without binding one of its own; a
+  passed socket that no listen entry names is refused with a clear message.
+- notify: with NOTIFY_SOCKET, READY=1, then RELOADING=1 and READY=1 on
+  SIGHUP, STOPPING=1 on SIGTERM.
+
+Load runs on 127.0.0.1 only, bounded in rate and time. Requests that
+crossed a server's close of an idle kept-alive connection are sent again
+by keel load (it reports them as retried, as a browser would retry them);
+failed ones are what the assertions count. Runs under KEEL_BACKEND."""
+import ctypes, json, os, re, shutil, signal, socket, subprocess, tempfile, threading, time
+
+from keeltest import (CLI_LISTEN_RE, KEEL, Proc, Skip, Subtests, check, connect, eq, fail, free_port,
+                      main, request, run_keel)
+
+LINE_RE = re.compile(r'^127\.0\.0\.1 - - \[[^\]]+\] "GET /[^"]*" \d{3} \d+ "[^"]*" "[^"]*"')
+RATE = 2000  # requests/s: well below what one core serves here
+
+
+def write_conf(path, port, name="gen-0", workers=2, extra=""):
+    with open(path, "w") as f:
+        f.write(f"""[server]
+listen = 127.0.0.1:{port}
+workers = {workers}
+server_name = {name}
+grace_ms = 3000
+{extra}
+[route /]
+static = www
+""")
+
+
+class Site:
+    """A keel -c FILE in a temporary directory with a www/ of one file."""
+
+    def __init__(self, d, extra="", workers=2, env=None):
+        self.dir = d
+        os.makedirs(os.path.join(d, "www"), exist_ok=True)
+        with open(os.path.join(d, "www", "index.html"), "w") as f:
+            f.write("hello\n")
+        self.conf = os.path.join(d, "keel.conf")
+        self.port = free_port()
+        self.extra = extra
+        self.workers = workers
+        write_conf(self.conf, self.port, workers=workers, extra=extra)
+        self.proc = Proc([KEEL, "-c", self.conf], name="keel -c", listen=CLI_LISTEN_RE, cwd=d, env=env)
+
+    def rewrite(self, name, workers=None, tail=""):
+        write_conf(self.conf, self.port, name=name, workers=workers or self.workers, extra=self.extra)
+        if tail:
+            with open(self.conf, "a") as f:
+                f.write(tail)
+
+    def server_name(self):
+        status, headers, _ = request(self.port, "/")
+        eq(status, 200, "GET /")
+        return headers.get("server")
+
+
+def count_lines(proc, pattern, after=0):
+    return sum(1 for l in proc.lines[after:] if re.search(pattern, l))
+
+
+def wait_count(proc, pattern, n, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if count_lines(proc, pattern) >= n:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class Load:
+    """keel load at RATE for secs against port, its results read from its JSON at the end."""
+
+    def __init__(self, d, port, secs):
+        self.json = os.path.join(d, "load-%d.json" % time.monotonic_ns())
+        self.proc = Proc([KEEL, "load", "-q", "-c", "8", "--rate", RATE, "-d", secs, "-T", "5000",
+                          "-j", self.json, "http://127.0.0.1:%d/" % port], name="keel load", listen=None)
+
+    def result(self, timeout=30):
+        rc = self.proc.wait(timeout)
+        check(rc == 0, "keel load exited %s:\n%s" % (rc, self.proc.shown()))
+        with open(self.json) as f:
+            r = json.load(f)
+        return r
+
+    def no_failures(self, what):
+        r = self.result()
+        check(r["errors_total"] == 0, "%s: %d failed requests under load: %s\n%s" %
+              (what, r["errors_total"], r["errors"], self.proc.shown()))
+        check(r["requests_per_sec"] > RATE * 0.9, "%s: goodput %.0f req/s at an offered %d" %
+              (what, r["requests_per_sec"], RATE))
+        print("  %s: %.0f req/s, 0 failed, %d retried" % (what, r["requests_per_sec"], r["retried"]))
+        return r
+
+
+def fd_kinds(pid):
+    kinds = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            k = re.sub(r"\[.*", "", os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+        except FileNotFoundError:
+            continue
+        kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
+def listeners(port):
+    """Listening TCP sockets on 127.0.0.1:port, from /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        rows = [l.split() for l in f.read().splitlines()[1:]]
+    return sum(1 for r in rows if r[1] == "0100007F:%04X" % port and r[3] == "0A")
+
+
+def wait_until(fn, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():
+            return
+        time.sleep(0.05)
+    fail("%s: not within %.0f s" % (what() if callable(what) else what, timeout))
+
+
+# ---- Parts --------------------------------------------------------------------------------------
+
+
+def probes(d):
+    site = Site(d, extra="stop_delay_ms = 1500")
+    eq(request(site.port, "/_keel/live")[0], 200, "/_keel/live")
+    status, _, body = request(site.port, "/_keel/ready")
+    eq((status, body), (200, b"ready\n"), "/_keel/ready before SIGTERM")
+    # A request under way: its head half sent, finished after the stop began.
+    slow = connect(site.port)
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    t0 = time.monotonic()
+    site.proc.terminate()
+    check(site.proc.wait_line("not ready; stopping in 1500 ms", 5), "no delay logged:\n" + site.proc.shown())
+    eq(request(site.port, "/_keel/ready")[0], 503, "/_keel/ready during the stop delay")
+    eq(request(site.port, "/")[0], 200, "GET / during the stop delay")
+    site.proc.signal(signal.SIGHUP)  # no reload while stopping: still not ready
+    check(site.proc.wait_line("SIGHUP ignored: stopping", 5), "SIGHUP in the delay:\n" + site.proc.shown())
+    eq(request(site.port, "/_keel/ready")[0], 503, "/_keel/ready after a SIGHUP in the stop delay")
+    check(time.monotonic() - t0 < 1.2, "the checks above took too long to be inside the delay")
+    # After the delay: refused at once, not left in the backlog.
+    wait_until(lambda: site.proc.wait_line("^keel: SIGTERM.*stopping$|Terminated received", 0) or
+               refused(site.port), 5, "new clients refused after the delay")
+    check(site.proc.alive(), "keel exited before the request under way was answered")
+    slow.sendall(b"\r\n")
+    got = b""
+    while b"hello\n" not in got:
+        chunk = slow.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    check(got.startswith(b"HTTP/1.1 200") and b"hello\n" in got,
+          "the request under way during the drain was not answered: %r" % got[:200])
+    check(b"connection: close" in got.lower(), "a response during the drain must close: %r" % got[:300])
+    slow.close()
+    site.proc.expect_exit("after the drain", 10)
+
+
+def refused(port):
+    s = socket.socket()
+    s.settimeout(1)
+    try:
+        s.connect(("127.0.0.1", port))
+    except ConnectionRefusedError:
+        return True
+    finally:
+        s.close()
+    return False
+
+
+def reload_under_load(d):
+    site = Site(d)
+    eq(site.server_name(), "gen-0", "Server before the reloads")
+    base_fds = site.proc.fds()
+    load = Load(d, site.port, 7)
+    time.sleep(0.5)
+    for i in range(1, 11):
+        site.rewrite("gen-%d" % i)
+        site.proc.signal(signal.SIGHUP)
+        check(wait_count(site.proc, r"reloaded: 2 workers", i), "reload %d not logged:\n%s" % (i, site.proc.shown()))
+        eq(site.server_name(), "gen-%d" % i, "Server after reload %d" % i)
+        time.sleep(0.4)
+    load.no_failures("10 reloads")
+    # The old generations drain and go, and the listening sockets stay the two they were.
+    check(wait_count(site.proc, r"old workers gone: 2 drained in", 10, 10),
+          "old workers not all gone:\n" + site.proc.shown())
+    eq(listeners(site.port), 2, "listening sockets on the port after 10 reloads")
+    # One more, with no load: the new workers' caches (splice pipes) start empty, so the
+    # descriptors are those of before the reloads, give or take a test connection.
+    site.proc.signal(signal.SIGHUP)
+    check(wait_count(site.proc, r"old workers gone: 2 drained in", 11, 10), "11th reload")
+    check(site.proc.fds() <= base_fds + 2, "descriptors: %d before the reloads, %d after: %s" %
+          (base_fds, site.proc.fds(), fd_kinds(site.proc.pid)))
+    site.proc.stop_ok("after 10 reloads")
+
+
+def bad_reload(d):
+    site = Site(d)
+    load = Load(d, site.port, 4)
+    time.sleep(0.5)
+    site.rewrite("gen-broken", tail="\nnot a line\n")
+    site.proc.signal(signal.SIGHUP)
+    check(wait_count(site.proc, r"reload rejected", 1), "broken file not rejected:\n" + site.proc.shown())
+    check(count_lines(site.proc, re.escape(site.conf) + r":\d+: ") >= 1,
+          "the rejection does not say FILE:LINE:\n" + site.proc.shown())
+    eq(site.server_name(), "gen-0", "Server after a rejected reload")
+    site.rewrite("gen-one", workers=1)
+    site.proc.signal(signal.SIGHUP)
+    check(wait_count(site.proc, r"reload rejected: fewer workers than listening sockets", 1),
+          "a shrink of workers not rejected with its reason:\n" + site.proc.shown())
+    eq(site.server_name(), "gen-0", "Server after a rejected shrink")
+    site.rewrite("gen-more", workers=3)
+    site.proc.signal(signal.SIGHUP)
+    check(wait_count(site.proc, r"reloaded: 3 workers", 1), "3 workers not reloaded:\n" + site.proc.shown())
+    eq(site.server_name(), "gen-more", "Server after growing to 3 workers")
+    eq(listeners(site.port), 3, "listening sockets after growing to 3 workers")
+    load.no_failures("rejected reloads")
+    site.proc.stop_ok("after rejected reloads")
+
+
+def log_reopen(d):
+    site = Site(d, extra="access_log = access.log")
+    log = os.path.join(d, "access.log")
+    load = Load(d, site.port, 5)
+    time.sleep(0.5)
+    for i in range(1, 6):
+        os.rename(log, "%s.%d" % (log, i))
+        site.proc.signal(signal.SIGUSR1)
+        check(wait_count(site.proc, "logs reopened", i), "SIGUSR1 %d not logged" % i)
+        wait_until(lambda: os.path.exists(log), 5, "access.log made again after SIGUSR1 %d" % i)
+        time.sleep(0.6)
+    r = load.no_failures("5 log reopens")
+    site.proc.stop_ok("after log reopens")
+    files = [log] + ["%s.%d" % (log, i) for i in range(1, 6)]
+    lines = []
+    for f in files:
+        with open(f) as fh:
+            got = fh.read()
+        check(got.endswith("\n") or not got, "%s ends inside a line" % f)
+        part = got.splitlines()
+        check(len(part) > 0, "%s is empty: the rotation lost a file's worth" % f)
+        lines += part
+    bad = [l for l in lines if not LINE_RE.match(l)]
+    check(not bad, "%d malformed or split lines, e.g. %r" % (len(bad), bad[:3]))
+    # Every response the client got has its line (a few more may have been answered as the run
+    # ended, and each line is one request sent).
+    check(r["requests"] <= len(lines) <= r["sent"], "%d access-log lines for %d responses, %d sent" %
+          (len(lines), r["requests"], r["sent"]))
+    print("  %d lines in 6 files for %d responses" % (len(lines), r["requests"]))
+
+
+def set_subreaper():
+    """Adopt what our children leave behind (a new binary outlives the keel that started it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def pid_exit(pid, timeout):
+    """Wait for an adopted process: its exit status, or None if it still runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got, st = os.waitpid(pid, os.WNOHANG)
+        if got == pid:
+            return os.waitstatus_to_exitcode(st)
+        time.sleep(0.02)
+    return None
+
+
+def exited(proc):
+    """proc's exit status (within 10 s): its output pipe stays open, held by the new process."""
+    try:
+        return proc.p.wait(10)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def upgrade(d):
+    set_subreaper()
+    site = Site(d)
+    load = Load(d, site.port, 7)
+    time.sleep(0.5)
+    pid, adopted = site.proc.pid, []
+    try:
+        for i in range(1, 4):
+            os.kill(pid, signal.SIGUSR2)
+            m = site.proc.wait_line(r"upgrade: pid (\d+) serves; this process \(pid %d\)" % pid, 10)
+            check(m, "upgrade %d: no new process served:\n%s" % (i, site.proc.shown()))
+            new = int(m.group(1))
+            adopted.append(new)
+            rc = exited(site.proc) if pid == site.proc.pid else pid_exit(pid, 10)
+            eq(rc, 0, "upgrade %d: the old process's exit status" % i)
+            eq(request(site.port, "/")[0], 200, "GET / after upgrade %d" % i)
+            pid = new
+            time.sleep(1.0)
+        load.no_failures("3 upgrades")
+        # A new process that cannot start: the old one keeps serving.
+        site.rewrite("gen-broken", tail="\nnot a line\n")
+        os.kill(pid, signal.SIGUSR2)
+        check(site.proc.wait_line(r"upgrade failed: pid \d+ exited with status 1 before it served", 10),
+              "a failed upgrade not reported:\n" + site.proc.shown())
+        eq(request(site.port, "/")[0], 200, "GET / after a failed upgrade")
+        os.kill(pid, signal.SIGTERM)
+        eq(pid_exit(pid, 10), 0, "the last process's exit status")
+        site.proc.check_sanitizers()
+    finally:
+        for p in adopted:
+            try:
+                os.kill(p, signal.SIGKILL)
+                os.waitpid(p, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def serve_upgrade(d):
+    """keel serve (no configuration file) upgrades too: its workers leave the sockets alone."""
+    set_subreaper()
+    os.makedirs(os.path.join(d, "www"))
+    with open(os.path.join(d, "www", "index.html"), "w") as f:
+        f.write("hello\n")
+    p = Proc([KEEL, "serve", "--listen", "127.0.0.1:0", "--workers", "2", os.path.join(d, "www")],
+             name="keel serve", listen=CLI_LISTEN_RE)
+    p.signal(signal.SIGUSR2)
+    m = p.wait_line(r"upgrade: pid (\d+) serves", 10)
+    check(m, "keel serve did not upgrade:\n" + p.shown())
+    new = int(m.group(1))
+    try:
+        eq(exited(p), 0, "the old keel serve's exit status")
+        for _ in range(4):  # (both workers of the new process)
+            eq(request(p.port, "/")[:3:2], (200, b"hello\n"), "GET / from the upgraded keel serve")
+        eq(listeners(p.port), 2, "listening sockets after the upgrade")
+        os.kill(new, signal.SIGTERM)
+        eq(pid_exit(new, 10), 0, "the new keel serve's exit status")
+    finally:
+        try:
+            os.kill(new, signal.SIGKILL)
+            os.waitpid(new, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def socket_activation(d):
+    tool = shutil.which("systemd-socket-activate")
+    if not tool:
+        raise Skip("systemd-socket-activate not installed (Debian's systemd package)")
+    port = free_port()
+    os.makedirs(os.path.join(d, "www"), exist_ok=True)
+    with open(os.path.join(d, "www", "index.html"), "w") as f:
+        f.write("hello\n")
+    conf = os.path.join(d, "keel.conf")
+    write_conf(conf, port)
+    p = Proc([tool, "-l", "127.0.0.1:%d" % port, KEEL, "-c", conf], name="socket-activated keel",
+             cwd=d, listen=re.compile(r"Listening on (?P<host>[\d.]+):(?P<port>\d+)"))
+    status, _, body = request(port, "/")  # starts keel (the tool waits for the first client)
+    eq((status, body), (200, b"hello\n"), "the first request through the passed socket")
+    check(p.wait_line(CLI_LISTEN_RE, 5), "keel did not log its listening line:\n" + p.shown())
+    # keel bound nothing itself: one listening socket on the port (the passed one), though 2 workers.
+    eq(listeners(port), 1, "listening sockets on the port")
+    eq(os.readlink("/proc/%d/fd/3" % p.pid).startswith("socket:"), True, "fd 3 is the passed socket")
+    p.stop_ok("socket-activated keel")
+    # A passed socket that no listen entry names is an error.
+    write_conf(conf, free_port())
+    q = Proc([tool, "-l", "127.0.0.1:%d" % port, KEEL, "-c", conf], name="mismatched keel", cwd=d,
+             listen=re.compile(r"Listening on (?P<host>[\d.]+):(?P<port>\d+)"))
+    try:
+        request(port, "/", timeout=3)
+    except Exception:
+        pass
+    eq(q.wait(10), 1, "exit status with a passed socket no entry names")
+    check(q.wait_line(r"passed by the service manager matches no listen address", 0),
+          "no clear message:\n" + q.shown())
+
+
+def notify(d):
+    path = os.path.join(d, "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(10)
+    env = dict(os.environ, NOTIFY_SOCKET=path)
+    site = Site(d, env=env)
+
+    def expect(state):
+        while True:
+            try:
+                msg = s.recv(4096).decode()
+            except socket.timeout:
+                fail("no %s on NOTIFY_SOCKET:\n%s" % (state, site.proc.shown()))
+            if state in msg.split("\n"):
+                return
+
+    expect("READY=1")
+    site.rewrite("gen-1")
+    site.proc.signal(signal.SIGHUP)
+    expect("RELOADING=1")
+    expect("READY=1")
+    site.proc.terminate()
+    expect("STOPPING=1")
+    site.proc.expect_exit("after SIGTERM under NOTIFY_SOCKET")
+    s.close()
+
+
+def run():
+    t = Subtests()
+    for name, fn in [("probes and the stop delay", probes), ("reload under load", reload_under_load),
+                     ("bad reloads rejected under load", bad_reload), ("log reopen under load", log_reopen),
+                     ("binary upgrade under load", upgrade), ("keel serve upgrade", serve_upgrade),
+                     ("socket activation", socket_activation),
+                     ("sd_notify", notify)]:
+        with tempfile.TemporaryDirectory(prefix="keel-ops-") as d:
+            t.run(name, lambda: fn(d))
+    return t.status()
+
+
+if __name__ == "__main__":
+    main(run)
