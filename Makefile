@@ -4,7 +4,7 @@
 #   make run        start keel's main job on built-in defaults
 #   make test       run every test program under every backend
 #   make sanitize   the same tests built with ASan+UBSan (build-san/)
-#   make bench      every benchmark in bench/ (echo, pollscale, http, load, idle, overload, proxy, tls, h2)
+#   make bench      every benchmark in bench/ (echo, pollscale, http, load, idle, overload, ops, proxy, tls, h2, ws)
 #   make fuzz       the libFuzzer drivers (parser and whole server), FUZZ_SECONDS each
 #   make faults     the fault-injection runs (build-fault/: ASan+UBSan and KEEL_FAULT)
 #   make format-check   every C file as .clang-format says (CI runs it)
@@ -224,6 +224,7 @@ bench: all
 	bench/load/run.sh
 	bench/idle/run.sh
 	bench/overload/run.sh
+	bench/ops/run.sh
 	bench/proxy/run.sh
 	bench/tls/run.sh
 	bench/h2/run.sh

@@ -21,12 +21,40 @@ static atomic_bool ready;
 static char exe[PATH_MAX];
 static char **args;
 
+/*
+ * The path the binary was started by, made absolute now: the file there
+ * is what SIGUSR2 runs (a new build installed over it, or a symlink moved
+ * to a new version). A bare name was found on PATH; failing all else,
+ * /proc/self/exe (which resolves symlinks, and says "(deleted)" once the
+ * file is replaced -- hence now).
+ */
 void cli_set_argv(char **argv)
 {
 	args = argv;
-	/* Now: once the binary is replaced, /proc/self/exe says "(deleted)". */
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	exe[n > 0 ? n : 0] = '\0';
+	const char *a0 = argv[0];
+	char cwd[PATH_MAX];
+	exe[0] = '\0';
+	if (strchr(a0, '/')) {
+		if (a0[0] == '/')
+			snprintf(exe, sizeof(exe), "%s", a0);
+		else if (getcwd(cwd, sizeof(cwd)) &&
+		         (size_t)snprintf(exe, sizeof(exe), "%s/%s", cwd, a0) >= sizeof(exe))
+			exe[0] = '\0'; /* (too long: /proc/self/exe below) */
+	} else {
+		const char *path = getenv("PATH");
+		for (const char *p = path; p && *p && !exe[0];) {
+			size_t len = strcspn(p, ":");
+			char cand[PATH_MAX];
+			int n = snprintf(cand, sizeof(cand), "%.*s/%s", (int)len, p, a0);
+			if (n > 0 && (size_t)n < sizeof(cand) && cand[0] == '/' && access(cand, X_OK) == 0)
+				snprintf(exe, sizeof(exe), "%s", cand);
+			p += len + (p[len] == ':');
+		}
+	}
+	if (!exe[0]) {
+		ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+		exe[n > 0 ? n : 0] = '\0';
+	}
 }
 
 bool cli_ready(void)

@@ -421,7 +421,8 @@ static void recv_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	if (crossed_close(c)) {
-		c->w->c.retried += c->inflight - c->unsent;
+		if (!c->w->stopping) /* (at the end nothing is sent again) */
+			c->w->c.retried += c->inflight - c->unsent;
 		conn_fail(c, -1, false);
 	} else if (c->inflight > c->unsent || c->pstate != P_HEAD || c->stage_len) {
 		conn_fail(c, E_READ, !c->answered);
@@ -445,6 +446,7 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		if (handshake_failed(c, o.err))
 			return;
 		if (crossed_close(c)) {
+			if (!c->w->stopping) /* (at the end nothing is sent again) */
 			c->w->c.retried += c->inflight - c->unsent;
 			conn_fail(c, -1, false);
 		} else {
