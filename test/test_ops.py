@@ -426,12 +426,46 @@ def notify(d):
     s.close()
 
 
+def status_json(d):
+    """?format=json: the worker's counters and each source's, parsed by json, moving with traffic."""
+    site = Site(d, extra="")
+    with open(site.conf, "a") as f:
+        f.write("\n[route /_keel/status]\nmatch = exact\nhandler = status\n")
+    site.proc.signal(signal.SIGHUP)
+    check(wait_count(site.proc, r"reloaded: ", 1), "status route reload:\n" + site.proc.shown())
+
+    def get():
+        status, headers, body = request(site.port, "/_keel/status?format=json")
+        eq((status, headers.get("content-type")), (200, "application/json"), "status JSON answer")
+        return json.loads(body)
+
+    a = get()
+    check(a["worker"] in ("0", "1"), "worker label: %r" % a["worker"])
+    for k in ["connections_open", "requests_total", "requests_shed_total", "rss_bytes", "bytes_out_total"]:
+        check(isinstance(a["metrics"].get(k), int), "metric %s in %r" % (k, a["metrics"]))
+    check(a["metrics"]["rss_bytes"] > 1 << 20, "rss_bytes %r" % a["metrics"]["rss_bytes"])
+    routes = [s for s in a["sources"] if s["labels"] == {"route": "/"}]
+    check(len(routes) == 1 and isinstance(routes[0]["metrics"].get("static_cache_entries"), int),
+          "the static route's source: %r" % a["sources"])
+    for _ in range(20):  # (each worker sees its share)
+        request(site.port, "/")
+    seen = {}
+    for _ in range(40):
+        b = get()
+        seen[b["worker"]] = b
+    moved = sum(b["metrics"]["requests_total"] - (a["metrics"]["requests_total"] if w == a["worker"] else 0)
+                for w, b in seen.items())
+    check(moved >= 20, "requests_total moved by %d over the workers seen (%s) after 20 requests" %
+          (moved, sorted(seen)))
+    site.proc.stop_ok("after the status checks")
+
+
 def run():
     t = Subtests()
     for name, fn in [("probes and the stop delay", probes), ("reload under load", reload_under_load),
                      ("bad reloads rejected under load", bad_reload), ("log reopen under load", log_reopen),
                      ("binary upgrade under load", upgrade), ("keel serve upgrade", serve_upgrade),
-                     ("socket activation", socket_activation),
+                     ("socket activation", socket_activation), ("status as JSON", status_json),
                      ("sd_notify", notify)]:
         with tempfile.TemporaryDirectory(prefix="keel-ops-") as d:
             t.run(name, lambda: fn(d))

@@ -398,8 +398,11 @@ void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
 /*
  * A handler with the server's live counters (connections, requests, shed
  * requests, bytes, receive buffers in use, RSS): plain text ("name value"
- * lines, after "worker LABEL" when ud is set), or the
- * Prometheus text format with ?format=prometheus. ud: a label for this
+ * lines, after "worker LABEL" when ud is set), JSON with ?format=json
+ * ({"worker": LABEL or null, "metrics": {NAME: N, ...}, "sources":
+ * [{"labels": {L: V}, "metrics": {...}}, ...]}: one entry per
+ * keel_http_status_add, in order), or the Prometheus text format with
+ * ?format=prometheus. ud: a label for this
  * server (e.g. the worker number as a string; borrowed: it must outlive
  * the server) or NULL. Opt-in, e.g.
  *   keel_http_route(s, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status, NULL);

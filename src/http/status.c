@@ -1,7 +1,7 @@
 /*
  * The status page (/_keel/status): the server's counters and gauges, the
  * loop's, the process's resident memory, and whatever sources the program
- * added (keel_http_status_add), as text or in Prometheus' format.
+ * added (keel_http_status_add), as text, in Prometheus' format, or as JSON.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -78,6 +78,69 @@ int keel_http_status_add(keel_http_server *s, const char *label, const char *val
 	return 0;
 }
 
+/* s as a JSON string's contents (quotes and backslashes escaped, control characters as \u00XX). */
+static void append_json_str(char *out, size_t cap, size_t *n, const char *s)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			appendf(out, cap, n, "\\%c", c);
+		else if (c < 0x20)
+			appendf(out, cap, n, "\\u%04x", c);
+		else
+			appendf(out, cap, n, "%c", c);
+	}
+}
+
+static bool query_has(const keel_http_request *req, const char *what)
+{
+	size_t len = strlen(what);
+	return req->query.len >= len && memmem(req->query.ptr, req->query.len, what, len);
+}
+
+/*
+ * ?format=json: {"worker": LABEL or null, "metrics": {NAME: VALUE, ...},
+ * "sources": [{"labels": {LABEL: VALUE}, "metrics": {...}}, ...]}, one
+ * entry per source that keel_http_status_add added, in that order.
+ */
+static void status_json(char *out, size_t cap, size_t *n, const char *label, size_t llen,
+                        const char *const *names, const uint64_t *vals, size_t nm, const keel_http_server *s)
+{
+	appendf(out, cap, n, "{\"worker\": ");
+	if (label) {
+		char lab[257];
+		snprintf(lab, sizeof(lab), "%.*s", (int)llen, label);
+		appendf(out, cap, n, "\"");
+		append_json_str(out, cap, n, lab);
+		appendf(out, cap, n, "\"");
+	} else {
+		appendf(out, cap, n, "null");
+	}
+	appendf(out, cap, n, ",\n \"metrics\": {");
+	for (size_t i = 0; i < nm; i++)
+		appendf(out, cap, n, "%s\"%s\": %llu", i ? ", " : "", names[i], (unsigned long long)vals[i]);
+	appendf(out, cap, n, "},\n \"sources\": [");
+	for (unsigned i = 0; i < s->nstatus_src; i++) {
+		const struct status_source *src = &s->status_src[i];
+		keel_http_metric x[STATUS_SOURCE_METRICS];
+		unsigned k = src->fn(src->ud, x, STATUS_SOURCE_METRICS);
+		appendf(out, cap, n, "%s\n  {\"labels\": {", i ? "," : "");
+		if (src->label) {
+			appendf(out, cap, n, "\"");
+			append_json_str(out, cap, n, src->label);
+			appendf(out, cap, n, "\": \"");
+			append_json_str(out, cap, n, src->value);
+			appendf(out, cap, n, "\"");
+		}
+		appendf(out, cap, n, "}, \"metrics\": {");
+		for (unsigned j = 0; j < k && j < STATUS_SOURCE_METRICS; j++)
+			appendf(out, cap, n, "%s\"%s\": %llu", j ? ", " : "", x[j].name,
+			        (unsigned long long)x[j].value);
+		appendf(out, cap, n, "}}");
+	}
+	appendf(out, cap, n, "]}\n");
+}
+
 keel_promise *keel_http_status(keel_http_request *req, void *ud)
 {
 	const char *label = ud;
@@ -87,8 +150,7 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 	keel_http_stats stats;
 	keel_http_server_stats(s, &stats);
 	const keel_http_stats *st = &stats;
-	keel_str fmt = KEEL_STR("format=prometheus");
-	bool prom = req->query.len >= fmt.len && memmem(req->query.ptr, req->query.len, fmt.ptr, fmt.len);
+	bool prom = query_has(req, "format=prometheus"), json = query_has(req, "format=json");
 	struct {
 		const char *name, *type, *help;
 		uint64_t v;
@@ -115,10 +177,23 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 	size_t nm = sizeof(m) / sizeof(m[0]), cap = nm * (200 + llen) + llen + 64, n = 0;
 	for (unsigned i = 0; i < s->nstatus_src; i++)
 		cap += STATUS_SOURCE_METRICS * (400 + llen + 2 * (s->status_src[i].label ? 256 : 0));
+	if (json) /* (label values escaped: up to six bytes for one) */
+		for (unsigned i = 0; i < s->nstatus_src; i++)
+			cap += 64 + (s->status_src[i].label ? 6 * 2 * 256 : 0) + 5 * llen;
 	char *out = keel_ctx_alloc(keel_http_request_ctx(req), cap);
 	if (!out)
 		return keel_http_respond(req, 500, "text/plain", "out of memory\n",
 		                         sizeof("out of memory\n") - 1);
+	if (json) {
+		const char *names[sizeof(m) / sizeof(m[0])];
+		uint64_t vals[sizeof(m) / sizeof(m[0])];
+		for (size_t i = 0; i < nm; i++) {
+			names[i] = m[i].name;
+			vals[i] = m[i].v;
+		}
+		status_json(out, cap, &n, label, llen, names, vals, nm, s);
+		return keel_http_respond(req, 200, "application/json", out, n);
+	}
 	if (label && !prom)
 		appendf(out, cap, &n, "worker %.*s\n", (int)llen, label);
 	for (size_t i = 0; i < nm; i++) {
