@@ -189,6 +189,7 @@ struct keel_http_request {
 	keel_http_header *headers;     /* config limits.headers_max, right after the record (a pointer:
 	                              C++ has no flexible array members) */
 	struct keel__upgrade *upgrade; /* the protocol a 101 switches to (keel_ws_accept) */
+	uint64_t start_ns;             /* loop time its head was parsed (for the latency window) */
 };
 
 /*
@@ -394,6 +395,21 @@ typedef struct keel_http_stats {
 } keel_http_stats;
 /* Copy the server's counters into *out. */
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
+
+/*
+ * Response latency over a window: from the tick a request's head was
+ * parsed to the tick its response head was written (queueing in the
+ * server and the handler's time; not the network). Quantiles are upper
+ * bounds of log-spaced buckets (4 per power of two: within 19%).
+ */
+typedef struct keel_http_latency {
+	uint64_t count;  /* responses in the window */
+	uint64_t p50_us; /* 0 when count is 0 */
+	uint64_t p99_us;
+	uint64_t max_us;
+} keel_http_latency;
+/* The latency since the previous call (or the server's start) into *out; a new window begins. */
+void keel_http_server_latency(keel_http_server *s, keel_http_latency *out);
 
 /*
  * A handler with the server's live counters (connections, requests, shed

@@ -454,6 +454,7 @@ void keel__h1_flush(keel_http_conn *c)
 				p = KEEL__PUT_LIT(p, "\r\n");
 		}
 		int st = a->status ? a->status : 200;
+		keel__lat_record(s, r);
 		if (s->cfg.access_log_fd >= 0 && !r->is_error_logged) {
 			r->is_error_logged = 1;
 			uint64_t blen = a->file_fd >= 0        ? a->file_len

@@ -550,6 +550,7 @@ static void submit(struct h2_stream *st)
 		fetch_start(st);
 		h->in_ng = was;
 	}
+	keel__lat_record(s, r);
 	if (s->cfg.access_log_fd >= 0 && !r->is_error_logged) {
 		r->is_error_logged = 1;
 		keel__log_request(s, h->peer, r, status, body ? blen : 0);

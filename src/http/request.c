@@ -84,6 +84,7 @@ keel_http_request *keel__req_new(keel_http_server *s, void *c, const struct keel
 	r->proto = proto;
 	r->resp.file_fd = -1;
 	r->keep_alive = 1;
+	r->start_ns = keel_loop_now_ns(s->loop);
 	return r;
 }
 

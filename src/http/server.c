@@ -314,6 +314,49 @@ void keel_http_server_free(keel_http_server *s)
 	free(s);
 }
 
+static unsigned lat_bucket(uint64_t us)
+{
+	if (us < 4)
+		return (unsigned)us;
+	unsigned e = 63u - (unsigned)__builtin_clzll(us); /* >= 2 */
+	unsigned b = 4 * (e - 1) + (unsigned)((us >> (e - 2)) & 3);
+	return b < KEEL__LAT_BUCKETS ? b : KEEL__LAT_BUCKETS - 1;
+}
+
+/* The largest latency bucket b holds. */
+static uint64_t lat_upper(unsigned b)
+{
+	if (b < 4)
+		return b;
+	unsigned e = b / 4 + 1, sub = b % 4;
+	return ((uint64_t)(4 + sub + 1) << (e - 2)) - 1;
+}
+
+void keel__lat_record(keel_http_server *s, const keel_http_request *r)
+{
+	uint64_t now = keel_loop_now_ns(s->loop);
+	uint64_t us = now > r->start_ns ? (now - r->start_ns) / 1000 : 0;
+	s->lat[lat_bucket(us)]++;
+	s->lat_n++;
+	if (us > s->lat_max_us)
+		s->lat_max_us = us;
+}
+
+void keel_http_server_latency(keel_http_server *s, keel_http_latency *out)
+{
+	*out = (keel_http_latency){.count = s->lat_n, .max_us = s->lat_max_us};
+	uint64_t seen = 0, p50 = (s->lat_n + 1) / 2, p99 = s->lat_n - s->lat_n / 100;
+	for (unsigned b = 0; b < KEEL__LAT_BUCKETS && seen < s->lat_n; b++) {
+		seen += s->lat[b];
+		if (!out->p50_us && seen >= p50 && seen)
+			out->p50_us = lat_upper(b) < s->lat_max_us ? lat_upper(b) : s->lat_max_us;
+		if (!out->p99_us && seen >= p99 && seen)
+			out->p99_us = lat_upper(b) < s->lat_max_us ? lat_upper(b) : s->lat_max_us;
+	}
+	memset(s->lat, 0, sizeof(s->lat));
+	s->lat_n = s->lat_max_us = 0;
+}
+
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out)
 {
 	*out = s->stats;

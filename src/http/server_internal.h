@@ -37,6 +37,11 @@ struct route {
 #define STATUS_SOURCES_MAX 16
 #define STATUS_SOURCE_METRICS 16
 
+/* Latency buckets: 0..3 us one each, then four per power of two, up to 2^40 us. */
+#define KEEL__LAT_BUCKETS 160
+/* A response's head is written now: its request's latency into the window. */
+void keel__lat_record(keel_http_server *s, const keel_http_request *r);
+
 struct status_source {
 	char *label, *value;
 	keel_http_metrics_fn fn;
@@ -120,6 +125,9 @@ struct keel_http_server {
 	time_t date_sec;
 	size_t server_name_len;
 	keel_http_stats stats;
+	/* keel_http_server_latency's window: responses by latency bucket (keel__lat_record). */
+	uint32_t lat[KEEL__LAT_BUCKETS];
+	uint64_t lat_n, lat_max_us;
 	/* Access log: two buffers; one fills while the other is being written. */
 	char *log_buf[2];
 	size_t log_len[2];
