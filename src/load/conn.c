@@ -447,7 +447,7 @@ static void send_done(keel_ctx *ctx, keel_outcome o, void *ud)
 			return;
 		if (crossed_close(c)) {
 			if (!c->w->stopping) /* (at the end nothing is sent again) */
-			c->w->c.retried += c->inflight - c->unsent;
+				c->w->c.retried += c->inflight - c->unsent;
 			conn_fail(c, -1, false);
 		} else {
 			conn_fail(c, E_READ, !c->answered);
