@@ -195,7 +195,7 @@ $(BUILD)/examples/fanout: examples/fanout.c examples/fanout_svc.c $(BUILD)/libke
 	$(CC) $(ALL_CFLAGS) -I/usr/include/cjson -o $@ $< $(BUILD)/libkeel.a -lcjson $(LDLIBS)
 
 run: all
-	$(BUILD)/keel serve www
+	$(BUILD)/keel serve --status www
 
 test: all
 	@BUILD=$(BUILD) sh test/run.sh

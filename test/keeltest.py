@@ -30,7 +30,8 @@ stop_ok(what) (SIGTERM, then expect_exit). Also alive(), fds(), rss_kib(),
 cpu_seconds(). kill_all() kills every Proc still running. run_keel(*args)
 runs the CLI to its exit (bounded) and returns the CompletedProcess (text).
 PyServer is a server in this process: a subclass's handle(conn) answers each
-connection.
+connection. Chromium(tmp) is headless Chromium with its DevTools endpoint at
+.url (the caller speaks to it with the websockets package: call()).
 
 Network, on 127.0.0.1: free_port(), free_ports(n) (n consecutive ones);
 connect(port) (TCP_NODELAY); recv_exact(sock, n, what); recv_all(sock) (until
@@ -41,7 +42,8 @@ compare by SHA-256); response(port, path, ...) (one request on its own
 connection: the http.client response, its body read) and request(port, path,
 ...) ((status, {lowercase name: value}, body)); curl(*args) (curl -sS,
 bounded); sha(bytes); first_diff(a, b)."""
-import hashlib, http.client, os, re, resource, shutil, signal, socket, subprocess, sys, threading, time
+import asyncio, hashlib, http.client, json, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile
+import threading, time
 import traceback
 
 BUILD = os.environ.get("KEEL_BUILD", "build")
@@ -569,3 +571,50 @@ def curl(*args, max_time=10, text=False):
     """curl -sS --max-time max_time ARGS (the process bounded 10 s beyond): a CompletedProcess."""
     return subprocess.run([CURL or "curl", "-sS", "--max-time", str(max_time), *args], stdin=subprocess.DEVNULL,
                           capture_output=True, text=text, timeout=max_time + 10)
+
+
+# ---- A real browser ------------------------------------------------------------------------------
+
+class Chromium:
+    """Headless Chromium driven over its DevTools protocol (a WebSocket, spoken with the websockets
+    package by the caller: call(conn, method, params, session) on a connection to .url). tmp holds
+    its profile. Raises Skip without chromium."""
+
+    def __init__(self, tmp):
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if not exe:
+            raise Skip("chromium missing (Debian: apt-get install chromium)")
+        self.profile = tempfile.mkdtemp(prefix="keel-chromium-", dir=tmp)
+        self.p = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                   "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+                                   "--user-data-dir=" + self.profile, "about:blank"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        path = os.path.join(self.profile, "DevToolsActivePort")
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(path) and len(open(path).read().split()) == 2):
+            if time.monotonic() > deadline:
+                self.close()
+                fail("chromium did not open its DevTools port within 30 s")
+            time.sleep(0.1)
+        port, ws_path = open(path).read().split()
+        self.url = "ws://127.0.0.1:%s%s" % (port, ws_path)
+        self.next_id = 0
+
+    async def call(self, conn, method, params=None, session=None):
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        await conn.send(json.dumps(msg))
+        while True:  # (events in between are skipped)
+            r = json.loads(await asyncio.wait_for(conn.recv(), 30))
+            if r.get("id") == self.next_id:
+                if "error" in r:
+                    fail("DevTools %s: %s" % (method, r["error"]))
+                return r["result"]
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+        shutil.rmtree(self.profile, ignore_errors=True)

@@ -17,7 +17,7 @@ except ImportError:  # a Python that does not see Debian's python3-websockets: t
     print("SKIP: no python3-websockets (Debian: apt-get install python3-websockets)", flush=True)
     sys.exit(77)
 
-from keeltest import EXAMPLES, KEEL, Proc, Skip, Subtests, check, connect, eq, exchange, fail, main
+from keeltest import EXAMPLES, KEEL, Chromium, Proc, Skip, Subtests, check, connect, eq, exchange, fail, main
 
 CHAT = os.path.join(EXAMPLES, "chat")
 WS_TESTSRV = os.path.join(os.path.dirname(EXAMPLES), "test", "ws_testsrv")
@@ -735,46 +735,6 @@ def wss(tmp):
 
 
 # ---- A real browser ----------------------------------------------------------------------------
-
-class Chromium:
-    """Headless Chromium driven over its DevTools protocol (a WebSocket, spoken with websockets)."""
-
-    def __init__(self, tmp):
-        exe = shutil.which("chromium") or shutil.which("chromium-browser")
-        if not exe:
-            raise Skip("chromium missing (Debian: apt-get install chromium)")
-        self.profile = tempfile.mkdtemp(prefix="keel-chromium-", dir=tmp)
-        self.p = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                                   "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-                                   "--user-data-dir=" + self.profile, "about:blank"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        path = os.path.join(self.profile, "DevToolsActivePort")
-        if not until(lambda: os.path.exists(path) and len(open(path).read().split()) == 2, 30, 0.1):
-            self.close()
-            fail("chromium did not open its DevTools port within 30 s")
-        port, ws_path = open(path).read().split()
-        self.url = "ws://127.0.0.1:%s%s" % (port, ws_path)
-        self.next_id = 0
-
-    async def call(self, conn, method, params=None, session=None):
-        self.next_id += 1
-        msg = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        await conn.send(json.dumps(msg))
-        while True:  # (events in between are skipped)
-            r = json.loads(await asyncio.wait_for(conn.recv(), 30))
-            if r.get("id") == self.next_id:
-                if "error" in r:
-                    fail("DevTools %s: %s" % (method, r["error"]))
-                return r["result"]
-
-    def close(self):
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait(10)
-        shutil.rmtree(self.profile, ignore_errors=True)
-
 
 def browser_chat(tmp, port, what):
     """Two chat pages in Chromium: both connect, each sends a line, each page shows both lines."""

@@ -831,8 +831,11 @@ static void route_key(struct parser *p, const char *name, const char *value)
 			r->handler = CLI_HANDLER_LIVE;
 		else if (strcmp(value, "ready") == 0)
 			r->handler = CLI_HANDLER_READY;
+		else if (strcmp(value, "dashboard") == 0)
+			r->handler = CLI_HANDLER_DASHBOARD;
 		else
-			perr(p, p->lineno, "handler: unknown handler '%s' (built in: status, live, ready)",
+			perr(p, p->lineno,
+			     "handler: unknown handler '%s' (built in: status, live, ready, dashboard)",
 			     value);
 		break;
 	case CLI_ROUTE_NONE:

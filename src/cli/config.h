@@ -21,7 +21,7 @@
 
 enum cli_route_kind { CLI_ROUTE_NONE, CLI_ROUTE_STATIC, CLI_ROUTE_UPSTREAM, CLI_ROUTE_HANDLER };
 
-enum cli_handler { CLI_HANDLER_STATUS, CLI_HANDLER_LIVE, CLI_HANDLER_READY };
+enum cli_handler { CLI_HANDLER_STATUS, CLI_HANDLER_LIVE, CLI_HANDLER_READY, CLI_HANDLER_DASHBOARD };
 
 /* Limits on what a configuration may hold (a limit on everything). */
 enum { CLI_ROUTES_MAX = 1024, CLI_UPSTREAMS_MAX = 256, CLI_SERVERS_MAX = 256 };

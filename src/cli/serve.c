@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "board.h"
 #include "cli.h"
 #include "keel/http.h"
 #include "keel/static.h"
@@ -33,6 +34,7 @@ struct serve_worker {
 	keel_http_server *srv;
 	keel_static *st;
 	keel_tls_endpoint *tls;
+	board_worker board; /* --status: the dashboard's sampler */
 	bool stopping;
 	char label[24];
 };
@@ -51,6 +53,7 @@ static void serve_stop(keel_loop *loop, void *arg)
 	if (!w || w->stopping)
 		return;
 	w->stopping = true;
+	board_worker_stop(&w->board, loop);
 	keel_promise_done(keel_http_server_stop(w->srv, (uint64_t)cfg->grace_ms), serve_stopped, loop);
 }
 
@@ -95,6 +98,9 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		err = keel_http_route(w.srv, "GET", "/_keel/status", KEEL_HTTP_NO_SHED, keel_http_status,
 		                      w.label);
 		if (!err)
+			err = keel_http_route(w.srv, "GET", "/_keel/dashboard", KEEL_HTTP_NO_SHED,
+			                      board_handler, NULL);
+		if (!err)
 			err = keel_http_status_add(w.srv, NULL, NULL, keel_static_metrics, w.st);
 		if (!err && w.tls)
 			err = keel_http_status_add(w.srv, NULL, NULL, cli_tls_metrics, w.tls);
@@ -107,11 +113,14 @@ static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		keel_tls_endpoint_free(w.tls);
 		return serve_worker_fail(lfd, "cannot set up the routes", err);
 	}
+	if (cfg->status)
+		board_worker_start(&w.board, loop, w.srv, index);
 	keel__worker_serving();
 	keel_loop_set_data(loop, &w);
 	while (!w.stopping)
 		keel_loop_run_once(loop, -1);
 	keel_loop_run(loop); /* until the graceful stop has closed every connection */
+	board_worker_stop(&w.board, loop);
 	keel_loop_set_data(loop, NULL);
 	keel_http_server_free(w.srv);
 	keel_static_free(w.st);
@@ -136,7 +145,8 @@ static void serve_usage(FILE *f)
 	      "  --http2               speak HTTP/2 too: over TLS by ALPN (h2), in plain text to\n"
 	      "                        clients that start with its preface (h2c, prior knowledge)\n"
 	      "  --status              serve live counters at /_keel/status (each worker its own;\n"
-	      "                        ?format=prometheus)\n"
+	      "                        ?format=json, ?format=prometheus) and a live dashboard of\n"
+	      "                        every worker at /_keel/dashboard\n"
 	      "  --tls-cert FILE       serve HTTPS with this certificate (PEM, chain after the leaf);\n"
 	      "  --tls-key FILE        and this key; repeat both for more (ECDSA and RSA, other names)\n"
 	      "  --tls-protocols LIST  \"TLSv1.2 TLSv1.3\" (default), or one of them\n"

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "board.h"
 #include "cli.h"
 #include "config.h"
 #include "keel/proxy.h"
@@ -32,6 +33,7 @@ struct site_worker {
 	keel_tls_endpoint **up_tls; /* one per https:// group (its session cache); NULL for plain ones */
 	keel_static **statics;      /* one per route; NULL for routes that are not static */
 	keel_tls_endpoint *tls;     /* NULL: plain HTTP */
+	board_worker board;         /* the dashboard's sampler, when a route shows it */
 	bool stopping;
 	char label[24]; /* the worker's number, for /_keel/status */
 };
@@ -50,6 +52,7 @@ static void site_stop(keel_loop *loop, void *arg)
 	if (!w || w->stopping)
 		return;
 	w->stopping = true;
+	board_worker_stop(&w->board, loop); /* (a reload's new worker samples into its slot now) */
 	keel_promise_done(keel_http_server_stop(w->srv, cfg->grace_ms), site_stopped, loop);
 }
 
@@ -148,9 +151,10 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 			break;
 		case CLI_ROUTE_HANDLER:
 			err = keel_http_route(w->srv, "GET", r->path, flags | KEEL_HTTP_NO_SHED,
-			                      r->handler == CLI_HANDLER_LIVE    ? site_live
-			                      : r->handler == CLI_HANDLER_READY ? site_ready
-			                                                        : keel_http_status,
+			                      r->handler == CLI_HANDLER_LIVE        ? site_live
+			                      : r->handler == CLI_HANDLER_READY     ? site_ready
+			                      : r->handler == CLI_HANDLER_DASHBOARD ? board_handler
+			                                                            : keel_http_status,
 			                      w->label);
 			break;
 		case CLI_ROUTE_NONE: err = -EINVAL; break; /* cli_config_check refuses these */
@@ -209,12 +213,19 @@ static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot start the server: %s", index, keel_strerror(err));
 		goto out_free;
 	}
+	for (unsigned i = 0; i < cfg->nroutes; i++)
+		if (cfg->routes[i].kind == CLI_ROUTE_HANDLER &&
+		    cfg->routes[i].handler == CLI_HANDLER_DASHBOARD) {
+			board_worker_start(&w.board, loop, w.srv, index);
+			break;
+		}
 	keel__worker_serving();
 	while (!w.stopping)
 		keel_loop_run_once(loop, -1);
 	keel_loop_run(loop); /* until the graceful stop has closed every connection */
 	status = CLI_OK;
 out_free:
+	board_worker_stop(&w.board, loop);
 	keel_loop_set_data(loop, NULL);
 	if (w.srv)
 		keel_http_server_free(w.srv);
