@@ -34,11 +34,19 @@ static struct ring
     *rings[BOARD_WORKERS_MAX]; /* (made on a worker's first sample; the process's to the end) */
 static int nslots;
 
+static int statm_fd = -1;
+static pthread_once_t statm_once = PTHREAD_ONCE_INIT;
+
+static void statm_open(void)
+{
+	statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+}
+
+/* The process's resident memory (/proc/self/statm, opened once by whichever worker samples first). */
 static uint64_t rss_now(void)
 {
-	static int fd = -1; /* (opened once; races only to open it twice) */
-	if (fd < 0)
-		fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	pthread_once(&statm_once, statm_open);
+	int fd = statm_fd;
 	char b[96];
 	ssize_t n = fd >= 0 ? pread(fd, b, sizeof(b) - 1, 0) : -1;
 	unsigned long long size, resident;
