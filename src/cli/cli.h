@@ -41,6 +41,12 @@ int cli_run_workers(const char *what, const char *addr, int n, cli_worker_main m
 int cli_run_master(keel__master *m);
 /* main's argv, kept for SIGUSR2 (with the binary's path, read now). */
 void cli_set_argv(char **argv);
+/*
+ * SIGUSR1: the log at path opened again, in place: the new file takes fd's
+ * number (dup3), so each worker's next write -- a whole batch of lines --
+ * goes to it, and none is lost or split. Logged when it cannot.
+ */
+void cli_reopen_log(const char *path, int fd);
 /* Ready for traffic: serving, and no SIGTERM yet (/_keel/ready). */
 bool cli_ready(void);
 

@@ -23,6 +23,7 @@ struct serve_cfg {
 	int workers;
 	long grace_ms;
 	bool status;
+	const char *access_log; /* --access-log: SIGUSR1 opens it again */
 	keel_http_config http;
 	keel_tls_config tls;
 	keel_tls_cert certs[KEEL_TLS_CERTS_MAX];
@@ -44,6 +45,14 @@ static void serve_stopped(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	(void)o;
 	keel_loop_stop(ud);
+}
+
+/* SIGUSR1: --access-log opened again (logrotate). */
+static void serve_reopen(void *ud, void *arg)
+{
+	(void)ud;
+	struct serve_cfg *cfg = arg;
+	cli_reopen_log(cfg->access_log, cfg->http.access_log_fd);
 }
 
 static void serve_stop(keel_loop *loop, void *arg)
@@ -307,6 +316,7 @@ int cli_serve(int argc, char **argv)
 		}
 	}
 	if (access_log) {
+		cfg.access_log = access_log;
 		cfg.http.access_log_fd = open(access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 		if (cfg.http.access_log_fd < 0) {
 			fprintf(stderr, "keel serve: --access-log %s: %s\n", access_log, strerror(errno));
@@ -315,7 +325,14 @@ int cli_serve(int argc, char **argv)
 	}
 	char what[300];
 	snprintf(what, sizeof(what), "serve%s %s", cfg.tls_ctx ? " (https)" : "", cfg.dir);
-	int rc = cli_run_workers(what, cfg.listen, cfg.workers, serve_worker_main, serve_stop, &cfg);
+	keel__master m = {
+	    .what = what,
+	    .gen = {.arg = &cfg, .addr = cfg.listen, .workers = cfg.workers},
+	    .main_fn = serve_worker_main,
+	    .stop_fn = serve_stop,
+	    .reopen = serve_reopen,
+	};
+	int rc = cli_run_master(&m);
 	if (cfg.http.access_log_fd >= 0)
 		close(cfg.http.access_log_fd);
 	keel_tls_ctx_free(cfg.tls_ctx);

@@ -300,6 +300,10 @@ static int site_reload(void *ud, keel__gen *g)
 {
 	const struct site_run *run = ud;
 	const char *file = run->file;
+	if (!file) { /* keel proxy: built from flags */
+		keel_log(KEEL_LOG_WARN, "SIGHUP: nothing to reload (no configuration file)");
+		return -ENOENT;
+	}
 	cli_config *cfg = malloc(sizeof(*cfg));
 	if (!cfg)
 		return -ENOMEM;
@@ -325,23 +329,12 @@ static void site_release(void *ud, void *arg)
 	free(cfg);
 }
 
-/*
- * SIGUSR1: the access log opened again, in place: the new file takes the
- * old descriptor's number (dup2), so each worker's next write -- a whole
- * batch of lines -- goes to it, and none is lost or split.
- */
+/* SIGUSR1: the access log opened again, in place (cli_reopen_log). */
 static void site_reopen(void *ud, void *arg)
 {
 	(void)ud;
 	cli_config *cfg = arg;
-	if (cfg->http.access_log_fd < 0)
-		return;
-	int fd = open(cfg->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (fd < 0 || dup3(fd, cfg->http.access_log_fd, O_CLOEXEC) < 0)
-		keel_log(KEEL_LOG_ERROR, "access_log %s: cannot reopen: %s; still writing the old file",
-		         cfg->access_log, strerror(errno));
-	if (fd >= 0)
-		close(fd);
+	cli_reopen_log(cfg->access_log, cfg->http.access_log_fd);
 }
 
 int cli_config_run(cli_config *cfg, const char *what)
@@ -354,7 +347,7 @@ int cli_config_run(cli_config *cfg, const char *what)
 	    .main_fn = site_worker_main,
 	    .stop_fn = site_stop,
 	    .ud = &run,
-	    .reload = cfg->file ? site_reload : NULL,
+	    .reload = site_reload,
 	    .release = site_release,
 	    .reopen = site_reopen,
 	};

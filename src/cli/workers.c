@@ -6,11 +6,13 @@
  * /_keel/ready, the binary to start again on SIGUSR2, and exit statuses.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -21,34 +23,48 @@ static atomic_bool ready;
 static char exe[PATH_MAX];
 static char **args;
 
+/* Whether path is the file this process runs (its device and inode), symlinks followed. */
+static bool is_self(const char *path)
+{
+	struct stat a, b;
+	return stat(path, &a) == 0 && stat("/proc/self/exe", &b) == 0 && a.st_dev == b.st_dev &&
+	       a.st_ino == b.st_ino;
+}
+
 /*
  * The path the binary was started by, made absolute now: the file there
  * is what SIGUSR2 runs (a new build installed over it, or a symlink moved
- * to a new version). A bare name was found on PATH; failing all else,
- * /proc/self/exe (which resolves symlinks, and says "(deleted)" once the
- * file is replaced -- hence now).
+ * to a new version). A bare name is looked up on PATH as the shell did (an
+ * empty entry is the working directory). The path is kept only if it
+ * leads to this very binary now; otherwise, /proc/self/exe (symlinks
+ * resolved; read now, as it says "(deleted)" once the file is replaced).
  */
 void cli_set_argv(char **argv)
 {
 	args = argv;
 	const char *a0 = argv[0];
-	char cwd[PATH_MAX];
+	char cwd[PATH_MAX], cand[PATH_MAX];
 	exe[0] = '\0';
+	if (!getcwd(cwd, sizeof(cwd)))
+		cwd[0] = '\0';
 	if (strchr(a0, '/')) {
-		if (a0[0] == '/')
-			snprintf(exe, sizeof(exe), "%s", a0);
-		else if (getcwd(cwd, sizeof(cwd)) &&
-		         (size_t)snprintf(exe, sizeof(exe), "%s/%s", cwd, a0) >= sizeof(exe))
-			exe[0] = '\0'; /* (too long: /proc/self/exe below) */
+		int n = snprintf(cand, sizeof(cand), "%s%s%s", a0[0] == '/' ? "" : cwd,
+		                 a0[0] == '/' ? "" : "/", a0);
+		if (n > 0 && (size_t)n < sizeof(cand) && is_self(cand))
+			memcpy(exe, cand, (size_t)n + 1);
 	} else {
-		const char *path = getenv("PATH");
-		for (const char *p = path; p && *p && !exe[0];) {
+		for (const char *p = getenv("PATH"); p && !exe[0];) {
 			size_t len = strcspn(p, ":");
-			char cand[PATH_MAX];
-			int n = snprintf(cand, sizeof(cand), "%.*s/%s", (int)len, p, a0);
-			if (n > 0 && (size_t)n < sizeof(cand) && cand[0] == '/' && access(cand, X_OK) == 0)
-				snprintf(exe, sizeof(exe), "%s", cand);
-			p += len + (p[len] == ':');
+			const char *dir = len ? p : ".";
+			int dlen = len ? (int)len : 1;
+			int n = dir[0] == '/'
+			            ? snprintf(cand, sizeof(cand), "%.*s/%s", dlen, dir, a0)
+			            : snprintf(cand, sizeof(cand), "%s/%.*s/%s", cwd, dlen, dir, a0);
+			if (n > 0 && (size_t)n < sizeof(cand) && access(cand, X_OK) == 0 && is_self(cand))
+				memcpy(exe, cand, (size_t)n + 1);
+			if (!p[len])
+				break;
+			p += len + 1;
 		}
 	}
 	if (!exe[0]) {
@@ -70,6 +86,18 @@ static void cli_notify(void *ud, const char *state)
 	else if (strcmp(state, "STOPPING=1") == 0)
 		atomic_store(&ready, false);
 	sd_notify(0, state); /* (nothing without NOTIFY_SOCKET) */
+}
+
+void cli_reopen_log(const char *path, int fd)
+{
+	if (!path || fd < 0)
+		return;
+	int nfd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (nfd < 0 || dup3(nfd, fd, O_CLOEXEC) < 0)
+		keel_log(KEEL_LOG_ERROR, "access log %s: cannot reopen: %s; still writing the old file", path,
+		         strerror(errno));
+	if (nfd >= 0)
+		close(nfd);
 }
 
 long cli_parse_long(const char *opt, const char *s, long min, long max)

@@ -38,7 +38,18 @@
 
 extern char **environ;
 
-enum { LISTENERS_MAX = 1024, ADDR_MAX = 128, UPGRADE_TIMEOUT_MS = 60000 };
+/*
+ * An upgrade's process: UPGRADE_TIMEOUT_MS to serve; CHILD_EXIT_MS to exit
+ * once its pipe closed; CHILD_STOP_MS for its graceful stop when a stop of
+ * this process calls the upgrade off.
+ */
+enum {
+	LISTENERS_MAX = 1024,
+	ADDR_MAX = 128,
+	UPGRADE_TIMEOUT_MS = 60000,
+	CHILD_EXIT_MS = 1000,
+	CHILD_STOP_MS = 30000
+};
 
 /* The listening sockets of one address, shared by the generations that serve on it. */
 struct lset {
@@ -103,6 +114,8 @@ struct master {
 	pid_t child;
 	int child_st;           /* its wait status, when reaped before its pipe closed */
 	bool child_reaped;      /* (then child_st is set) */
+	bool child_eof;         /* its pipe closed before it served: it failed */
+	bool child_off;         /* called off by a stop (it was told to stop too) */
 	int child_fd;           /* read end of its ready pipe */
 	keel_timer child_timer; /* UPGRADE_TIMEOUT_MS to serve */
 	char child_buf[8];
@@ -314,6 +327,8 @@ static void gen_free(struct gen *g)
 	if (!m->stopping && g->served && g != m->serving)
 		keel_log(KEEL_LOG_INFO, "old workers gone: %d drained in %llu ms", g->started,
 		         (unsigned long long)(keel_loop_now_ms(m->loop) - g->stop_ms));
+	if (m->serving == g)
+		m->serving = NULL;
 	if (m->o->release && (g->owned || g->cfg.arg == m->o->gen.arg))
 		m->o->release(m->o->ud, g->cfg.arg);
 	lset_unref(g->ls);
@@ -448,8 +463,8 @@ static void reload(struct master *m)
 	} else if (strcmp(cfg.addr, old->addr) == 0) {
 		ls = old;
 		if (ls->nfds > cfg.workers)
-			why = "fewer workers than listening sockets: a reload keeps the sockets (restart, or "
-			      "upgrade with SIGUSR2)";
+			why = "fewer workers than listening sockets: a reload keeps the sockets (restart to "
+			      "have fewer)";
 		else if (ls->nfds < cfg.workers && ls->reuseport && lset_grow(ls, cfg.workers) < 0)
 			why = "cannot listen on more sockets";
 	} else if (!(ls = lset_make(m, cfg.addr, cfg.workers, NULL))) {
@@ -493,16 +508,26 @@ static void reopen(struct master *m)
 	keel_log(KEEL_LOG_INFO, "SIGUSR1 received: logs reopened");
 }
 
+/*
+ * A stop while an upgrade is under way calls it off: its process would
+ * outlive this one, orphaned, and the service would not stop. SIGINT: its
+ * graceful stop at once, without a stop delay.
+ */
+static void call_off_upgrade(struct master *m)
+{
+	if (m->child <= 0 || m->child_off)
+		return;
+	m->child_off = true;
+	keel_log(KEEL_LOG_WARN, "upgrade called off: stopping pid %ld too", (long)m->child);
+	kill(m->child, SIGINT);
+}
+
 static void stop_all(struct master *m)
 {
 	if (m->stopping)
 		return;
 	m->stopping = true;
-	if (m->child > 0) {
-		/* An upgrade under way is called off: its process would outlive this one, orphaned. */
-		keel_log(KEEL_LOG_WARN, "upgrade called off: stopping pid %ld too", (long)m->child);
-		kill(m->child, SIGTERM);
-	}
+	call_off_upgrade(m);
 	if (!m->upgraded) /* (the service is the new process's now: it goes on) */
 		notify(m, "STOPPING=1");
 	/*
@@ -539,7 +564,7 @@ static void put_decimal(char *buf, long n)
 
 static void child_read_done(keel_ctx *ctx, keel_outcome o, void *ud);
 static void reap_child(struct master *m);
-static void reap_child_wait(struct master *m);
+static void child_failed(struct master *m);
 
 /*
  * Start the binary again with the listening sockets as 3.. (LISTEN_FDS),
@@ -567,7 +592,9 @@ static void upgrade(struct master *m)
 	char *names = malloc((size_t)n * 11 + 32);
 	char fds_var[32], pid_var[40], up_var[40];
 	int pfd[2] = {-1, -1};
-	if (!envp || !names || pipe2(pfd, O_CLOEXEC) < 0) {
+	/* (The read end nonblocking: the loop reads it, and a backend may try the read at once.) */
+	if (!envp || !names || pipe2(pfd, O_CLOEXEC) < 0 ||
+	    fcntl(pfd[0], F_SETFL, fcntl(pfd[0], F_GETFL) | O_NONBLOCK) < 0) {
 		keel_log(KEEL_LOG_ERROR, "upgrade: %s", keel_strerror(-errno));
 		goto out;
 	}
@@ -628,6 +655,22 @@ out:
 	free(envp);
 }
 
+/* The upgrade's process failed before it served, and has been reaped: say so, and forget it. */
+static void child_failed(struct master *m)
+{
+	int st = m->child_st;
+	if (m->child_off)
+		keel_log(KEEL_LOG_INFO, "pid %ld (the called-off upgrade) has ended", (long)m->child);
+	else
+		keel_log(KEEL_LOG_ERROR,
+		         "upgrade failed: pid %ld %s %d before it served; this process keeps serving",
+		         (long)m->child, WIFSIGNALED(st) ? "was killed by signal" : "exited with status",
+		         WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+	keel_timer_disarm(m->loop, &m->child_timer);
+	m->child = 0;
+	m->child_reaped = m->child_eof = m->child_off = false;
+}
+
 /* The new binary said it serves (a byte), or its pipe closed first (it failed). */
 static void child_read_done(keel_ctx *ctx, keel_outcome o, void *ud)
 {
@@ -636,9 +679,13 @@ static void child_read_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	m->child_read = NULL;
 	close(m->child_fd);
 	m->child_fd = -1;
-	if (o.err == 0 && o.n > 0 && !m->stopping) {
-		keel_timer_disarm(m->loop, &m->child_timer);
+	if (o.err == -ECANCELED)
+		return; /* (the master's end: it waits for the process there) */
+	reap_child(m);
+	bool stopping = m->stopping || keel_timer_is_armed(&m->delay) || m->delay_over;
+	if (o.err == 0 && o.n > 0 && !stopping && !m->child_reaped) {
 		char state[40];
+		keel_timer_disarm(m->loop, &m->child_timer);
 		keel_log(KEEL_LOG_INFO, "upgrade: pid %ld serves; this process (pid %ld) drains and exits",
 		         (long)m->child, (long)getpid());
 		snprintf(state, sizeof(state), "MAINPID=%ld", (long)m->child);
@@ -648,39 +695,34 @@ static void child_read_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		stop_all(m);
 		return;
 	}
-	keel_timer_disarm(m->loop, &m->child_timer);
-	if (o.err == -ECANCELED)
-		return; /* (the master's end: child_end waits for it) */
-	/* Its pipe closes as it exits: its status is there at once, or within a moment. */
-	for (int i = 0; i < 100 && !m->child_reaped; i++) {
-		reap_child(m);
-		if (!m->child_reaped)
-			usleep(10000);
+	if (o.err == 0 && o.n > 0 && !m->child_reaped) {
+		call_off_upgrade(m); /* (it serves, but this service is stopping: it stops too) */
+		return;
 	}
-	if (!m->child_reaped) { /* (it closed the pipe and runs on: not a keel that will serve) */
-		kill(m->child, SIGKILL);
-		reap_child_wait(m);
-	}
-	int st = m->child_st;
-	if (m->stopping)
-		keel_log(KEEL_LOG_INFO, "pid %ld (the called-off upgrade) has ended", (long)m->child);
+	/* Its pipe closed first: it is exiting. SIGCHLD reaps it; one that lingers gets a second. */
+	m->child_eof = true;
+	if (m->child_reaped)
+		child_failed(m);
 	else
-		keel_log(KEEL_LOG_ERROR,
-		         "upgrade failed: pid %ld %s %d before it served; this process keeps serving",
-		         (long)m->child, WIFSIGNALED(st) ? "was killed by signal" : "exited with status",
-		         WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-	m->child = 0;
-	m->child_reaped = false;
+		keel_timer_arm(m->loop, &m->child_timer, CHILD_EXIT_MS);
 }
 
-/* The upgrade's process did not serve in time: it is killed (its pipe closes: child_read_done). */
+/*
+ * The upgrade's process did not serve within UPGRADE_TIMEOUT_MS, or closed
+ * its pipe and did not exit within CHILD_EXIT_MS: it is killed (SIGCHLD
+ * then reports it).
+ */
 static void child_timeout(keel_loop *loop, keel_timer *t)
 {
 	(void)loop;
 	struct master *m = keel_container_of(t, struct master, child_timer);
 	if (m->child > 0 && !m->child_reaped) {
-		keel_log(KEEL_LOG_ERROR, "upgrade: pid %ld did not serve within %d s: killed", (long)m->child,
-		         UPGRADE_TIMEOUT_MS / 1000);
+		if (m->child_eof)
+			keel_log(KEEL_LOG_ERROR, "upgrade: pid %ld closed its pipe and runs on: killed",
+			         (long)m->child);
+		else
+			keel_log(KEEL_LOG_ERROR, "upgrade: pid %ld did not serve within %d s: killed",
+			         (long)m->child, UPGRADE_TIMEOUT_MS / 1000);
 		kill(m->child, SIGKILL);
 	}
 }
@@ -692,15 +734,30 @@ static void reap_child(struct master *m)
 	if (m->child > 0 && !m->child_reaped && waitpid(m->child, &st, WNOHANG) == m->child) {
 		m->child_st = st;
 		m->child_reaped = true;
+		if (m->child_eof) /* (its pipe closed already: the failure can be told) */
+			child_failed(m);
 	}
 }
 
+/* At the end: a called-off upgrade's process gets CHILD_STOP_MS for its graceful stop, then SIGKILL. */
 static void reap_child_wait(struct master *m)
 {
-	int st;
-	if (m->child > 0 && !m->child_reaped && waitpid(m->child, &st, 0) == m->child) {
-		m->child_st = st;
-		m->child_reaped = true;
+	for (int i = 0; m->child > 0 && !m->child_reaped; i++) {
+		if (i == CHILD_STOP_MS / 10) {
+			keel_log(KEEL_LOG_WARN, "pid %ld (the called-off upgrade) still runs: killed",
+			         (long)m->child);
+			kill(m->child, SIGKILL);
+		}
+		int st;
+		pid_t got = waitpid(m->child, &st, i >= CHILD_STOP_MS / 10 ? 0 : WNOHANG);
+		if (got == m->child) {
+			m->child_st = st;
+			m->child_reaped = true;
+		} else if (got < 0) {
+			break;
+		} else {
+			usleep(10000);
+		}
 	}
 }
 
@@ -714,18 +771,22 @@ static void master_on_signal(struct master *m, int signo)
 	case SIGUSR2: upgrade(m); break;
 	case SIGCHLD: reap_child(m); break;
 	case SIGTERM:
-		if (m->serving && m->serving->cfg.stop_delay_ms > 0 && !keel_timer_is_armed(&m->delay) &&
-		    !m->stopping) {
+		if (!m->stopping && !keel_timer_is_armed(&m->delay) && m->serving &&
+		    m->serving->cfg.stop_delay_ms > 0) {
 			keel_log(KEEL_LOG_INFO, "SIGTERM received: not ready; stopping in %llu ms",
 			         (unsigned long long)m->serving->cfg.stop_delay_ms);
 			notify(m, "STOPPING=1");
+			call_off_upgrade(m);
 			keel_timer_arm(m->loop, &m->delay, m->serving->cfg.stop_delay_ms);
 			break;
 		}
 		/* fall through */
 	default:
-		if (!m->stopping)
-			keel_log(KEEL_LOG_INFO, "%s received, stopping", strsignal(signo));
+		if (m->stopping) { /* (a second SIGINT/SIGTERM in the drain: the grace period runs on) */
+			keel_log(KEEL_LOG_INFO, "%s received: already stopping", strsignal(signo));
+			break;
+		}
+		keel_log(KEEL_LOG_INFO, "%s received, stopping", strsignal(signo));
 		stop_all(m);
 		break;
 	}
@@ -824,7 +885,7 @@ int keel__master_run(const keel__master *o)
 
 	keel_promise *sig = NULL;
 	while (m.gens) {
-		if (!sig && !m.stopping)
+		if (!sig) /* (while stopping too: a signal then must not end the process when the mask goes) */
 			sig = keel_signal_wait(m.loop, sigs, nsigs);
 		keel_loop_run_once(m.loop, 1000);
 		if (sig && keel_promise_is_settled(sig)) {
@@ -862,6 +923,10 @@ out:
 	free(taken);
 	pthread_mutex_destroy(&m.mu);
 	pthread_cond_destroy(&m.cv);
+	/* Signals that came after the last wait are dropped, not delivered as the mask goes. */
+	struct timespec none = {0, 0};
+	while (sigtimedwait(&set, NULL, &none) > 0)
+		;
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return m.status;
 }
