@@ -211,6 +211,28 @@ def probes(d):
     site.proc.expect_exit("after the drain", 10)
 
 
+def signals_after_reload(d):
+    """A reload, then SIGTERM with a short stop delay, then (the new workers gone, the old ones
+    still draining a request) another SIGTERM: logged, and the exit is still 0 (the serving
+    generation's memory was once read after it was freed here)."""
+    site = Site(d, extra="stop_delay_ms = 300")
+    held = connect(site.port)  # (a request under way on the first generation's worker)
+    held.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(0.1)
+    site.rewrite("gen-1")
+    site.proc.signal(signal.SIGHUP)
+    check(wait_count(site.proc, r"reloaded: ", 1), "reload:\n" + site.proc.shown())
+    site.proc.signal(signal.SIGTERM)
+    check(site.proc.wait_line("not ready; stopping in 300 ms", 5), "delay:\n" + site.proc.shown())
+    time.sleep(0.8)  # (the delay is over: the stop began; the new generation has nothing to drain)
+    site.proc.signal(signal.SIGTERM)
+    check(site.proc.wait_line("already stopping", 5), "a SIGTERM in the drain:\n" + site.proc.shown())
+    held.sendall(b"\r\n")
+    check(held.recv(4096).startswith(b"HTTP/1.1 200"), "the held request answered in the drain")
+    held.close()
+    site.proc.expect_exit("after the drain", 10)
+
+
 def refused(port):
     s = socket.socket()
     s.settimeout(1)
@@ -574,6 +596,7 @@ def run():
                      ("bad reloads rejected under load", bad_reload), ("log reopen under load", log_reopen),
                      ("binary upgrade under load", upgrade), ("keel serve upgrade", serve_upgrade),
                      ("a stop during an upgrade", stop_during_upgrade),
+                     ("signals after a reload and the stop delay", signals_after_reload),
                      ("socket activation", socket_activation), ("status as JSON", status_json),
                      ("sd_notify", notify)]:
         with tempfile.TemporaryDirectory(prefix="keel-ops-") as d:
