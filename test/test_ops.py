@@ -345,6 +345,16 @@ def pid_exit(pid, timeout):
     return None
 
 
+def end_adopted(pids):
+    """SIGKILL and reap the processes of ours that still run (a test that failed midway)."""
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+            os.waitpid(p, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 def exited(proc):
     """proc's exit status (within 10 s): its output pipe stays open, held by the new process."""
     try:
@@ -382,12 +392,7 @@ def upgrade(d):
         eq(pid_exit(pid, 10), 0, "the last process's exit status")
         site.proc.check_sanitizers()
     finally:
-        for p in adopted:
-            try:
-                os.kill(p, signal.SIGKILL)
-                os.waitpid(p, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+        end_adopted(adopted)
 
 
 def serve_upgrade(d):
@@ -413,11 +418,7 @@ def serve_upgrade(d):
         os.kill(new, signal.SIGTERM)
         eq(pid_exit(new, 10), 0, "the new keel serve's exit status")
     finally:
-        try:
-            os.kill(new, signal.SIGKILL)
-            os.waitpid(new, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+        end_adopted([new])
 
 
 def stop_during_upgrade(d):
@@ -448,8 +449,7 @@ def stop_during_upgrade(d):
         wait_until(lambda: not alive(child), 5, "the called-off process gone")
         check(refused(site.port), "something still serves on the port")
     finally:
-        if alive(child):
-            os.kill(child, signal.SIGKILL)
+        end_adopted([child])
 
 
 def alive(pid):
@@ -546,8 +546,7 @@ def notify(d):
         expect("STOPPING=1")
         eq(pid_exit(new, 10), 0, "the new process's exit status")
     finally:
-        if alive(new):
-            os.kill(new, signal.SIGKILL)
+        end_adopted([new])
     s.close()
 
 
