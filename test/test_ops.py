@@ -28,7 +28,7 @@ Load runs on 127.0.0.1 only, bounded in rate and time. Requests that
 crossed a server's close of an idle kept-alive connection are sent again
 by keel load (it reports them as retried, as a browser would retry them);
 failed ones are what the assertions count. Runs under KEEL_BACKEND."""
-import ctypes, json, os, re, shutil, signal, socket, subprocess, tempfile, threading, time
+import ctypes, json, os, re, shutil, signal, socket, ssl, subprocess, tempfile, threading, time
 
 from keeltest import (CLI_LISTEN_RE, KEEL, Proc, Skip, Subtests, check, connect, eq, fail, free_port,
                       main, request, run_keel)
@@ -231,6 +231,36 @@ def signals_after_reload(d):
     check(held.recv(4096).startswith(b"HTTP/1.1 200"), "the held request answered in the drain")
     held.close()
     site.proc.expect_exit("after the drain", 10)
+
+
+def tls_reload(d):
+    """HTTPS: a reload reads the certificates again; new handshakes get the new one."""
+    if not shutil.which("openssl"):
+        raise Skip("openssl missing")
+    for name in ("one", "two"):
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-keyout", os.path.join(d, name + ".key"), "-out", os.path.join(d, name + ".crt"),
+                            "-days", "2", "-subj", "/CN=" + name], capture_output=True, text=True, timeout=30)
+        check(r.returncode == 0, "openssl req: " + r.stderr)
+
+    def served_cert(port):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), 5) as raw, ctx.wrap_socket(raw) as s:
+            return s.getpeercert(binary_form=True)
+
+    def der(name):
+        with open(os.path.join(d, name + ".crt")) as f:
+            return ssl.PEM_cert_to_DER_cert(f.read())
+
+    site = Site(d, extra="tls_cert = one.crt\ntls_key = one.key")
+    eq(served_cert(site.port) == der("one"), True, "the first certificate served")
+    site.extra = "tls_cert = two.crt\ntls_key = two.key"
+    site.rewrite("gen-1")
+    site.proc.signal(signal.SIGHUP)
+    check(wait_count(site.proc, r"reloaded: ", 1), "reload:\n" + site.proc.shown())
+    wait_until(lambda: served_cert(site.port) == der("two"), 3, "the second certificate served after the reload")
+    site.proc.stop_ok("after a TLS reload")
 
 
 def refused(port):
@@ -596,6 +626,7 @@ def run():
                      ("binary upgrade under load", upgrade), ("keel serve upgrade", serve_upgrade),
                      ("a stop during an upgrade", stop_during_upgrade),
                      ("signals after a reload and the stop delay", signals_after_reload),
+                     ("TLS certificates reload", tls_reload),
                      ("socket activation", socket_activation), ("status as JSON", status_json),
                      ("sd_notify", notify)]:
         with tempfile.TemporaryDirectory(prefix="keel-ops-") as d:
