@@ -115,7 +115,10 @@ def run_all():
                 check(ts == sorted(ts) and all(0.5e3 < b - a < 2e3 for a, b in zip(ts, ts[1:])),
                       "worker %d: a sample a second: %r" % (w["worker"], ts))
             total = sum(s[1] for w in after["workers"] for s in w["samples"])
-            check(served <= total <= served + 10, "requests/s summed over the samples: %d; served %d" % (total, served))
+            # (At most 8 connections x 16 pipelined requests were in flight at keel load's end:
+            # served, not counted by it; and the one data request during the run.)
+            check(served <= total <= served + 8 * 16 + 1,
+                  "requests/s summed over the samples: %d; served %d" % (total, served))
             busy = [s for w in during["workers"] for s in w["samples"] if s[1] > 0]
             check(busy and all(s[6] > 0 and s[6] >= s[5] for s in busy), "p99 >= p50 > 0 while busy: %r" % busy)
             check(any(s[3] > 0 for s in busy), "open connections seen during the load: %r" % busy)

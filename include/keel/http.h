@@ -397,10 +397,13 @@ typedef struct keel_http_stats {
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);
 
 /*
- * Response latency over a window: from the tick a request's head was
- * parsed to the tick its response head was written (queueing in the
- * server and the handler's time; not the network). Quantiles are upper
- * bounds of log-spaced buckets (4 per power of two: within 19%).
+ * Response latency over a window: from the start of the loop tick that
+ * parsed a request's head to the moment its response head is written
+ * (the tick's work before it, the handler's time, a request body's
+ * arrival; not the client's network beyond that, nor a wait before the
+ * head is parsed, such as behind a pipelining limit). In whole
+ * microseconds, rounded up. Quantiles are upper bounds of log-spaced
+ * buckets (4 per power of two: within 19%).
  */
 typedef struct keel_http_latency {
 	uint64_t count;  /* responses in the window */

@@ -334,8 +334,15 @@ static uint64_t lat_upper(unsigned b)
 
 void keel__lat_record(keel_http_server *s, const keel_http_request *r)
 {
-	uint64_t now = keel_loop_now_ns(s->loop);
-	uint64_t us = now > r->start_ns ? (now - r->start_ns) / 1000 : 0;
+	/*
+	 * The start is the tick's time (the wait's return: about when the
+	 * head's bytes were taken); the end is read now (vDSO: no syscall),
+	 * so the work of the tick before this response counts too.
+	 */
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	uint64_t us = now > r->start_ns ? (now - r->start_ns + 999) / 1000 : 0; /* (rounded up) */
 	s->lat[lat_bucket(us)]++;
 	s->lat_n++;
 	if (us > s->lat_max_us)
@@ -346,12 +353,18 @@ void keel_http_server_latency(keel_http_server *s, keel_http_latency *out)
 {
 	*out = (keel_http_latency){.count = s->lat_n, .max_us = s->lat_max_us};
 	uint64_t seen = 0, p50 = (s->lat_n + 1) / 2, p99 = s->lat_n - s->lat_n / 100;
+	bool got50 = false, got99 = false;
 	for (unsigned b = 0; b < KEEL__LAT_BUCKETS && seen < s->lat_n; b++) {
 		seen += s->lat[b];
-		if (!out->p50_us && seen >= p50 && seen)
-			out->p50_us = lat_upper(b) < s->lat_max_us ? lat_upper(b) : s->lat_max_us;
-		if (!out->p99_us && seen >= p99 && seen)
-			out->p99_us = lat_upper(b) < s->lat_max_us ? lat_upper(b) : s->lat_max_us;
+		uint64_t v = lat_upper(b) < s->lat_max_us ? lat_upper(b) : s->lat_max_us;
+		if (!got50 && seen >= p50 && seen) {
+			out->p50_us = v;
+			got50 = true;
+		}
+		if (!got99 && seen >= p99 && seen) {
+			out->p99_us = v;
+			got99 = true;
+		}
 	}
 	memset(s->lat, 0, sizeof(s->lat));
 	s->lat_n = s->lat_max_us = 0;

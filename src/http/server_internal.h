@@ -37,7 +37,7 @@ struct route {
 #define STATUS_SOURCES_MAX 16
 #define STATUS_SOURCE_METRICS 16
 
-/* Latency buckets: 0..3 us one each, then four per power of two, up to 2^40 us. */
+/* Latency buckets: 0..3 us one each, then four per power of two, up to 2^41 us. */
 #define KEEL__LAT_BUCKETS 160
 /* A response's head is written now: its request's latency into the window. */
 void keel__lat_record(keel_http_server *s, const keel_http_request *r);
@@ -126,7 +126,7 @@ struct keel_http_server {
 	size_t server_name_len;
 	keel_http_stats stats;
 	/* keel_http_server_latency's window: responses by latency bucket (keel__lat_record). */
-	uint32_t lat[KEEL__LAT_BUCKETS];
+	uint64_t lat[KEEL__LAT_BUCKETS];
 	uint64_t lat_n, lat_max_us;
 	/* Access log: two buffers; one fills while the other is being written. */
 	char *log_buf[2];

@@ -515,7 +515,7 @@ static void reopen(struct master *m)
  */
 static void call_off_upgrade(struct master *m)
 {
-	if (m->child <= 0 || m->child_off)
+	if (m->child <= 0 || m->child_off || m->child_reaped)
 		return;
 	m->child_off = true;
 	keel_log(KEEL_LOG_WARN, "upgrade called off: stopping pid %ld too", (long)m->child);
@@ -696,6 +696,7 @@ static void child_read_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	if (o.err == 0 && o.n > 0 && !m->child_reaped) {
+		keel_timer_disarm(m->loop, &m->child_timer); /* (it served: no 60 s kill; the end waits) */
 		call_off_upgrade(m); /* (it serves, but this service is stopping: it stops too) */
 		return;
 	}
