@@ -1131,8 +1131,9 @@ void keel__h1_drain_all(keel_http_server *s)
 	for (keel_http_conn *c = s->conns, *next; c; c = next) {
 		next = c->next;
 		c->draining = true;
-		if (c->nreqs || c->part_len || c->cur || c->upgrade_due)
-			continue; /* a request to finish (or a switch under way: the new protocol's to end) */
+		if (c->closing || c->nreqs || c->part_len || c->cur || c->upgrade_due)
+			continue; /* closing already (its timer is off for good), a request to finish, or a
+			             switch under way (the new protocol's to end) */
 		if (c->served) {
 			keel__h1_conn_close(c); /* idle between requests: nothing to finish */
 			continue;

@@ -774,9 +774,9 @@ static void master_on_signal(struct master *m, int signo)
 	case SIGTERM:
 		if (!m->stopping && !keel_timer_is_armed(&m->delay) && m->serving &&
 		    m->serving->cfg.stop_delay_ms > 0) {
+			notify(m, "STOPPING=1"); /* (first: /_keel/ready says 503 once the line is out) */
 			keel_log(KEEL_LOG_INFO, "SIGTERM received: not ready; stopping in %llu ms",
 			         (unsigned long long)m->serving->cfg.stop_delay_ms);
-			notify(m, "STOPPING=1");
 			call_off_upgrade(m);
 			keel_timer_arm(m->loop, &m->delay, m->serving->cfg.stop_delay_ms);
 			break;
