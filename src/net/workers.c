@@ -71,6 +71,7 @@ struct worker {
 	keel_loop *loop;
 	int status;
 	pthread_t thread;
+	int made;       /* its loop: 0 being made, 1 made, -1 failed (under m->mu) */
 	int state;      /* 0 starting, 1 serving, -1 ended (under m->mu) */
 	bool loop_gone; /* the worker freed its loop: no more posts (under m->mu) */
 };
@@ -90,6 +91,7 @@ struct gen {
 	int alive;   /* threads not yet joined */
 	bool stopping;
 	bool served;      /* every worker started serving */
+	int go;           /* 1: every loop is made, begin; -1: one failed, end (under m->mu) */
 	uint64_t stop_ms; /* when it was told to stop (master loop time) */
 	struct stop_msg stop;
 	struct gen *next;
@@ -268,15 +270,36 @@ static void *worker_thread(void *p)
 	tls_worker = w;
 	keel_loop *loop = NULL;
 	int err = keel_loop_new(&loop, NULL);
+	/*
+	 * The workers of a generation begin once every one has its loop, or
+	 * not at all: none fails -- and frees its ring -- while another ring is
+	 * still being made (a freed ring's mapping may be the next one's).
+	 */
 	pthread_mutex_lock(&m->mu);
 	w->loop = loop;
+	w->made = err < 0 ? -1 : 1;
 	if (err < 0) {
 		w->state = -1;
 		w->status = err;
 	}
 	pthread_cond_broadcast(&m->cv);
+	while (err == 0 && w->g->go == 0)
+		pthread_cond_wait(&m->cv, &m->mu);
+	bool go = err == 0 && w->g->go > 0;
+	if (err == 0 && !go) {
+		w->state = -1;
+		w->status = -ECANCELED;
+	}
 	pthread_mutex_unlock(&m->mu);
-	if (err < 0) {
+	if (err == 0 && !go) {
+		close(w->lfd);
+		pthread_mutex_lock(&m->mu);
+		w->loop_gone = true;
+		w->loop = NULL;
+		pthread_cond_broadcast(&m->cv);
+		pthread_mutex_unlock(&m->mu);
+		keel_loop_free(loop);
+	} else if (err < 0) {
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot create a loop: %s", w->index, keel_strerror(err));
 		close(w->lfd);
 	} else {
@@ -412,6 +435,16 @@ static struct gen *gen_start(struct master *m, const keel__gen *cfg, struct lset
 		g->alive++;
 	}
 	pthread_mutex_lock(&m->mu);
+	for (int i = 0; i < g->started; i++)
+		while (ws[i].made == 0)
+			pthread_cond_wait(&m->cv, &m->mu);
+	g->go = 1;
+	for (int i = 0; i < g->started; i++)
+		if (ws[i].made < 0)
+			g->go = -1;
+	if (err)
+		g->go = -1;
+	pthread_cond_broadcast(&m->cv);
 	for (int i = 0; i < g->started; i++)
 		while (ws[i].state == 0)
 			pthread_cond_wait(&m->cv, &m->mu);
