@@ -27,7 +27,9 @@ wait(timeout) (the exit status, or None while it runs), kill() (SIGKILL),
 stop() (SIGTERM, then SIGKILL if it lingers; returns the exit status),
 expect_exit(what, timeout) (must exit 0 in time, with no sanitizer report),
 stop_ok(what) (SIGTERM, then expect_exit). Also alive(), fds(), rss_kib(),
-cpu_seconds(). kill_all() kills every Proc still running. run_keel(*args)
+cpu_seconds(). kill_all() kills every Proc still running. set_subreaper() adopts what
+our children leave behind (a binary upgrade's new process); pid_exit(pid, timeout) waits for an
+adopted one; end_adopted(pids) SIGKILLs and reaps those still running. run_keel(*args)
 runs the CLI to its exit (bounded) and returns the CompletedProcess (text).
 PyServer is a server in this process: a subclass's handle(conn) answers each
 connection. Chromium(tmp) is headless Chromium with its DevTools endpoint at
@@ -42,7 +44,7 @@ compare by SHA-256); response(port, path, ...) (one request on its own
 connection: the http.client response, its body read) and request(port, path,
 ...) ((status, {lowercase name: value}, body)); curl(*args) (curl -sS,
 bounded); sha(bytes); first_diff(a, b)."""
-import asyncio, hashlib, http.client, json, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile
+import asyncio, ctypes, hashlib, http.client, json, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile
 import threading, time
 import traceback
 
@@ -409,6 +411,34 @@ def kill_all():
     for p in procs:
         if p.alive():
             p.kill()
+
+
+def set_subreaper():
+    """Adopt what our children leave behind (a new binary outlives the keel that started it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def pid_exit(pid, timeout):
+    """Wait for an adopted process: its exit status, or None if it still runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got, st = os.waitpid(pid, os.WNOHANG)
+        if got == pid:
+            return os.waitstatus_to_exitcode(st)
+        time.sleep(0.02)
+    return None
+
+
+def end_adopted(pids):
+    """SIGKILL and reap the processes of ours that still run (a test that failed midway)."""
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+            os.waitpid(p, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 def run_keel(*args, timeout=10, env=None):

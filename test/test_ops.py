@@ -28,10 +28,10 @@ Load runs on 127.0.0.1 only, bounded in rate and time. Requests that
 crossed a server's close of an idle kept-alive connection are sent again
 by keel load (it reports them as retried, as a browser would retry them);
 failed ones are what the assertions count. Runs under KEEL_BACKEND."""
-import ctypes, json, os, re, shutil, signal, socket, ssl, subprocess, tempfile, threading, time
+import json, os, re, shutil, signal, socket, ssl, subprocess, tempfile, time
 
-from keeltest import (CLI_LISTEN_RE, KEEL, Proc, Skip, Subtests, check, connect, eq, fail, free_port,
-                      main, request, run_keel)
+from keeltest import (CLI_LISTEN_RE, KEEL, Proc, Skip, Subtests, check, connect, end_adopted, eq, fail, free_port,
+                      main, pid_exit, request, set_subreaper)
 
 LINE_RE = re.compile(r'^127\.0\.0\.1 - - \[[^\]]+\] "GET /[^"]*" \d{3} \d+ "[^"]*" "[^"]*"')
 RATE = 2000  # requests/s: well below what one core serves here
@@ -355,34 +355,6 @@ def log_reopen(d):
     check(r["requests"] <= len(lines) <= r["sent"], "%d access-log lines for %d responses, %d sent" %
           (len(lines), r["requests"], r["sent"]))
     print("  %d lines in 6 files for %d responses" % (len(lines), r["requests"]))
-
-
-def set_subreaper():
-    """Adopt what our children leave behind (a new binary outlives the keel that started it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_CHILD_SUBREAPER = 36
-    check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-def pid_exit(pid, timeout):
-    """Wait for an adopted process: its exit status, or None if it still runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got, st = os.waitpid(pid, os.WNOHANG)
-        if got == pid:
-            return os.waitstatus_to_exitcode(st)
-        time.sleep(0.02)
-    return None
-
-
-def end_adopted(pids):
-    """SIGKILL and reap the processes of ours that still run (a test that failed midway)."""
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-            os.waitpid(p, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 def exited(proc):
