@@ -1,5 +1,6 @@
 /*
- * A listening socket's accept loop with the limits a server needs: a cap on
+ * The accept loop of one or more listening sockets with the limits a
+ * server needs: a cap on
  * connections, descriptors the kernel accepted past the cap held unserved
  * (as its backlog would have) until there is room, idle connections closed
  * to make room when the owner has some, and running out of descriptors or
@@ -48,14 +49,27 @@ typedef struct keel_acceptor_ops {
 	void (*quiet)(void *ud);
 } keel_acceptor_ops;
 
+/* Listening sockets one acceptor takes (keel_acceptor_start): 16. */
+#define KEEL_ACCEPTOR_LISTENERS_MAX 16
+
+struct keel_acceptor;
+typedef struct keel_acceptor_listener {
+	struct keel_acceptor *a;
+	int lfd;
+	keel_promise *accept; /* its accept stream while it runs */
+	bool halted;          /* its stream was told to end at the limit (it starts again with room) */
+	bool closed;          /* shut down by its owner: nothing comes from it again */
+} keel_acceptor_listener;
+
 /* Embedded by the owner; the fields are the acceptor's (loop, ops and ud as given to init). */
 typedef struct keel_acceptor {
 	keel_loop *loop;
 	const keel_acceptor_ops *ops;
 	void *ud;
 	unsigned conns_max;
-	int lfd;
-	keel_promise *accept;  /* the accept stream while it runs (at most one) */
+	keel_acceptor_listener ls[KEEL_ACCEPTOR_LISTENERS_MAX];
+	unsigned nls;
+	unsigned accepting;    /* accept streams in flight */
 	keel_promise *backoff; /* a pause (descriptors out, or a look again at the limit) */
 	unsigned backoff_ms;   /* grows while accepting keeps failing; 0 after a success */
 	uint64_t backoff_logged_ms;
@@ -73,14 +87,18 @@ typedef struct keel_acceptor {
 void keel_acceptor_init(keel_acceptor *a, keel_loop *loop, unsigned conns_max, const keel_acceptor_ops *ops,
                         void *ud);
 
-/* Accept on the listening socket lfd (borrowed: the acceptor never closes it). 0, or -EINVAL. */
+/*
+ * Accept on the listening socket lfd too (borrowed: the acceptor never
+ * closes it); every socket counts towards the one cap. 0, -EINVAL (lfd < 0,
+ * or stopping), or -E2BIG past KEEL_ACCEPTOR_LISTENERS_MAX.
+ */
 int keel_acceptor_start(keel_acceptor *a, int lfd);
 
 /*
- * Stop accepting: the accept stream and any pause are cancelled, held
- * descriptors closed; with shut_listener the listening socket is shut
- * down as well, so that new clients are refused at once (and those in its
- * backlog reset) instead of waiting in the backlog.
+ * Stop accepting: the accept streams and any pause are cancelled, held
+ * descriptors closed; with shut_listener the listening sockets are shut
+ * down as well, so that new clients are refused at once (and those in
+ * their backlogs reset) instead of waiting in a backlog.
  */
 void keel_acceptor_stop(keel_acceptor *a, bool shut_listener);
 

@@ -278,8 +278,10 @@ keel_promise *keel_http_body_read(keel_http_request *req);
 
 /*
  * Accept connections on listening socket lfd (the server does not own it: it
- * never closes it). 0, or -EINVAL for a negative lfd, a server already
- * started, or one stopped.
+ * never closes it). Call it once per socket: a server takes up to
+ * KEEL_ACCEPTOR_LISTENERS_MAX (16; TCP and Unix sockets alike), and
+ * conns_max bounds them together. 0, -EINVAL for a negative lfd or a
+ * server stopped, -E2BIG past the limit.
  */
 int keel_http_server_start(keel_http_server *s, int lfd);
 

@@ -35,7 +35,6 @@ void keel_acceptor_init(keel_acceptor *a, keel_loop *loop, unsigned conns_max, c
 	a->ops = ops;
 	a->ud = ud;
 	a->conns_max = conns_max;
-	a->lfd = -1;
 }
 
 static bool at_limit(keel_acceptor *a)
@@ -55,7 +54,7 @@ static unsigned reclaim(keel_acceptor *a, unsigned n)
 
 static void maybe_quiet(keel_acceptor *a)
 {
-	if (a->stopping && !a->accept && !a->backoff && a->ops->quiet)
+	if (a->stopping && !a->accepting && !a->backoff && a->ops->quiet)
 		a->ops->quiet(a->ud);
 }
 
@@ -74,7 +73,8 @@ static void limit_recheck(keel_acceptor *a)
 
 static int on_accept(void *ud, int fd)
 {
-	keel_acceptor *a = ud;
+	keel_acceptor_listener *l = ud;
+	keel_acceptor *a = l->a;
 	if (!a->stopping && at_limit(a))
 		reclaim(a, 1); /* the longest-idle connection makes room for this one */
 	if (a->stopping) {
@@ -97,14 +97,17 @@ static int on_accept(void *ud, int fd)
 		if (!a->paused)
 			a->pauses++;
 		a->paused = true;
+		l->halted = true;
 		limit_recheck(a);
 		return KEEL_STOP;
 	}
 	a->backoff_ms = 0;
 	a->ops->open(a->ud, fd);
 	if (at_limit(a) && !reclaimable(a)) {
-		a->paused = true; /* the kernel's backlog holds the rest */
-		a->pauses++;
+		if (!a->paused)
+			a->pauses++;
+		a->paused = true; /* the kernels' backlogs hold the rest */
+		l->halted = true;
 		limit_recheck(a);
 		return KEEL_STOP;
 	}
@@ -121,9 +124,9 @@ static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		/* Clients accepted at the limit go first: an idle connection's close lets one in. */
 		if (!reclaim(a, 1))
 			limit_recheck(a);
-	} else if (!a->stopping && !a->accept) {
+	} else if (!a->stopping) {
 		a->paused = false;
-		accept_start(a);
+		accept_start(a); /* (the streams that have ended) */
 	}
 	maybe_quiet(a);
 }
@@ -131,23 +134,26 @@ static void backoff_done(keel_ctx *ctx, keel_outcome o, void *ud)
 static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
-	keel_acceptor *a = ud;
-	a->accept = NULL;
+	keel_acceptor_listener *l = ud;
+	keel_acceptor *a = l->a;
+	l->accept = NULL;
+	a->accepting--;
 	if (a->stopping) {
 		maybe_quiet(a);
 		return;
 	}
-	if (a->paused) {
-		/* Room may have come back while the stopped stream was still ending. */
-		if (!a->nheld && (!at_limit(a) || reclaimable(a))) {
+	if (l->halted) {
+		/* Halted at the limit: room may have come back while the stream was still ending. */
+		l->halted = false;
+		if (a->paused && !a->nheld && (!at_limit(a) || reclaimable(a)))
 			a->paused = false;
+		if (!a->paused)
 			accept_start(a);
-		}
 		return;
 	}
 	int listening = 1;
 	socklen_t len = sizeof(listening);
-	if (o.err == -EINVAL && getsockopt(a->lfd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 &&
+	if (o.err == -EINVAL && getsockopt(l->lfd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 &&
 	    !listening) {
 		/*
 		 * The socket no longer listens: its owner shut it down (a stop
@@ -155,6 +161,7 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 		 * will come from it again; the stop follows.
 		 */
 		keel_log(KEEL_LOG_DEBUG, "accept: the listening socket was shut down");
+		l->closed = true;
 		maybe_quiet(a);
 		return;
 	}
@@ -192,18 +199,33 @@ static void accept_ended(keel_ctx *ctx, keel_outcome o, void *ud)
 	}
 }
 
+static void listener_start(keel_acceptor_listener *l)
+{
+	keel_acceptor *a = l->a;
+	if (l->accept || l->closed)
+		return;
+	a->accepting++;
+	l->accept = keel_accept(a->loop, l->lfd, on_accept, l);
+	keel_promise_done(l->accept, accept_ended, l);
+}
+
+/* Accept again on every listening socket whose stream has ended. */
 static void accept_start(keel_acceptor *a)
 {
-	a->accept = keel_accept(a->loop, a->lfd, on_accept, a);
-	keel_promise_done(a->accept, accept_ended, a);
+	for (unsigned i = 0; i < a->nls; i++)
+		listener_start(&a->ls[i]);
 }
 
 int keel_acceptor_start(keel_acceptor *a, int lfd)
 {
-	if (a->lfd >= 0 || lfd < 0 || a->stopping)
+	if (lfd < 0 || a->stopping)
 		return -EINVAL;
-	a->lfd = lfd;
-	accept_start(a);
+	if (a->nls == KEEL_ACCEPTOR_LISTENERS_MAX)
+		return -E2BIG;
+	keel_acceptor_listener *l = &a->ls[a->nls++];
+	*l = (keel_acceptor_listener){.a = a, .lfd = lfd};
+	if (!a->paused && !a->backoff && !a->reclaiming)
+		listener_start(l);
 	return 0;
 }
 
@@ -212,10 +234,13 @@ void keel_acceptor_stop(keel_acceptor *a, bool shut_listener)
 	if (a->stopping)
 		return;
 	a->stopping = true;
-	if (a->lfd >= 0 && shut_listener)
-		shutdown(a->lfd, SHUT_RD); /* refuse new clients now, and reset those in its backlog */
-	if (a->accept)
-		keel_promise_cancel(a->accept);
+	for (unsigned i = 0; i < a->nls; i++) {
+		if (shut_listener)
+			shutdown(a->ls[i].lfd,
+			         SHUT_RD); /* refuse new clients now, and reset those in its backlog */
+		if (a->ls[i].accept)
+			keel_promise_cancel(a->ls[i].accept);
+	}
 	if (a->backoff)
 		keel_promise_cancel(a->backoff);
 	for (unsigned i = 0; i < a->nheld; i++)
@@ -225,7 +250,7 @@ void keel_acceptor_stop(keel_acceptor *a, bool shut_listener)
 
 bool keel_acceptor_busy(const keel_acceptor *a)
 {
-	return a->accept || a->backoff;
+	return a->accepting || a->backoff;
 }
 
 void keel_acceptor_conn_gone(keel_acceptor *a)
@@ -237,12 +262,12 @@ void keel_acceptor_conn_gone(keel_acceptor *a)
 		memmove(a->held, a->held + 1, --a->nheld * sizeof(*a->held));
 		a->ops->open(a->ud, fd);
 	}
-	if (a->reclaiming && !a->accept && !a->backoff) {
+	if (a->reclaiming && !a->backoff) {
 		a->reclaiming = false; /* a descriptor came back: accept again */
 		accept_start(a);
 	}
-	if (a->paused && !a->accept && !a->nheld && !at_limit(a)) {
-		a->paused = false; /* (if the paused stream has not ended yet, accept_ended resumes) */
+	if (a->paused && !a->nheld && !at_limit(a)) {
+		a->paused = false; /* (a halted stream that has not ended yet starts again as it ends) */
 		accept_start(a);
 	}
 }
@@ -256,9 +281,9 @@ void keel_acceptor_idle(keel_acceptor *a)
 	 */
 	if (!a->paused || a->stopping || !reclaimable(a))
 		return;
-	if (a->nheld)
+	if (a->nheld) {
 		reclaim(a, 1);
-	else if (!a->accept) {
+	} else {
 		a->paused = false;
 		accept_start(a);
 	}
