@@ -30,11 +30,12 @@ extern "C" {
 /* A stream callback returns KEEL_CONTINUE to keep going or KEEL_STOP to end the stream. */
 enum { KEEL_CONTINUE = 0, KEEL_STOP = 1 };
 
-enum { KEEL_TCP_REUSEPORT = 1 << 0, KEEL_TCP_NODELAY = 1 << 1 };
+enum { KEEL_TCP_REUSEPORT = 1 << 0, KEEL_TCP_NODELAY = 1 << 1, KEEL_TCP_V6ONLY = 1 << 2 };
 
 /*
- * Parse "127.0.0.1:7000", "[::1]:7000", "localhost:7000" is not resolved:
- * numeric addresses only. Returns 0 or -EINVAL. s is read during the call;
+ * Parse "127.0.0.1:7000", "[::1]:7000", "unix:/run/app.sock" (a Unix
+ * socket; "unix:@name" in the abstract namespace); "localhost:7000" is not
+ * resolved: numeric addresses only. Returns 0 or -EINVAL. s is read during the call;
  * *ss and *len are written on success (*ss may be zeroed on failure too).
  */
 int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
@@ -51,16 +52,24 @@ int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
  * with a lookup outstanding does not run out of work.
  */
 keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockaddr_storage *out);
-/* Whether s is HOST:PORT: a numeric address or a DNS name, and a port 1..65535. */
+/* Whether s is HOST:PORT (a numeric address or a DNS name, and a port 1..65535) or unix:/PATH. */
 bool keel_hostport_valid(const char *s);
-/* Format an address as "ip:port" / "[ip]:port" into buf (size bytes, NUL-terminated). Returns buf. */
+/*
+ * Format an address as "ip:port", "[ip]:port" or "unix:/path" ("unix:" for
+ * an unnamed Unix socket, a client's) into buf (size bytes, NUL-terminated).
+ * Returns buf.
+ */
 char *keel_addr_format(const struct sockaddr *sa, char *buf, size_t size);
 
 /*
  * Create a listening socket bound to addr (keel_addr_parse syntax). backlog
  * <= 0: the largest the host allows (net.core.somaxconn). flags:
  * KEEL_TCP_REUSEPORT; KEEL_TCP_NODELAY (the connections accepted from it
- * start with TCP_NODELAY). Returns the fd (non-blocking, close-on-exec; the
+ * start with TCP_NODELAY); KEEL_TCP_V6ONLY (an IPv6 socket takes IPv6
+ * only; without it [::] takes IPv4 too, whatever net.ipv6.bindv6only
+ * says). A Unix socket ignores the flags; a socket file already at its
+ * path that nobody listens on is removed first (one somebody listens on:
+ * -EADDRINUSE). Returns the fd (non-blocking, close-on-exec; the
  * caller's to close) or a negative errno. addr is read during the call.
  * Synchronous: this is setup, not a per-request path.
  */

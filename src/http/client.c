@@ -98,6 +98,10 @@ static bool method_idempotent(keel_str m)
 /* HOST of a valid "HOST:PORT", without an IPv6 address's brackets, into host (strlen(name) + 1 bytes). */
 static void host_of(char *host, const char *name)
 {
+	if (strncmp(name, "unix:", 5) == 0) { /* (a Unix socket's server is this machine) */
+		strcpy(host, "localhost");
+		return;
+	}
 	const char *h = name, *he = strrchr(name, ':');
 	if (*h == '[') {
 		h++;
@@ -116,7 +120,8 @@ static struct upstream *upstream_get(keel_http_client *c, const char *name)
 		return NULL;
 	struct upstream *u = keel__calloc(1, sizeof(*u));
 	size_t nl = strlen(name);
-	if (!u || !(u->name = keel__malloc(2 * (nl + 1)))) { /* the name, then its host */
+	/* the name, then its host ("localhost" for a Unix socket) */
+	if (!u || !(u->name = keel__malloc(2 * (nl + 1) + sizeof("localhost")))) {
 		free(u);
 		return NULL;
 	}

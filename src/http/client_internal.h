@@ -119,7 +119,8 @@ struct upstream {
 	struct upstream *next;
 	keel_http_client *cl;
 	char *name;
-	char *host; /* name's HOST, unbracketed, for cfg.transport_init (in name's allocation) */
+	char *host; /* name's HOST, unbracketed ("localhost": unix:), for cfg.transport_init and the Host
+	               header of a Unix socket's server (in name's allocation) */
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	struct cconn *conns; /* all of them */

@@ -18,7 +18,10 @@ static size_t format_head(struct cconn *k, const struct creq *r)
 {
 	const keel_http_client_request *q = &r->q;
 	const char *target = q->target ? q->target : "/";
-	const char *host = q->host ? q->host : r->up->name; /* (the client's copy of q->upstream) */
+	/* (the client's copy of q->upstream; a Unix socket's server is localhost) */
+	const char *host = q->host                                 ? q->host
+	                   : strncmp(r->up->name, "unix:", 5) == 0 ? r->up->host
+	                                                           : r->up->name;
 	size_t tl = strlen(target), hl = strlen(host);
 	size_t cap = r->method.len + tl + hl + 96; /* (the fixed text below is 85 bytes at most) */
 	for (unsigned i = 0; i < q->nheaders; i++)

@@ -200,7 +200,9 @@ const char *keel__conn_peer(keel_transport *tp, char **cache)
 	struct sockaddr_storage ss;
 	if (!(p = *cache = keel__malloc(48)))
 		return "-";
-	if (keel_transport_peer(tp, &ss) == 0) {
+	if (keel_transport_peer(tp, &ss) == 0 && ss.ss_family == AF_UNIX) {
+		strcpy(p, "unix:"); /* (a client of a Unix socket has no address: nginx's $remote_addr too) */
+	} else if (keel_transport_peer(tp, &ss) == 0) {
 		keel_addr_format((struct sockaddr *)&ss, p, 48);
 		char *colon = strrchr(p, ':'); /* the host alone */
 		if (colon)

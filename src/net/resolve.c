@@ -101,6 +101,10 @@ static bool split(const char *s, char *host, char *port)
 bool keel_hostport_valid(const char *s)
 {
 	char host[HOST_MAX + 1], port[8];
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (s && strncmp(s, "unix:", 5) == 0) /* a Unix socket: its path is the address */
+		return keel_addr_parse(s, &ss, &len) == 0;
 	return split(s, host, port);
 }
 

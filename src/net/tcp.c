@@ -7,14 +7,18 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "core/internal.h"
 #include "keel/errors.h"
 #include "keel/tcp.h"
+#include "listen.h"
 
 int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 {
@@ -25,6 +29,20 @@ int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 	if (!s)
 		return -EINVAL;
 	memset(ss, 0, sizeof(*ss));
+	if (strncmp(s, "unix:", 5) == 0) {
+		/* unix:/absolute/path, or unix:@name in the abstract namespace */
+		struct sockaddr_un *un = (struct sockaddr_un *)ss;
+		const char *path = s + 5;
+		size_t n = strlen(path);
+		if ((path[0] != '/' && path[0] != '@') || n < 2 || n >= sizeof(un->sun_path))
+			return -EINVAL;
+		un->sun_family = AF_UNIX;
+		memcpy(un->sun_path, path, n);
+		if (path[0] == '@')
+			un->sun_path[0] = '\0';
+		*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (path[0] == '/'));
+		return 0;
+	}
 	if (s[0] == '[') {
 		const char *end = strchr(s, ']');
 		if (!end || end[1] != ':')
@@ -82,13 +100,40 @@ char *keel_addr_format(const struct sockaddr *sa, char *buf, size_t size)
 		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
 		inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
 		snprintf(buf, size, "[%s]:%u", ip, ntohs(in6->sin6_port));
+	} else if (sa->sa_family == AF_UNIX) {
+		/* (an unnamed socket -- a client's -- has no path: "unix:") */
+		const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
+		const char *p = un->sun_path;
+		size_t max = sizeof(un->sun_path);
+		if (p[0] || !p[1])
+			snprintf(buf, size, "unix:%.*s", (int)strnlen(p, max), p);
+		else
+			snprintf(buf, size, "unix:@%.*s", (int)strnlen(p + 1, max - 1), p + 1);
 	} else {
 		snprintf(buf, size, "?");
 	}
 	return buf;
 }
 
-int keel_tcp_listen(const char *addr, int backlog, unsigned flags)
+/*
+ * A Unix socket's path is taken when a socket file is there: one nobody
+ * listens on any more (a process that ended without removing it) is
+ * removed, and the bind tried again; a live one is left alone.
+ */
+static bool unix_stale(const struct sockaddr_un *un, socklen_t len)
+{
+	struct stat st;
+	if (un->sun_path[0] != '/' || lstat(un->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
+		return false;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	bool stale = connect(fd, (const struct sockaddr *)un, len) < 0 && errno == ECONNREFUSED;
+	close(fd);
+	return stale && unlink(un->sun_path) == 0;
+}
+
+int keel__listen_socket(const char *addr, int backlog, unsigned flags, const keel__unix_perm *perm)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -98,26 +143,55 @@ int keel_tcp_listen(const char *addr, int backlog, unsigned flags)
 	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	int one = 1;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+	int one = 1, v6only = (flags & KEEL_TCP_V6ONLY) != 0;
+	bool un = ss.ss_family == AF_UNIX;
+	if (!un && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
 		goto out_close;
-	if ((flags & KEEL_TCP_REUSEPORT) && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+	if (!un && (flags & KEEL_TCP_REUSEPORT) &&
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
 		goto out_close;
-	if (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+	/* Both families on [::] unless asked, whatever net.ipv6.bindv6only says. */
+	if (ss.ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only)) < 0)
 		goto out_close;
 	/* (Linux passes TCP_NODELAY on to the connections accepted from it.) */
-	if ((flags & KEEL_TCP_NODELAY) && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+	if (!un && (flags & KEEL_TCP_NODELAY) &&
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 		goto out_close;
-	if (bind(fd, (struct sockaddr *)&ss, len) < 0)
+	if (bind(fd, (struct sockaddr *)&ss, len) < 0 &&
+	    !(un && errno == EADDRINUSE && unix_stale((struct sockaddr_un *)&ss, len) &&
+	      bind(fd, (struct sockaddr *)&ss, len) == 0))
 		goto out_close;
-	if (listen(fd, backlog > 0 ? backlog : 65535) < 0) /* (the kernel caps it at net.core.somaxconn) */
-		goto out_close;
+	/* Before listen(): no client connects while the file has the umask's permissions. */
+	const char *path = ((struct sockaddr_un *)&ss)->sun_path;
+	if (un && path[0] && perm) {
+		if ((perm->mode && chmod(path, perm->mode) < 0) ||
+		    ((perm->uid != (uid_t)-1 || perm->gid != (gid_t)-1) &&
+		     chown(path, perm->uid, perm->gid) < 0)) {
+			err = -errno;
+			unlink(path);
+			close(fd);
+			return err;
+		}
+	}
+	if (listen(fd, backlog > 0 ? backlog : 65535) < 0) { /* (the kernel caps it at net.core.somaxconn) */
+		err = -errno;
+		if (un && path[0])
+			unlink(path);
+		close(fd);
+		return err;
+	}
 	return fd;
 
 out_close:
 	err = -errno;
 	close(fd);
 	return err;
+}
+
+int keel_tcp_listen(const char *addr, int backlog, unsigned flags)
+{
+	return keel__listen_socket(addr, backlog, flags, NULL);
 }
 
 int keel_tcp_port(int fd)
