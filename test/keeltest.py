@@ -59,7 +59,8 @@ STARTUP_S = 10.0  # for a server to print its listening line
 
 # Any server's line, and the keel CLI's own, which also says how many workers and which backend.
 LISTEN_RE = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+)")
-CLI_LISTEN_RE = re.compile(LISTEN_RE.pattern + r" \(\d+ workers?, backend (?P<backend>\w+)\)")
+CLI_LISTEN_RE = re.compile(r"listening on (?P<host>[^\s,]+):(?P<port>\d+)(?:, \S+)* \(\d+ workers?, "
+                           r"backend (?P<backend>\w+)\)")
 BACKEND_RE = re.compile(r"\bbackend (io_uring|epoll)\b")
 SANITIZER_RE = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|Sanitizer")
 
@@ -230,8 +231,9 @@ class Proc:
                 self.lines.append(line)
                 m = self._listen.search(line) if self._listen is not None and self.port is None else None
                 if m:
-                    self.host, self.port = m.group("host"), int(m.group("port"))
-                    if "backend" in m.groupdict():
+                    g = m.groupdict()  # (a pattern without a port: a Unix socket's line, say)
+                    self.host, self.port = g.get("host"), int(g["port"]) if g.get("port") else 0
+                    if "backend" in g:
                         self.backend = m.group("backend")
                 b = BACKEND_RE.search(line)
                 if b and self.backend is None:

@@ -20,7 +20,7 @@ int cli_site(int argc, char **argv);
 
 /* Shared worker plumbing (workers.c). */
 typedef struct cli_workers cli_workers;
-typedef int (*cli_worker_main)(keel_loop *loop, int index, int listen_fd, void *arg);
+typedef int (*cli_worker_main)(keel_loop *loop, int index, const int *lfds, int nlfds, void *arg);
 typedef void (*cli_worker_stop)(keel_loop *loop, void *ud);
 
 /*

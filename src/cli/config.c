@@ -17,7 +17,9 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <ini.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -106,7 +108,8 @@ void cli_config_fini(cli_config *cfg)
 	free(cfg->ups);
 	free(cfg->routes);
 	free(cfg->file);
-	free(cfg->listen);
+	for (int i = 0; i < cfg->nlisten; i++)
+		free((char *)cfg->listen[i].addr);
 	free(cfg->server_name);
 	free(cfg->access_log);
 	memset(cfg, 0, sizeof(*cfg));
@@ -210,11 +213,81 @@ int cli_tls_add(struct cli_tls *t, bool key, const char *path, int line)
 	return 0;
 }
 
-static bool listen_addr_ok(const char *addr)
+/* A user or group: a name, or a number. */
+static bool id_parse(const char *s, bool group, unsigned *id)
 {
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (*s >= '0' && *s <= '9' && !*end && !errno && v < 0xffffffffUL) {
+		*id = (unsigned)v;
+		return true;
+	}
+	if (group) {
+		const struct group *gr = getgrnam(s);
+		if (gr)
+			*id = gr->gr_gid;
+		return gr != NULL;
+	}
+	const struct passwd *pw = getpwnam(s);
+	if (pw)
+		*id = pw->pw_uid;
+	return pw != NULL;
+}
+
+int cli_listen_parse(const char *value, keel__listen *out, char *err, size_t errlen)
+{
+	char buf[256], *save = NULL;
+	*out = (keel__listen){.perm = {0, (uid_t)-1, (gid_t)-1}};
+	if (strlen(value) >= sizeof(buf)) {
+		snprintf(err, errlen, "too long");
+		return -1;
+	}
+	strcpy(buf, value);
+	char *addr = strtok_r(buf, " \t", &save);
 	struct sockaddr_storage ss;
 	socklen_t len;
-	return keel_addr_parse(addr, &ss, &len) == 0;
+	if (!addr || keel_addr_parse(addr, &ss, &len) < 0) {
+		snprintf(err, errlen,
+		         "bad address '%s' (expected IP:PORT or [IPv6]:PORT, numeric, or unix:/PATH)",
+		         addr ? addr : "");
+		return -1;
+	}
+	bool file = ss.ss_family == AF_UNIX && addr[5] == '/';
+	for (char *opt; (opt = strtok_r(NULL, " \t", &save));) {
+		char *end;
+		unsigned id;
+		if (strcmp(opt, "ipv6only") == 0 && ss.ss_family == AF_INET6) {
+			out->flags |= KEEL_TCP_V6ONLY;
+		} else if (strncmp(opt, "mode=", 5) == 0 && file) {
+			unsigned long mode = strtoul(opt + 5, &end, 8);
+			if (!opt[5] || *end || mode > 0777 || mode == 0) {
+				snprintf(err, errlen, "'%s': a mode is octal, 1 to 0777", opt);
+				return -1;
+			}
+			out->perm.mode = (mode_t)mode;
+		} else if (strncmp(opt, "owner=", 6) == 0 && file && id_parse(opt + 6, false, &id)) {
+			out->perm.uid = (uid_t)id;
+		} else if (strncmp(opt, "group=", 6) == 0 && file && id_parse(opt + 6, true, &id)) {
+			out->perm.gid = (gid_t)id;
+		} else {
+			const char *why = strncmp(opt, "owner=", 6) == 0 && file   ? "no such user"
+			                  : strncmp(opt, "group=", 6) == 0 && file ? "no such group"
+			                  : strcmp(opt, "ipv6only") == 0 ? "for an IPv6 address only"
+			                  : strchr(opt, '=') && !file    ? "for a Unix socket's path only"
+			                                                 : "unknown option";
+			snprintf(err, errlen,
+			         "'%s': %s (options: ipv6only; mode=, owner=, group= for "
+			         "unix:/PATH)",
+			         opt, why);
+			return -1;
+		}
+	}
+	if (!(out->addr = strdup(addr))) {
+		snprintf(err, errlen, "%s", strerror(ENOMEM));
+		return -1;
+	}
+	return 0;
 }
 
 /* The directory part of path ("." for none, "/" for the root); NULL on ENOMEM. */
@@ -537,7 +610,8 @@ static void section_begin(struct parser *p, char *s)
 
 /*
  * Refuse a key given twice in one section. 'server' in [upstream] repeats,
- * and so do tls_cert and tls_key in [server] (on_key): they come in pairs.
+ * 'listen' in [server] too (each address once), and so do tls_cert and
+ * tls_key in [server] (on_key): they come in pairs.
  */
 static bool key_first(struct parser *p, const char *name)
 {
@@ -631,13 +705,25 @@ static void server_key(struct parser *p, const char *name, const char *value)
 	if (set_num(p, server_keys, sizeof(server_keys) / sizeof(server_keys[0]), &cfg->http, name, value))
 		return;
 	if (strcmp(name, "listen") == 0) {
-		if (!listen_addr_ok(value)) {
-			perr(p, p->lineno,
-			     "listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT, numeric)", value);
+		char err[200];
+		keel__listen l;
+		if (cfg->nlisten == KEEL__LISTENS_MAX) {
+			perr(p, p->lineno, "listen: more than %d addresses", KEEL__LISTENS_MAX);
 			return;
 		}
-		if (set_str(p, &cfg->listen, value, false))
-			cfg->listen_line = p->lineno;
+		if (cli_listen_parse(value, &l, err, sizeof(err)) < 0) {
+			perr(p, p->lineno, "listen: %s", err);
+			return;
+		}
+		for (int i = 0; i < cfg->nlisten; i++)
+			if (strcmp(cfg->listen[i].addr, l.addr) == 0) {
+				perr(p, p->lineno, "listen: %s is already on line %d", l.addr,
+				     cfg->listen_line[i]);
+				free((char *)l.addr);
+				return;
+			}
+		cfg->listen_line[cfg->nlisten] = p->lineno;
+		cfg->listen[cfg->nlisten++] = l;
 	} else if (strcmp(name, "workers") == 0) {
 		uint64_t v;
 		if (parse_u64(value, false, &v) < 0 || v < 1 || v > 1024)
@@ -876,7 +962,8 @@ static int on_key(void *user, const char *section, const char *name, const char 
 	bool had_err = p->has_err;
 	bool repeats =
 	    (p->sec == SEC_UPSTREAM && strcmp(name, "server") == 0) ||
-	    (p->sec == SEC_SERVER && (strcmp(name, "tls_cert") == 0 || strcmp(name, "tls_key") == 0));
+	    (p->sec == SEC_SERVER &&
+	     (strcmp(name, "tls_cert") == 0 || strcmp(name, "tls_key") == 0 || strcmp(name, "listen") == 0));
 	if (!repeats && !key_first(p, name))
 		return 0;
 	switch (p->sec) {
@@ -1168,12 +1255,10 @@ static int upstream_tls_check(const cli_config *cfg, struct cli_upstream *up)
 
 int cli_config_check(cli_config *cfg)
 {
-	if (!cfg->listen)
+	if (!cfg->nlisten)
 		return cfg->server_line ? check_fail(cfg, cfg->server_line,
 		                                     "[server] has no listen address (listen = ADDR:PORT)")
 		                        : check_fail(cfg, 0, "no [server] section with a listen address");
-	if (!listen_addr_ok(cfg->listen))
-		return check_fail(cfg, cfg->listen_line, "listen: bad address '%s'", cfg->listen);
 	if (!cfg->nroutes)
 		return check_fail(cfg, 0, "no [route PATH] section: nothing to serve");
 	for (unsigned i = 0; i < cfg->nups; i++)

@@ -1,6 +1,6 @@
 /*
  * keel's site configuration: what `keel -c FILE` runs and what `keel proxy`
- * builds from its flags. One listen address (plain HTTP or HTTPS), the HTTP
+ * builds from its flags. Listen addresses (plain HTTP or HTTPS), the HTTP
  * server's limits, named groups of upstream servers, and routes from a path
  * (prefix or exact) to static files, an upstream group or a built-in handler.
  *
@@ -18,6 +18,7 @@
 #include "keel/http.h"
 #include "keel/proxy.h"
 #include "keel/tls.h"
+#include "net/workers.h"
 
 enum cli_route_kind { CLI_ROUTE_NONE, CLI_ROUTE_STATIC, CLI_ROUTE_UPSTREAM, CLI_ROUTE_HANDLER };
 
@@ -98,10 +99,12 @@ struct cli_tls {
 };
 
 typedef struct cli_config {
-	char *file;      /* for messages ("FILE:LINE: ..."); NULL when built from flags */
-	char *listen;    /* ADDR:PORT, numeric */
-	int server_line; /* of [server]; 0 if there is none */
-	int listen_line;
+	char *file; /* for messages ("FILE:LINE: ..."); NULL when built from flags */
+	/* ADDR:PORT (numeric) or unix:/PATH, with options; each addr owned (cli_listen_parse) */
+	keel__listen listen[KEEL__LISTENS_MAX];
+	int listen_line[KEEL__LISTENS_MAX];
+	int nlisten;
+	int server_line;        /* of [server]; 0 if there is none */
 	int workers;            /* threads; default: online CPUs */
 	uint64_t grace_ms;      /* on SIGINT/SIGTERM, time for connections to finish; 5000 */
 	uint64_t stop_delay_ms; /* on SIGTERM, time not ready (/_keel/ready 503) but serving before
@@ -174,5 +177,12 @@ int cli_config_run(cli_config *cfg, const char *what);
 
 /* HTTP/2 on or off: the server's protocols and what its TLS listener offers by ALPN. */
 void cli_config_http2(cli_config *cfg, bool on);
+
+/*
+ * A listen value, "ADDR [ipv6only] [mode=OCTAL] [owner=USER] [group=GROUP]"
+ * (the last three for a Unix socket's file), into *out (out->addr
+ * allocated: the caller frees it). 0, or -1 with the reason in err.
+ */
+int cli_listen_parse(const char *value, keel__listen *out, char *err, size_t errlen);
 
 #endif

@@ -268,8 +268,10 @@ static void echo_stop(keel_loop *loop, void *arg)
 	/* (echo_worker_main's loop ends once no connection is left) */
 }
 
-static int echo_worker_main(keel_loop *loop, int index, int lfd, void *arg)
+static int echo_worker_main(keel_loop *loop, int index, const int *lfds, int nlfds, void *arg)
 {
+	int lfd = lfds[0]; /* (one listen address: nlfds is 1) */
+	(void)nlfds;
 	(void)index;
 	struct echo_worker w;
 	memset(&w, 0, sizeof(w));

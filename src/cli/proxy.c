@@ -138,13 +138,12 @@ int cli_proxy(int argc, char **argv)
 		proxy_usage(stderr);
 		goto out;
 	}
-	struct sockaddr_storage ss;
-	socklen_t len;
-	if (keel_addr_parse(listen, &ss, &len) < 0) {
-		fprintf(stderr, "keel proxy: --listen: bad address '%s' (expected IP:PORT or [IPv6]:PORT)\n",
-		        listen);
+	char why[200];
+	if (cli_listen_parse(listen, &cfg.listen[0], why, sizeof(why)) < 0) {
+		fprintf(stderr, "keel proxy: --listen: %s\n", why);
 		goto out;
 	}
+	cfg.nlisten = 1;
 	if (cfg.tls.ncerts != cfg.tls.nkeys) {
 		fprintf(stderr,
 		        "keel proxy: each --tls-cert needs its --tls-key (%u certificates, %u keys)\n",
@@ -153,9 +152,8 @@ int cli_proxy(int argc, char **argv)
 		goto out;
 	}
 	rc = CLI_FAIL;
-	cfg.listen = strdup(listen);
 	struct cli_route *r = cli_config_add_route(&cfg, "/", 0);
-	if (!cfg.listen || !r || !(r->group = strdup("default"))) {
+	if (!r || !(r->group = strdup("default"))) {
 		fprintf(stderr, "keel proxy: out of memory\n");
 		goto out;
 	}

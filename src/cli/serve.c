@@ -78,8 +78,10 @@ static int serve_worker_fail(int lfd, const char *what, int err)
 	return CLI_FAIL; /* (the other workers stop: workers.c) */
 }
 
-static int serve_worker_main(keel_loop *loop, int index, int lfd, void *arg)
+static int serve_worker_main(keel_loop *loop, int index, const int *lfds, int nlfds, void *arg)
 {
+	int lfd = lfds[0]; /* (one listen address: nlfds is 1) */
+	(void)nlfds;
 	struct serve_cfg *cfg = arg;
 	struct serve_worker w = {0};
 	keel_http_config http = cfg->http;
@@ -325,9 +327,10 @@ int cli_serve(int argc, char **argv)
 	}
 	char what[300];
 	snprintf(what, sizeof(what), "serve%s %s", cfg.tls_ctx ? " (https)" : "", cfg.dir);
+	keel__listen at = {.addr = cfg.listen, .perm = {0, (uid_t)-1, (gid_t)-1}};
 	keel__master m = {
 	    .what = what,
-	    .gen = {.arg = &cfg, .addr = cfg.listen, .workers = cfg.workers},
+	    .gen = {.arg = &cfg, .listen = &at, .nlisten = 1, .workers = cfg.workers},
 	    .main_fn = serve_worker_main,
 	    .stop_fn = serve_stop,
 	    .reopen = serve_reopen,

@@ -167,7 +167,7 @@ static int site_build(keel_loop *loop, struct site_worker *w, const cli_config *
 	return 0;
 }
 
-static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
+static int site_worker_main(keel_loop *loop, int index, const int *lfds, int nlfds, void *arg)
 {
 	const cli_config *cfg = arg;
 	struct site_worker w = {0};
@@ -208,7 +208,8 @@ static int site_worker_main(keel_loop *loop, int index, int lfd, void *arg)
 		         keel_strerror(err));
 	if (site_build(loop, &w, cfg) < 0)
 		goto out_free;
-	err = keel_http_server_start(w.srv, lfd);
+	for (int i = 0; i < nlfds && err >= 0; i++)
+		err = keel_http_server_start(w.srv, lfds[i]);
 	if (err < 0) {
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot start the server: %s", index, keel_strerror(err));
 		goto out_free;
@@ -246,8 +247,9 @@ out_free:
 	free(w.up_tls);
 	free(w.proxies);
 	free(w.statics);
-	close(lfd);    /* (its own descriptor: the socket stays the master's) */
-	return status; /* (a worker that cannot run stops the others: workers.c) */
+	for (int i = 0; i < nlfds; i++)
+		close(lfds[i]); /* (its own descriptors: the sockets stay the master's) */
+	return status;          /* (a worker that cannot run stops the others: workers.c) */
 }
 
 /*
@@ -283,7 +285,8 @@ static void site_gen(cli_config *cfg, keel__gen *g)
 {
 	*g = (keel__gen){
 	    .arg = cfg,
-	    .addr = cfg->listen,
+	    .listen = cfg->listen,
+	    .nlisten = cfg->nlisten,
 	    .workers = cfg->workers,
 	    .stop_delay_ms = cfg->stop_delay_ms,
 	};

@@ -116,10 +116,10 @@ int cli_run_master(keel__master *m)
 {
 	char **names = NULL;
 	int n = sd_listen_fds_with_names(1, &names);
-	enum { PASSED_MAX = 1024 };
+	enum { PASSED_MAX = 16384 }; /* (16 addresses of 1024 workers) */
 	if (n < 0 || n > PASSED_MAX) {
 		keel_log(KEEL_LOG_ERROR, "LISTEN_FDS: %s",
-		         n < 0 ? keel_strerror(n) : "more than 1024 sockets");
+		         n < 0 ? keel_strerror(n) : "more than 16384 sockets");
 		return CLI_FAIL;
 	}
 	static int fds[PASSED_MAX]; /* (one master per process) */
@@ -156,9 +156,10 @@ int cli_run_master(keel__master *m)
 int cli_run_workers(const char *what, const char *addr, int n, cli_worker_main main_fn,
                     cli_worker_stop stop_fn, void *arg)
 {
+	keel__listen at = {.addr = addr, .perm = {0, (uid_t)-1, (gid_t)-1}};
 	keel__master m = {
 	    .what = what,
-	    .gen = {.arg = arg, .addr = addr, .workers = n},
+	    .gen = {.arg = arg, .listen = &at, .nlisten = 1, .workers = n},
 	    .main_fn = main_fn,
 	    .stop_fn = stop_fn,
 	};

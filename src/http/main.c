@@ -73,8 +73,10 @@ static void stop_worker(keel_loop *loop, void *arg)
 		stop_begin(m, w, loop);
 }
 
-static int worker_main(keel_loop *loop, int index, int lfd, void *arg)
+static int worker_main(keel_loop *loop, int index, const int *lfds, int nlfds, void *arg)
 {
+	int lfd = lfds[0]; /* (one listen address: nlfds is 1) */
+	(void)nlfds;
 	struct run *m = arg;
 	struct slot *w = &m->slots[index];
 	keel_http_server *srv = NULL;

@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -55,11 +57,18 @@ enum {
 struct lset {
 	char addr[ADDR_MAX];  /* as configured */
 	char bound[ADDR_MAX]; /* the port resolved, for messages */
+	unsigned flags;       /* KEEL_TCP_V6ONLY */
+	keel__unix_perm perm;
 	int fds[LISTENERS_MAX];
 	int nfds;
 	bool reuseport; /* keel's own SO_REUSEPORT sockets: more can be bound */
 	bool foreign;   /* the service manager's: never shut down, only closed */
-	int refs;       /* generations on it */
+	bool is_unix;   /* one socket, shared by every worker */
+	/* A Unix socket's file, removed with the last socket unless another process has it now */
+	bool has_path, keep_path;
+	dev_t path_dev;
+	ino_t path_ino;
+	int refs; /* the master's, and the generations' on it */
 };
 
 struct master;
@@ -67,7 +76,8 @@ struct master;
 struct worker {
 	struct gen *g;
 	int index;
-	int lfd; /* its own descriptor of the socket, until the body takes it */
+	int lfds[KEEL__LISTENS_MAX]; /* its own descriptors of the sockets, until the body takes them */
+	int nlfds;
 	keel_loop *loop;
 	int status;
 	pthread_t thread;
@@ -85,7 +95,8 @@ struct gen {
 	struct master *m;
 	keel__gen cfg;
 	bool owned; /* cfg.arg is reload's: released when the workers are gone */
-	struct lset *ls;
+	struct lset *ls[KEEL__LISTENS_MAX];
+	int nls;
 	struct worker *ws;
 	int started; /* threads made */
 	int alive;   /* threads not yet joined */
@@ -102,9 +113,10 @@ struct master {
 	keel_loop *loop;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	struct gen *gens;    /* every generation with workers */
-	struct gen *serving; /* the one that serves (the others drain) */
-	struct lset *ls;     /* the serving generation's sockets (a reference) */
+	struct gen *gens;                   /* every generation with workers */
+	struct gen *serving;                /* the one that serves (the others drain) */
+	struct lset *ls[KEEL__LISTENS_MAX]; /* the serving generation's sockets (references) */
+	int nls;
 	int status;
 	bool failed;   /* a worker of the serving generation returned non-zero */
 	bool stopping; /* every generation told to stop */
@@ -147,17 +159,44 @@ static void notify(struct master *m, const char *state)
 
 /* ---- Listening sockets ---------------------------------------------------- */
 
+static const char *unix_path(const struct lset *ls)
+{
+	return ls->addr + 5; /* (after "unix:") */
+}
+
+/* Note which file a Unix socket's path is now (to remove it at the end only if it still is). */
+static void lset_note_path(struct lset *ls)
+{
+	struct stat st;
+	const char *path = unix_path(ls);
+	if (ls->is_unix && path[0] == '/' && lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+		ls->has_path = true;
+		ls->path_dev = st.st_dev;
+		ls->path_ino = st.st_ino;
+	}
+}
+
 static void lset_unref(struct lset *ls)
 {
 	if (!ls || --ls->refs > 0)
 		return;
 	for (int i = 0; i < ls->nfds; i++)
 		close(ls->fds[i]);
+	struct stat st;
+	if (ls->has_path && !ls->foreign && !ls->keep_path && lstat(unix_path(ls), &st) == 0 &&
+	    st.st_dev == ls->path_dev && st.st_ino == ls->path_ino)
+		unlink(unix_path(ls));
 	free(ls);
 }
 
+static void lsets_unref(struct lset **ls, int n)
+{
+	for (int i = 0; i < n; i++)
+		lset_unref(ls[i]);
+}
+
 /* Whether fd is a listening stream socket bound to want (port 0: any port). */
-static bool listener_matches(int fd, const struct sockaddr_storage *want)
+static bool listener_matches(int fd, const struct sockaddr_storage *want, socklen_t wlen)
 {
 	int on = 0;
 	socklen_t olen = sizeof(on);
@@ -165,6 +204,7 @@ static bool listener_matches(int fd, const struct sockaddr_storage *want)
 		return false;
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
+	memset(&ss, 0, sizeof(ss));
 	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 || ss.ss_family != want->ss_family)
 		return false;
 	if (ss.ss_family == AF_INET) {
@@ -177,81 +217,145 @@ static bool listener_matches(int fd, const struct sockaddr_storage *want)
 		return memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0 &&
 		       (b->sin6_port == 0 || a->sin6_port == b->sin6_port);
 	}
+	if (ss.ss_family == AF_UNIX) {
+		const struct sockaddr_un *a = (const void *)&ss, *b = (const void *)want;
+		size_t off = offsetof(struct sockaddr_un, sun_path);
+		if (b->sun_path[0]) /* a path (the kernel may count its NUL or not) */
+			return strncmp(a->sun_path, b->sun_path, sizeof(a->sun_path)) == 0;
+		return len == wlen && memcmp(a->sun_path, b->sun_path, wlen - off) == 0;
+	}
 	return false;
 }
 
 static void lset_set_bound(struct lset *ls)
 {
+	if (ls->is_unix) {
+		snprintf(ls->bound, sizeof(ls->bound), "%s", ls->addr);
+		return;
+	}
 	const char *colon = strrchr(ls->addr, ':');
 	int port = keel_tcp_port(ls->fds[0]);
 	snprintf(ls->bound, sizeof(ls->bound), "%.*s:%d", colon ? (int)(colon - ls->addr) : 0, ls->addr,
 	         port);
 }
 
-/* Bind keel's own sockets until ls has n. 0 or a negative errno (logged). */
+/*
+ * Bind keel's own sockets until ls has n (a Unix socket: one, whatever n).
+ * 0 or a negative errno (logged).
+ */
 static int lset_grow(struct lset *ls, int n)
 {
+	if (ls->is_unix)
+		n = 1;
 	while (ls->nfds < n) {
 		if (ls->nfds == LISTENERS_MAX)
 			return -E2BIG;
 		/* the largest backlog the host allows; the first resolves a port of 0 for the rest */
-		int fd = keel_tcp_listen(ls->nfds ? ls->bound : ls->addr, 0, KEEL_TCP_REUSEPORT);
+		int fd = keel__listen_socket(ls->nfds ? ls->bound : ls->addr, 0,
+		                             KEEL_TCP_REUSEPORT | ls->flags, &ls->perm);
 		if (fd < 0) {
 			keel_log(KEEL_LOG_ERROR, "cannot listen on %s: %s", ls->nfds ? ls->bound : ls->addr,
 			         keel_strerror(fd));
 			return fd;
 		}
 		ls->fds[ls->nfds++] = fd;
-		if (ls->nfds == 1)
+		if (ls->nfds == 1) {
 			lset_set_bound(ls);
+			lset_note_path(ls);
+		}
+	}
+	return 0;
+}
+
+/* A reload's Unix socket whose mode or owner changed: the file gets the new ones. */
+static int lset_set_perm(struct lset *ls, const keel__unix_perm *perm)
+{
+	keel__unix_perm was = ls->perm;
+	ls->perm = *perm;
+	if (!ls->has_path || ls->foreign ||
+	    (was.mode == perm->mode && was.uid == perm->uid && was.gid == perm->gid))
+		return 0;
+	const char *path = unix_path(ls);
+	if ((perm->mode && chmod(path, perm->mode) < 0) ||
+	    ((perm->uid != (uid_t)-1 || perm->gid != (gid_t)-1) && chown(path, perm->uid, perm->gid) < 0)) {
+		int err = -errno;
+		keel_log(KEEL_LOG_ERROR, "%s: %s", ls->addr, keel_strerror(err));
+		return err;
 	}
 	return 0;
 }
 
 /*
- * The sockets for addr and n workers: the passed ones bound to it, or n of
- * keel's own. Passed ones that match nothing are an error (closed with a
- * warning in an upgrade); *taken marks those used. NULL on an error (logged).
+ * The sockets for l and n workers: the passed ones bound to it, or n of
+ * keel's own (one for a Unix socket). *taken marks the passed ones used.
+ * NULL on an error (logged).
  */
-static struct lset *lset_make(struct master *m, const char *addr, int n, bool *taken)
+static struct lset *lset_make(struct master *m, const keel__listen *l, int n, bool *taken)
 {
 	struct sockaddr_storage want;
 	socklen_t wlen;
-	int err = keel_addr_parse(addr, &want, &wlen);
+	int err = keel_addr_parse(l->addr, &want, &wlen);
 	struct lset *ls = err ? NULL : calloc(1, sizeof(*ls));
 	if (!ls) {
-		keel_log(KEEL_LOG_ERROR, "cannot listen on %s: %s", addr, keel_strerror(err ? err : -ENOMEM));
+		keel_log(KEEL_LOG_ERROR, "cannot listen on %s: %s", l->addr,
+		         keel_strerror(err ? err : -ENOMEM));
 		return NULL;
 	}
-	snprintf(ls->addr, sizeof(ls->addr), "%s", addr);
+	snprintf(ls->addr, sizeof(ls->addr), "%s", l->addr);
+	ls->flags = l->flags;
+	ls->perm = l->perm;
+	ls->is_unix = want.ss_family == AF_UNIX;
 	ls->refs = 1;
 	const keel__master *o = m->o;
 	for (int i = 0; taken && i < o->ninherited; i++) {
 		int fd = o->inherited[i];
-		if (!listener_matches(fd, &want) || ls->nfds == LISTENERS_MAX)
+		if (taken[i] || !listener_matches(fd, &want, wlen) || ls->nfds == LISTENERS_MAX ||
+		    (ls->is_unix && ls->nfds == 1))
 			continue;
 		int one = 0;
 		socklen_t olen = sizeof(one);
 		if (ls->nfds == 0) {
 			ls->foreign = o->foreign && o->foreign[i];
-			ls->reuseport =
-			    !ls->foreign && getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, &olen) == 0 && one;
+			ls->reuseport = !ls->foreign && !ls->is_unix &&
+			                getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, &olen) == 0 && one;
 		}
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 		fcntl(fd, F_SETFD, FD_CLOEXEC);
 		ls->fds[ls->nfds++] = fd;
 		taken[i] = true;
-		if (ls->nfds == 1)
+		if (ls->nfds == 1) {
 			lset_set_bound(ls);
+			lset_note_path(ls);
+		}
 	}
 	if (ls->nfds == 0) {
-		ls->reuseport = true;
+		ls->reuseport = !ls->is_unix;
 		if (lset_grow(ls, n) < 0) {
 			lset_unref(ls);
 			return NULL;
 		}
 	}
 	return ls;
+}
+
+/* Refuse new clients on keel's own sockets of ls now (and reset those in their backlogs). */
+static void lset_shut(struct lset *ls)
+{
+	if (!ls->foreign)
+		for (int i = 0; i < ls->nfds; i++)
+			shutdown(ls->fds[i], SHUT_RD);
+}
+
+/* "ADDR, ADDR, ..." for messages. */
+static const char *lsets_bound(struct lset *const *ls, int n, char *buf, size_t size)
+{
+	size_t k = 0;
+	buf[0] = '\0';
+	for (int i = 0; i < n && k < size; i++) {
+		int w = snprintf(buf + k, size - k, "%s%s", i ? ", " : "", ls[i]->bound);
+		k += w > 0 ? (size_t)w : 0;
+	}
+	return buf;
 }
 
 /* ---- Generations ---------------------------------------------------------- */
@@ -261,6 +365,12 @@ static void worker_ended(keel_loop *loop, void *ud)
 {
 	(void)loop;
 	(void)ud;
+}
+
+static void worker_close_fds(struct worker *w)
+{
+	for (int i = 0; i < w->nlfds; i++)
+		close(w->lfds[i]);
 }
 
 static void *worker_thread(void *p)
@@ -292,7 +402,7 @@ static void *worker_thread(void *p)
 	}
 	pthread_mutex_unlock(&m->mu);
 	if (err == 0 && !go) {
-		close(w->lfd);
+		worker_close_fds(w);
 		pthread_mutex_lock(&m->mu);
 		w->loop_gone = true;
 		w->loop = NULL;
@@ -301,9 +411,9 @@ static void *worker_thread(void *p)
 		keel_loop_free(loop);
 	} else if (err < 0) {
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot create a loop: %s", w->index, keel_strerror(err));
-		close(w->lfd);
+		worker_close_fds(w);
 	} else {
-		int st = m->o->main_fn(loop, w->index, w->lfd, w->g->cfg.arg);
+		int st = m->o->main_fn(loop, w->index, w->lfds, w->nlfds, w->g->cfg.arg);
 		/* No more posts to the loop from here on: then it goes, on this thread (a ring is its thread's). */
 		pthread_mutex_lock(&m->mu);
 		w->status = st;
@@ -354,7 +464,7 @@ static void gen_free(struct gen *g)
 		m->serving = NULL;
 	if (m->o->release && (g->owned || g->cfg.arg == m->o->gen.arg))
 		m->o->release(m->o->ud, g->cfg.arg);
-	lset_unref(g->ls);
+	lsets_unref(g->ls, g->nls);
 	free(g->ws);
 	free(g);
 }
@@ -395,12 +505,13 @@ static bool gen_listed(const struct master *m, const struct gen *g)
 }
 
 /*
- * Start a generation of cfg->workers on ls (a reference is taken), and wait
- * until each worker serves or fails. The new generation, or NULL if any
- * worker failed (those that started are stopped and joined; logged; *status
- * is the first failure's).
+ * Start a generation of cfg->workers on ls[0 .. cfg->nlisten-1] (a
+ * reference to each is taken), and wait until each worker serves or fails.
+ * The new generation, or NULL if any worker failed (those that started are
+ * stopped and joined; logged; *status is the first failure's).
  */
-static struct gen *gen_start(struct master *m, const keel__gen *cfg, struct lset *ls, bool owned, int *status)
+static struct gen *gen_start(struct master *m, const keel__gen *cfg, struct lset *const *ls, bool owned,
+                             int *status)
 {
 	struct gen *g = calloc(1, sizeof(*g));
 	struct worker *ws = g ? calloc((size_t)cfg->workers, sizeof(*ws)) : NULL;
@@ -410,24 +521,34 @@ static struct gen *gen_start(struct master *m, const keel__gen *cfg, struct lset
 		*status = -ENOMEM;
 		return NULL;
 	}
-	*g = (struct gen){.m = m, .cfg = *cfg, .owned = owned, .ls = ls, .ws = ws};
-	ls->refs++;
+	*g = (struct gen){.m = m, .cfg = *cfg, .owned = owned, .nls = cfg->nlisten, .ws = ws};
+	for (int j = 0; j < g->nls; j++) {
+		g->ls[j] = ls[j];
+		ls[j]->refs++;
+	}
 	g->next = m->gens;
 	m->gens = g;
 	int err = 0;
 	for (int i = 0; i < cfg->workers; i++) {
 		struct worker *w = &ws[i];
 		*w = (struct worker){.g = g, .index = i};
-		w->lfd = fcntl(ls->fds[i % ls->nfds], F_DUPFD_CLOEXEC, 3);
-		if (w->lfd < 0) {
-			err = -errno;
-			keel_log(KEEL_LOG_ERROR, "worker %d: %s", i, keel_strerror(err));
+		for (int j = 0; j < g->nls && !err; j++) {
+			int fd = fcntl(ls[j]->fds[i % ls[j]->nfds], F_DUPFD_CLOEXEC, 3);
+			if (fd < 0) {
+				err = -errno;
+				keel_log(KEEL_LOG_ERROR, "worker %d: %s", i, keel_strerror(err));
+			} else {
+				w->lfds[w->nlfds++] = fd;
+			}
+		}
+		if (err) {
+			worker_close_fds(w);
 			break;
 		}
 		if ((err = -pthread_create(&w->thread, NULL, worker_thread, w)) < 0) {
 			keel_log(KEEL_LOG_ERROR, "worker %d: cannot start a thread: %s", i,
 			         keel_strerror(err));
-			close(w->lfd);
+			worker_close_fds(w);
 			w->thread = 0;
 			break;
 		}
@@ -488,28 +609,46 @@ static void reload(struct master *m)
 		notify(m, "READY=1");
 		return;
 	}
-	struct lset *ls = NULL, *old = m->ls;
-	int old_nfds = old->nfds;
+	/*
+	 * The new generation's sockets: the serving one's for an address it
+	 * keeps (more bound if it has more workers), new ones for the rest.
+	 * Each of ls holds a reference of the master's.
+	 */
+	struct lset *ls[KEEL__LISTENS_MAX] = {0};
+	int nls = 0, grown[KEEL__LISTENS_MAX];
+	for (int j = 0; j < m->nls; j++)
+		grown[j] = m->ls[j]->nfds;
 	const char *why = NULL;
-	if (cfg.workers < 1) {
-		why = "no workers";
-	} else if (strcmp(cfg.addr, old->addr) == 0) {
-		ls = old;
-		if (ls->nfds > cfg.workers)
+	if (cfg.workers < 1 || cfg.nlisten < 1 || cfg.nlisten > KEEL__LISTENS_MAX)
+		why = cfg.workers < 1 ? "no workers" : "no listen address";
+	for (int i = 0; !why && i < cfg.nlisten; i++) {
+		struct lset *old = NULL;
+		for (int j = 0; j < m->nls && !old; j++)
+			if (strcmp(cfg.listen[i].addr, m->ls[j]->addr) == 0 &&
+			    cfg.listen[i].flags == m->ls[j]->flags)
+				old = m->ls[j];
+		if (!old) {
+			if (!(ls[nls++] = lset_make(m, &cfg.listen[i], cfg.workers, NULL)))
+				why = "cannot listen on a new address";
+			continue;
+		}
+		ls[nls++] = old;
+		old->refs++;
+		if (old->reuseport && old->nfds > cfg.workers)
 			why = "fewer workers than listening sockets: a reload keeps the sockets (restart to "
 			      "have fewer)";
-		else if (ls->nfds < cfg.workers && ls->reuseport && lset_grow(ls, cfg.workers) < 0)
+		else if (old->reuseport && old->nfds < cfg.workers && lset_grow(old, cfg.workers) < 0)
 			why = "cannot listen on more sockets";
-	} else if (!(ls = lset_make(m, cfg.addr, cfg.workers, NULL))) {
-		why = "cannot listen on the new address";
+		else if (old->is_unix && lset_set_perm(old, &cfg.listen[i].perm) < 0)
+			why = "cannot set a socket's mode or owner";
 	}
 	int st = 0;
 	struct gen *g = why ? NULL : gen_start(m, &cfg, ls, true, &st);
 	if (!g) {
-		if (ls && ls != old)
-			lset_unref(ls);
-		while (old->nfds > old_nfds) /* (sockets bound for it: no worker would accept on them) */
-			close(old->fds[--old->nfds]);
+		for (int j = 0; j < m->nls; j++) /* (sockets bound for it: no worker would accept on them) */
+			while (m->ls[j]->nfds > grown[j])
+				close(m->ls[j]->fds[--m->ls[j]->nfds]);
+		lsets_unref(ls, nls);
 		keel_log(KEEL_LOG_ERROR, "reload rejected: %s: the old configuration keeps serving",
 		         why ? why : keel_strerror(st));
 		if (m->o->release)
@@ -519,16 +658,20 @@ static void reload(struct master *m)
 	}
 	struct gen *cur = m->serving;
 	m->serving = g;
-	if (ls != old) { /* the old address refuses new clients now; its sockets go with the old workers */
-		if (!old->foreign)
-			for (int i = 0; i < old->nfds; i++)
-				shutdown(old->fds[i], SHUT_RD);
-		lset_unref(old);
-		m->ls = ls;
+	for (int j = 0; j < m->nls; j++) {
+		bool kept = false;
+		for (int i = 0; i < nls; i++)
+			kept |= ls[i] == m->ls[j];
+		if (!kept) /* an address no longer served refuses new clients now; its sockets go with the old workers */
+			lset_shut(m->ls[j]);
 	}
+	lsets_unref(m->ls, m->nls);
+	memcpy(m->ls, ls, sizeof(ls));
+	m->nls = nls;
 	gen_stop(cur);
+	char where[512];
 	keel_log(KEEL_LOG_INFO, "reloaded: %d worker%s listening on %s; the old ones drain", cfg.workers,
-	         cfg.workers == 1 ? "" : "s", ls->bound);
+	         cfg.workers == 1 ? "" : "s", lsets_bound(m->ls, m->nls, where, sizeof(where)));
 	notify(m, "READY=1");
 }
 
@@ -568,9 +711,8 @@ static void stop_all(struct master *m)
 	 * rather than left waiting through the grace period -- unless the
 	 * sockets are the service manager's or a new binary's now.
 	 */
-	if (!m->upgraded && !m->ls->foreign)
-		for (int i = 0; i < m->ls->nfds; i++)
-			shutdown(m->ls->fds[i], SHUT_RD);
+	for (int j = 0; j < m->nls && !m->upgraded; j++)
+		lset_shut(m->ls[j]);
 	for (struct gen *g = m->gens; g; g = g->next)
 		gen_stop(g);
 }
@@ -615,18 +757,20 @@ static void upgrade(struct master *m)
 		         m->child > 0 ? "an upgrade is under way" : "stopping");
 		return;
 	}
-	struct lset *ls = m->ls;
-	int n = ls->nfds;
+	int n = 0;
+	for (int j = 0; j < m->nls; j++)
+		n += m->ls[j]->nfds;
 	/* Everything the child needs is made here: after fork it may only call async-signal-safe functions. */
 	size_t nenv = 0;
 	while (environ[nenv])
 		nenv++;
 	char **envp = calloc(nenv + 5, sizeof(*envp));
 	char *names = malloc((size_t)n * 11 + 32);
+	int *fds = malloc(((size_t)n + 1) * sizeof(*fds)); /* (the child's) */
 	char fds_var[32], pid_var[40], up_var[40];
 	int pfd[2] = {-1, -1};
 	/* (The read end nonblocking: the loop reads it, and a backend may try the read at once.) */
-	if (!envp || !names || pipe2(pfd, O_CLOEXEC) < 0 ||
+	if (!envp || !names || !fds || pipe2(pfd, O_CLOEXEC) < 0 ||
 	    fcntl(pfd[0], F_SETFL, fcntl(pfd[0], F_GETFL) | O_NONBLOCK) < 0) {
 		keel_log(KEEL_LOG_ERROR, "upgrade: %s", keel_strerror(-errno));
 		goto out;
@@ -638,9 +782,10 @@ static void upgrade(struct master *m)
 			envp[k++] = environ[i];
 	snprintf(fds_var, sizeof(fds_var), "LISTEN_FDS=%d", n);
 	strcpy(names, "LISTEN_FDNAMES=");
-	for (int i = 0; i < n; i++)
-		strcat(names,
-		       i ? (ls->foreign ? ":inherited" : ":keel") : (ls->foreign ? "inherited" : "keel"));
+	for (int j = 0, i = 0; j < m->nls; j++)
+		for (int f = 0; f < m->ls[j]->nfds; f++, i++)
+			strcat(names,
+			       m->ls[j]->foreign ? (i ? ":inherited" : "inherited") : (i ? ":keel" : "keel"));
 	snprintf(up_var, sizeof(up_var), "KEEL_UPGRADE_FD=%d", 3 + n);
 	strcpy(pid_var, "LISTEN_PID=");
 	envp[k++] = fds_var;
@@ -655,10 +800,11 @@ static void upgrade(struct master *m)
 	}
 	if (pid == 0) {
 		/* Move the sockets and the pipe to 3 .. 3+n, out of each other's way first. */
-		int high = 3 + n + 1, tmp[LISTENERS_MAX + 1];
-		for (int i = 0; i < n; i++)
-			if ((tmp[i] = fcntl(ls->fds[i], F_DUPFD_CLOEXEC, high)) < 0)
-				_exit(127);
+		int high = 3 + n + 1, *tmp = fds;
+		for (int j = 0, i = 0; j < m->nls; j++)
+			for (int f = 0; f < m->ls[j]->nfds; f++)
+				if ((tmp[i++] = fcntl(m->ls[j]->fds[f], F_DUPFD_CLOEXEC, high)) < 0)
+					_exit(127);
 		if ((tmp[n] = fcntl(pfd[1], F_DUPFD_CLOEXEC, high)) < 0)
 			_exit(127);
 		for (int i = 0; i <= n; i++)
@@ -684,6 +830,7 @@ out:
 		close(pfd[0]);
 	if (pfd[1] >= 0)
 		close(pfd[1]);
+	free(fds);
 	free(names);
 	free(envp);
 }
@@ -724,6 +871,8 @@ static void child_read_done(keel_ctx *ctx, keel_outcome o, void *ud)
 		snprintf(state, sizeof(state), "MAINPID=%ld", (long)m->child);
 		notify(m, state);
 		m->upgraded = true;
+		for (int j = 0; j < m->nls; j++)
+			m->ls[j]->keep_path = true; /* (the new process's Unix sockets now) */
 		m->child = 0; /* (no longer ours to wait for: it outlives this process) */
 		stop_all(m);
 		return;
@@ -872,13 +1021,23 @@ int keel__master_run(const keel__master *o)
 		goto out;
 	}
 	keel__gen first = o->gen;
-	m.ls = lset_make(&m, first.addr, first.workers, taken ? taken : (bool[1]){false});
+	if (first.nlisten < 1 || first.nlisten > KEEL__LISTENS_MAX) {
+		keel_log(KEEL_LOG_ERROR, "%d listen addresses: 1 to %d", first.nlisten, KEEL__LISTENS_MAX);
+		m.status = -EINVAL;
+		goto out_loop;
+	}
+	bool no_taken[1] = {false};
+	for (int i = 0; i < first.nlisten; i++)
+		if (!(m.ls[m.nls++] =
+		          lset_make(&m, &first.listen[i], first.workers, taken ? taken : no_taken)))
+			m.status = -EADDRNOTAVAIL;
 	for (int i = 0; i < o->ninherited; i++) {
 		if (taken[i])
 			continue;
 		char name[ADDR_MAX] = "?";
 		struct sockaddr_storage ss;
 		socklen_t len = sizeof(ss);
+		memset(&ss, 0, sizeof(ss));
 		if (getsockname(o->inherited[i], (struct sockaddr *)&ss, &len) == 0)
 			keel_addr_format((struct sockaddr *)&ss, name, sizeof(name));
 		if (o->upgrade) {
@@ -888,28 +1047,33 @@ int keel__master_run(const keel__master *o)
 		} else if (m.status == 0) {
 			keel_log(KEEL_LOG_ERROR,
 			         "socket %d (%s) passed by the service manager matches no listen "
-			         "address (%s)",
-			         o->inherited[i], name, first.addr);
+			         "address (%s%s)",
+			         o->inherited[i], name, first.listen[0].addr,
+			         first.nlisten > 1 ? ", ..." : "");
 			m.status = -EINVAL;
 		}
 	}
-	if (m.ls && m.ls->nfds > first.workers) { /* (each socket needs a worker) */
-		keel_log(KEEL_LOG_WARN, "%d listening sockets inherited: %d workers, not %d", m.ls->nfds,
-		         m.ls->nfds, first.workers);
-		first.workers = m.ls->nfds;
-	} else if (m.ls && m.ls->nfds < first.workers && m.ls->reuseport &&
-	           lset_grow(m.ls, first.workers) < 0)
-		m.status = -EADDRINUSE;
-	if (!m.ls || m.status != 0) {
-		if (m.status == 0)
-			m.status = -EADDRNOTAVAIL;
-		goto out_loop;
+	int most = 0; /* (each socket needs a worker) */
+	for (int j = 0; j < m.nls; j++)
+		if (m.ls[j] && m.ls[j]->nfds > most)
+			most = m.ls[j]->nfds;
+	if (m.status == 0 && most > first.workers) {
+		keel_log(KEEL_LOG_WARN, "%d listening sockets inherited: %d workers, not %d", most, most,
+		         first.workers);
+		first.workers = most;
 	}
+	for (int j = 0; j < m.nls && m.status == 0; j++)
+		if (m.ls[j]->reuseport && m.ls[j]->nfds < first.workers &&
+		    lset_grow(m.ls[j], first.workers) < 0)
+			m.status = -EADDRINUSE;
+	if (m.status != 0)
+		goto out_loop;
 	if (!(m.serving = gen_start(&m, &first, m.ls, false, &m.status)))
 		goto out_loop;
+	char where[512];
 	keel_log(KEEL_LOG_INFO, "%s%slistening on %s (%d worker%s, backend %s)", o->what ? o->what : "",
-	         o->what ? " " : "", m.ls->bound, first.workers, first.workers == 1 ? "" : "s",
-	         keel_loop_backend(m.loop));
+	         o->what ? " " : "", lsets_bound(m.ls, m.nls, where, sizeof(where)), first.workers,
+	         first.workers == 1 ? "" : "s", keel_loop_backend(m.loop));
 	if (o->ready_fd >= 0) {
 		ssize_t wr = write(o->ready_fd, "1", 1);
 		(void)wr; /* (the old process reads it, or has gone: nothing to do either way) */
@@ -949,7 +1113,7 @@ int keel__master_run(const keel__master *o)
 	keel_timer_disarm(m.loop, &m.child_timer);
 	reap_child_wait(&m); /* (an upgrade called off by the stop: told to stop too) */
 out_loop:
-	lset_unref(m.ls);
+	lsets_unref(m.ls, m.nls);
 	keel_loop_free(m.loop);
 out:
 	if (m.child_fd >= 0)
@@ -968,9 +1132,10 @@ out:
 int keel__workers_run(const char *what, const char *addr, int n, keel__worker_main main_fn,
                       keel__worker_stop stop_fn, void *arg)
 {
+	keel__listen l = {.addr = addr, .perm = {0, (uid_t)-1, (gid_t)-1}};
 	keel__master m = {
 	    .what = what,
-	    .gen = {.arg = arg, .addr = addr, .workers = n},
+	    .gen = {.arg = arg, .listen = &l, .nlisten = 1, .workers = n},
 	    .main_fn = main_fn,
 	    .stop_fn = stop_fn,
 	    .ready_fd = -1,

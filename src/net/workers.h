@@ -22,23 +22,36 @@
 #include <stdint.h>
 
 #include "keel/loop.h"
+#include "listen.h"
 
 /*
- * A worker's body: serve on loop with listen_fd (its own descriptor of the
- * listening socket: it closes it, and never shuts the socket down) until
- * stopped; call keel__worker_serving once it accepts; return 0 or an error.
+ * A worker's body: serve on loop with lfds[0 .. nlfds-1] (its own
+ * descriptors of the listening sockets, one per listen address: it closes
+ * them, and never shuts a socket down) until stopped; call
+ * keel__worker_serving once it accepts; return 0 or an error.
  */
-typedef int (*keel__worker_main)(keel_loop *loop, int index, int listen_fd, void *arg);
+typedef int (*keel__worker_main)(keel_loop *loop, int index, const int *lfds, int nlfds, void *arg);
 /* Posted to every worker's loop of a generation to end: begin a graceful stop. */
 typedef void (*keel__worker_stop)(keel_loop *loop, void *arg);
 
 /* Called by a worker's body (on its thread) once it serves: the master waits for it. */
 void keel__worker_serving(void);
 
+/* Listen addresses of one generation: at most 16 (KEEL_ACCEPTOR_LISTENERS_MAX). */
+#define KEEL__LISTENS_MAX 16
+
+/* One listen address and how to bind it. */
+typedef struct keel__listen {
+	const char *addr;     /* ADDR:PORT, numeric (a port of 0 is chosen once), or unix:/path */
+	unsigned flags;       /* KEEL_TCP_V6ONLY */
+	keel__unix_perm perm; /* a Unix socket's file: mode and owner */
+} keel__listen;
+
 /* What a generation of workers runs: the arg its bodies get, where, and how many. */
 typedef struct keel__gen {
 	void *arg;
-	const char *addr;       /* ADDR:PORT, numeric; a port of 0 is chosen once */
+	const keel__listen *listen; /* nlisten of them, 1..KEEL__LISTENS_MAX, no two the same */
+	int nlisten;
 	int workers;            /* >= 1 */
 	uint64_t stop_delay_ms; /* SIGTERM: this long not ready, still serving, before the stop */
 } keel__gen;
@@ -51,7 +64,8 @@ typedef struct keel__master {
 	void *ud;
 	/*
 	 * Listening sockets passed in (socket activation, or an upgrade): each
-	 * one bound to gen.addr takes the place of binding; one that is not is
+	 * one bound to a gen.listen address takes the place of binding it; one
+	 * that is bound to none is
 	 * an error, unless upgrade is set (then it is closed with a warning).
 	 * foreign[i]: the service manager's socket, closed but never shut down.
 	 */
@@ -78,7 +92,8 @@ typedef struct keel__master {
 
 /*
  * Bind (or take over) the listening sockets, start the first generation,
- * log "WHAT listening on ADDR:PORT (n workers, backend B)", and run until a
+ * log "WHAT listening on ADDR:PORT[, ADDR:PORT...] (n workers, backend B)",
+ * and run until a
  * stop, or until a worker of the serving generation returns non-zero.
  * Returns 0, a negative errno (a listener, thread or loop that could not be
  * made, logged), or the first non-zero status a worker returned. The

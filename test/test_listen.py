@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Listeners and upstreams beyond one TCP address: `listen` repeated in
+[server], IPv4 and IPv6 (dual stack unless `ipv6only`), Unix sockets with
+their file's mode and owner, and upstream servers on Unix sockets.
+
+- several listeners: one site on 127.0.0.1, [::1], [::] (which takes IPv4
+  too), [::] ipv6only (which does not), a Unix socket path (mode 0660, a
+  group set) and an abstract one; every one answers; the access log names
+  a Unix socket's client "unix:"; the socket file goes at the stop.
+- stale and live socket files: a file nobody listens on is replaced; one a
+  running keel listens on is refused with the reason, and left alone.
+- reload: listeners added and removed by SIGHUP; a removed Unix socket
+  refuses new clients and its file goes once its workers have drained; a
+  kept one gets a new mode.
+- upgrade: SIGUSR2 hands the Unix socket to the new process (the same
+  socket), which removes the file when it stops.
+- upstreams on Unix sockets: keel -c and keel proxy forward to a server on
+  a Unix socket; its health checks say Host: localhost.
+- socket activation of a Unix socket: keel serves on the passed one and
+  leaves its file to the service manager.
+Everything on loopback and in a temporary directory. Runs under KEEL_BACKEND."""
+import grp, os, re, shutil, signal, socket, stat, tempfile, threading, time
+
+from keeltest import (CLI_LISTEN_RE, KEEL, Proc, Skip, Subtests, check, end_adopted, eq, free_port, main,
+                      pid_exit, set_subreaper)
+
+
+def other_group():
+    """A group that is not ours, to see the owner set (root can give a file any group)."""
+    for g in grp.getgrall():
+        if g.gr_gid != os.getgid():
+            return g
+    raise Skip("no second group on this machine")
+
+
+def get(addr, path="/", timeout=5):
+    """GET path over a new connection to addr: ("tcp", host, port) or ("unix", path); (status, body)."""
+    if addr[0] == "unix":
+        s = socket.socket(socket.AF_UNIX)
+        target = addr[1] if not addr[1].startswith("@") else "\0" + addr[1][1:]
+    else:
+        s = socket.socket(socket.AF_INET6 if ":" in addr[1] else socket.AF_INET)
+        target = (addr[1], addr[2])
+    s.settimeout(timeout)
+    try:
+        s.connect(target)
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    check(head.startswith(b"HTTP/1.1 "), "%s: not an HTTP response: %r" % (addr, data[:80]))
+    return int(head[9:12]), body
+
+
+def refused(addr):
+    try:
+        get(addr, timeout=2)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    return False
+
+
+def site(d, listens, extra=""):
+    os.makedirs(os.path.join(d, "www"), exist_ok=True)
+    with open(os.path.join(d, "www", "index.html"), "w") as f:
+        f.write("hello\n")
+    conf = os.path.join(d, "keel.conf")
+    with open(conf, "w") as f:
+        f.write("[server]\n" + "".join("listen = %s\n" % l for l in listens) +
+                "workers = 2\ngrace_ms = 2000\naccess_log = access.log\n" + extra + "[route /]\nstatic = www\n")
+    return conf
+
+
+def start(d, listens, name="keel -c"):
+    conf = site(d, listens)
+    return conf, Proc([KEEL, "-c", conf], name=name, cwd=d, listen=re.compile(r"listening on .*\(\d+ workers?"))
+
+
+def several(d):
+    p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
+    sock = os.path.join(d, "keel.sock")
+    abstract = "@keel-test-%d" % os.getpid()
+    g = other_group()
+    listens = ["127.0.0.1:%d" % p1, "[::1]:%d" % p2, "[::]:%d" % p3, "[::]:%d ipv6only" % p4,
+               "unix:%s mode=0660 group=%s" % (sock, g.gr_name), "unix:" + abstract]
+    _, p = start(d, listens)
+    line = p.wait_line(r"listening on (.*) \(2 workers", 1).group(1)
+    eq(line, ", ".join(["127.0.0.1:%d" % p1, "[::1]:%d" % p2, "[::]:%d" % p3, "[::]:%d" % p4, "unix:" + sock,
+                        "unix:" + abstract]), "the listening line")
+    for addr in [("tcp", "127.0.0.1", p1), ("tcp", "::1", p2), ("tcp", "::1", p3), ("tcp", "127.0.0.1", p3),
+                 ("tcp", "::1", p4), ("unix", sock), ("unix", abstract)]:
+        eq(get(addr), (200, b"hello\n"), "GET / on %s" % (addr,))
+    check(refused(("tcp", "127.0.0.1", p4)), "IPv4 reached [::]:%d though it is ipv6only" % p4)
+    check(refused(("tcp", "::1", p1)), "[::1] reached 127.0.0.1's port")
+    st = os.lstat(sock)
+    check(stat.S_ISSOCK(st.st_mode), "keel.sock is not a socket")
+    eq(oct(stat.S_IMODE(st.st_mode)), oct(0o660), "the socket file's mode")
+    eq(st.st_gid, g.gr_gid, "the socket file's group")
+    p.stop_ok("keel with six listeners")
+    check(not os.path.exists(sock), "the socket file is still there after the stop")
+    with open(os.path.join(d, "access.log")) as f:
+        hosts = [l.split(" ", 1)[0] for l in f]
+    eq(sorted(set(hosts)), sorted({"127.0.0.1", "::1", "::ffff:127.0.0.1", "unix:"}), "clients in the access log")
+    eq(hosts.count("unix:"), 2, "requests from Unix clients in the access log")
+
+
+def stale_and_live(d):
+    sock = os.path.join(d, "keel.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(sock)
+    s.close()  # a file nobody listens on: what a killed server leaves behind
+    _, p = start(os.path.join(d, "a"), ["unix:" + sock])
+    eq(get(("unix", sock)), (200, b"hello\n"), "GET / on the socket that replaced a stale file")
+    conf = site(os.path.join(d, "b"), ["unix:" + sock])
+    q = Proc([KEEL, "-c", conf], name="second keel", cwd=os.path.join(d, "b"), listen=None)
+    eq(q.wait(10), 1, "a second keel on a socket in use: exit status")
+    check(q.wait_line(r"cannot listen on unix:%s: .*in use" % re.escape(sock), 0), "no reason:\n" + q.shown())
+    eq(get(("unix", sock)), (200, b"hello\n"), "the first keel after the second one failed")
+    p.stop_ok("keel on a socket that was stale")
+    check(not os.path.exists(sock), "the socket file is still there after the stop")
+
+
+def reload(d):
+    p1, p5 = free_port(), free_port()
+    a, b = os.path.join(d, "a.sock"), os.path.join(d, "b.sock")
+    conf, p = start(d, ["127.0.0.1:%d" % p1, "unix:" + a, "unix:%s mode=0666" % b])
+    eq(oct(stat.S_IMODE(os.lstat(b).st_mode)), oct(0o666), "b.sock's mode")
+    site(d, ["127.0.0.1:%d" % p1, "127.0.0.1:%d" % p5, "unix:%s mode=0600" % b])
+    p.signal(signal.SIGHUP)
+    check(p.wait_line(r"reloaded: 2 workers listening on 127\.0\.0\.1:%d, 127\.0\.0\.1:%d, unix:%s;" %
+                      (p1, p5, re.escape(b)), 10), "the reload:\n" + p.shown())
+    check(p.wait_line(r"old workers gone", 10), "the old workers did not drain:\n" + p.shown())
+    for addr in [("tcp", "127.0.0.1", p1), ("tcp", "127.0.0.1", p5), ("unix", b)]:
+        eq(get(addr), (200, b"hello\n"), "GET / on %s after the reload" % (addr,))
+    check(refused(("unix", a)), "a.sock still answers after the reload removed it")
+    check(not os.path.exists(a), "a.sock's file is still there after its workers drained")
+    eq(oct(stat.S_IMODE(os.lstat(b).st_mode)), oct(0o600), "b.sock's mode after the reload")
+    # Back to one address: 127.0.0.1:p5 refuses from then on.
+    site(d, ["unix:" + b])
+    p.signal(signal.SIGHUP)
+    check(p.wait_line(r"reloaded: 2 workers listening on unix:%s;" % re.escape(b), 10), "reload:\n" + p.shown())
+    check(refused(("tcp", "127.0.0.1", p5)), "127.0.0.1:%d answers after the reload removed it" % p5)
+    eq(get(("unix", b)), (200, b"hello\n"), "GET / on b.sock after the second reload")
+    p.stop_ok("keel after two reloads")
+    check(not os.path.exists(b), "b.sock is still there after the stop")
+
+
+def upgrade(d):
+    set_subreaper()
+    port = free_port()
+    sock = os.path.join(d, "keel.sock")
+    _, p = start(d, ["127.0.0.1:%d" % port, "unix:" + sock])
+    ino = os.lstat(sock).st_ino
+    p.signal(signal.SIGUSR2)
+    m = p.wait_line(r"upgrade: pid (\d+) serves", 10)
+    check(m, "no upgrade:\n" + p.shown())
+    new = int(m.group(1))
+    try:
+        eq(p.p.wait(10), 0, "the old process's exit status")  # (its output pipe stays open: the new one has it)
+        eq(os.lstat(sock).st_ino, ino, "the socket file after the old process exited: the same one")
+        for addr in [("unix", sock), ("tcp", "127.0.0.1", port)]:
+            eq(get(addr), (200, b"hello\n"), "GET / on %s from the new process" % (addr,))
+        os.kill(new, signal.SIGTERM)
+        eq(pid_exit(new, 10), 0, "the new process's exit status")
+        check(not os.path.exists(sock), "the new process left the socket file behind")
+    finally:
+        end_adopted([new])
+
+
+class UnixHTTP:
+    """An HTTP/1.1 server on a Unix socket answering with the Host header it got."""
+
+    def __init__(self, path):
+        self.path, self.hosts = path, []
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(path)
+        self.sock.listen(64)
+        self.t = threading.Thread(target=self.accept, daemon=True)
+        self.t.start()
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        buf = b""
+        with c:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    b = c.recv(65536)
+                    if not b:
+                        return
+                    buf += b
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                host = re.search(rb"(?im)^host: *(\S*)", head)
+                host = host.group(1).decode() if host else "-"
+                path = head.split(b" ")[1].decode()
+                self.hosts.append((path, host))
+                body = ("host %s\n" % host).encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self):
+        self.sock.close()
+
+
+def upstream(d):
+    up = UnixHTTP(os.path.join(d, "up.sock"))
+    try:
+        port = free_port()
+        conf = os.path.join(d, "proxy.conf")
+        with open(conf, "w") as f:
+            f.write(f"""[server]
+listen = 127.0.0.1:{port}
+workers = 1
+[upstream app]
+server = unix:{up.path}
+health_path = /health
+health_interval_ms = 100
+[route /]
+upstream = app
+""")
+        p = Proc([KEEL, "-c", conf], name="keel -c proxy", cwd=d, listen=CLI_LISTEN_RE)
+        eq(get(("tcp", "127.0.0.1", port), "/x"), (200, b"host t\n"), "GET /x through the Unix socket upstream")
+        deadline = time.monotonic() + 5
+        while ("/health", "localhost") not in up.hosts and time.monotonic() < deadline:
+            time.sleep(0.02)
+        check(("/health", "localhost") in up.hosts, "no health check with Host: localhost: %s" % up.hosts[:5])
+        p.stop_ok("keel -c with a Unix socket upstream")
+        q = Proc([KEEL, "proxy", "--listen", "127.0.0.1:0", "--upstream", "unix:" + up.path, "--workers", "1"],
+                 name="keel proxy", listen=CLI_LISTEN_RE)
+        eq(get(("tcp", "127.0.0.1", q.port), "/y"), (200, b"host t\n"), "GET /y through keel proxy")
+        q.stop_ok("keel proxy to a Unix socket")
+    finally:
+        up.close()
+
+
+def activation(d):
+    tool = shutil.which("systemd-socket-activate")
+    if not tool:
+        raise Skip("systemd-socket-activate not installed (Debian's systemd package)")
+    sock = os.path.join(d, "act.sock")
+    conf = site(d, ["unix:" + sock])
+    p = Proc([tool, "-l", sock, KEEL, "-c", conf], name="socket-activated keel", cwd=d,
+             listen=re.compile(r"Listening on (?P<host>\S+)"))
+    eq(get(("unix", sock)), (200, b"hello\n"), "the first request through the passed Unix socket")
+    check(p.wait_line(r"listening on unix:%s \(2 workers" % re.escape(sock), 5), "no listening line:\n" + p.shown())
+    eq(os.readlink("/proc/%d/fd/3" % p.pid).startswith("socket:"), True, "fd 3 is the passed socket")
+    p.stop_ok("socket-activated keel on a Unix socket")
+    check(os.path.exists(sock), "keel removed the service manager's socket file")
+
+
+def run():
+    t = Subtests()
+    for name, fn in [("several listeners", several), ("stale and live socket files", stale_and_live),
+                     ("reload adds and removes listeners", reload), ("upgrade with a Unix socket", upgrade),
+                     ("upstreams on Unix sockets", upstream), ("socket activation of a Unix socket", activation)]:
+        with tempfile.TemporaryDirectory(prefix="keel-listen-") as d:
+            t.run(name, lambda: fn(d))
+    return t.status()
+
+
+if __name__ == "__main__":
+    main(run)
