@@ -124,6 +124,13 @@ keel_promise *keel_recv_stream_paced(keel_loop *loop, int fd, keel_recv_fn fn, v
 
 /* One receive into caller memory (borrowed until the promise settles). n = bytes, 0 at EOF. */
 keel_promise *keel_recv(keel_loop *loop, int fd, void *buf, size_t len);
+/*
+ * The same, but the bytes stay in the socket (MSG_PEEK): once there are
+ * some, it resolves with what is there, and the next receive gets them
+ * again. For reading a preamble whose end is only known once seen (the
+ * PROXY protocol's header) without taking what follows it.
+ */
+keel_promise *keel_recv_peek(keel_loop *loop, int fd, void *buf, size_t len);
 
 /*
  * Send all of buf / of the iovecs: short sends are continued internally, so

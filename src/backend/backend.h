@@ -115,7 +115,7 @@ struct keel__op {
 		struct {
 			void *buf;
 			size_t len;
-			uint64_t off;
+			uint64_t off; /* a file's position; RECV: its flags (MSG_PEEK or 0) */
 		} rw;
 		struct {
 			int dirfd;

@@ -275,6 +275,18 @@ keel_promise *keel_recv(keel_loop *loop, int fd, void *buf, size_t len)
 	if (op) {
 		op->u.rw.buf = buf;
 		op->u.rw.len = len;
+		op->u.rw.off = 0;
+	}
+	return START_OR_LIMIT(op);
+}
+
+keel_promise *keel_recv_peek(keel_loop *loop, int fd, void *buf, size_t len)
+{
+	keel__op *op = keel__op_new(loop, KEEL__OP_RECV, fd);
+	if (op) {
+		op->u.rw.buf = buf;
+		op->u.rw.len = len;
+		op->u.rw.off = MSG_PEEK;
 	}
 	return START_OR_LIMIT(op);
 }

@@ -19,6 +19,11 @@ static inline ssize_t sys_recv(int fd, void *buf, size_t len)
 	return syscall(SYS_recvfrom, fd, buf, len, MSG_DONTWAIT, NULL, NULL);
 }
 
+static inline ssize_t sys_recv_peek(int fd, void *buf, size_t len)
+{
+	return syscall(SYS_recvfrom, fd, buf, len, MSG_DONTWAIT | MSG_PEEK, NULL, NULL);
+}
+
 static inline ssize_t sys_sendmsg(int fd, const struct msghdr *msg)
 {
 	/* One piece: sendto skips sendmsg's msghdr and iovec copying. */
@@ -111,7 +116,8 @@ int keel__ep_attempt_net(keel_loop *loop, keel__epoll *ep, keel__op *op)
 	case KEEL__OP_ACCEPT: return attempt_accept(loop, ep, op);
 	case KEEL__OP_RECV_STREAM: return attempt_recv_stream(loop, ep, op);
 	case KEEL__OP_RECV:
-		n = sys_recv(op->fd, op->u.rw.buf, op->u.rw.len);
+		n = op->u.rw.off & MSG_PEEK ? sys_recv_peek(op->fd, op->u.rw.buf, op->u.rw.len)
+		                            : sys_recv(op->fd, op->u.rw.buf, op->u.rw.len);
 		if (n < 0 && errno == EAGAIN)
 			return ATT_WAIT_RD;
 		break;

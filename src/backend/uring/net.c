@@ -29,7 +29,9 @@ int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op)
 		sqe->flags |= IOSQE_BUFFER_SELECT;
 		sqe->buf_group = keel__loop_bufpool(loop)->bgid;
 		break;
-	case KEEL__OP_RECV: io_uring_prep_recv(sqe, op->fd, op->u.rw.buf, op->u.rw.len, 0); break;
+	case KEEL__OP_RECV:
+		io_uring_prep_recv(sqe, op->fd, op->u.rw.buf, op->u.rw.len, (int)op->u.rw.off);
+		break;
 	case KEEL__OP_SEND:
 		if ((op->flags & KEEL__OPF_ZC) && op->u.send.msg.msg_iovlen == 1)
 			io_uring_prep_send_zc(sqe, op->fd, op->u.send.msg.msg_iov[0].iov_base,
