@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.." || exit 2
 CC=${CC:-clang}
 SECONDS_EACH=${FUZZ_SECONDS:-60}
 OUT=build/fuzz
-DRIVERS=${*:-"fuzz_request fuzz_chunked fuzz_response fuzz_ws fuzz_server"}
+DRIVERS=${*:-"fuzz_request fuzz_chunked fuzz_response fuzz_ws fuzz_proxyproto fuzz_server"}
 PARSER="src/http/parse.c src/http/chunked.c"
 # The library, as the Makefile's LIB_SRC.
 LIB=$(ls src/core/*.c src/backend/*.c src/backend/uring/*.c src/backend/epoll/*.c src/net/*.c src/http/*.c)
@@ -49,6 +49,7 @@ sources() {
 	case $1 in
 	fuzz_server) echo "$LIB" ;;
 	fuzz_ws) echo "src/http/ws_codec.c" ;;
+	fuzz_proxyproto) echo "src/net/proxy_proto.c" ;;
 	*) echo "$PARSER" ;;
 	esac
 }
