@@ -27,6 +27,11 @@ extern "C" {
 typedef struct keel_acceptor_ops {
 	/* A new connection: the owner takes fd. */
 	void (*open)(void *ud, int fd);
+	/*
+	 * Or, when set (instead of open): a new connection and which listening
+	 * socket it came from (0 for the first keel_acceptor_start, and so on).
+	 */
+	void (*open_from)(void *ud, int fd, unsigned listener);
 	/* Connections open and not closing: what conns_max bounds. */
 	unsigned (*live)(void *ud);
 	/*
@@ -74,7 +79,11 @@ typedef struct keel_acceptor {
 	unsigned backoff_ms;   /* grows while accepting keeps failing; 0 after a success */
 	uint64_t backoff_logged_ms;
 	bool paused, stopping, reclaiming;
-	int *held; /* accepted past the limit, in arrival order: not served yet (the acceptor's to close) */
+	/* accepted past the limit, in arrival order: not served yet (the acceptor's to close) */
+	struct keel_acceptor_held {
+		int fd;
+		unsigned listener;
+	} * held;
 	unsigned nheld, held_cap;
 	uint64_t pauses; /* times accepting paused (the limit, EMFILE and the like) */
 } keel_acceptor;

@@ -67,6 +67,22 @@ typedef struct keel_http_config {
 	bool listener_keep;          /* stop leaves the listening socket listening (another server
 	                               takes it over); default false: stop shuts it down at once */
 	/*
+	 * The client's address from trusted proxies (keel_http_request_peer,
+	 * the access log). real_ip_from: the sources trusted to tell it, a
+	 * list of addresses and CIDR blocks ("10.0.0.0/8, 2001:db8::/32,
+	 * 127.0.0.1"; at most 64; read by keel_http_server_new: -EINVAL if
+	 * bad); NULL (default): none. real_ip_header: KEEL_HTTP_REAL_IP_NONE
+	 * (default), _XFF (X-Forwarded-For) or _FORWARDED (RFC 7239's for=):
+	 * a request whose connection comes from a trusted source is taken to
+	 * come from the last address of that list, read from the right, that
+	 * is not itself trusted (all trusted: the leftmost). A listener with
+	 * KEEL_HTTP_LISTEN_PROXY_PROTOCOL takes the connection's address from
+	 * its PROXY header first, and with real_ip_from set accepts such
+	 * connections from those sources only.
+	 */
+	const char *real_ip_from;
+	int real_ip_header;
+	/*
 	 * How each connection's socket is wrapped (keel/transport.h): called
 	 * once per accepted or adopted connection with its descriptor, it sets
 	 * up *t (which the connection embeds) and returns 0 (fd is then *t's,
@@ -190,6 +206,7 @@ struct keel_http_request {
 	                              C++ has no flexible array members) */
 	struct keel__upgrade *upgrade; /* the protocol a 101 switches to (keel_ws_accept) */
 	uint64_t start_ns;             /* loop time its head was parsed (for the latency window) */
+	const char *real_peer;         /* keel_http_request_peer's answer, once asked */
 };
 
 /*
@@ -276,6 +293,17 @@ int keel_http_route(keel_http_server *s, const char *method, const char *path, u
  */
 keel_promise *keel_http_body_read(keel_http_request *req);
 
+enum { KEEL_HTTP_REAL_IP_NONE, KEEL_HTTP_REAL_IP_XFF, KEEL_HTTP_REAL_IP_FORWARDED };
+
+/*
+ * keel_http_server_listen's flags. KEEL_HTTP_LISTEN_PROXY_PROTOCOL: every
+ * connection starts with a PROXY protocol header (version 1 or 2, as
+ * HAProxy's send-proxy and send-proxy-v2 write it; at most 1536 bytes,
+ * within header_timeout_ms), whose source address becomes the client's; a
+ * connection without one, or with a broken one, is closed.
+ */
+enum { KEEL_HTTP_LISTEN_PROXY_PROTOCOL = 1 << 0 };
+
 /*
  * Accept connections on listening socket lfd (the server does not own it: it
  * never closes it). Call it once per socket: a server takes up to
@@ -284,6 +312,8 @@ keel_promise *keel_http_body_read(keel_http_request *req);
  * server stopped, -E2BIG past the limit.
  */
 int keel_http_server_start(keel_http_server *s, int lfd);
+/* keel_http_server_start with flags (KEEL_HTTP_LISTEN_*) for this socket's connections. */
+int keel_http_server_listen(keel_http_server *s, int lfd, unsigned flags);
 
 /*
  * Serve one connected stream socket fd, as if it had been accepted (the
@@ -366,8 +396,11 @@ keel_promise *keel_http_respond_copy(keel_http_request *req, int status, const c
 keel_promise *keel_http_respondf(keel_http_request *req, int status, const char *content_type,
                                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /*
- * The client's address, the host alone ("127.0.0.1", "::1"); looked up once
- * per connection. The string is the connection's: valid until it closes,
+ * The client's address, the host alone ("127.0.0.1", "::1", "unix:" for a
+ * Unix socket's client); looked up once per connection. A PROXY protocol
+ * header's source address when the listener has one; what trusted proxies
+ * say when cfg.real_ip_header is set and the connection comes from
+ * cfg.real_ip_from (then in the request's context, valid while it is). The string is the connection's: valid until it closes,
  * which can come before the handler's promise settles (the client went);
  * copy it (keel_ctx_strdup) to keep it. "-" when unknown or gone.
  */
@@ -394,6 +427,8 @@ typedef struct keel_http_stats {
 	uint32_t inflight; /* requests waiting for their handlers */
 	uint64_t
 	    ws_upgrades; /* connections switched to WebSocket (after the fields above: their offsets stay) */
+	/* connections closed for their PROXY protocol header: broken, too long, late, or from an untrusted source */
+	uint64_t proxy_protocol_errors;
 } keel_http_stats;
 /* Copy the server's counters into *out. */
 void keel_http_server_stats(const keel_http_server *s, keel_http_stats *out);

@@ -32,6 +32,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "http/realip.h"
 
 #define KEYS_SEEN_MAX 64 /* more keys than any section has */
 #define NAME_MAX_LEN 64  /* of an upstream group */
@@ -110,6 +111,7 @@ void cli_config_fini(cli_config *cfg)
 	free(cfg->file);
 	for (int i = 0; i < cfg->nlisten; i++)
 		free((char *)cfg->listen[i].addr);
+	free(cfg->real_ip_from);
 	free(cfg->server_name);
 	free(cfg->access_log);
 	memset(cfg, 0, sizeof(*cfg));
@@ -235,10 +237,11 @@ static bool id_parse(const char *s, bool group, unsigned *id)
 	return pw != NULL;
 }
 
-int cli_listen_parse(const char *value, keel__listen *out, char *err, size_t errlen)
+int cli_listen_parse(const char *value, keel__listen *out, unsigned *http, char *err, size_t errlen)
 {
 	char buf[256], *save = NULL;
 	*out = (keel__listen){.perm = {0, (uid_t)-1, (gid_t)-1}};
+	*http = 0;
 	if (strlen(value) >= sizeof(buf)) {
 		snprintf(err, errlen, "too long");
 		return -1;
@@ -257,7 +260,9 @@ int cli_listen_parse(const char *value, keel__listen *out, char *err, size_t err
 	for (char *opt; (opt = strtok_r(NULL, " \t", &save));) {
 		char *end;
 		unsigned id;
-		if (strcmp(opt, "ipv6only") == 0 && ss.ss_family == AF_INET6) {
+		if (strcmp(opt, "proxy_protocol") == 0) {
+			*http |= KEEL_HTTP_LISTEN_PROXY_PROTOCOL;
+		} else if (strcmp(opt, "ipv6only") == 0 && ss.ss_family == AF_INET6) {
 			out->flags |= KEEL_TCP_V6ONLY;
 		} else if (strncmp(opt, "mode=", 5) == 0 && file) {
 			unsigned long mode = strtoul(opt + 5, &end, 8);
@@ -277,8 +282,8 @@ int cli_listen_parse(const char *value, keel__listen *out, char *err, size_t err
 			                  : strchr(opt, '=') && !file    ? "for a Unix socket's path only"
 			                                                 : "unknown option";
 			snprintf(err, errlen,
-			         "'%s': %s (options: ipv6only; mode=, owner=, group= for "
-			         "unix:/PATH)",
+			         "'%s': %s (options: proxy_protocol, ipv6only; mode=, "
+			         "owner=, group= for unix:/PATH)",
 			         opt, why);
 			return -1;
 		}
@@ -711,7 +716,8 @@ static void server_key(struct parser *p, const char *name, const char *value)
 			perr(p, p->lineno, "listen: more than %d addresses", KEEL__LISTENS_MAX);
 			return;
 		}
-		if (cli_listen_parse(value, &l, err, sizeof(err)) < 0) {
+		unsigned http;
+		if (cli_listen_parse(value, &l, &http, err, sizeof(err)) < 0) {
 			perr(p, p->lineno, "listen: %s", err);
 			return;
 		}
@@ -723,6 +729,7 @@ static void server_key(struct parser *p, const char *name, const char *value)
 				return;
 			}
 		cfg->listen_line[cfg->nlisten] = p->lineno;
+		cfg->listen_http[cfg->nlisten] = http;
 		cfg->listen[cfg->nlisten++] = l;
 	} else if (strcmp(name, "workers") == 0) {
 		uint64_t v;
@@ -757,6 +764,31 @@ static void server_key(struct parser *p, const char *name, const char *value)
 			cli_config_http2(cfg, value[1] == 'n');
 		else
 			perr(p, p->lineno, "http2: '%s' is not on or off", value);
+	} else if (strcmp(name, "real_ip_from") == 0) {
+		struct keel__cidr c[KEEL__CIDRS_MAX];
+		const char *bad = value;
+		int n = keel__cidrs_parse(value, c, KEEL__CIDRS_MAX, &bad);
+		if (n <= 0) {
+			int len = (int)strcspn(bad, " ,\t");
+			if (n == -E2BIG)
+				perr(p, p->lineno, "real_ip_from: more than %d entries", KEEL__CIDRS_MAX);
+			else
+				perr(p, p->lineno, "real_ip_from: '%.*s' is not an address or ADDR/BITS",
+				     len ? len : 1, n == 0 ? "" : bad);
+		} else if (set_str(p, &cfg->real_ip_from, value, false)) {
+			cfg->http.real_ip_from = cfg->real_ip_from;
+			cfg->real_ip_line = p->lineno;
+		}
+	} else if (strcmp(name, "real_ip_header") == 0) {
+		if (strcasecmp(value, "X-Forwarded-For") == 0)
+			cfg->http.real_ip_header = KEEL_HTTP_REAL_IP_XFF;
+		else if (strcasecmp(value, "Forwarded") == 0)
+			cfg->http.real_ip_header = KEEL_HTTP_REAL_IP_FORWARDED;
+		else if (strcmp(value, "off") == 0)
+			cfg->http.real_ip_header = KEEL_HTTP_REAL_IP_NONE;
+		else
+			perr(p, p->lineno, "real_ip_header: '%s' is not X-Forwarded-For, Forwarded or off",
+			     value);
 	} else if (strncmp(name, "tls_", 4) != 0 || !server_tls_key(p, name, value)) {
 		unknown_key(p, name, "[server]");
 	}
@@ -1259,6 +1291,9 @@ int cli_config_check(cli_config *cfg)
 		return cfg->server_line ? check_fail(cfg, cfg->server_line,
 		                                     "[server] has no listen address (listen = ADDR:PORT)")
 		                        : check_fail(cfg, 0, "no [server] section with a listen address");
+	if (cfg->http.real_ip_header && !cfg->real_ip_from)
+		return check_fail(cfg, cfg->server_line,
+		                  "real_ip_header needs real_ip_from: the sources trusted to set it");
 	if (!cfg->nroutes)
 		return check_fail(cfg, 0, "no [route PATH] section: nothing to serve");
 	for (unsigned i = 0; i < cfg->nups; i++)

@@ -102,7 +102,10 @@ typedef struct cli_config {
 	char *file; /* for messages ("FILE:LINE: ..."); NULL when built from flags */
 	/* ADDR:PORT (numeric) or unix:/PATH, with options; each addr owned (cli_listen_parse) */
 	keel__listen listen[KEEL__LISTENS_MAX];
+	unsigned listen_http[KEEL__LISTENS_MAX]; /* KEEL_HTTP_LISTEN_* of each (proxy_protocol) */
 	int listen_line[KEEL__LISTENS_MAX];
+	char *real_ip_from; /* http.real_ip_from points at it */
+	int real_ip_line;
 	int nlisten;
 	int server_line;        /* of [server]; 0 if there is none */
 	int workers;            /* threads; default: online CPUs */
@@ -179,10 +182,11 @@ int cli_config_run(cli_config *cfg, const char *what);
 void cli_config_http2(cli_config *cfg, bool on);
 
 /*
- * A listen value, "ADDR [ipv6only] [mode=OCTAL] [owner=USER] [group=GROUP]"
- * (the last three for a Unix socket's file), into *out (out->addr
- * allocated: the caller frees it). 0, or -1 with the reason in err.
+ * A listen value, "ADDR [proxy_protocol] [ipv6only] [mode=OCTAL]
+ * [owner=USER] [group=GROUP]" (the last three for a Unix socket's file),
+ * into *out (out->addr allocated: the caller frees it) and *http
+ * (KEEL_HTTP_LISTEN_*). 0, or -1 with the reason in err.
  */
-int cli_listen_parse(const char *value, keel__listen *out, char *err, size_t errlen);
+int cli_listen_parse(const char *value, keel__listen *out, unsigned *http, char *err, size_t errlen);
 
 #endif

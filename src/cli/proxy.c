@@ -139,7 +139,7 @@ int cli_proxy(int argc, char **argv)
 		goto out;
 	}
 	char why[200];
-	if (cli_listen_parse(listen, &cfg.listen[0], why, sizeof(why)) < 0) {
+	if (cli_listen_parse(listen, &cfg.listen[0], &cfg.listen_http[0], why, sizeof(why)) < 0) {
 		fprintf(stderr, "keel proxy: --listen: %s\n", why);
 		goto out;
 	}

@@ -209,7 +209,7 @@ static int site_worker_main(keel_loop *loop, int index, const int *lfds, int nlf
 	if (site_build(loop, &w, cfg) < 0)
 		goto out_free;
 	for (int i = 0; i < nlfds && err >= 0; i++)
-		err = keel_http_server_start(w.srv, lfds[i]);
+		err = keel_http_server_listen(w.srv, lfds[i], cfg->listen_http[i]);
 	if (err < 0) {
 		keel_log(KEEL_LOG_ERROR, "worker %d: cannot start the server: %s", index, keel_strerror(err));
 		goto out_free;

@@ -637,7 +637,7 @@ static void conn_unlink(keel_http_conn *c)
 static int h2_handover(keel_http_conn *c, keel_buf *buf)
 {
 	keel_http_server *s = c->s;
-	struct keel__h2_conn *h = keel__h2_adopt(s, &c->tp, c->recv);
+	struct keel__h2_conn *h = keel__h2_adopt(s, &c->tp, c->recv, &c->peer);
 	if (!h) {
 		keel__h1_conn_close(c);
 		return KEEL_CONTINUE;
@@ -1007,21 +1007,25 @@ const char *keel__h1_peer(keel_http_conn *c)
 	return keel__conn_peer(&c->tp, &c->peer);
 }
 
-void keel__h1_open(keel_http_server *s, int fd)
+void keel__h1_open(keel_http_server *s, int fd, char *peer)
 {
 	keel_http_conn *c = s->free_conns;
 	if (c) {
 		s->free_conns = c->next;
 		s->nfree_conns--;
 	} else if (!(c = keel__malloc(sizeof(*c)))) {
+		free(peer);
 		close(fd);
 		return;
 	}
 	memset(c, 0, sizeof(*c));
 	c->s = s;
+	c->peer = peer; /* (a PROXY header's address; NULL: looked up from the socket) */
 	if (s->cfg.transport_init) {
 		int err = s->cfg.transport_init(&c->tp, s->loop, fd, s->cfg.transport_ud);
 		if (err < 0) {
+			free(peer);
+			c->peer = NULL;
 			close(fd); /* refused by the transport: never a connection */
 			c->next = s->free_conns;
 			s->free_conns = c;

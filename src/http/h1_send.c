@@ -460,7 +460,7 @@ void keel__h1_flush(keel_http_conn *c)
 			uint64_t blen = a->file_fd >= 0        ? a->file_len
 			                : a->stream_length > 0 ? (uint64_t)a->stream_length
 			                                       : a->body.len;
-			keel__log_request(s, c->peer, r, st, has_body(r) ? blen : 0);
+			keel__log_request(s, keel_http_request_peer(r), r, st, has_body(r) ? blen : 0);
 		}
 		if (st >= 500)
 			s->stats.responses_5xx++;

@@ -553,7 +553,7 @@ static void submit(struct h2_stream *st)
 	keel__lat_record(s, r);
 	if (s->cfg.access_log_fd >= 0 && !r->is_error_logged) {
 		r->is_error_logged = 1;
-		keel__log_request(s, h->peer, r, status, body ? blen : 0);
+		keel__log_request(s, keel_http_request_peer(r), r, status, body ? blen : 0);
 	}
 	if (status >= 500)
 		s->stats.responses_5xx++;
@@ -1408,7 +1408,7 @@ void keel__h2_rx_handed(struct keel__h2_conn *h, int err)
 		input_ended(h, err == -ECANCELED ? 0 : err);
 }
 
-struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, keel_promise *rx)
+struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, keel_promise *rx, char **peer)
 {
 	struct h2_shared *sh = shared_get(s);
 	struct keel__h2_conn *h = sh ? keel__calloc(1, sizeof(*h)) : NULL;
@@ -1431,7 +1431,9 @@ struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, ke
 		free(h);
 		return NULL;
 	}
-	h->tp = *tp; /* (the transport moves: nothing of it points back at where it was) */
+	h->tp = *tp;     /* (the transport moves: nothing of it points back at where it was) */
+	h->peer = *peer; /* (and the client's address, a PROXY header's included) */
+	*peer = NULL;
 	h->rx = rx;
 	h->rx_h1 = true;
 	keel_timer_init(&h->timer, conn_timeout);

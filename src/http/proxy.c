@@ -445,7 +445,8 @@ static int build_request(struct preq *pr, keel_ctx *ctx)
 		}
 		h[n++] = m->headers[i];
 	}
-	const char *peer = keel_http_request_peer(req);
+	const char *peer =
+	    keel__request_conn_peer(req); /* (the hop it came from: each proxy appends its own) */
 	h[n].name = KEEL_STR("X-Forwarded-For");
 	h[n++].value = join(ctx, xff, peer, strlen(peer));
 	h[n].name = KEEL_STR("X-Forwarded-Proto");

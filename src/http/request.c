@@ -597,9 +597,18 @@ keel_promise *keel_http_body_read(keel_http_request *r)
 	return p;
 }
 
-const char *keel_http_request_peer(keel_http_request *req)
+const char *keel__request_conn_peer(keel_http_request *req)
 {
 	return req->conn ? req->proto->peer(req) : "-";
+}
+
+const char *keel_http_request_peer(keel_http_request *req)
+{
+	if (!req->conn)
+		return "-";
+	if (!req->real_peer) /* (once per request: what trusted proxies say, or the connection's) */
+		req->real_peer = keel__real_ip(req, req->proto->peer(req));
+	return req->real_peer;
 }
 
 bool keel_http_request_secure(keel_http_request *req)

@@ -26,12 +26,16 @@
 static unsigned conns_live(void *ud)
 {
 	keel_http_server *s = ud;
-	return s->nconns - s->nclosing;
+	return s->nconns - s->nclosing + s->npreambles;
 }
 
-static void acc_open(void *ud, int fd)
+static void acc_open(void *ud, int fd, unsigned listener)
 {
-	keel__h1_open(ud, fd);
+	keel_http_server *s = ud;
+	if (s->listen_flags[listener] & KEEL_HTTP_LISTEN_PROXY_PROTOCOL)
+		keel__preamble_start(s, fd);
+	else
+		keel__h1_open(s, fd, NULL);
 }
 
 static unsigned acc_reclaim(void *ud, unsigned n)
@@ -57,7 +61,7 @@ static void acc_quiet(void *ud)
 }
 
 static const keel_acceptor_ops acceptor_ops = {
-    .open = acc_open,
+    .open_from = acc_open,
     .live = conns_live,
     .reclaim = acc_reclaim,
     .reclaimable = acc_reclaimable,
@@ -101,11 +105,20 @@ int keel_http_server_new(keel_http_server **out, keel_loop *loop, const keel_htt
 		return -EINVAL;
 	if (c.server_name && !keel__wire_ok(c.server_name, true))
 		return -EINVAL; /* it goes into every response's head */
+	struct keel__cidr trusted[KEEL__CIDRS_MAX];
+	const char *bad;
+	int ntrusted = c.real_ip_from ? keel__cidrs_parse(c.real_ip_from, trusted, KEEL__CIDRS_MAX, &bad) : 0;
+	if (ntrusted < 0 || c.real_ip_header < KEEL_HTTP_REAL_IP_NONE ||
+	    c.real_ip_header > KEEL_HTTP_REAL_IP_FORWARDED)
+		return -EINVAL;
 	keel_http_server *s = keel__calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
 	s->loop = loop;
 	s->cfg = c;
+	s->cfg.real_ip_from = NULL; /* (read: the caller's string is not kept) */
+	memcpy(s->trusted, trusted, (size_t)ntrusted * sizeof(trusted[0]));
+	s->ntrusted = (unsigned)ntrusted;
 	keel_acceptor_init(&s->acc, loop, s->cfg.conns_max, &acceptor_ops, s);
 	s->server_name_len = s->cfg.server_name ? strlen(s->cfg.server_name) : 0;
 	s->req_size = sizeof(keel_http_request) + s->cfg.limits.headers_max * sizeof(keel_http_header);
@@ -152,7 +165,8 @@ void keel__server_maybe_stopped(keel_http_server *s)
 	 * (log_written comes back here), so that once the promise resolves the
 	 * server may be freed.
 	 */
-	if (!s->stopping || s->nconns || !s->stopped || keel_acceptor_busy(&s->acc) || s->log_writing)
+	if (!s->stopping || s->nconns || s->npreambles || !s->stopped || keel_acceptor_busy(&s->acc) ||
+	    s->log_writing)
 		return;
 	keel_timer_disarm(s->loop, &s->grace);
 	keel_timer_disarm(s->loop, &s->trim_timer);
@@ -219,6 +233,16 @@ const char *keel__conn_peer(keel_transport *tp, char **cache)
 
 int keel_http_server_start(keel_http_server *s, int lfd)
 {
+	return keel_http_server_listen(s, lfd, 0);
+}
+
+int keel_http_server_listen(keel_http_server *s, int lfd, unsigned flags)
+{
+	if (flags & ~(unsigned)KEEL_HTTP_LISTEN_PROXY_PROTOCOL)
+		return -EINVAL;
+	unsigned i = s->acc.nls;
+	if (i < KEEL_ACCEPTOR_LISTENERS_MAX)
+		s->listen_flags[i] = flags; /* (before the socket's first accept can come) */
 	return keel_acceptor_start(&s->acc, lfd);
 }
 
@@ -230,7 +254,7 @@ int keel_http_server_adopt(keel_http_server *s, int fd)
 		close(fd);
 		return KEEL_ESTOPPED;
 	}
-	keel__h1_open(s, fd);
+	keel__h1_open(s, fd, NULL);
 	return 0;
 }
 
@@ -269,6 +293,7 @@ keel_promise *keel_http_server_stop(keel_http_server *s, uint64_t grace_ms)
 	s->stopping = true;
 	s->stopped = p;
 	keel_acceptor_stop(&s->acc, !s->cfg.listener_keep);
+	keel__preamble_stop_all(s);
 	keel__h1_drain_all(s);
 	keel__h2_drain_all(s);
 	keel__ws_drain_all(s);
@@ -283,7 +308,7 @@ void keel_http_server_free(keel_http_server *s)
 {
 	if (!s)
 		return;
-	if (s->nconns || keel_acceptor_busy(&s->acc) || s->log_writing) {
+	if (s->nconns || s->npreambles || keel_acceptor_busy(&s->acc) || s->log_writing) {
 		/*
 		 * Connections, the accept stream or a write still hold the
 		 * server: freeing it would leave their completions pointing at

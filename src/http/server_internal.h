@@ -23,6 +23,7 @@
 #include "keel/timer.h"
 #include "keel/transport.h"
 #include "keel/util.h"
+#include "realip.h"
 
 struct route {
 	char *method; /* NULL: any */
@@ -90,6 +91,11 @@ struct keel_http_server {
 	struct route *routes;
 	unsigned nroutes;
 	keel_acceptor acc;
+	unsigned listen_flags[KEEL_ACCEPTOR_LISTENERS_MAX]; /* KEEL_HTTP_LISTEN_*, per acceptor listener */
+	struct keel__preamble *preambles; /* connections whose PROXY header is being read (preamble.c) */
+	unsigned npreambles;              /* counted as connections */
+	struct keel__cidr trusted[KEEL__CIDRS_MAX]; /* cfg.real_ip_from */
+	unsigned ntrusted;
 	bool stopping;
 	keel_http_conn *conns;
 	unsigned nconns;
@@ -162,6 +168,13 @@ void keel__server_date_update(keel_http_server *s);
 void keel__server_conn_opened(keel_http_server *s);
 void keel__server_conn_gone(keel_http_server *s);
 void keel__server_maybe_stopped(keel_http_server *s);
+/* PROXY protocol: read fd's header, then keel__h1_open it (preamble.c); the stop ends those under way. */
+void keel__preamble_start(keel_http_server *s, int fd);
+void keel__preamble_stop_all(keel_http_server *s);
+/* The request's client address: peer (its connection's), or what trusted proxies say (realip.c). */
+const char *keel__real_ip(keel_http_request *r, const char *peer);
+/* The address of the request's connection (after a PROXY header), not what forwarded headers say. */
+const char *keel__request_conn_peer(keel_http_request *r);
 const char *keel__conn_peer(keel_transport *tp, char **cache);
 
 /* route.c */
@@ -201,7 +214,7 @@ bool keel__log_stop(keel_http_server *s); /* false while a write is still under 
 void keel__log_free(keel_http_server *s);
 
 /* h1_conn.c: the HTTP/1.1 protocol's side of the server's lifecycle. */
-void keel__h1_open(keel_http_server *s, int fd);
+void keel__h1_open(keel_http_server *s, int fd, char *peer);
 void keel__h1_drain_all(keel_http_server *s);
 void keel__h1_close_all(keel_http_server *s);
 keel_http_conn *keel__h1_idle_pick(keel_http_server *s);
@@ -217,7 +230,7 @@ void keel__h1_trim(keel_http_server *s, unsigned keep);
  */
 struct keel__h2_conn;
 bool keel__h2_sniff(keel_transport *tp, const keel_buf *buf);
-struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, keel_promise *rx);
+struct keel__h2_conn *keel__h2_adopt(keel_http_server *s, keel_transport *tp, keel_promise *rx, char **peer);
 void keel__h2_input(struct keel__h2_conn *h, keel_buf *buf);
 void keel__h2_rx_handed(struct keel__h2_conn *h, int err);
 void keel__h2_drain_all(keel_http_server *s);

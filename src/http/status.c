@@ -170,6 +170,8 @@ keel_promise *keel_http_status(keel_http_request *req, void *ud)
 	    {"recv_buffer_waits_total", "counter", "receives parked for want of a buffer", ls.enobufs},
 	    {"ops_inflight", "gauge", "kernel operations in flight", ls.ops_inflight},
 	    {"log_lines_dropped_total", "counter", "access log lines dropped", st->log_lines_dropped},
+	    {"proxy_protocol_errors_total", "counter", "connections closed for their PROXY protocol header",
+	     st->proxy_protocol_errors},
 	    {"request_body_bytes", "gauge", "request body bytes held in copies", s->body_mem},
 	    {"rss_bytes", "gauge", "resident memory of the process", rss_bytes()},
 	};

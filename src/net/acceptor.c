@@ -71,6 +71,14 @@ static void limit_recheck(keel_acceptor *a)
 	keel_promise_done(a->backoff, backoff_done, a);
 }
 
+static void open_conn(keel_acceptor *a, int fd, unsigned listener)
+{
+	if (a->ops->open_from)
+		a->ops->open_from(a->ud, fd, listener);
+	else
+		a->ops->open(a->ud, fd);
+}
+
 static int on_accept(void *ud, int fd)
 {
 	keel_acceptor_listener *l = ud;
@@ -85,7 +93,7 @@ static int on_accept(void *ud, int fd)
 		/* Accepted by the kernel before our pause took effect: hold it unserved. */
 		if (a->nheld == a->held_cap) {
 			unsigned cap = a->held_cap ? a->held_cap * 2 : 16;
-			int *h = realloc(a->held, cap * sizeof(*h));
+			struct keel_acceptor_held *h = realloc(a->held, cap * sizeof(*h));
 			if (!h) {
 				close(fd);
 				return KEEL_STOP;
@@ -93,7 +101,7 @@ static int on_accept(void *ud, int fd)
 			a->held = h;
 			a->held_cap = cap;
 		}
-		a->held[a->nheld++] = fd;
+		a->held[a->nheld++] = (struct keel_acceptor_held){fd, (unsigned)(l - a->ls)};
 		if (!a->paused)
 			a->pauses++;
 		a->paused = true;
@@ -102,7 +110,7 @@ static int on_accept(void *ud, int fd)
 		return KEEL_STOP;
 	}
 	a->backoff_ms = 0;
-	a->ops->open(a->ud, fd);
+	open_conn(a, fd, (unsigned)(l - a->ls));
 	if (at_limit(a) && !reclaimable(a)) {
 		if (!a->paused)
 			a->pauses++;
@@ -244,7 +252,7 @@ void keel_acceptor_stop(keel_acceptor *a, bool shut_listener)
 	if (a->backoff)
 		keel_promise_cancel(a->backoff);
 	for (unsigned i = 0; i < a->nheld; i++)
-		close(a->held[i]); /* never served */
+		close(a->held[i].fd); /* never served */
 	a->nheld = 0;
 }
 
@@ -258,9 +266,9 @@ void keel_acceptor_conn_gone(keel_acceptor *a)
 	if (a->stopping)
 		return;
 	if (a->nheld) {
-		int fd = a->held[0];
+		struct keel_acceptor_held h = a->held[0];
 		memmove(a->held, a->held + 1, --a->nheld * sizeof(*a->held));
-		a->ops->open(a->ud, fd);
+		open_conn(a, h.fd, h.listener);
 	}
 	if (a->reclaiming && !a->backoff) {
 		a->reclaiming = false; /* a descriptor came back: accept again */
@@ -292,7 +300,7 @@ void keel_acceptor_idle(keel_acceptor *a)
 void keel_acceptor_fini(keel_acceptor *a)
 {
 	for (unsigned i = 0; i < a->nheld; i++)
-		close(a->held[i]);
+		close(a->held[i].fd);
 	free(a->held);
 	a->held = NULL;
 	a->nheld = a->held_cap = 0;
