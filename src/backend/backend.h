@@ -89,6 +89,7 @@ struct keel__op {
 		struct {
 			keel_accept_fn fn;
 			void *ud;
+			int err; /* io_uring: accept4's error, given once the poll has ended */
 		} accept;
 		struct {
 			keel_recv_fn fn;

@@ -2,8 +2,18 @@
  * io_uring backend: socket operations. Accept and receive are multishot;
  * receive picks its buffer from the provided-buffer ring at the moment data
  * arrives.
+ *
+ * Accept is a multishot poll of the listening socket with accept4 at each
+ * readiness (keel__uring_accept), not IORING_OP_ACCEPT: io_uring's accept
+ * waits on the socket exclusively, and one cancelled after its wakeup --
+ * a worker that stops accepting while another ring accepts on the same
+ * socket (a reload's next generation, an upgrade's new process, workers
+ * sharing a Unix socket) -- takes the wakeup with it, leaving the other
+ * ring asleep over a queued client. A poll wakes every waiter.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include "uring.h"
@@ -14,7 +24,14 @@ int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op)
 	if (!sqe)
 		return -EBUSY;
 	switch (op->kind) {
-	case KEEL__OP_ACCEPT: io_uring_prep_multishot_accept(sqe, op->fd, NULL, NULL, SOCK_CLOEXEC); break;
+	case KEEL__OP_ACCEPT: {
+		int fl = fcntl(op->fd, F_GETFL); /* (accept4 below must never block) */
+		if (fl >= 0 && !(fl & O_NONBLOCK))
+			fcntl(op->fd, F_SETFL, fl | O_NONBLOCK);
+		op->u.accept.err = 0;
+		io_uring_prep_poll_multishot(sqe, op->fd, POLLIN);
+		break;
+	}
 	case KEEL__OP_CONNECT:
 		io_uring_prep_connect(sqe, op->fd, (struct sockaddr *)&op->u.connect.addr,
 		                      op->u.connect.addrlen);
@@ -49,4 +66,35 @@ int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op)
 	}
 	io_uring_sqe_set_data64(sqe, keel__op_user_data(op));
 	return 0;
+}
+
+void keel__uring_accept(keel_loop *loop, keel__op *op, int res, bool more)
+{
+	if (res >= 0) {
+		/* Ready: every queued client, until the queue is empty or the owner says stop. */
+		while (!(op->flags & (KEEL__OPF_CANCELED | KEEL__OPF_STOPPED)) && !op->u.accept.err) {
+			int fd = accept4(op->fd, NULL, NULL, SOCK_CLOEXEC);
+			if (fd >= 0) {
+				keel__op_complete(loop, op, fd, KEEL__F_MORE, 0);
+				continue;
+			}
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN) { /* (EMFILE and the like: the stream ends with it) */
+				op->u.accept.err = -errno;
+				keel__uring_cancel(loop, op);
+			}
+			break;
+		}
+		if (more)
+			return;
+		if (!(op->flags & (KEEL__OPF_CANCELED | KEEL__OPF_STOPPED)) && !op->u.accept.err) {
+			keel__uring_resubmit(loop, op); /* the kernel ended the poll early: re-arm */
+			return;
+		}
+		res = -ECANCELED;
+	}
+	if (more)
+		return;
+	keel__op_complete(loop, op, op->u.accept.err ? op->u.accept.err : res, 0, 0);
 }

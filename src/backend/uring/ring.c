@@ -18,10 +18,10 @@
 #include "uring.h"
 
 static const int needed_ops[] = {
-    IORING_OP_ACCEPT,   IORING_OP_CONNECT, IORING_OP_RECV,         IORING_OP_SENDMSG,  IORING_OP_SHUTDOWN,
-    IORING_OP_CLOSE,    IORING_OP_OPENAT2, IORING_OP_READ,         IORING_OP_WRITE,    IORING_OP_STATX,
-    IORING_OP_FSYNC,    IORING_OP_SPLICE,  IORING_OP_ASYNC_CANCEL, IORING_OP_POLL_ADD, IORING_OP_UNLINKAT,
-    IORING_OP_RENAMEAT, IORING_OP_MKDIRAT, /* (5.15: older kernels get epoll) */
+    IORING_OP_CONNECT, IORING_OP_RECV,         IORING_OP_SENDMSG,  IORING_OP_SHUTDOWN, IORING_OP_CLOSE,
+    IORING_OP_OPENAT2, IORING_OP_READ,         IORING_OP_WRITE,    IORING_OP_STATX,    IORING_OP_FSYNC,
+    IORING_OP_SPLICE,  IORING_OP_ASYNC_CANCEL, IORING_OP_POLL_ADD, IORING_OP_UNLINKAT, IORING_OP_RENAMEAT,
+    IORING_OP_MKDIRAT, /* (5.15: older kernels get epoll) */
 };
 
 static int setup(keel__uring *u, const keel_loop_opts *opts, bool sqpoll)
@@ -215,7 +215,12 @@ static void uring_submit(keel_loop *loop, keel__op *op)
 		uring_fail_now(loop, op, err);
 }
 
-static void uring_cancel(keel_loop *loop, keel__op *op)
+void keel__uring_resubmit(keel_loop *loop, keel__op *op)
+{
+	uring_submit(loop, op);
+}
+
+void keel__uring_cancel(keel_loop *loop, keel__op *op)
 {
 	keel__uring *u = keel__loop_be(loop);
 	struct io_uring_sqe *sqe = keel__uring_sqe(loop, u);
@@ -265,6 +270,10 @@ static void dispatch(keel_loop *loop, keel__uring *u, struct io_uring_cqe *cqe)
 			return;
 		}
 		keel__op_complete(loop, op, res, 0, 0);
+		return;
+	}
+	if (op->kind == KEEL__OP_ACCEPT) {
+		keel__uring_accept(loop, op, res, f & IORING_CQE_F_MORE);
 		return;
 	}
 	if (op->kind == KEEL__OP_SENDFILE || op->kind == KEEL__OP_READ_POLL) {
@@ -440,7 +449,7 @@ const keel__backend keel__backend_uring = {
     .fini = uring_fini,
     .submit = uring_submit,
     .inject = uring_inject,
-    .cancel = uring_cancel,
+    .cancel = keel__uring_cancel,
     .cancel_fd = uring_cancel_fd,
     .poll = uring_poll,
     .bufpool_init = uring_bufpool_init,

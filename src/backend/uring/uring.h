@@ -35,6 +35,11 @@ struct io_uring_sqe *keel__uring_sqe(keel_loop *loop, keel__uring *u);
 
 /* net.c / file.c: fill SQEs for op; return 0, or a negative errno to fail the op. */
 int keel__uring_prep_net(keel_loop *loop, keel__uring *u, keel__op *op);
+/* An accept op's poll completion (res: its mask or an error; more: still armed): net.c. */
+void keel__uring_accept(keel_loop *loop, keel__op *op, int res, bool more);
+/* Submit op again (a multishot the kernel ended early); ask the kernel to end it. */
+void keel__uring_resubmit(keel_loop *loop, keel__op *op);
+void keel__uring_cancel(keel_loop *loop, keel__op *op);
 int keel__uring_prep_file(keel_loop *loop, keel__uring *u, keel__op *op);
 
 /*
