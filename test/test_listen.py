@@ -14,6 +14,11 @@ their file's mode and owner, and upstream servers on Unix sockets.
   kept one gets a new mode.
 - upgrade: SIGUSR2 hands the Unix socket to the new process (the same
   socket), which removes the file when it stops.
+- socket files are keel's alone: a rejected reload puts the old mode back;
+  a link put in the socket's place is never followed (the reload is
+  rejected, the link's target untouched); a new process that fails leaves
+  the old one's file; one that serves gives the file the mode its
+  configuration says, and removes the file of an address it dropped.
 - upstreams on Unix sockets: keel -c and keel proxy forward to a server on
   a Unix socket; its health checks say Host: localhost.
 - socket activation of a Unix socket: keel serves on the passed one and
@@ -173,6 +178,82 @@ def upgrade(d):
         end_adopted([new])
 
 
+def mode(path):
+    return oct(stat.S_IMODE(os.lstat(path).st_mode))
+
+
+def files_are_keels(d):
+    set_subreaper()
+    port, busy = free_port(), socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    a, b = os.path.join(d, "a.sock"), os.path.join(d, "b.sock")
+    conf, p = start(d, ["127.0.0.1:%d" % port, "unix:%s mode=0600" % a])
+    # A reload rejected after the mode was changed: the old mode comes back.
+    site(d, ["127.0.0.1:%d" % port, "unix:%s mode=0666" % a, "127.0.0.1:%d" % busy.getsockname()[1]])
+    p.signal(signal.SIGHUP)
+    check(p.wait_line(r"reload rejected: cannot listen on a new address", 10), "no rejection:\n" + p.shown())
+    eq(mode(a), oct(0o600), "a.sock's mode after a rejected reload")
+    # A link in the socket's place: never followed.
+    victim = os.path.join(d, "victim")
+    with open(victim, "w") as f:
+        f.write("x")
+    os.chmod(victim, 0o600)
+    os.rename(a, a + ".moved")
+    os.symlink(victim, a)
+    site(d, ["127.0.0.1:%d" % port, "unix:%s mode=0666" % a])
+    p.signal(signal.SIGHUP)
+    check(p.wait_line(r"mode or owner: the file is not keel's socket any more", 10), "no refusal:\n" + p.shown())
+    eq(mode(victim), oct(0o600), "the mode of the file a link in the socket's place points to")
+    os.unlink(a)
+    os.rename(a + ".moved", a)
+    # An upgrade whose new process fails (an address it cannot bind): the old one's file stays.
+    site(d, ["127.0.0.1:%d" % port, "unix:%s mode=0600" % a, "127.0.0.1:%d" % busy.getsockname()[1]])
+    p.signal(signal.SIGUSR2)
+    check(p.wait_line(r"upgrade failed", 10), "the upgrade did not fail:\n" + p.shown())
+    check(os.path.exists(a), "a failed new process removed the old one's socket file")
+    eq(get(("unix", a)), (200, b"hello\n"), "GET / on a.sock after a failed upgrade")
+    # One that serves: the new mode; an address dropped goes, one added comes.
+    busy.close()
+    site(d, ["127.0.0.1:%d" % port, "unix:%s mode=0640" % a, "unix:%s" % b])
+    p.signal(signal.SIGUSR2)
+    m = p.wait_line(r"upgrade: pid (\d+) serves", 10)
+    check(m, "no upgrade:\n" + p.shown())
+    new = int(m.group(1))
+    try:
+        eq(p.p.wait(10), 0, "the old process's exit status")
+        eq(mode(a), oct(0o640), "a.sock's mode set by the new process")
+        eq(get(("unix", b)), (200, b"hello\n"), "GET / on b.sock, the new process's own")
+        site(d, ["127.0.0.1:%d" % port, "unix:%s" % b])
+        os.kill(new, signal.SIGUSR2)  # the next one drops a.sock
+        newer = None
+        deadline = time.monotonic() + 10
+        while newer is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if not os.path.exists(a):
+                newer = True
+        check(newer, "a.sock is still there after an upgrade to a configuration without it")
+        eq(get(("unix", b)), (200, b"hello\n"), "GET / on b.sock after the second upgrade")
+    finally:
+        end_adopted([new])
+        for pid in pid_children():
+            end_adopted([pid])
+
+
+def pid_children():
+    """Our adopted children still running (a test that upgraded twice has one more)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/stat" % pid) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                        out.append(int(pid))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
 class UnixHTTP:
     """An HTTP/1.1 server on a Unix socket answering with the Host header it got."""
 
@@ -263,6 +344,7 @@ def run():
     t = Subtests()
     for name, fn in [("several listeners", several), ("stale and live socket files", stale_and_live),
                      ("reload adds and removes listeners", reload), ("upgrade with a Unix socket", upgrade),
+                     ("socket files are keel's alone", files_are_keels),
                      ("upstreams on Unix sockets", upstream), ("socket activation of a Unix socket", activation)]:
         with tempfile.TemporaryDirectory(prefix="keel-listen-") as d:
             t.run(name, lambda: fn(d))

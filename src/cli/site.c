@@ -208,6 +208,7 @@ static int site_worker_main(keel_loop *loop, int index, const int *lfds, int nlf
 		         keel_strerror(err));
 	if (site_build(loop, &w, cfg) < 0)
 		goto out_free;
+	err = 0; /* (a page source that could not be added is a warning above) */
 	for (int i = 0; i < nlfds && err >= 0; i++)
 		err = keel_http_server_listen(w.srv, lfds[i], cfg->listen_http[i]);
 	if (err < 0) {

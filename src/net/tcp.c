@@ -5,6 +5,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stddef.h>
@@ -122,15 +123,49 @@ char *keel_addr_format(const struct sockaddr *sa, char *buf, size_t size)
  */
 static bool unix_stale(const struct sockaddr_un *un, socklen_t len)
 {
+	int saved = errno; /* (the bind's, for the message if the file is not stale) */
 	struct stat st;
-	if (un->sun_path[0] != '/' || lstat(un->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
-		return false;
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	bool stale = false;
+	if (un->sun_path[0] == '/' && lstat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd >= 0) {
+			stale = connect(fd, (const struct sockaddr *)un, len) < 0 && errno == ECONNREFUSED;
+			close(fd);
+		}
+	}
+	if (stale && unlink(un->sun_path) == 0)
+		return true;
+	errno = saved;
+	return false;
+}
+
+int keel__unix_perm_apply(const char *path, const keel__unix_perm *perm, const struct stat *want)
+{
+	bool owner = perm->uid != (uid_t)-1 || perm->gid != (gid_t)-1;
+	if (!perm->mode && !owner)
+		return 0;
+	/*
+	 * The file itself, never what a link there points to: opened without
+	 * following one, checked to be a socket (the one bound, when want is
+	 * known), then changed through that descriptor.
+	 */
+	int fd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
-		return false;
-	bool stale = connect(fd, (const struct sockaddr *)un, len) < 0 && errno == ECONNREFUSED;
+		return -errno;
+	struct stat st;
+	int err = 0;
+	if (fstat(fd, &st) < 0)
+		err = -errno;
+	else if (!S_ISSOCK(st.st_mode) || (want && (st.st_dev != want->st_dev || st.st_ino != want->st_ino)))
+		err = -ESTALE; /* (not the socket keel bound there any more) */
+	char self[40];
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	if (!err && perm->mode && chmod(self, perm->mode) < 0)
+		err = -errno;
+	if (!err && owner && fchownat(fd, "", perm->uid, perm->gid, AT_EMPTY_PATH) < 0)
+		err = -errno;
 	close(fd);
-	return stale && unlink(un->sun_path) == 0;
+	return err;
 }
 
 int keel__listen_socket(const char *addr, int backlog, unsigned flags, const keel__unix_perm *perm)
@@ -164,15 +199,10 @@ int keel__listen_socket(const char *addr, int backlog, unsigned flags, const kee
 		goto out_close;
 	/* Before listen(): no client connects while the file has the umask's permissions. */
 	const char *path = ((struct sockaddr_un *)&ss)->sun_path;
-	if (un && path[0] && perm) {
-		if ((perm->mode && chmod(path, perm->mode) < 0) ||
-		    ((perm->uid != (uid_t)-1 || perm->gid != (gid_t)-1) &&
-		     chown(path, perm->uid, perm->gid) < 0)) {
-			err = -errno;
-			unlink(path);
-			close(fd);
-			return err;
-		}
+	if (un && path[0] && perm && (err = keel__unix_perm_apply(path, perm, NULL)) < 0) {
+		unlink(path);
+		close(fd);
+		return err;
 	}
 	if (listen(fd, backlog > 0 ? backlog : 65535) < 0) { /* (the kernel caps it at net.core.somaxconn) */
 		err = -errno;

@@ -2048,14 +2048,15 @@ static struct tconn *conn_new(keel_tls_endpoint *ep, keel_loop *loop, int fd, SS
 	return tc;
 }
 
-static void transport_set(keel_transport *t, keel_loop *loop, int fd, struct tconn *tc)
+/* The transport set up; whether fd is TCP (a Unix socket's connection has no TCP_NODELAY, and no kTLS). */
+static bool transport_set(keel_transport *t, keel_loop *loop, int fd, struct tconn *tc)
 {
 	t->ops = &tls_ops;
 	t->loop = loop;
 	t->impl = tc;
 	t->fd = fd;
 	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0;
 }
 
 int keel_tls_server_init(keel_transport *t, keel_loop *loop, int fd, void *ud)
@@ -2070,7 +2071,8 @@ int keel_tls_server_init(keel_transport *t, keel_loop *loop, int fd, void *ud)
 	if (!tc)
 		return -ENOMEM;
 	tc->server = true;
-	if (ctx->ktls) {
+	bool tcp = transport_set(t, loop, fd, tc);
+	if (ctx->ktls && tcp) {
 		tc->ktls = KTLS_WAIT;
 		SSL_set_msg_callback(tc->ssl, ktls_msg);
 	}
@@ -2078,7 +2080,6 @@ int keel_tls_server_init(keel_transport *t, keel_loop *loop, int fd, void *ud)
 	tc->hs_counted = true;
 	ep->st.handshaking++;
 	keel_timer_arm(loop, &tc->hs_timer, ctx->handshake_timeout_ms);
-	transport_set(t, loop, fd, tc);
 	raw_start(tc); /* the handshake reads whether or not anyone asked for data yet */
 	return 0;
 }
@@ -2143,7 +2144,7 @@ int keel_tls_client_init(keel_transport *t, keel_loop *loop, int fd, keel_tls_en
 		}
 	}
 	keel_timer_arm(loop, &tc->hs_timer, ctx->handshake_timeout_ms);
-	transport_set(t, loop, fd, tc);
+	(void)transport_set(t, loop, fd, tc);
 	pump(tc); /* the ClientHello goes now */
 	return 0;
 }

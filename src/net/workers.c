@@ -268,20 +268,26 @@ static int lset_grow(struct lset *ls, int n)
 }
 
 /* A reload's Unix socket whose mode or owner changed: the file gets the new ones. */
-static int lset_set_perm(struct lset *ls, const keel__unix_perm *perm)
+/*
+ * Give a Unix socket's file (keel's own: never the service manager's)
+ * perm, if it is not what the file was given last; with force, whatever it
+ * was given. Only the file bound (its device and inode): never a file or
+ * link put in its place. 0, or a negative errno (logged).
+ */
+static int lset_set_perm(struct lset *ls, const keel__unix_perm *perm, bool force)
 {
-	keel__unix_perm was = ls->perm;
-	ls->perm = *perm;
+	const keel__unix_perm *was = &ls->perm;
 	if (!ls->has_path || ls->foreign ||
-	    (was.mode == perm->mode && was.uid == perm->uid && was.gid == perm->gid))
+	    (!force && was->mode == perm->mode && was->uid == perm->uid && was->gid == perm->gid))
 		return 0;
-	const char *path = unix_path(ls);
-	if ((perm->mode && chmod(path, perm->mode) < 0) ||
-	    ((perm->uid != (uid_t)-1 || perm->gid != (gid_t)-1) && chown(path, perm->uid, perm->gid) < 0)) {
-		int err = -errno;
-		keel_log(KEEL_LOG_ERROR, "%s: %s", ls->addr, keel_strerror(err));
+	struct stat want = {.st_dev = ls->path_dev, .st_ino = ls->path_ino};
+	int err = keel__unix_perm_apply(unix_path(ls), perm, &want);
+	if (err < 0) {
+		keel_log(KEEL_LOG_ERROR, "%s: mode or owner: %s", ls->addr,
+		         err == -ESTALE ? "the file is not keel's socket any more" : keel_strerror(err));
 		return err;
 	}
+	ls->perm = *perm; /* (only once it is so) */
 	return 0;
 }
 
@@ -303,7 +309,7 @@ static struct lset *lset_make(struct master *m, const keel__listen *l, int n, bo
 	}
 	snprintf(ls->addr, sizeof(ls->addr), "%s", l->addr);
 	ls->flags = l->flags;
-	ls->perm = l->perm;
+	ls->perm = l->perm; /* (what keel__listen_socket gives a file it binds; inherited ones: below) */
 	ls->is_unix = want.ss_family == AF_UNIX;
 	ls->refs = 1;
 	const keel__master *o = m->o;
@@ -326,7 +332,13 @@ static struct lset *lset_make(struct master *m, const keel__listen *l, int n, bo
 		if (ls->nfds == 1) {
 			lset_set_bound(ls);
 			lset_note_path(ls);
+			/* An upgrade's: the old process's file until this one serves (master_run) */
+			ls->keep_path = o->upgrade;
 		}
+	}
+	if (ls->nfds > 0 && ls->is_unix && lset_set_perm(ls, &l->perm, true) < 0) {
+		lset_unref(ls); /* (the configuration's mode and owner, which may have changed) */
+		return NULL;
 	}
 	if (ls->nfds == 0) {
 		ls->reuseport = !ls->is_unix;
@@ -616,8 +628,11 @@ static void reload(struct master *m)
 	 */
 	struct lset *ls[KEEL__LISTENS_MAX] = {0};
 	int nls = 0, grown[KEEL__LISTENS_MAX];
-	for (int j = 0; j < m->nls; j++)
+	keel__unix_perm perm[KEEL__LISTENS_MAX]; /* (what a rejected reload puts back) */
+	for (int j = 0; j < m->nls; j++) {
 		grown[j] = m->ls[j]->nfds;
+		perm[j] = m->ls[j]->perm;
+	}
 	const char *why = NULL;
 	if (cfg.workers < 1 || cfg.nlisten < 1 || cfg.nlisten > KEEL__LISTENS_MAX)
 		why = cfg.workers < 1 ? "no workers" : "no listen address";
@@ -634,20 +649,22 @@ static void reload(struct master *m)
 		}
 		ls[nls++] = old;
 		old->refs++;
-		if (old->reuseport && old->nfds > cfg.workers)
+		if (old->nfds > cfg.workers)
 			why = "fewer workers than listening sockets: a reload keeps the sockets (restart to "
 			      "have fewer)";
 		else if (old->reuseport && old->nfds < cfg.workers && lset_grow(old, cfg.workers) < 0)
 			why = "cannot listen on more sockets";
-		else if (old->is_unix && lset_set_perm(old, &cfg.listen[i].perm) < 0)
+		else if (old->is_unix && lset_set_perm(old, &cfg.listen[i].perm, false) < 0)
 			why = "cannot set a socket's mode or owner";
 	}
 	int st = 0;
 	struct gen *g = why ? NULL : gen_start(m, &cfg, ls, true, &st);
 	if (!g) {
-		for (int j = 0; j < m->nls; j++) /* (sockets bound for it: no worker would accept on them) */
-			while (m->ls[j]->nfds > grown[j])
+		for (int j = 0; j < m->nls; j++) {
+			while (m->ls[j]->nfds > grown[j]) /* (bound for it: no worker would accept on them) */
 				close(m->ls[j]->fds[--m->ls[j]->nfds]);
+			lset_set_perm(m->ls[j], &perm[j], false); /* (the old mode and owner, if changed) */
+		}
 		lsets_unref(ls, nls);
 		keel_log(KEEL_LOG_ERROR, "reload rejected: %s: the old configuration keeps serving",
 		         why ? why : keel_strerror(st));
@@ -1027,6 +1044,12 @@ int keel__master_run(const keel__master *o)
 		goto out_loop;
 	}
 	bool no_taken[1] = {false};
+	struct {
+		char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+		dev_t dev;
+		ino_t ino;
+	} dropped[KEEL__LISTENS_MAX]; /* an upgrade's Unix sockets the configuration no longer has */
+	int ndropped = 0;
 	for (int i = 0; i < first.nlisten; i++)
 		if (!(m.ls[m.nls++] =
 		          lset_make(&m, &first.listen[i], first.workers, taken ? taken : no_taken)))
@@ -1044,6 +1067,18 @@ int keel__master_run(const keel__master *o)
 			keel_log(KEEL_LOG_WARN, "inherited socket %s is not in the configuration: closed",
 			         name);
 			close(o->inherited[i]);
+			/* Its file goes once this process serves (the old one keeps it until then). */
+			const struct sockaddr_un *un = (const void *)&ss;
+			struct stat st;
+			if (ss.ss_family == AF_UNIX && un->sun_path[0] == '/' &&
+			    ndropped < KEEL__LISTENS_MAX && lstat(un->sun_path, &st) == 0 &&
+			    S_ISSOCK(st.st_mode)) {
+				size_t n = strnlen(un->sun_path, sizeof(un->sun_path));
+				memcpy(dropped[ndropped].path, un->sun_path, n);
+				dropped[ndropped].path[n] = '\0';
+				dropped[ndropped].dev = st.st_dev;
+				dropped[ndropped++].ino = st.st_ino;
+			}
 		} else if (m.status == 0) {
 			keel_log(KEEL_LOG_ERROR,
 			         "socket %d (%s) passed by the service manager matches no listen "
@@ -1078,6 +1113,15 @@ int keel__master_run(const keel__master *o)
 		ssize_t wr = write(o->ready_fd, "1", 1);
 		(void)wr; /* (the old process reads it, or has gone: nothing to do either way) */
 		close(o->ready_fd);
+		/* This process serves: the Unix socket files are its own now, to remove at its end. */
+		for (int j = 0; j < m.nls; j++)
+			m.ls[j]->keep_path = false;
+		for (int i = 0; i < ndropped; i++) {
+			struct stat st;
+			if (lstat(dropped[i].path, &st) == 0 && st.st_dev == dropped[i].dev &&
+			    st.st_ino == dropped[i].ino)
+				unlink(dropped[i].path);
+		}
 	}
 	notify(&m, "READY=1");
 
