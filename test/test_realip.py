@@ -238,6 +238,52 @@ def forwarded_headers(d):
     s.stop()
 
 
+def unix_clients(d):
+    """A Unix socket's clients are "unix:", trusted only when real_ip_from lists unix:."""
+    os.makedirs(os.path.join(d, "www"))
+    with open(os.path.join(d, "www", "index.html"), "w") as f:
+        f.write("hello\n")
+    for trusted, want in [("unix:, 10.0.0.0/8", "198.51.100.7"), ("127.0.0.1", "unix:")]:
+        sock = os.path.join(d, "k.sock")
+        conf = os.path.join(d, "keel.conf")
+        with open(conf, "w") as f:
+            f.write(f"""[server]
+listen = unix:{sock}
+listen = unix:{sock}.pp proxy_protocol
+workers = 1
+access_log = access.log
+real_ip_from = {trusted}
+real_ip_header = X-Forwarded-For
+[route /]
+static = www
+""")
+        p = Proc([KEEL, "-c", conf], name="keel on Unix sockets", cwd=d, listen=re.compile(r"listening on"))
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 198.51.100.7, 10.0.0.1\r\n"
+                  b"Connection: close\r\n\r\n")
+        check(s.recv(65536).startswith(b"HTTP/1.1 200"), "GET over the Unix socket")
+        s.close()
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock + ".pp")
+        s.settimeout(5)
+        try:
+            s.sendall(b"PROXY TCP4 203.0.113.9 192.0.2.1 1 2\r\n" + GET.replace(b"/up", b"/"))
+            got = s.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):  # (closed with the request unread)
+            got = b""
+        s.close()
+        p.stop_ok("keel on Unix sockets")
+        with open(os.path.join(d, "access.log")) as f:
+            clients = [l.split(" ", 1)[0] for l in f]
+        os.unlink(os.path.join(d, "access.log"))
+        if want == "unix:":  # not trusted: the PROXY connection is closed, the header ignored
+            eq((clients, got), (["unix:"], b""), "real_ip_from %r: clients logged, the PROXY answer" % trusted)
+        else:
+            check(got.startswith(b"HTTP/1.1 200"), "GET after a PROXY header over a trusted Unix socket")
+            eq(clients, [want, "203.0.113.9"], "real_ip_from %r: clients logged" % trusted)
+
+
 def haproxy(d):
     hp = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not os.access(hp, os.X_OK):
@@ -295,7 +341,8 @@ backend xff
 def run():
     t = Subtests()
     for name, fn in [("PROXY protocol", proxy_protocol), ("refused PROXY headers", refused),
-                     ("X-Forwarded-For and Forwarded", forwarded_headers), ("HAProxy in front", haproxy)]:
+                     ("X-Forwarded-For and Forwarded", forwarded_headers), ("Unix socket clients", unix_clients),
+                     ("HAProxy in front", haproxy)]:
         with tempfile.TemporaryDirectory(prefix="keel-realip-") as d:
             t.run(name, lambda: fn(d))
     return t.status()

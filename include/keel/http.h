@@ -70,7 +70,7 @@ typedef struct keel_http_config {
 	 * The client's address from trusted proxies (keel_http_request_peer,
 	 * the access log). real_ip_from: the sources trusted to tell it, a
 	 * list of addresses and CIDR blocks ("10.0.0.0/8, 2001:db8::/32,
-	 * 127.0.0.1"; at most 64; read by keel_http_server_new: -EINVAL if
+	 * 127.0.0.1"; "unix:" for a Unix socket's clients; at most 64; read by keel_http_server_new: -EINVAL if
 	 * bad); NULL (default): none. real_ip_header: KEEL_HTTP_REAL_IP_NONE
 	 * (default), _XFF (X-Forwarded-For) or _FORWARDED (RFC 7239's for=):
 	 * a request whose connection comes from a trusted source is taken to

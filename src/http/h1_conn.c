@@ -674,8 +674,10 @@ void keel__h1_upgrade(keel_http_conn *c, struct keel__upgrade *up)
 	keel_timer_disarm(s->loop, &c->timer);
 	conn_unlink(c);
 	keel_transport tp = c->tp;
+	char *peer = c->peer;
+	c->peer = NULL;
 	conn_put(c);
-	up->adopt(up, s, &tp, held, off);
+	up->adopt(up, s, &tp, held, off, peer);
 }
 
 static int on_data(void *ud, keel_buf *buf)
@@ -1007,7 +1009,7 @@ const char *keel__h1_peer(keel_http_conn *c)
 	return keel__conn_peer(&c->tp, &c->peer);
 }
 
-void keel__h1_open(keel_http_server *s, int fd, char *peer)
+bool keel__h1_open(keel_http_server *s, int fd, char *peer)
 {
 	keel_http_conn *c = s->free_conns;
 	if (c) {
@@ -1016,7 +1018,7 @@ void keel__h1_open(keel_http_server *s, int fd, char *peer)
 	} else if (!(c = keel__malloc(sizeof(*c)))) {
 		free(peer);
 		close(fd);
-		return;
+		return false;
 	}
 	memset(c, 0, sizeof(*c));
 	c->s = s;
@@ -1030,7 +1032,7 @@ void keel__h1_open(keel_http_server *s, int fd, char *peer)
 			c->next = s->free_conns;
 			s->free_conns = c;
 			s->nfree_conns++;
-			return;
+			return false;
 		}
 	} else {
 		keel_tcp_transport_init(&c->tp, s->loop, fd);
@@ -1045,6 +1047,7 @@ void keel__h1_open(keel_http_server *s, int fd, char *peer)
 		keel__h1_peer(c);
 	keel__h1_conn_read(c);
 	keel__h1_timer_update(c);
+	return true;
 }
 
 /* HTTP/1.1's side of keel_http_body_read: the next piece comes as the client sends it. */

@@ -58,7 +58,8 @@ static void preamble_end(struct keel__preamble *p, bool ok, char *peer)
 	s->npreambles--;
 	free(p);
 	if (ok && !s->stopping) {
-		keel__h1_open(s, fd, peer);
+		if (!keel__h1_open(s, fd, peer)) /* (refused after all: its place is free) */
+			keel_acceptor_conn_gone(&s->acc);
 		return;
 	}
 	free(peer);
@@ -156,7 +157,7 @@ static bool from_trusted(keel_http_server *s, int fd)
 	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
 		return false;
 	if (ss.ss_family == AF_UNIX)
-		return true; /* (a Unix socket's clients are this machine's, as its file's mode allows) */
+		return keel__cidrs_match(s->trusted, s->ntrusted, "unix:", 5);
 	keel_addr_format((struct sockaddr *)&ss, a, sizeof(a));
 	char *colon = strrchr(a, ':'), *h = a;
 	if (colon)
@@ -188,7 +189,8 @@ void keel__preamble_start(keel_http_server *s, int fd)
 	s->preambles = p;
 	s->npreambles++;
 	keel_timer_init(&p->timer, preamble_timeout);
-	keel_timer_arm(s->loop, &p->timer, s->cfg.header_timeout_ms);
+	if (s->cfg.header_timeout_ms) /* (0: no deadline, as for a request's head) */
+		keel_timer_arm(s->loop, &p->timer, s->cfg.header_timeout_ms);
 	peek_next(p);
 }
 

@@ -619,8 +619,9 @@ static void tunnel_done(void *ud)
 
 /* The client's 101 is out: its connection and the upstream's become one tunnel. */
 static void tunnel_adopt(struct keel__upgrade *u, keel_http_server *s, keel_transport *tp, keel_buf *held,
-                         uint32_t off)
+                         uint32_t off, char *peer)
 {
+	free(peer); /* (a tunnel has no use for the client's address) */
 	struct ptun *pt = (struct ptun *)u;
 	struct keel__tunnel_end a = {.tp = *tp, .held = held, .off = off};
 	keel_proxy *px = pt->px;

@@ -52,8 +52,15 @@ int keel__cidrs_parse(const char *list, struct keel__cidr *out, unsigned max, co
 		*bad = p;
 		if (n == max)
 			return -E2BIG;
-		const char *slash = memchr(p, '/', (size_t)(e - p));
 		struct keel__cidr c = {0};
+		if (e - p == 5 &&
+		    memcmp(p, "unix:", 5) == 0) { /* every client of a Unix socket (nginx's unix:) */
+			c.family = AF_UNIX;
+			out[n++] = c;
+			p = e;
+			continue;
+		}
+		const char *slash = memchr(p, '/', (size_t)(e - p));
 		int fam = addr_bytes(p, (size_t)((slash ? slash : e) - p), c.addr);
 		int most = fam == AF_INET ? 32 : 128;
 		int bits = most;
@@ -75,8 +82,11 @@ int keel__cidrs_parse(const char *list, struct keel__cidr *out, unsigned max, co
 bool keel__cidrs_match(const struct keel__cidr *c, unsigned n, const char *ip, size_t len)
 {
 	uint8_t a[16];
-	int fam = addr_bytes(ip, len, a);
-	for (unsigned i = 0; fam && i < n; i++) {
+	int fam = len == 5 && memcmp(ip, "unix:", 5) == 0 ? AF_UNIX : addr_bytes(ip, len, a);
+	for (unsigned i = 0; fam == AF_UNIX && i < n; i++)
+		if (c[i].family == AF_UNIX)
+			return true;
+	for (unsigned i = 0; fam && fam != AF_UNIX && i < n; i++) {
 		if (c[i].family != fam)
 			continue;
 		unsigned whole = c[i].bits / 8, rest = c[i].bits % 8;

@@ -22,12 +22,13 @@ struct keel__cidr {
 };
 
 /*
- * Parse "ADDR[/BITS], ..." (commas and spaces between) into out (at most
- * max). The count, or -EINVAL (a bad entry: *bad points at it) or -E2BIG.
+ * Parse "ADDR[/BITS], ..." (commas and spaces between; "unix:" stands for
+ * every client of a Unix socket) into out (at most max). The count, or
+ * -EINVAL (a bad entry: *bad points at it) or -E2BIG.
  */
 int keel__cidrs_parse(const char *list, struct keel__cidr *out, unsigned max, const char **bad);
 
-/* Whether the numeric address ip[0 .. len) (IPv4, IPv6, IPv4-mapped IPv6) is in one of the n blocks. */
+/* Whether the numeric address ip[0 .. len) (IPv4, IPv6, IPv4-mapped IPv6; "unix:") is in one of the n blocks. */
 bool keel__cidrs_match(const struct keel__cidr *c, unsigned n, const char *ip, size_t len);
 
 #endif

@@ -150,12 +150,14 @@ struct keel_http_server {
  * Once the 101 is out, HTTP/1.1 calls adopt: the transport moves (the
  * connection stays counted in nconns, now the new protocol's to release
  * with keel__server_conn_gone), with the input that came after the request
- * (receive buffers linked through next, held: the first from off on). A
- * request that ends any other way calls drop. Either frees u.
+ * (receive buffers linked through next, held: the first from off on) and
+ * the client's address as the connection had it (peer: a PROXY header's, or
+ * NULL; adopt takes it). A request that ends any other way calls drop.
+ * Either frees u.
  */
 struct keel__upgrade {
 	void (*adopt)(struct keel__upgrade *u, keel_http_server *s, keel_transport *tp, keel_buf *held,
-	              uint32_t off);
+	              uint32_t off, char *peer);
 	void (*drop)(struct keel__upgrade *u);
 };
 
@@ -214,7 +216,7 @@ bool keel__log_stop(keel_http_server *s); /* false while a write is still under 
 void keel__log_free(keel_http_server *s);
 
 /* h1_conn.c: the HTTP/1.1 protocol's side of the server's lifecycle. */
-void keel__h1_open(keel_http_server *s, int fd, char *peer);
+bool keel__h1_open(keel_http_server *s, int fd, char *peer); /* false: refused, fd closed */
 void keel__h1_drain_all(keel_http_server *s);
 void keel__h1_close_all(keel_http_server *s);
 keel_http_conn *keel__h1_idle_pick(keel_http_server *s);

@@ -1154,11 +1154,12 @@ static void adopt_failed_closed(keel_ctx *ctx, keel_outcome o, void *ud)
 }
 
 static void pending_adopt(struct keel__upgrade *u, keel_http_server *s, keel_transport *tp, keel_buf *held,
-                          uint32_t off)
+                          uint32_t off, char *peer)
 {
 	struct ws_pending *w = (struct ws_pending *)u;
 	keel_ws *ws = keel__calloc(1, sizeof(*ws));
 	if (!ws) {
+		free(peer);
 		/* No record: the connection closes as HTTP/1.1's would. */
 		while (held) {
 			keel_buf *b = held;
@@ -1172,7 +1173,8 @@ static void pending_adopt(struct keel__upgrade *u, keel_http_server *s, keel_tra
 	}
 	ws->loop = s->loop;
 	ws->s = s;
-	ws->tp = *tp; /* (the transport moves: nothing of it points back at where it was) */
+	ws->tp = *tp;    /* (the transport moves: nothing of it points back at where it was) */
+	ws->peer = peer; /* (NULL: looked up from the socket when asked) */
 	ws->cfg = w->cfg;
 	ws->subprotocol = w->subprotocol;
 	w->subprotocol = NULL;
