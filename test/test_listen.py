@@ -21,6 +21,9 @@ their file's mode and owner, and upstream servers on Unix sockets.
   configuration says, and removes the file of an address it dropped.
 - upstreams on Unix sockets: keel -c and keel proxy forward to a server on
   a Unix socket; its health checks say Host: localhost.
+- upstreams by name (a hosts file of keel's own): every address of the name
+  (a server on ::1 alone is reached; with one on each, both get
+  connections); a name that moves is followed within resolve_interval_ms.
 - socket activation of a Unix socket: keel serves on the passed one and
   leaves its file to the service manager.
 Everything on loopback and in a temporary directory. Runs under KEEL_BACKEND."""
@@ -255,12 +258,15 @@ def pid_children():
 
 
 class UnixHTTP:
-    """An HTTP/1.1 server on a Unix socket answering with the Host header it got."""
+    """An HTTP/1.1 server on a Unix socket (or at addr, a (family, address)) answering with the
+    Host header it got, or with its own name."""
 
-    def __init__(self, path):
-        self.path, self.hosts = path, []
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(path)
+    def __init__(self, path, addr=None, name=None):
+        self.path, self.hosts, self.name = path, [], name
+        self.sock = socket.socket(addr[0] if addr else socket.AF_UNIX)
+        if addr:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(addr[1] if addr else path)
         self.sock.listen(64)
         self.t = threading.Thread(target=self.accept, daemon=True)
         self.t.start()
@@ -287,7 +293,11 @@ class UnixHTTP:
                 host = host.group(1).decode() if host else "-"
                 path = head.split(b" ")[1].decode()
                 self.hosts.append((path, host))
-                body = ("host %s\n" % host).encode()
+                body = ("host %s\n" % host if not self.name else self.name).encode()
+                if self.name:  # (one request per connection: each request makes a new one upstream)
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" %
+                              (len(body), body))
+                    return
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
     def close(self):
@@ -325,6 +335,56 @@ upstream = app
         up.close()
 
 
+def by_name(d):
+    """An upstream given by name: every address of it, and looked up again as it changes. The name
+    is keel's own: a hosts file bind-mounted over /etc/hosts in a mount namespace of keel's."""
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or not unshare:
+        raise Skip("a name of the test's own needs root and unshare(1) (a private /etc/hosts)")
+    port, front = free_port(), free_port()
+    hosts = os.path.join(d, "hosts")
+    with open(hosts, "w") as f:
+        f.write("127.0.0.1 upstream.keel.test\n::1 upstream.keel.test\n")
+    conf = os.path.join(d, "proxy.conf")
+    with open(conf, "w") as f:
+        f.write(f"""[server]
+listen = 127.0.0.1:{front}
+workers = 1
+[upstream app]
+server = upstream.keel.test:{port}
+resolve_interval_ms = 200
+[route /]
+upstream = app
+""")
+    servers = [UnixHTTP(None, (socket.AF_INET6, ("::1", port)), name="v6")]
+    p = Proc([unshare, "--mount", "--propagation", "private", "sh", "-c",
+              'mount --bind "$0" /etc/hosts && exec "$1" -c "$2"', hosts, KEEL, conf],
+             name="keel -c with its own /etc/hosts", cwd=d, listen=CLI_LISTEN_RE)
+    try:
+        # Only ::1 listens: a connect to 127.0.0.1 is refused, and the next address is tried.
+        for _ in range(4):
+            eq(get(("tcp", "127.0.0.1", front)), (200, b"v6"), "GET through upstream.keel.test (::1 alone listens)")
+        # Both listen: new connections go round both addresses.
+        servers.append(UnixHTTP(None, (socket.AF_INET, ("127.0.0.1", port)), name="v4"))
+        seen = {get(("tcp", "127.0.0.1", front))[1] for _ in range(8)}  # (a new upstream connection each)
+        eq(seen, {b"v4", b"v6"}, "the addresses upstream.keel.test's connections went to")
+        # The name moves: looked up again within resolve_interval_ms.
+        servers.append(UnixHTTP(None, (socket.AF_INET, ("127.0.0.3", port)), name="moved"))
+        with open(hosts, "r+") as f:  # (in place: the bind mount holds the inode)
+            f.truncate(0)
+            f.write("127.0.0.3 upstream.keel.test\n")
+        deadline = time.monotonic() + 5
+        while get(("tcp", "127.0.0.1", front))[1] != b"moved":
+            check(time.monotonic() < deadline, "upstream.keel.test not followed to 127.0.0.3 within 5 s "
+                  "(resolve_interval_ms 200)")
+            time.sleep(0.05)
+        eq({get(("tcp", "127.0.0.1", front))[1] for _ in range(6)}, {b"moved"}, "GETs after the name moved")
+        p.stop_ok("keel -c with its own /etc/hosts")
+    finally:
+        for s in servers:
+            s.close()
+
+
 def activation(d):
     tool = shutil.which("systemd-socket-activate")
     if not tool:
@@ -345,7 +405,7 @@ def run():
     for name, fn in [("several listeners", several), ("stale and live socket files", stale_and_live),
                      ("reload adds and removes listeners", reload), ("upgrade with a Unix socket", upgrade),
                      ("socket files are keel's alone", files_are_keels),
-                     ("upstreams on Unix sockets", upstream), ("socket activation of a Unix socket", activation)]:
+                     ("upstreams on Unix sockets", upstream), ("upstreams by name", by_name), ("socket activation of a Unix socket", activation)]:
         with tempfile.TemporaryDirectory(prefix="keel-listen-") as d:
             t.run(name, lambda: fn(d))
     return t.status()

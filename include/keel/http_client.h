@@ -62,6 +62,9 @@ typedef struct keel_http_client_config {
 	uint64_t response_timeout_ms; /* the longest wait for the server: for the response after the
 	                                 send, and between its pieces; default 30000 */
 	uint64_t idle_timeout_ms;     /* a pooled connection unused this long is closed; 60000 */
+	uint64_t resolve_interval_ms; /* an upstream given by name is looked up again this often
+	                                 (in the background, at the next request); 0: only on first
+	                                 use and after connects to every address failed; 30000 */
 	size_t body_max;              /* response body bytes; more: -EMSGSIZE. Default 8 MiB */
 	keel_http_limits limits;      /* response head limits (the server defaults) */
 	/*

@@ -52,6 +52,16 @@ int keel_addr_parse(const char *s, struct sockaddr_storage *ss, socklen_t *len);
  * with a lookup outstanding does not run out of work.
  */
 keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockaddr_storage *out);
+/*
+ * The same, every address of the name: out[0 .. max-1] (max at most
+ * KEEL_RESOLVE_MAX, 16), each once, in the order getaddrinfo sorts them
+ * (RFC 6724: the ones most likely to work first); resolves with n = how
+ * many were written (a numeric address or a Unix socket: 1). Each is a
+ * whole sockaddr_storage (its family says its length).
+ */
+#define KEEL_RESOLVE_MAX 16
+keel_promise *keel_resolve_all(keel_loop *loop, const char *hostport, struct sockaddr_storage *out,
+                               unsigned max);
 /* Whether s is HOST:PORT (a numeric address or a DNS name, and a port 1..65535) or unix:/PATH. */
 bool keel_hostport_valid(const char *s);
 /*

@@ -427,6 +427,7 @@ static const struct num_key upstream_keys[] = {
     PROXY_KEY("connect_timeout_ms", client.connect_timeout_ms, 1, 3600000),
     PROXY_KEY("response_timeout_ms", client.response_timeout_ms, 1, 86400000),
     PROXY_KEY("idle_timeout_ms", client.idle_timeout_ms, 1, 86400000),
+    PROXY_KEY("resolve_interval_ms", client.resolve_interval_ms, 0, 86400000),
     PROXY_KEY("pool_max", client.pool_max, 1, 100000),
     PROXY_KEY("pending_max", client.pending_max, 0, 1000000),
     PROXY_KEY("tunnel_idle_timeout_ms", tunnel_idle_timeout_ms, 0, 86400000),

@@ -23,6 +23,7 @@ void keel_http_client_config_default(keel_http_client_config *cfg)
 	cfg->connect_timeout_ms = 5000;
 	cfg->response_timeout_ms = 30000;
 	cfg->idle_timeout_ms = 60000;
+	cfg->resolve_interval_ms = 30000;
 	cfg->body_max = 8 << 20;
 	keel_http_limits_default(&cfg->limits);
 }
@@ -129,7 +130,8 @@ static struct upstream *upstream_get(keel_http_client *c, const char *name)
 	memcpy(u->name, name, nl + 1);
 	u->host = u->name + nl + 1;
 	host_of(u->host, name);
-	u->addr_ok = keel_addr_parse(name, &u->addr, &u->addrlen) == 0; /* else: looked up on first use */
+	u->addr_ok = keel_addr_parse(name, &u->addrs[0], &u->lens[0]) == 0; /* else: looked up on first use */
+	u->naddrs = u->addr_ok;
 	u->named = !u->addr_ok;
 	u->next = c->ups;
 	c->ups = u;

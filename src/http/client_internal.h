@@ -43,7 +43,8 @@ struct cconn {
 	struct cconn *next, *prev;           /* the upstream's list of connections */
 	struct cconn *idle_next, *idle_prev; /* its idle list, most recently used first */
 	struct upstream *up;
-	keel_transport tp; /* the byte stream, once connected: plain TCP or cfg.transport_init's */
+	unsigned addr, tries; /* which of up->addrs it connects to, and how many it has tried */
+	keel_transport tp;    /* the byte stream, once connected: plain TCP or cfg.transport_init's */
 	keel_promise *recv, *send_p, *connect_p;
 	struct creq *req; /* the request whose response is awaited */
 	/*
@@ -115,23 +116,33 @@ struct keel__client_upgrade {
 };
 
 /* One "HOST:PORT": its address, its connections, the requests waiting for one. */
+#define UPSTREAM_ADDRS 8 /* of a name's addresses, the first ones kept */
+
 struct upstream {
 	struct upstream *next;
 	keel_http_client *cl;
 	char *name;
 	char *host; /* name's HOST, unbracketed ("localhost": unix:), for cfg.transport_init and the Host
 	               header of a Unix socket's server (in name's allocation) */
-	struct sockaddr_storage addr;
-	socklen_t addrlen;
-	struct cconn *conns; /* all of them */
-	struct cconn *idle;  /* the idle ones, most recently used first */
+	/* Its addresses: a numeric one, or every one of a name's (new connections go round them) */
+	struct sockaddr_storage addrs[UPSTREAM_ADDRS];
+	socklen_t lens[UPSTREAM_ADDRS];
+	unsigned naddrs, next_addr;
+	uint64_t resolved_ns; /* a name's last lookup: again after cfg.resolve_interval_ms */
+	struct cconn *conns;  /* all of them */
+	struct cconn *idle;   /* the idle ones, most recently used first */
 	unsigned nconns, nidle;
 	struct creq *pend_head, *pend_tail;
 	unsigned npending;
-	/* A name is looked up off the loop (keel_resolve), and again after a connect fails. */
+	/*
+	 * A name is looked up off the loop (keel_resolve_all): on first use,
+	 * again once a connect to every address failed, and every
+	 * resolve_interval_ms (then in the background: the old addresses serve
+	 * until the answer).
+	 */
 	bool addr_ok, named;
 	keel_promise *resolving;
-	struct sockaddr_storage rs;
+	struct sockaddr_storage rs[UPSTREAM_ADDRS];
 };
 
 /* The client: its upstreams and the request records kept for reuse. */

@@ -12,6 +12,7 @@
  * cfg.transport_init makes of the socket (TLS).
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,6 +233,19 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	(void)ctx;
 	struct cconn *k = ud;
 	k->connect_p = NULL;
+	struct upstream *upp = k->up;
+	if (o.err && o.err != -ECANCELED && !k->closing && k->tries < upp->naddrs &&
+	    (o.err == -ECONNREFUSED || o.err == -ETIMEDOUT || o.err == -EHOSTUNREACH ||
+	     o.err == -ENETUNREACH || o.err == -EADDRNOTAVAIL)) {
+		/* A name's other addresses, one after another, before the connect fails (nothing was sent). */
+		k->addr = (k->addr + 1) % upp->naddrs;
+		k->tries++;
+		upp->cl->stats.connects++;
+		k->connect_p = keel_connect(upp->cl->loop, (struct sockaddr *)&upp->addrs[k->addr],
+		                            upp->lens[k->addr], upp->cl->cfg.connect_timeout_ms);
+		keel_promise_done(k->connect_p, connect_done, k);
+		return;
+	}
 	if (o.err || k->closing) {
 		if (!o.err)
 			close((int)o.n); /* connected after all, but no longer wanted */
@@ -273,6 +287,9 @@ static void resolved(keel_ctx *ctx, keel_outcome o, void *ud)
 			keel__http_client_release(c);
 		return;
 	}
+	up->resolved_ns = keel_loop_now_ns(c->loop);
+	if (o.err && up->addr_ok)
+		return; /* a lookup in the background failed: the addresses known serve on */
 	if (o.err) {
 		/* Nothing to connect to: the requests waiting for it fail alike. */
 		struct creq *r;
@@ -280,8 +297,12 @@ static void resolved(keel_ctx *ctx, keel_outcome o, void *ud)
 			keel__http_client_req_settle(r, o.err, NULL);
 		return;
 	}
-	memcpy(&up->addr, &up->rs, (size_t)o.n);
-	up->addrlen = (socklen_t)o.n;
+	up->naddrs = (unsigned)o.n;
+	for (unsigned i = 0; i < up->naddrs; i++) {
+		up->addrs[i] = up->rs[i];
+		up->lens[i] = up->rs[i].ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+		                                              : sizeof(struct sockaddr_in);
+	}
 	up->addr_ok = true;
 	while (up->pend_head && up->nconns < c->cfg.pool_max)
 		keel__http_client_req_start(up, pending_pop(up));
@@ -292,13 +313,16 @@ static void upstream_resolve(struct upstream *up)
 	if (up->resolving)
 		return;
 	up->cl->resolving++;
-	up->resolving = keel_resolve(up->cl->loop, up->name, &up->rs);
+	up->resolving = keel_resolve_all(up->cl->loop, up->name, up->rs, UPSTREAM_ADDRS);
 	keel_promise_done(up->resolving, resolved, up);
 }
 
 void keel__http_client_req_start(struct upstream *up, struct creq *r)
 {
 	keel_http_client *c = up->cl;
+	if (up->named && up->addr_ok && c->cfg.resolve_interval_ms &&
+	    keel_loop_now_ns(c->loop) - up->resolved_ns >= c->cfg.resolve_interval_ms * 1000000ull)
+		upstream_resolve(up); /* (in the background: the addresses known serve until the answer) */
 	while (up->idle) {
 		struct cconn *k = up->idle;
 		if (!conn_clean(k)) {
@@ -333,6 +357,8 @@ void keel__http_client_req_start(struct upstream *up, struct creq *r)
 		return;
 	}
 	k->up = up;
+	k->addr = up->next_addr++ % up->naddrs; /* (a name's addresses share the new connections) */
+	k->tries = 1;
 	k->req = r; /* (sent once connected) */
 	r->conn = k;
 	keel_timer_init(&k->timer, conn_timeout);
@@ -343,7 +369,7 @@ void keel__http_client_req_start(struct upstream *up, struct creq *r)
 	up->nconns++;
 	c->stats.conns_open++;
 	c->stats.connects++;
-	k->connect_p =
-	    keel_connect(c->loop, (struct sockaddr *)&up->addr, up->addrlen, c->cfg.connect_timeout_ms);
+	k->connect_p = keel_connect(c->loop, (struct sockaddr *)&up->addrs[k->addr], up->lens[k->addr],
+	                            c->cfg.connect_timeout_ms);
 	keel_promise_done(k->connect_p, connect_done, k);
 }

@@ -31,8 +31,11 @@ struct job {
 	keel_loop *loop;
 	keel_promise *p;
 	struct sockaddr_storage *out;
-	struct sockaddr_storage ss;
-	socklen_t len;
+	unsigned max;  /* addresses wanted in out (keel_resolve: 1, its IPv4 one first) */
+	bool all;      /* keel_resolve_all: every address, in getaddrinfo's order */
+	unsigned n;    /* addresses found */
+	socklen_t len; /* keel_resolve: the first one's length */
+	struct sockaddr_storage ss[KEEL_RESOLVE_MAX];
 	int err;
 	int state;
 	struct keel__post post; /* how the answer goes back: posting cannot fail */
@@ -117,8 +120,9 @@ static void job_done(keel_loop *loop, void *ud)
 		if (j->err) {
 			keel_promise_reject(j->p, j->err);
 		} else {
-			memcpy(j->out, &j->ss, j->len);
-			keel_promise_resolve(j->p, j->len, j->out);
+			unsigned n = j->n < j->max ? j->n : j->max;
+			memcpy(j->out, j->ss, n * sizeof(j->ss[0]));
+			keel_promise_resolve(j->p, j->all ? n : j->len, j->out);
 		}
 	}
 	free(j);
@@ -154,15 +158,30 @@ static void *resolver_thread(void *arg)
 		errno = 0;
 		int rc = getaddrinfo(j->host, j->port, &hints, &res);
 		if (rc == 0) {
-			/* IPv4 first when there is one: the common listener, and one address to try. */
+			/*
+			 * keel_resolve: IPv4 first when there is one (the common
+			 * listener, and one address to try). keel_resolve_all: each
+			 * address once, in the order getaddrinfo sorted them (RFC 6724).
+			 */
 			struct addrinfo *pick = res;
-			for (struct addrinfo *a = res; a; a = a->ai_next)
+			for (struct addrinfo *a = res; !j->all && a; a = a->ai_next)
 				if (a->ai_family == AF_INET) {
 					pick = a;
 					break;
 				}
-			memcpy(&j->ss, pick->ai_addr, pick->ai_addrlen);
 			j->len = pick->ai_addrlen;
+			for (struct addrinfo *a = j->all ? res : pick; a && j->n < KEEL_RESOLVE_MAX;
+			     a = a->ai_next) {
+				bool seen = false;
+				for (unsigned i = 0; i < j->n && !seen; i++)
+					seen = memcmp(&j->ss[i], a->ai_addr, a->ai_addrlen) == 0;
+				if (!seen && a->ai_addrlen <= sizeof(j->ss[0])) {
+					memset(&j->ss[j->n], 0, sizeof(j->ss[0]));
+					memcpy(&j->ss[j->n++], a->ai_addr, a->ai_addrlen);
+				}
+				if (!j->all)
+					break;
+			}
 			freeaddrinfo(res);
 		} else {
 			int e = errno; /* (EAI_SYSTEM with errno 0 happens: still a failure) */
@@ -206,16 +225,17 @@ static void watch(void)
 	keel__loop_watch(&watcher);
 }
 
-keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockaddr_storage *out)
+static keel_promise *resolve(keel_loop *loop, const char *hostport, struct sockaddr_storage *out,
+                             unsigned max, bool all)
 {
 	keel_promise *p = keel_promise_new(loop);
 	socklen_t len;
-	if (!keel_hostport_valid(hostport)) {
+	if (!keel_hostport_valid(hostport) || max == 0) {
 		keel_promise_reject(p, -EINVAL); /* (no port, port 0, no host, a wildcard) */
 		return p;
 	}
 	if (keel_addr_parse(hostport, out, &len) == 0) {
-		keel_promise_resolve(p, len, out); /* numeric: no lookup */
+		keel_promise_resolve(p, all ? 1 : len, out); /* numeric: no lookup */
 		return p;
 	}
 	struct job *j = keel__calloc(1, sizeof(*j));
@@ -223,6 +243,8 @@ keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockadd
 		keel_promise_reject(p, -ENOMEM);
 		return p;
 	}
+	j->max = max;
+	j->all = all;
 	pthread_once(&watch_once, watch);
 	split(hostport, j->host, j->port);
 	j->loop = loop;
@@ -260,6 +282,17 @@ keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockadd
 	loop->holds++;
 	keel_promise_on_cancel(p, job_cancel, j);
 	return p;
+}
+
+keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockaddr_storage *out)
+{
+	return resolve(loop, hostport, out, 1, false);
+}
+
+keel_promise *keel_resolve_all(keel_loop *loop, const char *hostport, struct sockaddr_storage *out,
+                               unsigned max)
+{
+	return resolve(loop, hostport, out, max < KEEL_RESOLVE_MAX ? max : KEEL_RESOLVE_MAX, true);
 }
 
 /* A loop is being freed: lookups for it are dropped, answers in flight are not posted. */
