@@ -16,7 +16,10 @@ spans each event, so failed requests are counted per event:
            marks the node down (its own report, polled);
 - down:    a run while node 3 is gone: 0 failed;
 - return:  node 3 started again: the balancer sends it requests again, and
-           the run around the return has 0 failed.
+           the run around the return has 0 failed;
+- stop:    node 1 gets SIGTERM with stop_delay_ms (its /_keel/ready answers
+           503 while it still serves, then it drains): 0 failed, the balancer
+           marks it down, and it exits 0.
 
 The times (kill to marked down, return to first request served) are
 printed, not asserted: figures belong in docs/operations.md. Runs as root
@@ -32,6 +35,7 @@ PORT = 8080
 CONNS = 8  # keel load's connections, one request in flight on each
 RATE = 600  # requests/s through the balancer: well below what it serves here
 HEALTH_MS = 500  # both balancers' health-check interval
+STOP_DELAY_MS = 1500  # a node's time not ready before it stops: the health interval, and a margin
 CLONE_NEWNET = 0x40000000
 
 
@@ -117,6 +121,7 @@ listen = {self.addr}:{PORT}
 workers = 1
 server_name = {name}
 grace_ms = 3000
+stop_delay_ms = {STOP_DELAY_MS}
 queue_delay_max_us = 0
 access_log = access.log
 [route /]
@@ -136,16 +141,22 @@ static = www
         except FileNotFoundError:
             return 0
 
-    def stop(self):
+    def stop(self, sig=signal.SIGINT):
+        """Its exit status after sig (SIGINT: at once, no stop delay)."""
         if self.pid and self.pid != self.proc.pid:  # an upgraded node: ours by adoption
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, sig)
             except ProcessLookupError:
                 return 0
             rc = pid_exit(self.pid, 10)
             end_adopted([self.pid])
             return rc
-        return self.proc.stop()
+        if self.proc.alive():
+            self.proc.signal(sig)
+        rc = self.proc.wait(10)
+        if rc is None:
+            self.proc.kill()
+        return rc
 
 
 class KeelBalancer:
@@ -350,6 +361,18 @@ def cluster(d, kind):
         print("  %s: node 3 marked down %.0f ms after its kill (%d failed), up %.0f ms after its return;"
               " served per second around the return: %s" % (bal.name, marked * 1000, killed_failed, back * 1000,
                                                              [iv["ok"] for iv in r["intervals"]]))
+
+        # A graceful stop of node 1: not ready at once, serving through the delay, then draining.
+        load = Load(d, 4)
+        load.at(1)
+        nodes[0].proc.signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        gone = wait_for(lambda: bal.down() == 1, 5, "%s: node 1 marked down after its SIGTERM" % bal.name)
+        r = load.result("stop")
+        eq(r["errors_total"], 0, "%s: failed requests while node 1 stopped gracefully (%s)" % (bal.name, r["errors"]))
+        eq(nodes[0].proc.wait(max(0.0, t_term + 10 - time.monotonic())), 0, "node 1's exit status after SIGTERM")
+        print("  %s: node 1 marked down %.0f ms after its SIGTERM (stop_delay_ms %d)" % (bal.name, gone * 1000,
+                                                                                        STOP_DELAY_MS))
 
         bal.stop()
         bal = None

@@ -270,6 +270,8 @@ def refused(port):
         s.connect(("127.0.0.1", port))
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False  # (in the backlog as the socket was shut: reset; the next one is refused)
     finally:
         s.close()
     return False
