@@ -261,8 +261,8 @@ class UnixHTTP:
     """An HTTP/1.1 server on a Unix socket (or at addr, a (family, address)) answering with the
     Host header it got, or with its own name."""
 
-    def __init__(self, path, addr=None, name=None):
-        self.path, self.hosts, self.name = path, [], name
+    def __init__(self, path, addr=None, name=None, keep_alive=False):
+        self.path, self.hosts, self.name, self.keep_alive = path, [], name, keep_alive
         self.sock = socket.socket(addr[0] if addr else socket.AF_UNIX)
         if addr:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -294,13 +294,17 @@ class UnixHTTP:
                 path = head.split(b" ")[1].decode()
                 self.hosts.append((path, host))
                 body = ("host %s\n" % host if not self.name else self.name).encode()
-                if self.name:  # (one request per connection: each request makes a new one upstream)
+                if self.name and not self.keep_alive:  # (one request per connection: a new one upstream each)
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" %
                               (len(body), body))
                     return
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
     def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # (wakes the accepting thread: no client is taken after)
+        except OSError:
+            pass
         self.sock.close()
 
 
@@ -341,10 +345,16 @@ def by_name(d):
     unshare = shutil.which("unshare")
     if os.geteuid() != 0 or not unshare:
         raise Skip("a name of the test's own needs root and unshare(1) (a private /etc/hosts)")
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError as e:
+        raise Skip("no IPv6 loopback here: %s" % e)
     port, front = free_port(), free_port()
-    hosts = os.path.join(d, "hosts")
+    hosts, nss = os.path.join(d, "hosts"), os.path.join(d, "nsswitch.conf")
     with open(hosts, "w") as f:
         f.write("127.0.0.1 upstream.keel.test\n::1 upstream.keel.test\n")
+    with open(nss, "w") as f:
+        f.write("hosts: files\n")  # (the file alone: no DNS, no cache in between)
     conf = os.path.join(d, "proxy.conf")
     with open(conf, "w") as f:
         f.write(f"""[server]
@@ -356,21 +366,34 @@ resolve_interval_ms = 200
 [route /]
 upstream = app
 """)
-    servers = [UnixHTTP(None, (socket.AF_INET6, ("::1", port)), name="v6")]
+    servers = [UnixHTTP(None, (socket.AF_INET6, ("::1", port)), name="v6"),
+               UnixHTTP(None, (socket.AF_INET, ("127.0.0.1", port)), name="v4")]
     p = Proc([unshare, "--mount", "--propagation", "private", "sh", "-c",
-              'mount --bind "$0" /etc/hosts && exec "$1" -c "$2"', hosts, KEEL, conf],
-             name="keel -c with its own /etc/hosts", cwd=d, listen=CLI_LISTEN_RE)
+              'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/nsswitch.conf && exec "$2" -c "$3"',
+              hosts, nss, KEEL, conf], name="keel -c with its own /etc/hosts", cwd=d, listen=CLI_LISTEN_RE)
     try:
-        # Only ::1 listens: a connect to 127.0.0.1 is refused, and the next address is tried.
-        for _ in range(4):
-            eq(get(("tcp", "127.0.0.1", front)), (200, b"v6"), "GET through upstream.keel.test (::1 alone listens)")
         # Both listen: new connections go round both addresses.
-        servers.append(UnixHTTP(None, (socket.AF_INET, ("127.0.0.1", port)), name="v4"))
         seen = {get(("tcp", "127.0.0.1", front))[1] for _ in range(8)}  # (a new upstream connection each)
         eq(seen, {b"v4", b"v6"}, "the addresses upstream.keel.test's connections went to")
-        # The name moves: looked up again within resolve_interval_ms.
-        servers.append(UnixHTTP(None, (socket.AF_INET, ("127.0.0.3", port)), name="moved"))
+        # Only ::1 listens: a connect to 127.0.0.1 is refused, and the next address is tried.
+        servers.pop().close()
+        for _ in range(4):
+            eq(get(("tcp", "127.0.0.1", front)), (200, b"v6"), "GET through upstream.keel.test (::1 alone listens)")
+        # The name moves (from a server that keeps its connections open): looked up again within
+        # resolve_interval_ms, and the kept-alive connection to the old address no longer used.
+        for s in servers:
+            s.close()
+        servers = [UnixHTTP(None, (socket.AF_INET, ("127.0.0.2", port)), name="old", keep_alive=True),
+                   UnixHTTP(None, (socket.AF_INET, ("127.0.0.3", port)), name="moved", keep_alive=True)]
         with open(hosts, "r+") as f:  # (in place: the bind mount holds the inode)
+            f.truncate(0)
+            f.write("127.0.0.2 upstream.keel.test\n")
+        deadline = time.monotonic() + 5
+        while get(("tcp", "127.0.0.1", front))[1] != b"old":
+            check(time.monotonic() < deadline, "upstream.keel.test not followed to 127.0.0.2 within 5 s")
+            time.sleep(0.05)
+        eq(get(("tcp", "127.0.0.1", front)), (200, b"old"), "GET on the kept-alive connection to 127.0.0.2")
+        with open(hosts, "r+") as f:
             f.truncate(0)
             f.write("127.0.0.3 upstream.keel.test\n")
         deadline = time.monotonic() + 5

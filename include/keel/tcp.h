@@ -56,8 +56,9 @@ keel_promise *keel_resolve(keel_loop *loop, const char *hostport, struct sockadd
  * The same, every address of the name: out[0 .. max-1] (max at most
  * KEEL_RESOLVE_MAX, 16), each once, in the order getaddrinfo sorts them
  * (RFC 6724: the ones most likely to work first); resolves with n = how
- * many were written (a numeric address or a Unix socket: 1). Each is a
- * whole sockaddr_storage (its family says its length).
+ * many were written (a numeric address: 1). Each is a whole
+ * sockaddr_storage, IPv4 or IPv6 (its family says its length); a Unix
+ * socket's address is -EINVAL here (keel_resolve gives its length).
  */
 #define KEEL_RESOLVE_MAX 16
 keel_promise *keel_resolve_all(keel_loop *loop, const char *hostport, struct sockaddr_storage *out,

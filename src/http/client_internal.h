@@ -44,6 +44,7 @@ struct cconn {
 	struct cconn *idle_next, *idle_prev; /* its idle list, most recently used first */
 	struct upstream *up;
 	unsigned addr, tries; /* which of up->addrs it connects to, and how many it has tried */
+	uint32_t addr_tag;    /* that address's tag (addr indexes a list a lookup may replace) */
 	keel_transport tp;    /* the byte stream, once connected: plain TCP or cfg.transport_init's */
 	keel_promise *recv, *send_p, *connect_p;
 	struct creq *req; /* the request whose response is awaited */
@@ -128,9 +129,10 @@ struct upstream {
 	struct sockaddr_storage addrs[UPSTREAM_ADDRS];
 	socklen_t lens[UPSTREAM_ADDRS];
 	unsigned naddrs, next_addr;
-	uint64_t resolved_ns; /* a name's last lookup: again after cfg.resolve_interval_ms */
-	struct cconn *conns;  /* all of them */
-	struct cconn *idle;   /* the idle ones, most recently used first */
+	uint64_t addr_down[UPSTREAM_ADDRS]; /* an address whose connect failed is skipped until then */
+	uint64_t resolved_ns;               /* a name's last lookup: again after cfg.resolve_interval_ms */
+	struct cconn *conns;                /* all of them */
+	struct cconn *idle;                 /* the idle ones, most recently used first */
 	unsigned nconns, nidle;
 	struct creq *pend_head, *pend_tail;
 	unsigned npending;

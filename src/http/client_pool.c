@@ -228,23 +228,59 @@ void keel__http_client_conn_close(struct cconn *k)
 	keel_promise_done(keel_transport_close(&k->tp), conn_closed, k);
 }
 
+#define ADDR_DOWN_MS 10000 /* an address of a name whose connect failed is skipped this long */
+
+/* An address's tag: to know a connection's address in a list a later lookup replaced. */
+static uint32_t addr_tag(const struct sockaddr_storage *a, socklen_t len)
+{
+	const unsigned char *p = (const unsigned char *)a;
+	uint32_t h = 2166136261u; /* FNV-1a */
+	for (socklen_t i = 0; i < len; i++)
+		h = (h ^ p[i]) * 16777619u;
+	return h;
+}
+
+/* The address the next new connection goes to: round the ones not marked down (all down: round all). */
+static unsigned addr_pick(struct upstream *up)
+{
+	uint64_t now = keel_loop_now_ns(up->cl->loop);
+	for (unsigned j = 0; j < up->naddrs; j++) {
+		unsigned i = (up->next_addr + j) % up->naddrs;
+		if (up->addr_down[i] <= now) {
+			up->next_addr = i + 1;
+			return i;
+		}
+	}
+	return up->next_addr++ % up->naddrs;
+}
+
+/* A connect error that says nothing was sent and another address may do: try it. */
+static bool connect_retryable(int err)
+{
+	return err == -ECONNREFUSED || err == -ETIMEDOUT || err == -EHOSTUNREACH || err == -ENETUNREACH ||
+	       err == -EADDRNOTAVAIL || err == -EAFNOSUPPORT;
+}
+
 static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 {
 	(void)ctx;
 	struct cconn *k = ud;
 	k->connect_p = NULL;
 	struct upstream *upp = k->up;
-	if (o.err && o.err != -ECANCELED && !k->closing && k->tries < upp->naddrs &&
-	    (o.err == -ECONNREFUSED || o.err == -ETIMEDOUT || o.err == -EHOSTUNREACH ||
-	     o.err == -ENETUNREACH || o.err == -EADDRNOTAVAIL)) {
-		/* A name's other addresses, one after another, before the connect fails (nothing was sent). */
-		k->addr = (k->addr + 1) % upp->naddrs;
-		k->tries++;
-		upp->cl->stats.connects++;
-		k->connect_p = keel_connect(upp->cl->loop, (struct sockaddr *)&upp->addrs[k->addr],
-		                            upp->lens[k->addr], upp->cl->cfg.connect_timeout_ms);
-		keel_promise_done(k->connect_p, connect_done, k);
-		return;
+	if (o.err && connect_retryable(o.err) && !k->closing && upp->naddrs > 1) {
+		if (k->addr < upp->naddrs &&
+		    addr_tag(&upp->addrs[k->addr], upp->lens[k->addr]) == k->addr_tag)
+			upp->addr_down[k->addr] = keel_loop_now_ns(upp->cl->loop) + ADDR_DOWN_MS * 1000000ull;
+		if (k->tries < upp->naddrs) {
+			/* A name's other addresses, one after another, before the connect fails (nothing was sent). */
+			k->addr = (k->addr + 1) % upp->naddrs;
+			k->addr_tag = addr_tag(&upp->addrs[k->addr], upp->lens[k->addr]);
+			k->tries++;
+			k->connect_p = keel_connect(upp->cl->loop, (struct sockaddr *)&upp->addrs[k->addr],
+			                            upp->lens[k->addr], upp->cl->cfg.connect_timeout_ms);
+			keel_promise_done(k->connect_p, connect_done, k);
+			return;
+		}
 	}
 	if (o.err || k->closing) {
 		if (!o.err)
@@ -258,6 +294,8 @@ static void connect_done(keel_ctx *ctx, keel_outcome o, void *ud)
 	int fd = (int)o.n;
 	struct upstream *up = k->up;
 	keel_http_client *c = up->cl;
+	if (k->addr < up->naddrs && addr_tag(&up->addrs[k->addr], up->lens[k->addr]) == k->addr_tag)
+		up->addr_down[k->addr] = 0; /* (it answers again) */
 	if (c->cfg.transport_init) {
 		int err = c->cfg.transport_init(&k->tp, c->loop, fd, c->cfg.transport_ud, up->host);
 		if (err < 0) {
@@ -298,12 +336,27 @@ static void resolved(keel_ctx *ctx, keel_outcome o, void *ud)
 		return;
 	}
 	up->naddrs = (unsigned)o.n;
+	uint32_t tags[UPSTREAM_ADDRS];
 	for (unsigned i = 0; i < up->naddrs; i++) {
 		up->addrs[i] = up->rs[i];
 		up->lens[i] = up->rs[i].ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
 		                                              : sizeof(struct sockaddr_in);
+		up->addr_down[i] = 0;
+		tags[i] = addr_tag(&up->addrs[i], up->lens[i]);
 	}
 	up->addr_ok = true;
+	/* Connections to an address the name no longer has: no more requests on them. */
+	for (struct cconn *k = up->conns, *next; k; k = next) {
+		next = k->next;
+		bool kept = false;
+		for (unsigned i = 0; i < up->naddrs && !kept; i++)
+			kept = tags[i] == k->addr_tag;
+		if (kept || k->connect_p)
+			continue;
+		k->keep = false;
+		if (k->idle)
+			keel__http_client_conn_close(k);
+	}
 	while (up->pend_head && up->nconns < c->cfg.pool_max)
 		keel__http_client_req_start(up, pending_pop(up));
 }
@@ -320,8 +373,10 @@ static void upstream_resolve(struct upstream *up)
 void keel__http_client_req_start(struct upstream *up, struct creq *r)
 {
 	keel_http_client *c = up->cl;
-	if (up->named && up->addr_ok && c->cfg.resolve_interval_ms &&
-	    keel_loop_now_ns(c->loop) - up->resolved_ns >= c->cfg.resolve_interval_ms * 1000000ull)
+	uint64_t every = c->cfg.resolve_interval_ms;
+	if (up->named && up->addr_ok && every &&
+	    keel_loop_now_ns(c->loop) - up->resolved_ns >=
+	        (every < UINT64_MAX / 1000000 ? every * 1000000 : UINT64_MAX))
 		upstream_resolve(up); /* (in the background: the addresses known serve until the answer) */
 	while (up->idle) {
 		struct cconn *k = up->idle;
@@ -357,7 +412,8 @@ void keel__http_client_req_start(struct upstream *up, struct creq *r)
 		return;
 	}
 	k->up = up;
-	k->addr = up->next_addr++ % up->naddrs; /* (a name's addresses share the new connections) */
+	k->addr = addr_pick(up); /* (a name's addresses share the new connections) */
+	k->addr_tag = addr_tag(&up->addrs[k->addr], up->lens[k->addr]);
 	k->tries = 1;
 	k->req = r; /* (sent once connected) */
 	r->conn = k;

@@ -226,8 +226,8 @@ static void mark_down(keel_proxy *px, struct pup *u)
 static bool connect_error(int err)
 {
 	return err == -ECONNREFUSED || err == KEEL_ECONNTIMEDOUT || err == -EHOSTUNREACH ||
-	       err == -ENETUNREACH || err == -EADDRNOTAVAIL || err == KEEL_ENAME || err == KEEL_ETLSCERT ||
-	       err == KEEL_ETLSHS;
+	       err == -ENETUNREACH || err == -EADDRNOTAVAIL || err == -EAFNOSUPPORT || err == KEEL_ENAME ||
+	       err == KEEL_ETLSCERT || err == KEEL_ETLSHS;
 }
 
 struct hcheck {

@@ -230,7 +230,7 @@ static keel_promise *resolve(keel_loop *loop, const char *hostport, struct socka
 {
 	keel_promise *p = keel_promise_new(loop);
 	socklen_t len;
-	if (!keel_hostport_valid(hostport) || max == 0) {
+	if (!keel_hostport_valid(hostport) || max == 0 || (all && strncmp(hostport, "unix:", 5) == 0)) {
 		keel_promise_reject(p, -EINVAL); /* (no port, port 0, no host, a wildcard) */
 		return p;
 	}
