@@ -187,6 +187,14 @@ def refused(d):
     waited = time.monotonic() - t0
     check(0.3 < waited < 5, "a connection without a header closed after %.2f s (header_timeout_ms 500)" % waited)
     eq(s.errors(), len(bad) + 1, "proxy_protocol_errors_total")
+    # One deadline for the header and the request's head, from accept: a header at 0.45 s, then
+    # nothing, is closed at 0.5 s (header_timeout_ms), not 0.5 s after the header.
+    t0 = time.monotonic()
+    eq(exchange(s.pp, [0.45, b"PROXY TCP4 203.0.113.7 192.0.2.1 1 2\r\n"], timeout=10), b"",
+       "a header, then no request")
+    waited = time.monotonic() - t0
+    check(waited < 0.85, "the request's head got a deadline of its own after the PROXY header: closed after "
+          "%.2f s (header_timeout_ms 500 from accept)" % waited)
     eq(request(s.plain, "/")[0], 200, "the plain listener after refused headers")
     s.stop()
     # A source outside real_ip_from: its PROXY header is not believed, its connection is closed.

@@ -55,6 +55,7 @@ struct keel_http_conn {
 	uint64_t idle_ns; /* since when it is idle */
 	keel_timer timer;
 	uint64_t deadline_ns;     /* what the timer is for (0: nothing); the heap entry may be earlier */
+	uint64_t accepted_ns;     /* when it was accepted, if before its open (a PROXY header first); 0 */
 	keel_transport tp;        /* the byte stream: plain TCP or TLS */
 	struct keel__h2_conn *h2; /* handed over to HTTP/2: its receive feeds that connection until it ends */
 	struct keel__upgrade *upgrade_due; /* the 101 is out: handed over once the receive has stopped */

@@ -951,7 +951,13 @@ void keel__h1_timer_update(keel_http_conn *c)
 	 * re-arms itself for the real deadline (conn_timeout).
 	 */
 	keel_loop *loop = c->s->loop;
-	c->deadline_ns = keel_loop_now_ns(loop) + ms * 1000000ull;
+	uint64_t now = keel_loop_now_ns(loop);
+	if (kind == T_HEADER && c->accepted_ns && !c->nreqs && !c->served) {
+		/* The first head's deadline runs from accept, a PROXY header's time included. */
+		uint64_t due = c->accepted_ns + ms * 1000000ull;
+		ms = due > now ? (due - now + 999999) / 1000000 : 0;
+	}
+	c->deadline_ns = now + ms * 1000000ull;
 	if (!keel_timer_is_armed(&c->timer) || keel_timer_deadline_ns(&c->timer) > c->deadline_ns)
 		keel_timer_arm(loop, &c->timer, ms);
 }
@@ -1009,7 +1015,7 @@ const char *keel__h1_peer(keel_http_conn *c)
 	return keel__conn_peer(&c->tp, &c->peer);
 }
 
-bool keel__h1_open(keel_http_server *s, int fd, char *peer)
+bool keel__h1_open(keel_http_server *s, int fd, char *peer, uint64_t accepted_ns)
 {
 	keel_http_conn *c = s->free_conns;
 	if (c) {
@@ -1023,6 +1029,7 @@ bool keel__h1_open(keel_http_server *s, int fd, char *peer)
 	memset(c, 0, sizeof(*c));
 	c->s = s;
 	c->peer = peer; /* (a PROXY header's address; NULL: looked up from the socket) */
+	c->accepted_ns = accepted_ns;
 	if (s->cfg.transport_init) {
 		int err = s->cfg.transport_init(&c->tp, s->loop, fd, s->cfg.transport_ud);
 		if (err < 0) {

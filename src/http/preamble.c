@@ -31,6 +31,7 @@ struct keel__preamble {
 	int fd;
 	size_t have; /* the header's bytes taken so far, in buf */
 	bool timed_out;
+	uint64_t accepted_ns;
 	keel_promise *peek;
 	keel_timer timer;
 	struct keel__preamble *prev, *next;
@@ -48,6 +49,7 @@ static void preamble_end(struct keel__preamble *p, bool ok, char *peer)
 {
 	keel_http_server *s = p->s;
 	int fd = p->fd;
+	uint64_t accepted_ns = p->accepted_ns;
 	keel_timer_disarm(s->loop, &p->timer);
 	if (p->prev)
 		p->prev->next = p->next;
@@ -58,7 +60,7 @@ static void preamble_end(struct keel__preamble *p, bool ok, char *peer)
 	s->npreambles--;
 	free(p);
 	if (ok && !s->stopping) {
-		if (!keel__h1_open(s, fd, peer)) /* (refused after all: its place is free) */
+		if (!keel__h1_open(s, fd, peer, accepted_ns)) /* (refused after all: its place is free) */
 			keel_acceptor_conn_gone(&s->acc);
 		return;
 	}
@@ -115,15 +117,7 @@ static void peeked(keel_ctx *ctx, keel_outcome o, void *ud)
 	char *peer = NULL;
 	if (src.ss_family != AF_UNSPEC) {
 		char a[64];
-		keel_addr_format((struct sockaddr *)&src, a, sizeof(a));
-		char *colon = strrchr(a, ':'), *h = a; /* the host alone, as keel__conn_peer has it */
-		if (colon)
-			*colon = '\0';
-		if (*h == '[') {
-			h++;
-			h[strlen(h) - 1] = '\0';
-		}
-		if (!(peer = strdup(h))) {
+		if (!(peer = strdup(keel__addr_host((struct sockaddr *)&src, a, sizeof(a))))) {
 			preamble_fail(p, keel_strerror(-ENOMEM));
 			return;
 		}
@@ -156,16 +150,7 @@ static bool from_trusted(keel_http_server *s, int fd)
 	char a[64];
 	if (getpeername(fd, (struct sockaddr *)&ss, &len) < 0)
 		return false;
-	if (ss.ss_family == AF_UNIX)
-		return keel__cidrs_match(s->trusted, s->ntrusted, "unix:", 5);
-	keel_addr_format((struct sockaddr *)&ss, a, sizeof(a));
-	char *colon = strrchr(a, ':'), *h = a;
-	if (colon)
-		*colon = '\0';
-	if (*h == '[') {
-		h++;
-		h[strlen(h) - 1] = '\0';
-	}
+	const char *h = keel__addr_host((struct sockaddr *)&ss, a, sizeof(a));
 	return keel__cidrs_match(s->trusted, s->ntrusted, h, strlen(h));
 }
 
@@ -182,6 +167,7 @@ void keel__preamble_start(keel_http_server *s, int fd)
 	p->fd = fd;
 	p->have = 0;
 	p->timed_out = false;
+	p->accepted_ns = keel_loop_now_ns(s->loop);
 	p->prev = NULL;
 	p->next = s->preambles;
 	if (s->preambles)

@@ -7,6 +7,7 @@
  * (see server_internal.h for the map).
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -35,7 +36,7 @@ static void acc_open(void *ud, int fd, unsigned listener)
 	if (s->listen_flags[listener] & KEEL_HTTP_LISTEN_PROXY_PROTOCOL)
 		keel__preamble_start(s, fd);
 	else
-		keel__h1_open(s, fd, NULL);
+		keel__h1_open(s, fd, NULL, 0);
 }
 
 static unsigned acc_reclaim(void *ud, unsigned n)
@@ -205,6 +206,24 @@ void keel__server_conn_gone(keel_http_server *s)
 	keel__server_maybe_stopped(s);
 }
 
+const char *keel__addr_host(const struct sockaddr *sa, char *buf, size_t size)
+{
+	if (sa->sa_family == AF_UNIX) {
+		snprintf(buf, size,
+		         "unix:"); /* (a Unix socket's client has no address: nginx's $remote_addr too) */
+		return buf;
+	}
+	keel_addr_format(sa, buf, size);
+	char *colon = strrchr(buf, ':'); /* the host alone */
+	if (colon)
+		*colon = '\0';
+	if (buf[0] == '[') {
+		memmove(buf, buf + 1, strlen(buf));
+		buf[strlen(buf) - 1] = '\0';
+	}
+	return buf;
+}
+
 /* The client's address on tp, host alone ("127.0.0.1", "::1"), looked up once into *cache (freed by the caller). */
 const char *keel__conn_peer(keel_transport *tp, char **cache)
 {
@@ -214,20 +233,10 @@ const char *keel__conn_peer(keel_transport *tp, char **cache)
 	struct sockaddr_storage ss;
 	if (!(p = *cache = keel__malloc(48)))
 		return "-";
-	if (keel_transport_peer(tp, &ss) == 0 && ss.ss_family == AF_UNIX) {
-		strcpy(p, "unix:"); /* (a client of a Unix socket has no address: nginx's $remote_addr too) */
-	} else if (keel_transport_peer(tp, &ss) == 0) {
-		keel_addr_format((struct sockaddr *)&ss, p, 48);
-		char *colon = strrchr(p, ':'); /* the host alone */
-		if (colon)
-			*colon = '\0';
-		if (p[0] == '[') {
-			memmove(p, p + 1, strlen(p));
-			p[strlen(p) - 1] = '\0';
-		}
-	} else {
+	if (keel_transport_peer(tp, &ss) == 0)
+		keel__addr_host((struct sockaddr *)&ss, p, 48);
+	else
 		strcpy(p, "-");
-	}
 	return p;
 }
 
@@ -254,7 +263,7 @@ int keel_http_server_adopt(keel_http_server *s, int fd)
 		close(fd);
 		return KEEL_ESTOPPED;
 	}
-	keel__h1_open(s, fd, NULL);
+	keel__h1_open(s, fd, NULL, 0);
 	return 0;
 }
 

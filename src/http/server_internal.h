@@ -178,6 +178,8 @@ const char *keel__real_ip(keel_http_request *r, const char *peer);
 /* The address of the request's connection (after a PROXY header), not what forwarded headers say. */
 const char *keel__request_conn_peer(keel_http_request *r);
 const char *keel__conn_peer(keel_transport *tp, char **cache);
+/* sa's host alone into buf ("127.0.0.1", "::1"; "unix:" for a Unix socket's client). Returns buf. */
+const char *keel__addr_host(const struct sockaddr *sa, char *buf, size_t size);
 
 /* route.c */
 const struct route *keel__route_find(keel_http_server *s, const keel_http_request *req, bool *method_ok);
@@ -216,7 +218,8 @@ bool keel__log_stop(keel_http_server *s); /* false while a write is still under 
 void keel__log_free(keel_http_server *s);
 
 /* h1_conn.c: the HTTP/1.1 protocol's side of the server's lifecycle. */
-bool keel__h1_open(keel_http_server *s, int fd, char *peer); /* false: refused, fd closed */
+/* false: refused, fd closed. accepted_ns: when (0: now), for the first head's deadline. */
+bool keel__h1_open(keel_http_server *s, int fd, char *peer, uint64_t accepted_ns);
 void keel__h1_drain_all(keel_http_server *s);
 void keel__h1_close_all(keel_http_server *s);
 keel_http_conn *keel__h1_idle_pick(keel_http_server *s);
