@@ -395,6 +395,8 @@ def cluster(d, kind):
 def run():
     if os.geteuid() != 0:
         raise Skip("network namespaces need root")
+    # A timeout's SIGTERM unwinds through the finally blocks: the namespaces go, the processes end.
+    signal.signal(signal.SIGTERM, lambda signo, frame: fail("stopped by SIGTERM (a timeout?)"))
     t = Subtests()
     for name, kind in [("keel as the balancer", KeelBalancer), ("HAProxy as the balancer", HAProxyBalancer)]:
         with tempfile.TemporaryDirectory(prefix="keel-cluster-") as d:
