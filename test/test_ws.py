@@ -756,6 +756,11 @@ def browser_chat(tmp, port, what):
                     for _ in range(300):
                         if await ev(sess, expr):
                             return
+                        # A page answered 503 by admission control (a loaded machine: Chromium and a
+                        # sanitizer build on two cores) is loaded again, as its Retry-After asks.
+                        if await ev(sess, "document.body && document.body.innerText.startsWith("
+                                          "'Service Unavailable') && (location.reload(), true)"):
+                            await asyncio.sleep(1.0)
                         await asyncio.sleep(0.05)
                     fail("%s: %s (page state: %r)" % (what, why, await ev(sess, "document.body.innerText")))
 
