@@ -27,7 +27,7 @@ printed, not asserted: figures belong in docs/operations.md. Runs as root
 import ctypes, json, os, shutil, signal, socket, subprocess, tempfile, time
 
 from keeltest import (CLI_LISTEN_RE, KEEL, Proc, Skip, Subtests, check, end_adopted, eq, fail, main, pid_exit,
-                      response, set_subreaper)
+                      recv_all, response, set_subreaper)
 
 NET = "198.18.0."
 BALANCER = NET + "10"
@@ -241,12 +241,7 @@ backend nodes
         try:
             s.connect(self.sock)
             s.sendall(b"show stat\n")
-            out = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                out += b
+            out = recv_all(s)
         finally:
             s.close()
         rows = [l.split(",") for l in out.decode().splitlines() if l and not l.startswith("#")]

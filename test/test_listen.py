@@ -30,7 +30,7 @@ Everything on loopback and in a temporary directory. Runs under KEEL_BACKEND."""
 import grp, os, re, shutil, signal, socket, stat, tempfile, threading, time
 
 from keeltest import (CLI_LISTEN_RE, KEEL, Proc, Skip, Subtests, check, end_adopted, eq, free_port, main,
-                      pid_exit, set_subreaper)
+                      pid_exit, recv_all, set_subreaper)
 
 
 def other_group():
@@ -53,12 +53,7 @@ def get(addr, path="/", timeout=5):
     try:
         s.connect(target)
         s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
-        data = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            data += b
+        data = recv_all(s)
     finally:
         s.close()
     head, _, body = data.partition(b"\r\n\r\n")

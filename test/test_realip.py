@@ -21,7 +21,7 @@ Loopback only. Runs under KEEL_BACKEND."""
 import json, os, re, shutil, signal, socket, struct, tempfile, time
 
 from keeltest import (CLI_LISTEN_RE, KEEL, Proc, PyServer, Skip, Subtests, check, eq, free_port, main,
-                      request)
+                      recv_all, request)
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -55,11 +55,7 @@ def exchange(port, chunks, source=None, timeout=5):
                 time.sleep(c)
             else:
                 s.sendall(c)
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
+        out = recv_all(s, stop_on=ConnectionResetError)
     except ConnectionResetError:
         pass
     finally:
